@@ -1,0 +1,220 @@
+//! Canonical CBOR (RFC 8949 §4.2.1 core deterministic encoding).
+//!
+//! ciborium writes shortest-form integers and definite lengths, but emits map
+//! entries in iteration order and allows floats. Everything hashed or signed
+//! in SWOOSH goes through [`to_canonical`], which serializes into a
+//! `ciborium::Value`, sorts every map by the bytewise order of its encoded
+//! keys, rejects floats, tags and duplicate keys, and only then writes bytes.
+//! [`from_canonical`] is strict the other way: it decodes and re-encodes, and
+//! refuses input whose bytes are not already canonical, so a hash can never
+//! be computed over a second spelling of the same value.
+
+use ciborium::Value;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Deepest nesting accepted from untrusted bytes; deeper input is refused
+/// before it can exhaust the stack.
+pub const CBOR_DEPTH_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CanonicalError {
+    #[error("value could not be serialized: {0}")]
+    Serialize(String),
+    #[error("floats are not allowed in hashed data (at {path}); use integers, e.g. milli-units")]
+    Float { path: String },
+    #[error("CBOR tags are not allowed in hashed data (at {path})")]
+    Tag { path: String },
+    #[error("duplicate map key at {path}")]
+    DuplicateKey { path: String },
+    #[error("nesting deeper than {CBOR_DEPTH_MAX} levels at {path}")]
+    TooDeep { path: String },
+    #[error("malformed CBOR: {0}")]
+    Decode(String),
+    #[error("CBOR is well-formed but not canonical (RFC 8949 §4.2.1): re-encode it with sorted map keys, shortest integers and definite lengths")]
+    NotCanonical,
+    #[error("CBOR has {0} trailing bytes after the value")]
+    Trailing(usize),
+    #[error("decoded CBOR does not match the expected shape: {0}")]
+    Shape(String),
+}
+
+/// Encode any serde value canonically.
+pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    let v = Value::serialized(value).map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+    value_to_canonical(v)
+}
+
+/// Encode a `ciborium::Value` canonically (consumes it; maps are sorted in place).
+pub fn value_to_canonical(v: Value) -> Result<Vec<u8>, CanonicalError> {
+    let v = canonicalize(v)?;
+    let mut out = Vec::with_capacity(128);
+    ciborium::into_writer(&v, &mut out).map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+    Ok(out)
+}
+
+/// Put a value into canonical form: sorted maps, no floats, no tags, no
+/// duplicate keys. Idempotent.
+pub fn canonicalize(v: Value) -> Result<Value, CanonicalError> {
+    canon(v, &mut String::from("$"), 0)
+}
+
+fn canon(v: Value, path: &mut String, depth: usize) -> Result<Value, CanonicalError> {
+    if depth > CBOR_DEPTH_MAX {
+        return Err(CanonicalError::TooDeep { path: path.clone() });
+    }
+    Ok(match v {
+        Value::Float(_) => return Err(CanonicalError::Float { path: path.clone() }),
+        Value::Tag(_, _) => return Err(CanonicalError::Tag { path: path.clone() }),
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                out.push(canon(item, path, depth + 1)?);
+                path.truncate(len);
+            }
+            Value::Array(out)
+        }
+        Value::Map(entries) => {
+            let mut keyed: Vec<(Vec<u8>, Value, Value)> = Vec::with_capacity(entries.len());
+            for (k, val) in entries {
+                let len = path.len();
+                match &k {
+                    Value::Text(t) => path.push_str(&format!(".{t}")),
+                    _ => path.push_str(".<key>"),
+                }
+                let k = canon(k, path, depth + 1)?;
+                let val = canon(val, path, depth + 1)?;
+                path.truncate(len);
+                let mut kb = Vec::new();
+                ciborium::into_writer(&k, &mut kb)
+                    .map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+                keyed.push((kb, k, val));
+            }
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            for w in keyed.windows(2) {
+                if w[0].0 == w[1].0 {
+                    return Err(CanonicalError::DuplicateKey { path: path.clone() });
+                }
+            }
+            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+        }
+        other => other,
+    })
+}
+
+/// Decode strictly: the bytes must be exactly one canonical CBOR item.
+pub fn decode_value_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
+    let v = decode_value(bytes)?;
+    let again = value_to_canonical(v.clone())?;
+    if again != bytes {
+        return Err(CanonicalError::NotCanonical);
+    }
+    Ok(v)
+}
+
+/// Decode one CBOR item (well-formedness and depth only; not canonicality).
+pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut cursor, CBOR_DEPTH_MAX)
+        .map_err(|e| CanonicalError::Decode(e.to_string()))?;
+    let used = cursor.position() as usize;
+    if used != bytes.len() {
+        return Err(CanonicalError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
+
+/// Decode canonical bytes into a typed value, refusing non-canonical input.
+pub fn from_canonical<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    let v = decode_value_strict(bytes)?;
+    v.deserialized()
+        .map_err(|e| CanonicalError::Shape(e.to_string()))
+}
+
+/// Decode bytes produced by this crate's own writer without re-encoding them.
+/// Only for data whose integrity is already proven by a hash check (the WAL
+/// reader verifies the record hash first); untrusted input uses
+/// [`from_canonical`].
+pub fn from_trusted<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    ciborium::from_reader(bytes).map_err(|e| CanonicalError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn map_keys_sort_by_encoded_bytes_not_by_string_order() {
+        // "b" encodes as 0x61 0x62, "aa" as 0x62 0x61 0x61: shorter key first.
+        let mut m = BTreeMap::new();
+        m.insert("aa", 1u8);
+        m.insert("b", 2u8);
+        let bytes = to_canonical(&m).unwrap();
+        assert_eq!(hex::encode(&bytes), "a261620262616101");
+    }
+
+    #[test]
+    fn integers_are_shortest_form() {
+        assert_eq!(to_canonical(&23u64).unwrap(), vec![0x17]);
+        assert_eq!(to_canonical(&24u64).unwrap(), vec![0x18, 24]);
+        assert_eq!(to_canonical(&256u64).unwrap(), vec![0x19, 1, 0]);
+        assert_eq!(to_canonical(&-1i64).unwrap(), vec![0x20]);
+    }
+
+    #[test]
+    fn floats_are_refused_with_their_path() {
+        let v = Value::Map(vec![(Value::Text("x".into()), Value::Float(1.5))]);
+        assert_eq!(
+            value_to_canonical(v),
+            Err(CanonicalError::Float { path: "$.x".into() })
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let v = Value::Map(vec![
+            (Value::Text("a".into()), Value::Integer(1.into())),
+            (Value::Text("a".into()), Value::Integer(2.into())),
+        ]);
+        assert!(matches!(
+            value_to_canonical(v),
+            Err(CanonicalError::DuplicateKey { .. })
+        ));
+    }
+
+    #[test]
+    fn non_canonical_bytes_are_refused() {
+        // {"b":2,"aa":1} written in the wrong order.
+        let bad = hex::decode("a262616101616202").unwrap();
+        assert_eq!(decode_value_strict(&bad), Err(CanonicalError::NotCanonical));
+        // 1 written as a two-byte integer.
+        assert_eq!(
+            decode_value_strict(&[0x18, 0x01]),
+            Err(CanonicalError::NotCanonical)
+        );
+        // Indefinite-length array.
+        assert_eq!(
+            decode_value_strict(&[0x9f, 0x01, 0xff]),
+            Err(CanonicalError::NotCanonical)
+        );
+    }
+
+    #[test]
+    fn truncated_and_trailing_input_is_an_error_not_a_panic() {
+        assert!(matches!(
+            decode_value_strict(&[0x82, 0x01]),
+            Err(CanonicalError::Decode(_))
+        ));
+        assert_eq!(decode_value_strict(&[0x01, 0x02]), Err(CanonicalError::Trailing(1)));
+        assert!(decode_value_strict(&[]).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut bytes = vec![0x81; 200];
+        bytes.push(0x00);
+        assert!(decode_value_strict(&bytes).is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! Guards: pure functions of (state, proposal, typed inputs) returning
+//! `{ok, reasons}`. No guard does I/O; external knowledge arrives as signed
+//! facts inside the inputs. Every reason is a sentence an operator can act on.
+
+use crate::facts::{member_set_hash, Check, Finding, LicenseToken, Pins, PolicyRule, Probe, Resources, Vote};
+use crate::hash::{hash_of, Hash};
+use crate::hlc::{format_wall_ms, Hlc};
+use crate::proposal::Proposal;
+use crate::record::GuardOutcome;
+use crate::sig::SignerId;
+use crate::state::ProjectState;
+use crate::statechart::{Guard, Role};
+use std::collections::BTreeSet;
+
+/// Whether embedded signatures (votes, license tokens, probes) are verified.
+/// Replay of a hash-chained log whose post hashes are re-checked may skip
+/// them; every path that accepts new input verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    Full,
+    Trusted,
+}
+
+pub struct GuardCtx<'a> {
+    pub state: &'a ProjectState,
+    pub proposal: &'a Proposal,
+    pub verify: Verify,
+}
+
+pub fn outcome(guard: &str, ok: bool, reasons: Vec<String>) -> GuardOutcome {
+    GuardOutcome { guard: guard.to_string(), ok, reasons }
+}
+
+fn has_role(state: &ProjectState, who: &SignerId, role: Role) -> bool {
+    state.roles_of(who).is_some_and(|r| r.contains(&role))
+}
+
+/// Where a license stands at an HLC.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LicenseAt {
+    Missing,
+    Valid { expires_at: Hlc },
+    Grace { expires_at: Hlc, grace_until_ms: u64 },
+    Expired { expires_at: Hlc, grace_until_ms: u64 },
+}
+
+pub fn license_at(state: &ProjectState, hlc: &Hlc) -> LicenseAt {
+    match &state.boot.license {
+        None => LicenseAt::Missing,
+        Some(l) => {
+            let grace_until_ms = l.expires_at.wall_ms.saturating_add(l.grace_ms);
+            if *hlc < l.expires_at {
+                LicenseAt::Valid { expires_at: l.expires_at }
+            } else if hlc.wall_ms < grace_until_ms {
+                LicenseAt::Grace { expires_at: l.expires_at, grace_until_ms }
+            } else {
+                LicenseAt::Expired { expires_at: l.expires_at, grace_until_ms }
+            }
+        }
+    }
+}
+
+pub fn license(g: &GuardCtx) -> GuardOutcome {
+    let hlc = &g.proposal.hlc;
+    match license_at(g.state, hlc) {
+        LicenseAt::Missing => outcome(
+            "license",
+            false,
+            vec!["the project holds no license: drive it through Boot_ConfigOk and Boot_Licensed with a token from the license authority first".into()],
+        ),
+        LicenseAt::Valid { expires_at } => outcome("license", true, vec![format!("license valid until {expires_at} (judged at the proposal's HLC {hlc})")]),
+        LicenseAt::Grace { expires_at, grace_until_ms } => outcome(
+            "license",
+            true,
+            vec![format!(
+                "license expired at {expires_at}; in grace until {} (judged at {hlc}): the project runs DEGRADED, propose Boot_LicenseRefresh before the grace ends",
+                format_wall_ms(grace_until_ms)
+            )],
+        ),
+        LicenseAt::Expired { expires_at, grace_until_ms } => outcome(
+            "license",
+            false,
+            vec![format!(
+                "license expired at {expires_at} and its grace ended at {} (judged at the proposal's HLC {hlc}): only Boot_LicenseRefresh with a fresh token signed by a license authority is accepted",
+                format_wall_ms(grace_until_ms)
+            )],
+        ),
+    }
+}
+
+pub fn license_token(g: &GuardCtx, token: &LicenseToken) -> GuardOutcome {
+    let mut bad = vec![];
+    let b = &token.body;
+    if g.verify == Verify::Full {
+        if let Err(e) = token.verify() {
+            bad.push(format!("license token signature is invalid ({e}): request a new token from the license authority"));
+        }
+    }
+    if !has_role(g.state, &b.authority, Role::LicenseAuthority) {
+        bad.push(format!("license token authority {} is not a license_authority in the roster", b.authority));
+    }
+    if b.cluster_id != g.state.meta.cluster_id {
+        bad.push(format!("license token is for cluster {:?}, this is cluster {:?}", b.cluster_id, g.state.meta.cluster_id));
+    }
+    if b.project != "*" && b.project != g.state.meta.project {
+        bad.push(format!("license token covers project {:?}, not {:?}", b.project, g.state.meta.project));
+    }
+    if b.issued_at > g.proposal.hlc {
+        bad.push(format!("license token is issued at {}, after the proposal's HLC {}", b.issued_at, g.proposal.hlc));
+    }
+    if g.proposal.hlc >= b.expires_at {
+        bad.push(format!("license token already expired at {} (proposal HLC {}): request a fresh one", b.expires_at, g.proposal.hlc));
+    }
+    if bad.is_empty() {
+        outcome(
+            "license_token",
+            true,
+            vec![format!("license token from {} valid until {} with {} ms grace", b.authority, b.expires_at, b.grace_ms)],
+        )
+    } else {
+        outcome("license_token", false, bad)
+    }
+}
+
+fn breaches<'a>(rules: &'a [PolicyRule], findings: &'a [Finding]) -> Vec<(&'a Finding, &'a PolicyRule)> {
+    findings
+        .iter()
+        .flat_map(|f| rules.iter().filter(|r| r.deny_codes.contains(&f.code)).map(move |r| (f, r)))
+        .collect()
+}
+
+pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
+    let b = breaches(&g.state.policy.rules, findings);
+    if b.is_empty() {
+        outcome("policy", true, vec![format!("{} findings checked against {} policy rules: no breach", findings.len(), g.state.policy.rules.len())])
+    } else {
+        outcome(
+            "policy",
+            false,
+            b.iter()
+                .map(|(f, r)| format!(
+                    "finding '{}' ({}) breaches policy rule '{}': {}; propose Ingestion_PolicyViolation to quarantine the project",
+                    f.code, f.detail, r.id, r.rationale
+                ))
+                .collect(),
+        )
+    }
+}
+
+pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
+    // Sources are checked as findings with code `source:<scheme>`, so one rule
+    // format covers both (e.g. deny_codes: ["source:file"]).
+    let findings: Vec<Finding> = sources
+        .iter()
+        .map(|s| Finding { code: format!("source:{}", s.split(':').next().unwrap_or("")), detail: s.clone() })
+        .collect();
+    let b = breaches(&g.state.policy.rules, &findings);
+    if b.is_empty() {
+        outcome("policy", true, vec![format!("{} sources allowed by {} policy rules", sources.len(), g.state.policy.rules.len())])
+    } else {
+        outcome(
+            "policy",
+            false,
+            b.iter()
+                .map(|(f, r)| format!("source {} is denied by policy rule '{}': {}; remove it from the source set", f.detail, r.id, r.rationale))
+                .collect(),
+        )
+    }
+}
+
+pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
+    let b = breaches(&g.state.policy.rules, findings);
+    if b.is_empty() {
+        outcome(
+            "policy_breach",
+            false,
+            vec!["none of the findings breaches a policy rule, so there is nothing to quarantine; propose Ingestion_SchemaOk, or ask an admin for Policy_Quarantine".into()],
+        )
+    } else {
+        outcome(
+            "policy_breach",
+            true,
+            b.iter().map(|(f, r)| format!("finding '{}' breaches rule '{}': {}", f.code, r.id, r.rationale)).collect(),
+        )
+    }
+}
+
+pub fn policy_update(g: &GuardCtx, rules: &[PolicyRule]) -> GuardOutcome {
+    let mut bad = vec![];
+    if rules.len() > crate::state::POLICY_RULES_MAX {
+        bad.push(format!("{} rules given; at most {} are allowed", rules.len(), crate::state::POLICY_RULES_MAX));
+    }
+    let mut ids = BTreeSet::new();
+    for r in rules {
+        if !ids.insert(&r.id) {
+            bad.push(format!("rule id '{}' appears twice", r.id));
+        }
+    }
+    if g.state.policy.phase == "QUARANTINED" {
+        for (f, r) in breaches(rules, &g.state.policy.findings) {
+            bad.push(format!(
+                "the new rules still deny finding '{}' (rule '{}') that quarantined the project; change the rule or use Policy_Release",
+                f.code, r.id
+            ));
+        }
+    }
+    if bad.is_empty() {
+        let note = if g.state.policy.phase == "QUARANTINED" { "; the quarantine is lifted" } else { "" };
+        outcome("policy_update", true, vec![format!("{} policy rules installed{note}", rules.len())])
+    } else {
+        outcome("policy_update", false, bad)
+    }
+}
+
+/// Hash of a quorum certificate: the votes sorted by voter.
+pub fn quorum_cert_hash(votes: &[Vote]) -> Hash {
+    let mut v: Vec<&Vote> = votes.iter().collect();
+    v.sort_by(|a, b| a.body.voter.cmp(&b.body.voter));
+    hash_of(&v).expect("votes encode")
+}
+
+pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool) -> GuardOutcome {
+    let st = g.state;
+    let mut bad = vec![];
+    if reelect && st.council.elections == 0 {
+        bad.push("no council has been elected yet: propose Council_QuorumCert for the first election".into());
+    }
+    if !reelect && st.council.elections > 0 {
+        bad.push(format!("this council was elected before ({} elections): after an ejection propose Council_ReElect", st.council.elections));
+    }
+    let set: BTreeSet<&SignerId> = members.iter().collect();
+    if members.is_empty() || set.len() != members.len() {
+        bad.push("the proposed member set must be non-empty and list each member once".into());
+    }
+    for m in members {
+        if !st.council.candidates.contains(m) {
+            bad.push(format!("member {m} is not among the council candidates of Council_ProfilesLoaded"));
+        }
+        if st.council.ejected.contains(m) {
+            bad.push(format!("member {m} was ejected and cannot be re-elected"));
+        }
+    }
+    let expected = member_set_hash(members);
+    let epoch = st.epoch.council;
+    let mut approving = BTreeSet::new();
+    let mut voters = BTreeSet::new();
+    for v in votes {
+        let b = &v.body;
+        if !voters.insert(&b.voter) {
+            bad.push(format!("voter {} voted twice", b.voter));
+            continue;
+        }
+        if g.verify == Verify::Full {
+            if let Err(e) = v.verify() {
+                bad.push(format!("vote of {} has an invalid signature ({e})", b.voter));
+                continue;
+            }
+        }
+        if !has_role(st, &b.voter, Role::Council) {
+            bad.push(format!("voter {} is not a council member of the roster", b.voter));
+        } else if b.project != st.meta.project {
+            bad.push(format!("vote of {} is for project {:?}, not {:?}", b.voter, b.project, st.meta.project));
+        } else if b.epoch != epoch {
+            bad.push(format!("vote of {} is for council epoch {}, the current epoch is {epoch}: stale vote, collect a new one", b.voter, b.epoch));
+        } else if b.member_set_hash != expected {
+            bad.push(format!("vote of {} is for member set {}, the proposed set hashes to {expected}", b.voter, b.member_set_hash));
+        } else if b.approve {
+            approving.insert(&b.voter);
+        }
+    }
+    let threshold = st.council.quorum_threshold as usize;
+    if approving.len() < threshold {
+        bad.push(format!(
+            "{} approving council votes for member set {expected} at epoch {epoch}; the quorum threshold is {threshold}",
+            approving.len()
+        ));
+    }
+    if bad.is_empty() {
+        outcome(
+            "quorum",
+            true,
+            vec![format!(
+                "{} distinct roster council votes approve member set {expected} at council epoch {epoch} (threshold {threshold})",
+                approving.len()
+            )],
+        )
+    } else {
+        outcome("quorum", false, bad)
+    }
+}
+
+/// Probe facts that are signed by a roster tool prober, for this project,
+/// and fresh at the proposal's HLC; the rest are reported as reasons.
+fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) -> Vec<&'a Probe> {
+    let st = g.state;
+    let hlc = g.proposal.hlc;
+    let mut ok = vec![];
+    for p in probes {
+        let b = &p.body;
+        if g.verify == Verify::Full {
+            if let Err(e) = p.verify() {
+                bad.push(format!("probe of tool '{}' has an invalid signature ({e})", b.tool));
+                continue;
+            }
+        }
+        if !has_role(st, &b.prober, Role::ToolProber) {
+            bad.push(format!("probe of tool '{}' is signed by {}, who is not a tool_prober in the roster", b.tool, b.prober));
+        } else if b.project != st.meta.project {
+            bad.push(format!("probe of tool '{}' is for project {:?}", b.tool, b.project));
+        } else if b.probed_at > hlc {
+            bad.push(format!("probe of tool '{}' is dated {}, after the proposal's HLC {hlc}", b.tool, b.probed_at));
+        } else if hlc.wall_ms - b.probed_at.wall_ms > st.meta.probe_max_age_ms {
+            bad.push(format!(
+                "probe of tool '{}' from {} is older than {} ms at {hlc}: probe again",
+                b.tool, b.probed_at, st.meta.probe_max_age_ms
+            ));
+        } else {
+            ok.push(p);
+        }
+    }
+    ok
+}
+
+pub fn mcp_green(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
+    let mut bad = vec![];
+    let valid = valid_probes(g, probes, &mut bad);
+    for (tool, pin) in &g.state.council.tools {
+        match valid.iter().rev().find(|p| &p.body.tool == tool) {
+            None => bad.push(format!("no valid fresh probe for pinned tool '{tool}'")),
+            Some(p) if !p.body.reachable => bad.push(format!("tool '{tool}' is unreachable (probed at {})", p.body.probed_at)),
+            Some(p) if &p.body.version != pin => {
+                bad.push(format!("tool '{tool}' runs version {} but the council pinned {pin}", p.body.version))
+            }
+            Some(_) => {}
+        }
+    }
+    if bad.is_empty() {
+        outcome("mcp_health", true, vec![format!("{} pinned tools reachable at their pinned versions", g.state.council.tools.len())])
+    } else {
+        outcome("mcp_health", false, bad)
+    }
+}
+
+pub fn mcp_lost(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
+    let mut bad = vec![];
+    let valid = valid_probes(g, probes, &mut bad);
+    let failing: Vec<String> = valid
+        .iter()
+        .filter_map(|p| {
+            let pin = g.state.council.tools.get(&p.body.tool)?;
+            if !p.body.reachable {
+                Some(format!("tool '{}' unreachable at {}", p.body.tool, p.body.probed_at))
+            } else if &p.body.version != pin {
+                Some(format!("tool '{}' runs {} instead of pinned {pin}", p.body.tool, p.body.version))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if failing.is_empty() {
+        bad.push("no valid probe shows a pinned tool unreachable or off its pinned version, so tooling is not lost".into());
+        outcome("mcp_health", false, bad)
+    } else {
+        outcome("mcp_health", true, failing)
+    }
+}
+
+pub fn capacity(request: &Resources, available: &Resources) -> GuardOutcome {
+    let mut bad = vec![];
+    if request.cpu_milli == 0 || request.mem_mb == 0 {
+        bad.push("the request must ask for some CPU and memory".into());
+    }
+    if request.cpu_milli > available.cpu_milli {
+        bad.push(format!("requested {} mCPU exceeds the {} mCPU available; wait for capacity or shrink the request", request.cpu_milli, available.cpu_milli));
+    }
+    if request.mem_mb > available.mem_mb {
+        bad.push(format!("requested {} MB memory exceeds the {} MB available", request.mem_mb, available.mem_mb));
+    }
+    if bad.is_empty() {
+        outcome("capacity", true, vec![format!("{} mCPU / {} MB fits in {} mCPU / {} MB", request.cpu_milli, request.mem_mb, available.cpu_milli, available.mem_mb)])
+    } else {
+        outcome("capacity", false, bad)
+    }
+}
+
+pub fn env_health(checks: &[Check], want_green: bool) -> GuardOutcome {
+    let failing: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
+    match (want_green, checks.is_empty(), failing.is_empty()) {
+        (_, true, _) => outcome("env_health", false, vec!["no health checks were reported".into()]),
+        (true, false, true) => outcome("env_health", true, vec![format!("all {} health checks pass", checks.len())]),
+        (true, false, false) => outcome(
+            "env_health",
+            false,
+            failing.iter().map(|c| format!("health check '{}' fails: propose Environment_Amber instead", c.name)).collect(),
+        ),
+        (false, false, false) => outcome("env_health", true, failing.iter().map(|c| format!("health check '{}' fails", c.name)).collect()),
+        (false, false, true) => outcome(
+            "env_health",
+            false,
+            vec!["every health check passes, so the environment is not degraded: propose Environment_Green".into()],
+        ),
+    }
+}
+
+pub fn all_ready(g: &GuardCtx, pins: &Pins) -> GuardOutcome {
+    let st = g.state;
+    let mut bad = vec![];
+    for (name, phase) in [("Ingestion", &st.ingestion.phase), ("Council", &st.council.phase), ("Environment", &st.environment.phase)] {
+        if phase != "READY" {
+            bad.push(format!("{name} is {phase}, not READY"));
+        }
+    }
+    let cmp = |bad: &mut Vec<String>, what: &str, pinned: &Hash, actual: &Option<Hash>| {
+        if actual.as_ref() != Some(pinned) {
+            bad.push(format!(
+                "pinned {what} {pinned} does not match the state's {}; re-read the state and pin what is READY",
+                actual.map_or("none".to_string(), |h| h.to_string())
+            ));
+        }
+    };
+    cmp(&mut bad, "content_hash", &pins.content_hash, &st.ingestion.content_hash);
+    cmp(&mut bad, "index_hash", &pins.index_hash, &st.ingestion.index_hash);
+    cmp(&mut bad, "member_set_hash", &pins.member_set_hash, &st.council.member_set_hash);
+    cmp(&mut bad, "env_hash", &pins.env_hash, &st.environment.env_hash);
+    if pins.version != st.ingestion.version {
+        bad.push(format!("pinned index version {} does not match the state's version {}", pins.version, st.ingestion.version));
+    }
+    if bad.is_empty() {
+        outcome("all_ready", true, vec![format!("Ingestion, Council and Environment READY; pins match (content {}, version {})", pins.content_hash, pins.version)])
+    } else {
+        outcome("all_ready", false, bad)
+    }
+}
+
+pub fn backbeat(g: &GuardCtx, class: &str) -> (GuardOutcome, Option<u64>) {
+    let sched = &g.state.execution.schedule;
+    let hlc = &g.proposal.hlc;
+    let window = sched.window_id(hlc);
+    if !sched.is_open(class, hlc) {
+        return (outcome("backbeat", false, vec![sched.closed_reason(class, hlc)]), sched.retry_after_ms(class, hlc));
+    }
+    if g.proposal.window_id != window {
+        return (
+            outcome(
+                "backbeat",
+                false,
+                vec![format!(
+                    "window_id {:?} does not name the window of the proposal's HLC {hlc}, which is {window:?}; set window_id to it",
+                    g.proposal.window_id
+                )],
+            ),
+            None,
+        );
+    }
+    (outcome("backbeat", true, vec![format!("window {window} is open for class '{class}' at {hlc}")]), None)
+}
+
+pub fn council_member(g: &GuardCtx, work_hash: &Hash) -> GuardOutcome {
+    let st = g.state;
+    let who = &g.proposal.signer;
+    let mut bad = vec![];
+    if !st.council.elected.contains(who) {
+        bad.push(format!("{who} is not in the elected council set, so it cannot approve"));
+    }
+    if st.execution.approvals.contains(who) {
+        bad.push(format!("{who} already approved this window"));
+    }
+    if st.execution.work_hash.as_ref() != Some(work_hash) {
+        bad.push(format!("the approval is for work {work_hash}, but the work under review is {}", st.execution.work_hash.map_or("none".into(), |h| h.to_string())));
+    }
+    if bad.is_empty() {
+        outcome("council_member", true, vec![format!("{who} is an elected council member approving work {work_hash}")])
+    } else {
+        outcome("council_member", false, bad)
+    }
+}
+
+pub fn approvals(g: &GuardCtx) -> GuardOutcome {
+    let st = g.state;
+    let need = st.council.quorum_threshold as usize;
+    let have = st.execution.approvals.len();
+    if st.execution.submission.is_some() {
+        return outcome("approvals", false, vec!["this window's work was already submitted; propose Execution_NextWindow".into()]);
+    }
+    if have < need {
+        outcome("approvals", false, vec![format!("{have} council approvals in this REVERB; submission needs {need}")])
+    } else {
+        outcome("approvals", true, vec![format!("{have} council approvals reach the threshold {need}")])
+    }
+}
+
+pub fn submission(g: &GuardCtx) -> GuardOutcome {
+    match g.state.execution.submission {
+        Some(h) => outcome("submission", true, vec![format!("work submitted as {h} in this window")]),
+        None => outcome("submission", false, vec!["nothing was submitted in this REVERB: collect approvals and propose Execution_Submit first".into()]),
+    }
+}
+
+pub fn recovery(g: &GuardCtx) -> GuardOutcome {
+    let c = &g.state.council;
+    if c.phase == "READY" && c.elected.len() >= c.quorum_threshold as usize {
+        outcome("recovery", true, vec![format!("council READY with {} elected members (threshold {})", c.elected.len(), c.quorum_threshold)])
+    } else {
+        outcome(
+            "recovery",
+            false,
+            vec![format!(
+                "council is {} with {} elected members (threshold {}): re-elect a quorum (Council_Eject / Council_ReElect) before recovering",
+                c.phase,
+                c.elected.len(),
+                c.quorum_threshold
+            )],
+        )
+    }
+}
+
+pub fn roster(roster: &[crate::facts::RosterEntry]) -> GuardOutcome {
+    match crate::state::validate_roster(roster) {
+        Ok(()) => outcome("roster", true, vec![format!("{} roster entries with at least one admin", roster.len())]),
+        Err(e) => outcome("roster", false, vec![format!("the new roster is invalid: {e:?}; it needs at least one admin, unique keys and roles for everyone")]),
+    }
+}
+
+pub fn guard_name(g: Guard) -> &'static str {
+    g.name()
+}

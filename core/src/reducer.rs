@@ -1,0 +1,1079 @@
+//! The pure reducer: (node state, proposal, leader-supplied time) → outcome
+//! plus the effects the runtime must carry out. It performs no I/O, reads no
+//! clock and draws no randomness; the leader, a follower, the replay tool and
+//! the simulator all run this same function and get the same hashes.
+
+use crate::facts::{Check, Finding, Pins, PolicyRule, Probe, Resources, RosterEntry, Vote};
+use crate::guards::{self, GuardCtx, Verify};
+use crate::hash::Hash;
+use crate::hlc::{order_key_cmp, Hlc};
+use crate::proposal::Proposal;
+use crate::record::{DecisionRecord, GuardOutcome, WalRecord, DECISION_KIND};
+use crate::sig::SignerId;
+use crate::state::{IdemEntry, LicenseStatus, NodeState, OrderKey, ProjectEntry, ProjectState};
+use crate::statechart::{self, Region, Role, TransitionSpec, AUTOMATIC};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+pub const LIST_ITEMS_MAX: usize = 256;
+pub const TEXT_BYTES_MAX: usize = 1024;
+pub const EXECUTION_EVIDENCE_MAX: usize = 256;
+
+/// What the leader hands the reducer alongside a proposal.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    /// Leader wall time (ms since the epoch). Replay passes the record's.
+    pub now_ms: u64,
+    pub verify: Verify,
+    /// Emit `ScheduleSnapshot` every this many records (0 = never by count).
+    pub snapshot_every: u64,
+}
+
+/// Why a proposal was refused. `kind` decides the HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// 400: a field is malformed (the `guard` names the field).
+    Malformed,
+    /// 400: no such transition.
+    UnknownTransition,
+    /// 400: a guard failed.
+    Guard,
+    /// 401: the signature does not verify.
+    BadSignature,
+    /// 401: the signer is not in the roster.
+    UnknownSigner,
+    /// 403: the signer lacks a role the transition needs.
+    Forbidden,
+    /// 409: `current_state_hash` is not HEAD.
+    StaleHash,
+    /// 409: same idempotency key, different content.
+    IdemConflict,
+    /// 409: the HLC is not after the last applied one.
+    HlcOrder,
+}
+
+impl RejectKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            RejectKind::Malformed | RejectKind::UnknownTransition | RejectKind::Guard => 400,
+            RejectKind::BadSignature | RejectKind::UnknownSigner => 401,
+            RejectKind::Forbidden => 403,
+            RejectKind::StaleHash | RejectKind::IdemConflict | RejectKind::HlcOrder => 409,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    /// The failing check (a guard name, an always-guard, or `inputs.<field>`).
+    pub guard: String,
+    pub reasons: Vec<String>,
+    pub head_hash: Option<Hash>,
+    pub hlc_last: Option<Hlc>,
+    pub retry_after_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub record: WalRecord,
+    pub record_hash: Hash,
+    pub decision: DecisionRecord,
+    pub decision_hash: Hash,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Accepted(Box<Accepted>),
+    /// A repeat of an accepted proposal: the original outcome, nothing applied.
+    Duplicate(IdemEntry),
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotReason {
+    Reverb,
+    Interval,
+}
+
+/// An operational event for the attention scorer (never replicated state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpEvent {
+    pub kind: String,
+    pub project: String,
+    pub transition: String,
+    pub signer: String,
+    pub guard: Option<String>,
+    pub detail: String,
+}
+
+/// Work for the runtime, in the order it must be done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Append to the WAL; the reply may only go out once this is durable.
+    AppendWal { index: u64, record_hash: Hash },
+    StoreDecision { address: Hash },
+    /// Reply to the proposer (after durability for accepted proposals).
+    Reply { status: u16 },
+    ScheduleSnapshot { reason: SnapshotReason },
+    Emit(OpEvent),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub outcome: Outcome,
+    pub effects: Vec<Effect>,
+}
+
+fn reject(kind: RejectKind, guard: &str, reasons: Vec<String>) -> Rejection {
+    Rejection { kind, guard: guard.to_string(), reasons, head_hash: None, hlc_last: None, retry_after_ms: None }
+}
+
+fn event(kind: &str, p: &Proposal, guard: Option<&str>, detail: String) -> OpEvent {
+    OpEvent {
+        kind: kind.to_string(),
+        project: p.project.clone(),
+        transition: p.transition.clone(),
+        signer: p.signer.to_string(),
+        guard: guard.map(str::to_string),
+        detail,
+    }
+}
+
+/// Apply one proposal to the node. On acceptance the node state advances
+/// (index, chain head, project document, idempotency index); otherwise it is
+/// left untouched.
+pub fn step(node: &mut NodeState, p: &Proposal, ctx: &Ctx) -> Step {
+    match evaluate(node, p, ctx) {
+        Err(r) => {
+            let kind = match r.kind {
+                RejectKind::StaleHash => "stale_hash",
+                RejectKind::IdemConflict => "idem_conflict",
+                RejectKind::BadSignature | RejectKind::UnknownSigner => "auth_failure",
+                _ => "rejected",
+            };
+            let ev = event(kind, p, Some(&r.guard), r.reasons.join("; "));
+            Step { effects: vec![Effect::Reply { status: r.kind.http_status() }, Effect::Emit(ev)], outcome: Outcome::Rejected(r) }
+        }
+        Ok(Eval::Duplicate(e)) => {
+            let ev = event("duplicate", p, None, format!("repeat of index {}", e.index));
+            Step { effects: vec![Effect::Reply { status: 202 }, Effect::Emit(ev)], outcome: Outcome::Duplicate(e) }
+        }
+        Ok(Eval::Apply(plan)) => commit(node, p, ctx, *plan),
+    }
+}
+
+enum Eval {
+    Duplicate(IdemEntry),
+    Apply(Box<Plan>),
+}
+
+struct Plan {
+    spec: &'static TransitionSpec,
+    pre: ProjectState,
+    pre_hash: Hash,
+    post: ProjectState,
+    outcomes: Vec<GuardOutcome>,
+    content_hash: Hash,
+    events: Vec<OpEvent>,
+}
+
+fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection> {
+    // shape
+    if let Err(e) = p.check_shape() {
+        let field = e.to_string().split('`').nth(1).unwrap_or("proposal").to_string();
+        return Err(reject(RejectKind::Malformed, &field, vec![e.to_string()]));
+    }
+    let spec = statechart::lookup(&p.transition).ok_or_else(|| {
+        reject(
+            RejectKind::UnknownTransition,
+            "transition",
+            vec![format!(
+                "unknown transition {:?}; `swoosh statechart` lists the {} transitions of machine {}",
+                crate::hash::truncate(&p.transition),
+                statechart::TRANSITIONS.len(),
+                statechart::MACHINE_VERSION
+            )],
+        )
+    })?;
+    let pre = node.project(&p.project).into_owned();
+    let mut outcomes = Vec::with_capacity(8 + spec.guards.len());
+    outcomes.push(guards::outcome("shape", true, vec!["fields well-formed; inputs_hash matches the canonical inputs".into()]));
+
+    // signer and signature
+    let roles = pre.roles_of(&p.signer).ok_or_else(|| {
+        reject(
+            RejectKind::UnknownSigner,
+            "signature",
+            vec![format!("signer {} is not in project {:?}'s roster; ask an admin to add it (Boot_SetRoster) or sign with a rostered key", p.signer, p.project)],
+        )
+    })?;
+    if ctx.verify == Verify::Full {
+        if let Err(e) = p.verify_signature() {
+            return Err(reject(
+                RejectKind::BadSignature,
+                "signature",
+                vec![format!("{e}; sign the canonical CBOR of the proposal without `signature`, prefixed by \"SWOOSH-PROPOSAL-v1\\0\"")],
+            ));
+        }
+    }
+    outcomes.push(guards::outcome("signature", true, vec![format!("ed25519 signature of {} over the canonical proposal body", p.signer)]));
+    if !spec.roles.iter().any(|r| roles.contains(r)) {
+        let need: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
+        let have: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        return Err(reject(
+            RejectKind::Forbidden,
+            "role",
+            vec![format!("{} needs one of the roles [{}]; signer {} has [{}]", spec.name, need.join(", "), p.signer, have.join(", "))],
+        ));
+    }
+    outcomes.push(guards::outcome(
+        "role",
+        true,
+        vec![format!("signer holds {}", roles.iter().filter(|r| spec.roles.contains(r)).map(|r| r.name()).collect::<Vec<_>>().join(", "))],
+    ));
+
+    // idempotency (before the state-hash check: a repeat carries an old hash)
+    let content_hash = p.content_hash().map_err(|e| reject(RejectKind::Malformed, "inputs", vec![e.to_string()]))?;
+    if let Some(prev) = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key)) {
+        if prev.content_hash == content_hash {
+            return Ok(Eval::Duplicate(prev.clone()));
+        }
+        return Err(reject(
+            RejectKind::IdemConflict,
+            "idempotency",
+            vec![format!(
+                "idem_key {:?} was already used at index {} for {} with different content; use a new idem_key for a new operation",
+                p.idem_key, prev.index, prev.transition
+            )],
+        ));
+    }
+    outcomes.push(guards::outcome("idempotency", true, vec![format!("idem_key {:?} is new for project {:?}", p.idem_key, p.project)]));
+
+    // optimistic concurrency
+    let pre_hash = node.project_hash(&p.project);
+    if p.current_state_hash != pre_hash {
+        let mut r = reject(
+            RejectKind::StaleHash,
+            "state_hash",
+            vec![format!(
+                "stale state hash: HEAD of project {:?} is {pre_hash}, the proposal names {}; re-read with `swoosh state` and resubmit",
+                p.project, p.current_state_hash
+            )],
+        );
+        r.head_hash = Some(pre_hash);
+        r.hlc_last = pre.hlc_last;
+        return Err(r);
+    }
+    outcomes.push(guards::outcome("state_hash", true, vec![format!("current_state_hash is HEAD {pre_hash}")]));
+
+    // HLC order and offset
+    if let (Some(last), Some(ord)) = (pre.hlc_last, pre.order_last.as_ref()) {
+        let c = order_key_cmp((&p.hlc, &p.signer.to_string(), &p.idem_key), (&last, &ord.signer.to_string(), &ord.idem_key));
+        if c != Ordering::Greater {
+            let mut r = reject(
+                RejectKind::HlcOrder,
+                "hlc",
+                vec![format!(
+                    "hlc {} is not after the last applied {last} (ties break by signer, then idem_key); take a fresh HLC above it and resubmit",
+                    p.hlc
+                )],
+            );
+            r.head_hash = Some(pre_hash);
+            r.hlc_last = Some(last);
+            return Err(r);
+        }
+    }
+    let ahead = p.hlc.ahead_of_ms(ctx.now_ms);
+    if ahead > pre.meta.hlc_max_offset_ms {
+        return Err(reject(
+            RejectKind::Guard,
+            "hlc",
+            vec![format!(
+                "hlc {} runs {ahead} ms ahead of the leader's clock ({}); the maximum offset is {} ms: check the proposer's clock",
+                p.hlc,
+                crate::hlc::format_wall_ms(ctx.now_ms),
+                pre.meta.hlc_max_offset_ms
+            )],
+        ));
+    }
+    outcomes.push(guards::outcome(
+        "hlc",
+        true,
+        vec![format!("hlc {} follows {} and is within {} ms of the leader clock", p.hlc, pre.hlc_last.map_or("nothing".into(), |h| h.to_string()), pre.meta.hlc_max_offset_ms)],
+    ));
+
+    // project status
+    let status_fail = |why: String| Err(reject(RejectKind::Guard, "project_status", vec![why]));
+    if pre.meta.phase == "TERMINATED" {
+        return status_fail(format!(
+            "project {:?} is TERMINATED ({}); nothing leaves TERMINATED: start a new project id",
+            p.project,
+            pre.meta.terminated_rationale.clone().unwrap_or_default()
+        ));
+    }
+    if pre.policy.phase == "QUARANTINED" && !statechart::allowed_in_quarantine(spec.name) {
+        return status_fail(format!(
+            "project {:?} is QUARANTINED ({}); only an admin-signed Policy_Release or a Policy_Update leaves it",
+            p.project,
+            pre.policy.rationale.clone().unwrap_or_default()
+        ));
+    }
+    if pre.control.phase == "PAUSED" && !statechart::allowed_while_paused(spec.name) {
+        return status_fail(format!("project {:?} is PAUSED ({}); propose Control_Resume first", p.project, pre.control.reason.clone().unwrap_or_default()));
+    }
+    if pre.control.phase == "RECOVERY" && !statechart::allowed_in_recovery(spec.name) {
+        return status_fail(format!(
+            "project {:?} is in RECOVERY ({}); restore the council quorum and propose Control_Recovered first",
+            p.project,
+            pre.control.reason.clone().unwrap_or_default()
+        ));
+    }
+    let active_needed = match spec.to.region {
+        Region::Ingestion | Region::Council | Region::Environment => Some(&["PROJECT_LIFECYCLE", "EXECUTION"][..]),
+        Region::Execution => Some(&["EXECUTION"][..]),
+        Region::Project if spec.name == "Project_EnterExecution" => Some(&["PROJECT_LIFECYCLE"][..]),
+        Region::Boot if spec.name == "Boot_ConfigOk" || spec.name == "Boot_Licensed" => Some(&["BOOT"][..]),
+        _ => None,
+    };
+    if let Some(phases) = active_needed {
+        if !phases.contains(&pre.meta.phase.as_str()) {
+            return status_fail(format!(
+                "{} needs the project in {}; project {:?} is in {}",
+                spec.name,
+                phases.join(" or "),
+                p.project,
+                pre.meta.phase
+            ));
+        }
+    }
+    outcomes.push(guards::outcome("project_status", true, vec![format!("project {} is {}, Control {}, Policy {}", p.project, pre.meta.phase, pre.control.phase, pre.policy.phase)]));
+
+    // from-state
+    let from_region = spec.from[0].region;
+    let current = pre.region_state(from_region);
+    if !spec.from.iter().any(|s| s.state == current) {
+        let want: Vec<String> = spec.from.iter().map(|s| s.state.to_string()).collect();
+        return Err(reject(
+            RejectKind::Guard,
+            "from_state",
+            vec![format!("{} needs {} in {}; it is in {current}", spec.name, from_region.name(), want.join(" or "))],
+        ));
+    }
+    outcomes.push(guards::outcome("from_state", true, vec![format!("{} is {current}", from_region.name())]));
+
+    // transition guards and the state change
+    let g = GuardCtx { state: &pre, proposal: p, verify: ctx.verify };
+    let mut post = pre.clone();
+    let mut events = vec![];
+    transition(spec, &g, &mut post, &mut outcomes, &mut events)?;
+
+    // bookkeeping every accepted transition does
+    post.set_region_state(spec.to.region, spec.to.state);
+    post.epoch.bump(spec.to.region);
+    for a in spec.also {
+        post.set_region_state(a.region, a.state);
+        post.epoch.bump(a.region);
+    }
+    let touches_control = spec.to.region == Region::Control || spec.also.iter().any(|a| a.region == Region::Control);
+    if !touches_control {
+        if spec.name == "Boot_LicenseRefresh" && post.control.phase == "DEGRADED" && post.control.degraded_by_license {
+            let auto = &AUTOMATIC[1];
+            post.set_region_state(auto.to.region, auto.to.state);
+            post.control.degraded_by_license = false;
+            post.control.reason = None;
+            post.epoch.bump(Region::Control);
+            events.push(event("license_restored", p, None, "license refreshed; Control back to NORMAL".into()));
+        } else if spec.name != "Boot_LicenseRefresh" && post.control.phase == "NORMAL" {
+            if let guards::LicenseAt::Grace { grace_until_ms, .. } = guards::license_at(&post, &p.hlc) {
+                let auto = &AUTOMATIC[0];
+                post.set_region_state(auto.to.region, auto.to.state);
+                post.control.degraded_by_license = true;
+                post.control.reason = Some(format!("license grace until {}", crate::hlc::format_wall_ms(grace_until_ms)));
+                post.epoch.bump(Region::Control);
+                events.push(event("license_grace", p, Some("license"), format!("license in grace until {}", crate::hlc::format_wall_ms(grace_until_ms))));
+            }
+        }
+    }
+    post.hlc_last = Some(p.hlc);
+    post.order_last = Some(OrderKey { signer: p.signer.clone(), idem_key: p.idem_key.clone() });
+    post.applied += 1;
+    Ok(Eval::Apply(Box::new(Plan { spec, pre, pre_hash, post, outcomes, content_hash, events })))
+}
+
+fn inputs<T: DeserializeOwned>(p: &Proposal) -> Result<T, Rejection> {
+    p.inputs.deserialized::<T>().map_err(|e| {
+        reject(
+            RejectKind::Malformed,
+            "inputs",
+            vec![format!("inputs of {} do not match its schema ({e}); `swoosh statechart` lists each transition's input fields", p.transition)],
+        )
+    })
+}
+
+fn field_err(field: &str, why: String) -> Rejection {
+    reject(RejectKind::Malformed, &format!("inputs.{field}"), vec![why])
+}
+
+fn check_list<T>(field: &str, v: &[T]) -> Result<(), Rejection> {
+    if v.len() > LIST_ITEMS_MAX {
+        return Err(field_err(field, format!("inputs.{field} has {} items; at most {LIST_ITEMS_MAX} are allowed", v.len())));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
+    if s.is_empty() || s.len() > TEXT_BYTES_MAX {
+        return Err(field_err(field, format!("inputs.{field} must be 1..={TEXT_BYTES_MAX} bytes of text")));
+    }
+    Ok(())
+}
+
+fn guard_check(outcomes: &mut Vec<GuardOutcome>, o: GuardOutcome) -> Result<(), Rejection> {
+    guard_check_retry(outcomes, o, None)
+}
+
+fn guard_check_retry(outcomes: &mut Vec<GuardOutcome>, o: GuardOutcome, retry: Option<u64>) -> Result<(), Rejection> {
+    if o.ok {
+        outcomes.push(o);
+        Ok(())
+    } else {
+        let mut r = reject(RejectKind::Guard, &o.guard, o.reasons);
+        r.retry_after_ms = retry;
+        Err(r)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct In0 {}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InConfig {
+    config_hash: Hash,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InLicense {
+    license: crate::facts::LicenseToken,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InRoster {
+    roster: Vec<RosterEntry>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InSources {
+    sources: Vec<String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InBytes {
+    content_hash: Hash,
+    bytes: u64,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InSchema {
+    schema_hash: Hash,
+    findings: Vec<Finding>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InFindings {
+    findings: Vec<Finding>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InCorpus {
+    index_hash: Hash,
+    version: u64,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InReason {
+    reason: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InRationale {
+    rationale: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InProfiles {
+    roles: Vec<String>,
+    candidates: Vec<SignerId>,
+    tools: BTreeMap<String, String>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InElect {
+    members: Vec<SignerId>,
+    votes: Vec<Vote>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InProbes {
+    probes: Vec<Probe>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InEject {
+    member: SignerId,
+    reason: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InCapacity {
+    request: Resources,
+    capacity: Resources,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InInstalled {
+    assets: Vec<String>,
+    env_hash: Hash,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InChecks {
+    checks: Vec<Check>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InPins {
+    pins: Pins,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InPlan {
+    plan_hash: Hash,
+    pins: Pins,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InWork {
+    work_hash: Hash,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InReview {
+    review_hash: Hash,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InSubmit {
+    submission_hash: Hash,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InLost {
+    reason: String,
+    lost: Vec<SignerId>,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InRules {
+    rules: Vec<PolicyRule>,
+}
+
+fn license_status(t: &crate::facts::LicenseToken) -> LicenseStatus {
+    LicenseStatus {
+        token_hash: crate::hash::hash_of(t).expect("license tokens encode"),
+        authority: t.body.authority.clone(),
+        expires_at: t.body.expires_at,
+        grace_ms: t.body.grace_ms,
+    }
+}
+
+fn push_evidence(post: &mut ProjectState, p: &Proposal) {
+    for e in &p.evidence {
+        if post.execution.evidence.len() >= EXECUTION_EVIDENCE_MAX {
+            post.execution.evidence.remove(0);
+        }
+        post.execution.evidence.push(e.clone());
+    }
+}
+
+/// Run the transition's own guards and apply its data changes to `post`
+/// (region state and epochs are set by the caller).
+fn transition(
+    spec: &'static TransitionSpec,
+    g: &GuardCtx,
+    post: &mut ProjectState,
+    out: &mut Vec<GuardOutcome>,
+    events: &mut Vec<OpEvent>,
+) -> Result<(), Rejection> {
+    let p = g.proposal;
+    let lic = |out: &mut Vec<GuardOutcome>| guard_check(out, guards::license(g));
+    match spec.name {
+        "Boot_ConfigOk" => {
+            let i: InConfig = inputs(p)?;
+            post.boot.config_hash = Some(i.config_hash);
+        }
+        "Boot_Licensed" | "Boot_LicenseRefresh" => {
+            let i: InLicense = inputs(p)?;
+            guard_check(out, guards::license_token(g, &i.license))?;
+            post.boot.license = Some(license_status(&i.license));
+        }
+        "Boot_SetRoster" => {
+            let i: InRoster = inputs(p)?;
+            check_list("roster", &i.roster)?;
+            guard_check(out, guards::roster(&i.roster))?;
+            let mut r = i.roster;
+            r.sort_by(|a, b| a.key.cmp(&b.key));
+            post.boot.identities = r;
+        }
+        "Ingestion_SourcesResolved" => {
+            let i: InSources = inputs(p)?;
+            check_list("sources", &i.sources)?;
+            if i.sources.is_empty() {
+                return Err(field_err("sources", "inputs.sources must name at least one source".into()));
+            }
+            for s in &i.sources {
+                check_text("sources", s)?;
+            }
+            lic(out)?;
+            guard_check(out, guards::policy_sources(g, &i.sources))?;
+            let mut s = i.sources;
+            s.sort();
+            s.dedup();
+            post.ingestion.sources = s;
+        }
+        "Ingestion_BytesOk" => {
+            let i: InBytes = inputs(p)?;
+            lic(out)?;
+            post.ingestion.content_hash = Some(i.content_hash);
+            post.ingestion.bytes = i.bytes;
+        }
+        "Ingestion_SchemaOk" => {
+            let i: InSchema = inputs(p)?;
+            check_list("findings", &i.findings)?;
+            lic(out)?;
+            guard_check(out, guards::policy_findings(g, &i.findings))?;
+            post.ingestion.schema_hash = Some(i.schema_hash);
+            post.ingestion.findings = i.findings;
+        }
+        "Ingestion_PolicyViolation" => {
+            let i: InFindings = inputs(p)?;
+            check_list("findings", &i.findings)?;
+            let o = guards::policy_breach(g, &i.findings);
+            let rationale = o.reasons.join("; ");
+            guard_check(out, o)?;
+            post.policy.rationale = Some(rationale.clone());
+            post.policy.findings = i.findings.clone();
+            post.policy.quarantines += 1;
+            post.ingestion.findings = i.findings;
+            events.push(event("quarantine", p, Some("policy_breach"), rationale));
+        }
+        "Ingestion_CorpusBuilt" => {
+            let i: InCorpus = inputs(p)?;
+            if i.version <= g.state.ingestion.version {
+                return Err(field_err(
+                    "version",
+                    format!("a new index must carry a new version: {} is not above the last indexed version {}", i.version, g.state.ingestion.version),
+                ));
+            }
+            lic(out)?;
+            post.ingestion.index_hash = Some(i.index_hash);
+            post.ingestion.version = i.version;
+        }
+        "Ingestion_RollbackIndex" => {
+            let i: InReason = inputs(p)?;
+            check_text("reason", &i.reason)?;
+            lic(out)?;
+            let ing = &mut post.ingestion;
+            ing.content_hash = None;
+            ing.index_hash = None;
+            ing.schema_hash = None;
+            ing.findings.clear();
+            ing.sources.clear();
+            ing.bytes = 0;
+            ing.rollbacks += 1;
+        }
+        "Council_ProfilesLoaded" => {
+            let i: InProfiles = inputs(p)?;
+            check_list("roles", &i.roles)?;
+            check_list("candidates", &i.candidates)?;
+            check_list("tools", &i.tools.iter().collect::<Vec<_>>())?;
+            for c in &i.candidates {
+                if !g.state.roles_of(c).is_some_and(|r| r.contains(&Role::Council)) {
+                    return Err(field_err("candidates", format!("candidate {c} is not a council member of the roster")));
+                }
+            }
+            if i.candidates.len() < g.state.council.quorum_threshold as usize {
+                return Err(field_err(
+                    "candidates",
+                    format!("{} candidates cannot reach the quorum threshold {}", i.candidates.len(), g.state.council.quorum_threshold),
+                ));
+            }
+            lic(out)?;
+            let mut c = i.candidates;
+            c.sort();
+            c.dedup();
+            post.council.roles = i.roles;
+            post.council.candidates = c;
+            post.council.tools = i.tools;
+        }
+        "Council_QuorumCert" | "Council_ReElect" => {
+            let i: InElect = inputs(p)?;
+            check_list("members", &i.members)?;
+            check_list("votes", &i.votes)?;
+            lic(out)?;
+            guard_check(out, guards::quorum(g, &i.members, &i.votes, spec.name == "Council_ReElect"))?;
+            let mut m = i.members;
+            m.sort();
+            post.council.member_set_hash = Some(crate::facts::member_set_hash(&m));
+            post.council.elected = m;
+            post.council.quorum_cert = Some(guards::quorum_cert_hash(&i.votes));
+            post.council.elections += 1;
+        }
+        "Council_McpGreen" | "Council_ToolingLost" => {
+            let i: InProbes = inputs(p)?;
+            check_list("probes", &i.probes)?;
+            if spec.name == "Council_McpGreen" {
+                lic(out)?;
+                guard_check(out, guards::mcp_green(g, &i.probes))?;
+            } else {
+                let o = guards::mcp_lost(g, &i.probes);
+                let why = o.reasons.join("; ");
+                guard_check(out, o)?;
+                events.push(event("tool_flap", p, Some("mcp_health"), why));
+            }
+            for pr in &i.probes {
+                if post.council.tools.contains_key(&pr.body.tool) {
+                    post.council.tooling.insert(
+                        pr.body.tool.clone(),
+                        crate::state::ToolStatus { reachable: pr.body.reachable, version: pr.body.version.clone(), probed_at: pr.body.probed_at },
+                    );
+                }
+            }
+        }
+        "Council_Eject" => {
+            let i: InEject = inputs(p)?;
+            check_text("reason", &i.reason)?;
+            if !g.state.council.elected.contains(&i.member) {
+                return Err(field_err("member", format!("{} is not in the elected council", i.member)));
+            }
+            lic(out)?;
+            post.council.elected.retain(|m| m != &i.member);
+            post.council.ejected.push(i.member);
+            post.council.ejected.sort();
+            post.council.member_set_hash = None;
+            post.council.quorum_cert = None;
+        }
+        "Environment_CapacityOk" => {
+            let i: InCapacity = inputs(p)?;
+            lic(out)?;
+            guard_check(out, guards::capacity(&i.request, &i.capacity))?;
+            post.environment.request = Some(i.request);
+            post.environment.capacity = Some(i.capacity);
+        }
+        "Environment_Installed" => {
+            let i: InInstalled = inputs(p)?;
+            check_list("assets", &i.assets)?;
+            lic(out)?;
+            post.environment.assets = i.assets;
+            post.environment.env_hash = Some(i.env_hash);
+        }
+        "Environment_Green" | "Environment_Amber" => {
+            let i: InChecks = inputs(p)?;
+            check_list("checks", &i.checks)?;
+            lic(out)?;
+            guard_check(out, guards::env_health(&i.checks, spec.name == "Environment_Green"))?;
+            post.environment.health = i.checks;
+        }
+        "Environment_Recheck" => {
+            let _: In0 = inputs(p)?;
+            lic(out)?;
+        }
+        "Environment_Deprovision" => {
+            let i: InReason = inputs(p)?;
+            check_text("reason", &i.reason)?;
+            let env = &mut post.environment;
+            env.assets.clear();
+            env.env_hash = None;
+            env.health.clear();
+            env.request = None;
+            env.capacity = None;
+            env.deprovisions += 1;
+        }
+        "Project_EnterExecution" => {
+            let i: InPins = inputs(p)?;
+            lic(out)?;
+            guard_check(out, guards::all_ready(g, &i.pins))?;
+            post.execution.pins = Some(i.pins);
+        }
+        "Project_Terminate" => {
+            let i: InRationale = inputs(p)?;
+            check_text("rationale", &i.rationale)?;
+            post.meta.terminated_rationale = Some(i.rationale);
+        }
+        "Execution_PlanLocked" => {
+            let i: InPlan = inputs(p)?;
+            lic(out)?;
+            guard_check(out, guards::all_ready(g, &i.pins))?;
+            post.execution.plan_hash = Some(i.plan_hash);
+            post.execution.pins = Some(i.pins);
+            push_evidence(post, p);
+        }
+        "Execution_BeatReviewGate" | "Execution_ReverbOpen" | "Execution_Approve" | "Execution_Submit" => {
+            lic(out)?;
+            let class = spec.time_gated.expect("execution windows are time-gated");
+            let parsed: Result<(), Rejection> = match spec.name {
+                "Execution_BeatReviewGate" => inputs::<InWork>(p).map(|i| post.execution.work_hash = Some(i.work_hash)),
+                "Execution_ReverbOpen" => inputs::<InReview>(p).map(|i| post.execution.review_hash = Some(i.review_hash)),
+                "Execution_Approve" => inputs::<InWork>(p).and_then(|i| {
+                    let (o, retry) = guards::backbeat(g, class);
+                    guard_check_retry(out, o, retry)?;
+                    guard_check(out, guards::council_member(g, &i.work_hash))?;
+                    post.execution.approvals.push(p.signer.clone());
+                    post.execution.approvals.sort();
+                    Ok(())
+                }),
+                _ => inputs::<InSubmit>(p).and_then(|i| {
+                    let (o, retry) = guards::backbeat(g, class);
+                    guard_check_retry(out, o, retry)?;
+                    guard_check(out, guards::approvals(g))?;
+                    post.execution.submission = Some(i.submission_hash);
+                    Ok(())
+                }),
+            };
+            parsed?;
+            if matches!(spec.name, "Execution_BeatReviewGate" | "Execution_ReverbOpen") {
+                let (o, retry) = guards::backbeat(g, class);
+                guard_check_retry(out, o, retry)?;
+            }
+            post.execution.window_id = Some(p.window_id.clone());
+            push_evidence(post, p);
+        }
+        "Execution_NextWindow" => {
+            let _: In0 = inputs(p)?;
+            lic(out)?;
+            guard_check(out, guards::submission(g))?;
+            let ex = &mut post.execution;
+            ex.loops += 1;
+            ex.plan_hash = None;
+            ex.work_hash = None;
+            ex.review_hash = None;
+            ex.approvals.clear();
+            ex.submission = None;
+            ex.window_id = None;
+            ex.evidence.clear();
+        }
+        "Control_Pause" => {
+            let i: InReason = inputs(p)?;
+            check_text("reason", &i.reason)?;
+            post.control.reason = Some(i.reason);
+            post.control.degraded_by_license = false;
+        }
+        "Control_Resume" => {
+            let _: In0 = inputs(p)?;
+            lic(out)?;
+            post.control.reason = None;
+        }
+        "Control_QuorumLost" => {
+            let i: InLost = inputs(p)?;
+            check_text("reason", &i.reason)?;
+            check_list("lost", &i.lost)?;
+            post.control.reason = Some(i.reason.clone());
+            post.control.degraded_by_license = false;
+            events.push(event("quorum_lost", p, None, i.reason));
+        }
+        "Control_Recovered" => {
+            let _: In0 = inputs(p)?;
+            lic(out)?;
+            guard_check(out, guards::recovery(g))?;
+            post.control.reason = None;
+            events.push(event("recovered", p, None, "quorum restored".into()));
+        }
+        "Policy_Quarantine" => {
+            let i: InRationale = inputs(p)?;
+            check_text("rationale", &i.rationale)?;
+            post.policy.rationale = Some(i.rationale.clone());
+            post.policy.findings.clear();
+            post.policy.quarantines += 1;
+            events.push(event("quarantine", p, None, i.rationale));
+        }
+        "Policy_Release" => {
+            let i: InRationale = inputs(p)?;
+            check_text("rationale", &i.rationale)?;
+            post.policy.rationale = None;
+            post.policy.findings.clear();
+            events.push(event("quarantine_released", p, None, i.rationale));
+        }
+        "Policy_Update" => {
+            let i: InRules = inputs(p)?;
+            guard_check(out, guards::policy_update(g, &i.rules))?;
+            post.policy.rules = i.rules;
+            post.policy.rationale = None;
+            post.policy.findings.clear();
+        }
+        other => unreachable!("transition {other} is in the registry but has no reducer arm"),
+    }
+    Ok(())
+}
+
+struct Built {
+    acc: Accepted,
+    post: ProjectState,
+    idem: IdemEntry,
+    effects: Vec<Effect>,
+}
+
+fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
+    let b = build(node, p, ctx, plan);
+    install(node, p, &b);
+    let Built { acc, effects, .. } = b;
+    Step { outcome: Outcome::Accepted(Box::new(acc)), effects }
+}
+
+fn install(node: &mut NodeState, p: &Proposal, b: &Built) {
+    node.index = b.acc.record.index;
+    node.head_record = b.acc.record_hash;
+    node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
+    node.idem.entry(p.project.clone()).or_default().insert(p.idem_key.clone(), b.idem.clone());
+    node.projects.insert(p.project.clone(), ProjectEntry { state: b.post.clone(), hash: b.acc.record.state_post_hash });
+}
+
+fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
+    let Plan { spec, pre, pre_hash, post, outcomes, content_hash, mut events } = plan;
+    let post_hash = post.hash();
+    let index = node.index + 1;
+    let from_region = spec.from[0].region;
+    let roles: Vec<String> = pre.roles_of(&p.signer).unwrap_or(&[]).iter().map(|r| r.name().to_string()).collect();
+    let cluster = &node.genesis.cluster_id;
+    let mut links = vec![
+        format!("ucxl://swoosh:{cluster}@{}/wal/{index}", p.project),
+        format!("ucxl://swoosh:{cluster}@{}/state/{}", p.project, post_hash.to_hex()),
+    ];
+    links.extend(p.evidence.iter().filter(|e| e.starts_with("ucxl://")).cloned());
+    let decision = DecisionRecord {
+        kind: DECISION_KIND.to_string(),
+        cluster_id: cluster.clone(),
+        project: p.project.clone(),
+        index,
+        transition: spec.name.to_string(),
+        region: spec.to.region.name().to_string(),
+        from: format!("{}.{}", from_region.name(), pre.region_state(from_region)),
+        to: spec.to.to_string(),
+        signer: p.signer.clone(),
+        signer_roles: roles.clone(),
+        idem_key: p.idem_key.clone(),
+        hlc: p.hlc,
+        window_id: p.window_id.clone(),
+        state_pre_hash: pre_hash,
+        state_post_hash: post_hash,
+        inputs_hash: p.inputs_hash,
+        guard_outcomes: outcomes.clone(),
+        evidence: p.evidence.clone(),
+        links,
+        justification: format!(
+            "{} accepted for project {}: {}.{} → {}, signed by {} ({}); {} checks passed",
+            spec.name,
+            p.project,
+            from_region.name(),
+            pre.region_state(from_region),
+            spec.to,
+            p.signer,
+            roles.join(", "),
+            outcomes.len()
+        ),
+    };
+    let decision_hash = decision.hash();
+    let record = WalRecord {
+        index,
+        prev_hash: node.head_record,
+        project: p.project.clone(),
+        transition: spec.name.to_string(),
+        state_pre_hash: pre_hash,
+        state_post_hash: post_hash,
+        inputs: p.inputs.clone(),
+        inputs_hash: p.inputs_hash,
+        signer: p.signer.clone(),
+        idem_key: p.idem_key.clone(),
+        hlc: p.hlc,
+        window_id: p.window_id.clone(),
+        guard_outcomes: outcomes,
+        evidence: p.evidence.clone(),
+        timestamp_ms: ctx.now_ms,
+        signature: p.signature,
+        decision: decision_hash,
+    };
+    let record_hash = record.hash();
+
+    let idem = IdemEntry { content_hash, transition: spec.name.to_string(), index, state_post_hash: post_hash, decision: decision_hash };
+
+    let mut effects = vec![
+        Effect::AppendWal { index, record_hash },
+        Effect::StoreDecision { address: decision_hash },
+        Effect::Reply { status: 202 },
+    ];
+    if spec.name == "Execution_ReverbOpen" {
+        effects.push(Effect::ScheduleSnapshot { reason: SnapshotReason::Reverb });
+    } else if ctx.snapshot_every > 0 && index % ctx.snapshot_every == 0 {
+        effects.push(Effect::ScheduleSnapshot { reason: SnapshotReason::Interval });
+    }
+    for e in events.drain(..) {
+        effects.push(Effect::Emit(e));
+    }
+    Built { acc: Accepted { record, record_hash, decision, decision_hash }, post, idem, effects }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReplayError {
+    #[error("record {index}: expected index {expected}; the log has a gap or a repeat")]
+    Index { index: u64, expected: u64 },
+    #[error("record {index}: prev_hash {got} does not chain to the previous record {expected}")]
+    Chain { index: u64, got: Hash, expected: Hash },
+    #[error("record {index}: the reducer rejects it ({guard}: {reasons}); the log and this build disagree")]
+    Rejected { index: u64, guard: String, reasons: String },
+    #[error("record {index}: it repeats an accepted idempotency key; a log never holds duplicates")]
+    Duplicate { index: u64 },
+    #[error("record {index}: recomputed state_post_hash {computed} differs from the recorded {recorded}: divergence")]
+    PostHash { index: u64, computed: Hash, recorded: Hash },
+    #[error("record {index}: recomputed record differs from the stored one in {field}: divergence")]
+    Mismatch { index: u64, field: &'static str },
+}
+
+/// Apply a record from a WAL (replay, recovery, follower). Checks the chain
+/// link and that re-running the reducer reproduces the record exactly.
+pub fn apply_record(node: &mut NodeState, rec: &WalRecord, verify: Verify) -> Result<Accepted, ReplayError> {
+    let expected = node.index + 1;
+    if rec.index != expected {
+        return Err(ReplayError::Index { index: rec.index, expected });
+    }
+    if rec.prev_hash != node.head_record {
+        return Err(ReplayError::Chain { index: rec.index, got: rec.prev_hash, expected: node.head_record });
+    }
+    let p = rec.proposal();
+    let ctx = Ctx { now_ms: rec.timestamp_ms, verify, snapshot_every: 0 };
+    // Evaluate on the side so a divergent record leaves the node untouched.
+    let eval = evaluate(node, &p, &ctx);
+    let plan = match eval {
+        Err(r) => return Err(ReplayError::Rejected { index: rec.index, guard: r.guard, reasons: r.reasons.join("; ") }),
+        Ok(Eval::Duplicate(_)) => return Err(ReplayError::Duplicate { index: rec.index }),
+        Ok(Eval::Apply(plan)) => plan,
+    };
+    let computed = plan.post.hash();
+    if computed != rec.state_post_hash {
+        return Err(ReplayError::PostHash { index: rec.index, computed, recorded: rec.state_post_hash });
+    }
+    let built = build(node, &p, &ctx, *plan);
+    if built.acc.record.guard_outcomes != rec.guard_outcomes {
+        return Err(ReplayError::Mismatch { index: rec.index, field: "guard_outcomes" });
+    }
+    if built.acc.record.decision != rec.decision {
+        return Err(ReplayError::Mismatch { index: rec.index, field: "decision" });
+    }
+    if built.acc.record_hash != rec.hash() {
+        return Err(ReplayError::Mismatch { index: rec.index, field: "record hash" });
+    }
+    install(node, &p, &built);
+    Ok(built.acc)
+}

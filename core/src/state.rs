@@ -1,0 +1,565 @@
+//! The state document (per project), genesis, and the node's root hash.
+//!
+//! Every field is deterministic: ordered collections only, integers only.
+//! A project's hash is BLAKE3 over the canonical CBOR of its document; the
+//! node's root hash is a Merkle root whose first leaf is the genesis hash
+//! and whose other leaves are (project id, project hash) in id order, so a
+//! node with no projects has the genesis hash as its root.
+
+use crate::backbeat::{Schedule, ScheduleError};
+use crate::cbor::CanonicalError;
+use crate::facts::{Check, Finding, Pins, PolicyRule, Resources, RosterEntry};
+use crate::hash::{hash_of, Hash};
+use crate::hlc::Hlc;
+use crate::sig::SignerId;
+use crate::statechart::{schema_hash, Region, Role, MACHINE_VERSION};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const PROJECT_ID_BYTES_MAX: usize = 64;
+pub const DEFAULT_PROJECT: &str = "default";
+pub const ROSTER_ENTRIES_MAX: usize = 256;
+pub const POLICY_RULES_MAX: usize = 256;
+pub const FOLLOWERS_MAX: usize = 64;
+
+/// A follower allowed to read the replicated WAL: its libp2p/HMMM identity
+/// and the age X25519 recipient batches are encrypted to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowerEntry {
+    pub name: String,
+    pub key: SignerId,
+    pub age_recipient: String,
+}
+
+/// The genesis document: fixes the cluster and the initial state of every
+/// project. Its hash is the node's initial root hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    pub cluster_id: String,
+    pub machine_version: String,
+    pub leader: SignerId,
+    pub roster: Vec<RosterEntry>,
+    #[serde(default)]
+    pub followers: Vec<FollowerEntry>,
+    pub backbeat: Schedule,
+    pub policy_rules: Vec<PolicyRule>,
+    pub quorum_threshold: u32,
+    pub hlc_max_offset_ms: u64,
+    /// Probe facts older than this (relative to the proposal HLC) are stale.
+    pub probe_max_age_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GenesisError {
+    #[error("genesis machine_version is {got:?} but this build runs {MACHINE_VERSION:?}; use a genesis made for this version")]
+    MachineVersion { got: String },
+    #[error("genesis cluster_id must be 1..=64 characters of [a-z0-9-_.]")]
+    ClusterId,
+    #[error("genesis roster must name at least one admin")]
+    NoAdmin,
+    #[error("genesis roster lists {0} twice")]
+    DuplicateSigner(String),
+    #[error("genesis roster has {0} entries; at most {ROSTER_ENTRIES_MAX} are allowed")]
+    RosterTooLarge(usize),
+    #[error("genesis roster entry {0} has no roles")]
+    NoRoles(String),
+    #[error("genesis quorum_threshold {threshold} must be between 1 and the {council} council members of the roster")]
+    Threshold { threshold: u32, council: usize },
+    #[error("genesis leader {0} must be in the roster with the operator role (it proposes quorum certificates)")]
+    Leader(String),
+    #[error("genesis backbeat schedule: {0}")]
+    Schedule(#[from] ScheduleError),
+    #[error("genesis has {0} policy rules; at most {POLICY_RULES_MAX} are allowed")]
+    TooManyRules(usize),
+    #[error("genesis has {0} followers; at most {FOLLOWERS_MAX} are allowed")]
+    TooManyFollowers(usize),
+    #[error("genesis hlc_max_offset_ms must be between 1 and 3600000")]
+    Offset,
+    #[error("genesis does not encode canonically: {0}")]
+    Encode(#[from] CanonicalError),
+}
+
+impl Genesis {
+    pub fn validate(&self) -> Result<(), GenesisError> {
+        if self.machine_version != MACHINE_VERSION {
+            return Err(GenesisError::MachineVersion { got: self.machine_version.clone() });
+        }
+        if !valid_id(&self.cluster_id) {
+            return Err(GenesisError::ClusterId);
+        }
+        validate_roster(&self.roster).map_err(|e| match e {
+            RosterError::NoAdmin => GenesisError::NoAdmin,
+            RosterError::Duplicate(s) => GenesisError::DuplicateSigner(s),
+            RosterError::TooLarge(n) => GenesisError::RosterTooLarge(n),
+            RosterError::NoRoles(s) => GenesisError::NoRoles(s),
+        })?;
+        let council = self.roster.iter().filter(|r| r.roles.contains(&Role::Council)).count();
+        if self.quorum_threshold == 0 || self.quorum_threshold as usize > council {
+            return Err(GenesisError::Threshold { threshold: self.quorum_threshold, council });
+        }
+        if !self.roster.iter().any(|r| r.key == self.leader && r.roles.contains(&Role::Operator)) {
+            return Err(GenesisError::Leader(self.leader.to_string()));
+        }
+        self.backbeat.validate()?;
+        if self.policy_rules.len() > POLICY_RULES_MAX {
+            return Err(GenesisError::TooManyRules(self.policy_rules.len()));
+        }
+        if self.followers.len() > FOLLOWERS_MAX {
+            return Err(GenesisError::TooManyFollowers(self.followers.len()));
+        }
+        if self.hlc_max_offset_ms == 0 || self.hlc_max_offset_ms > 3_600_000 {
+            return Err(GenesisError::Offset);
+        }
+        Ok(())
+    }
+
+    pub fn hash(&self) -> Result<Hash, CanonicalError> {
+        hash_of(self)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RosterError {
+    NoAdmin,
+    Duplicate(String),
+    TooLarge(usize),
+    NoRoles(String),
+}
+
+pub fn validate_roster(roster: &[RosterEntry]) -> Result<(), RosterError> {
+    if roster.len() > ROSTER_ENTRIES_MAX {
+        return Err(RosterError::TooLarge(roster.len()));
+    }
+    if !roster.iter().any(|r| r.roles.contains(&Role::Admin)) {
+        return Err(RosterError::NoAdmin);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in roster {
+        if !seen.insert(&r.key) {
+            return Err(RosterError::Duplicate(r.key.to_string()));
+        }
+        if r.roles.is_empty() {
+            return Err(RosterError::NoRoles(r.key.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Project and cluster ids: 1..=64 bytes of `[a-z0-9._-]`, starting alphanumeric.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= PROJECT_ID_BYTES_MAX
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub machine_version: String,
+    pub schema_hash: Hash,
+    pub genesis: Hash,
+    pub cluster_id: String,
+    pub project: String,
+    /// Top-level Project region state: BOOT, PROJECT_LIFECYCLE, EXECUTION, TERMINATED.
+    pub phase: String,
+    pub hlc_max_offset_ms: u64,
+    pub probe_max_age_ms: u64,
+    pub terminated_rationale: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseStatus {
+    pub token_hash: Hash,
+    pub authority: SignerId,
+    pub expires_at: Hlc,
+    pub grace_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    pub phase: String,
+    pub config_hash: Option<Hash>,
+    pub license: Option<LicenseStatus>,
+    /// The roster: authorized signers and their roles (sorted by key).
+    pub identities: Vec<RosterEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingestion {
+    pub phase: String,
+    pub sources: Vec<String>,
+    pub content_hash: Option<Hash>,
+    pub bytes: u64,
+    pub schema_hash: Option<Hash>,
+    pub findings: Vec<Finding>,
+    pub index_hash: Option<Hash>,
+    pub version: u64,
+    pub rollbacks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolStatus {
+    pub reachable: bool,
+    pub version: String,
+    pub probed_at: Hlc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Council {
+    pub phase: String,
+    pub roles: Vec<String>,
+    pub candidates: Vec<SignerId>,
+    /// Required MCP tools and their pinned versions.
+    pub tools: BTreeMap<String, String>,
+    pub elected: Vec<SignerId>,
+    pub member_set_hash: Option<Hash>,
+    /// Hash of the accepted vote set (the quorum certificate).
+    pub quorum_cert: Option<Hash>,
+    pub quorum_threshold: u32,
+    pub tooling: BTreeMap<String, ToolStatus>,
+    pub ejected: Vec<SignerId>,
+    pub elections: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub phase: String,
+    pub request: Option<Resources>,
+    pub capacity: Option<Resources>,
+    pub assets: Vec<String>,
+    pub env_hash: Option<Hash>,
+    pub health: Vec<Check>,
+    pub deprovisions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    pub phase: String,
+    pub schedule: Schedule,
+    pub pins: Option<Pins>,
+    pub plan_hash: Option<Hash>,
+    pub window_id: Option<String>,
+    pub work_hash: Option<Hash>,
+    pub review_hash: Option<Hash>,
+    pub approvals: Vec<SignerId>,
+    pub submission: Option<Hash>,
+    /// Evidence pointers (UCXL/BUBBLE addresses) of the current window.
+    pub evidence: Vec<String>,
+    pub loops: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    pub phase: String,
+    pub reason: Option<String>,
+    pub degraded_by_license: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub phase: String,
+    pub rules: Vec<PolicyRule>,
+    pub rationale: Option<String>,
+    /// The findings that caused the current quarantine, if any.
+    pub findings: Vec<Finding>,
+    pub quarantines: u64,
+}
+
+/// One epoch counter per region; each advances exactly once per region advance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Epochs {
+    pub project: u64,
+    pub boot: u64,
+    pub ingestion: u64,
+    pub council: u64,
+    pub environment: u64,
+    pub execution: u64,
+    pub control: u64,
+    pub policy: u64,
+}
+
+impl Epochs {
+    pub fn get(&self, r: Region) -> u64 {
+        match r {
+            Region::Project => self.project,
+            Region::Boot => self.boot,
+            Region::Ingestion => self.ingestion,
+            Region::Council => self.council,
+            Region::Environment => self.environment,
+            Region::Execution => self.execution,
+            Region::Control => self.control,
+            Region::Policy => self.policy,
+        }
+    }
+    pub fn bump(&mut self, r: Region) {
+        let e = match r {
+            Region::Project => &mut self.project,
+            Region::Boot => &mut self.boot,
+            Region::Ingestion => &mut self.ingestion,
+            Region::Council => &mut self.council,
+            Region::Environment => &mut self.environment,
+            Region::Execution => &mut self.execution,
+            Region::Control => &mut self.control,
+            Region::Policy => &mut self.policy,
+        };
+        *e += 1;
+    }
+}
+
+/// The (signer, idem_key) of the last applied proposal, for HLC tie-breaks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderKey {
+    pub signer: SignerId,
+    pub idem_key: String,
+}
+
+/// The canonical, hashed state document of one project (brief §7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectState {
+    pub meta: Meta,
+    pub boot: Boot,
+    pub ingestion: Ingestion,
+    pub council: Council,
+    pub environment: Environment,
+    pub execution: Execution,
+    pub control: Control,
+    pub policy: Policy,
+    pub epoch: Epochs,
+    pub hlc_last: Option<Hlc>,
+    pub order_last: Option<OrderKey>,
+    pub applied: u64,
+}
+
+impl ProjectState {
+    /// The state a project has before its first accepted transition.
+    pub fn initial(genesis: &Genesis, genesis_hash: Hash, project: &str) -> ProjectState {
+        let mut identities = genesis.roster.clone();
+        identities.sort_by(|a, b| a.key.cmp(&b.key));
+        ProjectState {
+            meta: Meta {
+                machine_version: MACHINE_VERSION.to_string(),
+                schema_hash: schema_hash(),
+                genesis: genesis_hash,
+                cluster_id: genesis.cluster_id.clone(),
+                project: project.to_string(),
+                phase: Region::Project.initial().to_string(),
+                hlc_max_offset_ms: genesis.hlc_max_offset_ms,
+                probe_max_age_ms: genesis.probe_max_age_ms,
+                terminated_rationale: None,
+            },
+            boot: Boot { phase: Region::Boot.initial().into(), config_hash: None, license: None, identities },
+            ingestion: Ingestion {
+                phase: Region::Ingestion.initial().into(),
+                sources: vec![],
+                content_hash: None,
+                bytes: 0,
+                schema_hash: None,
+                findings: vec![],
+                index_hash: None,
+                version: 0,
+                rollbacks: 0,
+            },
+            council: Council {
+                phase: Region::Council.initial().into(),
+                roles: vec![],
+                candidates: vec![],
+                tools: BTreeMap::new(),
+                elected: vec![],
+                member_set_hash: None,
+                quorum_cert: None,
+                quorum_threshold: genesis.quorum_threshold,
+                tooling: BTreeMap::new(),
+                ejected: vec![],
+                elections: 0,
+            },
+            environment: Environment {
+                phase: Region::Environment.initial().into(),
+                request: None,
+                capacity: None,
+                assets: vec![],
+                env_hash: None,
+                health: vec![],
+                deprovisions: 0,
+            },
+            execution: Execution {
+                phase: Region::Execution.initial().into(),
+                schedule: genesis.backbeat.clone(),
+                pins: None,
+                plan_hash: None,
+                window_id: None,
+                work_hash: None,
+                review_hash: None,
+                approvals: vec![],
+                submission: None,
+                evidence: vec![],
+                loops: 0,
+            },
+            control: Control { phase: Region::Control.initial().into(), reason: None, degraded_by_license: false },
+            policy: Policy {
+                phase: Region::Policy.initial().into(),
+                rules: genesis.policy_rules.clone(),
+                rationale: None,
+                findings: vec![],
+                quarantines: 0,
+            },
+            epoch: Epochs::default(),
+            hlc_last: None,
+            order_last: None,
+            applied: 0,
+        }
+    }
+
+    pub fn hash(&self) -> Hash {
+        hash_of(self).expect("state documents contain no floats and always encode")
+    }
+
+    /// The current state of a region.
+    pub fn region_state(&self, r: Region) -> &str {
+        match r {
+            Region::Project => &self.meta.phase,
+            Region::Boot => &self.boot.phase,
+            Region::Ingestion => &self.ingestion.phase,
+            Region::Council => &self.council.phase,
+            Region::Environment => &self.environment.phase,
+            Region::Execution => &self.execution.phase,
+            Region::Control => &self.control.phase,
+            Region::Policy => &self.policy.phase,
+        }
+    }
+
+    pub fn set_region_state(&mut self, r: Region, s: &str) {
+        let slot = match r {
+            Region::Project => &mut self.meta.phase,
+            Region::Boot => &mut self.boot.phase,
+            Region::Ingestion => &mut self.ingestion.phase,
+            Region::Council => &mut self.council.phase,
+            Region::Environment => &mut self.environment.phase,
+            Region::Execution => &mut self.execution.phase,
+            Region::Control => &mut self.control.phase,
+            Region::Policy => &mut self.policy.phase,
+        };
+        s.clone_into(slot);
+    }
+
+    pub fn roles_of(&self, signer: &SignerId) -> Option<&[Role]> {
+        self.boot
+            .identities
+            .binary_search_by(|e| e.key.cmp(signer))
+            .ok()
+            .map(|i| self.boot.identities[i].roles.as_slice())
+    }
+
+    /// A JSON-able projection of named sections (`GET /state?projection=`).
+    pub fn section_names() -> &'static [&'static str] {
+        &["meta", "boot", "ingestion", "council", "environment", "execution", "control", "policy", "epoch", "hlc_last"]
+    }
+}
+
+/// Outcome of an accepted proposal, kept per (project, idem_key) so a repeat
+/// returns it instead of applying twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemEntry {
+    /// Hash of the proposal's signing body: "same content".
+    pub content_hash: Hash,
+    pub transition: String,
+    pub index: u64,
+    pub state_post_hash: Hash,
+    pub decision: Hash,
+}
+
+/// Everything a node derives from genesis + the WAL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub genesis: Genesis,
+    pub genesis_hash: Hash,
+    pub projects: BTreeMap<String, ProjectEntry>,
+    /// Index of the last applied WAL record (0 = none).
+    pub index: u64,
+    /// Hash of the last applied WAL record (genesis hash when none).
+    pub head_record: Hash,
+    /// Highest HLC applied on this node, across projects.
+    pub hlc: Option<Hlc>,
+    /// Idempotency index: project → idem_key → original outcome. Derived from
+    /// the WAL; not part of any state hash.
+    pub idem: BTreeMap<String, BTreeMap<String, IdemEntry>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectEntry {
+    pub state: ProjectState,
+    pub hash: Hash,
+}
+
+impl NodeState {
+    pub fn new(genesis: Genesis) -> Result<NodeState, GenesisError> {
+        genesis.validate()?;
+        let genesis_hash = genesis.hash()?;
+        Ok(NodeState {
+            genesis,
+            genesis_hash,
+            projects: BTreeMap::new(),
+            index: 0,
+            head_record: genesis_hash,
+            hlc: None,
+            idem: BTreeMap::new(),
+        })
+    }
+
+    /// The project's document, or its initial document if never touched.
+    pub fn project(&self, id: &str) -> std::borrow::Cow<'_, ProjectState> {
+        match self.projects.get(id) {
+            Some(e) => std::borrow::Cow::Borrowed(&e.state),
+            None => std::borrow::Cow::Owned(ProjectState::initial(&self.genesis, self.genesis_hash, id)),
+        }
+    }
+
+    /// The project's HEAD hash (its initial hash if never touched).
+    pub fn project_hash(&self, id: &str) -> Hash {
+        match self.projects.get(id) {
+            Some(e) => e.hash,
+            None => ProjectState::initial(&self.genesis, self.genesis_hash, id).hash(),
+        }
+    }
+
+    pub fn root_hash(&self) -> Hash {
+        root_hash(self.genesis_hash, self.projects.iter().map(|(k, e)| (k.as_str(), e.hash)))
+    }
+}
+
+const LEAF_DOMAIN: &[u8] = b"SWOOSH-ROOT-LEAF-v1\0";
+const NODE_DOMAIN: &[u8] = b"SWOOSH-ROOT-NODE-v1\0";
+
+/// Merkle root over `[genesis_hash] ++ [leaf(id, hash) for projects in id order]`.
+/// Leaf = BLAKE3(LEAF_DOMAIN || cbor([id, hash])); inner node =
+/// BLAKE3(NODE_DOMAIN || left || right); an odd node is carried up unchanged.
+/// The genesis hash is used as its leaf as-is, so an empty node's root is
+/// exactly the genesis hash.
+pub fn root_hash<'a>(genesis_hash: Hash, projects: impl Iterator<Item = (&'a str, Hash)>) -> Hash {
+    let mut level: Vec<Hash> = vec![genesis_hash];
+    for (id, h) in projects {
+        let enc = crate::cbor::to_canonical(&(id, h)).expect("(text, hash) encodes");
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(LEAF_DOMAIN);
+        hasher.update(&enc);
+        level.push(Hash(*hasher.finalize().as_bytes()));
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(NODE_DOMAIN);
+                    hasher.update(&l.0);
+                    hasher.update(&r.0);
+                    Hash(*hasher.finalize().as_bytes())
+                }
+                [one] => *one,
+                _ => unreachable!("chunks(2) yields one or two"),
+            })
+            .collect();
+    }
+    level[0]
+}
