@@ -86,8 +86,15 @@ impl Schedule {
         }
         let since = hlc.wall_ms - self.origin_ms;
         let offset_ms = since % self.period_ms;
-        let phase = self.phases.iter().find(|p| p.start_ms <= offset_ms && offset_ms < p.end_ms);
-        Some(Position { beat: since / self.period_ms, offset_ms, phase })
+        let phase = self
+            .phases
+            .iter()
+            .find(|p| p.start_ms <= offset_ms && offset_ms < p.end_ms);
+        Some(Position {
+            beat: since / self.period_ms,
+            offset_ms,
+            phase,
+        })
     }
 
     pub fn is_open(&self, class: &str, hlc: &Hlc) -> bool {
@@ -100,7 +107,11 @@ impl Schedule {
     pub fn window_id(&self, hlc: &Hlc) -> String {
         match self.position(hlc) {
             None => "backbeat:before-origin".to_string(),
-            Some(p) => format!("backbeat:W-{}-{}", p.beat, p.phase.map_or("gap", |ph| ph.name.as_str())),
+            Some(p) => format!(
+                "backbeat:W-{}-{}",
+                p.beat,
+                p.phase.map_or("gap", |ph| ph.name.as_str())
+            ),
         }
     }
 
@@ -109,13 +120,23 @@ impl Schedule {
         if self.is_open(class, hlc) {
             return Some(0);
         }
-        let starts = self.phases.iter().filter(|p| p.opens.iter().any(|c| c == class)).map(|p| p.start_ms);
+        let starts = self
+            .phases
+            .iter()
+            .filter(|p| p.opens.iter().any(|c| c == class))
+            .map(|p| p.start_ms);
         if hlc.wall_ms < self.origin_ms {
             return starts.min().map(|s| self.origin_ms - hlc.wall_ms + s);
         }
         let offset = (hlc.wall_ms - self.origin_ms) % self.period_ms;
         starts
-            .map(|s| if s > offset { s - offset } else { self.period_ms - offset + s })
+            .map(|s| {
+                if s > offset {
+                    s - offset
+                } else {
+                    self.period_ms - offset + s
+                }
+            })
             .min()
     }
 
@@ -128,10 +149,17 @@ impl Schedule {
     /// A sentence describing why `class` is closed at `hlc`.
     pub fn closed_reason(&self, class: &str, hlc: &Hlc) -> String {
         let here = match self.position(hlc) {
-            None => format!("before the schedule origin {}", format_wall_ms(self.origin_ms)),
+            None => format!(
+                "before the schedule origin {}",
+                format_wall_ms(self.origin_ms)
+            ),
             Some(p) => format!(
                 "in {} of beat {}",
-                p.phase.map_or("the gap between phases".to_string(), |ph| format!("phase '{}'", ph.name)),
+                p.phase
+                    .map_or("the gap between phases".to_string(), |ph| format!(
+                        "phase '{}'",
+                        ph.name
+                    )),
                 p.beat
             ),
         };
@@ -154,9 +182,24 @@ mod tests {
             origin_ms: 1_000,
             period_ms: 100,
             phases: vec![
-                Phase { name: "work".into(), start_ms: 0, end_ms: 50, opens: vec!["plan".into()] },
-                Phase { name: "review".into(), start_ms: 50, end_ms: 75, opens: vec!["review".into()] },
-                Phase { name: "reverb".into(), start_ms: 75, end_ms: 100, opens: vec!["reverb".into()] },
+                Phase {
+                    name: "work".into(),
+                    start_ms: 0,
+                    end_ms: 50,
+                    opens: vec!["plan".into()],
+                },
+                Phase {
+                    name: "review".into(),
+                    start_ms: 50,
+                    end_ms: 75,
+                    opens: vec!["review".into()],
+                },
+                Phase {
+                    name: "reverb".into(),
+                    start_ms: 75,
+                    end_ms: 100,
+                    opens: vec!["reverb".into()],
+                },
             ],
             amplitude_permille: 500,
         }
@@ -174,7 +217,9 @@ mod tests {
         assert_eq!(s.ms_until_open("review", &Hlc::new(1_080, 0)), Some(70));
         assert_eq!(s.retry_after_ms("review", &Hlc::new(1_080, 0)), Some(105));
         assert_eq!(s.ms_until_open("nope", &Hlc::new(1_080, 0)), None);
-        assert!(s.closed_reason("review", &Hlc::new(1_080, 0)).contains("opens in 70 ms"));
+        assert!(s
+            .closed_reason("review", &Hlc::new(1_080, 0))
+            .contains("opens in 70 ms"));
     }
 
     #[test]

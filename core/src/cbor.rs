@@ -207,7 +207,10 @@ mod tests {
             decode_value_strict(&[0x82, 0x01]),
             Err(CanonicalError::Decode(_))
         ));
-        assert_eq!(decode_value_strict(&[0x01, 0x02]), Err(CanonicalError::Trailing(1)));
+        assert_eq!(
+            decode_value_strict(&[0x01, 0x02]),
+            Err(CanonicalError::Trailing(1))
+        );
         assert!(decode_value_strict(&[]).is_err());
     }
 

@@ -46,7 +46,12 @@ impl LicenseToken {
         LicenseToken { body, signature }
     }
     pub fn verify(&self) -> Result<(), SigError> {
-        sig::verify(domain::LICENSE, &self.body, &self.body.authority, &self.signature)
+        sig::verify(
+            domain::LICENSE,
+            &self.body,
+            &self.body.authority,
+            &self.signature,
+        )
     }
 }
 
@@ -113,7 +118,12 @@ impl Probe {
         Probe { body, signature }
     }
     pub fn verify(&self) -> Result<(), SigError> {
-        sig::verify(domain::PROBE, &self.body, &self.body.prober, &self.signature)
+        sig::verify(
+            domain::PROBE,
+            &self.body,
+            &self.body.prober,
+            &self.signature,
+        )
     }
 }
 

@@ -2,7 +2,9 @@
 //! `{ok, reasons}`. No guard does I/O; external knowledge arrives as signed
 //! facts inside the inputs. Every reason is a sentence an operator can act on.
 
-use crate::facts::{member_set_hash, Check, Finding, LicenseToken, Pins, PolicyRule, Probe, Resources, Vote};
+use crate::facts::{
+    member_set_hash, Check, Finding, LicenseToken, Pins, PolicyRule, Probe, Resources, Vote,
+};
 use crate::hash::{hash_of, Hash};
 use crate::hlc::{format_wall_ms, Hlc};
 use crate::proposal::Proposal;
@@ -28,7 +30,11 @@ pub struct GuardCtx<'a> {
 }
 
 pub fn outcome(guard: &str, ok: bool, reasons: Vec<String>) -> GuardOutcome {
-    GuardOutcome { guard: guard.to_string(), ok, reasons }
+    GuardOutcome {
+        guard: guard.to_string(),
+        ok,
+        reasons,
+    }
 }
 
 fn has_role(state: &ProjectState, who: &SignerId, role: Role) -> bool {
@@ -39,9 +45,17 @@ fn has_role(state: &ProjectState, who: &SignerId, role: Role) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum LicenseAt {
     Missing,
-    Valid { expires_at: Hlc },
-    Grace { expires_at: Hlc, grace_until_ms: u64 },
-    Expired { expires_at: Hlc, grace_until_ms: u64 },
+    Valid {
+        expires_at: Hlc,
+    },
+    Grace {
+        expires_at: Hlc,
+        grace_until_ms: u64,
+    },
+    Expired {
+        expires_at: Hlc,
+        grace_until_ms: u64,
+    },
 }
 
 pub fn license_at(state: &ProjectState, hlc: &Hlc) -> LicenseAt {
@@ -50,11 +64,19 @@ pub fn license_at(state: &ProjectState, hlc: &Hlc) -> LicenseAt {
         Some(l) => {
             let grace_until_ms = l.expires_at.wall_ms.saturating_add(l.grace_ms);
             if *hlc < l.expires_at {
-                LicenseAt::Valid { expires_at: l.expires_at }
+                LicenseAt::Valid {
+                    expires_at: l.expires_at,
+                }
             } else if hlc.wall_ms < grace_until_ms {
-                LicenseAt::Grace { expires_at: l.expires_at, grace_until_ms }
+                LicenseAt::Grace {
+                    expires_at: l.expires_at,
+                    grace_until_ms,
+                }
             } else {
-                LicenseAt::Expired { expires_at: l.expires_at, grace_until_ms }
+                LicenseAt::Expired {
+                    expires_at: l.expires_at,
+                    grace_until_ms,
+                }
             }
         }
     }
@@ -97,42 +119,76 @@ pub fn license_token(g: &GuardCtx, token: &LicenseToken) -> GuardOutcome {
         }
     }
     if !has_role(g.state, &b.authority, Role::LicenseAuthority) {
-        bad.push(format!("license token authority {} is not a license_authority in the roster", b.authority));
+        bad.push(format!(
+            "license token authority {} is not a license_authority in the roster",
+            b.authority
+        ));
     }
     if b.cluster_id != g.state.meta.cluster_id {
-        bad.push(format!("license token is for cluster {:?}, this is cluster {:?}", b.cluster_id, g.state.meta.cluster_id));
+        bad.push(format!(
+            "license token is for cluster {:?}, this is cluster {:?}",
+            b.cluster_id, g.state.meta.cluster_id
+        ));
     }
     if b.project != "*" && b.project != g.state.meta.project {
-        bad.push(format!("license token covers project {:?}, not {:?}", b.project, g.state.meta.project));
+        bad.push(format!(
+            "license token covers project {:?}, not {:?}",
+            b.project, g.state.meta.project
+        ));
     }
     if b.issued_at > g.proposal.hlc {
-        bad.push(format!("license token is issued at {}, after the proposal's HLC {}", b.issued_at, g.proposal.hlc));
+        bad.push(format!(
+            "license token is issued at {}, after the proposal's HLC {}",
+            b.issued_at, g.proposal.hlc
+        ));
     }
     if g.proposal.hlc >= b.expires_at {
-        bad.push(format!("license token already expired at {} (proposal HLC {}): request a fresh one", b.expires_at, g.proposal.hlc));
+        bad.push(format!(
+            "license token already expired at {} (proposal HLC {}): request a fresh one",
+            b.expires_at, g.proposal.hlc
+        ));
     }
     if bad.is_empty() {
         outcome(
             "license_token",
             true,
-            vec![format!("license token from {} valid until {} with {} ms grace", b.authority, b.expires_at, b.grace_ms)],
+            vec![format!(
+                "license token from {} valid until {} with {} ms grace",
+                b.authority, b.expires_at, b.grace_ms
+            )],
         )
     } else {
         outcome("license_token", false, bad)
     }
 }
 
-fn breaches<'a>(rules: &'a [PolicyRule], findings: &'a [Finding]) -> Vec<(&'a Finding, &'a PolicyRule)> {
+fn breaches<'a>(
+    rules: &'a [PolicyRule],
+    findings: &'a [Finding],
+) -> Vec<(&'a Finding, &'a PolicyRule)> {
     findings
         .iter()
-        .flat_map(|f| rules.iter().filter(|r| r.deny_codes.contains(&f.code)).map(move |r| (f, r)))
+        .flat_map(|f| {
+            rules
+                .iter()
+                .filter(|r| r.deny_codes.contains(&f.code))
+                .map(move |r| (f, r))
+        })
         .collect()
 }
 
 pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
     let b = breaches(&g.state.policy.rules, findings);
     if b.is_empty() {
-        outcome("policy", true, vec![format!("{} findings checked against {} policy rules: no breach", findings.len(), g.state.policy.rules.len())])
+        outcome(
+            "policy",
+            true,
+            vec![format!(
+                "{} findings checked against {} policy rules: no breach",
+                findings.len(),
+                g.state.policy.rules.len()
+            )],
+        )
     } else {
         outcome(
             "policy",
@@ -152,11 +208,22 @@ pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
     // format covers both (e.g. deny_codes: ["source:file"]).
     let findings: Vec<Finding> = sources
         .iter()
-        .map(|s| Finding { code: format!("source:{}", s.split(':').next().unwrap_or("")), detail: s.clone() })
+        .map(|s| Finding {
+            code: format!("source:{}", s.split(':').next().unwrap_or("")),
+            detail: s.clone(),
+        })
         .collect();
     let b = breaches(&g.state.policy.rules, &findings);
     if b.is_empty() {
-        outcome("policy", true, vec![format!("{} sources allowed by {} policy rules", sources.len(), g.state.policy.rules.len())])
+        outcome(
+            "policy",
+            true,
+            vec![format!(
+                "{} sources allowed by {} policy rules",
+                sources.len(),
+                g.state.policy.rules.len()
+            )],
+        )
     } else {
         outcome(
             "policy",
@@ -180,7 +247,14 @@ pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
         outcome(
             "policy_breach",
             true,
-            b.iter().map(|(f, r)| format!("finding '{}' breaches rule '{}': {}", f.code, r.id, r.rationale)).collect(),
+            b.iter()
+                .map(|(f, r)| {
+                    format!(
+                        "finding '{}' breaches rule '{}': {}",
+                        f.code, r.id, r.rationale
+                    )
+                })
+                .collect(),
         )
     }
 }
@@ -188,7 +262,11 @@ pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
 pub fn policy_update(g: &GuardCtx, rules: &[PolicyRule]) -> GuardOutcome {
     let mut bad = vec![];
     if rules.len() > crate::state::POLICY_RULES_MAX {
-        bad.push(format!("{} rules given; at most {} are allowed", rules.len(), crate::state::POLICY_RULES_MAX));
+        bad.push(format!(
+            "{} rules given; at most {} are allowed",
+            rules.len(),
+            crate::state::POLICY_RULES_MAX
+        ));
     }
     let mut ids = BTreeSet::new();
     for r in rules {
@@ -205,8 +283,16 @@ pub fn policy_update(g: &GuardCtx, rules: &[PolicyRule]) -> GuardOutcome {
         }
     }
     if bad.is_empty() {
-        let note = if g.state.policy.phase == "QUARANTINED" { "; the quarantine is lifted" } else { "" };
-        outcome("policy_update", true, vec![format!("{} policy rules installed{note}", rules.len())])
+        let note = if g.state.policy.phase == "QUARANTINED" {
+            "; the quarantine is lifted"
+        } else {
+            ""
+        };
+        outcome(
+            "policy_update",
+            true,
+            vec![format!("{} policy rules installed{note}", rules.len())],
+        )
     } else {
         outcome("policy_update", false, bad)
     }
@@ -223,7 +309,10 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
     let st = g.state;
     let mut bad = vec![];
     if reelect && st.council.elections == 0 {
-        bad.push("no council has been elected yet: propose Council_QuorumCert for the first election".into());
+        bad.push(
+            "no council has been elected yet: propose Council_QuorumCert for the first election"
+                .into(),
+        );
     }
     if !reelect && st.council.elections > 0 {
         bad.push(format!("this council was elected before ({} elections): after an ejection propose Council_ReElect", st.council.elections));
@@ -234,7 +323,9 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
     }
     for m in members {
         if !st.council.candidates.contains(m) {
-            bad.push(format!("member {m} is not among the council candidates of Council_ProfilesLoaded"));
+            bad.push(format!(
+                "member {m} is not among the council candidates of Council_ProfilesLoaded"
+            ));
         }
         if st.council.ejected.contains(m) {
             bad.push(format!("member {m} was ejected and cannot be re-elected"));
@@ -252,18 +343,30 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
         }
         if g.verify == Verify::Full {
             if let Err(e) = v.verify() {
-                bad.push(format!("vote of {} has an invalid signature ({e})", b.voter));
+                bad.push(format!(
+                    "vote of {} has an invalid signature ({e})",
+                    b.voter
+                ));
                 continue;
             }
         }
         if !has_role(st, &b.voter, Role::Council) {
-            bad.push(format!("voter {} is not a council member of the roster", b.voter));
+            bad.push(format!(
+                "voter {} is not a council member of the roster",
+                b.voter
+            ));
         } else if b.project != st.meta.project {
-            bad.push(format!("vote of {} is for project {:?}, not {:?}", b.voter, b.project, st.meta.project));
+            bad.push(format!(
+                "vote of {} is for project {:?}, not {:?}",
+                b.voter, b.project, st.meta.project
+            ));
         } else if b.epoch != epoch {
             bad.push(format!("vote of {} is for council epoch {}, the current epoch is {epoch}: stale vote, collect a new one", b.voter, b.epoch));
         } else if b.member_set_hash != expected {
-            bad.push(format!("vote of {} is for member set {}, the proposed set hashes to {expected}", b.voter, b.member_set_hash));
+            bad.push(format!(
+                "vote of {} is for member set {}, the proposed set hashes to {expected}",
+                b.voter, b.member_set_hash
+            ));
         } else if b.approve {
             approving.insert(&b.voter);
         }
@@ -299,16 +402,28 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
         let b = &p.body;
         if g.verify == Verify::Full {
             if let Err(e) = p.verify() {
-                bad.push(format!("probe of tool '{}' has an invalid signature ({e})", b.tool));
+                bad.push(format!(
+                    "probe of tool '{}' has an invalid signature ({e})",
+                    b.tool
+                ));
                 continue;
             }
         }
         if !has_role(st, &b.prober, Role::ToolProber) {
-            bad.push(format!("probe of tool '{}' is signed by {}, who is not a tool_prober in the roster", b.tool, b.prober));
+            bad.push(format!(
+                "probe of tool '{}' is signed by {}, who is not a tool_prober in the roster",
+                b.tool, b.prober
+            ));
         } else if b.project != st.meta.project {
-            bad.push(format!("probe of tool '{}' is for project {:?}", b.tool, b.project));
+            bad.push(format!(
+                "probe of tool '{}' is for project {:?}",
+                b.tool, b.project
+            ));
         } else if b.probed_at > hlc {
-            bad.push(format!("probe of tool '{}' is dated {}, after the proposal's HLC {hlc}", b.tool, b.probed_at));
+            bad.push(format!(
+                "probe of tool '{}' is dated {}, after the proposal's HLC {hlc}",
+                b.tool, b.probed_at
+            ));
         } else if hlc.wall_ms - b.probed_at.wall_ms > st.meta.probe_max_age_ms {
             bad.push(format!(
                 "probe of tool '{}' from {} is older than {} ms at {hlc}: probe again",
@@ -327,15 +442,26 @@ pub fn mcp_green(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
     for (tool, pin) in &g.state.council.tools {
         match valid.iter().rev().find(|p| &p.body.tool == tool) {
             None => bad.push(format!("no valid fresh probe for pinned tool '{tool}'")),
-            Some(p) if !p.body.reachable => bad.push(format!("tool '{tool}' is unreachable (probed at {})", p.body.probed_at)),
-            Some(p) if &p.body.version != pin => {
-                bad.push(format!("tool '{tool}' runs version {} but the council pinned {pin}", p.body.version))
-            }
+            Some(p) if !p.body.reachable => bad.push(format!(
+                "tool '{tool}' is unreachable (probed at {})",
+                p.body.probed_at
+            )),
+            Some(p) if &p.body.version != pin => bad.push(format!(
+                "tool '{tool}' runs version {} but the council pinned {pin}",
+                p.body.version
+            )),
             Some(_) => {}
         }
     }
     if bad.is_empty() {
-        outcome("mcp_health", true, vec![format!("{} pinned tools reachable at their pinned versions", g.state.council.tools.len())])
+        outcome(
+            "mcp_health",
+            true,
+            vec![format!(
+                "{} pinned tools reachable at their pinned versions",
+                g.state.council.tools.len()
+            )],
+        )
     } else {
         outcome("mcp_health", false, bad)
     }
@@ -349,9 +475,15 @@ pub fn mcp_lost(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
         .filter_map(|p| {
             let pin = g.state.council.tools.get(&p.body.tool)?;
             if !p.body.reachable {
-                Some(format!("tool '{}' unreachable at {}", p.body.tool, p.body.probed_at))
+                Some(format!(
+                    "tool '{}' unreachable at {}",
+                    p.body.tool, p.body.probed_at
+                ))
             } else if &p.body.version != pin {
-                Some(format!("tool '{}' runs {} instead of pinned {pin}", p.body.tool, p.body.version))
+                Some(format!(
+                    "tool '{}' runs {} instead of pinned {pin}",
+                    p.body.tool, p.body.version
+                ))
             } else {
                 None
             }
@@ -374,10 +506,20 @@ pub fn capacity(request: &Resources, available: &Resources) -> GuardOutcome {
         bad.push(format!("requested {} mCPU exceeds the {} mCPU available; wait for capacity or shrink the request", request.cpu_milli, available.cpu_milli));
     }
     if request.mem_mb > available.mem_mb {
-        bad.push(format!("requested {} MB memory exceeds the {} MB available", request.mem_mb, available.mem_mb));
+        bad.push(format!(
+            "requested {} MB memory exceeds the {} MB available",
+            request.mem_mb, available.mem_mb
+        ));
     }
     if bad.is_empty() {
-        outcome("capacity", true, vec![format!("{} mCPU / {} MB fits in {} mCPU / {} MB", request.cpu_milli, request.mem_mb, available.cpu_milli, available.mem_mb)])
+        outcome(
+            "capacity",
+            true,
+            vec![format!(
+                "{} mCPU / {} MB fits in {} mCPU / {} MB",
+                request.cpu_milli, request.mem_mb, available.cpu_milli, available.mem_mb
+            )],
+        )
     } else {
         outcome("capacity", false, bad)
     }
@@ -405,7 +547,11 @@ pub fn env_health(checks: &[Check], want_green: bool) -> GuardOutcome {
 pub fn all_ready(g: &GuardCtx, pins: &Pins) -> GuardOutcome {
     let st = g.state;
     let mut bad = vec![];
-    for (name, phase) in [("Ingestion", &st.ingestion.phase), ("Council", &st.council.phase), ("Environment", &st.environment.phase)] {
+    for (name, phase) in [
+        ("Ingestion", &st.ingestion.phase),
+        ("Council", &st.council.phase),
+        ("Environment", &st.environment.phase),
+    ] {
         if phase != "READY" {
             bad.push(format!("{name} is {phase}, not READY"));
         }
@@ -418,15 +564,45 @@ pub fn all_ready(g: &GuardCtx, pins: &Pins) -> GuardOutcome {
             ));
         }
     };
-    cmp(&mut bad, "content_hash", &pins.content_hash, &st.ingestion.content_hash);
-    cmp(&mut bad, "index_hash", &pins.index_hash, &st.ingestion.index_hash);
-    cmp(&mut bad, "member_set_hash", &pins.member_set_hash, &st.council.member_set_hash);
-    cmp(&mut bad, "env_hash", &pins.env_hash, &st.environment.env_hash);
+    cmp(
+        &mut bad,
+        "content_hash",
+        &pins.content_hash,
+        &st.ingestion.content_hash,
+    );
+    cmp(
+        &mut bad,
+        "index_hash",
+        &pins.index_hash,
+        &st.ingestion.index_hash,
+    );
+    cmp(
+        &mut bad,
+        "member_set_hash",
+        &pins.member_set_hash,
+        &st.council.member_set_hash,
+    );
+    cmp(
+        &mut bad,
+        "env_hash",
+        &pins.env_hash,
+        &st.environment.env_hash,
+    );
     if pins.version != st.ingestion.version {
-        bad.push(format!("pinned index version {} does not match the state's version {}", pins.version, st.ingestion.version));
+        bad.push(format!(
+            "pinned index version {} does not match the state's version {}",
+            pins.version, st.ingestion.version
+        ));
     }
     if bad.is_empty() {
-        outcome("all_ready", true, vec![format!("Ingestion, Council and Environment READY; pins match (content {}, version {})", pins.content_hash, pins.version)])
+        outcome(
+            "all_ready",
+            true,
+            vec![format!(
+                "Ingestion, Council and Environment READY; pins match (content {}, version {})",
+                pins.content_hash, pins.version
+            )],
+        )
     } else {
         outcome("all_ready", false, bad)
     }
@@ -437,7 +613,10 @@ pub fn backbeat(g: &GuardCtx, class: &str) -> (GuardOutcome, Option<u64>) {
     let hlc = &g.proposal.hlc;
     let window = sched.window_id(hlc);
     if !sched.is_open(class, hlc) {
-        return (outcome("backbeat", false, vec![sched.closed_reason(class, hlc)]), sched.retry_after_ms(class, hlc));
+        return (
+            outcome("backbeat", false, vec![sched.closed_reason(class, hlc)]),
+            sched.retry_after_ms(class, hlc),
+        );
     }
     if g.proposal.window_id != window {
         return (
@@ -452,7 +631,16 @@ pub fn backbeat(g: &GuardCtx, class: &str) -> (GuardOutcome, Option<u64>) {
             None,
         );
     }
-    (outcome("backbeat", true, vec![format!("window {window} is open for class '{class}' at {hlc}")]), None)
+    (
+        outcome(
+            "backbeat",
+            true,
+            vec![format!(
+                "window {window} is open for class '{class}' at {hlc}"
+            )],
+        ),
+        None,
+    )
 }
 
 pub fn council_member(g: &GuardCtx, work_hash: &Hash) -> GuardOutcome {
@@ -460,16 +648,29 @@ pub fn council_member(g: &GuardCtx, work_hash: &Hash) -> GuardOutcome {
     let who = &g.proposal.signer;
     let mut bad = vec![];
     if !st.council.elected.contains(who) {
-        bad.push(format!("{who} is not in the elected council set, so it cannot approve"));
+        bad.push(format!(
+            "{who} is not in the elected council set, so it cannot approve"
+        ));
     }
     if st.execution.approvals.contains(who) {
         bad.push(format!("{who} already approved this window"));
     }
     if st.execution.work_hash.as_ref() != Some(work_hash) {
-        bad.push(format!("the approval is for work {work_hash}, but the work under review is {}", st.execution.work_hash.map_or("none".into(), |h| h.to_string())));
+        bad.push(format!(
+            "the approval is for work {work_hash}, but the work under review is {}",
+            st.execution
+                .work_hash
+                .map_or("none".into(), |h| h.to_string())
+        ));
     }
     if bad.is_empty() {
-        outcome("council_member", true, vec![format!("{who} is an elected council member approving work {work_hash}")])
+        outcome(
+            "council_member",
+            true,
+            vec![format!(
+                "{who} is an elected council member approving work {work_hash}"
+            )],
+        )
     } else {
         outcome("council_member", false, bad)
     }
@@ -480,12 +681,28 @@ pub fn approvals(g: &GuardCtx) -> GuardOutcome {
     let need = st.council.quorum_threshold as usize;
     let have = st.execution.approvals.len();
     if st.execution.submission.is_some() {
-        return outcome("approvals", false, vec!["this window's work was already submitted; propose Execution_NextWindow".into()]);
+        return outcome(
+            "approvals",
+            false,
+            vec!["this window's work was already submitted; propose Execution_NextWindow".into()],
+        );
     }
     if have < need {
-        outcome("approvals", false, vec![format!("{have} council approvals in this REVERB; submission needs {need}")])
+        outcome(
+            "approvals",
+            false,
+            vec![format!(
+                "{have} council approvals in this REVERB; submission needs {need}"
+            )],
+        )
     } else {
-        outcome("approvals", true, vec![format!("{have} council approvals reach the threshold {need}")])
+        outcome(
+            "approvals",
+            true,
+            vec![format!(
+                "{have} council approvals reach the threshold {need}"
+            )],
+        )
     }
 }
 
@@ -499,7 +716,15 @@ pub fn submission(g: &GuardCtx) -> GuardOutcome {
 pub fn recovery(g: &GuardCtx) -> GuardOutcome {
     let c = &g.state.council;
     if c.phase == "READY" && c.elected.len() >= c.quorum_threshold as usize {
-        outcome("recovery", true, vec![format!("council READY with {} elected members (threshold {})", c.elected.len(), c.quorum_threshold)])
+        outcome(
+            "recovery",
+            true,
+            vec![format!(
+                "council READY with {} elected members (threshold {})",
+                c.elected.len(),
+                c.quorum_threshold
+            )],
+        )
     } else {
         outcome(
             "recovery",

@@ -57,7 +57,11 @@ impl FromStr for Hash {
         let digits = s
             .strip_prefix(HASH_PREFIX)
             .ok_or_else(|| HashParseError::Prefix(truncate(s)))?;
-        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if digits.len() != 64
+            || !digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(HashParseError::Digits(truncate(s)));
         }
         let mut out = [0u8; 32];
@@ -106,9 +110,18 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_problem() {
-        assert!(matches!("sha256:00".parse::<Hash>(), Err(HashParseError::Prefix(_))));
-        assert!(matches!("blake3:00".parse::<Hash>(), Err(HashParseError::Digits(_))));
+        assert!(matches!(
+            "sha256:00".parse::<Hash>(),
+            Err(HashParseError::Prefix(_))
+        ));
+        assert!(matches!(
+            "blake3:00".parse::<Hash>(),
+            Err(HashParseError::Digits(_))
+        ));
         let upper = format!("blake3:{}", "A".repeat(64));
-        assert!(matches!(upper.parse::<Hash>(), Err(HashParseError::Digits(_))));
+        assert!(matches!(
+            upper.parse::<Hash>(),
+            Err(HashParseError::Digits(_))
+        ));
     }
 }

@@ -155,13 +155,22 @@ fn digits(s: &[u8], n: usize) -> Option<u64> {
 impl FromStr for Hlc {
     type Err = HlcError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why| HlcError::Format { got: crate::hash::truncate(s), why };
+        let err = |why| HlcError::Format {
+            got: crate::hash::truncate(s),
+            why,
+        };
         let (time, counter) = s.split_once('#').ok_or_else(|| err("missing '#counter'"))?;
         let b = time.as_bytes();
         if b.len() != 29 {
             return Err(err("the time part must be exactly 29 characters"));
         }
-        if &b[4..5] != b"-" || &b[7..8] != b"-" || &b[10..11] != b"T" || &b[13..14] != b":" || &b[16..17] != b":" || &b[19..20] != b"." {
+        if &b[4..5] != b"-"
+            || &b[7..8] != b"-"
+            || &b[10..11] != b"T"
+            || &b[13..14] != b":"
+            || &b[16..17] != b":"
+            || &b[19..20] != b"."
+        {
             return Err(err("separators must be - - T : : ."));
         }
         if &b[23..] != b"+00:00" {
@@ -186,10 +195,16 @@ impl FromStr for Hlc {
         if d == 0 || d > days_in_month {
             return Err(err("day out of range for the month"));
         }
-        if counter.is_empty() || counter.len() > 10 || (counter.len() > 1 && counter.starts_with('0')) {
-            return Err(err("the counter must be a decimal integer without leading zeros"));
+        if counter.is_empty()
+            || counter.len() > 10
+            || (counter.len() > 1 && counter.starts_with('0'))
+        {
+            return Err(err(
+                "the counter must be a decimal integer without leading zeros",
+            ));
         }
-        let counter = digits(counter.as_bytes(), counter.len()).ok_or_else(|| err("the counter must be decimal digits"))?;
+        let counter = digits(counter.as_bytes(), counter.len())
+            .ok_or_else(|| err("the counter must be decimal digits"))?;
         if counter > HLC_COUNTER_MAX as u64 {
             return Err(err("the counter is too large"));
         }
@@ -256,17 +271,32 @@ mod tests {
         let local = Hlc::new(1000, 2);
         let remote = Hlc::new(1000, 7);
         assert_eq!(Hlc::receive(local, remote, 500).unwrap(), Hlc::new(1000, 8));
-        assert_eq!(Hlc::receive(local, Hlc::new(3000, 1), 500).unwrap(), Hlc::new(3000, 2));
-        assert_eq!(Hlc::receive(local, remote, 5000).unwrap(), Hlc::new(5000, 0));
+        assert_eq!(
+            Hlc::receive(local, Hlc::new(3000, 1), 500).unwrap(),
+            Hlc::new(3000, 2)
+        );
+        assert_eq!(
+            Hlc::receive(local, remote, 5000).unwrap(),
+            Hlc::new(5000, 0)
+        );
         assert!(Hlc::receive(Hlc::new(1, HLC_COUNTER_MAX), Hlc::new(1, 0), 0).is_err());
     }
 
     #[test]
     fn ties_break_by_signer_then_idem_key() {
         let h = Hlc::new(1, 1);
-        assert_eq!(order_key_cmp((&h, "a", "z"), (&h, "b", "a")), Ordering::Less);
-        assert_eq!(order_key_cmp((&h, "a", "a"), (&h, "a", "b")), Ordering::Less);
-        assert_eq!(order_key_cmp((&Hlc::new(2, 0), "a", "a"), (&h, "z", "z")), Ordering::Greater);
+        assert_eq!(
+            order_key_cmp((&h, "a", "z"), (&h, "b", "a")),
+            Ordering::Less
+        );
+        assert_eq!(
+            order_key_cmp((&h, "a", "a"), (&h, "a", "b")),
+            Ordering::Less
+        );
+        assert_eq!(
+            order_key_cmp((&Hlc::new(2, 0), "a", "a"), (&h, "z", "z")),
+            Ordering::Greater
+        );
     }
 
     #[test]

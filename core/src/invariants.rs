@@ -20,25 +20,44 @@ fn v(invariant: &'static str, detail: String) -> Violation {
 }
 
 /// Check one accepted transition of one project.
-pub fn check_transition(pre: &ProjectState, post: &ProjectState, rec: &WalRecord) -> Vec<Violation> {
+pub fn check_transition(
+    pre: &ProjectState,
+    post: &ProjectState,
+    rec: &WalRecord,
+) -> Vec<Violation> {
     let mut out = vec![];
     let Some(spec) = statechart::lookup(&rec.transition) else {
-        return vec![v("known_transition", format!("record {} names unknown transition {}", rec.index, rec.transition))];
+        return vec![v(
+            "known_transition",
+            format!(
+                "record {} names unknown transition {}",
+                rec.index, rec.transition
+            ),
+        )];
     };
 
     // HLC monotone (with the signer/idem_key tie-break)
     match (pre.hlc_last, &pre.order_last, post.hlc_last) {
         (_, _, None) => out.push(v("hlc_monotone", "post state has no hlc_last".into())),
         (Some(a), Some(ord), Some(b)) => {
-            let c = order_key_cmp((&b, &rec.signer.to_string(), &rec.idem_key), (&a, &ord.signer.to_string(), &ord.idem_key));
+            let c = order_key_cmp(
+                (&b, &rec.signer.to_string(), &rec.idem_key),
+                (&a, &ord.signer.to_string(), &ord.idem_key),
+            );
             if c != Ordering::Greater {
-                out.push(v("hlc_monotone", format!("record {}: hlc {b} does not follow {a}", rec.index)));
+                out.push(v(
+                    "hlc_monotone",
+                    format!("record {}: hlc {b} does not follow {a}", rec.index),
+                ));
             }
         }
         _ => {}
     }
     if post.hlc_last != Some(rec.hlc) {
-        out.push(v("hlc_monotone", format!("record {}: hlc_last is not the record's hlc", rec.index)));
+        out.push(v(
+            "hlc_monotone",
+            format!("record {}: hlc_last is not the record's hlc", rec.index),
+        ));
     }
 
     // Exactly-once epoch advance per region advance.
@@ -48,38 +67,68 @@ pub fn check_transition(pre: &ProjectState, post: &ProjectState, rec: &WalRecord
         let changed = pre.region_state(r) != post.region_state(r);
         let automatic = !declared
             && changed
-            && AUTOMATIC
-                .iter()
-                .any(|a| a.to.region == r && a.to.state == post.region_state(r) && a.from.iter().any(|f| f.state == pre.region_state(r)));
+            && AUTOMATIC.iter().any(|a| {
+                a.to.region == r
+                    && a.to.state == post.region_state(r)
+                    && a.from.iter().any(|f| f.state == pre.region_state(r))
+            });
         let expected = if declared || automatic { 1 } else { 0 };
         if delta != expected {
             out.push(v(
                 "epoch_exactly_once",
-                format!("record {} ({}): region {} epoch moved by {delta}, expected {expected}", rec.index, rec.transition, r.name()),
+                format!(
+                    "record {} ({}): region {} epoch moved by {delta}, expected {expected}",
+                    rec.index,
+                    rec.transition,
+                    r.name()
+                ),
             ));
         }
         if changed && !declared && !automatic {
             out.push(v(
                 "declared_regions_only",
-                format!("record {} ({}): region {} changed without the statechart saying so", rec.index, rec.transition, r.name()),
+                format!(
+                    "record {} ({}): region {} changed without the statechart saying so",
+                    rec.index,
+                    rec.transition,
+                    r.name()
+                ),
             ));
         }
     }
 
     // The transition's target state is reached.
     if post.region_state(spec.to.region) != spec.to.state {
-        out.push(v("target_state", format!("record {}: {} is not in {}", rec.index, spec.to.region.name(), spec.to)));
+        out.push(v(
+            "target_state",
+            format!(
+                "record {}: {} is not in {}",
+                rec.index,
+                spec.to.region.name(),
+                spec.to
+            ),
+        ));
     }
 
     // EXECUTION entered only with all READY and matching pins.
     if pre.meta.phase != "EXECUTION" && post.meta.phase == "EXECUTION" {
-        for (name, ph) in [("Ingestion", &post.ingestion.phase), ("Council", &post.council.phase), ("Environment", &post.environment.phase)] {
+        for (name, ph) in [
+            ("Ingestion", &post.ingestion.phase),
+            ("Council", &post.council.phase),
+            ("Environment", &post.environment.phase),
+        ] {
             if ph != "READY" {
-                out.push(v("execution_entry", format!("record {}: EXECUTION entered with {name} {ph}", rec.index)));
+                out.push(v(
+                    "execution_entry",
+                    format!("record {}: EXECUTION entered with {name} {ph}", rec.index),
+                ));
             }
         }
         match &post.execution.pins {
-            None => out.push(v("execution_entry", format!("record {}: EXECUTION entered without pins", rec.index))),
+            None => out.push(v(
+                "execution_entry",
+                format!("record {}: EXECUTION entered without pins", rec.index),
+            )),
             Some(p) => {
                 if Some(p.content_hash) != post.ingestion.content_hash
                     || Some(p.index_hash) != post.ingestion.index_hash
@@ -87,7 +136,13 @@ pub fn check_transition(pre: &ProjectState, post: &ProjectState, rec: &WalRecord
                     || Some(p.member_set_hash) != post.council.member_set_hash
                     || Some(p.env_hash) != post.environment.env_hash
                 {
-                    out.push(v("execution_entry", format!("record {}: EXECUTION pins do not match the READY regions", rec.index)));
+                    out.push(v(
+                        "execution_entry",
+                        format!(
+                            "record {}: EXECUTION pins do not match the READY regions",
+                            rec.index
+                        ),
+                    ));
                 }
             }
         }
@@ -95,50 +150,105 @@ pub fn check_transition(pre: &ProjectState, post: &ProjectState, rec: &WalRecord
     // Work only advances past PLAN on pins that still match.
     if pre.execution.phase == "PLAN" && post.execution.phase == "WORK" {
         match &post.execution.pins {
-            Some(p) if Some(p.content_hash) == post.ingestion.content_hash && post.ingestion.phase == "READY" => {}
-            _ => out.push(v("execution_entry", format!("record {}: plan locked without matching READY pins", rec.index))),
+            Some(p)
+                if Some(p.content_hash) == post.ingestion.content_hash
+                    && post.ingestion.phase == "READY" => {}
+            _ => out.push(v(
+                "execution_entry",
+                format!(
+                    "record {}: plan locked without matching READY pins",
+                    rec.index
+                ),
+            )),
         }
     }
 
     // REVIEW/REVERB only inside their windows.
     if let Some(class) = spec.time_gated {
         if !post.execution.schedule.is_open(class, &rec.hlc) {
-            out.push(v("backbeat_window", format!("record {}: {} applied outside a '{class}' window at {}", rec.index, rec.transition, rec.hlc)));
+            out.push(v(
+                "backbeat_window",
+                format!(
+                    "record {}: {} applied outside a '{class}' window at {}",
+                    rec.index, rec.transition, rec.hlc
+                ),
+            ));
         }
     }
 
     // Quorum certificate matches the elected set.
     if let Some(h) = post.council.member_set_hash {
         if h != member_set_hash(&post.council.elected) {
-            out.push(v("quorum_matches_elected", format!("record {}: member_set_hash {h} is not the hash of the elected set", rec.index)));
+            out.push(v(
+                "quorum_matches_elected",
+                format!(
+                    "record {}: member_set_hash {h} is not the hash of the elected set",
+                    rec.index
+                ),
+            ));
         }
         if post.council.quorum_cert.is_none() {
-            out.push(v("quorum_matches_elected", format!("record {}: elected set without a quorum certificate", rec.index)));
+            out.push(v(
+                "quorum_matches_elected",
+                format!(
+                    "record {}: elected set without a quorum certificate",
+                    rec.index
+                ),
+            ));
         }
     }
 
     // QUARANTINED is sticky.
     if pre.policy.phase == "QUARANTINED" && post.policy.phase != "QUARANTINED" {
-        let admin = pre.roles_of(&rec.signer).is_some_and(|r| r.contains(&Role::Admin));
+        let admin = pre
+            .roles_of(&rec.signer)
+            .is_some_and(|r| r.contains(&Role::Admin));
         if !matches!(rec.transition.as_str(), "Policy_Release" | "Policy_Update") || !admin {
-            out.push(v("quarantine_sticky", format!("record {}: {} left QUARANTINED", rec.index, rec.transition)));
+            out.push(v(
+                "quarantine_sticky",
+                format!("record {}: {} left QUARANTINED", rec.index, rec.transition),
+            ));
         }
     }
     if pre.policy.phase == "QUARANTINED" && !statechart::allowed_in_quarantine(&rec.transition) {
-        out.push(v("quarantine_sticky", format!("record {}: {} applied while QUARANTINED", rec.index, rec.transition)));
+        out.push(v(
+            "quarantine_sticky",
+            format!(
+                "record {}: {} applied while QUARANTINED",
+                rec.index, rec.transition
+            ),
+        ));
     }
 
     // Nothing leaves TERMINATED.
     if pre.meta.phase == "TERMINATED" {
-        out.push(v("terminated_terminal", format!("record {}: {} applied to a TERMINATED project", rec.index, rec.transition)));
+        out.push(v(
+            "terminated_terminal",
+            format!(
+                "record {}: {} applied to a TERMINATED project",
+                rec.index, rec.transition
+            ),
+        ));
     }
 
     // The record tells the truth about the states.
     if rec.state_pre_hash != pre.hash() {
-        out.push(v("record_pre_hash", format!("record {}: state_pre_hash differs from the pre state", rec.index)));
+        out.push(v(
+            "record_pre_hash",
+            format!(
+                "record {}: state_pre_hash differs from the pre state",
+                rec.index
+            ),
+        ));
     }
     if rec.state_post_hash != post.hash() {
-        out.push(v("record_post_hash", format!("record {}: state_post_hash differs from the post state", rec.index)));
+        out.push(v(
+            "record_post_hash",
+            format!(
+                "record {}: state_post_hash differs from the post state",
+                rec.index
+            ),
+        ));
     }
     out
 }
@@ -148,7 +258,10 @@ pub fn check_state(s: &ProjectState) -> Vec<Violation> {
     let mut out = vec![];
     for r in Region::ALL {
         if !r.states().contains(&s.region_state(r)) {
-            out.push(v("known_state", format!("{} is in unknown state {}", r.name(), s.region_state(r))));
+            out.push(v(
+                "known_state",
+                format!("{} is in unknown state {}", r.name(), s.region_state(r)),
+            ));
         }
     }
     if s.meta.phase == "EXECUTION" && s.execution.pins.is_none() {
@@ -156,14 +269,29 @@ pub fn check_state(s: &ProjectState) -> Vec<Violation> {
     }
     if let Some(h) = s.council.member_set_hash {
         if h != member_set_hash(&s.council.elected) {
-            out.push(v("quorum_matches_elected", "member_set_hash is not the hash of the elected set".into()));
+            out.push(v(
+                "quorum_matches_elected",
+                "member_set_hash is not the hash of the elected set".into(),
+            ));
         }
     }
-    if s.execution.approvals.iter().any(|a| !s.council.elected.contains(a)) && s.council.member_set_hash.is_some() {
+    if s.execution
+        .approvals
+        .iter()
+        .any(|a| !s.council.elected.contains(a))
+        && s.council.member_set_hash.is_some()
+    {
         // An ejected member's earlier approval may remain until the window
         // closes; only flag approvals by signers that were never elected.
-        if s.execution.approvals.iter().any(|a| !s.council.elected.contains(a) && !s.council.ejected.contains(a)) {
-            out.push(v("approvals_by_members", "an approval comes from a signer that was never elected".into()));
+        if s.execution
+            .approvals
+            .iter()
+            .any(|a| !s.council.elected.contains(a) && !s.council.ejected.contains(a))
+        {
+            out.push(v(
+                "approvals_by_members",
+                "an approval comes from a signer that was never elected".into(),
+            ));
         }
     }
     out

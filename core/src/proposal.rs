@@ -64,7 +64,9 @@ pub struct ProposalBody<'a> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProposalError {
-    #[error("field `project`: must be 1..=64 characters of [a-z0-9._-] starting with a letter or digit")]
+    #[error(
+        "field `project`: must be 1..=64 characters of [a-z0-9._-] starting with a letter or digit"
+    )]
     Project,
     #[error("field `transition`: must be 1..={TRANSITION_NAME_BYTES_MAX} bytes")]
     TransitionName,
@@ -78,7 +80,9 @@ pub enum ProposalError {
     Inputs(CanonicalError),
     #[error("field `inputs`: must be a map with text keys")]
     InputsNotMap,
-    #[error("field `inputs`: canonical encoding is {0} bytes; at most {INPUTS_BYTES_MAX} are allowed")]
+    #[error(
+        "field `inputs`: canonical encoding is {0} bytes; at most {INPUTS_BYTES_MAX} are allowed"
+    )]
     InputsTooLarge(usize),
     #[error("field `inputs_hash`: {given} does not match the hash of the canonical encoding of `inputs`, {computed}")]
     InputsHash { given: Hash, computed: Hash },
@@ -132,12 +136,14 @@ impl Proposal {
         }
         if self.evidence.len() > EVIDENCE_ITEMS_MAX
             || self.evidence.iter().any(|e| {
-                e.len() > EVIDENCE_ITEM_BYTES_MAX || !(e.starts_with("ucxl://") || e.starts_with("bubble://"))
+                e.len() > EVIDENCE_ITEM_BYTES_MAX
+                    || !(e.starts_with("ucxl://") || e.starts_with("bubble://"))
             })
         {
             return Err(ProposalError::Evidence);
         }
-        if !matches!(&self.inputs, Value::Map(m) if m.iter().all(|(k, _)| matches!(k, Value::Text(_)))) {
+        if !matches!(&self.inputs, Value::Map(m) if m.iter().all(|(k, _)| matches!(k, Value::Text(_))))
+        {
             return Err(ProposalError::InputsNotMap);
         }
         let enc = cbor::value_to_canonical(self.inputs.clone()).map_err(ProposalError::Inputs)?;
@@ -146,7 +152,10 @@ impl Proposal {
         }
         let computed = Hash::of_bytes(&enc);
         if computed != self.inputs_hash {
-            return Err(ProposalError::InputsHash { given: self.inputs_hash, computed });
+            return Err(ProposalError::InputsHash {
+                given: self.inputs_hash,
+                computed,
+            });
         }
         Ok(())
     }
@@ -165,7 +174,13 @@ pub struct ProposalBuilder {
 }
 
 impl ProposalBuilder {
-    pub fn new(project: &str, transition: &str, current_state_hash: Hash, hlc: Hlc, idem_key: &str) -> Self {
+    pub fn new(
+        project: &str,
+        transition: &str,
+        current_state_hash: Hash,
+        hlc: Hlc,
+        idem_key: &str,
+    ) -> Self {
         ProposalBuilder {
             project: project.into(),
             transition: transition.into(),

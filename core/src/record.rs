@@ -121,9 +121,18 @@ pub struct SignedDecision {
 impl SignedDecision {
     pub fn sign(record: DecisionRecord, key: &SigningKey) -> SignedDecision {
         let signature = sig::sign(domain::DECISION, &record, key).expect("decision records encode");
-        SignedDecision { record, leader: SignerId::from_signing_key(key), signature }
+        SignedDecision {
+            record,
+            leader: SignerId::from_signing_key(key),
+            signature,
+        }
     }
     pub fn verify(&self) -> Result<(), SigError> {
-        sig::verify(domain::DECISION, &self.record, &self.leader, &self.signature)
+        sig::verify(
+            domain::DECISION,
+            &self.record,
+            &self.leader,
+            &self.signature,
+        )
     }
 }

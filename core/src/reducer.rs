@@ -3,6 +3,10 @@
 //! clock and draws no randomness; the leader, a follower, the replay tool and
 //! the simulator all run this same function and get the same hashes.
 
+// Rejections are the cold path and travel by value to HTTP replies; boxing
+// them would only add an allocation to every refusal.
+#![allow(clippy::result_large_err)]
+
 use crate::facts::{Check, Finding, Pins, PolicyRule, Probe, Resources, RosterEntry, Vote};
 use crate::guards::{self, GuardCtx, Verify};
 use crate::hash::Hash;
@@ -114,11 +118,20 @@ pub struct OpEvent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Append to the WAL; the reply may only go out once this is durable.
-    AppendWal { index: u64, record_hash: Hash },
-    StoreDecision { address: Hash },
+    AppendWal {
+        index: u64,
+        record_hash: Hash,
+    },
+    StoreDecision {
+        address: Hash,
+    },
     /// Reply to the proposer (after durability for accepted proposals).
-    Reply { status: u16 },
-    ScheduleSnapshot { reason: SnapshotReason },
+    Reply {
+        status: u16,
+    },
+    ScheduleSnapshot {
+        reason: SnapshotReason,
+    },
     Emit(OpEvent),
 }
 
@@ -129,7 +142,14 @@ pub struct Step {
 }
 
 fn reject(kind: RejectKind, guard: &str, reasons: Vec<String>) -> Rejection {
-    Rejection { kind, guard: guard.to_string(), reasons, head_hash: None, hlc_last: None, retry_after_ms: None }
+    Rejection {
+        kind,
+        guard: guard.to_string(),
+        reasons,
+        head_hash: None,
+        hlc_last: None,
+        retry_after_ms: None,
+    }
 }
 
 fn event(kind: &str, p: &Proposal, guard: Option<&str>, detail: String) -> OpEvent {
@@ -156,11 +176,22 @@ pub fn step(node: &mut NodeState, p: &Proposal, ctx: &Ctx) -> Step {
                 _ => "rejected",
             };
             let ev = event(kind, p, Some(&r.guard), r.reasons.join("; "));
-            Step { effects: vec![Effect::Reply { status: r.kind.http_status() }, Effect::Emit(ev)], outcome: Outcome::Rejected(r) }
+            Step {
+                effects: vec![
+                    Effect::Reply {
+                        status: r.kind.http_status(),
+                    },
+                    Effect::Emit(ev),
+                ],
+                outcome: Outcome::Rejected(r),
+            }
         }
         Ok(Eval::Duplicate(e)) => {
             let ev = event("duplicate", p, None, format!("repeat of index {}", e.index));
-            Step { effects: vec![Effect::Reply { status: 202 }, Effect::Emit(ev)], outcome: Outcome::Duplicate(e) }
+            Step {
+                effects: vec![Effect::Reply { status: 202 }, Effect::Emit(ev)],
+                outcome: Outcome::Duplicate(e),
+            }
         }
         Ok(Eval::Apply(plan)) => commit(node, p, ctx, *plan),
     }
@@ -184,7 +215,12 @@ struct Plan {
 fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection> {
     // shape
     if let Err(e) = p.check_shape() {
-        let field = e.to_string().split('`').nth(1).unwrap_or("proposal").to_string();
+        let field = e
+            .to_string()
+            .split('`')
+            .nth(1)
+            .unwrap_or("proposal")
+            .to_string();
         return Err(reject(RejectKind::Malformed, &field, vec![e.to_string()]));
     }
     let spec = statechart::lookup(&p.transition).ok_or_else(|| {
@@ -201,7 +237,11 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
     })?;
     let pre = node.project(&p.project).into_owned();
     let mut outcomes = Vec::with_capacity(8 + spec.guards.len());
-    outcomes.push(guards::outcome("shape", true, vec!["fields well-formed; inputs_hash matches the canonical inputs".into()]));
+    outcomes.push(guards::outcome(
+        "shape",
+        true,
+        vec!["fields well-formed; inputs_hash matches the canonical inputs".into()],
+    ));
 
     // signer and signature
     let roles = pre.roles_of(&p.signer).ok_or_else(|| {
@@ -220,24 +260,47 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
             ));
         }
     }
-    outcomes.push(guards::outcome("signature", true, vec![format!("ed25519 signature of {} over the canonical proposal body", p.signer)]));
+    outcomes.push(guards::outcome(
+        "signature",
+        true,
+        vec![format!(
+            "ed25519 signature of {} over the canonical proposal body",
+            p.signer
+        )],
+    ));
     if !spec.roles.iter().any(|r| roles.contains(r)) {
         let need: Vec<&str> = spec.roles.iter().map(|r| r.name()).collect();
         let have: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         return Err(reject(
             RejectKind::Forbidden,
             "role",
-            vec![format!("{} needs one of the roles [{}]; signer {} has [{}]", spec.name, need.join(", "), p.signer, have.join(", "))],
+            vec![format!(
+                "{} needs one of the roles [{}]; signer {} has [{}]",
+                spec.name,
+                need.join(", "),
+                p.signer,
+                have.join(", ")
+            )],
         ));
     }
     outcomes.push(guards::outcome(
         "role",
         true,
-        vec![format!("signer holds {}", roles.iter().filter(|r| spec.roles.contains(r)).map(|r| r.name()).collect::<Vec<_>>().join(", "))],
+        vec![format!(
+            "signer holds {}",
+            roles
+                .iter()
+                .filter(|r| spec.roles.contains(r))
+                .map(|r| r.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )],
     ));
 
     // idempotency (before the state-hash check: a repeat carries an old hash)
-    let content_hash = p.content_hash().map_err(|e| reject(RejectKind::Malformed, "inputs", vec![e.to_string()]))?;
+    let content_hash = p
+        .content_hash()
+        .map_err(|e| reject(RejectKind::Malformed, "inputs", vec![e.to_string()]))?;
     if let Some(prev) = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key)) {
         if prev.content_hash == content_hash {
             return Ok(Eval::Duplicate(prev.clone()));
@@ -251,7 +314,14 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
             )],
         ));
     }
-    outcomes.push(guards::outcome("idempotency", true, vec![format!("idem_key {:?} is new for project {:?}", p.idem_key, p.project)]));
+    outcomes.push(guards::outcome(
+        "idempotency",
+        true,
+        vec![format!(
+            "idem_key {:?} is new for project {:?}",
+            p.idem_key, p.project
+        )],
+    ));
 
     // optimistic concurrency
     let pre_hash = node.project_hash(&p.project);
@@ -268,11 +338,18 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         r.hlc_last = pre.hlc_last;
         return Err(r);
     }
-    outcomes.push(guards::outcome("state_hash", true, vec![format!("current_state_hash is HEAD {pre_hash}")]));
+    outcomes.push(guards::outcome(
+        "state_hash",
+        true,
+        vec![format!("current_state_hash is HEAD {pre_hash}")],
+    ));
 
     // HLC order and offset
     if let (Some(last), Some(ord)) = (pre.hlc_last, pre.order_last.as_ref()) {
-        let c = order_key_cmp((&p.hlc, &p.signer.to_string(), &p.idem_key), (&last, &ord.signer.to_string(), &ord.idem_key));
+        let c = order_key_cmp(
+            (&p.hlc, &p.signer.to_string(), &p.idem_key),
+            (&last, &ord.signer.to_string(), &ord.idem_key),
+        );
         if c != Ordering::Greater {
             let mut r = reject(
                 RejectKind::HlcOrder,
@@ -303,7 +380,12 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
     outcomes.push(guards::outcome(
         "hlc",
         true,
-        vec![format!("hlc {} follows {} and is within {} ms of the leader clock", p.hlc, pre.hlc_last.map_or("nothing".into(), |h| h.to_string()), pre.meta.hlc_max_offset_ms)],
+        vec![format!(
+            "hlc {} follows {} and is within {} ms of the leader clock",
+            p.hlc,
+            pre.hlc_last.map_or("nothing".into(), |h| h.to_string()),
+            pre.meta.hlc_max_offset_ms
+        )],
     ));
 
     // project status
@@ -323,7 +405,11 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         ));
     }
     if pre.control.phase == "PAUSED" && !statechart::allowed_while_paused(spec.name) {
-        return status_fail(format!("project {:?} is PAUSED ({}); propose Control_Resume first", p.project, pre.control.reason.clone().unwrap_or_default()));
+        return status_fail(format!(
+            "project {:?} is PAUSED ({}); propose Control_Resume first",
+            p.project,
+            pre.control.reason.clone().unwrap_or_default()
+        ));
     }
     if pre.control.phase == "RECOVERY" && !statechart::allowed_in_recovery(spec.name) {
         return status_fail(format!(
@@ -333,10 +419,16 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         ));
     }
     let active_needed = match spec.to.region {
-        Region::Ingestion | Region::Council | Region::Environment => Some(&["PROJECT_LIFECYCLE", "EXECUTION"][..]),
+        Region::Ingestion | Region::Council | Region::Environment => {
+            Some(&["PROJECT_LIFECYCLE", "EXECUTION"][..])
+        }
         Region::Execution => Some(&["EXECUTION"][..]),
-        Region::Project if spec.name == "Project_EnterExecution" => Some(&["PROJECT_LIFECYCLE"][..]),
-        Region::Boot if spec.name == "Boot_ConfigOk" || spec.name == "Boot_Licensed" => Some(&["BOOT"][..]),
+        Region::Project if spec.name == "Project_EnterExecution" => {
+            Some(&["PROJECT_LIFECYCLE"][..])
+        }
+        Region::Boot if spec.name == "Boot_ConfigOk" || spec.name == "Boot_Licensed" => {
+            Some(&["BOOT"][..])
+        }
         _ => None,
     };
     if let Some(phases) = active_needed {
@@ -350,7 +442,14 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
             ));
         }
     }
-    outcomes.push(guards::outcome("project_status", true, vec![format!("project {} is {}, Control {}, Policy {}", p.project, pre.meta.phase, pre.control.phase, pre.policy.phase)]));
+    outcomes.push(guards::outcome(
+        "project_status",
+        true,
+        vec![format!(
+            "project {} is {}, Control {}, Policy {}",
+            p.project, pre.meta.phase, pre.control.phase, pre.policy.phase
+        )],
+    ));
 
     // from-state
     let from_region = spec.from[0].region;
@@ -360,13 +459,26 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         return Err(reject(
             RejectKind::Guard,
             "from_state",
-            vec![format!("{} needs {} in {}; it is in {current}", spec.name, from_region.name(), want.join(" or "))],
+            vec![format!(
+                "{} needs {} in {}; it is in {current}",
+                spec.name,
+                from_region.name(),
+                want.join(" or ")
+            )],
         ));
     }
-    outcomes.push(guards::outcome("from_state", true, vec![format!("{} is {current}", from_region.name())]));
+    outcomes.push(guards::outcome(
+        "from_state",
+        true,
+        vec![format!("{} is {current}", from_region.name())],
+    ));
 
     // transition guards and the state change
-    let g = GuardCtx { state: &pre, proposal: p, verify: ctx.verify };
+    let g = GuardCtx {
+        state: &pre,
+        proposal: p,
+        verify: ctx.verify,
+    };
     let mut post = pre.clone();
     let mut events = vec![];
     transition(spec, &g, &mut post, &mut outcomes, &mut events)?;
@@ -378,30 +490,63 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         post.set_region_state(a.region, a.state);
         post.epoch.bump(a.region);
     }
-    let touches_control = spec.to.region == Region::Control || spec.also.iter().any(|a| a.region == Region::Control);
+    let touches_control =
+        spec.to.region == Region::Control || spec.also.iter().any(|a| a.region == Region::Control);
     if !touches_control {
-        if spec.name == "Boot_LicenseRefresh" && post.control.phase == "DEGRADED" && post.control.degraded_by_license {
+        if spec.name == "Boot_LicenseRefresh"
+            && post.control.phase == "DEGRADED"
+            && post.control.degraded_by_license
+        {
             let auto = &AUTOMATIC[1];
             post.set_region_state(auto.to.region, auto.to.state);
             post.control.degraded_by_license = false;
             post.control.reason = None;
             post.epoch.bump(Region::Control);
-            events.push(event("license_restored", p, None, "license refreshed; Control back to NORMAL".into()));
+            events.push(event(
+                "license_restored",
+                p,
+                None,
+                "license refreshed; Control back to NORMAL".into(),
+            ));
         } else if spec.name != "Boot_LicenseRefresh" && post.control.phase == "NORMAL" {
-            if let guards::LicenseAt::Grace { grace_until_ms, .. } = guards::license_at(&post, &p.hlc) {
+            if let guards::LicenseAt::Grace { grace_until_ms, .. } =
+                guards::license_at(&post, &p.hlc)
+            {
                 let auto = &AUTOMATIC[0];
                 post.set_region_state(auto.to.region, auto.to.state);
                 post.control.degraded_by_license = true;
-                post.control.reason = Some(format!("license grace until {}", crate::hlc::format_wall_ms(grace_until_ms)));
+                post.control.reason = Some(format!(
+                    "license grace until {}",
+                    crate::hlc::format_wall_ms(grace_until_ms)
+                ));
                 post.epoch.bump(Region::Control);
-                events.push(event("license_grace", p, Some("license"), format!("license in grace until {}", crate::hlc::format_wall_ms(grace_until_ms))));
+                events.push(event(
+                    "license_grace",
+                    p,
+                    Some("license"),
+                    format!(
+                        "license in grace until {}",
+                        crate::hlc::format_wall_ms(grace_until_ms)
+                    ),
+                ));
             }
         }
     }
     post.hlc_last = Some(p.hlc);
-    post.order_last = Some(OrderKey { signer: p.signer.clone(), idem_key: p.idem_key.clone() });
+    post.order_last = Some(OrderKey {
+        signer: p.signer.clone(),
+        idem_key: p.idem_key.clone(),
+    });
     post.applied += 1;
-    Ok(Eval::Apply(Box::new(Plan { spec, pre, pre_hash, post, outcomes, content_hash, events })))
+    Ok(Eval::Apply(Box::new(Plan {
+        spec,
+        pre,
+        pre_hash,
+        post,
+        outcomes,
+        content_hash,
+        events,
+    })))
 }
 
 fn inputs<T: DeserializeOwned>(p: &Proposal) -> Result<T, Rejection> {
@@ -420,14 +565,23 @@ fn field_err(field: &str, why: String) -> Rejection {
 
 fn check_list<T>(field: &str, v: &[T]) -> Result<(), Rejection> {
     if v.len() > LIST_ITEMS_MAX {
-        return Err(field_err(field, format!("inputs.{field} has {} items; at most {LIST_ITEMS_MAX} are allowed", v.len())));
+        return Err(field_err(
+            field,
+            format!(
+                "inputs.{field} has {} items; at most {LIST_ITEMS_MAX} are allowed",
+                v.len()
+            ),
+        ));
     }
     Ok(())
 }
 
 fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
     if s.is_empty() || s.len() > TEXT_BYTES_MAX {
-        return Err(field_err(field, format!("inputs.{field} must be 1..={TEXT_BYTES_MAX} bytes of text")));
+        return Err(field_err(
+            field,
+            format!("inputs.{field} must be 1..={TEXT_BYTES_MAX} bytes of text"),
+        ));
     }
     Ok(())
 }
@@ -436,7 +590,11 @@ fn guard_check(outcomes: &mut Vec<GuardOutcome>, o: GuardOutcome) -> Result<(), 
     guard_check_retry(outcomes, o, None)
 }
 
-fn guard_check_retry(outcomes: &mut Vec<GuardOutcome>, o: GuardOutcome, retry: Option<u64>) -> Result<(), Rejection> {
+fn guard_check_retry(
+    outcomes: &mut Vec<GuardOutcome>,
+    o: GuardOutcome,
+    retry: Option<u64>,
+) -> Result<(), Rejection> {
     if o.ok {
         outcomes.push(o);
         Ok(())
@@ -633,7 +791,10 @@ fn transition(
             let i: InSources = inputs(p)?;
             check_list("sources", &i.sources)?;
             if i.sources.is_empty() {
-                return Err(field_err("sources", "inputs.sources must name at least one source".into()));
+                return Err(field_err(
+                    "sources",
+                    "inputs.sources must name at least one source".into(),
+                ));
             }
             for s in &i.sources {
                 check_text("sources", s)?;
@@ -702,14 +863,25 @@ fn transition(
             check_list("candidates", &i.candidates)?;
             check_list("tools", &i.tools.iter().collect::<Vec<_>>())?;
             for c in &i.candidates {
-                if !g.state.roles_of(c).is_some_and(|r| r.contains(&Role::Council)) {
-                    return Err(field_err("candidates", format!("candidate {c} is not a council member of the roster")));
+                if !g
+                    .state
+                    .roles_of(c)
+                    .is_some_and(|r| r.contains(&Role::Council))
+                {
+                    return Err(field_err(
+                        "candidates",
+                        format!("candidate {c} is not a council member of the roster"),
+                    ));
                 }
             }
             if i.candidates.len() < g.state.council.quorum_threshold as usize {
                 return Err(field_err(
                     "candidates",
-                    format!("{} candidates cannot reach the quorum threshold {}", i.candidates.len(), g.state.council.quorum_threshold),
+                    format!(
+                        "{} candidates cannot reach the quorum threshold {}",
+                        i.candidates.len(),
+                        g.state.council.quorum_threshold
+                    ),
                 ));
             }
             lic(out)?;
@@ -725,7 +897,10 @@ fn transition(
             check_list("members", &i.members)?;
             check_list("votes", &i.votes)?;
             lic(out)?;
-            guard_check(out, guards::quorum(g, &i.members, &i.votes, spec.name == "Council_ReElect"))?;
+            guard_check(
+                out,
+                guards::quorum(g, &i.members, &i.votes, spec.name == "Council_ReElect"),
+            )?;
             let mut m = i.members;
             m.sort();
             post.council.member_set_hash = Some(crate::facts::member_set_hash(&m));
@@ -749,7 +924,11 @@ fn transition(
                 if post.council.tools.contains_key(&pr.body.tool) {
                     post.council.tooling.insert(
                         pr.body.tool.clone(),
-                        crate::state::ToolStatus { reachable: pr.body.reachable, version: pr.body.version.clone(), probed_at: pr.body.probed_at },
+                        crate::state::ToolStatus {
+                            reachable: pr.body.reachable,
+                            version: pr.body.version.clone(),
+                            probed_at: pr.body.probed_at,
+                        },
                     );
                 }
             }
@@ -758,7 +937,10 @@ fn transition(
             let i: InEject = inputs(p)?;
             check_text("reason", &i.reason)?;
             if !g.state.council.elected.contains(&i.member) {
-                return Err(field_err("member", format!("{} is not in the elected council", i.member)));
+                return Err(field_err(
+                    "member",
+                    format!("{} is not in the elected council", i.member),
+                ));
             }
             lic(out)?;
             post.council.elected.retain(|m| m != &i.member);
@@ -785,7 +967,10 @@ fn transition(
             let i: InChecks = inputs(p)?;
             check_list("checks", &i.checks)?;
             lic(out)?;
-            guard_check(out, guards::env_health(&i.checks, spec.name == "Environment_Green"))?;
+            guard_check(
+                out,
+                guards::env_health(&i.checks, spec.name == "Environment_Green"),
+            )?;
             post.environment.health = i.checks;
         }
         "Environment_Recheck" => {
@@ -822,12 +1007,19 @@ fn transition(
             post.execution.pins = Some(i.pins);
             push_evidence(post, p);
         }
-        "Execution_BeatReviewGate" | "Execution_ReverbOpen" | "Execution_Approve" | "Execution_Submit" => {
+        "Execution_BeatReviewGate"
+        | "Execution_ReverbOpen"
+        | "Execution_Approve"
+        | "Execution_Submit" => {
             lic(out)?;
             let class = spec.time_gated.expect("execution windows are time-gated");
             let parsed: Result<(), Rejection> = match spec.name {
-                "Execution_BeatReviewGate" => inputs::<InWork>(p).map(|i| post.execution.work_hash = Some(i.work_hash)),
-                "Execution_ReverbOpen" => inputs::<InReview>(p).map(|i| post.execution.review_hash = Some(i.review_hash)),
+                "Execution_BeatReviewGate" => {
+                    inputs::<InWork>(p).map(|i| post.execution.work_hash = Some(i.work_hash))
+                }
+                "Execution_ReverbOpen" => {
+                    inputs::<InReview>(p).map(|i| post.execution.review_hash = Some(i.review_hash))
+                }
                 "Execution_Approve" => inputs::<InWork>(p).and_then(|i| {
                     let (o, retry) = guards::backbeat(g, class);
                     guard_check_retry(out, o, retry)?;
@@ -845,7 +1037,10 @@ fn transition(
                 }),
             };
             parsed?;
-            if matches!(spec.name, "Execution_BeatReviewGate" | "Execution_ReverbOpen") {
+            if matches!(
+                spec.name,
+                "Execution_BeatReviewGate" | "Execution_ReverbOpen"
+            ) {
                 let (o, retry) = guards::backbeat(g, class);
                 guard_check_retry(out, o, retry)?;
             }
@@ -930,29 +1125,63 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
     let b = build(node, p, ctx, plan);
     install(node, p, &b);
     let Built { acc, effects, .. } = b;
-    Step { outcome: Outcome::Accepted(Box::new(acc)), effects }
+    Step {
+        outcome: Outcome::Accepted(Box::new(acc)),
+        effects,
+    }
 }
 
 fn install(node: &mut NodeState, p: &Proposal, b: &Built) {
     node.index = b.acc.record.index;
     node.head_record = b.acc.record_hash;
     node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
-    node.idem.entry(p.project.clone()).or_default().insert(p.idem_key.clone(), b.idem.clone());
-    node.projects.insert(p.project.clone(), ProjectEntry { state: b.post.clone(), hash: b.acc.record.state_post_hash });
+    node.idem
+        .entry(p.project.clone())
+        .or_default()
+        .insert(p.idem_key.clone(), b.idem.clone());
+    node.projects.insert(
+        p.project.clone(),
+        ProjectEntry {
+            state: b.post.clone(),
+            hash: b.acc.record.state_post_hash,
+        },
+    );
 }
 
 fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
-    let Plan { spec, pre, pre_hash, post, outcomes, content_hash, mut events } = plan;
+    let Plan {
+        spec,
+        pre,
+        pre_hash,
+        post,
+        outcomes,
+        content_hash,
+        mut events,
+    } = plan;
     let post_hash = post.hash();
     let index = node.index + 1;
     let from_region = spec.from[0].region;
-    let roles: Vec<String> = pre.roles_of(&p.signer).unwrap_or(&[]).iter().map(|r| r.name().to_string()).collect();
+    let roles: Vec<String> = pre
+        .roles_of(&p.signer)
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
     let cluster = &node.genesis.cluster_id;
     let mut links = vec![
         format!("ucxl://swoosh:{cluster}@{}/wal/{index}", p.project),
-        format!("ucxl://swoosh:{cluster}@{}/state/{}", p.project, post_hash.to_hex()),
+        format!(
+            "ucxl://swoosh:{cluster}@{}/state/{}",
+            p.project,
+            post_hash.to_hex()
+        ),
     ];
-    links.extend(p.evidence.iter().filter(|e| e.starts_with("ucxl://")).cloned());
+    links.extend(
+        p.evidence
+            .iter()
+            .filter(|e| e.starts_with("ucxl://"))
+            .cloned(),
+    );
     let decision = DecisionRecord {
         kind: DECISION_KIND.to_string(),
         cluster_id: cluster.clone(),
@@ -1007,22 +1236,44 @@ fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
     };
     let record_hash = record.hash();
 
-    let idem = IdemEntry { content_hash, transition: spec.name.to_string(), index, state_post_hash: post_hash, decision: decision_hash };
+    let idem = IdemEntry {
+        content_hash,
+        transition: spec.name.to_string(),
+        index,
+        state_post_hash: post_hash,
+        decision: decision_hash,
+    };
 
     let mut effects = vec![
         Effect::AppendWal { index, record_hash },
-        Effect::StoreDecision { address: decision_hash },
+        Effect::StoreDecision {
+            address: decision_hash,
+        },
         Effect::Reply { status: 202 },
     ];
     if spec.name == "Execution_ReverbOpen" {
-        effects.push(Effect::ScheduleSnapshot { reason: SnapshotReason::Reverb });
-    } else if ctx.snapshot_every > 0 && index % ctx.snapshot_every == 0 {
-        effects.push(Effect::ScheduleSnapshot { reason: SnapshotReason::Interval });
+        effects.push(Effect::ScheduleSnapshot {
+            reason: SnapshotReason::Reverb,
+        });
+    } else if ctx.snapshot_every > 0 && index.is_multiple_of(ctx.snapshot_every) {
+        effects.push(Effect::ScheduleSnapshot {
+            reason: SnapshotReason::Interval,
+        });
     }
     for e in events.drain(..) {
         effects.push(Effect::Emit(e));
     }
-    Built { acc: Accepted { record, record_hash, decision, decision_hash }, post, idem, effects }
+    Built {
+        acc: Accepted {
+            record,
+            record_hash,
+            decision,
+            decision_hash,
+        },
+        post,
+        idem,
+        effects,
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -1030,49 +1281,99 @@ pub enum ReplayError {
     #[error("record {index}: expected index {expected}; the log has a gap or a repeat")]
     Index { index: u64, expected: u64 },
     #[error("record {index}: prev_hash {got} does not chain to the previous record {expected}")]
-    Chain { index: u64, got: Hash, expected: Hash },
+    Chain {
+        index: u64,
+        got: Hash,
+        expected: Hash,
+    },
     #[error("record {index}: the reducer rejects it ({guard}: {reasons}); the log and this build disagree")]
-    Rejected { index: u64, guard: String, reasons: String },
-    #[error("record {index}: it repeats an accepted idempotency key; a log never holds duplicates")]
+    Rejected {
+        index: u64,
+        guard: String,
+        reasons: String,
+    },
+    #[error(
+        "record {index}: it repeats an accepted idempotency key; a log never holds duplicates"
+    )]
     Duplicate { index: u64 },
     #[error("record {index}: recomputed state_post_hash {computed} differs from the recorded {recorded}: divergence")]
-    PostHash { index: u64, computed: Hash, recorded: Hash },
-    #[error("record {index}: recomputed record differs from the stored one in {field}: divergence")]
+    PostHash {
+        index: u64,
+        computed: Hash,
+        recorded: Hash,
+    },
+    #[error(
+        "record {index}: recomputed record differs from the stored one in {field}: divergence"
+    )]
     Mismatch { index: u64, field: &'static str },
 }
 
 /// Apply a record from a WAL (replay, recovery, follower). Checks the chain
 /// link and that re-running the reducer reproduces the record exactly.
-pub fn apply_record(node: &mut NodeState, rec: &WalRecord, verify: Verify) -> Result<Accepted, ReplayError> {
+pub fn apply_record(
+    node: &mut NodeState,
+    rec: &WalRecord,
+    verify: Verify,
+) -> Result<Accepted, ReplayError> {
     let expected = node.index + 1;
     if rec.index != expected {
-        return Err(ReplayError::Index { index: rec.index, expected });
+        return Err(ReplayError::Index {
+            index: rec.index,
+            expected,
+        });
     }
     if rec.prev_hash != node.head_record {
-        return Err(ReplayError::Chain { index: rec.index, got: rec.prev_hash, expected: node.head_record });
+        return Err(ReplayError::Chain {
+            index: rec.index,
+            got: rec.prev_hash,
+            expected: node.head_record,
+        });
     }
     let p = rec.proposal();
-    let ctx = Ctx { now_ms: rec.timestamp_ms, verify, snapshot_every: 0 };
+    let ctx = Ctx {
+        now_ms: rec.timestamp_ms,
+        verify,
+        snapshot_every: 0,
+    };
     // Evaluate on the side so a divergent record leaves the node untouched.
     let eval = evaluate(node, &p, &ctx);
     let plan = match eval {
-        Err(r) => return Err(ReplayError::Rejected { index: rec.index, guard: r.guard, reasons: r.reasons.join("; ") }),
+        Err(r) => {
+            return Err(ReplayError::Rejected {
+                index: rec.index,
+                guard: r.guard,
+                reasons: r.reasons.join("; "),
+            })
+        }
         Ok(Eval::Duplicate(_)) => return Err(ReplayError::Duplicate { index: rec.index }),
         Ok(Eval::Apply(plan)) => plan,
     };
     let computed = plan.post.hash();
     if computed != rec.state_post_hash {
-        return Err(ReplayError::PostHash { index: rec.index, computed, recorded: rec.state_post_hash });
+        return Err(ReplayError::PostHash {
+            index: rec.index,
+            computed,
+            recorded: rec.state_post_hash,
+        });
     }
     let built = build(node, &p, &ctx, *plan);
     if built.acc.record.guard_outcomes != rec.guard_outcomes {
-        return Err(ReplayError::Mismatch { index: rec.index, field: "guard_outcomes" });
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "guard_outcomes",
+        });
     }
     if built.acc.record.decision != rec.decision {
-        return Err(ReplayError::Mismatch { index: rec.index, field: "decision" });
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "decision",
+        });
     }
     if built.acc.record_hash != rec.hash() {
-        return Err(ReplayError::Mismatch { index: rec.index, field: "record hash" });
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "record hash",
+        });
     }
     install(node, &p, &built);
     Ok(built.acc)

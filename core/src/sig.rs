@@ -64,7 +64,9 @@ impl fmt::Debug for SignerId {
 }
 
 fn lower_hex(s: &str, n: usize) -> bool {
-    s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl FromStr for SignerId {
@@ -75,7 +77,8 @@ impl FromStr for SignerId {
             .filter(|h| lower_hex(h, 64))
             .ok_or_else(|| SigError::SignerFormat(crate::hash::truncate(s)))?;
         let mut out = [0u8; 32];
-        hex::decode_to_slice(h, &mut out).map_err(|_| SigError::SignerFormat(crate::hash::truncate(s)))?;
+        hex::decode_to_slice(h, &mut out)
+            .map_err(|_| SigError::SignerFormat(crate::hash::truncate(s)))?;
         Ok(SignerId(out))
     }
 }
@@ -98,7 +101,8 @@ impl FromStr for Signature {
             return Err(SigError::SignatureFormat(crate::hash::truncate(s)));
         }
         let mut out = [0u8; 64];
-        hex::decode_to_slice(s, &mut out).map_err(|_| SigError::SignatureFormat(crate::hash::truncate(s)))?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| SigError::SignatureFormat(crate::hash::truncate(s)))?;
         Ok(Signature(out))
     }
 }
@@ -122,7 +126,10 @@ string_serde!(SignerId);
 string_serde!(Signature);
 
 /// The exact bytes a signature covers.
-pub fn signing_bytes<T: Serialize + ?Sized>(domain: &[u8], body: &T) -> Result<Vec<u8>, CanonicalError> {
+pub fn signing_bytes<T: Serialize + ?Sized>(
+    domain: &[u8],
+    body: &T,
+) -> Result<Vec<u8>, CanonicalError> {
     let enc = to_canonical(body)?;
     let mut out = Vec::with_capacity(domain.len() + enc.len());
     out.extend_from_slice(domain);
@@ -130,12 +137,21 @@ pub fn signing_bytes<T: Serialize + ?Sized>(domain: &[u8], body: &T) -> Result<V
     Ok(out)
 }
 
-pub fn sign<T: Serialize + ?Sized>(domain: &[u8], body: &T, key: &SigningKey) -> Result<Signature, CanonicalError> {
+pub fn sign<T: Serialize + ?Sized>(
+    domain: &[u8],
+    body: &T,
+    key: &SigningKey,
+) -> Result<Signature, CanonicalError> {
     let bytes = signing_bytes(domain, body)?;
     Ok(Signature(key.sign(&bytes).to_bytes()))
 }
 
-pub fn verify<T: Serialize + ?Sized>(domain: &[u8], body: &T, signer: &SignerId, sig: &Signature) -> Result<(), SigError> {
+pub fn verify<T: Serialize + ?Sized>(
+    domain: &[u8],
+    body: &T,
+    signer: &SignerId,
+    sig: &Signature,
+) -> Result<(), SigError> {
     let bytes = signing_bytes(domain, body)?;
     verify_bytes(&bytes, signer, sig)
 }
@@ -143,7 +159,9 @@ pub fn verify<T: Serialize + ?Sized>(domain: &[u8], body: &T, signer: &SignerId,
 pub fn verify_bytes(bytes: &[u8], signer: &SignerId, sig: &Signature) -> Result<(), SigError> {
     let vk = signer.verifying_key()?;
     let s = ed25519_dalek::Signature::from_bytes(&sig.0);
-    vk.verify_strict(bytes, &s).map_err(|_| SigError::Invalid { signer: signer.to_string() })
+    vk.verify_strict(bytes, &s).map_err(|_| SigError::Invalid {
+        signer: signer.to_string(),
+    })
 }
 
 /// Deterministic test/demo key from a seed label. Never for production keys:

@@ -84,7 +84,9 @@ pub enum GenesisError {
 impl Genesis {
     pub fn validate(&self) -> Result<(), GenesisError> {
         if self.machine_version != MACHINE_VERSION {
-            return Err(GenesisError::MachineVersion { got: self.machine_version.clone() });
+            return Err(GenesisError::MachineVersion {
+                got: self.machine_version.clone(),
+            });
         }
         if !valid_id(&self.cluster_id) {
             return Err(GenesisError::ClusterId);
@@ -95,11 +97,22 @@ impl Genesis {
             RosterError::TooLarge(n) => GenesisError::RosterTooLarge(n),
             RosterError::NoRoles(s) => GenesisError::NoRoles(s),
         })?;
-        let council = self.roster.iter().filter(|r| r.roles.contains(&Role::Council)).count();
+        let council = self
+            .roster
+            .iter()
+            .filter(|r| r.roles.contains(&Role::Council))
+            .count();
         if self.quorum_threshold == 0 || self.quorum_threshold as usize > council {
-            return Err(GenesisError::Threshold { threshold: self.quorum_threshold, council });
+            return Err(GenesisError::Threshold {
+                threshold: self.quorum_threshold,
+                council,
+            });
         }
-        if !self.roster.iter().any(|r| r.key == self.leader && r.roles.contains(&Role::Operator)) {
+        if !self
+            .roster
+            .iter()
+            .any(|r| r.key == self.leader && r.roles.contains(&Role::Operator))
+        {
             return Err(GenesisError::Leader(self.leader.to_string()));
         }
         self.backbeat.validate()?;
@@ -151,7 +164,8 @@ pub fn validate_roster(roster: &[RosterEntry]) -> Result<(), RosterError> {
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= PROJECT_ID_BYTES_MAX
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -349,7 +363,12 @@ impl ProjectState {
                 probe_max_age_ms: genesis.probe_max_age_ms,
                 terminated_rationale: None,
             },
-            boot: Boot { phase: Region::Boot.initial().into(), config_hash: None, license: None, identities },
+            boot: Boot {
+                phase: Region::Boot.initial().into(),
+                config_hash: None,
+                license: None,
+                identities,
+            },
             ingestion: Ingestion {
                 phase: Region::Ingestion.initial().into(),
                 sources: vec![],
@@ -396,7 +415,11 @@ impl ProjectState {
                 evidence: vec![],
                 loops: 0,
             },
-            control: Control { phase: Region::Control.initial().into(), reason: None, degraded_by_license: false },
+            control: Control {
+                phase: Region::Control.initial().into(),
+                reason: None,
+                degraded_by_license: false,
+            },
             policy: Policy {
                 phase: Region::Policy.initial().into(),
                 rules: genesis.policy_rules.clone(),
@@ -453,7 +476,18 @@ impl ProjectState {
 
     /// A JSON-able projection of named sections (`GET /state?projection=`).
     pub fn section_names() -> &'static [&'static str] {
-        &["meta", "boot", "ingestion", "council", "environment", "execution", "control", "policy", "epoch", "hlc_last"]
+        &[
+            "meta",
+            "boot",
+            "ingestion",
+            "council",
+            "environment",
+            "execution",
+            "control",
+            "policy",
+            "epoch",
+            "hlc_last",
+        ]
     }
 }
 
@@ -511,7 +545,9 @@ impl NodeState {
     pub fn project(&self, id: &str) -> std::borrow::Cow<'_, ProjectState> {
         match self.projects.get(id) {
             Some(e) => std::borrow::Cow::Borrowed(&e.state),
-            None => std::borrow::Cow::Owned(ProjectState::initial(&self.genesis, self.genesis_hash, id)),
+            None => {
+                std::borrow::Cow::Owned(ProjectState::initial(&self.genesis, self.genesis_hash, id))
+            }
         }
     }
 
@@ -524,7 +560,10 @@ impl NodeState {
     }
 
     pub fn root_hash(&self) -> Hash {
-        root_hash(self.genesis_hash, self.projects.iter().map(|(k, e)| (k.as_str(), e.hash)))
+        root_hash(
+            self.genesis_hash,
+            self.projects.iter().map(|(k, e)| (k.as_str(), e.hash)),
+        )
     }
 }
 

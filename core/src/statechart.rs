@@ -353,7 +353,11 @@ pub static TRANSITIONS: &[TransitionSpec] = &[
         from: &[s(R::Council, "PLAN_ROLES")],
         to: s(R::Council, "ELECT"),
         guards: &[G::License],
-        inputs: &[("roles", "[text]"), ("candidates", "[signer]"), ("tools", "{text:text}")],
+        inputs: &[
+            ("roles", "[text]"),
+            ("candidates", "[signer]"),
+            ("tools", "{text:text}"),
+        ],
         time_gated: None,
         roles: &[Ro::Operator],
         compensation: None,
@@ -500,7 +504,11 @@ pub static TRANSITIONS: &[TransitionSpec] = &[
     },
     TransitionSpec {
         name: "Project_Terminate",
-        from: &[s(R::Project, "BOOT"), s(R::Project, "PROJECT_LIFECYCLE"), s(R::Project, "EXECUTION")],
+        from: &[
+            s(R::Project, "BOOT"),
+            s(R::Project, "PROJECT_LIFECYCLE"),
+            s(R::Project, "EXECUTION"),
+        ],
         to: s(R::Project, "TERMINATED"),
         guards: &[],
         inputs: &[("rationale", "text")],
@@ -688,21 +696,34 @@ pub fn lookup(name: &str) -> Option<&'static TransitionSpec> {
 
 /// Transitions that may be applied while the project is QUARANTINED.
 pub fn allowed_in_quarantine(name: &str) -> bool {
-    matches!(name, "Policy_Release" | "Policy_Update" | "Project_Terminate" | "Boot_LicenseRefresh" | "Boot_SetRoster")
+    matches!(
+        name,
+        "Policy_Release"
+            | "Policy_Update"
+            | "Project_Terminate"
+            | "Boot_LicenseRefresh"
+            | "Boot_SetRoster"
+    )
 }
 
 /// Transitions that may be applied while Control is PAUSED.
 pub fn allowed_while_paused(name: &str) -> bool {
-    name.starts_with("Policy_") || name.starts_with("Control_") || matches!(name, "Project_Terminate" | "Boot_LicenseRefresh" | "Boot_SetRoster" | "Environment_Deprovision")
-}
-
-/// Transitions that may be applied while Control is RECOVERY: the council
-/// compensations that restore a quorum, and administrative ones.
-pub fn allowed_in_recovery(name: &str) -> bool {
     name.starts_with("Policy_")
         || name.starts_with("Control_")
-        || name.starts_with("Council_")
-        || matches!(name, "Project_Terminate" | "Boot_LicenseRefresh" | "Boot_SetRoster" | "Environment_Deprovision" | "Ingestion_RollbackIndex")
+        || matches!(
+            name,
+            "Project_Terminate"
+                | "Boot_LicenseRefresh"
+                | "Boot_SetRoster"
+                | "Environment_Deprovision"
+        )
+}
+
+/// Transitions that may be applied while Control is RECOVERY: everything
+/// but execution progress, so the council can be re-elected and the other
+/// regions kept healthy while no work is done on a lost quorum.
+pub fn allowed_in_recovery(name: &str) -> bool {
+    !name.starts_with("Execution_") && name != "Project_EnterExecution"
 }
 
 /// A canonical, hashable description of the registry: its hash is the
@@ -732,7 +753,10 @@ struct SchemaTransition {
 pub fn schema_hash() -> crate::hash::Hash {
     let doc = SchemaDoc {
         machine_version: MACHINE_VERSION,
-        regions: Region::ALL.iter().map(|r| (r.name(), r.states().to_vec())).collect(),
+        regions: Region::ALL
+            .iter()
+            .map(|r| (r.name(), r.states().to_vec()))
+            .collect(),
         transitions: TRANSITIONS
             .iter()
             .map(|t| SchemaTransition {
@@ -750,7 +774,13 @@ pub fn schema_hash() -> crate::hash::Hash {
         always_guards: ALWAYS_GUARDS.to_vec(),
         automatic: AUTOMATIC
             .iter()
-            .map(|a| (a.name, a.from.iter().map(|s| s.to_string()).collect(), a.to.to_string()))
+            .map(|a| {
+                (
+                    a.name,
+                    a.from.iter().map(|s| s.to_string()).collect(),
+                    a.to.to_string(),
+                )
+            })
             .collect(),
     };
     crate::hash::hash_of(&doc).expect("the schema document has no floats and encodes")
@@ -782,7 +812,12 @@ pub fn to_mermaid() -> String {
     }
     for a in AUTOMATIC {
         for f in a.from {
-            out.push_str(&format!("  {} --> {} : auto {}\n", id(f), id(&a.to), a.name));
+            out.push_str(&format!(
+                "  {} --> {} : auto {}\n",
+                id(f),
+                id(&a.to),
+                a.name
+            ));
         }
     }
     out.push_str("  Project_TERMINATED --> [*]\n");
@@ -800,14 +835,26 @@ mod tests {
         for t in TRANSITIONS {
             assert!(names.insert(t.name), "duplicate transition {}", t.name);
             for f in t.from.iter().chain(std::iter::once(&t.to)) {
-                assert!(f.region.states().contains(&f.state), "{}: unknown state {f}", t.name);
+                assert!(
+                    f.region.states().contains(&f.state),
+                    "{}: unknown state {f}",
+                    t.name
+                );
             }
             assert!(!t.roles.is_empty(), "{} has no roles", t.name);
             if t.guards.contains(&Guard::Backbeat) {
-                assert!(t.time_gated.is_some(), "{} checks backbeat but is not time-gated", t.name);
+                assert!(
+                    t.time_gated.is_some(),
+                    "{} checks backbeat but is not time-gated",
+                    t.name
+                );
             }
             if t.time_gated.is_some() {
-                assert!(t.guards.contains(&Guard::Backbeat), "{} is time-gated without the backbeat guard", t.name);
+                assert!(
+                    t.guards.contains(&Guard::Backbeat),
+                    "{} is time-gated without the backbeat guard",
+                    t.name
+                );
             }
         }
     }
@@ -815,20 +862,32 @@ mod tests {
     #[test]
     fn every_guard_is_used_and_every_state_reachable() {
         for g in Guard::ALL {
-            assert!(TRANSITIONS.iter().any(|t| t.guards.contains(&g)), "guard {} unused", g.name());
+            assert!(
+                TRANSITIONS.iter().any(|t| t.guards.contains(&g)),
+                "guard {} unused",
+                g.name()
+            );
         }
         for r in Region::ALL {
             for st in r.states().iter().skip(1) {
-                let target = StateRef { region: r, state: st };
+                let target = StateRef {
+                    region: r,
+                    state: st,
+                };
                 assert!(
-                    TRANSITIONS.iter().any(|t| t.to == target || t.also.contains(&target))
+                    TRANSITIONS
+                        .iter()
+                        .any(|t| t.to == target || t.also.contains(&target))
                         || AUTOMATIC.iter().any(|a| a.to == target),
                     "{target} is never entered"
                 );
             }
         }
         for c in ["DEPROVISION", "EJECT", "RE_ELECT", "ROLLBACK_INDEX"] {
-            assert!(TRANSITIONS.iter().any(|t| t.compensation == Some(c)), "compensation {c} missing");
+            assert!(
+                TRANSITIONS.iter().any(|t| t.compensation == Some(c)),
+                "compensation {c} missing"
+            );
         }
     }
 
