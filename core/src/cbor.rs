@@ -125,11 +125,19 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
     Ok(v)
 }
 
-/// Decode canonical bytes into a typed value, refusing non-canonical input.
-pub fn from_canonical<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError> {
+/// Decode canonical bytes into a typed value, refusing non-canonical input
+/// and any input the type would not re-encode to exactly (unknown fields,
+/// defaulted fields written differently): so the hash of what was received
+/// is always the hash of what was decoded.
+pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
     let v = decode_value_strict(bytes)?;
-    v.deserialized()
-        .map_err(|e| CanonicalError::Shape(e.to_string()))
+    let t: T = v
+        .deserialized()
+        .map_err(|e| CanonicalError::Shape(e.to_string()))?;
+    if to_canonical(&t)? != bytes {
+        return Err(CanonicalError::Shape("the bytes carry fields or spellings the type does not re-encode; they are not this type's canonical encoding".into()));
+    }
+    Ok(t)
 }
 
 /// Decode bytes produced by this crate's own writer without re-encoding them.

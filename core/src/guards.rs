@@ -319,7 +319,14 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
     }
     let set: BTreeSet<&SignerId> = members.iter().collect();
     if members.is_empty() || set.len() != members.len() {
-        bad.push("the proposed member set must be non-empty and list each member once".into());
+        bad.push(format!("the proposed member set has {} entries of which {} distinct: list each elected member exactly once", members.len(), set.len()));
+    }
+    let threshold = st.council.quorum_threshold as usize;
+    if set.len() < threshold {
+        bad.push(format!(
+            "a council of {} members could never reach the quorum threshold {threshold} for approvals or recovery: elect at least {threshold} members",
+            set.len()
+        ));
     }
     for m in members {
         if !st.council.candidates.contains(m) {
@@ -338,7 +345,17 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
     for v in votes {
         let b = &v.body;
         if !voters.insert(&b.voter) {
-            bad.push(format!("voter {} voted twice", b.voter));
+            bad.push(format!(
+                "voter {} voted twice: keep one vote per voter in the certificate",
+                b.voter
+            ));
+            continue;
+        }
+        if st.council.ejected.contains(&b.voter) {
+            bad.push(format!(
+                "voter {} was ejected from this council and may not vote in its re-election",
+                b.voter
+            ));
             continue;
         }
         if g.verify == Verify::Full {
@@ -371,7 +388,6 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
             approving.insert(&b.voter);
         }
     }
-    let threshold = st.council.quorum_threshold as usize;
     if approving.len() < threshold {
         bad.push(format!(
             "{} approving council votes for member set {expected} at epoch {epoch}; the quorum threshold is {threshold}",
@@ -528,7 +544,11 @@ pub fn capacity(request: &Resources, available: &Resources) -> GuardOutcome {
 pub fn env_health(checks: &[Check], want_green: bool) -> GuardOutcome {
     let failing: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     match (want_green, checks.is_empty(), failing.is_empty()) {
-        (_, true, _) => outcome("env_health", false, vec!["no health checks were reported".into()]),
+        (_, true, _) => outcome(
+            "env_health",
+            false,
+            vec!["no health checks were reported: send the results of the environment's checks in inputs.checks".into()],
+        ),
         (true, false, true) => outcome("env_health", true, vec![format!("all {} health checks pass", checks.len())]),
         (true, false, false) => outcome(
             "env_health",
@@ -679,7 +699,14 @@ pub fn council_member(g: &GuardCtx, work_hash: &Hash) -> GuardOutcome {
 pub fn approvals(g: &GuardCtx) -> GuardOutcome {
     let st = g.state;
     let need = st.council.quorum_threshold as usize;
-    let have = st.execution.approvals.len();
+    // Only approvals of the council as it stands count (an ejected member's
+    // earlier approval does not).
+    let have = st
+        .execution
+        .approvals
+        .iter()
+        .filter(|a| st.council.elected.contains(a))
+        .count();
     if st.execution.submission.is_some() {
         return outcome(
             "approvals",
@@ -715,6 +742,13 @@ pub fn submission(g: &GuardCtx) -> GuardOutcome {
 
 pub fn recovery(g: &GuardCtx) -> GuardOutcome {
     let c = &g.state.council;
+    if c.elections == 0 {
+        return outcome(
+            "recovery",
+            false,
+            vec![format!("no council has been elected yet (Council is {}): drive the Council region to READY before recovering", c.phase)],
+        );
+    }
     if c.phase == "READY" && c.elected.len() >= c.quorum_threshold as usize {
         outcome(
             "recovery",
@@ -739,11 +773,34 @@ pub fn recovery(g: &GuardCtx) -> GuardOutcome {
     }
 }
 
-pub fn roster(roster: &[crate::facts::RosterEntry]) -> GuardOutcome {
-    match crate::state::validate_roster(roster) {
-        Ok(()) => outcome("roster", true, vec![format!("{} roster entries with at least one admin", roster.len())]),
-        Err(e) => outcome("roster", false, vec![format!("the new roster is invalid: {e:?}; it needs at least one admin, unique keys and roles for everyone")]),
+pub fn roster(g: &GuardCtx, roster: &[crate::facts::RosterEntry]) -> GuardOutcome {
+    if let Err(e) = crate::state::validate_roster(roster) {
+        return outcome(
+            "roster",
+            false,
+            vec![format!("the new roster is invalid: {e}")],
+        );
     }
+    let council = roster
+        .iter()
+        .filter(|r| r.roles.contains(&Role::Council))
+        .count();
+    let threshold = g.state.council.quorum_threshold as usize;
+    if council < threshold {
+        return outcome(
+            "roster",
+            false,
+            vec![format!("the new roster has {council} council members; the quorum threshold is {threshold}: keep at least that many")],
+        );
+    }
+    outcome(
+        "roster",
+        true,
+        vec![format!(
+            "{} roster entries, at least one admin and {council} council members",
+            roster.len()
+        )],
+    )
 }
 
 pub fn guard_name(g: Guard) -> &'static str {

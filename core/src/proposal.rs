@@ -80,6 +80,8 @@ pub enum ProposalError {
     Inputs(CanonicalError),
     #[error("field `inputs`: must be a map with text keys")]
     InputsNotMap,
+    #[error("field `inputs`: {0}; inputs must be representable in JSON (maps with text keys, integers, text, booleans, null, arrays), since proposals travel as JSON")]
+    InputsNotJson(String),
     #[error(
         "field `inputs`: canonical encoding is {0} bytes; at most {INPUTS_BYTES_MAX} are allowed"
     )]
@@ -146,6 +148,8 @@ impl Proposal {
         {
             return Err(ProposalError::InputsNotMap);
         }
+        json_representable(&self.inputs, &mut String::from("inputs"), 0)
+            .map_err(ProposalError::InputsNotJson)?;
         let enc = cbor::value_to_canonical(self.inputs.clone()).map_err(ProposalError::Inputs)?;
         if enc.len() > INPUTS_BYTES_MAX {
             return Err(ProposalError::InputsTooLarge(enc.len()));
@@ -158,6 +162,55 @@ impl Proposal {
             });
         }
         Ok(())
+    }
+}
+
+/// Inputs must survive a JSON round trip unchanged, or a proposal signed
+/// over CBOR could not be carried over the HTTP API.
+fn json_representable(v: &Value, path: &mut String, depth: usize) -> Result<(), String> {
+    if depth > cbor::CBOR_DEPTH_MAX {
+        return Err(format!(
+            "{path} nests deeper than {} levels",
+            cbor::CBOR_DEPTH_MAX
+        ));
+    }
+    match v {
+        Value::Null | Value::Bool(_) | Value::Text(_) => Ok(()),
+        Value::Integer(i) => {
+            let n: i128 = (*i).into();
+            if n < i64::MIN as i128 || n > u64::MAX as i128 {
+                Err(format!("{path} is an integer outside the 64-bit range"))
+            } else {
+                Ok(())
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                json_representable(x, path, depth + 1)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Map(m) => {
+            for (k, x) in m {
+                let Value::Text(k) = k else {
+                    return Err(format!("{path} has a non-text map key"));
+                };
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                json_representable(x, path, depth + 1)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Bytes(_) => Err(format!("{path} is a byte string")),
+        // Floats are refused by the canonical encoder with a clearer message.
+        Value::Float(_) => Ok(()),
+        Value::Tag(..) => Err(format!("{path} is a tagged value")),
+        _ => Err(format!("{path} has an unsupported CBOR type")),
     }
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// One guard's verdict: the reasons are sentences an operator can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GuardOutcome {
     pub guard: String,
     pub ok: bool,
@@ -21,6 +22,7 @@ pub struct GuardOutcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WalRecord {
     pub index: u64,
     /// Hash of record `index - 1`, or the genesis hash for index 1.
@@ -70,6 +72,7 @@ impl WalRecord {
 
 /// A BUBBLE decision record, content-addressed as `bubble://dr/<blake3 hex>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DecisionRecord {
     pub kind: String,
     pub cluster_id: String,
@@ -112,6 +115,7 @@ pub fn decision_address(h: &Hash) -> String {
 
 /// A decision record with the leader's signature over it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SignedDecision {
     pub record: DecisionRecord,
     pub leader: SignerId,

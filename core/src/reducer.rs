@@ -508,7 +508,10 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
                 None,
                 "license refreshed; Control back to NORMAL".into(),
             ));
-        } else if spec.name != "Boot_LicenseRefresh" && post.control.phase == "NORMAL" {
+        } else if spec.name != "Boot_LicenseRefresh"
+            && post.control.phase == "NORMAL"
+            && post.meta.phase != "TERMINATED"
+        {
             if let guards::LicenseAt::Grace { grace_until_ms, .. } =
                 guards::license_at(&post, &p.hlc)
             {
@@ -551,10 +554,13 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
 
 fn inputs<T: DeserializeOwned>(p: &Proposal) -> Result<T, Rejection> {
     p.inputs.deserialized::<T>().map_err(|e| {
+        let why = match e {
+            ciborium::value::Error::Custom(s) => s,
+        };
         reject(
             RejectKind::Malformed,
             "inputs",
-            vec![format!("inputs of {} do not match its schema ({e}); `swoosh statechart` lists each transition's input fields", p.transition)],
+            vec![format!("inputs of {} do not match its schema: {why}; `swoosh statechart` lists each transition's input fields", p.transition)],
         )
     })
 }
@@ -782,7 +788,7 @@ fn transition(
         "Boot_SetRoster" => {
             let i: InRoster = inputs(p)?;
             check_list("roster", &i.roster)?;
-            guard_check(out, guards::roster(&i.roster))?;
+            guard_check(out, guards::roster(g, &i.roster))?;
             let mut r = i.roster;
             r.sort_by(|a, b| a.key.cmp(&b.key));
             post.boot.identities = r;
@@ -944,6 +950,7 @@ fn transition(
             }
             lic(out)?;
             post.council.elected.retain(|m| m != &i.member);
+            post.execution.approvals.retain(|m| m != &i.member);
             post.council.ejected.push(i.member);
             post.council.ejected.sort();
             post.council.member_set_hash = None;
@@ -1076,6 +1083,9 @@ fn transition(
             let i: InLost = inputs(p)?;
             check_text("reason", &i.reason)?;
             check_list("lost", &i.lost)?;
+            if let Some(x) = i.lost.iter().find(|m| !g.state.council.elected.contains(m)) {
+                return Err(field_err("lost", format!("{x} is not an elected council member, so it cannot be lost; list only members of the elected council")));
+            }
             post.control.reason = Some(i.reason.clone());
             post.control.degraded_by_license = false;
             events.push(event("quorum_lost", p, None, i.reason));

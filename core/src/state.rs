@@ -133,11 +133,15 @@ impl Genesis {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RosterError {
+    #[error("it names no admin; keep at least one signer with the admin role")]
     NoAdmin,
+    #[error("it lists {0} twice; list each key once with all its roles")]
     Duplicate(String),
+    #[error("it has {0} entries; at most {ROSTER_ENTRIES_MAX} are allowed")]
     TooLarge(usize),
+    #[error("entry {0} has no roles; give it at least one or remove it")]
     NoRoles(String),
 }
 
