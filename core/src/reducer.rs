@@ -554,9 +554,7 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
 
 fn inputs<T: DeserializeOwned>(p: &Proposal) -> Result<T, Rejection> {
     p.inputs.deserialized::<T>().map_err(|e| {
-        let why = match e {
-            ciborium::value::Error::Custom(s) => s,
-        };
+        let ciborium::value::Error::Custom(why) = e;
         reject(
             RejectKind::Malformed,
             "inputs",
