@@ -1,7 +1,27 @@
-//! SWOOSH runtime actors (issue 4): the supervised `ractor` tree — the
-//! sequencer (single writer), one actor per statechart region, the WAL
-//! writer with group commit, the snapshotter and the attention scorer.
+//! SWOOSH runtime: a supervised `ractor` actor tree around the pure core.
 //!
-//! Nothing is implemented here yet; the node that serves lands with issue 4.
-//! Architecture invariant: actors restart from committed state only, and
-//! every mailbox is bounded.
+//! - **sequencer**: the single writer. Runs `swoosh_core::step` on each
+//!   proposal, hands accepted records to the WAL writer and keeps ordering
+//!   while they flush (pipelining); replies `Accepted` only once durable.
+//! - **wal writer**: group commit. Appends queue in its mailbox while a commit
+//!   (one LMDB transaction, one fsync) is in flight; the next commit takes
+//!   them all.
+//! - **region actors** (one per statechart region): the durable read model of
+//!   their region for every project, served to `GET /state`.
+//! - **snapshotter**: writes snapshots at REVERB and every N records.
+//! - **attention**: receives every operational event and counts it (the
+//!   scorer proper is a later issue).
+//!
+//! Architecture invariant: a crashed actor restarts from committed state
+//! (storage recovery), never from partial state; a crash of the sequencer or
+//! the WAL writer restarts both, because the sequencer runs ahead of the log.
+//! Every mailbox is bounded (see [`bounded`]).
+
+pub mod bounded;
+pub mod metrics;
+mod node;
+
+pub use node::{
+    ActorKind, AttentionView, Clock, HealthView, ManualClock, NodeConfig, NodeHandle, StartError,
+    StateView, SubmitOk, SubmitResult, SystemClock,
+};

@@ -20,59 +20,66 @@ const DEMO_ORIGIN_MS: u64 = 1_767_225_600_000;
 pub struct DemoArgs {
     /// Number of projects to drive.
     #[arg(long, default_value_t = 3)]
-    projects: usize,
+    pub(crate) projects: usize,
     /// Execution loops (PLAN → WORK → REVIEW → REVERB) per project.
     #[arg(long, default_value_t = 3)]
-    loops: u64,
+    pub(crate) loops: u64,
     /// Print one JSON object instead of the human-readable run.
     #[arg(long)]
-    json: bool,
-    /// Print every transition (default when not --json).
+    pub(crate) json: bool,
+    /// Do not print every transition.
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
+    /// Run the pure reducer in-process on a virtual clock (no node, no disk):
+    /// every run prints the same hashes.
+    #[arg(long)]
+    pub(crate) in_process: bool,
+    /// Keep the node's data in this directory (default: a temporary one).
+    #[arg(long)]
+    pub(crate) dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
-struct NodeReport {
-    name: String,
-    role: String,
-    dir: Option<String>,
-    hash: String,
-    index: u64,
+pub(crate) struct NodeReport {
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) dir: Option<String>,
+    pub(crate) hash: String,
+    pub(crate) index: u64,
 }
 
 #[derive(Serialize)]
-struct Report {
-    nodes: Vec<NodeReport>,
-    accepted: u64,
-    rejected: u64,
-    duplicates: u64,
-    decision_records: u64,
-    council_votes: u64,
-    data_dir: Option<String>,
-    projects: Vec<ProjectReport>,
-    rejections: Vec<RejectionReport>,
+pub(crate) struct Report {
+    pub(crate) nodes: Vec<NodeReport>,
+    pub(crate) accepted: u64,
+    pub(crate) rejected: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) decision_records: u64,
+    pub(crate) council_votes: u64,
+    pub(crate) data_dir: Option<String>,
+    pub(crate) projects: Vec<ProjectReport>,
+    pub(crate) rejections: Vec<RejectionReport>,
 }
 
 #[derive(Serialize)]
-struct ProjectReport {
-    project: String,
-    hash: String,
-    phase: String,
-    loops: u64,
+pub(crate) struct ProjectReport {
+    pub(crate) project: String,
+    pub(crate) hash: String,
+    pub(crate) phase: String,
+    pub(crate) loops: u64,
 }
 
 #[derive(Serialize)]
-struct RejectionReport {
-    project: String,
-    transition: String,
-    status: u16,
-    guard: String,
-    reason: String,
+pub(crate) struct RejectionReport {
+    pub(crate) project: String,
+    pub(crate) transition: String,
+    pub(crate) status: u16,
+    pub(crate) guard: String,
+    pub(crate) reason: String,
 }
 
 /// Faults the demo injects, and after how many accepted steps of a project.
-const DEMO_FAULTS: [(usize, Fault); 6] = [
+pub(crate) const DEMO_FAULTS: [(usize, Fault); 6] = [
     (3, Fault::StaleHash),
     (5, Fault::Replay),
     (8, Fault::ForgedSignature),
@@ -81,7 +88,14 @@ const DEMO_FAULTS: [(usize, Fault); 6] = [
     (20, Fault::WrongWindow),
 ];
 
-pub fn run(args: DemoArgs) -> Result<()> {
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if !args.in_process {
+        return crate::demo_node::run(args).await;
+    }
+    run_in_process(args)
+}
+
+fn run_in_process(args: DemoArgs) -> Result<()> {
     ensure!(
         args.projects >= 1 && args.projects <= 64,
         "--projects must be between 1 and 64"
@@ -283,6 +297,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn short(h: &str) -> &str {
+pub(crate) fn short(h: &str) -> &str {
     &h[..h.len().min(7 + 16)]
 }

@@ -1,6 +1,9 @@
 //! `swoosh`: the SWOOSH command line.
 
+mod bench;
 mod demo;
+mod demo_node;
+mod node;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,6 +36,36 @@ enum Cmd {
     /// Run the demo: several projects through BOOT, the lifecycle and
     /// execution loops, with some deliberately refused proposals.
     Demo(demo::DemoArgs),
+    /// Create a local cluster: genesis, keys, and a directory per node.
+    Init(node::InitArgs),
+    /// Run a leader node: WAL on LMDB, the actor tree and the HTTP API.
+    Serve(node::ServeArgs),
+    /// Build, sign and submit a proposal (or submit a signed one with --file).
+    Propose(node::ProposeArgs),
+    /// Read a project's state (HEAD hash and sections).
+    State {
+        #[command(flatten)]
+        read: node::ReadArgs,
+        #[arg(long, default_value = "default")]
+        project: String,
+        /// Comma-separated regions, e.g. Council,Ingestion.
+        #[arg(long)]
+        projection: Option<String>,
+    },
+    /// Node health: status, index, root hash, WAL lag, last snapshot.
+    Health {
+        #[command(flatten)]
+        read: node::ReadArgs,
+    },
+    /// Show a decision record (blake3:<hex>, <hex> or bubble://dr/<hex>).
+    Decisions {
+        #[command(flatten)]
+        read: node::ReadArgs,
+        reference: String,
+    },
+    /// Benchmarks, each beside the raw fdatasync rate measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Generate an ed25519 signing key; prints the signer id and writes the
     /// secret key (hex) to --out with 0600 permissions.
     Keygen {
@@ -44,15 +77,16 @@ enum Cmd {
     },
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Statechart { format } => {
             match format {
@@ -61,7 +95,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo(args) => demo::run(args),
+        Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Init(a) => node::init(a),
+        Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Serve(a) => node::serve(a).await,
+        Cmd::Propose(a) => node::propose(a).await,
+        Cmd::State {
+            read,
+            project,
+            projection,
+        } => node::state(read, project, projection).await,
+        Cmd::Health { read } => node::health(read).await,
+        Cmd::Decisions { read, reference } => node::decisions(read, reference).await,
         Cmd::Keygen { out, force } => keygen(&out, force),
     }
 }

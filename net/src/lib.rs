@@ -1,5 +1,11 @@
-//! SWOOSH network surfaces (issues 4–5): the HTTP API (axum, OpenAPI) and the
-//! libp2p transport for WAL replication and council votes.
+//! SWOOSH network surfaces: the HTTP API (axum, OpenAPI via utoipa), the
+//! Rust client SDK, and the sans-I/O replication and council protocols.
 //!
-//! Nothing is implemented here yet. Architecture invariant: transports drive
-//! sans-I/O protocol state machines; no protocol logic lives in a transport.
+//! Architecture invariant: transports drive sans-I/O protocol state machines
+//! (`proto` performs no I/O); HTTP handlers only translate between JSON and
+//! the actors' `NodeHandle`.
+
+pub mod api;
+pub mod client;
+pub mod http;
+pub mod proto;

@@ -1,0 +1,169 @@
+//! Prometheus metrics with the brief's names, plus what operators need
+//! (commit batch size, fsync latency, mailbox depths, attention events).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    pub transition: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabel {
+    pub guard: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabel {
+    pub region: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabel {
+    pub actor: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub transition_total: Family<TransitionLabel, Counter>,
+    pub guard_fail_total: Family<GuardLabel, Counter>,
+    pub state_advance_latency_seconds: Family<RegionLabel, Histogram>,
+    pub retry_count: Family<TransitionLabel, Counter>,
+    pub quarantine_total: Counter,
+    pub recovery_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub wal_lag_records: Gauge,
+    pub commit_batch_records: Histogram,
+    pub fsync_latency_seconds: Histogram,
+    pub rejected_total: Family<KindLabel, Counter>,
+    pub attention_events_total: Family<KindLabel, Counter>,
+    pub actor_restarts_total: Family<ActorLabel, Counter>,
+    pub wal_index: Gauge,
+    pub backpressure_total: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let transition_total = Family::<TransitionLabel, Counter>::default();
+        r.register(
+            "swoosh_transition",
+            "Accepted transitions, by transition",
+            transition_total.clone(),
+        );
+        let guard_fail_total = Family::<GuardLabel, Counter>::default();
+        r.register(
+            "swoosh_guard_fail",
+            "Refused proposals, by failing guard or check",
+            guard_fail_total.clone(),
+        );
+        let state_advance_latency_seconds =
+            Family::<RegionLabel, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            });
+        r.register(
+            "swoosh_state_advance_latency_seconds",
+            "From receipt of a proposal to its durable application, by region advanced",
+            state_advance_latency_seconds.clone(),
+        );
+        let retry_count = Family::<TransitionLabel, Counter>::default();
+        r.register("swoosh_retry_count", "Proposals refused with a retriable outcome (stale hash, HLC order, closed window, backpressure), by transition", retry_count.clone());
+        let quarantine_total = Counter::default();
+        r.register(
+            "swoosh_quarantine",
+            "Projects moved to QUARANTINED",
+            quarantine_total.clone(),
+        );
+        let recovery_time_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        r.register(
+            "swoosh_recovery_time_seconds",
+            "Duration of the last recovery from storage",
+            recovery_time_seconds.clone(),
+        );
+        let wal_lag_records = Gauge::default();
+        r.register(
+            "swoosh_wal_lag_records",
+            "Records accepted by the sequencer but not yet durable",
+            wal_lag_records.clone(),
+        );
+        let commit_batch_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        r.register(
+            "swoosh_commit_batch_records",
+            "Records per WAL group commit",
+            commit_batch_records.clone(),
+        );
+        let fsync_latency_seconds = Histogram::new(exponential_buckets(0.000_02, 2.0, 18));
+        r.register(
+            "swoosh_fsync_latency_seconds",
+            "Duration of one WAL group commit including its fsyncs",
+            fsync_latency_seconds.clone(),
+        );
+        let rejected_total = Family::<KindLabel, Counter>::default();
+        r.register(
+            "swoosh_rejected",
+            "Refused proposals, by kind (HTTP class)",
+            rejected_total.clone(),
+        );
+        let attention_events_total = Family::<KindLabel, Counter>::default();
+        r.register(
+            "swoosh_attention_events",
+            "Operational events fed to the attention scorer, by kind",
+            attention_events_total.clone(),
+        );
+        let actor_restarts_total = Family::<ActorLabel, Counter>::default();
+        r.register(
+            "swoosh_actor_restarts",
+            "Supervisor restarts, by actor",
+            actor_restarts_total.clone(),
+        );
+        let wal_index = Gauge::default();
+        r.register(
+            "swoosh_wal_index",
+            "Index of the last durable WAL record",
+            wal_index.clone(),
+        );
+        let backpressure_total = Counter::default();
+        r.register(
+            "swoosh_backpressure",
+            "Proposals answered 429 because a queue was full",
+            backpressure_total.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            transition_total,
+            guard_fail_total,
+            state_advance_latency_seconds,
+            retry_count,
+            quarantine_total,
+            recovery_time_seconds,
+            wal_lag_records,
+            commit_batch_records,
+            fsync_latency_seconds,
+            rejected_total,
+            attention_events_total,
+            actor_restarts_total,
+            wal_index,
+            backpressure_total,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,1530 @@
+use crate::bounded::{self, Bounded, Depth, SendError};
+use crate::metrics::{ActorLabel, GuardLabel, KindLabel, Metrics, RegionLabel, TransitionLabel};
+use ed25519_dalek::SigningKey;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::{Ctx, Effect, OpEvent, Outcome, RejectKind, Rejection};
+use swoosh_core::state::{Genesis, NodeState, ProjectState};
+use swoosh_core::statechart::Region;
+use swoosh_core::{Hash, Hlc, Proposal};
+use swoosh_storage::recovery::{recover_with, RecoverOptions};
+use swoosh_storage::store::LogStore;
+use swoosh_storage::wal::{BatchLimits, Entry, WalWriter};
+
+/// Proposals admitted but not yet answered; past it, `429`.
+pub const INFLIGHT_PROPOSALS_MAX: usize = 4_096;
+/// Events the attention actor keeps for `GET /attention`.
+pub const ATTENTION_RECENT_MAX: usize = 200;
+/// How long a read waits for the region actors to agree on one version.
+pub const STATE_READ_ATTEMPTS_MAX: usize = 20;
+/// How long a caller waits for its proposal to become durable.
+pub const SUBMIT_TIMEOUT_MS: u64 = 30_000;
+
+/// Wall time, handed to the reducer as the leader's clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Default)]
+pub struct ManualClock(pub AtomicU64);
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub struct NodeConfig {
+    pub genesis: Genesis,
+    /// The leader's key: signs decision records.
+    pub leader_key: SigningKey,
+    /// Snapshot every this many records (besides every REVERB); 0 = only REVERB.
+    pub snapshot_every: u64,
+    pub snapshot_keep: usize,
+    pub wal_limits: BatchLimits,
+    pub clock: Arc<dyn Clock>,
+    /// Human-readable address of this node (for `503` replies on followers later).
+    pub advertise: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the store does not recover: {0}; run `swoosh wal verify --dir <dir>` to locate the damage"
+    )]
+    Recovery(String),
+    #[error("the WAL writer cannot open the store: {0}")]
+    Wal(String),
+    #[error("an actor failed to start: {0}")]
+    Spawn(String),
+    #[error("the node's key is not the genesis leader {0}; start the node with the leader's key")]
+    NotLeader(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubmitOk {
+    pub index: u64,
+    pub transition: String,
+    pub state_post_hash: Hash,
+    pub decision: Hash,
+    /// True when this was a repeat of an already accepted proposal.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubmitResult {
+    Accepted(SubmitOk),
+    Rejected(Rejection),
+    /// Backpressure: a queue is full.
+    Busy {
+        retry_after_ms: u64,
+        reason: String,
+    },
+    /// The node cannot take proposals now (restarting, shutting down, WAL failure).
+    Unavailable {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StateView {
+    pub project: String,
+    pub index: u64,
+    pub hash: Hash,
+    pub projection: BTreeMap<String, Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthView {
+    pub status: String,
+    pub role: String,
+    pub consensus: String,
+    pub index: u64,
+    pub root_hash: Option<Hash>,
+    #[serde(rename = "lastSnapshotHLC")]
+    pub last_snapshot_hlc: Option<Hlc>,
+    pub last_snapshot_index: Option<u64>,
+    #[serde(rename = "walLag")]
+    pub wal_lag: u64,
+    pub inflight: usize,
+    pub restarts: u64,
+    pub genesis_hash: Hash,
+    pub cluster_id: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionView {
+    pub counts: BTreeMap<String, u64>,
+    pub recent: Vec<OpEvent>,
+    pub note: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorKind {
+    Sequencer,
+    Wal,
+    Region(Region),
+    Snapshotter,
+    Attention,
+}
+
+impl ActorKind {
+    fn label(self) -> String {
+        match self {
+            ActorKind::Sequencer => "sequencer".into(),
+            ActorKind::Wal => "wal_writer".into(),
+            ActorKind::Region(r) => format!("region_{}", r.name().to_lowercase()),
+            ActorKind::Snapshotter => "snapshotter".into(),
+            ActorKind::Attention => "attention".into(),
+        }
+    }
+}
+
+struct Refs {
+    seq: Option<Bounded<SeqMsg>>,
+    wal: Option<Bounded<WalMsg>>,
+    regions: BTreeMap<Region, Bounded<RegionMsg>>,
+    snap: Option<Bounded<SnapMsg>>,
+    attention: Option<Bounded<AttnMsg>>,
+}
+
+struct Shared<S> {
+    cfg: NodeConfig,
+    genesis_hash: Hash,
+    store: S,
+    metrics: Metrics,
+    refs: RwLock<Refs>,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    inflight: AtomicUsize,
+    inflight_max: AtomicUsize,
+    durable_index: AtomicU64,
+    root_hash: Mutex<Option<Hash>>,
+    last_snapshot: Mutex<Option<(u64, Option<Hlc>)>>,
+    restarts: AtomicU64,
+    depths: Depths,
+}
+
+struct Depths {
+    seq: Depth,
+    wal: Depth,
+    regions: BTreeMap<Region, Depth>,
+    snap: Depth,
+    attention: Depth,
+}
+
+/// The handle every API surface uses. Cheap to clone.
+pub struct NodeHandle<S: LogStore + Clone + Send + Sync + 'static> {
+    shared: Arc<Shared<S>>,
+    supervisor: ActorRef<SupMsg>,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            shared: self.shared.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
+    /// Recover from `store` and start the actor tree.
+    pub async fn start(store: S, cfg: NodeConfig) -> Result<NodeHandle<S>, StartError> {
+        let leader = swoosh_core::SignerId::from_signing_key(&cfg.leader_key);
+        if leader != cfg.genesis.leader {
+            return Err(StartError::NotLeader(cfg.genesis.leader.to_string()));
+        }
+        let genesis_hash = cfg
+            .genesis
+            .hash()
+            .map_err(|e| StartError::Recovery(e.to_string()))?;
+        let depths = Depths {
+            seq: Depth::new("sequencer", bounded::SEQUENCER_MAILBOX_MAX),
+            wal: Depth::new("wal writer", bounded::WAL_MAILBOX_MAX),
+            regions: Region::ALL
+                .iter()
+                .map(|r| (*r, Depth::new("region", bounded::REGION_MAILBOX_MAX)))
+                .collect(),
+            snap: Depth::new("snapshotter", bounded::SNAPSHOT_MAILBOX_MAX),
+            attention: Depth::new("attention", bounded::ATTENTION_MAILBOX_MAX),
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            genesis_hash,
+            store,
+            metrics: Metrics::new(),
+            refs: RwLock::new(Refs {
+                seq: None,
+                wal: None,
+                regions: BTreeMap::new(),
+                snap: None,
+                attention: None,
+            }),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            inflight_max: AtomicUsize::new(INFLIGHT_PROPOSALS_MAX),
+            durable_index: AtomicU64::new(0),
+            root_hash: Mutex::new(None),
+            last_snapshot: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+            depths,
+        });
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor {
+                shared: shared.clone(),
+            },
+            (),
+        )
+        .await
+        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        // The supervisor's pre_start recovered and spawned everything.
+        if !shared.ready.load(Ordering::Acquire) {
+            return Err(StartError::Spawn("the actor tree did not come up".into()));
+        }
+        Ok(NodeHandle { shared, supervisor })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.shared.cfg.genesis
+    }
+
+    /// Submit a proposal; resolves once it is durable (or refused).
+    pub async fn submit(&self, p: Proposal) -> SubmitResult {
+        let sh = &self.shared;
+        if sh.stopping.load(Ordering::Acquire) {
+            return SubmitResult::Unavailable {
+                reason: "the node is shutting down".into(),
+            };
+        }
+        if !sh.ready.load(Ordering::Acquire) {
+            return SubmitResult::Unavailable {
+                reason: "the node is recovering from an actor restart; retry shortly".into(),
+            };
+        }
+        let prev = sh.inflight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InflightGuard(&sh.inflight);
+        let max = sh.inflight_max.load(Ordering::Acquire);
+        if prev >= max {
+            sh.metrics.backpressure_total.inc();
+            sh.metrics
+                .retry_count
+                .get_or_create(&TransitionLabel {
+                    transition: p.transition.clone(),
+                })
+                .inc();
+            return SubmitResult::Busy {
+                retry_after_ms: 50,
+                reason: format!("{max} proposals are in flight"),
+            };
+        }
+        let Some(seq) = sh.refs.read().expect("refs lock").seq.clone() else {
+            return SubmitResult::Unavailable {
+                reason: "the sequencer is restarting; retry shortly".into(),
+            };
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let transition = p.transition.clone();
+        match seq.try_send(SeqMsg::Submit {
+            proposal: Box::new(p),
+            received: Instant::now(),
+            reply: tx,
+        }) {
+            Ok(()) => {}
+            Err(SendError::Full { .. }) => {
+                sh.metrics.backpressure_total.inc();
+                sh.metrics
+                    .retry_count
+                    .get_or_create(&TransitionLabel { transition })
+                    .inc();
+                return SubmitResult::Busy {
+                    retry_after_ms: 20,
+                    reason: "the sequencer queue is full".into(),
+                };
+            }
+            Err(e) => {
+                return SubmitResult::Unavailable {
+                    reason: e.to_string(),
+                }
+            }
+        }
+        match tokio::time::timeout(Duration::from_millis(SUBMIT_TIMEOUT_MS), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => SubmitResult::Unavailable {
+                reason: "the proposal was not made durable (the sequencer or WAL writer restarted); it was not acknowledged, so resubmit it".into(),
+            },
+            Err(_) => SubmitResult::Unavailable { reason: format!("no durable outcome within {SUBMIT_TIMEOUT_MS} ms; resubmit the same proposal (it is idempotent)") },
+        }
+    }
+
+    /// Read a project's state: its HEAD hash and the requested sections,
+    /// all from one durable version.
+    pub async fn state(&self, project: &str, projection: &[Region]) -> Result<StateView, String> {
+        let regions: Vec<Region> = if projection.is_empty() {
+            Region::ALL.to_vec()
+        } else {
+            projection.to_vec()
+        };
+        for _ in 0..STATE_READ_ATTEMPTS_MAX {
+            let mut got: Vec<(Region, RegionAnswer)> = vec![];
+            for r in &regions {
+                let Some(actor) = self
+                    .shared
+                    .refs
+                    .read()
+                    .expect("refs lock")
+                    .regions
+                    .get(r)
+                    .cloned()
+                else {
+                    return Err(format!(
+                        "the {} region actor is restarting; retry",
+                        r.name()
+                    ));
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                actor
+                    .try_send(RegionMsg::Get {
+                        project: project.to_string(),
+                        reply: tx,
+                    })
+                    .map_err(|e| e.to_string())?;
+                let a = tokio::time::timeout(Duration::from_secs(5), rx)
+                    .await
+                    .map_err(|_| format!("the {} region actor did not answer", r.name()))?
+                    .map_err(|_| format!("the {} region actor restarted; retry", r.name()))?;
+                got.push((*r, a));
+            }
+            let first = got.first().map(|(_, a)| (a.index, a.hash));
+            if got.iter().all(|(_, a)| Some((a.index, a.hash)) == first) {
+                let (index, hash) = first.unwrap_or((0, Hash::ZERO));
+                let (index, hash) = if index == 0 && hash == Hash::ZERO {
+                    let initial = ProjectState::initial(
+                        &self.shared.cfg.genesis,
+                        self.shared.genesis_hash,
+                        project,
+                    );
+                    (0, initial.hash())
+                } else {
+                    (index, hash)
+                };
+                let mut projection = BTreeMap::new();
+                for (r, a) in got {
+                    for (k, v) in a.sections {
+                        projection.insert(k, v);
+                    }
+                    let _ = r;
+                }
+                return Ok(StateView {
+                    project: project.to_string(),
+                    index,
+                    hash,
+                    projection,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Err("the state changed too fast to read one consistent version; retry".into())
+    }
+
+    pub fn health(&self) -> HealthView {
+        let sh = &self.shared;
+        let durable = sh.durable_index.load(Ordering::Acquire);
+        let snap = *sh.last_snapshot.lock().expect("snapshot lock");
+        let ready = sh.ready.load(Ordering::Acquire);
+        HealthView {
+            status: if sh.stopping.load(Ordering::Acquire) {
+                "stopping".into()
+            } else if ready {
+                "ok".into()
+            } else {
+                "recovering".into()
+            },
+            role: "leader".into(),
+            consensus: "single-writer leader (followers tail the WAL)".into(),
+            index: durable,
+            root_hash: *sh.root_hash.lock().expect("root lock"),
+            last_snapshot_hlc: snap.and_then(|s| s.1),
+            last_snapshot_index: snap.map(|s| s.0),
+            wal_lag: sh.metrics.wal_lag_records.get().max(0) as u64,
+            inflight: sh.inflight.load(Ordering::Acquire),
+            restarts: sh.restarts.load(Ordering::Acquire),
+            genesis_hash: sh.genesis_hash,
+            cluster_id: sh.cfg.genesis.cluster_id.clone(),
+        }
+    }
+
+    /// A decision record by its content hash, from the store.
+    pub fn decision(
+        &self,
+        hash: &Hash,
+    ) -> Result<Option<swoosh_storage::wal::DecisionDoc>, String> {
+        swoosh_storage::get_decision(&self.shared.store, hash).map_err(|e| e.to_string())
+    }
+
+    pub async fn attention(&self) -> Result<AttentionView, String> {
+        let Some(a) = self
+            .shared
+            .refs
+            .read()
+            .expect("refs lock")
+            .attention
+            .clone()
+        else {
+            return Err("the attention actor is restarting; retry".into());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        a.try_send(AttnMsg::Get(tx)).map_err(|e| e.to_string())?;
+        rx.await
+            .map_err(|_| "the attention actor restarted; retry".to_string())
+    }
+
+    /// Kill one actor (fault injection for tests and chaos): the supervisor
+    /// restarts it from committed state.
+    pub fn kill(&self, kind: ActorKind) {
+        let refs = self.shared.refs.read().expect("refs lock");
+        let cell = match kind {
+            ActorKind::Sequencer => refs.seq.as_ref().map(|b| b.actor.get_cell()),
+            ActorKind::Wal => refs.wal.as_ref().map(|b| b.actor.get_cell()),
+            ActorKind::Region(r) => refs.regions.get(&r).map(|b| b.actor.get_cell()),
+            ActorKind::Snapshotter => refs.snap.as_ref().map(|b| b.actor.get_cell()),
+            ActorKind::Attention => refs.attention.as_ref().map(|b| b.actor.get_cell()),
+        };
+        if let Some(c) = cell {
+            c.kill();
+        }
+    }
+
+    /// Lower (or restore) the admission limit, e.g. to shed load; at most
+    /// [`INFLIGHT_PROPOSALS_MAX`].
+    pub fn set_inflight_max(&self, max: usize) {
+        self.shared
+            .inflight_max
+            .store(max.clamp(1, INFLIGHT_PROPOSALS_MAX), Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Acquire)
+    }
+
+    /// Stop taking proposals, let every admitted one become durable, then
+    /// stop the actor tree.
+    pub async fn shutdown(&self) {
+        let sh = &self.shared;
+        sh.stopping.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sh.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+    }
+
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// ---------------------------------------------------------------- sequencer
+
+enum SeqMsg {
+    Submit {
+        proposal: Box<Proposal>,
+        received: Instant,
+        reply: tokio::sync::oneshot::Sender<SubmitResult>,
+    },
+    Durable {
+        up_to: u64,
+    },
+}
+
+struct Waiter {
+    index: u64,
+    reply: Option<tokio::sync::oneshot::Sender<SubmitResult>>,
+    ok: SubmitOk,
+    received: Instant,
+    /// For accepted records: what the read model and observers need.
+    applied: Option<Box<Applied>>,
+}
+
+/// Named sections of one region's part of a state document.
+type Sections = Vec<(String, Value)>;
+
+struct Applied {
+    project: String,
+    pre_hash: Hash,
+    hlc: Hlc,
+    window_id: String,
+    sections: Vec<(Region, Option<Sections>)>,
+    advanced: Vec<Region>,
+    events: Vec<OpEvent>,
+    snapshot: Option<Box<NodeState>>,
+    root_hash: Hash,
+}
+
+struct Sequencer<S> {
+    shared: Arc<Shared<S>>,
+}
+
+struct SeqState {
+    node: NodeState,
+    waiters: VecDeque<Waiter>,
+    durable: u64,
+    last_snapshot_index: u64,
+}
+
+fn section_values(st: &ProjectState, r: Region) -> Vec<(String, Value)> {
+    let v = |x: &dyn erased_json::J| x.json();
+    match r {
+        Region::Project => vec![
+            ("meta".into(), v(&st.meta)),
+            ("epoch".into(), v(&st.epoch)),
+            ("hlc_last".into(), v(&st.hlc_last)),
+            ("applied".into(), v(&st.applied)),
+        ],
+        Region::Boot => vec![("boot".into(), v(&st.boot))],
+        Region::Ingestion => vec![("ingestion".into(), v(&st.ingestion))],
+        Region::Council => vec![("council".into(), v(&st.council))],
+        Region::Environment => vec![("environment".into(), v(&st.environment))],
+        Region::Execution => vec![("execution".into(), v(&st.execution))],
+        Region::Control => vec![("control".into(), v(&st.control))],
+        Region::Policy => vec![("policy".into(), v(&st.policy))],
+    }
+}
+
+mod erased_json {
+    pub trait J {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> J for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+fn section_changed(pre: &ProjectState, post: &ProjectState, r: Region) -> bool {
+    match r {
+        Region::Project => true,
+        Region::Boot => pre.boot != post.boot,
+        Region::Ingestion => pre.ingestion != post.ingestion,
+        Region::Council => pre.council != post.council,
+        Region::Environment => pre.environment != post.environment,
+        Region::Execution => pre.execution != post.execution,
+        Region::Control => pre.control != post.control,
+        Region::Policy => pre.policy != post.policy,
+    }
+}
+
+fn retriable(r: &Rejection) -> bool {
+    matches!(r.kind, RejectKind::StaleHash | RejectKind::HlcOrder) || r.guard == "backbeat"
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
+    type Msg = SeqMsg;
+    type State = SeqState;
+    type Arguments = NodeState;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SeqMsg>,
+        node: NodeState,
+    ) -> Result<SeqState, ActorProcessingErr> {
+        let idx = node.index;
+        Ok(SeqState {
+            node,
+            waiters: VecDeque::new(),
+            durable: idx,
+            last_snapshot_index: idx,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SeqMsg>,
+        msg: SeqMsg,
+        st: &mut SeqState,
+    ) -> Result<(), ActorProcessingErr> {
+        let sh = &self.shared;
+        sh.depths.seq.took();
+        match msg {
+            SeqMsg::Submit {
+                proposal,
+                received,
+                reply,
+            } => {
+                let now = sh.cfg.clock.now_ms();
+                let pre = st.node.project(&proposal.project).into_owned();
+                let pre_hash = st.node.project_hash(&proposal.project);
+                let ctx = Ctx {
+                    now_ms: now,
+                    verify: Verify::Full,
+                    snapshot_every: 0,
+                };
+                let step = swoosh_core::step(&mut st.node, &proposal, &ctx);
+                let events: Vec<OpEvent> = step
+                    .effects
+                    .iter()
+                    .filter_map(|e| {
+                        if let Effect::Emit(ev) = e {
+                            Some(ev.clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                match step.outcome {
+                    Outcome::Rejected(r) => {
+                        sh.metrics
+                            .guard_fail_total
+                            .get_or_create(&GuardLabel {
+                                guard: r.guard.clone(),
+                            })
+                            .inc();
+                        sh.metrics
+                            .rejected_total
+                            .get_or_create(&KindLabel {
+                                kind: format!("{:?}", r.kind).to_lowercase(),
+                            })
+                            .inc();
+                        if retriable(&r) {
+                            sh.metrics
+                                .retry_count
+                                .get_or_create(&TransitionLabel {
+                                    transition: proposal.transition.clone(),
+                                })
+                                .inc();
+                        }
+                        self.emit(events);
+                        let _ = reply.send(SubmitResult::Rejected(r));
+                    }
+                    Outcome::Duplicate(e) => {
+                        let ok = SubmitOk {
+                            index: e.index,
+                            transition: e.transition,
+                            state_post_hash: e.state_post_hash,
+                            decision: e.decision,
+                            duplicate: true,
+                        };
+                        self.emit(events);
+                        if e.index <= st.durable {
+                            let _ = reply.send(SubmitResult::Accepted(ok));
+                        } else {
+                            st.waiters.push_back(Waiter {
+                                index: e.index,
+                                reply: Some(reply),
+                                ok,
+                                received,
+                                applied: None,
+                            });
+                        }
+                    }
+                    Outcome::Accepted(acc) => {
+                        let index = acc.record.index;
+                        let post = st.node.project(&proposal.project).into_owned();
+                        let fresh = pre.applied == 0;
+                        let sections = Region::ALL
+                            .iter()
+                            .map(|r| {
+                                (
+                                    *r,
+                                    if fresh || section_changed(&pre, &post, *r) {
+                                        Some(section_values(&post, *r))
+                                    } else {
+                                        None
+                                    },
+                                )
+                            })
+                            .collect();
+                        let advanced = Region::ALL
+                            .iter()
+                            .copied()
+                            .filter(|r| post.epoch.get(*r) != pre.epoch.get(*r))
+                            .collect();
+                        let snapshot_due = step
+                            .effects
+                            .iter()
+                            .any(|e| matches!(e, Effect::ScheduleSnapshot { .. }))
+                            || (sh.cfg.snapshot_every > 0
+                                && index >= st.last_snapshot_index + sh.cfg.snapshot_every);
+                        let snapshot = if snapshot_due {
+                            st.last_snapshot_index = index;
+                            Some(Box::new(st.node.clone()))
+                        } else {
+                            None
+                        };
+                        let ok = SubmitOk {
+                            index,
+                            transition: acc.record.transition.clone(),
+                            state_post_hash: acc.record.state_post_hash,
+                            decision: acc.decision_hash,
+                            duplicate: false,
+                        };
+                        let applied = Applied {
+                            project: proposal.project.clone(),
+                            pre_hash,
+                            hlc: proposal.hlc,
+                            window_id: proposal.window_id.clone(),
+                            sections,
+                            advanced,
+                            events,
+                            snapshot,
+                            root_hash: st.node.root_hash(),
+                        };
+                        let entry = Entry::from_accepted_signed(*acc, &sh.cfg.leader_key);
+                        let wal = sh.refs.read().expect("refs lock").wal.clone();
+                        let sent = wal.map(|w| w.try_send(WalMsg::Append(Box::new(entry))));
+                        if !matches!(sent, Some(Ok(()))) {
+                            // The state ran ahead of a log that will not get this
+                            // record: crash so the supervisor rebuilds both from disk.
+                            let _ = reply.send(SubmitResult::Unavailable {
+                                reason: "the WAL writer is unavailable; the node is restarting"
+                                    .into(),
+                            });
+                            return Err(
+                                "WAL writer unavailable while the sequencer is ahead of the log"
+                                    .into(),
+                            );
+                        }
+                        st.waiters.push_back(Waiter {
+                            index,
+                            reply: Some(reply),
+                            ok,
+                            received,
+                            applied: Some(Box::new(applied)),
+                        });
+                        sh.metrics.wal_lag_records.set((index - st.durable) as i64);
+                    }
+                }
+            }
+            SeqMsg::Durable { up_to } => {
+                st.durable = st.durable.max(up_to);
+                sh.durable_index.store(st.durable, Ordering::Release);
+                sh.metrics.wal_index.set(st.durable as i64);
+                sh.metrics
+                    .wal_lag_records
+                    .set((st.node.index.saturating_sub(st.durable)) as i64);
+                // Waiters are in index order, except duplicates of older
+                // records; release every one that is now durable.
+                let mut keep = VecDeque::with_capacity(st.waiters.len());
+                while let Some(w) = st.waiters.pop_front() {
+                    if w.index <= st.durable {
+                        self.release(w);
+                    } else {
+                        keep.push_back(w);
+                    }
+                }
+                st.waiters = keep;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
+    fn emit(&self, events: Vec<OpEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let sh = &self.shared;
+        for e in &events {
+            sh.metrics
+                .attention_events_total
+                .get_or_create(&KindLabel {
+                    kind: e.kind.clone(),
+                })
+                .inc();
+            if e.kind == "quarantine" {
+                sh.metrics.quarantine_total.inc();
+            }
+        }
+        if let Some(a) = sh.refs.read().expect("refs lock").attention.clone() {
+            // Attention is observability: a full mailbox drops the events
+            // (counted) rather than slowing the write path.
+            if a.try_send(AttnMsg::Events(events)).is_err() {
+                sh.metrics
+                    .attention_events_total
+                    .get_or_create(&KindLabel {
+                        kind: "dropped".into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn release(&self, w: Waiter) {
+        let sh = &self.shared;
+        if let Some(a) = w.applied {
+            let a = *a;
+            let span = tracing::info_span!(
+                "transition",
+                transition = %w.ok.transition,
+                index = w.ok.index,
+                project = %a.project,
+                state_pre_hash = %a.pre_hash,
+                state_post_hash = %w.ok.state_post_hash,
+                hlc = %a.hlc,
+                window_id = %a.window_id,
+                decision = %w.ok.decision,
+            );
+            let _enter = span.enter();
+            tracing::info!(
+                state_pre_hash = %a.pre_hash,
+                state_post_hash = %w.ok.state_post_hash,
+                transition = %w.ok.transition,
+                hlc = %a.hlc,
+                window_id = %a.window_id,
+                "transition accepted and durable"
+            );
+            sh.metrics
+                .transition_total
+                .get_or_create(&TransitionLabel {
+                    transition: w.ok.transition.clone(),
+                })
+                .inc();
+            let latency = w.received.elapsed().as_secs_f64();
+            for r in &a.advanced {
+                sh.metrics
+                    .state_advance_latency_seconds
+                    .get_or_create(&RegionLabel {
+                        region: r.name().to_lowercase(),
+                    })
+                    .observe(latency);
+            }
+            *sh.root_hash.lock().expect("root lock") = Some(a.root_hash);
+            let refs = sh.refs.read().expect("refs lock");
+            for (r, sections) in a.sections {
+                if let Some(actor) = refs.regions.get(&r) {
+                    // A region actor that misses an update rebuilds from storage
+                    // when restarted; a full mailbox is counted and the actor is
+                    // restarted by the next read that finds it behind.
+                    let _ = actor.try_send(RegionMsg::Apply {
+                        project: a.project.clone(),
+                        index: w.index,
+                        hash: w.ok.state_post_hash,
+                        sections,
+                    });
+                }
+            }
+            if let Some(snap) = a.snapshot {
+                if let Some(s) = refs.snap.clone() {
+                    let _ = s.try_send(SnapMsg::Write(snap));
+                }
+            }
+            drop(refs);
+            self.emit(a.events);
+        }
+        if let Some(reply) = w.reply {
+            let _ = reply.send(SubmitResult::Accepted(w.ok));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- WAL writer
+
+enum WalMsg {
+    Append(Box<Entry>),
+    Flush,
+}
+
+struct WalActor<S> {
+    shared: Arc<Shared<S>>,
+}
+
+struct WalState<S: LogStore> {
+    writer: Option<WalWriter<S>>,
+    pending: Vec<Entry>,
+    flush_queued: bool,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
+    type Msg = WalMsg;
+    type State = WalState<S>;
+    type Arguments = WalWriter<S>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WalMsg>,
+        writer: WalWriter<S>,
+    ) -> Result<WalState<S>, ActorProcessingErr> {
+        Ok(WalState {
+            writer: Some(writer),
+            pending: vec![],
+            flush_queued: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<WalMsg>,
+        msg: WalMsg,
+        st: &mut WalState<S>,
+    ) -> Result<(), ActorProcessingErr> {
+        let sh = &self.shared;
+        sh.depths.wal.took();
+        match msg {
+            WalMsg::Append(e) => {
+                st.pending.push(*e);
+                let limits = st.writer.as_ref().map(|w| w.limits()).unwrap_or_default();
+                if st.pending.len() >= limits.wal_batch_records_max {
+                    self.flush(st).await?;
+                } else if !st.flush_queued {
+                    // Everything already queued behind us joins this batch.
+                    st.flush_queued = true;
+                    me.send_message(WalMsg::Flush)
+                        .map_err(|_| "cannot queue a flush to myself")?;
+                }
+            }
+            WalMsg::Flush => {
+                st.flush_queued = false;
+                self.flush(st).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
+    async fn flush(&self, st: &mut WalState<S>) -> Result<(), ActorProcessingErr> {
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut st.pending);
+        let mut writer = st
+            .writer
+            .take()
+            .ok_or("WAL writer lost after a failed commit")?;
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let r = writer.append_batch(&batch);
+            (writer, r)
+        })
+        .await
+        .map_err(|e| format!("WAL commit task failed: {e}"))?;
+        let report = result.map_err(|e| {
+            tracing::error!(error = %e, "WAL group commit failed; restarting sequencer and writer from disk");
+            format!("WAL group commit failed: {e}")
+        })?;
+        let up_to = writer.last_index();
+        st.writer = Some(writer);
+        let sh = &self.shared;
+        sh.metrics
+            .commit_batch_records
+            .observe(report.records as f64);
+        sh.metrics
+            .fsync_latency_seconds
+            .observe(report.commit.as_secs_f64());
+        if let Some(seq) = sh.refs.read().expect("refs lock").seq.clone() {
+            // Durability notices must never be dropped: bypass the depth limit.
+            seq.depth_bypass_send(SeqMsg::Durable { up_to });
+        }
+        Ok(())
+    }
+}
+
+impl Bounded<SeqMsg> {
+    /// Control messages (durability notices) are not subject to admission
+    /// limits: dropping one would strand acknowledged callers.
+    fn depth_bypass_send(&self, msg: SeqMsg) {
+        let _ = self.actor.send_message(msg);
+    }
+}
+
+// ---------------------------------------------------------------- regions
+
+enum RegionMsg {
+    Apply {
+        project: String,
+        index: u64,
+        hash: Hash,
+        sections: Option<Vec<(String, Value)>>,
+    },
+    Get {
+        project: String,
+        reply: tokio::sync::oneshot::Sender<RegionAnswer>,
+    },
+    Rehydrate,
+}
+
+#[derive(Debug)]
+struct RegionAnswer {
+    index: u64,
+    hash: Hash,
+    sections: Vec<(String, Value)>,
+}
+
+struct RegionActor<S> {
+    shared: Arc<Shared<S>>,
+    region: Region,
+}
+
+struct RegionView {
+    /// Index below which updates are already reflected (from a rehydrate).
+    floor: u64,
+    projects: BTreeMap<String, (u64, Hash, Sections)>,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for RegionActor<S> {
+    type Msg = RegionMsg;
+    type State = RegionView;
+    type Arguments = Option<NodeState>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RegionMsg>,
+        from: Option<NodeState>,
+    ) -> Result<RegionView, ActorProcessingErr> {
+        let mut v = RegionView {
+            floor: 0,
+            projects: BTreeMap::new(),
+        };
+        if let Some(node) = from {
+            self.load(&mut v, &node);
+        }
+        Ok(v)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<RegionMsg>,
+        msg: RegionMsg,
+        v: &mut RegionView,
+    ) -> Result<(), ActorProcessingErr> {
+        self.shared.depths.regions[&self.region].took();
+        match msg {
+            RegionMsg::Apply {
+                project,
+                index,
+                hash,
+                sections,
+            } => {
+                if index <= v.floor {
+                    return Ok(());
+                }
+                let entry = v
+                    .projects
+                    .entry(project)
+                    .or_insert_with(|| (0, Hash::ZERO, vec![]));
+                if index > entry.0 {
+                    entry.0 = index;
+                    entry.1 = hash;
+                    if let Some(s) = sections {
+                        entry.2 = s;
+                    }
+                }
+            }
+            RegionMsg::Get { project, reply } => {
+                let a = match v.projects.get(&project) {
+                    Some((index, hash, sections)) => RegionAnswer {
+                        index: *index,
+                        hash: *hash,
+                        sections: sections.clone(),
+                    },
+                    None => {
+                        let initial = ProjectState::initial(
+                            &self.shared.cfg.genesis,
+                            self.shared.genesis_hash,
+                            &project,
+                        );
+                        RegionAnswer {
+                            index: 0,
+                            hash: Hash::ZERO,
+                            sections: section_values(&initial, self.region),
+                        }
+                    }
+                };
+                let _ = reply.send(a);
+            }
+            RegionMsg::Rehydrate => {
+                // Rebuild from committed state: what is on disk now covers every
+                // update sent before this actor's reference was published.
+                let store = self.shared.store.clone();
+                let genesis = self.shared.cfg.genesis.clone();
+                let rec = tokio::task::spawn_blocking(move || {
+                    recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
+                })
+                .await
+                .map_err(|e| format!("region rehydrate task failed: {e}"))?
+                .map_err(|e| format!("region rehydrate failed: {e}"))?;
+                self.load(v, &rec.node);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> RegionActor<S> {
+    fn load(&self, v: &mut RegionView, node: &NodeState) {
+        v.floor = v.floor.max(node.index);
+        for (p, e) in &node.projects {
+            let keep_newer = v.projects.get(p).is_some_and(|(i, _, _)| *i > node.index);
+            if !keep_newer {
+                v.projects.insert(
+                    p.clone(),
+                    (node.index, e.hash, section_values(&e.state, self.region)),
+                );
+            }
+        }
+    }
+}
+
+// The index a region view reports for a project is the node index of its
+// last load or update; every region of one project is loaded together, so
+// views agree on (index, hash) for a given durable version. Projects loaded
+// at `node.index` but touched earlier still report `node.index`, which is
+// consistent across regions because all of them load the same node.
+
+// ---------------------------------------------------------------- snapshotter
+
+enum SnapMsg {
+    Write(Box<NodeState>),
+}
+
+struct Snapshotter<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
+    type Msg = SnapMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _me: ActorRef<SnapMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SnapMsg>,
+        msg: SnapMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let sh = self.shared.clone();
+        sh.depths.snap.took();
+        let SnapMsg::Write(node) = msg;
+        let mut store = sh.store.clone();
+        let keep = sh.cfg.snapshot_keep;
+        let (index, hlc) = (node.index, node.hlc);
+        let r = tokio::task::spawn_blocking(move || {
+            swoosh_storage::snapshot::write_snapshot(&mut store, &node, keep)
+        })
+        .await
+        .map_err(|e| format!("snapshot task failed: {e}"))?;
+        match r {
+            Ok(_) => {
+                *sh.last_snapshot.lock().expect("snapshot lock") = Some((index, hlc));
+                tracing::info!(index, "snapshot written");
+            }
+            // A failed snapshot is an operating error, not a reason to stop
+            // the node: the WAL is the source of truth.
+            Err(e) => {
+                tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything")
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+enum AttnMsg {
+    Events(Vec<OpEvent>),
+    Get(tokio::sync::oneshot::Sender<AttentionView>),
+}
+
+struct AttentionActor<S> {
+    shared: Arc<Shared<S>>,
+}
+
+struct AttnState {
+    counts: BTreeMap<String, u64>,
+    recent: VecDeque<OpEvent>,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
+    type Msg = AttnMsg;
+    type State = AttnState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<AttnMsg>,
+        _: (),
+    ) -> Result<AttnState, ActorProcessingErr> {
+        Ok(AttnState {
+            counts: BTreeMap::new(),
+            recent: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<AttnMsg>,
+        msg: AttnMsg,
+        st: &mut AttnState,
+    ) -> Result<(), ActorProcessingErr> {
+        self.shared.depths.attention.took();
+        match msg {
+            AttnMsg::Events(evs) => {
+                for e in evs {
+                    *st.counts.entry(e.kind.clone()).or_default() += 1;
+                    if st.recent.len() >= ATTENTION_RECENT_MAX {
+                        st.recent.pop_front();
+                    }
+                    st.recent.push_back(e);
+                }
+            }
+            AttnMsg::Get(reply) => {
+                let _ = reply.send(AttentionView {
+                    counts: st.counts.clone(),
+                    recent: st.recent.iter().cloned().collect(),
+                    note: "event counts only: fingerprinting, bands and memory across restarts come with the attention scorer",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- supervisor
+
+enum SupMsg {}
+
+struct Supervisor<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
+    /// Recover from storage, open a WAL writer and spawn writer + sequencer.
+    async fn start_pair(&self, sup: &ActorRef<SupMsg>) -> Result<NodeState, ActorProcessingErr> {
+        let sh = &self.shared;
+        let store = sh.store.clone();
+        let genesis = sh.cfg.genesis.clone();
+        let rec = tokio::task::spawn_blocking(move || {
+            recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
+        })
+        .await
+        .map_err(|e| format!("recovery task failed: {e}"))?
+        .map_err(|e| format!("recovery failed: {e}"))?;
+        sh.metrics
+            .recovery_time_seconds
+            .set(rec.elapsed.as_secs_f64());
+        let node = rec.node;
+        let store = sh.store.clone();
+        let (gh, limits) = (sh.genesis_hash, sh.cfg.wal_limits);
+        let writer = tokio::task::spawn_blocking(move || WalWriter::open(store, gh, limits))
+            .await
+            .map_err(|e| format!("WAL open task failed: {e}"))?
+            .map_err(|e| format!("WAL open failed: {e}"))?;
+        if writer.last_index() != node.index {
+            return Err(format!(
+                "recovered index {} but the WAL ends at {}",
+                node.index,
+                writer.last_index()
+            )
+            .into());
+        }
+        sh.depths.wal.reset();
+        sh.depths.seq.reset();
+        let (wal, _) = Actor::spawn_linked(
+            None,
+            WalActor { shared: sh.clone() },
+            writer,
+            sup.get_cell(),
+        )
+        .await?;
+        let (seq, _) = Actor::spawn_linked(
+            None,
+            Sequencer { shared: sh.clone() },
+            node.clone(),
+            sup.get_cell(),
+        )
+        .await?;
+        {
+            let mut refs = sh.refs.write().expect("refs lock");
+            refs.wal = Some(Bounded {
+                actor: wal,
+                depth: sh.depths.wal.clone(),
+            });
+            refs.seq = Some(Bounded {
+                actor: seq,
+                depth: sh.depths.seq.clone(),
+            });
+        }
+        sh.durable_index.store(node.index, Ordering::Release);
+        sh.metrics.wal_index.set(node.index as i64);
+        *sh.root_hash.lock().expect("root lock") = Some(node.root_hash());
+        Ok(node)
+    }
+
+    async fn start_region(
+        &self,
+        sup: &ActorRef<SupMsg>,
+        r: Region,
+        from: Option<NodeState>,
+    ) -> Result<(), ActorProcessingErr> {
+        let sh = &self.shared;
+        let depth = sh.depths.regions[&r].clone();
+        depth.reset();
+        let rehydrate = from.is_none();
+        let (a, _) = Actor::spawn_linked(
+            None,
+            RegionActor {
+                shared: sh.clone(),
+                region: r,
+            },
+            from,
+            sup.get_cell(),
+        )
+        .await?;
+        let b = Bounded { actor: a, depth };
+        sh.refs
+            .write()
+            .expect("refs lock")
+            .regions
+            .insert(r, b.clone());
+        if rehydrate {
+            b.try_send(RegionMsg::Rehydrate)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn start_snap(&self, sup: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+        let sh = &self.shared;
+        sh.depths.snap.reset();
+        let (a, _) =
+            Actor::spawn_linked(None, Snapshotter { shared: sh.clone() }, (), sup.get_cell())
+                .await?;
+        sh.refs.write().expect("refs lock").snap = Some(Bounded {
+            actor: a,
+            depth: sh.depths.snap.clone(),
+        });
+        Ok(())
+    }
+
+    async fn start_attention(&self, sup: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+        let sh = &self.shared;
+        sh.depths.attention.reset();
+        let (a, _) = Actor::spawn_linked(
+            None,
+            AttentionActor { shared: sh.clone() },
+            (),
+            sup.get_cell(),
+        )
+        .await?;
+        sh.refs.write().expect("refs lock").attention = Some(Bounded {
+            actor: a,
+            depth: sh.depths.attention.clone(),
+        });
+        Ok(())
+    }
+
+    fn which(&self, id: ractor::ActorId) -> Option<ActorKind> {
+        let refs = self.shared.refs.read().expect("refs lock");
+        if refs.seq.as_ref().is_some_and(|b| b.actor.get_id() == id) {
+            return Some(ActorKind::Sequencer);
+        }
+        if refs.wal.as_ref().is_some_and(|b| b.actor.get_id() == id) {
+            return Some(ActorKind::Wal);
+        }
+        if let Some((r, _)) = refs.regions.iter().find(|(_, b)| b.actor.get_id() == id) {
+            return Some(ActorKind::Region(*r));
+        }
+        if refs.snap.as_ref().is_some_and(|b| b.actor.get_id() == id) {
+            return Some(ActorKind::Snapshotter);
+        }
+        if refs
+            .attention
+            .as_ref()
+            .is_some_and(|b| b.actor.get_id() == id)
+        {
+            return Some(ActorKind::Attention);
+        }
+        None
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
+    type Msg = SupMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, me: ActorRef<SupMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        let node = self.start_pair(&me).await?;
+        for r in Region::ALL {
+            self.start_region(&me, r, Some(node.clone())).await?;
+        }
+        self.start_snap(&me).await?;
+        self.start_attention(&me).await?;
+        self.shared.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SupMsg>,
+        msg: SupMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {}
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SupMsg>,
+        ev: SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let (id, why) = match ev {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell.get_id(), reason.unwrap_or_else(|| "terminated".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
+            _ => return Ok(()),
+        };
+        let sh = self.shared.clone();
+        if sh.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(kind) = self.which(id) else {
+            return Ok(());
+        };
+        tracing::warn!(actor = %kind.label(), reason = %why, "actor stopped; restarting it from committed state");
+        sh.restarts.fetch_add(1, Ordering::AcqRel);
+        sh.metrics
+            .actor_restarts_total
+            .get_or_create(&ActorLabel {
+                actor: kind.label(),
+            })
+            .inc();
+        match kind {
+            ActorKind::Sequencer | ActorKind::Wal => {
+                sh.ready.store(false, Ordering::Release);
+                // Stop the survivor of the pair first: the writer finishes the
+                // commit in progress, so recovery sees every durable record.
+                let (seq, wal) = {
+                    let mut refs = sh.refs.write().expect("refs lock");
+                    (refs.seq.take(), refs.wal.take())
+                };
+                for survivor in [
+                    seq.map(|b| b.actor.get_cell()),
+                    wal.map(|b| b.actor.get_cell()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if survivor.get_id() != id {
+                        survivor.unlink(me.get_cell());
+                        let _ = survivor
+                            .stop_and_wait(
+                                Some("pair restart".into()),
+                                Some(Duration::from_secs(10)),
+                            )
+                            .await;
+                    }
+                }
+                self.start_pair(&me).await?;
+                sh.ready.store(true, Ordering::Release);
+            }
+            ActorKind::Region(r) => self.start_region(&me, r, None).await?,
+            ActorKind::Snapshotter => self.start_snap(&me).await?,
+            ActorKind::Attention => self.start_attention(&me).await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! `swoosh bench http|storage`: throughput and latency, always printed beside
+//! the raw `fdatasync` rate of the same disk measured in the same run, since
+//! the machines are shared and noisy and only ratios compare across runs.
+
+use crate::node::now_ms;
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swoosh_actors::{NodeConfig, NodeHandle, SystemClock};
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::{step, Ctx, Outcome};
+use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+use swoosh_core::state::NodeState;
+use swoosh_core::{Hlc, ProposalBuilder};
+use swoosh_net::client::{Client, ClientError};
+use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Durable accepted transitions/s and latency over HTTP on loopback.
+    Http(HttpArgs),
+    /// WAL append (batch 1, 64, 1024), replay and recovery throughput.
+    Storage(StorageArgs),
+}
+
+#[derive(Args)]
+pub struct HttpArgs {
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Projects (default: one per client, so clients never conflict).
+    #[arg(long)]
+    projects: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// UNSAFE: run the node without fsync (to see the CPU-bound ceiling).
+    #[arg(long)]
+    nosync: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct StorageArgs {
+    /// Records in the recovery run.
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_records: u64,
+    /// Records per append run.
+    #[arg(long, default_value_t = 20_000)]
+    append_records: usize,
+    /// Directory to run in (must be empty; default: a temporary one).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Http(a) => http(a).await,
+        BenchCmd::Storage(a) => storage(a),
+    }
+}
+
+#[derive(Serialize)]
+struct HttpReport {
+    clients: usize,
+    projects: usize,
+    seconds: f64,
+    durability: &'static str,
+    accepted: u64,
+    accepted_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    fdatasync_ms: f64,
+    fdatasyncs_per_s: f64,
+    accepted_per_s_over_fdatasyncs_per_s: f64,
+    single_client_p50_over_fdatasync: Option<f64>,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn http(a: HttpArgs) -> Result<()> {
+    ensure!(
+        (1..=1024).contains(&a.clients),
+        "--clients must be between 1 and 1024"
+    );
+    let projects = a.projects.unwrap_or(a.clients);
+    ensure!(
+        projects >= a.clients && projects <= 65_536,
+        "--projects must be at least --clients (each client owns its projects) and at most 65536"
+    );
+    ensure!(
+        (1..=3600).contains(&a.seconds),
+        "--seconds must be between 1 and 3600"
+    );
+    let dir = tempfile::tempdir()?;
+    let disk = swoosh_storage::bench::fdatasync_rate(dir.path(), 300)
+        .context("cannot measure the disk's fdatasync rate")?;
+
+    let keys = Arc::new(Keys::from_labels("bench", 3));
+    let g = genesis(&keys, "bench", now_ms() / 1000 * 1000);
+    let store = LmdbStore::open(
+        &dir.path().join("data"),
+        &LmdbOptions {
+            durability: if a.nosync {
+                Durability::NoSync
+            } else {
+                Durability::Sync
+            },
+            ..Default::default()
+        },
+    )
+    .or_else(|_| {
+        std::fs::create_dir_all(dir.path().join("data"))?;
+        LmdbStore::open(
+            &dir.path().join("data"),
+            &LmdbOptions {
+                durability: if a.nosync {
+                    Durability::NoSync
+                } else {
+                    Durability::Sync
+                },
+                ..Default::default()
+            },
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .context("cannot open the bench store")?;
+    let cfg = NodeConfig {
+        genesis: g.clone(),
+        leader_key: keys.leader.clone(),
+        snapshot_every: 0,
+        snapshot_keep: 2,
+        wal_limits: Default::default(),
+        clock: Arc::new(SystemClock),
+        advertise: String::new(),
+    };
+    let node = NodeHandle::start(store, cfg).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(swoosh_net::http::serve(listener, node.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.seconds)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} s {msg}")
+            .expect("static template"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ci in 0..a.clients {
+        let mine: Vec<String> = (0..projects)
+            .filter(|j| j % a.clients == ci)
+            .map(|j| format!("bench-{j}"))
+            .collect();
+        let (keys, g, url) = (keys.clone(), g.clone(), url.clone());
+        tasks.spawn(async move {
+            let c = Client::new(&url);
+            let driver = Driver::new(&keys, 0);
+            let mut mirror = NodeState::new(g)?;
+            // Boot every project (not timed).
+            for p in &mine {
+                while mirror.project(p).boot.phase != "LICENSED" {
+                    let Next::Propose(q) = driver.next(&mirror, p, now_ms()) else {
+                        anyhow::bail!("cannot boot {p}")
+                    };
+                    c.submit_retrying(&q).await?;
+                    step(
+                        &mut mirror,
+                        &q,
+                        &Ctx {
+                            now_ms: q.hlc.wall_ms,
+                            verify: Verify::Trusted,
+                            snapshot_every: 0,
+                        },
+                    );
+                }
+            }
+            // Steady state: Control_Pause / Control_Resume, each durable.
+            let mut lat = Vec::with_capacity(4096);
+            let mut n = 0u64;
+            'outer: loop {
+                for p in &mine {
+                    if Instant::now() >= deadline {
+                        break 'outer;
+                    }
+                    let st = mirror.project(p);
+                    let hlc = Hlc::send(st.hlc_last.unwrap_or_default(), now_ms())?;
+                    let pause = st.control.phase == "NORMAL";
+                    let head = mirror.project_hash(p);
+                    drop(st);
+                    let b = ProposalBuilder::new(
+                        p,
+                        if pause {
+                            "Control_Pause"
+                        } else {
+                            "Control_Resume"
+                        },
+                        head,
+                        hlc,
+                        &format!("{p}:{n}"),
+                    );
+                    let b = if pause {
+                        b.inputs(&json!({"reason": "bench"}))?
+                    } else {
+                        b.inputs(&json!({}))?
+                    };
+                    let q = b.sign(&keys.leader)?;
+                    let t0 = Instant::now();
+                    match c.submit_retrying(&q).await {
+                        Ok(_) => {}
+                        Err(ClientError::Refused { status: 503, .. }) => break 'outer,
+                        Err(e) => return Err(e.into()),
+                    }
+                    lat.push(t0.elapsed());
+                    let s = step(
+                        &mut mirror,
+                        &q,
+                        &Ctx {
+                            now_ms: q.hlc.wall_ms,
+                            verify: Verify::Trusted,
+                            snapshot_every: 0,
+                        },
+                    );
+                    anyhow::ensure!(matches!(s.outcome, Outcome::Accepted(_)), "mirror diverged");
+                    n += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>((n, lat))
+        });
+    }
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                bar.inc(1);
+            }
+        })
+    };
+    let mut accepted = 0;
+    let mut lat = vec![];
+    while let Some(r) = tasks.join_next().await {
+        let (n, l) = r??;
+        accepted += n;
+        lat.extend(l);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ticker.abort();
+    bar.finish_and_clear();
+    let _ = stop_tx.send(());
+    server.await??;
+    lat.sort();
+    let per_sync_ms = disk.per_sync.as_secs_f64() * 1000.0;
+    let p50 = pct(&lat, 0.5);
+    let report = HttpReport {
+        clients: a.clients,
+        projects,
+        seconds: elapsed,
+        durability: if a.nosync { "nosync (UNSAFE)" } else { "sync" },
+        accepted,
+        accepted_per_s: accepted as f64 / elapsed,
+        p50_ms: p50,
+        p99_ms: pct(&lat, 0.99),
+        fdatasync_ms: per_sync_ms,
+        fdatasyncs_per_s: disk.per_second,
+        accepted_per_s_over_fdatasyncs_per_s: accepted as f64 / elapsed / disk.per_second,
+        single_client_p50_over_fdatasync: (a.clients == 1).then(|| p50 / per_sync_ms),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "bench http: {} clients, {} projects, {:.1} s, {}",
+            report.clients, report.projects, report.seconds, report.durability
+        );
+        println!(
+            "  raw disk       fdatasync {:.3} ms  ({:.0}/s)  <- baseline, same run",
+            report.fdatasync_ms, report.fdatasyncs_per_s
+        );
+        println!(
+            "  accepted       {} durable transitions, {:.0}/s  ({:.2}× the raw fdatasync rate)",
+            report.accepted, report.accepted_per_s, report.accepted_per_s_over_fdatasyncs_per_s
+        );
+        println!(
+            "  latency        p50 {:.3} ms ({:.2}× one fdatasync), p99 {:.3} ms",
+            report.p50_ms,
+            report.p50_ms / report.fdatasync_ms,
+            report.p99_ms
+        );
+    }
+    Ok(())
+}
+
+fn storage(a: StorageArgs) -> Result<()> {
+    let temp;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().join("bench")
+        }
+    };
+    let opts = swoosh_storage::bench::BenchOptions {
+        append_records: a.append_records,
+        recovery_records: a.recovery_records,
+        ..Default::default()
+    };
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(100)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {msg}").expect("static template"),
+    );
+    let report = swoosh_storage::bench::run(&dir, &opts, &mut |phase, done, total| {
+        bar.set_message(format!("{phase} {done}/{total}"));
+        if let Some(pct) = (done * 100).checked_div(total) {
+            bar.set_position(pct);
+        }
+    })
+    .context("the storage benchmark failed")?;
+    bar.finish_and_clear();
+    let per_sync_ms = report.disk.per_sync.as_secs_f64() * 1000.0;
+    let appends: Vec<serde_json::Value> = report
+        .appends
+        .iter()
+        .map(|r| serde_json::to_value(format!("{r:?}")).unwrap_or_default())
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "fdatasync_ms": per_sync_ms,
+                "fdatasyncs_per_s": report.disk.per_second,
+                "record_bytes_mean": report.record_bytes_mean,
+                "appends": appends,
+                "recovery": report.recovery.as_ref().map(|r| format!("{r:?}")),
+            }))?
+        );
+    } else {
+        println!("bench storage ({:?})", report.durability);
+        println!(
+            "  raw disk   fdatasync {per_sync_ms:.3} ms ({:.0}/s)  <- baseline, same run",
+            report.disk.per_second
+        );
+        println!(
+            "  records    {:.0} bytes mean, encode {:?} each",
+            report.record_bytes_mean, report.encode_per_record
+        );
+        for r in &report.appends {
+            println!("  append     {r:?}");
+        }
+        if let Some(r) = &report.recovery {
+            println!("  recovery   {r:?}");
+        }
+    }
+    Ok(())
+}

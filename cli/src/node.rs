@@ -1,0 +1,575 @@
+//! `swoosh init`, `serve`, `propose`, `state`, `health`, `decisions`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use swoosh_actors::{NodeConfig, NodeHandle, SystemClock};
+use swoosh_core::backbeat::{Phase, Schedule};
+use swoosh_core::facts::{PolicyRule, RosterEntry};
+use swoosh_core::state::Genesis;
+use swoosh_core::statechart::{Role, MACHINE_VERSION};
+use swoosh_core::SignerId;
+use swoosh_net::client::{Client, ProposeRequest, RetryPolicy};
+use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
+
+pub const GENESIS_FILE: &str = "genesis.json";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7700";
+
+pub fn read_key(path: &Path) -> Result<SigningKey> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read key file {}: create one with `swoosh keygen --out {}` or `swoosh init`",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed).with_context(|| {
+        format!(
+            "{} is not a SWOOSH key file (64 hex digits of an ed25519 secret key)",
+            path.display()
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+pub fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
+    Ok(())
+}
+
+pub fn new_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
+pub fn read_genesis(path: &Path) -> Result<Genesis> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {}: run `swoosh init --dir <dir>` to create a cluster",
+            path.display()
+        )
+    })?;
+    let g: Genesis = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid genesis document", path.display()))?;
+    g.validate()
+        .with_context(|| format!("{} is not a usable genesis", path.display()))?;
+    Ok(g)
+}
+
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let opts = LmdbOptions {
+        durability: if nosync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        },
+        ..Default::default()
+    };
+    LmdbStore::open(&data, &opts)
+        .with_context(|| format!("cannot open the store in {}", data.display()))
+}
+
+/// A BACKBEAT schedule of `beat_ms`: half work, a quarter review, a quarter reverb.
+pub fn schedule(origin_ms: u64, beat_ms: u64) -> Schedule {
+    let half = beat_ms / 2;
+    let three_q = beat_ms * 3 / 4;
+    Schedule {
+        origin_ms,
+        period_ms: beat_ms,
+        phases: vec![
+            Phase {
+                name: "work".into(),
+                start_ms: 0,
+                end_ms: half,
+                opens: vec!["plan".into(), "work".into()],
+            },
+            Phase {
+                name: "review".into(),
+                start_ms: half,
+                end_ms: three_q,
+                opens: vec!["review".into()],
+            },
+            Phase {
+                name: "reverb".into(),
+                start_ms: three_q,
+                end_ms: beat_ms,
+                opens: vec!["reverb".into()],
+            },
+        ],
+        amplitude_permille: 250,
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory to create the cluster in.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "local")]
+    pub cluster_id: String,
+    /// Council agents (each gets a key and a directory).
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Follower node directories to prepare.
+    #[arg(long, default_value_t = 2)]
+    pub followers: usize,
+    /// BACKBEAT period in milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    pub beat_ms: u64,
+    /// Overwrite an existing cluster directory (its keys are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn init(a: InitArgs) -> Result<()> {
+    if !(1..=32).contains(&a.agents) {
+        bail!("--agents must be between 1 and 32");
+    }
+    if a.followers > 16 {
+        bail!("--followers must be at most 16");
+    }
+    if a.beat_ms < 40 || a.beat_ms > 86_400_000 {
+        bail!("--beat-ms must be between 40 and 86400000");
+    }
+    let top = &a.dir;
+    if top.join(GENESIS_FILE).exists() && !a.force {
+        bail!("{} already holds a cluster; pass --force to overwrite it (its keys are lost) or pick another --dir", top.display());
+    }
+    std::fs::create_dir_all(top.join("keys"))
+        .with_context(|| format!("cannot create {}", top.display()))?;
+    let admin = new_key();
+    let leader = new_key();
+    let worker = new_key();
+    let authority = new_key();
+    let prober = new_key();
+    let agents: Vec<SigningKey> = (0..a.agents).map(|_| new_key()).collect();
+    let entry = |k: &SigningKey, name: &str, roles: Vec<Role>| RosterEntry {
+        key: SignerId::from_signing_key(k),
+        name: name.into(),
+        roles,
+    };
+    let mut roster = vec![
+        entry(&admin, "admin", vec![Role::Admin]),
+        entry(&leader, "leader", vec![Role::Operator]),
+        entry(&worker, "worker", vec![Role::Worker]),
+        entry(
+            &authority,
+            "license-authority",
+            vec![Role::LicenseAuthority],
+        ),
+        entry(&prober, "tool-prober", vec![Role::ToolProber]),
+    ];
+    for (i, k) in agents.iter().enumerate() {
+        roster.push(entry(k, &format!("agent-{}", i + 1), vec![Role::Council]));
+    }
+    let origin = now_ms() / 1000 * 1000;
+    let genesis = Genesis {
+        cluster_id: a.cluster_id.clone(),
+        machine_version: MACHINE_VERSION.into(),
+        leader: SignerId::from_signing_key(&leader),
+        roster,
+        followers: vec![],
+        backbeat: schedule(origin, a.beat_ms),
+        policy_rules: vec![PolicyRule {
+            id: "no-secrets".into(),
+            deny_codes: vec!["secret_leak".into(), "source:file".into()],
+            rationale: "sources must not leak credentials or read the local filesystem".into(),
+        }],
+        quorum_threshold: (a.agents as u32 / 2) + 1,
+        hlc_max_offset_ms: 5_000,
+        probe_max_age_ms: 60_000,
+    };
+    genesis
+        .validate()
+        .context("the generated genesis is invalid (a bug; please report)")?;
+    let gh = genesis.hash()?;
+    write_json(&top.join(GENESIS_FILE), &genesis)?;
+    write_key(&top.join("admin.key"), &admin)?;
+    write_key(&top.join("keys/worker.key"), &worker)?;
+    write_key(&top.join("keys/license-authority.key"), &authority)?;
+    write_key(&top.join("keys/tool-prober.key"), &prober)?;
+    let node_dir = |name: &str| -> Result<PathBuf> {
+        let d = top.join(name);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        write_json(&d.join(GENESIS_FILE), &genesis)?;
+        Ok(d)
+    };
+    let ld = node_dir("leader")?;
+    write_key(&ld.join("node.key"), &leader)?;
+    for i in 1..=a.followers {
+        let d = node_dir(&format!("follower-{i}"))?;
+        write_key(&d.join("node.key"), &new_key())?;
+    }
+    for (i, k) in agents.iter().enumerate() {
+        let d = node_dir(&format!("agent-{}", i + 1))?;
+        write_key(&d.join("agent.key"), k)?;
+    }
+    println!("cluster {:?} created in {}", a.cluster_id, top.display());
+    println!(
+        "  genesis      {gh}  ({})",
+        top.join(GENESIS_FILE).display()
+    );
+    println!(
+        "  leader       {}  (leader/node.key)",
+        SignerId::from_signing_key(&leader)
+    );
+    println!(
+        "  admin        {}  (admin.key)",
+        SignerId::from_signing_key(&admin)
+    );
+    println!("  worker, license authority, tool prober keys in keys/");
+    println!(
+        "  {} council agents (agent-N/agent.key), {} follower directories",
+        a.agents, a.followers
+    );
+    println!(
+        "next: swoosh serve --dir {} --http {DEFAULT_HTTP}",
+        ld.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The node directory (holds genesis.json and node.key; data goes in data/).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    pub http: String,
+    /// UNSAFE: do not fsync commits (throwaway runs and benchmarks only).
+    #[arg(long)]
+    pub nosync: bool,
+    /// Snapshot every N records (besides every REVERB).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log format.
+    #[arg(long, default_value = "json")]
+    pub log: String,
+}
+
+pub async fn start_node(
+    dir: &Path,
+    nosync: bool,
+    snapshot_every: u64,
+) -> Result<NodeHandle<LmdbStore>> {
+    let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
+    let key = read_key(&dir.join("node.key"))?;
+    let store = open_store(dir, nosync)?;
+    let cfg = NodeConfig {
+        genesis,
+        leader_key: key,
+        snapshot_every,
+        snapshot_keep: 3,
+        wal_limits: Default::default(),
+        clock: Arc::new(SystemClock),
+        advertise: String::new(),
+    };
+    NodeHandle::start(store, cfg)
+        .await
+        .with_context(|| format!("cannot start the node in {}", dir.display()))
+}
+
+pub fn init_logs(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if format == "json" {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+}
+
+pub async fn serve(a: ServeArgs) -> Result<()> {
+    init_logs(&a.log);
+    let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let listener = tokio::net::TcpListener::bind(&a.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another process using it? pick another --http",
+                a.http
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let h = node.health();
+    tracing::info!(http = %addr, index = h.index, root_hash = ?h.root_hash.map(|x| x.to_string()), "serving");
+    eprintln!(
+        "swoosh: serving {} on http://{addr} (index {}, {})",
+        a.dir.display(),
+        h.index,
+        if a.nosync { "NOSYNC: unsafe" } else { "sync" }
+    );
+    swoosh_net::http::serve(listener, node, async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("swoosh: shutting down: flushing the WAL");
+    })
+    .await?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ProposeArgs {
+    /// Node URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    pub to: String,
+    /// Submit this already signed proposal (JSON) as is.
+    #[arg(long, conflicts_with_all = ["transition", "key"])]
+    pub file: Option<PathBuf>,
+    /// Signing key file.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
+    pub project: String,
+    #[arg(long)]
+    pub transition: Option<String>,
+    /// Inputs as a JSON object, or @path to read them from a file.
+    #[arg(long, default_value = "{}")]
+    pub inputs: String,
+    #[arg(long)]
+    pub evidence: Vec<String>,
+    /// Idempotency key (default: project:transition:<random>).
+    #[arg(long)]
+    pub idem_key: Option<String>,
+    /// Do not re-read HEAD and resubmit after a stale hash.
+    #[arg(long)]
+    pub no_retry: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn propose(a: ProposeArgs) -> Result<()> {
+    let client = Client::new(&a.to);
+    let reply = if let Some(f) = &a.file {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let p = swoosh_net::http::parse_proposal(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+        client.submit_retrying(&p).await.map(|(r, _)| r)
+    } else {
+        let (Some(t), Some(k)) = (&a.transition, &a.key) else {
+            bail!("give --transition and --key (or --file with a signed proposal)");
+        };
+        let key = read_key(k)?;
+        let text = match a.inputs.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read inputs file {path}"))?,
+            None => a.inputs.clone(),
+        };
+        let inputs: serde_json::Value = serde_json::from_str(&text).context(
+            "--inputs is not valid JSON: give a JSON object like '{\"reason\":\"maintenance\"}'",
+        )?;
+        if !inputs.is_object() {
+            bail!("--inputs must be a JSON object (the transition's input fields); `swoosh statechart` lists them");
+        }
+        let mut rnd = [0u8; 8];
+        rand::fill(&mut rnd);
+        let idem = a
+            .idem_key
+            .clone()
+            .unwrap_or_else(|| format!("{}:{t}:{}", a.project, hex::encode(rnd)));
+        let req = ProposeRequest {
+            project: &a.project,
+            transition: t,
+            inputs: &inputs,
+            key: &key,
+            idem_key: idem,
+            evidence: a.evidence.clone(),
+        };
+        client
+            .propose(
+                &req,
+                RetryPolicy {
+                    resubmit_on_stale: !a.no_retry,
+                    retry_busy: true,
+                },
+            )
+            .await
+            .map(|p| p.reply)
+    };
+    match reply {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "accepted{}: {} at index {}\n  post hash {}\n  decision  {}",
+                    if r.duplicate {
+                        " (repeat: original outcome)"
+                    } else {
+                        ""
+                    },
+                    r.transition,
+                    r.index,
+                    r.state_post_hash,
+                    r.decision
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if a.json {
+                if let Some(b) = e.body() {
+                    println!("{}", serde_json::to_string_pretty(b)?);
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    pub to: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn state(r: ReadArgs, project: String, projection: Option<String>) -> Result<()> {
+    let client = Client::new(&r.to);
+    let proj: Vec<&str> = projection
+        .as_deref()
+        .map(|p| p.split(',').collect())
+        .unwrap_or_default();
+    let s = client.state(&project, &proj).await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "project {} at index {}\nHEAD {}",
+            s.project, s.index, s.hash
+        );
+        let phase = |k: &str| {
+            s.projection
+                .get(k)
+                .and_then(|v| v.get("phase"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        for k in [
+            "meta",
+            "boot",
+            "ingestion",
+            "council",
+            "environment",
+            "execution",
+            "control",
+            "policy",
+        ] {
+            if let Some(p) = phase(k) {
+                println!("  {k:<12} {p}");
+            }
+        }
+        if let Some(h) = s.projection.get("hlc_last") {
+            println!("  hlc_last     {}", h.as_str().unwrap_or("none"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn health(r: ReadArgs) -> Result<()> {
+    let client = Client::new(&r.to);
+    let h = client.health().await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+    } else {
+        println!(
+            "{} ({}), index {}, root {}\n  wal lag {} records, in flight {}, actor restarts {}\n  last snapshot at {}",
+            h.status,
+            h.role,
+            h.index,
+            h.root_hash.as_deref().unwrap_or("-"),
+            h.wal_lag,
+            h.inflight,
+            h.restarts,
+            h.last_snapshot_index.map_or("never".to_string(), |i| format!("index {i} ({})", h.last_snapshot_hlc.as_deref().unwrap_or("-")))
+        );
+    }
+    Ok(())
+}
+
+pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
+    let client = Client::new(&r.to);
+    let d = client.decision(&reference).await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        let rec = d
+            .get("signed")
+            .and_then(|s| s.get("record"))
+            .or_else(|| d.get("unsigned"))
+            .unwrap_or(&d);
+        let g = |k: &str| {
+            rec.get(k)
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "{} #{} {} → {} (project {})",
+            g("transition"),
+            g("index"),
+            g("from"),
+            g("to"),
+            g("project")
+        );
+        println!(
+            "  signer {} ({})",
+            g("signer"),
+            rec.get("signer_roles")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        );
+        println!(
+            "  pre {}  post {}",
+            g("state_pre_hash"),
+            g("state_post_hash")
+        );
+        println!("  {}", g("justification"));
+        if let Some(outs) = rec.get("guard_outcomes").and_then(|v| v.as_array()) {
+            for o in outs {
+                println!(
+                    "  ✓ {:<14} {}",
+                    o.get("guard").and_then(|v| v.as_str()).unwrap_or(""),
+                    o.get("reasons").map(|v| v.to_string()).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}

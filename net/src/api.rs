@@ -1,0 +1,127 @@
+//! The HTTP API's wire types, shared by the server and the Rust SDK.
+//!
+//! Every error body is `{"error", "message"}` plus, where they apply,
+//! `guard`, `reasons`, `field`, `head_hash`, `hlc_last`, `retry_after_ms`
+//! and `leader`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Largest accepted `POST /transition` body.
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+/// Most sections a `projection` may name.
+pub const PROJECTION_SECTIONS_MAX: usize = 8;
+
+/// `202` reply: the proposal is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AcceptedReply {
+    pub index: u64,
+    pub transition: String,
+    /// `blake3:<hex>` of the project's state after the transition.
+    pub state_post_hash: String,
+    /// `bubble://dr/<hex>`: the decision record's address.
+    pub decision: String,
+    /// `blake3:<hex>` of the decision record.
+    pub decision_hash: String,
+    /// True when this repeats an accepted proposal (its original outcome).
+    pub duplicate: bool,
+}
+
+/// Every non-2xx reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct ErrorBody {
+    /// Machine-readable class: `malformed`, `unknown_transition`, `guard`,
+    /// `bad_signature`, `unknown_signer`, `forbidden`, `stale_hash`,
+    /// `idem_conflict`, `hlc_order`, `too_large`, `backpressure`,
+    /// `unavailable`, `not_leader`, `not_found`.
+    pub error: String,
+    /// A sentence saying what was wrong and what to do.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub guard: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub reasons: Vec<String>,
+    /// The JSON field at fault, for malformed bodies.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub head_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hlc_last: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader: Option<String>,
+}
+
+/// `GET /state` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateReply {
+    pub project: String,
+    /// WAL index of the durable version read.
+    pub index: u64,
+    /// `blake3:<hex>`: the project's HEAD, to put in `current_state_hash`.
+    pub hash: String,
+    /// The requested sections of the state document.
+    #[schema(value_type = Object)]
+    pub projection: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /health` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthReply {
+    pub status: String,
+    pub role: String,
+    pub consensus: String,
+    pub index: u64,
+    pub root_hash: Option<String>,
+    #[serde(rename = "lastSnapshotHLC")]
+    pub last_snapshot_hlc: Option<String>,
+    pub last_snapshot_index: Option<u64>,
+    #[serde(rename = "walLag")]
+    pub wal_lag: u64,
+    pub inflight: usize,
+    pub restarts: u64,
+    pub genesis_hash: String,
+    pub cluster_id: String,
+}
+
+/// `GET /attention` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttentionReply {
+    pub counts: BTreeMap<String, u64>,
+    #[schema(value_type = Vec<Object>)]
+    pub recent: Vec<serde_json::Value>,
+    pub note: String,
+}
+
+/// The body of `POST /transition` (documentation schema; the server parses
+/// it into `swoosh_core::Proposal`). See docs/api.md and docs/wire-format.md.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct ProposalSchema {
+    /// Project instance, `[a-z0-9._-]{1,64}`; default `default`.
+    pub project: Option<String>,
+    /// Transition name from `swoosh statechart`, e.g. `Council_QuorumCert`.
+    pub transition: String,
+    /// The project's HEAD, `blake3:<hex>` (from `GET /state`).
+    pub current_state_hash: String,
+    /// The transition's inputs (JSON object; integers only, no floats).
+    #[schema(value_type = Object)]
+    pub inputs: serde_json::Value,
+    /// `blake3:<hex>` of the canonical CBOR encoding of `inputs`.
+    pub inputs_hash: String,
+    /// `hmmm:pubkey:<64 hex>`.
+    pub signer: String,
+    /// Exactly-once key, e.g. `goalId:beatIndex:opClass:uuid`.
+    pub idem_key: String,
+    /// `YYYY-MM-DDTHH:MM:SS.mmm+00:00#counter`.
+    pub hlc: String,
+    /// `backbeat:W-<beat>-<phase>` for time-gated transitions.
+    pub window_id: Option<String>,
+    /// `ucxl://…` or `bubble://…` addresses.
+    pub evidence: Option<Vec<String>>,
+    /// ed25519 signature (128 hex) over "SWOOSH-PROPOSAL-v1\0" || canonical CBOR of the proposal without `signature`.
+    pub signature: String,
+}

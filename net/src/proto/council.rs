@@ -1,0 +1,486 @@
+//! The council protocol (HMMM): the leader announces a candidate member set
+//! for (project, council epoch); each agent signs a `Vote` with its own key
+//! according to its policy; the leader collects the votes, rejects and counts
+//! bad ones, and assembles a quorum certificate once distinct approving
+//! roster votes reach the project's threshold. The certificate becomes a
+//! `Council_QuorumCert` / `Council_ReElect` proposal signed by the leader.
+//!
+//! The reducer's quorum guard re-checks everything when the proposal is
+//! applied; the collector's checks only keep junk out of certificates and
+//! make rejections visible early.
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use swoosh_core::cbor::CanonicalError;
+use swoosh_core::facts::{member_set_hash, Vote, VoteBody};
+use swoosh_core::hash::Hash;
+use swoosh_core::hlc::Hlc;
+use swoosh_core::proposal::{Proposal, ProposalBuilder};
+use swoosh_core::sig::{self, SigError, Signature, SignerId};
+use swoosh_core::state::{Genesis, NodeState, ProjectState, ROSTER_ENTRIES_MAX};
+use swoosh_core::statechart::Role;
+
+/// Signature domain of a candidate announcement.
+pub const COUNCIL_ANNOUNCE_DOMAIN: &[u8] = b"SWOOSH-COUNCIL-ANNOUNCE-v1\0";
+/// Elections the collector keeps open at once (one per project).
+pub const ELECTIONS_OPEN_MAX: usize = 1024;
+/// Votes one election accepts (approving + disapproving): one per roster entry.
+pub const VOTES_PER_ELECTION_MAX: usize = ROSTER_ENTRIES_MAX;
+/// Votes an agent remembers, to resend the same vote for a repeated announcement.
+pub const AGENT_VOTES_REMEMBERED_MAX: usize = 1024;
+
+/// What the leader asks the council to vote on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceBody {
+    pub cluster_id: String,
+    pub genesis_hash: Hash,
+    pub leader: SignerId,
+    pub project: String,
+    /// The project's Council region epoch the votes must name.
+    pub epoch: u64,
+    /// Sorted, de-duplicated candidate member set.
+    pub members: Vec<SignerId>,
+    pub member_set_hash: Hash,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announcement {
+    pub body: AnnounceBody,
+    pub signature: Signature,
+}
+
+impl Announcement {
+    pub fn verify(&self) -> Result<(), SigError> {
+        sig::verify(
+            COUNCIL_ANNOUNCE_DOMAIN,
+            &self.body,
+            &self.body.leader,
+            &self.signature,
+        )
+    }
+}
+
+/// Messages on the council topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CouncilMsg {
+    Announce(Announcement),
+    Vote(Vote),
+}
+
+/// How an agent votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VotePolicy {
+    ApproveAll,
+    /// Always vote no, so a failed election is visible.
+    VoteNo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AgentRefusal {
+    #[error("announcement is for cluster {0:?}, not this agent's cluster")]
+    WrongCluster(String),
+    #[error("announcement is signed by {0}, not the genesis leader")]
+    NotLeader(String),
+    #[error("announcement signature does not verify")]
+    BadSignature,
+    #[error("announcement's member_set_hash does not match its member list")]
+    MemberSet,
+}
+
+/// A council agent: signs one vote per (project, epoch) with its own key.
+pub struct CouncilAgent {
+    key: SigningKey,
+    id: SignerId,
+    leader: SignerId,
+    cluster_id: String,
+    genesis_hash: Hash,
+    policy: VotePolicy,
+    cast: BTreeMap<(String, u64), Vote>,
+}
+
+impl CouncilAgent {
+    pub fn new(key: SigningKey, genesis: &Genesis, policy: VotePolicy) -> CouncilAgent {
+        CouncilAgent {
+            id: SignerId::from_signing_key(&key),
+            key,
+            leader: genesis.leader.clone(),
+            cluster_id: genesis.cluster_id.clone(),
+            genesis_hash: genesis.hash().expect("a validated genesis encodes"),
+            policy,
+            cast: BTreeMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &SignerId {
+        &self.id
+    }
+
+    pub fn policy(&self) -> VotePolicy {
+        self.policy
+    }
+
+    /// Verify an announcement and return this agent's vote for it. A
+    /// repeated announcement gets the same vote again (never a second,
+    /// different vote for the same project and epoch).
+    pub fn on_announce(&mut self, a: &Announcement) -> Result<Vote, AgentRefusal> {
+        let b = &a.body;
+        if b.cluster_id != self.cluster_id || b.genesis_hash != self.genesis_hash {
+            return Err(AgentRefusal::WrongCluster(b.cluster_id.clone()));
+        }
+        if b.leader != self.leader {
+            return Err(AgentRefusal::NotLeader(b.leader.to_string()));
+        }
+        a.verify().map_err(|_| AgentRefusal::BadSignature)?;
+        if member_set_hash(&b.members) != b.member_set_hash {
+            return Err(AgentRefusal::MemberSet);
+        }
+        let key = (b.project.clone(), b.epoch);
+        if let Some(v) = self.cast.get(&key) {
+            if v.body.member_set_hash == b.member_set_hash {
+                return Ok(v.clone());
+            }
+        }
+        let vote = Vote::cast(
+            VoteBody {
+                project: b.project.clone(),
+                epoch: b.epoch,
+                member_set_hash: b.member_set_hash,
+                approve: self.policy == VotePolicy::ApproveAll,
+                voter: self.id.clone(),
+            },
+            &self.key,
+        );
+        if self.cast.len() >= AGENT_VOTES_REMEMBERED_MAX {
+            self.cast.pop_first();
+        }
+        self.cast.insert(key, vote.clone());
+        Ok(vote)
+    }
+}
+
+/// Why the collector refused a vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoteRejection {
+    /// The vote's signature does not verify for its voter.
+    BadSignature,
+    /// The voter is not a council member of the project's roster.
+    Outsider,
+    /// The voter was ejected from this council and may not vote in its re-election.
+    Ejected,
+    /// The vote names an older (or other) council epoch than the open election.
+    StaleEpoch,
+    /// No election is open for the vote's project.
+    NoElection,
+    /// The vote is for another member set than the one announced.
+    WrongMemberSet,
+    /// The election already holds as many votes as it accepts.
+    Full,
+}
+
+impl VoteRejection {
+    pub fn name(self) -> &'static str {
+        match self {
+            VoteRejection::BadSignature => "bad_signature",
+            VoteRejection::Outsider => "outsider",
+            VoteRejection::Ejected => "ejected",
+            VoteRejection::StaleEpoch => "stale_epoch",
+            VoteRejection::NoElection => "no_election",
+            VoteRejection::WrongMemberSet => "wrong_member_set",
+            VoteRejection::Full => "full",
+        }
+    }
+}
+
+/// A quorum certificate: the approving roster votes for one member set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub project: String,
+    pub epoch: u64,
+    pub members: Vec<SignerId>,
+    /// Sorted by voter.
+    pub votes: Vec<Vote>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoteOutcome {
+    /// Counted; the quorum is not reached yet (or was reached before).
+    Counted {
+        approvals: usize,
+        noes: usize,
+    },
+    /// A repeat of a vote already counted.
+    Duplicate,
+    Rejected(VoteRejection),
+    /// This vote completed the quorum.
+    Certificate(Certificate),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("project {project:?} is in Council {phase}, not ELECT: elections open only in ELECT")]
+    NotElect { project: String, phase: String },
+    #[error("the candidate member set is empty")]
+    NoMembers,
+    #[error("{0} elections are open; at most {ELECTIONS_OPEN_MAX} are kept")]
+    TooMany(usize),
+}
+
+struct Election {
+    announcement: Announcement,
+    roster: BTreeSet<SignerId>,
+    ejected: BTreeSet<SignerId>,
+    threshold: usize,
+    approvals: BTreeMap<SignerId, Vote>,
+    noes: BTreeSet<SignerId>,
+    certified: bool,
+}
+
+/// The leader's vote collector.
+pub struct CouncilCollector {
+    key: SigningKey,
+    id: SignerId,
+    cluster_id: String,
+    genesis_hash: Hash,
+    elections: BTreeMap<String, Election>,
+    rejected: BTreeMap<VoteRejection, u64>,
+    counted: u64,
+    duplicates: u64,
+    certificates: u64,
+}
+
+impl CouncilCollector {
+    pub fn new(key: SigningKey, genesis: &Genesis) -> CouncilCollector {
+        CouncilCollector {
+            id: SignerId::from_signing_key(&key),
+            key,
+            cluster_id: genesis.cluster_id.clone(),
+            genesis_hash: genesis.hash().expect("a validated genesis encodes"),
+            elections: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            counted: 0,
+            duplicates: 0,
+            certificates: 0,
+        }
+    }
+
+    /// Open (or re-open at a new epoch) the election of `state`'s project
+    /// for `members`, capturing its roster (council members not ejected),
+    /// threshold and council epoch.
+    /// Returns the signed announcement to publish.
+    pub fn open(
+        &mut self,
+        state: &ProjectState,
+        members: &[SignerId],
+    ) -> Result<Announcement, OpenError> {
+        let project = state.meta.project.clone();
+        if state.council.phase != "ELECT" {
+            return Err(OpenError::NotElect {
+                project,
+                phase: state.council.phase.clone(),
+            });
+        }
+        if members.is_empty() {
+            return Err(OpenError::NoMembers);
+        }
+        if !self.elections.contains_key(&project) && self.elections.len() >= ELECTIONS_OPEN_MAX {
+            return Err(OpenError::TooMany(self.elections.len()));
+        }
+        let mut members = members.to_vec();
+        members.sort();
+        members.dedup();
+        let body = AnnounceBody {
+            cluster_id: self.cluster_id.clone(),
+            genesis_hash: self.genesis_hash,
+            leader: self.id.clone(),
+            project: project.clone(),
+            epoch: state.epoch.council,
+            member_set_hash: member_set_hash(&members),
+            members,
+        };
+        let signature =
+            sig::sign(COUNCIL_ANNOUNCE_DOMAIN, &body, &self.key).expect("announcements encode");
+        let announcement = Announcement { body, signature };
+        let roster = state
+            .boot
+            .identities
+            .iter()
+            .filter(|e| e.roles.contains(&Role::Council))
+            .map(|e| e.key.clone())
+            .collect();
+        self.elections.insert(
+            project,
+            Election {
+                announcement: announcement.clone(),
+                roster,
+                ejected: state.council.ejected.iter().cloned().collect(),
+                threshold: state.council.quorum_threshold as usize,
+                approvals: BTreeMap::new(),
+                noes: BTreeSet::new(),
+                certified: false,
+            },
+        );
+        Ok(announcement)
+    }
+
+    /// The open election's announcement (to publish again after a timeout).
+    pub fn announcement(&self, project: &str) -> Option<&Announcement> {
+        self.elections.get(project).map(|e| &e.announcement)
+    }
+
+    /// The open election's (epoch, member-set hash).
+    pub fn open_for(&self, project: &str) -> Option<(u64, Hash)> {
+        self.elections.get(project).map(|e| {
+            (
+                e.announcement.body.epoch,
+                e.announcement.body.member_set_hash,
+            )
+        })
+    }
+
+    pub fn close(&mut self, project: &str) {
+        self.elections.remove(project);
+    }
+
+    fn reject(&mut self, r: VoteRejection) -> VoteOutcome {
+        *self.rejected.entry(r).or_default() += 1;
+        VoteOutcome::Rejected(r)
+    }
+
+    pub fn on_vote(&mut self, v: &Vote) -> VoteOutcome {
+        let b = &v.body;
+        let Some(e) = self.elections.get(&b.project) else {
+            return self.reject(VoteRejection::NoElection);
+        };
+        if v.verify().is_err() {
+            return self.reject(VoteRejection::BadSignature);
+        }
+        if !e.roster.contains(&b.voter) {
+            return self.reject(VoteRejection::Outsider);
+        }
+        if e.ejected.contains(&b.voter) {
+            return self.reject(VoteRejection::Ejected);
+        }
+        if b.epoch != e.announcement.body.epoch {
+            return self.reject(VoteRejection::StaleEpoch);
+        }
+        if b.member_set_hash != e.announcement.body.member_set_hash {
+            return self.reject(VoteRejection::WrongMemberSet);
+        }
+        if e.approvals.contains_key(&b.voter) || e.noes.contains(&b.voter) {
+            self.duplicates += 1;
+            return VoteOutcome::Duplicate;
+        }
+        if e.approvals.len() + e.noes.len() >= VOTES_PER_ELECTION_MAX {
+            return self.reject(VoteRejection::Full);
+        }
+        self.counted += 1;
+        let e = self.elections.get_mut(&b.project).expect("checked above");
+        if b.approve {
+            e.approvals.insert(b.voter.clone(), v.clone());
+        } else {
+            e.noes.insert(b.voter.clone());
+        }
+        if !e.certified && e.approvals.len() >= e.threshold {
+            e.certified = true;
+            self.certificates += 1;
+            return VoteOutcome::Certificate(Certificate {
+                project: b.project.clone(),
+                epoch: b.epoch,
+                members: e.announcement.body.members.clone(),
+                votes: e.approvals.values().cloned().collect(),
+            });
+        }
+        VoteOutcome::Counted {
+            approvals: e.approvals.len(),
+            noes: e.noes.len(),
+        }
+    }
+
+    /// The certificate of `project`'s election, once the quorum is reached.
+    pub fn certificate(&self, project: &str) -> Option<Certificate> {
+        let e = self.elections.get(project)?;
+        e.certified.then(|| Certificate {
+            project: project.to_string(),
+            epoch: e.announcement.body.epoch,
+            members: e.announcement.body.members.clone(),
+            votes: e.approvals.values().cloned().collect(),
+        })
+    }
+
+    /// Rejected votes by reason.
+    pub fn rejected(&self) -> &BTreeMap<VoteRejection, u64> {
+        &self.rejected
+    }
+
+    /// Valid votes counted (approving or not, duplicates excluded).
+    pub fn counted(&self) -> u64 {
+        self.counted
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    pub fn certificates(&self) -> u64 {
+        self.certificates
+    }
+}
+
+#[derive(Serialize)]
+struct ElectInputs<'a> {
+    members: &'a [SignerId],
+    votes: &'a [Vote],
+}
+
+/// The transition a certificate is proposed as in `state`.
+pub fn certificate_transition(state: &ProjectState) -> &'static str {
+    if state.council.elections == 0 {
+        "Council_QuorumCert"
+    } else {
+        "Council_ReElect"
+    }
+}
+
+/// Build the leader-signed proposal that installs `cert` (inputs
+/// `{members, votes}`), naming the project's current HEAD and an HLC after
+/// its last one at `now_ms`. It stays valid while the Council epoch is
+/// `cert.epoch`, so a proposal refused for a stale hash is simply rebuilt.
+pub fn certificate_proposal(
+    cert: &Certificate,
+    node: &NodeState,
+    leader_key: &SigningKey,
+    now_ms: u64,
+) -> Result<Proposal, CanonicalError> {
+    let st = node.project(&cert.project);
+    let transition = certificate_transition(&st);
+    let hlc = Hlc::send(st.hlc_last.unwrap_or_default(), now_ms)
+        .map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+    let window = st.execution.schedule.window_id(&hlc);
+    let idem = format!(
+        "{}:{}:{transition}:council-epoch-{}",
+        cert.project, st.applied, cert.epoch
+    );
+    ProposalBuilder::new(
+        &cert.project,
+        transition,
+        node.project_hash(&cert.project),
+        hlc,
+        &idem,
+    )
+    .inputs(&ElectInputs {
+        members: &cert.members,
+        votes: &cert.votes,
+    })?
+    .window(window)
+    .evidence(vec![format!(
+        "ucxl://swoosh:{}@{}/council/epoch-{}",
+        node.genesis.cluster_id, cert.project, cert.epoch
+    )])
+    .sign(leader_key)
+}

@@ -1,0 +1,873 @@
+//! Unit tests of the replication and council state machines, driven by hand:
+//! each test is the message sequence it names.
+
+use super::wire::*;
+use super::*;
+use swoosh_core::cbor::to_canonical;
+use swoosh_core::guards::Verify;
+use swoosh_core::hash::Hash;
+use swoosh_core::record::WalRecord;
+use swoosh_core::reducer::{step, Ctx, Outcome};
+use swoosh_core::scenario::{genesis, run_happy_path, Driver, Keys, Next};
+use swoosh_core::sig::{self, SignerId};
+use swoosh_core::state::NodeState;
+
+const ORIGIN_MS: u64 = 1_767_225_600_000;
+
+struct Cluster {
+    keys: Keys,
+    genesis: swoosh_core::Genesis,
+    /// The leader's state after all `records`.
+    node: NodeState,
+    records: Vec<WalRecord>,
+}
+
+/// A leader log produced by the scenario driver: `n` records over two projects.
+fn cluster(n: usize) -> Cluster {
+    let keys = Keys::from_labels("net-proto", 3);
+    let g = genesis(&keys, "net-proto", ORIGIN_MS);
+    let mut node = NodeState::new(g.clone()).unwrap();
+    let mut records = vec![];
+    {
+        let driver = Driver::new(&keys, 10);
+        let projects = ["default".to_string(), "atlas".to_string()];
+        run_happy_path(&mut node, &driver, &projects, ORIGIN_MS + 1, n * 2, |s| {
+            if let Outcome::Accepted(a) = &s.step.outcome {
+                records.push(a.record.clone());
+            }
+        });
+    }
+    assert!(
+        records.len() >= n,
+        "driver produced {} records",
+        records.len()
+    );
+    records.truncate(n);
+    let mut replay = NodeState::new(g.clone()).unwrap();
+    for r in &records {
+        swoosh_core::reducer::apply_record(&mut replay, r, Verify::Trusted).unwrap();
+    }
+    Cluster {
+        keys,
+        genesis: g,
+        node: replay,
+        records,
+    }
+}
+
+impl Cluster {
+    fn fresh(&self) -> NodeState {
+        NodeState::new(self.genesis.clone()).unwrap()
+    }
+    fn follower(&self) -> ReplFollower {
+        let id = SignerId::from_signing_key(&sig::key_from_label("net-proto/follower-1"));
+        ReplFollower::new(FollowerConfig::default(), id, self.fresh())
+    }
+    fn leader(&self, cfg: LeaderConfig) -> ReplLeader {
+        let gh = self.genesis.hash().unwrap();
+        ReplLeader::new(cfg, self.keys.leader.clone(), &self.genesis, 0, gh).unwrap()
+    }
+    /// All records published through a leader with `cfg`, flushed at the end.
+    fn batches(&self, cfg: LeaderConfig) -> Vec<WalBatch> {
+        let mut l = self.leader(cfg);
+        let mut out = vec![];
+        for r in &self.records {
+            out.extend(l.on_committed(r).unwrap());
+        }
+        out.extend(l.flush());
+        out.into_iter()
+            .map(|LeaderEffect::Publish(g)| match g {
+                Gossip::Batch(b) => b,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+}
+
+fn small_batches() -> LeaderConfig {
+    LeaderConfig {
+        batch_records_max: 4,
+        ..LeaderConfig::default()
+    }
+}
+
+/// An in-memory leader log: records from `first`, optionally a snapshot.
+struct MemLog {
+    records: Vec<WalRecord>,
+    first: u64,
+    snapshot: Option<(u64, Hash, Hash, Vec<u8>)>,
+}
+
+impl MemLog {
+    fn full(c: &Cluster) -> MemLog {
+        MemLog {
+            records: c.records.clone(),
+            first: 1,
+            snapshot: None,
+        }
+    }
+    /// Snapshot after `at` and keep only the records after it.
+    fn truncated(c: &Cluster, at: u64) -> MemLog {
+        let mut n = c.fresh();
+        for r in &c.records[..at as usize] {
+            swoosh_core::reducer::apply_record(&mut n, r, Verify::Trusted).unwrap();
+        }
+        let bytes = to_canonical(&n).unwrap();
+        MemLog {
+            records: c.records[at as usize..].to_vec(),
+            first: at + 1,
+            snapshot: Some((at, n.head_record, n.root_hash(), bytes)),
+        }
+    }
+}
+
+impl LeaderLog for MemLog {
+    fn first_index(&self) -> u64 {
+        self.first
+    }
+    fn last_index(&self) -> u64 {
+        self.first + self.records.len() as u64 - 1
+    }
+    fn record(&self, index: u64) -> Option<WalRecord> {
+        index
+            .checked_sub(self.first)
+            .and_then(|i| self.records.get(i as usize).cloned())
+    }
+    fn snapshot(&self) -> Option<SnapshotView<'_>> {
+        self.snapshot.as_ref().map(|(i, h, r, b)| SnapshotView {
+            index: *i,
+            head_record: *h,
+            root_hash: *r,
+            bytes: b,
+        })
+    }
+}
+
+fn applied(effects: &[FollowerEffect]) -> usize {
+    effects
+        .iter()
+        .map(|e| match e {
+            FollowerEffect::Applied(r) => r.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn sends(effects: &[FollowerEffect]) -> Vec<Request> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            FollowerEffect::Send(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refused(effects: &[FollowerEffect]) -> Vec<&'static str> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            FollowerEffect::Refused(r) => Some(r.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Run request/response rounds between a follower and a leader until the
+/// follower asks for nothing more. Returns the number of rounds.
+fn serve(
+    f: &mut ReplFollower,
+    l: &mut ReplLeader,
+    log: &MemLog,
+    mut pending: Vec<Request>,
+) -> usize {
+    let mut rounds = 0;
+    while let Some(req) = pending.pop() {
+        rounds += 1;
+        assert!(rounds < 10_000, "catch-up does not terminate");
+        let resp = l.on_request(&req, log);
+        let eff = f.on_response(&resp, 0);
+        pending.extend(sends(&eff));
+    }
+    rounds
+}
+
+#[test]
+fn steady_tailing_applies_every_batch_and_ends_on_the_leader_hash() {
+    let c = cluster(40);
+    let batches = c.batches(small_batches());
+    assert_eq!(batches.len(), 10);
+    let mut f = c.follower();
+    for b in &batches {
+        let eff = f.on_gossip(&Gossip::Batch(b.clone()), 0);
+        assert_eq!(applied(&eff), b.records.len());
+        assert!(sends(&eff).is_empty(), "no gap, no request");
+    }
+    assert_eq!(f.applied_index(), 40);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+    assert_eq!(f.node().head_record, c.node.head_record);
+    assert_eq!(f.lag(), 0);
+    assert_eq!(f.status().lag_records, 0);
+}
+
+#[test]
+fn batches_are_bounded_by_count_and_bytes_and_fit_a_gossip_message() {
+    let c = cluster(60);
+    for b in c.batches(LeaderConfig::default()) {
+        assert!(b.records.len() <= BATCH_RECORDS_MAX);
+        let enc = encode_gossip(&Gossip::Batch(b.clone())).unwrap();
+        assert!(enc.len() < GOSSIP_PAYLOAD_BYTES_MAX, "{} bytes", enc.len());
+        assert_eq!(decode_gossip(&enc).unwrap(), Gossip::Batch(b));
+    }
+    let cfg = LeaderConfig {
+        batch_bytes_max: 6_000,
+        ..LeaderConfig::default()
+    };
+    let batches = c.batches(cfg);
+    assert!(batches.len() > 1);
+    let mut next = 1;
+    for b in &batches {
+        assert_eq!(b.header.first_index, next);
+        next = b.header.last_index + 1;
+        let bytes: usize = b
+            .records
+            .iter()
+            .map(|r| to_canonical(r).unwrap().len())
+            .sum();
+        assert!(bytes <= 6_000 || b.records.len() == 1, "{bytes} bytes");
+    }
+    assert_eq!(next, 61);
+}
+
+#[test]
+fn a_gap_is_buffered_requested_and_filled() {
+    let c = cluster(24);
+    let batches = c.batches(small_batches());
+    let log = MemLog::full(&c);
+    let mut l = c.leader(small_batches());
+    let mut f = c.follower();
+    f.on_gossip(&Gossip::Batch(batches[0].clone()), 0);
+    // batches[1] and [2] are lost; [3] arrives.
+    let eff = f.on_gossip(&Gossip::Batch(batches[3].clone()), 10);
+    assert_eq!(applied(&eff), 0);
+    assert_eq!(f.pending_batches(), 1);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 5, to: 12 }]);
+    let resp = l.on_request(&Request::Range { from: 5, to: 12 }, &log);
+    let eff = f.on_response(&resp, 20);
+    assert_eq!(applied(&eff), 12, "the gap and the buffered batch");
+    assert_eq!(f.pending_batches(), 0);
+    assert_eq!(f.applied_index(), 16);
+    for b in &batches[4..] {
+        f.on_gossip(&Gossip::Batch(b.clone()), 30);
+    }
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+}
+
+#[test]
+fn a_missed_tail_is_noticed_from_the_head_and_fetched() {
+    let c = cluster(12);
+    let log = MemLog::full(&c);
+    let mut l = c.leader(small_batches());
+    for r in &c.records {
+        l.on_committed(r).unwrap(); // every batch is lost
+    }
+    l.flush();
+    let mut f = c.follower();
+    let eff = f.on_gossip(&l.head(1), 0);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 1, to: 12 }]);
+    serve(&mut f, &mut l, &log, sends(&eff));
+    assert_eq!(f.applied_index(), 12);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+}
+
+#[test]
+fn duplicates_are_dropped_and_reordered_batches_converge() {
+    let c = cluster(32);
+    let batches = c.batches(small_batches());
+    let log = MemLog::full(&c);
+    let mut l = c.leader(small_batches());
+    let mut f = c.follower();
+    let mut reqs = vec![];
+    for b in batches.iter().rev() {
+        let eff = f.on_gossip(&Gossip::Batch(b.clone()), 0);
+        reqs.extend(sends(&eff));
+    }
+    // The first batch arrived last and filled the gap from the buffer.
+    assert_eq!(f.applied_index(), 32);
+    assert_eq!(
+        reqs.len(),
+        1,
+        "one request while the gap was open: {reqs:?}"
+    );
+    for b in &batches {
+        let eff = f.on_gossip(&Gossip::Batch(b.clone()), 1);
+        assert_eq!(applied(&eff), 0);
+    }
+    assert!(f.stats().duplicates >= batches.len() as u64);
+    // A late range response for what is already applied changes nothing.
+    let resp = l.on_request(&Request::Range { from: 1, to: 8 }, &log);
+    assert_eq!(applied(&f.on_response(&resp, 2)), 0);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+}
+
+#[test]
+fn the_out_of_order_buffer_is_bounded() {
+    let c = cluster(40);
+    let batches = c.batches(small_batches());
+    let id = SignerId::from_signing_key(&sig::key_from_label("f"));
+    let cfg = FollowerConfig {
+        pending_batches_max: 3,
+        ..FollowerConfig::default()
+    };
+    let mut f = ReplFollower::new(cfg, id, c.fresh());
+    for b in &batches[1..] {
+        f.on_gossip(&Gossip::Batch(b.clone()), 0);
+    }
+    assert_eq!(f.pending_batches(), 3);
+    assert_eq!(f.stats().buffer_full_drops, batches.len() as u64 - 4);
+}
+
+#[test]
+fn a_forged_batch_signature_is_refused() {
+    let c = cluster(8);
+    let mut b = c.batches(small_batches())[0].clone();
+    b.signature.0[7] ^= 0x40;
+    let mut f = c.follower();
+    let eff = f.on_gossip(&Gossip::Batch(b), 0);
+    assert_eq!(refused(&eff), vec!["bad_signature"]);
+    assert_eq!(f.applied_index(), 0);
+    assert!(
+        f.halted().is_none(),
+        "a forgery is refused, not a divergence"
+    );
+}
+
+#[test]
+fn a_batch_re_signed_by_a_non_leader_is_refused() {
+    let c = cluster(8);
+    let b = c.batches(small_batches())[0].clone();
+    let mut f = c.follower();
+    // Names itself as the signer.
+    let mut h = b.header.clone();
+    h.leader = SignerId::from_signing_key(&c.keys.outsider);
+    let forged = WalBatch {
+        signature: sig::sign(WAL_BATCH_DOMAIN, &h, &c.keys.outsider).unwrap(),
+        header: h,
+        records: b.records.clone(),
+    };
+    assert_eq!(
+        refused(&f.on_gossip(&Gossip::Batch(forged), 0)),
+        vec!["not_leader"]
+    );
+    // Keeps the leader's name but signs with another rostered key.
+    let forged = WalBatch {
+        signature: sig::sign(WAL_BATCH_DOMAIN, &b.header, &c.keys.admin).unwrap(),
+        header: b.header.clone(),
+        records: b.records.clone(),
+    };
+    assert_eq!(
+        refused(&f.on_gossip(&Gossip::Batch(forged), 0)),
+        vec!["bad_signature"]
+    );
+    // A signed head from a non-leader is refused too.
+    let l = c.leader(small_batches());
+    let Gossip::Head(mut head) = l.head(1) else {
+        unreachable!()
+    };
+    head.body.last_index = 99;
+    head.signature = sig::sign(WAL_HEAD_DOMAIN, &head.body, &c.keys.worker).unwrap();
+    assert_eq!(
+        refused(&f.on_gossip(&Gossip::Head(head), 0)),
+        vec!["bad_signature"]
+    );
+    assert_eq!(f.applied_index(), 0);
+    assert_eq!(f.lag(), 0);
+}
+
+#[test]
+fn a_record_swapped_under_a_signed_header_is_refused() {
+    let c = cluster(8);
+    let batches = c.batches(small_batches());
+    let mut b = batches[0].clone();
+    b.records[1].timestamp_ms += 1;
+    let mut f = c.follower();
+    assert_eq!(
+        refused(&f.on_gossip(&Gossip::Batch(b), 0)),
+        vec!["record_hash"]
+    );
+    assert_eq!(f.applied_index(), 0);
+}
+
+#[test]
+fn a_divergent_record_signed_by_the_leader_halts_the_follower() {
+    let c = cluster(8);
+    let mut recs = c.records[..3].to_vec();
+    // The leader's log claims a post hash the reducer does not compute.
+    recs[2].state_post_hash = Hash::of_bytes(b"fork");
+    let hashes: Vec<Hash> = recs.iter().map(WalRecord::hash).collect();
+    let header = BatchHeader {
+        cluster_id: c.genesis.cluster_id.clone(),
+        genesis_hash: c.genesis.hash().unwrap(),
+        leader: c.genesis.leader.clone(),
+        first_index: 1,
+        last_index: 3,
+        prev_hash: c.genesis.hash().unwrap(),
+        record_hashes: hashes,
+    };
+    let b = WalBatch {
+        signature: sig::sign(WAL_BATCH_DOMAIN, &header, &c.keys.leader).unwrap(),
+        header,
+        records: recs,
+    };
+    let mut f = c.follower();
+    let eff = f.on_gossip(&Gossip::Batch(b), 0);
+    assert_eq!(
+        applied(&eff),
+        2,
+        "records before the divergence are applied"
+    );
+    let halted: Vec<_> = eff
+        .iter()
+        .filter_map(|e| match e {
+            FollowerEffect::Halted(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(halted.len(), 1);
+    assert_eq!(halted[0].index, 3);
+    assert!(
+        halted[0].reason.contains("divergence"),
+        "{}",
+        halted[0].reason
+    );
+    assert_eq!(f.applied_index(), 2);
+    // Nothing more is applied, not even valid batches.
+    for b in c.batches(small_batches()) {
+        assert!(f.on_gossip(&Gossip::Batch(b), 1).is_empty());
+    }
+    assert!(f.tick(10_000).is_empty());
+    assert!(f.status().halted);
+}
+
+#[test]
+fn a_head_naming_another_hash_at_our_index_halts_the_follower() {
+    let c = cluster(8);
+    let batches = c.batches(small_batches());
+    let mut f = c.follower();
+    f.on_gossip(&Gossip::Batch(batches[0].clone()), 0);
+    let body = HeadBody {
+        cluster_id: c.genesis.cluster_id.clone(),
+        genesis_hash: c.genesis.hash().unwrap(),
+        leader: c.genesis.leader.clone(),
+        last_index: 4,
+        last_hash: Hash::of_bytes(b"other history"),
+        log_first_index: 1,
+    };
+    let head = SignedHead {
+        signature: sig::sign(WAL_HEAD_DOMAIN, &body, &c.keys.leader).unwrap(),
+        body,
+    };
+    let eff = f.on_gossip(&Gossip::Head(head), 0);
+    assert!(matches!(eff.as_slice(), [FollowerEffect::Halted(d)] if d.index == 4));
+}
+
+#[test]
+fn a_follower_behind_a_truncated_log_catches_up_from_a_snapshot_in_chunks() {
+    let c = cluster(40);
+    let log = MemLog::truncated(&c, 30);
+    let cfg = LeaderConfig {
+        snapshot_chunk_bytes_max: 4_096,
+        ..small_batches()
+    };
+    let mut l = ReplLeader::new(
+        cfg,
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    let mut f = c.follower();
+    let eff = f.on_gossip(&l.head(log.first_index()), 0);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 1, to: 40 }]);
+    let offer = l.on_request(&sends(&eff)[0], &log);
+    let Response::SnapshotOffer(m) = &offer else {
+        panic!("expected a snapshot offer, got {offer:?}")
+    };
+    assert_eq!(m.body.index, 30);
+    let total = m.body.total_bytes;
+    assert!(total > 3 * 4_096, "the snapshot spans several chunks");
+    let eff = f.on_response(&offer, 1);
+    assert_eq!(
+        sends(&eff),
+        vec![Request::Snapshot {
+            index: 30,
+            offset: 0
+        }]
+    );
+    // First chunk arrives; the second is lost; the timeout asks again at
+    // the same offset (resumable).
+    let chunk0 = l.on_request(&sends(&eff)[0], &log);
+    let eff = f.on_response(&chunk0, 2);
+    assert_eq!(
+        sends(&eff),
+        vec![Request::Snapshot {
+            index: 30,
+            offset: 4_096
+        }]
+    );
+    assert!(f.tick(100).is_empty(), "not timed out yet");
+    let eff = f.tick(2 + follower::REQUEST_TIMEOUT_MS);
+    assert_eq!(
+        sends(&eff),
+        vec![Request::Snapshot {
+            index: 30,
+            offset: 4_096
+        }]
+    );
+    // A duplicated first chunk is ignored.
+    assert!(sends(&f.on_response(&chunk0, 3)).is_empty());
+    serve(&mut f, &mut l, &log, sends(&eff));
+    assert_eq!(f.stats().snapshots_installed, 1);
+    assert_eq!(f.applied_index(), 40);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+    assert_eq!(f.node(), &c.node);
+}
+
+#[test]
+fn a_snapshot_that_does_not_match_its_manifest_is_refused() {
+    let c = cluster(20);
+    let mut log = MemLog::truncated(&c, 10);
+    let mut l = c.leader(small_batches());
+    let mut f = c.follower();
+    let offer = l.on_request(&Request::Range { from: 1, to: 20 }, &log);
+    f.on_response(&offer, 0);
+    // The bytes change after the manifest was signed (storage corruption).
+    let snap = log.snapshot.as_mut().unwrap();
+    let n = snap.3.len();
+    snap.3[n / 2] ^= 0xff;
+    let mut eff = vec![];
+    let mut req = Request::Snapshot {
+        index: 10,
+        offset: 0,
+    };
+    for _ in 0..1000 {
+        let resp = l.on_request(&req, &log);
+        eff = f.on_response(&resp, 1);
+        match sends(&eff).pop() {
+            Some(r @ Request::Snapshot { .. }) => req = r,
+            _ => break,
+        }
+    }
+    assert_eq!(refused(&eff), vec!["snapshot"]);
+    assert_eq!(f.applied_index(), 0);
+    assert!(f.halted().is_none());
+}
+
+#[test]
+fn a_restarted_leader_resumes_and_followers_converge() {
+    let c = cluster(30);
+    let log = MemLog::full(&c);
+    let mut f = c.follower();
+    let mut l = c.leader(small_batches());
+    for r in &c.records[..10] {
+        for LeaderEffect::Publish(g) in l.on_committed(r).unwrap() {
+            f.on_gossip(&g, 0);
+        }
+    }
+    // Crash: the open batch (records 9, 10) was never published.
+    assert_eq!(f.applied_index(), 8);
+    let mut l = ReplLeader::new(
+        small_batches(),
+        c.keys.leader.clone(),
+        &c.genesis,
+        30,
+        c.records[29].hash(),
+    )
+    .unwrap();
+    let eff = f.on_gossip(&l.head(1), 5);
+    serve(&mut f, &mut l, &log, sends(&eff));
+    assert_eq!(f.applied_index(), 30);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+    l.on_status(f.status());
+    assert_eq!(l.followers().values().next().unwrap().lag_records, 0);
+}
+
+#[test]
+fn the_leader_refuses_out_of_order_commits_and_foreign_keys() {
+    let c = cluster(4);
+    let mut l = c.leader(small_batches());
+    assert!(matches!(
+        l.on_committed(&c.records[1]),
+        Err(LeaderError::OutOfOrder { index: 2, last: 0 })
+    ));
+    let gh = c.genesis.hash().unwrap();
+    assert!(matches!(
+        ReplLeader::new(
+            LeaderConfig::default(),
+            c.keys.admin.clone(),
+            &c.genesis,
+            0,
+            gh
+        ),
+        Err(LeaderError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn wire_messages_round_trip_canonically() {
+    let c = cluster(12);
+    let log = MemLog::truncated(&c, 6);
+    let mut l = c.leader(small_batches());
+    let msgs = [
+        Request::Range { from: 1, to: 12 },
+        Request::Range { from: 7, to: 12 },
+        Request::Snapshot {
+            index: 6,
+            offset: 0,
+        },
+    ];
+    for m in &msgs {
+        assert_eq!(&decode_request(&encode_request(m).unwrap()).unwrap(), m);
+        let r = l.on_request(m, &log);
+        assert_eq!(decode_response(&encode_response(&r).unwrap()).unwrap(), r);
+    }
+    let h = l.head(7);
+    assert_eq!(decode_gossip(&encode_gossip(&h).unwrap()).unwrap(), h);
+}
+
+// ---- council ----
+
+/// A node whose `project` sits in Council ELECT (first election).
+fn at_elect(keys: &Keys, project: &str) -> NodeState {
+    let g = genesis(keys, "net-council", ORIGIN_MS);
+    let mut node = NodeState::new(g).unwrap();
+    let d = Driver::new(keys, 1);
+    let mut now = ORIGIN_MS + 1;
+    for _ in 0..100 {
+        if node.project(project).council.phase == "ELECT" {
+            return node;
+        }
+        let Next::Propose(p) = d.next(&node, project, now) else {
+            panic!("driver stalled")
+        };
+        let s = step(
+            &mut node,
+            &p,
+            &Ctx {
+                now_ms: now,
+                verify: Verify::Full,
+                snapshot_every: 0,
+            },
+        );
+        assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+        now += 1;
+    }
+    panic!("never reached ELECT");
+}
+
+fn members(keys: &Keys) -> Vec<SignerId> {
+    Driver::new(keys, 1).members()
+}
+
+fn agents(keys: &Keys, g: &swoosh_core::Genesis, policy: VotePolicy) -> Vec<CouncilAgent> {
+    keys.council
+        .iter()
+        .map(|k| CouncilAgent::new(k.clone(), g, policy))
+        .collect()
+}
+
+#[test]
+fn agents_vote_and_the_certificate_is_accepted_by_the_reducer() {
+    let keys = Keys::from_labels("council", 3);
+    let mut node = at_elect(&keys, "atlas");
+    let g = node.genesis.clone();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&node.project("atlas"), &members(&keys)).unwrap();
+    let mut ags = agents(&keys, &g, VotePolicy::ApproveAll);
+    let mut cert = None;
+    for a in &mut ags {
+        let v = a.on_announce(&ann).unwrap();
+        // The same announcement again yields the very same vote.
+        assert_eq!(a.on_announce(&ann).unwrap(), v);
+        match col.on_vote(&v) {
+            VoteOutcome::Certificate(c) => cert = Some(c),
+            VoteOutcome::Counted { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(col.on_vote(&v), VoteOutcome::Duplicate);
+    }
+    let cert = cert.expect("threshold 2 of 3 reached");
+    assert_eq!(cert.votes.len(), 2, "certified at the threshold");
+    assert_eq!(col.certificates(), 1);
+    assert_eq!(col.counted(), 3);
+    let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
+    assert_eq!(p.transition, "Council_QuorumCert");
+    let s = step(
+        &mut node,
+        &p,
+        &Ctx {
+            now_ms: ORIGIN_MS + 1_000,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    let st = node.project("atlas");
+    assert_eq!(st.council.phase, "TOOLING_SYNC");
+    assert_eq!(
+        st.council.member_set_hash,
+        Some(swoosh_core::facts::member_set_hash(&members(&keys)))
+    );
+}
+
+#[test]
+fn a_council_voting_no_never_certifies() {
+    let keys = Keys::from_labels("council", 3);
+    let node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&node.project("default"), &members(&keys)).unwrap();
+    for a in &mut agents(&keys, &g, VotePolicy::VoteNo) {
+        let v = a.on_announce(&ann).unwrap();
+        assert!(!v.body.approve);
+        assert!(matches!(
+            col.on_vote(&v),
+            VoteOutcome::Counted { approvals: 0, .. }
+        ));
+    }
+    assert_eq!(col.certificate("default"), None);
+    assert_eq!(col.counted(), 3);
+}
+
+#[test]
+fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
+    let keys = Keys::from_labels("council", 3);
+    let node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let st = node.project("default").into_owned();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&st, &members(&keys)).unwrap();
+    let mut a = CouncilAgent::new(keys.council[0].clone(), &g, VotePolicy::ApproveAll);
+    let good = a.on_announce(&ann).unwrap();
+
+    let mut forged = good.clone();
+    forged.signature.0[3] ^= 1;
+    assert_eq!(
+        col.on_vote(&forged),
+        VoteOutcome::Rejected(VoteRejection::BadSignature)
+    );
+
+    let outsider = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            voter: SignerId::from_signing_key(&keys.outsider),
+            ..good.body.clone()
+        },
+        &keys.outsider,
+    );
+    assert_eq!(
+        col.on_vote(&outsider),
+        VoteOutcome::Rejected(VoteRejection::Outsider)
+    );
+    // A rostered key without the council role is an outsider to the council.
+    let worker = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            voter: SignerId::from_signing_key(&keys.worker),
+            ..good.body.clone()
+        },
+        &keys.worker,
+    );
+    assert_eq!(
+        col.on_vote(&worker),
+        VoteOutcome::Rejected(VoteRejection::Outsider)
+    );
+
+    let stale = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            epoch: good.body.epoch - 1,
+            ..good.body.clone()
+        },
+        &keys.council[1],
+    );
+    // (signed by council-2 over council-1's voter field: a bad signature)
+    assert_eq!(
+        col.on_vote(&stale),
+        VoteOutcome::Rejected(VoteRejection::BadSignature)
+    );
+    let stale = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            epoch: good.body.epoch - 1,
+            ..good.body.clone()
+        },
+        &keys.council[0],
+    );
+    assert_eq!(
+        col.on_vote(&stale),
+        VoteOutcome::Rejected(VoteRejection::StaleEpoch)
+    );
+
+    let other_set = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            member_set_hash: Hash::of_bytes(b"another set"),
+            ..good.body.clone()
+        },
+        &keys.council[0],
+    );
+    assert_eq!(
+        col.on_vote(&other_set),
+        VoteOutcome::Rejected(VoteRejection::WrongMemberSet)
+    );
+    let elsewhere = swoosh_core::facts::Vote::cast(
+        swoosh_core::facts::VoteBody {
+            project: "nowhere".into(),
+            ..good.body.clone()
+        },
+        &keys.council[0],
+    );
+    assert_eq!(
+        col.on_vote(&elsewhere),
+        VoteOutcome::Rejected(VoteRejection::NoElection)
+    );
+
+    let counts: Vec<(&str, u64)> = col.rejected().iter().map(|(k, v)| (k.name(), *v)).collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("bad_signature", 2),
+            ("outsider", 2),
+            ("stale_epoch", 1),
+            ("no_election", 1),
+            ("wrong_member_set", 1)
+        ]
+    );
+    // The good vote still counts.
+    assert!(matches!(
+        col.on_vote(&good),
+        VoteOutcome::Counted { approvals: 1, .. }
+    ));
+}
+
+#[test]
+fn agents_refuse_forged_and_foreign_announcements() {
+    let keys = Keys::from_labels("council", 3);
+    let node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&node.project("default"), &members(&keys)).unwrap();
+    let mut a = CouncilAgent::new(keys.council[0].clone(), &g, VotePolicy::ApproveAll);
+    let mut forged = ann.clone();
+    forged.body.members.pop();
+    assert_eq!(a.on_announce(&forged), Err(AgentRefusal::BadSignature));
+    let mut not_leader = ann.clone();
+    not_leader.body.leader = SignerId::from_signing_key(&keys.admin);
+    assert!(matches!(
+        a.on_announce(&not_leader),
+        Err(AgentRefusal::NotLeader(_))
+    ));
+    // The collector refuses to open outside ELECT.
+    let fresh = NodeState::new(g).unwrap();
+    assert!(matches!(
+        col.open(&fresh.project("other"), &members(&keys)),
+        Err(OpenError::NotElect { .. })
+    ));
+}

@@ -1,0 +1,75 @@
+//! Test helper for the SIGKILL crash test (`tests/crash.rs`): recovers the
+//! store in DIR, then appends group commits of the deterministic test stream
+//! forever, printing `ack <last index>` to stdout after each commit returns
+//! (so every printed index is durable), and snapshots every
+//! `--snapshot-every` records. It is killed from outside; it never exits on
+//! its own unless an error occurs (exit 2, message on stderr).
+
+use std::io::Write;
+use std::path::PathBuf;
+use swoosh_core::guards::Verify;
+use swoosh_storage::testkit::{stream_genesis, Stream};
+use swoosh_storage::{
+    recover, write_snapshot, BatchLimits, Entry, LmdbOptions, LmdbStore, SnapshotPolicy, WalWriter,
+};
+
+/// The crash test's stream label and project count (the test uses the same).
+const LABEL: &str = "crash";
+const PROJECTS: usize = 3;
+/// Group commits hold 1..=BATCH_RECORDS_MAX records (varied deterministically).
+const BATCH_RECORDS_MAX: u64 = 9;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("wal-crash-writer: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .ok_or("usage: wal-crash-writer DIR [--snapshot-every N]")?,
+    );
+    let mut every = 200u64;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--snapshot-every" => {
+                every = args
+                    .next()
+                    .ok_or("--snapshot-every needs a number")?
+                    .parse()?
+            }
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let genesis = stream_genesis(LABEL);
+    let store = LmdbStore::open(&dir, &LmdbOptions::default())?;
+    let rec = recover(&store, &genesis)?;
+    let mut last_snapshot = rec.snapshot.unwrap_or(0);
+    let mut stream = Stream::resume(LABEL, PROJECTS, rec.node, Verify::Trusted);
+    let mut snap_store = store.clone();
+    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default())?;
+    let policy = SnapshotPolicy {
+        every_records: every,
+        keep: 3,
+    };
+    let stdout = std::io::stdout();
+    loop {
+        let n = 1 + (w.last_index() % BATCH_RECORDS_MAX);
+        let entries: Vec<Entry> = (0..n)
+            .map(|_| Entry::from_accepted(stream.next_accepted()))
+            .collect();
+        let r = w.append_batch(&entries)?;
+        {
+            let mut out = stdout.lock();
+            writeln!(out, "ack {}", r.last_index)?;
+            out.flush()?;
+        }
+        if policy.due(last_snapshot, r.last_index) {
+            write_snapshot(&mut snap_store, stream.node(), policy.keep)?;
+            last_snapshot = r.last_index;
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Derived indexes: idempotency keys → original outcome, and decision records
+//! by content hash. Both are written in the same commit as the records they
+//! come from ([`crate::WalWriter::append_batch`]) and both can be rebuilt from
+//! the WAL alone ([`rebuild_indexes`]); the WAL stays the source of truth.
+//!
+//! The HTTP layer uses them to answer a repeated proposal and
+//! `GET /decisions/{hash}` without holding everything in memory.
+
+use crate::frame::{self, FrameError, FrameKind};
+use crate::recovery::{for_each_entry, Phase, Progress, RecoveryError, PROGRESS_EVERY_RECORDS};
+use crate::store::{Batch, LogStore, Space, StoreError};
+use crate::wal::{
+    check_meta, AppendError, DecisionDoc, Entry, ReadError, WalIter, DECISION_BYTES_MAX,
+    IDEM_ENTRY_BYTES_MAX,
+};
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::apply_record;
+use swoosh_core::state::{Genesis, IdemEntry, NodeState};
+use swoosh_core::Hash;
+
+/// Records replayed per commit while rebuilding.
+pub const REINDEX_CHUNK_RECORDS: u64 = 1024;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the {space} entry stored under {key} at {location} is corrupt ({reason}): rebuild the derived indexes with `swoosh wal reindex --dir {location}`")]
+    Corrupt {
+        location: String,
+        space: Space,
+        key: String,
+        reason: FrameError,
+    },
+    #[error("the decision stored under {key} at {location} is decision {got}: rebuild the derived indexes with `swoosh wal reindex --dir {location}`")]
+    WrongKey {
+        location: String,
+        key: Hash,
+        got: Hash,
+    },
+    #[error("{0}")]
+    BadKey(String),
+}
+
+/// The original outcome of `(project, idem_key)`, if it was ever accepted.
+pub fn lookup_idem<S: LogStore + ?Sized>(
+    store: &S,
+    project: &str,
+    idem_key: &str,
+) -> Result<Option<IdemEntry>, IndexError> {
+    let key = crate::wal::idem_key(project, idem_key).map_err(IndexError::BadKey)?;
+    let Some(bytes) = store.get(Space::Idem, &key)? else {
+        return Ok(None);
+    };
+    let (_, e) =
+        frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, &bytes, IDEM_ENTRY_BYTES_MAX)
+            .map_err(|reason| IndexError::Corrupt {
+                location: store.location(),
+                space: Space::Idem,
+                key: format!("{project:?}/{idem_key:?}"),
+                reason,
+            })?;
+    Ok(Some(e))
+}
+
+/// The decision record with content hash `hash` (`bubble://dr/<hex>`), checked
+/// against its key on every read.
+pub fn get_decision<S: LogStore + ?Sized>(
+    store: &S,
+    hash: &Hash,
+) -> Result<Option<DecisionDoc>, IndexError> {
+    let Some(bytes) = store.get(Space::Decisions, &hash.0)? else {
+        return Ok(None);
+    };
+    let (_, d) = frame::open_decode::<DecisionDoc>(FrameKind::Decision, &bytes, DECISION_BYTES_MAX)
+        .map_err(|reason| IndexError::Corrupt {
+            location: store.location(),
+            space: Space::Decisions,
+            key: hash.to_string(),
+            reason,
+        })?;
+    let got = d.hash();
+    if got != *hash {
+        return Err(IndexError::WrongKey {
+            location: store.location(),
+            key: *hash,
+            got,
+        });
+    }
+    Ok(Some(d))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RebuildError {
+    #[error(transparent)]
+    Replay(#[from] RecoveryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("rebuilding the index entry of a record failed: {0}")]
+    Encode(#[from] AppendError),
+}
+
+impl From<ReadError> for RebuildError {
+    fn from(e: ReadError) -> Self {
+        RebuildError::Replay(e.into())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub records: u64,
+    pub idem_entries: u64,
+    pub decisions: u64,
+    pub elapsed: Duration,
+}
+
+/// Drop and rebuild both derived indexes from the WAL by replaying it from
+/// genesis (the decision records are recomputed by the reducer). Decisions are
+/// signed with `leader` if given, else stored unsigned. Commits every
+/// [`REINDEX_CHUNK_RECORDS`] records; if interrupted, run it again.
+pub fn rebuild_indexes<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    leader: Option<&ed25519_dalek::SigningKey>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RebuildReport, RebuildError> {
+    let t0 = Instant::now();
+    let mut node = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
+    check_meta(&*store, node.genesis_hash).map_err(RecoveryError::from)?;
+    clear_space(store, Space::Idem)?;
+    clear_space(store, Space::Decisions)?;
+    let last = store.last_index()?;
+    let mut report = RebuildReport {
+        records: 0,
+        idem_entries: 0,
+        decisions: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut from = 1;
+    while from <= last {
+        let to = last.min(from + REINDEX_CHUNK_RECORDS - 1);
+        let mut b = Batch::new();
+        for item in WalIter::new(&*store, from, to, node.head_record) {
+            let v = item?;
+            let acc = apply_record(&mut node, &v.record, Verify::Trusted).map_err(|source| {
+                RecoveryError::Divergence {
+                    location: store.location(),
+                    index: v.index,
+                    source,
+                }
+            })?;
+            let entry = match leader {
+                Some(k) => Entry::from_accepted_signed(acc, k),
+                None => Entry::from_accepted(acc),
+            };
+            let enc = entry.encode()?;
+            b.put(Space::Idem, enc.idem_key, enc.idem_frame);
+            report.idem_entries += 1;
+            if let Some((h, f)) = enc.decision {
+                b.put(Space::Decisions, h.0.to_vec(), f);
+                report.decisions += 1;
+            }
+            report.records += 1;
+        }
+        store.commit(b)?;
+        from = to + 1;
+        if report.records.is_multiple_of(PROGRESS_EVERY_RECORDS) || from > last {
+            progress(&Progress {
+                phase: Phase::Reindex,
+                done: report.records,
+                total: last,
+            });
+        }
+    }
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+/// Delete every entry of a (derived) space, in commits of bounded size.
+fn clear_space<S: LogStore + ?Sized>(store: &mut S, space: Space) -> Result<(), StoreError> {
+    let mut keys = vec![];
+    for_each_entry(&*store, space, &mut |k, _| keys.push(k.to_vec()))?;
+    for chunk in keys.chunks(crate::store::SCAN_ENTRIES_MAX) {
+        let mut b = Batch::new();
+        for k in chunk {
+            b.delete(space, k.clone());
+        }
+        store.commit(b)?;
+    }
+    Ok(())
+}

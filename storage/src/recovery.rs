@@ -1,0 +1,768 @@
+//! Recovery, verification and repair of a store.
+//!
+//! [`recover`] is what a node runs before it serves: newest usable snapshot,
+//! then the WAL after it through the pure reducer (`apply_record`), checking
+//! every frame hash, every chain link and every recomputed post hash. A
+//! damaged snapshot is reported and the one before it is used ("forced
+//! snapshot rollback"); a damaged or missing record is an error naming its
+//! index, and the node must refuse to serve until an operator acts.
+//!
+//! [`verify`] is the full check from genesis (optionally re-verifying every
+//! signature), comparing every snapshot with the replayed state and the
+//! derived indexes with the log. [`repair`] is the only thing that ever cuts
+//! the log: called explicitly, it truncates to the last valid record and
+//! first writes everything it cuts to a side file.
+
+use crate::frame::{self, FrameKind};
+use crate::index::{get_decision, IndexError};
+use crate::snapshot::{decode_snapshot, SnapshotFault};
+use crate::store::{index_key, key_index, Batch, LogStore, Space, StoreError};
+use crate::wal::{
+    check_meta, read_record, MetaError, ReadError, RecordFault, WalIter, IDEM_ENTRY_BYTES_MAX,
+};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::hlc::Hlc;
+use swoosh_core::reducer::{apply_record, ReplayError};
+use swoosh_core::state::{Genesis, GenesisError, IdemEntry, NodeState};
+use swoosh_core::Hash;
+
+/// Progress is reported at least every this many records.
+pub const PROGRESS_EVERY_RECORDS: u64 = 1024;
+/// Most derived-index problems listed in a [`VerifyReport`] (all are counted).
+pub const INDEX_PROBLEMS_LISTED_MAX: usize = 100;
+/// First bytes of a repair side file.
+pub const CUT_FILE_MAGIC: &[u8] = b"SWOOSH-CUT-v1\n";
+
+/// What long work is doing, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Checking snapshots, newest first (`done` of `total` snapshots).
+    Snapshots,
+    /// Replaying records through the reducer (`done` of `total` records).
+    Replay,
+    /// Scanning frames and chain links without the reducer (repair).
+    Scan,
+    /// Rebuilding derived indexes (`done` of `total` records).
+    Reindex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A snapshot that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot {index} skipped: {reason}")]
+pub struct SnapshotProblem {
+    pub index: u64,
+    pub reason: SnapshotFault,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RecoveryError {
+    #[error("the genesis document is invalid: {0}; fix the genesis file (see `swoosh init`)")]
+    Genesis(#[from] GenesisError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("WAL record {index} at {location} is intact but replaying it fails ({source}): this build and the log disagree; do NOT repair (the record is valid), run the swoosh version that wrote the log, and `swoosh replay --dir {location}` to see where they part")]
+    Divergence {
+        location: String,
+        index: u64,
+        source: ReplayError,
+    },
+}
+
+impl RecoveryError {
+    /// The WAL index the error is about, if any.
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            RecoveryError::Read(r) => r.index(),
+            RecoveryError::Divergence { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
+/// `verify` fails with the same errors as recovery.
+pub type VerifyError = RecoveryError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoverOptions {
+    /// `Trusted` (default): frames, chain and post hashes are checked, proposal
+    /// signatures are not re-verified (they were when the leader accepted
+    /// them, and the hash chain protects them since). `Full` re-verifies them.
+    pub verify: Verify,
+    /// Start from the newest usable snapshot (default) or replay from genesis.
+    pub use_snapshots: bool,
+}
+
+impl Default for RecoverOptions {
+    fn default() -> Self {
+        RecoverOptions {
+            verify: Verify::Trusted,
+            use_snapshots: true,
+        }
+    }
+}
+
+/// The recovered node and how it was reached.
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub node: NodeState,
+    /// The snapshot recovery started from (`None`: genesis).
+    pub snapshot: Option<u64>,
+    /// Newer snapshots that were damaged or did not join the log.
+    pub skipped_snapshots: Vec<SnapshotProblem>,
+    /// Records replayed after the snapshot.
+    pub replayed: u64,
+    /// Wall time of the whole recovery (`swoosh_recovery_time_seconds`).
+    pub elapsed: Duration,
+}
+
+/// Recover with default options and no progress reporting.
+pub fn recover<S: LogStore + ?Sized>(
+    store: &S,
+    genesis: &Genesis,
+) -> Result<Recovered, RecoveryError> {
+    recover_with(store, genesis, &RecoverOptions::default(), &mut |_| {})
+}
+
+/// Recover the node state from `store`: newest usable snapshot, then replay.
+pub fn recover_with<S: LogStore + ?Sized>(
+    store: &S,
+    genesis: &Genesis,
+    opts: &RecoverOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Recovered, RecoveryError> {
+    let t0 = Instant::now();
+    let fresh = NodeState::new(genesis.clone())?;
+    let genesis_hash = fresh.genesis_hash;
+    check_meta(store, genesis_hash)?;
+    let last = store.last_index()?;
+    let mut skipped = vec![];
+    let mut base = None;
+    if opts.use_snapshots {
+        let list = store.list_snapshots()?;
+        let total = list.len() as u64;
+        for (n, idx) in list.into_iter().rev().enumerate() {
+            progress(&Progress {
+                phase: Phase::Snapshots,
+                done: n as u64,
+                total,
+            });
+            match usable_snapshot(store, idx, genesis_hash, last)? {
+                Ok(state) => {
+                    base = Some((idx, state));
+                    break;
+                }
+                Err(reason) => skipped.push(SnapshotProblem { index: idx, reason }),
+            }
+        }
+    }
+    let (snapshot, mut node) = match base {
+        Some((idx, state)) => (Some(idx), state),
+        None => (None, fresh),
+    };
+    let from = node.index + 1;
+    let replayed = replay(
+        store,
+        &mut node,
+        from,
+        last,
+        opts.verify,
+        progress,
+        &mut |_, _| {},
+    )?;
+    Ok(Recovered {
+        node,
+        snapshot,
+        skipped_snapshots: skipped,
+        replayed,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Load snapshot `idx` and check it can start a recovery: intact, same
+/// genesis, within the log, and joined to the record at its index. The outer
+/// `Result` is a store failure; the inner one is a verdict on the snapshot.
+fn usable_snapshot<S: LogStore + ?Sized>(
+    store: &S,
+    idx: u64,
+    genesis_hash: Hash,
+    last: u64,
+) -> Result<Result<NodeState, SnapshotFault>, RecoveryError> {
+    let Some(bytes) = store.get_snapshot(idx)? else {
+        return Ok(Err(SnapshotFault::Wal {
+            index: idx,
+            detail: "vanished while recovering".into(),
+        }));
+    };
+    let snap = match decode_snapshot(idx, &bytes) {
+        Ok((_, s)) => s,
+        Err(f) => return Ok(Err(f)),
+    };
+    if snap.state.genesis_hash != genesis_hash {
+        return Ok(Err(SnapshotFault::Genesis {
+            expected: genesis_hash,
+            got: snap.state.genesis_hash,
+        }));
+    }
+    if let Err(f) = joins_log(store, idx, snap.head_record, genesis_hash, last)? {
+        return Ok(Err(f));
+    }
+    Ok(Ok(snap.state))
+}
+
+fn joins_log<S: LogStore + ?Sized>(
+    store: &S,
+    idx: u64,
+    head: Hash,
+    genesis_hash: Hash,
+    last: u64,
+) -> Result<Result<(), SnapshotFault>, RecoveryError> {
+    if idx > last {
+        return Ok(Err(SnapshotFault::Wal {
+            index: idx,
+            detail: format!("is beyond the end of the log (last index {last})"),
+        }));
+    }
+    let actual = if idx == 0 {
+        genesis_hash
+    } else {
+        match read_record(store, idx) {
+            Ok(v) => v.hash,
+            Err(ReadError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                return Ok(Err(SnapshotFault::Wal {
+                    index: idx,
+                    detail: format!("is unreadable ({})", short(&e)),
+                }))
+            }
+        }
+    };
+    if actual != head {
+        return Ok(Err(SnapshotFault::Wal {
+            index: idx,
+            detail: format!("hashes to {actual}, the snapshot expects {head}"),
+        }));
+    }
+    Ok(Ok(()))
+}
+
+fn short(e: &ReadError) -> String {
+    match e {
+        ReadError::Corrupt { reason, .. } => reason.to_string(),
+        ReadError::Missing { .. } => "missing".into(),
+        ReadError::Store(s) => s.to_string(),
+    }
+}
+
+/// Replay records `from..=to` into `node`, checking frames, chain and the
+/// reducer's recomputation; `each` sees every applied record. Returns the
+/// number of records applied.
+fn replay<S: LogStore + ?Sized>(
+    store: &S,
+    node: &mut NodeState,
+    from: u64,
+    to: u64,
+    verify: Verify,
+    progress: &mut dyn FnMut(&Progress),
+    each: &mut dyn FnMut(&NodeState, &crate::wal::VerifiedRecord),
+) -> Result<u64, RecoveryError> {
+    let total = to.saturating_sub(from.saturating_sub(1));
+    let mut done = 0u64;
+    progress(&Progress {
+        phase: Phase::Replay,
+        done,
+        total,
+    });
+    for item in WalIter::new(store, from, to, node.head_record) {
+        let v = item?;
+        apply_record(node, &v.record, verify).map_err(|source| match source {
+            ReplayError::Chain { expected, got, .. } => RecoveryError::Read(ReadError::Corrupt {
+                location: store.location(),
+                index: v.index,
+                reason: RecordFault::Chain { expected, got },
+            }),
+            source => RecoveryError::Divergence {
+                location: store.location(),
+                index: v.index,
+                source,
+            },
+        })?;
+        // The reducer re-encoded the record; it must hash to the stored frame.
+        if node.head_record != v.hash {
+            return Err(RecoveryError::Divergence {
+                location: store.location(),
+                index: v.index,
+                source: ReplayError::Mismatch {
+                    index: v.index,
+                    field: "canonical re-encoding",
+                },
+            });
+        }
+        each(node, &v);
+        done += 1;
+        if done.is_multiple_of(PROGRESS_EVERY_RECORDS) || done == total {
+            progress(&Progress {
+                phase: Phase::Replay,
+                done,
+                total,
+            });
+        }
+    }
+    Ok(done)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// `Full` (default) re-verifies every proposal signature.
+    pub verify: Verify,
+    /// Compare the idempotency index and stored decisions with the log.
+    pub check_indexes: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            verify: Verify::Full,
+            check_indexes: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head_hash: Hash,
+    pub root_hash: Hash,
+    pub hlc: Option<Hlc>,
+    /// Snapshots whose state equals the replayed state at their index.
+    pub snapshots_ok: Vec<u64>,
+    pub snapshot_problems: Vec<SnapshotProblem>,
+    /// Derived-index disagreements (first [`INDEX_PROBLEMS_LISTED_MAX`]); fix
+    /// with `swoosh wal reindex`.
+    pub index_problems: Vec<String>,
+    pub index_problems_total: u64,
+    pub elapsed: Duration,
+}
+
+/// Full check from genesis: every frame, chain link and reducer step, every
+/// snapshot against the replayed state, and (optionally) the derived indexes.
+/// Fails on the first bad record; snapshot and index problems are reported.
+pub fn verify<S: LogStore + ?Sized>(
+    store: &S,
+    genesis: &Genesis,
+    opts: &VerifyOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<VerifyReport, VerifyError> {
+    let t0 = Instant::now();
+    let mut node = NodeState::new(genesis.clone())?;
+    let genesis_hash = node.genesis_hash;
+    check_meta(store, genesis_hash)?;
+    let last = store.last_index()?;
+
+    // Decode every snapshot up front, keeping only what the comparison needs.
+    let mut problems = vec![];
+    let mut pending: BTreeMap<u64, (Hash, Hash)> = BTreeMap::new();
+    let list = store.list_snapshots()?;
+    let total = list.len() as u64;
+    for (n, idx) in list.into_iter().enumerate() {
+        progress(&Progress {
+            phase: Phase::Snapshots,
+            done: n as u64,
+            total,
+        });
+        let Some(bytes) = store.get_snapshot(idx)? else {
+            continue;
+        };
+        match decode_snapshot(idx, &bytes) {
+            Err(reason) => problems.push(SnapshotProblem { index: idx, reason }),
+            Ok((_, s)) if s.state.genesis_hash != genesis_hash => problems.push(SnapshotProblem {
+                index: idx,
+                reason: SnapshotFault::Genesis {
+                    expected: genesis_hash,
+                    got: s.state.genesis_hash,
+                },
+            }),
+            Ok(_) if idx > last => problems.push(SnapshotProblem {
+                index: idx,
+                reason: SnapshotFault::Wal {
+                    index: idx,
+                    detail: format!("is beyond the end of the log (last index {last})"),
+                },
+            }),
+            Ok((_, s)) => {
+                pending.insert(idx, (s.head_record, s.root_hash));
+            }
+        }
+    }
+    let mut ok = vec![];
+    let mut check_snap =
+        |node: &NodeState, ok: &mut Vec<u64>, problems: &mut Vec<SnapshotProblem>| {
+            if let Some((head, root)) = pending.remove(&node.index) {
+                if head == node.head_record && root == node.root_hash() {
+                    ok.push(node.index);
+                } else {
+                    let detail = format!(
+                        "differs from the replayed state (replay: head {}, root {})",
+                        node.head_record,
+                        node.root_hash()
+                    );
+                    problems.push(SnapshotProblem {
+                        index: node.index,
+                        reason: SnapshotFault::Wal {
+                            index: node.index,
+                            detail,
+                        },
+                    });
+                }
+            }
+        };
+    check_snap(&node, &mut ok, &mut problems);
+
+    let mut index_problems = vec![];
+    let mut index_problems_total = 0u64;
+    let mut note = |msg: String| {
+        index_problems_total += 1;
+        if index_problems.len() < INDEX_PROBLEMS_LISTED_MAX {
+            index_problems.push(msg);
+        }
+    };
+    let mut store_err: Option<StoreError> = None;
+    let records = replay(
+        store,
+        &mut node,
+        1,
+        last,
+        opts.verify,
+        progress,
+        &mut |node, v| {
+            check_snap(node, &mut ok, &mut problems);
+            if opts.check_indexes && store_err.is_none() {
+                if let Err(e) = check_indexes(store, v, &mut note) {
+                    store_err = Some(e);
+                }
+            }
+        },
+    )?;
+    if let Some(e) = store_err {
+        return Err(e.into());
+    }
+    Ok(VerifyReport {
+        records,
+        head_hash: node.head_record,
+        root_hash: node.root_hash(),
+        hlc: node.hlc,
+        snapshots_ok: ok,
+        snapshot_problems: problems,
+        index_problems,
+        index_problems_total,
+        elapsed: t0.elapsed(),
+    })
+}
+
+fn check_indexes<S: LogStore + ?Sized>(
+    store: &S,
+    v: &crate::wal::VerifiedRecord,
+    note: &mut dyn FnMut(String),
+) -> Result<(), StoreError> {
+    let r = &v.record;
+    match crate::index::lookup_idem(store, &r.project, &r.idem_key) {
+        Err(IndexError::Store(e)) => return Err(e),
+        Err(e) => note(format!("record {}: {e}", v.index)),
+        Ok(None) => note(format!(
+            "record {}: no idempotency entry for project {:?} key {:?}",
+            v.index, r.project, r.idem_key
+        )),
+        Ok(Some(e)) => {
+            let want_content = r.proposal().content_hash().ok();
+            if e.index != v.index
+                || e.decision != r.decision
+                || e.state_post_hash != r.state_post_hash
+                || Some(e.content_hash) != want_content
+            {
+                note(format!(
+                    "record {}: idempotency entry for {:?} points at index {} / other content",
+                    v.index, r.idem_key, e.index
+                ));
+            }
+        }
+    }
+    match get_decision(store, &r.decision) {
+        Err(IndexError::Store(e)) => return Err(e),
+        Err(e) => note(format!("record {}: {e}", v.index)),
+        Ok(Some(d)) if d.record().index != v.index => note(format!(
+            "record {}: decision {} names index {}",
+            v.index,
+            r.decision,
+            d.record().index
+        )),
+        Ok(_) => {}
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the side file {path} already exists; pass a new --keep-copy path so an earlier cut is never overwritten (nothing was cut)")]
+    SideFileExists { path: PathBuf },
+    #[error("cannot write the side file {path}: {detail}; nothing was cut: free space or choose another --keep-copy path")]
+    SideFile { path: PathBuf, detail: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The log now ends here.
+    pub last_good: u64,
+    /// The first bad record found (`None`: the log was sound, nothing cut).
+    pub fault: Option<ReadError>,
+    pub cut_records: u64,
+    /// Snapshots beyond `last_good`, removed (they are in the side file).
+    pub cut_snapshots: Vec<u64>,
+    /// Idempotency entries and decisions of cut records (or damaged) removed.
+    pub removed_derived: u64,
+    pub side_file: Option<PathBuf>,
+}
+
+/// Find the first record whose frame, index or chain link is bad, write every
+/// record and snapshot after the last good one to `keep_copy` (which must not
+/// exist), then cut them and their derived entries in one commit. Does not run
+/// the reducer: a divergence is not damage and is never cut.
+pub fn repair<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis_hash: Hash,
+    keep_copy: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RepairReport, RepairError> {
+    check_meta(store, genesis_hash)?;
+    let last = store.last_index()?;
+    let mut fault = None;
+    let mut done = 0u64;
+    for item in WalIter::new(&*store, 1, last, genesis_hash) {
+        match item {
+            Ok(_) => {
+                done += 1;
+                if done.is_multiple_of(PROGRESS_EVERY_RECORDS) {
+                    progress(&Progress {
+                        phase: Phase::Scan,
+                        done,
+                        total: last,
+                    });
+                }
+            }
+            Err(ReadError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                fault = Some(e);
+                break;
+            }
+        }
+    }
+    progress(&Progress {
+        phase: Phase::Scan,
+        done,
+        total: last,
+    });
+    let Some(f) = fault else {
+        return Ok(RepairReport {
+            last_good: last,
+            fault: None,
+            cut_records: 0,
+            cut_snapshots: vec![],
+            removed_derived: 0,
+            side_file: None,
+        });
+    };
+    let last_good = f.index().unwrap_or(1).saturating_sub(1);
+    let cut_snapshots: Vec<u64> = store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|i| *i > last_good)
+        .collect();
+    let cut_records = write_side_file(&*store, keep_copy, last_good, last, &cut_snapshots)?;
+
+    let mut b = Batch::new();
+    b.truncate_wal_after(last_good);
+    for s in &cut_snapshots {
+        b.delete(Space::Snapshots, index_key(*s).to_vec());
+    }
+    let mut removed = 0u64;
+    for_each_entry(&*store, Space::Idem, &mut |k, v| {
+        let keep = frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
+            .is_ok_and(|(_, e)| e.index <= last_good);
+        if !keep {
+            b.delete(Space::Idem, k.to_vec());
+            removed += 1;
+        }
+    })?;
+    for_each_entry(&*store, Space::Decisions, &mut |k, v| {
+        let keep = frame::open_decode::<crate::wal::DecisionDoc>(
+            FrameKind::Decision,
+            v,
+            crate::wal::DECISION_BYTES_MAX,
+        )
+        .is_ok_and(|(_, d)| d.record().index <= last_good && d.hash().0[..] == k[..]);
+        if !keep {
+            b.delete(Space::Decisions, k.to_vec());
+            removed += 1;
+        }
+    })?;
+    store.commit(b)?;
+    store.sync()?;
+    Ok(RepairReport {
+        last_good,
+        fault: Some(f),
+        cut_records,
+        cut_snapshots,
+        removed_derived: removed,
+        side_file: Some(keep_copy.to_path_buf()),
+    })
+}
+
+/// Visit every entry of a space in key order, paging through [`LogStore::scan`].
+pub(crate) fn for_each_entry<S: LogStore + ?Sized>(
+    store: &S,
+    space: Space,
+    f: &mut dyn FnMut(&[u8], &[u8]),
+) -> Result<(), StoreError> {
+    let mut from: Vec<u8> = vec![];
+    loop {
+        let rows = store.scan(space, &from, None, crate::store::SCAN_ENTRIES_MAX)?;
+        let Some((last, _)) = rows.last() else { break };
+        // The next key after `last` in byte order is `last ++ [0]`.
+        from = last.clone();
+        from.push(0);
+        for (k, v) in &rows {
+            f(k, v);
+        }
+    }
+    Ok(())
+}
+
+/// Side file: [`CUT_FILE_MAGIC`], then entries `space u8 (0 WAL, 1 snapshot)
+/// | index u64 BE | length u32 BE | stored bytes`, fsynced with its directory.
+fn write_side_file<S: LogStore + ?Sized>(
+    store: &S,
+    path: &Path,
+    last_good: u64,
+    last: u64,
+    snaps: &[u64],
+) -> Result<u64, RepairError> {
+    let side = |e: std::io::Error| RepairError::SideFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                RepairError::SideFileExists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                side(e)
+            }
+        })?;
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(CUT_FILE_MAGIC).map_err(side)?;
+    let entry = |w: &mut std::io::BufWriter<std::fs::File>,
+                 space: u8,
+                 index: u64,
+                 bytes: &[u8]|
+     -> Result<(), RepairError> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| side(std::io::Error::other("entry larger than 4 GiB")))?;
+        w.write_all(&[space]).map_err(side)?;
+        w.write_all(&index.to_be_bytes()).map_err(side)?;
+        w.write_all(&len.to_be_bytes()).map_err(side)?;
+        w.write_all(bytes).map_err(side)
+    };
+    let mut cut = 0u64;
+    let mut next = last_good + 1;
+    while next <= last {
+        let rows = store.read_range(next, last, crate::wal::WAL_READ_CHUNK_RECORDS)?;
+        let Some((tail, _)) = rows.last() else { break };
+        next = tail + 1;
+        for (i, v) in &rows {
+            entry(&mut w, 0, *i, v)?;
+            cut += 1;
+        }
+    }
+    for s in snaps {
+        if let Some(v) = store.get_snapshot(*s)? {
+            entry(&mut w, 1, *s, &v)?;
+        }
+    }
+    let file = w.into_inner().map_err(|e| side(e.into_error()))?;
+    file.sync_all().map_err(side)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the new file's directory entry durable too.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(cut)
+}
+
+/// One entry of a repair side file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutEntry {
+    pub space: Space,
+    pub index: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Read a repair side file back (for inspection and tests).
+pub fn read_cut_file(path: &Path) -> std::io::Result<Vec<CutEntry>> {
+    let data = std::fs::read(path)?;
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let mut rest = data
+        .strip_prefix(CUT_FILE_MAGIC)
+        .ok_or_else(|| bad("not a swoosh repair side file (bad magic)"))?;
+    let mut out = vec![];
+    while !rest.is_empty() {
+        if rest.len() < 13 {
+            return Err(bad("truncated entry header"));
+        }
+        let space = match rest[0] {
+            0 => Space::Wal,
+            1 => Space::Snapshots,
+            _ => return Err(bad("unknown space byte")),
+        };
+        let index = key_index(&rest[1..9]).ok_or_else(|| bad("bad index"))?;
+        let len = u32::from_be_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
+        rest = &rest[13..];
+        if rest.len() < len {
+            return Err(bad("truncated entry"));
+        }
+        out.push(CutEntry {
+            space,
+            index,
+            bytes: rest[..len].to_vec(),
+        });
+        rest = &rest[len..];
+    }
+    Ok(out)
+}

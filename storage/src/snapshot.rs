@@ -1,0 +1,310 @@
+//! Snapshots: the full node state at a WAL index, so recovery replays only
+//! the records after it.
+//!
+//! A snapshot is the canonical CBOR of [`Snapshot`] (format tag, index of the
+//! last applied record, node HLC, hash of that record, root hash, and the
+//! whole `NodeState`), in a frame whose hash is the snapshot's own hash. It
+//! is checked before it is written (the node's project hashes and root hash
+//! are recomputed), read back and re-hashed after the commit, and on every
+//! read its frame hash and internal consistency are checked again; recovery
+//! also checks that it joins the WAL (the record at its index hashes to its
+//! `head_record`). The last [`SnapshotPolicy::keep`] snapshots are kept so a
+//! damaged one can be skipped for the one before it.
+
+use crate::frame::{self, FrameError, FrameKind};
+use crate::store::{index_key, Batch, LogStore, Space, StoreError};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use swoosh_core::hlc::Hlc;
+use swoosh_core::state::NodeState;
+use swoosh_core::Hash;
+
+/// Largest canonical encoding of one snapshot.
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+/// Snapshots kept by default (the newest ones).
+pub const SNAPSHOTS_KEEP_DEFAULT: usize = 3;
+/// Most snapshots a policy may keep.
+pub const SNAPSHOTS_KEEP_MAX: usize = 64;
+/// Default interval between snapshots, in WAL records.
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 10_000;
+/// The `format` field of every snapshot this build writes.
+pub const SNAPSHOT_FORMAT: &str = "swoosh.snapshot.v1";
+
+/// A snapshot as decoded. Field order and names are the encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: String,
+    /// Index of the last record applied to `state` (0: genesis state).
+    pub index: u64,
+    pub hlc: Option<Hlc>,
+    /// Hash of record `index` (the genesis hash when `index` is 0).
+    pub head_record: Hash,
+    pub root_hash: Hash,
+    pub state: NodeState,
+}
+
+/// The same encoding as [`Snapshot`], borrowing the state (no clone).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: &'a str,
+    index: u64,
+    hlc: Option<Hlc>,
+    head_record: Hash,
+    root_hash: Hash,
+    state: &'a NodeState,
+}
+
+/// When to snapshot and how many to keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot after this many records since the last one (0: only on demand,
+    /// e.g. the reducer's `ScheduleSnapshot` at REVERB).
+    pub every_records: u64,
+    pub keep: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
+            keep: SNAPSHOTS_KEEP_DEFAULT,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// Is a snapshot due at `index`, the last one having been taken at `last_snapshot`?
+    pub fn due(&self, last_snapshot: u64, index: u64) -> bool {
+        self.every_records > 0 && index >= last_snapshot.saturating_add(self.every_records)
+    }
+}
+
+/// Why a stored snapshot cannot be used.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SnapshotFault {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("unknown snapshot format {0:?} (this build reads {SNAPSHOT_FORMAT:?})")]
+    Format(String),
+    #[error("stored under index {key} but says index {index}")]
+    Key { key: u64, index: u64 },
+    #[error("its header and its state disagree on {0}")]
+    Header(&'static str),
+    #[error("project {project:?}: the stored project hash differs from the hash of its document")]
+    ProjectHash { project: String },
+    #[error("belongs to genesis {got}, this node runs genesis {expected}")]
+    Genesis { expected: Hash, got: Hash },
+    #[error("does not join the WAL: record {index} {detail}")]
+    Wal { index: u64, detail: String },
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("snapshot {index} at {location} is unusable ({reason}); recovery skips it for an older snapshot or a replay from genesis: take a new snapshot with `swoosh snapshot --dir {location}` once the node is recovered")]
+    Corrupt {
+        location: String,
+        index: u64,
+        reason: SnapshotFault,
+    },
+    #[error("no snapshot {index} at {location}; `swoosh snapshot --dir {location} --list` shows the stored ones")]
+    Missing { location: String, index: u64 },
+    #[error("the node state at index {index} could not be encoded: {detail}")]
+    Encode { index: u64, detail: String },
+    #[error("the snapshot at index {index} encodes to {bytes} bytes; at most {SNAPSHOT_BYTES_MAX} are allowed: prune the idempotency index or raise the limit deliberately")]
+    TooLarge { index: u64, bytes: usize },
+    #[error("the node state at index {index} is inconsistent ({reason}); refusing to snapshot it: this is a bug, restart the node from its WAL")]
+    Inconsistent { index: u64, reason: SnapshotFault },
+    #[error("snapshot {index} read back from {location} hashes to {got}, not the {written} just written: the store is returning wrong data; check the disk")]
+    ReadBack {
+        location: String,
+        index: u64,
+        written: Hash,
+        got: Hash,
+    },
+}
+
+/// What a snapshot write did, for metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub index: u64,
+    pub hash: Hash,
+    pub bytes: usize,
+    /// Older snapshots deleted to keep `keep`.
+    pub deleted: Vec<u64>,
+    pub elapsed: Duration,
+}
+
+/// Check a state's internal consistency: every project's stored hash is the
+/// hash of its document, and the header fields match the state.
+pub fn check_state(
+    snap_index: u64,
+    hlc: Option<Hlc>,
+    head: Hash,
+    root: Hash,
+    state: &NodeState,
+) -> Result<(), SnapshotFault> {
+    if state.index != snap_index {
+        return Err(SnapshotFault::Header("index"));
+    }
+    if state.hlc != hlc {
+        return Err(SnapshotFault::Header("hlc"));
+    }
+    if state.head_record != head {
+        return Err(SnapshotFault::Header("head_record"));
+    }
+    for (id, e) in &state.projects {
+        if e.state.hash() != e.hash {
+            return Err(SnapshotFault::ProjectHash {
+                project: id.clone(),
+            });
+        }
+    }
+    if state.root_hash() != root {
+        return Err(SnapshotFault::Header("root_hash"));
+    }
+    Ok(())
+}
+
+/// Encode and frame a snapshot of `node` (checked first). Returns the frame
+/// and the snapshot's hash. May run on any thread; [`put_snapshot`] stores it.
+pub fn encode_snapshot(node: &NodeState) -> Result<(Vec<u8>, Hash), SnapshotError> {
+    let index = node.index;
+    let root = node.root_hash();
+    check_state(index, node.hlc, node.head_record, root, node)
+        .map_err(|reason| SnapshotError::Inconsistent { index, reason })?;
+    let r = SnapshotRef {
+        format: SNAPSHOT_FORMAT,
+        index,
+        hlc: node.hlc,
+        head_record: node.head_record,
+        root_hash: root,
+        state: node,
+    };
+    let payload = swoosh_core::cbor::to_canonical(&r).map_err(|e| SnapshotError::Encode {
+        index,
+        detail: e.to_string(),
+    })?;
+    if payload.len() > SNAPSHOT_BYTES_MAX {
+        return Err(SnapshotError::TooLarge {
+            index,
+            bytes: payload.len(),
+        });
+    }
+    Ok(frame::seal(FrameKind::Snapshot, &payload))
+}
+
+/// Store an encoded snapshot at `index`, delete the oldest beyond `keep` in
+/// the same commit, then read it back and check its hash.
+pub fn put_snapshot<S: LogStore + ?Sized>(
+    store: &mut S,
+    index: u64,
+    frame_bytes: Vec<u8>,
+    hash: Hash,
+    keep: usize,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let t0 = Instant::now();
+    let keep = keep.clamp(1, SNAPSHOTS_KEEP_MAX);
+    let bytes = frame_bytes.len();
+    let mut existing = store.list_snapshots()?;
+    existing.retain(|i| *i != index);
+    existing.push(index);
+    existing.sort_unstable();
+    let excess = existing.len().saturating_sub(keep);
+    let deleted: Vec<u64> = existing[..excess].to_vec();
+    let mut b = Batch::new();
+    b.put(Space::Snapshots, index_key(index).to_vec(), frame_bytes);
+    for d in &deleted {
+        b.delete(Space::Snapshots, index_key(*d).to_vec());
+    }
+    store.commit(b)?;
+    // Verify on write: what the store returns must hash to what we wrote.
+    let back = store
+        .get_snapshot(index)?
+        .ok_or_else(|| SnapshotError::Missing {
+            location: store.location(),
+            index,
+        })?;
+    let got = match frame::open(FrameKind::Snapshot, &back, SNAPSHOT_BYTES_MAX) {
+        Ok((h, _)) => h,
+        Err(FrameError::HashMismatch { computed, .. }) => computed,
+        Err(reason) => {
+            return Err(SnapshotError::Corrupt {
+                location: store.location(),
+                index,
+                reason: reason.into(),
+            })
+        }
+    };
+    if got != hash {
+        return Err(SnapshotError::ReadBack {
+            location: store.location(),
+            index,
+            written: hash,
+            got,
+        });
+    }
+    Ok(SnapshotInfo {
+        index,
+        hash,
+        bytes,
+        deleted,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Snapshot `node` now, keeping the newest `keep` snapshots.
+pub fn write_snapshot<S: LogStore + ?Sized>(
+    store: &mut S,
+    node: &NodeState,
+    keep: usize,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let t0 = Instant::now();
+    let (frame_bytes, hash) = encode_snapshot(node)?;
+    let mut info = put_snapshot(store, node.index, frame_bytes, hash, keep)?;
+    info.elapsed = t0.elapsed();
+    Ok(info)
+}
+
+/// Decode and check stored snapshot bytes (frame hash, format, key, header
+/// against state, project hashes, root hash).
+pub fn decode_snapshot(key: u64, bytes: &[u8]) -> Result<(Hash, Snapshot), SnapshotFault> {
+    let (hash, snap): (Hash, Snapshot) =
+        frame::open_decode(FrameKind::Snapshot, bytes, SNAPSHOT_BYTES_MAX)?;
+    if snap.format != SNAPSHOT_FORMAT {
+        return Err(SnapshotFault::Format(snap.format));
+    }
+    if snap.index != key {
+        return Err(SnapshotFault::Key {
+            key,
+            index: snap.index,
+        });
+    }
+    check_state(
+        snap.index,
+        snap.hlc,
+        snap.head_record,
+        snap.root_hash,
+        &snap.state,
+    )?;
+    Ok((hash, snap))
+}
+
+/// Read and check snapshot `index`.
+pub fn read_snapshot<S: LogStore + ?Sized>(
+    store: &S,
+    index: u64,
+) -> Result<(Hash, Snapshot), SnapshotError> {
+    let bytes = store
+        .get_snapshot(index)?
+        .ok_or_else(|| SnapshotError::Missing {
+            location: store.location(),
+            index,
+        })?;
+    decode_snapshot(index, &bytes).map_err(|reason| SnapshotError::Corrupt {
+        location: store.location(),
+        index,
+        reason,
+    })
+}

@@ -1,0 +1,515 @@
+//! The storage trait every backend implements, and the byte-level model it
+//! stores.
+//!
+//! A store holds five key spaces ([`Space`]). The WAL space is keyed by the
+//! record index as a big-endian `u64` (so byte order is numeric order) and is
+//! only ever extended by [`Op::Append`] at `last + 1` or cut by
+//! [`Op::TruncateWalAfter`]; the other spaces are plain ordered maps. A
+//! [`Batch`] of operations is applied atomically by [`LogStore::commit`]: all
+//! of it or none of it, and when it returns under [`Durability::Sync`] it is
+//! on stable storage.
+//!
+//! The trait is deliberately small (openraft's storage `Suite`, redb's
+//! in-memory backend): the same test suite (`tests/suite.rs`) runs against
+//! every backend, including crash-and-reopen cases and a model check against
+//! a `BTreeMap`. The WAL format, hashing and chain checks live above it, in
+//! [`crate::wal`], and are backend independent.
+
+use std::time::Duration;
+
+/// Longest key any space accepts: LMDB's compiled-in maximum key size, applied
+/// to every backend so they accept the same inputs.
+pub const KEY_BYTES_MAX: usize = 511;
+/// Largest value any space accepts (snapshots are the largest values).
+pub const VALUE_BYTES_MAX: usize = 1 << 30;
+/// Most entries one [`LogStore::scan`] returns; callers page with `from`.
+pub const SCAN_ENTRIES_MAX: usize = 65_536;
+/// A scan stops adding entries once it holds this many value bytes (it always
+/// returns at least one entry if one is in range).
+pub const SCAN_BYTES_MAX: usize = 64 << 20;
+
+/// The key spaces of a store. Each is an ordered map from bytes to bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// WAL frames keyed by big-endian `u64` index; append-only at the tail.
+    Wal,
+    /// Snapshot frames keyed by big-endian `u64` index of the last applied record.
+    Snapshots,
+    /// Small metadata: UTF-8 keys (`format`, `genesis_hash`).
+    Meta,
+    /// Derived: `project 0x00 idem_key` → framed `IdemEntry`.
+    Idem,
+    /// Derived: 32-byte decision hash → framed decision record.
+    Decisions,
+}
+
+impl Space {
+    pub const ALL: [Space; 5] = [
+        Space::Wal,
+        Space::Snapshots,
+        Space::Meta,
+        Space::Idem,
+        Space::Decisions,
+    ];
+
+    /// The LMDB database name and the name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Wal => "wal",
+            Space::Snapshots => "snapshots",
+            Space::Meta => "meta",
+            Space::Idem => "idem",
+            Space::Decisions => "decisions",
+        }
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        match self {
+            Space::Wal => 0,
+            Space::Snapshots => 1,
+            Space::Meta => 2,
+            Space::Idem => 3,
+            Space::Decisions => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When a commit reaches stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is on stable storage when `commit` returns (LMDB default
+    /// flags: the data pages and then the meta page are fsynced, two
+    /// `fdatasync`s per commit). The only mode for a node that replies 202.
+    #[default]
+    Sync,
+    /// UNSAFE, for throwaway runs and benchmarks only: commits are written to
+    /// the OS page cache and reach the disk whenever the OS flushes or
+    /// [`LogStore::sync`] is called (LMDB `MDB_NOSYNC`). A process crash loses
+    /// nothing; a machine crash or power loss loses recent commits, which a
+    /// client may already have been told are durable.
+    NoSync,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::NoSync => "nosync",
+        }
+    }
+}
+
+/// One operation of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Add a WAL entry; `index` must be exactly one past the current last.
+    Append { index: u64, value: Vec<u8> },
+    /// Insert or replace a value in any space but [`Space::Wal`].
+    Put {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove a key (absent keys are fine) from any space but [`Space::Wal`].
+    Delete { space: Space, key: Vec<u8> },
+    /// Remove every WAL entry with an index above `index`.
+    TruncateWalAfter { index: u64 },
+}
+
+/// Operations applied atomically, in order, by [`LogStore::commit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+    bytes: usize,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+    pub fn append(&mut self, index: u64, value: Vec<u8>) -> &mut Self {
+        self.bytes += 8 + value.len();
+        self.ops.push(Op::Append { index, value });
+        self
+    }
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Put { space, key, value });
+        self
+    }
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) -> &mut Self {
+        self.bytes += key.len();
+        self.ops.push(Op::Delete { space, key });
+        self
+    }
+    pub fn truncate_wal_after(&mut self, index: u64) -> &mut Self {
+        self.ops.push(Op::TruncateWalAfter { index });
+        self
+    }
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Key and value bytes carried by the batch.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// What one commit did, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub ops: usize,
+    pub bytes: usize,
+    /// True when the commit was on stable storage before `commit` returned.
+    pub synced: bool,
+    /// Wall time of the transaction including its fsyncs.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("cannot open the store at {location}: {detail}; check that the directory exists, is writable, has free space and is on a local filesystem")]
+    Open { location: String, detail: String },
+    #[error("the store at {location} is already open in this process; share the open handle (`LmdbStore` is `Clone`) instead of opening the directory twice")]
+    AlreadyOpen { location: String },
+    #[error("the store at {location} is full (LMDB map size {map_bytes} bytes); reopen it with a larger map size (`LmdbOptions::map_bytes`) or free disk space")]
+    MapFull { location: String, map_bytes: usize },
+    #[error("{op} on the store at {location} failed: {detail}")]
+    Backend {
+        location: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("WAL append on {location} must continue at index {expected}, got {got}; the writer's view of the log is stale: reopen the WAL writer (it reads the tail again)")]
+    NotContiguous {
+        location: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("WAL entries are written only by appends (got a put/delete of a WAL key on {location}); use `Batch::append` or `Batch::truncate_wal_after`")]
+    WalWrite { location: String },
+    #[error(
+        "a {space} key of {len} bytes is longer than the {KEY_BYTES_MAX} bytes a key may have"
+    )]
+    KeyTooLarge { space: Space, len: usize },
+    #[error("a {space} value of {len} bytes is larger than the {VALUE_BYTES_MAX} bytes a value may have")]
+    ValueTooLarge { space: Space, len: usize },
+    #[error("the {space} space of {location} holds a key of {len} bytes where an 8-byte big-endian index belongs; the store is damaged: run `swoosh wal verify`")]
+    BadIndexKey {
+        location: String,
+        space: Space,
+        len: usize,
+    },
+    #[error("the in-memory store {location} has crashed (fault injection); reopen it with `MemStore::crash`")]
+    Crashed { location: String },
+}
+
+/// One stored entry: key and value bytes.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The big-endian key of WAL or snapshot index `i`.
+pub fn index_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+/// The index of a big-endian `u64` key, `None` unless exactly 8 bytes.
+pub fn key_index(k: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+}
+
+/// Check a batch before any of it is applied, so a refused batch changes
+/// nothing. `wal_last` is the last WAL index before the batch (0 = empty).
+pub(crate) fn validate(location: &str, ops: &[Op], mut wal_last: u64) -> Result<(), StoreError> {
+    for op in ops {
+        match op {
+            Op::Append { index, value } => {
+                let expected = wal_last + 1;
+                if *index != expected {
+                    return Err(StoreError::NotContiguous {
+                        location: location.to_string(),
+                        expected,
+                        got: *index,
+                    });
+                }
+                if value.len() > VALUE_BYTES_MAX {
+                    return Err(StoreError::ValueTooLarge {
+                        space: Space::Wal,
+                        len: value.len(),
+                    });
+                }
+                wal_last = *index;
+            }
+            Op::Put { space, key, value } => {
+                if *space == Space::Wal {
+                    return Err(StoreError::WalWrite {
+                        location: location.to_string(),
+                    });
+                }
+                check_key(*space, key)?;
+                if value.len() > VALUE_BYTES_MAX {
+                    return Err(StoreError::ValueTooLarge {
+                        space: *space,
+                        len: value.len(),
+                    });
+                }
+            }
+            Op::Delete { space, key } => {
+                if *space == Space::Wal {
+                    return Err(StoreError::WalWrite {
+                        location: location.to_string(),
+                    });
+                }
+                check_key(*space, key)?;
+            }
+            Op::TruncateWalAfter { index } => wal_last = wal_last.min(*index),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_key(space: Space, key: &[u8]) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(StoreError::KeyTooLarge {
+            space,
+            len: key.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A durable, ordered, atomic key-value store with an append-only WAL space.
+///
+/// Reads take `&self`, writes `&mut self`. Every method reports operating
+/// errors as [`StoreError`] and never panics on stored bytes.
+pub trait LogStore {
+    /// Where the store lives, for messages (a directory, or `memory:<name>`).
+    fn location(&self) -> String;
+    fn durability(&self) -> Durability;
+
+    /// Apply `batch` atomically. Under [`Durability::Sync`] the batch is on
+    /// stable storage when this returns `Ok`. A refused batch changes nothing.
+    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError>;
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Entries with `from <= key < to` (`to = None`: no upper bound), in key
+    /// order, at most `limit` (capped at [`SCAN_ENTRIES_MAX`]) and stopping
+    /// early past [`SCAN_BYTES_MAX`] value bytes. Page on with the last key.
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// The entry with the greatest key.
+    fn last(&self, space: Space) -> Result<Option<KeyValue>, StoreError>;
+
+    fn count(&self, space: Space) -> Result<u64, StoreError>;
+
+    /// Force everything committed so far onto stable storage (a no-op under
+    /// [`Durability::Sync`], where it is already there).
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Replace a stored value with no check at all, in any space, WAL
+    /// included. For fault-injection tests and the simulator only: it is how
+    /// they corrupt a record or a snapshot on purpose.
+    fn overwrite_raw(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+
+    // ---- WAL helpers ------------------------------------------------------
+
+    /// Append `(index, frame)` entries in one atomic commit.
+    fn append(&mut self, entries: Vec<(u64, Vec<u8>)>) -> Result<CommitInfo, StoreError> {
+        let mut b = Batch::new();
+        for (i, v) in entries {
+            b.append(i, v);
+        }
+        self.commit(b)
+    }
+
+    /// WAL entries `from..=to`, at most `limit` of them (see [`LogStore::scan`]).
+    fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        if from > to {
+            return Ok(vec![]);
+        }
+        let end = to.checked_add(1).map(index_key);
+        let rows = self.scan(
+            Space::Wal,
+            &index_key(from),
+            end.as_ref().map(|k| &k[..]),
+            limit,
+        )?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((self.decode_index_key(Space::Wal, &k)?, v)))
+            .collect()
+    }
+
+    fn read_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.last(Space::Wal)? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some((self.decode_index_key(Space::Wal, &k)?, v))),
+        }
+    }
+
+    /// The last WAL index, 0 when the log is empty.
+    fn last_index(&self) -> Result<u64, StoreError> {
+        match self.last(Space::Wal)? {
+            None => Ok(0),
+            Some((k, _)) => self.decode_index_key(Space::Wal, &k),
+        }
+    }
+
+    fn read_at(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Space::Wal, &index_key(index))
+    }
+
+    /// Remove every WAL entry above `index` (repair only).
+    fn truncate_after(&mut self, index: u64) -> Result<CommitInfo, StoreError> {
+        let mut b = Batch::new();
+        b.truncate_wal_after(index);
+        self.commit(b)
+    }
+
+    // ---- snapshots and metadata -------------------------------------------
+
+    fn put_snapshot(&mut self, index: u64, bytes: Vec<u8>) -> Result<CommitInfo, StoreError> {
+        let mut b = Batch::new();
+        b.put(Space::Snapshots, index_key(index).to_vec(), bytes);
+        self.commit(b)
+    }
+
+    fn get_snapshot(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Space::Snapshots, &index_key(index))
+    }
+
+    /// Indexes of the stored snapshots, ascending.
+    fn list_snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = vec![];
+        let mut from = index_key(0).to_vec();
+        loop {
+            let rows = self.scan(Space::Snapshots, &from, None, SCAN_ENTRIES_MAX)?;
+            let Some((last, _)) = rows.last() else { break };
+            let next = self.decode_index_key(Space::Snapshots, last)?;
+            for (k, _) in &rows {
+                out.push(self.decode_index_key(Space::Snapshots, k)?);
+            }
+            match next.checked_add(1) {
+                Some(n) => from = index_key(n).to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_snapshot(&mut self, index: u64) -> Result<CommitInfo, StoreError> {
+        let mut b = Batch::new();
+        b.delete(Space::Snapshots, index_key(index).to_vec());
+        self.commit(b)
+    }
+
+    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<CommitInfo, StoreError> {
+        let mut b = Batch::new();
+        b.put(Space::Meta, key.as_bytes().to_vec(), value.to_vec());
+        self.commit(b)
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Space::Meta, key.as_bytes())
+    }
+
+    #[doc(hidden)]
+    fn decode_index_key(&self, space: Space, k: &[u8]) -> Result<u64, StoreError> {
+        key_index(k).ok_or_else(|| StoreError::BadIndexKey {
+            location: self.location(),
+            space,
+            len: k.len(),
+        })
+    }
+}
+
+/// A boxed store is a store, so a backend can be chosen at run time
+/// (`WalWriter<Box<dyn LogStore + Send>>`).
+impl<T: LogStore + ?Sized> LogStore for Box<T> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    fn durability(&self) -> Durability {
+        (**self).durability()
+    }
+    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
+        (**self).commit(batch)
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        (**self).scan(space, from, to, limit)
+    }
+    fn last(&self, space: Space) -> Result<Option<KeyValue>, StoreError> {
+        (**self).last(space)
+    }
+    fn count(&self, space: Space) -> Result<u64, StoreError> {
+        (**self).count(space)
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        (**self).sync()
+    }
+    fn overwrite_raw(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        (**self).overwrite_raw(space, key, value)
+    }
+}
+
+/// Collects scan results within [`SCAN_ENTRIES_MAX`] / [`SCAN_BYTES_MAX`].
+pub(crate) struct ScanCollector {
+    limit: usize,
+    bytes: usize,
+    out: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ScanCollector {
+    pub(crate) fn new(limit: usize) -> ScanCollector {
+        ScanCollector {
+            limit: limit.min(SCAN_ENTRIES_MAX),
+            bytes: 0,
+            out: Vec::new(),
+        }
+    }
+    /// True when no further entry may be added.
+    pub(crate) fn full(&self) -> bool {
+        self.out.len() >= self.limit || (self.bytes >= SCAN_BYTES_MAX && !self.out.is_empty())
+    }
+    pub(crate) fn push(&mut self, k: &[u8], v: &[u8]) {
+        self.bytes += v.len();
+        self.out.push((k.to_vec(), v.to_vec()));
+    }
+    pub(crate) fn finish(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.out
+    }
+}

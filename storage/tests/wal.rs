@@ -1,0 +1,972 @@
+//! The WAL, snapshots, derived indexes and recovery, on both backends:
+//! group commit, verified reads, corruption named by index, torn tails,
+//! snapshot fallback, repair, and the model check against the pure reducer.
+
+#[macro_use]
+mod common;
+
+use common::Harness;
+use proptest::prelude::*;
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::Accepted;
+use swoosh_core::NodeState;
+use swoosh_storage::frame::{self, FrameError, FrameKind};
+use swoosh_storage::recovery::{read_cut_file, CUT_FILE_MAGIC};
+use swoosh_storage::snapshot::{decode_snapshot, Snapshot};
+use swoosh_storage::store::index_key;
+use swoosh_storage::testkit::Stream;
+use swoosh_storage::*;
+
+const LABEL: &str = "wal-suite";
+
+fn stream() -> Stream {
+    Stream::new(LABEL, 2, Verify::Full)
+}
+
+fn writer<S: LogStore>(s: S, st: &Stream) -> WalWriter<S> {
+    WalWriter::open(s, st.node().genesis_hash, BatchLimits::default()).expect("open writer")
+}
+
+fn entries(accs: Vec<Accepted>) -> Vec<Entry> {
+    accs.into_iter().map(Entry::from_accepted).collect()
+}
+
+/// Append `n` records of `st` in batches of `batch`.
+fn fill<S: LogStore>(w: &mut WalWriter<S>, st: &mut Stream, n: usize, batch: usize) {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(batch);
+        w.append_batch(&entries(st.take(k))).expect("append");
+        left -= k;
+    }
+}
+
+fn assert_same_node(a: &NodeState, b: &NodeState, ctx: &str) {
+    assert_eq!(a.index, b.index, "{ctx}: index");
+    assert_eq!(a.head_record, b.head_record, "{ctx}: head record");
+    assert_eq!(a.root_hash(), b.root_hash(), "{ctx}: root hash");
+    assert!(
+        a == b,
+        "{ctx}: node states differ beyond the hashes (idempotency index?)"
+    );
+}
+
+/// Flip one bit of the stored frame of record `index`, `at` bytes into it.
+fn flip<S: LogStore>(s: &mut S, space: Space, key: &[u8], at: usize) {
+    let mut v = s.get(space, key).unwrap().expect("value to damage");
+    let at = at.min(v.len() - 1);
+    v[at] ^= 0x04;
+    s.overwrite_raw(space, key, &v).unwrap();
+}
+
+// ---- group commit and verified reads -------------------------------------
+
+fn group_commit_appends_and_reads_back_verified(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    assert_eq!((w.last_index(), w.head_hash()), (0, st.node().genesis_hash));
+    let accs = st.take(40);
+    let mut at = 0;
+    for size in [1usize, 7, 32] {
+        let r = w
+            .append_batch(&entries(accs[at..at + size].to_vec()))
+            .unwrap();
+        assert_eq!(
+            (r.first_index, r.last_index, r.records),
+            (at as u64 + 1, (at + size) as u64, size)
+        );
+        assert_eq!(r.synced, h.durability() == Durability::Sync);
+        assert!(r.bytes > 0);
+        at += size;
+    }
+    assert_eq!(w.head_hash(), accs[39].record_hash);
+    let s = w.store();
+    for a in &accs {
+        let v = read_record(s, a.record.index).unwrap();
+        assert_eq!(v.hash, a.record_hash, "the frame hash is the record hash");
+        assert_eq!(v.record, a.record);
+    }
+    let all: Vec<VerifiedRecord> = export(s, st.node().genesis_hash, 1, None)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(all.len(), 40);
+    let tail: Vec<VerifiedRecord> = export(s, st.node().genesis_hash, 35, Some(37))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tail.iter().map(|v| v.index).collect::<Vec<_>>(),
+        [35, 36, 37]
+    );
+    assert!(matches!(
+        read_record(s, 41),
+        Err(ReadError::Missing {
+            index: 41,
+            last: 40,
+            ..
+        })
+    ));
+}
+
+fn writer_checks_order_chain_and_claimed_hash(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let accs = st.take(3);
+    // Out of order: record 2 first.
+    let e = w.append_batch(&entries(vec![accs[1].clone()])).unwrap_err();
+    assert!(
+        matches!(e, AppendError::OutOfOrder { got: 2, last: 0 }),
+        "{e}"
+    );
+    // A claimed hash that is not the hash of the bytes.
+    let mut bad = Entry::from_accepted(accs[0].clone());
+    bad.record_hash = Some(swoosh_core::Hash::of_bytes(b"not it"));
+    assert!(matches!(
+        w.append_batch(&[bad]),
+        Err(AppendError::HashMismatch { index: 1, .. })
+    ));
+    // A record chained to something else.
+    let mut r = accs[0].record.clone();
+    r.prev_hash = swoosh_core::Hash::of_bytes(b"elsewhere");
+    let e = w.append_batch(&[Entry::record(r)]).unwrap_err();
+    assert!(
+        matches!(e, AppendError::ChainBroken { index: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("recover the node and resubmit"));
+    // A decision that is not the record's.
+    let mut d = Entry::from_accepted(accs[0].clone());
+    d.decision = Some(DecisionDoc::Unsigned(accs[1].decision.clone()));
+    assert!(matches!(
+        w.append_batch(&[d]),
+        Err(AppendError::DecisionMismatch { index: 1, .. })
+    ));
+    // Nothing of the refused batches reached the log; the good one goes in.
+    assert_eq!(w.store().last_index().unwrap(), 0);
+    w.append_batch(&entries(accs)).unwrap();
+    assert_eq!(w.last_index(), 3);
+}
+
+fn record_and_batch_limits_are_typed_errors(h: &mut impl Harness) {
+    let mut st = stream();
+    let limits = BatchLimits {
+        wal_batch_records_max: 4,
+        wal_batch_bytes_max: 64 << 10,
+    };
+    let mut w = WalWriter::open(h.open(), st.node().genesis_hash, limits).unwrap();
+    let accs = st.take(5);
+    let e = w.append_batch(&entries(accs.clone())).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AppendError::BatchTooLarge {
+                records: 5,
+                records_max: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut huge = accs[0].record.clone();
+    huge.evidence = vec!["x".repeat(1024); 1100];
+    let e = w.append_batch(&[Entry::record(huge)]).unwrap_err();
+    assert!(
+        matches!(e, AppendError::RecordTooLarge { index: 1, bytes } if bytes > WAL_RECORD_BYTES_MAX),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at most 1048576"));
+    let tight = BatchLimits {
+        wal_batch_records_max: 4,
+        wal_batch_bytes_max: 100,
+    };
+    let mut w = WalWriter::open(w.into_store(), st.node().genesis_hash, tight).unwrap();
+    assert!(matches!(
+        w.append_batch(&entries(accs[..1].to_vec())),
+        Err(AppendError::BatchTooLarge { records: 1, .. })
+    ));
+    assert!(!tight.fits(1, 101) && tight.fits(4, 100));
+}
+
+fn derived_indexes_answer_lookups(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let leader = swoosh_core::scenario::Keys::from_labels(LABEL, 3).leader;
+    let accs = st.take(12);
+    let mut es = vec![];
+    for (i, a) in accs.iter().enumerate() {
+        es.push(if i % 2 == 0 {
+            Entry::from_accepted_signed(a.clone(), &leader)
+        } else {
+            Entry::from_accepted(a.clone())
+        });
+    }
+    w.append_batch(&es).unwrap();
+    let s = w.store();
+    for (i, a) in accs.iter().enumerate() {
+        let r = &a.record;
+        let e = lookup_idem(s, &r.project, &r.idem_key)
+            .unwrap()
+            .expect("indexed");
+        assert_eq!(
+            Some(&e),
+            st.node()
+                .idem
+                .get(&r.project)
+                .and_then(|m| m.get(&r.idem_key)),
+            "same entry as the reducer's"
+        );
+        let d = get_decision(s, &a.decision_hash).unwrap().expect("stored");
+        assert_eq!(d.record(), &a.decision);
+        match d {
+            DecisionDoc::Signed(sd) => {
+                assert_eq!(i % 2, 0);
+                sd.verify().unwrap();
+            }
+            DecisionDoc::Unsigned(_) => assert_eq!(i % 2, 1),
+        }
+    }
+    assert_eq!(lookup_idem(s, "p0", "never-used").unwrap(), None);
+    assert_eq!(
+        get_decision(s, &swoosh_core::Hash::of_bytes(b"none")).unwrap(),
+        None
+    );
+}
+
+fn writer_reopens_at_the_durable_tail(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 9, 4);
+    let head = w.head_hash();
+    let s = h.crash_and_reopen(w.into_store());
+    let mut w = writer(s, &st);
+    assert_eq!((w.last_index(), w.head_hash()), (9, head));
+    fill(&mut w, &mut st, 3, 3);
+    let rec = recover(w.store(), st.genesis()).unwrap();
+    assert_same_node(&rec.node, st.node(), "after reopen");
+}
+
+// ---- recovery ------------------------------------------------------------
+
+fn recovery_reproduces_the_pure_reducer(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let mut progress = vec![];
+    let rec = recover_with(
+        w.store(),
+        st.genesis(),
+        &RecoverOptions::default(),
+        &mut |p| progress.push(*p),
+    )
+    .unwrap();
+    assert_eq!(
+        (rec.node.index, rec.replayed, rec.snapshot),
+        (0, 0, None),
+        "an empty log recovers to genesis"
+    );
+    fill(&mut w, &mut st, 60, 16);
+    let s = h.crash_and_reopen(w.into_store());
+    progress.clear();
+    let rec = recover_with(
+        &s,
+        st.genesis(),
+        &RecoverOptions {
+            verify: Verify::Full,
+            use_snapshots: true,
+        },
+        &mut |p| progress.push(*p),
+    )
+    .unwrap();
+    assert_same_node(&rec.node, st.node(), "full replay");
+    assert_eq!(rec.replayed, 60);
+    let last = progress.last().expect("progress reported");
+    assert_eq!((last.phase, last.done, last.total), (Phase::Replay, 60, 60));
+}
+
+fn store_for_another_genesis_is_refused(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 2, 2);
+    let other = swoosh_storage::testkit::stream_genesis("someone-else");
+    let e = recover(w.store(), &other).unwrap_err();
+    assert!(
+        matches!(e, RecoveryError::Meta(MetaError::WrongGenesis { .. })),
+        "{e}"
+    );
+    assert!(e
+        .to_string()
+        .contains("point --dir at this cluster's data directory"));
+    let other_hash = other.hash().unwrap();
+    assert!(matches!(
+        WalWriter::open(w.into_store(), other_hash, BatchLimits::default()),
+        Err(OpenError::Meta(MetaError::WrongGenesis { .. }))
+    ));
+}
+
+// ---- corruption ----------------------------------------------------------
+
+fn flipped_byte_is_named_by_index(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 20, 8);
+    let mut s = h.crash_and_reopen(w.into_store());
+    flip(&mut s, Space::Wal, &index_key(13), 200);
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert_eq!(e.index(), Some(13), "{e}");
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Read(ReadError::Corrupt {
+                index: 13,
+                reason: RecordFault::Frame(FrameError::HashMismatch { .. }),
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("WAL record 13") && msg.contains("hash mismatch"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("swoosh wal verify --dir {}", s.location())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("cut the log back to record 12") && msg.contains("swoosh wal repair"),
+        "{msg}"
+    );
+    // verify and export name the same record; export yields the good prefix first.
+    let v = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap_err();
+    assert_eq!(v.index(), Some(13));
+    let items: Vec<_> = export(&s, st.node().genesis_hash, 1, None)
+        .unwrap()
+        .collect();
+    assert_eq!(
+        items.len(),
+        13,
+        "12 good records, then the error, then nothing"
+    );
+    assert!(items[..12].iter().all(Result::is_ok));
+    assert_eq!(items[12].as_ref().unwrap_err().index(), Some(13));
+}
+
+fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 10, 10);
+    let mut s = w.into_store();
+    // Length field (bytes 2..6) damaged: reads as torn.
+    flip(&mut s, Space::Wal, &index_key(4), 4);
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Read(ReadError::Corrupt {
+                index: 4,
+                reason: RecordFault::Frame(FrameError::Length { .. }),
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("torn"));
+    // A torn tail: the last frame cut in half.
+    let mut st2 = stream();
+    let mut h2 = common::mem();
+    let mut w2 = writer(h2.open(), &st2);
+    fill(&mut w2, &mut st2, 10, 5);
+    let mut s2 = w2.into_store();
+    let last = s2.read_at(10).unwrap().unwrap();
+    s2.overwrite_raw(Space::Wal, &index_key(10), &last[..last.len() / 2])
+        .unwrap();
+    let e = recover(&s2, st2.genesis()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Read(ReadError::Corrupt {
+                index: 10,
+                reason: RecordFault::Frame(FrameError::Length { .. }),
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let s2 = h2.crash_and_reopen(s2);
+    assert!(
+        recover(&s2, st2.genesis()).is_err(),
+        "torn bytes are on the durable part"
+    );
+    // A frame copied to another key: index mismatch.
+    let eight = s.read_at(8).unwrap().unwrap();
+    s.overwrite_raw(Space::Wal, &index_key(9), &eight).unwrap();
+    let items: Vec<_> = export(&s, st.node().genesis_hash, 8, None)
+        .unwrap()
+        .collect();
+    assert!(items[0].is_ok());
+    assert!(
+        matches!(
+            &items[1],
+            Err(ReadError::Corrupt {
+                index: 9,
+                reason: RecordFault::IndexMismatch { key: 9, stored: 8 },
+                ..
+            })
+        ),
+        "{items:?}"
+    );
+}
+
+fn re_sealed_record_breaks_the_chain(h: &mut impl Harness) {
+    // Record 5 is rewritten with a valid frame: its own hash checks out, but
+    // record 6's prev_hash no longer matches.
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 8, 8);
+    let mut s = w.into_store();
+    let original5 = s.read_at(5).unwrap().unwrap();
+    let mut r5 = read_record(&s, 5).unwrap().record;
+    r5.timestamp_ms += 1;
+    let (f, _) = frame::seal(
+        FrameKind::WalRecord,
+        &swoosh_core::cbor::to_canonical(&r5).unwrap(),
+    );
+    s.overwrite_raw(Space::Wal, &index_key(5), &f).unwrap();
+    // The reducer reproduces record 5 (one ms changes nothing it decides), so
+    // the damage shows where the chain no longer links: record 6.
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Read(ReadError::Corrupt {
+                index: 6,
+                reason: RecordFault::Chain { .. },
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("chain broken"));
+    let items: Vec<_> = export(&s, st.node().genesis_hash, 1, None)
+        .unwrap()
+        .collect();
+    assert_eq!(items.len(), 6);
+    assert!(
+        matches!(
+            &items[5],
+            Err(ReadError::Corrupt {
+                index: 6,
+                reason: RecordFault::Chain { .. },
+                ..
+            })
+        ),
+        "{items:?}"
+    );
+
+    // A well-formed, well-chained record the reducer does not reproduce is a
+    // divergence, not damage: recovery refuses it and repair does not cut it.
+    s.overwrite_raw(Space::Wal, &index_key(5), &original5)
+        .unwrap();
+    let mut r7 = read_record(&s, 7).unwrap().record;
+    s.truncate_after(6).unwrap();
+    let mut w = writer(s, &st);
+    r7.state_post_hash = swoosh_core::Hash::of_bytes(b"wrong");
+    w.append_batch(&[Entry::record(r7)]).unwrap();
+    let mut s = w.into_store();
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Divergence {
+                index: 7,
+                source: swoosh_core::reducer::ReplayError::PostHash { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("do NOT repair"), "{e}");
+    let rep = repair(
+        &mut s,
+        st.node().genesis_hash,
+        &h.scratch().join("never.bin"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!((rep.last_good, rep.cut_records), (7, 0));
+    assert!(!h.scratch().join("never.bin").exists());
+}
+
+fn torn_commit_in_a_crash_is_detected_and_repaired() {
+    // Memory only: the disk receives a batch whose last frame is cut short.
+    let mut st = stream();
+    let mut h = common::mem();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 10, 5);
+    let mut s = w.into_store();
+    s.tear_next_commit();
+    let mut w = writer(s, &st);
+    let pending = st.take(3);
+    assert!(matches!(
+        w.append_batch(&entries(pending)),
+        Err(AppendError::Store(StoreError::Crashed { .. }))
+    ));
+    let mut s = h.crash_and_reopen(w.into_store());
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert_eq!(e.index(), Some(13), "{e}");
+    let side = h.scratch().join("cut.bin");
+    let rep = repair(&mut s, st.node().genesis_hash, &side, &mut |_| {}).unwrap();
+    assert_eq!((rep.last_good, rep.cut_records), (12, 1));
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!(rec.node.index, 12, "records 11 and 12 were whole and stay");
+}
+
+#[test]
+fn memory_torn_commit_in_a_crash_is_detected_and_repaired() {
+    torn_commit_in_a_crash_is_detected_and_repaired();
+}
+
+// ---- repair --------------------------------------------------------------
+
+fn repair_cuts_to_the_last_good_record_and_keeps_a_copy(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 10, 10);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    let at10 = st.node().clone();
+    fill(&mut w, &mut st, 5, 5);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    fill(&mut w, &mut st, 5, 5);
+    let mut s = w.into_store();
+    let original: Vec<(u64, Vec<u8>)> = s.read_range(13, 20, 100).unwrap();
+    flip(&mut s, Space::Wal, &index_key(13), 100);
+    let damaged = s.read_at(13).unwrap().unwrap();
+
+    let side = h.scratch().join("cut-13.bin");
+    let rep = repair(&mut s, st.node().genesis_hash, &side, &mut |_| {}).unwrap();
+    assert_eq!(rep.last_good, 12);
+    assert_eq!(rep.fault.as_ref().and_then(ReadError::index), Some(13));
+    assert_eq!(rep.cut_records, 8);
+    assert_eq!(rep.cut_snapshots, vec![15]);
+    assert_eq!(
+        rep.removed_derived, 16,
+        "8 idempotency entries and 8 decisions of the cut records"
+    );
+    assert_eq!(s.last_index().unwrap(), 12);
+    assert_eq!(s.list_snapshots().unwrap(), vec![10]);
+
+    // The side file holds exactly what was cut, damaged record included.
+    assert!(std::fs::read(&side).unwrap().starts_with(CUT_FILE_MAGIC));
+    let cut = read_cut_file(&side).unwrap();
+    let wal: Vec<(u64, Vec<u8>)> = cut
+        .iter()
+        .filter(|c| c.space == Space::Wal)
+        .map(|c| (c.index, c.bytes.clone()))
+        .collect();
+    assert_eq!(wal[0], (13, damaged));
+    assert_eq!(wal[1..], original[1..]);
+    assert_eq!(
+        cut.iter()
+            .filter(|c| c.space == Space::Snapshots)
+            .map(|c| c.index)
+            .collect::<Vec<_>>(),
+        [15]
+    );
+
+    // Recovery now succeeds at 12 from snapshot 10; the index forgot 13..20.
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!((rec.snapshot, rec.node.index), (Some(10), 12));
+    let mut pure = Stream::resume(LABEL, 2, at10, Verify::Full);
+    pure.advance_to(12);
+    assert_same_node(&rec.node, pure.node(), "after repair");
+    let r13 = &original[0];
+    let lost = decode_record_idem(&r13.1);
+    assert_eq!(lookup_idem(&s, &lost.0, &lost.1).unwrap(), None);
+
+    // The log continues from 13 with new records.
+    let mut w = writer(s, &st);
+    fill(&mut w, &mut pure, 4, 2);
+    let rec = recover(w.store(), st.genesis()).unwrap();
+    assert_same_node(&rec.node, pure.node(), "continued after repair");
+
+    // Repair never overwrites an earlier side file, and a sound log is left alone.
+    let mut s = w.into_store();
+    let again = repair(&mut s, st.node().genesis_hash, &side, &mut |_| {}).unwrap();
+    assert_eq!((again.cut_records, again.side_file), (0, None));
+    flip(&mut s, Space::Wal, &index_key(16), 80);
+    assert!(matches!(
+        repair(&mut s, st.node().genesis_hash, &side, &mut |_| {}),
+        Err(RepairError::SideFileExists { .. })
+    ));
+    assert_eq!(
+        s.last_index().unwrap(),
+        16,
+        "nothing cut when the side file cannot be written"
+    );
+}
+
+fn decode_record_idem(frame_bytes: &[u8]) -> (String, String) {
+    let (_, r): (_, swoosh_core::record::WalRecord) =
+        frame::open_decode(FrameKind::WalRecord, frame_bytes, WAL_RECORD_BYTES_MAX).unwrap();
+    (r.project, r.idem_key)
+}
+
+// ---- snapshots -----------------------------------------------------------
+
+fn snapshots_keep_the_newest_k_and_check_on_read(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let mut infos = vec![];
+    for _ in 0..5 {
+        fill(&mut w, &mut st, 4, 4);
+        infos.push(write_snapshot(w.store_mut(), st.node(), 3).unwrap());
+    }
+    assert_eq!(w.store().list_snapshots().unwrap(), vec![12, 16, 20]);
+    assert_eq!(infos[4].deleted, vec![8]);
+    let (hash, snap) = read_snapshot(w.store(), 20).unwrap();
+    assert_eq!(hash, infos[4].hash);
+    assert_eq!(
+        (snap.index, snap.head_record, snap.root_hash),
+        (20, st.node().head_record, st.node().root_hash())
+    );
+    assert_same_node(&snap.state, st.node(), "snapshot state");
+    assert!(matches!(
+        read_snapshot(w.store(), 7),
+        Err(SnapshotError::Missing { index: 7, .. })
+    ));
+
+    // A re-sealed snapshot (valid frame hash) whose contents disagree is refused.
+    let mut s = w.into_store();
+    let mut bad: Snapshot = snap.clone();
+    bad.root_hash = swoosh_core::Hash::of_bytes(b"forged");
+    let (f, _) = frame::seal(
+        FrameKind::Snapshot,
+        &swoosh_core::cbor::to_canonical(&bad).unwrap(),
+    );
+    assert!(matches!(
+        decode_snapshot(20, &f),
+        Err(SnapshotFault::Header("root_hash"))
+    ));
+    let mut bad = snap;
+    if let Some((_, e)) = bad.state.projects.iter_mut().next() {
+        e.state.applied += 1;
+    }
+    let (f, _) = frame::seal(
+        FrameKind::Snapshot,
+        &swoosh_core::cbor::to_canonical(&bad).unwrap(),
+    );
+    assert!(matches!(
+        decode_snapshot(20, &f),
+        Err(SnapshotFault::ProjectHash { .. })
+    ));
+    assert!(matches!(
+        decode_snapshot(19, &f),
+        Err(SnapshotFault::Key { key: 19, index: 20 })
+    ));
+    s.overwrite_raw(Space::Snapshots, &index_key(20), &f)
+        .unwrap();
+    let e = read_snapshot(&s, 20).unwrap_err();
+    assert!(
+        e.to_string().contains("snapshot 20") && e.to_string().contains("recovery skips it"),
+        "{e}"
+    );
+}
+
+fn damaged_snapshot_falls_back_to_the_previous_one(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    for _ in 0..3 {
+        fill(&mut w, &mut st, 10, 5);
+        write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    }
+    fill(&mut w, &mut st, 5, 5);
+    let mut s = h.crash_and_reopen(w.into_store());
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!((rec.snapshot, rec.replayed), (Some(30), 5));
+    assert_same_node(&rec.node, st.node(), "newest snapshot");
+
+    flip(&mut s, Space::Snapshots, &index_key(30), 5_000);
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!(
+        (rec.snapshot, rec.replayed),
+        (Some(20), 15),
+        "forced snapshot rollback"
+    );
+    assert_eq!(rec.skipped_snapshots.len(), 1);
+    assert_eq!(rec.skipped_snapshots[0].index, 30);
+    assert!(matches!(
+        rec.skipped_snapshots[0].reason,
+        SnapshotFault::Frame(FrameError::HashMismatch { .. })
+    ));
+    assert!(rec.skipped_snapshots[0]
+        .to_string()
+        .starts_with("snapshot 30 skipped: hash mismatch"));
+    assert_same_node(&rec.node, st.node(), "rolled back one snapshot");
+
+    s.overwrite_raw(Space::Snapshots, &index_key(20), b"short")
+        .unwrap();
+    flip(&mut s, Space::Snapshots, &index_key(10), 1);
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!(
+        (rec.snapshot, rec.replayed, rec.skipped_snapshots.len()),
+        (None, 35, 3),
+        "all damaged: replay from genesis"
+    );
+    assert_same_node(&rec.node, st.node(), "from genesis");
+
+    // verify reports the damaged snapshots without failing.
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.records, 35);
+    assert_eq!(
+        rep.snapshot_problems
+            .iter()
+            .map(|p| p.index)
+            .collect::<Vec<_>>(),
+        [10, 20, 30]
+    );
+}
+
+fn snapshot_that_does_not_join_the_log_is_skipped(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 10, 10);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    let at10 = st.node().clone();
+    fill(&mut w, &mut st, 10, 10);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    let mut s = w.into_store();
+    // The log loses its tail (e.g. restored from an older backup): snapshot 20 is beyond it.
+    s.truncate_after(15).unwrap();
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_eq!((rec.snapshot, rec.node.index), (Some(10), 15));
+    assert!(matches!(
+        &rec.skipped_snapshots[0].reason,
+        SnapshotFault::Wal { index: 20, .. }
+    ));
+    let mut pure = Stream::resume(LABEL, 2, at10, Verify::Full);
+    pure.advance_to(15);
+    assert_same_node(&rec.node, pure.node(), "snapshot 10 + replay to 15");
+}
+
+// ---- verify and derived-index rebuild -------------------------------------
+
+fn verify_compares_snapshots_and_indexes_and_reindex_repairs_them(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 12, 6);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    fill(&mut w, &mut st, 6, 6);
+    let mut s = w.into_store();
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(
+        (rep.records, rep.head_hash, rep.root_hash),
+        (18, st.node().head_record, st.node().root_hash())
+    );
+    assert_eq!(rep.snapshots_ok, vec![12]);
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+
+    // Lose one idempotency entry and damage one decision.
+    let r3 = read_record(&s, 3).unwrap().record;
+    let mut b = Batch::new();
+    b.delete(
+        Space::Idem,
+        swoosh_storage::wal::idem_key(&r3.project, &r3.idem_key).unwrap(),
+    );
+    s.commit(b).unwrap();
+    let r5 = read_record(&s, 5).unwrap().record;
+    flip(&mut s, Space::Decisions, &r5.decision.0, 60);
+    assert!(matches!(
+        get_decision(&s, &r5.decision),
+        Err(IndexError::Corrupt { .. })
+    ));
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 2, "{:?}", rep.index_problems);
+    assert!(rep.index_problems[0].contains("record 3"));
+
+    let leader = swoosh_core::scenario::Keys::from_labels(LABEL, 3).leader;
+    let mut phases = vec![];
+    let rr = rebuild_indexes(&mut s, st.genesis(), Some(&leader), &mut |p| {
+        phases.push(p.phase)
+    })
+    .unwrap();
+    assert_eq!((rr.records, rr.idem_entries, rr.decisions), (18, 18, 18));
+    assert!(phases.contains(&Phase::Reindex));
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+    match get_decision(&s, &r5.decision).unwrap() {
+        Some(DecisionDoc::Signed(sd)) => sd.verify().unwrap(),
+        other => panic!("rebuilt decision should be signed: {other:?}"),
+    }
+}
+
+both_backends!(
+    group_commit_appends_and_reads_back_verified,
+    writer_checks_order_chain_and_claimed_hash,
+    record_and_batch_limits_are_typed_errors,
+    derived_indexes_answer_lookups,
+    writer_reopens_at_the_durable_tail,
+    recovery_reproduces_the_pure_reducer,
+    store_for_another_genesis_is_refused,
+    flipped_byte_is_named_by_index,
+    damaged_header_and_torn_frames_are_named,
+    re_sealed_record_breaks_the_chain,
+    repair_cuts_to_the_last_good_record_and_keeps_a_copy,
+    snapshots_keep_the_newest_k_and_check_on_read,
+    damaged_snapshot_falls_back_to_the_previous_one,
+    snapshot_that_does_not_join_the_log_is_skipped,
+    verify_compares_snapshots_and_indexes_and_reindex_repairs_them,
+    group_committer_batches_within_limits_and_returns_tokens,
+);
+
+#[test]
+fn snapshot_policy_is_due_every_n_records() {
+    let p = SnapshotPolicy::default();
+    assert_eq!((p.every_records, p.keep), (10_000, 3));
+    assert!(!p.due(0, 9_999));
+    assert!(p.due(0, 10_000));
+    assert!(!p.due(10_000, 19_999));
+    assert!(p.due(10_000, 20_001));
+    assert!(!SnapshotPolicy {
+        every_records: 0,
+        keep: 3
+    }
+    .due(0, u64::MAX));
+}
+
+#[test]
+fn memory_failed_commit_leaves_the_writer_consistent() {
+    let mut st = stream();
+    let mut h = common::mem();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 4, 4);
+    let acked = st.node().clone();
+    let mut s = w.into_store();
+    s.crash_after_commits(0);
+    let mut w = writer(s, &st);
+    assert!(matches!(
+        w.append_batch(&entries(st.take(2))),
+        Err(AppendError::Store(StoreError::Crashed { .. }))
+    ));
+    let s = h.crash_and_reopen(w.into_store());
+    let rec = recover(&s, st.genesis()).unwrap();
+    assert_same_node(&rec.node, &acked, "only acknowledged batches survive");
+    // The client was not acknowledged; the node goes on from the durable state.
+    let mut again = Stream::resume(LABEL, 2, rec.node, Verify::Full);
+    let mut w = writer(s, &again);
+    fill(&mut w, &mut again, 3, 3);
+    assert_eq!(w.last_index(), 7);
+}
+
+// ---- model-based: the pure reducer vs WAL + recovery ---------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    Nothing,
+    Snapshot,
+    CrashAndRecover,
+}
+
+fn then() -> impl Strategy<Value = Then> {
+    prop_oneof![3 => Just(Then::Nothing), 1 => Just(Then::Snapshot), 1 => Just(Then::CrashAndRecover)]
+}
+
+/// Feed one stream to the pure reducer (the `Stream`'s own node) and to WAL +
+/// snapshots + crash + recovery, comparing hashes after every batch.
+fn model_run(h: &mut impl Harness, steps: Vec<(usize, Then)>) {
+    let mut st = Stream::new("model", 3, Verify::Trusted);
+    let mut w = writer(h.open(), &st);
+    for (n, (batch, then)) in steps.into_iter().enumerate() {
+        fill(&mut w, &mut st, batch, batch);
+        match then {
+            Then::Nothing => {}
+            Then::Snapshot => {
+                write_snapshot(w.store_mut(), st.node(), 2).unwrap();
+            }
+            Then::CrashAndRecover => {
+                let s = h.crash_and_reopen(w.into_store());
+                w = writer(s, &st);
+            }
+        }
+        let rec = recover(w.store(), st.genesis()).unwrap();
+        assert_eq!(
+            rec.node.root_hash(),
+            st.node().root_hash(),
+            "step {n}: root hash"
+        );
+        assert_eq!(
+            rec.node.head_record,
+            st.node().head_record,
+            "step {n}: chain head"
+        );
+    }
+    let rec = recover_with(
+        w.store(),
+        st.genesis(),
+        &RecoverOptions {
+            verify: Verify::Full,
+            use_snapshots: false,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_same_node(&rec.node, st.node(), "final full replay");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lmdb_wal_and_recovery_match_the_pure_reducer(steps in proptest::collection::vec((1usize..24, then()), 1..10)) {
+        model_run(&mut common::lmdb(), steps);
+    }
+
+    #[test]
+    fn memory_wal_and_recovery_match_the_pure_reducer(steps in proptest::collection::vec((1usize..24, then()), 1..10)) {
+        model_run(&mut common::mem(), steps);
+    }
+}
+
+fn group_committer_batches_within_limits_and_returns_tokens(h: &mut impl Harness) {
+    let mut st = stream();
+    let limits = BatchLimits {
+        wal_batch_records_max: 3,
+        wal_batch_bytes_max: 1 << 20,
+    };
+    let mut w = WalWriter::open(h.open(), st.node().genesis_hash, limits).unwrap();
+    let mut gc: GroupCommitter<usize> = GroupCommitter::new(limits);
+    let mut replies = vec![];
+    let mut commits = 0;
+    for (i, a) in st.take(8).into_iter().enumerate() {
+        let mut e = Entry::from_accepted(a).encode().unwrap();
+        let mut token = i;
+        loop {
+            match gc.push(e, token) {
+                Ok(()) => break,
+                Err((back, t)) => {
+                    let (r, tokens) = gc.commit(&mut w);
+                    assert_eq!(r.unwrap().records, tokens.len());
+                    replies.extend(tokens);
+                    commits += 1;
+                    (e, token) = (back, t);
+                }
+            }
+        }
+        assert!(gc.len() <= 3);
+    }
+    let (r, tokens) = gc.commit(&mut w);
+    r.unwrap();
+    replies.extend(tokens);
+    commits += 1;
+    assert_eq!(
+        replies,
+        (0..8).collect::<Vec<_>>(),
+        "every token answered once, in order"
+    );
+    assert_eq!(commits, 3, "8 records at 3 per commit");
+    assert!(gc.is_empty() && gc.bytes() == 0);
+    assert_eq!(
+        recover(w.store(), st.genesis()).unwrap().node.head_record,
+        st.node().head_record
+    );
+}
