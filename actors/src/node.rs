@@ -23,6 +23,8 @@ pub const INFLIGHT_PROPOSALS_MAX: usize = 4_096;
 pub const ATTENTION_RECENT_MAX: usize = 200;
 /// How long a read waits for the region actors to agree on one version.
 pub const STATE_READ_ATTEMPTS_MAX: usize = 20;
+/// Attempts to restart the sequencer and WAL writer before giving up.
+pub const RESTART_ATTEMPTS_MAX: u32 = 10;
 /// How long a caller waits for its proposal to become durable.
 pub const SUBMIT_TIMEOUT_MS: u64 = 30_000;
 
@@ -179,6 +181,11 @@ struct Shared<S> {
     last_snapshot: Mutex<Option<(u64, Option<Hlc>)>>,
     restarts: AtomicU64,
     depths: Depths,
+    /// Held for the whole of every WAL commit and of every recovery; holds
+    /// the current writer generation. A commit task of a killed writer keeps
+    /// running on its blocking thread, so it checks its generation under
+    /// this lock and does nothing once a restart has begun.
+    commit_lock: Arc<Mutex<u64>>,
 }
 
 struct Depths {
@@ -246,6 +253,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             last_snapshot: Mutex::new(None),
             restarts: AtomicU64::new(0),
             depths,
+            commit_lock: Arc::new(Mutex::new(0)),
         });
         let (supervisor, _) = Actor::spawn(
             None,
@@ -377,9 +385,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
                     .map_err(|_| format!("the {} region actor restarted; retry", r.name()))?;
                 got.push((*r, a));
             }
-            let first = got.first().map(|(_, a)| (a.index, a.hash));
-            if got.iter().all(|(_, a)| Some((a.index, a.hash)) == first) {
-                let (index, hash) = first.unwrap_or((0, Hash::ZERO));
+            // A project's hash names one version (the document carries its
+            // `applied` count); region views may date the same version by
+            // different indexes (a rehydrated view dates it by the index it
+            // loaded at), so agreement is on the hash, and the newest date wins.
+            let first = got.first().map(|(_, a)| a.hash);
+            if got.iter().all(|(_, a)| Some(a.hash) == first) {
+                let index = got.iter().map(|(_, a)| a.index).max().unwrap_or(0);
+                let hash = first.unwrap_or(Hash::ZERO);
                 let (index, hash) = if index == 0 && hash == Hash::ZERO {
                     let initial = ProjectState::initial(
                         &self.shared.cfg.genesis,
@@ -501,6 +514,31 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while sh.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Stop every child and wait for it, so that when this returns no
+        // actor holds the store any more (the directory can be reopened).
+        let cells: Vec<ractor::ActorCell> = {
+            let refs = sh.refs.read().expect("refs lock");
+            let mut v: Vec<ractor::ActorCell> = vec![];
+            v.extend(refs.seq.as_ref().map(|b| b.actor.get_cell()));
+            v.extend(refs.wal.as_ref().map(|b| b.actor.get_cell()));
+            v.extend(refs.regions.values().map(|b| b.actor.get_cell()));
+            v.extend(refs.snap.as_ref().map(|b| b.actor.get_cell()));
+            v.extend(refs.attention.as_ref().map(|b| b.actor.get_cell()));
+            v
+        };
+        for c in cells {
+            let _ = c
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+                .await;
+        }
+        {
+            let mut refs = sh.refs.write().expect("refs lock");
+            refs.seq = None;
+            refs.wal = None;
+            refs.regions.clear();
+            refs.snap = None;
+            refs.attention = None;
         }
         let _ = self
             .supervisor
@@ -924,6 +962,7 @@ enum WalMsg {
 
 struct WalActor<S> {
     shared: Arc<Shared<S>>,
+    generation: u64,
 }
 
 struct WalState<S: LogStore> {
@@ -989,8 +1028,20 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             .writer
             .take()
             .ok_or("WAL writer lost after a failed commit")?;
+        let (lock, generation) = (self.shared.commit_lock.clone(), self.generation);
         let (writer, result) = tokio::task::spawn_blocking(move || {
-            let r = writer.append_batch(&batch);
+            let current = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if *current != generation {
+                return (
+                    writer,
+                    Err(
+                        "a newer WAL writer took over; this batch was never acknowledged"
+                            .to_string(),
+                    ),
+                );
+            }
+            let r = writer.append_batch(&batch).map_err(|e| e.to_string());
+            drop(current);
             (writer, r)
         })
         .await
@@ -1292,24 +1343,29 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
     /// Recover from storage, open a WAL writer and spawn writer + sequencer.
     async fn start_pair(&self, sup: &ActorRef<SupMsg>) -> Result<NodeState, ActorProcessingErr> {
         let sh = &self.shared;
-        let store = sh.store.clone();
-        let genesis = sh.cfg.genesis.clone();
-        let rec = tokio::task::spawn_blocking(move || {
-            recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
+        let (store, genesis, lock) = (
+            sh.store.clone(),
+            sh.cfg.genesis.clone(),
+            sh.commit_lock.clone(),
+        );
+        let (gh, limits) = (sh.genesis_hash, sh.cfg.wal_limits);
+        // Under the commit lock: no old writer's commit can land between
+        // recovery and the new writer reading the tail.
+        let (rec, writer, generation) = tokio::task::spawn_blocking(move || {
+            let mut current = lock.lock().unwrap_or_else(|p| p.into_inner());
+            *current += 1;
+            let rec = recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
+                .map_err(|e| format!("recovery failed: {e}"))?;
+            let writer =
+                WalWriter::open(store, gh, limits).map_err(|e| format!("WAL open failed: {e}"))?;
+            Ok::<_, String>((rec, writer, *current))
         })
         .await
-        .map_err(|e| format!("recovery task failed: {e}"))?
-        .map_err(|e| format!("recovery failed: {e}"))?;
+        .map_err(|e| format!("recovery task failed: {e}"))??;
         sh.metrics
             .recovery_time_seconds
             .set(rec.elapsed.as_secs_f64());
         let node = rec.node;
-        let store = sh.store.clone();
-        let (gh, limits) = (sh.genesis_hash, sh.cfg.wal_limits);
-        let writer = tokio::task::spawn_blocking(move || WalWriter::open(store, gh, limits))
-            .await
-            .map_err(|e| format!("WAL open task failed: {e}"))?
-            .map_err(|e| format!("WAL open failed: {e}"))?;
         if writer.last_index() != node.index {
             return Err(format!(
                 "recovered index {} but the WAL ends at {}",
@@ -1322,7 +1378,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         sh.depths.seq.reset();
         let (wal, _) = Actor::spawn_linked(
             None,
-            WalActor { shared: sh.clone() },
+            WalActor {
+                shared: sh.clone(),
+                generation,
+            },
             writer,
             sup.get_cell(),
         )
@@ -1485,6 +1544,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
             return Ok(());
         };
         tracing::warn!(actor = %kind.label(), reason = %why, "actor stopped; restarting it from committed state");
+        if matches!(kind, ActorKind::Sequencer | ActorKind::Wal) {
+            // Not ready before the restart is counted, so "restarted and
+            // ready" can never be observed before the restart ran.
+            sh.ready.store(false, Ordering::Release);
+        }
         sh.restarts.fetch_add(1, Ordering::AcqRel);
         sh.metrics
             .actor_restarts_total
@@ -1518,8 +1582,25 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
                             .await;
                     }
                 }
-                self.start_pair(&me).await?;
-                sh.ready.store(true, Ordering::Release);
+                // A failed restart is retried with backoff rather than taking
+                // the supervisor (and every read path) down with it.
+                let mut delay = Duration::from_millis(20);
+                for attempt in 1..=RESTART_ATTEMPTS_MAX {
+                    match self.start_pair(&me).await {
+                        Ok(_) => {
+                            sh.ready.store(true, Ordering::Release);
+                            break;
+                        }
+                        Err(e) if attempt < RESTART_ATTEMPTS_MAX => {
+                            tracing::warn!(attempt, error = %e, "restart of sequencer and WAL writer failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the node cannot recover its log; it stays unavailable: run `swoosh wal verify` on its directory");
+                        }
+                    }
+                }
             }
             ActorKind::Region(r) => self.start_region(&me, r, None).await?,
             ActorKind::Snapshotter => self.start_snap(&me).await?,

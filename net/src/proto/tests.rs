@@ -643,8 +643,7 @@ fn at_elect(keys: &Keys, project: &str) -> NodeState {
     let g = genesis(keys, "net-council", ORIGIN_MS);
     let mut node = NodeState::new(g).unwrap();
     let d = Driver::new(keys, 1);
-    let mut now = ORIGIN_MS + 1;
-    for _ in 0..100 {
+    for now in ORIGIN_MS + 1..ORIGIN_MS + 101 {
         if node.project(project).council.phase == "ELECT" {
             return node;
         }
@@ -661,7 +660,6 @@ fn at_elect(keys: &Keys, project: &str) -> NodeState {
             },
         );
         assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
-        now += 1;
     }
     panic!("never reached ELECT");
 }

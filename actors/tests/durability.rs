@@ -1,0 +1,328 @@
+//! Issue 4, items 2 and 8: an `Accepted` goes out only once its record is
+//! durable; one idempotency key applies exactly once however often it is
+//! submitted; a conflicting reuse of a key is refused.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use swoosh_actors::SubmitResult;
+use swoosh_core::reducer::{Ctx, RejectKind};
+use swoosh_core::scenario::{Driver, Next};
+use swoosh_core::{guards::Verify, NodeState, Proposal, ProposalBuilder};
+use swoosh_storage::LogStore;
+
+/// Advance `mirror` for `project` by `steps` happy-path proposals, each
+/// submitted once and required to be accepted.
+async fn advance(fx: &Fixture, node: &Node, mirror: &mut NodeState, project: &str, steps: usize) {
+    let driver = Driver::new(&fx.keys, 1);
+    for _ in 0..steps {
+        let now = fx.now();
+        let p = match driver.next(mirror, project, now) {
+            Next::Propose(p) => *p,
+            other => panic!("{project}: expected a proposal, got {other:?}"),
+        };
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(ok) => {
+                check_durable_now(node, &p, ok.index, ok.state_post_hash);
+                let ctx = Ctx {
+                    now_ms: now,
+                    verify: Verify::Full,
+                    snapshot_every: 0,
+                };
+                swoosh_core::step(mirror, &p, &ctx);
+                assert_eq!(mirror.project_hash(project), ok.state_post_hash);
+            }
+            other => panic!("{project}: {} not accepted: {other:?}", p.transition),
+        }
+    }
+}
+
+fn next_proposal(fx: &Fixture, mirror: &NodeState, project: &str) -> Proposal {
+    match Driver::new(&fx.keys, 1).next(mirror, project, fx.now()) {
+        Next::Propose(p) => *p,
+        other => panic!("{project}: expected a proposal, got {other:?}"),
+    }
+}
+
+/// The same proposal with one more evidence link: same idem key, different
+/// content, still correctly signed by the same key.
+fn conflicting_copy(fx: &Fixture, p: &Proposal) -> Proposal {
+    let key = [
+        &fx.keys.admin,
+        &fx.keys.leader,
+        &fx.keys.worker,
+        &fx.keys.prober,
+        &fx.keys.license_authority,
+    ]
+    .into_iter()
+    .chain(fx.keys.council.iter())
+    .find(|k| swoosh_core::SignerId::from_signing_key(k) == p.signer)
+    .expect("the signer is one of the fixture's keys");
+    let mut b = ProposalBuilder::new(
+        &p.project,
+        &p.transition,
+        p.current_state_hash,
+        p.hlc,
+        &p.idem_key,
+    )
+    .window(p.window_id.clone())
+    .evidence({
+        let mut e = p.evidence.clone();
+        e.push(format!("ucxl://chorus:spec@{}/conflict", p.project));
+        e
+    });
+    b.inputs = p.inputs.clone();
+    let q = b.sign(key).expect("sign");
+    assert_eq!(q.idem_key, p.idem_key);
+    assert_ne!(q.content_hash().unwrap(), p.content_hash().unwrap());
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_record_is_readable_from_the_store_when_acknowledged() {
+    init_tracing();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("durability");
+    let node = start(&fx, open_store(dir.path()), 16).await;
+    const CLIENTS: usize = 6;
+    let stats = Arc::new(Stats::default());
+    let pacer = Pacer::new(fx.clock.clone(), CLIENTS);
+    let gate = Gate::new();
+    let mut tasks = vec![];
+    for id in 0..CLIENTS {
+        let cfg = ClientCfg {
+            id,
+            project: format!("dur-{id}"),
+            loops: 2,
+            // The check under test: read the record back on every ack.
+            check_durable: true,
+            stop_on_shutdown: false,
+            resume: false,
+        };
+        tasks.push(tokio::spawn(drive_project(
+            node.clone(),
+            fx.keys.clone(),
+            fx.genesis.clone(),
+            fx.clock.clone(),
+            pacer.clone(),
+            stats.clone(),
+            gate.clone(),
+            cfg,
+        )));
+    }
+    let mut acks = vec![];
+    for t in tasks {
+        acks.extend(t.await.expect("client").acks);
+    }
+    assert_eq!(stats.unavailable.load(Ordering::Acquire), 0);
+    assert!(acks.iter().all(|a| !a.duplicate));
+
+    let store = node.store().clone();
+    let g = fx.genesis.clone();
+    let records = wal_records(&store, g.hash().unwrap());
+    check_acks_in_wal(&acks, &records);
+    assert_eq!(
+        records.len(),
+        acks.len(),
+        "nothing unacknowledged in the log"
+    );
+    let replayed = replay_from_genesis(&store, &g);
+    let h = node.health();
+    assert_eq!(h.index, records.len() as u64);
+    assert_eq!(h.wal_lag, 0);
+    assert_eq!(h.root_hash, Some(replayed.root_hash()));
+    // Every acknowledged decision record is stored.
+    for a in &acks {
+        let d = node
+            .decision(&a.decision)
+            .expect("decision read")
+            .unwrap_or_else(|| panic!("decision of {a:?} is not stored"));
+        assert_eq!(d.hash(), a.decision);
+        assert_eq!(d.record().index, a.index);
+    }
+    verify_store(&store, &g);
+    node.shutdown().await;
+    eprintln!(
+        "durability: {} acks read back at acknowledgement, {:?}",
+        acks.len(),
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_copies_of_one_proposal_apply_exactly_once() {
+    init_tracing();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Arc::new(Fixture::new("exactly-once"));
+    let node = start(&fx, open_store(dir.path()), 0).await;
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    // Background traffic on another project so copies share group commits
+    // with unrelated records.
+    let mut bg_mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    advance(&fx, &node, &mut mirror, "once", 1).await;
+
+    for round in 0..4 {
+        let p = next_proposal(&fx, &mirror, "once");
+        let before = node.store().last_index().unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(50));
+        let mut tasks = vec![];
+        for _ in 0..50 {
+            let (node, p, barrier) = (node.clone(), p.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                node.submit(p).await
+            }));
+        }
+        // One unrelated proposal racing with the copies.
+        advance(&fx, &node, &mut bg_mirror, "other", 1).await;
+        let mut oks = vec![];
+        for t in tasks {
+            match t.await.expect("submit task") {
+                SubmitResult::Accepted(ok) => oks.push(ok),
+                other => panic!("round {round}: a copy was not accepted: {other:?}"),
+            }
+        }
+        let first = oks[0].clone();
+        for ok in &oks {
+            assert_eq!(
+                ok.index, first.index,
+                "round {round}: one index for all copies"
+            );
+            assert_eq!(ok.state_post_hash, first.state_post_hash);
+            assert_eq!(ok.decision, first.decision);
+            assert_eq!(ok.transition, p.transition);
+        }
+        let fresh = oks.iter().filter(|ok| !ok.duplicate).count();
+        assert_eq!(
+            fresh, 1,
+            "round {round}: exactly one copy applied, 49 duplicates"
+        );
+        // In the log once, at that index, and nothing else of this project.
+        let after = node.store().last_index().unwrap();
+        assert_eq!(
+            after,
+            before + 2,
+            "round {round}: the copy plus the unrelated record"
+        );
+        let v = swoosh_storage::read_record(node.store(), first.index).unwrap();
+        assert_eq!(v.record.idem_key, p.idem_key);
+        assert_eq!(v.record.state_post_hash, first.state_post_hash);
+        let idem = swoosh_storage::lookup_idem(node.store(), &p.project, &p.idem_key)
+            .unwrap()
+            .expect("idem index entry");
+        assert_eq!(idem.index, first.index);
+        // A late 51st copy is a duplicate too.
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(ok) => {
+                assert!(ok.duplicate);
+                assert_eq!(ok.index, first.index);
+            }
+            other => panic!("late copy: {other:?}"),
+        }
+        let ctx = Ctx {
+            now_ms: fx.now(),
+            verify: Verify::Full,
+            snapshot_every: 0,
+        };
+        swoosh_core::step(&mut mirror, &p, &ctx);
+        assert_eq!(mirror.project_hash("once"), first.state_post_hash);
+    }
+
+    let store = node.store().clone();
+    let records = wal_records(&store, fx.genesis.hash().unwrap());
+    let mut keys: Vec<(&str, &str)> = records
+        .iter()
+        .map(|v| (v.record.project.as_str(), v.record.idem_key.as_str()))
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "no idem key twice in the WAL");
+    let replayed = replay_from_genesis(&store, &fx.genesis);
+    assert_eq!(node.health().root_hash, Some(replayed.root_hash()));
+    verify_store(&store, &fx.genesis);
+    node.shutdown().await;
+    eprintln!("exactly-once: 4 rounds of 50 copies, {:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusing_an_idem_key_for_different_content_is_an_idem_conflict() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("idem-conflict");
+    let node = start(&fx, open_store(dir.path()), 0).await;
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    advance(&fx, &node, &mut mirror, "conf", 3).await;
+
+    // Sequential: accepted first, then the conflicting copy.
+    let p = next_proposal(&fx, &mirror, "conf");
+    let ok = match node.submit(p.clone()).await {
+        SubmitResult::Accepted(ok) => ok,
+        other => panic!("{other:?}"),
+    };
+    let q = conflicting_copy(&fx, &p);
+    let last = node.store().last_index().unwrap();
+    match node.submit(q.clone()).await {
+        SubmitResult::Rejected(r) => {
+            assert_eq!(r.kind, RejectKind::IdemConflict, "{r:?}");
+            assert_eq!(r.kind.http_status(), 409);
+            assert_eq!(r.guard, "idempotency");
+            assert!(
+                r.reasons.iter().any(|s| s.contains(&ok.index.to_string())),
+                "the reason names the original index: {:?}",
+                r.reasons
+            );
+        }
+        other => panic!("conflicting reuse: {other:?}"),
+    }
+    assert_eq!(node.store().last_index().unwrap(), last, "nothing written");
+    // The original is still a harmless repeat.
+    match node.submit(p.clone()).await {
+        SubmitResult::Accepted(again) => {
+            assert!(again.duplicate);
+            assert_eq!(again.index, ok.index);
+        }
+        other => panic!("repeat: {other:?}"),
+    }
+    let ctx = Ctx {
+        now_ms: fx.now(),
+        verify: Verify::Full,
+        snapshot_every: 0,
+    };
+    swoosh_core::step(&mut mirror, &p, &ctx);
+
+    // Concurrent: the two contents race; exactly one wins, the other is an
+    // idempotency conflict, whichever order the sequencer saw them in.
+    for round in 0..5 {
+        let p = next_proposal(&fx, &mirror, "conf");
+        let q = conflicting_copy(&fx, &p);
+        let (a, b) = tokio::join!(node.submit(p.clone()), node.submit(q.clone()));
+        let (winner, loser) = match (&a, &b) {
+            (SubmitResult::Accepted(ok), SubmitResult::Rejected(r)) => ((&p, ok), r),
+            (SubmitResult::Rejected(r), SubmitResult::Accepted(ok)) => ((&q, ok), r),
+            other => panic!("round {round}: want one accepted and one rejected, got {other:?}"),
+        };
+        assert_eq!(
+            loser.kind,
+            RejectKind::IdemConflict,
+            "round {round}: {loser:?}"
+        );
+        let v = swoosh_storage::read_record(node.store(), winner.1.index).unwrap();
+        assert_eq!(
+            v.record.proposal(),
+            *winner.0,
+            "the winner is what the log holds"
+        );
+        swoosh_core::step(&mut mirror, winner.0, &ctx);
+        assert_eq!(mirror.project_hash("conf"), winner.1.state_post_hash);
+    }
+    let replayed = replay_from_genesis(node.store(), &fx.genesis);
+    assert_eq!(node.health().root_hash, Some(replayed.root_hash()));
+    assert_eq!(replayed.project_hash("conf"), mirror.project_hash("conf"));
+    node.shutdown().await;
+}
