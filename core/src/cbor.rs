@@ -40,12 +40,30 @@ pub enum CanonicalError {
 
 /// Encode any serde value canonically.
 pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
-    let v = Value::serialized(value).map_err(|e| CanonicalError::Serialize(e.to_string()))?;
-    value_to_canonical(v)
+    match crate::cbor_fast::encode(value) {
+        Ok(bytes) => Ok(bytes),
+        // The reference path names what is wrong and where.
+        Err(_) => reference_to_canonical(value),
+    }
 }
 
-/// Encode a `ciborium::Value` canonically (consumes it; maps are sorted in place).
+/// The reference encoder: serialize into a `ciborium::Value`, canonicalize,
+/// write. Slower; kept as the specification the fast path is tested against
+/// and to produce detailed errors.
+pub fn reference_to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    let v = Value::serialized(value).map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+    reference_value_to_canonical(v)
+}
+
+/// Encode a `ciborium::Value` canonically.
 pub fn value_to_canonical(v: Value) -> Result<Vec<u8>, CanonicalError> {
+    match crate::cbor_fast::encode(&v) {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => reference_value_to_canonical(v),
+    }
+}
+
+fn reference_value_to_canonical(v: Value) -> Result<Vec<u8>, CanonicalError> {
     let v = canonicalize(v)?;
     let mut out = Vec::with_capacity(128);
     ciborium::into_writer(&v, &mut out).map_err(|e| CanonicalError::Serialize(e.to_string()))?;
@@ -220,6 +238,84 @@ mod tests {
             Err(CanonicalError::Trailing(1))
         );
         assert!(decode_value_strict(&[]).is_err());
+    }
+
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| Value::Integer(i.into())),
+            any::<u64>().prop_map(|i| Value::Integer(i.into())),
+            "[a-z]{0,12}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,6}", inner.clone(), 0..6).prop_map(|m| {
+                    Value::Map(m.into_iter().map(|(k, v)| (Value::Text(k), v)).collect())
+                }),
+                proptest::collection::vec((any::<i32>(), inner), 0..4).prop_map(|m| {
+                    let mut seen = std::collections::BTreeSet::new();
+                    Value::Map(
+                        m.into_iter()
+                            .filter(|(k, _)| seen.insert(*k))
+                            .map(|(k, v)| (Value::Integer(k.into()), v))
+                            .collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_encoder_matches_the_reference(v in arb_value()) {
+            let fast = crate::cbor_fast::encode(&v).expect("no floats or tags");
+            let reference = reference_value_to_canonical(v).expect("no floats or tags");
+            proptest::prop_assert_eq!(fast, reference);
+        }
+    }
+
+    #[test]
+    fn fast_encoder_matches_the_reference_on_typed_documents() {
+        use crate::scenario::{genesis, run_happy_path, Driver, Keys};
+        let keys = Keys::from_labels("cbor", 3);
+        let mut node =
+            crate::state::NodeState::new(genesis(&keys, "cbor", 1_767_225_600_000)).unwrap();
+        let driver = Driver::new(&keys, 1);
+        let mut checked = 0;
+        run_happy_path(
+            &mut node,
+            &driver,
+            &["p".to_string()],
+            1_767_225_600_010,
+            100,
+            |s| {
+                if let crate::reducer::Outcome::Accepted(acc) = &s.step.outcome {
+                    assert_eq!(
+                        crate::cbor_fast::encode(&acc.record).unwrap(),
+                        reference_to_canonical(&acc.record).unwrap()
+                    );
+                    assert_eq!(
+                        crate::cbor_fast::encode(&acc.decision).unwrap(),
+                        reference_to_canonical(&acc.decision).unwrap()
+                    );
+                    let st = s.node.project("p");
+                    assert_eq!(
+                        crate::cbor_fast::encode(&*st).unwrap(),
+                        reference_to_canonical(&*st).unwrap()
+                    );
+                    checked += 1;
+                }
+            },
+        );
+        assert_eq!(checked, 20);
+        assert_eq!(
+            crate::cbor_fast::encode(&node).unwrap(),
+            reference_to_canonical(&node).unwrap()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod backbeat;
 pub mod cbor;
+mod cbor_fast;
 pub mod facts;
 pub mod guards;
 pub mod hash;

@@ -21,6 +21,16 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 pub const LIST_ITEMS_MAX: usize = 256;
+/// Idempotency entries kept per project in the node state (and so in every
+/// snapshot). Past it the oldest [`IDEM_EVICT_BATCH`] (by WAL index) go.
+///
+/// Exactly-once does not depend on the window: an evicted proposal can never
+/// apply again, because it names a state hash that is no longer HEAD (every
+/// accepted transition changes the project hash: the document counts them)
+/// and an HLC at or below `hlc_last`. What the window bounds is how long a
+/// repeat gets its *original outcome* (202) rather than a 409.
+pub const IDEM_KEYS_PER_PROJECT_MAX: usize = 4_096;
+pub const IDEM_EVICT_BATCH: usize = 1_024;
 pub const TEXT_BYTES_MAX: usize = 1024;
 pub const EXECUTION_EVIDENCE_MAX: usize = 256;
 
@@ -1143,10 +1153,9 @@ fn install(node: &mut NodeState, p: &Proposal, b: &Built) {
     node.index = b.acc.record.index;
     node.head_record = b.acc.record_hash;
     node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
-    node.idem
-        .entry(p.project.clone())
-        .or_default()
-        .insert(p.idem_key.clone(), b.idem.clone());
+    let keys = node.idem.entry(p.project.clone()).or_default();
+    keys.insert(p.idem_key.clone(), b.idem.clone());
+    evict_idem(keys);
     node.projects.insert(
         p.project.clone(),
         ProjectEntry {
@@ -1154,6 +1163,18 @@ fn install(node: &mut NodeState, p: &Proposal, b: &Built) {
             hash: b.acc.record.state_post_hash,
         },
     );
+}
+
+/// Deterministic: depends only on the entries (their WAL indexes).
+fn evict_idem(keys: &mut BTreeMap<String, IdemEntry>) {
+    if keys.len() <= IDEM_KEYS_PER_PROJECT_MAX {
+        return;
+    }
+    let mut by_index: Vec<(u64, String)> = keys.iter().map(|(k, e)| (e.index, k.clone())).collect();
+    by_index.sort_unstable();
+    for (_, k) in by_index.into_iter().take(IDEM_EVICT_BATCH) {
+        keys.remove(&k);
+    }
 }
 
 fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
@@ -1377,7 +1398,9 @@ pub fn apply_record(
             field: "decision",
         });
     }
-    if built.acc.record_hash != rec.hash() {
+    // Field equality implies equal bytes and hash, without re-encoding the
+    // stored record (its frame hash was checked when it was read).
+    if built.acc.record != *rec {
         return Err(ReplayError::Mismatch {
             index: rec.index,
             field: "record hash",

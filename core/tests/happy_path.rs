@@ -72,3 +72,69 @@ fn same_stream_gives_same_hashes_every_time() {
     assert_eq!(a.head_record, b.head_record);
     assert_ne!(a.project_hash("alpha"), a.project_hash("beta"));
 }
+
+#[test]
+fn idempotency_window_is_bounded_and_exactly_once_survives_eviction() {
+    use swoosh_core::guards::Verify;
+    use swoosh_core::reducer::{step, Ctx, RejectKind, IDEM_KEYS_PER_PROJECT_MAX};
+    let keys = Keys::from_labels("idem", 3);
+    let mut node = NodeState::new(genesis(&keys, "idem", ORIGIN_MS)).unwrap();
+    let driver = Driver::new(&keys, 0);
+    let p = "default".to_string();
+    run_happy_path(
+        &mut node,
+        &driver,
+        std::slice::from_ref(&p),
+        ORIGIN_MS + 10,
+        100,
+        |_| {},
+    );
+    // Pause/resume enough times to overflow the window.
+    let mut now = ORIGIN_MS + 10_000;
+    let mut first = None;
+    for i in 0..(IDEM_KEYS_PER_PROJECT_MAX + 10) {
+        let st = node.project(&p).into_owned();
+        let (t, inputs) = if st.control.phase == "NORMAL" {
+            (
+                "Control_Pause",
+                serde_json::json!({"reason": "maintenance"}),
+            )
+        } else {
+            ("Control_Resume", serde_json::json!({}))
+        };
+        let hlc = Driver::hlc_for(&st, now);
+        let prop =
+            swoosh_core::ProposalBuilder::new(&p, t, node.project_hash(&p), hlc, &format!("k{i}"))
+                .inputs(&inputs)
+                .unwrap()
+                .sign(&keys.leader)
+                .unwrap();
+        let s = step(
+            &mut node,
+            &prop,
+            &Ctx {
+                now_ms: now,
+                verify: Verify::Trusted,
+                snapshot_every: 0,
+            },
+        );
+        assert!(matches!(s.outcome, Outcome::Accepted(_)));
+        first.get_or_insert(prop);
+        now += 1;
+    }
+    assert!(node.idem["default"].len() <= IDEM_KEYS_PER_PROJECT_MAX);
+    // The evicted first proposal cannot apply again: it names an old HEAD.
+    let again = step(
+        &mut node,
+        first.as_ref().unwrap(),
+        &Ctx {
+            now_ms: now,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    match again.outcome {
+        Outcome::Rejected(r) => assert_eq!(r.kind, RejectKind::StaleHash),
+        other => panic!("an evicted proposal must be refused, got {other:?}"),
+    }
+}
