@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod demo_node;
 mod node;
+mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -75,6 +76,19 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Operate on a node's WAL: verify, export, inspect, repair, reindex.
+    Wal {
+        #[command(subcommand)]
+        cmd: storage_cmd::WalCmd,
+    },
+    /// Snapshots of a node's state: create, list, restore.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: storage_cmd::SnapshotCmd,
+    },
+    /// Replay a node's log (from its newest valid snapshot, or from genesis)
+    /// and print records, final root hash, seconds and records/s.
+    Replay(storage_cmd::ReplayArgs),
 }
 
 #[tokio::main]
@@ -108,6 +122,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Health { read } => node::health(read).await,
         Cmd::Decisions { read, reference } => node::decisions(read, reference).await,
         Cmd::Keygen { out, force } => keygen(&out, force),
+        Cmd::Wal { cmd } => storage_cmd::wal(cmd),
+        Cmd::Snapshot { cmd } => storage_cmd::snapshot(cmd),
+        Cmd::Replay(a) => storage_cmd::replay(a),
     }
 }
 

@@ -26,14 +26,14 @@ pub const REINDEX_CHUNK_RECORDS: u64 = 1024;
 pub enum IndexError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the {space} entry stored under {key} at {location} is corrupt ({reason}): rebuild the derived indexes with `swoosh wal reindex --dir {location}`")]
+    #[error("the {space} entry stored under {key} at {location} is corrupt ({reason}): rebuild the derived indexes with `swoosh wal reindex --dir <node dir, which holds {location}>`")]
     Corrupt {
         location: String,
         space: Space,
         key: String,
         reason: FrameError,
     },
-    #[error("the decision stored under {key} at {location} is decision {got}: rebuild the derived indexes with `swoosh wal reindex --dir {location}`")]
+    #[error("the decision stored under {key} at {location} is decision {got}: rebuild the derived indexes with `swoosh wal reindex --dir <node dir, which holds {location}>`")]
     WrongKey {
         location: String,
         key: Hash,

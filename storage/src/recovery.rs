@@ -75,7 +75,7 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("WAL record {index} at {location} is intact but replaying it fails ({source}): this build and the log disagree; do NOT repair (the record is valid), run the swoosh version that wrote the log, and `swoosh replay --dir {location}` to see where they part")]
+    #[error("WAL record {index} at {location} is intact but replaying it fails ({source}): this build and the log disagree; do NOT repair (the record is valid), run the swoosh version that wrote the log, and `swoosh replay --dir <node dir, which holds {location}>` to see where they part")]
     Divergence {
         location: String,
         index: u64,

@@ -102,13 +102,13 @@ pub enum SnapshotFault {
 pub enum SnapshotError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("snapshot {index} at {location} is unusable ({reason}); recovery skips it for an older snapshot or a replay from genesis: take a new snapshot with `swoosh snapshot --dir {location}` once the node is recovered")]
+    #[error("snapshot {index} at {location} is unusable ({reason}); recovery skips it for an older snapshot or a replay from genesis: take a new snapshot with `swoosh snapshot create --dir <node dir>` once the node is recovered")]
     Corrupt {
         location: String,
         index: u64,
         reason: SnapshotFault,
     },
-    #[error("no snapshot {index} at {location}; `swoosh snapshot --dir {location} --list` shows the stored ones")]
+    #[error("no snapshot {index} at {location}; `swoosh snapshot list --dir <node dir>` shows the stored ones")]
     Missing { location: String, index: u64 },
     #[error("the node state at index {index} could not be encoded: {detail}")]
     Encode { index: u64, detail: String },

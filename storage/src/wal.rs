@@ -357,13 +357,13 @@ impl RecordFault {
 pub enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("WAL record {index} at {location} is corrupt ({reason}): run `swoosh wal verify --dir {location}` and, to cut the log back to record {prev}, `swoosh wal repair --dir {location}`", prev = index.saturating_sub(1))]
+    #[error("WAL record {index} at {location} is corrupt ({reason}): run `swoosh wal verify --dir <node dir, which holds {location}>` and, to cut the log back to record {prev}, `swoosh wal repair --dir <node dir, which holds {location}>`", prev = index.saturating_sub(1))]
     Corrupt {
         location: String,
         index: u64,
         reason: RecordFault,
     },
-    #[error("WAL record {index} is missing at {location} (the log ends at or skips past it, last index {last}): run `swoosh wal verify --dir {location}`; `swoosh wal repair --dir {location}` cuts the log back to record {prev}", prev = index.saturating_sub(1))]
+    #[error("WAL record {index} is missing at {location} (the log ends at or skips past it, last index {last}): run `swoosh wal verify --dir <node dir, which holds {location}>`; `swoosh wal repair --dir <node dir, which holds {location}>` cuts the log back to record {prev}", prev = index.saturating_sub(1))]
     Missing {
         location: String,
         index: u64,

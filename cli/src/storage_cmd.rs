@@ -1,0 +1,1371 @@
+//! `swoosh wal verify|export|inspect|repair|reindex`, `swoosh replay` and
+//! `swoosh snapshot create|list|restore`: operator tools over a node's store.
+//!
+//! Every command takes a node directory `D` (as made by `swoosh init` or
+//! `swoosh demo --dir`: `D/genesis.json`, the store in `D/data`). The work is
+//! done by `swoosh-storage` (verified reads, recovery, repair, reindex); this
+//! module only resolves the directory, draws progress and explains failures
+//! in terms of what to run next.
+
+use crate::node::{open_store, read_genesis, read_key, GENESIS_FILE};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use swoosh_core::guards::Verify;
+use swoosh_core::record::{decision_address, WalRecord};
+use swoosh_core::state::Genesis;
+use swoosh_core::{Hash, SignerId};
+use swoosh_storage::snapshot::decode_snapshot;
+use swoosh_storage::store::index_key;
+use swoosh_storage::{
+    export, get_decision, read_record, rebuild_indexes, recover_with, repair, verify, Batch,
+    DecisionDoc, LmdbStore, LogStore, Phase, Progress, ReadError, RecoverOptions, RecoveryError,
+    Space, VerifyOptions, WalIter, SNAPSHOTS_KEEP_DEFAULT,
+};
+
+/// Characters of a record's inputs shown by `wal inspect` (all with --json).
+const INSPECT_INPUTS_CHARS_MAX: usize = 400;
+/// Most snapshots `snapshot create --keep` may ask to keep.
+const SNAPSHOTS_KEEP_MAX: usize = 64;
+
+/// Print a line on stdout; a closed pipe (`| head`) is not an error.
+macro_rules! say {
+    ($($t:tt)*) => {
+        emit(format_args!($($t)*))?
+    };
+}
+
+fn emit(args: std::fmt::Arguments) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow!("cannot write to stdout: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command-line types
+// ---------------------------------------------------------------------------
+
+#[derive(Subcommand)]
+pub enum WalCmd {
+    /// Check the whole log from genesis: every frame hash, index, chain link
+    /// and reducer step (signatures re-verified), every snapshot against the
+    /// replayed state, and the derived indexes.
+    ///
+    /// Exits 0 when the log is sound (snapshot and index problems are
+    /// reported but do not fail it: snapshots and indexes are caches of the
+    /// log). Otherwise exits non-zero naming the index and reason of the
+    /// first bad record and what to run next.
+    Verify {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON object (no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// Do not re-verify proposal signatures (faster; frames, chain links
+        /// and recomputed hashes are still checked).
+        #[arg(long)]
+        trusted: bool,
+    },
+    /// Write the records of the log, each checked (frame hash, index, chain
+    /// link) before it is written.
+    ///
+    /// Formats:
+    ///
+    /// - jsonl: one JSON object per line, the WAL record (docs/wal-format.md §3).
+    ///
+    /// - cbor: a stream of frames, one per record, with nothing before,
+    ///   between or after them. Each frame is a 4-byte length n (unsigned,
+    ///   u32 big-endian) followed by n bytes: the record's canonical CBOR
+    ///   (RFC 8949 §4.2.1), whose BLAKE3 is the record's hash (the next
+    ///   record's prev_hash).
+    ///
+    /// A damaged record stops the export with its index (the records before
+    /// it have been written) and a non-zero exit.
+    Export {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// First record to export.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        from: u64,
+        /// Last record to export (default: the last record of the log).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write to this file (replaced if it exists) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show one record: index, project, transition, signer, HLC, hashes,
+    /// chain link, guard outcomes and decision address.
+    Inspect {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Record index (from 1).
+        index: u64,
+        /// Print JSON: {index, hash, links_to_previous, decision_address, record}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cut the log back to its last valid record, keeping a copy of the cut.
+    ///
+    /// Walks the log checking frames, indexes and chain links, finds the first
+    /// bad record k, writes records k.. and the snapshots above k-1 to
+    /// --keep-copy (a new file, fsynced first; format in docs/wal-format.md
+    /// §7), then removes them and their derived index entries in one commit.
+    /// A record that is intact but that this build's reducer does not
+    /// reproduce is never cut. Without --yes nothing is changed: it prints
+    /// what would be cut and exits non-zero. Stop the node first.
+    Repair {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write what is cut (must not exist).
+        #[arg(long)]
+        keep_copy: PathBuf,
+        /// Really cut (the default is a dry run).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Rebuild the derived indexes (idempotency keys, decision records) from the log.
+    ///
+    /// Replays the log from genesis. Decisions are signed with
+    /// <DIR>/node.key when it is the genesis leader's key, else stored
+    /// unsigned. Stop the node first; if interrupted, run it again.
+    Reindex {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON WAL record per line.
+    Jsonl,
+    /// Canonical CBOR of each record, each preceded by its length (u32 big-endian).
+    Cbor,
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Recover the node (newest valid snapshot, then the log after it) and
+    /// write a snapshot of the recovered state at its index. Older snapshots
+    /// beyond --keep are deleted in the same commit.
+    Create {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Snapshots to keep (the newest ones).
+        #[arg(long, default_value_t = SNAPSHOTS_KEEP_DEFAULT)]
+        keep: usize,
+    },
+    /// List stored snapshots: index, hash, size, and whether recovery could
+    /// start from it (intact, this genesis, and joined to the log).
+    List {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make recovery start from snapshot --index.
+    ///
+    /// Recovery starts from the newest valid snapshot. This checks that
+    /// snapshot N is valid (intact, this genesis, and record N of the log
+    /// hashes to the snapshot's head record), then deletes every snapshot
+    /// newer than N so that N is the newest. No WAL record is touched: on
+    /// the next start the node replays the log after N, so the state it
+    /// reaches is the same; snapshots are caches of the log and
+    /// `swoosh snapshot create` makes new ones. Use it to stop trusting newer
+    /// snapshots. Without --yes it only prints what it would delete (and
+    /// exits non-zero). Stop the node first.
+    Restore {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The snapshot to start recovery from (see `swoosh snapshot list`).
+        #[arg(long)]
+        index: u64,
+        /// Really delete the newer snapshots.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Replay a node's log through the reducer.
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Node directory (holds genesis.json; the store is in <DIR>/data).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Ignore snapshots and replay every record from genesis.
+    #[arg(long)]
+    pub from_genesis: bool,
+    /// Print exactly {"records","hash","seconds","records_per_s"} (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// Re-verify every proposal signature (slower; default: trusted, as a
+    /// node's recovery does: the hash chain protects the signed records).
+    #[arg(long)]
+    pub verify_signatures: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------
+
+/// A node directory with its genesis and its opened store.
+struct Node {
+    dir: PathBuf,
+    genesis: Genesis,
+    genesis_hash: Hash,
+    store: LmdbStore,
+}
+
+/// Resolve and open node directory `dir`, explaining what is wrong with it.
+fn open_node(dir: &Path) -> Result<Node> {
+    let shown = dir.display();
+    if !dir.is_dir() {
+        bail!(
+            "{shown} is not a directory: give a node directory made by `swoosh init` or `swoosh demo --dir` (e.g. <cluster>/leader)"
+        );
+    }
+    let leader = dir.join("leader");
+    let did_you_mean = leader.join(GENESIS_FILE).is_file();
+    let genesis_path = dir.join(GENESIS_FILE);
+    if !genesis_path.is_file() {
+        if did_you_mean {
+            bail!(
+                "{shown} is a cluster directory, not a node directory (no {GENESIS_FILE} in it): did you mean --dir {}?",
+                leader.display()
+            );
+        }
+        if dir.file_name().is_some_and(|n| n == "data") {
+            if let Some(parent) = dir.parent().filter(|p| p.join(GENESIS_FILE).is_file()) {
+                bail!(
+                    "{shown} is the store itself; give the node directory that holds it: did you mean --dir {}?",
+                    parent.display()
+                );
+            }
+        }
+        bail!(
+            "no {GENESIS_FILE} in {shown}: give a node directory made by `swoosh init` or `swoosh demo --dir` (it holds {GENESIS_FILE}, the log in data/)"
+        );
+    }
+    let data = dir.join("data");
+    if !data.join("data.mdb").is_file() {
+        if did_you_mean {
+            bail!(
+                "{shown} holds no store (no {}), but it looks like a cluster directory: did you mean --dir {}?",
+                data.join("data.mdb").display(),
+                leader.display()
+            );
+        }
+        bail!(
+            "{shown} holds no store (no {}): this node has not written a log yet; start it with `swoosh serve --dir {shown}`",
+            data.join("data.mdb").display()
+        );
+    }
+    let genesis = read_genesis(&genesis_path)?;
+    let genesis_hash = genesis.hash().with_context(|| {
+        format!(
+            "{} cannot be hashed: it is not a usable genesis",
+            genesis_path.display()
+        )
+    })?;
+    let store = open_store(dir, false)?;
+    Ok(Node {
+        dir: dir.to_path_buf(),
+        genesis,
+        genesis_hash,
+        store,
+    })
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Snapshots => "checking snapshots",
+        Phase::Replay => "replaying records",
+        Phase::Scan => "scanning frames",
+        Phase::Reindex => "rebuilding indexes",
+    }
+}
+
+/// A progress bar on stderr (hidden when `hidden`, and by indicatif when
+/// stderr is not a terminal).
+fn progress_bar(hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:<19} {bar:40.cyan/blue} {pos}/{len} ({per_sec}, {elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// A storage progress callback driving `bar`; a new phase restarts it.
+fn on_progress(bar: &ProgressBar) -> impl FnMut(&Progress) + '_ {
+    let mut phase = None;
+    move |p: &Progress| {
+        if phase != Some(p.phase) {
+            phase = Some(p.phase);
+            bar.reset();
+            bar.set_message(phase_name(p.phase));
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    }
+}
+
+/// Why a log cannot be trusted, in terms an operator can act on.
+#[derive(Serialize)]
+struct Failure {
+    /// The first bad record, when the failure is about one.
+    index: Option<u64>,
+    /// `corrupt`, `missing`, `divergence`, `store`, `genesis` or `meta`.
+    kind: &'static str,
+    reason: String,
+    next: String,
+}
+
+impl Failure {
+    fn message(&self) -> String {
+        match self.index {
+            Some(i) => format!("WAL record {i}: {}. Next: {}", self.reason, self.next),
+            None => format!("{}. Next: {}", self.reason, self.next),
+        }
+    }
+}
+
+fn repair_hint(dir: &Path, index: u64) -> String {
+    format!(
+        "cut the log back to record {} with `swoosh wal repair --dir {} --keep-copy {} --yes` (it first writes the records it cuts to that file; run it without --yes to see what would be cut), or restore {} from a backup",
+        index.saturating_sub(1),
+        dir.display(),
+        dir.join(format!("wal-cut-{index}.bin")).display(),
+        dir.join("data").display()
+    )
+}
+
+fn read_failure(e: &ReadError, dir: &Path) -> Failure {
+    match e {
+        ReadError::Corrupt { index, reason, .. } => Failure {
+            index: Some(*index),
+            kind: "corrupt",
+            reason: format!("corrupt: {reason}"),
+            next: repair_hint(dir, *index),
+        },
+        ReadError::Missing { index, last, .. } => Failure {
+            index: Some(*index),
+            kind: "missing",
+            reason: format!(
+                "missing (the log ends at or skips past it; its last index is {last})"
+            ),
+            next: repair_hint(dir, *index),
+        },
+        ReadError::Store(s) => Failure {
+            index: None,
+            kind: "store",
+            reason: format!("the store cannot be read: {s}"),
+            next: format!(
+                "check that {} is readable and not damaged, then run `swoosh wal verify --dir {}` again",
+                dir.join("data").display(),
+                dir.display()
+            ),
+        },
+    }
+}
+
+fn explain(e: &RecoveryError, dir: &Path) -> Failure {
+    match e {
+        RecoveryError::Read(r) => read_failure(r, dir),
+        RecoveryError::Divergence { index, source, .. } => Failure {
+            index: Some(*index),
+            kind: "divergence",
+            reason: format!(
+                "the record is intact (its frame hash and chain link check) but replaying it with this build fails: {source}"
+            ),
+            next: "do NOT repair (the record is valid and repair would not cut it); run the swoosh version that wrote this log, or report the divergence".into(),
+        },
+        RecoveryError::Genesis(g) => Failure {
+            index: None,
+            kind: "genesis",
+            reason: format!("the genesis document is invalid: {g}"),
+            next: format!(
+                "fix {} (it must be the genesis the cluster was created with)",
+                dir.join(GENESIS_FILE).display()
+            ),
+        },
+        RecoveryError::Meta(m) => Failure {
+            index: None,
+            kind: "meta",
+            reason: m.to_string(),
+            next: format!(
+                "check that --dir {} is the node whose log this is",
+                dir.display()
+            ),
+        },
+        RecoveryError::Store(s) => read_failure(&ReadError::Store(s.clone()), dir),
+    }
+}
+
+fn secs(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// `Ok(())` for a write to a closed pipe (`swoosh wal export | head`).
+fn quiet_pipe(r: std::io::Result<()>, what: &str) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow!("cannot write {what}: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wal
+// ---------------------------------------------------------------------------
+
+pub fn wal(cmd: WalCmd) -> Result<()> {
+    match cmd {
+        WalCmd::Verify { dir, json, trusted } => wal_verify(&dir, json, trusted),
+        WalCmd::Export {
+            dir,
+            format,
+            from,
+            to,
+            out,
+        } => wal_export(&dir, format, from, to, out.as_deref()),
+        WalCmd::Inspect { dir, index, json } => wal_inspect(&dir, index, json),
+        WalCmd::Repair {
+            dir,
+            keep_copy,
+            yes,
+        } => wal_repair(&dir, &keep_copy, yes),
+        WalCmd::Reindex { dir } => wal_reindex(&dir),
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotProblemJson {
+    index: u64,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct VerifyJson {
+    ok: bool,
+    records: u64,
+    head_hash: String,
+    root_hash: String,
+    hlc: Option<String>,
+    signatures: &'static str,
+    snapshots_ok: Vec<u64>,
+    snapshot_problems: Vec<SnapshotProblemJson>,
+    index_problems: Vec<String>,
+    index_problems_total: u64,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct VerifyFailJson<'a> {
+    ok: bool,
+    #[serde(flatten)]
+    failure: &'a Failure,
+}
+
+fn wal_verify(dir: &Path, json: bool, trusted: bool) -> Result<()> {
+    let node = open_node(dir)?;
+    let opts = VerifyOptions {
+        verify: if trusted {
+            Verify::Trusted
+        } else {
+            Verify::Full
+        },
+        ..Default::default()
+    };
+    let bar = progress_bar(json);
+    let res = verify(&node.store, &node.genesis, &opts, &mut on_progress(&bar));
+    bar.finish_and_clear();
+    let r = match res {
+        Ok(r) => r,
+        Err(e) => {
+            let f = explain(&e, &node.dir);
+            if json {
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&VerifyFailJson {
+                        ok: false,
+                        failure: &f
+                    })?
+                );
+            }
+            bail!(
+                "the log in {} is NOT sound: {}",
+                node.dir.join("data").display(),
+                f.message()
+            );
+        }
+    };
+    let signatures = if trusted {
+        "trusted (not re-verified)"
+    } else {
+        "re-verified"
+    };
+    if json {
+        let out = VerifyJson {
+            ok: true,
+            records: r.records,
+            head_hash: r.head_hash.to_string(),
+            root_hash: r.root_hash.to_string(),
+            hlc: r.hlc.map(|h| h.to_string()),
+            signatures,
+            snapshots_ok: r.snapshots_ok.clone(),
+            snapshot_problems: r
+                .snapshot_problems
+                .iter()
+                .map(|p| SnapshotProblemJson {
+                    index: p.index,
+                    reason: p.reason.to_string(),
+                })
+                .collect(),
+            index_problems: r.index_problems.clone(),
+            index_problems_total: r.index_problems_total,
+            seconds: secs(r.elapsed),
+        };
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    say!(
+        "the log in {} is sound: {} records, every frame, chain link and reducer step checked, signatures {signatures}",
+        node.dir.join("data").display(),
+        r.records
+    );
+    say!("  head record  {}", r.head_hash);
+    say!("  root hash    {}", r.root_hash);
+    say!(
+        "  hlc          {}",
+        r.hlc.map_or("none".to_string(), |h| h.to_string())
+    );
+    if r.snapshots_ok.is_empty() && r.snapshot_problems.is_empty() {
+        say!("  snapshots    none stored");
+    } else if !r.snapshots_ok.is_empty() {
+        say!(
+            "  snapshots    {} match the replayed state (at {})",
+            r.snapshots_ok.len(),
+            join_u64(&r.snapshots_ok)
+        );
+    }
+    for p in &r.snapshot_problems {
+        say!(
+            "  warning: snapshot {} is unusable ({}); recovery skips it. `swoosh snapshot create --dir {}` writes a fresh one",
+            p.index,
+            p.reason,
+            node.dir.display()
+        );
+    }
+    if r.index_problems_total > 0 {
+        say!(
+            "  warning: {} derived-index problem(s); rebuild them with `swoosh wal reindex --dir {}`:",
+            r.index_problems_total,
+            node.dir.display()
+        );
+        for p in &r.index_problems {
+            say!("    {p}");
+        }
+    } else {
+        say!("  indexes      idempotency entries and decision records agree with the log");
+    }
+    say!(
+        "  took {:.3} s ({:.0} records/s)",
+        secs(r.elapsed),
+        per_second(r.records, secs(r.elapsed))
+    );
+    Ok(())
+}
+
+fn join_u64(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn wal_export(
+    dir: &Path,
+    format: ExportFormat,
+    from: u64,
+    to: Option<u64>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let node = open_node(dir)?;
+    let last = node.store.last_index()?;
+    let to = match to {
+        Some(t) if t > last => bail!(
+            "--to {t} is beyond the end of the log (its last record is {last}); omit --to to export up to the end"
+        ),
+        Some(t) if t < from => bail!("--from {from} is after --to {t}: give --from <= --to"),
+        Some(t) => t,
+        None => last,
+    };
+    if from > to && last > 0 {
+        bail!("--from {from} is beyond the end of the log (its last record is {last})");
+    }
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| {
+                format!(
+                    "cannot create {}: check the directory exists and is writable",
+                    p.display()
+                )
+            })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let target = out.map_or("stdout".to_string(), |p| p.display().to_string());
+    let mut written = 0u64;
+    let mut failure = None;
+    if from <= to {
+        let iter = export(&node.store, node.genesis_hash, from, Some(to)).map_err(|e| {
+            anyhow!(
+                "cannot start the export: {}",
+                read_failure(&e, dir).message()
+            )
+        })?;
+        for item in iter {
+            let v = match item {
+                Ok(v) => v,
+                Err(e) => {
+                    failure = Some(read_failure(&e, dir));
+                    break;
+                }
+            };
+            let bytes = match format {
+                ExportFormat::Jsonl => {
+                    let mut line = serde_json::to_vec(&v.record).with_context(|| {
+                        format!("WAL record {} cannot be written as JSON", v.index)
+                    })?;
+                    line.push(b'\n');
+                    line
+                }
+                ExportFormat::Cbor => {
+                    let enc = swoosh_core::cbor::to_canonical(&v.record)
+                        .map_err(|e| anyhow!("WAL record {} cannot be re-encoded: {e}", v.index))?;
+                    if Hash::of_bytes(&enc) != v.hash {
+                        bail!(
+                            "WAL record {} re-encodes to bytes other than the stored ones (this build's encoder and the log's writer disagree): export it with the swoosh version that wrote the log",
+                            v.index
+                        );
+                    }
+                    let len = u32::try_from(enc.len())
+                        .map_err(|_| anyhow!("WAL record {} is larger than 4 GiB", v.index))?;
+                    let mut framed = Vec::with_capacity(4 + enc.len());
+                    framed.extend_from_slice(&len.to_be_bytes());
+                    framed.extend_from_slice(&enc);
+                    framed
+                }
+            };
+            if !quiet_pipe(sink.write_all(&bytes), &target)? {
+                return Ok(());
+            }
+            written += 1;
+        }
+    }
+    if !quiet_pipe(sink.flush(), &target)? {
+        return Ok(());
+    }
+    drop(sink);
+    if let Some(f) = failure {
+        bail!(
+            "export stopped: {} ({written} records before it were written to {target})",
+            f.message()
+        );
+    }
+    if out.is_some() {
+        eprintln!(
+            "exported {written} records ({}) to {target}",
+            if written == 0 {
+                "the log is empty".to_string()
+            } else {
+                format!("{from}..={to}")
+            }
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectJson<'a> {
+    index: u64,
+    hash: String,
+    /// Whether `prev_hash` is the hash of the previous record (or genesis);
+    /// `null` when the previous record cannot be read.
+    links_to_previous: Option<bool>,
+    decision_address: String,
+    record: &'a WalRecord,
+}
+
+fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
+    let node = open_node(dir)?;
+    let last = node.store.last_index()?;
+    if index == 0 || index > last {
+        bail!(
+            "there is no record {index}: the log holds {}",
+            if last == 0 {
+                "no records".to_string()
+            } else {
+                format!("records 1..={last}")
+            }
+        );
+    }
+    let v = read_record(&node.store, index).map_err(|e| {
+        let f = read_failure(&e, dir);
+        anyhow!("{}", f.message())
+    })?;
+    let rec = &v.record;
+    // The chain link to the previous record.
+    let (link, link_note) = if index == 1 {
+        let ok = rec.prev_hash == node.genesis_hash;
+        (
+            Some(ok),
+            if ok {
+                "= the genesis hash ✓".to_string()
+            } else {
+                format!(
+                    "≠ the genesis hash {}: chain broken, run `swoosh wal verify --dir {}`",
+                    node.genesis_hash,
+                    dir.display()
+                )
+            },
+        )
+    } else {
+        match read_record(&node.store, index - 1) {
+            Ok(p) if p.hash == rec.prev_hash => {
+                (Some(true), format!("= hash of record {} ✓", index - 1))
+            }
+            Ok(p) => (
+                Some(false),
+                format!(
+                    "≠ hash of record {} ({}): chain broken, run `swoosh wal verify --dir {}`",
+                    index - 1,
+                    p.hash,
+                    dir.display()
+                ),
+            ),
+            Err(ReadError::Store(e)) => return Err(e.into()),
+            Err(e) => (
+                None,
+                format!(
+                    "record {} is unreadable ({}), link not checked",
+                    index - 1,
+                    read_failure(&e, dir).reason
+                ),
+            ),
+        }
+    };
+    let address = decision_address(&rec.decision);
+    if json {
+        let out = InspectJson {
+            index,
+            hash: v.hash.to_string(),
+            links_to_previous: link,
+            decision_address: address,
+            record: rec,
+        };
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&out)
+                .with_context(|| format!("WAL record {index} cannot be written as JSON"))?
+        );
+        return Ok(());
+    }
+    let decision_note = match get_decision(&node.store, &rec.decision) {
+        Ok(Some(d)) => {
+            let r = d.record();
+            format!(
+                "stored, {}: {} {} → {}",
+                match d {
+                    DecisionDoc::Signed(_) => "signed by the leader",
+                    DecisionDoc::Unsigned(_) => "unsigned",
+                },
+                r.region,
+                r.from,
+                r.to
+            )
+        }
+        Ok(None) => format!(
+            "not in the decision index: `swoosh wal reindex --dir {}` rebuilds it",
+            dir.display()
+        ),
+        Err(e) => format!("unreadable: {e}"),
+    };
+    let inputs = serde_json::to_string(&rec.inputs).unwrap_or_else(|e| format!("<{e}>"));
+    let inputs = if inputs.chars().count() > INSPECT_INPUTS_CHARS_MAX {
+        let cut: String = inputs.chars().take(INSPECT_INPUTS_CHARS_MAX).collect();
+        format!("{cut}… (--json shows all)")
+    } else {
+        inputs
+    };
+    say!("WAL record {index} of {last} ({})", dir.display());
+    say!("  project      {}", rec.project);
+    say!("  transition   {}", rec.transition);
+    say!("  signer       {}", rec.signer);
+    say!("  hlc          {}", rec.hlc);
+    say!("  accepted at  {} ms (leader wall time)", rec.timestamp_ms);
+    say!("  window       {}", rec.window_id);
+    say!("  idem key     {}", rec.idem_key);
+    say!("  pre hash     {}", rec.state_pre_hash);
+    say!("  post hash    {}", rec.state_post_hash);
+    say!("  prev hash    {}  ({link_note})", rec.prev_hash);
+    say!("  record hash  {}", v.hash);
+    say!("  inputs hash  {}", rec.inputs_hash);
+    say!("  inputs       {inputs}");
+    if !rec.evidence.is_empty() {
+        say!("  evidence     {}", rec.evidence.join(", "));
+    }
+    say!("  guards");
+    for g in &rec.guard_outcomes {
+        say!(
+            "    {} {:<16} {}",
+            if g.ok { "✓" } else { "✗" },
+            g.guard,
+            g.reasons.join("; ")
+        );
+    }
+    say!("  decision     {}", rec.decision);
+    say!("               {address}  ({decision_note})");
+    say!("  signature    {}", rec.signature);
+    Ok(())
+}
+
+fn wal_repair(dir: &Path, keep_copy: &Path, yes: bool) -> Result<()> {
+    let mut node = open_node(dir)?;
+    if keep_copy.exists() {
+        bail!(
+            "{} already exists; give a new --keep-copy path so an earlier cut is never overwritten (nothing was cut)",
+            keep_copy.display()
+        );
+    }
+    if !yes {
+        return repair_dry_run(&node, keep_copy);
+    }
+    let bar = progress_bar(false);
+    let res = repair(
+        &mut node.store,
+        node.genesis_hash,
+        keep_copy,
+        &mut on_progress(&bar),
+    );
+    bar.finish_and_clear();
+    let r = res.with_context(|| format!("repairing the log in {} failed", dir.display()))?;
+    let Some(fault) = &r.fault else {
+        say!(
+            "the log in {} has no damaged record ({} records, frames and chain links checked): nothing was cut and {} was not written",
+            dir.display(),
+            r.last_good,
+            keep_copy.display()
+        );
+        say!(
+            "  if `swoosh wal verify --dir {}` still fails, the records are intact but this build's reducer disagrees with them: do not repair, run the swoosh version that wrote the log",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let f = read_failure(fault, dir);
+    say!(
+        "repaired {}: the first bad record was {} ({})",
+        dir.display(),
+        f.index.map_or("?".to_string(), |i| i.to_string()),
+        f.reason
+    );
+    say!("  the log now ends at record {}", r.last_good);
+    say!(
+        "  cut {} record(s){}, and removed {} derived index entr{}",
+        r.cut_records,
+        if r.cut_snapshots.is_empty() {
+            String::new()
+        } else {
+            format!(" and snapshot(s) {}", join_u64(&r.cut_snapshots))
+        },
+        r.removed_derived,
+        if r.removed_derived == 1 { "y" } else { "ies" }
+    );
+    say!(
+        "  what was cut is in {} (format: docs/wal-format.md §7)",
+        keep_copy.display()
+    );
+    say!(
+        "next: `swoosh wal verify --dir {}`; resubmit the cut proposals if they are still wanted (their idempotency keys were freed)",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Find what `repair` would cut, without changing anything, and exit non-zero
+/// when something would be.
+fn repair_dry_run(node: &Node, keep_copy: &Path) -> Result<()> {
+    let dir = &node.dir;
+    let last = node.store.last_index()?;
+    let mut fault = None;
+    for item in WalIter::new(&node.store, 1, last, node.genesis_hash) {
+        match item {
+            Ok(_) => {}
+            Err(ReadError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                fault = Some(e);
+                break;
+            }
+        }
+    }
+    let Some(fault) = fault else {
+        say!(
+            "the log in {} has no damaged record ({last} records, frames and chain links checked): repair would cut nothing",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let f = read_failure(&fault, dir);
+    let first = f.index.unwrap_or(1);
+    let last_good = first.saturating_sub(1);
+    let snaps: Vec<u64> = node
+        .store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|s| *s > last_good)
+        .collect();
+    say!(
+        "dry run, nothing changed: the first bad record is {first} ({})",
+        f.reason
+    );
+    say!(
+        "  repair would cut records {first}..={last} ({} record(s)){}, keep the log up to record {last_good},",
+        last.saturating_sub(last_good),
+        if snaps.is_empty() {
+            String::new()
+        } else {
+            format!(" and snapshot(s) {}", join_u64(&snaps))
+        }
+    );
+    say!(
+        "  write them to {} first, and remove the idempotency entries and decisions of the cut records",
+        keep_copy.display()
+    );
+    bail!(
+        "not repaired (dry run): rerun with --yes to cut, i.e. `swoosh wal repair --dir {} --keep-copy {} --yes`",
+        dir.display(),
+        keep_copy.display()
+    )
+}
+
+fn wal_reindex(dir: &Path) -> Result<()> {
+    let mut node = open_node(dir)?;
+    let key_path = dir.join("node.key");
+    let leader = if key_path.is_file() {
+        let k = read_key(&key_path)?;
+        (SignerId::from_signing_key(&k) == node.genesis.leader).then_some(k)
+    } else {
+        None
+    };
+    let bar = progress_bar(false);
+    let res = rebuild_indexes(
+        &mut node.store,
+        &node.genesis,
+        leader.as_ref(),
+        &mut on_progress(&bar),
+    );
+    bar.finish_and_clear();
+    let r = match res {
+        Ok(r) => r,
+        Err(swoosh_storage::RebuildError::Replay(e)) => {
+            bail!(
+                "rebuilding the indexes of {} stopped (what was rebuilt so far is kept; run it again after fixing the log): {}",
+                dir.display(),
+                explain(&e, dir).message()
+            )
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "rebuilding the indexes of {} failed; run it again",
+                    dir.display()
+                )
+            })
+        }
+    };
+    say!(
+        "rebuilt the derived indexes of {} from {} records: {} idempotency entries, {} decision records ({}) in {:.3} s",
+        dir.display(),
+        r.records,
+        r.idem_entries,
+        r.decisions,
+        if leader.is_some() {
+            "signed with the leader key in node.key"
+        } else {
+            "unsigned: no leader key in node.key"
+        },
+        secs(r.elapsed)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// replay
+// ---------------------------------------------------------------------------
+
+/// `swoosh replay --json`: exactly these four keys, in this order.
+#[derive(Serialize)]
+struct ReplayJson {
+    records: u64,
+    hash: String,
+    seconds: f64,
+    records_per_s: f64,
+}
+
+pub fn replay(a: ReplayArgs) -> Result<()> {
+    let node = open_node(&a.dir)?;
+    let opts = RecoverOptions {
+        verify: if a.verify_signatures {
+            Verify::Full
+        } else {
+            Verify::Trusted
+        },
+        use_snapshots: !a.from_genesis,
+    };
+    let bar = progress_bar(a.json);
+    let res = recover_with(&node.store, &node.genesis, &opts, &mut on_progress(&bar));
+    bar.finish_and_clear();
+    let rec = res.map_err(|e| {
+        anyhow!(
+            "replaying the log in {} failed: {}",
+            node.dir.join("data").display(),
+            explain(&e, &node.dir).message()
+        )
+    })?;
+    let seconds = secs(rec.elapsed);
+    let rate = per_second(rec.replayed, seconds);
+    let hash = rec.node.root_hash().to_string();
+    if a.json {
+        let out = ReplayJson {
+            records: rec.replayed,
+            hash,
+            seconds,
+            records_per_s: rate,
+        };
+        say!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    let start = match rec.snapshot {
+        _ if a.from_genesis => "from genesis (--from-genesis: snapshots ignored)".to_string(),
+        Some(s) => format!("from snapshot {s} (the newest valid one)"),
+        None => "from genesis (no usable snapshot)".to_string(),
+    };
+    for p in &rec.skipped_snapshots {
+        say!(
+            "warning: snapshot {} skipped: {}; `swoosh snapshot list --dir {}` shows all",
+            p.index,
+            p.reason,
+            node.dir.display()
+        );
+    }
+    say!("replayed {} records {start}", rec.replayed);
+    if let Some(snap) = rec.snapshot.filter(|_| !a.from_genesis) {
+        say!(
+            "  records 1..={snap} are in the snapshot and were not re-read: `swoosh wal verify --dir {}` checks the whole log",
+            node.dir.display()
+        );
+    }
+    say!("  index        {}", rec.node.index);
+    say!("  root hash    {hash}");
+    say!("  head record  {}", rec.node.head_record);
+    say!("  took {seconds:.3} s, {rate:.0} records/s");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// snapshot
+// ---------------------------------------------------------------------------
+
+pub fn snapshot(cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { dir, keep } => snapshot_create(&dir, keep),
+        SnapshotCmd::List { dir, json } => snapshot_list(&dir, json),
+        SnapshotCmd::Restore { dir, index, yes } => snapshot_restore(&dir, index, yes),
+    }
+}
+
+fn snapshot_create(dir: &Path, keep: usize) -> Result<()> {
+    if !(1..=SNAPSHOTS_KEEP_MAX).contains(&keep) {
+        bail!("--keep must be between 1 and {SNAPSHOTS_KEEP_MAX}");
+    }
+    let mut node = open_node(dir)?;
+    let bar = progress_bar(false);
+    let res = recover_with(
+        &node.store,
+        &node.genesis,
+        &RecoverOptions::default(),
+        &mut on_progress(&bar),
+    );
+    bar.finish_and_clear();
+    let rec = res.map_err(|e| {
+        anyhow!(
+            "cannot snapshot {}: recovery failed: {}",
+            dir.display(),
+            explain(&e, dir).message()
+        )
+    })?;
+    for p in &rec.skipped_snapshots {
+        say!(
+            "warning: snapshot {} is unusable and was skipped: {}",
+            p.index,
+            p.reason
+        );
+    }
+    let existed = node.store.get_snapshot(rec.node.index)?.is_some();
+    let info = swoosh_storage::write_snapshot(&mut node.store, &rec.node, keep)
+        .with_context(|| format!("writing the snapshot of {} failed", dir.display()))?;
+    say!(
+        "snapshot at index {} written{} ({} bytes, {:.3} s)",
+        info.index,
+        if existed {
+            " (replacing the one stored there)"
+        } else {
+            ""
+        },
+        info.bytes,
+        secs(info.elapsed)
+    );
+    say!("  snapshot hash {}", info.hash);
+    say!("  root hash     {}", rec.node.root_hash());
+    say!(
+        "  recovered {} from {} + {} records",
+        dir.display(),
+        rec.snapshot
+            .map_or("genesis".to_string(), |s| format!("snapshot {s}")),
+        rec.replayed
+    );
+    if !info.deleted.is_empty() {
+        say!(
+            "  deleted older snapshot(s) {} (keeping the newest {keep})",
+            join_u64(&info.deleted)
+        );
+    }
+    Ok(())
+}
+
+/// What `snapshot list` knows about one stored snapshot.
+#[derive(Serialize)]
+struct SnapRow {
+    index: u64,
+    /// The snapshot's hash (BLAKE3 of its payload); `null` if it is unreadable.
+    hash: Option<String>,
+    bytes: u64,
+    /// Could recovery start from it (intact, this genesis, joined to the log)?
+    valid: bool,
+    /// Why not, when it is not valid.
+    problem: Option<String>,
+    root_hash: Option<String>,
+    hlc: Option<String>,
+    /// The snapshot recovery would start from (the newest valid one).
+    recovery_starts_here: bool,
+}
+
+/// Check snapshot `idx` as recovery does.
+fn examine_snapshot(node: &Node, idx: u64, last: u64) -> Result<SnapRow> {
+    let mut row = SnapRow {
+        index: idx,
+        hash: None,
+        bytes: 0,
+        valid: false,
+        problem: None,
+        root_hash: None,
+        hlc: None,
+        recovery_starts_here: false,
+    };
+    let Some(bytes) = node.store.get_snapshot(idx)? else {
+        row.problem = Some("vanished while listing".into());
+        return Ok(row);
+    };
+    row.bytes = bytes.len() as u64;
+    let snap = match decode_snapshot(idx, &bytes) {
+        Ok((h, s)) => {
+            row.hash = Some(h.to_string());
+            row.root_hash = Some(s.root_hash.to_string());
+            row.hlc = s.hlc.map(|h| h.to_string());
+            s
+        }
+        Err(f) => {
+            row.problem = Some(f.to_string());
+            return Ok(row);
+        }
+    };
+    if snap.state.genesis_hash != node.genesis_hash {
+        row.problem = Some(format!(
+            "belongs to genesis {}, this node runs genesis {}",
+            snap.state.genesis_hash, node.genesis_hash
+        ));
+        return Ok(row);
+    }
+    if idx > last {
+        row.problem = Some(format!("is beyond the end of the log (last index {last})"));
+        return Ok(row);
+    }
+    let actual = if idx == 0 {
+        node.genesis_hash
+    } else {
+        match read_record(&node.store, idx) {
+            Ok(v) => v.hash,
+            Err(ReadError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                row.problem = Some(format!(
+                    "does not join the log: record {idx} is unreadable ({})",
+                    read_failure(&e, &node.dir).reason
+                ));
+                return Ok(row);
+            }
+        }
+    };
+    if actual != snap.head_record {
+        row.problem = Some(format!(
+            "does not join the log: record {idx} hashes to {actual}, the snapshot expects {}",
+            snap.head_record
+        ));
+        return Ok(row);
+    }
+    row.valid = true;
+    Ok(row)
+}
+
+fn snapshot_rows(node: &Node) -> Result<Vec<SnapRow>> {
+    let last = node.store.last_index()?;
+    let mut rows = node
+        .store
+        .list_snapshots()?
+        .into_iter()
+        .map(|i| examine_snapshot(node, i, last))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(r) = rows.iter_mut().rev().find(|r| r.valid) {
+        r.recovery_starts_here = true;
+    }
+    Ok(rows)
+}
+
+fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
+    let node = open_node(dir)?;
+    let rows = snapshot_rows(&node)?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        say!(
+            "no snapshots in {}: recovery replays the log from genesis; `swoosh snapshot create --dir {}` writes one",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    say!("{:>10}  {:<71}  {:>10}  valid", "index", "hash", "bytes");
+    for r in &rows {
+        say!(
+            "{:>10}  {:<71}  {:>10}  {}{}",
+            r.index,
+            r.hash.as_deref().unwrap_or("-"),
+            r.bytes,
+            if r.valid {
+                "yes".to_string()
+            } else {
+                format!("NO: {}", r.problem.as_deref().unwrap_or("unknown"))
+            },
+            if r.recovery_starts_here {
+                "  ← recovery starts here"
+            } else {
+                ""
+            }
+        );
+    }
+    if !rows.iter().any(|r| r.valid) {
+        say!("no valid snapshot: recovery replays the log from genesis");
+    }
+    Ok(())
+}
+
+fn snapshot_restore(dir: &Path, index: u64, yes: bool) -> Result<()> {
+    let mut node = open_node(dir)?;
+    let list = node.store.list_snapshots()?;
+    if !list.contains(&index) {
+        bail!(
+            "there is no snapshot {index} in {} (stored: {}); `swoosh snapshot list --dir {}` shows them",
+            dir.display(),
+            if list.is_empty() {
+                "none".to_string()
+            } else {
+                join_u64(&list)
+            },
+            dir.display()
+        );
+    }
+    let last = node.store.last_index()?;
+    let row = examine_snapshot(&node, index, last)?;
+    if !row.valid {
+        bail!(
+            "snapshot {index} cannot start a recovery: it {}; choose another (`swoosh snapshot list --dir {}`) or replay from genesis",
+            row.problem.as_deref().unwrap_or("is unusable"),
+            dir.display()
+        );
+    }
+    let newer: Vec<u64> = list.into_iter().filter(|i| *i > index).collect();
+    if newer.is_empty() {
+        say!(
+            "snapshot {index} is valid and already the newest: recovery starts from it; nothing to do"
+        );
+        return Ok(());
+    }
+    if !yes {
+        say!(
+            "dry run, nothing changed: snapshot {index} is valid and joins the log (record {index}); to make recovery start from it, restore would delete the newer snapshot(s) {}",
+            join_u64(&newer)
+        );
+        say!("  no WAL record is touched: recovery then replays records {}..={last} after snapshot {index}", index + 1);
+        bail!(
+            "not restored (dry run): rerun with --yes, i.e. `swoosh snapshot restore --dir {} --index {index} --yes`",
+            dir.display()
+        );
+    }
+    let mut b = Batch::new();
+    for i in &newer {
+        b.delete(Space::Snapshots, index_key(*i).to_vec());
+    }
+    node.store
+        .commit(b)
+        .with_context(|| format!("deleting snapshots in {} failed", dir.display()))?;
+    say!(
+        "recovery of {} now starts from snapshot {index}: deleted the newer snapshot(s) {}",
+        dir.display(),
+        join_u64(&newer)
+    );
+    say!(
+        "  next start replays records {}..={last} after it; check with `swoosh replay --dir {}`",
+        index + 1,
+        dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! End-to-end tests of `swoosh wal …`, `swoosh replay` and `swoosh snapshot …`
+//! against a real log written by `swoosh demo --dir`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use swoosh_core::Hash;
+use swoosh_storage::store::index_key;
+use swoosh_storage::{read_cut_file, LmdbOptions, LmdbStore, LogStore, Space};
+
+fn swoosh<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_swoosh"))
+        .args(args)
+        .output()
+        .expect("the swoosh binary runs")
+}
+
+/// stdout and stderr together, for assertions on messages.
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = swoosh(args);
+    assert!(o.status.success(), "swoosh {args:?} failed:\n{}", text(&o));
+    o
+}
+
+fn fails(args: &[&str]) -> Output {
+    let o = swoosh(args);
+    assert!(
+        !o.status.success(),
+        "swoosh {args:?} should have failed:\n{}",
+        text(&o)
+    );
+    o
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}", text(o));
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Run the demo into `<tmp>/T`; returns (leader dir, root hash, last index).
+fn demo(tmp: &Path) -> (PathBuf, String, u64) {
+    let t = tmp.join("T");
+    let o = ok(&["demo", "--dir", s(&t), "--json", "--quiet"]);
+    let report = json(&o);
+    let hash = report["nodes"][0]["hash"]
+        .as_str()
+        .expect("nodes[0].hash")
+        .to_string();
+    let index = report["nodes"][0]["index"]
+        .as_u64()
+        .expect("nodes[0].index");
+    assert!(index >= 50, "the demo wrote only {index} records");
+    (t.join("leader"), hash, index)
+}
+
+fn snapshot_indexes(dir: &str) -> Vec<u64> {
+    let list = json(&ok(&["snapshot", "list", "--dir", dir, "--json"]));
+    list.as_array()
+        .expect("snapshot list --json is an array")
+        .iter()
+        .map(|r| r["index"].as_u64().expect("index"))
+        .collect()
+}
+
+#[test]
+fn storage_commands_on_a_demo_log() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (leader, demo_hash, last) = demo(tmp.path());
+    let d = s(&leader);
+
+    // A sound log verifies, fully and in JSON.
+    let o = ok(&["wal", "verify", "--dir", d]);
+    assert!(text(&o).contains("is sound"), "{}", text(&o));
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["records"], last);
+    assert_eq!(v["root_hash"], demo_hash.as_str());
+    assert_eq!(v["index_problems_total"], 0);
+
+    // The cluster directory is not a node directory.
+    let o = fails(&["wal", "verify", "--dir", s(&tmp.path().join("T"))]);
+    assert!(text(&o).contains("did you mean --dir"), "{}", text(&o));
+    assert!(text(&o).contains("leader"), "{}", text(&o));
+
+    // Replay from genesis reproduces the demo's hash; --json has exactly the four keys.
+    let r = json(&ok(&["replay", "--dir", d, "--from-genesis", "--json"]));
+    let keys: Vec<&str> = r
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["hash", "records", "records_per_s", "seconds"]);
+    assert_eq!(r["hash"], demo_hash.as_str());
+    assert_eq!(r["records"], last);
+    assert!(r["seconds"].as_f64().is_some() && r["records_per_s"].as_f64().is_some());
+    // … and so does a replay from the newest snapshot.
+    let r = json(&ok(&["replay", "--dir", d, "--json"]));
+    assert_eq!(r["hash"], demo_hash.as_str());
+    let o = ok(&["replay", "--dir", d]);
+    assert!(text(&o).contains(&demo_hash), "{}", text(&o));
+
+    // Export: one JSON record per line, in order.
+    let o = ok(&["wal", "export", "--dir", d, "--format", "jsonl"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout.clone())
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len() as u64, last);
+    for (i, rec) in lines.iter().enumerate() {
+        assert_eq!(rec["index"], i as u64 + 1);
+    }
+    let o = ok(&[
+        "wal", "export", "--dir", d, "--format", "jsonl", "--from", "3", "--to", "7",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 5);
+    fails(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "jsonl",
+        "--to",
+        &(last + 1).to_string(),
+    ]);
+
+    // Export CBOR: u32 BE length-prefixed canonical records whose hashes chain.
+    let cbor_file = tmp.path().join("log.cbor");
+    ok(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "cbor",
+        "--out",
+        s(&cbor_file),
+    ]);
+    let bytes = std::fs::read(&cbor_file).expect("cbor export written");
+    let mut rest = &bytes[..];
+    let mut n = 0u64;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 4, "torn length prefix");
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let payload = &rest[4..4 + len];
+        rest = &rest[4 + len..];
+        n += 1;
+        if let Some(next) = lines.get(n as usize) {
+            let prev: Hash = next["prev_hash"]
+                .as_str()
+                .expect("prev_hash")
+                .parse()
+                .expect("a hash");
+            assert_eq!(Hash::of_bytes(payload), prev, "record {n} bytes");
+        }
+    }
+    assert_eq!(n, last);
+
+    // Inspect, readable and JSON.
+    let o = ok(&["wal", "inspect", "--dir", d, "1"]);
+    let t = text(&o);
+    for want in [
+        "WAL record 1",
+        "project",
+        "transition",
+        "signer",
+        "hlc",
+        "pre hash",
+        "post hash",
+        "prev hash",
+        "record hash",
+        "guards",
+        "bubble://dr/",
+        "the genesis hash ✓",
+    ] {
+        assert!(t.contains(want), "inspect lacks {want:?}:\n{t}");
+    }
+    let j = json(&ok(&["wal", "inspect", "--dir", d, "2", "--json"]));
+    assert_eq!(j["index"], 2);
+    assert_eq!(j["record"]["index"], 2);
+    assert_eq!(j["links_to_previous"], true);
+    assert_eq!(j["record"], lines[1]);
+    fails(&["wal", "inspect", "--dir", d, &(last + 1).to_string()]);
+
+    // Snapshots: create one at the head, list, restore an older one.
+    ok(&["snapshot", "create", "--dir", d]);
+    let snaps = snapshot_indexes(d);
+    assert_eq!(snaps.last(), Some(&last), "snapshots {snaps:?}");
+    let list = json(&ok(&["snapshot", "list", "--dir", d, "--json"]));
+    for row in list.as_array().expect("array") {
+        assert_eq!(row["valid"], true, "{row}");
+        assert!(row["bytes"].as_u64().unwrap_or(0) > 0, "{row}");
+        assert!(row["hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("blake3:")));
+    }
+    let o = ok(&["snapshot", "list", "--dir", d]);
+    assert!(text(&o).contains("recovery starts here"), "{}", text(&o));
+    if snaps.len() >= 2 {
+        let older = snaps[0].to_string();
+        let o = fails(&["snapshot", "restore", "--dir", d, "--index", &older]);
+        assert!(text(&o).contains("--yes"), "{}", text(&o));
+        assert_eq!(snapshot_indexes(d), snaps, "a dry run changed nothing");
+        ok(&[
+            "snapshot", "restore", "--dir", d, "--index", &older, "--yes",
+        ]);
+        assert_eq!(snapshot_indexes(d), vec![snaps[0]]);
+        let o = ok(&["replay", "--dir", d]);
+        assert!(
+            text(&o).contains(&format!("from snapshot {older}")),
+            "{}",
+            text(&o)
+        );
+        assert!(text(&o).contains(&demo_hash), "{}", text(&o));
+    } else {
+        ok(&[
+            "snapshot",
+            "restore",
+            "--dir",
+            d,
+            "--index",
+            &snaps[0].to_string(),
+        ]);
+    }
+    fails(&[
+        "snapshot", "restore", "--dir", d, "--index", "999999", "--yes",
+    ]);
+
+    // Flip one byte inside the payload of a record in the middle of the log.
+    let k = last / 2;
+    {
+        let mut store =
+            LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open store");
+        let mut frame = store.read_at(k).expect("read").expect("record k exists");
+        let at = 38 + (frame.len() - 38) / 2;
+        frame[at] ^= 0x01;
+        store
+            .overwrite_raw(Space::Wal, &index_key(k), &frame)
+            .expect("overwrite");
+    }
+    let o = fails(&["wal", "verify", "--dir", d]);
+    let t = text(&o);
+    assert!(t.contains(&format!("WAL record {k}:")), "{t}");
+    assert!(t.contains("hash mismatch"), "{t}");
+    assert!(t.contains("swoosh wal repair --dir"), "{t}");
+    let v = json(&fails(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["index"], k);
+    assert_eq!(v["kind"], "corrupt");
+    let o = fails(&["replay", "--dir", d, "--from-genesis", "--json"]);
+    assert!(
+        text(&o).contains(&format!("WAL record {k}:")),
+        "{}",
+        text(&o)
+    );
+    // Export stops at the damaged record, after writing the ones before it.
+    let o = fails(&["wal", "export", "--dir", d, "--format", "jsonl"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count() as u64,
+        k - 1
+    );
+    assert!(
+        text(&o).contains(&format!("WAL record {k}:")),
+        "{}",
+        text(&o)
+    );
+
+    // Repair: a dry run without --yes changes nothing and fails.
+    let cut = tmp.path().join("cut.bin");
+    let o = fails(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut)]);
+    assert!(text(&o).contains("dry run"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("first bad record is {k}")),
+        "{}",
+        text(&o)
+    );
+    assert!(!cut.exists());
+    fails(&["wal", "verify", "--dir", d]);
+    // With --yes it cuts records k.. into the side file.
+    let o = ok(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut), "--yes"]);
+    assert!(
+        text(&o).contains(&format!("now ends at record {}", k - 1)),
+        "{}",
+        text(&o)
+    );
+    let entries = read_cut_file(&cut).expect("side file readable");
+    let wal_cut: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.space == Space::Wal)
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(wal_cut, (k..=last).collect::<Vec<_>>());
+    // The side file is never overwritten.
+    fails(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut), "--yes"]);
+
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["records"], k - 1);
+    let o = ok(&["wal", "export", "--dir", d, "--format", "jsonl"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count() as u64,
+        k - 1
+    );
+    let g = json(&ok(&["replay", "--dir", d, "--from-genesis", "--json"]));
+    let r = json(&ok(&["replay", "--dir", d, "--json"]));
+    assert_eq!(g["hash"], r["hash"]);
+
+    // Reindex rebuilds the derived indexes; the log still verifies.
+    let o = ok(&["wal", "reindex", "--dir", d]);
+    assert!(text(&o).contains("rebuilt"), "{}", text(&o));
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["index_problems_total"], 0);
+}
+
+#[test]
+fn bad_directories_are_explained() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let top = tmp.path().join("cluster");
+    std::fs::create_dir_all(top.join("leader")).expect("mkdir");
+    std::fs::write(top.join("leader").join("genesis.json"), "{}").expect("write");
+
+    let o = fails(&["wal", "verify", "--dir", s(&top)]);
+    let want = format!("did you mean --dir {}", top.join("leader").display());
+    assert!(text(&o).contains(&want), "{}", text(&o));
+
+    let o = fails(&["replay", "--dir", s(&tmp.path().join("nope"))]);
+    assert!(text(&o).contains("is not a directory"), "{}", text(&o));
+
+    let o = fails(&["snapshot", "list", "--dir", s(tmp.path())]);
+    assert!(text(&o).contains("no genesis.json"), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
