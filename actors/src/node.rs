@@ -580,15 +580,12 @@ struct Waiter {
     applied: Option<Box<Applied>>,
 }
 
-/// Named sections of one region's part of a state document.
-type Sections = Vec<(String, Value)>;
-
 struct Applied {
     project: String,
     pre_hash: Hash,
     hlc: Hlc,
     window_id: String,
-    sections: Vec<(Region, Option<Sections>)>,
+    state: Arc<ProjectState>,
     advanced: Vec<Region>,
     events: Vec<OpEvent>,
     snapshot: Option<Box<NodeState>>,
@@ -633,19 +630,6 @@ mod erased_json {
         fn json(&self) -> serde_json::Value {
             serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
         }
-    }
-}
-
-fn section_changed(pre: &ProjectState, post: &ProjectState, r: Region) -> bool {
-    match r {
-        Region::Project => true,
-        Region::Boot => pre.boot != post.boot,
-        Region::Ingestion => pre.ingestion != post.ingestion,
-        Region::Council => pre.council != post.council,
-        Region::Environment => pre.environment != post.environment,
-        Region::Execution => pre.execution != post.execution,
-        Region::Control => pre.control != post.control,
-        Region::Policy => pre.policy != post.policy,
     }
 }
 
@@ -754,21 +738,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     }
                     Outcome::Accepted(acc) => {
                         let index = acc.record.index;
-                        let post = st.node.project(&proposal.project).into_owned();
-                        let fresh = pre.applied == 0;
-                        let sections = Region::ALL
-                            .iter()
-                            .map(|r| {
-                                (
-                                    *r,
-                                    if fresh || section_changed(&pre, &post, *r) {
-                                        Some(section_values(&post, *r))
-                                    } else {
-                                        None
-                                    },
-                                )
-                            })
-                            .collect();
+                        // One copy of the post state, shared by every region's
+                        // read model; JSON is rendered only when read.
+                        let post = Arc::new(st.node.project(&proposal.project).into_owned());
                         let advanced = Region::ALL
                             .iter()
                             .copied()
@@ -798,7 +770,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                             pre_hash,
                             hlc: proposal.hlc,
                             window_id: proposal.window_id.clone(),
-                            sections,
+                            state: post.clone(),
                             advanced,
                             events,
                             snapshot,
@@ -926,8 +898,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
             }
             *sh.root_hash.lock().expect("root lock") = Some(a.root_hash);
             let refs = sh.refs.read().expect("refs lock");
-            for (r, sections) in a.sections {
-                if let Some(actor) = refs.regions.get(&r) {
+            for actor in refs.regions.values() {
+                {
                     // A region actor that misses an update rebuilds from storage
                     // when restarted; a full mailbox is counted and the actor is
                     // restarted by the next read that finds it behind.
@@ -935,7 +907,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                         project: a.project.clone(),
                         index: w.index,
                         hash: w.ok.state_post_hash,
-                        sections,
+                        state: a.state.clone(),
                     });
                 }
             }
@@ -1082,7 +1054,7 @@ enum RegionMsg {
         project: String,
         index: u64,
         hash: Hash,
-        sections: Option<Vec<(String, Value)>>,
+        state: Arc<ProjectState>,
     },
     Get {
         project: String,
@@ -1106,7 +1078,7 @@ struct RegionActor<S> {
 struct RegionView {
     /// Index below which updates are already reflected (from a rehydrate).
     floor: u64,
-    projects: BTreeMap<String, (u64, Hash, Sections)>,
+    projects: BTreeMap<String, (u64, Hash, Arc<ProjectState>)>,
 }
 
 impl<S: LogStore + Clone + Send + Sync + 'static> Actor for RegionActor<S> {
@@ -1141,29 +1113,25 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for RegionActor<S> {
                 project,
                 index,
                 hash,
-                sections,
+                state,
             } => {
                 if index <= v.floor {
                     return Ok(());
                 }
-                let entry = v
-                    .projects
-                    .entry(project)
-                    .or_insert_with(|| (0, Hash::ZERO, vec![]));
-                if index > entry.0 {
-                    entry.0 = index;
-                    entry.1 = hash;
-                    if let Some(s) = sections {
-                        entry.2 = s;
+                match v.projects.get_mut(&project) {
+                    Some(entry) if index <= entry.0 => {}
+                    Some(entry) => *entry = (index, hash, state),
+                    None => {
+                        v.projects.insert(project, (index, hash, state));
                     }
                 }
             }
             RegionMsg::Get { project, reply } => {
                 let a = match v.projects.get(&project) {
-                    Some((index, hash, sections)) => RegionAnswer {
+                    Some((index, hash, state)) => RegionAnswer {
                         index: *index,
                         hash: *hash,
-                        sections: sections.clone(),
+                        sections: section_values(state, self.region),
                     },
                     None => {
                         let initial = ProjectState::initial(
@@ -1204,10 +1172,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> RegionActor<S> {
         for (p, e) in &node.projects {
             let keep_newer = v.projects.get(p).is_some_and(|(i, _, _)| *i > node.index);
             if !keep_newer {
-                v.projects.insert(
-                    p.clone(),
-                    (node.index, e.hash, section_values(&e.state, self.region)),
-                );
+                v.projects
+                    .insert(p.clone(), (node.index, e.hash, Arc::new(e.state.clone())));
             }
         }
     }
