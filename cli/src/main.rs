@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod demo_node;
+mod facts_cmd;
 mod node;
 mod storage_cmd;
 
@@ -25,6 +26,16 @@ struct Cli {
 enum ChartFormat {
     Yaml,
     Mermaid,
+}
+
+#[derive(Subcommand)]
+enum LicenseCmd {
+    Issue(facts_cmd::LicenseArgs),
+}
+
+#[derive(Subcommand)]
+enum ProbeCmd {
+    Sign(facts_cmd::ProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -67,6 +78,16 @@ enum Cmd {
     /// Benchmarks, each beside the raw fdatasync rate measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Issue a signed license token (prints {"license": …}, the inputs of Boot_Licensed).
+    License {
+        #[command(subcommand)]
+        cmd: LicenseCmd,
+    },
+    /// Sign an MCP tool probe fact (an element of the `probes` input).
+    Probe {
+        #[command(subcommand)]
+        cmd: ProbeCmd,
+    },
     /// Generate an ed25519 signing key; prints the signer id and writes the
     /// secret key (hex) to --out with 0600 permissions.
     Keygen {
@@ -111,6 +132,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Init(a) => node::init(a),
+        Cmd::License {
+            cmd: LicenseCmd::Issue(a),
+        } => facts_cmd::license(a),
+        Cmd::Probe {
+            cmd: ProbeCmd::Sign(a),
+        } => facts_cmd::probe(a),
         Cmd::Bench(b) => bench::run(b).await,
         Cmd::Serve(a) => node::serve(a).await,
         Cmd::Propose(a) => node::propose(a).await,
