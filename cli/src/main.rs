@@ -114,6 +114,13 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`swoosh wal export | head`) instead of panicking on EPIPE.
+    // SAFETY: called before any other thread writes to a pipe; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
