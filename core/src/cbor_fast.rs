@@ -94,39 +94,53 @@ pub struct SeqEnc<'a> {
     _variant: bool,
 }
 
-/// A map or struct being written: entries are buffered and sorted at `end`.
+/// A map or struct being written: entries are encoded back to back into one
+/// scratch buffer (one allocation per map, not per entry) and written out in
+/// the order of their encoded keys at `end`.
 pub struct MapEnc<'a> {
     out: &'a mut Vec<u8>,
     depth: usize,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
-    pending_key: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    /// (key start, value start, value end) in `buf`.
+    entries: Vec<(usize, usize, usize)>,
+    pending_key: Option<(usize, usize)>,
 }
 
 impl<'a> MapEnc<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: usize, len: usize) -> MapEnc<'a> {
+        MapEnc {
+            out,
+            depth,
+            buf: Vec::with_capacity(64 * len.max(1)),
+            entries: Vec::with_capacity(len),
+            pending_key: None,
+        }
+    }
     fn finish(mut self) -> Result<(), FastError> {
-        self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let buf = &self.buf;
+        self.entries
+            .sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
         for w in self.entries.windows(2) {
-            if w[0].0 == w[1].0 {
+            if buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1] {
                 return Err(FastError);
             }
         }
         head(self.out, 5, self.entries.len() as u64);
-        for (k, v) in self.entries {
-            self.out.extend_from_slice(&k);
-            self.out.extend_from_slice(&v);
+        for (k, _, end) in &self.entries {
+            self.out.extend_from_slice(&buf[*k..*end]);
         }
         Ok(())
     }
-    fn encode_part<T: Serialize + ?Sized>(&self, v: &T) -> Result<Vec<u8>, FastError> {
+    fn encode_part<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(usize, usize), FastError> {
         if self.depth >= crate::cbor::CBOR_DEPTH_MAX {
             return Err(FastError);
         }
-        let mut buf = Vec::with_capacity(32);
+        let start = self.buf.len();
         v.serialize(&mut Enc {
-            out: &mut buf,
+            out: &mut self.buf,
             depth: self.depth + 1,
         })?;
-        Ok(buf)
+        Ok((start, self.buf.len()))
     }
 }
 
@@ -309,12 +323,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Enc<'b> {
         if self.depth >= crate::cbor::CBOR_DEPTH_MAX {
             return Err(FastError);
         }
-        Ok(MapEnc {
-            out: self.out,
-            depth: self.depth,
-            entries: Vec::with_capacity(len.unwrap_or(4)),
-            pending_key: None,
-        })
+        Ok(MapEnc::new(self.out, self.depth, len.unwrap_or(4)))
     }
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<MapEnc<'a>, FastError> {
         self.serialize_map(Some(len))
@@ -329,12 +338,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Enc<'b> {
         head(self.out, 5, 1);
         text(self.out, variant);
         let depth = self.depth + 1;
-        Ok(VariantMap(MapEnc {
-            out: self.out,
-            depth,
-            entries: Vec::with_capacity(len),
-            pending_key: None,
-        }))
+        Ok(VariantMap(MapEnc::new(self.out, depth, len)))
     }
 }
 
@@ -415,9 +419,9 @@ impl ser::SerializeMap for MapEnc<'_> {
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FastError> {
-        let k = self.pending_key.take().ok_or(FastError)?;
-        let v = self.encode_part(v)?;
-        self.entries.push((k, v));
+        let (ks, _) = self.pending_key.take().ok_or(FastError)?;
+        let (vs, end) = self.encode_part(v)?;
+        self.entries.push((ks, vs, end));
         Ok(())
     }
     fn end(self) -> Result<(), FastError> {
@@ -433,10 +437,10 @@ impl ser::SerializeStruct for MapEnc<'_> {
         key: &'static str,
         v: &T,
     ) -> Result<(), FastError> {
-        let mut k = Vec::with_capacity(key.len() + 1);
-        text(&mut k, key);
-        let v = self.encode_part(v)?;
-        self.entries.push((k, v));
+        let ks = self.buf.len();
+        text(&mut self.buf, key);
+        let (vs, end) = self.encode_part(v)?;
+        self.entries.push((ks, vs, end));
         Ok(())
     }
     fn end(self) -> Result<(), FastError> {

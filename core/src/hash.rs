@@ -22,6 +22,20 @@ pub enum HashParseError {
     Digits(String),
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of `bytes` after `prefix`, into `buf`; no allocation.
+pub(crate) fn hex_into<'a>(buf: &'a mut [u8], prefix: &str, bytes: &[u8]) -> &'a str {
+    let p = prefix.len();
+    buf[..p].copy_from_slice(prefix.as_bytes());
+    for (i, b) in bytes.iter().enumerate() {
+        buf[p + 2 * i] = HEX[(b >> 4) as usize];
+        buf[p + 2 * i + 1] = HEX[(b & 0x0f) as usize];
+    }
+    let n = p + 2 * bytes.len();
+    std::str::from_utf8(&buf[..n]).expect("ASCII prefix and hex digits are UTF-8")
+}
+
 impl Hash {
     pub const ZERO: Hash = Hash([0; 32]);
 
@@ -41,7 +55,8 @@ pub fn hash_of<T: Serialize + ?Sized>(value: &T) -> Result<Hash, CanonicalError>
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{HASH_PREFIX}{}", self.to_hex())
+        let mut buf = [0u8; 7 + 64];
+        f.write_str(hex_into(&mut buf, HASH_PREFIX, &self.0))
     }
 }
 
@@ -84,7 +99,8 @@ pub(crate) fn truncate(s: &str) -> String {
 
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 7 + 64];
+        s.serialize_str(hex_into(&mut buf, HASH_PREFIX, &self.0))
     }
 }
 

@@ -54,7 +54,8 @@ impl SignerId {
 
 impl fmt::Display for SignerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SIGNER_PREFIX}{}", hex::encode(self.0))
+        let mut buf = [0u8; 12 + 64];
+        f.write_str(crate::hash::hex_into(&mut buf, SIGNER_PREFIX, &self.0))
     }
 }
 impl fmt::Debug for SignerId {
@@ -85,7 +86,8 @@ impl FromStr for SignerId {
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        let mut buf = [0u8; 128];
+        f.write_str(crate::hash::hex_into(&mut buf, "", &self.0))
     }
 }
 impl fmt::Debug for Signature {
@@ -108,10 +110,11 @@ impl FromStr for Signature {
 }
 
 macro_rules! string_serde {
-    ($t:ty) => {
+    ($t:ty, $len:expr, $prefix:expr) => {
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                let mut buf = [0u8; $len];
+                s.serialize_str(crate::hash::hex_into(&mut buf, $prefix, &self.0))
             }
         }
         impl<'de> Deserialize<'de> for $t {
@@ -122,8 +125,8 @@ macro_rules! string_serde {
         }
     };
 }
-string_serde!(SignerId);
-string_serde!(Signature);
+string_serde!(SignerId, 12 + 64, SIGNER_PREFIX);
+string_serde!(Signature, 128, "");
 
 /// The exact bytes a signature covers.
 pub fn signing_bytes<T: Serialize + ?Sized>(
