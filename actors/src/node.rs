@@ -1322,6 +1322,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
             *current += 1;
             let rec = recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
                 .map_err(|e| format!("recovery failed: {e}"))?;
+            // Damaged snapshots recovery skipped would otherwise keep counting
+            // against the snapshots kept and crowd out good ones.
+            let mut store = store;
+            for p in &rec.skipped_snapshots {
+                tracing::warn!(index = p.index, reason = %p.reason, "deleting a damaged snapshot that recovery skipped");
+                store
+                    .delete_snapshot(p.index)
+                    .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
+            }
             let writer =
                 WalWriter::open(store, gh, limits).map_err(|e| format!("WAL open failed: {e}"))?;
             Ok::<_, String>((rec, writer, *current))

@@ -1,6 +1,280 @@
-//! SWOOSH chaos (issue 6): a seeded, single-threaded simulation of a whole
-//! cluster driving the same core, storage and protocol code as production.
+//! SWOOSH chaos (issue 6), mode `sim`: a seeded, single-threaded simulation
+//! of a whole cluster — one leader, followers and council agents — driving
+//! the production code: the core reducer and invariant checker, the
+//! `swoosh-storage` in-memory backend (leader WAL, group commit, crash, torn
+//! commits, snapshots, recovery) and the sans-I/O replication and council
+//! protocols of `swoosh_net::proto`. The simulator owns only the clock, the
+//! network, the fault schedule, the follower disks and the checks.
 //!
-//! Nothing is implemented here yet; the fault-injecting workload it will use
-//! already exists as `swoosh_core::scenario::{Driver, Fault}`.
+//! `run(SimConfig) -> SimReport`; the same config gives the same report,
+//! byte for byte, every time (no wall clock, no threads, one PRNG).
+//! See `docs/chaos.md` for the faults, the invariants and how to reproduce.
+//!
 //! Architecture invariant: one thread, one seed, same final hash every run.
+
+mod disk;
+mod net;
+mod rng;
+mod sim;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use rng::Rng;
+
+/// Per-fault probabilities. Network faults are per message, node faults per
+/// simulation step, workload faults per proposal (see `docs/chaos.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultRates {
+    /// A message is lost.
+    pub drop: f64,
+    /// A message is delivered twice.
+    pub duplicate: f64,
+    /// A message is held 5–40 ms so later ones overtake it.
+    pub reorder: f64,
+    /// A message is held 100–600 ms (past request timeouts).
+    pub delay: f64,
+    /// A follower or an agent is cut off for 50–1,500 ms.
+    pub partition: f64,
+    /// A node (leader or follower) is killed (-9) and restarted 20–400 ms later.
+    pub restart: f64,
+    /// A node is killed in the middle of a WAL write (torn tail).
+    pub torn_write: f64,
+    /// A follower restarts from its oldest snapshot (its newer state is lost).
+    pub snapshot_rollback: f64,
+    /// A node's newest snapshot is corrupted, then the node restarts.
+    pub snapshot_corrupt: f64,
+    /// A published batch or head is followed by a forged copy (bad
+    /// signature, or re-signed by a non-leader key).
+    pub forged_message: f64,
+    /// A proposal is one of the scenario's faults (stale hash, replay,
+    /// forged signature, clock skew, tool flap, capacity churn, …).
+    pub workload_fault: f64,
+    /// A due license refresh is answered late by the license server.
+    pub license_latency: f64,
+    /// A due license refresh is denied (the server returns an expired token).
+    pub license_denial: f64,
+    /// An agent's vote is accompanied by a bad vote (forged, outsider, stale epoch).
+    pub vote_fault: f64,
+}
+
+impl Default for FaultRates {
+    fn default() -> Self {
+        FaultRates {
+            drop: 0.03,
+            duplicate: 0.03,
+            reorder: 0.03,
+            delay: 0.02,
+            partition: 0.01,
+            restart: 0.01,
+            torn_write: 0.01,
+            snapshot_rollback: 0.01,
+            snapshot_corrupt: 0.01,
+            forged_message: 0.02,
+            workload_fault: 0.10,
+            license_latency: 0.05,
+            license_denial: 0.05,
+            vote_fault: 0.05,
+        }
+    }
+}
+
+impl FaultRates {
+    /// No faults at all (a calm run: useful as a baseline).
+    pub fn none() -> FaultRates {
+        FaultRates {
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            delay: 0.0,
+            partition: 0.0,
+            restart: 0.0,
+            torn_write: 0.0,
+            snapshot_rollback: 0.0,
+            snapshot_corrupt: 0.0,
+            forged_message: 0.0,
+            workload_fault: 0.0,
+            license_latency: 0.0,
+            license_denial: 0.0,
+            vote_fault: 0.0,
+        }
+    }
+}
+
+pub const REPLICAS_DEFAULT: usize = 3;
+pub const PROJECTS_DEFAULT: usize = 4;
+pub const COUNCIL_DEFAULT: usize = 5;
+/// Most replicas a simulation runs (leader included).
+pub const REPLICAS_MAX: usize = 16;
+/// Most projects driven at once.
+pub const PROJECTS_MAX: usize = 64;
+/// Most council agents.
+pub const COUNCIL_MAX: usize = 32;
+/// Violations listed in a report; further ones are only counted.
+pub const VIOLATIONS_LISTED_MAX: usize = 100;
+
+/// A deliberate bug to plant in the simulated cluster, to show that the
+/// checkers catch it (tests of the simulator itself). Never set in a real run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// The leader answers `202` as soon as the reducer accepts, before the
+    /// group commit is durable (so a crash loses acknowledged transitions).
+    AckBeforeDurable,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Leader plus followers.
+    pub replicas: usize,
+    /// Proposals to submit to the leader.
+    pub transitions: u64,
+    /// Projects driven concurrently (a terminated project is replaced).
+    pub projects: usize,
+    /// Council agents (the roster's council members).
+    pub council: usize,
+    /// How many of the agents vote no on every election.
+    pub no_voters: usize,
+    pub rates: FaultRates,
+    #[doc(hidden)]
+    pub sabotage: Sabotage,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 0,
+            replicas: REPLICAS_DEFAULT,
+            transitions: 1_000,
+            projects: PROJECTS_DEFAULT,
+            council: COUNCIL_DEFAULT,
+            no_voters: 1,
+            rates: FaultRates::default(),
+            sabotage: Sabotage::None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The command that reruns this configuration.
+    pub fn reproduce(&self) -> String {
+        let mut s = format!(
+            "swoosh chaos --seed {} --transitions {} --replicas {}",
+            self.seed, self.transitions, self.replicas
+        );
+        if self.projects != PROJECTS_DEFAULT {
+            s.push_str(&format!(" --projects {}", self.projects));
+        }
+        if self.council != COUNCIL_DEFAULT || self.no_voters != 1 {
+            s.push_str(&format!(
+                " --council {} --no-voters {}",
+                self.council, self.no_voters
+            ));
+        }
+        if self.rates != FaultRates::default() {
+            s.push_str(" (with non-default fault rates: pass the same SimConfig)");
+        }
+        s
+    }
+}
+
+/// Council protocol activity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CouncilReport {
+    pub elections_opened: u64,
+    pub announcements: u64,
+    /// Valid votes counted by the leader's collector (approving or not).
+    pub votes_counted: u64,
+    pub votes_duplicate: u64,
+    /// Votes refused by the collector, by reason (`bad_signature`,
+    /// `outsider`, `stale_epoch`, `no_election`, `wrong_member_set`).
+    pub votes_rejected: BTreeMap<String, u64>,
+    pub certificates: u64,
+    /// Certificates proposed and accepted as Council_QuorumCert/ReElect.
+    pub certificates_accepted: u64,
+}
+
+/// Replication protocol activity (summed over leader and follower restarts).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationReport {
+    pub batches_published: u64,
+    pub records_published: u64,
+    pub ranges_served: u64,
+    pub snapshot_offers: u64,
+    pub snapshot_chunks: u64,
+    pub snapshots_installed: u64,
+    pub records_applied: u64,
+    pub duplicates_dropped: u64,
+    pub request_timeouts: u64,
+    /// Messages followers refused, by kind (`bad_signature`, `not_leader`, …).
+    pub refused: BTreeMap<String, u64>,
+    pub leader_restarts: u64,
+    pub follower_restarts: u64,
+    pub torn_tails_cut: u64,
+    pub corrupt_snapshots_skipped: u64,
+    pub messages_sent: u64,
+    pub messages_delivered: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimReport {
+    pub seed: u64,
+    pub mode: String,
+    pub replicas: usize,
+    /// Proposals submitted to the leader.
+    pub transitions: u64,
+    /// Proposals that became WAL records.
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Repeats answered with the original outcome.
+    pub duplicates: u64,
+    /// `202`s the simulated clients received (each checked on every replica).
+    pub acknowledged: u64,
+    pub rejections_by_guard: BTreeMap<String, u64>,
+    pub faults: BTreeMap<String, u64>,
+    pub violations: Vec<String>,
+    /// Violations beyond `VIOLATIONS_LISTED_MAX` (only counted).
+    pub violations_unlisted: u64,
+    /// Root hash of each replica at the end, leader first.
+    pub final_hashes: Vec<String>,
+    pub final_index: u64,
+    /// Largest lag (records behind the leader's durable index) observed on a
+    /// running follower, including right after a restart from an old
+    /// snapshot or from genesis.
+    pub max_lag: u64,
+    /// The same, only for followers up for a second or more and not cut off
+    /// by a partition: how far steady tailing falls behind under the faults.
+    pub max_lag_steady: u64,
+    pub council: CouncilReport,
+    pub replication: ReplicationReport,
+    /// Simulated time covered, ms.
+    pub virtual_ms: u64,
+    pub reproduce: String,
+}
+
+impl SimReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty() && self.violations_unlisted == 0
+    }
+
+    /// Every replica ended on the same root hash.
+    pub fn converged(&self) -> bool {
+        self.final_hashes.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+/// Run one simulation.
+pub fn run(config: SimConfig) -> SimReport {
+    run_with_progress(config, &mut |_, _| {})
+}
+
+/// Run one simulation, calling `progress(done, total)` as proposals are
+/// submitted (for a progress bar).
+pub fn run_with_progress(config: SimConfig, progress: &mut dyn FnMut(u64, u64)) -> SimReport {
+    sim::run(config, progress)
+}

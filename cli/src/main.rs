@@ -1,6 +1,7 @@
 //! `swoosh`: the SWOOSH command line.
 
 mod bench;
+mod chaos_cmd;
 mod demo;
 mod demo_node;
 mod facts_cmd;
@@ -75,6 +76,8 @@ enum Cmd {
         read: node::ReadArgs,
         reference: String,
     },
+    /// The seeded deterministic simulation of a whole cluster under faults.
+    Chaos(chaos_cmd::ChaosArgs),
     /// Benchmarks, each beside the raw fdatasync rate measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
             cmd: ProbeCmd::Sign(a),
         } => facts_cmd::probe(a),
         Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Chaos(a) => tokio::task::spawn_blocking(move || chaos_cmd::run(a)).await?,
         Cmd::Serve(a) => node::serve(a).await,
         Cmd::Propose(a) => node::propose(a).await,
         Cmd::State {

@@ -104,10 +104,18 @@ impl RefusedMessage {
     }
 }
 
+/// A record this follower applied, with its hash: the one the leader's
+/// signed header lists, which the reducer's re-encoding reproduced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppliedRecord {
+    pub record: WalRecord,
+    pub hash: Hash,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum FollowerEffect {
     /// These records were applied, in order: append them to this follower's WAL.
-    Applied(Vec<WalRecord>),
+    Applied(Vec<AppliedRecord>),
     /// A verified snapshot was installed: store it; the WAL continues after `index`.
     InstallSnapshot { index: u64, bytes: Vec<u8> },
     /// Send to the leader (request-response).
@@ -467,9 +475,24 @@ impl ReplFollower {
             return self.halt(d, out);
         }
         let mut applied = Vec::with_capacity(b.records.len() - skip);
-        for rec in &b.records[skip..] {
+        for (rec, hash) in b.records[skip..]
+            .iter()
+            .zip(&b.header.record_hashes[skip..])
+        {
             match apply_record(&mut self.node, rec, Verify::Trusted) {
-                Ok(_) => applied.push(rec.clone()),
+                Ok(acc) => {
+                    // verify_records matched the record to the signed hash;
+                    // the reducer's re-encoding must give it back.
+                    assert_eq!(
+                        acc.record_hash, *hash,
+                        "record {} re-encodes differently",
+                        rec.index
+                    );
+                    applied.push(AppliedRecord {
+                        record: rec.clone(),
+                        hash: *hash,
+                    })
+                }
                 Err(e) => {
                     self.stats.records_applied += applied.len() as u64;
                     if !applied.is_empty() {

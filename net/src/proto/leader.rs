@@ -7,6 +7,7 @@
 //! the leader could lose in a crash, and a restarted leader resumes with
 //! [`ReplLeader::new`] at its recovered log tail.
 
+use super::follower::FollowerStatus;
 use super::wire::*;
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
@@ -99,9 +100,6 @@ pub struct LeaderStats {
     pub snapshot_chunks: u64,
     pub refused: u64,
 }
-
-/// One follower as last reported (`FollowerStatus`).
-pub use super::follower::FollowerStatus;
 
 pub struct ReplLeader {
     cfg: LeaderConfig,

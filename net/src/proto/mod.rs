@@ -19,8 +19,8 @@ pub use council::{
     CouncilAgent, CouncilCollector, CouncilMsg, OpenError, VoteOutcome, VotePolicy, VoteRejection,
 };
 pub use follower::{
-    Divergence, FollowerConfig, FollowerEffect, FollowerStats, FollowerStatus, RefusedMessage,
-    ReplFollower,
+    AppliedRecord, Divergence, FollowerConfig, FollowerEffect, FollowerStats, FollowerStatus,
+    RefusedMessage, ReplFollower,
 };
 pub use leader::{
     LeaderConfig, LeaderEffect, LeaderError, LeaderLog, LeaderStats, ReplLeader, SnapshotView,

@@ -1,0 +1,1610 @@
+//! The simulation loop. One step: advance the virtual clock, deliver due
+//! messages, maybe inject a node fault, tick every node, submit one proposal,
+//! maybe group-commit. After `transitions` proposals: heal everything, let
+//! the cluster catch up on a calm network, and compare every replica.
+
+use crate::disk::Disk;
+use crate::net::{Addr, Envelope, LinkFaults, Msg, Net};
+use crate::rng::Rng;
+use crate::{SimConfig, SimReport, COUNCIL_MAX, PROJECTS_MAX, REPLICAS_MAX, VIOLATIONS_LISTED_MAX};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use swoosh_core::cbor::to_canonical;
+use swoosh_core::facts::{Vote, VoteBody};
+use swoosh_core::hash::Hash;
+use swoosh_core::invariants::{check_state, check_transition};
+use swoosh_core::proposal::ProposalBuilder;
+use swoosh_core::reducer::{step, Ctx, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX};
+use swoosh_core::scenario::{genesis, one, Driver, Fault, Keys, Next};
+use swoosh_core::sig::{self, SignerId};
+use swoosh_core::state::{Genesis, NodeState};
+use swoosh_core::{guards::Verify, Proposal};
+use swoosh_net::proto::wire::{BatchHeader, WalBatch, WAL_BATCH_DOMAIN, WAL_HEAD_DOMAIN};
+use swoosh_net::proto::{
+    certificate_proposal, CouncilAgent, CouncilCollector, CouncilMsg, FollowerConfig,
+    FollowerEffect, Gossip, LeaderConfig, LeaderEffect, LeaderLog, ReplFollower, ReplLeader,
+    Request, SnapshotView, VoteOutcome, VotePolicy,
+};
+use swoosh_storage::recovery::{recover, RecoveryError};
+use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
+use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
+
+/// The simulation's clock starts here (2026-01-01T00:00:00Z).
+pub const ORIGIN_MS: u64 = 1_767_225_600_000;
+/// The leader publishes its signed head this often, ms.
+pub const HEAD_INTERVAL_MS: u64 = 50;
+/// An open election is announced again after this long without a certificate.
+pub const REANNOUNCE_MS: u64 = 300;
+/// The leader snapshots every this many records.
+pub const LEADER_SNAPSHOT_EVERY: u64 = 128;
+/// Records the leader keeps before its newest snapshot; older ones are only
+/// served as that snapshot (models log truncation by snapshotting).
+pub const LEADER_LOG_RETAIN: u64 = 64;
+/// Snapshots the leader keeps.
+pub const LEADER_SNAPSHOTS_KEEP: usize = 3;
+/// A follower snapshots every this many applied records.
+pub const FOLLOWER_SNAPSHOT_EVERY: u64 = 128;
+/// Proposals accepted but not committed when the leader forces a group commit.
+pub const GROUP_COMMIT_RECORDS_MAX: usize = 8;
+/// Accepted proposals remembered per project (for replays and stale hashes).
+pub const HISTORY_PER_PROJECT_MAX: usize = 64;
+/// Downtime of a killed node, ms.
+pub const DOWNTIME_MS: (u64, u64) = (20, 400);
+/// Duration of a partition, ms.
+pub const PARTITION_MS: (u64, u64) = (50, 1_500);
+/// Steps without a single proposal before the run is declared stalled.
+pub const STALL_STEPS_MAX: u64 = 50_000;
+/// A follower counts as steady this long after its restart (for `max_lag_steady`).
+pub const STEADY_AFTER_MS: u64 = 1_000;
+/// Calm simulated time allowed for the final catch-up, ms.
+pub const CATCH_UP_MS_MAX: u64 = 120_000;
+
+/// Fault counters every report lists (zero when the fault did not occur).
+pub const FAULT_KEYS: [&str; 20] = [
+    "drop",
+    "duplicate",
+    "reorder",
+    "delay",
+    "partition",
+    "restart",
+    "snapshot_rollback",
+    "snapshot_corrupt",
+    "torn_write",
+    "clock_skew",
+    "license_latency",
+    "license_denial",
+    "license_short",
+    "mcp_flap",
+    "env_churn",
+    "stale_hash",
+    "replay",
+    "forged_signature",
+    "forged_message",
+    "forged_vote",
+];
+
+const COUNCIL_TRANSITIONS: [&str; 2] = ["Council_QuorumCert", "Council_ReElect"];
+
+struct ProtoSnap {
+    index: u64,
+    head_record: Hash,
+    root_hash: Hash,
+    bytes: Vec<u8>,
+}
+
+struct Ack {
+    project: String,
+    idem_key: String,
+    index: u64,
+    post_hash: Hash,
+}
+
+struct Pending {
+    entry: Entry,
+    /// The 202 to send once durable (`None`: sent already — sabotage only).
+    ack: Option<Ack>,
+}
+
+struct LeaderUp {
+    node: NodeState,
+    writer: WalWriter<MemStore>,
+    repl: ReplLeader,
+    collector: CouncilCollector,
+    /// Accepted, not yet group-committed (lost on a crash; no 202 sent).
+    buffer: Vec<Pending>,
+    /// Repeats whose original is not durable yet.
+    waiting_acks: Vec<Ack>,
+    /// Last durable index.
+    synced: u64,
+    /// Index of the newest usable snapshot in the store.
+    snap_index: Option<u64>,
+    /// That snapshot as the protocol serves it (materialized on demand).
+    snap: Option<ProtoSnap>,
+    last_snapshot: u64,
+    last_head_ms: u64,
+    last_announce: BTreeMap<String, u64>,
+}
+
+impl LeaderUp {
+    /// Load the newest snapshot for serving, if it is not loaded yet
+    /// (after a restart it is only read when a follower needs it).
+    fn materialize_snapshot(&mut self) {
+        let Some(idx) = self.snap_index else { return };
+        if self.snap.as_ref().is_some_and(|s| s.index == idx) {
+            return;
+        }
+        self.snap = read_snapshot(self.writer.store(), idx)
+            .ok()
+            .map(|(_, s)| ProtoSnap {
+                index: s.index,
+                head_record: s.head_record,
+                root_hash: s.root_hash,
+                bytes: to_canonical(&s.state).expect("node states encode"),
+            });
+    }
+}
+
+enum LeaderNode {
+    Up(Box<LeaderUp>),
+    Down { store: MemStore, until: u64 },
+}
+
+struct FollowerNode {
+    id: SignerId,
+    disk: Disk,
+    repl: Option<ReplFollower>,
+    down_until: u64,
+    up_since: u64,
+    last_snapshot: u64,
+}
+
+/// The leader's durable log as the replication protocol reads it.
+struct LogView<'a> {
+    store: &'a MemStore,
+    synced: u64,
+    snap_index: Option<u64>,
+    snap: Option<&'a ProtoSnap>,
+}
+
+impl LeaderLog for LogView<'_> {
+    fn first_index(&self) -> u64 {
+        self.snap_index
+            .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1)
+    }
+    fn last_index(&self) -> u64 {
+        self.synced
+    }
+    fn record(&self, index: u64) -> Option<swoosh_core::record::WalRecord> {
+        if index < self.first_index() || index > self.synced {
+            return None;
+        }
+        read_record(self.store, index).ok().map(|v| v.record)
+    }
+    fn snapshot(&self) -> Option<SnapshotView<'_>> {
+        self.snap
+            .filter(|s| Some(s.index) == self.snap_index)
+            .map(|s| SnapshotView {
+                index: s.index,
+                head_record: s.head_record,
+                root_hash: s.root_hash,
+                bytes: &s.bytes,
+            })
+    }
+}
+
+struct Sim<'k> {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    keys: &'k Keys,
+    driver: Driver<'k>,
+    genesis: Genesis,
+    genesis_hash: Hash,
+    leader: Option<LeaderNode>,
+    followers: Vec<FollowerNode>,
+    agents: Vec<CouncilAgent>,
+    net: Net,
+    calm: bool,
+    projects: Vec<String>,
+    projects_made: usize,
+    history: BTreeMap<String, VecDeque<Proposal>>,
+    license_blocked_until: BTreeMap<String, u64>,
+    /// index → (record hash, post hash) of every durable leader record.
+    durable: BTreeMap<u64, (Hash, Hash)>,
+    acked: Vec<Ack>,
+    report: SimReport,
+    fatal: bool,
+}
+
+fn leader_cfg() -> LeaderConfig {
+    LeaderConfig::default()
+}
+
+fn follower_cfg() -> FollowerConfig {
+    FollowerConfig::default()
+}
+
+impl SimConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 || self.replicas > REPLICAS_MAX {
+            return Err(format!(
+                "--replicas must be 1..={REPLICAS_MAX} (leader plus followers), got {}",
+                self.replicas
+            ));
+        }
+        if self.projects == 0 || self.projects > PROJECTS_MAX {
+            return Err(format!(
+                "--projects must be 1..={PROJECTS_MAX}, got {}",
+                self.projects
+            ));
+        }
+        if self.council == 0 || self.council > COUNCIL_MAX {
+            return Err(format!(
+                "--council must be 1..={COUNCIL_MAX}, got {}",
+                self.council
+            ));
+        }
+        if self.no_voters > self.council {
+            return Err(format!(
+                "--no-voters {} exceeds the {} council agents",
+                self.no_voters, self.council
+            ));
+        }
+        let r = &self.rates;
+        for (name, p) in [
+            ("drop", r.drop),
+            ("duplicate", r.duplicate),
+            ("reorder", r.reorder),
+            ("delay", r.delay),
+            ("partition", r.partition),
+            ("restart", r.restart),
+            ("torn_write", r.torn_write),
+            ("snapshot_rollback", r.snapshot_rollback),
+            ("snapshot_corrupt", r.snapshot_corrupt),
+            ("forged_message", r.forged_message),
+            ("workload_fault", r.workload_fault),
+            ("license_latency", r.license_latency),
+            ("license_denial", r.license_denial),
+            ("vote_fault", r.vote_fault),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("fault rate {name} must be within 0..=1, got {p}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(cfg: SimConfig, progress: &mut dyn FnMut(u64, u64)) -> SimReport {
+    let mut report = SimReport {
+        seed: cfg.seed,
+        mode: "sim".into(),
+        replicas: cfg.replicas,
+        reproduce: cfg.reproduce(),
+        ..SimReport::default()
+    };
+    if let Err(e) = cfg.validate() {
+        report
+            .violations
+            .push(format!("invalid configuration: {e}"));
+        return report;
+    }
+    for k in FAULT_KEYS {
+        report.faults.insert(k.to_string(), 0);
+    }
+    let keys = Keys::from_labels("chaos", cfg.council);
+    let fallback = report.clone();
+    // A panic anywhere in the cluster (core, storage, protocol, simulator) is
+    // a finding like any violation: report it with the reproduce command.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = Sim::new(cfg, &keys, report);
+        sim.run(progress);
+        sim.finish()
+    }));
+    outcome.unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        let mut r = fallback;
+        r.violations.push(format!("panic: {why}"));
+        r
+    })
+}
+
+fn fault_name(f: Fault) -> &'static str {
+    match f {
+        Fault::StaleHash => "stale_hash",
+        Fault::Replay => "replay",
+        Fault::IdemConflict => "idem_conflict",
+        Fault::ForgedSignature => "forged_signature",
+        Fault::UnknownTransition => "unknown_transition",
+        Fault::WrongRole => "wrong_role",
+        Fault::Outsider => "outsider",
+        Fault::ClockAhead => "clock_skew",
+        Fault::WrongWindow => "wrong_window",
+        Fault::ForgedVote => "forged_vote_cert",
+        Fault::Pause => "pause",
+        Fault::QuorumLost => "quorum_lost",
+        Fault::Eject => "eject",
+        Fault::Deprovision => "env_churn",
+        Fault::RollbackIndex => "rollback_index",
+        Fault::ToolingLost => "mcp_flap",
+        Fault::PolicyViolation => "policy_violation",
+        Fault::Release => "release",
+        Fault::ShortLicense => "license_short",
+        Fault::CapacityChurn => "env_churn",
+        Fault::Terminate => "terminate",
+    }
+}
+
+/// What kind of proposal the workload submitted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The driver's valid next step.
+    Valid,
+    /// A council certificate assembled from agents' votes.
+    Certificate,
+    Fault(Fault),
+    LicenseDenied,
+}
+
+impl<'k> Sim<'k> {
+    fn new(cfg: SimConfig, keys: &'k Keys, report: SimReport) -> Sim<'k> {
+        let genesis = genesis(keys, "chaos", ORIGIN_MS);
+        let genesis_hash = genesis.hash().expect("the scenario genesis encodes");
+        let rng = Rng::new(cfg.seed);
+        let store = MemStore::new("leader", Durability::NoSync);
+        let followers = (1..cfg.replicas)
+            .map(|i| FollowerNode {
+                id: SignerId::from_signing_key(&sig::key_from_label(&format!(
+                    "chaos/follower-{i}"
+                ))),
+                disk: Disk::default(),
+                repl: None,
+                down_until: 0,
+                up_since: 0,
+                last_snapshot: 0,
+            })
+            .collect();
+        let agents = keys
+            .council
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let policy = if i < cfg.no_voters {
+                    VotePolicy::VoteNo
+                } else {
+                    VotePolicy::ApproveAll
+                };
+                CouncilAgent::new(k.clone(), &genesis, policy)
+            })
+            .collect();
+        let projects = (0..cfg.projects)
+            .map(|i| {
+                if i == 0 {
+                    "default".to_string()
+                } else {
+                    format!("proj-{}", i + 1)
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            projects_made: cfg.projects,
+            cfg,
+            rng,
+            now: ORIGIN_MS + 1,
+            keys,
+            driver: Driver::new(keys, u64::MAX),
+            genesis,
+            genesis_hash,
+            leader: None,
+            followers,
+            agents,
+            net: Net::default(),
+            calm: false,
+            projects,
+            history: BTreeMap::new(),
+            license_blocked_until: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            acked: vec![],
+            report,
+            fatal: false,
+        };
+        sim.restart_leader(store);
+        for i in 0..sim.followers.len() {
+            sim.restart_follower(i);
+        }
+        sim
+    }
+
+    fn count(&mut self, k: &str) {
+        *self.report.faults.entry(k.to_string()).or_default() += 1;
+    }
+
+    fn violation(&mut self, v: String) {
+        if self.report.violations.len() < VIOLATIONS_LISTED_MAX {
+            self.report
+                .violations
+                .push(format!("t+{}ms: {v}", self.now - ORIGIN_MS));
+        } else {
+            self.report.violations_unlisted += 1;
+        }
+    }
+
+    fn link_faults(&self) -> Option<LinkFaults> {
+        (!self.calm).then_some(LinkFaults {
+            drop: self.cfg.rates.drop,
+            duplicate: self.cfg.rates.duplicate,
+            reorder: self.cfg.rates.reorder,
+            delay: self.cfg.rates.delay,
+        })
+    }
+
+    fn send(&mut self, from: Addr, to: Addr, msg: Msg) {
+        let f = self.link_faults();
+        self.net.send(&mut self.rng, self.now, from, to, msg, f);
+    }
+
+    fn up(&mut self) -> Option<&mut LeaderUp> {
+        match self.leader.as_mut() {
+            Some(LeaderNode::Up(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    fn node(&self) -> Option<&NodeState> {
+        match self.leader.as_ref() {
+            Some(LeaderNode::Up(l)) => Some(&l.node),
+            _ => None,
+        }
+    }
+
+    fn synced_max(&self) -> u64 {
+        self.durable.last_key_value().map_or(0, |(k, _)| *k)
+    }
+
+    // ---- the main loop ---------------------------------------------------
+
+    fn run(&mut self, progress: &mut dyn FnMut(u64, u64)) {
+        let total = self.cfg.transitions;
+        let mut idle = 0u64;
+        while self.report.transitions < total && !self.fatal {
+            self.now += match self.rng.below(100) {
+                0..=69 => self.rng.range(1, 5),
+                70..=94 => self.rng.range(6, 40),
+                _ => self.rng.range(41, 400),
+            };
+            self.wake_nodes();
+            self.deliver();
+            self.inject_node_fault();
+            self.tick_nodes();
+            let before = self.report.transitions;
+            self.propose();
+            if self.rng.chance(0.5)
+                || self
+                    .up()
+                    .is_some_and(|l| l.buffer.len() >= GROUP_COMMIT_RECORDS_MAX)
+            {
+                self.leader_commit();
+            }
+            self.sync_followers();
+            self.sample_lag();
+            if self.report.transitions > before {
+                idle = 0;
+                if self.report.transitions.is_multiple_of(100) || self.report.transitions == total {
+                    progress(self.report.transitions, total);
+                }
+            } else {
+                idle += 1;
+                if idle > STALL_STEPS_MAX {
+                    self.violation(format!(
+                        "the workload stalled: no proposal in {STALL_STEPS_MAX} steps ({} of {total} submitted)",
+                        self.report.transitions
+                    ));
+                    break;
+                }
+            }
+        }
+        if !self.fatal {
+            self.catch_up();
+        }
+    }
+
+    fn wake_nodes(&mut self) {
+        if let Some(LeaderNode::Down { until, .. }) = &self.leader {
+            if *until <= self.now {
+                let Some(LeaderNode::Down { store, .. }) = self.leader.take() else {
+                    unreachable!()
+                };
+                self.restart_leader(store);
+            }
+        }
+        for i in 0..self.followers.len() {
+            if self.followers[i].repl.is_none() && self.followers[i].down_until <= self.now {
+                self.restart_follower(i);
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some(e) = self.net.pop_due(self.now) {
+            if self.fatal {
+                return;
+            }
+            self.on_message(e);
+        }
+    }
+
+    fn on_message(&mut self, e: Envelope) {
+        let now = self.now;
+        match (e.to, e.msg) {
+            (Addr::Follower(i), Msg::Gossip(g)) => {
+                if let Some(r) = self.followers[i].repl.as_mut() {
+                    let eff = r.on_gossip(&g, now);
+                    self.follower_effects(i, eff);
+                }
+            }
+            (Addr::Follower(i), Msg::Response(resp)) => {
+                if let Some(r) = self.followers[i].repl.as_mut() {
+                    let eff = r.on_response(&resp, now);
+                    self.follower_effects(i, eff);
+                }
+            }
+            (Addr::Leader, Msg::Request(req)) => {
+                let Some(l) = self.up() else { return };
+                let first = l
+                    .snap_index
+                    .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1);
+                if matches!(req, Request::Snapshot { .. })
+                    || matches!(req, Request::Range { from, .. } if from < first)
+                {
+                    l.materialize_snapshot();
+                }
+                let view = LogView {
+                    store: l.writer.store(),
+                    synced: l.synced,
+                    snap_index: l.snap_index,
+                    snap: l.snap.as_ref(),
+                };
+                let resp = l.repl.on_request(&req, &view);
+                self.send(Addr::Leader, e.from, Msg::Response(Rc::new(resp)));
+            }
+            (Addr::Leader, Msg::Council(m)) => {
+                let CouncilMsg::Vote(v) = &*m else { return };
+                let Some(l) = self.up() else { return };
+                let outcome = l.collector.on_vote(v);
+                if let VoteOutcome::Certificate(_) = outcome {
+                    self.report.council.certificates += 1;
+                }
+            }
+            (Addr::Agent(j), Msg::Council(m)) => {
+                let CouncilMsg::Announce(a) = &*m else { return };
+                let Ok(vote) = self.agents[j].on_announce(a) else {
+                    return;
+                };
+                self.send(
+                    Addr::Agent(j),
+                    Addr::Leader,
+                    Msg::Council(Rc::new(CouncilMsg::Vote(vote.clone()))),
+                );
+                if !self.calm && self.rng.chance(self.cfg.rates.vote_fault) {
+                    let bad = self.bad_vote(j, &vote);
+                    self.send(
+                        Addr::Agent(j),
+                        Addr::Leader,
+                        Msg::Council(Rc::new(CouncilMsg::Vote(bad))),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A vote the collector must refuse: forged, from an outsider, or for a
+    /// stale epoch.
+    fn bad_vote(&mut self, agent: usize, good: &Vote) -> Vote {
+        match self.rng.below(3) {
+            0 => {
+                self.count("forged_vote");
+                let mut v = good.clone();
+                v.signature.0[self.rng.below(64) as usize] ^= 0x10;
+                v
+            }
+            1 => {
+                self.count("outsider_vote");
+                Vote::cast(
+                    VoteBody {
+                        voter: SignerId::from_signing_key(&self.keys.outsider),
+                        ..good.body.clone()
+                    },
+                    &self.keys.outsider,
+                )
+            }
+            _ => {
+                self.count("stale_vote");
+                Vote::cast(
+                    VoteBody {
+                        epoch: good.body.epoch.saturating_sub(1 + self.rng.below(3)),
+                        ..good.body.clone()
+                    },
+                    &self.keys.council[agent],
+                )
+            }
+        }
+    }
+
+    fn follower_effects(&mut self, i: usize, effects: Vec<FollowerEffect>) {
+        for e in effects {
+            match e {
+                FollowerEffect::Applied(recs) => {
+                    self.report.replication.records_applied += recs.len() as u64;
+                    for a in &recs {
+                        let r = &a.record;
+                        match self.durable.get(&r.index) {
+                            Some((h, _)) if *h != a.hash => self.violation(format!(
+                                "follower {} and the leader disagree on record {}",
+                                i + 1,
+                                r.index
+                            )),
+                            None => self.violation(format!(
+                                "follower {} applied record {} that is not durable on the leader",
+                                i + 1,
+                                r.index
+                            )),
+                            Some((_, post)) if *post != r.state_post_hash => {
+                                self.violation(format!(
+                                "follower {} and the leader disagree on the post hash at index {}",
+                                i + 1,
+                                r.index
+                            ))
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.followers[i].disk.append(&recs);
+                }
+                FollowerEffect::InstallSnapshot { index, bytes } => {
+                    self.report.replication.snapshots_installed += 1;
+                    let f = &mut self.followers[i];
+                    f.disk.put_snapshot(index, bytes);
+                    f.last_snapshot = index;
+                }
+                FollowerEffect::Send(req) => {
+                    self.send(Addr::Follower(i), Addr::Leader, Msg::Request(req));
+                }
+                FollowerEffect::Refused(r) => {
+                    *self
+                        .report
+                        .replication
+                        .refused
+                        .entry(r.kind().to_string())
+                        .or_default() += 1;
+                }
+                FollowerEffect::Halted(d) => self.violation(format!(
+                    "follower {} halted on a divergence at index {}: {}",
+                    i + 1,
+                    d.index,
+                    d.reason
+                )),
+            }
+        }
+        let Some(r) = self.followers[i].repl.as_ref() else {
+            return;
+        };
+        let (index, head) = (r.applied_index(), r.node().head_record);
+        let snapshot_due = index >= self.followers[i].last_snapshot + FOLLOWER_SNAPSHOT_EVERY;
+        let bytes = snapshot_due.then(|| to_canonical(r.node()).expect("node states encode"));
+        if index > 0 && self.durable.get(&index).map(|d| d.0) != Some(head) {
+            self.violation(format!(
+                "follower {} stands on record hash {head} at index {index}, the leader's durable record differs",
+                i + 1
+            ));
+        }
+        // A follower's own snapshot, now and then.
+        if let Some(bytes) = bytes {
+            let f = &mut self.followers[i];
+            f.disk.sync();
+            f.disk.put_snapshot(index, bytes);
+            f.last_snapshot = index;
+        }
+    }
+
+    fn tick_nodes(&mut self) {
+        let now = self.now;
+        // Leader: signed head, election re-announcements.
+        let mut heads = None;
+        if let Some(l) = self.up() {
+            if now >= l.last_head_ms + HEAD_INTERVAL_MS {
+                l.last_head_ms = now;
+                let first = LogView {
+                    store: l.writer.store(),
+                    synced: l.synced,
+                    snap_index: l.snap_index,
+                    snap: None,
+                }
+                .first_index();
+                heads = Some(l.repl.head(first));
+            }
+        }
+        if let Some(h) = heads {
+            self.broadcast(h);
+        }
+        for i in 0..self.followers.len() {
+            if let Some(r) = self.followers[i].repl.as_mut() {
+                let eff = r.tick(now);
+                if !eff.is_empty() {
+                    self.follower_effects(i, eff);
+                }
+            }
+        }
+    }
+
+    fn broadcast(&mut self, g: Gossip) {
+        let forge = !self.calm && self.rng.chance(self.cfg.rates.forged_message);
+        let g = Rc::new(g);
+        for i in 0..self.followers.len() {
+            self.send(Addr::Leader, Addr::Follower(i), Msg::Gossip(g.clone()));
+        }
+        if forge {
+            let forged = Rc::new(self.forge(&g));
+            let to = self.rng.below(self.followers.len().max(1) as u64) as usize;
+            if to < self.followers.len() {
+                self.send(Addr::Leader, Addr::Follower(to), Msg::Gossip(forged));
+            }
+        }
+    }
+
+    /// A forged copy of a leader message: a flipped signature bit, or the
+    /// same content re-signed by another rostered key.
+    fn forge(&mut self, g: &Gossip) -> Gossip {
+        let resign = self.rng.chance(0.5);
+        self.count("forged_message");
+        match g {
+            Gossip::Batch(b) => {
+                let mut b: WalBatch = b.clone();
+                if resign {
+                    let mut h: BatchHeader = b.header.clone();
+                    h.leader = SignerId::from_signing_key(&self.keys.admin);
+                    b.signature =
+                        sig::sign(WAL_BATCH_DOMAIN, &h, &self.keys.admin).expect("headers encode");
+                    b.header = h;
+                } else {
+                    b.signature.0[self.rng.below(64) as usize] ^= 0x04;
+                }
+                Gossip::Batch(b)
+            }
+            Gossip::Head(h) => {
+                let mut h = h.clone();
+                h.body.last_index += 1 + self.rng.below(50);
+                if resign {
+                    h.signature = sig::sign(WAL_HEAD_DOMAIN, &h.body, &self.keys.worker)
+                        .expect("heads encode");
+                }
+                Gossip::Head(h)
+            }
+        }
+    }
+
+    fn sync_followers(&mut self) {
+        for i in 0..self.followers.len() {
+            if self.followers[i].repl.is_some()
+                && self.followers[i].disk.unsynced() > 0
+                && (self.calm || self.rng.chance(0.5))
+            {
+                self.followers[i].disk.sync();
+            }
+        }
+    }
+
+    fn sample_lag(&mut self) {
+        let top = self.synced_max();
+        for (i, f) in self.followers.iter().enumerate() {
+            if let Some(r) = &f.repl {
+                let lag = top.saturating_sub(r.applied_index());
+                self.report.max_lag = self.report.max_lag.max(lag);
+                if self.now >= f.up_since + STEADY_AFTER_MS
+                    && !self.net.is_cut(Addr::Follower(i), self.now)
+                {
+                    self.report.max_lag_steady = self.report.max_lag_steady.max(lag);
+                }
+            }
+        }
+    }
+
+    // ---- node faults -----------------------------------------------------
+
+    fn inject_node_fault(&mut self) {
+        if self.calm {
+            return;
+        }
+        let r = self.cfg.rates;
+        let nodes = self.followers.len() as u64 + 1;
+        if self.rng.chance(r.partition) && !self.followers.is_empty() {
+            let n = self.followers.len() + self.agents.len();
+            let k = self.rng.below(n as u64) as usize;
+            let a = if k < self.followers.len() {
+                Addr::Follower(k)
+            } else {
+                Addr::Agent(k - self.followers.len())
+            };
+            let until = self.now + self.rng.range(PARTITION_MS.0, PARTITION_MS.1);
+            self.net.partition(a, until);
+            self.count("partition");
+        }
+        if self.rng.chance(r.restart) {
+            let k = self.rng.below(nodes) as usize;
+            if self.crash(k, false) {
+                self.count("restart");
+            }
+        }
+        if self.rng.chance(r.torn_write) {
+            let k = self.rng.below(nodes) as usize;
+            self.crash(k, true);
+        }
+        if self.rng.chance(r.snapshot_rollback) && !self.followers.is_empty() {
+            let i = self.rng.below(self.followers.len() as u64) as usize;
+            if self.followers[i].repl.is_some() {
+                self.count("snapshot_rollback");
+                self.followers[i].repl = None;
+                let to = self.followers[i].disk.rollback();
+                self.followers[i].last_snapshot = to;
+                self.followers[i].down_until = self.now + 1;
+            }
+        }
+        if self.rng.chance(r.snapshot_corrupt) {
+            let k = self.rng.below(nodes) as usize;
+            let pick = self.rng.next_u64();
+            if self.corrupt_snapshot(k, pick) && self.crash(k, false) {
+                self.count("snapshot_corrupt");
+            }
+        }
+    }
+
+    /// Flip a byte of node `k`'s newest snapshot (bit rot). Returns whether
+    /// a snapshot was damaged.
+    fn corrupt_snapshot(&mut self, k: usize, pick: u64) -> bool {
+        if k > 0 {
+            let f = &mut self.followers[k - 1];
+            return f.repl.is_some() && f.disk.corrupt_newest_snapshot(pick).is_some();
+        }
+        let Some(l) = self.up() else { return false };
+        let store = l.writer.store_mut();
+        let Some(idx) = store.list_snapshots().ok().and_then(|v| v.last().copied()) else {
+            return false;
+        };
+        let Ok(Some(mut bytes)) = store.get_snapshot(idx) else {
+            return false;
+        };
+        let at = (pick % bytes.len() as u64) as usize;
+        bytes[at] ^= 0x5a;
+        let key = swoosh_storage::store::index_key(idx);
+        store.overwrite_raw(Space::Snapshots, &key, &bytes).is_ok()
+    }
+
+    /// kill -9 node `k` (0 = leader, i + 1 = follower i). Returns whether
+    /// a running node was killed.
+    fn crash(&mut self, k: usize, torn: bool) -> bool {
+        let down = self.now + self.rng.range(DOWNTIME_MS.0, DOWNTIME_MS.1);
+        if k == 0 {
+            if !matches!(self.leader, Some(LeaderNode::Up(_))) {
+                return false;
+            }
+            let Some(LeaderNode::Up(mut l)) = self.leader.take() else {
+                unreachable!("checked above")
+            };
+            if torn {
+                if l.buffer.is_empty() {
+                    // Nothing in flight to tear: a plain crash.
+                    self.count("restart");
+                } else {
+                    // The group commit in flight reaches the disk torn.
+                    self.count("torn_write");
+                    l.writer.store_mut().tear_next_commit();
+                    let entries: Vec<Entry> = l.buffer.iter().map(|p| p.entry.clone()).collect();
+                    let _ = l.writer.append_batch(&entries);
+                }
+            }
+            self.add_leader_stats(&l);
+            let store = l.writer.into_store().crash();
+            self.leader = Some(LeaderNode::Down { store, until: down });
+            self.report.replication.leader_restarts += 1;
+        } else {
+            let f = &mut self.followers[k - 1];
+            if f.repl.is_none() {
+                return false;
+            }
+            if let Some(r) = f.repl.take() {
+                let s = r.stats();
+                self.report.replication.duplicates_dropped += s.duplicates;
+                self.report.replication.request_timeouts += s.request_timeouts;
+            }
+            let f = &mut self.followers[k - 1];
+            let tore = f.disk.crash(torn);
+            f.down_until = down;
+            self.report.replication.follower_restarts += 1;
+            if torn {
+                self.count(if tore { "torn_write" } else { "restart" });
+            }
+        }
+        true
+    }
+
+    fn add_leader_stats(&mut self, l: &LeaderUp) {
+        let s = l.repl.stats();
+        let r = &mut self.report.replication;
+        r.batches_published += s.batches_published;
+        r.records_published += s.records_published;
+        r.ranges_served += s.ranges_served;
+        r.snapshot_offers += s.snapshot_offers;
+        r.snapshot_chunks += s.snapshot_chunks;
+        let c = &mut self.report.council;
+        c.votes_counted += l.collector.counted();
+        c.votes_duplicate += l.collector.duplicates();
+        for (k, v) in l.collector.rejected() {
+            *c.votes_rejected.entry(k.name().to_string()).or_default() += v;
+        }
+    }
+
+    fn restart_leader(&mut self, mut store: MemStore) {
+        let mut cut = false;
+        let rec = loop {
+            match recover(&store, &self.genesis) {
+                Ok(r) => break r,
+                Err(RecoveryError::Read(ReadError::Corrupt { index, .. }))
+                    if !cut && store.last_index().ok() == Some(index) =>
+                {
+                    // A torn tail: cut it (what `swoosh wal repair` does,
+                    // minus the side file) and recover again.
+                    cut = true;
+                    self.report.replication.torn_tails_cut += 1;
+                    if store.truncate_after(index - 1).is_err() || store.sync().is_err() {
+                        self.violation("the leader store refuses to cut its torn tail".into());
+                        self.fatal = true;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.violation(format!("the leader does not recover: {e}"));
+                    self.fatal = true;
+                    return;
+                }
+            }
+        };
+        self.report.replication.corrupt_snapshots_skipped += rec.skipped_snapshots.len() as u64;
+        // Damaged snapshots are deleted once recovery has skipped them (a
+        // fresh one is taken at the next group commit), so they never
+        // accumulate in the kept set.
+        for p in &rec.skipped_snapshots {
+            if store.delete_snapshot(p.index).is_err() || store.sync().is_err() {
+                self.violation(format!(
+                    "the leader cannot delete damaged snapshot {}",
+                    p.index
+                ));
+            }
+        }
+        let node = rec.node;
+        let synced = self.synced_max();
+        if node.index < synced {
+            self.violation(format!(
+                "the leader recovered to index {} but records up to {synced} were durable (acknowledged 202s lost)",
+                node.index
+            ));
+        } else if synced > 0 {
+            match read_record(&store, synced) {
+                Ok(v) if Some(v.hash) == self.durable.get(&synced).map(|d| d.0) => {}
+                _ => self.violation(format!(
+                    "the leader's recovered record {synced} differs from the one it made durable"
+                )),
+            }
+        }
+        // The intact prefix of a torn group commit is durable now.
+        for i in synced + 1..=node.index {
+            match read_record(&store, i) {
+                Ok(v) => {
+                    self.durable.insert(i, (v.hash, v.record.state_post_hash));
+                }
+                Err(e) => self.violation(format!("recovered record {i} is unreadable: {e}")),
+            }
+        }
+        let writer = match WalWriter::open(store, self.genesis_hash, BatchLimits::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                self.violation(format!(
+                    "the leader's WAL does not open after recovery: {e}"
+                ));
+                self.fatal = true;
+                return;
+            }
+        };
+        let repl = ReplLeader::new(
+            leader_cfg(),
+            self.keys.leader.clone(),
+            &self.genesis,
+            node.index,
+            node.head_record,
+        )
+        .expect("the scenario leader key is the genesis leader");
+        // Proposals lost with the unsynced tail are no longer history.
+        for (project, h) in self.history.iter_mut() {
+            let idem = node.idem.get(project);
+            h.retain(|p| idem.is_some_and(|m| m.contains_key(&p.idem_key)));
+        }
+        // A long replay (or a skipped snapshot) is followed by a fresh
+        // snapshot at the next group commit.
+        let last_snapshot = if rec.replayed > LEADER_SNAPSHOT_EVERY / 2 {
+            0
+        } else {
+            rec.snapshot.unwrap_or(0)
+        };
+        self.leader = Some(LeaderNode::Up(Box::new(LeaderUp {
+            collector: CouncilCollector::new(self.keys.leader.clone(), &self.genesis),
+            synced: node.index,
+            last_snapshot,
+            node,
+            writer,
+            repl,
+            buffer: vec![],
+            waiting_acks: vec![],
+            snap_index: rec.snapshot,
+            snap: None,
+            last_head_ms: 0,
+            last_announce: BTreeMap::new(),
+        })));
+    }
+
+    fn restart_follower(&mut self, i: usize) {
+        let f = &mut self.followers[i];
+        let (node, notes) = match f.disk.recover(&self.genesis) {
+            Ok(x) => x,
+            Err(e) => {
+                self.violation(format!("follower {} does not recover: {e}", i + 1));
+                self.fatal = true;
+                return;
+            }
+        };
+        self.report.replication.corrupt_snapshots_skipped += notes.corrupt_snapshots;
+        self.report.replication.torn_tails_cut += notes.torn_frames;
+        f.last_snapshot = notes.snapshot.unwrap_or(0);
+        let (index, head) = (node.index, node.head_record);
+        f.repl = Some(ReplFollower::new(follower_cfg(), f.id.clone(), node));
+        f.up_since = self.now;
+        if index > 0 && self.durable.get(&index).map(|d| d.0) != Some(head) {
+            self.violation(format!(
+                "follower {} recovered to index {index} with a record the leader never made durable",
+                i + 1
+            ));
+        }
+    }
+
+    // ---- the leader's group commit ---------------------------------------
+
+    fn leader_commit(&mut self) {
+        let Some(l) = self.up() else { return };
+        if l.buffer.is_empty() {
+            return;
+        }
+        let entries: Vec<Entry> = l.buffer.iter().map(|p| p.entry.clone()).collect();
+        let ok = l.writer.append_batch(&entries).is_ok() && l.writer.sync().is_ok();
+        if !ok {
+            self.violation("the leader's group commit failed without an injected fault".into());
+            self.crash(0, false);
+            return;
+        }
+        let l = self.up().expect("up");
+        let pending = std::mem::take(&mut l.buffer);
+        let mut publish = vec![];
+        let mut durable = vec![];
+        for p in &pending {
+            let rec = &p.entry.record;
+            let hash = p
+                .entry
+                .record_hash
+                .expect("entries carry the reducer's hash");
+            durable.push((rec.index, hash, rec.state_post_hash));
+            match l.repl.on_committed(rec) {
+                Ok(eff) => publish.extend(eff),
+                Err(e) => {
+                    let msg = format!("replication refuses a committed record: {e}");
+                    self.violation(msg);
+                    self.fatal = true;
+                    return;
+                }
+            }
+        }
+        publish.extend(l.repl.flush());
+        l.synced = pending.last().map_or(l.synced, |p| p.entry.record.index);
+        let synced = l.synced;
+        let waiting = std::mem::take(&mut l.waiting_acks);
+        let (ready, still): (Vec<Ack>, Vec<Ack>) =
+            waiting.into_iter().partition(|a| a.index <= synced);
+        l.waiting_acks = still;
+        // Snapshot (and model truncation) every LEADER_SNAPSHOT_EVERY records.
+        let mut snap_err = None;
+        if synced >= l.last_snapshot + LEADER_SNAPSHOT_EVERY {
+            match write_snapshot(l.writer.store_mut(), &l.node, LEADER_SNAPSHOTS_KEEP)
+                .map_err(|e| e.to_string())
+                .and_then(|_| l.writer.sync().map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    l.last_snapshot = synced;
+                    l.snap_index = Some(l.node.index);
+                    l.snap = Some(ProtoSnap {
+                        index: l.node.index,
+                        head_record: l.node.head_record,
+                        root_hash: l.node.root_hash(),
+                        bytes: to_canonical(&l.node).expect("node states encode"),
+                    });
+                }
+                Err(e) => snap_err = Some(e),
+            }
+        }
+        if let Some(e) = snap_err {
+            self.violation(format!("the leader's snapshot failed: {e}"));
+        }
+        for (index, hash, post) in durable {
+            if let Some(old) = self.durable.insert(index, (hash, post)) {
+                if old.0 != hash {
+                    self.violation(format!(
+                        "durable record {index} was replaced by another one"
+                    ));
+                }
+            }
+        }
+        self.acked.extend(pending.into_iter().filter_map(|p| p.ack));
+        self.acked.extend(ready);
+        for LeaderEffect::Publish(g) in publish {
+            self.broadcast(g);
+        }
+    }
+
+    // ---- the workload ----------------------------------------------------
+
+    fn propose(&mut self) {
+        if self.up().is_none() {
+            return;
+        }
+        let k = self.rng.below(self.projects.len() as u64) as usize;
+        let project = self.projects[k].clone();
+        if self
+            .license_blocked_until
+            .get(&project)
+            .is_some_and(|u| *u > self.now)
+        {
+            return;
+        }
+        let l = self.up().expect("checked");
+        let st = l.node.project(&project).into_owned();
+        if st.meta.phase == "TERMINATED" {
+            self.projects_made += 1;
+            self.projects[k] = format!("proj-{}", self.projects_made);
+            return;
+        }
+        let fault = if st.policy.phase == "QUARANTINED" && self.rng.chance(0.25) {
+            Some(Fault::Release)
+        } else if self.rng.chance(self.cfg.rates.workload_fault) {
+            if self.rng.chance(0.01) {
+                Some(Fault::Terminate)
+            } else {
+                let pool: Vec<Fault> = Fault::ALL
+                    .into_iter()
+                    .filter(|f| *f != Fault::Terminate)
+                    .collect();
+                Some(pool[self.rng.below(pool.len() as u64) as usize])
+            }
+        } else {
+            None
+        };
+        let now = self.now;
+        let (proposal, kind) = match fault {
+            Some(f) => {
+                let pick = self.rng.next_u64();
+                let hist: Vec<Proposal> = self
+                    .history
+                    .get(&project)
+                    .map(|h| h.iter().cloned().collect())
+                    .unwrap_or_default();
+                let node = self.node().expect("checked");
+                match self.driver.fault(node, &project, now, f, &hist, pick) {
+                    Some(p) => (p, Kind::Fault(f)),
+                    None => return,
+                }
+            }
+            None => {
+                let node = self.node().expect("checked");
+                match self.driver.next(node, &project, now) {
+                    Next::Propose(p) => {
+                        if COUNCIL_TRANSITIONS.contains(&p.transition.as_str()) {
+                            match self.council(&project, &p) {
+                                Some(c) => (c, Kind::Certificate),
+                                None => return,
+                            }
+                        } else if p.transition == "Boot_LicenseRefresh" {
+                            match self.license_refresh(&project, *p) {
+                                Some(x) => x,
+                                None => return,
+                            }
+                        } else {
+                            (*p, Kind::Valid)
+                        }
+                    }
+                    Next::WaitMs(ms) => {
+                        if self.rng.chance(0.5) {
+                            self.now += ms;
+                        }
+                        return;
+                    }
+                    Next::Done => {
+                        if st.policy.phase != "QUARANTINED" {
+                            self.projects_made += 1;
+                            self.projects[k] = format!("proj-{}", self.projects_made);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        if let Kind::Fault(f) = kind {
+            self.count(fault_name(f));
+        }
+        self.submit(&project, proposal, kind);
+    }
+
+    /// The council path: open the election (announce to the agents), wait
+    /// for their votes, and propose the certificate once it is assembled.
+    fn council(&mut self, project: &str, driver_p: &Proposal) -> Option<Proposal> {
+        let now = self.now;
+        let key = self.keys.leader.clone();
+        let l = self.up()?;
+        let st = l.node.project(project).into_owned();
+        let epoch = st.epoch.council;
+        if let Some(cert) = l.collector.certificate(project) {
+            if cert.epoch == epoch {
+                return certificate_proposal(&cert, &l.node, &key, now).ok();
+            }
+        }
+        let announce = match l.collector.open_for(project) {
+            Some((e, _)) if e == epoch => {
+                let last = l.last_announce.get(project).copied().unwrap_or(0);
+                if now < last + REANNOUNCE_MS {
+                    return None;
+                }
+                l.collector.announcement(project).cloned()?
+            }
+            _ => {
+                #[derive(serde::Deserialize)]
+                struct Members {
+                    members: Vec<SignerId>,
+                }
+                let m: Members = driver_p.inputs.deserialized().ok()?;
+                let a = l.collector.open(&st, &m.members).ok()?;
+                self.report.council.elections_opened += 1;
+                a
+            }
+        };
+        let l = self.up()?;
+        l.last_announce.insert(project.to_string(), now);
+        self.report.council.announcements += 1;
+        let m = Rc::new(CouncilMsg::Announce(announce));
+        for j in 0..self.agents.len() {
+            self.send(Addr::Leader, Addr::Agent(j), Msg::Council(m.clone()));
+        }
+        None
+    }
+
+    /// A due license refresh, answered late or denied by the license server.
+    fn license_refresh(&mut self, project: &str, p: Proposal) -> Option<(Proposal, Kind)> {
+        if self.rng.chance(self.cfg.rates.license_latency) {
+            self.count("license_latency");
+            let until = self.now + self.rng.range(200, 3_000);
+            self.license_blocked_until
+                .insert(project.to_string(), until);
+            return None;
+        }
+        if !self.rng.chance(self.cfg.rates.license_denial) {
+            return Some((p, Kind::Valid));
+        }
+        // The server answers with a token that is already expired.
+        self.count("license_denial");
+        let l = self.up()?;
+        let st = l.node.project(project).into_owned();
+        let tok = self
+            .driver
+            .license(&st.meta.cluster_id, p.hlc, p.hlc.wall_ms, 1_000);
+        let denied = ProposalBuilder {
+            project: p.project.clone(),
+            transition: p.transition.clone(),
+            current_state_hash: p.current_state_hash,
+            inputs: ciborium::Value::Null,
+            idem_key: format!("{}:denied", p.idem_key),
+            hlc: p.hlc,
+            window_id: p.window_id.clone(),
+            evidence: p.evidence.clone(),
+        }
+        .inputs(&one("license", tok))
+        .ok()?
+        .sign(&self.keys.leader)
+        .ok()?;
+        Some((denied, Kind::LicenseDenied))
+    }
+
+    fn submit(&mut self, project: &str, p: Proposal, kind: Kind) {
+        let now = self.now;
+        self.report.transitions += 1;
+        let l = self.up().expect("the leader is up");
+        let pre = l.node.project(project).into_owned();
+        let ctx = Ctx {
+            now_ms: now,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        };
+        let s = step(&mut l.node, &p, &ctx);
+        match s.outcome {
+            Outcome::Accepted(acc) => {
+                let post = l.node.project(project).into_owned();
+                let index = acc.record.index;
+                let ack = Ack {
+                    project: project.to_string(),
+                    idem_key: p.idem_key.clone(),
+                    index,
+                    post_hash: acc.record.state_post_hash,
+                };
+                let mut vs: Vec<String> = check_transition(&pre, &post, &acc.record)
+                    .into_iter()
+                    .chain(check_state(&post))
+                    .map(|v| {
+                        format!(
+                            "record {index} ({}): {}: {}",
+                            acc.record.transition, v.invariant, v.detail
+                        )
+                    })
+                    .collect();
+                let ack = if self.cfg.sabotage == crate::Sabotage::AckBeforeDurable {
+                    self.acked.push(ack);
+                    None
+                } else {
+                    Some(ack)
+                };
+                let l = self.up().expect("the leader is up");
+                l.buffer.push(Pending {
+                    entry: Entry::from_accepted(*acc),
+                    ack,
+                });
+                self.report.accepted += 1;
+                if let Kind::Fault(f) = kind {
+                    if f.must_fail() {
+                        vs.push(format!("fault {f:?} was accepted as {}", p.transition));
+                    }
+                }
+                if kind == Kind::LicenseDenied {
+                    vs.push("a refresh with an expired license token was accepted".into());
+                }
+                if kind == Kind::Certificate {
+                    self.report.council.certificates_accepted += 1;
+                    // The election is decided: keep the collector bounded.
+                    if let Some(l) = self.up() {
+                        l.collector.close(project);
+                        l.last_announce.remove(project);
+                    }
+                } else if COUNCIL_TRANSITIONS.contains(&p.transition.as_str()) {
+                    vs.push(format!(
+                        "{} was accepted without a certificate from the council protocol",
+                        p.transition
+                    ));
+                }
+                for v in vs {
+                    self.violation(v);
+                }
+                let h = self.history.entry(project.to_string()).or_default();
+                if h.len() >= HISTORY_PER_PROJECT_MAX {
+                    h.pop_front();
+                }
+                h.push_back(p);
+            }
+            Outcome::Duplicate(e) => {
+                let ack = Ack {
+                    project: project.to_string(),
+                    idem_key: p.idem_key.clone(),
+                    index: e.index,
+                    post_hash: e.state_post_hash,
+                };
+                if e.index <= l.synced {
+                    self.acked.push(ack);
+                } else {
+                    l.waiting_acks.push(ack);
+                }
+                self.report.duplicates += 1;
+            }
+            Outcome::Rejected(r) => {
+                self.report.rejected += 1;
+                *self
+                    .report
+                    .rejections_by_guard
+                    .entry(r.guard.clone())
+                    .or_default() += 1;
+                if matches!(kind, Kind::Valid | Kind::Certificate)
+                    && !matches!(r.guard.as_str(), "backbeat" | "license")
+                {
+                    self.violation(format!(
+                        "a valid {} for {project} was refused by {}: {}",
+                        p.transition,
+                        r.guard,
+                        r.reasons.join("; ")
+                    ));
+                }
+            }
+        }
+    }
+
+    // ---- the end ----------------------------------------------------------
+
+    /// Heal every partition, restart every node, stop all faults, and let
+    /// the followers catch up on a calm network.
+    fn catch_up(&mut self) {
+        self.calm = true;
+        self.net.heal_all();
+        self.now += 1;
+        if let Some(LeaderNode::Down { .. }) = &self.leader {
+            let Some(LeaderNode::Down { store, .. }) = self.leader.take() else {
+                unreachable!()
+            };
+            self.restart_leader(store);
+        }
+        for i in 0..self.followers.len() {
+            if self.followers[i].repl.is_none() {
+                self.restart_follower(i);
+            }
+        }
+        if self.fatal {
+            return;
+        }
+        self.leader_commit();
+        let end = self.now + CATCH_UP_MS_MAX;
+        while self.now < end && !self.fatal {
+            self.now += 5;
+            self.deliver();
+            self.tick_nodes();
+            self.sync_followers();
+            let top = self.up().map_or(0, |l| l.synced);
+            if self.net.in_flight() == 0
+                && self
+                    .followers
+                    .iter()
+                    .all(|f| f.repl.as_ref().is_some_and(|r| r.applied_index() == top))
+            {
+                break;
+            }
+        }
+    }
+
+    fn finish(mut self) -> SimReport {
+        self.report.virtual_ms = self.now - ORIGIN_MS;
+        let mut c = std::mem::take(&mut self.net.counts);
+        for (k, v) in std::mem::take(&mut c) {
+            if k != "overflow" && k != "partition_drop" {
+                *self.report.faults.entry(k.to_string()).or_default() += v;
+            }
+        }
+        self.report.replication.messages_sent = self.net.sent;
+        self.report.replication.messages_delivered = self.net.delivered;
+        if self.fatal {
+            return self.report;
+        }
+        let Some(LeaderNode::Up(leader)) = self.leader.take() else {
+            self.violation("the leader is not up at the end".into());
+            return self.report;
+        };
+        self.add_leader_stats(&leader);
+        let root = leader.node.root_hash();
+        self.report.final_index = leader.node.index;
+        self.report.final_hashes.push(root.to_string());
+        let mut replicas: Vec<(String, NodeState)> = vec![];
+        for (i, f) in self.followers.iter_mut().enumerate() {
+            let name = format!("follower {}", i + 1);
+            let Some(r) = f.repl.take() else {
+                self.report
+                    .violations
+                    .push(format!("{name} is not up at the end"));
+                continue;
+            };
+            let s = r.stats();
+            self.report.replication.duplicates_dropped += s.duplicates;
+            self.report.replication.request_timeouts += s.request_timeouts;
+            if let Some(d) = r.halted() {
+                self.report
+                    .violations
+                    .push(format!("{name} is halted (divergence at {})", d.index));
+            }
+            let node = r.node().clone();
+            self.report.final_hashes.push(node.root_hash().to_string());
+            if node.index != leader.node.index {
+                self.report.violations.push(format!(
+                    "{name} did not catch up: applied {} of the leader's {} (lag {})",
+                    node.index,
+                    leader.node.index,
+                    leader.node.index.saturating_sub(node.index)
+                ));
+            } else if node.root_hash() != root || node.head_record != leader.node.head_record {
+                self.report.violations.push(format!(
+                    "{name} ends on root {} at index {}, the leader on {root}",
+                    node.root_hash(),
+                    node.index
+                ));
+            }
+            // Its disk holds what it applied: a restart now loses nothing.
+            f.disk.sync();
+            match f.disk.recover(&self.genesis) {
+                Ok((n, _)) if n.root_hash() == node.root_hash() => {}
+                Ok((n, _)) => self.report.violations.push(format!(
+                    "{name} restarted from its disk lands on index {} / {}, not {} / {}",
+                    n.index,
+                    n.root_hash(),
+                    node.index,
+                    node.root_hash()
+                )),
+                Err(e) => self
+                    .report
+                    .violations
+                    .push(format!("{name} does not recover from its disk: {e}")),
+            }
+            replicas.push((name, node));
+        }
+        // The leader's durable store alone must give the same state.
+        let store = leader.writer.into_store().crash();
+        match recover(&store, &self.genesis) {
+            Ok(r) if r.node.root_hash() == root => {}
+            Ok(r) => self.report.violations.push(format!(
+                "the leader restarted from its store lands on {} at index {}, not {root}",
+                r.node.root_hash(),
+                r.node.index
+            )),
+            Err(e) => self.report.violations.push(format!(
+                "the leader's store does not recover at the end: {e}"
+            )),
+        }
+        replicas.insert(0, ("leader".into(), leader.node));
+        // Every 202 a client saw is on every replica: the acknowledged record
+        // is the durable one at its index, every replica holds that index
+        // (their chains were checked against the durable records), and its
+        // idempotency index still answers with the original outcome unless
+        // the key aged out of the bounded window.
+        self.report.acknowledged = self.acked.len() as u64;
+        let mut missing = 0u64;
+        for a in &self.acked {
+            let mut bad = vec![];
+            if self.durable.get(&a.index).map(|d| d.1) != Some(a.post_hash) {
+                bad.push("the leader's durable log".to_string());
+            }
+            for (name, n) in &replicas {
+                let keys = n.idem.get(&a.project);
+                let ok = n.index >= a.index
+                    && match keys.and_then(|m| m.get(&a.idem_key)) {
+                        Some(e) => e.index == a.index && e.state_post_hash == a.post_hash,
+                        None => keys.is_some_and(|m| {
+                            m.len() >= IDEM_KEYS_PER_PROJECT_MAX - IDEM_EVICT_BATCH
+                        }),
+                    };
+                if !ok {
+                    bad.push(name.clone());
+                }
+            }
+            for name in bad {
+                missing += 1;
+                if missing <= 10 {
+                    self.report.violations.push(format!(
+                        "the 202 for {}/{} (index {}) is not on the {name}",
+                        a.project, a.idem_key, a.index
+                    ));
+                }
+            }
+        }
+        if missing > 10 {
+            self.report.violations.push(format!(
+                "{} more acknowledged transitions missing",
+                missing - 10
+            ));
+        }
+        self.report
+    }
+}

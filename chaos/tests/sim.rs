@@ -1,0 +1,259 @@
+//! The chaos suite in CI: a seeded sweep (each seed twice, same report),
+//! the 10,000-transition acceptance run with 3 replicas, and checks that the
+//! checkers themselves fire. A failing seed prints the command that replays
+//! it: `reproduce with: swoosh chaos --seed N --transitions T --replicas R`.
+//!
+//! `CHAOS_SWEEP_SEEDS=N` widens the sweep (default 20 seeds, 1,000
+//! transitions each); `docs/chaos.md` has the long soak commands.
+
+use swoosh_chaos::{run, FaultRates, Sabotage, SimConfig, SimReport};
+
+const SWEEP_TRANSITIONS: u64 = 1_000;
+const SWEEP_SEEDS_DEFAULT: u64 = 20;
+/// The sweep runs in this many test functions so `cargo test` spreads it
+/// over the machine's cores.
+const SWEEP_PARTS: u64 = 4;
+
+fn must_pass(cfg: &SimConfig, r: &SimReport) {
+    assert!(
+        r.ok(),
+        "seed {} broke {} invariant(s):\n  {}\nreproduce with: {}",
+        cfg.seed,
+        r.violations.len() as u64 + r.violations_unlisted,
+        r.violations.join("\n  "),
+        cfg.reproduce()
+    );
+    assert_eq!(
+        r.final_hashes.len(),
+        cfg.replicas,
+        "one final hash per replica\nreproduce with: {}",
+        cfg.reproduce()
+    );
+    assert!(
+        r.converged(),
+        "replicas ended on different hashes {:?}\nreproduce with: {}",
+        r.final_hashes,
+        cfg.reproduce()
+    );
+    assert_eq!(r.transitions, cfg.transitions);
+}
+
+/// Run a seed twice: both runs pass and give the very same report.
+fn twice(cfg: SimConfig) -> SimReport {
+    let a = run(cfg.clone());
+    must_pass(&cfg, &a);
+    let b = run(cfg.clone());
+    assert_eq!(
+        a.final_hashes,
+        b.final_hashes,
+        "the same seed gave two final hashes\nreproduce with: {}",
+        cfg.reproduce()
+    );
+    assert_eq!(
+        a,
+        b,
+        "the same seed gave two reports\nreproduce with: {}",
+        cfg.reproduce()
+    );
+    a
+}
+
+fn sweep(part: u64) {
+    let seeds = std::env::var("CHAOS_SWEEP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SWEEP_SEEDS_DEFAULT);
+    for seed in (0..seeds).filter(|s| s % SWEEP_PARTS == part) {
+        let r = twice(SimConfig {
+            seed,
+            transitions: SWEEP_TRANSITIONS,
+            ..SimConfig::default()
+        });
+        // The fault matrix really ran.
+        for k in ["drop", "duplicate", "reorder", "delay", "restart"] {
+            assert!(r.faults[k] > 0, "seed {seed}: no {k} fault was injected");
+        }
+        assert!(r.acknowledged > 0);
+    }
+}
+
+#[test]
+fn sweep_part_0() {
+    sweep(0);
+}
+
+#[test]
+fn sweep_part_1() {
+    sweep(1);
+}
+
+#[test]
+fn sweep_part_2() {
+    sweep(2);
+}
+
+#[test]
+fn sweep_part_3() {
+    sweep(3);
+}
+
+/// The brief's acceptance run: 10,000 transitions, 3 replicas, the full
+/// fault matrix, zero violations, one hash.
+#[test]
+fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
+    let cfg = SimConfig {
+        seed: 10_000,
+        transitions: 10_000,
+        replicas: 3,
+        ..SimConfig::default()
+    };
+    let r = run(cfg.clone());
+    must_pass(&cfg, &r);
+    assert!(r.final_index > 5_000, "{} records", r.final_index);
+    for (k, n) in &r.faults {
+        if [
+            "drop",
+            "duplicate",
+            "reorder",
+            "delay",
+            "partition",
+            "restart",
+            "snapshot_rollback",
+            "snapshot_corrupt",
+            "torn_write",
+            "clock_skew",
+            "license_latency",
+            "license_denial",
+            "mcp_flap",
+            "env_churn",
+            "stale_hash",
+            "replay",
+            "forged_signature",
+            "forged_message",
+            "forged_vote",
+        ]
+        .contains(&k.as_str())
+        {
+            assert!(*n > 0, "fault {k} never happened in 10,000 transitions");
+        }
+    }
+    assert!(
+        r.council.certificates_accepted > 0,
+        "councils are elected by the agents' votes"
+    );
+    assert!(
+        r.replication.snapshots_installed > 0,
+        "some follower caught up from a snapshot"
+    );
+    assert!(r.replication.torn_tails_cut > 0);
+}
+
+#[test]
+fn five_replicas_converge() {
+    twice(SimConfig {
+        seed: 5,
+        transitions: 600,
+        replicas: 5,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn a_calm_run_accepts_every_proposal_and_acknowledges_all() {
+    let cfg = SimConfig {
+        seed: 3,
+        transitions: 400,
+        rates: FaultRates::none(),
+        ..SimConfig::default()
+    };
+    let r = run(cfg.clone());
+    must_pass(&cfg, &r);
+    assert_eq!(r.accepted, 400, "{:?}", r.rejections_by_guard);
+    assert_eq!(r.rejected, 0);
+    assert_eq!(r.acknowledged, 400);
+    assert_eq!(r.final_index, 400);
+    assert!(r.faults.values().all(|n| *n == 0), "{:?}", r.faults);
+    assert_eq!(r.max_lag, r.max_lag.min(64), "a calm follower stays close");
+}
+
+#[test]
+fn acknowledging_before_durability_is_caught() {
+    // Sabotage: the leader answers 202 before its group commit is durable,
+    // so a crash loses acknowledged transitions. The checker must say so.
+    let cfg = SimConfig {
+        seed: 11,
+        transitions: 1_000,
+        rates: FaultRates {
+            restart: 0.05,
+            ..FaultRates::default()
+        },
+        sabotage: Sabotage::AckBeforeDurable,
+        ..SimConfig::default()
+    };
+    let r = run(cfg);
+    assert!(!r.ok(), "the lost 202s went unnoticed");
+    assert!(
+        r.violations.iter().any(|v| v.contains("202")),
+        "{:#?}",
+        r.violations
+    );
+    assert!(r
+        .reproduce
+        .starts_with("swoosh chaos --seed 11 --transitions 1000 --replicas 3"));
+}
+
+#[test]
+fn an_invalid_configuration_is_reported_not_run() {
+    let r = run(SimConfig {
+        replicas: 0,
+        ..SimConfig::default()
+    });
+    assert_eq!(r.transitions, 0);
+    assert!(r.violations[0].contains("--replicas"), "{:?}", r.violations);
+}
+
+#[test]
+fn the_report_serializes_with_the_documented_keys() {
+    let r = run(SimConfig {
+        seed: 1,
+        transitions: 50,
+        ..SimConfig::default()
+    });
+    let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+    for k in [
+        "seed",
+        "mode",
+        "transitions",
+        "accepted",
+        "rejected",
+        "rejections_by_guard",
+        "faults",
+        "violations",
+        "final_hashes",
+        "max_lag",
+        "reproduce",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert_eq!(v["mode"], "sim");
+    for k in [
+        "drop",
+        "duplicate",
+        "reorder",
+        "delay",
+        "partition",
+        "restart",
+        "snapshot_rollback",
+        "torn_write",
+        "clock_skew",
+        "license_latency",
+        "license_denial",
+        "mcp_flap",
+        "env_churn",
+        "stale_hash",
+        "replay",
+        "forged_signature",
+    ] {
+        assert!(v["faults"].get(k).is_some(), "faults.{k} missing");
+    }
+}
