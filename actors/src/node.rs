@@ -436,7 +436,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
                 "recovering".into()
             },
             role: "leader".into(),
-            consensus: "single-writer leader (followers tail the WAL)".into(),
+            consensus: "single-writer leader; no followers connected (the replication transport is not enabled in this build)".into(),
             index: durable,
             root_hash: *sh.root_hash.lock().expect("root lock"),
             last_snapshot_hlc: snap.and_then(|s| s.1),
