@@ -6,6 +6,7 @@ mod demo;
 mod demo_node;
 mod facts_cmd;
 mod node;
+mod p2p_cmd;
 mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -113,6 +114,15 @@ enum Cmd {
     /// Replay a node's log (from its newest valid snapshot, or from genesis)
     /// and print records, final root hash, seconds and records/s.
     Replay(storage_cmd::ReplayArgs),
+    /// Run a follower: tail the leader's age-encrypted WAL over libp2p.
+    Follow(p2p_cmd::FollowArgs),
+    /// Run a council agent: join the mesh and answer announcements with signed votes.
+    Agent(p2p_cmd::AgentArgs),
+    /// libp2p replication: enroll followers, run the leader with its swarm.
+    P2p {
+        #[command(subcommand)]
+        cmd: p2p_cmd::P2pCmd,
+    },
 }
 
 #[tokio::main]
@@ -163,6 +173,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Wal { cmd } => storage_cmd::wal(cmd),
         Cmd::Snapshot { cmd } => storage_cmd::snapshot(cmd),
         Cmd::Replay(a) => storage_cmd::replay(a),
+        Cmd::Follow(a) => p2p_cmd::follow(a).await,
+        Cmd::Agent(a) => p2p_cmd::agent(a).await,
+        Cmd::P2p { cmd } => p2p_cmd::run(cmd).await,
     }
 }
 

@@ -8,4 +8,5 @@
 pub mod api;
 pub mod client;
 pub mod http;
+pub mod p2p;
 pub mod proto;

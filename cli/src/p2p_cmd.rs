@@ -1,0 +1,329 @@
+//! `swoosh follow`, `swoosh p2p enroll`, `swoosh p2p leader`: the libp2p
+//! replication transport from the command line.
+
+use crate::node::{
+    init_logs, open_store, read_genesis, read_key, start_node, write_json, DEFAULT_HTTP,
+    GENESIS_FILE,
+};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use swoosh_core::state::FollowerEntry;
+use swoosh_core::SignerId;
+use swoosh_net::p2p::envelope;
+use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions};
+use swoosh_net::p2p::leader::spawn_leader_with;
+use swoosh_net::p2p::Multiaddr;
+use swoosh_storage::LogStore;
+
+/// A follower's age identity file, in its directory.
+pub const AGE_KEY_FILE: &str = "age.key";
+pub const DEFAULT_P2P: &str = "/ip4/127.0.0.1/tcp/7800";
+
+#[derive(Args)]
+pub struct FollowArgs {
+    /// The follower directory (genesis.json, node.key, age.key; data in data/).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The leader's libp2p address, e.g. /ip4/127.0.0.1/tcp/7800.
+    #[arg(long)]
+    pub leader: String,
+    /// Serve read-only GET /state, /health, /metrics here.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Also listen for peers here (optional).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// UNSAFE: do not fsync the follower's WAL.
+    #[arg(long)]
+    pub nosync: bool,
+    #[arg(long, default_value = "text")]
+    pub log: String,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The agent directory (genesis.json, agent.key).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// A peer to join the mesh through (the leader's libp2p address); repeatable.
+    #[arg(long, required = true)]
+    pub peer: Vec<String>,
+    /// Vote no on every announcement (makes a failed election visible).
+    #[arg(long)]
+    pub vote_no: bool,
+    #[arg(long, default_value = "text")]
+    pub log: String,
+}
+
+#[derive(Subcommand)]
+pub enum P2pCmd {
+    /// Give every follower directory an age identity and list the followers
+    /// in genesis (rewritten in every node directory). Before the first record only.
+    Enroll(EnrollArgs),
+    /// Run the leader node (as `swoosh serve`) plus its libp2p replication swarm.
+    Leader(LeaderArgs),
+}
+
+#[derive(Args)]
+pub struct EnrollArgs {
+    /// The cluster directory made by `swoosh init`.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct LeaderArgs {
+    /// The leader directory (genesis.json, node.key).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// libp2p listen address.
+    #[arg(long, default_value = DEFAULT_P2P)]
+    pub listen: String,
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    pub http: String,
+    #[arg(long)]
+    pub nosync: bool,
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    #[arg(long, default_value = "text")]
+    pub log: String,
+}
+
+pub async fn run(cmd: P2pCmd) -> Result<()> {
+    match cmd {
+        P2pCmd::Enroll(a) => enroll(&a.dir),
+        P2pCmd::Leader(a) => leader(a).await,
+    }
+}
+
+fn parse_addr(s: &str, flag: &str) -> Result<Multiaddr> {
+    s.parse().with_context(|| {
+        format!("{flag} {s:?} is not a libp2p multiaddr (e.g. /ip4/127.0.0.1/tcp/7800)")
+    })
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIdentity> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the age identity {}: run `swoosh p2p enroll --dir <cluster dir>` first",
+            path.display()
+        )
+    })?;
+    envelope::parse_identity(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn enroll(top: &Path) -> Result<()> {
+    let gpath = top.join(GENESIS_FILE);
+    let mut genesis = read_genesis(&gpath)?;
+    let leader_dir = top.join("leader");
+    if leader_dir.join("data").exists() {
+        let store = open_store(&leader_dir, true)?;
+        let last = store.last_index().context("cannot read the leader's log")?;
+        if last > 0 {
+            bail!(
+                "the leader in {} already holds {last} records: genesis cannot change any more (its hash chains every record); enroll before the first `swoosh serve`",
+                leader_dir.display()
+            );
+        }
+    }
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir(top)
+        .with_context(|| format!("cannot list {}", top.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n: u32 = name.strip_prefix("follower-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!(
+            "{} has no follower-N directories: run `swoosh init --followers 2`",
+            top.display()
+        );
+    }
+    let mut followers = vec![];
+    for (n, d) in &dirs {
+        let key = read_key(&d.join("node.key"))?;
+        let apath = d.join(AGE_KEY_FILE);
+        let recipient = if apath.exists() {
+            read_age(&apath)?.to_public().to_string()
+        } else {
+            let (secret, recipient) = envelope::generate_identity();
+            write_secret(
+                &apath,
+                &format!("# swoosh follower-{n} age identity\n# public key: {recipient}\n{secret}"),
+            )?;
+            recipient
+        };
+        followers.push(FollowerEntry {
+            name: format!("follower-{n}"),
+            key: SignerId::from_signing_key(&key),
+            age_recipient: recipient,
+        });
+    }
+    genesis.followers = followers;
+    genesis
+        .validate()
+        .context("the enrolled genesis is invalid")?;
+    let gh = genesis.hash()?;
+    write_json(&gpath, &genesis)?;
+    let mut written = 1;
+    for e in std::fs::read_dir(top)?.filter_map(|e| e.ok()) {
+        let p = e.path().join(GENESIS_FILE);
+        if p.exists() {
+            write_json(&p, &genesis)?;
+            written += 1;
+        }
+    }
+    println!(
+        "enrolled {} followers; genesis is now {gh} (written to {written} files)",
+        genesis.followers.len()
+    );
+    for f in &genesis.followers {
+        println!("  {}  {}  {}", f.name, f.key, f.age_recipient);
+    }
+    Ok(())
+}
+
+pub async fn follow(a: FollowArgs) -> Result<()> {
+    init_logs(&a.log);
+    let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
+    let key = read_key(&a.dir.join("node.key"))?;
+    let age_identity = read_age(&a.dir.join(AGE_KEY_FILE))?;
+    let me = SignerId::from_signing_key(&key);
+    if !genesis.followers.iter().any(|f| f.key == me) {
+        bail!(
+            "{me} is not a follower listed in {}: run `swoosh p2p enroll` on the cluster directory",
+            a.dir.join(GENESIS_FILE).display()
+        );
+    }
+    let leader = parse_addr(&a.leader, "--leader")?;
+    let listen = a
+        .listen
+        .as_deref()
+        .map(|l| parse_addr(l, "--listen"))
+        .transpose()?;
+    let store = open_store(&a.dir, a.nosync)?;
+    let f = spawn_follower(
+        store,
+        FollowerOptions {
+            key,
+            genesis,
+            age_identity,
+            leader: leader.clone(),
+            listen,
+        },
+    )
+    .await?;
+    eprintln!(
+        "swoosh: following {leader} as {me} (peer {}), applied index {}",
+        f.peer_id,
+        f.applied_index()
+    );
+    if let Some(h) = &a.http {
+        let listener = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("cannot listen on {h}: pick another --http"))?;
+        eprintln!("swoosh: follower HTTP on http://{}", listener.local_addr()?);
+        let shared = f.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = swoosh_net::p2p::http::serve_follower(listener, shared).await {
+                tracing::error!("follower HTTP stopped: {e}");
+            }
+        });
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("swoosh: follower stopping at index {}", f.applied_index());
+    Ok(())
+}
+
+pub async fn leader(a: LeaderArgs) -> Result<()> {
+    init_logs(&a.log);
+    let listen = parse_addr(&a.listen, "--listen")?;
+    let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
+    let key = read_key(&a.dir.join("node.key"))?;
+    let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let p2p = spawn_leader_with(node.store().clone(), key, genesis, listen, Some(tx)).await?;
+    // Certificate proposals the council elections produce go through the
+    // node like any other proposal.
+    let submitter = node.clone();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let project = p.project.clone();
+            match submitter.submit(p).await {
+                swoosh_actors::SubmitResult::Accepted(ok) => {
+                    tracing::info!(%project, index = ok.index, transition = %ok.transition, "council certificate accepted")
+                }
+                other => {
+                    tracing::warn!(%project, "council certificate not accepted (retried): {other:?}")
+                }
+            }
+        }
+    });
+    for addr in &p2p.listen_addrs {
+        eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
+    }
+    let listener = tokio::net::TcpListener::bind(&a.http)
+        .await
+        .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
+    eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
+    swoosh_net::http::serve(listener, node, async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("swoosh: shutting down: flushing the WAL");
+    })
+    .await?;
+    p2p.stop();
+    Ok(())
+}
+
+pub async fn agent(a: AgentArgs) -> Result<()> {
+    use swoosh_net::proto::council::VotePolicy;
+    init_logs(&a.log);
+    let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
+    let key = read_key(&a.dir.join("agent.key"))?;
+    let me = SignerId::from_signing_key(&key);
+    if !genesis.roster.iter().any(|r| r.key == me) {
+        tracing::warn!(
+            "{me} is not in the genesis roster: its votes will be rejected as outsiders"
+        );
+    }
+    let peers = a
+        .peer
+        .iter()
+        .map(|p| parse_addr(p, "--peer"))
+        .collect::<Result<Vec<_>>>()?;
+    let policy = if a.vote_no {
+        VotePolicy::VoteNo
+    } else {
+        VotePolicy::ApproveAll
+    };
+    let ag = swoosh_net::p2p::agent::spawn_agent(key, &genesis, policy, &peers, None).await?;
+    eprintln!(
+        "swoosh: council agent {me} (peer {}) joined through {}; policy {policy:?}",
+        ag.peer_id,
+        a.peer.join(", ")
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    let s = ag.snapshot();
+    eprintln!(
+        "swoosh: agent stopping: {} announcements, {} votes sent, {} refused",
+        s.announcements, s.votes_sent, s.refused
+    );
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! WAL gossip framing: the canonical CBOR of a `Gossip` message is
+//! age-encrypted to every follower recipient of genesis (one age file, one
+//! X25519 stanza per follower), and the ciphertext is cut into chunks that
+//! each fit one gossipsub message.
+//!
+//! Chunk layout (big-endian):
+//! `"SWC1" || blob_id[32] || index u16 || total u16 || data`
+//! where `blob_id = BLAKE3(ciphertext)` and `0 <= index < total`. The
+//! receiver reassembles the chunks of one blob id in index order, checks
+//! the BLAKE3 of the result, then decrypts. Signatures live inside the
+//! plaintext (age ciphertext is not deterministic and is never signed).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use swoosh_core::hash::Hash;
+
+/// The age identity type followers hold.
+pub type AgeIdentity = age::x25519::Identity;
+
+pub const CHUNK_MAGIC: &[u8; 4] = b"SWC1";
+pub const CHUNK_HEADER_BYTES: usize = 4 + 32 + 2 + 2;
+/// Data bytes per chunk: the chunk plus gossipsub's signed envelope (key,
+/// signature, sequence number, topic) stays under the 65,536-byte limit.
+pub const CHUNK_DATA_MAX: usize = 60_000;
+/// Most chunks one blob may have (about 60 MB).
+pub const CHUNKS_PER_BLOB_MAX: usize = 1024;
+/// Blobs being reassembled at once; the oldest is dropped beyond this.
+pub const PARTIAL_BLOBS_MAX: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("no follower recipients in genesis: run `swoosh p2p enroll` to list followers")]
+    NoRecipients,
+    #[error("age recipient {0:?} does not parse")]
+    BadRecipient(String),
+    #[error("age encryption failed: {0}")]
+    Encrypt(String),
+    #[error("chunk: {0}")]
+    Chunk(String),
+    #[error("cannot decrypt: {0}")]
+    Decrypt(String),
+}
+
+pub fn parse_recipients(list: &[String]) -> Result<Vec<age::x25519::Recipient>, EnvelopeError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<age::x25519::Recipient>()
+                .map_err(|_| EnvelopeError::BadRecipient(s.clone()))
+        })
+        .collect()
+}
+
+pub fn encrypt(
+    plain: &[u8],
+    recipients: &[age::x25519::Recipient],
+) -> Result<Vec<u8>, EnvelopeError> {
+    if recipients.is_empty() {
+        return Err(EnvelopeError::NoRecipients);
+    }
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| EnvelopeError::Encrypt(e.to_string()))?;
+    let mut out = Vec::with_capacity(plain.len() + 256 + 128 * recipients.len());
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| EnvelopeError::Encrypt(e.to_string()))?;
+    w.write_all(plain)
+        .map_err(|e| EnvelopeError::Encrypt(e.to_string()))?;
+    w.finish()
+        .map_err(|e| EnvelopeError::Encrypt(e.to_string()))?;
+    Ok(out)
+}
+
+pub fn decrypt(ct: &[u8], identity: &age::x25519::Identity) -> Result<Vec<u8>, EnvelopeError> {
+    age::decrypt(identity, ct).map_err(|e| EnvelopeError::Decrypt(e.to_string()))
+}
+
+/// A new age X25519 identity: (secret key text, recipient text).
+pub fn generate_identity() -> (String, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    (
+        id.to_string().expose_secret().to_string(),
+        id.to_public().to_string(),
+    )
+}
+
+/// Parse an age identity file (comment lines start with `#`).
+pub fn parse_identity(text: &str) -> Result<age::x25519::Identity, EnvelopeError> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| EnvelopeError::Decrypt("the age identity file holds no key".into()))?;
+    line.parse::<age::x25519::Identity>()
+        .map_err(|e| EnvelopeError::Decrypt(format!("not an age X25519 identity: {e}")))
+}
+
+/// Cut a ciphertext into gossip chunks.
+pub fn chunk(ct: &[u8]) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+    let id = Hash::of_bytes(ct).0;
+    let parts: Vec<&[u8]> = if ct.is_empty() {
+        vec![&[][..]]
+    } else {
+        ct.chunks(CHUNK_DATA_MAX).collect()
+    };
+    if parts.len() > CHUNKS_PER_BLOB_MAX {
+        return Err(EnvelopeError::Chunk(format!(
+            "{} bytes need {} chunks; at most {CHUNKS_PER_BLOB_MAX} are allowed",
+            ct.len(),
+            parts.len()
+        )));
+    }
+    let total = parts.len() as u16;
+    Ok(parts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut f = Vec::with_capacity(CHUNK_HEADER_BYTES + d.len());
+            f.extend_from_slice(CHUNK_MAGIC);
+            f.extend_from_slice(&id);
+            f.extend_from_slice(&(i as u16).to_be_bytes());
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(d);
+            f
+        })
+        .collect())
+}
+
+/// Encrypt to `recipients` and chunk.
+pub fn seal(
+    plain: &[u8],
+    recipients: &[age::x25519::Recipient],
+) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+    chunk(&encrypt(plain, recipients)?)
+}
+
+struct Partial {
+    parts: Vec<Option<Vec<u8>>>,
+    have: usize,
+}
+
+/// Reassembles chunks into ciphertexts (bounded).
+#[derive(Default)]
+pub struct Reassembler {
+    partial: HashMap<[u8; 32], Partial>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Reassembler {
+    /// Feed one chunk; returns the whole ciphertext when its last chunk arrives.
+    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, EnvelopeError> {
+        if frame.len() < CHUNK_HEADER_BYTES || &frame[..4] != CHUNK_MAGIC {
+            return Err(EnvelopeError::Chunk("not a SWC1 chunk".into()));
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&frame[4..36]);
+        let index = u16::from_be_bytes([frame[36], frame[37]]) as usize;
+        let total = u16::from_be_bytes([frame[38], frame[39]]) as usize;
+        let data = &frame[CHUNK_HEADER_BYTES..];
+        if total == 0 || total > CHUNKS_PER_BLOB_MAX || index >= total {
+            return Err(EnvelopeError::Chunk(format!(
+                "chunk {index} of {total} is out of range"
+            )));
+        }
+        if total == 1 {
+            return self.finish(id, vec![data.to_vec()]).map(Some);
+        }
+        if !self.partial.contains_key(&id) {
+            if self.order.len() >= PARTIAL_BLOBS_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.partial.remove(&old);
+                }
+            }
+            self.order.push_back(id);
+            self.partial.insert(
+                id,
+                Partial {
+                    parts: vec![None; total],
+                    have: 0,
+                },
+            );
+        }
+        let p = self.partial.get_mut(&id).expect("inserted above");
+        if p.parts.len() != total {
+            return Err(EnvelopeError::Chunk("chunk totals disagree".into()));
+        }
+        if p.parts[index].is_none() {
+            p.parts[index] = Some(data.to_vec());
+            p.have += 1;
+        }
+        if p.have < total {
+            return Ok(None);
+        }
+        let p = self.partial.remove(&id).expect("present");
+        self.order.retain(|x| *x != id);
+        let parts = p.parts.into_iter().map(|x| x.expect("complete")).collect();
+        self.finish(id, parts).map(Some)
+    }
+
+    fn finish(&self, id: [u8; 32], parts: Vec<Vec<u8>>) -> Result<Vec<u8>, EnvelopeError> {
+        let ct = parts.concat();
+        if Hash::of_bytes(&ct).0 != id {
+            return Err(EnvelopeError::Chunk(
+                "reassembled bytes do not hash to the blob id".into(),
+            ));
+        }
+        Ok(ct)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_reassemble_decrypt() {
+        let a = age::x25519::Identity::generate();
+        let b = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let plain: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks = seal(&plain, &[a.to_public(), b.to_public()]).unwrap();
+        assert!(chunks.len() >= 3);
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() <= CHUNK_DATA_MAX + CHUNK_HEADER_BYTES));
+        let mut r = Reassembler::default();
+        let mut out = None;
+        for c in chunks.iter().rev() {
+            out = r.push(c).unwrap();
+        }
+        let ct = out.unwrap();
+        assert_eq!(decrypt(&ct, &a).unwrap(), plain);
+        assert_eq!(decrypt(&ct, &b).unwrap(), plain);
+        assert!(decrypt(&ct, &other).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! A follower's read-only HTTP surface: `GET /state`, `GET /health`,
+//! `GET /metrics`; proposals (`POST /transition`) get `503` naming the leader.
+
+use super::follower::FollowerShared;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+type Shared = Arc<Mutex<FollowerShared>>;
+
+pub fn follower_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/state", get(state))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/transition", post(not_leader))
+        .route("/proposals", post(not_leader))
+        .with_state(shared)
+}
+
+async fn state(State(s): State<Shared>) -> Json<serde_json::Value> {
+    let s = s.lock().expect("lock");
+    let node = s.repl.node();
+    let projects: BTreeMap<&str, String> = node
+        .projects
+        .iter()
+        .map(|(id, e)| (id.as_str(), e.hash.to_string()))
+        .collect();
+    Json(json!({
+        "role": "follower",
+        "index": node.index,
+        "head_record": node.head_record.to_string(),
+        "root_hash": node.root_hash().to_string(),
+        "genesis_hash": node.genesis_hash.to_string(),
+        "projects": projects,
+    }))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    let s = s.lock().expect("lock");
+    let st = s.repl.status();
+    let lag_ms = if st.lag_records == 0 {
+        0
+    } else {
+        now_ms().saturating_sub(s.last_applied_ms)
+    };
+    let halted = st.halted || s.halted_reason.is_some();
+    let body = json!({
+        "role": "follower",
+        "status": if halted { "halted" } else if s.leader_connected { "ok" } else { "disconnected" },
+        "applied_index": st.applied_index,
+        "persisted_index": s.persisted_index,
+        "leader_index": st.leader_index,
+        "lag_records": st.lag_records,
+        "lag_ms": lag_ms,
+        "root_hash": st.root_hash.to_string(),
+        "halted": s.halted_reason,
+        "leader": s.leader_addr,
+        "stats": s.repl.stats(),
+        "undecryptable": s.undecryptable,
+        "refusals": s.last_refusals,
+    });
+    let code = if halted {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Shared>) -> String {
+    let s = s.lock().expect("lock");
+    let st = s.repl.status();
+    let f = s.repl.stats();
+    format!(
+        "# TYPE swoosh_follower_applied_index gauge\nswoosh_follower_applied_index {}\n\
+         # TYPE swoosh_follower_lag_records gauge\nswoosh_follower_lag_records {}\n\
+         # TYPE swoosh_follower_records_applied_total counter\nswoosh_follower_records_applied_total {}\n\
+         # TYPE swoosh_follower_refused_total counter\nswoosh_follower_refused_total {}\n\
+         # TYPE swoosh_follower_undecryptable_total counter\nswoosh_follower_undecryptable_total {}\n\
+         # TYPE swoosh_follower_halted gauge\nswoosh_follower_halted {}\n",
+        st.applied_index,
+        st.lag_records,
+        f.records_applied,
+        f.refused,
+        s.undecryptable,
+        u8::from(st.halted || s.halted_reason.is_some()),
+    )
+}
+
+async fn not_leader(State(s): State<Shared>) -> Response {
+    let leader = s.lock().expect("lock").leader_addr.clone();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": "not_leader",
+            "message": format!("this node is a read-only follower; send proposals to the leader at {leader}"),
+            "leader": leader,
+        })),
+    )
+        .into_response()
+}
+
+/// Serve the follower's read-only surface on `listener` until the process ends.
+pub async fn serve_follower(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+) -> std::io::Result<()> {
+    axum::serve(listener, follower_router(shared)).await
+}

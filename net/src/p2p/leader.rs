@@ -1,0 +1,535 @@
+//! The leader's replication task: tail the durable log of a store (the one
+//! the node's WAL writer commits to), feed [`ReplLeader`], publish batches
+//! and heads on the WAL topic (age-encrypted, chunked), and answer catch-up
+//! requests from followers listed in genesis.
+
+use super::agent::{decode_council, encode_council};
+use super::envelope;
+use super::{agent_version, build_swarm, check_handshake, peer_id_of, wal_topic, P2pError};
+use super::{Behaviour, BehaviourEvent};
+use crate::proto::council::{certificate_proposal, CouncilCollector, CouncilMsg, VoteOutcome};
+use crate::proto::leader::{
+    LeaderConfig, LeaderEffect, LeaderLog, LeaderStats, ReplLeader, SnapshotView,
+};
+use crate::proto::wire::{self, Bytes, Response};
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, Multiaddr, PeerId, Swarm};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swoosh_core::guards::Verify;
+use swoosh_core::hash::Hash;
+use swoosh_core::proposal::Proposal;
+use swoosh_core::record::WalRecord;
+use swoosh_core::reducer::apply_record;
+use swoosh_core::sig::SignerId;
+use swoosh_core::state::{Genesis, NodeState};
+use swoosh_core::statechart::Role;
+use swoosh_storage::wal::read_record;
+use swoosh_storage::LogStore;
+use tokio::sync::mpsc;
+
+/// How often the store's tail is polled for newly committed records.
+pub const TAIL_POLL_MS: u64 = 5;
+/// Records read from the store per poll at most.
+pub const TAIL_RECORDS_PER_POLL: u64 = 4_096;
+/// How often the signed head is published.
+pub const HEAD_EVERY_MS: u64 = 500;
+/// An open election's announcement (and a pending certificate proposal)
+/// is sent again after this long.
+pub const REANNOUNCE_MS: u64 = 3_000;
+
+/// [`LeaderLog`] over a [`LogStore`]: records from 1 (the WAL is never
+/// truncated here), no snapshot offered.
+pub struct StoreLog<'a, S: LogStore>(pub &'a S);
+
+impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
+    fn first_index(&self) -> u64 {
+        1
+    }
+    fn last_index(&self) -> u64 {
+        self.0.last_index().unwrap_or(0)
+    }
+    fn record(&self, index: u64) -> Option<WalRecord> {
+        read_record(self.0, index).ok().map(|v| v.record)
+    }
+    fn snapshot(&self) -> Option<SnapshotView<'_>> {
+        None
+    }
+}
+
+/// What the leader task shares with its owner (metrics, tests).
+#[derive(Clone, Debug, Default)]
+pub struct LeaderShared {
+    pub stats: LeaderStats,
+    pub published_index: u64,
+    pub gossip_messages: u64,
+    pub publish_errors: u64,
+    pub refused_peers: u64,
+    pub connected_peers: usize,
+    /// Council announcements published.
+    pub announcements: u64,
+    /// Signed votes counted by the collector (valid, distinct).
+    pub council_votes: u64,
+    /// Votes rejected (bad signature, outsider, stale epoch, ...).
+    pub council_votes_rejected: u64,
+    pub certificates: u64,
+    pub certificate_proposals: u64,
+}
+
+pub struct LeaderP2p {
+    pub peer_id: PeerId,
+    /// Addresses the swarm listens on (the first is the one to give followers).
+    pub listen_addrs: Vec<Multiaddr>,
+    pub shared: Arc<Mutex<LeaderShared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderP2p {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+    pub fn snapshot(&self) -> LeaderShared {
+        self.shared.lock().expect("leader stats lock").clone()
+    }
+}
+
+impl Drop for LeaderP2p {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start the leader's replication swarm on `listen`, tailing `store`.
+pub async fn spawn_leader<S: LogStore + Send + Sync + 'static>(
+    store: S,
+    key: SigningKey,
+    genesis: Genesis,
+    listen: Multiaddr,
+) -> Result<LeaderP2p, P2pError> {
+    spawn_leader_with(store, key, genesis, listen, None).await
+}
+
+/// As [`spawn_leader`]; with `proposals`, the leader also runs the council
+/// elections: it announces the candidate set of every project in Council
+/// ELECT, collects the agents' signed votes, and sends the certificate
+/// proposal (signed with `key`) to `proposals` for the node to submit.
+pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
+    store: S,
+    key: SigningKey,
+    genesis: Genesis,
+    listen: Multiaddr,
+    proposals: Option<mpsc::UnboundedSender<Proposal>>,
+) -> Result<LeaderP2p, P2pError> {
+    // The committed state (for elections) and the tail replication starts
+    // from come from one recovery, so they agree even while the node commits.
+    let node = swoosh_storage::recover(&store, &genesis)
+        .map_err(|e| P2pError::Storage(e.to_string()))?
+        .node;
+    let (last, last_hash) = (node.index, node.head_record);
+    let repl = ReplLeader::new(
+        LeaderConfig::default(),
+        key.clone(),
+        &genesis,
+        last,
+        last_hash,
+    )
+    .map_err(|e| P2pError::Config(e.to_string()))?;
+    let recipients = envelope::parse_recipients(
+        &genesis
+            .followers
+            .iter()
+            .map(|f| f.age_recipient.clone())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| P2pError::Config(e.to_string()))?;
+    if recipients.is_empty() {
+        tracing::warn!(
+            "genesis lists no followers: WAL gossip is not published (run `swoosh p2p enroll`)"
+        );
+    }
+    let followers: BTreeSet<PeerId> = genesis
+        .followers
+        .iter()
+        .filter_map(|f| peer_id_of(&f.key))
+        .collect();
+    let agent = agent_version(&genesis);
+    let mut swarm = build_swarm(&key, agent.clone())?;
+    let topic = wal_topic(&genesis.cluster_id);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| P2pError::Libp2p(e.to_string()))?;
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&super::council_topic(&genesis.cluster_id))
+        .map_err(|e| P2pError::Libp2p(e.to_string()))?;
+    swarm
+        .listen_on(listen.clone())
+        .map_err(|e| P2pError::Libp2p(format!("cannot listen on {listen}: {e}")))?;
+    let listen_addrs = loop {
+        match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => break vec![address],
+            Ok(_) => {}
+            Err(_) => return Err(P2pError::Libp2p(format!("no listen address for {listen}"))),
+        }
+    };
+    tracing::info!(peer = %swarm.local_peer_id(), addr = %listen_addrs[0], "leader p2p listening");
+    let peer_id = *swarm.local_peer_id();
+    let shared = Arc::new(Mutex::new(LeaderShared {
+        published_index: last,
+        ..Default::default()
+    }));
+    let mut t = LeaderTask {
+        store,
+        repl,
+        swarm,
+        recipients,
+        followers,
+        agent,
+        topic,
+        shared: shared.clone(),
+        council_topic: super::council_topic(&genesis.cluster_id),
+        collector: CouncilCollector::new(key.clone(), &genesis),
+        key,
+        node: Some(node),
+        proposals,
+        announced: BTreeMap::new(),
+        proposed: BTreeMap::new(),
+        t0: std::time::Instant::now(),
+    };
+    let task = tokio::spawn(async move { t.run().await });
+    Ok(LeaderP2p {
+        peer_id,
+        listen_addrs,
+        shared,
+        task,
+    })
+}
+
+struct LeaderTask<S: LogStore> {
+    store: S,
+    repl: ReplLeader,
+    swarm: Swarm<Behaviour>,
+    recipients: Vec<age::x25519::Recipient>,
+    followers: BTreeSet<PeerId>,
+    agent: String,
+    topic: libp2p::gossipsub::IdentTopic,
+    shared: Arc<Mutex<LeaderShared>>,
+    council_topic: libp2p::gossipsub::IdentTopic,
+    collector: CouncilCollector,
+    key: SigningKey,
+    /// The committed state, kept by applying tailed records (for elections).
+    node: Option<NodeState>,
+    proposals: Option<mpsc::UnboundedSender<Proposal>>,
+    /// project -> ms of the last announcement.
+    announced: BTreeMap<String, u64>,
+    /// (project, epoch) -> ms of the last certificate proposal sent.
+    proposed: BTreeMap<(String, u64), u64>,
+    t0: std::time::Instant,
+}
+
+impl<S: LogStore> LeaderTask<S> {
+    async fn run(&mut self) {
+        let mut poll = tokio::time::interval(Duration::from_millis(TAIL_POLL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut head = tokio::time::interval(Duration::from_millis(HEAD_EVERY_MS));
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                _ = poll.tick() => {
+                    self.tail();
+                    self.council();
+                }
+                _ = head.tick() => {
+                    let h = self.repl.head(1);
+                    self.publish(&h);
+                }
+            }
+        }
+    }
+
+    fn tail(&mut self) {
+        let last = match self.store.last_index() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot read the log tail: {e}");
+                return;
+            }
+        };
+        let from = self.repl.published_index() + 1;
+        if last < from {
+            return;
+        }
+        let to = last.min(from + TAIL_RECORDS_PER_POLL - 1);
+        let mut effects = vec![];
+        for i in from..=to {
+            let rec = match read_record(&self.store, i) {
+                Ok(v) => v.record,
+                Err(e) => {
+                    tracing::error!("cannot read record {i} for replication: {e}");
+                    break;
+                }
+            };
+            if let Some(node) = &mut self.node {
+                if let Err(e) = apply_record(node, &rec, Verify::Trusted) {
+                    tracing::error!(
+                        "the leader's state copy refused record {i} ({e}); council elections stop"
+                    );
+                    self.node = None;
+                }
+            }
+            match self.repl.on_committed(&rec) {
+                Ok(e) => effects.extend(e),
+                Err(e) => {
+                    tracing::error!("replication refused record {i}: {e}");
+                    break;
+                }
+            }
+        }
+        effects.extend(self.repl.flush());
+        for LeaderEffect::Publish(g) in effects {
+            self.publish(&g);
+        }
+        let mut s = self.shared.lock().expect("leader stats lock");
+        s.stats = self.repl.stats().clone();
+        s.published_index = self.repl.published_index();
+    }
+
+    fn publish(&mut self, g: &wire::Gossip) {
+        if self.recipients.is_empty() {
+            return;
+        }
+        let plain = match wire::encode_gossip(g) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot encode gossip: {e}");
+                return;
+            }
+        };
+        let chunks = match envelope::seal(&plain, &self.recipients) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot seal gossip: {e}");
+                return;
+            }
+        };
+        let mut s = self.shared.lock().expect("leader stats lock");
+        for c in chunks {
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), c)
+            {
+                Ok(_) => s.gossip_messages += 1,
+                Err(e) => {
+                    // No subscribed peer yet: followers catch up by range.
+                    s.publish_errors += 1;
+                    tracing::debug!("gossip publish: {e}");
+                }
+            }
+        }
+    }
+
+    fn now_wall_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn publish_council(&mut self, m: &CouncilMsg) {
+        let Ok(bytes) = encode_council(m) else {
+            return;
+        };
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.council_topic.clone(), bytes)
+        {
+            tracing::debug!("council publish: {e}");
+        }
+    }
+
+    /// Announce open elections (again after a timeout) and resend pending
+    /// certificate proposals.
+    fn council(&mut self) {
+        if self.proposals.is_none() {
+            return;
+        }
+        let Some(node) = &self.node else {
+            return;
+        };
+        let now = super::ms_since(self.t0);
+        let mut announce = vec![];
+        let mut propose = vec![];
+        let mut close = vec![];
+        for (id, e) in &node.projects {
+            let st = &e.state;
+            let epoch = st.epoch.council;
+            if st.council.phase != "ELECT" {
+                if self.collector.open_for(id).is_some() {
+                    close.push(id.clone());
+                }
+                continue;
+            }
+            if let Some(cert) = self.collector.certificate(id) {
+                if cert.epoch == epoch {
+                    let last = self.proposed.get(&(id.clone(), epoch)).copied();
+                    if last.is_none_or(|l| now >= l + REANNOUNCE_MS) {
+                        propose.push(cert);
+                    }
+                    continue;
+                }
+            }
+            match self.collector.open_for(id) {
+                Some((ep, _)) if ep == epoch => {
+                    let last = self.announced.get(id).copied().unwrap_or(0);
+                    if now >= last + REANNOUNCE_MS {
+                        if let Some(a) = self.collector.announcement(id) {
+                            announce.push(a.clone());
+                        }
+                    }
+                }
+                _ => {
+                    let mut members: Vec<SignerId> = st.council.candidates.clone();
+                    if members.is_empty() {
+                        members = st
+                            .boot
+                            .identities
+                            .iter()
+                            .filter(|r| r.roles.contains(&Role::Council))
+                            .map(|r| r.key.clone())
+                            .collect();
+                    }
+                    match self.collector.open(st, &members) {
+                        Ok(a) => announce.push(a),
+                        Err(e) => tracing::warn!(project = %id, "cannot open the election: {e}"),
+                    }
+                }
+            }
+        }
+        for id in close {
+            self.collector.close(&id);
+            self.announced.remove(&id);
+        }
+        for a in announce {
+            tracing::info!(project = %a.body.project, epoch = a.body.epoch, members = a.body.members.len(), "announcing the council candidates");
+            self.announced.insert(a.body.project.clone(), now);
+            self.shared.lock().expect("lock").announcements += 1;
+            self.publish_council(&CouncilMsg::Announce(a));
+        }
+        for cert in propose {
+            self.send_certificate(&cert, now);
+        }
+    }
+
+    fn send_certificate(&mut self, cert: &crate::proto::council::Certificate, now: u64) {
+        let (Some(node), Some(tx)) = (&self.node, &self.proposals) else {
+            return;
+        };
+        match certificate_proposal(cert, node, &self.key, Self::now_wall_ms()) {
+            Ok(p) => {
+                tracing::info!(project = %cert.project, epoch = cert.epoch, votes = cert.votes.len(), "proposing the quorum certificate");
+                let _ = tx.send(p);
+                self.proposed
+                    .insert((cert.project.clone(), cert.epoch), now);
+                self.shared.lock().expect("lock").certificate_proposals += 1;
+            }
+            Err(e) => tracing::error!("cannot build the certificate proposal: {e}"),
+        }
+    }
+
+    fn on_council_message(&mut self, data: &[u8]) {
+        let Ok(CouncilMsg::Vote(v)) = decode_council(data) else {
+            return;
+        };
+        let outcome = self.collector.on_vote(&v);
+        {
+            let mut s = self.shared.lock().expect("lock");
+            s.council_votes = self.collector.counted();
+            s.council_votes_rejected = self.collector.rejected().values().sum();
+            s.certificates = self.collector.certificates();
+        }
+        match outcome {
+            VoteOutcome::Certificate(cert) => {
+                let now = super::ms_since(self.t0);
+                self.send_certificate(&cert, now);
+            }
+            VoteOutcome::Rejected(r) => {
+                tracing::warn!(voter = %v.body.voter, project = %v.body.project, "vote rejected: {}", r.name());
+            }
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if !check_handshake(&mut self.swarm, &self.agent, peer_id, &info) => {
+                self.shared.lock().expect("lock").refused_peers += 1;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => {
+                let resp = if !self.followers.contains(&peer) {
+                    tracing::warn!(%peer, "refusing a catch-up request: the peer is not a follower listed in genesis");
+                    Response::Refused {
+                        reason: "only followers listed in genesis may read the log".into(),
+                    }
+                } else {
+                    match wire::decode_request(&request.0) {
+                        Ok(req) => self.repl.on_request(&req, &StoreLog(&self.store)),
+                        Err(e) => Response::Refused {
+                            reason: format!("request does not decode: {e}"),
+                        },
+                    }
+                };
+                self.shared.lock().expect("lock").stats = self.repl.stats().clone();
+                match wire::encode_response(&resp) {
+                    Ok(bytes) => {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .rr
+                            .send_response(channel, Bytes(bytes));
+                    }
+                    Err(e) => tracing::error!("cannot encode a response: {e}"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                libp2p::gossipsub::Event::Message { message, .. },
+            )) if message.topic == self.council_topic.hash() => {
+                self.on_council_message(&message.data);
+            }
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                let n = self.swarm.connected_peers().count();
+                self.shared.lock().expect("lock").connected_peers = n;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The hash of the leader's record `index` (the genesis hash for 0), for tests.
+pub fn record_hash<S: LogStore>(store: &S, index: u64, genesis_hash: Hash) -> Option<Hash> {
+    if index == 0 {
+        return Some(genesis_hash);
+    }
+    read_record(store, index).ok().map(|v| v.hash)
+}

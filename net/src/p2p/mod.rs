@@ -1,0 +1,178 @@
+//! The libp2p transport: it carries the sans-I/O protocols of [`crate::proto`]
+//! over tcp + noise + yamux, with gossipsub (signed, strict validation,
+//! content-hash message ids), request-response (CBOR byte strings holding the
+//! canonical encodings of [`crate::proto::wire::Request`] / `Response`) and
+//! identify (which carries the genesis handshake).
+//!
+//! - A node's libp2p identity is its ed25519 signing key.
+//! - Topics: `swoosh/<cluster>/wal/v1` and `swoosh/<cluster>/council/v1`.
+//! - Handshake: every peer advertises `swoosh/<cluster>/<genesis hash hex>`
+//!   as its identify agent version; a peer advertising anything else is
+//!   disconnected with a log line naming both genesis hashes.
+//! - WAL gossip is age-encrypted to the followers of genesis and chunked
+//!   under the gossip size limit ([`envelope`]).
+
+pub mod agent;
+pub mod envelope;
+pub mod follower;
+pub mod http;
+pub mod leader;
+pub mod peer;
+
+pub use libp2p::Multiaddr;
+
+use ed25519_dalek::SigningKey;
+use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{identify, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+use std::time::Duration;
+use swoosh_core::hash::Hash;
+use swoosh_core::sig::SignerId;
+use swoosh_core::state::Genesis;
+
+use crate::proto::wire::Bytes;
+
+/// The request-response protocol name of replication catch-up.
+pub const REPL_PROTOCOL: &str = "/swoosh/repl/1";
+/// The identify protocol version every SWOOSH peer announces.
+pub const IDENTIFY_PROTOCOL: &str = "/swoosh/id/1";
+/// gossipsub heartbeat: short, so a small loopback mesh forms quickly.
+pub const HEARTBEAT_MS: u64 = 250;
+/// How long a message id is remembered as seen.
+pub const DUPLICATE_CACHE_MS: u64 = 2_500;
+/// A request without a response after this long fails (the follower's own
+/// timeout asks again).
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Connections with no traffic stay open this long.
+pub const IDLE_CONNECTION_SECS: u64 = 3_600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    #[error("libp2p: {0}")]
+    Libp2p(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn lp<E: std::fmt::Display>(e: E) -> P2pError {
+    P2pError::Libp2p(e.to_string())
+}
+
+pub fn wal_topic(cluster_id: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("swoosh/{cluster_id}/wal/v1"))
+}
+
+pub fn council_topic(cluster_id: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("swoosh/{cluster_id}/council/v1"))
+}
+
+/// What a peer of this cluster advertises as its identify agent version.
+pub fn agent_version(genesis: &Genesis) -> String {
+    let gh = genesis.hash().expect("a validated genesis encodes");
+    agent_version_of(&genesis.cluster_id, &gh)
+}
+
+pub fn agent_version_of(cluster_id: &str, genesis_hash: &Hash) -> String {
+    format!("swoosh/{cluster_id}/{}", genesis_hash.to_hex())
+}
+
+/// The libp2p keypair of a SWOOSH ed25519 key (the same key signs batches,
+/// proposals and votes).
+pub fn keypair(key: &SigningKey) -> Keypair {
+    Keypair::ed25519_from_bytes(key.to_bytes()).expect("an ed25519 secret key is 32 bytes")
+}
+
+/// The libp2p peer id of a signer.
+pub fn peer_id_of(id: &SignerId) -> Option<PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&id.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub rr: request_response::cbor::Behaviour<Bytes, Bytes>,
+    pub identify: identify::Behaviour,
+}
+
+/// Build a swarm whose identity is `key`, advertising `agent`.
+pub fn build_swarm(key: &SigningKey, agent: String) -> Result<Swarm<Behaviour>, P2pError> {
+    let kp = keypair(key);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(lp)?
+        .with_behaviour(|key| {
+            let cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(HEARTBEAT_MS))
+                .validation_mode(ValidationMode::Strict)
+                .max_transmit_size(crate::proto::wire::GOSSIP_PAYLOAD_BYTES_MAX)
+                // Short, so a deterministic message (an announcement, a vote)
+                // can be published again after a timeout; longer than the
+                // gossip window (history_length x heartbeat).
+                .duplicate_cache_time(Duration::from_millis(DUPLICATE_CACHE_MS))
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(Hash::of_bytes(&m.data).0.to_vec())
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), cfg)?;
+            let rr = request_response::cbor::Behaviour::new(
+                [(StreamProtocol::new(REPL_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)),
+            );
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(agent.clone()),
+            );
+            Ok(Behaviour {
+                gossipsub,
+                rr,
+                identify,
+            })
+        })
+        .map_err(lp)?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(IDLE_CONNECTION_SECS))
+        })
+        .build();
+    Ok(swarm)
+}
+
+/// The genesis handshake: `true` when the peer runs our genesis. A peer that
+/// does not is disconnected, with a log line naming both.
+pub fn check_handshake(
+    swarm: &mut Swarm<Behaviour>,
+    ours: &str,
+    peer: PeerId,
+    info: &identify::Info,
+) -> bool {
+    if info.agent_version == ours {
+        return true;
+    }
+    tracing::warn!(
+        %peer,
+        theirs = %info.agent_version,
+        ours = %ours,
+        "refusing peer {peer}: it runs genesis {:?}, this node runs {:?} (a different cluster or genesis); disconnecting",
+        info.agent_version,
+        ours
+    );
+    let _ = swarm.disconnect_peer_id(peer);
+    false
+}
+
+/// Milliseconds since `t0` (the protocols' `now_ms`).
+pub(crate) fn ms_since(t0: std::time::Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}

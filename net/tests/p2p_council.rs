@@ -1,0 +1,219 @@
+//! Council agents as libp2p peers on 127.0.0.1: the leader announces a
+//! candidate member set, agents answer with signed votes over the mesh, the
+//! collector certifies, and the reducer accepts the certificate proposal.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::{step, Ctx, Outcome};
+use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+use swoosh_core::state::NodeState;
+use swoosh_net::p2p::agent::{decode_council, encode_council, spawn_agent};
+use swoosh_net::p2p::peer::spawn_peer;
+use swoosh_net::p2p::{agent_version, council_topic};
+use swoosh_net::proto::council::{
+    certificate_proposal, CouncilCollector, CouncilMsg, VoteOutcome, VotePolicy, VoteRejection,
+};
+
+const ORIGIN_MS: u64 = 1_767_225_600_000;
+
+fn at_elect(keys: &Keys, project: &str) -> NodeState {
+    let g = genesis(keys, "p2p-council", ORIGIN_MS);
+    let mut node = NodeState::new(g).unwrap();
+    let d = Driver::new(keys, 1);
+    for now in ORIGIN_MS + 1..ORIGIN_MS + 101 {
+        if node.project(project).council.phase == "ELECT" {
+            return node;
+        }
+        let Next::Propose(p) = d.next(&node, project, now) else {
+            panic!("driver stalled")
+        };
+        let ctx = Ctx {
+            now_ms: now,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        };
+        assert!(matches!(
+            step(&mut node, &p, &ctx).outcome,
+            Outcome::Accepted(_)
+        ));
+    }
+    panic!("never reached ELECT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_agents_vote_over_the_mesh_and_the_certificate_is_accepted() {
+    let keys = Keys::from_labels("p2p-council", 3);
+    let mut node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let topic = council_topic(&g.cluster_id);
+    let mut leader = spawn_peer(
+        &keys.leader,
+        agent_version(&g),
+        std::slice::from_ref(&topic),
+        Some("/ip4/127.0.0.1/tcp/0".parse().unwrap()),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut agents = vec![];
+    for k in &keys.council {
+        agents.push(
+            spawn_agent(
+                k.clone(),
+                &g,
+                VotePolicy::ApproveAll,
+                &leader.listen_addrs,
+                None,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // An outsider's vote (not in the roster) arrives too and is rejected.
+    let outsider = keys.outsider.clone();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let members = Driver::new(&keys, 1).members();
+    let ann = col.open(&node.project("default"), &members).unwrap();
+    let mut forged = keys.council.len();
+    let bytes = encode_council(&CouncilMsg::Announce(ann.clone())).unwrap();
+    let t0 = Instant::now();
+    let mut cert = None;
+    let mut announced = false;
+    while cert.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no certificate: counted {}",
+            col.counted()
+        );
+        // Announce once every agent's subscription reached the leader
+        // (gossipsub drops a publish with no subscribed peer, and the
+        // content-hash message id makes a second identical publish a duplicate).
+        if !announced && leader.subscriptions.load(Ordering::Relaxed) >= keys.council.len() {
+            leader.publish(&topic, bytes.clone());
+            announced = true;
+        }
+        let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(100), leader.inbox.recv()).await
+        else {
+            continue;
+        };
+        let Ok(CouncilMsg::Vote(v)) = decode_council(&m.data) else {
+            continue;
+        };
+        if forged > 0 {
+            forged = 0;
+            // A vote from outside the roster, and a member's vote re-signed
+            // by someone else: both rejected and counted.
+            let mut body = v.body.clone();
+            body.voter = swoosh_core::SignerId::from_signing_key(&outsider);
+            let out = swoosh_core::facts::Vote::cast(body, &outsider);
+            assert_eq!(
+                col.on_vote(&out),
+                VoteOutcome::Rejected(VoteRejection::Outsider)
+            );
+            let resigned = swoosh_core::facts::Vote::cast(v.body.clone(), &outsider);
+            assert_eq!(
+                col.on_vote(&resigned),
+                VoteOutcome::Rejected(VoteRejection::BadSignature)
+            );
+        }
+        if let VoteOutcome::Certificate(c) = col.on_vote(&v) {
+            cert = Some(c);
+        }
+    }
+    let cert = cert.unwrap();
+    assert!(cert.votes.len() >= g.quorum_threshold as usize);
+    assert!(agents.iter().all(|a| a.snapshot().refused == 0));
+    let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
+    let ctx = Ctx {
+        now_ms: ORIGIN_MS + 1_000,
+        verify: Verify::Full,
+        snapshot_every: 0,
+    };
+    let s = step(&mut node, &p, &ctx);
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
+}
+
+/// The leader task itself runs the election: a store whose log has driven a
+/// project into Council ELECT, three agents on the mesh (one voting no), and
+/// the certificate proposal that comes out is accepted by the reducer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_leader_runs_the_election_from_its_log() {
+    use swoosh_storage::testkit::Stream;
+    use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
+    let label = "p2p-elect";
+    let mut stream = Stream::new(label, 1, Verify::Trusted);
+    let g = stream.genesis().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(
+        dir.path(),
+        &LmdbOptions {
+            durability: Durability::NoSync,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
+    let mut guard = 0;
+    while stream.node().project("p0").council.phase != "ELECT" {
+        let acc = stream.next_accepted();
+        w.append_batch(&[Entry::from_accepted(acc)]).unwrap();
+        guard += 1;
+        assert!(guard < 500, "the stream never reached ELECT");
+    }
+    let keys = Keys::from_labels(label, 3);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let leader = swoosh_net::p2p::leader::spawn_leader_with(
+        w.store().clone(),
+        keys.leader.clone(),
+        g.clone(),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        Some(tx),
+    )
+    .await
+    .unwrap();
+    let mut agents = vec![];
+    for (i, k) in keys.council.iter().enumerate() {
+        let policy = if i == 0 {
+            VotePolicy::VoteNo
+        } else {
+            VotePolicy::ApproveAll
+        };
+        agents.push(
+            spawn_agent(k.clone(), &g, policy, &leader.listen_addrs, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no certificate proposal within 20 s")
+        .unwrap();
+    assert_eq!(p.transition, "Council_QuorumCert");
+    let s = leader.snapshot();
+    assert!(s.announcements >= 1);
+    assert!(s.council_votes >= 2, "{s:?}");
+    let mut node = stream.node().clone();
+    // The leader signs with its wall clock; the reducer runs at that time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let out = step(
+        &mut node,
+        &p,
+        &Ctx {
+            now_ms: now,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    assert!(
+        matches!(out.outcome, Outcome::Accepted(_)),
+        "{:?}",
+        out.outcome
+    );
+    assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
+}

@@ -1,0 +1,350 @@
+//! WAL replication over real libp2p swarms on 127.0.0.1: a leader tailing an
+//! LMDB log, followers tailing it by gossip and range requests.
+
+use ed25519_dalek::SigningKey;
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::scenario::Keys;
+use swoosh_core::sig::{self, key_from_label, SignerId};
+use swoosh_core::state::{FollowerEntry, Genesis, NodeState};
+use swoosh_net::p2p::envelope::{self, Reassembler};
+use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions, FollowerP2p};
+use swoosh_net::p2p::leader::{spawn_leader, LeaderP2p};
+use swoosh_net::p2p::peer::spawn_peer;
+use swoosh_net::p2p::{agent_version, wal_topic};
+use swoosh_net::proto::wire::{self, BatchHeader, Gossip, WalBatch, WAL_BATCH_DOMAIN};
+use swoosh_storage::testkit::{stream_genesis, Stream};
+use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    genesis: Genesis,
+    leader_key: SigningKey,
+    followers: Vec<(SigningKey, age::x25519::Identity)>,
+    stream: Stream,
+    writer: WalWriter<LmdbStore>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+fn store(dirs: &mut Vec<tempfile::TempDir>) -> LmdbStore {
+    let d = tempfile::tempdir().unwrap();
+    let s = LmdbStore::open(
+        d.path(),
+        &LmdbOptions {
+            durability: Durability::NoSync,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    dirs.push(d);
+    s
+}
+
+fn cluster(label: &str, followers: usize) -> Cluster {
+    let mut g = stream_genesis(label);
+    let fs: Vec<(SigningKey, age::x25519::Identity)> = (0..followers)
+        .map(|i| {
+            (
+                key_from_label(&format!("{label}/follower-{i}")),
+                age::x25519::Identity::generate(),
+            )
+        })
+        .collect();
+    g.followers = fs
+        .iter()
+        .enumerate()
+        .map(|(i, (k, a))| FollowerEntry {
+            name: format!("follower-{}", i + 1),
+            key: SignerId::from_signing_key(k),
+            age_recipient: a.to_public().to_string(),
+        })
+        .collect();
+    g.validate().unwrap();
+    let stream = Stream::resume(
+        label,
+        2,
+        NodeState::new(g.clone()).unwrap(),
+        Verify::Trusted,
+    );
+    let mut dirs = vec![];
+    let s = store(&mut dirs);
+    let writer = WalWriter::open(s, g.hash().unwrap(), BatchLimits::default()).unwrap();
+    Cluster {
+        genesis: g,
+        leader_key: Keys::from_labels(label, 3).leader,
+        followers: fs,
+        stream,
+        writer,
+        dirs,
+    }
+}
+
+impl Cluster {
+    fn commit(&mut self, n: usize) {
+        let entries: Vec<Entry> = self
+            .stream
+            .take(n)
+            .into_iter()
+            .map(Entry::from_accepted)
+            .collect();
+        self.writer.append_batch(&entries).unwrap();
+    }
+
+    async fn leader(&self) -> LeaderP2p {
+        spawn_leader(
+            self.writer.store().clone(),
+            self.leader_key.clone(),
+            self.genesis.clone(),
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn follower(&mut self, i: usize, leader: &LeaderP2p, listen: bool) -> FollowerP2p {
+        let s = store(&mut self.dirs);
+        let (k, a) = &self.followers[i];
+        spawn_follower(
+            s,
+            FollowerOptions {
+                key: k.clone(),
+                genesis: self.genesis.clone(),
+                age_identity: a.clone(),
+                leader: leader.listen_addrs[0].clone(),
+                listen: listen.then(|| "/ip4/127.0.0.1/tcp/0".parse().unwrap()),
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
+    let mut c = cluster("p2p-tail", 2);
+    c.commit(20);
+    let leader = c.leader().await;
+    let f1 = c.follower(0, &leader, false).await;
+    let f2 = c.follower(1, &leader, false).await;
+    for _ in 0..10 {
+        c.commit(25);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let want = c.stream.node().index;
+    assert_eq!(want, 270);
+    wait_for("both followers at the leader's index", || {
+        f1.applied_index() == want && f2.applied_index() == want
+    })
+    .await;
+    let root = c.stream.node().root_hash();
+    assert_eq!(f1.root_hash(), root);
+    assert_eq!(f2.root_hash(), root);
+    for f in [&f1, &f2] {
+        let s = f.shared.lock().unwrap();
+        assert_eq!(s.persisted_index, want, "applied records are persisted");
+        assert!(s.decrypted > 0, "gossip was decrypted");
+        assert!(s.halted_reason.is_none());
+    }
+    assert!(leader.snapshot().stats.batches_published > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_late_follower_catches_up_by_range_requests() {
+    let mut c = cluster("p2p-late", 1);
+    c.commit(600);
+    let leader = c.leader().await;
+    let f = c.follower(0, &leader, false).await;
+    wait_for("the late follower to catch up", || f.applied_index() == 600).await;
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    let st = f.shared.lock().unwrap().repl.stats().clone();
+    assert!(
+        st.requests_sent >= 2,
+        "600 records need two range requests: {st:?}"
+    );
+    assert!(leader.snapshot().stats.ranges_served >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_peer_without_follower_identity_cannot_decrypt() {
+    let mut c = cluster("p2p-observer", 1);
+    let leader = c.leader().await;
+    let observer_key = key_from_label("p2p-observer/outsider");
+    let mut obs = spawn_peer(
+        &observer_key,
+        agent_version(&c.genesis),
+        &[wal_topic(&c.genesis.cluster_id)],
+        None,
+        &leader.listen_addrs,
+    )
+    .await
+    .unwrap();
+    let observer_age = age::x25519::Identity::generate();
+    let t0 = Instant::now();
+    let mut received = 0;
+    let mut readable_by_follower = 0;
+    let mut reasm = Reassembler::default();
+    while received < 3 {
+        c.commit(5);
+        assert!(t0.elapsed() < WAIT, "the observer received no gossip");
+        if let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(300), obs.inbox.recv()).await
+        {
+            if let Some(ct) = reasm.push(&m.data).unwrap() {
+                received += 1;
+                assert!(
+                    envelope::decrypt(&ct, &observer_age).is_err(),
+                    "a peer that is not a follower must not read the WAL"
+                );
+                if envelope::decrypt(&ct, &c.followers[0].1).is_ok() {
+                    readable_by_follower += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        readable_by_follower, received,
+        "the follower's identity reads it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_forged_batch_is_rejected() {
+    let mut c = cluster("p2p-forged", 1);
+    c.commit(10);
+    let leader = c.leader().await;
+    let f = c.follower(0, &leader, true).await;
+    wait_for("the follower at 10", || f.applied_index() == 10).await;
+    // The next records, signed by someone who is not the leader.
+    let forger = key_from_label("p2p-forged/forger");
+    let records: Vec<_> = c.stream.take(3).into_iter().map(|a| a.record).collect();
+    let header = BatchHeader {
+        cluster_id: c.genesis.cluster_id.clone(),
+        genesis_hash: c.genesis.hash().unwrap(),
+        leader: c.genesis.leader.clone(),
+        first_index: 11,
+        last_index: 13,
+        prev_hash: records[0].prev_hash,
+        record_hashes: records.iter().map(|r| r.hash()).collect(),
+    };
+    let signature = sig::sign(WAL_BATCH_DOMAIN, &header, &forger).unwrap();
+    let plain = wire::encode_gossip(&Gossip::Batch(WalBatch {
+        header,
+        signature,
+        records,
+    }))
+    .unwrap();
+    let recipients: Vec<_> = c.followers.iter().map(|(_, a)| a.to_public()).collect();
+    // The forger dials the follower directly (it listens on an ephemeral port).
+    let follower_addr = {
+        let t0 = Instant::now();
+        loop {
+            let a = f.listen_addrs();
+            if let Some(a) = a.into_iter().next() {
+                break a;
+            }
+            assert!(t0.elapsed() < WAIT, "the follower never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let peer = spawn_peer(
+        &forger,
+        agent_version(&c.genesis),
+        &[wal_topic(&c.genesis.cluster_id)],
+        None,
+        &[follower_addr],
+    )
+    .await
+    .unwrap();
+    let topic = wal_topic(&c.genesis.cluster_id);
+    let t0 = Instant::now();
+    loop {
+        for chunk in envelope::seal(&plain, &recipients).unwrap() {
+            peer.publish(&topic, chunk);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = f.shared.lock().unwrap();
+        if s.last_refusals
+            .iter()
+            .any(|r| r.starts_with("bad_signature"))
+        {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the forged batch was never refused");
+    }
+    assert_eq!(
+        f.applied_index(),
+        10,
+        "nothing of the forged batch was applied"
+    );
+    assert!(f.shared.lock().unwrap().halted_reason.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_restart_resumes_from_its_own_wal() {
+    use swoosh_storage::{MemDisk, MemStore};
+    let mut c = cluster("p2p-restart", 1);
+    c.commit(40);
+    let leader = c.leader().await;
+    let disk = MemDisk::new();
+    let (k, a) = c.followers[0].clone();
+    let g = c.genesis.clone();
+    let opts = |leader: &LeaderP2p| FollowerOptions {
+        key: k.clone(),
+        genesis: g.clone(),
+        age_identity: a.clone(),
+        leader: leader.listen_addrs[0].clone(),
+        listen: None,
+    };
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    wait_for("the follower at 40", || f.applied_index() == 40).await;
+    drop(f);
+    // Let the aborted task go before its store is opened again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.commit(60);
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    assert_eq!(f.applied_index(), 40, "recovered from its own WAL");
+    wait_for("the restarted follower at 100", || f.applied_index() == 100).await;
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_peer_with_another_genesis_is_disconnected() {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let c = cluster("p2p-handshake", 1);
+    let leader = c.leader().await;
+    let other = stream_genesis("p2p-handshake-other");
+    // A raw swarm that never refuses anyone itself: whatever closes the
+    // connection is the leader's handshake check.
+    let mut stranger = swoosh_net::p2p::build_swarm(
+        &key_from_label("p2p-handshake/stranger"),
+        agent_version(&other),
+    )
+    .unwrap();
+    stranger.dial(leader.listen_addrs[0].clone()).unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
+            {
+                break peer_id;
+            }
+        }
+    })
+    .await
+    .expect("the leader never closed the connection");
+    assert_eq!(closed, leader.peer_id);
+    assert!(leader.snapshot().refused_peers >= 1);
+}
