@@ -22,6 +22,7 @@ pub mod metrics;
 mod node;
 
 pub use node::{
-    ActorKind, AttentionView, Clock, HealthView, ManualClock, NodeConfig, NodeHandle, StartError,
-    StateView, SubmitOk, SubmitResult, SystemClock,
+    ActorKind, AttentionView, Clock, FollowerHealth, HealthView, ManualClock, NodeConfig,
+    NodeHandle, ReplicationSource, StartError, StateView, SubmitOk, SubmitResult, SystemClock,
+    FOLLOWER_REPORT_STALE_MS,
 };

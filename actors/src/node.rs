@@ -112,6 +112,70 @@ pub struct StateView {
     pub projection: BTreeMap<String, Value>,
 }
 
+/// A follower as the leader's replication transport sees it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FollowerHealth {
+    pub name: String,
+    pub key: String,
+    pub connected: bool,
+    /// From the follower's last status report (None before the first one).
+    pub applied_index: Option<u64>,
+    pub lag_records: Option<u64>,
+    pub last_report_ms_ago: Option<u64>,
+    pub halted: bool,
+}
+
+/// Where the health view reads the followers from: set by whoever runs the
+/// replication transport next to this node (the node itself knows no peers).
+pub type ReplicationSource = Arc<dyn Fn() -> Vec<FollowerHealth> + Send + Sync>;
+
+fn source_is_set(r: &RwLock<Option<ReplicationSource>>) -> bool {
+    r.read().expect("replication lock").is_some()
+}
+
+/// One line an operator reads first: who replicates and how far behind.
+fn consensus_line(
+    genesis: &swoosh_core::state::Genesis,
+    replicating: bool,
+    followers: &[FollowerHealth],
+) -> String {
+    if !replicating {
+        return if genesis.followers.is_empty() {
+            "single-writer leader; no followers in genesis (single-node cluster)".into()
+        } else {
+            format!(
+                "single-writer leader; replication is OFF: genesis lists {} followers but this node runs without its p2p swarm (start it with `swoosh serve --p2p ADDR` or `swoosh p2p leader`)",
+                genesis.followers.len()
+            )
+        };
+    }
+    let live: Vec<&FollowerHealth> = followers
+        .iter()
+        .filter(|f| {
+            f.connected
+                && !f.halted
+                && f.last_report_ms_ago
+                    .is_some_and(|ms| ms <= FOLLOWER_REPORT_STALE_MS)
+        })
+        .collect();
+    let halted = followers.iter().filter(|f| f.halted).count();
+    let max_lag = live.iter().filter_map(|f| f.lag_records).max().unwrap_or(0);
+    let mut line = format!(
+        "single-writer leader; {}/{} followers following, max lag {max_lag} records",
+        live.len(),
+        followers.len()
+    );
+    if halted > 0 {
+        line.push_str(&format!(
+            "; ALARM: {halted} halted (divergence or write failure)"
+        ));
+    }
+    line
+}
+
+/// A follower that has not reported for this long counts as not following.
+pub const FOLLOWER_REPORT_STALE_MS: u64 = 5_000;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct HealthView {
     pub status: String,
@@ -128,6 +192,9 @@ pub struct HealthView {
     pub restarts: u64,
     pub genesis_hash: Hash,
     pub cluster_id: String,
+    /// The followers in genesis with their reported position (empty when
+    /// replication is not running).
+    pub followers: Vec<FollowerHealth>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -186,6 +253,7 @@ struct Shared<S> {
     /// running on its blocking thread, so it checks its generation under
     /// this lock and does nothing once a restart has begun.
     commit_lock: Arc<Mutex<u64>>,
+    replication: RwLock<Option<ReplicationSource>>,
 }
 
 struct Depths {
@@ -254,6 +322,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             restarts: AtomicU64::new(0),
             depths,
             commit_lock: Arc::new(Mutex::new(0)),
+            replication: RwLock::new(None),
         });
         let (supervisor, _) = Actor::spawn(
             None,
@@ -422,8 +491,16 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         Err("the state changed too fast to read one consistent version; retry".into())
     }
 
+    /// Let the health view report followers from the replication transport.
+    pub fn set_replication(&self, source: ReplicationSource) {
+        *self.shared.replication.write().expect("replication lock") = Some(source);
+    }
+
     pub fn health(&self) -> HealthView {
         let sh = &self.shared;
+        let source = sh.replication.read().expect("replication lock").clone();
+        let followers = source.map(|f| f()).unwrap_or_default();
+        let consensus = consensus_line(&sh.cfg.genesis, source_is_set(&sh.replication), &followers);
         let durable = sh.durable_index.load(Ordering::Acquire);
         let snap = *sh.last_snapshot.lock().expect("snapshot lock");
         let ready = sh.ready.load(Ordering::Acquire);
@@ -436,7 +513,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
                 "recovering".into()
             },
             role: "leader".into(),
-            consensus: "single-writer leader; no followers connected (the replication transport is not enabled in this build)".into(),
+            consensus,
             index: durable,
             root_hash: *sh.root_hash.lock().expect("root lock"),
             last_snapshot_hlc: snap.and_then(|s| s.1),
@@ -446,6 +523,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             restarts: sh.restarts.load(Ordering::Acquire),
             genesis_hash: sh.genesis_hash,
             cluster_id: sh.cfg.genesis.cluster_id.clone(),
+            followers,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum BenchCmd {
     Http(HttpArgs),
     /// WAL append (batch 1, 64, 1024), replay and recovery throughput.
     Storage(StorageArgs),
+    /// Follower lag over libp2p while the leader commits a sustained rate.
+    Replication(crate::bench_repl::ReplArgs),
 }
 
 #[derive(Args)]
@@ -62,6 +64,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Http(a) => http(a).await,
         BenchCmd::Storage(a) => storage(a),
+        BenchCmd::Replication(a) => crate::bench_repl::run(a).await,
     }
 }
 

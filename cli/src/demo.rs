@@ -34,18 +34,36 @@ pub struct DemoArgs {
     /// every run prints the same hashes.
     #[arg(long)]
     pub(crate) in_process: bool,
-    /// Keep the node's data in this directory (default: a temporary one).
+    /// Keep the nodes' data in this directory (default: a temporary one).
     #[arg(long)]
     pub(crate) dir: Option<std::path::PathBuf>,
+    /// Run the leader alone (no followers, no agents; the demo's clients
+    /// then sign the council votes themselves).
+    #[arg(long, conflicts_with = "in_process")]
+    pub(crate) single_node: bool,
+    /// Followers tailing the leader's WAL over libp2p.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) followers: usize,
+    /// Council agents voting over libp2p (they are the council roster).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) agents: usize,
 }
 
 #[derive(Serialize)]
 pub(crate) struct NodeReport {
     pub(crate) name: String,
+    /// `leader`, `follower` or `agent`.
     pub(crate) role: String,
     pub(crate) dir: Option<String>,
-    pub(crate) hash: String,
-    pub(crate) index: u64,
+    /// Root hash of the replica (agents hold no replica: null).
+    pub(crate) hash: Option<String>,
+    pub(crate) index: Option<u64>,
+    /// Followers: records behind the leader at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) lag_records: Option<u64>,
+    /// Agents: signed votes this agent sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) votes_sent: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +74,9 @@ pub(crate) struct Report {
     pub(crate) duplicates: u64,
     pub(crate) decision_records: u64,
     pub(crate) council_votes: u64,
+    /// Signed votes the leader's collector counted over libp2p (cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) council_votes_counted: Option<u64>,
     pub(crate) data_dir: Option<String>,
     pub(crate) projects: Vec<ProjectReport>,
     pub(crate) rejections: Vec<RejectionReport>,
@@ -254,14 +275,17 @@ fn run_in_process(args: DemoArgs) -> Result<()> {
             name: "leader".into(),
             role: "leader".into(),
             dir: None,
-            hash: root.to_string(),
-            index: node.index,
+            hash: Some(root.to_string()),
+            index: Some(node.index),
+            lag_records: None,
+            votes_sent: None,
         }],
         accepted,
         rejected,
         duplicates,
         decision_records: accepted,
         council_votes: votes,
+        council_votes_counted: None,
         data_dir: None,
         projects: projects
             .iter()

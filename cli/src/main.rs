@@ -1,6 +1,7 @@
 //! `swoosh`: the SWOOSH command line.
 
 mod bench;
+mod bench_repl;
 mod chaos_cmd;
 mod demo;
 mod demo_node;

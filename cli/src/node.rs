@@ -270,6 +270,11 @@ pub struct ServeArgs {
     /// Snapshot every N records (besides every REVERB).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+    /// Also run the libp2p replication swarm on this multiaddr (e.g.
+    /// /ip4/0.0.0.0/tcp/7800): followers tail the WAL, agents vote. Same as
+    /// `swoosh p2p leader`.
+    #[arg(long)]
+    pub p2p: Option<String>,
     /// Log format.
     #[arg(long, default_value = "json")]
     pub log: String,
@@ -315,6 +320,21 @@ pub fn init_logs(format: &str) {
 pub async fn serve(a: ServeArgs) -> Result<()> {
     init_logs(&a.log);
     let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let p2p = match &a.p2p {
+        Some(l) => {
+            let listen: swoosh_net::p2p::Multiaddr = l.parse().with_context(|| {
+                format!("--p2p {l:?} is not a libp2p multiaddr (e.g. /ip4/127.0.0.1/tcp/7800)")
+            })?;
+            let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
+            let key = read_key(&a.dir.join("node.key"))?;
+            let p = crate::p2p_cmd::start_leader_p2p(&node, key, genesis, listen).await?;
+            for addr in &p.listen_addrs {
+                eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p.peer_id);
+            }
+            Some(p)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&a.http)
         .await
         .with_context(|| {
@@ -337,6 +357,9 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         eprintln!("swoosh: shutting down: flushing the WAL");
     })
     .await?;
+    if let Some(p) = p2p {
+        p.stop();
+    }
     Ok(())
 }
 

@@ -103,7 +103,7 @@ fn parse_addr(s: &str, flag: &str) -> Result<Multiaddr> {
     })
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -116,7 +116,7 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIdentity> {
+pub(crate) fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIdentity> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the age identity {}: run `swoosh p2p enroll --dir <cluster dir>` first",
@@ -258,8 +258,36 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
     let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let p2p = start_leader_p2p(&node, key, genesis, listen).await?;
+    for addr in &p2p.listen_addrs {
+        eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
+    }
+    let listener = tokio::net::TcpListener::bind(&a.http)
+        .await
+        .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
+    eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
+    swoosh_net::http::serve(listener, node, async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("swoosh: shutting down: flushing the WAL");
+    })
+    .await?;
+    p2p.stop();
+    Ok(())
+}
+
+/// Start the leader's replication swarm beside `node`: certificate
+/// proposals from the council elections are submitted to the node, and the
+/// node's `/health` reports the followers the swarm sees.
+pub(crate) async fn start_leader_p2p(
+    node: &swoosh_actors::NodeHandle<swoosh_storage::LmdbStore>,
+    key: ed25519_dalek::SigningKey,
+    genesis: swoosh_core::state::Genesis,
+    listen: Multiaddr,
+) -> Result<std::sync::Arc<swoosh_net::p2p::leader::LeaderP2p>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let p2p = spawn_leader_with(node.store().clone(), key, genesis, listen, Some(tx)).await?;
+    let p2p = std::sync::Arc::new(
+        spawn_leader_with(node.store().clone(), key, genesis, listen, Some(tx)).await?,
+    );
     // Certificate proposals the council elections produce go through the
     // node like any other proposal.
     let submitter = node.clone();
@@ -276,20 +304,26 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
             }
         }
     });
-    for addr in &p2p.listen_addrs {
-        eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
-    }
-    let listener = tokio::net::TcpListener::bind(&a.http)
-        .await
-        .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
-    eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
-    swoosh_net::http::serve(listener, node, async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("swoosh: shutting down: flushing the WAL");
-    })
-    .await?;
-    p2p.stop();
-    Ok(())
+    let view = std::sync::Arc::downgrade(&p2p);
+    node.set_replication(std::sync::Arc::new(move || {
+        view.upgrade()
+            .map(|p| {
+                p.followers()
+                    .into_iter()
+                    .map(|f| swoosh_actors::FollowerHealth {
+                        name: f.name,
+                        key: f.key.to_string(),
+                        connected: f.connected,
+                        applied_index: f.applied_index,
+                        lag_records: f.lag_records,
+                        last_report_ms_ago: f.last_report_ms_ago,
+                        halted: f.halted,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }));
+    Ok(p2p)
 }
 
 pub async fn agent(a: AgentArgs) -> Result<()> {

@@ -345,3 +345,52 @@ fn bad_directories_are_explained() {
     assert!(text(&o).contains("no genesis.json"), "{}", text(&o));
     assert!(!text(&o).contains("panicked"), "{}", text(&o));
 }
+
+/// `swoosh demo` is a cluster: a leader, two followers and three council
+/// agents over libp2p; every replica ends on one hash, the agents' signed
+/// votes elected the councils, and each follower's own WAL replays from
+/// genesis to that hash.
+#[test]
+fn demo_runs_a_cluster_whose_replicas_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("C");
+    let report = json(&ok(&["demo", "--dir", s(&t), "--json", "--quiet"]));
+    let nodes = report["nodes"].as_array().expect("nodes");
+    let by_role = |r: &str| {
+        nodes
+            .iter()
+            .filter(|n| n["role"] == r)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (leaders, followers, agents) = (by_role("leader"), by_role("follower"), by_role("agent"));
+    assert_eq!(leaders.len(), 1);
+    assert!(followers.len() >= 2, "{report}");
+    assert!(agents.len() >= 3, "{report}");
+    let hash = leaders[0]["hash"].as_str().unwrap().to_string();
+    let index = leaders[0]["index"].as_u64().unwrap();
+    for f in &followers {
+        assert_eq!(f["hash"], hash.as_str(), "{f}");
+        assert_eq!(f["index"], index, "{f}");
+        assert_eq!(f["lag_records"], 0, "{f}");
+    }
+    for a in &agents {
+        assert!(a["votes_sent"].as_u64().unwrap() > 0, "{a}");
+    }
+    let accepted = report["accepted"].as_u64().unwrap();
+    assert!(accepted >= 20);
+    assert_eq!(report["decision_records"], accepted);
+    assert!(
+        report["council_votes"].as_u64().unwrap() >= 3 * 2,
+        "{report}"
+    );
+    // A follower's WAL is a log of its own: sound, and it replays to the
+    // leader's hash.
+    for f in &followers {
+        let dir = f["dir"].as_str().unwrap();
+        ok(&["wal", "verify", "--dir", dir]);
+        let r = json(&ok(&["replay", "--dir", dir, "--from-genesis", "--json"]));
+        assert_eq!(r["hash"], hash.as_str(), "{dir}");
+        assert_eq!(r["records"], index, "{dir}");
+    }
+}

@@ -85,6 +85,25 @@ pub struct HealthReply {
     pub restarts: u64,
     pub genesis_hash: String,
     pub cluster_id: String,
+    /// The leader's view of each follower in genesis (empty on a node that
+    /// does not replicate).
+    #[serde(default)]
+    pub followers: Vec<FollowerReply>,
+}
+
+/// One follower in the leader's `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FollowerReply {
+    pub name: String,
+    pub key: String,
+    pub connected: bool,
+    /// From the follower's last status report.
+    pub applied_index: Option<u64>,
+    /// Leader's published index minus `applied_index`.
+    pub lag_records: Option<u64>,
+    pub last_report_ms_ago: Option<u64>,
+    /// The follower stopped applying (divergence or a failed write): an alarm.
+    pub halted: bool,
 }
 
 /// `GET /attention` reply.

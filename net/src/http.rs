@@ -37,6 +37,7 @@ pub struct AppState {
         ErrorBody,
         StateReply,
         HealthReply,
+        FollowerReply,
         AttentionReply
     ))
 )]
@@ -346,6 +347,19 @@ async fn get_health(State(st): State<AppState>) -> Response {
             restarts: h.restarts,
             genesis_hash: h.genesis_hash.to_string(),
             cluster_id: h.cluster_id,
+            followers: h
+                .followers
+                .into_iter()
+                .map(|f| FollowerReply {
+                    name: f.name,
+                    key: f.key,
+                    connected: f.connected,
+                    applied_index: f.applied_index,
+                    lag_records: f.lag_records,
+                    last_report_ms_ago: f.last_report_ms_ago,
+                    halted: f.halted,
+                })
+                .collect(),
         }),
     )
         .into_response()

@@ -142,7 +142,9 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
     let want = c.stream.node().index;
     assert_eq!(want, 270);
     wait_for("both followers at the leader's index", || {
-        f1.applied_index() == want && f2.applied_index() == want
+        [&f1, &f2]
+            .iter()
+            .all(|f| f.shared.lock().unwrap().persisted_index == want)
     })
     .await;
     let root = c.stream.node().root_hash();
@@ -155,6 +157,79 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
         assert!(s.halted_reason.is_none());
     }
     assert!(leader.snapshot().stats.batches_published > 0);
+    // The followers report their position; the leader's view shows them
+    // connected and caught up.
+    wait_for("both followers reporting the leader's index", || {
+        leader
+            .followers()
+            .iter()
+            .all(|f| f.applied_index == Some(want))
+    })
+    .await;
+    for f in leader.followers() {
+        assert!(f.connected, "{f:?}");
+        assert_eq!(f.lag_records, Some(0), "{f:?}");
+        assert_eq!(f.root_hash, Some(root), "{f:?}");
+        assert!(!f.halted);
+        assert!(f.last_report_ms_ago.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_leader_restart_followers_resume() {
+    let mut c = cluster("p2p-leader-restart", 2);
+    c.commit(30);
+    let leader = c.leader().await;
+    let addr = leader.listen_addrs[0].clone();
+    let f1 = c.follower(0, &leader, false).await;
+    let f2 = c.follower(1, &leader, false).await;
+    wait_for("both followers at 30", || {
+        f1.applied_index() == 30 && f2.applied_index() == 30
+    })
+    .await;
+    // The leader goes away; the log keeps growing (as after a restart that
+    // recovered and committed more before the swarm came back).
+    drop(leader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.commit(70);
+    wait_for("followers to notice the leader is gone", || {
+        !f1.shared.lock().unwrap().leader_connected
+    })
+    .await;
+    // Same identity, same address: the followers redial it and catch up.
+    let leader = swoosh_net::p2p::leader::spawn_leader(
+        c.writer.store().clone(),
+        c.leader_key.clone(),
+        c.genesis.clone(),
+        addr,
+    )
+    .await
+    .unwrap();
+    c.commit(50);
+    let want = c.stream.node().index;
+    assert_eq!(want, 150);
+    // Applied first, then persisted by the same task: wait for both.
+    wait_for("both followers at 150 after the leader restart", || {
+        [&f1, &f2]
+            .iter()
+            .all(|f| f.shared.lock().unwrap().persisted_index == want)
+    })
+    .await;
+    let root = c.stream.node().root_hash();
+    assert_eq!(f1.root_hash(), root);
+    assert_eq!(f2.root_hash(), root);
+    for f in [&f1, &f2] {
+        let s = f.shared.lock().unwrap();
+        assert_eq!(s.persisted_index, want);
+        assert!(s.halted_reason.is_none());
+    }
+    wait_for("the restarted leader sees both followers", || {
+        leader
+            .followers()
+            .iter()
+            .all(|f| f.connected && f.applied_index == Some(want))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,8 @@ use swoosh_storage::{BatchLimits, Entry, LogStore, WalWriter};
 pub const TICK_MS: u64 = 50;
 /// How often a lost connection to the leader is dialled again.
 pub const REDIAL_MS: u64 = 1_000;
+/// How often the follower reports its position to the leader.
+pub const STATUS_EVERY_MS: u64 = 500;
 /// Refusal reasons kept for the health view.
 pub const REFUSALS_KEPT: usize = 16;
 
@@ -200,8 +202,17 @@ impl<S: LogStore> FollowerTask<S> {
     async fn run(&mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         let mut redial = tokio::time::interval(Duration::from_millis(REDIAL_MS));
+        let mut status = tokio::time::interval(Duration::from_millis(STATUS_EVERY_MS));
         loop {
             tokio::select! {
+                _ = status.tick() => {
+                    if self.swarm.is_connected(&self.leader_peer) {
+                        // Sent even when halted, so the leader raises the alarm too.
+                        let mut r = self.shared.lock().expect("lock").repl.status_report();
+                        r.halted |= self.shared.lock().expect("lock").halted_reason.is_some();
+                        self.send(&wire::Request::Status(r));
+                    }
+                }
                 ev = self.swarm.select_next_some() => self.on_event(ev),
                 _ = tick.tick() => {
                     let now = ms_since(self.t0);
@@ -322,6 +333,19 @@ impl<S: LogStore> FollowerTask<S> {
         self.effects(eff);
     }
 
+    fn send(&mut self, req: &wire::Request) {
+        match wire::encode_request(req) {
+            Ok(b) => {
+                let leader = self.leader_peer;
+                self.swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_request(&leader, Bytes(b));
+            }
+            Err(e) => tracing::error!("cannot encode a request: {e}"),
+        }
+    }
+
     fn effects(&mut self, eff: Vec<FollowerEffect>) {
         for e in eff {
             if self.shared.lock().expect("lock").halted_reason.is_some() {
@@ -352,16 +376,7 @@ impl<S: LogStore> FollowerTask<S> {
                         "snapshot installed in memory (not persisted by this transport yet)"
                     );
                 }
-                FollowerEffect::Send(req) => match wire::encode_request(&req) {
-                    Ok(b) => {
-                        let leader = self.leader_peer;
-                        self.swarm
-                            .behaviour_mut()
-                            .rr
-                            .send_request(&leader, Bytes(b));
-                    }
-                    Err(e) => tracing::error!("cannot encode a request: {e}"),
-                },
+                FollowerEffect::Send(req) => self.send(&req),
                 FollowerEffect::Refused(r) => {
                     tracing::warn!(kind = r.kind(), "refused a replication message: {r}");
                     let mut s = self.shared.lock().expect("lock");

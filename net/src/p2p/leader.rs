@@ -10,6 +10,7 @@ use super::{Behaviour, BehaviourEvent};
 use crate::proto::council::{certificate_proposal, CouncilCollector, CouncilMsg, VoteOutcome};
 use crate::proto::leader::{
     LeaderConfig, LeaderEffect, LeaderLog, LeaderStats, ReplLeader, SnapshotView,
+    SNAPSHOT_CATCHUP_RECORDS,
 };
 use crate::proto::wire::{self, Bytes, Response};
 use ed25519_dalek::SigningKey;
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swoosh_core::guards::Verify;
@@ -42,23 +43,90 @@ pub const HEAD_EVERY_MS: u64 = 500;
 /// is sent again after this long.
 pub const REANNOUNCE_MS: u64 = 3_000;
 
-/// [`LeaderLog`] over a [`LogStore`]: records from 1 (the WAL is never
-/// truncated here), no snapshot offered.
-pub struct StoreLog<'a, S: LogStore>(pub &'a S);
+/// How often the leader looks for a newer snapshot to offer.
+pub const SNAPSHOT_REFRESH_MS: u64 = 1_000;
+
+/// The newest snapshot of the leader's store, encoded as replication
+/// offers it (the canonical CBOR of the `NodeState`).
+pub struct OfferedSnapshot {
+    pub index: u64,
+    pub head_record: Hash,
+    pub root_hash: Hash,
+    pub bytes: Vec<u8>,
+}
+
+impl OfferedSnapshot {
+    /// The newest snapshot in `store` that decodes, checks, and joins the
+    /// log (its head record is the record at its index).
+    pub fn newest<S: LogStore>(store: &S) -> Option<OfferedSnapshot> {
+        let list = store.list_snapshots().ok()?;
+        for idx in list.into_iter().rev() {
+            let Ok((_, snap)) = swoosh_storage::read_snapshot(store, idx) else {
+                continue;
+            };
+            if snap.index != idx || snap.state.index != idx {
+                continue;
+            }
+            match read_record(store, idx) {
+                Ok(v) if v.hash == snap.head_record => {}
+                _ => continue,
+            }
+            let Ok(bytes) = swoosh_core::cbor::to_canonical(&snap.state) else {
+                continue;
+            };
+            return Some(OfferedSnapshot {
+                index: idx,
+                head_record: snap.head_record,
+                root_hash: snap.root_hash,
+                bytes,
+            });
+        }
+        None
+    }
+}
+
+/// [`LeaderLog`] over a [`LogStore`]: records from 1 (the leader's WAL is
+/// never truncated), plus the newest snapshot when there is one.
+pub struct StoreLog<'a, S: LogStore> {
+    pub store: &'a S,
+    pub snapshot: Option<&'a OfferedSnapshot>,
+}
 
 impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
     fn first_index(&self) -> u64 {
         1
     }
     fn last_index(&self) -> u64 {
-        self.0.last_index().unwrap_or(0)
+        self.store.last_index().unwrap_or(0)
     }
     fn record(&self, index: u64) -> Option<WalRecord> {
-        read_record(self.0, index).ok().map(|v| v.record)
+        read_record(self.store, index).ok().map(|v| v.record)
     }
     fn snapshot(&self) -> Option<SnapshotView<'_>> {
-        None
+        self.snapshot.map(|s| SnapshotView {
+            index: s.index,
+            head_record: s.head_record,
+            root_hash: s.root_hash,
+            bytes: &s.bytes,
+        })
     }
+}
+
+/// A follower listed in genesis as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FollowerSeen {
+    pub name: String,
+    pub key: SignerId,
+    pub connected: bool,
+    /// From the follower's last status report (None before the first).
+    pub applied_index: Option<u64>,
+    pub root_hash: Option<Hash>,
+    /// The leader's published index minus the follower's applied index,
+    /// when the follower reported.
+    pub lag_records: Option<u64>,
+    /// Milliseconds since the last status report.
+    pub last_report_ms_ago: Option<u64>,
+    pub halted: bool,
 }
 
 /// What the leader task shares with its owner (metrics, tests).
@@ -78,6 +146,8 @@ pub struct LeaderShared {
     pub council_votes_rejected: u64,
     pub certificates: u64,
     pub certificate_proposals: u64,
+    /// One entry per follower in genesis, in genesis order.
+    pub followers: Vec<FollowerSeen>,
 }
 
 pub struct LeaderP2p {
@@ -85,10 +155,22 @@ pub struct LeaderP2p {
     /// Addresses the swarm listens on (the first is the one to give followers).
     pub listen_addrs: Vec<Multiaddr>,
     pub shared: Arc<Mutex<LeaderShared>>,
+    reports: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LeaderP2p {
+    /// The followers in genesis order, with the age of their last report.
+    pub fn followers(&self) -> Vec<FollowerSeen> {
+        let now = std::time::Instant::now();
+        let mut v = self.snapshot().followers;
+        let reports = self.reports.lock().expect("reports lock");
+        for (f, r) in v.iter_mut().zip(reports.iter()) {
+            f.last_report_ms_ago = r.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        }
+        v
+    }
+
     pub fn stop(&self) {
         self.task.abort();
     }
@@ -124,20 +206,30 @@ pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
     listen: Multiaddr,
     proposals: Option<mpsc::UnboundedSender<Proposal>>,
 ) -> Result<LeaderP2p, P2pError> {
+    let cfg = LeaderConfig {
+        snapshot_catchup_records: SNAPSHOT_CATCHUP_RECORDS,
+        ..LeaderConfig::default()
+    };
+    spawn_leader_cfg(store, key, genesis, listen, proposals, cfg).await
+}
+
+/// As [`spawn_leader_with`], with the replication protocol's configuration.
+pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
+    store: S,
+    key: SigningKey,
+    genesis: Genesis,
+    listen: Multiaddr,
+    proposals: Option<mpsc::UnboundedSender<Proposal>>,
+    cfg: LeaderConfig,
+) -> Result<LeaderP2p, P2pError> {
     // The committed state (for elections) and the tail replication starts
     // from come from one recovery, so they agree even while the node commits.
     let node = swoosh_storage::recover(&store, &genesis)
         .map_err(|e| P2pError::Storage(e.to_string()))?
         .node;
     let (last, last_hash) = (node.index, node.head_record);
-    let repl = ReplLeader::new(
-        LeaderConfig::default(),
-        key.clone(),
-        &genesis,
-        last,
-        last_hash,
-    )
-    .map_err(|e| P2pError::Config(e.to_string()))?;
+    let repl = ReplLeader::new(cfg, key.clone(), &genesis, last, last_hash)
+        .map_err(|e| P2pError::Config(e.to_string()))?;
     let recipients = envelope::parse_recipients(
         &genesis
             .followers
@@ -151,10 +243,25 @@ pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
             "genesis lists no followers: WAL gossip is not published (run `swoosh p2p enroll`)"
         );
     }
-    let followers: BTreeSet<PeerId> = genesis
+    let followers: BTreeMap<PeerId, usize> = genesis
         .followers
         .iter()
-        .filter_map(|f| peer_id_of(&f.key))
+        .enumerate()
+        .filter_map(|(i, f)| Some((peer_id_of(&f.key)?, i)))
+        .collect();
+    let seen: Vec<FollowerSeen> = genesis
+        .followers
+        .iter()
+        .map(|f| FollowerSeen {
+            name: f.name.clone(),
+            key: f.key.clone(),
+            connected: false,
+            applied_index: None,
+            root_hash: None,
+            lag_records: None,
+            last_report_ms_ago: None,
+            halted: false,
+        })
         .collect();
     let agent = agent_version(&genesis);
     let mut swarm = build_swarm(&key, agent.clone())?;
@@ -181,8 +288,10 @@ pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
     };
     tracing::info!(peer = %swarm.local_peer_id(), addr = %listen_addrs[0], "leader p2p listening");
     let peer_id = *swarm.local_peer_id();
+    let reports = Arc::new(Mutex::new(vec![None; seen.len()]));
     let shared = Arc::new(Mutex::new(LeaderShared {
         published_index: last,
+        followers: seen,
         ..Default::default()
     }));
     let mut t = LeaderTask {
@@ -191,6 +300,9 @@ pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
         swarm,
         recipients,
         followers,
+        reports: reports.clone(),
+        offered: None,
+        offered_checked: None,
         agent,
         topic,
         shared: shared.clone(),
@@ -208,6 +320,7 @@ pub async fn spawn_leader_with<S: LogStore + Send + Sync + 'static>(
         peer_id,
         listen_addrs,
         shared,
+        reports,
         task,
     })
 }
@@ -217,7 +330,14 @@ struct LeaderTask<S: LogStore> {
     repl: ReplLeader,
     swarm: Swarm<Behaviour>,
     recipients: Vec<age::x25519::Recipient>,
-    followers: BTreeSet<PeerId>,
+    /// Follower peer -> its position in genesis followers.
+    followers: BTreeMap<PeerId, usize>,
+    /// When each follower last reported (same order as genesis followers).
+    reports: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
+    /// The snapshot offered to far-behind followers, and when the store was
+    /// last looked at for a newer one.
+    offered: Option<OfferedSnapshot>,
+    offered_checked: Option<std::time::Instant>,
     agent: String,
     topic: libp2p::gossipsub::IdentTopic,
     shared: Arc<Mutex<LeaderShared>>,
@@ -447,6 +567,55 @@ impl<S: LogStore> LeaderTask<S> {
         }
     }
 
+    fn refresh_snapshot(&mut self) {
+        let due = self
+            .offered_checked
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(SNAPSHOT_REFRESH_MS));
+        if !due {
+            return;
+        }
+        self.offered_checked = Some(std::time::Instant::now());
+        let newest = self
+            .store
+            .list_snapshots()
+            .ok()
+            .and_then(|l| l.last().copied());
+        if newest.is_some() && newest != self.offered.as_ref().map(|o| o.index) {
+            self.offered = OfferedSnapshot::newest(&self.store);
+        }
+    }
+
+    fn on_status(&mut self, i: usize, r: &wire::StatusReport) -> Response {
+        let Some(key) = self
+            .shared
+            .lock()
+            .expect("lock")
+            .followers
+            .get(i)
+            .map(|f| f.key.clone())
+        else {
+            return Response::Refused {
+                reason: "unknown follower".into(),
+            };
+        };
+        let resp = self.repl.on_status_report(key, r);
+        let published = self.repl.published_index();
+        if let Some(t) = self.reports.lock().expect("lock").get_mut(i) {
+            *t = Some(std::time::Instant::now());
+        }
+        let mut s = self.shared.lock().expect("lock");
+        if let Some(f) = s.followers.get_mut(i) {
+            if r.halted && !f.halted {
+                tracing::error!(follower = %f.name, index = r.applied_index, "ALARM: a follower reports it halted (divergence or a failed write)");
+            }
+            f.applied_index = Some(r.applied_index);
+            f.root_hash = Some(r.root_hash);
+            f.lag_records = Some(published.saturating_sub(r.applied_index));
+            f.halted = r.halted;
+        }
+        resp
+    }
+
     fn on_council_message(&mut self, data: &[u8]) {
         let Ok(CouncilMsg::Vote(v)) = decode_council(data) else {
             return;
@@ -487,18 +656,27 @@ impl<S: LogStore> LeaderTask<S> {
                     },
                 ..
             })) => {
-                let resp = if !self.followers.contains(&peer) {
-                    tracing::warn!(%peer, "refusing a catch-up request: the peer is not a follower listed in genesis");
-                    Response::Refused {
-                        reason: "only followers listed in genesis may read the log".into(),
+                let resp = match self.followers.get(&peer).copied() {
+                    None => {
+                        tracing::warn!(%peer, "refusing a catch-up request: the peer is not a follower listed in genesis");
+                        Response::Refused {
+                            reason: "only followers listed in genesis may read the log".into(),
+                        }
                     }
-                } else {
-                    match wire::decode_request(&request.0) {
-                        Ok(req) => self.repl.on_request(&req, &StoreLog(&self.store)),
+                    Some(i) => match wire::decode_request(&request.0) {
+                        Ok(wire::Request::Status(r)) => self.on_status(i, &r),
+                        Ok(req) => {
+                            self.refresh_snapshot();
+                            let log = StoreLog {
+                                store: &self.store,
+                                snapshot: self.offered.as_ref(),
+                            };
+                            self.repl.on_request(&req, &log)
+                        }
                         Err(e) => Response::Refused {
                             reason: format!("request does not decode: {e}"),
                         },
-                    }
+                    },
                 };
                 self.shared.lock().expect("lock").stats = self.repl.stats().clone();
                 match wire::encode_response(&resp) {
@@ -519,7 +697,13 @@ impl<S: LogStore> LeaderTask<S> {
             }
             SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
                 let n = self.swarm.connected_peers().count();
-                self.shared.lock().expect("lock").connected_peers = n;
+                let mut s = self.shared.lock().expect("lock");
+                s.connected_peers = n;
+                for (peer, i) in &self.followers {
+                    if let Some(f) = s.followers.get_mut(*i) {
+                        f.connected = self.swarm.is_connected(peer);
+                    }
+                }
             }
             _ => {}
         }

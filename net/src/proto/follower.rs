@@ -221,6 +221,17 @@ impl ReplFollower {
         self.pending.len()
     }
 
+    /// What this follower reports to the leader ([`Request::Status`]).
+    pub fn status_report(&self) -> StatusReport {
+        StatusReport {
+            applied_index: self.node.index,
+            applied_hash: self.node.head_record,
+            root_hash: self.node.root_hash(),
+            leader_index: self.leader_index,
+            halted: self.halted.is_some(),
+        }
+    }
+
     pub fn status(&self) -> FollowerStatus {
         FollowerStatus {
             follower: self.id.clone(),
@@ -272,6 +283,11 @@ impl ReplFollower {
             Response::Refused { .. } => {
                 // Keep the request in flight: the timeout asks again.
                 self.stats.refused += 1;
+            }
+            Response::StatusAck { published_index } => {
+                // The leader's own word on its tail: a gap shows up here even
+                // when every head gossip was lost.
+                self.leader_index = self.leader_index.max(*published_index);
             }
         }
         self.maybe_request(now_ms, &mut out);

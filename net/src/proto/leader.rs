@@ -28,7 +28,17 @@ pub struct LeaderConfig {
     /// At most this many record bytes per range response (at least one batch).
     pub range_bytes_max: usize,
     pub snapshot_chunk_bytes_max: usize,
+    /// Offer the newest snapshot instead of records when it lies at least
+    /// this many records past the start of a requested range (a late joiner
+    /// then fetches one snapshot and the tail instead of the whole log).
+    /// 0: only when the range starts before the oldest record kept. The
+    /// libp2p leader uses [`SNAPSHOT_CATCHUP_RECORDS`].
+    pub snapshot_catchup_records: u64,
 }
+
+/// How far behind the newest snapshot a follower must be for the libp2p
+/// leader to offer it the snapshot rather than ranges.
+pub const SNAPSHOT_CATCHUP_RECORDS: u64 = 8_192;
 
 impl Default for LeaderConfig {
     fn default() -> Self {
@@ -38,6 +48,7 @@ impl Default for LeaderConfig {
             range_records_max: RANGE_RECORDS_MAX,
             range_bytes_max: RANGE_BYTES_MAX,
             snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
+            snapshot_catchup_records: 0,
         }
     }
 }
@@ -282,6 +293,29 @@ impl ReplLeader {
         match *req {
             Request::Range { from, to } => self.range(from, to, log),
             Request::Snapshot { index, offset } => self.chunk(index, offset, log),
+            Request::Status(_) => self.refuse(
+                "a status report needs the sender's authenticated identity (on_status_report)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Record the position `follower` (the authenticated sender) reports and
+    /// answer with the leader's published index. Lag is measured against
+    /// what the leader published, not what the follower heard.
+    pub fn on_status_report(&mut self, follower: SignerId, r: &StatusReport) -> Response {
+        let published = self.published.0;
+        self.on_status(FollowerStatus {
+            follower,
+            applied_index: r.applied_index,
+            applied_hash: r.applied_hash,
+            root_hash: r.root_hash,
+            leader_index: published.max(r.leader_index),
+            lag_records: published.saturating_sub(r.applied_index),
+            halted: r.halted,
+        });
+        Response::StatusAck {
+            published_index: published,
         }
     }
 
@@ -312,6 +346,14 @@ impl ReplLeader {
                     log.first_index()
                 )),
             };
+        }
+        if self.cfg.snapshot_catchup_records > 0 {
+            if let Some(s) = log.snapshot() {
+                if s.index >= from.saturating_add(self.cfg.snapshot_catchup_records) {
+                    self.stats.snapshot_offers += 1;
+                    return Response::SnapshotOffer(self.manifest_for(&s));
+                }
+            }
         }
         let to = to
             .min(last)

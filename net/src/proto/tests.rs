@@ -869,3 +869,55 @@ fn agents_refuse_forged_and_foreign_announcements() {
         Err(OpenError::NotElect { .. })
     ));
 }
+
+#[test]
+fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
+    let c = cluster(40);
+    // The whole log is kept, and a snapshot after 30.
+    let mut log = MemLog::truncated(&c, 30);
+    log.records = c.records.clone();
+    log.first = 1;
+    let cfg = LeaderConfig {
+        snapshot_catchup_records: 25,
+        ..small_batches()
+    };
+    let mut l = ReplLeader::new(
+        cfg.clone(),
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    // 30 >= 1 + 25: the snapshot is offered.
+    let offer = l.on_request(&Request::Range { from: 1, to: 40 }, &log);
+    assert!(
+        matches!(&offer, Response::SnapshotOffer(m) if m.body.index == 30),
+        "{offer:?}"
+    );
+    // Closer than the threshold: records.
+    let near = l.on_request(&Request::Range { from: 10, to: 40 }, &log);
+    assert!(matches!(near, Response::Range { .. }), "{near:?}");
+    // A new follower hears the head, asks for everything, gets the
+    // snapshot, then the tail, and lands on the leader's state.
+    let mut f = c.follower();
+    let eff = f.on_gossip(&l.head(1), 0);
+    serve(&mut f, &mut l, &log, sends(&eff));
+    assert_eq!(f.stats().snapshots_installed, 1);
+    assert_eq!(f.applied_index(), 40);
+    assert_eq!(f.node(), &c.node);
+    // With the policy off (the default), the same request gets records.
+    let mut l0 = ReplLeader::new(
+        LeaderConfig {
+            snapshot_catchup_records: 0,
+            ..cfg
+        },
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    let r = l0.on_request(&Request::Range { from: 1, to: 40 }, &log);
+    assert!(matches!(r, Response::Range { .. }), "{r:?}");
+}

@@ -186,6 +186,25 @@ pub enum Request {
     /// Snapshot `index` bytes from `offset` (resumable: a lost chunk is asked
     /// for again by offset).
     Snapshot { index: u64, offset: u64 },
+    /// The follower's position, sent every few hundred ms so the leader can
+    /// show lag per follower. The sender is the authenticated peer (noise),
+    /// whose key must be a follower in genesis; the body carries no signature.
+    Status(StatusReport),
+}
+
+/// A follower's replication position, as it reports it to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub applied_index: u64,
+    /// Hash of record `applied_index`.
+    pub applied_hash: Hash,
+    /// The follower's root hash at `applied_index`.
+    pub root_hash: Hash,
+    /// Highest index the follower has heard the leader announce.
+    pub leader_index: u64,
+    /// The follower stopped applying (divergence or a failed write).
+    pub halted: bool,
 }
 
 /// Leader → follower, one per request.
@@ -204,6 +223,10 @@ pub enum Response {
     /// this snapshot, then the tail after `manifest.body.index`.
     SnapshotOffer(SignedManifest),
     SnapshotChunk(SnapshotChunk),
+    /// Answer to [`Request::Status`]: the leader's published index.
+    StatusAck {
+        published_index: u64,
+    },
     /// The request cannot be served (the reason says why).
     Refused {
         reason: String,
