@@ -149,7 +149,9 @@ fn install_into_an_empty_store_then_append_the_tail(h: &mut impl Harness) {
         .flat_map(|(p, m)| m.keys().map(move |k| (p.clone(), k.clone())))
         .next()
         .expect("the snapshot has idempotency entries");
-    let e = lookup_idem(&s, &p, &k).unwrap().expect("entry from the snapshot");
+    let e = lookup_idem(&s, &p, &k)
+        .unwrap()
+        .expect("entry from the snapshot");
     assert!(e.index <= 20);
 
     // A reindex keeps them and verifies clean.
@@ -229,7 +231,14 @@ fn install_refusals(h: &mut impl Harness) {
     let (_, at10) = leader_at(10);
     let e = install_snapshot(&mut s, &at10, gh).unwrap_err();
     assert!(
-        matches!(e, InstallError::HoldsNewer { index: 10, held: 12, .. }),
+        matches!(
+            e,
+            InstallError::HoldsNewer {
+                index: 10,
+                held: 12,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("catch up from index 13"), "{e}");
@@ -277,7 +286,14 @@ fn install_refusals(h: &mut impl Harness) {
     assert!(matches!(e, InstallError::Conflict { index: 20, .. }), "{e}");
     let e = install_snapshot(&mut fresh, &at10, gh).unwrap_err();
     assert!(
-        matches!(e, InstallError::HoldsNewer { index: 10, held: 20, .. }),
+        matches!(
+            e,
+            InstallError::HoldsNewer {
+                index: 10,
+                held: 20,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -297,7 +313,14 @@ fn the_store_enforces_the_base(h: &mut impl Harness) {
     }
     let e = s.truncate_after(5).unwrap_err();
     assert!(
-        matches!(e, StoreError::BelowWalBase { base: 10, index: 5, .. }),
+        matches!(
+            e,
+            StoreError::BelowWalBase {
+                base: 10,
+                index: 5,
+                ..
+            }
+        ),
         "{e}"
     );
     s.truncate_after(10).unwrap();
