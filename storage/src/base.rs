@@ -119,6 +119,8 @@ pub enum InstallError {
         key: String,
         detail: String,
     },
+    #[error("the snapshot is installed but the WAL tail cannot be read back: {0}; reopen the WAL writer")]
+    Tail(ReadError),
     #[error("after installing, {location} reads back {got:?} as its WAL base instead of {expected:?}: the store is returning wrong data; check the disk")]
     ReadBack {
         location: String,
@@ -182,6 +184,10 @@ pub struct InstallReport {
 /// nothing) when the store holds the log beyond `node.index`, when it holds
 /// record `node.index` (or a base there) with another hash, or when the
 /// genesis differs from `genesis_hash` (the node's, or the store's).
+///
+/// The checks read the store before the commit, so nothing else may append
+/// meanwhile: run it through the single writer
+/// ([`crate::WalWriter::install_snapshot`]) or with the writer closed.
 pub fn install_snapshot<S: LogStore + ?Sized>(
     store: &mut S,
     node: &NodeState,

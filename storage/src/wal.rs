@@ -831,6 +831,24 @@ impl<S: LogStore> WalWriter<S> {
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.store.sync()
     }
+
+    /// [`crate::install_snapshot`] through the single writer, then re-read
+    /// the tail: on success the writer stands at `(node.index,
+    /// node.head_record)`, ready for record `node.index + 1`. Prefer this to
+    /// installing on a clone of the store: the checks and the commit are not
+    /// one read-write transaction, so nothing else may append meanwhile.
+    pub fn install_snapshot(
+        &mut self,
+        node: &swoosh_core::state::NodeState,
+    ) -> Result<crate::base::InstallReport, crate::base::InstallError> {
+        self.stale = true;
+        let report = crate::base::install_snapshot(&mut self.store, node, self.genesis_hash)?;
+        self.reload_tail().map_err(|e| match e {
+            ReadError::Store(s) => crate::base::InstallError::Store(s),
+            other => crate::base::InstallError::Tail(other),
+        })?;
+        Ok(report)
+    }
 }
 
 /// Accumulates encoded entries for one group commit within [`BatchLimits`],

@@ -462,7 +462,22 @@ fn base_snapshot_is_pinned_against_pruning(h: &mut impl Harness) {
     assert_eq!(rec.snapshot, Some(18));
 }
 
+/// Through the writer: it stands at the base right after the install.
+fn writer_installs_and_continues(h: &mut impl Harness) {
+    let mut follower = stream();
+    let mut w = writer(h.open(), &follower);
+    fill(&mut w, &mut follower, 3);
+    let (mut st, snap) = leader_at(9);
+    let r = w.install_snapshot(&snap).unwrap();
+    assert_eq!((r.base.index, r.cut_records), (9, 3));
+    assert_eq!((w.last_index(), w.head_hash()), (9, snap.head_record));
+    fill(&mut w, &mut st, 2);
+    let rec = recover(w.store(), st.genesis()).unwrap();
+    assert_same_node(&rec.node, st.node(), "writer install");
+}
+
 both_backends!(
+    writer_installs_and_continues,
     install_into_an_empty_store_then_append_the_tail,
     install_over_an_older_prefix,
     install_at_the_held_end_and_again,
