@@ -377,6 +377,12 @@ fn read_failure(e: &ReadError, dir: &Path) -> Failure {
             ),
             next: repair_hint(dir, *index),
         },
+        ReadError::BelowBase { index, base, .. } => Failure {
+            index: Some(*index),
+            kind: "below-base",
+            reason: format!("below the WAL base: the log starts after record {base}, held only in the snapshot at {base}"),
+            next: format!("read records from {} on, or the snapshot at {base}", base + 1),
+        },
         ReadError::Store(s) => Failure {
             index: None,
             kind: "store",
@@ -420,6 +426,12 @@ fn explain(e: &RecoveryError, dir: &Path) -> Failure {
             ),
         },
         RecoveryError::Store(s) => read_failure(&ReadError::Store(s.clone()), dir),
+        RecoveryError::Unproven { base, .. } => Failure {
+            index: Some(*base),
+            kind: "unproven",
+            reason: e.to_string(),
+            next: "install a verified snapshot from the leader again, or resync this node from scratch".into(),
+        },
     }
 }
 

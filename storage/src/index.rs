@@ -99,6 +99,8 @@ pub enum RebuildError {
     Store(#[from] StoreError),
     #[error("rebuilding the index entry of a record failed: {0}")]
     Encode(#[from] AppendError),
+    #[error("rebuilding the idempotency entries of the snapshot at the WAL base failed: {0}")]
+    Base(#[from] crate::base::InstallError),
 }
 
 impl From<ReadError> for RebuildError {
@@ -116,7 +118,7 @@ pub struct RebuildReport {
 }
 
 /// Drop and rebuild both derived indexes from the WAL by replaying it from
-/// genesis (the decision records are recomputed by the reducer). Decisions are
+/// genesis, or from the snapshot at the WAL base (the decision records are recomputed by the reducer). Decisions are
 /// signed with `leader` if given, else stored unsigned. Commits every
 /// [`REINDEX_CHUNK_RECORDS`] records; if interrupted, run it again.
 pub fn rebuild_indexes<S: LogStore + ?Sized>(
@@ -130,14 +132,22 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
     check_meta(&*store, node.genesis_hash).map_err(RecoveryError::from)?;
     clear_space(store, Space::Idem)?;
     clear_space(store, Space::Decisions)?;
-    let last = store.last_index()?;
     let mut report = RebuildReport {
         records: 0,
         idem_entries: 0,
         decisions: 0,
         elapsed: Duration::ZERO,
     };
-    let mut from = 1;
+    // A based log starts from the snapshot at its base, whose own
+    // idempotency index stands for the records at or below the base.
+    if let Some(base) = crate::base::wal_base(&*store)? {
+        node = crate::recovery::base_state(&*store, node.genesis_hash, base)?;
+        let mut b = Batch::new();
+        report.idem_entries += crate::base::put_snapshot_idem(&node, &mut b)?;
+        store.commit(b)?;
+    }
+    let last = crate::base::log_end(&*store)?;
+    let mut from = node.index + 1;
     while from <= last {
         let to = last.min(from + REINDEX_CHUNK_RECORDS - 1);
         let mut b = Batch::new();

@@ -10,6 +10,8 @@
 //! - [`index`]: idempotency and decision-record indexes, rebuildable from the WAL.
 //! - [`snapshot`]: checked snapshots of the whole `NodeState`, the newest K kept.
 //! - [`recovery`]: [`recover`], [`verify`], [`repair`].
+//! - [`base`]: the WAL base, a log that starts after a snapshot's index
+//!   ([`install_snapshot`], for followers that join late).
 //! - [`mod@bench`]: throughput and latency measurements for `swoosh bench storage`.
 //! - [`testkit`]: deterministic streams of valid records for tests and benches.
 //!
@@ -19,6 +21,7 @@
 //! stores what the reducer produced and, on the way back, feeds records to
 //! the reducer (`apply_record`) and checks what it recomputes.
 
+pub mod base;
 pub mod bench;
 pub mod frame;
 pub mod index;
@@ -30,6 +33,9 @@ pub mod store;
 pub mod testkit;
 pub mod wal;
 
+pub use base::{
+    first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
+};
 pub use index::{
     get_decision, lookup_idem, rebuild_indexes, IndexError, RebuildError, RebuildReport,
 };
@@ -76,4 +82,6 @@ pub enum StorageError {
     Rebuild(#[from] RebuildError),
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }

@@ -194,7 +194,12 @@ impl LogStore for LmdbStore {
         let last = self.wal_last_in(&wtxn)?;
         // Validated before anything is written; a failure below drops the
         // transaction, which aborts it: nothing of the batch is applied.
-        validate(&self.location(), batch.ops(), last)?;
+        let stored_base = self
+            .db(Space::Meta)
+            .get(&wtxn, crate::store::META_WAL_BASE.as_bytes())
+            .map_err(|e| self.err("reading the WAL base", e))?;
+        let base = crate::store::base_index(&self.location(), stored_base)?;
+        validate(&self.location(), batch.ops(), last, base)?;
         for op in batch.ops() {
             match op {
                 Op::Append { index, value } => {

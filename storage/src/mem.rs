@@ -15,8 +15,8 @@
 //! of any stored value).
 
 use crate::store::{
-    validate, Batch, CommitInfo, Durability, KeyValue, LogStore, Op, ScanCollector, Space,
-    StoreError,
+    base_index, validate, Batch, CommitInfo, Durability, KeyValue, LogStore, Op, ScanCollector,
+    Space, StoreError, META_WAL_BASE,
 };
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -183,7 +183,15 @@ impl LogStore for MemStore {
     fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
         self.alive()?;
         let t0 = Instant::now();
-        validate(&self.location(), batch.ops(), self.live.wal_last())?;
+        let location = self.location();
+        let base = base_index(
+            &location,
+            self.live
+                .space(Space::Meta)
+                .get(META_WAL_BASE.as_bytes())
+                .map(Vec::as_slice),
+        )?;
+        validate(&location, batch.ops(), self.live.wal_last(), base)?;
         if let Some(n) = self.crash_after {
             if n == 0 {
                 self.crashed = true;

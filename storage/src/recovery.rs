@@ -13,6 +13,7 @@
 //! the log: called explicitly, it truncates to the last valid record and
 //! first writes everything it cuts to a side file.
 
+use crate::base::{wal_base, WalBase};
 use crate::frame::{self, FrameKind};
 use crate::index::{get_decision, IndexError};
 use crate::snapshot::{decode_snapshot, SnapshotFault};
@@ -75,12 +76,26 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; install a verified snapshot from the leader again (`install_snapshot`) or resync this node from scratch", fmt_problems(skipped))]
+    Unproven {
+        location: String,
+        base: u64,
+        skipped: Vec<SnapshotProblem>,
+    },
     #[error("WAL record {index} at {location} is intact but replaying it fails ({source}): this build and the log disagree; do NOT repair (the record is valid), run the swoosh version that wrote the log, and `swoosh replay --dir <node dir, which holds {location}>` to see where they part")]
     Divergence {
         location: String,
         index: u64,
         source: ReplayError,
     },
+}
+
+fn fmt_problems(p: &[SnapshotProblem]) -> String {
+    if p.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = p.iter().map(ToString::to_string).collect();
+    format!(" ({})", list.join("; "))
 }
 
 impl RecoveryError {
@@ -104,6 +119,8 @@ pub struct RecoverOptions {
     /// them, and the hash chain protects them since). `Full` re-verifies them.
     pub verify: Verify,
     /// Start from the newest usable snapshot (default) or replay from genesis.
+    /// On a log with a WAL base, `false` starts from the snapshot at the base
+    /// (the log's start, not a cache) and replays everything after it.
     pub use_snapshots: bool,
 }
 
@@ -139,6 +156,9 @@ pub fn recover<S: LogStore + ?Sized>(
 }
 
 /// Recover the node state from `store`: newest usable snapshot, then replay.
+/// On a log with a WAL base B the start must be a usable snapshot at or after
+/// B (else [`RecoveryError::Unproven`]); the snapshot at B joins the base hash
+/// instead of a record.
 pub fn recover_with<S: LogStore + ?Sized>(
     store: &S,
     genesis: &Genesis,
@@ -149,11 +169,15 @@ pub fn recover_with<S: LogStore + ?Sized>(
     let fresh = NodeState::new(genesis.clone())?;
     let genesis_hash = fresh.genesis_hash;
     check_meta(store, genesis_hash)?;
-    let last = store.last_index()?;
+    let wal_base = wal_base(store)?;
+    let last = log_end_with(store, wal_base)?;
     let mut skipped = vec![];
     let mut base = None;
-    if opts.use_snapshots {
-        let list = store.list_snapshots()?;
+    if opts.use_snapshots || wal_base.is_some() {
+        let mut list = store.list_snapshots()?;
+        if !opts.use_snapshots {
+            list.retain(|i| Some(*i) == wal_base.map(|b| b.index));
+        }
         let total = list.len() as u64;
         for (n, idx) in list.into_iter().rev().enumerate() {
             progress(&Progress {
@@ -161,7 +185,7 @@ pub fn recover_with<S: LogStore + ?Sized>(
                 done: n as u64,
                 total,
             });
-            match usable_snapshot(store, idx, genesis_hash, last)? {
+            match usable_snapshot(store, idx, genesis_hash, last, wal_base)? {
                 Ok(state) => {
                     base = Some((idx, state));
                     break;
@@ -170,9 +194,16 @@ pub fn recover_with<S: LogStore + ?Sized>(
             }
         }
     }
-    let (snapshot, mut node) = match base {
-        Some((idx, state)) => (Some(idx), state),
-        None => (None, fresh),
+    let (snapshot, mut node) = match (base, wal_base) {
+        (Some((idx, state)), _) => (Some(idx), state),
+        (None, None) => (None, fresh),
+        (None, Some(b)) => {
+            return Err(RecoveryError::Unproven {
+                location: store.location(),
+                base: b.index,
+                skipped,
+            })
+        }
     };
     let from = node.index + 1;
     let replayed = replay(
@@ -193,14 +224,43 @@ pub fn recover_with<S: LogStore + ?Sized>(
     })
 }
 
+/// max(last WAL record, base).
+fn log_end_with<S: LogStore + ?Sized>(store: &S, base: Option<WalBase>) -> Result<u64, StoreError> {
+    let last = store.last_index()?;
+    Ok(base.map_or(last, |b| b.index.max(last)))
+}
+
+/// The state at the WAL base: the snapshot at `base`, checked as recovery
+/// checks it, or [`RecoveryError::Unproven`].
+pub(crate) fn base_state<S: LogStore + ?Sized>(
+    store: &S,
+    genesis_hash: Hash,
+    base: WalBase,
+) -> Result<NodeState, RecoveryError> {
+    let last = log_end_with(store, Some(base))?;
+    match usable_snapshot(store, base.index, genesis_hash, last, Some(base))? {
+        Ok(state) => Ok(state),
+        Err(reason) => Err(RecoveryError::Unproven {
+            location: store.location(),
+            base: base.index,
+            skipped: vec![SnapshotProblem {
+                index: base.index,
+                reason,
+            }],
+        }),
+    }
+}
+
 /// Load snapshot `idx` and check it can start a recovery: intact, same
-/// genesis, within the log, and joined to the record at its index. The outer
-/// `Result` is a store failure; the inner one is a verdict on the snapshot.
+/// genesis, within the log, and joined to the record at its index (or to
+/// the WAL base hash, at the base). The outer `Result` is a store failure;
+/// the inner one is a verdict on the snapshot.
 fn usable_snapshot<S: LogStore + ?Sized>(
     store: &S,
     idx: u64,
     genesis_hash: Hash,
     last: u64,
+    base: Option<WalBase>,
 ) -> Result<Result<NodeState, SnapshotFault>, RecoveryError> {
     let Some(bytes) = store.get_snapshot(idx)? else {
         return Ok(Err(SnapshotFault::Wal {
@@ -218,7 +278,7 @@ fn usable_snapshot<S: LogStore + ?Sized>(
             got: snap.state.genesis_hash,
         }));
     }
-    if let Err(f) = joins_log(store, idx, snap.head_record, genesis_hash, last)? {
+    if let Err(f) = joins_log(store, idx, snap.head_record, genesis_hash, last, base)? {
         return Ok(Err(f));
     }
     Ok(Ok(snap.state))
@@ -230,6 +290,7 @@ fn joins_log<S: LogStore + ?Sized>(
     head: Hash,
     genesis_hash: Hash,
     last: u64,
+    base: Option<WalBase>,
 ) -> Result<Result<(), SnapshotFault>, RecoveryError> {
     if idx > last {
         return Ok(Err(SnapshotFault::Wal {
@@ -237,8 +298,17 @@ fn joins_log<S: LogStore + ?Sized>(
             detail: format!("is beyond the end of the log (last index {last})"),
         }));
     }
+    let base_index = base.map_or(0, |b| b.index);
+    if idx < base_index {
+        return Ok(Err(SnapshotFault::Wal {
+            index: idx,
+            detail: format!("is below the WAL base {base_index}: the records after it are gone"),
+        }));
+    }
     let actual = if idx == 0 {
         genesis_hash
+    } else if let Some(b) = base.filter(|b| b.index == idx) {
+        b.hash
     } else {
         match read_record(store, idx) {
             Ok(v) => v.hash,
@@ -264,6 +334,7 @@ fn short(e: &ReadError) -> String {
     match e {
         ReadError::Corrupt { reason, .. } => reason.to_string(),
         ReadError::Missing { .. } => "missing".into(),
+        ReadError::BelowBase { .. } => "below the WAL base".into(),
         ReadError::Store(s) => s.to_string(),
     }
 }
@@ -358,9 +429,11 @@ pub struct VerifyReport {
     pub elapsed: Duration,
 }
 
-/// Full check from genesis: every frame, chain link and reducer step, every
-/// snapshot against the replayed state, and (optionally) the derived indexes.
-/// Fails on the first bad record; snapshot and index problems are reported.
+/// Full check from genesis (on a based log: from the snapshot at the WAL
+/// base, which must be usable, else [`RecoveryError::Unproven`]): every
+/// frame, chain link and reducer step, every snapshot against the replayed
+/// state, and (optionally) the derived indexes. Fails on the first bad
+/// record; snapshot and index problems are reported.
 pub fn verify<S: LogStore + ?Sized>(
     store: &S,
     genesis: &Genesis,
@@ -371,7 +444,12 @@ pub fn verify<S: LogStore + ?Sized>(
     let mut node = NodeState::new(genesis.clone())?;
     let genesis_hash = node.genesis_hash;
     check_meta(store, genesis_hash)?;
-    let last = store.last_index()?;
+    let base = wal_base(store)?;
+    let last = log_end_with(store, base)?;
+    let base_index = base.map_or(0, |b| b.index);
+    if let Some(b) = base {
+        node = base_state(store, genesis_hash, b)?;
+    }
 
     // Decode every snapshot up front, keeping only what the comparison needs.
     let mut problems = vec![];
@@ -394,6 +472,15 @@ pub fn verify<S: LogStore + ?Sized>(
                 reason: SnapshotFault::Genesis {
                     expected: genesis_hash,
                     got: s.state.genesis_hash,
+                },
+            }),
+            Ok(_) if idx < base_index => problems.push(SnapshotProblem {
+                index: idx,
+                reason: SnapshotFault::Wal {
+                    index: idx,
+                    detail: format!(
+                        "is below the WAL base {base_index}: the records after it are gone"
+                    ),
                 },
             }),
             Ok(_) if idx > last => problems.push(SnapshotProblem {
@@ -444,7 +531,7 @@ pub fn verify<S: LogStore + ?Sized>(
     let records = replay(
         store,
         &mut node,
-        1,
+        base_index + 1,
         last,
         opts.verify,
         progress,
@@ -543,7 +630,9 @@ pub struct RepairReport {
 /// Find the first record whose frame, index or chain link is bad, write every
 /// record and snapshot after the last good one to `keep_copy` (which must not
 /// exist), then cut them and their derived entries in one commit. Does not run
-/// the reducer: a divergence is not damage and is never cut.
+/// the reducer: a divergence is not damage and is never cut. On a based log
+/// the walk starts at base + 1, anchored at the base hash, and never cuts
+/// below the base.
 pub fn repair<S: LogStore + ?Sized>(
     store: &mut S,
     genesis_hash: Hash,
@@ -551,10 +640,12 @@ pub fn repair<S: LogStore + ?Sized>(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RepairReport, RepairError> {
     check_meta(store, genesis_hash)?;
-    let last = store.last_index()?;
+    let base = wal_base(&*store)?;
+    let last = log_end_with(&*store, base)?;
+    let (base_index, anchor) = base.map_or((0, genesis_hash), |b| (b.index, b.hash));
     let mut fault = None;
     let mut done = 0u64;
-    for item in WalIter::new(&*store, 1, last, genesis_hash) {
+    for item in WalIter::new(&*store, base_index + 1, last, anchor) {
         match item {
             Ok(_) => {
                 done += 1;
@@ -588,7 +679,11 @@ pub fn repair<S: LogStore + ?Sized>(
             side_file: None,
         });
     };
-    let last_good = f.index().unwrap_or(1).saturating_sub(1);
+    let last_good = f
+        .index()
+        .unwrap_or(base_index + 1)
+        .saturating_sub(1)
+        .max(base_index);
     let cut_snapshots: Vec<u64> = store
         .list_snapshots()?
         .into_iter()

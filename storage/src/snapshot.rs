@@ -196,7 +196,8 @@ pub fn encode_snapshot(node: &NodeState) -> Result<(Vec<u8>, Hash), SnapshotErro
 }
 
 /// Store an encoded snapshot at `index`, delete the oldest beyond `keep` in
-/// the same commit, then read it back and check its hash.
+/// the same commit (never the snapshot at the WAL base, which is pinned and
+/// not counted), then read it back and check its hash.
 pub fn put_snapshot<S: LogStore + ?Sized>(
     store: &mut S,
     index: u64,
@@ -208,8 +209,13 @@ pub fn put_snapshot<S: LogStore + ?Sized>(
     let keep = keep.clamp(1, SNAPSHOTS_KEEP_MAX);
     let bytes = frame_bytes.len();
     let mut existing = store.list_snapshots()?;
-    existing.retain(|i| *i != index);
-    existing.push(index);
+    // The snapshot at the WAL base is the only proof of the records before
+    // it: pinned, never pruned, and not counted against `keep`.
+    let pinned = crate::base::wal_base(&*store)?.map(|b| b.index);
+    existing.retain(|i| *i != index && Some(*i) != pinned);
+    if Some(index) != pinned {
+        existing.push(index);
+    }
     existing.sort_unstable();
     let excess = existing.len().saturating_sub(keep);
     let deleted: Vec<u64> = existing[..excess].to_vec();

@@ -217,6 +217,14 @@ pub enum StoreError {
     },
     #[error("the in-memory store {location} has crashed (fault injection); reopen it with `MemStore::crash`")]
     Crashed { location: String },
+    #[error("the WAL of {location} starts after its base, record {base} (held only in the snapshot at {base}); cutting it back to record {index} would cut below the base: records at or below the base can only be replaced by installing a snapshot (`install_snapshot`)")]
+    BelowWalBase {
+        location: String,
+        base: u64,
+        index: u64,
+    },
+    #[error("WAL base of {location}: {detail}")]
+    WalBase { location: String, detail: String },
 }
 
 /// One stored entry: key and value bytes.
@@ -232,13 +240,68 @@ pub fn key_index(k: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
 }
 
+/// The `meta` key of the WAL base: `"<index> <hash>"` (decimal index, one
+/// space, the hash's `blake3:<64 hex>` text), e.g. `"1200 blake3:ab…"`.
+/// Present only on a log that starts after record 1 (see `crate::base`).
+pub const META_WAL_BASE: &str = "wal_base";
+
+/// Encode a WAL base as its `meta` value.
+pub fn encode_wal_base(index: u64, hash: &swoosh_core::Hash) -> Vec<u8> {
+    format!("{index} {hash}").into_bytes()
+}
+
+/// Decode a `meta` `wal_base` value; `None` if it is not `"<index ≥ 1> <hash>"`.
+pub fn decode_wal_base(v: &[u8]) -> Option<(u64, swoosh_core::Hash)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (i, h) = s.split_once(' ')?;
+    if i.is_empty() || !i.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let index: u64 = i.parse().ok()?;
+    let hash = h.parse().ok()?;
+    (index >= 1).then_some((index, hash))
+}
+
+/// The base index a stored `wal_base` value names (0 when absent), as the
+/// backends need it to validate a batch.
+pub(crate) fn base_index(location: &str, stored: Option<&[u8]>) -> Result<u64, StoreError> {
+    match stored {
+        None => Ok(0),
+        Some(v) => decode_wal_base(v)
+            .map(|(i, _)| i)
+            .ok_or_else(|| StoreError::WalBase {
+                location: location.to_string(),
+                detail: format!(
+                    "the stored value {:?} is not \"<index> <hash>\"; the store is damaged: install a snapshot again or restore it from a backup",
+                    String::from_utf8_lossy(v)
+                ),
+            }),
+    }
+}
+
 /// Check a batch before any of it is applied, so a refused batch changes
-/// nothing. `wal_last` is the last WAL index before the batch (0 = empty).
-pub(crate) fn validate(location: &str, ops: &[Op], mut wal_last: u64) -> Result<(), StoreError> {
+/// nothing. `wal_last` is the last WAL index before the batch (0 = empty),
+/// `base` the WAL base before it (0 = none: the log starts at record 1).
+///
+/// Base rules (in batch order): an append continues at `max(last, base) + 1`;
+/// a truncation below the base is refused; a put of `meta` `wal_base` must
+/// hold a valid base and is refused unless the WAL is empty at that point of
+/// the batch; the snapshot at the base cannot be deleted while it is the base
+/// (delete `wal_base` first, in the same batch, to move it).
+pub(crate) fn validate(
+    location: &str,
+    ops: &[Op],
+    mut wal_last: u64,
+    mut base: u64,
+) -> Result<(), StoreError> {
+    let base_err = |detail: String| StoreError::WalBase {
+        location: location.to_string(),
+        detail,
+    };
     for op in ops {
         match op {
             Op::Append { index, value } => {
-                let expected = wal_last + 1;
+                let expected = wal_last.max(base) + 1;
                 if *index != expected {
                     return Err(StoreError::NotContiguous {
                         location: location.to_string(),
@@ -267,6 +330,20 @@ pub(crate) fn validate(location: &str, ops: &[Op], mut wal_last: u64) -> Result<
                         len: value.len(),
                     });
                 }
+                if *space == Space::Meta && key == META_WAL_BASE.as_bytes() {
+                    let Some((i, _)) = decode_wal_base(value) else {
+                        return Err(base_err(format!(
+                            "refusing to store {:?}: a base is \"<index ≥ 1> <blake3 hash>\"",
+                            String::from_utf8_lossy(value)
+                        )));
+                    };
+                    if wal_last != 0 {
+                        return Err(base_err(format!(
+                            "refusing to set the base to {i} while the WAL holds records (last {wal_last}): truncate the whole WAL in the same batch first"
+                        )));
+                    }
+                    base = i;
+                }
             }
             Op::Delete { space, key } => {
                 if *space == Space::Wal {
@@ -275,8 +352,25 @@ pub(crate) fn validate(location: &str, ops: &[Op], mut wal_last: u64) -> Result<
                     });
                 }
                 check_key(*space, key)?;
+                if *space == Space::Meta && key == META_WAL_BASE.as_bytes() {
+                    base = 0;
+                }
+                if *space == Space::Snapshots && base > 0 && key_index(key) == Some(base) {
+                    return Err(base_err(format!(
+                        "refusing to delete the snapshot at the base {base}: it is the only proof of records 1..={base}"
+                    )));
+                }
             }
-            Op::TruncateWalAfter { index } => wal_last = wal_last.min(*index),
+            Op::TruncateWalAfter { index } => {
+                if *index < base {
+                    return Err(StoreError::BelowWalBase {
+                        location: location.to_string(),
+                        base,
+                        index: *index,
+                    });
+                }
+                wal_last = wal_last.min(*index)
+            }
         }
     }
     Ok(())
@@ -372,7 +466,9 @@ pub trait LogStore {
         }
     }
 
-    /// The last WAL index, 0 when the log is empty.
+    /// The last WAL record's index, 0 when the WAL holds no record. On a log
+    /// with a base (`crate::base`) an empty WAL still says 0: the log's end
+    /// is `crate::base::log_end` = max(last record, base).
     fn last_index(&self) -> Result<u64, StoreError> {
         match self.last(Space::Wal)? {
             None => Ok(0),
@@ -384,7 +480,8 @@ pub trait LogStore {
         self.get(Space::Wal, &index_key(index))
     }
 
-    /// Remove every WAL entry above `index` (repair only).
+    /// Remove every WAL entry above `index` (repair only). Refused with
+    /// [`StoreError::BelowWalBase`] when `index` is below the WAL base.
     fn truncate_after(&mut self, index: u64) -> Result<CommitInfo, StoreError> {
         let mut b = Batch::new();
         b.truncate_wal_after(index);

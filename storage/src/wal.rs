@@ -382,6 +382,12 @@ pub enum ReadError {
         index: u64,
         last: u64,
     },
+    #[error("WAL record {index} is below the WAL base of {location}: the log starts after record {base}, which (like every record before it) is held only in the snapshot at {base}; read records from {} on, or the snapshot (`swoosh snapshot list --dir <node dir>`)", base + 1)]
+    BelowBase {
+        location: String,
+        index: u64,
+        base: u64,
+    },
 }
 
 impl ReadError {
@@ -389,7 +395,9 @@ impl ReadError {
     pub fn index(&self) -> Option<u64> {
         match self {
             ReadError::Store(_) => None,
-            ReadError::Corrupt { index, .. } | ReadError::Missing { index, .. } => Some(*index),
+            ReadError::Corrupt { index, .. }
+            | ReadError::Missing { index, .. }
+            | ReadError::BelowBase { index, .. } => Some(*index),
         }
     }
 }
@@ -419,18 +427,33 @@ pub fn decode_frame(index: u64, bytes: &[u8]) -> Result<VerifiedRecord, RecordFa
     })
 }
 
+/// The error for an absent record `index`: below the WAL base, or missing.
+fn absent<S: LogStore + ?Sized>(store: &S, index: u64) -> Result<ReadError, ReadError> {
+    if let Some(b) = crate::base::wal_base(store)? {
+        if index <= b.index {
+            return Ok(ReadError::BelowBase {
+                location: store.location(),
+                index,
+                base: b.index,
+            });
+        }
+    }
+    Ok(ReadError::Missing {
+        location: store.location(),
+        index,
+        last: store.last_index()?,
+    })
+}
+
 /// Read and verify (frame hash, index) one record. The chain link is checked
-/// by the iterators, which know the previous record.
+/// by the iterators, which know the previous record. A record at or below
+/// the WAL base is [`ReadError::BelowBase`].
 pub fn read_record<S: LogStore + ?Sized>(
     store: &S,
     index: u64,
 ) -> Result<VerifiedRecord, ReadError> {
     match store.read_at(index)? {
-        None => Err(ReadError::Missing {
-            location: store.location(),
-            index,
-            last: store.last_index()?,
-        }),
+        None => Err(absent(store, index)?),
         Some(bytes) => decode_frame(index, &bytes).map_err(|reason| ReadError::Corrupt {
             location: store.location(),
             index,
@@ -481,13 +504,7 @@ impl<'s, S: LogStore + ?Sized> WalIter<'s, S> {
             self.fill()?;
         }
         let index = self.next;
-        let missing = |s: &Self| -> Result<ReadError, ReadError> {
-            Ok(ReadError::Missing {
-                location: s.store.location(),
-                index,
-                last: s.store.last_index()?,
-            })
-        };
+        let missing = |s: &Self| absent(s.store, index);
         let Some((key, bytes)) = self.buf.pop_front() else {
             return Err(missing(self)?);
         };
@@ -525,8 +542,10 @@ impl<S: LogStore + ?Sized> Iterator for WalIter<'_, S> {
 }
 
 /// Verified export of records `from..=to` (`to = None`: up to the current
-/// last record). Anchors the chain at the genesis hash for `from = 1`, else
-/// at the (verified) record `from - 1`.
+/// last record). Anchors the chain at the genesis hash for `from = 1`, at
+/// the base hash for `from` = base + 1, else at the (verified) record
+/// `from - 1`. On a based log, `from` at or below the base is
+/// [`ReadError::BelowBase`]: those records are held only in the snapshot.
 pub fn export<S: LogStore + ?Sized>(
     store: &S,
     genesis_hash: Hash,
@@ -534,12 +553,20 @@ pub fn export<S: LogStore + ?Sized>(
     to: Option<u64>,
 ) -> Result<WalIter<'_, S>, ReadError> {
     let from = from.max(1);
+    let (base, base_hash) = crate::base::anchor(store, genesis_hash)?;
+    if from <= base {
+        return Err(ReadError::BelowBase {
+            location: store.location(),
+            index: from,
+            base,
+        });
+    }
     let to = match to {
         Some(t) => t,
         None => store.last_index()?,
     };
-    let anchor = if from == 1 {
-        genesis_hash
+    let anchor = if from == base + 1 {
+        base_hash
     } else {
         read_record(store, from - 1)?.hash
     };
@@ -647,13 +674,16 @@ impl<S: LogStore> WalWriter<S> {
         Ok(w)
     }
 
-    /// Re-read the last record (frame checked) and, for record 1, its link to
-    /// the genesis hash.
+    /// Re-read the last record (frame checked) and, for the first record of
+    /// the log, its link to the anchor: the genesis hash for record 1, the
+    /// base hash for record base + 1. An empty WAL starts at the anchor
+    /// (index 0 and the genesis hash, or the WAL base).
     fn reload_tail(&mut self) -> Result<(), ReadError> {
+        let (base, base_hash) = crate::base::anchor(&self.store, self.genesis_hash)?;
         match self.store.read_last()? {
             None => {
-                self.last_index = 0;
-                self.head = self.genesis_hash;
+                self.last_index = base;
+                self.head = base_hash;
             }
             Some((index, bytes)) => {
                 let corrupt = |reason| ReadError::Corrupt {
@@ -662,9 +692,9 @@ impl<S: LogStore> WalWriter<S> {
                     reason,
                 };
                 let v = decode_frame(index, &bytes).map_err(corrupt)?;
-                if index == 1 && v.record.prev_hash != self.genesis_hash {
+                if index == base + 1 && v.record.prev_hash != base_hash {
                     return Err(corrupt(RecordFault::Chain {
-                        expected: self.genesis_hash,
+                        expected: base_hash,
                         got: v.record.prev_hash,
                     }));
                 }
@@ -676,10 +706,13 @@ impl<S: LogStore> WalWriter<S> {
         Ok(())
     }
 
+    /// The log's end: the last durable record, or the WAL base (0 without
+    /// one) when the WAL holds no record.
     pub fn last_index(&self) -> u64 {
         self.last_index
     }
-    /// Hash of the last durable record (the genesis hash for an empty log).
+    /// Hash of the last durable record (for an empty WAL: the base hash, or
+    /// the genesis hash).
     pub fn head_hash(&self) -> Hash {
         self.head
     }
@@ -797,6 +830,24 @@ impl<S: LogStore> WalWriter<S> {
     /// Force everything committed onto stable storage (for `NoSync` stores).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.store.sync()
+    }
+
+    /// [`crate::install_snapshot`] through the single writer, then re-read
+    /// the tail: on success the writer stands at `(node.index,
+    /// node.head_record)`, ready for record `node.index + 1`. Prefer this to
+    /// installing on a clone of the store: the checks and the commit are not
+    /// one read-write transaction, so nothing else may append meanwhile.
+    pub fn install_snapshot(
+        &mut self,
+        node: &swoosh_core::state::NodeState,
+    ) -> Result<crate::base::InstallReport, crate::base::InstallError> {
+        self.stale = true;
+        let report = crate::base::install_snapshot(&mut self.store, node, self.genesis_hash)?;
+        self.reload_tail().map_err(|e| match e {
+            ReadError::Store(s) => crate::base::InstallError::Store(s),
+            other => crate::base::InstallError::Tail(other),
+        })?;
+        Ok(report)
     }
 }
 
