@@ -423,3 +423,79 @@ async fn p2p_peer_with_another_genesis_is_disconnected() {
     assert_eq!(closed, leader.peer_id);
     assert!(leader.snapshot().refused_peers >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
+    use swoosh_net::p2p::leader::spawn_leader_cfg;
+    use swoosh_net::proto::leader::LeaderConfig;
+    use swoosh_storage::{MemDisk, MemStore};
+    let mut c = cluster("p2p-snapshot", 1);
+    c.commit(120);
+    let node = c.stream.node().clone();
+    swoosh_storage::write_snapshot(c.writer.store_mut(), &node, 3).unwrap();
+    c.commit(30);
+    let leader = spawn_leader_cfg(
+        c.writer.store().clone(),
+        c.leader_key.clone(),
+        c.genesis.clone(),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        None,
+        LeaderConfig {
+            snapshot_catchup_records: 50,
+            snapshot_chunk_bytes_max: 4_096,
+            ..LeaderConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let disk = MemDisk::new();
+    let (k, a) = c.followers[0].clone();
+    let g = c.genesis.clone();
+    let opts = |leader: &LeaderP2p| FollowerOptions {
+        key: k.clone(),
+        genesis: g.clone(),
+        age_identity: a.clone(),
+        leader: leader.listen_addrs[0].clone(),
+        listen: None,
+    };
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    wait_for("the late joiner at 150, persisted", || {
+        f.shared.lock().unwrap().persisted_index == 150
+    })
+    .await;
+    {
+        let s = f.shared.lock().unwrap();
+        assert_eq!(s.snapshots_installed, 1, "joined through the snapshot");
+        assert!(s.halted_reason.is_none());
+        assert!(s.repl.stats().snapshots_installed == 1);
+    }
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    assert!(leader.snapshot().stats.snapshot_offers >= 1);
+    assert!(
+        leader.snapshot().stats.snapshot_chunks > 1,
+        "resumable chunks"
+    );
+    // Its own store holds the snapshot as its WAL base plus the tail only.
+    drop(f);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let st = MemStore::open("f", &disk, Durability::Sync);
+    assert_eq!(swoosh_storage::first_index(&st).unwrap(), 121);
+    let rec = swoosh_storage::recover(&st, &g).unwrap();
+    assert_eq!(rec.node.index, 150);
+    assert_eq!(rec.node.root_hash(), c.stream.node().root_hash());
+    drop(st);
+    // Restarted, it resumes from snapshot + tail and follows on.
+    c.commit(20);
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    assert_eq!(f.applied_index(), 150, "recovered from its own store");
+    wait_for("the restarted follower at 170", || {
+        f.shared.lock().unwrap().persisted_index == 170
+    })
+    .await;
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    assert_eq!(f.shared.lock().unwrap().snapshots_installed, 0);
+}

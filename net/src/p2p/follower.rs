@@ -39,6 +39,8 @@ pub struct FollowerShared {
     pub undecryptable: u64,
     pub malformed: u64,
     pub persisted_index: u64,
+    /// Snapshots installed into this follower's store (late join, far behind).
+    pub snapshots_installed: u64,
     pub last_refusals: Vec<String>,
     pub halted_reason: Option<String>,
     pub leader_connected: bool,
@@ -108,18 +110,17 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let gh = genesis
         .hash()
         .map_err(|e| P2pError::Config(e.to_string()))?;
-    let node = if store
-        .last_index()
-        .map_err(|e| P2pError::Storage(e.to_string()))?
-        == 0
-    {
-        swoosh_core::state::NodeState::new(genesis.clone())
-            .map_err(|e| P2pError::Config(e.to_string()))?
-    } else {
-        swoosh_storage::recover(&store, &genesis)
-            .map_err(|e| P2pError::Storage(e.to_string()))?
-            .node
-    };
+    // log_end, not last_index: a store based on an installed snapshot may
+    // hold no record yet and still be far from genesis.
+    let node =
+        if swoosh_storage::log_end(&store).map_err(|e| P2pError::Storage(e.to_string()))? == 0 {
+            swoosh_core::state::NodeState::new(genesis.clone())
+                .map_err(|e| P2pError::Config(e.to_string()))?
+        } else {
+            swoosh_storage::recover(&store, &genesis)
+                .map_err(|e| P2pError::Storage(e.to_string()))?
+                .node
+        };
     let writer = WalWriter::open(store, gh, BatchLimits::default())
         .map_err(|e| P2pError::Storage(e.to_string()))?;
     if writer.last_index() != node.index {
@@ -157,6 +158,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         undecryptable: 0,
         malformed: 0,
         persisted_index: persisted,
+        snapshots_installed: 0,
         last_refusals: vec![],
         halted_reason: None,
         leader_connected: false,
@@ -370,11 +372,36 @@ impl<S: LogStore> FollowerTask<S> {
                         }
                     }
                 }
-                FollowerEffect::InstallSnapshot { index, .. } => {
-                    tracing::warn!(
-                        index,
-                        "snapshot installed in memory (not persisted by this transport yet)"
-                    );
+                FollowerEffect::InstallSnapshot { index, bytes } => {
+                    // The protocol verified the bytes against the leader's
+                    // signed manifest; the store makes the snapshot the base
+                    // its own WAL continues from, in one commit.
+                    let installed =
+                        swoosh_core::cbor::from_canonical::<swoosh_core::state::NodeState>(&bytes)
+                            .map_err(|e| e.to_string())
+                            .and_then(|node| {
+                                self.writer
+                                    .install_snapshot(&node)
+                                    .map_err(|e| e.to_string())
+                            });
+                    match installed {
+                        Ok(r) => {
+                            tracing::info!(
+                                index,
+                                cut = r.cut_records,
+                                "installed the leader's snapshot; the WAL continues after it"
+                            );
+                            let mut s = self.shared.lock().expect("lock");
+                            s.persisted_index = index;
+                            s.snapshots_installed += 1;
+                            s.last_applied_ms = now_wall_ms();
+                        }
+                        Err(err) => {
+                            tracing::error!("ALARM: cannot persist the leader's snapshot at {index}: {err}; this follower stops applying");
+                            let mut s = self.shared.lock().expect("lock");
+                            s.halted_reason = Some(format!("snapshot install: {err}"));
+                        }
+                    }
                 }
                 FollowerEffect::Send(req) => self.send(&req),
                 FollowerEffect::Refused(r) => {
