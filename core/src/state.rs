@@ -452,7 +452,8 @@ impl ProjectState {
     /// that differs from the one being hashed.
     pub fn hash_memo(&self, memo: &mut HashMemo) -> Hash {
         fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-            crate::cbor::to_canonical(v).expect("state documents contain no floats and always encode")
+            crate::cbor::to_canonical(v)
+                .expect("state documents contain no floats and always encode")
         }
         let mut h = blake3::Hasher::new();
         // A map of 12 entries (major type 5), then the entries in the

@@ -125,7 +125,12 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
                 // the whole document from scratch, and so is a memo shared by
                 // every project (it mostly holds other projects' sections).
                 let scratch = post.hash();
-                prop_assert_eq!(acc.record.state_post_hash, scratch, "memoized hash differs after {}", acc.record.transition);
+                prop_assert_eq!(
+                    acc.record.state_post_hash,
+                    scratch,
+                    "memoized hash differs after {}",
+                    acc.record.transition
+                );
                 prop_assert_eq!(node.projects[project].hash, scratch);
                 prop_assert_eq!(post.hash_memo(&mut shared_memo), scratch);
                 let v = check_transition(&pre, &post, &acc.record);
