@@ -14,7 +14,9 @@ use crate::hlc::{order_key_cmp, Hlc};
 use crate::proposal::Proposal;
 use crate::record::{DecisionRecord, GuardOutcome, WalRecord, DECISION_KIND};
 use crate::sig::SignerId;
-use crate::state::{IdemEntry, LicenseStatus, NodeState, OrderKey, ProjectEntry, ProjectState};
+use crate::state::{
+    HashMemo, IdemEntry, LicenseStatus, NodeState, OrderKey, ProjectEntry, ProjectState,
+};
 use crate::statechart::{self, Region, Role, TransitionSpec, AUTOMATIC};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -177,7 +179,7 @@ fn event(kind: &str, p: &Proposal, guard: Option<&str>, detail: String) -> OpEve
 /// (index, chain head, project document, idempotency index); otherwise it is
 /// left untouched.
 pub fn step(node: &mut NodeState, p: &Proposal, ctx: &Ctx) -> Step {
-    match evaluate(node, p, ctx) {
+    match evaluate(node, p, ctx, None) {
         Err(r) => {
             let kind = match r.kind {
                 RejectKind::StaleHash => "stale_hash",
@@ -207,6 +209,21 @@ pub fn step(node: &mut NodeState, p: &Proposal, ctx: &Ctx) -> Step {
     }
 }
 
+/// The hash of a project's post-state, reusing the section encodings memoized
+/// for that project (a project seen for the first time gets a fresh memo,
+/// handed to `install` through `fresh`).
+fn post_hash(
+    node: &mut NodeState,
+    project: &str,
+    post: &ProjectState,
+    fresh: &mut HashMemo,
+) -> Hash {
+    match node.projects.get_mut(project) {
+        Some(e) => post.hash_memo(&mut e.memo),
+        None => post.hash_memo(fresh),
+    }
+}
+
 enum Eval {
     Duplicate(IdemEntry),
     Apply(Box<Plan>),
@@ -214,7 +231,10 @@ enum Eval {
 
 struct Plan {
     spec: &'static TransitionSpec,
-    pre: ProjectState,
+    /// The signer's role names and the from-region's state, read from the
+    /// pre-state (which the plan does not keep: it stays in the node).
+    roles: Vec<String>,
+    from_state: String,
     pre_hash: Hash,
     post: ProjectState,
     outcomes: Vec<GuardOutcome>,
@@ -222,16 +242,31 @@ struct Plan {
     events: Vec<OpEvent>,
 }
 
-fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection> {
+fn shape_rejection(e: crate::proposal::ProposalError) -> Rejection {
+    let field = e
+        .to_string()
+        .split('`')
+        .nth(1)
+        .unwrap_or("proposal")
+        .to_string();
+    reject(RejectKind::Malformed, &field, vec![e.to_string()])
+}
+
+fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
+    reject(RejectKind::Malformed, "inputs", vec![e.to_string()])
+}
+
+/// `known`: the proposal's content hash, when [`prepare_record`] already
+/// checked its shape and computed it (those depend on the proposal alone).
+fn evaluate(
+    node: &NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    known: Option<Hash>,
+) -> Result<Eval, Rejection> {
     // shape
-    if let Err(e) = p.check_shape() {
-        let field = e
-            .to_string()
-            .split('`')
-            .nth(1)
-            .unwrap_or("proposal")
-            .to_string();
-        return Err(reject(RejectKind::Malformed, &field, vec![e.to_string()]));
+    if known.is_none() {
+        p.check_shape().map_err(shape_rejection)?;
     }
     let spec = statechart::lookup(&p.transition).ok_or_else(|| {
         reject(
@@ -245,7 +280,7 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
             )],
         )
     })?;
-    let pre = node.project(&p.project).into_owned();
+    let pre = node.project(&p.project);
     let mut outcomes = Vec::with_capacity(8 + spec.guards.len());
     outcomes.push(guards::outcome(
         "shape",
@@ -308,9 +343,10 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
     ));
 
     // idempotency (before the state-hash check: a repeat carries an old hash)
-    let content_hash = p
-        .content_hash()
-        .map_err(|e| reject(RejectKind::Malformed, "inputs", vec![e.to_string()]))?;
+    let content_hash = match known {
+        Some(h) => h,
+        None => p.content_hash().map_err(content_rejection)?,
+    };
     if let Some(prev) = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key)) {
         if prev.content_hash == content_hash {
             return Ok(Eval::Duplicate(prev.clone()));
@@ -489,7 +525,7 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         proposal: p,
         verify: ctx.verify,
     };
-    let mut post = pre.clone();
+    let mut post = ProjectState::clone(&pre);
     let mut events = vec![];
     transition(spec, &g, &mut post, &mut outcomes, &mut events)?;
 
@@ -551,9 +587,11 @@ fn evaluate(node: &NodeState, p: &Proposal, ctx: &Ctx) -> Result<Eval, Rejection
         idem_key: p.idem_key.clone(),
     });
     post.applied += 1;
+    let roles: Vec<String> = roles.iter().map(|r| r.name().to_string()).collect();
     Ok(Eval::Apply(Box::new(Plan {
         spec,
-        pre,
+        roles,
+        from_state: current.to_string(),
         pre_hash,
         post,
         outcomes,
@@ -1140,29 +1178,58 @@ struct Built {
 }
 
 fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
-    let b = build(node, p, ctx, plan);
-    install(node, p, &b);
-    let Built { acc, effects, .. } = b;
+    let mut fresh = HashMemo::default();
+    let hash = post_hash(node, &p.project, &plan.post, &mut fresh);
+    let b = build(node, p, ctx, plan, hash, None);
+    let Built {
+        acc,
+        post,
+        idem,
+        effects,
+    } = b;
+    install(node, p, &acc, post, idem, fresh);
     Step {
         outcome: Outcome::Accepted(Box::new(acc)),
         effects,
     }
 }
 
-fn install(node: &mut NodeState, p: &Proposal, b: &Built) {
-    node.index = b.acc.record.index;
-    node.head_record = b.acc.record_hash;
+/// Advance the node past an accepted record. `fresh` is the memo of a
+/// project seen for the first time (an existing project keeps its own).
+fn install(
+    node: &mut NodeState,
+    p: &Proposal,
+    acc: &Accepted,
+    post: ProjectState,
+    idem: IdemEntry,
+    fresh: HashMemo,
+) {
+    node.index = acc.record.index;
+    node.head_record = acc.record_hash;
     node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
-    let keys = node.idem.entry(p.project.clone()).or_default();
-    keys.insert(p.idem_key.clone(), b.idem.clone());
+    let keys = match node.idem.get_mut(&p.project) {
+        Some(k) => k,
+        None => node.idem.entry(p.project.clone()).or_default(),
+    };
+    keys.insert(p.idem_key.clone(), idem);
     evict_idem(keys);
-    node.projects.insert(
-        p.project.clone(),
-        ProjectEntry {
-            state: b.post.clone(),
-            hash: b.acc.record.state_post_hash,
-        },
-    );
+    let hash = acc.record.state_post_hash;
+    match node.projects.get_mut(&p.project) {
+        Some(e) => {
+            e.state = post;
+            e.hash = hash;
+        }
+        None => {
+            node.projects.insert(
+                p.project.clone(),
+                ProjectEntry {
+                    state: post,
+                    hash,
+                    memo: fresh,
+                },
+            );
+        }
+    }
 }
 
 /// Deterministic: depends only on the entries (their WAL indexes).
@@ -1177,25 +1244,31 @@ fn evict_idem(keys: &mut BTreeMap<String, IdemEntry>) {
     }
 }
 
-fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
+/// Build the decision record, the WAL record and the effects of an accepted
+/// plan whose post-state hashes to `post_hash`. `record_hash`: the record's
+/// hash when the caller already knows it (replay: it equals the stored
+/// record field by field, whose canonical encoding was hashed by
+/// [`prepare_record`]); `None` computes it.
+fn build(
+    node: &NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    plan: Plan,
+    post_hash: Hash,
+    record_hash: Option<Hash>,
+) -> Built {
     let Plan {
         spec,
-        pre,
+        roles,
+        from_state,
         pre_hash,
         post,
         outcomes,
         content_hash,
         mut events,
     } = plan;
-    let post_hash = post.hash();
     let index = node.index + 1;
     let from_region = spec.from[0].region;
-    let roles: Vec<String> = pre
-        .roles_of(&p.signer)
-        .unwrap_or(&[])
-        .iter()
-        .map(|r| r.name().to_string())
-        .collect();
     let cluster = &node.genesis.cluster_id;
     let mut links = vec![
         format!("ucxl://swoosh:{cluster}@{}/wal/{index}", p.project),
@@ -1218,7 +1291,7 @@ fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
         index,
         transition: spec.name.to_string(),
         region: spec.to.region.name().to_string(),
-        from: format!("{}.{}", from_region.name(), pre.region_state(from_region)),
+        from: format!("{}.{}", from_region.name(), from_state),
         to: spec.to.to_string(),
         signer: p.signer.clone(),
         signer_roles: roles.clone(),
@@ -1236,7 +1309,7 @@ fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
             spec.name,
             p.project,
             from_region.name(),
-            pre.region_state(from_region),
+            from_state,
             spec.to,
             p.signer,
             roles.join(", "),
@@ -1263,7 +1336,7 @@ fn build(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Built {
         signature: p.signature,
         decision: decision_hash,
     };
-    let record_hash = record.hash();
+    let record_hash = record_hash.unwrap_or_else(|| record.hash());
 
     let idem = IdemEntry {
         content_hash,
@@ -1337,6 +1410,43 @@ pub enum ReplayError {
     Mismatch { index: u64, field: &'static str },
 }
 
+/// A WAL record with the work that depends on it alone already done, so it
+/// can be done ahead of (and in parallel with) the stateful part of replay:
+/// the proposal's shape check (including the re-hash of its inputs), its
+/// content hash, and the record's own hash over its canonical re-encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedRecord {
+    pub record: WalRecord,
+    /// BLAKE3 of the record's canonical encoding, recomputed here.
+    pub hash: Hash,
+    proposal: Proposal,
+    content_hash: Hash,
+}
+
+/// The stateless half of [`apply_record`]: pure, and independent of every
+/// other record, so a caller may run it on another thread.
+pub fn prepare_record(record: WalRecord) -> Result<PreparedRecord, ReplayError> {
+    let rejected = |r: Rejection| ReplayError::Rejected {
+        index: record.index,
+        guard: r.guard,
+        reasons: r.reasons.join("; "),
+    };
+    let proposal = record.proposal();
+    proposal
+        .check_shape()
+        .map_err(|e| rejected(shape_rejection(e)))?;
+    let content_hash = proposal
+        .content_hash()
+        .map_err(|e| rejected(content_rejection(e)))?;
+    let hash = record.hash();
+    Ok(PreparedRecord {
+        record,
+        hash,
+        proposal,
+        content_hash,
+    })
+}
+
 /// Apply a record from a WAL (replay, recovery, follower). Checks the chain
 /// link and that re-running the reducer reproduces the record exactly.
 pub fn apply_record(
@@ -1344,6 +1454,11 @@ pub fn apply_record(
     rec: &WalRecord,
     verify: Verify,
 ) -> Result<Accepted, ReplayError> {
+    check_link(node, rec)?;
+    apply_prepared(node, &prepare_record(rec.clone())?, verify)
+}
+
+fn check_link(node: &NodeState, rec: &WalRecord) -> Result<(), ReplayError> {
     let expected = node.index + 1;
     if rec.index != expected {
         return Err(ReplayError::Index {
@@ -1358,14 +1473,27 @@ pub fn apply_record(
             expected: node.head_record,
         });
     }
-    let p = rec.proposal();
+    Ok(())
+}
+
+/// The stateful half of [`apply_record`]: the chain link, the reducer re-run
+/// and the recomputed post hash, decision and record, all checked against
+/// the stored record. A divergent record leaves the node's state untouched.
+pub fn apply_prepared(
+    node: &mut NodeState,
+    prepared: &PreparedRecord,
+    verify: Verify,
+) -> Result<Accepted, ReplayError> {
+    let rec = &prepared.record;
+    check_link(node, rec)?;
+    let p = &prepared.proposal;
     let ctx = Ctx {
         now_ms: rec.timestamp_ms,
         verify,
         snapshot_every: 0,
     };
     // Evaluate on the side so a divergent record leaves the node untouched.
-    let eval = evaluate(node, &p, &ctx);
+    let eval = evaluate(node, p, &ctx, Some(prepared.content_hash));
     let plan = match eval {
         Err(r) => {
             return Err(ReplayError::Rejected {
@@ -1377,7 +1505,8 @@ pub fn apply_record(
         Ok(Eval::Duplicate(_)) => return Err(ReplayError::Duplicate { index: rec.index }),
         Ok(Eval::Apply(plan)) => plan,
     };
-    let computed = plan.post.hash();
+    let mut fresh = HashMemo::default();
+    let computed = post_hash(node, &p.project, &plan.post, &mut fresh);
     if computed != rec.state_post_hash {
         return Err(ReplayError::PostHash {
             index: rec.index,
@@ -1385,7 +1514,7 @@ pub fn apply_record(
             recorded: rec.state_post_hash,
         });
     }
-    let built = build(node, &p, &ctx, *plan);
+    let built = build(node, p, &ctx, *plan, computed, Some(prepared.hash));
     if built.acc.record.guard_outcomes != rec.guard_outcomes {
         return Err(ReplayError::Mismatch {
             index: rec.index,
@@ -1398,14 +1527,18 @@ pub fn apply_record(
             field: "decision",
         });
     }
-    // Field equality implies equal bytes and hash, without re-encoding the
-    // stored record (its frame hash was checked when it was read).
+    // Field equality implies equal canonical bytes, so the built record's
+    // hash is `prepared.hash` (the stored record's re-encoding) without
+    // encoding it a second time.
     if built.acc.record != *rec {
         return Err(ReplayError::Mismatch {
             index: rec.index,
             field: "record hash",
         });
     }
-    install(node, &p, &built);
-    Ok(built.acc)
+    let Built {
+        acc, post, idem, ..
+    } = built;
+    install(node, p, &acc, post, idem, fresh);
+    Ok(acc)
 }

@@ -442,6 +442,53 @@ impl ProjectState {
         hash_of(self).expect("state documents contain no floats and always encode")
     }
 
+    /// [`ProjectState::hash`], reusing the canonical encodings of the eight
+    /// region sections that `memo` already holds (most transitions change
+    /// one or two of them) and re-encoding only the rest. Bit-identical to
+    /// `hash()`: the document is still BLAKE3 over its whole canonical CBOR,
+    /// assembled from per-field encodings in canonical key order (a CBOR
+    /// item's canonical encoding does not depend on where it is nested).
+    /// `memo` is keyed by value, so it can never serve bytes of a section
+    /// that differs from the one being hashed.
+    pub fn hash_memo(&self, memo: &mut HashMemo) -> Hash {
+        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+            crate::cbor::to_canonical(v)
+                .expect("state documents contain no floats and always encode")
+        }
+        let mut h = blake3::Hasher::new();
+        // A map of 12 entries (major type 5), then the entries in the
+        // canonical order of their encoded keys: shorter keys first, then
+        // bytewise (see `cbor_fast`).
+        h.update(&[0xa0 | 12]);
+        let mut field = |key: &str, bytes: &[u8]| {
+            h.update(&[0x60 | key.len() as u8]);
+            h.update(key.as_bytes());
+            h.update(bytes);
+        };
+        field("boot", HashMemo::bytes(&mut memo.boot, &self.boot));
+        field("meta", HashMemo::bytes(&mut memo.meta, &self.meta));
+        field("epoch", &enc(&self.epoch));
+        field("policy", HashMemo::bytes(&mut memo.policy, &self.policy));
+        field("applied", &enc(&self.applied));
+        field("control", HashMemo::bytes(&mut memo.control, &self.control));
+        field("council", HashMemo::bytes(&mut memo.council, &self.council));
+        field("hlc_last", &enc(&self.hlc_last));
+        field(
+            "execution",
+            HashMemo::bytes(&mut memo.execution, &self.execution),
+        );
+        field(
+            "ingestion",
+            HashMemo::bytes(&mut memo.ingestion, &self.ingestion),
+        );
+        field("order_last", &enc(&self.order_last));
+        field(
+            "environment",
+            HashMemo::bytes(&mut memo.environment, &self.environment),
+        );
+        Hash(*h.finalize().as_bytes())
+    }
+
     /// The current state of a region.
     pub fn region_state(&self, r: Region) -> &str {
         match r {
@@ -528,6 +575,56 @@ pub struct NodeState {
 pub struct ProjectEntry {
     pub state: ProjectState,
     pub hash: Hash,
+    /// Canonical encodings of recently hashed sections of this project (see
+    /// [`ProjectState::hash_memo`]). Not state: never serialized, ignored by
+    /// equality, empty after a snapshot is loaded.
+    #[serde(skip)]
+    pub memo: HashMemo,
+}
+
+/// One memo slot: a section value and its canonical encoding.
+type Slot<T> = Option<Box<(T, Vec<u8>)>>;
+
+/// The canonical encodings of a project's eight region sections, each kept
+/// with the value it encodes. A lookup compares values (cheap, no
+/// allocation) and re-encodes only on a difference, so the memo is correct
+/// whatever mutated the state in between.
+#[derive(Clone, Default)]
+pub struct HashMemo {
+    meta: Slot<Meta>,
+    boot: Slot<Boot>,
+    ingestion: Slot<Ingestion>,
+    council: Slot<Council>,
+    environment: Slot<Environment>,
+    execution: Slot<Execution>,
+    control: Slot<Control>,
+    policy: Slot<Policy>,
+}
+
+impl HashMemo {
+    fn bytes<'a, T: Clone + PartialEq + Serialize>(slot: &'a mut Slot<T>, v: &T) -> &'a [u8] {
+        let hit = matches!(slot.as_deref(), Some((cached, _)) if cached == v);
+        if !hit {
+            let bytes = crate::cbor::to_canonical(v)
+                .expect("state documents contain no floats and always encode");
+            *slot = Some(Box::new((v.clone(), bytes)));
+        }
+        &slot.as_deref().expect("filled above").1
+    }
+}
+
+impl PartialEq for HashMemo {
+    /// A memo is a cache, not state: any two are equal.
+    fn eq(&self, _: &HashMemo) -> bool {
+        true
+    }
+}
+impl Eq for HashMemo {}
+
+impl std::fmt::Debug for HashMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashMemo")
+    }
 }
 
 impl NodeState {
@@ -605,4 +702,52 @@ pub fn root_hash<'a>(genesis_hash: Hash, projects: impl Iterator<Item = (&'a str
             .collect();
     }
     level[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{genesis, Keys};
+
+    #[test]
+    fn memoized_hash_equals_the_hash_from_scratch_after_any_section_changes() {
+        let keys = Keys::from_labels("memo", 3);
+        let g = genesis(&keys, "memo", 1_767_225_600_000);
+        let gh = g.hash().unwrap();
+        let mut st = ProjectState::initial(&g, gh, "p");
+        let mut memo = HashMemo::default();
+        assert_eq!(st.hash_memo(&mut memo), st.hash(), "empty memo");
+        assert_eq!(st.hash_memo(&mut memo), st.hash(), "full memo");
+        let edits: Vec<fn(&mut ProjectState)> = vec![
+            |s| s.meta.phase = "EXECUTION".into(),
+            |s| s.boot.config_hash = Some(Hash::of_bytes(b"c")),
+            |s| s.ingestion.sources.push("s3://x".into()),
+            |s| s.council.elections += 1,
+            |s| s.environment.assets.push("gpu".into()),
+            |s| s.execution.evidence.push("ucxl://e".into()),
+            |s| s.control.reason = Some("r".into()),
+            |s| s.policy.quarantines += 1,
+            |s| s.epoch.bump(Region::Council),
+            |s| s.applied += 1,
+            |s| s.hlc_last = Some(Hlc::new(1_767_225_600_001, 0)),
+            |s| {
+                s.order_last = Some(OrderKey {
+                    signer: s.boot.identities[0].key.clone(),
+                    idem_key: "k".into(),
+                })
+            },
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let before = st.hash();
+            edit(&mut st);
+            let after = st.hash();
+            assert_ne!(before, after, "edit {i} changes the document");
+            assert_eq!(st.hash_memo(&mut memo), after, "edit {i}");
+            // A memo last used for another project serves this one correctly.
+            let other = ProjectState::initial(&g, gh, "q");
+            let mut shared = HashMemo::default();
+            other.hash_memo(&mut shared);
+            assert_eq!(st.hash_memo(&mut shared), after, "edit {i}, shared memo");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Property: random streams of valid and faulty proposals over several
 //! projects never violate an invariant, never accept a proposal that must
 //! fail, and replay (twice, and through encode/decode of the whole node
-//! state) to the same hashes.
+//! state) to the same hashes; and the memoized project hashes (see
+//! `ProjectState::hash_memo`) always equal the hash computed from scratch.
 
 use proptest::prelude::*;
 use swoosh_core::cbor::{from_canonical, to_canonical};
@@ -10,7 +11,7 @@ use swoosh_core::invariants::{check_state, check_transition};
 use swoosh_core::record::WalRecord;
 use swoosh_core::reducer::{apply_record, step, Ctx, Outcome};
 use swoosh_core::scenario::{genesis, Driver, Fault, Keys, Next};
-use swoosh_core::state::NodeState;
+use swoosh_core::state::{HashMemo, NodeState};
 use swoosh_core::Proposal;
 
 const ORIGIN_MS: u64 = 1_767_225_600_000;
@@ -73,6 +74,7 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
     let mut node = NodeState::new(genesis(&keys, "stream", ORIGIN_MS)).unwrap();
     let mut now = ORIGIN_MS + 1;
     let (mut stream, mut records, mut hashes, mut accepted) = (vec![], vec![], vec![], vec![]);
+    let mut shared_memo = HashMemo::default();
     // Cycle through the ops until STEPS proposals were applied, so every case
     // really exercises that many steps.
     for o in ops.iter().cycle().take(ops.len() * 4) {
@@ -119,6 +121,18 @@ fn run(ops: &[Op]) -> Result<Run, TestCaseError> {
                     );
                 }
                 let post = node.project(project);
+                // The memoized post hash the reducer recorded is the hash of
+                // the whole document from scratch, and so is a memo shared by
+                // every project (it mostly holds other projects' sections).
+                let scratch = post.hash();
+                prop_assert_eq!(
+                    acc.record.state_post_hash,
+                    scratch,
+                    "memoized hash differs after {}",
+                    acc.record.transition
+                );
+                prop_assert_eq!(node.projects[project].hash, scratch);
+                prop_assert_eq!(post.hash_memo(&mut shared_memo), scratch);
                 let v = check_transition(&pre, &post, &acc.record);
                 prop_assert!(
                     v.is_empty(),

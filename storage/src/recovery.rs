@@ -19,7 +19,8 @@ use crate::index::{get_decision, IndexError};
 use crate::snapshot::{decode_snapshot, SnapshotFault};
 use crate::store::{index_key, key_index, Batch, LogStore, Space, StoreError};
 use crate::wal::{
-    check_meta, read_record, MetaError, ReadError, RecordFault, WalIter, IDEM_ENTRY_BYTES_MAX,
+    check_meta, decode_frame, read_record, MetaError, ReadError, RecordFault, WalIter,
+    IDEM_ENTRY_BYTES_MAX,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::hlc::Hlc;
-use swoosh_core::reducer::{apply_record, ReplayError};
+use swoosh_core::reducer::{apply_prepared, prepare_record, PreparedRecord, ReplayError};
 use swoosh_core::state::{Genesis, GenesisError, IdemEntry, NodeState};
 use swoosh_core::Hash;
 
@@ -339,9 +340,99 @@ fn short(e: &ReadError) -> String {
     }
 }
 
+/// Records read per chunk while replaying.
+pub const REPLAY_CHUNK_RECORDS: usize = crate::wal::WAL_READ_CHUNK_RECORDS;
+/// Chunks read ahead of the reducer while replaying (each holds up to
+/// [`REPLAY_CHUNK_RECORDS`] records), bounding the pipeline's memory.
+pub const REPLAY_CHUNKS_IN_FLIGHT_MAX: usize = 4;
+/// Replays of fewer records than this run on the calling thread alone.
+pub const REPLAY_PIPELINE_RECORDS_MIN: u64 = 2 * REPLAY_CHUNK_RECORDS as u64;
+
+/// Why the record-local stage stopped at a record.
+enum Stop {
+    Missing(u64),
+    Corrupt(u64, RecordFault),
+    Rejected(u64, ReplayError),
+}
+
+/// A record whose frame, index and chain link were checked and whose
+/// record-local work ([`prepare_record`]) is done; `frame_hash` is the hash
+/// stored in (and checked against) its frame.
+struct Ready {
+    frame_hash: Hash,
+    prepared: PreparedRecord,
+}
+
+/// The record-local stage of replay: frame hash, decode, index and chain
+/// link (the checks [`WalIter`] makes), then [`prepare_record`]. It needs
+/// nothing but the records, so it runs ahead of the reducer on another
+/// thread. Stops for good at the first fault.
+struct Prepare {
+    next: u64,
+    prev_hash: Hash,
+    stopped: bool,
+}
+
+impl Prepare {
+    fn chunk(&mut self, rows: Vec<(u64, Vec<u8>)>) -> Vec<Result<Ready, Stop>> {
+        let mut out = Vec::with_capacity(rows.len().max(1));
+        if self.stopped {
+            return out;
+        }
+        if rows.is_empty() {
+            // The store has nothing where the next record belongs.
+            self.stopped = true;
+            out.push(Err(Stop::Missing(self.next)));
+            return out;
+        }
+        for (key, bytes) in rows {
+            let r = self.one(key, &bytes);
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                self.stopped = true;
+                break;
+            }
+        }
+        out
+    }
+
+    fn one(&mut self, key: u64, bytes: &[u8]) -> Result<Ready, Stop> {
+        let index = self.next;
+        if key != index {
+            return Err(Stop::Missing(index));
+        }
+        let v = decode_frame(index, bytes).map_err(|f| Stop::Corrupt(index, f))?;
+        if v.record.prev_hash != self.prev_hash {
+            return Err(Stop::Corrupt(
+                index,
+                RecordFault::Chain {
+                    expected: self.prev_hash,
+                    got: v.record.prev_hash,
+                },
+            ));
+        }
+        let prepared = prepare_record(v.record).map_err(|e| Stop::Rejected(index, e))?;
+        self.prev_hash = v.hash;
+        self.next += 1;
+        Ok(Ready {
+            frame_hash: v.hash,
+            prepared,
+        })
+    }
+}
+
 /// Replay records `from..=to` into `node`, checking frames, chain and the
 /// reducer's recomputation; `each` sees every applied record. Returns the
 /// number of records applied.
+///
+/// Two stages: the record-local checks and work ([`Prepare`]: frame hash,
+/// decode, chain link, proposal shape and inputs hash, content hash, the
+/// record's canonical re-encoding) and the reducer ([`apply_prepared`]:
+/// re-run, post hash, decision, record equality). For long replays the
+/// first runs on a helper thread, up to [`REPLAY_CHUNKS_IN_FLIGHT_MAX`]
+/// chunks ahead; results are consumed strictly in log order, so what is
+/// checked, and the first error reported, are the same either way.
 fn replay<S: LogStore + ?Sized>(
     store: &S,
     node: &mut NodeState,
@@ -358,42 +449,139 @@ fn replay<S: LogStore + ?Sized>(
         done,
         total,
     });
-    for item in WalIter::new(store, from, to, node.head_record) {
-        let v = item?;
-        apply_record(node, &v.record, verify).map_err(|source| match source {
-            ReplayError::Chain { expected, got, .. } => RecoveryError::Read(ReadError::Corrupt {
+    let from = from.max(1);
+    let mut prep = Prepare {
+        next: from,
+        prev_hash: node.head_record,
+        stopped: false,
+    };
+    let mut apply_chunk = |node: &mut NodeState,
+                           chunk: Vec<Result<Ready, Stop>>,
+                           done: &mut u64|
+     -> Result<(), RecoveryError> {
+        for item in chunk {
+            let ready = item.map_err(|stop| stop_error(store, stop))?;
+            let index = ready.prepared.record.index;
+            let divergence = |source| RecoveryError::Divergence {
                 location: store.location(),
-                index: v.index,
-                reason: RecordFault::Chain { expected, got },
-            }),
-            source => RecoveryError::Divergence {
-                location: store.location(),
-                index: v.index,
+                index,
                 source,
-            },
-        })?;
-        // The reducer re-encoded the record; it must hash to the stored frame.
-        if node.head_record != v.hash {
-            return Err(RecoveryError::Divergence {
-                location: store.location(),
-                index: v.index,
-                source: ReplayError::Mismatch {
-                    index: v.index,
+            };
+            apply_prepared(node, &ready.prepared, verify).map_err(|source| match source {
+                ReplayError::Chain { expected, got, .. } => {
+                    RecoveryError::Read(ReadError::Corrupt {
+                        location: store.location(),
+                        index,
+                        reason: RecordFault::Chain { expected, got },
+                    })
+                }
+                source => divergence(source),
+            })?;
+            // The record re-encoded canonically must hash to the stored frame.
+            if node.head_record != ready.frame_hash {
+                return Err(divergence(ReplayError::Mismatch {
+                    index,
                     field: "canonical re-encoding",
-                },
-            });
+                }));
+            }
+            let v = crate::wal::VerifiedRecord {
+                index,
+                hash: ready.frame_hash,
+                record: ready.prepared.record,
+            };
+            each(node, &v);
+            *done += 1;
+            if done.is_multiple_of(PROGRESS_EVERY_RECORDS) || *done == total {
+                progress(&Progress {
+                    phase: Phase::Replay,
+                    done: *done,
+                    total,
+                });
+            }
         }
-        each(node, &v);
-        done += 1;
-        if done.is_multiple_of(PROGRESS_EVERY_RECORDS) || done == total {
-            progress(&Progress {
-                phase: Phase::Replay,
-                done,
-                total,
-            });
+        Ok(())
+    };
+    let mut next_read = from;
+    let read = |next_read: &mut u64| -> Result<Vec<(u64, Vec<u8>)>, RecoveryError> {
+        let rows = store.read_range(*next_read, to, REPLAY_CHUNK_RECORDS)?;
+        if let Some((last, _)) = rows.last() {
+            *next_read = last + 1;
         }
+        Ok(rows)
+    };
+    if total < REPLAY_PIPELINE_RECORDS_MIN {
+        while next_read <= to && !prep.stopped {
+            let chunk = prep.chunk(read(&mut next_read)?);
+            apply_chunk(node, chunk, &mut done)?;
+        }
+        return Ok(done);
     }
-    Ok(done)
+    std::thread::scope(|scope| {
+        let (raw_tx, raw_rx) =
+            std::sync::mpsc::sync_channel::<Vec<(u64, Vec<u8>)>>(REPLAY_CHUNKS_IN_FLIGHT_MAX);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(REPLAY_CHUNKS_IN_FLIGHT_MAX);
+        scope.spawn(move || {
+            for rows in raw_rx {
+                // One result per chunk received, and at most
+                // REPLAY_CHUNKS_IN_FLIGHT_MAX chunks unanswered: never blocks.
+                if ready_tx.send(prep.chunk(rows)).is_err() {
+                    break;
+                }
+            }
+        });
+        // Both channels end when this closure returns (on success or at the
+        // first error), which stops the helper before the scope joins it.
+        let mut in_flight = 0usize;
+        let mut exhausted = false;
+        loop {
+            while !exhausted && in_flight < REPLAY_CHUNKS_IN_FLIGHT_MAX {
+                let rows = read(&mut next_read)?;
+                // An empty read before `to` is a missing record: the helper
+                // reports it in order.
+                exhausted = rows.is_empty() || next_read > to;
+                raw_tx
+                    .send(rows)
+                    .expect("the replay helper runs until the channel closes");
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let chunk = ready_rx
+                .recv()
+                .expect("the replay helper answers every chunk");
+            in_flight -= 1;
+            let stopped = chunk.last().is_none_or(|r| r.is_err());
+            apply_chunk(node, chunk, &mut done)?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(done)
+    })
+}
+
+fn stop_error<S: LogStore + ?Sized>(store: &S, stop: Stop) -> RecoveryError {
+    match stop {
+        Stop::Missing(index) => match store.last_index() {
+            Ok(last) => RecoveryError::Read(ReadError::Missing {
+                location: store.location(),
+                index,
+                last,
+            }),
+            Err(e) => e.into(),
+        },
+        Stop::Corrupt(index, reason) => RecoveryError::Read(ReadError::Corrupt {
+            location: store.location(),
+            index,
+            reason,
+        }),
+        Stop::Rejected(index, source) => RecoveryError::Divergence {
+            location: store.location(),
+            index,
+            source,
+        },
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

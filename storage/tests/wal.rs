@@ -353,6 +353,40 @@ fn flipped_byte_is_named_by_index(h: &mut impl Harness) {
     assert_eq!(items[12].as_ref().unwrap_err().index(), Some(13));
 }
 
+/// Long replays run their record-local checks on a helper thread, chunks
+/// ahead of the reducer (`recovery::REPLAY_PIPELINE_RECORDS_MIN`): the result
+/// and the first fault named are those of the single-threaded path.
+fn long_replays_recover_and_name_faults_like_short_ones(h: &mut impl Harness) {
+    let n = recovery::REPLAY_PIPELINE_RECORDS_MIN as usize + 700;
+    let mut st = Stream::new(LABEL, 2, Verify::Trusted);
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, n, 512);
+    let mut s = h.crash_and_reopen(w.into_store());
+    let r = recover(&s, st.genesis()).unwrap();
+    assert_eq!(r.replayed, n as u64);
+    assert_same_node(&r.node, st.node(), "long replay");
+    let full = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(full.head_hash, st.node().head_record);
+
+    // A damaged frame in the third chunk is named by its index.
+    let bad = 2 * recovery::REPLAY_CHUNK_RECORDS as u64 + 37;
+    flip(&mut s, Space::Wal, &index_key(bad), 200);
+    let e = recover(&s, st.genesis()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            RecoveryError::Read(ReadError::Corrupt {
+                index,
+                reason: RecordFault::Frame(FrameError::HashMismatch { .. }),
+                ..
+            }) if *index == bad
+        ),
+        "{e}"
+    );
+    let v = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap_err();
+    assert_eq!(v.index(), Some(bad));
+}
+
 fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -810,6 +844,7 @@ both_backends!(
     recovery_reproduces_the_pure_reducer,
     store_for_another_genesis_is_refused,
     flipped_byte_is_named_by_index,
+    long_replays_recover_and_name_faults_like_short_ones,
     damaged_header_and_torn_frames_are_named,
     re_sealed_record_breaks_the_chain,
     repair_cuts_to_the_last_good_record_and_keeps_a_copy,
