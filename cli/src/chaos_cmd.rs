@@ -221,7 +221,18 @@ async fn run_process(a: ChaosArgs) -> Result<()> {
             top.display()
         );
     }
-    let mut report = match chaos_process::run(&cfg, &top).await {
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(cfg.transitions)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} proposals {msg}")
+            .expect("static template"),
+    );
+    let result = chaos_process::run(&cfg, &top, &bar).await;
+    bar.finish_and_clear();
+    let mut report = match result {
         Ok(r) => r,
         Err(e) => {
             // Keep the run directory: the node logs say what happened.

@@ -64,7 +64,7 @@ pub const KILL_BOTH_RATE: f64 = 0.2;
 /// Share of proposals that are deliberate faults (stale, replayed, forged, …).
 pub const WORKLOAD_FAULT_RATE: f64 = 0.10;
 /// A started node must answer `GET /health` within this long.
-pub const NODE_START_SECS_MAX: u64 = 30;
+pub const NODE_START_SECS_MAX: u64 = 60;
 /// Starts of a node that exits at once (a port still held, …) before giving up.
 pub const NODE_START_ATTEMPTS_MAX: u32 = 3;
 /// A client waits this long for the leader to answer again.
@@ -319,6 +319,9 @@ struct Node {
     kills: u32,
     /// Down because the schedule killed it (not a crash).
     down_on_purpose: bool,
+    /// Started and answering: from here on an exit is a crash (the monitor
+    /// leaves a node that is starting to `start_node`).
+    ready: bool,
 }
 
 /// The run's child processes. Every exit path kills them: `ClusterGuard`
@@ -370,7 +373,10 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> Result<()> {
         if self.closed {
-            bail!("the run is ending: {} is not started again", self.nodes[i].name);
+            bail!(
+                "the run is ending: {} is not started again",
+                self.nodes[i].name
+            );
         }
         let args = self.args(i);
         let elapsed = self.t0.elapsed().as_secs_f64();
@@ -414,6 +420,7 @@ impl Cluster {
         n.child = Some(child);
         n.starts += 1;
         n.down_on_purpose = false;
+        n.ready = false;
         Ok(())
     }
 
@@ -421,6 +428,7 @@ impl Cluster {
     fn kill9(&mut self, i: usize) -> bool {
         let n = &mut self.nodes[i];
         n.down_on_purpose = true;
+        n.ready = false;
         match n.child.take() {
             Some(mut c) => {
                 let _ = c.kill();
@@ -527,7 +535,11 @@ async fn start_node(cluster: &Shared, i: usize) -> Result<()> {
         lock(cluster).spawn(i)?;
         let deadline = Instant::now() + Duration::from_secs(NODE_START_SECS_MAX);
         loop {
-            let exited = lock(cluster).exited(i);
+            let exited = {
+                let mut c = lock(cluster);
+                c.exited(i)
+                    .or_else(|| c.nodes[i].child.is_none().then(|| "reaped".to_string()))
+            };
             if let Some(status) = exited {
                 if attempt == NODE_START_ATTEMPTS_MAX {
                     bail!(
@@ -556,6 +568,7 @@ async fn start_node(cluster: &Shared, i: usize) -> Result<()> {
                 )
             };
             if ready {
+                lock(cluster).nodes[i].ready = true;
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -574,8 +587,8 @@ async fn start_node(cluster: &Shared, i: usize) -> Result<()> {
 
 /// Run a setup command (`init`, `p2p enroll`) to completion, output to `log`.
 async fn setup(exe: &Path, args: &[&str], log: &Path) -> Result<()> {
-    let out = std::fs::File::create(log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let out =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut child = tokio::process::Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -646,7 +659,10 @@ impl Tally {
     }
     fn refused(&mut self, guard: &str) {
         self.rejected += 1;
-        *self.rejections_by_guard.entry(guard.to_string()).or_default() += 1;
+        *self
+            .rejections_by_guard
+            .entry(guard.to_string())
+            .or_default() += 1;
     }
 }
 
@@ -674,7 +690,8 @@ impl Load {
     }
     /// Take one proposal of the budget; false when it is spent.
     fn ticket(&self) -> bool {
-        !self.stop.load(Ordering::Acquire) && self.issued.fetch_add(1, Ordering::AcqRel) < self.total
+        !self.stop.load(Ordering::Acquire)
+            && self.issued.fetch_add(1, Ordering::AcqRel) < self.total
     }
 }
 
@@ -989,6 +1006,9 @@ async fn monitor(load: Arc<Load>, cluster: Shared, stop: Arc<AtomicBool>) {
         tokio::time::sleep(Duration::from_millis(LAG_POLL_MS)).await;
         for i in 0..nodes.len() {
             let mut c = lock(&cluster);
+            if !c.nodes[i].ready {
+                continue;
+            }
             if let Some(status) = c.exited(i) {
                 if !c.nodes[i].down_on_purpose {
                     let n = &c.nodes[i];
@@ -1057,7 +1077,11 @@ fn load_keys(top: &Path, seed: u64) -> Result<Keys> {
 /// Run process mode. `Ok` holds the report whatever it found; `Err` is a
 /// run that could not be carried out (a node that does not start, a leader
 /// that never answers again, …).
-pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
+pub async fn run(
+    cfg: &ProcessConfig,
+    top: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<ProcessReport> {
     let t0 = Instant::now();
     let exe = std::env::current_exe().context("cannot find the swoosh executable")?;
     let followers = cfg.replicas - 1;
@@ -1108,6 +1132,7 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
             starts: 0,
             kills: 0,
             down_on_purpose: false,
+            ready: false,
         });
     }
     let cluster: Shared = Arc::new(Mutex::new(Cluster {
@@ -1159,7 +1184,7 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
     let mut failure: Option<anyhow::Error> = None;
     let mut chaos_result: Option<Result<()>> = None;
     let (mut seen, mut progress_at) = (0u64, Instant::now());
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             r = clients.join_next() => match r {
@@ -1190,6 +1215,7 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
             }
             _ = tick.tick() => {
                 let issued = load.issued.load(Ordering::Acquire);
+                bar.set_position(issued.min(cfg.transitions));
                 if issued != seen {
                     (seen, progress_at) = (issued, Instant::now());
                 } else if progress_at.elapsed() > Duration::from_secs(LOAD_STALL_SECS_MAX) && failure.is_none() {
@@ -1248,8 +1274,10 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
             live.push(live_head(c, *leader).await);
         }
         let caught_up = live[0].as_ref().is_some_and(|l| {
-            live.iter()
-                .all(|f| f.as_ref().is_some_and(|f| f.0 == l.0 && f.1 == l.1 && f.2 == l.0))
+            live.iter().all(|f| {
+                f.as_ref()
+                    .is_some_and(|f| f.0 == l.0 && f.1 == l.1 && f.2 == l.0)
+            })
         });
         if caught_up {
             break;
@@ -1375,7 +1403,10 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
                     "{name}: its WAL does not recover: {e}; its log: {}",
                     log.display()
                 ));
-                (store.last_index().unwrap_or(0), format!("unrecoverable: {e}"))
+                (
+                    store.last_index().unwrap_or(0),
+                    format!("unrecoverable: {e}"),
+                )
             }
         };
         let (live_index, live_root) = live[i]
@@ -1426,8 +1457,7 @@ pub async fn run(cfg: &ProcessConfig, top: &Path) -> Result<ProcessReport> {
             final_hashes.join(", ")
         ));
     }
-    let mut faults: BTreeMap<String, u64> =
-        FAULT_KEYS.iter().map(|k| (k.to_string(), 0)).collect();
+    let mut faults: BTreeMap<String, u64> = FAULT_KEYS.iter().map(|k| (k.to_string(), 0)).collect();
     faults.extend(std::mem::take(&mut tally.faults));
     let mut acked_indexes: Vec<u64> = acks.iter().map(|a| a.index).collect();
     acked_indexes.sort_unstable();
@@ -1475,7 +1505,10 @@ mod tests {
             for (transitions, followers) in [(1, 2), (150, 2), (1_000, 4), (10_000, 2)] {
                 let s = kill_schedule(seed, transitions, followers);
                 assert!(s.len() as u64 >= 2, "seed {seed}: {s:?}");
-                assert!(s.iter().any(|k| k.targets.contains(&0)), "seed {seed}: no leader kill");
+                assert!(
+                    s.iter().any(|k| k.targets.contains(&0)),
+                    "seed {seed}: no leader kill"
+                );
                 assert!(
                     s.iter().any(|k| k.targets.iter().any(|&t| t >= 1)),
                     "seed {seed}: no follower kill"
