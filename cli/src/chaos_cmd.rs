@@ -299,9 +299,10 @@ fn print_process(r: &ProcessReport) {
         .collect();
     println!("  refusals    {}", guards.join(", "));
     println!(
-        "  kill -9     leader {}, followers {}; {} proposals went unanswered ({} found committed), {} connection errors, {} busy answers",
+        "  kill -9     leader {}, followers {} ({} events not reached); {} proposals went unanswered ({} found committed), {} connection errors, {} busy answers",
         p.leader_restarts,
         p.follower_restarts,
+        p.kills_skipped,
         p.unanswered,
         p.unanswered_committed,
         p.connection_errors,
