@@ -1,14 +1,21 @@
-//! `swoosh chaos`: the seeded whole-cluster simulation (`swoosh-chaos`).
+//! `swoosh chaos`: the seeded whole-cluster simulation (`swoosh-chaos`,
+//! `--mode sim`) and real processes over libp2p killed on a seeded schedule
+//! (`--mode process`, `chaos_process.rs`).
 
-use anyhow::{bail, Result};
+use crate::chaos_process::{self, ProcessConfig, ProcessReport, PROCESS_PROJECTS_DEFAULT};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
 use swoosh_chaos::{run_with_progress, FaultRates, SimConfig, SimReport};
 
 #[derive(Copy, Clone, ValueEnum)]
 pub enum Mode {
     /// One thread, one seed, the whole cluster, faults everywhere.
     Sim,
+    /// Real `swoosh` processes over libp2p on loopback, kill -9ed and
+    /// restarted on a seeded schedule while SDK clients drive projects.
+    Process,
 }
 
 #[derive(Args)]
@@ -37,10 +44,23 @@ pub struct ChaosArgs {
     twice: bool,
     #[arg(long)]
     json: bool,
+    /// Process mode: keep the run (cluster, WALs, node logs) in this
+    /// directory; default a temporary one, kept only when the run fails.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
-pub fn run(a: ChaosArgs) -> Result<()> {
-    let Mode::Sim = a.mode;
+pub async fn run(a: ChaosArgs) -> Result<()> {
+    match a.mode {
+        Mode::Sim => tokio::task::spawn_blocking(move || run_sim(a)).await?,
+        Mode::Process => run_process(a).await,
+    }
+}
+
+fn run_sim(a: ChaosArgs) -> Result<()> {
+    if a.dir.is_some() {
+        bail!("--dir is for --mode process (the simulation keeps nothing on disk)");
+    }
     let mut cfg = SimConfig {
         seed: a.seed,
         transitions: a.transitions,
@@ -160,4 +180,160 @@ pub fn run(a: ChaosArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn run_process(a: ChaosArgs) -> Result<()> {
+    if a.twice {
+        bail!("--twice is for --mode sim: real processes never interleave the same way twice (the seed fixes the kill schedule and the workload, not the timing)");
+    }
+    if a.council.is_some() || a.no_voters.is_some() {
+        bail!("--council and --no-voters are for --mode sim; process mode signs the votes of {} council keys itself", chaos_process::AGENTS);
+    }
+    let cfg = ProcessConfig {
+        seed: a.seed,
+        transitions: a.transitions,
+        replicas: a.replicas,
+        projects: a.projects.unwrap_or(PROCESS_PROJECTS_DEFAULT),
+        dir: a.dir.clone(),
+        calm: a.calm,
+    };
+    cfg.validate()?;
+    let mut temp = None;
+    let top = match &cfg.dir {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("swoosh-chaos-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            let p = t.path().to_path_buf();
+            temp = Some(t);
+            p
+        }
+    };
+    if !a.json {
+        eprintln!(
+            "chaos process seed {}: {} replicas, {} proposals, {} projects; run directory {}",
+            cfg.seed,
+            cfg.replicas,
+            cfg.transitions,
+            cfg.projects,
+            top.display()
+        );
+    }
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(cfg.transitions)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} proposals {msg}")
+            .expect("static template"),
+    );
+    let result = chaos_process::run(&cfg, &top, &bar).await;
+    bar.finish_and_clear();
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Keep the run directory: the node logs say what happened.
+            if let Some(t) = temp {
+                let _ = t.keep();
+            }
+            bail!(
+                "{e:#}\nthe run directory is kept: {} (node logs in {}/logs)\nreproduce with: {}",
+                top.display(),
+                top.display(),
+                cfg.reproduce()
+            );
+        }
+    };
+    let failed = !report.ok() || !report.converged();
+    match temp {
+        Some(t) if failed => {
+            let _ = t.keep();
+        }
+        Some(_) => report.dir = None,
+        None => {}
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_process(&report);
+    }
+    for v in &report.violations {
+        eprintln!("violation: {v}");
+    }
+    if failed {
+        bail!(
+            "the process run found problems; node logs in {}/logs\nreproduce with: {}",
+            top.display(),
+            report.reproduce
+        );
+    }
+    Ok(())
+}
+
+fn print_process(r: &ProcessReport) {
+    let p = &r.process;
+    println!(
+        "chaos process seed {} — {} replicas, {:.1} s (real processes: the seed fixes the kill schedule and the workload, not the timing)",
+        r.seed,
+        r.replicas,
+        p.elapsed_ms as f64 / 1000.0
+    );
+    println!(
+        "  proposals {}  accepted {}  refused {}  repeats {}  acknowledged (202) {}",
+        r.transitions, r.accepted, r.rejected, r.duplicates, r.acknowledged
+    );
+    let faults: Vec<String> = r
+        .faults
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!("  faults      {}", faults.join(", "));
+    let guards: Vec<String> = r
+        .rejections_by_guard
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!("  refusals    {}", guards.join(", "));
+    println!(
+        "  kill -9     leader {}, followers {} ({} events not reached); {} proposals went unanswered ({} found committed), {} connection errors, {} busy answers",
+        p.leader_restarts,
+        p.follower_restarts,
+        p.kills_skipped,
+        p.unanswered,
+        p.unanswered_committed,
+        p.connection_errors,
+        p.busy_answers
+    );
+    println!(
+        "  lag         max {} records; catch-up at the end {:.1} s",
+        r.max_lag,
+        p.catch_up_ms as f64 / 1000.0
+    );
+    println!(
+        "  replicas    index {}, {}",
+        r.final_index,
+        if r.converged() {
+            "all on one hash (every WAL recovered after a clean stop)"
+        } else {
+            "DIVERGED"
+        }
+    );
+    for n in &p.nodes {
+        println!(
+            "              {:<11} {}  (index {}, started {}x, killed {}x)",
+            n.name, n.wal_root_hash, n.wal_index, n.starts, n.kills
+        );
+    }
+    println!(
+        "  violations  {}",
+        r.violations.len() as u64 + r.violations_unlisted
+    );
+    match &r.dir {
+        Some(d) => println!("  data        {d} (node logs in {d}/logs)"),
+        None => println!("  data        (a temporary directory, removed; pass --dir to keep it)"),
+    }
 }

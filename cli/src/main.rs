@@ -3,6 +3,7 @@
 mod bench;
 mod bench_repl;
 mod chaos_cmd;
+mod chaos_process;
 mod demo;
 mod demo_node;
 mod facts_cmd;
@@ -78,7 +79,8 @@ enum Cmd {
         read: node::ReadArgs,
         reference: String,
     },
-    /// The seeded deterministic simulation of a whole cluster under faults.
+    /// Chaos: the seeded simulation of a whole cluster under faults (--mode
+    /// sim), or real processes over libp2p killed with -9 (--mode process).
     Chaos(chaos_cmd::ChaosArgs),
     /// Benchmarks, each beside the raw fdatasync rate measured in the same run.
     #[command(subcommand)]
@@ -160,7 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
             cmd: ProbeCmd::Sign(a),
         } => facts_cmd::probe(a),
         Cmd::Bench(b) => bench::run(b).await,
-        Cmd::Chaos(a) => tokio::task::spawn_blocking(move || chaos_cmd::run(a)).await?,
+        Cmd::Chaos(a) => chaos_cmd::run(a).await,
         Cmd::Serve(a) => node::serve(a).await,
         Cmd::Propose(a) => node::propose(a).await,
         Cmd::State {

@@ -206,6 +206,14 @@ impl Client {
         self.read(url, r).await
     }
 
+    /// `GET path` as untyped JSON: for surfaces with their own shapes, such
+    /// as a follower's `/health` and `/state` (`p2p::http`).
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(path);
+        let r = self.http.get(&url).send().await;
+        self.read(url, r).await
+    }
+
     pub async fn attention(&self) -> Result<AttentionReply, ClientError> {
         let url = self.url("/attention");
         let r = self.http.get(&url).send().await;
