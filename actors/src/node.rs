@@ -1342,11 +1342,7 @@ fn load_memory(
     match std::fs::read(path) {
         Ok(bytes) => match Scorer::from_bytes(&bytes, Tuning::OPERATIONS) {
             Ok(s) => {
-                let note = format!(
-                    "loaded {} fingerprints from {}",
-                    s.len(),
-                    path.display()
-                );
+                let note = format!("loaded {} fingerprints from {}", s.len(), path.display());
                 (s, note, true)
             }
             Err(e) => {
@@ -1437,8 +1433,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
         use swoosh_core::attention::{Event, EventKind};
         let sh = &self.shared;
         let now = sh.cfg.clock.now_ms();
-        let (mut scorer, memory_note, loaded) =
-            load_memory(sh.cfg.attention_file.as_deref(), now);
+        let (mut scorer, memory_note, loaded) = load_memory(sh.cfg.attention_file.as_deref(), now);
         scorer.begin_session();
         let restarts_seen: BTreeMap<String, u64> = actor_labels()
             .into_iter()
@@ -1542,8 +1537,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
                     let seen = st.restarts_seen.entry(label.clone()).or_default();
                     for _ in *seen..n {
                         st.scorer.observe(
-                            &Event::new(EventKind::Restart, format!("actor {label} restarted"), now)
-                                .peer(node_name(&self.shared.cfg.advertise)),
+                            &Event::new(
+                                EventKind::Restart,
+                                format!("actor {label} restarted"),
+                                now,
+                            )
+                            .peer(node_name(&self.shared.cfg.advertise)),
                         );
                         st.dirty = true;
                     }

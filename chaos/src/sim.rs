@@ -1408,8 +1408,12 @@ impl<'k> Sim<'k> {
     fn license_refresh(&mut self, project: &str, p: Proposal) -> Option<(Proposal, Kind)> {
         if self.rng.chance(self.cfg.rates.license_latency) {
             self.count("license_latency");
-            let e = Event::new(EventKind::LicenseTrouble, "refresh answered late", self.now - ORIGIN_MS)
-                .project(project);
+            let e = Event::new(
+                EventKind::LicenseTrouble,
+                "refresh answered late",
+                self.now - ORIGIN_MS,
+            )
+            .project(project);
             self.attn.observe(&e);
             let until = self.now + self.rng.range(200, 3_000);
             self.license_blocked_until
@@ -1421,8 +1425,12 @@ impl<'k> Sim<'k> {
         }
         // The server answers with a token that is already expired.
         self.count("license_denial");
-        let e = Event::new(EventKind::LicenseTrouble, "refresh denied", self.now - ORIGIN_MS)
-            .project(project);
+        let e = Event::new(
+            EventKind::LicenseTrouble,
+            "refresh denied",
+            self.now - ORIGIN_MS,
+        )
+        .project(project);
         self.attn.observe(&e);
         let l = self.up()?;
         let st = l.node.project(project).into_owned();
@@ -1625,7 +1633,11 @@ impl<'k> Sim<'k> {
                 next: i.next,
             })
             .collect();
-        debug_assert!(self.report.attention.iter().all(|i| i.level >= Band::Watch.level()));
+        debug_assert!(self
+            .report
+            .attention
+            .iter()
+            .all(|i| i.level >= Band::Watch.level()));
         let mut c = std::mem::take(&mut self.net.counts);
         for (k, v) in std::mem::take(&mut c) {
             if k != "overflow" && k != "partition_drop" {

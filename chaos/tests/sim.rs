@@ -271,7 +271,10 @@ fn the_report_lists_what_earned_attention_deterministically() {
         ..SimConfig::default()
     };
     let r = twice(cfg);
-    assert!(!r.attention.is_empty(), "faults everywhere, nothing surfaced");
+    assert!(
+        !r.attention.is_empty(),
+        "faults everywhere, nothing surfaced"
+    );
     assert!(r.attention.len() <= swoosh_chaos::ATTENTION_LISTED_MAX);
     for i in &r.attention {
         assert!((2..=4).contains(&i.level), "{i:?}");

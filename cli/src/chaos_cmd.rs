@@ -176,7 +176,10 @@ fn print_attention(report: &SimReport) {
         b[0]
     );
     for i in &report.attention {
-        println!("    [{:<11}] {:>6}x  {}  {}", i.band, i.count, i.fingerprint, i.what);
+        println!(
+            "    [{:<11}] {:>6}x  {}  {}",
+            i.band, i.count, i.fingerprint, i.what
+        );
         println!("                          {}", i.how_often);
         println!("                          next: {}", i.next);
     }

@@ -581,15 +581,23 @@ pub fn render_attention(a: &swoosh_net::api::AttentionReply) -> String {
         );
         let _ = writeln!(out, "      why:   {}", i.why);
         let _ = writeln!(out, "      where: {}", i.how_often);
-        let subjects: Vec<String> = [("project", &i.projects), ("signer", &i.signers), ("peer", &i.peers)]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(n, v)| {
-                let shown: Vec<&str> = v.iter().take(4).map(String::as_str).collect();
-                let more = if v.len() > 4 { format!(" +{}", v.len() - 4) } else { String::new() };
-                format!("{n}s {}{more}", shown.join(", "))
-            })
-            .collect();
+        let subjects: Vec<String> = [
+            ("project", &i.projects),
+            ("signer", &i.signers),
+            ("peer", &i.peers),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| {
+            let shown: Vec<&str> = v.iter().take(4).map(String::as_str).collect();
+            let more = if v.len() > 4 {
+                format!(" +{}", v.len() - 4)
+            } else {
+                String::new()
+            };
+            format!("{n}s {}{more}", shown.join(", "))
+        })
+        .collect();
         if !subjects.is_empty() {
             let _ = writeln!(out, "             {}", subjects.join("; "));
         }

@@ -334,8 +334,14 @@ impl EventKind {
         use EventKind::*;
         matches!(
             self,
-            Quarantine | QuorumLost | LicenseGrace | LicenseTrouble | ToolFlap | FollowerLag
-                | FollowerGap | Partition
+            Quarantine
+                | QuorumLost
+                | LicenseGrace
+                | LicenseTrouble
+                | ToolFlap
+                | FollowerLag
+                | FollowerGap
+                | Partition
         )
     }
 
@@ -773,7 +779,11 @@ pub fn assess(r: &Record, now_ms: u64, t: &Tuning) -> (Band, Vec<Factor>) {
     .map(|(n, s)| format!("{} {n}", s.distinct()))
     .collect::<Vec<_>>();
     if !spread.is_empty() {
-        push("spread", 1, format!("spreading across {}", spread.join(", ")));
+        push(
+            "spread",
+            1,
+            format!("spreading across {}", spread.join(", ")),
+        );
     }
     if r.sessions >= SESSIONS_RAISE {
         push(
@@ -786,13 +796,19 @@ pub fn assess(r: &Record, now_ms: u64, t: &Tuning) -> (Band, Vec<Factor>) {
         push(
             "self_heal",
             1,
-            format!("recurring self-healing instability: healed {} times", r.heals),
+            format!(
+                "recurring self-healing instability: healed {} times",
+                r.heals
+            ),
         );
     } else if r.heals > 0 && !r.open {
         push(
             "self_heal",
             -1,
-            format!("healed itself ({} time(s)); last failure recovered", r.heals),
+            format!(
+                "healed itself ({} time(s)); last failure recovered",
+                r.heals
+            ),
         );
     }
     if now_ms.saturating_sub(r.last_seen_ms) > t.quiet_ms {
@@ -1234,7 +1250,10 @@ mod tests {
         assert_ne!(fingerprint(&a), fingerprint(&c), "kind is part of it");
         assert!(fingerprint(&a).starts_with("fp:"));
         assert_eq!(fingerprint(&a).len(), 3 + 16);
-        assert_eq!(normalize("key hmmm:pubkey:Zx9 at 12:30"), "key <key> at #:#");
+        assert_eq!(
+            normalize("key hmmm:pubkey:Zx9 at 12:30"),
+            "key <key> at #:#"
+        );
         assert_eq!(normalize(&"ab".repeat(10)), "<hex>");
     }
 
@@ -1282,22 +1301,38 @@ mod tests {
     #[test]
     fn self_healing_lowers_a_single_failure_but_recurring_heals_promote() {
         let mut s = Scorer::new(T);
-        let lost = |at| Event::new(EventKind::QuorumLost, "", at).project("p").detail("agent 3 unreachable");
-        let back = |at| Event::new(EventKind::Recovered, "", at).project("p").detail("quorum restored");
+        let lost = |at| {
+            Event::new(EventKind::QuorumLost, "", at)
+                .project("p")
+                .detail("agent 3 unreachable")
+        };
+        let back = |at| {
+            Event::new(EventKind::Recovered, "", at)
+                .project("p")
+                .detail("quorum restored")
+        };
         s.observe(&lost(0));
         let d = s.digest(0, Band::Watch, 10);
         assert_eq!(d.items[0].band, Band::Watch);
         assert!(d.items[0].open);
         s.observe(&back(MIN));
         let d = s.digest(MIN, Band::IgnoreFast, 10);
-        let it = d.items.iter().find(|i| i.kind == EventKind::QuorumLost).unwrap();
+        let it = d
+            .items
+            .iter()
+            .find(|i| i.kind == EventKind::QuorumLost)
+            .unwrap();
         assert_eq!(it.band, Band::Background, "healed once: lowered");
         assert_eq!(it.heals, 1);
         // A recovery of another project heals nothing here.
         s.observe(&lost(10 * MIN));
         s.observe(&Event::new(EventKind::Recovered, "", 11 * MIN).project("other"));
         let d = s.digest(11 * MIN, Band::IgnoreFast, 10);
-        let it = d.items.iter().find(|i| i.kind == EventKind::QuorumLost).unwrap();
+        let it = d
+            .items
+            .iter()
+            .find(|i| i.kind == EventKind::QuorumLost)
+            .unwrap();
         assert!(it.open);
         // Keep flapping: the self-healing instability is what matters.
         for k in 0..3 {
@@ -1306,7 +1341,11 @@ mod tests {
             s.observe(&back((31 + 20 * k) * MIN));
         }
         let d = s.digest(80 * MIN, Band::IgnoreFast, 10);
-        let it = d.items.iter().find(|i| i.kind == EventKind::QuorumLost).unwrap();
+        let it = d
+            .items
+            .iter()
+            .find(|i| i.kind == EventKind::QuorumLost)
+            .unwrap();
         assert!(it.heals >= SELF_HEAL_RECURRING);
         assert!(it.band >= Band::Promote, "{:#?}", it.factors);
         assert!(it.why.contains("self-healing"));
@@ -1382,9 +1421,17 @@ mod tests {
         for i in 0..40 {
             s.observe(&Event::new(EventKind::Rejected, "x", 1_000 + i).project(format!("p{i}")));
         }
-        let r = s.memory().records.values().find(|r| r.signature == "x").unwrap();
+        let r = s
+            .memory()
+            .records
+            .values()
+            .find(|r| r.signature == "x")
+            .unwrap();
         assert_eq!(r.projects.ids.len(), SUBJECTS_PER_FINGERPRINT_MAX);
-        assert_eq!(r.projects.overflow, 40 - SUBJECTS_PER_FINGERPRINT_MAX as u64);
+        assert_eq!(
+            r.projects.overflow,
+            40 - SUBJECTS_PER_FINGERPRINT_MAX as u64
+        );
     }
 
     fn alpha(mut i: u64) -> String {
@@ -1438,13 +1485,32 @@ mod tests {
             )
                 .prop_map(|(k, reason, detail, project, signer, peer, at)| {
                     let kind = [
-                        "rejected", "stale_hash", "idem_conflict", "auth_failure",
-                        "duplicate", "quarantine", "quarantine_released", "quorum_lost",
-                        "recovered", "license_grace", "license_restored",
-                        "license_trouble", "tool_flap", "tool_recovered", "follower_lag",
-                        "follower_gap", "follower_caught_up", "partition",
-                        "partition_healed", "restart", "torn_write", "snapshot_corrupt",
-                        "snapshot_rollback", "forged_message", "vote_rejected", "other",
+                        "rejected",
+                        "stale_hash",
+                        "idem_conflict",
+                        "auth_failure",
+                        "duplicate",
+                        "quarantine",
+                        "quarantine_released",
+                        "quorum_lost",
+                        "recovered",
+                        "license_grace",
+                        "license_restored",
+                        "license_trouble",
+                        "tool_flap",
+                        "tool_recovered",
+                        "follower_lag",
+                        "follower_gap",
+                        "follower_caught_up",
+                        "partition",
+                        "partition_healed",
+                        "restart",
+                        "torn_write",
+                        "snapshot_corrupt",
+                        "snapshot_rollback",
+                        "forged_message",
+                        "vote_rejected",
+                        "other",
                     ][k];
                     Event {
                         kind: EventKind::from_name(kind),
