@@ -27,7 +27,23 @@ fn forged(fx: &Fixture, n: u8) -> swoosh_core::Proposal {
 async fn start_with(fx: &Fixture, dir: &std::path::Path) -> Node {
     let mut cfg = fx.config(0);
     cfg.attention_file = Some(dir.join("attention.cbor"));
-    NodeHandle::start(open_store(&dir.join("data")), cfg)
+    // The stopped node's last store handle may take a moment to go.
+    let t0 = std::time::Instant::now();
+    let store = loop {
+        match swoosh_storage::LmdbStore::open(
+            &dir.join("data"),
+            &swoosh_storage::LmdbOptions::default(),
+        ) {
+            Ok(s) => break s,
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. })
+                if t0.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    };
+    NodeHandle::start(store, cfg)
         .await
         .expect("the node starts")
 }
@@ -63,6 +79,7 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
         .encode()
         .contains("swoosh_attention_items{band=\"watch\"}"));
     node.shutdown().await;
+    drop(node);
     let file = dir.path().join("attention.cbor");
     assert!(file.exists(), "saved at shutdown");
 
@@ -84,6 +101,7 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
         .iter()
         .any(|i| i.kind == swoosh_core::attention::EventKind::Restart));
     node.shutdown().await;
+    drop(node);
 
     // A damaged file: set aside, the node starts with a fresh memory.
     std::fs::write(&file, b"\xff\x00 not cbor").unwrap();
@@ -99,6 +117,7 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
         .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
     assert!(aside, "the damaged file is kept beside, renamed");
     node.shutdown().await;
+    drop(node);
     assert!(swoosh_core::attention::Scorer::from_bytes(
         &std::fs::read(&file).unwrap(),
         swoosh_core::attention::Tuning::OPERATIONS
