@@ -9,8 +9,9 @@
 //! - **region actors** (one per statechart region): the durable read model of
 //!   their region for every project, served to `GET /state`.
 //! - **snapshotter**: writes snapshots at REVERB and every N records.
-//! - **attention**: receives every operational event and counts it (the
-//!   scorer proper is a later issue).
+//! - **attention**: feeds every operational event to the pure attention
+//!   scorer (`swoosh_core::attention`), serves its digest, exports items per
+//!   band and keeps the scorer's memory on disk across restarts.
 //!
 //! Architecture invariant: a crashed actor restarts from committed state
 //! (storage recovery), never from partial state; a crash of the sequencer or

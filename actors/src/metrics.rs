@@ -1,5 +1,6 @@
 //! Prometheus metrics with the brief's names, plus what operators need
-//! (commit batch size, fsync latency, mailbox depths, attention events).
+//! (commit batch size, fsync latency, mailbox depths, attention events and
+//! attention items per band).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,10 @@ pub struct KindLabel {
 pub struct ActorLabel {
     pub actor: String,
 }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BandLabel {
+    pub band: String,
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,6 +49,9 @@ pub struct Metrics {
     pub fsync_latency_seconds: Histogram,
     pub rejected_total: Family<KindLabel, Counter>,
     pub attention_events_total: Family<KindLabel, Counter>,
+    /// Fingerprints the attention scorer tracks, by band (`ignore-fast` …
+    /// `promote`).
+    pub attention_items: Family<BandLabel, Gauge>,
     pub actor_restarts_total: Family<ActorLabel, Counter>,
     pub wal_index: Gauge,
     pub backpressure_total: Counter,
@@ -117,6 +125,12 @@ impl Metrics {
             "Operational events fed to the attention scorer, by kind",
             attention_events_total.clone(),
         );
+        let attention_items = Family::<BandLabel, Gauge>::default();
+        r.register(
+            "swoosh_attention_items",
+            "Fingerprints tracked by the attention scorer, by band",
+            attention_items.clone(),
+        );
         let actor_restarts_total = Family::<ActorLabel, Counter>::default();
         r.register(
             "swoosh_actor_restarts",
@@ -148,6 +162,7 @@ impl Metrics {
             fsync_latency_seconds,
             rejected_total,
             attention_events_total,
+            attention_items,
             actor_restarts_total,
             wal_index,
             backpressure_total,

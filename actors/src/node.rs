@@ -19,8 +19,11 @@ use swoosh_storage::wal::{BatchLimits, Entry, WalWriter};
 
 /// Proposals admitted but not yet answered; past it, `429`.
 pub const INFLIGHT_PROPOSALS_MAX: usize = 4_096;
-/// Events the attention actor keeps for `GET /attention`.
-pub const ATTENTION_RECENT_MAX: usize = 200;
+/// How often the attention actor refreshes its gauges and, when it learned
+/// something, saves its memory, ms.
+pub const ATTENTION_SAVE_EVERY_MS: u64 = 5_000;
+/// Items `GET /attention` lists at most.
+pub const ATTENTION_ITEMS_MAX: usize = 100;
 /// How long a read waits for the region actors to agree on one version.
 pub const STATE_READ_ATTEMPTS_MAX: usize = 20;
 /// Attempts to restart the sequencer and WAL writer before giving up.
@@ -63,6 +66,9 @@ pub struct NodeConfig {
     pub clock: Arc<dyn Clock>,
     /// Human-readable address of this node (for `503` replies on followers later).
     pub advertise: String,
+    /// Where the attention scorer keeps its memory across restarts (e.g.
+    /// `<data dir>/attention.cbor`); `None` keeps it in memory only.
+    pub attention_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,11 +203,19 @@ pub struct HealthView {
     pub followers: Vec<FollowerHealth>,
 }
 
+/// What `GET /attention` shows: the scorer's digest at the time of asking.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionView {
+    /// Operational events received since this node started, by kind.
     pub counts: BTreeMap<String, u64>,
-    pub recent: Vec<OpEvent>,
-    pub note: &'static str,
+    /// Surfaced items (band >= the requested one) and fingerprints per band.
+    pub digest: swoosh_core::attention::Digest,
+    /// The memory file, if the memory is persisted.
+    pub memory_file: Option<String>,
+    /// Wall time of the last successful save of the memory, ms.
+    pub saved_at_ms: Option<u64>,
+    /// What happened to the memory file at start (loaded, fresh, set aside).
+    pub memory_note: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -535,7 +549,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         swoosh_storage::get_decision(&self.shared.store, hash).map_err(|e| e.to_string())
     }
 
-    pub async fn attention(&self) -> Result<AttentionView, String> {
+    /// The attention digest: items of `band_min` and above, most important first.
+    pub async fn attention(
+        &self,
+        band_min: swoosh_core::attention::Band,
+    ) -> Result<AttentionView, String> {
         let Some(a) = self
             .shared
             .refs
@@ -547,7 +565,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             return Err("the attention actor is restarting; retry".into());
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        a.try_send(AttnMsg::Get(tx)).map_err(|e| e.to_string())?;
+        a.try_send(AttnMsg::Get(band_min, tx))
+            .map_err(|e| e.to_string())?;
         rx.await
             .map_err(|_| "the attention actor restarted; retry".to_string())
     }
@@ -1318,16 +1337,165 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
 
 enum AttnMsg {
     Events(Vec<OpEvent>),
-    Get(tokio::sync::oneshot::Sender<AttentionView>),
+    Get(
+        swoosh_core::attention::Band,
+        tokio::sync::oneshot::Sender<AttentionView>,
+    ),
+    /// Refresh gauges, notice actor restarts, save the memory if it changed.
+    Tick,
 }
 
+/// The attention actor: feeds the operational stream to the pure scorer
+/// (`swoosh_core::attention`), serves its digest, exports items per band and
+/// keeps its memory in `NodeConfig::attention_file` (saved atomically every
+/// [`ATTENTION_SAVE_EVERY_MS`] when it changed, and on shutdown; loaded at
+/// start; a damaged file is set aside, never fatal). It never touches
+/// replicated state.
 struct AttentionActor<S> {
     shared: Arc<Shared<S>>,
 }
 
 struct AttnState {
+    scorer: swoosh_core::attention::Scorer,
     counts: BTreeMap<String, u64>,
-    recent: VecDeque<OpEvent>,
+    dirty: bool,
+    saved_at_ms: Option<u64>,
+    memory_note: String,
+    /// Supervisor restarts seen so far, per actor label.
+    restarts_seen: BTreeMap<String, u64>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// This node as an attention subject: its advertised address, or `node`.
+fn node_name(advertise: &str) -> String {
+    if advertise.is_empty() {
+        "node".into()
+    } else {
+        advertise.to_string()
+    }
+}
+
+fn actor_labels() -> Vec<String> {
+    let mut v = vec![ActorKind::Sequencer, ActorKind::Wal];
+    v.extend(Region::ALL.iter().map(|r| ActorKind::Region(*r)));
+    v.extend([ActorKind::Snapshotter, ActorKind::Attention]);
+    v.into_iter().map(|k| k.label()).collect()
+}
+
+/// Write `bytes` to `path` atomically: a temporary file beside it, fsynced,
+/// renamed over it, then the directory fsynced.
+fn save_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Load the scorer's memory; a missing file starts fresh, a damaged one is
+/// renamed to `<file>.corrupt-<ms>` and the scorer starts fresh.
+fn load_memory(
+    path: Option<&std::path::Path>,
+    now_ms: u64,
+) -> (swoosh_core::attention::Scorer, String, bool) {
+    use swoosh_core::attention::{Scorer, Tuning};
+    let Some(path) = path else {
+        return (
+            Scorer::new(Tuning::OPERATIONS),
+            "memory is not persisted (no attention file configured)".into(),
+            false,
+        );
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => match Scorer::from_bytes(&bytes, Tuning::OPERATIONS) {
+            Ok(s) => {
+                let note = format!("loaded {} fingerprints from {}", s.len(), path.display());
+                (s, note, true)
+            }
+            Err(e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{now_ms}"));
+                let aside = std::path::PathBuf::from(aside);
+                let moved = std::fs::rename(path, &aside);
+                tracing::warn!(file = %path.display(), error = %e, set_aside = %aside.display(), moved = moved.is_ok(), "the attention memory is damaged; it was set aside and the scorer starts fresh");
+                (
+                    Scorer::new(Tuning::OPERATIONS),
+                    format!(
+                        "{} was damaged ({e}); set aside as {}, started fresh",
+                        path.display(),
+                        aside.display()
+                    ),
+                    false,
+                )
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            Scorer::new(Tuning::OPERATIONS),
+            format!("no memory yet at {}; started fresh", path.display()),
+            false,
+        ),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the attention memory cannot be read; the scorer starts fresh");
+            (
+                Scorer::new(Tuning::OPERATIONS),
+                format!("{} cannot be read ({e}); started fresh", path.display()),
+                false,
+            )
+        }
+    }
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> AttentionActor<S> {
+    fn restarts_of(&self, label: &str) -> u64 {
+        self.shared
+            .metrics
+            .actor_restarts_total
+            .get_or_create(&ActorLabel {
+                actor: label.to_string(),
+            })
+            .get()
+    }
+
+    fn save(&self, st: &mut AttnState) {
+        let Some(path) = self.shared.cfg.attention_file.as_deref() else {
+            st.dirty = false;
+            return;
+        };
+        match save_atomically(path, &st.scorer.to_bytes()) {
+            Ok(()) => {
+                st.dirty = false;
+                st.saved_at_ms = Some(self.shared.cfg.clock.now_ms());
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot save the attention memory; will retry")
+            }
+        }
+    }
+
+    fn update_gauges(&self, st: &AttnState) {
+        let now = self.shared.cfg.clock.now_ms();
+        let by_band = st.scorer.counts_by_band(now);
+        for b in swoosh_core::attention::Band::ALL {
+            self.shared
+                .metrics
+                .attention_items
+                .get_or_create(&crate::metrics::BandLabel {
+                    band: b.name().to_string(),
+                })
+                .set(by_band[b.level() as usize] as i64);
+        }
+    }
 }
 
 impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
@@ -1337,13 +1505,75 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<AttnMsg>,
+        me: ActorRef<AttnMsg>,
         _: (),
     ) -> Result<AttnState, ActorProcessingErr> {
-        Ok(AttnState {
+        use swoosh_core::attention::{Event, EventKind};
+        let sh = &self.shared;
+        let now = sh.cfg.clock.now_ms();
+        let (mut scorer, memory_note, loaded) = load_memory(sh.cfg.attention_file.as_deref(), now);
+        scorer.begin_session();
+        let restarts_seen: BTreeMap<String, u64> = actor_labels()
+            .into_iter()
+            .map(|l| {
+                let n = self.restarts_of(&l);
+                (l, n)
+            })
+            .collect();
+        let own = restarts_seen
+            .get(&ActorKind::Attention.label())
+            .copied()
+            .unwrap_or(0);
+        if own > 0 {
+            scorer.observe(
+                &Event::new(EventKind::Restart, "actor attention restarted", now)
+                    .peer(node_name(&sh.cfg.advertise)),
+            );
+        } else if loaded {
+            // Memory from an earlier lifetime: this node was restarted.
+            scorer.observe(
+                &Event::new(EventKind::Restart, "node restarted", now)
+                    .peer(node_name(&sh.cfg.advertise)),
+            );
+        }
+        let period = Duration::from_millis(ATTENTION_SAVE_EVERY_MS);
+        let tick_to = me.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if tick_to.send_message(AttnMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        let st = AttnState {
+            scorer,
             counts: BTreeMap::new(),
-            recent: VecDeque::new(),
-        })
+            dirty: true,
+            saved_at_ms: None,
+            memory_note,
+            restarts_seen,
+            ticker: Some(ticker),
+        };
+        self.update_gauges(&st);
+        Ok(st)
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<AttnMsg>,
+        st: &mut AttnState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = st.ticker.take() {
+            t.abort();
+        }
+        // Small file (bounded memory): saved inline so shutdown waits for it.
+        if st.dirty {
+            self.save(st);
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -1352,23 +1582,54 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
         msg: AttnMsg,
         st: &mut AttnState,
     ) -> Result<(), ActorProcessingErr> {
-        self.shared.depths.attention.took();
+        use swoosh_core::attention::{Event, EventKind};
+        let now = self.shared.cfg.clock.now_ms();
         match msg {
             AttnMsg::Events(evs) => {
-                for e in evs {
+                self.shared.depths.attention.took();
+                for e in &evs {
                     *st.counts.entry(e.kind.clone()).or_default() += 1;
-                    if st.recent.len() >= ATTENTION_RECENT_MAX {
-                        st.recent.pop_front();
-                    }
-                    st.recent.push_back(e);
+                    st.scorer.observe(&Event::from_op(e, now));
                 }
+                st.dirty = true;
             }
-            AttnMsg::Get(reply) => {
+            AttnMsg::Get(band_min, reply) => {
+                self.shared.depths.attention.took();
+                self.update_gauges(st);
                 let _ = reply.send(AttentionView {
                     counts: st.counts.clone(),
-                    recent: st.recent.iter().cloned().collect(),
-                    note: "event counts only: fingerprinting, bands and memory across restarts come with the attention scorer",
+                    digest: st.scorer.digest(now, band_min, ATTENTION_ITEMS_MAX),
+                    memory_file: self
+                        .shared
+                        .cfg
+                        .attention_file
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
+                    saved_at_ms: st.saved_at_ms,
+                    memory_note: st.memory_note.clone(),
                 });
+            }
+            AttnMsg::Tick => {
+                for label in actor_labels() {
+                    let n = self.restarts_of(&label);
+                    let seen = st.restarts_seen.entry(label.clone()).or_default();
+                    for _ in *seen..n {
+                        st.scorer.observe(
+                            &Event::new(
+                                EventKind::Restart,
+                                format!("actor {label} restarted"),
+                                now,
+                            )
+                            .peer(node_name(&self.shared.cfg.advertise)),
+                        );
+                        st.dirty = true;
+                    }
+                    *seen = n.max(*seen);
+                }
+                self.update_gauges(st);
+                if st.dirty {
+                    self.save(st);
+                }
             }
         }
         Ok(())

@@ -187,7 +187,7 @@ async fn killing_each_actor_kind_under_load_keeps_serving_and_matches_replay() {
         );
         assert_eq!(node.health().status, "ok");
         if kind == ActorKind::Attention {
-            node.attention()
+            node.attention(swoosh_core::attention::Band::Watch)
                 .await
                 .expect("the restarted attention actor answers");
         }

@@ -113,6 +113,25 @@ pub const PROJECTS_MAX: usize = 64;
 pub const COUNCIL_MAX: usize = 32;
 /// Violations listed in a report; further ones are only counted.
 pub const VIOLATIONS_LISTED_MAX: usize = 100;
+/// Attention items listed in a report (band watch and above, most important first).
+pub const ATTENTION_LISTED_MAX: usize = 20;
+
+/// One item the attention scorer surfaced from the run's own operational
+/// events (rejections, stale hashes, duplicates, restarts, torn writes,
+/// snapshot rollbacks, partitions, follower lag, forged messages, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttentionItem {
+    pub fingerprint: String,
+    pub kind: String,
+    /// `watch`, `investigate` or `promote`.
+    pub band: String,
+    /// 2..=4.
+    pub level: u8,
+    pub count: u64,
+    pub what: String,
+    pub how_often: String,
+    pub next: String,
+}
 
 /// A deliberate bug to plant in the simulated cluster, to show that the
 /// checkers catch it (tests of the simulator itself). Never set in a real run.
@@ -252,6 +271,13 @@ pub struct SimReport {
     pub max_lag_steady: u64,
     pub council: CouncilReport,
     pub replication: ReplicationReport,
+    /// What the attention scorer surfaced (band watch and above), fed with
+    /// the run's own operational events on the virtual clock.
+    #[serde(default)]
+    pub attention: Vec<AttentionItem>,
+    /// Fingerprints the scorer tracked per band (index = band 0..=4).
+    #[serde(default)]
+    pub attention_by_band: [u64; 5],
     /// Simulated time covered, ms.
     pub virtual_ms: u64,
     pub reproduce: String,

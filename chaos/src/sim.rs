@@ -6,15 +6,21 @@
 use crate::disk::Disk;
 use crate::net::{Addr, Envelope, LinkFaults, Msg, Net};
 use crate::rng::Rng;
-use crate::{SimConfig, SimReport, COUNCIL_MAX, PROJECTS_MAX, REPLICAS_MAX, VIOLATIONS_LISTED_MAX};
+use crate::{
+    AttentionItem, SimConfig, SimReport, ATTENTION_LISTED_MAX, COUNCIL_MAX, PROJECTS_MAX,
+    REPLICAS_MAX, VIOLATIONS_LISTED_MAX,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use swoosh_core::attention::{Band, Event, EventKind, Scorer, Tuning, SURFACE_BAND_MIN};
 use swoosh_core::cbor::to_canonical;
 use swoosh_core::facts::{Vote, VoteBody};
 use swoosh_core::hash::Hash;
 use swoosh_core::invariants::{check_state, check_transition};
 use swoosh_core::proposal::ProposalBuilder;
-use swoosh_core::reducer::{step, Ctx, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX};
+use swoosh_core::reducer::{
+    step, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX,
+};
 use swoosh_core::scenario::{genesis, one, Driver, Fault, Keys, Next};
 use swoosh_core::sig::{self, SignerId};
 use swoosh_core::state::{Genesis, NodeState};
@@ -58,6 +64,9 @@ pub const STALL_STEPS_MAX: u64 = 50_000;
 pub const STEADY_AFTER_MS: u64 = 1_000;
 /// Calm simulated time allowed for the final catch-up, ms.
 pub const CATCH_UP_MS_MAX: u64 = 120_000;
+/// A running follower this many records behind the leader's durable index
+/// is reported to the attention scorer as lagging (once, until it catches up).
+pub const FOLLOWER_LAG_EVENT_RECORDS: u64 = 32;
 
 /// Fault counters every report lists (zero when the fault did not occur).
 pub const FAULT_KEYS: [&str; 20] = [
@@ -214,6 +223,14 @@ struct Sim<'k> {
     acked: Vec<Ack>,
     report: SimReport,
     fatal: bool,
+    /// The attention scorer fed with the cluster's operational events
+    /// (time: virtual ms since `ORIGIN_MS`). It is the leader's: its memory
+    /// goes through `to_bytes`/`from_bytes` across every leader restart.
+    attn: Scorer,
+    /// The scorer's persisted memory while the leader is down.
+    attn_saved: Option<Vec<u8>>,
+    /// Followers currently reported as lagging.
+    lagging: Vec<bool>,
 }
 
 fn leader_cfg() -> LeaderConfig {
@@ -390,6 +407,7 @@ impl<'k> Sim<'k> {
                 }
             })
             .collect();
+        let cfg_followers = cfg.replicas.saturating_sub(1);
         let mut sim = Sim {
             projects_made: cfg.projects,
             cfg,
@@ -411,12 +429,24 @@ impl<'k> Sim<'k> {
             acked: vec![],
             report,
             fatal: false,
+            attn: Scorer::new(Tuning::SIMULATION),
+            attn_saved: None,
+            lagging: vec![false; cfg_followers],
         };
         sim.restart_leader(store);
         for i in 0..sim.followers.len() {
             sim.restart_follower(i);
         }
         sim
+    }
+
+    /// Feed one operational event to the attention scorer, stamped now.
+    fn attend(&mut self, kind: EventKind, reason: &str, peer: Option<String>) {
+        let mut e = Event::new(kind, reason, self.now - ORIGIN_MS);
+        if let Some(p) = peer {
+            e = e.peer(p);
+        }
+        self.attn.observe(&e);
     }
 
     fn count(&mut self, k: &str) {
@@ -575,8 +605,15 @@ impl<'k> Sim<'k> {
                 let CouncilMsg::Vote(v) = &*m else { return };
                 let Some(l) = self.up() else { return };
                 let outcome = l.collector.on_vote(v);
-                if let VoteOutcome::Certificate(_) = outcome {
-                    self.report.council.certificates += 1;
+                match outcome {
+                    VoteOutcome::Certificate(_) => self.report.council.certificates += 1,
+                    VoteOutcome::Rejected(r) => {
+                        let e = Event::new(EventKind::VoteRejected, r.name(), now - ORIGIN_MS)
+                            .signer(v.body.voter.to_string())
+                            .project(v.body.project.clone());
+                        self.attn.observe(&e);
+                    }
+                    _ => {}
                 }
             }
             (Addr::Agent(j), Msg::Council(m)) => {
@@ -681,6 +718,7 @@ impl<'k> Sim<'k> {
                         .refused
                         .entry(r.kind().to_string())
                         .or_default() += 1;
+                    self.attend(EventKind::ForgedMessage, r.kind(), Some(peer_name(i + 1)));
                 }
                 FollowerEffect::Halted(d) => self.violation(format!(
                     "follower {} halted on a divergence at index {}: {}",
@@ -800,9 +838,15 @@ impl<'k> Sim<'k> {
 
     fn sample_lag(&mut self) {
         let top = self.synced_max();
+        let mut lag_events = vec![];
         for (i, f) in self.followers.iter().enumerate() {
             if let Some(r) = &f.repl {
                 let lag = top.saturating_sub(r.applied_index());
+                if lag >= FOLLOWER_LAG_EVENT_RECORDS && !self.lagging[i] {
+                    lag_events.push((i, true));
+                } else if lag == 0 && self.lagging[i] {
+                    lag_events.push((i, false));
+                }
                 self.report.max_lag = self.report.max_lag.max(lag);
                 if self.now >= f.up_since + STEADY_AFTER_MS
                     && !self.net.is_cut(Addr::Follower(i), self.now)
@@ -810,6 +854,15 @@ impl<'k> Sim<'k> {
                     self.report.max_lag_steady = self.report.max_lag_steady.max(lag);
                 }
             }
+        }
+        for (i, behind) in lag_events {
+            self.lagging[i] = behind;
+            let (kind, why) = if behind {
+                (EventKind::FollowerLag, "records behind the leader")
+            } else {
+                (EventKind::FollowerCaughtUp, "caught up with the leader")
+            };
+            self.attend(kind, why, Some(peer_name(i + 1)));
         }
     }
 
@@ -832,6 +885,7 @@ impl<'k> Sim<'k> {
             let until = self.now + self.rng.range(PARTITION_MS.0, PARTITION_MS.1);
             self.net.partition(a, until);
             self.count("partition");
+            self.attend(EventKind::Partition, "network cut", Some(addr_name(a)));
         }
         if self.rng.chance(r.restart) {
             let k = self.rng.below(nodes) as usize;
@@ -847,6 +901,11 @@ impl<'k> Sim<'k> {
             let i = self.rng.below(self.followers.len() as u64) as usize;
             if self.followers[i].repl.is_some() {
                 self.count("snapshot_rollback");
+                self.attend(
+                    EventKind::SnapshotRollback,
+                    "restarted from its oldest snapshot",
+                    Some(peer_name(i + 1)),
+                );
                 self.followers[i].repl = None;
                 let to = self.followers[i].disk.rollback();
                 self.followers[i].last_snapshot = to;
@@ -887,10 +946,20 @@ impl<'k> Sim<'k> {
     /// a running node was killed.
     fn crash(&mut self, k: usize, torn: bool) -> bool {
         let down = self.now + self.rng.range(DOWNTIME_MS.0, DOWNTIME_MS.1);
+        let up = if k == 0 {
+            matches!(self.leader, Some(LeaderNode::Up(_)))
+        } else {
+            self.followers[k - 1].repl.is_some()
+        };
+        if up {
+            self.attend(EventKind::Restart, "kill -9", Some(peer_name(k)));
+        }
         if k == 0 {
             if !matches!(self.leader, Some(LeaderNode::Up(_))) {
                 return false;
             }
+            // The leader's attention memory is persisted as it goes down.
+            self.attn_saved = Some(self.attn.to_bytes());
             let Some(LeaderNode::Up(mut l)) = self.leader.take() else {
                 unreachable!("checked above")
             };
@@ -959,6 +1028,11 @@ impl<'k> Sim<'k> {
                     // minus the side file) and recover again.
                     cut = true;
                     self.report.replication.torn_tails_cut += 1;
+                    self.attend(
+                        EventKind::TornWrite,
+                        "torn WAL tail cut at recovery",
+                        Some(peer_name(0)),
+                    );
                     if store.truncate_after(index - 1).is_err() || store.sync().is_err() {
                         self.violation("the leader store refuses to cut its torn tail".into());
                         self.fatal = true;
@@ -973,6 +1047,20 @@ impl<'k> Sim<'k> {
             }
         };
         self.report.replication.corrupt_snapshots_skipped += rec.skipped_snapshots.len() as u64;
+        for _ in &rec.skipped_snapshots {
+            self.attend(
+                EventKind::SnapshotCorrupt,
+                "damaged snapshot skipped at recovery",
+                Some(peer_name(0)),
+            );
+        }
+        // The leader's attention memory is loaded back (a corrupt one would
+        // be set aside and started afresh) and a new session begins.
+        if let Some(bytes) = self.attn_saved.take() {
+            self.attn = Scorer::from_bytes(&bytes, Tuning::SIMULATION)
+                .unwrap_or_else(|_| Scorer::new(Tuning::SIMULATION));
+        }
+        self.attn.begin_session();
         // Damaged snapshots are deleted once recovery has skipped them (a
         // fresh one is taken at the next group commit), so they never
         // accumulate in the kept set.
@@ -1066,6 +1154,29 @@ impl<'k> Sim<'k> {
         };
         self.report.replication.corrupt_snapshots_skipped += notes.corrupt_snapshots;
         self.report.replication.torn_tails_cut += notes.torn_frames;
+        let who = Some(peer_name(i + 1));
+        for _ in 0..notes.corrupt_snapshots {
+            self.attend(
+                EventKind::SnapshotCorrupt,
+                "damaged snapshot skipped at recovery",
+                who.clone(),
+            );
+        }
+        if notes.torn_frames > 0 {
+            self.attend(
+                EventKind::TornWrite,
+                "torn WAL tail cut at recovery",
+                who.clone(),
+            );
+        }
+        if notes.wal_gap {
+            self.attend(
+                EventKind::FollowerGap,
+                "WAL does not continue the snapshot; dropped",
+                who,
+            );
+        }
+        let f = &mut self.followers[i];
         f.last_snapshot = notes.snapshot.unwrap_or(0);
         let (index, head) = (node.index, node.head_record);
         f.repl = Some(ReplFollower::new(follower_cfg(), f.id.clone(), node));
@@ -1297,6 +1408,13 @@ impl<'k> Sim<'k> {
     fn license_refresh(&mut self, project: &str, p: Proposal) -> Option<(Proposal, Kind)> {
         if self.rng.chance(self.cfg.rates.license_latency) {
             self.count("license_latency");
+            let e = Event::new(
+                EventKind::LicenseTrouble,
+                "refresh answered late",
+                self.now - ORIGIN_MS,
+            )
+            .project(project);
+            self.attn.observe(&e);
             let until = self.now + self.rng.range(200, 3_000);
             self.license_blocked_until
                 .insert(project.to_string(), until);
@@ -1307,6 +1425,13 @@ impl<'k> Sim<'k> {
         }
         // The server answers with a token that is already expired.
         self.count("license_denial");
+        let e = Event::new(
+            EventKind::LicenseTrouble,
+            "refresh denied",
+            self.now - ORIGIN_MS,
+        )
+        .project(project);
+        self.attn.observe(&e);
         let l = self.up()?;
         let st = l.node.project(project).into_owned();
         let tok = self
@@ -1340,6 +1465,16 @@ impl<'k> Sim<'k> {
             snapshot_every: 0,
         };
         let s = step(&mut l.node, &p, &ctx);
+        let events: Vec<Event> = s
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Emit(op) => Some(Event::from_op(op, now - ORIGIN_MS)),
+                _ => None,
+            })
+            .collect();
+        self.attn.observe_all(&events);
+        let l = self.up().expect("the leader is up");
         match s.outcome {
             Outcome::Accepted(acc) => {
                 let post = l.node.project(project).into_owned();
@@ -1480,6 +1615,29 @@ impl<'k> Sim<'k> {
 
     fn finish(mut self) -> SimReport {
         self.report.virtual_ms = self.now - ORIGIN_MS;
+        let d = self
+            .attn
+            .digest(self.now - ORIGIN_MS, SURFACE_BAND_MIN, ATTENTION_LISTED_MAX);
+        self.report.attention_by_band = d.by_band;
+        self.report.attention = d
+            .items
+            .into_iter()
+            .map(|i| AttentionItem {
+                fingerprint: i.fingerprint,
+                kind: i.kind.name().to_string(),
+                band: i.band.name().to_string(),
+                level: i.band.level(),
+                count: i.count,
+                what: i.what,
+                how_often: i.how_often,
+                next: i.next,
+            })
+            .collect();
+        debug_assert!(self
+            .report
+            .attention
+            .iter()
+            .all(|i| i.level >= Band::Watch.level()));
         let mut c = std::mem::take(&mut self.net.counts);
         for (k, v) in std::mem::take(&mut c) {
             if k != "overflow" && k != "partition_drop" {
@@ -1606,5 +1764,22 @@ impl<'k> Sim<'k> {
             ));
         }
         self.report
+    }
+}
+
+/// A node's name in attention events: `leader`, `follower-N`.
+fn peer_name(k: usize) -> String {
+    if k == 0 {
+        "leader".into()
+    } else {
+        format!("follower-{k}")
+    }
+}
+
+fn addr_name(a: Addr) -> String {
+    match a {
+        Addr::Leader => peer_name(0),
+        Addr::Follower(i) => peer_name(i + 1),
+        Addr::Agent(j) => format!("agent-{}", j + 1),
     }
 }

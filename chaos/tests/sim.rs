@@ -231,6 +231,8 @@ fn the_report_serializes_with_the_documented_keys() {
         "violations",
         "final_hashes",
         "max_lag",
+        "attention",
+        "attention_by_band",
         "reproduce",
     ] {
         assert!(v.get(k).is_some(), "missing {k}");
@@ -256,4 +258,41 @@ fn the_report_serializes_with_the_documented_keys() {
     ] {
         assert!(v["faults"].get(k).is_some(), "faults.{k} missing");
     }
+}
+
+/// The run's own operational events go through the attention scorer: the
+/// report lists what earned a look (band watch and above), the same list for
+/// the same seed, each item with what is happening and what to check next.
+#[test]
+fn the_report_lists_what_earned_attention_deterministically() {
+    let cfg = SimConfig {
+        seed: 21,
+        transitions: 1_000,
+        ..SimConfig::default()
+    };
+    let r = twice(cfg);
+    assert!(
+        !r.attention.is_empty(),
+        "faults everywhere, nothing surfaced"
+    );
+    assert!(r.attention.len() <= swoosh_chaos::ATTENTION_LISTED_MAX);
+    for i in &r.attention {
+        assert!((2..=4).contains(&i.level), "{i:?}");
+        assert!(i.fingerprint.starts_with("fp:"), "{i:?}");
+        assert!(!i.what.is_empty() && !i.next.is_empty(), "{i:?}");
+        assert!(i.count > 0);
+    }
+    // Most important first.
+    assert!(r.attention.windows(2).all(|w| w[0].level >= w[1].level));
+    let tracked: u64 = r.attention_by_band.iter().sum();
+    assert!(tracked >= r.attention.len() as u64);
+    // Kills and restarts are among the things worth a look in this run.
+    assert!(
+        r.attention.iter().any(|i| i.kind == "restart"
+            || i.kind == "torn_write"
+            || i.kind == "snapshot_rollback"
+            || i.kind == "snapshot_corrupt"),
+        "{:#?}",
+        r.attention
+    );
 }

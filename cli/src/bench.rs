@@ -147,6 +147,7 @@ async fn http(a: HttpArgs) -> Result<()> {
         wal_limits: Default::default(),
         clock: Arc::new(SystemClock),
         advertise: String::new(),
+        attention_file: None,
     };
     let node = NodeHandle::start(store, cfg).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

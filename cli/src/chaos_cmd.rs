@@ -166,6 +166,7 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
             "  violations  {}",
             report.violations.len() as u64 + report.violations_unlisted
         );
+        print_attention(&report);
     }
     for v in &report.violations {
         eprintln!("violation: {v}");
@@ -335,5 +336,27 @@ fn print_process(r: &ProcessReport) {
     match &r.dir {
         Some(d) => println!("  data        {d} (node logs in {d}/logs)"),
         None => println!("  data        (a temporary directory, removed; pass --dir to keep it)"),
+    }
+}
+
+/// The attention scorer's items of band watch and above, most important first.
+fn print_attention(report: &SimReport) {
+    let b = report.attention_by_band;
+    println!(
+        "  attention   {} fingerprints: promote {}, investigate {}, watch {}, background {}, ignore-fast {}",
+        b.iter().sum::<u64>(),
+        b[4],
+        b[3],
+        b[2],
+        b[1],
+        b[0]
+    );
+    for i in &report.attention {
+        println!(
+            "    [{:<11}] {:>6}x  {}  {}",
+            i.band, i.count, i.fingerprint, i.what
+        );
+        println!("                          {}", i.how_often);
+        println!("                          next: {}", i.next);
     }
 }

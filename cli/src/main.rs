@@ -73,6 +73,16 @@ enum Cmd {
         #[command(flatten)]
         read: node::ReadArgs,
     },
+    /// What the attention scorer surfaced from the node's operational
+    /// stream, by band: what, why, how often and where, what to check next.
+    Attention {
+        #[command(flatten)]
+        read: node::ReadArgs,
+        /// Lowest band shown: 0..=4 or ignore-fast, background, watch,
+        /// investigate, promote (default: watch).
+        #[arg(long)]
+        min_band: Option<String>,
+    },
     /// Show a decision record (blake3:<hex>, <hex> or bubble://dr/<hex>).
     Decisions {
         #[command(flatten)]
@@ -171,6 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
             projection,
         } => node::state(read, project, projection).await,
         Cmd::Health { read } => node::health(read).await,
+        Cmd::Attention { read, min_band } => node::attention(read, min_band).await,
         Cmd::Decisions { read, reference } => node::decisions(read, reference).await,
         Cmd::Keygen { out, force } => keygen(&out, force),
         Cmd::Wal { cmd } => storage_cmd::wal(cmd),

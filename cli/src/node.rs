@@ -75,6 +75,9 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The attention scorer's memory, in the node's data directory.
+pub const ATTENTION_FILE: &str = "attention.cbor";
+
 pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
@@ -296,6 +299,7 @@ pub async fn start_node(
         wal_limits: Default::default(),
         clock: Arc::new(SystemClock),
         advertise: String::new(),
+        attention_file: Some(dir.join("data").join(ATTENTION_FILE)),
     };
     NodeHandle::start(store, cfg)
         .await
@@ -474,7 +478,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct ReadArgs {
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    #[arg(long, visible_alias = "url", default_value = "http://127.0.0.1:7700")]
     pub to: String,
     #[arg(long)]
     pub json: bool,
@@ -541,6 +545,88 @@ pub async fn health(r: ReadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+pub async fn attention(r: ReadArgs, min_band: Option<String>) -> Result<()> {
+    let client = Client::new(&r.to);
+    let a = client.attention(min_band.as_deref()).await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+    } else {
+        print!("{}", render_attention(&a));
+    }
+    Ok(())
+}
+
+/// The attention digest as a table by band, most important first.
+pub fn render_attention(a: &swoosh_net::api::AttentionReply) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let band = |n: &str| a.by_band.get(n).copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "attention: {} fingerprints tracked ({} events all time, session {}): promote {}, investigate {}, watch {}, background {}, ignore-fast {}",
+        a.tracked,
+        a.observed,
+        a.session,
+        band("promote"),
+        band("investigate"),
+        band("watch"),
+        band("background"),
+        band("ignore-fast"),
+    );
+    let _ = writeln!(out, "  memory: {}", a.memory_note);
+    if a.items.is_empty() {
+        let _ = writeln!(
+            out,
+            "nothing at {} or above: nothing needs a look (use --min-band background to see weaker signals)",
+            a.min_band
+        );
+        return out;
+    }
+    let mut current = String::new();
+    for i in &a.items {
+        if i.band != current {
+            current = i.band.clone();
+            let _ = writeln!(out, "\n{} ({})", current.to_uppercase(), i.level);
+        }
+        let _ = writeln!(
+            out,
+            "  {}  {:>6}x  {}{}",
+            i.fingerprint,
+            i.count,
+            i.what,
+            if i.seen_before {
+                "  [seen before a restart]"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "      why:   {}", i.why);
+        let _ = writeln!(out, "      where: {}", i.how_often);
+        let subjects: Vec<String> = [
+            ("project", &i.projects),
+            ("signer", &i.signers),
+            ("peer", &i.peers),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| {
+            let shown: Vec<&str> = v.iter().take(4).map(String::as_str).collect();
+            let more = if v.len() > 4 {
+                format!(" +{}", v.len() - 4)
+            } else {
+                String::new()
+            };
+            format!("{n}s {}{more}", shown.join(", "))
+        })
+        .collect();
+        if !subjects.is_empty() {
+            let _ = writeln!(out, "             {}", subjects.join("; "));
+        }
+        let _ = writeln!(out, "      next:  {}", i.next);
+    }
+    out
 }
 
 pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {

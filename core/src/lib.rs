@@ -5,6 +5,7 @@
 //! arguments, and every effect is returned as data for the runtime to carry
 //! out. The same code runs in the leader, followers, replay and simulation.
 
+pub mod attention;
 pub mod backbeat;
 pub mod cbor;
 mod cbor_fast;

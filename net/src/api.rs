@@ -106,13 +106,80 @@ pub struct FollowerReply {
     pub halted: bool,
 }
 
+/// One attention item: a fingerprinted pattern of operational events and
+/// why it deserves (or no longer deserves) an operator's eyes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttentionItem {
+    /// `fp:<16 hex>`: kind plus normalized reason (volatile fields masked).
+    pub fingerprint: String,
+    /// Event kind, e.g. `stale_hash`, `rejected`, `quorum_lost`.
+    pub kind: String,
+    /// `ignore-fast`, `background`, `watch`, `investigate` or `promote`.
+    pub band: String,
+    /// 0..=4 (the band as a number).
+    pub level: u8,
+    /// The highest band this pattern ever reached.
+    pub peak_band: String,
+    /// What is happening.
+    pub what: String,
+    /// Why it matters, with the factors that raised or lowered it.
+    pub why: String,
+    /// How often and where, in one line.
+    pub how_often: String,
+    pub count: u64,
+    /// Runs of occurrences separated by a quiet gap.
+    pub episodes: u64,
+    /// Windows in which it ran at several times its usual rate.
+    pub bursts: u64,
+    /// Wall time of the first and the last occurrence, ms.
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Distinct projects, signers and peers it was seen for (bounded).
+    pub projects: Vec<String>,
+    pub signers: Vec<String>,
+    pub peers: Vec<String>,
+    /// Seen in an earlier node lifetime (before a restart).
+    pub seen_before: bool,
+    /// Node lifetimes it occurred in.
+    pub sessions: u64,
+    /// Times it was followed by its recovery.
+    pub heals: u64,
+    /// A failure still waiting for its recovery.
+    pub open: bool,
+    /// What to check next.
+    pub next: String,
+    /// `+1 recurrence: …`, `-1 self_heal: …`: how the band was reached.
+    pub factors: Vec<String>,
+    /// The latest raw detail.
+    pub example: String,
+}
+
 /// `GET /attention` reply.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttentionReply {
+    /// The node's wall time of this digest, ms.
+    pub now_ms: u64,
+    /// Node lifetimes the scorer's memory has lived through.
+    pub session: u64,
+    /// Events observed, all time (survives restarts).
+    pub observed: u64,
+    /// Fingerprints tracked now (bounded).
+    pub tracked: u64,
+    /// Fingerprints evicted to stay within the bound.
+    pub evicted: u64,
+    /// Tracked fingerprints per band name.
+    pub by_band: BTreeMap<String, u64>,
+    /// The lowest band listed in `items`.
+    pub min_band: String,
+    /// Items at or above `min_band`, most important first.
+    pub items: Vec<AttentionItem>,
+    /// Operational events received since this node started, by kind.
     pub counts: BTreeMap<String, u64>,
-    #[schema(value_type = Vec<Object>)]
-    pub recent: Vec<serde_json::Value>,
-    pub note: String,
+    /// Where the memory is persisted, if it is.
+    pub memory_file: Option<String>,
+    pub saved_at_ms: Option<u64>,
+    /// What happened to the memory file at start.
+    pub memory_note: String,
 }
 
 /// The body of `POST /transition` (documentation schema; the server parses

@@ -214,8 +214,13 @@ impl Client {
         self.read(url, r).await
     }
 
-    pub async fn attention(&self) -> Result<AttentionReply, ClientError> {
-        let url = self.url("/attention");
+    /// The attention digest; `min_band` is `0..=4` or a band name
+    /// (`None`: the server's default, `watch`).
+    pub async fn attention(&self, min_band: Option<&str>) -> Result<AttentionReply, ClientError> {
+        let mut url = self.url("/attention");
+        if let Some(b) = min_band {
+            url.push_str(&format!("?min_band={b}"));
+        }
         let r = self.http.get(&url).send().await;
         self.read(url, r).await
     }

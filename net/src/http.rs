@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use std::future::Future;
 use swoosh_actors::{NodeHandle, SubmitResult};
+use swoosh_core::attention::{Band, SURFACE_BAND_MIN};
 use swoosh_core::reducer::{RejectKind, Rejection};
 use swoosh_core::statechart::Region;
 use swoosh_core::{Hash, Proposal};
@@ -38,7 +39,8 @@ pub struct AppState {
         StateReply,
         HealthReply,
         FollowerReply,
-        AttentionReply
+        AttentionReply,
+        AttentionItem
     ))
 )]
 struct ApiDoc;
@@ -424,20 +426,43 @@ async fn get_decision(State(st): State<AppState>, Path(hash): Path<String>) -> R
     }
 }
 
-/// The attention scorer's view of the operational stream.
-#[utoipa::path(get, path = "/attention", responses((status = 200, body = AttentionReply), (status = 503, body = ErrorBody)))]
-async fn get_attention(State(st): State<AppState>) -> Response {
-    match st.node.attention().await {
-        Ok(v) => Json(AttentionReply {
-            counts: v.counts,
-            recent: v
-                .recent
-                .into_iter()
-                .map(|e| serde_json::to_value(e).unwrap_or_default())
-                .collect(),
-            note: v.note.into(),
-        })
-        .into_response(),
+#[derive(Deserialize, IntoParams)]
+struct AttentionQuery {
+    /// Lowest band listed: 0..=4 or a name (`ignore-fast`, `background`,
+    /// `watch`, `investigate`, `promote`). Default `watch` (2).
+    min_band: Option<String>,
+}
+
+fn parse_band(s: &str) -> Option<Band> {
+    Band::ALL
+        .into_iter()
+        .find(|b| b.name() == s || b.level().to_string() == s)
+}
+
+/// The attention digest: what the scorer surfaced from the node's own
+/// operational stream, by band, with what, why, how often and where, whether
+/// seen before and what to check next.
+#[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, body = AttentionReply), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn get_attention(State(st): State<AppState>, Query(q): Query<AttentionQuery>) -> Response {
+    let min_band = match q.min_band.as_deref() {
+        None | Some("") => SURFACE_BAND_MIN,
+        Some(s) => match parse_band(s) {
+            Some(b) => b,
+            None => {
+                return body_err(
+                    StatusCode::BAD_REQUEST,
+                    ErrorBody {
+                        error: "malformed".into(),
+                        message: format!("min_band {s:?} is not a band: use 0..=4 or ignore-fast, background, watch, investigate, promote"),
+                        field: Some("min_band".into()),
+                        ..Default::default()
+                    },
+                )
+            }
+        },
+    };
+    match st.node.attention(min_band).await {
+        Ok(v) => Json(attention_reply(v, min_band)).into_response(),
         Err(e) => body_err(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorBody {
@@ -447,5 +472,58 @@ async fn get_attention(State(st): State<AppState>) -> Response {
                 ..Default::default()
             },
         ),
+    }
+}
+
+fn attention_reply(v: swoosh_actors::AttentionView, min_band: Band) -> AttentionReply {
+    let d = v.digest;
+    AttentionReply {
+        now_ms: d.now_ms,
+        session: d.session,
+        observed: d.observed,
+        tracked: d.tracked,
+        evicted: d.evicted,
+        by_band: Band::ALL
+            .into_iter()
+            .map(|b| (b.name().to_string(), d.by_band[b.level() as usize]))
+            .collect(),
+        min_band: min_band.name().to_string(),
+        items: d
+            .items
+            .into_iter()
+            .map(|i| AttentionItem {
+                fingerprint: i.fingerprint,
+                kind: i.kind.name().to_string(),
+                band: i.band.name().to_string(),
+                level: i.level,
+                peak_band: i.peak_band.name().to_string(),
+                what: i.what,
+                why: i.why,
+                how_often: i.how_often,
+                count: i.count,
+                episodes: i.episodes,
+                bursts: i.bursts,
+                first_seen_ms: i.first_seen_ms,
+                last_seen_ms: i.last_seen_ms,
+                projects: i.projects,
+                signers: i.signers,
+                peers: i.peers,
+                seen_before: i.seen_before,
+                sessions: i.sessions,
+                heals: i.heals,
+                open: i.open,
+                next: i.next,
+                factors: i
+                    .factors
+                    .into_iter()
+                    .map(|f| format!("{:+} {}: {}", f.delta, f.name, f.why))
+                    .collect(),
+                example: i.example,
+            })
+            .collect(),
+        counts: v.counts,
+        memory_file: v.memory_file,
+        saved_at_ms: v.saved_at_ms,
+        memory_note: v.memory_note,
     }
 }

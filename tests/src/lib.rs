@@ -50,6 +50,7 @@ impl TestNode {
             wal_limits: Default::default(),
             clock: Arc::new(SystemClock),
             advertise: String::new(),
+            attention_file: None,
         };
         let node = NodeHandle::start(store, cfg).await.expect("node starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -219,7 +219,7 @@ async fn every_status_code_of_the_contract() {
     ] {
         assert!(m.contains(name), "metrics lack {name}");
     }
-    let a = c.attention().await.unwrap();
+    let a = c.attention(None).await.unwrap();
     assert!(
         a.counts.get("auth_failure").copied().unwrap_or(0) >= 2,
         "{:?}",

@@ -54,6 +54,7 @@ impl Fixture {
             wal_limits: BatchLimits::default(),
             clock: self.clock.clone(),
             advertise: "127.0.0.1:0".into(),
+            attention_file: None,
         }
     }
 

@@ -1,0 +1,126 @@
+//! The attention actor: operational events reach the scorer, the digest
+//! lists them by band, the memory is saved in the node's directory and
+//! loaded again after a restart ("seen before"), and a damaged memory file
+//! is set aside without stopping the node.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use swoosh_actors::{NodeHandle, SubmitResult};
+use swoosh_core::attention::Band;
+use swoosh_core::scenario::{Driver, Next};
+use swoosh_core::NodeState;
+
+/// A proposal with a flipped signature bit: refused 401, one `auth_failure` event.
+fn forged(fx: &Fixture, n: u8) -> swoosh_core::Proposal {
+    let driver = Driver::new(&fx.keys, 1);
+    let mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let Next::Propose(p) = driver.next(&mirror, "default", fx.now()) else {
+        panic!("the driver has a first proposal")
+    };
+    let mut p = *p;
+    p.signature.0[(n % 64) as usize] ^= 0x01;
+    p
+}
+
+async fn start_with(fx: &Fixture, dir: &std::path::Path) -> Node {
+    let mut cfg = fx.config(0);
+    cfg.attention_file = Some(dir.join("attention.cbor"));
+    // The stopped node's last store handle may take a moment to go.
+    let t0 = std::time::Instant::now();
+    let store = loop {
+        match swoosh_storage::LmdbStore::open(
+            &dir.join("data"),
+            &swoosh_storage::LmdbOptions::default(),
+        ) {
+            Ok(s) => break s,
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. })
+                if t0.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    };
+    NodeHandle::start(store, cfg)
+        .await
+        .expect("the node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let fx = Fixture::new("attn");
+
+    let node = start_with(&fx, dir.path()).await;
+    for n in 0..3 {
+        assert!(matches!(
+            node.submit(forged(&fx, n)).await,
+            SubmitResult::Rejected(_)
+        ));
+    }
+    let v = node.attention(Band::IgnoreFast).await.unwrap();
+    assert_eq!(v.counts.get("auth_failure"), Some(&3), "{:?}", v.counts);
+    let item = v
+        .digest
+        .items
+        .iter()
+        .find(|i| i.kind == swoosh_core::attention::EventKind::AuthFailure)
+        .expect("the auth failures are one item");
+    assert_eq!(item.count, 3);
+    assert!(item.band >= Band::Watch);
+    assert!(!item.seen_before);
+    assert!(!item.next.is_empty());
+    assert!(node
+        .metrics()
+        .encode()
+        .contains("swoosh_attention_items{band=\"watch\"}"));
+    node.shutdown().await;
+    drop(node);
+    let file = dir.path().join("attention.cbor");
+    assert!(file.exists(), "saved at shutdown");
+
+    // Restarted: the same pattern is remembered and was seen before.
+    let node = start_with(&fx, dir.path()).await;
+    let v = node.attention(Band::IgnoreFast).await.unwrap();
+    assert_eq!(v.digest.session, 2);
+    let item = v
+        .digest
+        .items
+        .iter()
+        .find(|i| i.kind == swoosh_core::attention::EventKind::AuthFailure)
+        .expect("remembered across the restart");
+    assert_eq!(item.count, 3);
+    assert!(item.seen_before);
+    assert!(v
+        .digest
+        .items
+        .iter()
+        .any(|i| i.kind == swoosh_core::attention::EventKind::Restart));
+    node.shutdown().await;
+    drop(node);
+
+    // A damaged file: set aside, the node starts with a fresh memory.
+    std::fs::write(&file, b"\xff\x00 not cbor").unwrap();
+    let node = tokio::time::timeout(Duration::from_secs(30), start_with(&fx, dir.path()))
+        .await
+        .expect("starts in time");
+    let v = node.attention(Band::IgnoreFast).await.unwrap();
+    assert_eq!(v.digest.session, 1);
+    assert!(v.memory_note.contains("set aside"), "{}", v.memory_note);
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+    assert!(aside, "the damaged file is kept beside, renamed");
+    node.shutdown().await;
+    drop(node);
+    assert!(swoosh_core::attention::Scorer::from_bytes(
+        &std::fs::read(&file).unwrap(),
+        swoosh_core::attention::Tuning::OPERATIONS
+    )
+    .is_ok());
+}
