@@ -1317,6 +1317,22 @@ pub async fn run(
     monitor_stop.store(true, Ordering::Release);
     let _ = monitor_task.await;
 
+    // The leader's attention digest (band watch and above) goes in the
+    // report: what the node's own scorer made of the kills and the faults.
+    let attention: Vec<serde_json::Value> = match tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::new(&leader_url).attention(None),
+    )
+    .await
+    {
+        Ok(Ok(d)) => d
+            .items
+            .into_iter()
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect(),
+        _ => vec![],
+    };
+
     // Stop every node (SIGINT: a clean shutdown), SIGKILL past the limit.
     {
         let mut c = lock(&cluster);
@@ -1489,7 +1505,7 @@ pub async fn run(
         final_hashes,
         final_index,
         max_lag: load.max_lag.load(Ordering::Acquire),
-        attention: vec![],
+        attention,
         process: ProcessStats {
             leader_restarts: tally.leader_restarts,
             follower_restarts: tally.follower_restarts,
