@@ -69,7 +69,23 @@ fn process_mode_survives_kill_9_of_the_leader_and_followers() {
     assert_eq!(r["seed"], 7);
     assert_eq!(r["transitions"], 150);
     assert_eq!(r["violations"], serde_json::json!([]), "{stdout}");
-    assert_eq!(r["attention"], serde_json::json!([]));
+    // The leader's own attention scorer saw the forged and stale proposals:
+    // its digest (band watch and above) is in the report.
+    let attention = r["attention"].as_array().expect("attention is a list");
+    assert!(
+        attention.iter().all(|i| i["level"].as_u64().unwrap() >= 2
+            && i["what"].as_str().is_some_and(|w| !w.is_empty())
+            && i["next"].as_str().is_some_and(|n| !n.is_empty())),
+        "{stdout}"
+    );
+    let forged = r["faults"]["forged_signature"].as_u64().unwrap_or(0)
+        + r["faults"]["outsider"].as_u64().unwrap_or(0);
+    if forged > 0 {
+        assert!(
+            attention.iter().any(|i| i["kind"] == "auth_failure"),
+            "the forged signatures reach the attention digest: {stdout}"
+        );
+    }
 
     // One hash per replica, all equal, at one index.
     let hashes = r["final_hashes"].as_array().unwrap();
