@@ -43,6 +43,10 @@ pub struct ReplArgs {
     /// Projects the records are spread over.
     #[arg(long, default_value_t = 16)]
     projects: usize,
+    /// UNSAFE, diagnosis only: followers do not fsync their WAL (shows how
+    /// much of the lag is the followers' commits).
+    #[arg(long)]
+    follower_nosync: bool,
     #[arg(long)]
     json: bool,
 }
@@ -63,14 +67,16 @@ struct ReplReport {
     lag_p99_over_fdatasync: f64,
     /// Every follower ends on the leader's root hash.
     converged: bool,
+    /// Each follower's protocol counters (gaps, range requests, duplicates).
+    follower_stats: Vec<String>,
 }
 
-fn store(dir: &std::path::Path) -> Result<LmdbStore> {
+fn store(dir: &std::path::Path, durability: Durability) -> Result<LmdbStore> {
     std::fs::create_dir_all(dir)?;
     LmdbStore::open(
         dir,
         &LmdbOptions {
-            durability: Durability::Sync,
+            durability,
             ..Default::default()
         },
     )
@@ -149,7 +155,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     .await??;
     bar.finish_and_clear();
 
-    let leader_store = store(&tmp.path().join("leader"))?;
+    let leader_store = store(&tmp.path().join("leader"), Durability::Sync)?;
     let gh = g.hash()?;
     let mut writer = WalWriter::open(leader_store.clone(), gh, BatchLimits::default())
         .context("cannot open the leader's WAL")?;
@@ -162,7 +168,14 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     .await?;
     let mut followers: Vec<FollowerP2p> = vec![];
     for (i, (k, id)) in fkeys.iter().enumerate() {
-        let s = store(&tmp.path().join(format!("follower-{}", i + 1)))?;
+        let s = store(
+            &tmp.path().join(format!("follower-{}", i + 1)),
+            if a.follower_nosync {
+                Durability::NoSync
+            } else {
+                Durability::Sync
+            },
+        )?;
         followers.push(
             spawn_follower(
                 s,
@@ -297,7 +310,16 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         fdatasync_ms: fsync_ms,
         lag_p99_over_fdatasync: pct(&lags, 0.99) / fsync_ms,
         converged,
+        follower_stats: followers
+            .iter()
+            .map(|f| format!("{:?}", f.shared.lock().expect("follower lock").repl.stats()))
+            .collect(),
     };
+    let ls = leader.snapshot();
+    let leader_stats = format!(
+        "gossip messages {}, publish errors {}, {:?}",
+        ls.gossip_messages, ls.publish_errors, ls.stats
+    );
     drop(followers);
     drop(leader);
     if a.json {
@@ -321,6 +343,10 @@ pub async fn run(a: ReplArgs) -> Result<()> {
             LAG_P99_TARGET_MS,
             if r.lag_p99_ms <= LAG_P99_TARGET_MS { "met" } else { "NOT met" }
         );
+        println!("leader protocol: {leader_stats}");
+        for st in &r.follower_stats {
+            println!("follower protocol: {st}");
+        }
         println!(
             "every follower on the leader's root hash: {}",
             if converged { "yes" } else { "NO" }
