@@ -150,7 +150,14 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         .dial(leader.clone())
         .map_err(|e| P2pError::Libp2p(format!("cannot dial the leader at {leader}: {e}")))?;
     let persisted = writer.last_index();
-    let repl = ReplFollower::new(FollowerConfig::default(), id, node);
+    let repl = ReplFollower::new(
+        FollowerConfig {
+            gap_grace_ms: crate::proto::follower::GAP_GRACE_MS,
+            ..FollowerConfig::default()
+        },
+        id,
+        node,
+    );
     let shared = Arc::new(Mutex::new(FollowerShared {
         repl,
         gossip_chunks: 0,

@@ -32,7 +32,15 @@ pub struct FollowerConfig {
     pub range_records_max: u64,
     /// Snapshot offers larger than this are refused.
     pub snapshot_bytes_max: u64,
+    /// Ask for a range only after the announced index has been ahead for
+    /// this long (records still in flight on gossip fill most such gaps), or
+    /// at once while a catch-up keeps returning full ranges. 0: at once.
+    pub gap_grace_ms: u64,
 }
+
+/// The grace the libp2p follower gives gossip before asking for a range:
+/// a few gossip heartbeats.
+pub const GAP_GRACE_MS: u64 = 150;
 
 impl Default for FollowerConfig {
     fn default() -> Self {
@@ -41,6 +49,7 @@ impl Default for FollowerConfig {
             request_timeout_ms: REQUEST_TIMEOUT_MS,
             range_records_max: RANGE_RECORDS_MAX,
             snapshot_bytes_max: SNAPSHOT_BYTES_MAX,
+            gap_grace_ms: 0,
         }
     }
 }
@@ -174,6 +183,10 @@ pub struct ReplFollower {
     snap: Option<SnapshotRecv>,
     halted: Option<Divergence>,
     stats: FollowerStats,
+    /// Since when the announced index has been ahead with nothing asked.
+    behind_since: Option<u64>,
+    /// The last range answer was full: keep catching up without a grace.
+    catching_up: bool,
 }
 
 impl ReplFollower {
@@ -194,6 +207,8 @@ impl ReplFollower {
             snap: None,
             halted: None,
             stats: FollowerStats::default(),
+            behind_since: None,
+            catching_up: false,
         }
     }
 
@@ -266,6 +281,8 @@ impl ReplFollower {
                 if matches!(self.inflight, Some(Inflight::Range { .. })) {
                     self.inflight = None;
                 }
+                let n: u64 = batches.iter().map(|b| b.records.len() as u64).sum();
+                self.catching_up = n >= self.cfg.range_records_max;
                 if batches.is_empty() {
                     // The leader has nothing past what we hold: stop asking
                     // until a head or batch says otherwise.
@@ -578,8 +595,17 @@ impl ReplFollower {
             return self.send(f, out);
         }
         if self.leader_index <= self.node.index {
+            self.behind_since = None;
             return;
         }
+        if self.cfg.gap_grace_ms > 0 && !self.catching_up {
+            let since = *self.behind_since.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) < self.cfg.gap_grace_ms {
+                return;
+            }
+        }
+        self.behind_since = None;
+        self.catching_up = false;
         let from = self.node.index + 1;
         let mut to = self
             .leader_index

@@ -921,3 +921,47 @@ fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
     let r = l0.on_request(&Request::Range { from: 1, to: 40 }, &log);
     assert!(matches!(r, Response::Range { .. }), "{r:?}");
 }
+
+#[test]
+fn with_a_gap_grace_a_follower_waits_for_gossip_before_asking_for_a_range() {
+    let c = cluster(40);
+    let log = MemLog::full(&c);
+    let mut l = ReplLeader::new(
+        LeaderConfig {
+            range_records_max: 16,
+            ..small_batches()
+        },
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    let id = SignerId::from_signing_key(&sig::key_from_label("net-proto/follower-1"));
+    let mut f = ReplFollower::new(
+        FollowerConfig {
+            gap_grace_ms: 100,
+            range_records_max: 16,
+            ..FollowerConfig::default()
+        },
+        id,
+        c.fresh(),
+    );
+    // The head says 40; the records may still be on their way by gossip.
+    assert!(sends(&f.on_gossip(&l.head(1), 0)).is_empty());
+    assert!(sends(&f.tick(50)).is_empty(), "still within the grace");
+    let eff = f.tick(100);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 1, to: 16 }]);
+    // A full answer: keep catching up without waiting.
+    let resp = l.on_request(&sends(&eff)[0], &log);
+    let eff = f.on_response(&resp, 101);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 17, to: 32 }]);
+    let resp = l.on_request(&sends(&eff)[0], &log);
+    let eff = f.on_response(&resp, 102);
+    assert_eq!(sends(&eff), vec![Request::Range { from: 33, to: 40 }]);
+    // A short answer reaches the leader's end: caught up, nothing more.
+    let resp = l.on_request(&sends(&eff)[0], &log);
+    assert!(sends(&f.on_response(&resp, 103)).is_empty());
+    assert_eq!(f.applied_index(), 40);
+    assert_eq!(f.node(), &c.node);
+}
