@@ -33,8 +33,7 @@ use crate::store::{
     decode_wal_base, encode_wal_base, index_key, Batch, LogStore, Space, StoreError, META_WAL_BASE,
 };
 use crate::wal::{
-    check_meta, idem_key, read_record, MetaError, ReadError, IDEM_ENTRY_BYTES_MAX, META_FORMAT,
-    META_GENESIS, STORE_FORMAT,
+    check_meta, idem_key, put_missing_meta, read_record, MetaError, ReadError, IDEM_ENTRY_BYTES_MAX,
 };
 use std::time::{Duration, Instant};
 use swoosh_core::state::NodeState;
@@ -277,20 +276,7 @@ pub fn install_snapshot<S: LogStore + ?Sized>(
     }
     // The snapshot's own idempotency index answers lookups of records <= B.
     let idem_entries = put_snapshot_idem(node, &mut b)?;
-    if store.get_meta(META_FORMAT)?.is_none() {
-        b.put(
-            Space::Meta,
-            META_FORMAT.as_bytes().to_vec(),
-            STORE_FORMAT.as_bytes().to_vec(),
-        );
-    }
-    if store.get_meta(META_GENESIS)?.is_none() {
-        b.put(
-            Space::Meta,
-            META_GENESIS.as_bytes().to_vec(),
-            genesis_hash.to_string().into_bytes(),
-        );
-    }
+    put_missing_meta(&*store, genesis_hash, &mut b)?;
     let base = WalBase {
         index,
         hash: node.head_record,

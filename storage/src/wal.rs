@@ -610,6 +610,30 @@ pub fn check_meta<S: LogStore + ?Sized>(store: &S, genesis_hash: Hash) -> Result
     Ok(())
 }
 
+/// Add to `b` the store format and genesis records a store gets on first
+/// use (nothing when they are already there).
+pub(crate) fn put_missing_meta<S: LogStore + ?Sized>(
+    store: &S,
+    genesis_hash: Hash,
+    b: &mut Batch,
+) -> Result<(), StoreError> {
+    if store.get_meta(META_FORMAT)?.is_none() {
+        b.put(
+            Space::Meta,
+            META_FORMAT.as_bytes().to_vec(),
+            STORE_FORMAT.as_bytes().to_vec(),
+        );
+    }
+    if store.get_meta(META_GENESIS)?.is_none() {
+        b.put(
+            Space::Meta,
+            META_GENESIS.as_bytes().to_vec(),
+            genesis_hash.to_string().into_bytes(),
+        );
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum OpenError {
     #[error(transparent)]
@@ -645,20 +669,7 @@ impl<S: LogStore> WalWriter<S> {
     ) -> Result<WalWriter<S>, OpenError> {
         check_meta(&store, genesis_hash)?;
         let mut b = Batch::new();
-        if store.get_meta(META_FORMAT)?.is_none() {
-            b.put(
-                Space::Meta,
-                META_FORMAT.as_bytes().to_vec(),
-                STORE_FORMAT.as_bytes().to_vec(),
-            );
-        }
-        if store.get_meta(META_GENESIS)?.is_none() {
-            b.put(
-                Space::Meta,
-                META_GENESIS.as_bytes().to_vec(),
-                genesis_hash.to_string().into_bytes(),
-            );
-        }
+        put_missing_meta(&store, genesis_hash, &mut b)?;
         if !b.is_empty() {
             store.commit(b)?;
         }
