@@ -312,7 +312,19 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         converged,
         follower_stats: followers
             .iter()
-            .map(|f| format!("{:?}", f.shared.lock().expect("follower lock").repl.stats()))
+            .map(|f| {
+                let s = f.shared.lock().expect("follower lock");
+                format!(
+                    "{:?}; gossip chunks {}, decrypted {}, malformed {}, inbox full drops {}, WAL commits {} ({} records)",
+                    s.repl.stats(),
+                    s.net.gossip_chunks.load(std::sync::atomic::Ordering::Relaxed),
+                    s.decrypted,
+                    s.malformed + s.net.malformed_chunks.load(std::sync::atomic::Ordering::Relaxed),
+                    s.net.inbox_full_drops.load(std::sync::atomic::Ordering::Relaxed),
+                    s.commits,
+                    s.committed_records
+                )
+            })
             .collect(),
     };
     let ls = leader.snapshot();

@@ -147,7 +147,28 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
 /// and any input the type would not re-encode to exactly (unknown fields,
 /// defaulted fields written differently): so the hash of what was received
 /// is always the hash of what was decoded.
+///
+/// The typed value is decoded directly (no value tree): re-encoding it to
+/// exactly `bytes` proves the bytes canonical, whatever the decoder
+/// tolerated on the way. Only a refusal takes the slow path, to say why.
 pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let typed: Result<T, _> =
+        ciborium::de::from_reader_with_recursion_limit(&mut cursor, CBOR_DEPTH_MAX);
+    if let Ok(t) = typed {
+        if cursor.position() as usize == bytes.len()
+            && to_canonical(&t).ok().as_deref() == Some(bytes)
+        {
+            return Ok(t);
+        }
+    }
+    from_canonical_slow(bytes)
+}
+
+/// The value-tree path of [`from_canonical`]: taken only when the direct
+/// decode refused, so the error says why (or a type that only decodes
+/// through a value tree still decodes).
+fn from_canonical_slow<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
     let v = decode_value_strict(bytes)?;
     let t: T = v
         .deserialized()

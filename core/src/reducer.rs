@@ -1423,9 +1423,28 @@ pub struct PreparedRecord {
     content_hash: Hash,
 }
 
+impl PreparedRecord {
+    /// The proposal's content hash (what the idempotency index stores).
+    pub fn content_hash(&self) -> Hash {
+        self.content_hash
+    }
+}
+
 /// The stateless half of [`apply_record`]: pure, and independent of every
 /// other record, so a caller may run it on another thread.
 pub fn prepare_record(record: WalRecord) -> Result<PreparedRecord, ReplayError> {
+    let hash = record.hash();
+    prepare_record_hashed(record, hash)
+}
+
+/// [`prepare_record`] for a caller that already holds the record's hash.
+///
+/// Contract: `hash` is BLAKE3 of `to_canonical(&record)`, computed by the
+/// caller from that very encoding (a follower hashes the encoding it checks
+/// against the leader's signed header, and stores the same bytes). A wrong
+/// hash is not caught here: it would surface as a chain break at the next
+/// record and as a refused frame on recovery.
+pub fn prepare_record_hashed(record: WalRecord, hash: Hash) -> Result<PreparedRecord, ReplayError> {
     let rejected = |r: Rejection| ReplayError::Rejected {
         index: record.index,
         guard: r.guard,
@@ -1438,7 +1457,6 @@ pub fn prepare_record(record: WalRecord) -> Result<PreparedRecord, ReplayError> 
     let content_hash = proposal
         .content_hash()
         .map_err(|e| rejected(content_rejection(e)))?;
-    let hash = record.hash();
     Ok(PreparedRecord {
         record,
         hash,

@@ -126,6 +126,28 @@ impl Entry {
             index,
             detail: e.to_string(),
         })?;
+        let content_hash = rec
+            .proposal()
+            .content_hash()
+            .map_err(|e| AppendError::Encode {
+                index,
+                detail: e.to_string(),
+            })?;
+        self.encode_with(payload, content_hash)
+    }
+
+    /// [`Entry::encode`] for a caller that already encoded the record and
+    /// hashed its proposal (a follower did both to check what the leader
+    /// signed). Contract: `payload` is `to_canonical(&self.record)` and
+    /// `content_hash` its proposal's content hash. The frame hash is still
+    /// computed over `payload` and checked against `record_hash` when given.
+    pub fn encode_with(
+        &self,
+        payload: Vec<u8>,
+        content_hash: Hash,
+    ) -> Result<EncodedEntry, AppendError> {
+        let rec = &self.record;
+        let index = rec.index;
         if payload.len() > WAL_RECORD_BYTES_MAX {
             return Err(AppendError::RecordTooLarge {
                 index,
@@ -142,13 +164,6 @@ impl Entry {
                 });
             }
         }
-        let content_hash = rec
-            .proposal()
-            .content_hash()
-            .map_err(|e| AppendError::Encode {
-                index,
-                detail: e.to_string(),
-            })?;
         let idem = IdemEntry {
             content_hash,
             transition: rec.transition.clone(),

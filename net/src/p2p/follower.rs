@@ -1,7 +1,16 @@
-//! A follower's replication task: receive WAL gossip, reassemble, decrypt
-//! with the follower's age identity, feed [`ReplFollower`], fetch gaps from
-//! the leader over request-response, and persist applied records to the
-//! follower's own WAL.
+//! A follower's replication: a network task and a worker thread.
+//!
+//! The network task only polls the swarm: it reassembles WAL gossip chunks
+//! and hands complete sealed messages and the leader's responses to the
+//! worker through a bounded inbox, and sends the requests the worker asks
+//! for. The worker decrypts with the follower's age identity, feeds
+//! [`ReplFollower`] (which re-runs the reducer on every record), and
+//! persists what was applied to the follower's own WAL, coalescing
+//! everything that arrived meanwhile into one group commit.
+//!
+//! Why split: applying and fsyncing on the swarm task stalled the swarm, so
+//! gossip backed up behind the follower's work, messages were dropped and
+//! the follower fell back to slow range catch-up.
 
 use super::envelope::{self, Reassembler};
 use super::{
@@ -15,11 +24,13 @@ use futures::StreamExt;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, Multiaddr, PeerId, Swarm};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::Genesis;
-use swoosh_storage::{BatchLimits, Entry, LogStore, WalWriter};
+use swoosh_storage::{BatchLimits, EncodedEntry, Entry, LogStore, WalWriter};
 
 /// How often the follower ticks its protocol (request timeouts, gaps).
 pub const TICK_MS: u64 = 50;
@@ -29,15 +40,41 @@ pub const REDIAL_MS: u64 = 1_000;
 pub const STATUS_EVERY_MS: u64 = 500;
 /// Refusal reasons kept for the health view.
 pub const REFUSALS_KEPT: usize = 16;
+/// Complete sealed gossip messages and leader responses waiting for the
+/// worker. When it is full the network task drops the message (counted in
+/// `inbox_full_drops`); the protocol fetches what was lost by range.
+pub const INBOX_MAX: usize = 1_024;
+/// Requests the worker asked for, waiting for the network task.
+pub const OUTBOX_MAX: usize = 64;
+/// The worker commits what it applied at least this often while messages
+/// keep arriving (a bound on the lag its group commits add)...
+pub const COALESCE_MS: u64 = 5;
+/// ...or once this many records wait, whichever comes first.
+pub const COALESCE_RECORDS_MAX: usize = 512;
+
+/// Counters the network task keeps without taking the shared lock (the
+/// worker holds it while it applies, and the swarm must never wait on that).
+#[derive(Default, Debug)]
+pub struct NetCounters {
+    pub gossip_chunks: AtomicU64,
+    /// Chunks the reassembler refused.
+    pub malformed_chunks: AtomicU64,
+    /// Messages dropped because the worker's inbox was full.
+    pub inbox_full_drops: AtomicU64,
+    pub leader_connected: AtomicBool,
+}
 
 /// The follower's state as its HTTP surface and tests see it.
 pub struct FollowerShared {
     pub repl: ReplFollower,
-    pub gossip_chunks: u64,
+    pub net: Arc<NetCounters>,
     pub decrypted: u64,
     /// Complete gossip messages this follower could not decrypt.
     pub undecryptable: u64,
     pub malformed: u64,
+    /// Group commits of the follower's WAL, and the records they held.
+    pub commits: u64,
+    pub committed_records: u64,
     pub persisted_index: u64,
     /// Snapshots installed into this follower's store (late join, far behind).
     pub snapshots_installed: u64,
@@ -56,11 +93,23 @@ pub struct FollowerP2p {
     pub peer_id: PeerId,
     pub shared: Arc<Mutex<FollowerShared>>,
     task: tokio::task::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl FollowerP2p {
+    /// Stop the swarm and the worker. Returns once the worker has persisted
+    /// what it applied and released the store (at most one tick plus the
+    /// batch in hand), so the store may be opened again at once.
     pub fn stop(&self) {
         self.task.abort();
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = self.worker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the follower's worker thread panicked");
+            }
+        }
     }
     pub fn applied_index(&self) -> u64 {
         self.shared.lock().expect("lock").repl.applied_index()
@@ -75,7 +124,7 @@ impl FollowerP2p {
 
 impl Drop for FollowerP2p {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -158,12 +207,15 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         id,
         node,
     );
+    let net = Arc::new(NetCounters::default());
     let shared = Arc::new(Mutex::new(FollowerShared {
         repl,
-        gossip_chunks: 0,
+        net: net.clone(),
         decrypted: 0,
         undecryptable: 0,
         malformed: 0,
+        commits: 0,
+        committed_records: 0,
         persisted_index: persisted,
         snapshots_installed: 0,
         last_refusals: vec![],
@@ -174,60 +226,75 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         listen_addrs: vec![],
     }));
     let peer_id = *swarm.local_peer_id();
-    let mut t = FollowerTask {
-        swarm,
+    let t0 = Instant::now();
+    let (inbox, inbox_rx) = sync_channel(INBOX_MAX);
+    let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut w = Worker {
         writer,
         identity: age_identity,
+        shared: shared.clone(),
+        outbox,
+        net: net.clone(),
+        t0,
+        pending: vec![],
+        persist_failed: false,
+    };
+    let worker_stop = stop.clone();
+    let worker = std::thread::Builder::new()
+        .name("swoosh-follower".into())
+        .spawn(move || w.run(inbox_rx, &worker_stop))
+        .map_err(|e| P2pError::Config(format!("cannot start the follower's worker: {e}")))?;
+    let mut t = FollowerTask {
+        swarm,
+        inbox,
+        outbox: outbox_rx,
         reasm: Reassembler::default(),
         leader_peer,
         leader_addr: leader,
         agent,
         topic_hash: topic.hash(),
         shared: shared.clone(),
-        t0: Instant::now(),
+        net,
     };
     let task = tokio::spawn(async move { t.run().await });
     Ok(FollowerP2p {
         peer_id,
         shared,
         task,
+        stop,
+        worker: Mutex::new(Some(worker)),
     })
 }
 
-struct FollowerTask<S: LogStore> {
+/// What the network task hands the worker.
+enum Input {
+    /// A reassembled, still sealed WAL gossip message.
+    Sealed(Vec<u8>),
+    /// A response from the leader, undecoded.
+    Response(Vec<u8>),
+}
+
+struct FollowerTask {
     swarm: Swarm<Behaviour>,
-    writer: WalWriter<S>,
-    identity: age::x25519::Identity,
+    inbox: SyncSender<Input>,
+    outbox: tokio::sync::mpsc::Receiver<wire::Request>,
     reasm: Reassembler,
     leader_peer: PeerId,
     leader_addr: Multiaddr,
     agent: String,
     topic_hash: gossipsub::TopicHash,
     shared: Arc<Mutex<FollowerShared>>,
-    t0: Instant,
+    net: Arc<NetCounters>,
 }
 
-impl<S: LogStore> FollowerTask<S> {
+impl FollowerTask {
     async fn run(&mut self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         let mut redial = tokio::time::interval(Duration::from_millis(REDIAL_MS));
-        let mut status = tokio::time::interval(Duration::from_millis(STATUS_EVERY_MS));
         loop {
             tokio::select! {
-                _ = status.tick() => {
-                    if self.swarm.is_connected(&self.leader_peer) {
-                        // Sent even when halted, so the leader raises the alarm too.
-                        let mut r = self.shared.lock().expect("lock").repl.status_report();
-                        r.halted |= self.shared.lock().expect("lock").halted_reason.is_some();
-                        self.send(&wire::Request::Status(r));
-                    }
-                }
                 ev = self.swarm.select_next_some() => self.on_event(ev),
-                _ = tick.tick() => {
-                    let now = ms_since(self.t0);
-                    let eff = self.shared.lock().expect("lock").repl.tick(now);
-                    self.effects(eff);
-                }
+                Some(req) = self.outbox.recv() => self.send(&req),
                 _ = redial.tick() => {
                     if !self.swarm.is_connected(&self.leader_peer) {
                         let _ = self.swarm.dial(self.leader_addr.clone());
@@ -254,22 +321,7 @@ impl<S: LogStore> FollowerTask<S> {
                 peer,
                 message: Message::Response { response, .. },
                 ..
-            })) if peer == self.leader_peer => match wire::decode_response(&response.0) {
-                Ok(resp) => {
-                    let now = ms_since(self.t0);
-                    let eff = self
-                        .shared
-                        .lock()
-                        .expect("lock")
-                        .repl
-                        .on_response(&resp, now);
-                    self.effects(eff);
-                }
-                Err(e) => {
-                    tracing::warn!("a response from the leader does not decode: {e}");
-                    self.shared.lock().expect("lock").malformed += 1;
-                }
-            },
+            })) if peer == self.leader_peer => self.hand_to_worker(Input::Response(response.0)),
             SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message {
                 message: Message::Request { channel, .. },
                 ..
@@ -290,11 +342,11 @@ impl<S: LogStore> FollowerTask<S> {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == self.leader_peer => {
                 tracing::info!(leader = %peer_id, "connected to the leader");
-                self.shared.lock().expect("lock").leader_connected = true;
+                self.net.leader_connected.store(true, Ordering::SeqCst);
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == self.leader_peer => {
                 let connected = self.swarm.is_connected(&self.leader_peer);
-                self.shared.lock().expect("lock").leader_connected = connected;
+                self.net.leader_connected.store(connected, Ordering::SeqCst);
                 if !connected {
                     tracing::warn!(leader = %peer_id, "lost the connection to the leader; redialling");
                 }
@@ -304,42 +356,31 @@ impl<S: LogStore> FollowerTask<S> {
     }
 
     fn on_chunk(&mut self, data: &[u8]) {
-        self.shared.lock().expect("lock").gossip_chunks += 1;
-        let ct = match self.reasm.push(data) {
-            Ok(Some(ct)) => ct,
-            Ok(None) => return,
+        self.net.gossip_chunks.fetch_add(1, Ordering::Relaxed);
+        match self.reasm.push(data) {
+            Ok(Some(ct)) => self.hand_to_worker(Input::Sealed(ct)),
+            Ok(None) => {}
             Err(e) => {
                 tracing::debug!("gossip chunk refused: {e}");
-                self.shared.lock().expect("lock").malformed += 1;
-                return;
+                self.net.malformed_chunks.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        let plain = match envelope::decrypt(&ct, &self.identity) {
-            Ok(p) => p,
-            Err(e) => {
-                let mut s = self.shared.lock().expect("lock");
-                s.undecryptable += 1;
-                if s.undecryptable == 1 {
-                    tracing::warn!("WAL gossip is not readable with this follower's age identity ({e}): is it listed in genesis followers?");
+        }
+    }
+
+    /// Never blocks the swarm: a full inbox drops the message, and the
+    /// protocol fetches what it missed by range once the worker catches up.
+    fn hand_to_worker(&mut self, m: Input) {
+        match self.inbox.try_send(m) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.net.inbox_full_drops.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("the follower's worker is behind ({INBOX_MAX} messages waiting): dropping gossip, it catches up by range");
                 }
-                return;
             }
-        };
-        let msg = match wire::decode_gossip(&plain) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("decrypted gossip does not decode: {e}");
-                self.shared.lock().expect("lock").malformed += 1;
-                return;
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("the follower's worker has stopped");
             }
-        };
-        let now = ms_since(self.t0);
-        let eff = {
-            let mut s = self.shared.lock().expect("lock");
-            s.decrypted += 1;
-            s.repl.on_gossip(&msg, now)
-        };
-        self.effects(eff);
+        }
     }
 
     fn send(&mut self, req: &wire::Request) {
@@ -354,6 +395,185 @@ impl<S: LogStore> FollowerTask<S> {
             Err(e) => tracing::error!("cannot encode a request: {e}"),
         }
     }
+}
+
+/// An applied record waiting for its group commit, with the encoding and
+/// proposal hash the protocol computed (so persisting encodes nothing again).
+struct Applied {
+    entry: Entry,
+    bytes: Vec<u8>,
+    content_hash: swoosh_core::hash::Hash,
+}
+
+/// The follower's worker thread: protocol, reducer and WAL.
+struct Worker<S: LogStore> {
+    writer: WalWriter<S>,
+    identity: age::x25519::Identity,
+    shared: Arc<Mutex<FollowerShared>>,
+    outbox: tokio::sync::mpsc::Sender<wire::Request>,
+    net: Arc<NetCounters>,
+    t0: Instant,
+    /// Applied and not yet durable: committed together once the inbox is
+    /// drained, or when a group commit is full.
+    pending: Vec<Applied>,
+    persist_failed: bool,
+}
+
+impl<S: LogStore> Worker<S> {
+    fn run(&mut self, inbox: Receiver<Input>, stop: &AtomicBool) {
+        let tick = Duration::from_millis(TICK_MS);
+        let status_every = Duration::from_millis(STATUS_EVERY_MS);
+        let coalesce = Duration::from_millis(COALESCE_MS);
+        let mut next_tick = Instant::now() + tick;
+        let mut next_status = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(m) => {
+                    let started = Instant::now();
+                    self.input(m);
+                    // What is already waiting joins this group commit, within
+                    // a bound on the delay it adds to the first record.
+                    while self.pending.len() < COALESCE_RECORDS_MAX
+                        && started.elapsed() < coalesce
+                        && !stop.load(Ordering::SeqCst)
+                    {
+                        let Ok(m) = inbox.try_recv() else { break };
+                        self.input(m);
+                    }
+                    self.persist();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now_i = Instant::now();
+            if now_i >= next_tick {
+                next_tick = now_i + tick;
+                let now = ms_since(self.t0);
+                let connected = self.net.leader_connected.load(Ordering::SeqCst);
+                let (eff, report) = {
+                    let mut s = self.shared.lock().expect("lock");
+                    s.leader_connected = connected;
+                    let eff = s.repl.tick(now);
+                    // Sent even when halted, so the leader raises the alarm too.
+                    let report = (connected && now_i >= next_status).then(|| {
+                        let mut r = s.repl.status_report();
+                        r.halted |= s.halted_reason.is_some();
+                        r
+                    });
+                    (eff, report)
+                };
+                if let Some(r) = report {
+                    next_status = now_i + status_every;
+                    self.send(wire::Request::Status(r));
+                }
+                self.effects(eff);
+                self.persist();
+            }
+        }
+        self.persist();
+    }
+
+    fn input(&mut self, m: Input) {
+        let now = ms_since(self.t0);
+        match m {
+            Input::Sealed(ct) => {
+                let plain = match envelope::decrypt(&ct, &self.identity) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let mut s = self.shared.lock().expect("lock");
+                        s.undecryptable += 1;
+                        if s.undecryptable == 1 {
+                            tracing::warn!("WAL gossip is not readable with this follower's age identity ({e}): is it listed in genesis followers?");
+                        }
+                        return;
+                    }
+                };
+                let msg = match wire::decode_gossip(&plain) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("decrypted gossip does not decode: {e}");
+                        self.shared.lock().expect("lock").malformed += 1;
+                        return;
+                    }
+                };
+                let eff = {
+                    let mut s = self.shared.lock().expect("lock");
+                    s.decrypted += 1;
+                    s.repl.on_gossip(&msg, now)
+                };
+                self.effects(eff);
+            }
+            Input::Response(bytes) => match wire::decode_response(&bytes) {
+                Ok(resp) => {
+                    let eff = self
+                        .shared
+                        .lock()
+                        .expect("lock")
+                        .repl
+                        .on_response(&resp, now);
+                    self.effects(eff);
+                }
+                Err(e) => {
+                    tracing::warn!("a response from the leader does not decode: {e}");
+                    self.shared.lock().expect("lock").malformed += 1;
+                }
+            },
+        }
+    }
+
+    fn send(&mut self, req: wire::Request) {
+        if let Err(e) = self.outbox.try_send(req) {
+            // Only a burst of timeouts fills it; the request is sent again
+            // at the next timeout.
+            tracing::warn!("the follower's request queue is full: {e}");
+        }
+    }
+
+    /// Make every applied record durable in group commits.
+    fn persist(&mut self) {
+        if self.pending.is_empty() || self.persist_failed {
+            return;
+        }
+        let limits = self.writer.limits();
+        let mut parts: Vec<Vec<EncodedEntry>> = vec![];
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for a in std::mem::take(&mut self.pending) {
+            let enc = match a.entry.encode_with(a.bytes, a.content_hash) {
+                Ok(enc) => enc,
+                Err(err) => return self.persist_error(err),
+            };
+            // Split where the writer's limits would refuse the batch.
+            if parts.is_empty() || !limits.fits(n + 1, bytes + enc.bytes()) {
+                parts.push(vec![]);
+                (n, bytes) = (0, 0);
+            }
+            n += 1;
+            bytes += enc.bytes();
+            parts.last_mut().expect("pushed").push(enc);
+        }
+        for part in parts {
+            match self.writer.append_encoded(part) {
+                Ok(r) => {
+                    let mut s = self.shared.lock().expect("lock");
+                    s.persisted_index = r.last_index;
+                    s.last_applied_ms = now_wall_ms();
+                    s.commits += 1;
+                    s.committed_records += r.records as u64;
+                }
+                Err(err) => return self.persist_error(err),
+            }
+        }
+    }
+
+    fn persist_error(&mut self, err: swoosh_storage::AppendError) {
+        tracing::error!(
+            "ALARM: cannot persist replicated records: {err}; this follower stops applying"
+        );
+        self.persist_failed = true;
+        self.pending.clear();
+        let mut s = self.shared.lock().expect("lock");
+        s.halted_reason = Some(format!("persist: {err}"));
+    }
 
     fn effects(&mut self, eff: Vec<FollowerEffect>) {
         for e in eff {
@@ -364,22 +584,21 @@ impl<S: LogStore> FollowerTask<S> {
             }
             match e {
                 FollowerEffect::Applied(recs) => {
-                    let entries: Vec<Entry> =
-                        recs.into_iter().map(|a| Entry::record(a.record)).collect();
-                    match self.writer.append_batch(&entries) {
-                        Ok(r) => {
-                            let mut s = self.shared.lock().expect("lock");
-                            s.persisted_index = r.last_index;
-                            s.last_applied_ms = now_wall_ms();
-                        }
-                        Err(err) => {
-                            tracing::error!("ALARM: cannot persist replicated records: {err}; this follower stops applying");
-                            let mut s = self.shared.lock().expect("lock");
-                            s.halted_reason = Some(format!("persist: {err}"));
+                    for a in recs {
+                        let mut entry = Entry::record(a.record);
+                        entry.record_hash = Some(a.hash);
+                        self.pending.push(Applied {
+                            entry,
+                            bytes: a.bytes,
+                            content_hash: a.content_hash,
+                        });
+                        if self.pending.len() >= self.writer.limits().wal_batch_records_max {
+                            self.persist();
                         }
                     }
                 }
                 FollowerEffect::InstallSnapshot { index, bytes } => {
+                    self.persist();
                     // The protocol verified the bytes against the leader's
                     // signed manifest; the store makes the snapshot the base
                     // its own WAL continues from, in one commit.
@@ -410,7 +629,7 @@ impl<S: LogStore> FollowerTask<S> {
                         }
                     }
                 }
-                FollowerEffect::Send(req) => self.send(&req),
+                FollowerEffect::Send(req) => self.send(req),
                 FollowerEffect::Refused(r) => {
                     tracing::warn!(kind = r.kind(), "refused a replication message: {r}");
                     let mut s = self.shared.lock().expect("lock");

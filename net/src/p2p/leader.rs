@@ -29,7 +29,7 @@ use swoosh_core::reducer::apply_record;
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::{Genesis, NodeState};
 use swoosh_core::statechart::Role;
-use swoosh_storage::wal::read_record;
+use swoosh_storage::wal::{decode_frame, read_record, ReadError};
 use swoosh_storage::LogStore;
 use tokio::sync::mpsc;
 
@@ -309,7 +309,9 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         council_topic: super::council_topic(&genesis.cluster_id),
         collector: CouncilCollector::new(key.clone(), &genesis),
         key,
-        node: Some(node),
+        // Only elections read the state copy; without a proposal channel
+        // there are none, and re-running the reducer per record is waste.
+        node: proposals.is_some().then_some(node),
         proposals,
         announced: BTreeMap::new(),
         proposed: BTreeMap::new(),
@@ -389,8 +391,31 @@ impl<S: LogStore> LeaderTask<S> {
         let to = last.min(from + TAIL_RECORDS_PER_POLL - 1);
         let mut effects = vec![];
         for i in from..=to {
-            let rec = match read_record(&self.store, i) {
-                Ok(v) => v.record,
+            // The frame's verified hash is the record's hash; its length
+            // bounds the canonical encoding's. No re-encoding needed.
+            let read = self
+                .store
+                .read_at(i)
+                .map_err(ReadError::from)
+                .and_then(|b| match b {
+                    Some(bytes) => {
+                        decode_frame(i, &bytes)
+                            .map(|v| (v, bytes.len()))
+                            .map_err(|reason| ReadError::Corrupt {
+                                location: self.store.location(),
+                                index: i,
+                                reason,
+                            })
+                    }
+                    // Absent: read_record names why (below the WAL base, missing).
+                    None => read_record(&self.store, i).map(|v| {
+                        let size =
+                            swoosh_core::cbor::to_canonical(&v.record).map_or(0, |b| b.len());
+                        (v, size)
+                    }),
+                });
+            let (rec, hash, size) = match read {
+                Ok((v, size)) => (v.record, v.hash, size),
                 Err(e) => {
                     tracing::error!("cannot read record {i} for replication: {e}");
                     break;
@@ -404,7 +429,7 @@ impl<S: LogStore> LeaderTask<S> {
                     self.node = None;
                 }
             }
-            match self.repl.on_committed(&rec) {
+            match self.repl.on_committed_hashed(&rec, hash, size) {
                 Ok(e) => effects.extend(e),
                 Err(e) => {
                     tracing::error!("replication refused record {i}: {e}");

@@ -15,7 +15,7 @@ use swoosh_core::cbor::from_canonical;
 use swoosh_core::guards::Verify;
 use swoosh_core::hash::Hash;
 use swoosh_core::record::WalRecord;
-use swoosh_core::reducer::apply_record;
+use swoosh_core::reducer::{apply_prepared, prepare_record_hashed};
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::NodeState;
 
@@ -114,11 +114,15 @@ impl RefusedMessage {
 }
 
 /// A record this follower applied, with its hash: the one the leader's
-/// signed header lists, which the reducer's re-encoding reproduced.
+/// signed header lists, computed over `bytes`, the record's canonical
+/// encoding (so the WAL stores it without encoding it again).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AppliedRecord {
     pub record: WalRecord,
     pub hash: Hash,
+    pub bytes: Vec<u8>,
+    /// The proposal's content hash, computed while applying.
+    pub content_hash: Hash,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -178,7 +182,9 @@ pub struct ReplFollower {
     genesis_hash: Hash,
     node: NodeState,
     leader_index: u64,
-    pending: BTreeMap<u64, WalBatch>,
+    /// Verified batches ahead of the applied index, with their records'
+    /// canonical encodings (computed by the verification).
+    pending: BTreeMap<u64, (WalBatch, Vec<Vec<u8>>)>,
     inflight: Option<Inflight>,
     snap: Option<SnapshotRecv>,
     halted: Option<Divergence>,
@@ -406,8 +412,11 @@ impl ReplFollower {
     }
 
     /// Each record is the one the signed header names, and they chain.
-    fn verify_records(b: &WalBatch) -> Result<(), RefusedMessage> {
+    /// Returns the records' canonical encodings, so applying and persisting
+    /// them never encodes them again.
+    fn verify_records(b: &WalBatch) -> Result<Vec<Vec<u8>>, RefusedMessage> {
         let h = &b.header;
+        let mut encodings = Vec::with_capacity(b.records.len());
         for (i, rec) in b.records.iter().enumerate() {
             let index = h.first_index + i as u64;
             if rec.index != index {
@@ -416,9 +425,13 @@ impl ReplFollower {
                     rec.index
                 )));
             }
-            if rec.hash() != h.record_hashes[i] {
+            // A record that cannot encode cannot match any signed hash.
+            let bytes = swoosh_core::cbor::to_canonical(rec)
+                .map_err(|_| RefusedMessage::RecordHash { index })?;
+            if Hash::of_bytes(&bytes) != h.record_hashes[i] {
                 return Err(RefusedMessage::RecordHash { index });
             }
+            encodings.push(bytes);
             let prev = if i == 0 {
                 h.prev_hash
             } else {
@@ -428,7 +441,7 @@ impl ReplFollower {
                 return Err(RefusedMessage::Link { index });
             }
         }
-        Ok(())
+        Ok(encodings)
     }
 
     fn on_batch(&mut self, b: &WalBatch, out: &mut Vec<FollowerEffect>) {
@@ -456,21 +469,26 @@ impl ReplFollower {
             }
             return;
         }
-        if let Err(e) = Self::verify_records(b) {
-            return self.refuse(e, out);
-        }
         if first > next {
+            // Counted before any hashing: a full buffer drops the batch anyway.
             if self.pending.contains_key(&first) {
                 self.stats.duplicates += 1;
+                return;
             } else if self.pending.len() >= self.cfg.pending_batches_max {
                 self.stats.buffer_full_drops += 1;
-            } else {
-                self.stats.buffered += 1;
-                self.pending.insert(first, b.clone());
+                return;
             }
+        }
+        let encodings = match Self::verify_records(b) {
+            Ok(e) => e,
+            Err(e) => return self.refuse(e, out),
+        };
+        if first > next {
+            self.stats.buffered += 1;
+            self.pending.insert(first, (b.clone(), encodings));
             return;
         }
-        self.apply(b, out);
+        self.apply(b, encodings, out);
         self.drain(out);
     }
 
@@ -482,17 +500,17 @@ impl ReplFollower {
             if first > self.node.index + 1 {
                 break;
             }
-            let (_, b) = self.pending.pop_first().expect("non-empty");
+            let (_, (b, encodings)) = self.pending.pop_first().expect("non-empty");
             if b.header.last_index <= self.node.index {
                 self.stats.duplicates += 1;
                 continue;
             }
-            self.apply(&b, out);
+            self.apply(&b, encodings, out);
         }
     }
 
     /// Apply a verified batch with `first_index <= next <= last_index`.
-    fn apply(&mut self, b: &WalBatch, out: &mut Vec<FollowerEffect>) {
+    fn apply(&mut self, b: &WalBatch, encodings: Vec<Vec<u8>>, out: &mut Vec<FollowerEffect>) {
         let first = b.header.first_index;
         let skip = (self.node.index + 1 - first) as usize;
         if skip > 0 && b.header.record_hashes[skip - 1] != self.node.head_record {
@@ -508,24 +526,24 @@ impl ReplFollower {
             return self.halt(d, out);
         }
         let mut applied = Vec::with_capacity(b.records.len() - skip);
-        for (rec, hash) in b.records[skip..]
+        for ((rec, hash), bytes) in b.records[skip..]
             .iter()
             .zip(&b.header.record_hashes[skip..])
+            .zip(encodings.into_iter().skip(skip))
         {
-            match apply_record(&mut self.node, rec, Verify::Trusted) {
-                Ok(acc) => {
-                    // verify_records matched the record to the signed hash;
-                    // the reducer's re-encoding must give it back.
-                    assert_eq!(
-                        acc.record_hash, *hash,
-                        "record {} re-encodes differently",
-                        rec.index
-                    );
-                    applied.push(AppliedRecord {
-                        record: rec.clone(),
-                        hash: *hash,
-                    })
-                }
+            // verify_records hashed exactly this encoding against the signed
+            // header, so the record's hash is known without encoding it again.
+            let applied_one = prepare_record_hashed(rec.clone(), *hash).and_then(|p| {
+                let content_hash = p.content_hash();
+                apply_prepared(&mut self.node, &p, Verify::Trusted).map(|_| content_hash)
+            });
+            match applied_one {
+                Ok(content_hash) => applied.push(AppliedRecord {
+                    record: rec.clone(),
+                    hash: *hash,
+                    bytes,
+                    content_hash,
+                }),
                 Err(e) => {
                     self.stats.records_applied += applied.len() as u64;
                     if !applied.is_empty() {
@@ -694,7 +712,7 @@ impl ReplFollower {
             Ok(node) => {
                 let index = node.index;
                 self.node = node;
-                self.pending.retain(|_, b| b.header.last_index > index);
+                self.pending.retain(|_, (b, _)| b.header.last_index > index);
                 self.stats.snapshots_installed += 1;
                 out.push(FollowerEffect::InstallSnapshot {
                     index,

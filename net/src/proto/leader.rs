@@ -191,6 +191,21 @@ impl ReplLeader {
 
     /// A durable record, in index order. Returns the batches that closed.
     pub fn on_committed(&mut self, rec: &WalRecord) -> Result<Vec<LeaderEffect>, LeaderError> {
+        let (hash, size) = encode_record(rec)?;
+        self.on_committed_hashed(rec, hash, size)
+    }
+
+    /// [`ReplLeader::on_committed`] for a record whose hash the caller holds:
+    /// the leader reads its own frames, whose stored hash is the record's
+    /// hash, so it need not encode the record again. Contract: `hash` is
+    /// BLAKE3 of the record's canonical encoding and `size` at least that
+    /// encoding's length (it bounds the batch bytes).
+    pub fn on_committed_hashed(
+        &mut self,
+        rec: &WalRecord,
+        hash: Hash,
+        size: usize,
+    ) -> Result<Vec<LeaderEffect>, LeaderError> {
         if rec.index != self.committed.0 + 1 {
             return Err(LeaderError::OutOfOrder {
                 index: rec.index,
@@ -200,7 +215,6 @@ impl ReplLeader {
         if rec.prev_hash != self.committed.1 {
             return Err(LeaderError::Chain { index: rec.index });
         }
-        let (hash, size) = encode_record(rec)?;
         let mut out = vec![];
         if !self.open.is_empty() && self.open_bytes + size > self.cfg.batch_bytes_max {
             out.extend(self.close());
