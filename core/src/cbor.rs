@@ -297,6 +297,22 @@ mod tests {
             let reference = reference_value_to_canonical(v).expect("no floats or tags");
             proptest::prop_assert_eq!(fast, reference);
         }
+
+        /// The encoder reuses map scratch buffers per thread: a refusal
+        /// half-way through nested maps must leave nothing behind that
+        /// changes the next encoding.
+        #[test]
+        fn a_refused_encoding_leaves_the_next_one_exact(v in arb_value(), w in arb_value()) {
+            let poisoned = Value::Map(vec![
+                (Value::Text("a".into()), v.clone()),
+                (Value::Text("b".into()), Value::Map(vec![(Value::Text("x".into()), Value::Float(0.5))])),
+                (Value::Text("c".into()), v),
+            ]);
+            proptest::prop_assert!(crate::cbor_fast::encode(&poisoned).is_err());
+            let fast = crate::cbor_fast::encode(&w).expect("no floats or tags");
+            let reference = reference_value_to_canonical(w).expect("no floats or tags");
+            proptest::prop_assert_eq!(fast, reference);
+        }
     }
 
     #[test]

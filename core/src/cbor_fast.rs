@@ -106,13 +106,29 @@ pub struct MapEnc<'a> {
     pending_key: Option<(usize, usize)>,
 }
 
+/// Scratch buffers a thread keeps for the next maps it encodes: one record
+/// opens dozens of maps, and allocating and freeing their buffers was a
+/// large share of encoding time.
+pub const MAP_SCRATCH_KEPT: usize = 32;
+/// A scratch buffer that grew past this is freed rather than kept.
+pub const MAP_SCRATCH_BYTES_MAX: usize = 64 * 1024;
+
+type Scratch = (Vec<u8>, Vec<(usize, usize, usize)>);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl<'a> MapEnc<'a> {
     fn new(out: &'a mut Vec<u8>, depth: usize, len: usize) -> MapEnc<'a> {
+        let (buf, entries) = SCRATCH
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| (Vec::with_capacity(64 * len.max(1)), Vec::with_capacity(len)));
         MapEnc {
             out,
             depth,
-            buf: Vec::with_capacity(64 * len.max(1)),
-            entries: Vec::with_capacity(len),
+            buf,
+            entries,
             pending_key: None,
         }
     }
@@ -141,6 +157,24 @@ impl<'a> MapEnc<'a> {
             depth: self.depth + 1,
         })?;
         Ok((start, self.buf.len()))
+    }
+}
+
+impl Drop for MapEnc<'_> {
+    fn drop(&mut self) {
+        if self.buf.capacity() > MAP_SCRATCH_BYTES_MAX {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut entries = std::mem::take(&mut self.entries);
+        buf.clear();
+        entries.clear();
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < MAP_SCRATCH_KEPT {
+                s.push((buf, entries));
+            }
+        });
     }
 }
 
