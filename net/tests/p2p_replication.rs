@@ -383,9 +383,8 @@ async fn p2p_follower_restart_resumes_from_its_own_wal() {
         .await
         .unwrap();
     wait_for("the follower at 40", || f.applied_index() == 40).await;
+    // Dropping joins the worker, so the store is free to open at once.
     drop(f);
-    // Let the aborted task go before its store is opened again.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     c.commit(60);
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
         .await
@@ -479,7 +478,6 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     );
     // Its own store holds the snapshot as its WAL base plus the tail only.
     drop(f);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let st = MemStore::open("f", &disk, Durability::Sync);
     assert_eq!(swoosh_storage::first_index(&st).unwrap(), 121);
     let rec = swoosh_storage::recover(&st, &g).unwrap();

@@ -1006,3 +1006,28 @@ fn group_committer_batches_within_limits_and_returns_tokens(h: &mut impl Harness
         st.node().head_record
     );
 }
+
+/// A caller that already encoded the record and hashed its proposal (a
+/// follower) gets the same frames as a fresh encoding; a payload that is not
+/// the record's is refused by the hash check, not written.
+#[test]
+fn encode_with_a_known_encoding_matches_encode() {
+    let mut st = stream();
+    for acc in st.take(12) {
+        let rec = acc.record.clone();
+        let mut e = Entry::record(rec.clone());
+        e.record_hash = Some(acc.record_hash);
+        let bytes = swoosh_core::cbor::to_canonical(&rec).unwrap();
+        let ch = rec.proposal().content_hash().unwrap();
+        assert_eq!(
+            e.encode_with(bytes.clone(), ch).unwrap(),
+            e.encode().unwrap()
+        );
+        let mut other = bytes;
+        other.push(0);
+        assert!(matches!(
+            e.encode_with(other, ch),
+            Err(AppendError::HashMismatch { .. })
+        ));
+    }
+}

@@ -210,6 +210,53 @@ fn steady_tailing_applies_every_batch_and_ends_on_the_leader_hash() {
     assert_eq!(f.status().lag_records, 0);
 }
 
+/// The follower hands its WAL each record's canonical encoding, its hash and
+/// its proposal's content hash, computed once while verifying and applying;
+/// the leader's hashed entry point (frames it already holds) publishes the
+/// same batches as re-encoding every record.
+#[test]
+fn applied_records_carry_their_encoding_and_hashed_publishing_matches() {
+    let c = cluster(24);
+    let mut hashed = c.leader(small_batches());
+    let mut by_hash = vec![];
+    for r in &c.records {
+        let bytes = to_canonical(r).unwrap();
+        // A frame length bounds the encoding from above, as the p2p leader passes it.
+        by_hash.extend(
+            hashed
+                .on_committed_hashed(r, Hash::of_bytes(&bytes), bytes.len() + 16)
+                .unwrap(),
+        );
+    }
+    by_hash.extend(hashed.flush());
+    let by_hash: Vec<WalBatch> = by_hash
+        .into_iter()
+        .map(|LeaderEffect::Publish(g)| match g {
+            Gossip::Batch(b) => b,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let batches = c.batches(small_batches());
+    assert_eq!(by_hash, batches);
+    let mut f = c.follower();
+    let mut seen = 0;
+    for b in &batches {
+        for e in f.on_gossip(&Gossip::Batch(b.clone()), 0) {
+            if let FollowerEffect::Applied(recs) = e {
+                for a in recs {
+                    assert_eq!(a.bytes, to_canonical(&a.record).unwrap());
+                    assert_eq!(a.hash, Hash::of_bytes(&a.bytes));
+                    assert_eq!(a.hash, a.record.hash());
+                    assert_eq!(a.content_hash, a.record.proposal().content_hash().unwrap());
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(seen, 24);
+    assert_eq!(f.node().root_hash(), c.node.root_hash());
+}
+
 #[test]
 fn batches_are_bounded_by_count_and_bytes_and_fit_a_gossip_message() {
     let c = cluster(60);
