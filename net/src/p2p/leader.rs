@@ -157,6 +157,94 @@ pub struct LeaderP2p {
     pub shared: Arc<Mutex<LeaderShared>>,
     reports: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
     task: tokio::task::JoinHandle<()>,
+    state_copy: Option<StateCopy>,
+}
+
+/// The committed state the elections read, kept by its own thread: it tails
+/// the store and re-runs the reducer on every record, work that on the swarm
+/// task would stall gossip at high commit rates. `None` inside once the copy
+/// refused a record (elections stop; replication goes on).
+struct StateCopy {
+    node: Arc<Mutex<Option<NodeState>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StateCopy {
+    fn spawn<S: LogStore + Send + Sync + 'static>(
+        store: Arc<S>,
+        node: NodeState,
+    ) -> Result<StateCopy, P2pError> {
+        let at = node.index;
+        let node = Arc::new(Mutex::new(Some(node)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (n, st) = (node.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("swoosh-leader-state".into())
+            .spawn(move || state_copy_loop(&*store, &n, at, &st))
+            .map_err(|e| P2pError::Config(format!("cannot start the leader's state copy: {e}")))?;
+        Ok(StateCopy {
+            node,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for StateCopy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the leader's state copy thread panicked");
+            }
+        }
+    }
+}
+
+fn state_copy_loop<S: LogStore + ?Sized>(
+    store: &S,
+    node: &Mutex<Option<NodeState>>,
+    mut at: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let poll = Duration::from_millis(TAIL_POLL_MS);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let last = match store.last_index() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("the leader's state copy cannot read the log tail: {e}");
+                at
+            }
+        };
+        if last <= at {
+            std::thread::sleep(poll);
+            continue;
+        }
+        for i in at + 1..=last {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let rec = match read_record(store, i) {
+                Ok(v) => v.record,
+                Err(e) => {
+                    tracing::error!("the leader's state copy cannot read record {i}: {e}");
+                    std::thread::sleep(poll);
+                    break;
+                }
+            };
+            let mut g = node.lock().expect("state copy lock");
+            let Some(n) = g.as_mut() else { return };
+            if let Err(e) = apply_record(n, &rec, Verify::Trusted) {
+                tracing::error!(
+                    "the leader's state copy refused record {i} ({e}); council elections stop"
+                );
+                *g = None;
+                return;
+            }
+            at = i;
+        }
+    }
 }
 
 impl LeaderP2p {
@@ -173,6 +261,9 @@ impl LeaderP2p {
 
     pub fn stop(&self) {
         self.task.abort();
+        if let Some(c) = &self.state_copy {
+            c.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
     pub fn snapshot(&self) -> LeaderShared {
         self.shared.lock().expect("leader stats lock").clone()
@@ -294,6 +385,13 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         followers: seen,
         ..Default::default()
     }));
+    let store = Arc::new(store);
+    // Only elections read the state copy; without a proposal channel there
+    // are none, and re-running the reducer per record would be waste.
+    let state_copy = match proposals.is_some() {
+        true => Some(StateCopy::spawn(store.clone(), node)?),
+        false => None,
+    };
     let mut t = LeaderTask {
         store,
         repl,
@@ -309,9 +407,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         council_topic: super::council_topic(&genesis.cluster_id),
         collector: CouncilCollector::new(key.clone(), &genesis),
         key,
-        // Only elections read the state copy; without a proposal channel
-        // there are none, and re-running the reducer per record is waste.
-        node: proposals.is_some().then_some(node),
+        node: state_copy.as_ref().map(|c| c.node.clone()),
         proposals,
         announced: BTreeMap::new(),
         proposed: BTreeMap::new(),
@@ -324,11 +420,12 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         shared,
         reports,
         task,
+        state_copy,
     })
 }
 
 struct LeaderTask<S: LogStore> {
-    store: S,
+    store: Arc<S>,
     repl: ReplLeader,
     swarm: Swarm<Behaviour>,
     recipients: Vec<age::x25519::Recipient>,
@@ -346,8 +443,8 @@ struct LeaderTask<S: LogStore> {
     council_topic: libp2p::gossipsub::IdentTopic,
     collector: CouncilCollector,
     key: SigningKey,
-    /// The committed state, kept by applying tailed records (for elections).
-    node: Option<NodeState>,
+    /// The committed state for elections, kept by [`StateCopy`]'s thread.
+    node: Option<Arc<Mutex<Option<NodeState>>>>,
     proposals: Option<mpsc::UnboundedSender<Proposal>>,
     /// project -> ms of the last announcement.
     announced: BTreeMap<String, u64>,
@@ -408,7 +505,7 @@ impl<S: LogStore> LeaderTask<S> {
                             })
                     }
                     // Absent: read_record names why (below the WAL base, missing).
-                    None => read_record(&self.store, i).map(|v| {
+                    None => read_record(&*self.store, i).map(|v| {
                         let size =
                             swoosh_core::cbor::to_canonical(&v.record).map_or(0, |b| b.len());
                         (v, size)
@@ -421,14 +518,6 @@ impl<S: LogStore> LeaderTask<S> {
                     break;
                 }
             };
-            if let Some(node) = &mut self.node {
-                if let Err(e) = apply_record(node, &rec, Verify::Trusted) {
-                    tracing::error!(
-                        "the leader's state copy refused record {i} ({e}); council elections stop"
-                    );
-                    self.node = None;
-                }
-            }
             match self.repl.on_committed_hashed(&rec, hash, size) {
                 Ok(e) => effects.extend(e),
                 Err(e) => {
@@ -509,7 +598,11 @@ impl<S: LogStore> LeaderTask<S> {
         if self.proposals.is_none() {
             return;
         }
-        let Some(node) = &self.node else {
+        let Some(copy) = self.node.clone() else {
+            return;
+        };
+        let guard = copy.lock().expect("state copy lock");
+        let Some(node) = guard.as_ref() else {
             return;
         };
         let now = super::ms_since(self.t0);
@@ -561,6 +654,8 @@ impl<S: LogStore> LeaderTask<S> {
                 }
             }
         }
+        // send_certificate locks the copy again (std mutexes do not nest).
+        drop(guard);
         for id in close {
             self.collector.close(&id);
             self.announced.remove(&id);
@@ -577,10 +672,14 @@ impl<S: LogStore> LeaderTask<S> {
     }
 
     fn send_certificate(&mut self, cert: &crate::proto::council::Certificate, now: u64) {
-        let (Some(node), Some(tx)) = (&self.node, &self.proposals) else {
+        let (Some(copy), Some(tx)) = (&self.node, &self.proposals) else {
             return;
         };
-        match certificate_proposal(cert, node, &self.key, Self::now_wall_ms()) {
+        let built = match copy.lock().expect("state copy lock").as_ref() {
+            Some(node) => certificate_proposal(cert, node, &self.key, Self::now_wall_ms()),
+            None => return,
+        };
+        match built {
             Ok(p) => {
                 tracing::info!(project = %cert.project, epoch = cert.epoch, votes = cert.votes.len(), "proposing the quorum certificate");
                 let _ = tx.send(p);
@@ -606,7 +705,7 @@ impl<S: LogStore> LeaderTask<S> {
             .ok()
             .and_then(|l| l.last().copied());
         if newest.is_some() && newest != self.offered.as_ref().map(|o| o.index) {
-            self.offered = OfferedSnapshot::newest(&self.store);
+            self.offered = OfferedSnapshot::newest(&*self.store);
         }
     }
 
@@ -693,7 +792,7 @@ impl<S: LogStore> LeaderTask<S> {
                         Ok(req) => {
                             self.refresh_snapshot();
                             let log = StoreLog {
-                                store: &self.store,
+                                store: &*self.store,
                                 snapshot: self.offered.as_ref(),
                             };
                             self.repl.on_request(&req, &log)
