@@ -94,9 +94,10 @@ pub enum WalCmd {
         dir: PathBuf,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// First record to export.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-        from: u64,
+        /// First index to export [default: the log's first record: 1, or
+        /// the record after the snapshot a follower's log is based on]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        from: Option<u64>,
         /// Last record to export (default: the last record of the log).
         #[arg(long)]
         to: Option<u64>,
@@ -625,12 +626,17 @@ fn join_u64(v: &[u64]) -> String {
 fn wal_export(
     dir: &Path,
     format: ExportFormat,
-    from: u64,
+    from: Option<u64>,
     to: Option<u64>,
     out: Option<&Path>,
 ) -> Result<()> {
     let node = open_node(dir)?;
     let last = node.store.last_index()?;
+    // A log based on an installed snapshot holds no record at or below it.
+    let from = match from {
+        Some(f) => f,
+        None => swoosh_storage::first_index(&node.store)?,
+    };
     let to = match to {
         Some(t) if t > last => bail!(
             "--to {t} is beyond the end of the log (its last record is {last}); omit --to to export up to the end"

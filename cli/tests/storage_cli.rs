@@ -394,3 +394,46 @@ fn demo_runs_a_cluster_whose_replicas_agree() {
         assert_eq!(r["records"], index, "{dir}");
     }
 }
+
+/// A follower that joined from a snapshot keeps a log based on it: `wal
+/// export` starts after the base by default, and an explicit `--from` below
+/// it is refused with the reason.
+#[test]
+fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
+    use swoosh_core::guards::Verify;
+    use swoosh_storage::testkit::Stream;
+    use swoosh_storage::{BatchLimits, Entry, WalWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("follower-1");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut st = Stream::new("export-base", 2, Verify::Full);
+    let g = st.node().genesis.clone();
+    std::fs::write(
+        dir.join("genesis.json"),
+        serde_json::to_string_pretty(&g).unwrap(),
+    )
+    .unwrap();
+    let store = LmdbStore::open(&dir.join("data"), &LmdbOptions::default()).unwrap();
+    let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
+    let _ = st.take(30);
+    w.install_snapshot(st.node()).unwrap();
+    let tail: Vec<Entry> = st.take(10).into_iter().map(Entry::from_accepted).collect();
+    w.append_batch(&tail).unwrap();
+    drop(w);
+    let d = dir.to_str().unwrap();
+    let o = ok(&["wal", "export", "--dir", d, "--format", "jsonl"]);
+    let idx: Vec<u64> = String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(idx, (31..=40).collect::<Vec<_>>());
+    let o = fails(&[
+        "wal", "export", "--dir", d, "--format", "jsonl", "--from", "5",
+    ]);
+    assert!(text(&o).contains("30"), "names the base: {}", text(&o));
+}

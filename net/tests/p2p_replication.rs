@@ -497,3 +497,49 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
     assert_eq!(f.shared.lock().unwrap().snapshots_installed, 0);
 }
+
+/// A follower whose own WAL refuses a write halts: it applies nothing more
+/// in memory (its applied index never runs ahead of what it could not
+/// persist), and the leader's view of it raises the alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_whose_wal_fails_halts_and_the_leader_sees_it() {
+    use swoosh_storage::{MemDisk, MemStore};
+    let mut c = cluster("p2p-persist-fail", 1);
+    c.commit(20);
+    let leader = c.leader().await;
+    let disk = MemDisk::new();
+    let (k, a) = c.followers[0].clone();
+    let mut store = MemStore::open("f", &disk, Durability::Sync);
+    // Opening the writer commits its metadata; the first append then fails.
+    store.crash_after_commits(1);
+    let f = spawn_follower(
+        store,
+        FollowerOptions {
+            key: k.clone(),
+            genesis: c.genesis.clone(),
+            age_identity: a.clone(),
+            leader: leader.listen_addrs[0].clone(),
+            listen: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("the follower halted on its WAL", || {
+        f.shared
+            .lock()
+            .unwrap()
+            .halted_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("persist"))
+    })
+    .await;
+    assert_eq!(f.shared.lock().unwrap().persisted_index, 0);
+    let at = f.applied_index();
+    c.commit(30);
+    wait_for("the leader sees the halted follower", || {
+        leader.followers()[0].halted
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.applied_index(), at, "nothing applied after the failure");
+}

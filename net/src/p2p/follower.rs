@@ -474,6 +474,11 @@ impl<S: LogStore> Worker<S> {
     }
 
     fn input(&mut self, m: Input) {
+        if self.persist_failed {
+            // Its WAL refused a write: applying more in memory would only
+            // report an applied index its disk does not hold.
+            return;
+        }
         let now = ms_since(self.t0);
         match m {
             Input::Sealed(ct) => {
