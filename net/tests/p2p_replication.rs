@@ -543,3 +543,51 @@ async fn p2p_follower_whose_wal_fails_halts_and_the_leader_sees_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.applied_index(), at, "nothing applied after the failure");
 }
+
+/// The follower's `/health` and `/metrics` show how its worker keeps up:
+/// group commits made, records they held, gossip dropped for a full inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_health_shows_its_commits_and_inbox_drops() {
+    let mut c = cluster("p2p-health", 1);
+    c.commit(30);
+    let leader = c.leader().await;
+    let f = c.follower(0, &leader, false).await;
+    wait_for("the follower at 30, persisted", || {
+        f.shared.lock().unwrap().persisted_index == 30
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = f.shared.clone();
+    tokio::spawn(async move { swoosh_net::p2p::http::serve_follower(listener, shared).await });
+    let http = reqwest::Client::new();
+    let h: serde_json::Value = http
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["persisted_index"], 30);
+    assert_eq!(h["inbox_full_drops"], 0);
+    assert_eq!(h["wal_committed_records"], 30);
+    let commits = h["wal_commits"].as_u64().unwrap();
+    assert!((1..=30).contains(&commits), "{commits} commits");
+    let m = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!("swoosh_follower_wal_commits_total {commits}\n")),
+        "{m}"
+    );
+    assert!(
+        m.contains("swoosh_follower_inbox_full_drops_total 0\n"),
+        "{m}"
+    );
+}

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 type Shared = Arc<Mutex<FollowerShared>>;
@@ -70,6 +71,12 @@ async fn health(State(s): State<Shared>) -> Response {
         "leader": s.leader_addr,
         "stats": s.repl.stats(),
         "undecryptable": s.undecryptable,
+        "malformed": s.malformed + s.net.malformed_chunks.load(Ordering::Relaxed),
+        // Non-zero: the worker fell behind and gossip was dropped (fetched
+        // again by range); a sign this follower lacks CPU for the write rate.
+        "inbox_full_drops": s.net.inbox_full_drops.load(Ordering::Relaxed),
+        "wal_commits": s.commits,
+        "wal_committed_records": s.committed_records,
         "refusals": s.last_refusals,
     });
     let code = if halted {
@@ -90,13 +97,17 @@ async fn metrics(State(s): State<Shared>) -> String {
          # TYPE swoosh_follower_records_applied_total counter\nswoosh_follower_records_applied_total {}\n\
          # TYPE swoosh_follower_refused_total counter\nswoosh_follower_refused_total {}\n\
          # TYPE swoosh_follower_undecryptable_total counter\nswoosh_follower_undecryptable_total {}\n\
-         # TYPE swoosh_follower_halted gauge\nswoosh_follower_halted {}\n",
+         # TYPE swoosh_follower_halted gauge\nswoosh_follower_halted {}\n\
+         # TYPE swoosh_follower_inbox_full_drops_total counter\nswoosh_follower_inbox_full_drops_total {}\n\
+         # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
         f.refused,
         s.undecryptable,
         u8::from(st.halted || s.halted_reason.is_some()),
+        s.net.inbox_full_drops.load(Ordering::Relaxed),
+        s.commits,
     )
 }
 
