@@ -423,6 +423,35 @@ async fn p2p_peer_with_another_genesis_is_disconnected() {
     assert!(leader.snapshot().refused_peers >= 1);
 }
 
+/// A peer of the same cluster that speaks another identify protocol version
+/// (an incompatible release) is refused like a peer of another genesis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_peer_speaking_another_protocol_version_is_disconnected() {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let c = cluster("p2p-protocol", 1);
+    let leader = c.leader().await;
+    let mut stranger = swoosh_net::p2p::build_swarm_speaking(
+        &key_from_label("p2p-protocol/stranger"),
+        agent_version(&c.genesis),
+        "/swoosh/id/0",
+    )
+    .unwrap();
+    stranger.dial(leader.listen_addrs[0].clone()).unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
+            {
+                break peer_id;
+            }
+        }
+    })
+    .await
+    .expect("the leader never closed the connection");
+    assert_eq!(closed, leader.peer_id);
+    assert!(leader.snapshot().refused_peers >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     use swoosh_net::p2p::leader::spawn_leader_cfg;

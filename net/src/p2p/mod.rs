@@ -101,6 +101,16 @@ pub struct Behaviour {
 
 /// Build a swarm whose identity is `key`, advertising `agent`.
 pub fn build_swarm(key: &SigningKey, agent: String) -> Result<Swarm<Behaviour>, P2pError> {
+    build_swarm_speaking(key, agent, IDENTIFY_PROTOCOL)
+}
+
+/// [`build_swarm`] announcing another identify protocol version: what an
+/// incompatible SWOOSH release would look like to this one (handshake tests).
+pub fn build_swarm_speaking(
+    key: &SigningKey,
+    agent: String,
+    identify_protocol: &str,
+) -> Result<Swarm<Behaviour>, P2pError> {
     let kp = keypair(key);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
@@ -132,7 +142,7 @@ pub fn build_swarm(key: &SigningKey, agent: String) -> Result<Swarm<Behaviour>, 
                     .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)),
             );
             let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                identify::Config::new(identify_protocol.into(), key.public())
                     .with_agent_version(agent.clone()),
             );
             Ok(Behaviour {
@@ -157,6 +167,18 @@ pub fn check_handshake(
     peer: PeerId,
     info: &identify::Info,
 ) -> bool {
+    if info.protocol_version != IDENTIFY_PROTOCOL {
+        tracing::warn!(
+            %peer,
+            theirs = %info.protocol_version,
+            ours = IDENTIFY_PROTOCOL,
+            "refusing peer {peer}: it speaks protocol {:?}, this node {:?} (an incompatible SWOOSH release); disconnecting",
+            info.protocol_version,
+            IDENTIFY_PROTOCOL
+        );
+        let _ = swarm.disconnect_peer_id(peer);
+        return false;
+    }
     if info.agent_version == ours {
         return true;
     }
