@@ -217,3 +217,120 @@ async fn p2p_leader_runs_the_election_from_its_log() {
     );
     assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
 }
+
+/// After `Council_Eject` the leader re-elects without the ejected member:
+/// its announcement leaves it out, the agents vote over the mesh, and the
+/// reducer accepts the `Council_ReElect` certificate (a set still holding
+/// the ejected member is refused by the quorum guard, so the election could
+/// never finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_leader_re_elects_without_the_ejected_member() {
+    use swoosh_core::scenario::Fault;
+    use swoosh_storage::testkit::Stream;
+    use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
+    let label = "p2p-reelect";
+    let mut stream = Stream::new(label, 1, Verify::Trusted);
+    let g = stream.genesis().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(
+        dir.path(),
+        &LmdbOptions {
+            durability: Durability::NoSync,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
+    let mut guard = 0;
+    // Past the first election, with every member still elected.
+    while stream.node().project("p0").council.elections == 0
+        || stream.node().project("p0").council.phase == "ELECT"
+    {
+        let acc = stream.next_accepted();
+        w.append_batch(&[Entry::from_accepted(acc)]).unwrap();
+        guard += 1;
+        assert!(guard < 500, "the stream never passed its first election");
+    }
+    let keys = Keys::from_labels(label, 3);
+    let mut node = stream.node().clone();
+    let now = node.project("p0").hlc_last.map_or(0, |h| h.wall_ms) + 1;
+    let eject = Driver::new(&keys, 1)
+        .fault(&node, "p0", now, Fault::Eject, &[], 0)
+        .expect("an elected member can be ejected");
+    let ctx = Ctx {
+        now_ms: now,
+        verify: Verify::Full,
+        snapshot_every: 0,
+    };
+    let Outcome::Accepted(acc) = step(&mut node, &eject, &ctx).outcome else {
+        panic!("the eject was refused")
+    };
+    w.append_batch(&[Entry::from_accepted(*acc)]).unwrap();
+    let st = node.project("p0");
+    assert_eq!(st.council.phase, "ELECT");
+    let ejected = st.council.ejected[0].clone();
+    assert!(st.council.candidates.contains(&ejected));
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let leader = swoosh_net::p2p::leader::spawn_leader_with(
+        w.store().clone(),
+        keys.leader.clone(),
+        g.clone(),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        Some(tx),
+    )
+    .await
+    .unwrap();
+    let mut agents = vec![];
+    for k in &keys.council {
+        agents.push(
+            spawn_agent(
+                k.clone(),
+                &g,
+                VotePolicy::ApproveAll,
+                &leader.listen_addrs,
+                None,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no certificate proposal within 20 s")
+        .unwrap();
+    assert_eq!(p.transition, "Council_ReElect");
+    let members: Vec<String> = p
+        .inputs
+        .as_map()
+        .expect("inputs are a map")
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("members"))
+        .expect("a members input")
+        .1
+        .as_array()
+        .expect("members are a list")
+        .iter()
+        .map(|m| m.as_text().expect("a signer id").to_string())
+        .collect();
+    assert!(!members.contains(&ejected.to_string()), "{members:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let out = step(
+        &mut node,
+        &p,
+        &Ctx {
+            now_ms: now,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    assert!(
+        matches!(out.outcome, Outcome::Accepted(_)),
+        "{:?}",
+        out.outcome
+    );
+    assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
+}

@@ -7,7 +7,9 @@ use super::agent::{decode_council, encode_council};
 use super::envelope;
 use super::{agent_version, build_swarm, check_handshake, peer_id_of, wal_topic, P2pError};
 use super::{Behaviour, BehaviourEvent};
-use crate::proto::council::{certificate_proposal, CouncilCollector, CouncilMsg, VoteOutcome};
+use crate::proto::council::{
+    certificate_proposal, electable_members, CouncilCollector, CouncilMsg, VoteOutcome,
+};
 use crate::proto::leader::{
     LeaderConfig, LeaderEffect, LeaderLog, LeaderStats, ReplLeader, SnapshotView,
     SNAPSHOT_CATCHUP_RECORDS,
@@ -28,7 +30,6 @@ use swoosh_core::record::WalRecord;
 use swoosh_core::reducer::apply_record;
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::{Genesis, NodeState};
-use swoosh_core::statechart::Role;
 use swoosh_storage::wal::{decode_frame, read_record, ReadError};
 use swoosh_storage::LogStore;
 use tokio::sync::mpsc;
@@ -411,6 +412,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         proposals,
         announced: BTreeMap::new(),
         proposed: BTreeMap::new(),
+        unelectable: Default::default(),
         t0: std::time::Instant::now(),
     };
     let task = tokio::spawn(async move { t.run().await });
@@ -450,6 +452,8 @@ struct LeaderTask<S: LogStore> {
     announced: BTreeMap<String, u64>,
     /// (project, epoch) -> ms of the last certificate proposal sent.
     proposed: BTreeMap<(String, u64), u64>,
+    /// (project, epoch) found with too few electable candidates (logged once).
+    unelectable: std::collections::BTreeSet<(String, u64)>,
     t0: std::time::Instant,
 }
 
@@ -637,15 +641,14 @@ impl<S: LogStore> LeaderTask<S> {
                     }
                 }
                 _ => {
-                    let mut members: Vec<SignerId> = st.council.candidates.clone();
-                    if members.is_empty() {
-                        members = st
-                            .boot
-                            .identities
-                            .iter()
-                            .filter(|r| r.roles.contains(&Role::Council))
-                            .map(|r| r.key.clone())
-                            .collect();
+                    let members = electable_members(st);
+                    if members.len() < st.council.quorum_threshold as usize {
+                        // The quorum guard would refuse any certificate:
+                        // say so once per epoch instead of electing in vain.
+                        if self.unelectable.insert((id.clone(), epoch)) {
+                            tracing::warn!(project = %id, epoch, electable = members.len(), threshold = st.council.quorum_threshold, "cannot open the election: fewer electable candidates (not ejected) than the quorum threshold; load more candidates");
+                        }
+                        continue;
                     }
                     match self.collector.open(st, &members) {
                         Ok(a) => announce.push(a),

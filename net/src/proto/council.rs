@@ -451,6 +451,23 @@ pub fn certificate_transition(state: &ProjectState) -> &'static str {
 /// `{members, votes}`), naming the project's current HEAD and an HLC after
 /// its last one at `now_ms`. It stays valid while the Council epoch is
 /// `cert.epoch`, so a proposal refused for a stale hash is simply rebuilt.
+/// The member set the leader puts to a vote for a project in ELECT: its
+/// candidates (from `Council_ProfilesLoaded`) minus every ejected member,
+/// sorted. The quorum guard refuses a set holding an ejected member, so a
+/// re-election after `Council_Eject` must leave it out.
+pub fn electable_members(state: &ProjectState) -> Vec<SignerId> {
+    let mut m: Vec<SignerId> = state
+        .council
+        .candidates
+        .iter()
+        .filter(|c| !state.council.ejected.contains(c))
+        .cloned()
+        .collect();
+    m.sort();
+    m.dedup();
+    m
+}
+
 pub fn certificate_proposal(
     cert: &Certificate,
     node: &NodeState,
