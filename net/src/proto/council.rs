@@ -90,6 +90,8 @@ pub enum AgentRefusal {
     BadSignature,
     #[error("announcement's member_set_hash does not match its member list")]
     MemberSet,
+    #[error("this agent already voted in project {project:?} council epoch {epoch} on another member set; it signs one vote per (project, epoch)")]
+    AlreadyVoted { project: String, epoch: u64 },
 }
 
 /// A council agent: signs one vote per (project, epoch) with its own key.
@@ -101,6 +103,9 @@ pub struct CouncilAgent {
     genesis_hash: Hash,
     policy: VotePolicy,
     cast: BTreeMap<(String, u64), Vote>,
+    /// Keys of `cast` in the order they were voted, so the oldest is
+    /// forgotten first when the memory is full.
+    cast_order: std::collections::VecDeque<(String, u64)>,
 }
 
 impl CouncilAgent {
@@ -113,6 +118,7 @@ impl CouncilAgent {
             genesis_hash: genesis.hash().expect("a validated genesis encodes"),
             policy,
             cast: BTreeMap::new(),
+            cast_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -141,9 +147,17 @@ impl CouncilAgent {
         }
         let key = (b.project.clone(), b.epoch);
         if let Some(v) = self.cast.get(&key) {
+            // A second, different member set in the same epoch would be a
+            // second vote: refused, so no two certificates can be assembled
+            // from this agent's votes for one epoch. (Each region advance
+            // bumps the epoch, so a real re-election has a new one.)
             if v.body.member_set_hash == b.member_set_hash {
                 return Ok(v.clone());
             }
+            return Err(AgentRefusal::AlreadyVoted {
+                project: b.project.clone(),
+                epoch: b.epoch,
+            });
         }
         let vote = Vote::cast(
             VoteBody {
@@ -155,9 +169,13 @@ impl CouncilAgent {
             },
             &self.key,
         );
-        if self.cast.len() >= AGENT_VOTES_REMEMBERED_MAX {
-            self.cast.pop_first();
+        while self.cast.len() >= AGENT_VOTES_REMEMBERED_MAX {
+            let Some(oldest) = self.cast_order.pop_front() else {
+                break;
+            };
+            self.cast.remove(&oldest);
         }
+        self.cast_order.push_back(key.clone());
         self.cast.insert(key, vote.clone());
         Ok(vote)
     }

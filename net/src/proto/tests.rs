@@ -766,6 +766,58 @@ fn agents_vote_and_the_certificate_is_accepted_by_the_reducer() {
     );
 }
 
+/// One vote per (project, epoch): the same announcement gets the same vote
+/// back, another member set in that epoch is refused (no equivocation), and
+/// when the memory is full the oldest vote is forgotten first.
+#[test]
+fn an_agent_signs_one_vote_per_project_epoch_and_forgets_the_oldest_first() {
+    let keys = Keys::from_labels("council", 3);
+    let node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let st = node.project("default").into_owned();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let all = members(&keys);
+    let ann = col.open(&st, &all).unwrap();
+    let mut a = CouncilAgent::new(keys.council[0].clone(), &g, VotePolicy::ApproveAll);
+    let v = a.on_announce(&ann).unwrap();
+    assert_eq!(a.on_announce(&ann).unwrap(), v);
+    let mut other = CouncilCollector::new(keys.leader.clone(), &g);
+    let fewer = other.open(&st, &all[..2]).unwrap();
+    assert_eq!(fewer.body.epoch, ann.body.epoch);
+    assert_eq!(
+        a.on_announce(&fewer),
+        Err(AgentRefusal::AlreadyVoted {
+            project: "default".into(),
+            epoch: ann.body.epoch
+        })
+    );
+    // Fill the memory with newer (project, epoch) keys: the first vote is
+    // the one forgotten, the newest ones are kept.
+    let sign = |body: council::AnnounceBody| Announcement {
+        signature: swoosh_core::sig::sign(council::COUNCIL_ANNOUNCE_DOMAIN, &body, &keys.leader)
+            .unwrap(),
+        body,
+    };
+    for e in 0..council::AGENT_VOTES_REMEMBERED_MAX as u64 {
+        let mut b = fewer.body.clone();
+        b.epoch = ann.body.epoch + 1 + e;
+        a.on_announce(&sign(b)).unwrap();
+    }
+    assert!(
+        a.on_announce(&fewer).is_ok(),
+        "the oldest vote was forgotten"
+    );
+    let mut newest = ann.body.clone();
+    newest.epoch = ann.body.epoch + council::AGENT_VOTES_REMEMBERED_MAX as u64;
+    assert!(
+        matches!(
+            a.on_announce(&sign(newest)),
+            Err(AgentRefusal::AlreadyVoted { .. })
+        ),
+        "a recent vote is still remembered"
+    );
+}
+
 #[test]
 fn a_council_voting_no_never_certifies() {
     let keys = Keys::from_labels("council", 3);
