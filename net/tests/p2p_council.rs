@@ -5,10 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
+use swoosh_core::proposal::Proposal;
 use swoosh_core::reducer::{step, Ctx, Outcome};
 use swoosh_core::scenario::{genesis, Driver, Keys, Next};
 use swoosh_core::state::NodeState;
-use swoosh_net::p2p::agent::{decode_council, encode_council, spawn_agent};
+use swoosh_core::state::ProjectState;
+use swoosh_net::p2p::agent::{decode_council, encode_council, spawn_agent, AgentP2p};
+use swoosh_net::p2p::leader::LeaderP2p;
 use swoosh_net::p2p::peer::spawn_peer;
 use swoosh_net::p2p::{agent_version, council_topic};
 use swoosh_net::proto::council::{
@@ -136,14 +139,17 @@ async fn p2p_agents_vote_over_the_mesh_and_the_certificate_is_accepted() {
     assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
 }
 
-/// The leader task itself runs the election: a store whose log has driven a
-/// project into Council ELECT, three agents on the mesh (one voting no), and
-/// the certificate proposal that comes out is accepted by the reducer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2p_leader_runs_the_election_from_its_log() {
+/// A leader store whose log a test stream drove (project `p0`) until
+/// `done`, with the stream itself.
+struct DrivenLog {
+    stream: swoosh_storage::testkit::Stream,
+    writer: swoosh_storage::WalWriter<swoosh_storage::LmdbStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn drive_log(label: &str, what: &str, done: impl Fn(&ProjectState) -> bool) -> DrivenLog {
     use swoosh_storage::testkit::Stream;
     use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
-    let label = "p2p-elect";
     let mut stream = Stream::new(label, 1, Verify::Trusted);
     let g = stream.genesis().clone();
     let dir = tempfile::tempdir().unwrap();
@@ -155,18 +161,33 @@ async fn p2p_leader_runs_the_election_from_its_log() {
         },
     )
     .unwrap();
-    let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
+    let mut writer = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
     let mut guard = 0;
-    while stream.node().project("p0").council.phase != "ELECT" {
+    while !done(&stream.node().project("p0")) {
         let acc = stream.next_accepted();
-        w.append_batch(&[Entry::from_accepted(acc)]).unwrap();
+        writer.append_batch(&[Entry::from_accepted(acc)]).unwrap();
         guard += 1;
-        assert!(guard < 500, "the stream never reached ELECT");
+        assert!(guard < 500, "the stream never {what}");
     }
-    let keys = Keys::from_labels(label, 3);
+    DrivenLog {
+        stream,
+        writer,
+        _dir: dir,
+    }
+}
+
+/// Start the leader on `log` with elections on, and one agent per council
+/// key (agent `i` votes with `policy(i)`); return the first certificate
+/// proposal the leader sends, with the leader and agents still running.
+async fn certificate_over_the_mesh(
+    log: &DrivenLog,
+    keys: &Keys,
+    policy: impl Fn(usize) -> VotePolicy,
+) -> (Proposal, LeaderP2p, Vec<AgentP2p>) {
+    let g = log.stream.genesis().clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let leader = swoosh_net::p2p::leader::spawn_leader_with(
-        w.store().clone(),
+        log.writer.store().clone(),
         keys.leader.clone(),
         g.clone(),
         "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
@@ -176,13 +197,8 @@ async fn p2p_leader_runs_the_election_from_its_log() {
     .unwrap();
     let mut agents = vec![];
     for (i, k) in keys.council.iter().enumerate() {
-        let policy = if i == 0 {
-            VotePolicy::VoteNo
-        } else {
-            VotePolicy::ApproveAll
-        };
         agents.push(
-            spawn_agent(k.clone(), &g, policy, &leader.listen_addrs, None)
+            spawn_agent(k.clone(), &g, policy(i), &leader.listen_addrs, None)
                 .await
                 .unwrap(),
         );
@@ -191,19 +207,19 @@ async fn p2p_leader_runs_the_election_from_its_log() {
         .await
         .expect("no certificate proposal within 20 s")
         .unwrap();
-    assert_eq!(p.transition, "Council_QuorumCert");
-    let s = leader.snapshot();
-    assert!(s.announcements >= 1);
-    assert!(s.council_votes >= 2, "{s:?}");
-    let mut node = stream.node().clone();
-    // The leader signs with its wall clock; the reducer runs at that time.
+    (p, leader, agents)
+}
+
+/// Run the leader's proposal through the reducer at the wall clock it was
+/// signed with; it must be accepted.
+fn accept_now(node: &mut NodeState, p: &Proposal) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let out = step(
-        &mut node,
-        &p,
+        node,
+        p,
         &Ctx {
             now_ms: now,
             verify: Verify::Full,
@@ -215,6 +231,30 @@ async fn p2p_leader_runs_the_election_from_its_log() {
         "{:?}",
         out.outcome
     );
+}
+
+/// The leader task itself runs the election: a store whose log has driven a
+/// project into Council ELECT, three agents on the mesh (one voting no), and
+/// the certificate proposal that comes out is accepted by the reducer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_leader_runs_the_election_from_its_log() {
+    let label = "p2p-elect";
+    let log = drive_log(label, "reached ELECT", |st| st.council.phase == "ELECT");
+    let keys = Keys::from_labels(label, 3);
+    let (p, leader, _agents) = certificate_over_the_mesh(&log, &keys, |i| {
+        if i == 0 {
+            VotePolicy::VoteNo
+        } else {
+            VotePolicy::ApproveAll
+        }
+    })
+    .await;
+    assert_eq!(p.transition, "Council_QuorumCert");
+    let s = leader.snapshot();
+    assert!(s.announcements >= 1);
+    assert!(s.council_votes >= 2, "{s:?}");
+    let mut node = log.stream.node().clone();
+    accept_now(&mut node, &p);
     assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
 }
 
@@ -226,33 +266,14 @@ async fn p2p_leader_runs_the_election_from_its_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_leader_re_elects_without_the_ejected_member() {
     use swoosh_core::scenario::Fault;
-    use swoosh_storage::testkit::Stream;
-    use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
+    use swoosh_storage::Entry;
     let label = "p2p-reelect";
-    let mut stream = Stream::new(label, 1, Verify::Trusted);
-    let g = stream.genesis().clone();
-    let dir = tempfile::tempdir().unwrap();
-    let store = LmdbStore::open(
-        dir.path(),
-        &LmdbOptions {
-            durability: Durability::NoSync,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
-    let mut guard = 0;
     // Past the first election, with every member still elected.
-    while stream.node().project("p0").council.elections == 0
-        || stream.node().project("p0").council.phase == "ELECT"
-    {
-        let acc = stream.next_accepted();
-        w.append_batch(&[Entry::from_accepted(acc)]).unwrap();
-        guard += 1;
-        assert!(guard < 500, "the stream never passed its first election");
-    }
+    let mut log = drive_log(label, "passed its first election", |st| {
+        st.council.elections > 0 && st.council.phase != "ELECT"
+    });
     let keys = Keys::from_labels(label, 3);
-    let mut node = stream.node().clone();
+    let mut node = log.stream.node().clone();
     let now = node.project("p0").hlc_last.map_or(0, |h| h.wall_ms) + 1;
     let eject = Driver::new(&keys, 1)
         .fault(&node, "p0", now, Fault::Eject, &[], 0)
@@ -265,40 +286,16 @@ async fn p2p_leader_re_elects_without_the_ejected_member() {
     let Outcome::Accepted(acc) = step(&mut node, &eject, &ctx).outcome else {
         panic!("the eject was refused")
     };
-    w.append_batch(&[Entry::from_accepted(*acc)]).unwrap();
+    log.writer
+        .append_batch(&[Entry::from_accepted(*acc)])
+        .unwrap();
     let st = node.project("p0");
     assert_eq!(st.council.phase, "ELECT");
     let ejected = st.council.ejected[0].clone();
     assert!(st.council.candidates.contains(&ejected));
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let leader = swoosh_net::p2p::leader::spawn_leader_with(
-        w.store().clone(),
-        keys.leader.clone(),
-        g.clone(),
-        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        Some(tx),
-    )
-    .await
-    .unwrap();
-    let mut agents = vec![];
-    for k in &keys.council {
-        agents.push(
-            spawn_agent(
-                k.clone(),
-                &g,
-                VotePolicy::ApproveAll,
-                &leader.listen_addrs,
-                None,
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("no certificate proposal within 20 s")
-        .unwrap();
+    let (p, _leader, _agents) =
+        certificate_over_the_mesh(&log, &keys, |_| VotePolicy::ApproveAll).await;
     assert_eq!(p.transition, "Council_ReElect");
     let members: Vec<String> = p
         .inputs
@@ -314,23 +311,6 @@ async fn p2p_leader_re_elects_without_the_ejected_member() {
         .map(|m| m.as_text().expect("a signer id").to_string())
         .collect();
     assert!(!members.contains(&ejected.to_string()), "{members:?}");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let out = step(
-        &mut node,
-        &p,
-        &Ctx {
-            now_ms: now,
-            verify: Verify::Full,
-            snapshot_every: 0,
-        },
-    );
-    assert!(
-        matches!(out.outcome, Outcome::Accepted(_)),
-        "{:?}",
-        out.outcome
-    );
+    accept_now(&mut node, &p);
     assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
 }

@@ -120,6 +120,29 @@ impl Cluster {
     }
 }
 
+/// `stranger` (a raw swarm that never refuses anyone itself) dials the
+/// leader; the leader's handshake check must close the connection and count it.
+async fn leader_refuses(
+    mut stranger: libp2p::Swarm<swoosh_net::p2p::Behaviour>,
+    leader: &LeaderP2p,
+) {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    stranger.dial(leader.listen_addrs[0].clone()).unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
+            {
+                break peer_id;
+            }
+        }
+    })
+    .await
+    .expect("the leader never closed the connection");
+    assert_eq!(closed, leader.peer_id);
+    assert!(leader.snapshot().refused_peers >= 1);
+}
+
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -396,60 +419,32 @@ async fn p2p_follower_restart_resumes_from_its_own_wal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_peer_with_another_genesis_is_disconnected() {
-    use futures::StreamExt;
-    use libp2p::swarm::SwarmEvent;
     let c = cluster("p2p-handshake", 1);
     let leader = c.leader().await;
     let other = stream_genesis("p2p-handshake-other");
     // A raw swarm that never refuses anyone itself: whatever closes the
     // connection is the leader's handshake check.
-    let mut stranger = swoosh_net::p2p::build_swarm(
+    let stranger = swoosh_net::p2p::build_swarm(
         &key_from_label("p2p-handshake/stranger"),
         agent_version(&other),
     )
     .unwrap();
-    stranger.dial(leader.listen_addrs[0].clone()).unwrap();
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
-            {
-                break peer_id;
-            }
-        }
-    })
-    .await
-    .expect("the leader never closed the connection");
-    assert_eq!(closed, leader.peer_id);
-    assert!(leader.snapshot().refused_peers >= 1);
+    leader_refuses(stranger, &leader).await;
 }
 
 /// A peer of the same cluster that speaks another identify protocol version
 /// (an incompatible release) is refused like a peer of another genesis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_peer_speaking_another_protocol_version_is_disconnected() {
-    use futures::StreamExt;
-    use libp2p::swarm::SwarmEvent;
     let c = cluster("p2p-protocol", 1);
     let leader = c.leader().await;
-    let mut stranger = swoosh_net::p2p::build_swarm_speaking(
+    let stranger = swoosh_net::p2p::build_swarm_speaking(
         &key_from_label("p2p-protocol/stranger"),
         agent_version(&c.genesis),
         "/swoosh/id/0",
     )
     .unwrap();
-    stranger.dial(leader.listen_addrs[0].clone()).unwrap();
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
-            {
-                break peer_id;
-            }
-        }
-    })
-    .await
-    .expect("the leader never closed the connection");
-    assert_eq!(closed, leader.peer_id);
-    assert!(leader.snapshot().refused_peers >= 1);
+    leader_refuses(stranger, &leader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
