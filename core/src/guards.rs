@@ -20,7 +20,20 @@ use std::collections::BTreeSet;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verify {
     Full,
+    /// Everything `Full` verifies except the proposal's own signature, which
+    /// the caller verified against this exact proposal before ordering it.
+    /// The node checks it at admission, on whichever thread received the
+    /// proposal, so the single-writer sequencer does not spend its time on
+    /// it. Embedded signatures are still verified here.
+    ProposalChecked,
     Trusted,
+}
+
+impl Verify {
+    /// Whether embedded signatures (votes, license tokens, probes) are checked.
+    pub fn embedded(self) -> bool {
+        self != Verify::Trusted
+    }
 }
 
 pub struct GuardCtx<'a> {
@@ -113,7 +126,7 @@ pub fn license(g: &GuardCtx) -> GuardOutcome {
 pub fn license_token(g: &GuardCtx, token: &LicenseToken) -> GuardOutcome {
     let mut bad = vec![];
     let b = &token.body;
-    if g.verify == Verify::Full {
+    if g.verify.embedded() {
         if let Err(e) = token.verify() {
             bad.push(format!("license token signature is invalid ({e}): request a new token from the license authority"));
         }
@@ -358,7 +371,7 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
             ));
             continue;
         }
-        if g.verify == Verify::Full {
+        if g.verify.embedded() {
             if let Err(e) = v.verify() {
                 bad.push(format!(
                     "vote of {} has an invalid signature ({e})",
@@ -416,7 +429,7 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
     let mut ok = vec![];
     for p in probes {
         let b = &p.body;
-        if g.verify == Verify::Full {
+        if g.verify.embedded() {
             if let Err(e) = p.verify() {
                 bad.push(format!(
                     "probe of tool '{}' has an invalid signature ({e})",

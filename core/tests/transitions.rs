@@ -72,6 +72,7 @@ struct Fx {
     seq: Cell<u64>,
     /// Every proposal applied, with the leader time it was applied at.
     log: Vec<(Proposal, u64)>,
+    verify: Verify,
 }
 
 /// An accepted step: the project before and after it.
@@ -101,6 +102,14 @@ impl Fx {
             now: ORIGIN_MS + 10,
             seq: Cell::new(0),
             log: vec![],
+            verify: Verify::Full,
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            verify: self.verify,
+            ..ctx(self.now)
         }
     }
 
@@ -158,7 +167,8 @@ impl Fx {
 
     fn apply(&mut self, p: &Proposal) -> Step {
         self.log.push((p.clone(), self.now));
-        let s = step(&mut self.node, p, &ctx(self.now));
+        let c = self.ctx();
+        let s = step(&mut self.node, p, &c);
         self.now += 1;
         s
     }
@@ -241,7 +251,8 @@ impl Fx {
             match driver.next(&self.node, P, self.now) {
                 Next::Propose(p) => {
                     self.log.push(((*p).clone(), self.now));
-                    let s = step(&mut self.node, &p, &ctx(self.now));
+                    let c = self.ctx();
+                    let s = step(&mut self.node, &p, &c);
                     self.now += 1;
                     assert!(
                         matches!(s.outcome, Outcome::Accepted(_)),
@@ -3078,4 +3089,50 @@ fn the_node_state_survives_canonical_cbor_after_every_step() {
         decoded = again;
         assert_eq!(decoded.root_hash(), kept.root_hash(), "step {i}");
     }
+}
+
+/// `ProposalChecked` is what the node's sequencer runs with after checking the
+/// proposal's signature at admission: it must still verify every embedded
+/// signature, and on valid input it must decide exactly as `Full` does.
+#[test]
+fn proposal_checked_skips_only_the_proposal_s_own_signature() {
+    // Embedded signatures are still verified.
+    let mut fx = Fx::new();
+    fx.verify = Verify::ProposalChecked;
+    elect(&mut fx);
+    let mut votes = valid_votes(&fx, 3);
+    votes[0].signature.0[5] ^= 0x01;
+    let p = first_election(&fx, votes);
+    let r = fx.reject(&p);
+    assert_eq!((r.kind, r.guard.as_str()), (K::Guard, "quorum"));
+    assert!(
+        r.reasons
+            .iter()
+            .any(|x| x.contains("has an invalid signature")),
+        "{r:#?}"
+    );
+
+    // The proposal's own signature is the caller's to check: the mode skips it.
+    let mut fx = Fx::new();
+    fx.verify = Verify::ProposalChecked;
+    let mut p = config_ok(&fx);
+    p.signature.0[17] ^= 0x01;
+    assert!(matches!(fx.apply(&p).outcome, Outcome::Accepted(_)));
+
+    // On valid input, both modes make the same records and the same state.
+    let mut full = Fx::new();
+    let mut checked = Fx::new();
+    checked.verify = Verify::ProposalChecked;
+    full.drive_until("Council ELECT", |s| s.council.phase == "ELECT");
+    for (p, now) in full.log.clone() {
+        checked.now = now;
+        let s = checked.apply(&p);
+        assert!(
+            matches!(s.outcome, Outcome::Accepted(_)),
+            "{}",
+            p.transition
+        );
+    }
+    assert_eq!(checked.node.root_hash(), full.node.root_hash());
+    assert_eq!(checked.node.head_record, full.node.head_record);
 }

@@ -106,14 +106,23 @@ impl Entry {
     }
     /// The reducer's output, with its decision record signed by the leader.
     pub fn from_accepted_signed(acc: Accepted, leader: &ed25519_dalek::SigningKey) -> Entry {
-        let signed = SignedDecision::sign(acc.decision, leader);
-        let ours = (signed.signature, signed.leader.clone());
-        Entry {
-            record: acc.record,
-            record_hash: Some(acc.record_hash),
-            decision: Some(DecisionDoc::Signed(signed)),
-            signed_here: Some(ours),
-        }
+        let mut e = Entry::from_accepted(acc);
+        e.sign_decision(leader);
+        e
+    }
+
+    /// Sign an unsigned decision record with the leader's key, in place; a
+    /// signed one or none is left as it is. The node signs in its WAL
+    /// writer's commit thread, so the single-writer sequencer does not.
+    pub fn sign_decision(&mut self, leader: &ed25519_dalek::SigningKey) {
+        self.decision = match self.decision.take() {
+            Some(DecisionDoc::Unsigned(record)) => {
+                let signed = SignedDecision::sign(record, leader);
+                self.signed_here = Some((signed.signature, signed.leader.clone()));
+                Some(DecisionDoc::Signed(signed))
+            }
+            other => other,
+        };
     }
 
     /// Encode, hash and frame this entry (no chain check yet: that needs the
