@@ -535,11 +535,12 @@ impl ReplFollower {
             // header, so the record's hash is known without encoding it again.
             let applied_one = prepare_record_hashed(rec.clone(), *hash).and_then(|p| {
                 let content_hash = p.content_hash();
-                apply_prepared(&mut self.node, &p, Verify::Trusted).map(|_| content_hash)
+                apply_prepared(&mut self.node, &p, Verify::Trusted)
+                    .map(|_| (content_hash, p.record))
             });
             match applied_one {
-                Ok(content_hash) => applied.push(AppliedRecord {
-                    record: rec.clone(),
+                Ok((content_hash, record)) => applied.push(AppliedRecord {
+                    record,
                     hash: *hash,
                     bytes,
                     content_hash,
