@@ -94,6 +94,18 @@ pub fn order_key_cmp(a: (&Hlc, &str, &str), b: (&Hlc, &str, &str)) -> Ordering {
         .then_with(|| a.2.cmp(b.2))
 }
 
+/// [`order_key_cmp`] with the signers as ids, without rendering them: a
+/// signer's text is a fixed prefix and the lowercase hex of its key bytes,
+/// and hex keeps byte order, so the bytes order exactly as the text does.
+pub fn order_key_cmp_ids(
+    a: (&Hlc, &crate::sig::SignerId, &str),
+    b: (&Hlc, &crate::sig::SignerId, &str),
+) -> Ordering {
+    a.0.cmp(b.0)
+        .then_with(|| a.1 .0.cmp(&b.1 .0))
+        .then_with(|| a.2.cmp(b.2))
+}
+
 // Civil-calendar conversions (Howard Hinnant's algorithms), so formatting
 // needs no time crate and no clock.
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -405,6 +417,31 @@ mod tests {
             order_key_cmp((&Hlc::new(2, 0), "a", "a"), (&h, "z", "z")),
             Ordering::Greater
         );
+    }
+
+    #[test]
+    fn signer_ids_order_as_their_text() {
+        use crate::sig::SignerId;
+        let h = Hlc::new(1, 0);
+        let mut ids = vec![];
+        for pos in [0usize, 1, 15, 31] {
+            for v in [0x00u8, 0x01, 0x0f, 0x10, 0x7f, 0x80, 0xf0, 0xff] {
+                let mut k = [0x5au8; 32];
+                k[pos] = v;
+                ids.push(SignerId(k));
+            }
+        }
+        for a in &ids {
+            for b in &ids {
+                for (ka, kb) in [("x", "x"), ("a", "b"), ("b", "a")] {
+                    assert_eq!(
+                        order_key_cmp_ids((&h, a, ka), (&h, b, kb)),
+                        order_key_cmp((&h, &a.to_string(), ka), (&h, &b.to_string(), kb)),
+                        "{a} {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

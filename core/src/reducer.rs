@@ -10,7 +10,7 @@
 use crate::facts::{Check, Finding, Pins, PolicyRule, Probe, Resources, RosterEntry, Vote};
 use crate::guards::{self, GuardCtx, Verify};
 use crate::hash::Hash;
-use crate::hlc::{order_key_cmp, Hlc};
+use crate::hlc::{order_key_cmp_ids, Hlc};
 use crate::proposal::Proposal;
 use crate::record::{DecisionRecord, GuardOutcome, WalRecord, DECISION_KIND};
 use crate::sig::SignerId;
@@ -392,9 +392,9 @@ fn evaluate(
 
     // HLC order and offset
     if let (Some(last), Some(ord)) = (pre.hlc_last, pre.order_last.as_ref()) {
-        let c = order_key_cmp(
-            (&p.hlc, &p.signer.to_string(), &p.idem_key),
-            (&last, &ord.signer.to_string(), &ord.idem_key),
+        let c = order_key_cmp_ids(
+            (&p.hlc, &p.signer, &p.idem_key),
+            (&last, &ord.signer, &ord.idem_key),
         );
         if c != Ordering::Greater {
             let mut r = reject(
@@ -1187,7 +1187,12 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
         idem,
         effects,
     } = b;
-    install(node, p, &acc, post, idem, fresh);
+    let at = (
+        acc.record.index,
+        acc.record_hash,
+        acc.record.state_post_hash,
+    );
+    install(node, p, at, post, idem, fresh);
     Step {
         outcome: Outcome::Accepted(Box::new(acc)),
         effects,
@@ -1199,13 +1204,13 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
 fn install(
     node: &mut NodeState,
     p: &Proposal,
-    acc: &Accepted,
+    (index, record_hash, hash): (u64, Hash, Hash),
     post: ProjectState,
     idem: IdemEntry,
     fresh: HashMemo,
 ) {
-    node.index = acc.record.index;
-    node.head_record = acc.record_hash;
+    node.index = index;
+    node.head_record = record_hash;
     node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
     let keys = match node.idem.get_mut(&p.project) {
         Some(k) => k,
@@ -1213,7 +1218,6 @@ fn install(
     };
     keys.insert(p.idem_key.clone(), idem);
     evict_idem(keys);
-    let hash = acc.record.state_post_hash;
     match node.projects.get_mut(&p.project) {
         Some(e) => {
             e.state = post;
@@ -1244,19 +1248,24 @@ fn evict_idem(keys: &mut BTreeMap<String, IdemEntry>) {
     }
 }
 
-/// Build the decision record, the WAL record and the effects of an accepted
-/// plan whose post-state hashes to `post_hash`. `record_hash`: the record's
-/// hash when the caller already knows it (replay: it equals the stored
-/// record field by field, whose canonical encoding was hashed by
-/// [`prepare_record`]); `None` computes it.
-fn build(
-    node: &NodeState,
-    p: &Proposal,
-    ctx: &Ctx,
-    plan: Plan,
+/// What an accepted plan decides, before its WAL record is assembled: the
+/// decision record, the idempotency entry, the effects and the post state.
+struct Decided {
+    index: u64,
+    pre_hash: Hash,
     post_hash: Hash,
-    record_hash: Option<Hash>,
-) -> Built {
+    outcomes: Vec<GuardOutcome>,
+    decision: DecisionRecord,
+    decision_hash: Hash,
+    post: ProjectState,
+    idem: IdemEntry,
+    effects: Vec<Effect>,
+}
+
+/// Decide an accepted plan whose post-state hashes to `post_hash`. The
+/// effects are complete except for the record hash of `AppendWal`, which
+/// [`build`] fills in (replay never reads it).
+fn decide(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan, post_hash: Hash) -> Decided {
     let Plan {
         spec,
         roles,
@@ -1284,6 +1293,17 @@ fn build(
             .filter(|e| e.starts_with("ucxl://"))
             .cloned(),
     );
+    let justification = format!(
+        "{} accepted for project {}: {}.{} → {}, signed by {} ({}); {} checks passed",
+        spec.name,
+        p.project,
+        from_region.name(),
+        from_state,
+        spec.to,
+        p.signer,
+        roles.join(", "),
+        outcomes.len()
+    );
     let decision = DecisionRecord {
         kind: DECISION_KIND.to_string(),
         cluster_id: cluster.clone(),
@@ -1294,7 +1314,7 @@ fn build(
         from: format!("{}.{}", from_region.name(), from_state),
         to: spec.to.to_string(),
         signer: p.signer.clone(),
-        signer_roles: roles.clone(),
+        signer_roles: roles,
         idem_key: p.idem_key.clone(),
         hlc: p.hlc,
         window_id: p.window_id.clone(),
@@ -1304,40 +1324,9 @@ fn build(
         guard_outcomes: outcomes.clone(),
         evidence: p.evidence.clone(),
         links,
-        justification: format!(
-            "{} accepted for project {}: {}.{} → {}, signed by {} ({}); {} checks passed",
-            spec.name,
-            p.project,
-            from_region.name(),
-            from_state,
-            spec.to,
-            p.signer,
-            roles.join(", "),
-            outcomes.len()
-        ),
+        justification,
     };
     let decision_hash = decision.hash();
-    let record = WalRecord {
-        index,
-        prev_hash: node.head_record,
-        project: p.project.clone(),
-        transition: spec.name.to_string(),
-        state_pre_hash: pre_hash,
-        state_post_hash: post_hash,
-        inputs: p.inputs.clone(),
-        inputs_hash: p.inputs_hash,
-        signer: p.signer.clone(),
-        idem_key: p.idem_key.clone(),
-        hlc: p.hlc,
-        window_id: p.window_id.clone(),
-        guard_outcomes: outcomes,
-        evidence: p.evidence.clone(),
-        timestamp_ms: ctx.now_ms,
-        signature: p.signature,
-        decision: decision_hash,
-    };
-    let record_hash = record_hash.unwrap_or_else(|| record.hash());
-
     let idem = IdemEntry {
         content_hash,
         transition: spec.name.to_string(),
@@ -1347,7 +1336,10 @@ fn build(
     };
 
     let mut effects = vec![
-        Effect::AppendWal { index, record_hash },
+        Effect::AppendWal {
+            index,
+            record_hash: Hash::default(),
+        },
         Effect::StoreDecision {
             address: decision_hash,
         },
@@ -1364,6 +1356,65 @@ fn build(
     }
     for e in events.drain(..) {
         effects.push(Effect::Emit(e));
+    }
+    Decided {
+        index,
+        pre_hash,
+        post_hash,
+        outcomes,
+        decision,
+        decision_hash,
+        post,
+        idem,
+        effects,
+    }
+}
+
+/// Build the decision record, the WAL record and the effects of an accepted
+/// plan whose post-state hashes to `post_hash`. `record_hash`: the record's
+/// hash when the caller already knows it; `None` computes it.
+fn build(
+    node: &NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    plan: Plan,
+    post_hash: Hash,
+    record_hash: Option<Hash>,
+) -> Built {
+    let transition = plan.spec.name;
+    let Decided {
+        index,
+        pre_hash,
+        post_hash,
+        outcomes,
+        decision,
+        decision_hash,
+        post,
+        idem,
+        mut effects,
+    } = decide(node, p, ctx, plan, post_hash);
+    let record = WalRecord {
+        index,
+        prev_hash: node.head_record,
+        project: p.project.clone(),
+        transition: transition.to_string(),
+        state_pre_hash: pre_hash,
+        state_post_hash: post_hash,
+        inputs: p.inputs.clone(),
+        inputs_hash: p.inputs_hash,
+        signer: p.signer.clone(),
+        idem_key: p.idem_key.clone(),
+        hlc: p.hlc,
+        window_id: p.window_id.clone(),
+        guard_outcomes: outcomes,
+        evidence: p.evidence.clone(),
+        timestamp_ms: ctx.now_ms,
+        signature: p.signature,
+        decision: decision_hash,
+    };
+    let record_hash = record_hash.unwrap_or_else(|| record.hash());
+    if let Some(Effect::AppendWal { record_hash: h, .. }) = effects.first_mut() {
+        *h = record_hash;
     }
     Built {
         acc: Accepted {
@@ -1557,6 +1608,79 @@ pub fn apply_prepared(
     let Built {
         acc, post, idem, ..
     } = built;
-    install(node, p, &acc, post, idem, fresh);
+    let at = (
+        acc.record.index,
+        acc.record_hash,
+        acc.record.state_post_hash,
+    );
+    install(node, p, at, post, idem, fresh);
     Ok(acc)
+}
+
+/// [`apply_prepared`] for a caller that needs only the checks and the new
+/// state (recovery, followers): the same checks without assembling the
+/// accepted record and its decision for the caller.
+///
+/// The rebuilt record is not assembled either: every field of it but four
+/// is copied from the stored record itself (the proposal is
+/// `record.proposal()`, the clock is the record's `timestamp_ms`, the chain
+/// fields were checked by [`check_link`]), so the full comparison of
+/// [`apply_prepared`] reduces to the transition name, `state_pre_hash`,
+/// `state_post_hash`, `guard_outcomes` and the decision hash, compared here.
+pub fn apply_prepared_check(
+    node: &mut NodeState,
+    prepared: &PreparedRecord,
+    verify: Verify,
+) -> Result<(), ReplayError> {
+    let rec = &prepared.record;
+    check_link(node, rec)?;
+    let p = &prepared.proposal;
+    let ctx = Ctx {
+        now_ms: rec.timestamp_ms,
+        verify,
+        snapshot_every: 0,
+    };
+    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash)) {
+        Err(r) => {
+            return Err(ReplayError::Rejected {
+                index: rec.index,
+                guard: r.guard,
+                reasons: r.reasons.join("; "),
+            })
+        }
+        Ok(Eval::Duplicate(_)) => return Err(ReplayError::Duplicate { index: rec.index }),
+        Ok(Eval::Apply(plan)) => plan,
+    };
+    let mut fresh = HashMemo::default();
+    let computed = post_hash(node, &p.project, &plan.post, &mut fresh);
+    if computed != rec.state_post_hash {
+        return Err(ReplayError::PostHash {
+            index: rec.index,
+            computed,
+            recorded: rec.state_post_hash,
+        });
+    }
+    let transition = plan.spec.name;
+    let d = decide(node, p, &ctx, *plan, computed);
+    if d.outcomes != rec.guard_outcomes {
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "guard_outcomes",
+        });
+    }
+    if d.decision_hash != rec.decision {
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "decision",
+        });
+    }
+    if transition != rec.transition || d.pre_hash != rec.state_pre_hash || d.index != rec.index {
+        return Err(ReplayError::Mismatch {
+            index: rec.index,
+            field: "record hash",
+        });
+    }
+    let at = (d.index, prepared.hash, d.post_hash);
+    install(node, p, at, d.post, d.idem, fresh);
+    Ok(())
 }

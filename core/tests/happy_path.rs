@@ -5,6 +5,7 @@ use swoosh_core::invariants::{check_state, check_transition};
 use swoosh_core::reducer::Outcome;
 use swoosh_core::scenario::{genesis, run_happy_path, Driver, Keys};
 use swoosh_core::state::NodeState;
+use swoosh_core::Hash;
 
 pub const ORIGIN_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -173,4 +174,69 @@ fn prepare_with_a_known_hash_matches_prepare() {
         apply_prepared(&mut replay, &hashed, Verify::Trusted).unwrap();
     }
     assert_eq!(replay.root_hash(), node.root_hash());
+}
+
+/// The lean replay check that recovery and followers run decides exactly as
+/// the full one: the same state after every record, and the same verdict on
+/// every tampered copy of it (refusals leave the node untouched).
+#[test]
+fn lean_replay_check_matches_the_full_one() {
+    use swoosh_core::guards::Verify;
+    use swoosh_core::reducer::{apply_prepared, apply_prepared_check, prepare_record};
+    let keys = Keys::from_labels("happy", 3);
+    let g = genesis(&keys, "happy-cluster", ORIGIN_MS);
+    let mut node = NodeState::new(g.clone()).unwrap();
+    let driver = Driver::new(&keys, 3);
+    let mut records = vec![];
+    run_happy_path(
+        &mut node,
+        &driver,
+        &["default".to_string()],
+        ORIGIN_MS + 10,
+        10_000,
+        |s| {
+            if let Outcome::Accepted(acc) = &s.step.outcome {
+                records.push(acc.record.clone());
+            }
+        },
+    );
+    let tampers: Vec<(&str, fn(&mut swoosh_core::record::WalRecord))> = vec![
+        ("post hash", |r| r.state_post_hash = Hash::of_bytes(b"x")),
+        ("pre hash", |r| r.state_pre_hash = Hash::of_bytes(b"x")),
+        ("decision", |r| r.decision = Hash::of_bytes(b"x")),
+        ("outcome reason", |r| {
+            r.guard_outcomes[0].reasons.push("extra".into())
+        }),
+        ("outcome dropped", |r| {
+            r.guard_outcomes.pop();
+        }),
+        ("evidence", |r| r.evidence.push("ucxl://elsewhere".into())),
+        ("idem key", |r| r.idem_key.push('x')),
+        ("timestamp", |r| r.timestamp_ms += 1),
+        ("transition", |r| r.transition = "Control_Pause".into()),
+    ];
+    let mut full = NodeState::new(g.clone()).unwrap();
+    let mut lean = NodeState::new(g).unwrap();
+    let mut refused = 0;
+    for r in &records {
+        for (what, tamper) in &tampers {
+            let mut t = r.clone();
+            tamper(&mut t);
+            let Ok(prep) = prepare_record(t) else {
+                continue;
+            };
+            let (mut f, mut l) = (full.clone(), lean.clone());
+            let vf = apply_prepared(&mut f, &prep, Verify::Trusted).map(|_| ());
+            let vl = apply_prepared_check(&mut l, &prep, Verify::Trusted);
+            assert_eq!(vf, vl, "record {} with its {what} changed", r.index);
+            assert_eq!(f, l, "record {} with its {what} changed", r.index);
+            refused += usize::from(vf.is_err());
+        }
+        let prep = prepare_record(r.clone()).unwrap();
+        apply_prepared(&mut full, &prep, Verify::Trusted).unwrap();
+        apply_prepared_check(&mut lean, &prep, Verify::Trusted).unwrap();
+        assert_eq!(full, lean, "after record {}", r.index);
+    }
+    assert_eq!(lean.root_hash(), node.root_hash());
+    assert!(refused > records.len() * 6, "{refused} refusals");
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::hlc::Hlc;
-use swoosh_core::reducer::{apply_prepared, prepare_record, PreparedRecord, ReplayError};
+use swoosh_core::reducer::{apply_prepared_check, prepare_record, PreparedRecord, ReplayError};
 use swoosh_core::state::{Genesis, GenesisError, IdemEntry, NodeState};
 use swoosh_core::Hash;
 
@@ -428,7 +428,7 @@ impl Prepare {
 ///
 /// Two stages: the record-local checks and work ([`Prepare`]: frame hash,
 /// decode, chain link, proposal shape and inputs hash, content hash, the
-/// record's canonical re-encoding) and the reducer ([`apply_prepared`]:
+/// record's canonical re-encoding) and the reducer ([`apply_prepared_check`]:
 /// re-run, post hash, decision, record equality). For long replays the
 /// first runs on a helper thread, up to [`REPLAY_CHUNKS_IN_FLIGHT_MAX`]
 /// chunks ahead; results are consumed strictly in log order, so what is
@@ -467,7 +467,7 @@ fn replay<S: LogStore + ?Sized>(
                 index,
                 source,
             };
-            apply_prepared(node, &ready.prepared, verify).map_err(|source| match source {
+            apply_prepared_check(node, &ready.prepared, verify).map_err(|source| match source {
                 ReplayError::Chain { expected, got, .. } => {
                     RecoveryError::Read(ReadError::Corrupt {
                         location: store.location(),

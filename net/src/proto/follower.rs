@@ -15,7 +15,7 @@ use swoosh_core::cbor::from_canonical;
 use swoosh_core::guards::Verify;
 use swoosh_core::hash::Hash;
 use swoosh_core::record::WalRecord;
-use swoosh_core::reducer::{apply_prepared, prepare_record_hashed};
+use swoosh_core::reducer::{apply_prepared_check, prepare_record_hashed};
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::NodeState;
 
@@ -535,7 +535,7 @@ impl ReplFollower {
             // header, so the record's hash is known without encoding it again.
             let applied_one = prepare_record_hashed(rec.clone(), *hash).and_then(|p| {
                 let content_hash = p.content_hash();
-                apply_prepared(&mut self.node, &p, Verify::Trusted)
+                apply_prepared_check(&mut self.node, &p, Verify::Trusted)
                     .map(|_| (content_hash, p.record))
             });
             match applied_one {
