@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::sig::{key_from_label, SignerId};
 use swoosh_core::state::{FollowerEntry, NodeState};
-use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions, FollowerP2p};
+use swoosh_net::p2p::follower::{lock_shared, spawn_follower, FollowerOptions, FollowerP2p};
 use swoosh_net::p2p::leader::spawn_leader;
 use swoosh_storage::testkit::{stream_genesis, Stream};
 use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
@@ -264,7 +264,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     let t0 = Instant::now();
     loop {
         let done = followers.iter().all(|f| {
-            let s = f.shared.lock().expect("follower lock");
+            let s = lock_shared(&f.shared);
             s.persisted_index as usize >= n || s.halted_reason.is_some()
         });
         if done {
@@ -281,7 +281,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.join();
     for f in &followers {
-        if let Some(h) = &f.shared.lock().expect("follower lock").halted_reason {
+        if let Some(h) = &lock_shared(&f.shared).halted_reason {
             bail!("a follower halted: {h}");
         }
     }
@@ -313,7 +313,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         follower_stats: followers
             .iter()
             .map(|f| {
-                let s = f.shared.lock().expect("follower lock");
+                let s = lock_shared(&f.shared);
                 format!(
                     "{:?}; gossip chunks {}, decrypted {}, malformed {}, inbox full drops {}, WAL commits {} ({} records)",
                     s.repl.stats(),

@@ -27,7 +27,7 @@ use swoosh_core::state::{FollowerEntry, NodeState};
 use swoosh_core::SignerId;
 use swoosh_net::client::{Client, ClientError};
 use swoosh_net::p2p::agent::{spawn_agent, AgentP2p};
-use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions, FollowerP2p};
+use swoosh_net::p2p::follower::{lock_shared, spawn_follower, FollowerOptions, FollowerP2p};
 use swoosh_net::proto::council::VotePolicy;
 use swoosh_storage::LmdbStore;
 
@@ -413,7 +413,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         wait_caught_up(c, target, health.root_hash.as_deref()).await?;
         council_votes_counted = Some(c.leader_p2p.snapshot().council_votes);
         for (name, fdir, f) in &c.followers {
-            let st = f.shared.lock().expect("follower lock");
+            let st = lock_shared(&f.shared);
             nodes.push(NodeReport {
                 name: name.clone(),
                 role: "follower".into(),
@@ -626,7 +626,7 @@ async fn wait_caught_up(c: &Cluster, target: u64, root: Option<&str>) -> Result<
     loop {
         let mut behind = vec![];
         for (name, _, f) in &c.followers {
-            let st = f.shared.lock().expect("follower lock");
+            let st = lock_shared(&f.shared);
             if let Some(h) = &st.halted_reason {
                 bail!("{name} halted: {h}");
             }

@@ -26,7 +26,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, Multiaddr, PeerId, Swarm};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::Genesis;
@@ -89,6 +89,61 @@ pub struct FollowerShared {
     pub listen_addrs: Vec<Multiaddr>,
 }
 
+/// Lock the follower's shared state, also after a thread panicked while
+/// holding it. The worker applies a record on the side and installs it in
+/// one step, so a poisoned state is still one the follower reached; and a
+/// panicking worker marks the follower halted ([`run_guarded`]), so the HTTP
+/// surface goes on answering (with the halt in `/health`) instead of
+/// panicking on every request.
+pub fn lock_shared(m: &Mutex<FollowerShared>) -> MutexGuard<'_, FollowerShared> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Run the worker; if it panics (a bug, never expected from input, which
+/// is refused with a reason), record the halt where `/health` and the
+/// leader's status reports show it, and log it, instead of dying silently.
+fn run_guarded(shared: &Mutex<FollowerShared>, work: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        let reason = format!(
+            "the follower's worker stopped on an internal error ({what}); it applies nothing more. Restart the follower: it resumes from its own WAL"
+        );
+        tracing::error!(%reason, "follower halted");
+        lock_shared(shared).halted_reason = Some(reason);
+    }
+}
+
+impl FollowerShared {
+    fn new(
+        repl: ReplFollower,
+        net: Arc<NetCounters>,
+        persisted_index: u64,
+        leader_addr: String,
+    ) -> FollowerShared {
+        FollowerShared {
+            repl,
+            net,
+            decrypted: 0,
+            undecryptable: 0,
+            malformed: 0,
+            commits: 0,
+            committed_records: 0,
+            persisted_index,
+            snapshots_installed: 0,
+            last_refusals: vec![],
+            halted_reason: None,
+            leader_connected: false,
+            leader_addr,
+            last_applied_ms: now_wall_ms(),
+            listen_addrs: vec![],
+        }
+    }
+}
+
 pub struct FollowerP2p {
     pub peer_id: PeerId,
     pub shared: Arc<Mutex<FollowerShared>>,
@@ -112,13 +167,13 @@ impl FollowerP2p {
         }
     }
     pub fn applied_index(&self) -> u64 {
-        self.shared.lock().expect("lock").repl.applied_index()
+        lock_shared(&self.shared).repl.applied_index()
     }
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.shared.lock().expect("lock").listen_addrs.clone()
+        lock_shared(&self.shared).listen_addrs.clone()
     }
     pub fn root_hash(&self) -> swoosh_core::hash::Hash {
-        self.shared.lock().expect("lock").repl.node().root_hash()
+        lock_shared(&self.shared).repl.node().root_hash()
     }
 }
 
@@ -208,23 +263,12 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         node,
     );
     let net = Arc::new(NetCounters::default());
-    let shared = Arc::new(Mutex::new(FollowerShared {
+    let shared = Arc::new(Mutex::new(FollowerShared::new(
         repl,
-        net: net.clone(),
-        decrypted: 0,
-        undecryptable: 0,
-        malformed: 0,
-        commits: 0,
-        committed_records: 0,
-        persisted_index: persisted,
-        snapshots_installed: 0,
-        last_refusals: vec![],
-        halted_reason: None,
-        leader_connected: false,
-        leader_addr: leader.to_string(),
-        last_applied_ms: now_wall_ms(),
-        listen_addrs: vec![],
-    }));
+        net.clone(),
+        persisted,
+        leader.to_string(),
+    )));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();
     let (inbox, inbox_rx) = sync_channel(INBOX_MAX);
@@ -241,9 +285,10 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         persist_failed: false,
     };
     let worker_stop = stop.clone();
+    let guard_shared = shared.clone();
     let worker = std::thread::Builder::new()
         .name("swoosh-follower".into())
-        .spawn(move || w.run(inbox_rx, &worker_stop))
+        .spawn(move || run_guarded(&guard_shared, move || w.run(inbox_rx, &worker_stop)))
         .map_err(|e| P2pError::Config(format!("cannot start the follower's worker: {e}")))?;
     let mut t = FollowerTask {
         swarm,
@@ -338,7 +383,7 @@ impl FollowerTask {
                     .send_response(channel, Bytes(resp));
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                self.shared.lock().expect("lock").listen_addrs.push(address);
+                lock_shared(&self.shared).listen_addrs.push(address);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == self.leader_peer => {
                 tracing::info!(leader = %peer_id, "connected to the leader");
@@ -451,7 +496,7 @@ impl<S: LogStore> Worker<S> {
                 let now = ms_since(self.t0);
                 let connected = self.net.leader_connected.load(Ordering::SeqCst);
                 let (eff, report) = {
-                    let mut s = self.shared.lock().expect("lock");
+                    let mut s = lock_shared(&self.shared);
                     s.leader_connected = connected;
                     let eff = s.repl.tick(now);
                     // Sent even when halted, so the leader raises the alarm too.
@@ -485,7 +530,7 @@ impl<S: LogStore> Worker<S> {
                 let plain = match envelope::decrypt(&ct, &self.identity) {
                     Ok(p) => p,
                     Err(e) => {
-                        let mut s = self.shared.lock().expect("lock");
+                        let mut s = lock_shared(&self.shared);
                         s.undecryptable += 1;
                         if s.undecryptable == 1 {
                             tracing::warn!("WAL gossip is not readable with this follower's age identity ({e}): is it listed in genesis followers?");
@@ -497,12 +542,12 @@ impl<S: LogStore> Worker<S> {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!("decrypted gossip does not decode: {e}");
-                        self.shared.lock().expect("lock").malformed += 1;
+                        lock_shared(&self.shared).malformed += 1;
                         return;
                     }
                 };
                 let eff = {
-                    let mut s = self.shared.lock().expect("lock");
+                    let mut s = lock_shared(&self.shared);
                     s.decrypted += 1;
                     s.repl.on_gossip(&msg, now)
                 };
@@ -510,17 +555,12 @@ impl<S: LogStore> Worker<S> {
             }
             Input::Response(bytes) => match wire::decode_response(&bytes) {
                 Ok(resp) => {
-                    let eff = self
-                        .shared
-                        .lock()
-                        .expect("lock")
-                        .repl
-                        .on_response(&resp, now);
+                    let eff = lock_shared(&self.shared).repl.on_response(&resp, now);
                     self.effects(eff);
                 }
                 Err(e) => {
                     tracing::warn!("a response from the leader does not decode: {e}");
-                    self.shared.lock().expect("lock").malformed += 1;
+                    lock_shared(&self.shared).malformed += 1;
                 }
             },
         }
@@ -559,7 +599,7 @@ impl<S: LogStore> Worker<S> {
         for part in parts {
             match self.writer.append_encoded(part) {
                 Ok(r) => {
-                    let mut s = self.shared.lock().expect("lock");
+                    let mut s = lock_shared(&self.shared);
                     s.persisted_index = r.last_index;
                     s.last_applied_ms = now_wall_ms();
                     s.commits += 1;
@@ -576,13 +616,13 @@ impl<S: LogStore> Worker<S> {
         );
         self.persist_failed = true;
         self.pending.clear();
-        let mut s = self.shared.lock().expect("lock");
+        let mut s = lock_shared(&self.shared);
         s.halted_reason = Some(format!("persist: {err}"));
     }
 
     fn effects(&mut self, eff: Vec<FollowerEffect>) {
         for e in eff {
-            if self.shared.lock().expect("lock").halted_reason.is_some() {
+            if lock_shared(&self.shared).halted_reason.is_some() {
                 // Halted (divergence or a WAL that refused a write): apply,
                 // persist and ask for nothing more.
                 return;
@@ -622,14 +662,14 @@ impl<S: LogStore> Worker<S> {
                                 cut = r.cut_records,
                                 "installed the leader's snapshot; the WAL continues after it"
                             );
-                            let mut s = self.shared.lock().expect("lock");
+                            let mut s = lock_shared(&self.shared);
                             s.persisted_index = index;
                             s.snapshots_installed += 1;
                             s.last_applied_ms = now_wall_ms();
                         }
                         Err(err) => {
                             tracing::error!("ALARM: cannot persist the leader's snapshot at {index}: {err}; this follower stops applying");
-                            let mut s = self.shared.lock().expect("lock");
+                            let mut s = lock_shared(&self.shared);
                             s.halted_reason = Some(format!("snapshot install: {err}"));
                         }
                     }
@@ -637,7 +677,7 @@ impl<S: LogStore> Worker<S> {
                 FollowerEffect::Send(req) => self.send(req),
                 FollowerEffect::Refused(r) => {
                     tracing::warn!(kind = r.kind(), "refused a replication message: {r}");
-                    let mut s = self.shared.lock().expect("lock");
+                    let mut s = lock_shared(&self.shared);
                     if s.last_refusals.len() >= REFUSALS_KEPT {
                         s.last_refusals.remove(0);
                     }
@@ -649,10 +689,55 @@ impl<S: LogStore> Worker<S> {
                         "ALARM: divergence from the leader: {}; this follower applies nothing more",
                         d.reason
                     );
-                    self.shared.lock().expect("lock").halted_reason =
+                    lock_shared(&self.shared).halted_reason =
                         Some(format!("divergence at {}: {}", d.index, d.reason));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swoosh_core::scenario::{genesis, Keys};
+    use swoosh_core::state::NodeState;
+
+    fn shared() -> Arc<Mutex<FollowerShared>> {
+        let keys = Keys::from_labels("guarded", 3);
+        let node = NodeState::new(genesis(&keys, "guarded", 1_767_225_600_000)).unwrap();
+        let id = SignerId(keys.leader.verifying_key().to_bytes());
+        let repl = ReplFollower::new(FollowerConfig::default(), id, node);
+        Arc::new(Mutex::new(FollowerShared::new(
+            repl,
+            Arc::new(NetCounters::default()),
+            0,
+            "/ip4/127.0.0.1/tcp/1".into(),
+        )))
+    }
+
+    #[test]
+    fn a_worker_panic_halts_the_follower_and_its_state_stays_readable() {
+        let s = shared();
+        let held = s.clone();
+        run_guarded(&s, move || {
+            let _guard = lock_shared(&held);
+            panic!("boom while holding the lock");
+        });
+        assert!(s.is_poisoned(), "the panic happened under the lock");
+        let st = lock_shared(&s);
+        let why = st.halted_reason.as_deref().expect("halted");
+        assert!(
+            why.contains("boom while holding the lock") && why.contains("Restart the follower"),
+            "{why}"
+        );
+        assert_eq!(st.repl.applied_index(), 0);
+    }
+
+    #[test]
+    fn a_worker_that_returns_is_not_halted() {
+        let s = shared();
+        run_guarded(&s, || {});
+        assert!(lock_shared(&s).halted_reason.is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! A follower's read-only HTTP surface: `GET /state`, `GET /health`,
 //! `GET /metrics`; proposals (`POST /transition`) get `503` naming the leader.
 
-use super::follower::FollowerShared;
+use super::follower::{lock_shared, FollowerShared};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ pub fn follower_router(shared: Shared) -> Router {
 }
 
 async fn state(State(s): State<Shared>) -> Json<serde_json::Value> {
-    let s = s.lock().expect("lock");
+    let s = lock_shared(&s);
     let node = s.repl.node();
     let projects: BTreeMap<&str, String> = node
         .projects
@@ -50,7 +50,7 @@ fn now_ms() -> u64 {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
-    let s = s.lock().expect("lock");
+    let s = lock_shared(&s);
     let st = s.repl.status();
     let lag_ms = if st.lag_records == 0 {
         0
@@ -88,7 +88,7 @@ async fn health(State(s): State<Shared>) -> Response {
 }
 
 async fn metrics(State(s): State<Shared>) -> String {
-    let s = s.lock().expect("lock");
+    let s = lock_shared(&s);
     let st = s.repl.status();
     let f = s.repl.stats();
     format!(
@@ -112,7 +112,7 @@ async fn metrics(State(s): State<Shared>) -> String {
 }
 
 async fn not_leader(State(s): State<Shared>) -> Response {
-    let leader = s.lock().expect("lock").leader_addr.clone();
+    let leader = lock_shared(&s).leader_addr.clone();
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({
