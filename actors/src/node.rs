@@ -258,7 +258,8 @@ struct Shared<S> {
     inflight: AtomicUsize,
     inflight_max: AtomicUsize,
     durable_index: AtomicU64,
-    root_hash: Mutex<Option<Hash>>,
+    /// The durable state's project hashes; its root is computed when read.
+    durable_root: Mutex<DurableRoot>,
     last_snapshot: Mutex<Option<(u64, Option<Hlc>)>>,
     restarts: AtomicU64,
     depths: Depths,
@@ -331,7 +332,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             inflight: AtomicUsize::new(0),
             inflight_max: AtomicUsize::new(INFLIGHT_PROPOSALS_MAX),
             durable_index: AtomicU64::new(0),
-            root_hash: Mutex::new(None),
+            durable_root: Mutex::new(DurableRoot::default()),
             last_snapshot: Mutex::new(None),
             restarts: AtomicU64::new(0),
             depths,
@@ -537,7 +538,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             role: "leader".into(),
             consensus,
             index: durable,
-            root_hash: *sh.root_hash.lock().expect("root lock"),
+            root_hash: sh
+                .durable_root
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .root(),
             last_snapshot_hlc: snap.and_then(|s| s.1),
             last_snapshot_index: snap.map(|s| s.0),
             wal_lag: sh.metrics.wal_lag_records.get().max(0) as u64,
@@ -697,7 +702,45 @@ struct Applied {
     advanced: Vec<Region>,
     events: Vec<OpEvent>,
     snapshot: Option<Box<NodeState>>,
-    root_hash: Hash,
+}
+
+/// The root hash of the durable state, kept as its project hashes. The root
+/// is a Merkle tree over every project, so computing it for each transition
+/// cost the single-writer sequencer O(projects) hashes per transition; this
+/// keeps one map update per transition and computes the root when `/health`
+/// asks (once per change).
+#[derive(Default)]
+struct DurableRoot {
+    genesis_hash: Option<Hash>,
+    projects: BTreeMap<String, Hash>,
+    root: Option<Hash>,
+}
+
+impl DurableRoot {
+    fn reset(&mut self, node: &NodeState) {
+        self.genesis_hash = Some(node.genesis_hash);
+        self.projects = node
+            .projects
+            .iter()
+            .map(|(k, e)| (k.clone(), e.hash))
+            .collect();
+        self.root = None;
+    }
+    fn set(&mut self, project: &str, hash: Hash) {
+        match self.projects.get_mut(project) {
+            Some(h) => *h = hash,
+            None => {
+                self.projects.insert(project.to_string(), hash);
+            }
+        }
+        self.root = None;
+    }
+    fn root(&mut self) -> Option<Hash> {
+        let g = self.genesis_hash?;
+        Some(*self.root.get_or_insert_with(|| {
+            swoosh_core::state::root_hash(g, self.projects.iter().map(|(k, h)| (k.as_str(), *h)))
+        }))
+    }
 }
 
 struct Sequencer<S> {
@@ -887,7 +930,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                             advanced,
                             events,
                             snapshot,
-                            root_hash: st.node.root_hash(),
                         };
                         // Signed by the WAL writer's commit thread (see `flush`).
                         let entry = Entry::from_accepted(*acc);
@@ -1010,7 +1052,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                     })
                     .observe(latency);
             }
-            *sh.root_hash.lock().expect("root lock") = Some(a.root_hash);
+            sh.durable_root
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set(&a.project, w.ok.state_post_hash);
             let refs = sh.refs.read().expect("refs lock");
             for actor in refs.regions.values() {
                 {
@@ -1743,7 +1788,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         }
         sh.durable_index.store(node.index, Ordering::Release);
         sh.metrics.wal_index.set(node.index as i64);
-        *sh.root_hash.lock().expect("root lock") = Some(node.root_hash());
+        sh.durable_root
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reset(&node);
         Ok(node)
     }
 
