@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::sig::{key_from_label, SignerId};
 use swoosh_core::state::{FollowerEntry, NodeState};
-use swoosh_net::p2p::follower::{lock_shared, spawn_follower, FollowerOptions, FollowerP2p};
+use swoosh_net::p2p::follower::{
+    lock_shared, spawn_follower, FollowerOptions, FollowerP2p, WORKER_THREAD as FOLLOWER_THREAD,
+};
 use swoosh_net::p2p::leader::spawn_leader;
 use swoosh_storage::testkit::{stream_genesis, Stream};
 use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
@@ -69,6 +71,41 @@ struct ReplReport {
     converged: bool,
     /// Each follower's protocol counters (gaps, range requests, duplicates).
     follower_stats: Vec<String>,
+    /// CPU per record while the leader committed and the followers drained:
+    /// each follower's worker thread (mean), and everything else in the
+    /// process (leader commit, tail, swarms, the sampler). Lag depends on how
+    /// busy the shared host is; CPU per record much less, so compare these
+    /// across runs. None where /proc is not available.
+    follower_worker_cpu_us_per_record: Option<f64>,
+    rest_cpu_us_per_record: Option<f64>,
+}
+
+/// CPU seconds used so far by the whole process, and by its threads named
+/// `name` (from Linux /proc; None elsewhere).
+fn cpu_seconds(name: &str) -> Option<(f64, f64)> {
+    // SAFETY: sysconf only reads a configuration value.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if tck <= 0 {
+        return None;
+    }
+    let ticks = |stat: &str| -> Option<u64> {
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the line, i.e. 12 and 13 after it.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let total = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let mut named = 0;
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
+                named += ticks(&stat).unwrap_or(0);
+            }
+        }
+    }
+    Some((total as f64 / tck as f64, named as f64 / tck as f64))
 }
 
 fn store(dir: &std::path::Path, durability: Durability) -> Result<LmdbStore> {
@@ -235,6 +272,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         );
     }
     let rate = a.rate;
+    let cpu_before = cpu_seconds(FOLLOWER_THREAD);
     let (committed_at, commits, elapsed) = tokio::task::spawn_blocking(move || {
         let mut at: Vec<Option<Instant>> = vec![None; n + 1];
         let mut i = 0usize;
@@ -278,8 +316,16 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu_after = cpu_seconds(FOLLOWER_THREAD);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.join();
+    let cpu = cpu_before.zip(cpu_after).map(|((t0, f0), (t1, f1))| {
+        let per = |s: f64| s * 1e6 / n.max(1) as f64;
+        (
+            per(f1 - f0) / a.followers.max(1) as f64,
+            per((t1 - t0) - (f1 - f0)),
+        )
+    });
     for f in &followers {
         if let Some(h) = &lock_shared(&f.shared).halted_reason {
             bail!("a follower halted: {h}");
@@ -310,6 +356,8 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         fdatasync_ms: fsync_ms,
         lag_p99_over_fdatasync: pct(&lags, 0.99) / fsync_ms,
         converged,
+        follower_worker_cpu_us_per_record: cpu.map(|c| c.0),
+        rest_cpu_us_per_record: cpu.map(|c| c.1),
         follower_stats: followers
             .iter()
             .map(|f| {
@@ -355,6 +403,14 @@ pub async fn run(a: ReplArgs) -> Result<()> {
             LAG_P99_TARGET_MS,
             if r.lag_p99_ms <= LAG_P99_TARGET_MS { "met" } else { "NOT met" }
         );
+        if let (Some(f), Some(rest)) = (
+            r.follower_worker_cpu_us_per_record,
+            r.rest_cpu_us_per_record,
+        ) {
+            println!(
+                "CPU per record: {f:.0} µs in each follower's worker, {rest:.0} µs in the rest of the process (leader commit, tail, swarms)"
+            );
+        }
         println!("leader protocol: {leader_stats}");
         for st in &r.follower_stats {
             println!("follower protocol: {st}");

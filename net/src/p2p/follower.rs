@@ -32,6 +32,8 @@ use swoosh_core::sig::SignerId;
 use swoosh_core::state::Genesis;
 use swoosh_storage::{BatchLimits, EncodedEntry, Entry, LogStore, WalWriter};
 
+/// The name of the follower's worker thread (for per-thread CPU accounting).
+pub const WORKER_THREAD: &str = "swoosh-follower";
 /// How often the follower ticks its protocol (request timeouts, gaps).
 pub const TICK_MS: u64 = 50;
 /// How often a lost connection to the leader is dialled again.
@@ -287,7 +289,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let worker_stop = stop.clone();
     let guard_shared = shared.clone();
     let worker = std::thread::Builder::new()
-        .name("swoosh-follower".into())
+        .name(WORKER_THREAD.into())
         .spawn(move || run_guarded(&guard_shared, move || w.run(inbox_rx, &worker_stop)))
         .map_err(|e| P2pError::Config(format!("cannot start the follower's worker: {e}")))?;
     let mut t = FollowerTask {
