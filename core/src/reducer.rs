@@ -1545,14 +1545,23 @@ fn check_link(node: &NodeState, rec: &WalRecord) -> Result<(), ReplayError> {
     Ok(())
 }
 
-/// The stateful half of [`apply_record`]: the chain link, the reducer re-run
-/// and the recomputed post hash, decision and record, all checked against
-/// the stored record. A divergent record leaves the node's state untouched.
-pub fn apply_prepared(
+/// A stored record re-run on the side: the plan, its post hash (already
+/// checked against the record's) and the memo of a new project.
+struct Replayed {
+    ctx: Ctx,
+    plan: Box<Plan>,
+    computed: Hash,
+    fresh: HashMemo,
+}
+
+/// The checks both replay paths start with: the chain link, the reducer
+/// re-run (evaluated on the side, so a divergent record leaves the node
+/// untouched) and the recomputed post hash.
+fn replay_plan(
     node: &mut NodeState,
     prepared: &PreparedRecord,
     verify: Verify,
-) -> Result<Accepted, ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let rec = &prepared.record;
     check_link(node, rec)?;
     let p = &prepared.proposal;
@@ -1561,9 +1570,7 @@ pub fn apply_prepared(
         verify,
         snapshot_every: 0,
     };
-    // Evaluate on the side so a divergent record leaves the node untouched.
-    let eval = evaluate(node, p, &ctx, Some(prepared.content_hash));
-    let plan = match eval {
+    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash)) {
         Err(r) => {
             return Err(ReplayError::Rejected {
                 index: rec.index,
@@ -1583,6 +1590,30 @@ pub fn apply_prepared(
             recorded: rec.state_post_hash,
         });
     }
+    Ok(Replayed {
+        ctx,
+        plan,
+        computed,
+        fresh,
+    })
+}
+
+/// The stateful half of [`apply_record`]: the chain link, the reducer re-run
+/// and the recomputed post hash, decision and record, all checked against
+/// the stored record. A divergent record leaves the node's state untouched.
+pub fn apply_prepared(
+    node: &mut NodeState,
+    prepared: &PreparedRecord,
+    verify: Verify,
+) -> Result<Accepted, ReplayError> {
+    let rec = &prepared.record;
+    let p = &prepared.proposal;
+    let Replayed {
+        ctx,
+        plan,
+        computed,
+        fresh,
+    } = replay_plan(node, prepared, verify)?;
     let built = build(node, p, &ctx, *plan, computed, Some(prepared.hash));
     if built.acc.record.guard_outcomes != rec.guard_outcomes {
         return Err(ReplayError::Mismatch {
@@ -1633,33 +1664,13 @@ pub fn apply_prepared_check(
     verify: Verify,
 ) -> Result<(), ReplayError> {
     let rec = &prepared.record;
-    check_link(node, rec)?;
     let p = &prepared.proposal;
-    let ctx = Ctx {
-        now_ms: rec.timestamp_ms,
-        verify,
-        snapshot_every: 0,
-    };
-    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash)) {
-        Err(r) => {
-            return Err(ReplayError::Rejected {
-                index: rec.index,
-                guard: r.guard,
-                reasons: r.reasons.join("; "),
-            })
-        }
-        Ok(Eval::Duplicate(_)) => return Err(ReplayError::Duplicate { index: rec.index }),
-        Ok(Eval::Apply(plan)) => plan,
-    };
-    let mut fresh = HashMemo::default();
-    let computed = post_hash(node, &p.project, &plan.post, &mut fresh);
-    if computed != rec.state_post_hash {
-        return Err(ReplayError::PostHash {
-            index: rec.index,
-            computed,
-            recorded: rec.state_post_hash,
-        });
-    }
+    let Replayed {
+        ctx,
+        plan,
+        computed,
+        fresh,
+    } = replay_plan(node, prepared, verify)?;
     let transition = plan.spec.name;
     let d = decide(node, p, &ctx, *plan, computed);
     if d.outcomes != rec.guard_outcomes {

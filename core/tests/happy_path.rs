@@ -140,13 +140,13 @@ fn idempotency_window_is_bounded_and_exactly_once_survives_eviction() {
     }
 }
 
-/// A caller holding a record's hash (a follower hashed the encoding it
-/// checked) prepares exactly what a fresh re-encoding prepares, and replay
-/// through either path ends on the same root.
-#[test]
-fn prepare_with_a_known_hash_matches_prepare() {
-    use swoosh_core::guards::Verify;
-    use swoosh_core::reducer::{apply_prepared, prepare_record, prepare_record_hashed};
+/// The records of one project's happy path, with the genesis and the node
+/// that produced them.
+fn happy_records() -> (
+    swoosh_core::Genesis,
+    NodeState,
+    Vec<swoosh_core::record::WalRecord>,
+) {
     let keys = Keys::from_labels("happy", 3);
     let g = genesis(&keys, "happy-cluster", ORIGIN_MS);
     let mut node = NodeState::new(g.clone()).unwrap();
@@ -164,6 +164,17 @@ fn prepare_with_a_known_hash_matches_prepare() {
             }
         },
     );
+    (g, node, records)
+}
+
+/// A caller holding a record's hash (a follower hashed the encoding it
+/// checked) prepares exactly what a fresh re-encoding prepares, and replay
+/// through either path ends on the same root.
+#[test]
+fn prepare_with_a_known_hash_matches_prepare() {
+    use swoosh_core::guards::Verify;
+    use swoosh_core::reducer::{apply_prepared, prepare_record, prepare_record_hashed};
+    let (g, node, records) = happy_records();
     assert!(records.len() > 10, "{} records", records.len());
     let mut replay = NodeState::new(g).unwrap();
     for r in records {
@@ -183,24 +194,9 @@ fn prepare_with_a_known_hash_matches_prepare() {
 fn lean_replay_check_matches_the_full_one() {
     use swoosh_core::guards::Verify;
     use swoosh_core::reducer::{apply_prepared, apply_prepared_check, prepare_record};
-    let keys = Keys::from_labels("happy", 3);
-    let g = genesis(&keys, "happy-cluster", ORIGIN_MS);
-    let mut node = NodeState::new(g.clone()).unwrap();
-    let driver = Driver::new(&keys, 3);
-    let mut records = vec![];
-    run_happy_path(
-        &mut node,
-        &driver,
-        &["default".to_string()],
-        ORIGIN_MS + 10,
-        10_000,
-        |s| {
-            if let Outcome::Accepted(acc) = &s.step.outcome {
-                records.push(acc.record.clone());
-            }
-        },
-    );
-    let tampers: Vec<(&str, fn(&mut swoosh_core::record::WalRecord))> = vec![
+    let (g, node, records) = happy_records();
+    type Tamper = fn(&mut swoosh_core::record::WalRecord);
+    let tampers: Vec<(&str, Tamper)> = vec![
         ("post hash", |r| r.state_post_hash = Hash::of_bytes(b"x")),
         ("pre hash", |r| r.state_pre_hash = Hash::of_bytes(b"x")),
         ("decision", |r| r.decision = Hash::of_bytes(b"x")),
