@@ -242,15 +242,21 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     let seen: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
         Arc::new(Mutex::new(vec![vec![None; n + 1]; a.followers]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shareds: Vec<_> = followers.iter().map(|f| f.shared.clone()).collect();
+    // Polled every 200 µs: read the atomic copy, never the worker's lock.
+    let counters: Vec<_> = followers
+        .iter()
+        .map(|f| lock_shared(&f.shared).net.clone())
+        .collect();
     let sampler = {
         let (seen, stop) = (seen.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut last = vec![0usize; shareds.len()];
+            let mut last = vec![0usize; counters.len()];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let now = Instant::now();
-                for (fi, sh) in shareds.iter().enumerate() {
-                    let at = (sh.lock().expect("follower lock").persisted_index as usize).min(n);
+                for (fi, c) in counters.iter().enumerate() {
+                    let at = (c.persisted_index.load(std::sync::atomic::Ordering::Acquire)
+                        as usize)
+                        .min(n);
                     if at > last[fi] {
                         let mut s = seen.lock().expect("seen lock");
                         for slot in &mut s[fi][last[fi] + 1..=at] {

@@ -176,6 +176,13 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
     for f in [&f1, &f2] {
         let s = f.shared.lock().unwrap();
         assert_eq!(s.persisted_index, want, "applied records are persisted");
+        assert_eq!(
+            s.net
+                .persisted_index
+                .load(std::sync::atomic::Ordering::Acquire),
+            want,
+            "the lock-free copy agrees"
+        );
         assert!(s.decrypted > 0, "gossip was decrypted");
         assert!(s.halted_reason.is_none());
     }
@@ -244,6 +251,12 @@ async fn p2p_leader_restart_followers_resume() {
     for f in [&f1, &f2] {
         let s = f.shared.lock().unwrap();
         assert_eq!(s.persisted_index, want);
+        assert_eq!(
+            s.net
+                .persisted_index
+                .load(std::sync::atomic::Ordering::Acquire),
+            want
+        );
         assert!(s.halted_reason.is_none());
     }
     wait_for("the restarted leader sees both followers", || {

@@ -64,6 +64,9 @@ pub struct NetCounters {
     /// Messages dropped because the worker's inbox was full.
     pub inbox_full_drops: AtomicU64,
     pub leader_connected: AtomicBool,
+    /// `FollowerShared::persisted_index`, readable without the lock (so a
+    /// watcher polling for durability never contends with the worker).
+    pub persisted_index: AtomicU64,
 }
 
 /// The follower's state as its HTTP surface and tests see it.
@@ -126,6 +129,8 @@ impl FollowerShared {
         persisted_index: u64,
         leader_addr: String,
     ) -> FollowerShared {
+        net.persisted_index
+            .store(persisted_index, Ordering::Release);
         FollowerShared {
             repl,
             net,
@@ -603,6 +608,7 @@ impl<S: LogStore> Worker<S> {
                 Ok(r) => {
                     let mut s = lock_shared(&self.shared);
                     s.persisted_index = r.last_index;
+                    s.net.persisted_index.store(r.last_index, Ordering::Release);
                     s.last_applied_ms = now_wall_ms();
                     s.commits += 1;
                     s.committed_records += r.records as u64;
@@ -666,6 +672,7 @@ impl<S: LogStore> Worker<S> {
                             );
                             let mut s = lock_shared(&self.shared);
                             s.persisted_index = index;
+                            s.net.persisted_index.store(index, Ordering::Release);
                             s.snapshots_installed += 1;
                             s.last_applied_ms = now_wall_ms();
                         }
