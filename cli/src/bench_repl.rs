@@ -309,7 +309,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     loop {
         let done = followers.iter().all(|f| {
             let s = lock_shared(&f.shared);
-            s.persisted_index as usize >= n || s.halted_reason.is_some()
+            s.persisted_index() as usize >= n || s.halted_reason.is_some()
         });
         if done {
             break;

@@ -419,8 +419,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 role: "follower".into(),
                 dir: Some(fdir.display().to_string()),
                 hash: Some(st.repl.node().root_hash().to_string()),
-                index: Some(st.persisted_index),
-                lag_records: Some(target.saturating_sub(st.persisted_index)),
+                index: Some(st.persisted_index()),
+                lag_records: Some(target.saturating_sub(st.persisted_index())),
                 votes_sent: None,
             });
         }
@@ -630,7 +630,7 @@ async fn wait_caught_up(c: &Cluster, target: u64, root: Option<&str>) -> Result<
             if let Some(h) = &st.halted_reason {
                 bail!("{name} halted: {h}");
             }
-            let at = st.persisted_index;
+            let at = st.persisted_index();
             let hash = st.repl.node().root_hash().to_string();
             if at < target || (at == target && root.is_some_and(|r| r != hash)) {
                 behind.push(format!("{name} at {at}"));

@@ -167,7 +167,7 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
     wait_for("both followers at the leader's index", || {
         [&f1, &f2]
             .iter()
-            .all(|f| f.shared.lock().unwrap().persisted_index == want)
+            .all(|f| f.shared.lock().unwrap().persisted_index() == want)
     })
     .await;
     let root = c.stream.node().root_hash();
@@ -175,7 +175,7 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
     assert_eq!(f2.root_hash(), root);
     for f in [&f1, &f2] {
         let s = f.shared.lock().unwrap();
-        assert_eq!(s.persisted_index, want, "applied records are persisted");
+        assert_eq!(s.persisted_index(), want, "applied records are persisted");
         assert_eq!(
             s.net
                 .persisted_index
@@ -242,7 +242,7 @@ async fn p2p_leader_restart_followers_resume() {
     wait_for("both followers at 150 after the leader restart", || {
         [&f1, &f2]
             .iter()
-            .all(|f| f.shared.lock().unwrap().persisted_index == want)
+            .all(|f| f.shared.lock().unwrap().persisted_index() == want)
     })
     .await;
     let root = c.stream.node().root_hash();
@@ -250,7 +250,7 @@ async fn p2p_leader_restart_followers_resume() {
     assert_eq!(f2.root_hash(), root);
     for f in [&f1, &f2] {
         let s = f.shared.lock().unwrap();
-        assert_eq!(s.persisted_index, want);
+        assert_eq!(s.persisted_index(), want);
         assert_eq!(
             s.net
                 .persisted_index
@@ -498,7 +498,7 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
         .await
         .unwrap();
     wait_for("the late joiner at 150, persisted", || {
-        f.shared.lock().unwrap().persisted_index == 150
+        f.shared.lock().unwrap().persisted_index() == 150
     })
     .await;
     {
@@ -528,7 +528,7 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
         .unwrap();
     assert_eq!(f.applied_index(), 150, "recovered from its own store");
     wait_for("the restarted follower at 170", || {
-        f.shared.lock().unwrap().persisted_index == 170
+        f.shared.lock().unwrap().persisted_index() == 170
     })
     .await;
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
@@ -570,7 +570,7 @@ async fn p2p_follower_whose_wal_fails_halts_and_the_leader_sees_it() {
             .is_some_and(|r| r.starts_with("persist"))
     })
     .await;
-    assert_eq!(f.shared.lock().unwrap().persisted_index, 0);
+    assert_eq!(f.shared.lock().unwrap().persisted_index(), 0);
     let at = f.applied_index();
     c.commit(30);
     wait_for("the leader sees the halted follower", || {
@@ -590,7 +590,7 @@ async fn p2p_follower_health_shows_its_commits_and_inbox_drops() {
     let leader = c.leader().await;
     let f = c.follower(0, &leader, false).await;
     wait_for("the follower at 30, persisted", || {
-        f.shared.lock().unwrap().persisted_index == 30
+        f.shared.lock().unwrap().persisted_index() == 30
     })
     .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

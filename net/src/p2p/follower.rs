@@ -64,8 +64,8 @@ pub struct NetCounters {
     /// Messages dropped because the worker's inbox was full.
     pub inbox_full_drops: AtomicU64,
     pub leader_connected: AtomicBool,
-    /// `FollowerShared::persisted_index`, readable without the lock (so a
-    /// watcher polling for durability never contends with the worker).
+    /// The last index durable in this follower's WAL; atomic so a watcher
+    /// polling for durability never contends with the worker's lock.
     pub persisted_index: AtomicU64,
 }
 
@@ -80,7 +80,6 @@ pub struct FollowerShared {
     /// Group commits of the follower's WAL, and the records they held.
     pub commits: u64,
     pub committed_records: u64,
-    pub persisted_index: u64,
     /// Snapshots installed into this follower's store (late join, far behind).
     pub snapshots_installed: u64,
     pub last_refusals: Vec<String>,
@@ -123,6 +122,11 @@ fn run_guarded(shared: &Mutex<FollowerShared>, work: impl FnOnce()) {
 }
 
 impl FollowerShared {
+    /// The last index durable in this follower's WAL.
+    pub fn persisted_index(&self) -> u64 {
+        self.net.persisted_index.load(Ordering::Acquire)
+    }
+
     fn new(
         repl: ReplFollower,
         net: Arc<NetCounters>,
@@ -139,7 +143,6 @@ impl FollowerShared {
             malformed: 0,
             commits: 0,
             committed_records: 0,
-            persisted_index,
             snapshots_installed: 0,
             last_refusals: vec![],
             halted_reason: None,
@@ -607,7 +610,6 @@ impl<S: LogStore> Worker<S> {
             match self.writer.append_encoded(part) {
                 Ok(r) => {
                     let mut s = lock_shared(&self.shared);
-                    s.persisted_index = r.last_index;
                     s.net.persisted_index.store(r.last_index, Ordering::Release);
                     s.last_applied_ms = now_wall_ms();
                     s.commits += 1;
@@ -671,7 +673,6 @@ impl<S: LogStore> Worker<S> {
                                 "installed the leader's snapshot; the WAL continues after it"
                             );
                             let mut s = lock_shared(&self.shared);
-                            s.persisted_index = index;
                             s.net.persisted_index.store(index, Ordering::Release);
                             s.snapshots_installed += 1;
                             s.last_applied_ms = now_wall_ms();

@@ -62,7 +62,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "role": "follower",
         "status": if halted { "halted" } else if s.leader_connected { "ok" } else { "disconnected" },
         "applied_index": st.applied_index,
-        "persisted_index": s.persisted_index,
+        "persisted_index": s.persisted_index(),
         "leader_index": st.leader_index,
         "lag_records": st.lag_records,
         "lag_ms": lag_ms,
