@@ -134,8 +134,15 @@ impl<'a> MapEnc<'a> {
     }
     fn finish(mut self) -> Result<(), FastError> {
         let buf = &self.buf;
-        self.entries
-            .sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+        // Bytewise order of the encoded keys (RFC 8949 §4.2.1). Keys of one
+        // struct nearly always differ in their first byte (a text key's
+        // head carries its length), which settles the comparison without a
+        // memcmp call; the full comparison is the same order.
+        self.entries.sort_unstable_by(|a, b| {
+            buf[a.0]
+                .cmp(&buf[b.0])
+                .then_with(|| buf[a.0 + 1..a.1].cmp(&buf[b.0 + 1..b.1]))
+        });
         for w in self.entries.windows(2) {
             if buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1] {
                 return Err(FastError);

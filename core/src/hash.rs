@@ -72,15 +72,10 @@ impl FromStr for Hash {
         let digits = s
             .strip_prefix(HASH_PREFIX)
             .ok_or_else(|| HashParseError::Prefix(truncate(s)))?;
-        if digits.len() != 64
-            || !digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let mut out = [0u8; 32];
+        if !lower_hex_decode(digits.as_bytes(), &mut out) {
             return Err(HashParseError::Digits(truncate(s)));
         }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(digits, &mut out).map_err(|_| HashParseError::Digits(truncate(s)))?;
         Ok(Hash(out))
     }
 }
@@ -106,14 +101,101 @@ impl Serialize for Hash {
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        deserialize_parsed(d, "a \"blake3:<64 lowercase hex>\" hash")
     }
+}
+
+/// Deserialize a text value through `T::from_str`, reading the text where
+/// the decoder holds it (no owned copy: a WAL record carries dozens of
+/// hashes and signatures).
+pub(crate) fn deserialize_parsed<'de, D, T>(d: D, what: &'static str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    struct V<T>(&'static str, std::marker::PhantomData<T>);
+    impl<T: FromStr> serde::de::Visitor<'_> for V<T>
+    where
+        T::Err: fmt::Display,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            v.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(what, std::marker::PhantomData))
+}
+
+/// Each byte's value as a lowercase hex digit; 0xFF for every other byte.
+const UNHEX: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decode exactly `2 * out.len()` lowercase hex digits into `out`; false
+/// for any other input (wrong length, uppercase, non-hex). One table lookup
+/// per digit: parsing hashes was an eighth of the WAL reader's time.
+pub(crate) fn lower_hex_decode(digits: &[u8], out: &mut [u8]) -> bool {
+    if digits.len() != 2 * out.len() {
+        return false;
+    }
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (hi, lo) = (UNHEX[pair[0] as usize], UNHEX[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    // Valid digits are below 16; the 0xFF marker sets the high bits.
+    bad & 0xF0 == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_hex_decode_accepts_only_lowercase_hex_of_the_exact_length() {
+        let mut out = [0u8; 3];
+        assert!(lower_hex_decode(b"00a9ff", &mut out));
+        assert_eq!(out, [0x00, 0xa9, 0xff]);
+        for bad in [
+            &b"00A9ff"[..],
+            b"00a9f",
+            b"00a9fff0",
+            b"0xa9ff",
+            b"00a9f\xff",
+            b"g0a9ff",
+            b" 0a9ff",
+        ] {
+            assert!(!lower_hex_decode(bad, &mut out), "{bad:?}");
+        }
+        // Agrees with the reference decoder on every byte pair.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let mut one = [0u8; 1];
+                let ok = lower_hex_decode(&[a, b], &mut one);
+                let lower = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+                assert_eq!(ok, lower(a) && lower(b), "{a} {b}");
+                if ok {
+                    assert_eq!(one.to_vec(), hex::decode([a, b]).unwrap());
+                }
+            }
+        }
+    }
 
     #[test]
     fn display_and_parse_round_trip() {

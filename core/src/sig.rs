@@ -64,23 +64,14 @@ impl fmt::Debug for SignerId {
     }
 }
 
-fn lower_hex(s: &str, n: usize) -> bool {
-    s.len() == n
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl FromStr for SignerId {
     type Err = SigError;
     fn from_str(s: &str) -> Result<Self, SigError> {
-        let h = s
-            .strip_prefix(SIGNER_PREFIX)
-            .filter(|h| lower_hex(h, 64))
-            .ok_or_else(|| SigError::SignerFormat(crate::hash::truncate(s)))?;
         let mut out = [0u8; 32];
-        hex::decode_to_slice(h, &mut out)
-            .map_err(|_| SigError::SignerFormat(crate::hash::truncate(s)))?;
-        Ok(SignerId(out))
+        match s.strip_prefix(SIGNER_PREFIX) {
+            Some(h) if crate::hash::lower_hex_decode(h.as_bytes(), &mut out) => Ok(SignerId(out)),
+            _ => Err(SigError::SignerFormat(crate::hash::truncate(s))),
+        }
     }
 }
 
@@ -99,18 +90,16 @@ impl fmt::Debug for Signature {
 impl FromStr for Signature {
     type Err = SigError;
     fn from_str(s: &str) -> Result<Self, SigError> {
-        if !lower_hex(s, 128) {
+        let mut out = [0u8; 64];
+        if !crate::hash::lower_hex_decode(s.as_bytes(), &mut out) {
             return Err(SigError::SignatureFormat(crate::hash::truncate(s)));
         }
-        let mut out = [0u8; 64];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| SigError::SignatureFormat(crate::hash::truncate(s)))?;
         Ok(Signature(out))
     }
 }
 
 macro_rules! string_serde {
-    ($t:ty, $len:expr, $prefix:expr) => {
+    ($t:ty, $len:expr, $prefix:expr, $what:expr) => {
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut buf = [0u8; $len];
@@ -119,14 +108,23 @@ macro_rules! string_serde {
         }
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                crate::hash::deserialize_parsed(d, $what)
             }
         }
     };
 }
-string_serde!(SignerId, 12 + 64, SIGNER_PREFIX);
-string_serde!(Signature, 128, "");
+string_serde!(
+    SignerId,
+    12 + 64,
+    SIGNER_PREFIX,
+    "a signer id (\"hmmm:pubkey:\" + 64 lowercase hex)"
+);
+string_serde!(
+    Signature,
+    128,
+    "",
+    "an ed25519 signature (128 lowercase hex)"
+);
 
 /// The exact bytes a signature covers.
 pub fn signing_bytes<T: Serialize + ?Sized>(

@@ -184,10 +184,31 @@ pub struct RecoveryRun {
     /// Recovery from genesis: every record through the reducer.
     pub full_replay: Duration,
     pub replay_records_per_second: f64,
+    /// CPU (user + system, all threads) the full replay used, per record:
+    /// it varies much less than wall time on a shared machine. None where
+    /// `getrusage` is not available.
+    pub full_replay_cpu_us_per_record: Option<f64>,
     /// Recovery from the newest snapshot (taken `records - tail` records in).
     pub from_snapshot: Option<Duration>,
     pub snapshot_bytes: Option<usize>,
     pub tail_records: u64,
+}
+
+/// User + system CPU time of the whole process so far.
+#[cfg(unix)]
+fn process_cpu() -> Option<Duration> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    Some(tv(u.ru_utime) + tv(u.ru_stime))
+}
+
+#[cfg(not(unix))]
+fn process_cpu() -> Option<Duration> {
+    None
 }
 
 /// Build a log of `records` records in a fresh LMDB store in `dir` (one
@@ -251,6 +272,7 @@ pub fn recovery_run(
     let build = t0.elapsed();
     let store = LmdbStore::open(dir, &LmdbOptions::default())?;
     let t1 = Instant::now();
+    let cpu0 = process_cpu();
     let full = recover_with(
         &store,
         &genesis,
@@ -261,6 +283,9 @@ pub fn recovery_run(
         &mut |p| progress("replay", p.done, p.total),
     )?;
     let full_replay = t1.elapsed();
+    let full_replay_cpu_us_per_record = process_cpu()
+        .zip(cpu0)
+        .map(|(b, a)| (b - a).as_secs_f64() * 1e6 / records.max(1) as f64);
     if full.node.head_record != stream.node().head_record {
         return Err(BenchError::Mismatch("a full replay"));
     }
@@ -281,6 +306,7 @@ pub fn recovery_run(
         build,
         full_replay,
         replay_records_per_second: records as f64 / full_replay.as_secs_f64().max(1e-9),
+        full_replay_cpu_us_per_record,
         from_snapshot,
         snapshot_bytes,
         tail_records: snap_at.map_or(0, |s| records - s),
