@@ -152,6 +152,11 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
 /// exactly `bytes` proves the bytes canonical, whatever the decoder
 /// tolerated on the way. Only a refusal takes the slow path, to say why.
 pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    if let Ok((t, used)) = crate::cbor_de::decode::<T>(bytes) {
+        if used == bytes.len() && to_canonical(&t).ok().as_deref() == Some(bytes) {
+            return Ok(t);
+        }
+    }
     let mut cursor = std::io::Cursor::new(bytes);
     let typed: Result<T, _> =
         ciborium::de::from_reader_with_recursion_limit(&mut cursor, CBOR_DEPTH_MAX);
@@ -184,6 +189,9 @@ fn from_canonical_slow<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<
 /// reader verifies the record hash first); untrusted input uses
 /// [`from_canonical`].
 pub fn from_trusted<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    if let Ok((t, _)) = crate::cbor_de::decode::<T>(bytes) {
+        return Ok(t);
+    }
     ciborium::from_reader(bytes).map_err(|e| CanonicalError::Decode(e.to_string()))
 }
 

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod backbeat;
 pub mod cbor;
+pub mod cbor_de;
 mod cbor_fast;
 pub mod facts;
 pub mod guards;

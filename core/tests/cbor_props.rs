@@ -380,6 +380,79 @@ proptest! {
     }
 }
 
+/// The slice decoder (`cbor_de`, the fast path of `from_trusted` and
+/// `from_canonical`) never disagrees with ciborium: whatever it decodes,
+/// ciborium decodes to the same value, from well-formed and damaged input
+/// alike; and it decodes every canonical encoding.
+fn fast_agrees_with_ciborium<T>(bytes: &[u8]) -> Result<(), TestCaseError>
+where
+    T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    if let Ok((fast, used)) = swoosh_core::cbor_de::decode::<T>(bytes) {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let slow: T = ciborium::from_reader(&mut cursor).map_err(|e| {
+            TestCaseError::fail(format!("fast path decoded what ciborium refuses: {e}"))
+        })?;
+        prop_assert_eq!(fast, slow);
+        prop_assert_eq!(used as u64, cursor.position());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn slice_decoder_agrees_with_ciborium_on_values(
+        v in value(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let bytes = encoding(&v);
+        let (fast, used) = swoosh_core::cbor_de::decode::<Value>(&bytes).unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&fast, &v);
+        fast_agrees_with_ciborium::<Value>(&bytes)?;
+        fast_agrees_with_ciborium::<Value>(&corrupt(bytes, edits))?;
+    }
+
+    #[test]
+    fn slice_decoder_agrees_with_ciborium_on_wal_records(
+        rec in wal_record(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let bytes = to_canonical(&rec).unwrap();
+        let (fast, used) = swoosh_core::cbor_de::decode::<WalRecord>(&bytes).unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&fast, &rec);
+        for cut in [1, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+            prop_assert!(swoosh_core::cbor_de::decode::<WalRecord>(&bytes[..cut]).is_err());
+        }
+        let damaged = corrupt(bytes, edits);
+        fast_agrees_with_ciborium::<WalRecord>(&damaged)?;
+        fast_agrees_with_ciborium::<Value>(&damaged)?;
+    }
+
+    #[test]
+    fn slice_decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fast_agrees_with_ciborium::<Value>(&bytes)?;
+        fast_agrees_with_ciborium::<WalRecord>(&bytes)?;
+        fast_agrees_with_ciborium::<Proposal>(&bytes)?;
+    }
+}
+
+/// Nesting past the depth limit is refused, not a stack overflow.
+#[test]
+fn slice_decoder_refuses_nesting_past_the_limit() {
+    let mut deep = vec![0x81u8; 100_000];
+    deep.push(0x00);
+    assert!(swoosh_core::cbor_de::decode::<Value>(&deep).is_err());
+    // An array claiming more elements than there are bytes allocates nothing.
+    assert!(swoosh_core::cbor_de::decode::<Vec<u64>>(&[
+        0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+    ])
+    .is_err());
+}
+
 /// `from_canonical` promises that "a hash can never be computed over a
 /// second spelling of the same value". For the content-addressed records
 /// that means: bytes it accepts as a `T` are exactly the canonical encoding
