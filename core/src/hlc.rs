@@ -300,8 +300,7 @@ impl Serialize for Hlc {
 
 impl<'de> Deserialize<'de> for Hlc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        crate::hash::deserialize_parsed(d, "an HLC (\"YYYY-MM-DDTHH:MM:SS.mmm+00:00#counter\")")
     }
 }
 

@@ -100,9 +100,69 @@ pub struct DecisionRecord {
 
 pub const DECISION_KIND: &str = "bubble.dr.v1";
 
+/// A [`DecisionRecord`] made of borrowed parts: the same field names and
+/// types field for field, so its canonical encoding, and so its hash, is the
+/// record's. Replay re-derives every decision only to compare its hash; it
+/// hashes this view instead of copying a dozen strings into a record it
+/// then drops. A test holds the two encodings together.
+#[derive(Serialize)]
+pub struct DecisionView<'a> {
+    pub kind: &'a str,
+    pub cluster_id: &'a str,
+    pub project: &'a str,
+    pub index: u64,
+    pub transition: &'a str,
+    pub region: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub signer: &'a SignerId,
+    pub signer_roles: &'a [String],
+    pub idem_key: &'a str,
+    pub hlc: Hlc,
+    pub window_id: &'a str,
+    pub state_pre_hash: Hash,
+    pub state_post_hash: Hash,
+    pub inputs_hash: Hash,
+    pub guard_outcomes: &'a [GuardOutcome],
+    pub evidence: &'a [String],
+    pub links: &'a [String],
+    pub justification: &'a str,
+}
+
+impl DecisionView<'_> {
+    pub fn hash(&self) -> Hash {
+        hash_of(self).expect("decision records encode")
+    }
+}
+
 impl DecisionRecord {
     pub fn hash(&self) -> Hash {
         hash_of(self).expect("decision records encode")
+    }
+
+    pub fn view(&self) -> DecisionView<'_> {
+        DecisionView {
+            kind: &self.kind,
+            cluster_id: &self.cluster_id,
+            project: &self.project,
+            index: self.index,
+            transition: &self.transition,
+            region: &self.region,
+            from: &self.from,
+            to: &self.to,
+            signer: &self.signer,
+            signer_roles: &self.signer_roles,
+            idem_key: &self.idem_key,
+            hlc: self.hlc,
+            window_id: &self.window_id,
+            state_pre_hash: self.state_pre_hash,
+            state_post_hash: self.state_post_hash,
+            inputs_hash: self.inputs_hash,
+            guard_outcomes: &self.guard_outcomes,
+            evidence: &self.evidence,
+            links: &self.links,
+            justification: &self.justification,
+        }
     }
     pub fn address(&self) -> String {
         decision_address(&self.hash())

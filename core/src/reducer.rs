@@ -12,7 +12,7 @@ use crate::guards::{self, GuardCtx, Verify};
 use crate::hash::Hash;
 use crate::hlc::{order_key_cmp_ids, Hlc};
 use crate::proposal::Proposal;
-use crate::record::{DecisionRecord, GuardOutcome, WalRecord, DECISION_KIND};
+use crate::record::{DecisionRecord, DecisionView, GuardOutcome, WalRecord, DECISION_KIND};
 use crate::sig::SignerId;
 use crate::state::{
     HashMemo, IdemEntry, LicenseStatus, NodeState, OrderKey, ProjectEntry, ProjectState,
@@ -1249,23 +1249,34 @@ fn evict_idem(keys: &mut BTreeMap<String, IdemEntry>) {
 }
 
 /// What an accepted plan decides, before its WAL record is assembled: the
-/// decision record, the idempotency entry, the effects and the post state.
+/// decision record's hash (and the record itself when the caller keeps it),
+/// the idempotency entry, the effects and the post state.
 struct Decided {
     index: u64,
     pre_hash: Hash,
     post_hash: Hash,
     outcomes: Vec<GuardOutcome>,
-    decision: DecisionRecord,
+    /// `None` when the caller only checks the hash (replay).
+    decision: Option<DecisionRecord>,
     decision_hash: Hash,
     post: ProjectState,
     idem: IdemEntry,
+    /// Empty when the decision is not kept: replay performs no effects.
     effects: Vec<Effect>,
 }
 
 /// Decide an accepted plan whose post-state hashes to `post_hash`. The
 /// effects are complete except for the record hash of `AppendWal`, which
-/// [`build`] fills in (replay never reads it).
-fn decide(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan, post_hash: Hash) -> Decided {
+/// [`build`] fills in. `keep`: assemble the decision record and the effects
+/// (a live step); otherwise only hash the decision (replay's check).
+fn decide(
+    node: &NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    plan: Plan,
+    post_hash: Hash,
+    keep: bool,
+) -> Decided {
     let Plan {
         spec,
         roles,
@@ -1304,15 +1315,40 @@ fn decide(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan, post_hash: Hash
         roles.join(", "),
         outcomes.len()
     );
-    let decision = DecisionRecord {
+    let from = format!("{}.{}", from_region.name(), from_state);
+    let to = spec.to.to_string();
+    let decision_hash = DecisionView {
+        kind: DECISION_KIND,
+        cluster_id: cluster,
+        project: &p.project,
+        index,
+        transition: spec.name,
+        region: spec.to.region.name(),
+        from: &from,
+        to: &to,
+        signer: &p.signer,
+        signer_roles: &roles,
+        idem_key: &p.idem_key,
+        hlc: p.hlc,
+        window_id: &p.window_id,
+        state_pre_hash: pre_hash,
+        state_post_hash: post_hash,
+        inputs_hash: p.inputs_hash,
+        guard_outcomes: &outcomes,
+        evidence: &p.evidence,
+        links: &links,
+        justification: &justification,
+    }
+    .hash();
+    let decision = keep.then(|| DecisionRecord {
         kind: DECISION_KIND.to_string(),
         cluster_id: cluster.clone(),
         project: p.project.clone(),
         index,
         transition: spec.name.to_string(),
         region: spec.to.region.name().to_string(),
-        from: format!("{}.{}", from_region.name(), from_state),
-        to: spec.to.to_string(),
+        from,
+        to,
         signer: p.signer.clone(),
         signer_roles: roles,
         idem_key: p.idem_key.clone(),
@@ -1325,8 +1361,7 @@ fn decide(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan, post_hash: Hash
         evidence: p.evidence.clone(),
         links,
         justification,
-    };
-    let decision_hash = decision.hash();
+    });
     let idem = IdemEntry {
         content_hash,
         transition: spec.name.to_string(),
@@ -1335,27 +1370,30 @@ fn decide(node: &NodeState, p: &Proposal, ctx: &Ctx, plan: Plan, post_hash: Hash
         decision: decision_hash,
     };
 
-    let mut effects = vec![
-        Effect::AppendWal {
-            index,
-            record_hash: Hash::default(),
-        },
-        Effect::StoreDecision {
-            address: decision_hash,
-        },
-        Effect::Reply { status: 202 },
-    ];
-    if spec.name == "Execution_ReverbOpen" {
-        effects.push(Effect::ScheduleSnapshot {
-            reason: SnapshotReason::Reverb,
-        });
-    } else if ctx.snapshot_every > 0 && index.is_multiple_of(ctx.snapshot_every) {
-        effects.push(Effect::ScheduleSnapshot {
-            reason: SnapshotReason::Interval,
-        });
-    }
-    for e in events.drain(..) {
-        effects.push(Effect::Emit(e));
+    let mut effects = vec![];
+    if keep {
+        effects.extend([
+            Effect::AppendWal {
+                index,
+                record_hash: Hash::default(),
+            },
+            Effect::StoreDecision {
+                address: decision_hash,
+            },
+            Effect::Reply { status: 202 },
+        ]);
+        if spec.name == "Execution_ReverbOpen" {
+            effects.push(Effect::ScheduleSnapshot {
+                reason: SnapshotReason::Reverb,
+            });
+        } else if ctx.snapshot_every > 0 && index.is_multiple_of(ctx.snapshot_every) {
+            effects.push(Effect::ScheduleSnapshot {
+                reason: SnapshotReason::Interval,
+            });
+        }
+        for e in events.drain(..) {
+            effects.push(Effect::Emit(e));
+        }
     }
     Decided {
         index,
@@ -1392,7 +1430,8 @@ fn build(
         post,
         idem,
         mut effects,
-    } = decide(node, p, ctx, plan, post_hash);
+    } = decide(node, p, ctx, plan, post_hash, true);
+    let decision = decision.expect("kept");
     let record = WalRecord {
         index,
         prev_hash: node.head_record,
@@ -1672,7 +1711,7 @@ pub fn apply_prepared_check(
         fresh,
     } = replay_plan(node, prepared, verify)?;
     let transition = plan.spec.name;
-    let d = decide(node, p, &ctx, *plan, computed);
+    let d = decide(node, p, &ctx, *plan, computed, false);
     if d.outcomes != rec.guard_outcomes {
         return Err(ReplayError::Mismatch {
             index: rec.index,

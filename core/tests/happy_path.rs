@@ -167,6 +167,36 @@ fn happy_records() -> (
     (g, node, records)
 }
 
+/// Replay hashes a borrowed view of each decision instead of the record:
+/// the two must encode to the same bytes, for every decision of a run.
+#[test]
+fn decision_view_encodes_exactly_as_the_decision_record() {
+    let keys = Keys::from_labels("happy", 3);
+    let g = genesis(&keys, "happy-cluster", ORIGIN_MS);
+    let mut node = NodeState::new(g).unwrap();
+    let driver = Driver::new(&keys, 3);
+    let mut decisions = vec![];
+    run_happy_path(
+        &mut node,
+        &driver,
+        &["default".to_string(), "p-2".to_string()],
+        ORIGIN_MS + 10,
+        10_000,
+        |s| {
+            if let Outcome::Accepted(acc) = &s.step.outcome {
+                decisions.push((acc.decision.clone(), acc.decision_hash));
+            }
+        },
+    );
+    assert!(decisions.len() > 20, "{} decisions", decisions.len());
+    for (d, h) in decisions {
+        let view = swoosh_core::cbor::to_canonical(&d.view()).unwrap();
+        assert_eq!(view, swoosh_core::cbor::to_canonical(&d).unwrap());
+        assert_eq!(d.view().hash(), h);
+        assert_eq!(d.hash(), h);
+    }
+}
+
 /// A caller holding a record's hash (a follower hashed the encoding it
 /// checked) prepares exactly what a fresh re-encoding prepares, and replay
 /// through either path ends on the same root.
