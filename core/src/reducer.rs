@@ -1514,6 +1514,12 @@ pub struct PreparedRecord {
 }
 
 impl PreparedRecord {
+    /// The record and the proposal copy made from it, so a caller can keep
+    /// the one and hand the other to whichever thread should free it.
+    pub fn into_parts(self) -> (WalRecord, Proposal) {
+        (self.record, self.proposal)
+    }
+
     /// The proposal's content hash (what the idempotency index stores).
     pub fn content_hash(&self) -> Hash {
         self.content_hash

@@ -358,6 +358,10 @@ enum Stop {
 /// A record whose frame, index and chain link were checked and whose
 /// record-local work ([`prepare_record`]) is done; `frame_hash` is the hash
 /// stored in (and checked against) its frame.
+/// Records the reducer has applied, on their way back to the helper
+/// thread that allocated them.
+type Trash = Vec<(crate::wal::VerifiedRecord, swoosh_core::Proposal)>;
+
 struct Ready {
     frame_hash: Hash,
     prepared: PreparedRecord,
@@ -457,7 +461,8 @@ fn replay<S: LogStore + ?Sized>(
     };
     let mut apply_chunk = |node: &mut NodeState,
                            chunk: Vec<Result<Ready, Stop>>,
-                           done: &mut u64|
+                           done: &mut u64,
+                           trash: &mut Trash|
      -> Result<(), RecoveryError> {
         for item in chunk {
             let ready = item.map_err(|stop| stop_error(store, stop))?;
@@ -484,12 +489,14 @@ fn replay<S: LogStore + ?Sized>(
                     field: "canonical re-encoding",
                 }));
             }
+            let (record, proposal) = ready.prepared.into_parts();
             let v = crate::wal::VerifiedRecord {
                 index,
                 hash: ready.frame_hash,
-                record: ready.prepared.record,
+                record,
             };
             each(node, &v);
+            trash.push((v, proposal));
             *done += 1;
             if done.is_multiple_of(PROGRESS_EVERY_RECORDS) || *done == total {
                 progress(&Progress {
@@ -512,16 +519,21 @@ fn replay<S: LogStore + ?Sized>(
     if total < REPLAY_PIPELINE_RECORDS_MIN {
         while next_read <= to && !prep.stopped {
             let chunk = prep.chunk(read(&mut next_read)?);
-            apply_chunk(node, chunk, &mut done)?;
+            apply_chunk(node, chunk, &mut done, &mut Vec::new())?;
         }
         return Ok(done);
     }
     std::thread::scope(|scope| {
-        let (raw_tx, raw_rx) =
-            std::sync::mpsc::sync_channel::<Vec<(u64, Vec<u8>)>>(REPLAY_CHUNKS_IN_FLIGHT_MAX);
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(Vec<(u64, Vec<u8>)>, Trash)>(
+            REPLAY_CHUNKS_IN_FLIGHT_MAX,
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(REPLAY_CHUNKS_IN_FLIGHT_MAX);
         scope.spawn(move || {
-            for rows in raw_rx {
+            for (rows, trash) in raw_rx {
+                // The helper allocated what the reducer is done with: freeing
+                // it here keeps cross-thread frees (~8 % of the reducer
+                // thread) off the critical path.
+                drop(trash);
                 // One result per chunk received, and at most
                 // REPLAY_CHUNKS_IN_FLIGHT_MAX chunks unanswered: never blocks.
                 if ready_tx.send(prep.chunk(rows)).is_err() {
@@ -533,6 +545,7 @@ fn replay<S: LogStore + ?Sized>(
         // first error), which stops the helper before the scope joins it.
         let mut in_flight = 0usize;
         let mut exhausted = false;
+        let mut trash: Trash = Vec::new();
         loop {
             while !exhausted && in_flight < REPLAY_CHUNKS_IN_FLIGHT_MAX {
                 let rows = read(&mut next_read)?;
@@ -540,7 +553,7 @@ fn replay<S: LogStore + ?Sized>(
                 // reports it in order.
                 exhausted = rows.is_empty() || next_read > to;
                 raw_tx
-                    .send(rows)
+                    .send((rows, std::mem::take(&mut trash)))
                     .expect("the replay helper runs until the channel closes");
                 in_flight += 1;
             }
@@ -552,7 +565,7 @@ fn replay<S: LogStore + ?Sized>(
                 .expect("the replay helper answers every chunk");
             in_flight -= 1;
             let stopped = chunk.last().is_none_or(|r| r.is_err());
-            apply_chunk(node, chunk, &mut done)?;
+            apply_chunk(node, chunk, &mut done, &mut trash)?;
             if stopped {
                 break;
             }
