@@ -326,6 +326,59 @@ impl Epochs {
     }
 }
 
+/// A region section of a project document, shared between a state and the
+/// state derived from it until one of them writes to it. Every transition
+/// clones its project's document (pre → post): that now copies eight
+/// pointers, and a write through `DerefMut` copies only the section written
+/// (`Arc::make_mut`). It encodes, compares and prints exactly as the `T` it
+/// holds, so no hash or output changes.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Section<T>(std::sync::Arc<T>);
+
+impl<T> Section<T> {
+    /// Both hold the very same section (no comparison of contents needed).
+    pub fn same(a: &Section<T>, b: &Section<T>) -> bool {
+        std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl<T> From<T> for Section<T> {
+    fn from(v: T) -> Section<T> {
+        Section(std::sync::Arc::new(v))
+    }
+}
+
+impl<T> std::ops::Deref for Section<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Section<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Section<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: Serialize> Serialize for Section<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Section<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Section::from)
+    }
+}
+
 /// The (signer, idem_key) of the last applied proposal, for HLC tie-breaks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderKey {
@@ -336,14 +389,14 @@ pub struct OrderKey {
 /// The canonical, hashed state document of one project (brief §7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectState {
-    pub meta: Meta,
-    pub boot: Boot,
-    pub ingestion: Ingestion,
-    pub council: Council,
-    pub environment: Environment,
-    pub execution: Execution,
-    pub control: Control,
-    pub policy: Policy,
+    pub meta: Section<Meta>,
+    pub boot: Section<Boot>,
+    pub ingestion: Section<Ingestion>,
+    pub council: Section<Council>,
+    pub environment: Section<Environment>,
+    pub execution: Section<Execution>,
+    pub control: Section<Control>,
+    pub policy: Section<Policy>,
     pub epoch: Epochs,
     pub hlc_last: Option<Hlc>,
     pub order_last: Option<OrderKey>,
@@ -366,13 +419,15 @@ impl ProjectState {
                 hlc_max_offset_ms: genesis.hlc_max_offset_ms,
                 probe_max_age_ms: genesis.probe_max_age_ms,
                 terminated_rationale: None,
-            },
+            }
+            .into(),
             boot: Boot {
                 phase: Region::Boot.initial().into(),
                 config_hash: None,
                 license: None,
                 identities,
-            },
+            }
+            .into(),
             ingestion: Ingestion {
                 phase: Region::Ingestion.initial().into(),
                 sources: vec![],
@@ -383,7 +438,8 @@ impl ProjectState {
                 index_hash: None,
                 version: 0,
                 rollbacks: 0,
-            },
+            }
+            .into(),
             council: Council {
                 phase: Region::Council.initial().into(),
                 roles: vec![],
@@ -396,7 +452,8 @@ impl ProjectState {
                 tooling: BTreeMap::new(),
                 ejected: vec![],
                 elections: 0,
-            },
+            }
+            .into(),
             environment: Environment {
                 phase: Region::Environment.initial().into(),
                 request: None,
@@ -405,7 +462,8 @@ impl ProjectState {
                 env_hash: None,
                 health: vec![],
                 deprovisions: 0,
-            },
+            }
+            .into(),
             execution: Execution {
                 phase: Region::Execution.initial().into(),
                 schedule: genesis.backbeat.clone(),
@@ -418,19 +476,22 @@ impl ProjectState {
                 submission: None,
                 evidence: vec![],
                 loops: 0,
-            },
+            }
+            .into(),
             control: Control {
                 phase: Region::Control.initial().into(),
                 reason: None,
                 degraded_by_license: false,
-            },
+            }
+            .into(),
             policy: Policy {
                 phase: Region::Policy.initial().into(),
                 rules: genesis.policy_rules.clone(),
                 rationale: None,
                 findings: vec![],
                 quarantines: 0,
-            },
+            }
+            .into(),
             epoch: Epochs::default(),
             hlc_last: None,
             order_last: None,
@@ -583,7 +644,7 @@ pub struct ProjectEntry {
 }
 
 /// One memo slot: a section value and its canonical encoding.
-type Slot<T> = Option<Box<(T, Vec<u8>)>>;
+type Slot<T> = Option<Box<(Section<T>, Vec<u8>)>>;
 
 /// The canonical encodings of a project's eight region sections, each kept
 /// with the value it encodes. A lookup compares values (cheap, no
@@ -602,8 +663,13 @@ pub struct HashMemo {
 }
 
 impl HashMemo {
-    fn bytes<'a, T: Clone + PartialEq + Serialize>(slot: &'a mut Slot<T>, v: &T) -> &'a [u8] {
-        let hit = matches!(slot.as_deref(), Some((cached, _)) if cached == v);
+    fn bytes<'a, T: Clone + PartialEq + Serialize>(
+        slot: &'a mut Slot<T>,
+        v: &Section<T>,
+    ) -> &'a [u8] {
+        // A section no transition wrote to is the very one cached.
+        let hit =
+            matches!(slot.as_deref(), Some((cached, _)) if Section::same(cached, v) || cached == v);
         if !hit {
             let bytes = crate::cbor::to_canonical(v)
                 .expect("state documents contain no floats and always encode");
@@ -708,6 +774,30 @@ pub fn root_hash<'a>(genesis_hash: Hash, projects: impl Iterator<Item = (&'a str
 mod tests {
     use super::*;
     use crate::scenario::{genesis, Keys};
+
+    #[test]
+    fn a_cloned_document_shares_its_sections_until_one_is_written() {
+        let keys = Keys::from_labels("section", 3);
+        let g = genesis(&keys, "section", 1_767_225_600_000);
+        let pre = ProjectState::initial(&g, g.hash().unwrap(), "p");
+        let mut post = pre.clone();
+        assert!(Section::same(&pre.control, &post.control));
+        post.control.reason = Some("written".into());
+        // Only the written section was copied; the original is untouched.
+        assert!(!Section::same(&pre.control, &post.control));
+        assert_eq!(pre.control.reason, None);
+        assert!(Section::same(&pre.execution, &post.execution));
+        assert!(Section::same(&pre.council, &post.council));
+        // A section encodes exactly as the value it holds.
+        assert_eq!(
+            crate::cbor::to_canonical(&post.control).unwrap(),
+            crate::cbor::to_canonical(&*post.control).unwrap()
+        );
+        let back: ProjectState =
+            crate::cbor::from_canonical(&crate::cbor::to_canonical(&post).unwrap()).unwrap();
+        assert_eq!(back, post);
+        assert_eq!(back.hash(), post.hash());
+    }
 
     #[test]
     fn memoized_hash_equals_the_hash_from_scratch_after_any_section_changes() {

@@ -715,7 +715,7 @@ fn boot_license_refresh_replaces_the_token() {
     let c = fx.accept("Boot_LicenseRefresh", json!({ "license": token }), W::Admin);
     assert_ne!(c.pre.boot.license, c.post.boot.license);
     assert_eq!(
-        c.post.boot.license.unwrap().expires_at,
+        c.post.boot.license.clone().unwrap().expires_at,
         Hlc::new(ORIGIN_MS + 7 * 86_400_000, 0)
     );
     assert_eq!(c.post.control.phase, "NORMAL");
@@ -2422,7 +2422,7 @@ const QUORUM: &[Case] = &[
         name: "QuorumCert after a previous election",
         setup: ejected,
         propose: |fx| {
-            let members = fx.st().council.elected;
+            let members = fx.st().council.elected.clone();
             fx.election("Council_QuorumCert", &members, &fx.votes(&members))
         },
         kind: K::Guard,
@@ -2727,7 +2727,7 @@ const ALL_READY: &[Case] = &[
             );
         },
         propose: |fx| {
-            let pins = fx.st().execution.pins.unwrap();
+            let pins = fx.st().execution.pins.clone().unwrap();
             fx.p(
                 "Execution_PlanLocked",
                 json!({ "plan_hash": h("plan"), "pins": pins }),
@@ -2848,7 +2848,7 @@ fn a_closed_window_tells_when_to_retry() {
     let mut fx = Fx::new();
     work(&mut fx);
     let hlc = fx.hlc();
-    let sched = fx.st().execution.schedule;
+    let sched = fx.st().execution.schedule.clone();
     let wait = sched.ms_until_open("review", &hlc).unwrap();
     assert!(wait > 0);
     assert!(
