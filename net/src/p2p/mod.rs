@@ -1,6 +1,7 @@
 //! The libp2p transport: it carries the sans-I/O protocols of [`crate::proto`]
-//! over tcp + noise + yamux, with gossipsub (signed, strict validation,
-//! content-hash message ids), request-response (CBOR byte strings holding the
+//! over tcp + noise + yamux, with gossipsub (anonymous envelopes: every
+//! payload carries its own signature by a genesis key; content-hash message
+//! ids), request-response (CBOR byte strings holding the
 //! canonical encodings of [`crate::proto::wire::Request`] / `Response`) and
 //! identify (which carries the genesis handshake).
 //!
@@ -36,8 +37,10 @@ use crate::proto::wire::Bytes;
 
 /// The request-response protocol name of replication catch-up.
 pub const REPL_PROTOCOL: &str = "/swoosh/repl/1";
-/// The identify protocol version every SWOOSH peer announces.
-pub const IDENTIFY_PROTOCOL: &str = "/swoosh/id/1";
+/// The identify protocol version every SWOOSH peer announces. Version 2:
+/// gossipsub envelopes are anonymous (a version-1 peer signs them and would
+/// drop ours, so the two refuse each other at the handshake instead).
+pub const IDENTIFY_PROTOCOL: &str = "/swoosh/id/2";
 /// gossipsub heartbeat: short, so a small loopback mesh forms quickly.
 pub const HEARTBEAT_MS: u64 = 250;
 /// How long a message id is remembered as seen.
@@ -123,7 +126,14 @@ pub fn build_swarm_speaking(
         .with_behaviour(|key| {
             let cfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(HEARTBEAT_MS))
-                .validation_mode(ValidationMode::Strict)
+                // Anonymous: no `from`, `seqno` or envelope signature. Every
+                // SWOOSH payload is already signed by a genesis key and
+                // checked by the protocol (batches, heads, manifests,
+                // announcements, votes), and the envelope signature only
+                // named the relaying peer: it was a second ed25519 signature
+                // and SHA-512 pass over every message, ~6 % of the
+                // replication benchmark's CPU (docs/performance.md).
+                .validation_mode(ValidationMode::Anonymous)
                 .max_transmit_size(crate::proto::wire::GOSSIP_PAYLOAD_BYTES_MAX)
                 // Short, so a deterministic message (an announcement, a vote)
                 // can be published again after a timeout; longer than the
@@ -134,8 +144,7 @@ pub fn build_swarm_speaking(
                 })
                 .build()
                 .map_err(|e| e.to_string())?;
-            let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), cfg)?;
+            let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
             let rr = request_response::cbor::Behaviour::new(
                 [(StreamProtocol::new(REPL_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
