@@ -309,6 +309,9 @@ async fn p2p_peer_without_follower_identity_cannot_decrypt() {
         if let Ok(Some(m)) =
             tokio::time::timeout(Duration::from_millis(300), obs.inbox.recv()).await
         {
+            // wire-format §9.2: envelopes are anonymous; the signature that
+            // counts is the leader's, inside the ciphertext.
+            assert_eq!(m.source, None, "gossip envelopes carry no source");
             if let Some(ct) = reasm.push(&m.data).unwrap() {
                 received += 1;
                 assert!(
