@@ -155,6 +155,31 @@ impl Entry {
         payload: Vec<u8>,
         content_hash: Hash,
     ) -> Result<EncodedEntry, AppendError> {
+        self.encode_framed(payload, None, content_hash)
+    }
+
+    /// [`Entry::encode_with`] for a caller that also hashed `payload`: a
+    /// follower hashed each record's exact bytes to check them against the
+    /// leader's signed list, and hashing them again for the frame was one
+    /// more BLAKE3 pass per record on its worker. Contract: `payload_hash`
+    /// is `BLAKE3(payload)` of these very bytes. A broken contract cannot
+    /// pass quietly: every read of the frame re-hashes the payload and names
+    /// the record as corrupt.
+    pub fn encode_with_hash(
+        &self,
+        payload: Vec<u8>,
+        payload_hash: Hash,
+        content_hash: Hash,
+    ) -> Result<EncodedEntry, AppendError> {
+        self.encode_framed(payload, Some(payload_hash), content_hash)
+    }
+
+    fn encode_framed(
+        &self,
+        payload: Vec<u8>,
+        payload_hash: Option<Hash>,
+        content_hash: Hash,
+    ) -> Result<EncodedEntry, AppendError> {
         let rec = &self.record;
         let index = rec.index;
         if payload.len() > WAL_RECORD_BYTES_MAX {
@@ -163,7 +188,10 @@ impl Entry {
                 bytes: payload.len(),
             });
         }
-        let (frame, hash) = frame::seal(FrameKind::WalRecord, &payload);
+        let (frame, hash) = match payload_hash {
+            Some(h) => (frame::seal_with_hash(FrameKind::WalRecord, &payload, &h), h),
+            None => frame::seal(FrameKind::WalRecord, &payload),
+        };
         if let Some(claimed) = self.record_hash {
             if claimed != hash {
                 return Err(AppendError::HashMismatch {

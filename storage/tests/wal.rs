@@ -1038,3 +1038,43 @@ fn encode_with_a_known_encoding_matches_encode() {
         ));
     }
 }
+
+/// A caller that also hashed the encoding (a follower checked it against the
+/// leader's signed list) gets the same frames without a second hash; a hash
+/// that is not the payload's is written as given, and the first read of that
+/// record names it corrupt: the broken contract is loud, never accepted.
+#[test]
+fn encode_with_a_known_hash_matches_encode_and_a_wrong_one_is_caught_on_read() {
+    let mut st = stream();
+    let accs = st.take(6);
+    let mut encoded = vec![];
+    for acc in &accs {
+        let rec = acc.record.clone();
+        let mut e = Entry::record(rec.clone());
+        e.record_hash = Some(acc.record_hash);
+        let bytes = swoosh_core::cbor::to_canonical(&rec).unwrap();
+        let ch = rec.proposal().content_hash().unwrap();
+        let enc = e
+            .encode_with_hash(bytes.clone(), acc.record_hash, ch)
+            .unwrap();
+        assert_eq!(enc, e.encode().unwrap());
+        if rec.index == 6 {
+            // The claimed hash stays the record's; only the bytes differ.
+            let mut other = bytes;
+            let last = other.len() - 1;
+            other[last] ^= 1;
+            encoded.push(e.encode_with_hash(other, acc.record_hash, ch).unwrap());
+        } else {
+            encoded.push(enc);
+        }
+    }
+    let mut w = writer(MemStore::new("known-hash", Durability::Sync), &st);
+    w.append_encoded(encoded).unwrap();
+    let s = w.into_store();
+    assert_eq!(read_record(&s, 5).unwrap().hash, accs[4].record_hash);
+    assert!(
+        matches!(read_record(&s, 6), Err(ReadError::Corrupt { index: 6, .. })),
+        "{:?}",
+        read_record(&s, 6)
+    );
+}

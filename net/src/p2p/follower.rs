@@ -457,6 +457,8 @@ impl FollowerTask {
 struct Applied {
     entry: Entry,
     bytes: Vec<u8>,
+    /// BLAKE3 of `bytes`, checked against the leader's signed header.
+    hash: swoosh_core::hash::Hash,
     content_hash: swoosh_core::hash::Hash,
 }
 
@@ -593,7 +595,7 @@ impl<S: LogStore> Worker<S> {
         let mut parts: Vec<Vec<EncodedEntry>> = vec![];
         let (mut n, mut bytes) = (0usize, 0usize);
         for a in std::mem::take(&mut self.pending) {
-            let enc = match a.entry.encode_with(a.bytes, a.content_hash) {
+            let enc = match a.entry.encode_with_hash(a.bytes, a.hash, a.content_hash) {
                 Ok(enc) => enc,
                 Err(err) => return self.persist_error(err),
             };
@@ -645,6 +647,7 @@ impl<S: LogStore> Worker<S> {
                         self.pending.push(Applied {
                             entry,
                             bytes: a.bytes,
+                            hash: a.hash,
                             content_hash: a.content_hash,
                         });
                         if self.pending.len() >= self.writer.limits().wal_batch_records_max {
