@@ -153,7 +153,14 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
 /// tolerated on the way. Only a refusal takes the slow path, to say why.
 pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
     if let Ok((t, used)) = crate::cbor_de::decode::<T>(bytes) {
-        if used == bytes.len() && to_canonical(&t).ok().as_deref() == Some(bytes) {
+        // A refusal of the fast encoder falls through to the paths below,
+        // which use the reference encoder and name what is wrong.
+        if used == bytes.len()
+            && crate::cbor_fast::encode_with_capacity(&t, bytes.len())
+                .ok()
+                .as_deref()
+                == Some(bytes)
+        {
             return Ok(t);
         }
     }

@@ -29,7 +29,17 @@ impl ser::Error for FastError {
 const TAG_NAME: &str = "@@TAG@@";
 
 pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, FastError> {
-    let mut out = Vec::with_capacity(256);
+    encode_with_capacity(v, 256)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes to start with: a caller
+/// that knows the size (re-encoding bytes to compare with them) saves the
+/// buffer's regrowth, a copy of everything written so far each time.
+pub fn encode_with_capacity<T: Serialize + ?Sized>(
+    v: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, FastError> {
+    let mut out = Vec::with_capacity(capacity);
     v.serialize(&mut Enc {
         out: &mut out,
         depth: 0,

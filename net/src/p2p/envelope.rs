@@ -71,7 +71,18 @@ pub fn encrypt(
 }
 
 pub fn decrypt(ct: &[u8], identity: &age::x25519::Identity) -> Result<Vec<u8>, EnvelopeError> {
-    age::decrypt(identity, ct).map_err(|e| EnvelopeError::Decrypt(e.to_string()))
+    use std::io::Read;
+    let fail = |e: &dyn std::fmt::Display| EnvelopeError::Decrypt(e.to_string());
+    let d = age::Decryptor::new_buffered(ct).map_err(|e| fail(&e))?;
+    let mut reader = d
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| fail(&e))?;
+    // The plaintext is shorter than the ciphertext, so one allocation holds
+    // it (`age::decrypt` grew its buffer by doubling: a copy per doubling of
+    // every batch on the follower's worker).
+    let mut plain = Vec::with_capacity(ct.len());
+    reader.read_to_end(&mut plain).map_err(|e| fail(&e))?;
+    Ok(plain)
 }
 
 /// A new age X25519 identity: (secret key text, recipient text).
