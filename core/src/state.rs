@@ -512,19 +512,37 @@ impl ProjectState {
     /// `memo` is keyed by value, so it can never serve bytes of a section
     /// that differs from the one being hashed.
     pub fn hash_memo(&self, memo: &mut HashMemo) -> Hash {
+        // The document is assembled in one buffer and hashed in one call:
+        // BLAKE3 hashes whole 1 KiB chunks of one input side by side (SIMD),
+        // but fed in small pieces it compresses one 64-byte block at a time.
+        // This hash (~5 KB, every transition, on every replica) was the
+        // largest BLAKE3 input of the replication path (docs/performance.md).
+        thread_local! {
+            static DOC: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        DOC.with(|doc| {
+            let mut doc = doc.borrow_mut();
+            doc.clear();
+            self.assemble_memo(memo, &mut doc);
+            Hash::of_bytes(&doc)
+        })
+    }
+
+    /// The canonical encoding of this document from `memo`'s section
+    /// encodings and fresh encodings of the rest (see [`Self::hash_memo`]).
+    fn assemble_memo(&self, memo: &mut HashMemo, out: &mut Vec<u8>) {
         fn enc<T: Serialize>(v: &T) -> Vec<u8> {
             crate::cbor::to_canonical(v)
                 .expect("state documents contain no floats and always encode")
         }
-        let mut h = blake3::Hasher::new();
         // A map of 12 entries (major type 5), then the entries in the
         // canonical order of their encoded keys: shorter keys first, then
         // bytewise (see `cbor_fast`).
-        h.update(&[0xa0 | 12]);
+        out.push(0xa0 | 12);
         let mut field = |key: &str, bytes: &[u8]| {
-            h.update(&[0x60 | key.len() as u8]);
-            h.update(key.as_bytes());
-            h.update(bytes);
+            out.push(0x60 | key.len() as u8);
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(bytes);
         };
         field("boot", HashMemo::bytes(&mut memo.boot, &self.boot));
         field("meta", HashMemo::bytes(&mut memo.meta, &self.meta));
@@ -547,7 +565,6 @@ impl ProjectState {
             "environment",
             HashMemo::bytes(&mut memo.environment, &self.environment),
         );
-        Hash(*h.finalize().as_bytes())
     }
 
     /// The current state of a region.
