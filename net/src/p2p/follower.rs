@@ -550,7 +550,7 @@ impl<S: LogStore> Worker<S> {
                         return;
                     }
                 };
-                let msg = match wire::decode_gossip(&plain) {
+                let (msg, encodings) = match wire::decode_gossip_records(&plain) {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!("decrypted gossip does not decode: {e}");
@@ -561,7 +561,7 @@ impl<S: LogStore> Worker<S> {
                 let eff = {
                     let mut s = lock_shared(&self.shared);
                     s.decrypted += 1;
-                    s.repl.on_gossip(&msg, now)
+                    s.repl.on_gossip_records(&msg, encodings, now)
                 };
                 self.effects(eff);
             }

@@ -266,10 +266,24 @@ impl ReplFollower {
     }
 
     pub fn on_gossip(&mut self, msg: &Gossip, now_ms: u64) -> Vec<FollowerEffect> {
+        self.on_gossip_records(msg, None, now_ms)
+    }
+
+    /// [`Self::on_gossip`] for a caller that decoded the message with
+    /// [`crate::proto::wire::decode_gossip_records`]: a batch's records are
+    /// then not encoded again. Contract: `encodings[i]` is exactly
+    /// `to_canonical(&records[i])`; they are still hashed against the
+    /// signed header, so other bytes are refused, never applied.
+    pub fn on_gossip_records(
+        &mut self,
+        msg: &Gossip,
+        encodings: Option<Vec<Vec<u8>>>,
+        now_ms: u64,
+    ) -> Vec<FollowerEffect> {
         let mut out = vec![];
         if self.halted.is_none() {
             match msg {
-                Gossip::Batch(b) => self.on_batch(b, &mut out),
+                Gossip::Batch(b) => self.on_batch(b, encodings, &mut out),
                 Gossip::Head(h) => self.on_head(h, &mut out),
             }
             self.maybe_request(now_ms, &mut out);
@@ -295,7 +309,7 @@ impl ReplFollower {
                     self.leader_index = self.leader_index.min(self.node.index);
                 }
                 for b in batches {
-                    self.on_batch(b, &mut out);
+                    self.on_batch(b, None, &mut out);
                     if self.halted.is_some() {
                         return out;
                     }
@@ -414,8 +428,14 @@ impl ReplFollower {
     /// Each record is the one the signed header names, and they chain.
     /// Returns the records' canonical encodings, so applying and persisting
     /// them never encodes them again.
-    fn verify_records(b: &WalBatch) -> Result<Vec<Vec<u8>>, RefusedMessage> {
+    fn verify_records(
+        b: &WalBatch,
+        known: Option<Vec<Vec<u8>>>,
+    ) -> Result<Vec<Vec<u8>>, RefusedMessage> {
         let h = &b.header;
+        let mut known = known
+            .filter(|k| k.len() == b.records.len())
+            .map(Vec::into_iter);
         let mut encodings = Vec::with_capacity(b.records.len());
         for (i, rec) in b.records.iter().enumerate() {
             let index = h.first_index + i as u64;
@@ -426,8 +446,11 @@ impl ReplFollower {
                 )));
             }
             // A record that cannot encode cannot match any signed hash.
-            let bytes = swoosh_core::cbor::to_canonical(rec)
-                .map_err(|_| RefusedMessage::RecordHash { index })?;
+            let bytes = match known.as_mut().and_then(Iterator::next) {
+                Some(bytes) => bytes,
+                None => swoosh_core::cbor::to_canonical(rec)
+                    .map_err(|_| RefusedMessage::RecordHash { index })?,
+            };
             if Hash::of_bytes(&bytes) != h.record_hashes[i] {
                 return Err(RefusedMessage::RecordHash { index });
             }
@@ -444,7 +467,12 @@ impl ReplFollower {
         Ok(encodings)
     }
 
-    fn on_batch(&mut self, b: &WalBatch, out: &mut Vec<FollowerEffect>) {
+    fn on_batch(
+        &mut self,
+        b: &WalBatch,
+        known: Option<Vec<Vec<u8>>>,
+        out: &mut Vec<FollowerEffect>,
+    ) {
         if let Err(e) = self.verify_header(b) {
             return self.refuse(e, out);
         }
@@ -479,7 +507,7 @@ impl ReplFollower {
                 return;
             }
         }
-        let encodings = match Self::verify_records(b) {
+        let encodings = match Self::verify_records(b, known) {
             Ok(e) => e,
             Err(e) => return self.refuse(e, out),
         };

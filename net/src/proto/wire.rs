@@ -271,6 +271,104 @@ pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, CanonicalError> {
     from_canonical(bytes)
 }
 
+/// The canonical encodings of a batch's records, as [`decode_gossip_records`]
+/// proved them: `encodings[i]` is exactly `to_canonical(&records[i])`.
+pub type RecordEncodings = Vec<Vec<u8>>;
+
+/// [`decode_gossip`], accepting and refusing exactly the same bytes, that
+/// also returns each batch record's canonical encoding. A follower needs
+/// both: the whole message proven canonical and every record's encoding (to
+/// hash it against the signed header and to store it). `decode_gossip`
+/// re-encodes the whole message to compare it with the input, and the
+/// follower then encoded every record a second time; here the records are
+/// encoded once and the message is checked piece by piece against them
+/// (see `batch_by_parts`). Anything else, including every refusal, takes
+/// the `decode_gossip` path, so errors read the same.
+pub fn decode_gossip_records(
+    bytes: &[u8],
+) -> Result<(Gossip, Option<RecordEncodings>), CanonicalError> {
+    if let Some((g, encodings)) = batch_by_parts(bytes) {
+        return Ok((g, Some(encodings)));
+    }
+    decode_gossip(bytes).map(|g| (g, None))
+}
+
+/// A batch's canonical encoding is `P ‖ "records" ‖ array head(n) ‖
+/// enc(record 1) … enc(record n) ‖ S`, where `P ‖ "records" ‖ [] ‖ S` is
+/// the canonical encoding of the same message with no records: map keys sort
+/// the same whatever the values (`header` < `records` < `signature`) and a
+/// canonical encoding does not depend on where an item is nested. The shape
+/// is checked on the encoder's own output, not assumed; if it ever differs,
+/// `None` sends the caller down the whole-message path.
+fn batch_by_parts(bytes: &[u8]) -> Option<(Gossip, RecordEncodings)> {
+    const RECORDS_KEY: &[u8] = b"\x67records";
+    const EMPTY_ARRAY: u8 = 0x80;
+    let (g, used) = swoosh_core::cbor_de::decode::<Gossip>(bytes).ok()?;
+    let Gossip::Batch(b) = &g else { return None };
+    if used != bytes.len() {
+        return None;
+    }
+    let shadow = to_canonical(&Gossip::Batch(WalBatch {
+        header: b.header.clone(),
+        signature: b.signature,
+        records: vec![],
+    }))
+    .ok()?;
+    let mut suffix = b"\x69signature".to_vec();
+    suffix.extend(to_canonical(&b.signature).ok()?);
+    let cut = shadow
+        .len()
+        .checked_sub(suffix.len() + RECORDS_KEY.len() + 1)?;
+    let (prefix, rest) = shadow.split_at(cut);
+    if rest[..RECORDS_KEY.len()] != *RECORDS_KEY
+        || rest[RECORDS_KEY.len()] != EMPTY_ARRAY
+        || rest[RECORDS_KEY.len() + 1..] != suffix[..]
+    {
+        return None;
+    }
+    let mut head = Vec::with_capacity(9);
+    array_head(&mut head, b.records.len() as u64);
+    let mut at = 0usize;
+    let mut take = |want: &[u8]| -> bool {
+        let ok = bytes.get(at..at + want.len()) == Some(want);
+        at += want.len();
+        ok
+    };
+    if !(take(prefix) && take(RECORDS_KEY) && take(&head)) {
+        return None;
+    }
+    let mut encodings = Vec::with_capacity(b.records.len());
+    for r in &b.records {
+        let e = to_canonical(r).ok()?;
+        if !take(&e) {
+            return None;
+        }
+        encodings.push(e);
+    }
+    (take(&suffix) && at == bytes.len()).then_some((g, encodings))
+}
+
+/// The shortest head of a CBOR array of `n` items (RFC 8949 §4.2.1).
+fn array_head(out: &mut Vec<u8>, n: u64) {
+    const MAJOR: u8 = 4 << 5;
+    match n {
+        0..=23 => out.push(MAJOR | n as u8),
+        24..=0xff => out.extend([MAJOR | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(MAJOR | 25);
+            out.extend((n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(MAJOR | 26);
+            out.extend((n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(MAJOR | 27);
+            out.extend(n.to_be_bytes());
+        }
+    }
+}
+
 pub fn encode_request(m: &Request) -> Result<Vec<u8>, CanonicalError> {
     to_canonical(m)
 }
