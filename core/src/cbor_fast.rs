@@ -47,7 +47,9 @@ pub fn encode_with_capacity<T: Serialize + ?Sized>(
     Ok(out)
 }
 
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+/// Write the shortest head of an item of major type `major` with argument
+/// `n` (RFC 8949 §4.2.1).
+pub fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
     if n < 24 {
         out.push(m | n as u8);

@@ -457,8 +457,6 @@ impl FollowerTask {
 struct Applied {
     entry: Entry,
     bytes: Vec<u8>,
-    /// BLAKE3 of `bytes`, checked against the leader's signed header.
-    hash: swoosh_core::hash::Hash,
     content_hash: swoosh_core::hash::Hash,
 }
 
@@ -595,7 +593,13 @@ impl<S: LogStore> Worker<S> {
         let mut parts: Vec<Vec<EncodedEntry>> = vec![];
         let (mut n, mut bytes) = (0usize, 0usize);
         for a in std::mem::take(&mut self.pending) {
-            let enc = match a.entry.encode_with_hash(a.bytes, a.hash, a.content_hash) {
+            // The protocol hashed exactly these bytes against the leader's
+            // signed header; that hash is the entry's record hash.
+            let enc = match a.entry.record_hash {
+                Some(h) => a.entry.encode_with_hash(a.bytes, h, a.content_hash),
+                None => a.entry.encode_with(a.bytes, a.content_hash),
+            };
+            let enc = match enc {
                 Ok(enc) => enc,
                 Err(err) => return self.persist_error(err),
             };
@@ -647,7 +651,6 @@ impl<S: LogStore> Worker<S> {
                         self.pending.push(Applied {
                             entry,
                             bytes: a.bytes,
-                            hash: a.hash,
                             content_hash: a.content_hash,
                         });
                         if self.pending.len() >= self.writer.limits().wal_batch_records_max {

@@ -277,7 +277,7 @@ impl ReplFollower {
     pub fn on_gossip_records(
         &mut self,
         msg: &Gossip,
-        encodings: Option<Vec<Vec<u8>>>,
+        encodings: Option<RecordEncodings>,
         now_ms: u64,
     ) -> Vec<FollowerEffect> {
         let mut out = vec![];
@@ -430,7 +430,7 @@ impl ReplFollower {
     /// them never encodes them again.
     fn verify_records(
         b: &WalBatch,
-        known: Option<Vec<Vec<u8>>>,
+        known: Option<RecordEncodings>,
     ) -> Result<Vec<Vec<u8>>, RefusedMessage> {
         let h = &b.header;
         let mut known = known
@@ -470,7 +470,7 @@ impl ReplFollower {
     fn on_batch(
         &mut self,
         b: &WalBatch,
-        known: Option<Vec<Vec<u8>>>,
+        known: Option<RecordEncodings>,
         out: &mut Vec<FollowerEffect>,
     ) {
         if let Err(e) = self.verify_header(b) {

@@ -326,8 +326,9 @@ fn batch_by_parts(bytes: &[u8]) -> Option<(Gossip, RecordEncodings)> {
     {
         return None;
     }
+    const ARRAY: u8 = 4;
     let mut head = Vec::with_capacity(9);
-    array_head(&mut head, b.records.len() as u64);
+    swoosh_core::cbor::head(&mut head, ARRAY, b.records.len() as u64);
     let mut at = 0usize;
     let mut take = |want: &[u8]| -> bool {
         let ok = bytes.get(at..at + want.len()) == Some(want);
@@ -346,27 +347,6 @@ fn batch_by_parts(bytes: &[u8]) -> Option<(Gossip, RecordEncodings)> {
         encodings.push(e);
     }
     (take(&suffix) && at == bytes.len()).then_some((g, encodings))
-}
-
-/// The shortest head of a CBOR array of `n` items (RFC 8949 §4.2.1).
-fn array_head(out: &mut Vec<u8>, n: u64) {
-    const MAJOR: u8 = 4 << 5;
-    match n {
-        0..=23 => out.push(MAJOR | n as u8),
-        24..=0xff => out.extend([MAJOR | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(MAJOR | 25);
-            out.extend((n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(MAJOR | 26);
-            out.extend((n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(MAJOR | 27);
-            out.extend(n.to_be_bytes());
-        }
-    }
 }
 
 pub fn encode_request(m: &Request) -> Result<Vec<u8>, CanonicalError> {
