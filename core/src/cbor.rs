@@ -38,11 +38,11 @@ pub enum CanonicalError {
     Shape(String),
 }
 
-/// Encode any serde value canonically.
 /// The shortest head of a CBOR item (for callers that check or splice
 /// canonical bytes by parts).
 pub use crate::cbor_fast::head;
 
+/// Encode any serde value canonically.
 pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
     match crate::cbor_fast::encode(value) {
         Ok(bytes) => Ok(bytes),
