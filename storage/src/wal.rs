@@ -84,6 +84,9 @@ pub struct Entry {
     /// Readers still verify what they load. Holds the signature made here;
     /// any other signature in `decision` is verified as usual.
     signed_here: Option<(swoosh_core::Signature, swoosh_core::SignerId)>,
+    /// The canonical encoding of the decision record signed here (with
+    /// `signed_here`): hashed and stored as is instead of encoded again.
+    signed_bytes: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -93,6 +96,7 @@ impl Entry {
             record_hash: None,
             decision: None,
             signed_here: None,
+            signed_bytes: None,
         }
     }
     /// The reducer's output, with its decision record stored unsigned.
@@ -102,6 +106,7 @@ impl Entry {
             record_hash: Some(acc.record_hash),
             decision: Some(DecisionDoc::Unsigned(acc.decision)),
             signed_here: None,
+            signed_bytes: None,
         }
     }
     /// The reducer's output, with its decision record signed by the leader.
@@ -117,8 +122,9 @@ impl Entry {
     pub fn sign_decision(&mut self, leader: &ed25519_dalek::SigningKey) {
         self.decision = match self.decision.take() {
             Some(DecisionDoc::Unsigned(record)) => {
-                let signed = SignedDecision::sign(record, leader);
+                let (signed, bytes) = SignedDecision::sign_canonical(record, leader);
                 self.signed_here = Some((signed.signature, signed.leader.clone()));
+                self.signed_bytes = Some(bytes);
                 Some(DecisionDoc::Signed(signed))
             }
             other => other,
@@ -228,7 +234,23 @@ impl Entry {
         let decision = match &self.decision {
             None => None,
             Some(doc) => {
-                let dh = doc.hash();
+                // The content was checked against the record just above; a
+                // signature made here over it needs no second verification.
+                let ours = matches!((doc, &self.signed_here), (DecisionDoc::Signed(s), Some((sig, who))) if s.signature == *sig && s.leader == *who);
+                let encoded;
+                let record_bytes: &[u8] = match (&self.signed_bytes, ours) {
+                    (Some(b), true) => b,
+                    _ => {
+                        encoded = swoosh_core::cbor::to_canonical(doc.record()).map_err(|e| {
+                            AppendError::Encode {
+                                index,
+                                detail: e.to_string(),
+                            }
+                        })?;
+                        &encoded
+                    }
+                };
+                let dh = Hash::of_bytes(record_bytes);
                 if dh != rec.decision {
                     return Err(AppendError::DecisionMismatch {
                         index,
@@ -236,16 +258,13 @@ impl Entry {
                         given: dh,
                     });
                 }
-                // The content was checked against the record just above; a
-                // signature made here over it needs no second verification.
-                let ours = matches!((doc, &self.signed_here), (DecisionDoc::Signed(s), Some((sig, who))) if s.signature == *sig && s.leader == *who);
                 if let (DecisionDoc::Signed(s), false) = (doc, ours) {
                     s.verify().map_err(|e| AppendError::DecisionSignature {
                         index,
                         detail: e.to_string(),
                     })?;
                 }
-                let p = swoosh_core::cbor::to_canonical(doc).map_err(|e| AppendError::Encode {
+                let p = encode_doc_around(doc, record_bytes).map_err(|e| AppendError::Encode {
                     index,
                     detail: e.to_string(),
                 })?;
@@ -271,6 +290,46 @@ impl Entry {
             decision,
         })
     }
+}
+
+/// `to_canonical(doc)`, assembled around `record`, which must be
+/// `to_canonical(doc.record())`: the record is most of the document, and
+/// the writer already holds its encoding (it hashed it). A test checks the
+/// result against the canonical encoder for both variants.
+fn encode_doc_around(
+    doc: &DecisionDoc,
+    record: &[u8],
+) -> Result<Vec<u8>, swoosh_core::cbor::CanonicalError> {
+    use swoosh_core::cbor::{head, to_canonical};
+    fn text(out: &mut Vec<u8>, t: &str) {
+        head(out, 3, t.len() as u64);
+        out.extend_from_slice(t.as_bytes());
+    }
+    let mut out = Vec::with_capacity(record.len() + 256);
+    // One-entry map: the variant name, then its content (serde's external
+    // tagging, names in snake_case).
+    head(&mut out, 5, 1);
+    match doc {
+        DecisionDoc::Unsigned(_) => {
+            text(&mut out, "unsigned");
+            out.extend_from_slice(record);
+        }
+        DecisionDoc::Signed(s) => {
+            text(&mut out, "signed");
+            let leader = to_canonical(&s.leader)?;
+            let signature = to_canonical(&s.signature)?;
+            // Keys in bytewise order of their encodings (RFC 8949 §4.2.1):
+            // 0x66 "leader" < 0x66 "record" < 0x69 "signature".
+            head(&mut out, 5, 3);
+            text(&mut out, "leader");
+            out.extend_from_slice(&leader);
+            text(&mut out, "record");
+            out.extend_from_slice(record);
+            text(&mut out, "signature");
+            out.extend_from_slice(&signature);
+        }
+    }
+    Ok(out)
 }
 
 /// An entry encoded and framed, ready for [`WalWriter::append_encoded`].
@@ -978,5 +1037,66 @@ impl<T> GroupCommitter<T> {
         let (entries, tokens): (Vec<EncodedEntry>, Vec<T>) =
             std::mem::take(&mut self.pending).into_iter().unzip();
         (writer.append_encoded(entries), tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::Stream;
+    use swoosh_core::guards::Verify;
+
+    #[test]
+    fn the_decision_document_assembled_around_its_record_is_the_canonical_encoding() {
+        let leader = swoosh_core::sig::key_from_label("wal-doc-test/leader");
+        let mut s = Stream::new("wal-doc-test", 3, Verify::Trusted);
+        for acc in s.take(12) {
+            let unsigned = DecisionDoc::Unsigned(acc.decision.clone());
+            let signed = DecisionDoc::Signed(SignedDecision::sign(acc.decision.clone(), &leader));
+            for doc in [unsigned, signed] {
+                let record = swoosh_core::cbor::to_canonical(doc.record()).unwrap();
+                assert_eq!(
+                    encode_doc_around(&doc, &record).unwrap(),
+                    swoosh_core::cbor::to_canonical(&doc).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_decision_signed_here_is_stored_as_one_signed_elsewhere() {
+        let leader = swoosh_core::sig::key_from_label("wal-doc-test/leader");
+        let mut s = Stream::new("wal-doc-test-2", 2, Verify::Trusted);
+        for acc in s.take(8) {
+            let here = Entry::from_accepted_signed(acc.clone(), &leader);
+            match &here.decision {
+                Some(DecisionDoc::Signed(d)) => {
+                    d.verify().expect("signed over the canonical bytes")
+                }
+                other => panic!("expected a signed decision, got {other:?}"),
+            }
+            // The same document arriving already signed takes the path that
+            // verifies the signature and encodes the record itself.
+            let mut elsewhere = Entry::from_accepted(acc.clone());
+            elsewhere.decision = here.decision.clone();
+            assert_eq!(here.encode().unwrap(), elsewhere.encode().unwrap());
+            // A signature over other content is still refused on that path.
+            let mut forged = Entry::from_accepted(acc);
+            if let Some(DecisionDoc::Signed(mut d)) = here.decision.clone() {
+                d.signature = SignedDecision::sign(
+                    DecisionRecord {
+                        justification: "other".into(),
+                        ..d.record.clone()
+                    },
+                    &leader,
+                )
+                .signature;
+                forged.decision = Some(DecisionDoc::Signed(d));
+            }
+            assert!(matches!(
+                forged.encode(),
+                Err(AppendError::DecisionSignature { .. })
+            ));
+        }
     }
 }

@@ -559,7 +559,7 @@ impl<S: LogStore> Worker<S> {
                 let eff = {
                     let mut s = lock_shared(&self.shared);
                     s.decrypted += 1;
-                    s.repl.on_gossip_records(&msg, encodings, now)
+                    s.repl.on_gossip_records(msg, encodings, now)
                 };
                 self.effects(eff);
             }

@@ -266,17 +266,19 @@ impl ReplFollower {
     }
 
     pub fn on_gossip(&mut self, msg: &Gossip, now_ms: u64) -> Vec<FollowerEffect> {
-        self.on_gossip_records(msg, None, now_ms)
+        self.on_gossip_records(msg.clone(), None, now_ms)
     }
 
     /// [`Self::on_gossip`] for a caller that decoded the message with
     /// [`crate::proto::wire::decode_gossip_records`]: a batch's records are
     /// then not encoded again. Contract: `encodings[i]` is exactly
     /// `to_canonical(&records[i])`; they are still hashed against the
-    /// signed header, so other bytes are refused, never applied.
+    /// signed header, so other bytes are refused, never applied. Takes the
+    /// message by value: its records move into the applied effects instead
+    /// of being copied.
     pub fn on_gossip_records(
         &mut self,
-        msg: &Gossip,
+        msg: Gossip,
         encodings: Option<RecordEncodings>,
         now_ms: u64,
     ) -> Vec<FollowerEffect> {
@@ -284,7 +286,7 @@ impl ReplFollower {
         if self.halted.is_none() {
             match msg {
                 Gossip::Batch(b) => self.on_batch(b, encodings, &mut out),
-                Gossip::Head(h) => self.on_head(h, &mut out),
+                Gossip::Head(h) => self.on_head(&h, &mut out),
             }
             self.maybe_request(now_ms, &mut out);
         }
@@ -309,7 +311,7 @@ impl ReplFollower {
                     self.leader_index = self.leader_index.min(self.node.index);
                 }
                 for b in batches {
-                    self.on_batch(b, None, &mut out);
+                    self.on_batch(b.clone(), None, &mut out);
                     if self.halted.is_some() {
                         return out;
                     }
@@ -469,11 +471,11 @@ impl ReplFollower {
 
     fn on_batch(
         &mut self,
-        b: &WalBatch,
+        b: WalBatch,
         known: Option<RecordEncodings>,
         out: &mut Vec<FollowerEffect>,
     ) {
-        if let Err(e) = self.verify_header(b) {
+        if let Err(e) = self.verify_header(&b) {
             return self.refuse(e, out);
         }
         let (first, last) = (b.header.first_index, b.header.last_index);
@@ -507,13 +509,13 @@ impl ReplFollower {
                 return;
             }
         }
-        let encodings = match Self::verify_records(b, known) {
+        let encodings = match Self::verify_records(&b, known) {
             Ok(e) => e,
             Err(e) => return self.refuse(e, out),
         };
         if first > next {
             self.stats.buffered += 1;
-            self.pending.insert(first, (b.clone(), encodings));
+            self.pending.insert(first, (b, encodings));
             return;
         }
         self.apply(b, encodings, out);
@@ -533,12 +535,12 @@ impl ReplFollower {
                 self.stats.duplicates += 1;
                 continue;
             }
-            self.apply(&b, encodings, out);
+            self.apply(b, encodings, out);
         }
     }
 
     /// Apply a verified batch with `first_index <= next <= last_index`.
-    fn apply(&mut self, b: &WalBatch, encodings: Vec<Vec<u8>>, out: &mut Vec<FollowerEffect>) {
+    fn apply(&mut self, b: WalBatch, encodings: Vec<Vec<u8>>, out: &mut Vec<FollowerEffect>) {
         let first = b.header.first_index;
         let skip = (self.node.index + 1 - first) as usize;
         if skip > 0 && b.header.record_hashes[skip - 1] != self.node.head_record {
@@ -554,14 +556,17 @@ impl ReplFollower {
             return self.halt(d, out);
         }
         let mut applied = Vec::with_capacity(b.records.len() - skip);
-        for ((rec, hash), bytes) in b.records[skip..]
-            .iter()
+        for ((rec, hash), bytes) in b
+            .records
+            .into_iter()
+            .skip(skip)
             .zip(&b.header.record_hashes[skip..])
             .zip(encodings.into_iter().skip(skip))
         {
+            let index = rec.index;
             // verify_records hashed exactly this encoding against the signed
             // header, so the record's hash is known without encoding it again.
-            let applied_one = prepare_record_hashed(rec.clone(), *hash).and_then(|p| {
+            let applied_one = prepare_record_hashed(rec, *hash).and_then(|p| {
                 let content_hash = p.content_hash();
                 apply_prepared_check(&mut self.node, &p, Verify::Trusted)
                     .map(|_| (content_hash, p.record))
@@ -579,7 +584,7 @@ impl ReplFollower {
                         out.push(FollowerEffect::Applied(applied));
                     }
                     let d = Divergence {
-                        index: rec.index,
+                        index,
                         reason: e.to_string(),
                     };
                     return self.halt(d, out);

@@ -1149,7 +1149,7 @@ fn a_follower_fed_record_encodings_applies_the_same_and_refuses_wrong_ones() {
         let g = Gossip::Batch(b.clone());
         let (g2, enc) = decode_gossip_records(&encode_gossip(&g).unwrap()).unwrap();
         assert!(enc.is_some());
-        assert_eq!(plain.on_gossip(&g, 0), fed.on_gossip_records(&g2, enc, 0));
+        assert_eq!(plain.on_gossip(&g, 0), fed.on_gossip_records(g2, enc, 0));
     }
     assert_eq!(fed.node().root_hash(), c.node.root_hash());
     // Wrong bytes for the first record of a fresh follower: refused.
@@ -1162,7 +1162,7 @@ fn a_follower_fed_record_encodings_applies_the_same_and_refuses_wrong_ones() {
         .collect();
     enc[0].push(0);
     assert_eq!(
-        refused(&f.on_gossip_records(&g, Some(enc), 0)),
+        refused(&f.on_gossip_records(g, Some(enc), 0)),
         vec!["record_hash"]
     );
     assert_eq!(f.applied_index(), 0);
