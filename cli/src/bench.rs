@@ -378,10 +378,25 @@ fn storage(a: StorageArgs) -> Result<()> {
     .context("the storage benchmark failed")?;
     bar.finish_and_clear();
     let per_sync_ms = report.disk.per_sync.as_secs_f64() * 1000.0;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     let appends: Vec<serde_json::Value> = report
         .appends
         .iter()
-        .map(|r| serde_json::to_value(format!("{r:?}")).unwrap_or_default())
+        .map(|r| {
+            json!({
+                "batch_records": r.batch_records,
+                "pipelined": r.pipelined,
+                "records": r.records,
+                "commits": r.commits,
+                "records_per_s": r.records_per_second,
+                "commits_per_s": r.commits_per_second,
+                "commit_p50_ms": ms(r.commit_p50),
+                "commit_p99_ms": ms(r.commit_p99),
+                "commit_p50_over_fdatasync": ms(r.commit_p50) / per_sync_ms,
+                "durable_p50_ms": ms(r.durable_p50),
+                "durable_p99_ms": ms(r.durable_p99),
+            })
+        })
         .collect();
     if a.json {
         println!(
@@ -405,7 +420,17 @@ fn storage(a: StorageArgs) -> Result<()> {
             report.record_bytes_mean, report.encode_per_record
         );
         for r in &report.appends {
-            println!("  append     {r:?}");
+            println!(
+                "  append     batch {:>5} {:<9}  {:>8.0} records/s  commit p50 {:.3} ms ({:.2}× one fdatasync), p99 {:.3} ms  durable after p50 {:.3} ms, p99 {:.3} ms",
+                r.batch_records,
+                if r.pipelined { "pipelined" } else { "durable" },
+                r.records_per_second,
+                ms(r.commit_p50),
+                ms(r.commit_p50) / per_sync_ms,
+                ms(r.commit_p99),
+                ms(r.durable_p50),
+                ms(r.durable_p99),
+            );
         }
         if let Some(r) = &report.recovery {
             println!("  recovery   {r:?}");
