@@ -554,17 +554,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         }
     }
 
-    /// A decision record by its content hash, from the store: only once its
-    /// transition is durable (a pipelined commit is visible in the store one
-    /// commit before it is on disk), like every other read of the node.
+    /// A decision record by its content hash, from the store.
     pub fn decision(
         &self,
         hash: &Hash,
     ) -> Result<Option<swoosh_storage::wal::DecisionDoc>, String> {
-        let doc =
-            swoosh_storage::get_decision(&self.shared.store, hash).map_err(|e| e.to_string())?;
-        let durable = self.shared.durable_index.load(Ordering::Acquire);
-        Ok(doc.filter(|d| d.record().index <= durable))
+        swoosh_storage::get_decision(&self.shared.store, hash).map_err(|e| e.to_string())
     }
 
     /// The attention digest: items of `band_min` and above, most important first.
@@ -1094,9 +1089,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
 enum WalMsg {
     Append(Box<Entry>),
     Flush,
-    /// Make the last pipelined commit durable if nothing was queued behind
-    /// it meanwhile (whose commit would have done so).
-    Sync,
 }
 
 struct WalActor<S> {
@@ -1108,9 +1100,6 @@ struct WalState<S: LogStore> {
     writer: Option<WalWriter<S>>,
     pending: Vec<Entry>,
     flush_queued: bool,
-    sync_queued: bool,
-    /// The durable index last announced to the sequencer.
-    announced: u64,
 }
 
 impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
@@ -1123,28 +1112,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
         _me: ActorRef<WalMsg>,
         writer: WalWriter<S>,
     ) -> Result<WalState<S>, ActorProcessingErr> {
-        let announced = writer.durable_index().map_err(|e| e.to_string())?;
         Ok(WalState {
             writer: Some(writer),
             pending: vec![],
             flush_queued: false,
-            sync_queued: false,
-            announced,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _me: ActorRef<WalMsg>,
-        st: &mut WalState<S>,
-    ) -> Result<(), ActorProcessingErr> {
-        // A pipelined commit nobody waits for any more is still made durable.
-        if let Some(w) = st.writer.as_mut() {
-            if w.durable_index().map_err(|e| e.to_string())? < w.last_index() {
-                w.sync().map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(())
     }
 
     async fn handle(
@@ -1171,25 +1143,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
             WalMsg::Flush => {
                 st.flush_queued = false;
                 self.flush(st).await?;
-            }
-            WalMsg::Sync => {
-                st.sync_queued = false;
-                // Appends that arrived meanwhile queued a flush: its commit
-                // makes this one durable without an fsync of its own.
-                if st.pending.is_empty() && !st.flush_queued {
-                    self.sync(st).await?;
-                }
-            }
-        }
-        if !st.sync_queued {
-            let behind = st
-                .writer
-                .as_ref()
-                .is_some_and(|w| st.announced < w.last_index());
-            if behind {
-                st.sync_queued = true;
-                me.send_message(WalMsg::Sync)
-                    .map_err(|_| "cannot queue a sync to myself")?;
             }
         }
         Ok(())
@@ -1224,12 +1177,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                     ),
                 );
             }
-            // Pipelined: one fsync per commit while proposals keep coming;
-            // the commit is acknowledged once the next one (or a sync) has
-            // carried its meta page to disk.
-            let r = writer
-                .append_batch_pipelined(&batch)
-                .map_err(|e| e.to_string());
+            let r = writer.append_batch(&batch).map_err(|e| e.to_string());
             drop(current);
             (writer, r)
         })
@@ -1239,6 +1187,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             tracing::error!(error = %e, "WAL group commit failed; restarting sequencer and writer from disk");
             format!("WAL group commit failed: {e}")
         })?;
+        let up_to = writer.last_index();
         st.writer = Some(writer);
         let sh = &self.shared;
         sh.metrics
@@ -1247,40 +1196,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
         sh.metrics
             .fsync_latency_seconds
             .observe(report.commit.as_secs_f64());
-        self.announce(st)
-    }
-
-    /// Make every commit durable (one fsync, on a blocking thread).
-    async fn sync(&self, st: &mut WalState<S>) -> Result<(), ActorProcessingErr> {
-        let mut writer = st
-            .writer
-            .take()
-            .ok_or("WAL writer lost after a failed commit")?;
-        let (writer, result) = tokio::task::spawn_blocking(move || {
-            let r = writer.sync().map_err(|e| e.to_string());
-            (writer, r)
-        })
-        .await
-        .map_err(|e| format!("WAL sync task failed: {e}"))?;
-        st.writer = Some(writer);
-        result.map_err(|e| {
-            tracing::error!(error = %e, "WAL sync failed; restarting sequencer and writer from disk");
-            format!("WAL sync failed: {e}")
-        })?;
-        self.announce(st)
-    }
-
-    /// Tell the sequencer how far the log is durable, when that moved.
-    fn announce(&self, st: &mut WalState<S>) -> Result<(), ActorProcessingErr> {
-        let Some(w) = st.writer.as_ref() else {
-            return Ok(());
-        };
-        let up_to = w.durable_index().map_err(|e| e.to_string())?;
-        if up_to <= st.announced {
-            return Ok(());
-        }
-        st.announced = up_to;
-        if let Some(seq) = self.shared.refs.read().expect("refs lock").seq.clone() {
+        if let Some(seq) = sh.refs.read().expect("refs lock").seq.clone() {
             // Durability notices must never be dropped: bypass the depth limit.
             seq.depth_bypass_send(SeqMsg::Durable { up_to });
         }
@@ -1822,13 +1738,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
                     .delete_snapshot(p.index)
                     .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
             }
-            let mut writer =
+            let writer =
                 WalWriter::open(store, gh, limits).map_err(|e| format!("WAL open failed: {e}"))?;
-            // The writer this one replaces may have left a pipelined commit
-            // without its meta sync; the recovered state counts it durable.
-            writer
-                .sync()
-                .map_err(|e| format!("WAL sync failed: {e}"))?;
             Ok::<_, String>((rec, writer, *current))
         })
         .await

@@ -69,9 +69,7 @@ fn sync_mirror(
     mirror: &mut NodeState,
 ) -> Result<Synced> {
     use swoosh_storage::LogStore;
-    let last = store
-        .durable_last_index()
-        .context("cannot read the leader's log")?;
+    let last = store.last_index().context("cannot read the leader's log")?;
     let mut out = Synced::default();
     for i in *scanned + 1..=last {
         let rec = swoosh_storage::wal::read_record(store, i)

@@ -437,3 +437,37 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
     ]);
     assert!(text(&o).contains("30"), "names the base: {}", text(&o));
 }
+
+/// `swoosh bench storage --json` reports numbers, not debug text: the figures
+/// the docs quote (and a script compares) are fields of their own.
+#[test]
+fn bench_storage_json_reports_every_run_as_fields() {
+    let o = ok(&[
+        "bench",
+        "storage",
+        "--recovery-records",
+        "300",
+        "--append-records",
+        "200",
+        "--json",
+    ]);
+    let v = json(&o);
+    assert!(v["fdatasync_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let appends = v["appends"].as_array().expect("appends is an array");
+    let batches: Vec<u64> = appends
+        .iter()
+        .map(|a| a["batch_records"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, vec![1, 64, 1024]);
+    for a in appends {
+        assert_eq!(a["records"].as_u64(), Some(200), "{a}");
+        assert!(a["records_per_s"].as_f64().unwrap() > 0.0, "{a}");
+        assert!(
+            a["commit_p50_over_fdatasync"].as_f64().unwrap() > 0.0,
+            "{a}"
+        );
+        assert!(a["commit_p50_ms"].as_f64().unwrap() <= a["commit_max_ms"].as_f64().unwrap());
+    }
+    assert_eq!(v["recovery"]["records"].as_u64(), Some(300), "{v}");
+    assert!(v["recovery"]["replay_records_per_s"].as_f64().unwrap() > 0.0);
+}

@@ -631,38 +631,3 @@ async fn p2p_follower_health_shows_its_commits_and_inbox_drops() {
         "{m}"
     );
 }
-
-/// The leader's node commits pipelined: a commit is readable in its store one
-/// commit before it is on disk. Replication goes by the durable mark, so a
-/// follower never holds a record the leader could still lose.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2p_leader_publishes_only_durable_records() {
-    let mut c = cluster("p2p-durable-mark", 1);
-    let d = tempfile::tempdir().unwrap();
-    let s = LmdbStore::open(d.path(), &LmdbOptions::default()).unwrap();
-    c.writer = WalWriter::open(s, c.genesis.hash().unwrap(), BatchLimits::default()).unwrap();
-    c.dirs.push(d);
-    c.commit(10);
-    let leader = c.leader().await;
-    let f = c.follower(0, &leader, false).await;
-    let persisted = |f: &FollowerP2p| f.shared.lock().unwrap().persisted_index();
-    wait_for("the follower at index 10", || persisted(&f) == 10).await;
-
-    let entries: Vec<Entry> = c
-        .stream
-        .take(5)
-        .into_iter()
-        .map(Entry::from_accepted)
-        .collect();
-    c.writer.append_batch_pipelined(&entries).unwrap();
-    assert_eq!(c.writer.last_index(), 15);
-    assert_eq!(c.writer.durable_index().unwrap(), 10);
-    // Dozens of tail polls: the records are readable, but not durable.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(leader.snapshot().published_index, 10);
-    assert_eq!(persisted(&f), 10);
-
-    c.writer.sync().unwrap();
-    wait_for("the follower at index 15", || persisted(&f) == 15).await;
-    assert_eq!(f.root_hash(), c.stream.node().root_hash());
-}

@@ -99,9 +99,6 @@ pub fn fdatasync_rate(dir: &Path, syncs: u64) -> Result<SyncRate, BenchError> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AppendRun {
     pub batch_records: usize,
-    /// Pipelined commits (one fsync each; a commit is durable once the next
-    /// one returns) rather than commits durable on return (two fsyncs).
-    pub pipelined: bool,
     pub records: u64,
     pub commits: u64,
     pub bytes: u64,
@@ -111,11 +108,6 @@ pub struct AppendRun {
     pub commit_p50: Duration,
     pub commit_p99: Duration,
     pub commit_max: Duration,
-    /// From the start of a commit to the moment it is durable: the end of
-    /// the commit itself, or for a pipelined one the end of the next commit
-    /// (or of the final sync).
-    pub durable_p50: Duration,
-    pub durable_p99: Duration,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -134,7 +126,6 @@ pub fn append_run(
     entries: &[EncodedEntry],
     batch: usize,
     durability: Durability,
-    pipelined: bool,
 ) -> Result<AppendRun, BenchError> {
     let batch = batch.max(1);
     if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
@@ -157,44 +148,21 @@ pub fn append_run(
         .map(<[EncodedEntry]>::to_vec)
         .collect();
     let mut lat = Vec::with_capacity(chunks.len());
-    // (start, end) of each commit, to tell when each became durable.
-    let mut spans = Vec::with_capacity(chunks.len());
     let mut bytes = 0u64;
     let t0 = Instant::now();
     for c in chunks {
-        let start = Instant::now();
-        let r = if pipelined {
-            w.append_encoded_pipelined(c)?
-        } else {
-            w.append_encoded(c)?
-        };
-        spans.push((start, Instant::now()));
+        let r = w.append_encoded(c)?;
         lat.push(r.commit);
         bytes += r.bytes as u64;
     }
     w.sync()?;
-    let end = Instant::now();
     let elapsed = t0.elapsed();
-    let mut durable: Vec<Duration> = spans
-        .iter()
-        .enumerate()
-        .map(|(k, (start, own_end))| {
-            let at = if !pipelined {
-                *own_end
-            } else {
-                spans.get(k + 1).map_or(end, |next| next.1)
-            };
-            at - *start
-        })
-        .collect();
-    durable.sort_unstable();
     lat.sort_unstable();
     let records = entries.len() as u64;
     let commits = lat.len() as u64;
     let secs = elapsed.as_secs_f64().max(1e-9);
     Ok(AppendRun {
         batch_records: batch,
-        pipelined,
         records,
         commits,
         bytes,
@@ -204,8 +172,6 @@ pub fn append_run(
         commit_p50: percentile(&lat, 0.5),
         commit_p99: percentile(&lat, 0.99),
         commit_max: lat.last().copied().unwrap_or_default(),
-        durable_p50: percentile(&durable, 0.5),
-        durable_p99: percentile(&durable, 0.99),
     })
 }
 
@@ -415,23 +381,18 @@ pub fn run(
     let record_bytes_mean = encoded.iter().map(|e| e.frame.len() as f64).sum::<f64>() / n as f64;
 
     let mut appends = vec![];
-    for (b, pipelined) in BENCH_BATCH_SIZES
-        .into_iter()
-        .flat_map(|b| [(b, false), (b, true)])
-    {
+    for b in BENCH_BATCH_SIZES {
         let take = if b == 1 {
             n.min(BENCH_SINGLE_RECORDS_MAX)
         } else {
             n
         };
-        let mode = if pipelined { "pipelined" } else { "durable" };
         let run = append_run(
-            &dir.join(format!("append-{b}-{mode}")),
+            &dir.join(format!("append-{b}")),
             gh,
             &encoded[..take],
             b,
             opts.durability,
-            pipelined,
         )?;
         progress(
             "append",

@@ -3,19 +3,10 @@
 //! One environment per directory, one named database per [`Space`]. A
 //! [`Batch`] is one LMDB write transaction; LMDB's copy-on-write B-tree makes
 //! the commit atomic (a crash leaves the previous or the new state, never a
-//! mix). Under [`Durability::Sync`] the environment is opened with
-//! `MDB_NOMETASYNC`: `mdb_txn_commit` fsyncs the data pages, then writes the
-//! meta page that makes them current without an fsync. [`LogStore::commit`]
-//! then fsyncs once more, so the commit is durable when it returns (two
-//! fsyncs, as with LMDB's default flags). [`LogStore::commit_pipelined`]
-//! returns without that second fsync: the next commit's data fsync carries
-//! this commit's meta page to disk (or [`LogStore::sync`] does), so a writer
-//! that commits back to back pays one fsync per commit and acknowledges
-//! each commit one commit later. LMDB keeps the database consistent in this
-//! mode (a machine crash can only lose the commits whose meta page was not
-//! yet synced); [`LogStore::durable_last_index`] says which WAL records are
-//! on disk. Under [`Durability::NoSync`] it is opened with `MDB_NOSYNC` and
-//! nothing is fsynced until [`LogStore::sync`].
+//! mix). Under [`Durability::Sync`] the environment uses LMDB's default flags:
+//! `mdb_txn_commit` fsyncs the data pages, writes the meta page and fsyncs
+//! again before it returns. Under [`Durability::NoSync`] it is opened with
+//! `MDB_NOSYNC` and nothing is fsynced until [`LogStore::sync`].
 //!
 //! heed refuses to open one path twice in a process (`EnvAlreadyOpened`); an
 //! [`LmdbStore`] is `Clone` (an `Arc` over the environment) so a reader (the
@@ -30,8 +21,6 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Default LMDB map size: the most the environment can grow to. It is address
@@ -67,19 +56,6 @@ pub struct LmdbStore {
     dbs: [Db; 5],
     dir: PathBuf,
     opts: LmdbOptions,
-    /// WAL positions shared by every clone: the last committed index and the
-    /// last one whose commit is on stable storage.
-    wal: Arc<WalMarks>,
-}
-
-#[derive(Debug, Default)]
-struct WalMarks {
-    /// Held across every commit and sync of this process, so the marks move
-    /// in commit order (another thread's commit, a snapshot's, may land
-    /// between LMDB's commit and the update of the marks otherwise).
-    commit: std::sync::Mutex<()>,
-    committed: AtomicU64,
-    durable: AtomicU64,
 }
 
 impl std::fmt::Debug for LmdbStore {
@@ -106,15 +82,6 @@ impl LmdbStore {
             .map_size(opts.map_bytes)
             .max_dbs(LMDB_DATABASES_MAX)
             .max_readers(LMDB_READERS_MAX);
-        if opts.durability == Durability::Sync {
-            // SAFETY: NO_META_SYNC keeps the database consistent (data pages
-            // are synced before the meta page that points at them is
-            // written); only the newest meta page may be unsynced, and
-            // `commit` and `sync` sync it before they return.
-            unsafe {
-                options.flags(EnvFlags::NO_META_SYNC);
-            }
-        }
         if opts.durability == Durability::NoSync {
             // SAFETY: NO_SYNC only weakens durability (see `Durability::NoSync`);
             // LMDB keeps the database consistent, it may lose the last commits
@@ -153,26 +120,12 @@ impl LmdbStore {
             })
             .map_err(|e| open_err(format!("creating the databases: {e}")))?
             .unwrap_commit();
-        let store = LmdbStore {
+        Ok(LmdbStore {
             env,
             dbs,
             dir: dir.to_path_buf(),
             opts: *opts,
-            wal: Arc::new(WalMarks::default()),
-        };
-        // Whatever an earlier process committed without syncing its meta
-        // page is made durable before anything is read from it.
-        store
-            .env
-            .force_sync()
-            .map_err(|e| open_err(format!("syncing: {e}")))?;
-        let last = {
-            let rtxn = store.rtxn()?;
-            store.wal_last_in(&rtxn)?
-        };
-        store.wal.committed.store(last, Ordering::Release);
-        store.wal.durable.store(last, Ordering::Release);
-        Ok(store)
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -222,22 +175,18 @@ impl LmdbStore {
     }
 }
 
-impl LmdbStore {
-    fn sync_meta(&self) -> Result<(), StoreError> {
-        self.env.force_sync().map_err(|e| self.err("syncing", e))
+impl LogStore for LmdbStore {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
     }
 
-    /// One write transaction; `sync_meta`: also sync its meta page before
-    /// returning (under [`Durability::Sync`]).
-    fn commit_with(&mut self, batch: Batch, sync_meta: bool) -> Result<CommitInfo, StoreError> {
+    fn durability(&self) -> Durability {
+        self.opts.durability
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
         let t0 = Instant::now();
-        let marks = self.wal.clone();
-        let _order = marks
-            .commit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (len, bytes) = (batch.len(), batch.bytes());
-        let mut new_last = None::<u64>;
         let mut wtxn = self
             .env
             .write_txn()
@@ -254,7 +203,6 @@ impl LmdbStore {
         for op in batch.ops() {
             match op {
                 Op::Append { index, value } => {
-                    new_last = Some(*index);
                     let k = crate::store::index_key(*index);
                     self.db(Space::Wal)
                         .put(&mut wtxn, &k, value)
@@ -271,7 +219,6 @@ impl LmdbStore {
                         .map_err(|e| self.err("deleting", e))?;
                 }
                 Op::TruncateWalAfter { index } => {
-                    new_last = Some(new_last.unwrap_or(last).min(*index));
                     if let Some(from) = index.checked_add(1) {
                         let k = crate::store::index_key(from);
                         let range: (Bound<&[u8]>, Bound<&[u8]>) =
@@ -285,55 +232,12 @@ impl LmdbStore {
         }
         wtxn.commit()
             .map_err(|e| self.err("committing (write + fsync)", e))?;
-        let committed = new_last.unwrap_or(last);
-        marks.committed.store(committed, Ordering::Release);
-        let sync = self.opts.durability == Durability::Sync;
-        // The data fsync of this commit also carried every earlier commit's
-        // meta page to disk: all of them are durable now. (A truncation is
-        // never pipelined, so `last` is not below the mark.)
-        let mut durable = last;
-        if sync && sync_meta {
-            self.sync_meta()?;
-            durable = committed;
-        } else if !sync {
-            // NoSync promises nothing; the mark follows the commits.
-            durable = committed;
-        }
-        marks.durable.store(durable, Ordering::Release);
         Ok(CommitInfo {
             ops: len,
             bytes,
-            synced: sync && sync_meta,
+            synced: self.opts.durability == Durability::Sync,
             elapsed: t0.elapsed(),
         })
-    }
-}
-
-impl LogStore for LmdbStore {
-    fn location(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn durability(&self) -> Durability {
-        self.opts.durability
-    }
-
-    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
-        self.commit_with(batch, true)
-    }
-
-    fn commit_pipelined(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
-        // Only appends and puts are pipelined: a truncation or a deletion
-        // is rare and is made durable at once.
-        let plain = batch
-            .ops()
-            .iter()
-            .all(|op| matches!(op, Op::Append { .. } | Op::Put { .. }));
-        self.commit_with(batch, !plain)
-    }
-
-    fn durable_last_index(&self) -> Result<u64, StoreError> {
-        Ok(self.wal.durable.load(Ordering::Acquire))
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -399,15 +303,7 @@ impl LogStore for LmdbStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        let marks = self.wal.clone();
-        let _order = marks
-            .commit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.sync_meta()?;
-        let committed = marks.committed.load(Ordering::Acquire);
-        marks.durable.store(committed, Ordering::Release);
-        Ok(())
+        self.env.force_sync().map_err(|e| self.err("syncing", e))
     }
 
     fn overwrite_raw(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -418,83 +314,6 @@ impl LogStore for LmdbStore {
         self.db(space)
             .put(&mut wtxn, key, value)
             .map_err(|e| self.err("overwriting", e))?;
-        wtxn.commit().map_err(|e| self.err("committing", e))?;
-        self.sync_meta()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(i: u64) -> Vec<u8> {
-        format!("record {i}").into_bytes()
-    }
-
-    fn append(s: &mut LmdbStore, i: u64, pipelined: bool) -> CommitInfo {
-        let mut b = Batch::new();
-        b.append(i, frame(i));
-        if pipelined {
-            s.commit_pipelined(b).unwrap()
-        } else {
-            s.commit(b).unwrap()
-        }
-    }
-
-    #[test]
-    fn a_pipelined_commit_is_durable_once_the_next_commit_or_a_sync_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
-        assert_eq!(s.durable_last_index().unwrap(), 0);
-
-        let info = append(&mut s, 1, true);
-        assert!(!info.synced);
-        // Visible at once, not yet counted durable.
-        assert_eq!(s.read_at(1).unwrap(), Some(frame(1)));
-        assert_eq!(s.last_index().unwrap(), 1);
-        assert_eq!(s.durable_last_index().unwrap(), 0);
-
-        // The next commit's data fsync carries the previous meta page.
-        append(&mut s, 2, true);
-        assert_eq!(s.durable_last_index().unwrap(), 1);
-        // A clone (the HTTP side, the leader's tail) sees the same mark.
-        let reader = s.clone();
-        assert_eq!(reader.durable_last_index().unwrap(), 1);
-
-        s.sync().unwrap();
-        assert_eq!(reader.durable_last_index().unwrap(), 2);
-
-        let info = append(&mut s, 3, false);
-        assert!(info.synced);
-        assert_eq!(s.durable_last_index().unwrap(), 3);
-
-        // A truncation is never pipelined, and lowers the mark.
-        append(&mut s, 4, true);
-        let mut t = Batch::new();
-        t.truncate_wal_after(2);
-        assert!(s.commit_pipelined(t).unwrap().synced);
-        assert_eq!(s.last_index().unwrap(), 2);
-        assert_eq!(s.durable_last_index().unwrap(), 2);
-
-        // A pipelined commit left unsynced by its process is synced on open.
-        append(&mut s, 3, true);
-        assert_eq!(s.durable_last_index().unwrap(), 2);
-        drop((s, reader));
-        let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
-        assert_eq!(s.read_at(3).unwrap(), Some(frame(3)));
-        assert_eq!(s.durable_last_index().unwrap(), 3);
-    }
-
-    #[test]
-    fn without_sync_the_durable_mark_follows_the_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = LmdbOptions {
-            durability: Durability::NoSync,
-            ..LmdbOptions::default()
-        };
-        let mut s = LmdbStore::open(dir.path(), &opts).unwrap();
-        append(&mut s, 1, true);
-        append(&mut s, 2, false);
-        assert_eq!(s.durable_last_index().unwrap(), 2);
+        wtxn.commit().map_err(|e| self.err("committing", e))
     }
 }

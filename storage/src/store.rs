@@ -399,25 +399,6 @@ pub trait LogStore {
     /// stable storage when this returns `Ok`. A refused batch changes nothing.
     fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError>;
 
-    /// [`LogStore::commit`] for a writer that commits back to back: under
-    /// [`Durability::Sync`] the batch may not be on stable storage yet when
-    /// this returns (`synced: false`), but every commit before it is. It
-    /// becomes durable with the next commit of either kind, or
-    /// [`LogStore::sync`]. Readers see it at once; what must only leave the
-    /// node once durable (acknowledgements, replication) goes by
-    /// [`LogStore::durable_last_index`]. A backend without the distinction
-    /// commits durably.
-    fn commit_pipelined(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
-        self.commit(batch)
-    }
-
-    /// The last WAL index whose commit is on stable storage (under
-    /// [`Durability::NoSync`], the last committed one: that mode promises
-    /// nothing). Never above [`LogStore::last_index`].
-    fn durable_last_index(&self) -> Result<u64, StoreError> {
-        self.last_index()
-    }
-
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Entries with `from <= key < to` (`to = None`: no upper bound), in key
@@ -436,8 +417,8 @@ pub trait LogStore {
 
     fn count(&self, space: Space) -> Result<u64, StoreError>;
 
-    /// Force everything committed so far onto stable storage (under
-    /// [`Durability::Sync`], only a pipelined commit can still need it).
+    /// Force everything committed so far onto stable storage (a no-op under
+    /// [`Durability::Sync`], where it is already there).
     fn sync(&mut self) -> Result<(), StoreError>;
 
     /// Replace a stored value with no check at all, in any space, WAL
@@ -575,12 +556,6 @@ impl<T: LogStore + ?Sized> LogStore for Box<T> {
     }
     fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
         (**self).commit(batch)
-    }
-    fn commit_pipelined(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
-        (**self).commit_pipelined(batch)
-    }
-    fn durable_last_index(&self) -> Result<u64, StoreError> {
-        (**self).durable_last_index()
     }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         (**self).get(space, key)

@@ -860,64 +860,21 @@ impl<S: LogStore> WalWriter<S> {
     /// transaction, one sync). Returns after the batch is durable (under
     /// `Durability::Sync`). On error nothing of the batch is in the log.
     pub fn append_batch(&mut self, entries: &[Entry]) -> Result<BatchReport, AppendError> {
-        self.append_entries(entries, false)
-    }
-
-    /// [`WalWriter::append_batch`] as a pipelined commit
-    /// ([`LogStore::commit_pipelined`]): one fsync instead of two, and the
-    /// batch is durable only once [`WalWriter::durable_index`] reaches it,
-    /// which the next append of either kind or [`WalWriter::sync`] brings
-    /// about. For a writer with more batches queued behind this one.
-    pub fn append_batch_pipelined(
-        &mut self,
-        entries: &[Entry],
-    ) -> Result<BatchReport, AppendError> {
-        self.append_entries(entries, true)
-    }
-
-    fn append_entries(
-        &mut self,
-        entries: &[Entry],
-        pipelined: bool,
-    ) -> Result<BatchReport, AppendError> {
         let t0 = Instant::now();
         let encoded = entries
             .iter()
             .map(Entry::encode)
             .collect::<Result<Vec<_>, _>>()?;
         let encode = t0.elapsed();
-        let mut r = self.commit_encoded(encoded, pipelined)?;
+        let mut r = self.append_encoded(encoded)?;
         r.encode = encode;
         Ok(r)
-    }
-
-    /// The last index on stable storage: [`WalWriter::last_index`] unless
-    /// a pipelined append is still waiting for its meta page to be synced.
-    pub fn durable_index(&self) -> Result<u64, StoreError> {
-        self.store.durable_last_index()
     }
 
     /// Durably append pre-encoded entries as one group commit.
     pub fn append_encoded(
         &mut self,
         entries: Vec<EncodedEntry>,
-    ) -> Result<BatchReport, AppendError> {
-        self.commit_encoded(entries, false)
-    }
-
-    /// [`WalWriter::append_encoded`] as a pipelined commit (see
-    /// [`WalWriter::append_batch_pipelined`]).
-    pub fn append_encoded_pipelined(
-        &mut self,
-        entries: Vec<EncodedEntry>,
-    ) -> Result<BatchReport, AppendError> {
-        self.commit_encoded(entries, true)
-    }
-
-    fn commit_encoded(
-        &mut self,
-        entries: Vec<EncodedEntry>,
-        pipelined: bool,
     ) -> Result<BatchReport, AppendError> {
         if self.stale {
             self.reload_tail().map_err(|e| match e {
@@ -972,12 +929,7 @@ impl<S: LogStore> WalWriter<S> {
                 b.put(Space::Decisions, h.0.to_vec(), f);
             }
         }
-        let committed = if pipelined {
-            self.store.commit_pipelined(b)
-        } else {
-            self.store.commit(b)
-        };
-        let info: CommitInfo = match committed {
+        let info: CommitInfo = match self.store.commit(b) {
             Ok(i) => i,
             Err(e) => {
                 self.stale = true;
@@ -997,8 +949,7 @@ impl<S: LogStore> WalWriter<S> {
         })
     }
 
-    /// Force everything committed onto stable storage (a pipelined append,
-    /// or anything under `NoSync`).
+    /// Force everything committed onto stable storage (for `NoSync` stores).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.store.sync()
     }

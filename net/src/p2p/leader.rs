@@ -98,8 +98,7 @@ impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
         1
     }
     fn last_index(&self) -> u64 {
-        // Only durable records leave the leader (see `LeaderTask::tail`).
-        self.store.durable_last_index().unwrap_or(0)
+        self.store.last_index().unwrap_or(0)
     }
     fn record(&self, index: u64) -> Option<WalRecord> {
         read_record(self.store, index).ok().map(|v| v.record)
@@ -212,7 +211,7 @@ fn state_copy_loop<S: LogStore + ?Sized>(
 ) {
     let poll = Duration::from_millis(TAIL_POLL_MS);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let last = match store.durable_last_index() {
+        let last = match store.last_index() {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("the leader's state copy cannot read the log tail: {e}");
@@ -479,10 +478,7 @@ impl<S: LogStore> LeaderTask<S> {
     }
 
     fn tail(&mut self) {
-        // Durable records only: a pipelined commit is readable one commit
-        // before it is on disk, and a follower must never hold a record the
-        // leader could lose.
-        let last = match self.store.durable_last_index() {
+        let last = match self.store.last_index() {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("cannot read the log tail: {e}");
