@@ -212,8 +212,27 @@ impl<'de> de::Deserializer<'de> for &mut SliceDe<'de> {
         false
     }
 
+    // Text only, as ciborium: through `deserialize_any` a byte string would
+    // reach serde's string visitor, which takes UTF-8 bytes. (Field names
+    // may be bytes in ciborium too: `identifier` stays with `any`.)
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let h = self.head()?;
+        if h.major != 3 {
+            return Err(DeError);
+        }
+        v.visit_borrowed_str(self.text(h.arg)?)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64
         bytes byte_buf unit unit_struct seq tuple
         tuple_struct map struct identifier
     }

@@ -453,6 +453,42 @@ fn slice_decoder_refuses_nesting_past_the_limit() {
     .is_err());
 }
 
+/// A byte string where a string is expected is refused, as ciborium refuses
+/// it: serde's string visitor would take UTF-8 bytes if the slice decoder
+/// offered them (a case proptest found). A byte-string field name is taken
+/// by both.
+#[test]
+fn slice_decoder_takes_text_only_for_strings_and_field_names() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Named {
+        name: String,
+    }
+    // {"name": "a"}: accepted by both.
+    let text = [0xa1, 0x64, b'n', b'a', b'm', b'e', 0x61, b'a'];
+    assert_eq!(
+        swoosh_core::cbor_de::decode::<Named>(&text).unwrap().0,
+        Named { name: "a".into() }
+    );
+    // {"name": h'61'}: refused by both.
+    let bytes_value = [0xa1, 0x64, b'n', b'a', b'm', b'e', 0x41, b'a'];
+    assert!(swoosh_core::cbor_de::decode::<Named>(&bytes_value).is_err());
+    assert!(ciborium::from_reader::<Named, _>(&bytes_value[..]).is_err());
+    // {h'6e616d65': "a"}: taken by both, alike.
+    let bytes_key = [0xa1, 0x44, b'n', b'a', b'm', b'e', 0x61, b'a'];
+    assert_eq!(
+        swoosh_core::cbor_de::decode::<Named>(&bytes_key).unwrap().0,
+        ciborium::from_reader::<Named, _>(&bytes_key[..]).unwrap()
+    );
+    let mut char_bytes = vec![0x41, b'x'];
+    assert!(swoosh_core::cbor_de::decode::<char>(&char_bytes).is_err());
+    char_bytes[0] = 0x61;
+    assert_eq!(
+        swoosh_core::cbor_de::decode::<char>(&char_bytes).unwrap().0,
+        'x'
+    );
+}
+
 /// `from_canonical` promises that "a hash can never be computed over a
 /// second spelling of the same value". For the content-addressed records
 /// that means: bytes it accepts as a `T` are exactly the canonical encoding
