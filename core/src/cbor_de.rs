@@ -212,9 +212,11 @@ impl<'de> de::Deserializer<'de> for &mut SliceDe<'de> {
         false
     }
 
-    // Text only, as ciborium: through `deserialize_any` a byte string would
-    // reach serde's string visitor, which takes UTF-8 bytes. (Field names
-    // may be bytes in ciborium too: `identifier` stays with `any`.)
+    // What ciborium takes for each of these, and nothing more: through
+    // `deserialize_any`, a byte string would reach serde's string visitor
+    // (which takes UTF-8 bytes), an array a derived struct's visitor (which
+    // takes a sequence) and an integer a derived field visitor (which takes
+    // a field's position).
     fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         let h = self.head()?;
         if h.major != 3 {
@@ -231,10 +233,33 @@ impl<'de> de::Deserializer<'de> for &mut SliceDe<'de> {
         self.deserialize_str(v)
     }
 
+    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        match self.peek()? >> 5 {
+            2 | 3 => self.deserialize_any(v),
+            _ => Err(DeError),
+        }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        if self.peek()? >> 5 != 5 {
+            return Err(DeError);
+        }
+        self.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_map(v)
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64
         bytes byte_buf unit unit_struct seq tuple
-        tuple_struct map struct identifier
+        tuple_struct
     }
 }
 

@@ -453,10 +453,10 @@ fn slice_decoder_refuses_nesting_past_the_limit() {
     .is_err());
 }
 
-/// A byte string where a string is expected is refused, as ciborium refuses
-/// it: serde's string visitor would take UTF-8 bytes if the slice decoder
-/// offered them (a case proptest found). A byte-string field name is taken
-/// by both.
+/// The slice decoder takes for a string, a struct and a field name only
+/// what ciborium takes: no byte string as a string (a case proptest found),
+/// no array as a struct, no integer as a field name. A byte-string field
+/// name is taken by both.
 #[test]
 fn slice_decoder_takes_text_only_for_strings_and_field_names() {
     #[derive(Debug, PartialEq, serde::Deserialize)]
@@ -480,6 +480,14 @@ fn slice_decoder_takes_text_only_for_strings_and_field_names() {
         swoosh_core::cbor_de::decode::<Named>(&bytes_key).unwrap().0,
         ciborium::from_reader::<Named, _>(&bytes_key[..]).unwrap()
     );
+    // ["a"] for the struct, and {0: "a"} (a field by position): ciborium
+    // takes neither, so neither does the slice decoder.
+    let as_array = [0x81, 0x61, b'a'];
+    let by_position = [0xa1, 0x00, 0x61, b'a'];
+    for bad in [&as_array[..], &by_position[..]] {
+        assert!(ciborium::from_reader::<Named, _>(bad).is_err());
+        assert!(swoosh_core::cbor_de::decode::<Named>(bad).is_err());
+    }
     let mut char_bytes = vec![0x41, b'x'];
     assert!(swoosh_core::cbor_de::decode::<char>(&char_bytes).is_err());
     char_bytes[0] = 0x61;
