@@ -90,7 +90,9 @@ async fn killing_each_actor_kind_under_load_keeps_serving_and_matches_replay() {
 
     let stats = Arc::new(Stats::default());
     let pacer = Pacer::new(fx.clock.clone(), PROJECTS);
-    let gate = Gate::new();
+    // Metered: the clients start only the proposals the killer grants, so
+    // however slow the machine, they still have work when the last kill lands.
+    let gate = Gate::with_budget(PROJECTS);
     let mut clients = vec![];
     for id in 0..PROJECTS {
         let cfg = ClientCfg {
@@ -120,6 +122,10 @@ async fn killing_each_actor_kind_under_load_keeps_serving_and_matches_replay() {
     let mut last_kill_at = 0;
     for kind in kill_order() {
         let serve_from = stats.accepted();
+        // More than the wait below needs: the clients are still busy when
+        // the kill lands (8 + 15 × 17 permits in all, under the 384
+        // proposals that would let them finish).
+        gate.grant(SERVE_BETWEEN_KILLS as usize + PROJECTS);
         wait_accepted(
             &stats,
             serve_from + SERVE_BETWEEN_KILLS,
@@ -172,6 +178,7 @@ async fn killing_each_actor_kind_under_load_keeps_serving_and_matches_replay() {
         probes.push(probe(&fx, &node, &format!("probe-{}", probes.len())).await);
         // The clients are served again too.
         let after = stats.accepted();
+        gate.grant(3);
         wait_accepted(
             &stats,
             after + 3,
@@ -195,6 +202,8 @@ async fn killing_each_actor_kind_under_load_keeps_serving_and_matches_replay() {
         last_kill_at = stats.accepted();
     }
     assert_eq!(killed.len(), kill_order().len());
+    // Let the clients finish their loops.
+    gate.grant(tokio::sync::Semaphore::MAX_PERMITS / 2);
 
     let mut acks = vec![];
     let mut mirrors = vec![];

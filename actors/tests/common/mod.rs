@@ -214,20 +214,64 @@ impl Pacer {
         st.active -= 1;
         self.maybe_advance(&st);
     }
+
+    /// Client `id` stops taking part in the clock until [`Pacer::unpark`]
+    /// (it waits for something else, e.g. a [`Gate`] permit, and must not
+    /// hold the others' time back meanwhile).
+    pub fn park(&self, id: usize) {
+        self.done(id);
+    }
+
+    pub fn unpark(&self, _id: usize) {
+        self.inner.lock().unwrap().active += 1;
+    }
 }
 
 /// Lets a test hold every client before its next submit (to quiesce the
-/// node) and release them again.
+/// node) and release them again; with a budget, also meter how many new
+/// proposals the clients may start.
 #[derive(Default)]
 pub struct Gate {
     closed: std::sync::atomic::AtomicBool,
     /// Clients currently between "passed the gate" and "got an answer".
     passing: AtomicUsize,
+    /// One permit per new proposal (resubmissions of it are free).
+    budget: Option<tokio::sync::Semaphore>,
 }
 
 impl Gate {
     pub fn new() -> Arc<Gate> {
         Arc::new(Gate::default())
+    }
+
+    /// A gate whose clients start at most `permits` proposals until
+    /// [`Gate::grant`] gives them more. A test that must act while clients
+    /// still have work (kill actors "under load") meters them, so on a slow,
+    /// shared machine they cannot run out of work before the test is done.
+    pub fn with_budget(permits: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            budget: Some(tokio::sync::Semaphore::new(permits)),
+            ..Gate::default()
+        })
+    }
+
+    pub fn metered(&self) -> bool {
+        self.budget.is_some()
+    }
+
+    pub fn grant(&self, permits: usize) {
+        if let Some(b) = &self.budget {
+            b.add_permits(permits);
+        }
+    }
+
+    async fn permit(&self) {
+        if let Some(b) = &self.budget {
+            b.acquire()
+                .await
+                .expect("the budget is never closed")
+                .forget();
+        }
     }
 
     /// Close the gate and wait until no client is inside a submit.
@@ -335,12 +379,23 @@ pub async fn drive_project(
     let mut acks = vec![];
     let mut stopped_by_shutdown = false;
     let project = cfg.project.clone();
+    // One gate permit per proposal, spent when it is acknowledged. While a
+    // client waits for one it is parked: the others' clock moves on, and the
+    // proposal is built again afterwards (with the clock as it is then).
+    let mut permit = false;
     'outer: loop {
         let now = clock.now_ms();
         let p: Proposal = match driver.next(&mirror, &project, now) {
             Next::Done => break,
             Next::WaitMs(ms) => {
                 pacer.wait_until(cfg.id, now + ms).await;
+                continue;
+            }
+            Next::Propose(_) if !permit && gate.metered() => {
+                pacer.park(cfg.id);
+                gate.permit().await;
+                pacer.unpark(cfg.id);
+                permit = true;
                 continue;
             }
             Next::Propose(p) => *p,
@@ -389,6 +444,7 @@ pub async fn drive_project(
                         decision: ok.decision,
                         duplicate: ok.duplicate,
                     });
+                    permit = false;
                     break;
                 }
                 SubmitResult::Unavailable { reason } => {
