@@ -191,11 +191,9 @@ impl SignedDecision {
     /// ~2.4 KB decision record again for each was a measurable share of the
     /// leader's commit CPU.
     pub fn sign_canonical(record: DecisionRecord, key: &SigningKey) -> (SignedDecision, Vec<u8>) {
-        let bytes = crate::cbor::to_canonical(&record).expect("decision records encode");
-        let mut msg = Vec::with_capacity(domain::DECISION.len() + bytes.len());
-        msg.extend_from_slice(domain::DECISION);
-        msg.extend_from_slice(&bytes);
-        let signature = Signature(ed25519_dalek::Signer::sign(key, &msg).to_bytes());
+        let msg = sig::signing_bytes(domain::DECISION, &record).expect("decision records encode");
+        let signature = sig::sign_bytes(&msg, key);
+        let bytes = msg[domain::DECISION.len()..].to_vec();
         let signed = SignedDecision {
             record,
             leader: SignerId::from_signing_key(key),

@@ -144,7 +144,12 @@ pub fn sign<T: Serialize + ?Sized>(
     key: &SigningKey,
 ) -> Result<Signature, CanonicalError> {
     let bytes = signing_bytes(domain, body)?;
-    Ok(Signature(key.sign(&bytes).to_bytes()))
+    Ok(sign_bytes(&bytes, key))
+}
+
+/// Sign `bytes`, already domain-prefixed ([`signing_bytes`]).
+pub fn sign_bytes(bytes: &[u8], key: &SigningKey) -> Signature {
+    Signature(key.sign(bytes).to_bytes())
 }
 
 pub fn verify<T: Serialize + ?Sized>(

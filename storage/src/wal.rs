@@ -81,12 +81,18 @@ pub struct Entry {
     /// The decision was signed by this process just now
     /// ([`Entry::from_accepted_signed`]): re-verifying that signature on the
     /// write path would only repeat an ed25519 verification per record.
-    /// Readers still verify what they load. Holds the signature made here;
-    /// any other signature in `decision` is verified as usual.
-    signed_here: Option<(swoosh_core::Signature, swoosh_core::SignerId)>,
-    /// The canonical encoding of the decision record signed here (with
-    /// `signed_here`): hashed and stored as is instead of encoded again.
-    signed_bytes: Option<Vec<u8>>,
+    /// Readers still verify what they load. Any other signature in
+    /// `decision` is verified as usual.
+    signed_here: Option<SignedHere>,
+}
+
+/// A decision signature made by this process, with the canonical encoding
+/// of the record it covers: hashed and stored as is, not encoded again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SignedHere {
+    signature: swoosh_core::Signature,
+    leader: swoosh_core::SignerId,
+    record_bytes: Vec<u8>,
 }
 
 impl Entry {
@@ -96,7 +102,6 @@ impl Entry {
             record_hash: None,
             decision: None,
             signed_here: None,
-            signed_bytes: None,
         }
     }
     /// The reducer's output, with its decision record stored unsigned.
@@ -106,7 +111,6 @@ impl Entry {
             record_hash: Some(acc.record_hash),
             decision: Some(DecisionDoc::Unsigned(acc.decision)),
             signed_here: None,
-            signed_bytes: None,
         }
     }
     /// The reducer's output, with its decision record signed by the leader.
@@ -123,8 +127,11 @@ impl Entry {
         self.decision = match self.decision.take() {
             Some(DecisionDoc::Unsigned(record)) => {
                 let (signed, bytes) = SignedDecision::sign_canonical(record, leader);
-                self.signed_here = Some((signed.signature, signed.leader.clone()));
-                self.signed_bytes = Some(bytes);
+                self.signed_here = Some(SignedHere {
+                    signature: signed.signature,
+                    leader: signed.leader.clone(),
+                    record_bytes: bytes,
+                });
                 Some(DecisionDoc::Signed(signed))
             }
             other => other,
@@ -236,11 +243,18 @@ impl Entry {
             Some(doc) => {
                 // The content was checked against the record just above; a
                 // signature made here over it needs no second verification.
-                let ours = matches!((doc, &self.signed_here), (DecisionDoc::Signed(s), Some((sig, who))) if s.signature == *sig && s.leader == *who);
+                let ours = match (doc, &self.signed_here) {
+                    (DecisionDoc::Signed(s), Some(h))
+                        if s.signature == h.signature && s.leader == h.leader =>
+                    {
+                        Some(h)
+                    }
+                    _ => None,
+                };
                 let encoded;
-                let record_bytes: &[u8] = match (&self.signed_bytes, ours) {
-                    (Some(b), true) => b,
-                    _ => {
+                let record_bytes: &[u8] = match ours {
+                    Some(h) => &h.record_bytes,
+                    None => {
                         encoded = swoosh_core::cbor::to_canonical(doc.record()).map_err(|e| {
                             AppendError::Encode {
                                 index,
@@ -258,7 +272,7 @@ impl Entry {
                         given: dh,
                     });
                 }
-                if let (DecisionDoc::Signed(s), false) = (doc, ours) {
+                if let (DecisionDoc::Signed(s), None) = (doc, ours) {
                     s.verify().map_err(|e| AppendError::DecisionSignature {
                         index,
                         detail: e.to_string(),
