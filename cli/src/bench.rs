@@ -404,6 +404,7 @@ fn storage(a: StorageArgs) -> Result<()> {
                 "fdatasync_ms": per_sync_ms,
                 "fdatasyncs_per_s": report.disk.per_second,
                 "record_bytes_mean": report.record_bytes_mean,
+                "record_payload_bytes_mean": report.record_payload_bytes_mean,
                 "appends": appends,
                 "recovery": report.recovery.as_ref().map(|r| json!({
                     "records": r.records,
@@ -423,8 +424,8 @@ fn storage(a: StorageArgs) -> Result<()> {
             report.disk.per_second
         );
         println!(
-            "  records    {:.0} bytes mean, encode {:?} each",
-            report.record_bytes_mean, report.encode_per_record
+            "  records    {:.0} bytes mean, {:.0} stored (frame, LZ4 where it pays), encode {:?} each",
+            report.record_payload_bytes_mean, report.record_bytes_mean, report.encode_per_record
         );
         for r in &report.appends {
             println!(

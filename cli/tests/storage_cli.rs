@@ -470,4 +470,9 @@ fn bench_storage_json_reports_every_run_as_fields() {
     }
     assert_eq!(v["recovery"]["records"].as_u64(), Some(300), "{v}");
     assert!(v["recovery"]["replay_records_per_s"].as_f64().unwrap() > 0.0);
+    // Records are stored compressed (frame version 2): the stored frame,
+    // header included, is smaller than the record's canonical encoding.
+    let payload = v["record_payload_bytes_mean"].as_f64().unwrap();
+    let stored = v["record_bytes_mean"].as_f64().unwrap();
+    assert!(payload > 1_000.0 && stored < payload, "{v}");
 }

@@ -325,7 +325,9 @@ fn flipped_byte_is_named_by_index(h: &mut impl Harness) {
             &e,
             RecoveryError::Read(ReadError::Corrupt {
                 index: 13,
-                reason: RecordFault::Frame(FrameError::HashMismatch { .. }),
+                reason: RecordFault::Frame(
+                    FrameError::HashMismatch { .. } | FrameError::Decompress { .. }
+                ),
                 ..
             })
         ),
@@ -384,7 +386,9 @@ fn long_replays_recover_and_name_faults_like_short_ones(h: &mut impl Harness) {
             &e,
             RecoveryError::Read(ReadError::Corrupt {
                 index,
-                reason: RecordFault::Frame(FrameError::HashMismatch { .. }),
+                reason: RecordFault::Frame(
+                    FrameError::HashMismatch { .. } | FrameError::Decompress { .. }
+                ),
                 ..
             }) if *index == bad
         ),
@@ -399,7 +403,8 @@ fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
     let mut w = writer(h.open(), &st);
     fill(&mut w, &mut st, 10, 10);
     let mut s = w.into_store();
-    // Length field (bytes 2..6) damaged: reads as torn.
+    // Length field (bytes 2..6) damaged: reads as torn (a compressed frame
+    // no longer decompresses to the declared length).
     flip(&mut s, Space::Wal, &index_key(4), 4);
     let e = recover(&s, st.genesis()).unwrap_err();
     assert!(
@@ -407,7 +412,9 @@ fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
             &e,
             RecoveryError::Read(ReadError::Corrupt {
                 index: 4,
-                reason: RecordFault::Frame(FrameError::Length { .. }),
+                reason: RecordFault::Frame(
+                    FrameError::Length { .. } | FrameError::Decompress { .. }
+                ),
                 ..
             })
         ),
@@ -429,7 +436,9 @@ fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
             &e,
             RecoveryError::Read(ReadError::Corrupt {
                 index: 10,
-                reason: RecordFault::Frame(FrameError::Length { .. }),
+                reason: RecordFault::Frame(
+                    FrameError::Length { .. } | FrameError::Decompress { .. }
+                ),
                 ..
             })
         ),
@@ -739,7 +748,7 @@ fn damaged_snapshot_falls_back_to_the_previous_one(h: &mut impl Harness) {
     assert_eq!(rec.skipped_snapshots[0].index, 30);
     assert!(matches!(
         rec.skipped_snapshots[0].reason,
-        SnapshotFault::Frame(FrameError::HashMismatch { .. })
+        SnapshotFault::Frame(FrameError::HashMismatch { .. } | FrameError::Decompress { .. })
     ));
     assert!(rec.skipped_snapshots[0]
         .to_string()

@@ -492,22 +492,26 @@ impl<S: LogStore> LeaderTask<S> {
         let to = last.min(from + TAIL_RECORDS_PER_POLL - 1);
         let mut effects = vec![];
         for i in from..=to {
-            // The frame's verified hash is the record's hash; its length
-            // bounds the canonical encoding's. No re-encoding needed.
+            // The frame's verified hash is the record's hash, and the
+            // payload length its header declares is the canonical
+            // encoding's length (the frame may store it compressed, so the
+            // frame's own length is no bound). No re-encoding needed.
             let read = self
                 .store
                 .read_at(i)
                 .map_err(ReadError::from)
                 .and_then(|b| match b {
-                    Some(bytes) => {
-                        decode_frame(i, &bytes)
-                            .map(|v| (v, bytes.len()))
-                            .map_err(|reason| ReadError::Corrupt {
-                                location: self.store.location(),
-                                index: i,
-                                reason,
-                            })
-                    }
+                    Some(bytes) => decode_frame(i, &bytes)
+                        .map(|v| {
+                            let size = swoosh_storage::frame::declared_len(&bytes)
+                                .expect("an opened frame has a header");
+                            (v, size)
+                        })
+                        .map_err(|reason| ReadError::Corrupt {
+                            location: self.store.location(),
+                            index: i,
+                            reason,
+                        }),
                     // Absent: read_record names why (below the WAL base, missing).
                     None => read_record(&*self.store, i).map(|v| {
                         let size =
