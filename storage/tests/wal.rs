@@ -398,6 +398,42 @@ fn long_replays_recover_and_name_faults_like_short_ones(h: &mut impl Harness) {
     assert_eq!(v.index(), Some(bad));
 }
 
+/// A log written before compression (version-1 frames) keeps reading, and
+/// a log that mixes both versions recovers, verifies and takes appends.
+fn a_log_mixing_plain_and_compressed_frames_recovers(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 12, 4);
+    let mut s = w.into_store();
+    for i in 3..=8u64 {
+        let v = s.read_at(i).unwrap().unwrap();
+        assert_eq!(
+            v[0],
+            frame::FRAME_VERSION_LZ4,
+            "record {i} is stored compressed"
+        );
+        let (hash, payload) = frame::open(FrameKind::WalRecord, &v, WAL_RECORD_BYTES_MAX).unwrap();
+        // The frame as a build before compression wrote it.
+        let mut plain = vec![frame::FRAME_VERSION, FrameKind::WalRecord as u8];
+        plain.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        plain.extend_from_slice(&hash.0);
+        plain.extend_from_slice(&payload);
+        s.overwrite_raw(Space::Wal, &index_key(i), &plain).unwrap();
+    }
+    let s = h.crash_and_reopen(s);
+    assert_eq!(s.read_at(5).unwrap().unwrap()[0], frame::FRAME_VERSION);
+    let r = recover(&s, st.genesis()).unwrap();
+    assert_eq!(r.replayed, 12);
+    assert_same_node(&r.node, st.node(), "mixed frames");
+    verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    let mut w = writer(s, &st);
+    fill(&mut w, &mut st, 5, 5);
+    let s = h.crash_and_reopen(w.into_store());
+    let r = recover(&s, st.genesis()).unwrap();
+    assert_eq!(r.replayed, 17);
+    assert_same_node(&r.node, st.node(), "appended after mixed frames");
+}
+
 fn damaged_header_and_torn_frames_are_named(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -862,6 +898,7 @@ both_backends!(
     flipped_byte_is_named_by_index,
     long_replays_recover_and_name_faults_like_short_ones,
     damaged_header_and_torn_frames_are_named,
+    a_log_mixing_plain_and_compressed_frames_recovers,
     re_sealed_record_breaks_the_chain,
     repair_cuts_to_the_last_good_record_and_keeps_a_copy,
     snapshots_keep_the_newest_k_and_check_on_read,
