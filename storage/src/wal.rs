@@ -539,6 +539,22 @@ pub struct VerifiedRecord {
 pub fn decode_frame(index: u64, bytes: &[u8]) -> Result<VerifiedRecord, RecordFault> {
     let (hash, record): (Hash, WalRecord) =
         frame::open_decode(FrameKind::WalRecord, bytes, WAL_RECORD_BYTES_MAX)?;
+    verified(index, hash, record)
+}
+
+/// [`decode_frame`] that also returns the frame's verified payload: the
+/// record's canonical encoding, which the leader publishes as it is.
+pub fn decode_frame_payload(
+    index: u64,
+    bytes: &[u8],
+) -> Result<(VerifiedRecord, Vec<u8>), RecordFault> {
+    let (hash, payload) = frame::open(FrameKind::WalRecord, bytes, WAL_RECORD_BYTES_MAX)?;
+    let record: WalRecord =
+        swoosh_core::cbor::from_trusted(&payload).map_err(|e| FrameError::Decode(e.to_string()))?;
+    Ok((verified(index, hash, record)?, payload.into_owned()))
+}
+
+fn verified(index: u64, hash: Hash, record: WalRecord) -> Result<VerifiedRecord, RecordFault> {
     if record.index != index {
         return Err(RecordFault::IndexMismatch {
             key: index,

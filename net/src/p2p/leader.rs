@@ -30,7 +30,7 @@ use swoosh_core::record::WalRecord;
 use swoosh_core::reducer::apply_record;
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::{Genesis, NodeState};
-use swoosh_storage::wal::{decode_frame, read_record, ReadError};
+use swoosh_storage::wal::{decode_frame_payload, read_record, ReadError};
 use swoosh_storage::LogStore;
 use tokio::sync::mpsc;
 
@@ -491,22 +491,22 @@ impl<S: LogStore> LeaderTask<S> {
         }
         let to = last.min(from + TAIL_RECORDS_PER_POLL - 1);
         let mut effects = vec![];
+        // The canonical encodings of the records read here, from `from` on,
+        // in index order: a published batch splices them in instead of
+        // encoding its records again. A record read another way leaves a
+        // gap, and its batch is encoded whole.
+        let mut payloads: Vec<Option<Vec<u8>>> = vec![];
         for i in from..=to {
-            // The frame's verified hash is the record's hash, and the
-            // payload length its header declares is the canonical
-            // encoding's length (the frame may store it compressed, so the
-            // frame's own length is no bound). No re-encoding needed.
+            // The frame's verified hash is the record's hash, and its
+            // verified payload the record's canonical encoding. No
+            // re-encoding needed.
             let read = self
                 .store
                 .read_at(i)
                 .map_err(ReadError::from)
                 .and_then(|b| match b {
-                    Some(bytes) => decode_frame(i, &bytes)
-                        .map(|v| {
-                            let size = swoosh_storage::frame::declared_len(&bytes)
-                                .expect("an opened frame has a header");
-                            (v, size)
-                        })
+                    Some(bytes) => decode_frame_payload(i, &bytes)
+                        .map(|(v, payload)| (v, payload.len(), Some(payload)))
                         .map_err(|reason| ReadError::Corrupt {
                             location: self.store.location(),
                             index: i,
@@ -516,11 +516,14 @@ impl<S: LogStore> LeaderTask<S> {
                     None => read_record(&*self.store, i).map(|v| {
                         let size =
                             swoosh_core::cbor::to_canonical(&v.record).map_or(0, |b| b.len());
-                        (v, size)
+                        (v, size, None)
                     }),
                 });
             let (rec, hash, size) = match read {
-                Ok((v, size)) => (v.record, v.hash, size),
+                Ok((v, size, payload)) => {
+                    payloads.push(payload);
+                    (v.record, v.hash, size)
+                }
                 Err(e) => {
                     tracing::error!("cannot read record {i} for replication: {e}");
                     break;
@@ -536,7 +539,26 @@ impl<S: LogStore> LeaderTask<S> {
         }
         effects.extend(self.repl.flush());
         for LeaderEffect::Publish(g) in effects {
-            self.publish(&g);
+            if self.recipients.is_empty() {
+                continue;
+            }
+            let plain = match &g {
+                wire::Gossip::Batch(b) => {
+                    let encodings: Option<Vec<&[u8]>> = (b.header.first_index
+                        ..=b.header.last_index)
+                        .map(|i| {
+                            let at = usize::try_from(i.checked_sub(from)?).ok()?;
+                            payloads.get(at)?.as_deref()
+                        })
+                        .collect();
+                    match encodings {
+                        Some(e) => wire::encode_batch_with(b, &e),
+                        None => wire::encode_gossip(&g),
+                    }
+                }
+                other => wire::encode_gossip(other),
+            };
+            self.publish_encoded(plain);
         }
         let mut s = self.shared.lock().expect("leader stats lock");
         s.stats = self.repl.stats().clone();
@@ -544,10 +566,14 @@ impl<S: LogStore> LeaderTask<S> {
     }
 
     fn publish(&mut self, g: &wire::Gossip) {
+        self.publish_encoded(wire::encode_gossip(g));
+    }
+
+    fn publish_encoded(&mut self, plain: Result<Vec<u8>, swoosh_core::cbor::CanonicalError>) {
         if self.recipients.is_empty() {
             return;
         }
-        let plain = match wire::encode_gossip(g) {
+        let plain = match plain {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("cannot encode gossip: {e}");

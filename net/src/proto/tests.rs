@@ -1065,6 +1065,23 @@ fn with_a_gap_grace_a_follower_waits_for_gossip_before_asking_for_a_range() {
     assert_eq!(f.node(), &c.node);
 }
 
+/// A batch assembled around its records' encodings is the canonical
+/// encoding of the whole message, byte for byte; given encodings that do not
+/// match the records in number, it encodes the whole message instead.
+#[test]
+fn a_batch_spliced_from_record_encodings_is_the_canonical_message() {
+    let c = cluster(24);
+    let mut batches = c.batches(small_batches());
+    batches.push(c.batches(LeaderConfig::default()).remove(0));
+    for b in &batches {
+        let encs: Vec<Vec<u8>> = b.records.iter().map(|r| to_canonical(r).unwrap()).collect();
+        let refs: Vec<&[u8]> = encs.iter().map(Vec::as_slice).collect();
+        let want = encode_gossip(&Gossip::Batch(b.clone())).unwrap();
+        assert_eq!(encode_batch_with(b, &refs).unwrap(), want);
+        assert_eq!(encode_batch_with(b, &refs[1..]).unwrap(), want);
+    }
+}
+
 /// `decode_gossip_records` accepts exactly what `decode_gossip` accepts, to
 /// the same message, and hands out each batch record's canonical encoding.
 #[test]

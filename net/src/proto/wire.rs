@@ -301,41 +301,19 @@ pub fn decode_gossip_records(
 /// is checked on the encoder's own output, not assumed; if it ever differs,
 /// `None` sends the caller down the whole-message path.
 fn batch_by_parts(bytes: &[u8]) -> Option<(Gossip, RecordEncodings)> {
-    const RECORDS_KEY: &[u8] = b"\x67records";
-    const EMPTY_ARRAY: u8 = 0x80;
     let (g, used) = swoosh_core::cbor_de::decode::<Gossip>(bytes).ok()?;
     let Gossip::Batch(b) = &g else { return None };
     if used != bytes.len() {
         return None;
     }
-    let shadow = to_canonical(&Gossip::Batch(WalBatch {
-        header: b.header.clone(),
-        signature: b.signature,
-        records: vec![],
-    }))
-    .ok()?;
-    let mut suffix = b"\x69signature".to_vec();
-    suffix.extend(to_canonical(&b.signature).ok()?);
-    let cut = shadow
-        .len()
-        .checked_sub(suffix.len() + RECORDS_KEY.len() + 1)?;
-    let (prefix, rest) = shadow.split_at(cut);
-    if rest[..RECORDS_KEY.len()] != *RECORDS_KEY
-        || rest[RECORDS_KEY.len()] != EMPTY_ARRAY
-        || rest[RECORDS_KEY.len() + 1..] != suffix[..]
-    {
-        return None;
-    }
-    const ARRAY: u8 = 4;
-    let mut head = Vec::with_capacity(9);
-    swoosh_core::cbor::head(&mut head, ARRAY, b.records.len() as u64);
+    let (prefix, suffix) = batch_parts(&b.header, &b.signature)?;
     let mut at = 0usize;
     let mut take = |want: &[u8]| -> bool {
         let ok = bytes.get(at..at + want.len()) == Some(want);
         at += want.len();
         ok
     };
-    if !(take(prefix) && take(RECORDS_KEY) && take(&head)) {
+    if !(take(&prefix) && take(&records_head(b.records.len()))) {
         return None;
     }
     let mut encodings = Vec::with_capacity(b.records.len());
@@ -347,6 +325,71 @@ fn batch_by_parts(bytes: &[u8]) -> Option<(Gossip, RecordEncodings)> {
         encodings.push(e);
     }
     (take(&suffix) && at == bytes.len()).then_some((g, encodings))
+}
+
+/// `(P ‖ "records", S)` of a batch with this header and signature (see
+/// [`batch_by_parts`]), split out of the encoder's own encoding of the
+/// message with no records; `None` if that encoding is not of that shape.
+fn batch_parts(header: &BatchHeader, signature: &Signature) -> Option<(Vec<u8>, Vec<u8>)> {
+    const RECORDS_KEY: &[u8] = b"\x67records";
+    const EMPTY_ARRAY: u8 = 0x80;
+    let shadow = to_canonical(&Gossip::Batch(WalBatch {
+        header: header.clone(),
+        signature: *signature,
+        records: vec![],
+    }))
+    .ok()?;
+    let mut suffix = b"\x69signature".to_vec();
+    suffix.extend(to_canonical(signature).ok()?);
+    let cut = shadow
+        .len()
+        .checked_sub(suffix.len() + RECORDS_KEY.len() + 1)?;
+    let (prefix, rest) = shadow.split_at(cut);
+    if rest[..RECORDS_KEY.len()] != *RECORDS_KEY
+        || rest[RECORDS_KEY.len()] != EMPTY_ARRAY
+        || rest[RECORDS_KEY.len() + 1..] != suffix[..]
+    {
+        return None;
+    }
+    let mut prefix = prefix.to_vec();
+    prefix.extend_from_slice(RECORDS_KEY);
+    Some((prefix, suffix))
+}
+
+/// The CBOR head of an array of `n` items.
+fn records_head(n: usize) -> Vec<u8> {
+    const ARRAY: u8 = 4;
+    let mut head = Vec::with_capacity(9);
+    swoosh_core::cbor::head(&mut head, ARRAY, n as u64);
+    head
+}
+
+/// [`encode_gossip`] of `Gossip::Batch(b)` for a leader that holds its
+/// records' canonical encodings already (the payloads of its own WAL
+/// frames): they are spliced in between the batch's prefix and suffix (see
+/// [`batch_by_parts`]) instead of encoded again. Contract: `encodings[i]`
+/// is `to_canonical(&b.records[i])`; a test checks the result against
+/// `encode_gossip` byte for byte. With a different number of encodings, or
+/// an encoder output of another shape, it encodes the whole message.
+pub fn encode_batch_with(b: &WalBatch, encodings: &[&[u8]]) -> Result<Vec<u8>, CanonicalError> {
+    if encodings.len() == b.records.len() {
+        if let Some((prefix, suffix)) = batch_parts(&b.header, &b.signature) {
+            let head = records_head(encodings.len());
+            let len = prefix.len()
+                + head.len()
+                + encodings.iter().map(|e| e.len()).sum::<usize>()
+                + suffix.len();
+            let mut out = Vec::with_capacity(len);
+            out.extend_from_slice(&prefix);
+            out.extend_from_slice(&head);
+            for e in encodings {
+                out.extend_from_slice(e);
+            }
+            out.extend_from_slice(&suffix);
+            return Ok(out);
+        }
+    }
+    encode_gossip(&Gossip::Batch(b.clone()))
 }
 
 pub fn encode_request(m: &Request) -> Result<Vec<u8>, CanonicalError> {
