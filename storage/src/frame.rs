@@ -132,8 +132,14 @@ pub fn seal_with_hash(kind: FrameKind, payload: &[u8], hash: &Hash) -> Vec<u8> {
         header(&mut out, FRAME_VERSION_LZ4, kind, len, hash);
         out.resize(FRAME_HEADER_BYTES + max, 0);
         if let Ok(n) = lz4_flex::block::compress_into(payload, &mut out[FRAME_HEADER_BYTES..]) {
-            if n <= payload.len() - payload.len() / 8 {
-                out.truncate(FRAME_HEADER_BYTES + n);
+            out.truncate(FRAME_HEADER_BYTES + n);
+            // Checked on write as well as on read (STYLE 6): a block that
+            // did not decompress to the payload would be committed data no
+            // reader could recover, so it is never stored; the payload is
+            // stored as is instead.
+            if n <= payload.len() - payload.len() / 8
+                && decompresses_to(&out[FRAME_HEADER_BYTES..], payload)
+            {
                 return out;
             }
         }
@@ -142,6 +148,11 @@ pub fn seal_with_hash(kind: FrameKind, payload: &[u8], hash: &Hash) -> Vec<u8> {
     header(&mut out, FRAME_VERSION, kind, len, hash);
     out.extend_from_slice(payload);
     out
+}
+
+fn decompresses_to(block: &[u8], payload: &[u8]) -> bool {
+    let mut back = vec![0u8; payload.len() + 1];
+    matches!(lz4_flex::block::decompress_into(block, &mut back), Ok(n) if back[..n] == *payload)
 }
 
 /// Frame `payload`, hashing it. Returns the frame and the payload hash.
@@ -417,6 +428,20 @@ mod tests {
             open(FrameKind::WalRecord, &f, 1_999),
             Err(FrameError::TooLarge { len: 2_000, .. })
         ));
+    }
+
+    /// The write-side check: a block is kept only if it gives back exactly
+    /// the payload.
+    #[test]
+    fn the_write_side_check_accepts_only_a_block_that_gives_back_the_payload() {
+        let p = compressible(2_000);
+        let block = lz4_flex::block::compress(&p);
+        assert!(decompresses_to(&block, &p));
+        let mut other = p.clone();
+        other[1_000] ^= 1;
+        assert!(!decompresses_to(&block, &other));
+        assert!(!decompresses_to(&block, &p[..1_999]));
+        assert!(!decompresses_to(&block[..block.len() - 3], &p));
     }
 
     /// Frames written before compression (version 1) still read.
