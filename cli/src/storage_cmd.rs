@@ -739,6 +739,11 @@ struct InspectJson<'a> {
     /// `null` when the previous record cannot be read.
     links_to_previous: Option<bool>,
     decision_address: String,
+    /// Bytes the frame takes in the store (header included), the record's
+    /// canonical encoding, and whether the frame stores it LZ4-compressed.
+    stored_bytes: usize,
+    encoded_bytes: usize,
+    compressed: bool,
     record: &'a WalRecord,
 }
 
@@ -760,6 +765,11 @@ fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
         anyhow!("{}", f.message())
     })?;
     let rec = &v.record;
+    // How the verified frame is stored (read_record checked it).
+    let frame = node.store.read_at(index)?.unwrap_or_default();
+    let stored_bytes = frame.len();
+    let encoded_bytes = swoosh_storage::frame::declared_len(&frame).unwrap_or(0);
+    let compressed = frame.first() == Some(&swoosh_storage::frame::FRAME_VERSION_LZ4);
     // The chain link to the previous record.
     let (link, link_note) = if index == 1 {
         let ok = rec.prev_hash == node.genesis_hash;
@@ -807,6 +817,9 @@ fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
             hash: v.hash.to_string(),
             links_to_previous: link,
             decision_address: address,
+            stored_bytes,
+            encoded_bytes,
+            compressed,
             record: rec,
         };
         say!(
@@ -855,6 +868,14 @@ fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
     say!("  post hash    {}", rec.state_post_hash);
     say!("  prev hash    {}  ({link_note})", rec.prev_hash);
     say!("  record hash  {}", v.hash);
+    say!(
+        "  stored       {stored_bytes} bytes for a {encoded_bytes}-byte record ({})",
+        if compressed {
+            "LZ4, frame version 2"
+        } else {
+            "as is, frame version 1"
+        }
+    );
     say!("  inputs hash  {}", rec.inputs_hash);
     say!("  inputs       {inputs}");
     if !rec.evidence.is_empty() {

@@ -188,6 +188,8 @@ fn storage_commands_on_a_demo_log() {
         "guards",
         "bubble://dr/",
         "the genesis hash ✓",
+        "stored ",
+        "-byte record (",
     ] {
         assert!(t.contains(want), "inspect lacks {want:?}:\n{t}");
     }
@@ -196,6 +198,13 @@ fn storage_commands_on_a_demo_log() {
     assert_eq!(j["record"]["index"], 2);
     assert_eq!(j["links_to_previous"], true);
     assert_eq!(j["record"], lines[1]);
+    // A ~2 KB record is stored compressed, smaller than its encoding.
+    let (stored, encoded) = (
+        j["stored_bytes"].as_u64().unwrap(),
+        j["encoded_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(j["compressed"], true, "{j}");
+    assert!(encoded > 1_000 && stored < encoded, "{j}");
     fails(&["wal", "inspect", "--dir", d, &(last + 1).to_string()]);
 
     // Snapshots: create one at the head, list, restore an older one.
