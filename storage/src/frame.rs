@@ -151,8 +151,23 @@ pub fn seal_with_hash(kind: FrameKind, payload: &[u8], hash: &Hash) -> Vec<u8> {
 }
 
 fn decompresses_to(block: &[u8], payload: &[u8]) -> bool {
-    let mut back = vec![0u8; payload.len() + 1];
-    matches!(lz4_flex::block::decompress_into(block, &mut back), Ok(n) if back[..n] == *payload)
+    lz4_decompress(block, payload.len()).is_ok_and(|back| back == payload)
+}
+
+/// The `len` bytes `block` decompresses to, every byte of the block read.
+/// One byte of room past `len`: the decoder stops reading once its output
+/// is full, so without room bytes after that point (a damaged tail of the
+/// block) would go unread, unnoticed.
+fn lz4_decompress(block: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    let mut out = vec![0u8; len + 1];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(n) if n == len => {
+            out.truncate(len);
+            Ok(out)
+        }
+        Ok(n) => Err(format!("it decompresses to {n} bytes")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Frame `payload`, hashing it. Returns the frame and the payload hash.
@@ -214,22 +229,15 @@ pub fn open(
                 max: payload_max,
             });
         }
-        // One byte of room past the declared length: the decoder stops
-        // reading once its output is full, so with no room bytes after that
-        // point (a damaged tail of the block) would go unread, unnoticed.
-        let mut out = vec![0u8; declared + 1];
-        let damaged = |detail: String| FrameError::Decompress {
-            declared,
-            stored: body.len(),
-            detail,
-        };
-        match lz4_flex::block::decompress_into(body, &mut out) {
-            Ok(n) if n == declared => {
-                out.truncate(declared);
-                Cow::Owned(out)
+        match lz4_decompress(body, declared) {
+            Ok(out) => Cow::Owned(out),
+            Err(detail) => {
+                return Err(FrameError::Decompress {
+                    declared,
+                    stored: body.len(),
+                    detail,
+                })
             }
-            Ok(n) => return Err(damaged(format!("it decompresses to {n} bytes"))),
-            Err(e) => return Err(damaged(e.to_string())),
         }
     };
     let mut stored = [0u8; 32];
@@ -250,38 +258,43 @@ pub fn open_decode<T: serde::de::DeserializeOwned>(
     payload_max: usize,
 ) -> Result<(Hash, T), FrameError> {
     let (hash, payload) = open(kind, bytes, payload_max)?;
-    let value =
-        swoosh_core::cbor::from_trusted(&payload).map_err(|e| FrameError::Decode(e.to_string()))?;
-    Ok((hash, value))
+    Ok((hash, decode(&payload)?))
+}
+
+/// Decode an opened frame's payload with `from_trusted`.
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    swoosh_core::cbor::from_trusted(payload).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A payload like a WAL record's: repeated keys and sentences, hex text.
-    fn compressible(n: usize) -> Vec<u8> {
+    /// `n` bytes made of `piece(0)`, `piece(1)`, …
+    fn filled(n: usize, piece: impl Fn(u64) -> Vec<u8>) -> Vec<u8> {
         let mut v = vec![];
-        let mut i = 0u64;
-        while v.len() < n {
-            v.extend_from_slice(b"guard_outcomes: the signer is in the roster; ");
-            v.extend_from_slice(Hash::of_bytes(&i.to_be_bytes()).to_string().as_bytes());
-            i += 1;
+        for i in 0.. {
+            if v.len() >= n {
+                break;
+            }
+            v.extend(piece(i));
         }
         v.truncate(n);
         v
     }
 
+    /// A payload like a WAL record's: repeated keys and sentences, hex text.
+    fn compressible(n: usize) -> Vec<u8> {
+        filled(n, |i| {
+            let mut p = b"guard_outcomes: the signer is in the roster; ".to_vec();
+            p.extend(Hash::of_bytes(&i.to_be_bytes()).to_string().as_bytes());
+            p
+        })
+    }
+
     /// Bytes no compressor shrinks.
     fn incompressible(n: usize) -> Vec<u8> {
-        let mut v = vec![];
-        let mut i = 0u64;
-        while v.len() < n {
-            v.extend_from_slice(&Hash::of_bytes(&i.to_be_bytes()).0);
-            i += 1;
-        }
-        v.truncate(n);
-        v
+        filled(n, |i| Hash::of_bytes(&i.to_be_bytes()).0.to_vec())
     }
 
     #[test]

@@ -549,8 +549,7 @@ pub fn decode_frame_payload(
     bytes: &[u8],
 ) -> Result<(VerifiedRecord, Vec<u8>), RecordFault> {
     let (hash, payload) = frame::open(FrameKind::WalRecord, bytes, WAL_RECORD_BYTES_MAX)?;
-    let record: WalRecord =
-        swoosh_core::cbor::from_trusted(&payload).map_err(|e| FrameError::Decode(e.to_string()))?;
+    let record: WalRecord = frame::decode(&payload)?;
     Ok((verified(index, hash, record)?, payload.into_owned()))
 }
 
