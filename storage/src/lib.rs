@@ -5,6 +5,8 @@
 //! - [`store`]: the small [`LogStore`] trait (atomic batches over five key
 //!   spaces) with two backends, [`LmdbStore`] and [`MemStore`]. One test
 //!   suite (`tests/suite.rs`) runs against both.
+//! - [`journal`]: the LMDB backend's commit journal (one `fdatasync` per
+//!   durable commit; LMDB written behind it).
 //! - [`frame`]: the header + BLAKE3 hash around every stored structure.
 //! - [`wal`]: record encoding, the group-commit [`WalWriter`], verified reads.
 //! - [`index`]: idempotency and decision-record indexes, rebuildable from the WAL.
@@ -25,6 +27,7 @@ pub mod base;
 pub mod bench;
 pub mod frame;
 pub mod index;
+pub mod journal;
 pub mod lmdb;
 pub mod mem;
 pub mod recovery;

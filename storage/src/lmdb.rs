@@ -13,6 +13,7 @@
 //! HTTP layer) and the writer share one. The environment closes when the last
 //! clone is dropped.
 
+use crate::journal::{self, Entry, Fold, Journal, JournalId, JOURNAL_FILE};
 use crate::store::{
     validate, Batch, CommitInfo, Durability, KeyValue, LogStore, Op, ScanCollector, Space,
     StoreError,
@@ -21,12 +22,14 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, WithoutTls};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Default LMDB map size: the most the environment can grow to. It is address
 /// space, not disk: the file grows only as data is written.
 pub const LMDB_MAP_BYTES_DEFAULT: usize = 64 << 30;
-/// Named databases the environment may hold (five are used).
+/// Named databases the environment may hold (six are used: one per
+/// [`Space`] and the journal's bookkeeping).
 pub const LMDB_DATABASES_MAX: u32 = 8;
 /// Concurrent read transactions (LMDB's default).
 pub const LMDB_READERS_MAX: u32 = 126;
@@ -54,8 +57,111 @@ impl Default for LmdbOptions {
 pub struct LmdbStore {
     env: Env<WithoutTls>,
     dbs: [Db; 5],
+    /// The journal's bookkeeping (`id`, `folded`, `state`); not a [`Space`].
+    jdb: Db,
     dir: PathBuf,
     opts: LmdbOptions,
+    /// Under [`Durability::Sync`], in the process that holds the journal's
+    /// lock: the commit journal ([`crate::journal`]).
+    journal: Option<Arc<Journal>>,
+    replayed: u64,
+}
+
+const JOURNAL_DB: &str = "journal";
+const J_ID: &[u8] = b"id";
+const J_FOLDED: &[u8] = b"folded";
+const J_STATE: &[u8] = b"state";
+const J_OPEN: &[u8] = b"open";
+const J_CLEAN: &[u8] = b"clean";
+
+fn map_err(location: &str, map_bytes: usize, op: &'static str, e: heed::Error) -> StoreError {
+    match e {
+        heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull {
+            location: location.to_string(),
+            map_bytes,
+        },
+        other => StoreError::Backend {
+            location: location.to_string(),
+            op,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn encode_folded(seq: u64, next_offset: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..].copy_from_slice(&next_offset.to_le_bytes());
+    b
+}
+
+fn decode_folded(v: &[u8]) -> Option<(u64, u64)> {
+    let b: [u8; 16] = v.try_into().ok()?;
+    Some((
+        u64::from_le_bytes(b[..8].try_into().ok()?),
+        u64::from_le_bytes(b[8..].try_into().ok()?),
+    ))
+}
+
+/// Apply journal operations in a write transaction (appends with
+/// `MDB_APPEND`: the journal only holds appends that continue the log).
+fn apply_jops(
+    wtxn: &mut heed::RwTxn,
+    dbs: &[Db; 5],
+    entries: &[Arc<Entry>],
+) -> Result<(), (&'static str, heed::Error)> {
+    for e in entries {
+        for op in &e.ops {
+            let db = dbs[op.space.slot()];
+            if op.space == Space::Wal {
+                db.put_with_flags(wtxn, PutFlags::APPEND, &op.key, &op.value)
+                    .map_err(|e| ("folding the journal into the WAL", e))?;
+            } else {
+                db.put(wtxn, &op.key, &op.value)
+                    .map_err(|e| ("folding the journal into an index", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Folds journaled entries into the environment (the journal's thread).
+struct LmdbFold {
+    env: Env<WithoutTls>,
+    dbs: [Db; 5],
+    jdb: Db,
+    location: String,
+    map_bytes: usize,
+}
+
+impl Fold for LmdbFold {
+    fn fold(&mut self, entries: &[Arc<Entry>], next_offset: u64) -> Result<(), StoreError> {
+        let err = |(op, e)| map_err(&self.location, self.map_bytes, op, e);
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(|e| err(("opening a write transaction", e)))?;
+        apply_jops(&mut wtxn, &self.dbs, entries).map_err(err)?;
+        let last = entries.last().map_or(0, |e| e.seq);
+        self.jdb
+            .put(&mut wtxn, J_FOLDED, &encode_folded(last, next_offset))
+            .map_err(|e| err(("recording the folded journal entries", e)))?;
+        wtxn.commit()
+            .map_err(|e| err(("committing folded journal entries (write + fsync)", e)))
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
+        let err = |(op, e)| map_err(&self.location, self.map_bytes, op, e);
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(|e| err(("opening a write transaction", e)))?;
+        self.jdb
+            .put(&mut wtxn, J_STATE, J_CLEAN)
+            .map_err(|e| err(("marking the journal closed", e)))?;
+        wtxn.commit()
+            .map_err(|e| err(("marking the journal closed", e)))
+    }
 }
 
 impl std::fmt::Debug for LmdbStore {
@@ -105,27 +211,209 @@ impl LmdbStore {
         env.clear_stale_readers()
             .map_err(|e| open_err(format!("clearing stale readers: {e}")))?;
         let wtxn = env.write_txn().map_err(|e| open_err(e.to_string()))?;
-        let dbs = env
+        let (dbs, jdb) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
                 let mut make =
-                    |s: Space| opener.create_database::<Bytes, Bytes>(wtxn, Some(s.name()));
+                    |name: &str| opener.create_database::<Bytes, Bytes>(wtxn, Some(name));
                 let dbs = [
-                    make(Space::Wal)?,
-                    make(Space::Snapshots)?,
-                    make(Space::Meta)?,
-                    make(Space::Idem)?,
-                    make(Space::Decisions)?,
+                    make(Space::Wal.name())?,
+                    make(Space::Snapshots.name())?,
+                    make(Space::Meta.name())?,
+                    make(Space::Idem.name())?,
+                    make(Space::Decisions.name())?,
                 ];
-                Ok(CommitOrAbort::<_, ()>::Commit(dbs))
+                let jdb = make(JOURNAL_DB)?;
+                Ok(CommitOrAbort::<_, ()>::Commit((dbs, jdb)))
             })
             .map_err(|e| open_err(format!("creating the databases: {e}")))?
             .unwrap_commit();
-        Ok(LmdbStore {
+        let mut store = LmdbStore {
             env,
             dbs,
+            jdb,
             dir: dir.to_path_buf(),
             opts: *opts,
-        })
+            journal: None,
+            replayed: 0,
+        };
+        if opts.durability == Durability::Sync {
+            store.open_journal()?;
+        }
+        Ok(store)
+    }
+
+    /// Take the journal's lock, fold what it holds beyond LMDB, and start
+    /// journaling. Another process holding the lock (a node serving this
+    /// directory) leaves this handle without a journal: it reads what LMDB
+    /// holds, which is everything but that node's newest, not yet folded
+    /// commits.
+    fn open_journal(&mut self) -> Result<(), StoreError> {
+        let location = self.location();
+        let open_err = |detail: String| StoreError::Open {
+            location: location.clone(),
+            detail,
+        };
+        let path = self.dir.join(JOURNAL_FILE);
+        let existed = path.exists();
+        if !existed {
+            // Checked before the file is created: an empty new file would
+            // hide the loss from every later open.
+            let rtxn = self.rtxn()?;
+            let read = |k: &[u8]| {
+                self.jdb
+                    .get(&rtxn, k)
+                    .map(|v| v.is_some_and(|v| v == J_CLEAN))
+                    .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))
+            };
+            let had_journal = self
+                .jdb
+                .get(&rtxn, J_ID)
+                .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))?
+                .is_some();
+            if had_journal && !read(J_STATE)? {
+                let last = self.wal_last_in(&rtxn)?;
+                return Err(open_err(format!(
+                    "the journal {} is missing and the store was not closed cleanly: commits acknowledged after WAL record {last} may be in it. Restore the file from a backup; if it is lost for good, create an empty file at that path to go on with the {last} records the store holds",
+                    path.display()
+                )));
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| open_err(format!("opening the journal {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(open_err(format!(
+                    "locking the journal {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        if !existed {
+            // The new file's name must survive a crash like its contents.
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| open_err(format!("syncing the directory: {e}")))?;
+        }
+        let rtxn = self.rtxn()?;
+        let read = |k: &[u8]| {
+            self.jdb
+                .get(&rtxn, k)
+                .map(|v| v.map(<[u8]>::to_vec))
+                .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))
+        };
+        let (id, folded) = (read(J_ID)?, read(J_FOLDED)?);
+        let last = self.wal_last_in(&rtxn)?;
+        let stored_base = self
+            .db(Space::Meta)
+            .get(&rtxn, crate::store::META_WAL_BASE.as_bytes())
+            .map_err(|e| self.err("reading the WAL base", e))?
+            .map(<[u8]>::to_vec);
+        drop(rtxn);
+        let (id, folded_seq, entries) = match id {
+            None => {
+                // A new store, or one written before the journal existed:
+                // whatever the file holds belongs to no one.
+                file.set_len(0)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| open_err(format!("emptying the journal: {e}")))?;
+                (new_journal_id(&self.dir), 0, vec![])
+            }
+            Some(id) => {
+                let id: JournalId = id.as_slice().try_into().map_err(|_| {
+                    open_err(format!(
+                        "the journal id is {} bytes, not 16; the store is damaged: restore it from a backup",
+                        id.len()
+                    ))
+                })?;
+                let (seq, offset) = folded.as_deref().and_then(decode_folded).ok_or_else(|| {
+                    open_err("the journal's folded position is missing or malformed; the store is damaged: restore it from a backup".into())
+                })?;
+                let entries = journal::replay(&file, &id, seq, offset, &location)?;
+                (id, seq, entries)
+            }
+        };
+        journal::preallocate(&file)
+            .map_err(|e| open_err(format!("preallocating the journal: {e}")))?;
+        let replay_ops: Vec<Op> = entries
+            .iter()
+            .flat_map(|e| journal::to_ops(&e.ops))
+            .collect();
+        let base = crate::store::base_index(&location, stored_base.as_deref())?;
+        validate(&location, &replay_ops, last, base).map_err(|e| {
+            open_err(format!(
+                "the journal's {} unfolded entries do not continue the store ({e}); the journal belongs to another copy of this store: restore both files from one backup",
+                entries.len()
+            ))
+        })?;
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        let last_seq = entries.last().map_or(folded_seq, |e| e.seq);
+        // Fold the replayed entries, and restart the journal at offset 0.
+        let err = |(op, e)| map_err(&location, self.opts.map_bytes, op, e);
+        let mut wtxn = self
+            .env
+            .write_txn()
+            .map_err(|e| err(("opening a write transaction", e)))?;
+        apply_jops(&mut wtxn, &self.dbs, &entries).map_err(err)?;
+        let bookkeeping = [
+            (J_ID, &id[..]),
+            (J_FOLDED, &encode_folded(last_seq, 0)[..]),
+            (J_STATE, J_OPEN),
+        ];
+        for (k, v) in bookkeeping {
+            self.jdb
+                .put(&mut wtxn, k, v)
+                .map_err(|e| err(("writing the journal's bookkeeping", e)))?;
+        }
+        wtxn.commit()
+            .map_err(|e| err(("folding the journal at open", e)))?;
+        self.replayed = entries.len() as u64;
+        let folder = LmdbFold {
+            env: self.env.clone(),
+            dbs: self.dbs,
+            jdb: self.jdb,
+            location: location.clone(),
+            map_bytes: self.opts.map_bytes,
+        };
+        self.journal = Some(Arc::new(Journal::start(
+            location,
+            file,
+            id,
+            last_seq + 1,
+            Box::new(folder),
+        )?));
+        Ok(())
+    }
+
+    /// Journal entries folded into LMDB when this handle opened the store:
+    /// commits a crash left in the journal only.
+    pub fn journal_replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// True when commits go through the journal (see [`crate::journal`]).
+    pub fn journaled(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Journal entries not yet folded into LMDB.
+    pub fn journal_unfolded(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.unfolded())
+    }
+
+    /// Stop (or restart) folding journal entries into LMDB. For crash tests:
+    /// what is committed while paused lives only in the journal.
+    #[doc(hidden)]
+    pub fn pause_journal_fold(&self, paused: bool) {
+        if let Some(j) = &self.journal {
+            j.pause(paused);
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -144,48 +432,20 @@ impl LmdbStore {
     }
 
     fn err(&self, op: &'static str, e: heed::Error) -> StoreError {
-        match e {
-            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull {
-                location: self.location(),
-                map_bytes: self.opts.map_bytes,
-            },
-            other => StoreError::Backend {
-                location: self.location(),
-                op,
-                detail: other.to_string(),
-            },
-        }
+        map_err(&self.location(), self.opts.map_bytes, op, e)
     }
 
-    fn rtxn(&self) -> Result<RoTxn<'_, WithoutTls>, StoreError> {
-        self.env
-            .read_txn()
-            .map_err(|e| self.err("opening a read transaction", e))
+    fn stored_base(&self, txn: &RoTxn) -> Result<u64, StoreError> {
+        let stored_base = self
+            .db(Space::Meta)
+            .get(txn, crate::store::META_WAL_BASE.as_bytes())
+            .map_err(|e| self.err("reading the WAL base", e))?;
+        crate::store::base_index(&self.location(), stored_base)
     }
 
-    fn wal_last_in(&self, txn: &RoTxn) -> Result<u64, StoreError> {
-        match self
-            .db(Space::Wal)
-            .last(txn)
-            .map_err(|e| self.err("reading the WAL tail", e))?
-        {
-            None => Ok(0),
-            Some((k, _)) => self.decode_index_key(Space::Wal, k),
-        }
-    }
-}
-
-impl LogStore for LmdbStore {
-    fn location(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn durability(&self) -> Durability {
-        self.opts.durability
-    }
-
-    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
-        let t0 = Instant::now();
+    /// Commit straight to LMDB (every batch without a journal; with one, the
+    /// caller holds the journal's barrier).
+    fn commit_direct(&self, batch: Batch, t0: Instant) -> Result<CommitInfo, StoreError> {
         let (len, bytes) = (batch.len(), batch.bytes());
         let mut wtxn = self
             .env
@@ -194,11 +454,7 @@ impl LogStore for LmdbStore {
         let last = self.wal_last_in(&wtxn)?;
         // Validated before anything is written; a failure below drops the
         // transaction, which aborts it: nothing of the batch is applied.
-        let stored_base = self
-            .db(Space::Meta)
-            .get(&wtxn, crate::store::META_WAL_BASE.as_bytes())
-            .map_err(|e| self.err("reading the WAL base", e))?;
-        let base = crate::store::base_index(&self.location(), stored_base)?;
+        let base = self.stored_base(&wtxn)?;
         validate(&self.location(), batch.ops(), last, base)?;
         for op in batch.ops() {
             match op {
@@ -245,7 +501,61 @@ impl LogStore for LmdbStore {
         })
     }
 
+    fn rtxn(&self) -> Result<RoTxn<'_, WithoutTls>, StoreError> {
+        self.env
+            .read_txn()
+            .map_err(|e| self.err("opening a read transaction", e))
+    }
+
+    fn wal_last_in(&self, txn: &RoTxn) -> Result<u64, StoreError> {
+        match self
+            .db(Space::Wal)
+            .last(txn)
+            .map_err(|e| self.err("reading the WAL tail", e))?
+        {
+            None => Ok(0),
+            Some((k, _)) => self.decode_index_key(Space::Wal, k),
+        }
+    }
+}
+
+impl LogStore for LmdbStore {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn durability(&self) -> Durability {
+        self.opts.durability
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
+        let t0 = Instant::now();
+        let Some(j) = self.journal.clone() else {
+            return self.commit_direct(batch, t0);
+        };
+        if !journal::journalable(batch.ops(), batch.bytes()) {
+            let _held = j.barrier()?;
+            return self.commit_direct(batch, t0);
+        }
+        let (len, bytes) = (batch.len(), batch.bytes());
+        j.commit(batch.into_ops(), |overlay_last, ops| {
+            let rtxn = self.rtxn()?;
+            let last = self.wal_last_in(&rtxn)?.max(overlay_last.unwrap_or(0));
+            let base = self.stored_base(&rtxn)?;
+            validate(&self.location(), ops, last, base)
+        })?;
+        Ok(CommitInfo {
+            ops: len,
+            bytes,
+            synced: true,
+            elapsed: t0.elapsed(),
+        })
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.journal.as_ref().and_then(|j| j.get(space, key)) {
+            return Ok(Some(v.to_vec()));
+        }
         let rtxn = self.rtxn()?;
         let v = self
             .db(space)
@@ -264,6 +574,12 @@ impl LogStore for LmdbStore {
         if to.is_some_and(|t| t <= from) {
             return Ok(vec![]);
         }
+        // The overlay before LMDB: an entry folded in between is then in
+        // LMDB's (later) read transaction.
+        let over = match &self.journal {
+            Some(j) => j.range(space, from, to, limit.min(crate::store::SCAN_ENTRIES_MAX)),
+            None => vec![],
+        };
         let rtxn = self.rtxn()?;
         let upper = match to {
             Some(t) => Bound::Excluded(t),
@@ -277,34 +593,71 @@ impl LogStore for LmdbStore {
         };
         let range: (Bound<&[u8]>, Bound<&[u8]>) = (lower, upper);
         let mut c = ScanCollector::new(limit);
+        let mut over = over.into_iter().peekable();
         for item in self
             .db(space)
             .range(&rtxn, &range)
             .map_err(|e| self.err("scanning", e))?
         {
+            let (k, v) = item.map_err(|e| self.err("scanning", e))?;
+            while let Some((ok, ov)) = over.next_if(|(ok, _)| ok.as_slice() < k) {
+                if c.full() {
+                    break;
+                }
+                c.push(&ok, &ov);
+            }
             if c.full() {
                 break;
             }
-            let (k, v) = item.map_err(|e| self.err("scanning", e))?;
-            c.push(k, v);
+            // The overlay holds the newer value of a key in both.
+            match over.next_if(|(ok, _)| ok.as_slice() == k) {
+                Some((ok, ov)) => c.push(&ok, &ov),
+                None => c.push(k, v),
+            }
+        }
+        for (ok, ov) in over {
+            if c.full() {
+                break;
+            }
+            c.push(&ok, &ov);
         }
         Ok(c.finish())
     }
 
     fn last(&self, space: Space) -> Result<Option<KeyValue>, StoreError> {
+        let over = self.journal.as_ref().and_then(|j| j.last(space));
         let rtxn = self.rtxn()?;
         let v = self
             .db(space)
             .last(&rtxn)
             .map_err(|e| self.err("reading the last entry", e))?;
-        Ok(v.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        Ok(match (v, over) {
+            (Some((k, _)), Some((ok, ov))) if ok.as_slice() >= k => Some((ok, ov.to_vec())),
+            (Some((k, v)), _) => Some((k.to_vec(), v.to_vec())),
+            (None, Some((ok, ov))) => Some((ok, ov.to_vec())),
+            (None, None) => None,
+        })
     }
 
     fn count(&self, space: Space) -> Result<u64, StoreError> {
+        let keys = self
+            .journal
+            .as_ref()
+            .map(|j| j.keys(space))
+            .unwrap_or_default();
         let rtxn = self.rtxn()?;
-        self.db(space)
-            .len(&rtxn)
-            .map_err(|e| self.err("counting", e))
+        let db = self.db(space);
+        let mut n = db.len(&rtxn).map_err(|e| self.err("counting", e))?;
+        for k in keys {
+            if db
+                .get(&rtxn, &k)
+                .map_err(|e| self.err("counting", e))?
+                .is_none()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -312,6 +665,11 @@ impl LogStore for LmdbStore {
     }
 
     fn overwrite_raw(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let j = self.journal.clone();
+        let _held = match &j {
+            Some(j) => Some(j.barrier()?),
+            None => None,
+        };
         let mut wtxn = self
             .env
             .write_txn()
@@ -321,4 +679,19 @@ impl LogStore for LmdbStore {
             .map_err(|e| self.err("overwriting", e))?;
         wtxn.commit().map_err(|e| self.err("committing", e))
     }
+}
+
+/// A journal id no other journal has: the directory, the time and the
+/// process, hashed.
+fn new_journal_id(dir: &Path) -> JournalId {
+    let mut h = blake3::Hasher::new_derive_key("swoosh journal id v1");
+    h.update(dir.as_os_str().as_encoded_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
 }

@@ -18,6 +18,8 @@ const LABEL: &str = "crash";
 const PROJECTS: usize = 3;
 /// Kills per run.
 const KILLS: usize = 50;
+/// Kills of the writer that never folds its journal.
+const HOLD_KILLS: usize = 12;
 /// How long to wait for a child's first acknowledgement.
 const FIRST_ACK_WAIT: Duration = Duration::from_secs(20);
 /// After the first acknowledgement, the kill lands within this many ms.
@@ -25,6 +27,17 @@ const KILL_WINDOW_MS: u64 = 40;
 
 #[test]
 fn every_acknowledged_record_survives_kill_9() {
+    kill_loop(KILLS, &["--snapshot-every", "150"], false);
+}
+
+/// The writer never folds its journal into LMDB: every acknowledged commit is
+/// in the journal only when the kill lands, and reopening must fold it.
+#[test]
+fn commits_held_only_by_the_journal_survive_kill_9() {
+    kill_loop(HOLD_KILLS, &["--hold-fold"], true);
+}
+
+fn kill_loop(kills: usize, args: &[&str], held: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let genesis = stream_genesis(LABEL);
@@ -37,10 +50,11 @@ fn every_acknowledged_record_survives_kill_9() {
     let t0 = Instant::now();
     let mut max_acked = 0u64;
     let mut kills_mid_batch = 0;
-    for kill in 0..KILLS {
+    let mut replays = 0;
+    for kill in 0..kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wal-crash-writer"))
             .arg(&db)
-            .args(["--snapshot-every", "150"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -84,8 +98,25 @@ fn every_acknowledged_record_survives_kill_9() {
         );
         max_acked = max_acked.max(last_ack);
 
+        if held && kill + 1 == kills {
+            // Without its journal, a store a crash left unfolded refuses to
+            // open rather than serve a log missing acknowledged commits.
+            let (j, moved) = (db.join("journal"), dir.path().join("journal.moved"));
+            std::fs::rename(&j, &moved).unwrap();
+            let err = LmdbStore::open(&db, &LmdbOptions::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("is missing and the store was not closed cleanly"),
+                "{err}"
+            );
+            assert!(!j.exists(), "a refused open leaves no empty journal behind");
+            std::fs::rename(&moved, &j).unwrap();
+        }
         // Reopen and recover; nothing acknowledged may be missing.
         let store = LmdbStore::open(&db, &LmdbOptions::default()).expect("reopen after kill -9");
+        if store.journal_replayed() > 0 {
+            replays += 1;
+        }
         let rec = recover(&store, &genesis)
             .unwrap_or_else(|e| panic!("kill {kill}: recovery failed: {e}"));
         let n = rec.node.index;
@@ -110,6 +141,12 @@ fn every_acknowledged_record_survives_kill_9() {
         assert_eq!(store.last_index().unwrap(), n);
         drop(store);
     }
+    if held {
+        assert_eq!(
+            replays, kills,
+            "every reopen after a held journal folds entries from it"
+        );
+    }
     // One full check from genesis at the end: every frame, link, signature,
     // snapshot and index entry.
     let store = LmdbStore::open(&db, &LmdbOptions::default()).unwrap();
@@ -123,7 +160,7 @@ fn every_acknowledged_record_survives_kill_9() {
     );
     assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
     eprintln!(
-        "{KILLS} kills (seed {seed}) in {:.1} s: {} records, {kills_mid_batch} kills left a durable but unacknowledged batch, snapshots {:?}",
+        "{kills} kills (seed {seed}) in {:.1} s: {} records, {kills_mid_batch} kills left a durable but unacknowledged batch, {replays} reopens folded journal entries, snapshots {:?}",
         t0.elapsed().as_secs_f64(),
         rep.records,
         store.list_snapshots().unwrap()

@@ -2,8 +2,10 @@
 //! store in DIR, then appends group commits of the deterministic test stream
 //! forever, printing `ack <last index>` to stdout after each commit returns
 //! (so every printed index is durable), and snapshots every
-//! `--snapshot-every` records. It is killed from outside; it never exits on
-//! its own unless an error occurs (exit 2, message on stderr).
+//! `--snapshot-every` records. With `--hold-fold` the store's journal is
+//! never folded into LMDB while it runs, so every commit is held by the
+//! journal alone when the kill lands. It is killed from outside; it never
+//! exits on its own unless an error occurs (exit 2, message on stderr).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +35,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: wal-crash-writer DIR [--snapshot-every N]")?,
     );
     let mut every = 200u64;
+    let mut hold_fold = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--snapshot-every" => {
@@ -41,12 +44,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     .ok_or("--snapshot-every needs a number")?
                     .parse()?
             }
+            "--hold-fold" => hold_fold = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
     let genesis = stream_genesis(LABEL);
     let store = LmdbStore::open(&dir, &LmdbOptions::default())?;
     let rec = recover(&store, &genesis)?;
+    if hold_fold {
+        // Snapshots commit to LMDB directly, which waits for the fold.
+        every = u64::MAX;
+        store.pause_journal_fold(true);
+    }
     let mut last_snapshot = rec.snapshot.unwrap_or(0);
     let mut stream = Stream::resume(LABEL, PROJECTS, rec.node, Verify::Trusted);
     let mut snap_store = store.clone();

@@ -1,0 +1,160 @@
+//! The LMDB backend's commit journal seen from outside: what is journaled
+//! and not yet folded into LMDB reads exactly like what is folded (records,
+//! ranges across the fold boundary, counts, decision and idempotency
+//! lookups); a commit that must go to LMDB directly waits for the fold; a
+//! clean close leaves nothing to replay. Crashes with an unfolded journal are
+//! in `crash.rs` (`commits_held_only_by_the_journal_survive_kill_9`).
+
+use std::time::Duration;
+use swoosh_core::guards::Verify;
+use swoosh_storage::testkit::{stream_genesis, Stream};
+use swoosh_storage::{
+    get_decision, recover, verify, BatchLimits, Entry, LmdbOptions, LmdbStore, LogStore, Space,
+    VerifyOptions, WalWriter,
+};
+
+const LABEL: &str = "journal";
+
+fn batch(stream: &mut Stream, n: usize) -> Vec<Entry> {
+    batch_with_decisions(stream, n).0
+}
+
+fn batch_with_decisions(stream: &mut Stream, n: usize) -> (Vec<Entry>, Vec<swoosh_core::Hash>) {
+    let acc = stream.take(n);
+    let hashes = acc.iter().map(|a| a.decision_hash).collect();
+    (acc.into_iter().map(Entry::from_accepted).collect(), hashes)
+}
+
+fn wait_folded(store: &LmdbStore) {
+    for _ in 0..1000 {
+        if store.journal_unfolded() == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the journal did not fold within 5 s");
+}
+
+#[test]
+fn unfolded_commits_read_like_folded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = stream_genesis(LABEL);
+    let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
+    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(store.journaled());
+    let reader = store.clone();
+    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+
+    // 30 records folded into LMDB, then 25 held in the journal only.
+    for _ in 0..3 {
+        w.append_batch(&batch(&mut stream, 10)).unwrap();
+    }
+    wait_folded(&reader);
+    reader.pause_journal_fold(true);
+    let mut held_decisions = vec![];
+    for n in [1, 4, 20] {
+        let (b, hashes) = batch_with_decisions(&mut stream, n);
+        held_decisions.extend(hashes);
+        let r = w.append_batch(&b).unwrap();
+        assert!(r.synced);
+    }
+    assert_eq!(reader.journal_unfolded(), 3);
+    assert_eq!(reader.last_index().unwrap(), 55);
+    assert_eq!(reader.count(Space::Wal).unwrap(), 55);
+    let all = reader.read_range(1, 100, 1000).unwrap();
+    assert_eq!(
+        all.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (1..=55).collect::<Vec<_>>()
+    );
+    // A range that starts and ends on either side of the fold boundary,
+    // and a limit that stops inside the overlay.
+    let mid = reader.read_range(28, 40, 5).unwrap();
+    assert_eq!(
+        mid.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![28, 29, 30, 31, 32]
+    );
+    for h in &held_decisions {
+        assert!(
+            get_decision(&reader, h).unwrap().is_some(),
+            "decision {h} is readable before its fold"
+        );
+    }
+    // Recovery and a full verification read through the overlay as well.
+    let rec = recover(&reader, &genesis).unwrap();
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+    let rep = verify(&reader, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.records, 55);
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+
+    // A commit LMDB must take directly (metadata) waits for the fold.
+    let unpause = {
+        let r = reader.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            r.pause_journal_fold(false);
+        })
+    };
+    let mut direct = reader.clone();
+    direct.put_meta("note", b"after the fold").unwrap();
+    assert_eq!(direct.journal_unfolded(), 0);
+    unpause.join().unwrap();
+
+    // Close cleanly: everything is folded, nothing is left to replay.
+    drop((w, reader, direct));
+    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert_eq!(store.journal_replayed(), 0);
+    assert_eq!(store.last_index().unwrap(), 55);
+    assert_eq!(
+        store.get_meta("note").unwrap().as_deref(),
+        Some(&b"after the fold"[..])
+    );
+    let rec = recover(&store, &genesis).unwrap();
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+}
+
+#[test]
+fn a_second_handle_from_another_process_reads_lmdb_without_the_journal() {
+    // In one process heed refuses a second environment; the journal's lock
+    // is what keeps a second process (a CLI on a live node's directory) from
+    // folding the journal under the node. Emulate that process's view: a
+    // lock held on the journal file leaves the opener without a journal.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+        assert!(s.journaled());
+    }
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("journal"))
+        .unwrap();
+    held.lock().unwrap();
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(!s.journaled());
+    drop(s);
+    drop(held);
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(s.journaled());
+}
+
+#[test]
+fn a_journal_lost_after_a_clean_close_is_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = stream_genesis(LABEL);
+    let mut stream = Stream::new(LABEL, 1, Verify::Trusted);
+    {
+        let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+        let mut w = WalWriter::open(s, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+        w.append_batch(&batch(&mut stream, 5)).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("journal")).unwrap();
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 5);
+    let mut w = WalWriter::open(s, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    w.append_batch(&batch(&mut stream, 5)).unwrap();
+    drop(w);
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    let rec = recover(&s, &genesis).unwrap();
+    assert_eq!(rec.node.index, 10);
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+}
