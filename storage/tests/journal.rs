@@ -158,3 +158,42 @@ fn a_journal_lost_after_a_clean_close_is_recreated() {
     assert_eq!(rec.node.index, 10);
     assert_eq!(rec.node.root_hash(), stream.node().root_hash());
 }
+
+#[test]
+fn a_full_map_stops_new_commits_but_loses_none_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = stream_genesis(LABEL);
+    let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
+    let small = LmdbOptions {
+        map_bytes: 1 << 20,
+        ..LmdbOptions::default()
+    };
+    let store = LmdbStore::open(dir.path(), &small).unwrap();
+    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    // Commits return once journaled; the fold into the 1 MiB map fails
+    // behind them, and from then on commits are refused with the reason.
+    let mut acked = 0;
+    let err = loop {
+        match w.append_batch(&batch(&mut stream, 10)) {
+            Ok(r) => acked = r.last_index,
+            Err(e) => break e.to_string(),
+        }
+        assert!(acked < 10_000, "a 1 MiB map never filled");
+    };
+    assert!(err.contains("larger map size"), "{err}");
+    assert!(acked > 0);
+    // Everything acknowledged still reads (from the journal's overlay).
+    assert_eq!(w.store().last_index().unwrap(), acked);
+    drop(w);
+    // The same map cannot take the journal: the open says what to do.
+    let again = LmdbStore::open(dir.path(), &small).unwrap_err().to_string();
+    assert!(again.contains("larger map size"), "{again}");
+    // A larger map folds every acknowledged record, in order.
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(s.journal_replayed() > 0);
+    let rec = recover(&s, &genesis).unwrap();
+    assert_eq!(rec.node.index, acked);
+    let mut pure = Stream::new(LABEL, 2, Verify::Trusted);
+    pure.advance_to(acked);
+    assert_eq!(rec.node.root_hash(), pure.node().root_hash());
+}
