@@ -89,8 +89,16 @@ pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
         },
         ..Default::default()
     };
-    LmdbStore::open(&data, &opts)
-        .with_context(|| format!("cannot open the store in {}", data.display()))
+    let store = LmdbStore::open(&data, &opts)
+        .with_context(|| format!("cannot open the store in {}", data.display()))?;
+    if store.journal_replayed() > 0 {
+        tracing::warn!(
+            entries = store.journal_replayed(),
+            dir = %data.display(),
+            "folded journal entries left by a crash into the store"
+        );
+    }
+    Ok(store)
 }
 
 /// A BACKBEAT schedule of `beat_ms`: half work, a quarter review, a quarter reverb.
