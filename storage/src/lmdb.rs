@@ -285,10 +285,10 @@ impl LmdbStore {
             .truncate(false)
             .open(&path)
             .map_err(|e| open_err(format!("opening the journal {}: {e}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(()),
-            Err(std::fs::TryLockError::Error(e)) => {
+        match try_flock(&file) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
                 return Err(open_err(format!(
                     "locking the journal {}: {e}",
                     path.display()
@@ -678,6 +678,25 @@ impl LogStore for LmdbStore {
             .put(&mut wtxn, key, value)
             .map_err(|e| self.err("overwriting", e))?;
         wtxn.commit().map_err(|e| self.err("committing", e))
+    }
+}
+
+/// Take an exclusive `flock` on `file` without waiting: `Ok(false)` when
+/// another open file description holds it. (`File::try_lock` needs Rust
+/// 1.89; the workspace supports 1.85.)
+fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for
+    // the duration of the call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
     }
 }
 

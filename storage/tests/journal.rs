@@ -128,7 +128,14 @@ fn a_second_handle_from_another_process_reads_lmdb_without_the_journal() {
         .write(true)
         .open(dir.path().join("journal"))
         .unwrap();
-    held.lock().unwrap();
+    // SAFETY: flock on a descriptor `held` keeps open.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(r, 0, "lock the journal");
     let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
     assert!(!s.journaled());
     drop(s);
