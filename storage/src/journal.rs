@@ -97,7 +97,6 @@ pub(crate) struct Entry {
     /// Bytes the entry occupies in the file, padding included.
     pub len: u64,
     pub ops: Vec<JOp>,
-    pub bytes: usize,
     /// When it was journaled (the fold delay counts from here).
     pub at: std::time::Instant,
 }
@@ -270,7 +269,6 @@ pub(crate) fn read_entry(
             offset,
             len,
             ops,
-            bytes: body_len,
             at: std::time::Instant::now(),
         })),
         Err(why) => Ok(broken(why)),
@@ -532,7 +530,6 @@ impl Journal {
             seq: w.next_seq,
             offset: pos,
             len,
-            bytes: bytes.len(),
             ops: jops,
             at: std::time::Instant::now(),
         });
@@ -542,7 +539,7 @@ impl Journal {
         for op in &entry.ops {
             p.maps[op.space.slot()].insert(op.key.clone(), (entry.seq, op.value.clone()));
         }
-        p.bytes += entry.bytes;
+        p.bytes += entry.len as usize;
         p.entries.push_back(entry);
         self.shared.changed.notify_all();
         Ok(())
@@ -712,7 +709,7 @@ fn fold_loop(shared: Arc<Shared>, mut folder: Box<dyn Fold>) {
                 .iter()
                 .take_while(|e| {
                     let first = bytes == 0;
-                    bytes += e.bytes;
+                    bytes += e.len as usize;
                     first || bytes <= JOURNAL_FOLD_BYTES_MAX
                 })
                 .cloned()
@@ -724,7 +721,7 @@ fn fold_loop(shared: Arc<Shared>, mut folder: Box<dyn Fold>) {
                 let mut p = lock(&shared.pending);
                 for e in &batch {
                     p.entries.pop_front();
-                    p.bytes -= e.bytes;
+                    p.bytes -= e.len as usize;
                     for op in &e.ops {
                         let map = &mut p.maps[op.space.slot()];
                         if map.get(&op.key).is_some_and(|(seq, _)| *seq == e.seq) {

@@ -259,18 +259,9 @@ impl LmdbStore {
             // Checked before the file is created: an empty new file would
             // hide the loss from every later open.
             let rtxn = self.rtxn()?;
-            let read = |k: &[u8]| {
-                self.jdb
-                    .get(&rtxn, k)
-                    .map(|v| v.is_some_and(|v| v == J_CLEAN))
-                    .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))
-            };
-            let had_journal = self
-                .jdb
-                .get(&rtxn, J_ID)
-                .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))?
-                .is_some();
-            if had_journal && !read(J_STATE)? {
+            let had_journal = self.journal_meta(&rtxn, J_ID)?.is_some();
+            let clean = self.journal_meta(&rtxn, J_STATE)?.as_deref() == Some(J_CLEAN);
+            if had_journal && !clean {
                 let last = self.wal_last_in(&rtxn)?;
                 return Err(open_err(format!(
                     "the journal {} is missing and the store was not closed cleanly: commits acknowledged after WAL record {last} may be in it. Restore the file from a backup; if it is lost for good, create an empty file at that path to go on with the {last} records the store holds",
@@ -302,13 +293,8 @@ impl LmdbStore {
                 .map_err(|e| open_err(format!("syncing the directory: {e}")))?;
         }
         let rtxn = self.rtxn()?;
-        let read = |k: &[u8]| {
-            self.jdb
-                .get(&rtxn, k)
-                .map(|v| v.map(<[u8]>::to_vec))
-                .map_err(|e| open_err(format!("reading the journal's bookkeeping: {e}")))
-        };
-        let (id, folded) = (read(J_ID)?, read(J_FOLDED)?);
+        let id = self.journal_meta(&rtxn, J_ID)?;
+        let folded = self.journal_meta(&rtxn, J_FOLDED)?;
         let last = self.wal_last_in(&rtxn)?;
         let stored_base = self
             .db(Space::Meta)
@@ -389,6 +375,13 @@ impl LmdbStore {
             Box::new(folder),
         )?));
         Ok(())
+    }
+
+    fn journal_meta(&self, txn: &RoTxn, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.jdb
+            .get(txn, key)
+            .map(|v| v.map(<[u8]>::to_vec))
+            .map_err(|e| self.err("reading the journal's bookkeeping", e))
     }
 
     /// Journal entries folded into LMDB when this handle opened the store:
