@@ -539,9 +539,18 @@ impl Journal {
         for op in &entry.ops {
             p.maps[op.space.slot()].insert(op.key.clone(), (entry.seq, op.value.clone()));
         }
+        let (was_empty, was_eager) = (p.entries.is_empty(), p.bytes >= JOURNAL_FOLD_EAGER_BYTES);
         p.bytes += entry.len as usize;
         p.entries.push_back(entry);
-        self.shared.changed.notify_all();
+        // The fold sleeps without a deadline only while nothing is pending,
+        // and otherwise wakes by itself when its delay is up; it needs a
+        // notice only for the first entry and for crossing the eager size.
+        // (One notice per commit was a futex wake and a cross-CPU wake-up
+        // of the fold thread on every lone client's transition.) The writer
+        // lock is held, so no other writer waits on `changed` here.
+        if was_empty || (!was_eager && p.bytes >= JOURNAL_FOLD_EAGER_BYTES) {
+            self.shared.changed.notify_all();
+        }
         Ok(())
     }
 

@@ -113,6 +113,32 @@ fn unfolded_commits_read_like_folded_ones() {
 }
 
 #[test]
+fn the_fold_catches_up_however_commits_fall_around_it() {
+    // A commit wakes the fold only when it finds nothing pending (the fold
+    // then sleeps without a deadline); otherwise the fold wakes by itself at
+    // its delay. Commits that land before, during and after folds, with
+    // pauses shorter and longer than the delay, must all end up in LMDB
+    // with no further commit to nudge the fold.
+    let dir = tempfile::tempdir().unwrap();
+    let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
+    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    let reader = store.clone();
+    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    let pauses_ms = [0u64, 1, 0, 0, 25, 3, 0, 19, 21, 0, 0, 40, 2];
+    let mut appended = 0u64;
+    for round in 0..4 {
+        for (i, ms) in pauses_ms.iter().enumerate() {
+            w.append_batch(&batch(&mut stream, 1 + (i + round) % 3))
+                .unwrap();
+            appended += 1 + ((i + round) % 3) as u64;
+            std::thread::sleep(Duration::from_millis(*ms));
+        }
+        wait_folded(&reader);
+        assert_eq!(reader.last_index().unwrap(), appended);
+    }
+}
+
+#[test]
 fn a_second_handle_from_another_process_reads_lmdb_without_the_journal() {
     // In one process heed refuses a second environment; the journal's lock
     // is what keeps a second process (a CLI on a live node's directory) from
