@@ -78,11 +78,17 @@ struct HttpReport {
     accepted_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The mean of the two measurements below, the baseline of every ratio.
     fdatasync_ms: f64,
     fdatasyncs_per_s: f64,
+    fdatasync_before_ms: f64,
+    fdatasync_after_ms: f64,
     accepted_per_s_over_fdatasyncs_per_s: f64,
     single_client_p50_over_fdatasync: Option<f64>,
 }
+
+/// `fdatasync`s in each of the two baseline measurements of `bench http`.
+const FDATASYNC_BASELINE_SYNCS: u64 = 300;
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -107,7 +113,10 @@ async fn http(a: HttpArgs) -> Result<()> {
         "--seconds must be between 1 and 3600"
     );
     let dir = tempfile::tempdir()?;
-    let disk = swoosh_storage::bench::fdatasync_rate(dir.path(), 300)
+    // The raw disk is measured before the run and again after it, and the
+    // ratios use both: one ~50 ms window alone moved the baseline by up to
+    // 1.7x between runs on a shared host.
+    let disk_before = swoosh_storage::bench::fdatasync_rate(dir.path(), FDATASYNC_BASELINE_SYNCS)
         .context("cannot measure the disk's fdatasync rate")?;
 
     let keys = Arc::new(Keys::from_labels("bench", 3));
@@ -305,8 +314,16 @@ async fn http(a: HttpArgs) -> Result<()> {
     bar.finish_and_clear();
     let _ = stop_tx.send(());
     server.await??;
+    node.shutdown().await;
+    drop(node);
+    let disk_after = swoosh_storage::bench::fdatasync_rate(dir.path(), FDATASYNC_BASELINE_SYNCS)
+        .context("cannot measure the disk's fdatasync rate")?;
     lat.sort();
-    let per_sync_ms = disk.per_sync.as_secs_f64() * 1000.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let syncs = disk_before.syncs + disk_after.syncs;
+    let disk_elapsed = disk_before.elapsed + disk_after.elapsed;
+    let per_sync_ms = ms(disk_elapsed) / syncs as f64;
+    let per_second = syncs as f64 / disk_elapsed.as_secs_f64();
     let p50 = pct(&lat, 0.5);
     let report = HttpReport {
         clients: a.clients,
@@ -318,8 +335,10 @@ async fn http(a: HttpArgs) -> Result<()> {
         p50_ms: p50,
         p99_ms: pct(&lat, 0.99),
         fdatasync_ms: per_sync_ms,
-        fdatasyncs_per_s: disk.per_second,
-        accepted_per_s_over_fdatasyncs_per_s: accepted as f64 / elapsed / disk.per_second,
+        fdatasyncs_per_s: per_second,
+        fdatasync_before_ms: ms(disk_before.per_sync),
+        fdatasync_after_ms: ms(disk_after.per_sync),
+        accepted_per_s_over_fdatasyncs_per_s: accepted as f64 / elapsed / per_second,
         single_client_p50_over_fdatasync: (a.clients == 1).then(|| p50 / per_sync_ms),
     };
     if a.json {
@@ -330,8 +349,8 @@ async fn http(a: HttpArgs) -> Result<()> {
             report.clients, report.projects, report.seconds, report.durability
         );
         println!(
-            "  raw disk       fdatasync {:.3} ms  ({:.0}/s)  <- baseline, same run",
-            report.fdatasync_ms, report.fdatasyncs_per_s
+            "  raw disk       fdatasync {:.3} ms  ({:.0}/s)  <- baseline, same run (before {:.3} ms, after {:.3} ms)",
+            report.fdatasync_ms, report.fdatasyncs_per_s, report.fdatasync_before_ms, report.fdatasync_after_ms
         );
         println!(
             "  accepted       {} durable transitions, {:.0}/s  ({:.2}× the raw fdatasync rate)",

@@ -447,6 +447,38 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
     assert!(text(&o).contains("30"), "names the base: {}", text(&o));
 }
 
+/// `swoosh bench http --json`: every figure is a field, and the ratios use
+/// the raw disk measured both before and after the run (their mean).
+#[test]
+fn bench_http_json_reports_its_baseline_before_and_after_the_run() {
+    let o = ok(&[
+        "bench",
+        "http",
+        "--clients",
+        "1",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    let v = json(&o);
+    let f = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is a number: {v}"))
+    };
+    assert!(v["accepted"].as_u64().unwrap() > 0, "{v}");
+    let (before, after, mean) = (
+        f("fdatasync_before_ms"),
+        f("fdatasync_after_ms"),
+        f("fdatasync_ms"),
+    );
+    assert!(before > 0.0 && after > 0.0, "{v}");
+    // Each side's per-sync time is rounded to whole nanoseconds.
+    assert!((mean - (before + after) / 2.0).abs() < 1e-5, "{v}");
+    let ratio = f("single_client_p50_over_fdatasync");
+    assert!((ratio - f("p50_ms") / mean).abs() < 1e-9, "{v}");
+    assert!((f("fdatasyncs_per_s") - 1000.0 / mean).abs() < 1e-6 * f("fdatasyncs_per_s"));
+}
+
 /// `swoosh bench storage --json` reports numbers, not debug text: the figures
 /// the docs quote (and a script compares) are fields of their own.
 #[test]
