@@ -8,8 +8,10 @@
 use crate::cbor::{to_canonical, CanonicalError};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{LazyLock, PoisonError, RwLock};
 
 pub const SIGNER_PREFIX: &str = "hmmm:pubkey:";
 
@@ -47,10 +49,40 @@ impl SignerId {
         SignerId(k.verifying_key().to_bytes())
     }
 
+    /// The decompressed public key, from [`VERIFYING_KEYS`] when this signer
+    /// was seen before.
     pub fn verifying_key(&self) -> Result<VerifyingKey, SigError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| SigError::SignerKey(self.to_string()))
+        if let Some(vk) = VERIFYING_KEYS
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&self.0)
+        {
+            return Ok(*vk);
+        }
+        let vk =
+            VerifyingKey::from_bytes(&self.0).map_err(|_| SigError::SignerKey(self.to_string()))?;
+        let mut keys = VERIFYING_KEYS
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= VERIFYING_KEYS_CACHED_MAX {
+            keys.clear();
+        }
+        keys.insert(self.0, vk);
+        Ok(vk)
     }
 }
+
+/// Most decompressed keys [`VERIFYING_KEYS`] holds; at the limit it starts
+/// over (a flood of one-off signers costs their decompression, nothing more).
+pub const VERIFYING_KEYS_CACHED_MAX: usize = 1024;
+
+/// Decompressed public keys of signers already seen, by their 32 bytes.
+/// Decompressing is a field square root: ~6 of a verification's ~55 µs on
+/// the reference machine, and a node meets the same few roster keys over
+/// and over. Only keys that decompress are kept, and a key's decompression
+/// has one answer, so the cache changes no result, only its cost.
+static VERIFYING_KEYS: LazyLock<RwLock<HashMap<[u8; 32], VerifyingKey>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
 
 impl fmt::Display for SignerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,6 +221,44 @@ mod tests {
         verify(domain::VOTE, &body, &id, &s).unwrap();
         assert!(verify(domain::PROPOSAL, &body, &id, &s).is_err());
         assert!(verify(domain::VOTE, &("x", 2u8), &id, &s).is_err());
+    }
+
+    #[test]
+    fn cached_keys_verify_exactly_like_fresh_ones() {
+        let body = ("cache", 7u8);
+        let k = key_from_label("carol");
+        let id = SignerId::from_signing_key(&k);
+        let good = sign(domain::VOTE, &body, &k).unwrap();
+        let other = sign(domain::VOTE, &body, &key_from_label("dave")).unwrap();
+        for _ in 0..3 {
+            verify(domain::VOTE, &body, &id, &good).unwrap();
+            assert!(matches!(
+                verify(domain::VOTE, &body, &id, &other),
+                Err(SigError::Invalid { .. })
+            ));
+        }
+        // A key that does not decompress is refused every time, never kept.
+        let bad = (0u8..=255)
+            .map(|b| SignerId([b; 32]))
+            .find(|s| VerifyingKey::from_bytes(&s.0).is_err())
+            .expect("some repeated byte is not a curve point");
+        for _ in 0..2 {
+            assert!(matches!(bad.verifying_key(), Err(SigError::SignerKey(_))));
+            assert!(!VERIFYING_KEYS.read().unwrap().contains_key(&bad.0));
+        }
+        // Past the bound the cache starts over and stays right.
+        for i in 0..VERIFYING_KEYS_CACHED_MAX + 10 {
+            let k = SigningKey::from_bytes(
+                &[(i % 251) as u8, (i / 251) as u8, 1, 2]
+                    .repeat(8)
+                    .try_into()
+                    .unwrap(),
+            );
+            let id = SignerId::from_signing_key(&k);
+            assert_eq!(id.verifying_key().unwrap(), k.verifying_key());
+            assert!(VERIFYING_KEYS.read().unwrap().len() <= VERIFYING_KEYS_CACHED_MAX);
+        }
+        verify(domain::VOTE, &body, &id, &good).unwrap();
     }
 
     #[test]
