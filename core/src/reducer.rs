@@ -96,6 +96,13 @@ pub struct Rejection {
 pub struct Accepted {
     pub record: WalRecord,
     pub record_hash: Hash,
+    /// The record's canonical encoding, the bytes `record_hash` hashes, when
+    /// the reducer encoded the record itself (`step`); `None` when its
+    /// caller supplied the hash (replay). The WAL writes these bytes instead
+    /// of encoding the record a second time.
+    pub record_bytes: Option<Vec<u8>>,
+    /// The content hash of the proposal the record was accepted from.
+    pub content_hash: Hash,
     pub decision: DecisionRecord,
     pub decision_hash: Hash,
 }
@@ -1451,7 +1458,14 @@ fn build(
         signature: p.signature,
         decision: decision_hash,
     };
-    let record_hash = record_hash.unwrap_or_else(|| record.hash());
+    let (record_hash, record_bytes) = match record_hash {
+        Some(h) => (h, None),
+        None => {
+            let bytes = crate::cbor::to_canonical(&record)
+                .expect("WAL records were built from canonical inputs and encode");
+            (Hash::of_bytes(&bytes), Some(bytes))
+        }
+    };
     if let Some(Effect::AppendWal { record_hash: h, .. }) = effects.first_mut() {
         *h = record_hash;
     }
@@ -1459,6 +1473,8 @@ fn build(
         acc: Accepted {
             record,
             record_hash,
+            record_bytes,
+            content_hash: idem.content_hash,
             decision,
             decision_hash,
         },

@@ -23,6 +23,15 @@ fn run(projects: &[&str], loops: u64) -> (NodeState, Vec<String>) {
         10_000,
         |s| match &s.step.outcome {
             Outcome::Accepted(acc) => {
+                // What the WAL writes as is: the reducer's encoding of the
+                // record (the bytes of its hash) and the proposal's content hash.
+                let bytes = swoosh_core::cbor::to_canonical(&acc.record).unwrap();
+                assert_eq!(acc.record_bytes.as_deref(), Some(&bytes[..]));
+                assert_eq!(Hash::of_bytes(&bytes), acc.record_hash);
+                assert_eq!(
+                    acc.content_hash,
+                    acc.record.proposal().content_hash().unwrap()
+                );
                 let post = s.node.project(&acc.record.project);
                 let v = check_transition(s.pre, &post, &acc.record);
                 assert!(
