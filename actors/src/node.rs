@@ -934,9 +934,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         // Signed by the WAL writer's commit thread (see `flush`).
                         let mut acc = *acc;
                         let reused = acc.record_bytes.take().map(|b| (b, acc.content_hash));
+                        let decision_bytes = acc.decision_bytes.take();
                         let entry = ToLog {
                             entry: Entry::from_accepted(acc),
                             reused,
+                            decision_bytes,
                         };
                         let wal = sh.refs.read().expect("refs lock").wal.clone();
                         let sent = wal.map(|w| w.try_send(WalMsg::Append(Box::new(entry))));
@@ -1096,13 +1098,15 @@ enum WalMsg {
     Flush,
 }
 
-/// An accepted record on its way to the WAL, with the reducer's canonical
-/// encoding of it and its proposal's content hash. The commit thread frames
-/// those bytes instead of encoding the record again (~10 µs per record);
-/// `Entry::encode_with` still hashes them against the record hash.
+/// An accepted record on its way to the WAL, with what the reducer already
+/// encoded: the record's canonical bytes and its proposal's content hash,
+/// and the decision record's canonical bytes. The commit thread signs and
+/// frames those bytes instead of encoding both records again;
+/// `Entry::encode_with` still hashes the record's against its hash.
 struct ToLog {
     entry: Entry,
     reused: Option<(Vec<u8>, Hash)>,
+    decision_bytes: Option<Vec<u8>>,
 }
 
 impl ToLog {
@@ -1188,7 +1192,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             // The leader signs each decision record here, beside the encode,
             // while the sequencer goes on ordering the next proposals.
             for e in &mut batch {
-                e.entry.sign_decision(&leader_key);
+                match e.decision_bytes.take() {
+                    Some(b) => e.entry.sign_decision_encoded(&leader_key, b),
+                    None => e.entry.sign_decision(&leader_key),
+                }
             }
             let current = lock.lock().unwrap_or_else(|p| p.into_inner());
             if *current != generation {

@@ -191,9 +191,24 @@ impl SignedDecision {
     /// ~2.4 KB decision record again for each was a measurable share of the
     /// leader's commit CPU.
     pub fn sign_canonical(record: DecisionRecord, key: &SigningKey) -> (SignedDecision, Vec<u8>) {
-        let msg = sig::signing_bytes(domain::DECISION, &record).expect("decision records encode");
+        let bytes = crate::cbor::to_canonical(&record).expect("decision records encode");
+        Self::sign_encoded(record, bytes, key)
+    }
+
+    /// [`Self::sign_canonical`] for a caller that holds the record's canonical
+    /// encoding already (the reducer made it to hash the record). Contract:
+    /// `bytes` is `to_canonical(&record)`; a broken one signs bytes that are
+    /// not the record's, and every verification of the stored decision
+    /// (which re-encodes the record) refuses it.
+    pub fn sign_encoded(
+        record: DecisionRecord,
+        bytes: Vec<u8>,
+        key: &SigningKey,
+    ) -> (SignedDecision, Vec<u8>) {
+        let mut msg = Vec::with_capacity(domain::DECISION.len() + bytes.len());
+        msg.extend_from_slice(domain::DECISION);
+        msg.extend_from_slice(&bytes);
         let signature = sig::sign_bytes(&msg, key);
-        let bytes = msg[domain::DECISION.len()..].to_vec();
         let signed = SignedDecision {
             record,
             leader: SignerId::from_signing_key(key),

@@ -105,6 +105,10 @@ pub struct Accepted {
     pub content_hash: Hash,
     pub decision: DecisionRecord,
     pub decision_hash: Hash,
+    /// The decision record's canonical encoding, the bytes `decision_hash`
+    /// hashes, when the record is kept (`step`); the leader signs and stores
+    /// these bytes instead of encoding the record again.
+    pub decision_bytes: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1266,6 +1270,8 @@ struct Decided {
     /// `None` when the caller only checks the hash (replay).
     decision: Option<DecisionRecord>,
     decision_hash: Hash,
+    /// The canonical encoding `decision_hash` hashes, with `decision`.
+    decision_bytes: Option<Vec<u8>>,
     post: ProjectState,
     idem: IdemEntry,
     /// Empty when the decision is not kept: replay performs no effects.
@@ -1324,7 +1330,7 @@ fn decide(
     );
     let from = format!("{}.{}", from_region.name(), from_state);
     let to = spec.to.to_string();
-    let decision_hash = DecisionView {
+    let view = DecisionView {
         kind: DECISION_KIND,
         cluster_id: cluster,
         project: &p.project,
@@ -1345,8 +1351,13 @@ fn decide(
         evidence: &p.evidence,
         links: &links,
         justification: &justification,
-    }
-    .hash();
+    };
+    let (decision_hash, decision_bytes) = if keep {
+        let bytes = crate::cbor::to_canonical(&view).expect("decision records encode");
+        (Hash::of_bytes(&bytes), Some(bytes))
+    } else {
+        (view.hash(), None)
+    };
     let decision = keep.then(|| DecisionRecord {
         kind: DECISION_KIND.to_string(),
         cluster_id: cluster.clone(),
@@ -1409,6 +1420,7 @@ fn decide(
         outcomes,
         decision,
         decision_hash,
+        decision_bytes,
         post,
         idem,
         effects,
@@ -1434,6 +1446,7 @@ fn build(
         outcomes,
         decision,
         decision_hash,
+        decision_bytes,
         post,
         idem,
         mut effects,
@@ -1477,6 +1490,7 @@ fn build(
             content_hash: idem.content_hash,
             decision,
             decision_hash,
+            decision_bytes,
         },
         post,
         idem,

@@ -28,6 +28,9 @@ fn run(projects: &[&str], loops: u64) -> (NodeState, Vec<String>) {
                 let bytes = swoosh_core::cbor::to_canonical(&acc.record).unwrap();
                 assert_eq!(acc.record_bytes.as_deref(), Some(&bytes[..]));
                 assert_eq!(Hash::of_bytes(&bytes), acc.record_hash);
+                let decision = swoosh_core::cbor::to_canonical(&acc.decision).unwrap();
+                assert_eq!(acc.decision_bytes.as_deref(), Some(&decision[..]));
+                assert_eq!(Hash::of_bytes(&decision), acc.decision_hash);
                 assert_eq!(
                     acc.content_hash,
                     acc.record.proposal().content_hash().unwrap()

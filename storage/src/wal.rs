@@ -124,9 +124,24 @@ impl Entry {
     /// signed one or none is left as it is. The node signs in its WAL
     /// writer's commit thread, so the single-writer sequencer does not.
     pub fn sign_decision(&mut self, leader: &ed25519_dalek::SigningKey) {
+        self.sign_decision_from(leader, None);
+    }
+
+    /// [`Entry::sign_decision`] for a caller that holds the unsigned decision
+    /// record's canonical encoding already (`Accepted::decision_bytes`).
+    /// Contract: `bytes` is `to_canonical` of that record; see
+    /// [`SignedDecision::sign_encoded`].
+    pub fn sign_decision_encoded(&mut self, leader: &ed25519_dalek::SigningKey, bytes: Vec<u8>) {
+        self.sign_decision_from(leader, Some(bytes));
+    }
+
+    fn sign_decision_from(&mut self, leader: &ed25519_dalek::SigningKey, bytes: Option<Vec<u8>>) {
         self.decision = match self.decision.take() {
             Some(DecisionDoc::Unsigned(record)) => {
-                let (signed, bytes) = SignedDecision::sign_canonical(record, leader);
+                let (signed, bytes) = match bytes {
+                    Some(b) => SignedDecision::sign_encoded(record, b, leader),
+                    None => SignedDecision::sign_canonical(record, leader),
+                };
                 self.signed_here = Some(SignedHere {
                     signature: signed.signature,
                     leader: signed.leader.clone(),

@@ -195,9 +195,24 @@ fn derived_indexes_answer_lookups(h: &mut impl Harness) {
     let accs = st.take(12);
     let mut es = vec![];
     for (i, a) in accs.iter().enumerate() {
-        es.push(match i % 3 {
+        es.push(match i % 4 {
             0 => Entry::from_accepted_signed(a.clone(), &leader),
             1 => Entry::from_accepted(a.clone()),
+            3 => {
+                // Signed from the reducer's own encoding, as the node's WAL
+                // writer does: the same entry, frames and signature.
+                let mut e = Entry::from_accepted(a.clone());
+                let bytes = a.decision_bytes.clone().expect("step keeps them");
+                e.sign_decision_encoded(&leader, bytes);
+                assert_eq!(e, Entry::from_accepted_signed(a.clone(), &leader));
+                assert_eq!(
+                    e.encode().unwrap(),
+                    Entry::from_accepted_signed(a.clone(), &leader)
+                        .encode()
+                        .unwrap()
+                );
+                e
+            }
             _ => {
                 // Signed later, as the node's WAL writer does; twice is once.
                 let mut e = Entry::from_accepted(a.clone());
@@ -227,10 +242,10 @@ fn derived_indexes_answer_lookups(h: &mut impl Harness) {
         assert_eq!(d.record(), &a.decision);
         match d {
             DecisionDoc::Signed(sd) => {
-                assert_ne!(i % 3, 1);
+                assert_ne!(i % 4, 1);
                 sd.verify().unwrap();
             }
-            DecisionDoc::Unsigned(_) => assert_eq!(i % 3, 1),
+            DecisionDoc::Unsigned(_) => assert_eq!(i % 4, 1),
         }
     }
     assert_eq!(lookup_idem(s, "p0", "never-used").unwrap(), None);
