@@ -25,6 +25,20 @@ fn batch_with_decisions(stream: &mut Stream, n: usize) -> (Vec<Entry>, Vec<swoos
     (acc.into_iter().map(Entry::from_accepted).collect(), hashes)
 }
 
+/// A journaled store in `dir` (default options), a handle on it to read
+/// through, and a writer continuing `stream`'s log.
+fn open_journaled(dir: &std::path::Path, stream: &Stream) -> (LmdbStore, WalWriter<LmdbStore>) {
+    let store = LmdbStore::open(dir, &LmdbOptions::default()).unwrap();
+    assert!(store.journaled());
+    let w = WalWriter::open(
+        store.clone(),
+        stream.node().genesis_hash,
+        BatchLimits::default(),
+    )
+    .unwrap();
+    (store, w)
+}
+
 fn wait_folded(store: &LmdbStore) {
     for _ in 0..1000 {
         if store.journal_unfolded() == 0 {
@@ -40,10 +54,7 @@ fn unfolded_commits_read_like_folded_ones() {
     let dir = tempfile::tempdir().unwrap();
     let genesis = stream_genesis(LABEL);
     let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
-    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
-    assert!(store.journaled());
-    let reader = store.clone();
-    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    let (reader, mut w) = open_journaled(dir.path(), &stream);
 
     // 30 records folded into LMDB, then 25 held in the journal only.
     for _ in 0..3 {
@@ -121,9 +132,7 @@ fn the_fold_catches_up_however_commits_fall_around_it() {
     // with no further commit to nudge the fold.
     let dir = tempfile::tempdir().unwrap();
     let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
-    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
-    let reader = store.clone();
-    let mut w = WalWriter::open(store, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    let (reader, mut w) = open_journaled(dir.path(), &stream);
     let pauses_ms = [0u64, 1, 0, 0, 25, 3, 0, 19, 21, 0, 0, 40, 2];
     let mut appended = 0u64;
     for round in 0..4 {
@@ -176,8 +185,7 @@ fn a_journal_lost_after_a_clean_close_is_recreated() {
     let genesis = stream_genesis(LABEL);
     let mut stream = Stream::new(LABEL, 1, Verify::Trusted);
     {
-        let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
-        let mut w = WalWriter::open(s, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+        let (_, mut w) = open_journaled(dir.path(), &stream);
         w.append_batch(&batch(&mut stream, 5)).unwrap();
     }
     std::fs::remove_file(dir.path().join("journal")).unwrap();
