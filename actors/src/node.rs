@@ -834,7 +834,38 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     },
                     snapshot_every: 0,
                 };
-                let step = swoosh_core::step(&mut st.node, &proposal, &ctx);
+                // A key that aged out of the state's bounded window is recalled
+                // from the durable index, so a late repeat still gets its
+                // original outcome (and other content still a conflict).
+                let windowed = st
+                    .node
+                    .idem
+                    .get(&proposal.project)
+                    .is_some_and(|m| m.contains_key(&proposal.idem_key));
+                let recalled = if windowed {
+                    None
+                } else {
+                    match swoosh_storage::lookup_idem(
+                        &sh.store,
+                        &proposal.project,
+                        &proposal.idem_key,
+                    ) {
+                        Ok(e) => e,
+                        // Not a storable key: the reducer refuses its shape.
+                        Err(swoosh_storage::IndexError::BadKey(_)) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "idempotency index unreadable");
+                            let _ = reply.send(SubmitResult::Unavailable {
+                                reason: format!(
+                                    "the idempotency index cannot be read: {e}; run `swoosh wal verify --dir <dir>`"
+                                ),
+                            });
+                            return Ok(());
+                        }
+                    }
+                };
+                let step =
+                    swoosh_core::step_recalled(&mut st.node, &proposal, &ctx, recalled.as_ref());
                 let events: Vec<OpEvent> = step
                     .effects
                     .iter()

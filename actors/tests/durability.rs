@@ -326,3 +326,105 @@ async fn reusing_an_idem_key_for_different_content_is_an_idem_conflict() {
     assert_eq!(replayed.project_hash("conf"), mirror.project_hash("conf"));
     node.shutdown().await;
 }
+
+/// A repeat of a proposal whose key aged out of the state's bounded
+/// idempotency window still gets its original outcome (recalled from the
+/// durable index), before and after a restart, and other content under that
+/// key is still a conflict. Before the recall it was a `409` stale hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_older_than_the_idempotency_window_gets_its_original_outcome() {
+    use swoosh_core::reducer::IDEM_KEYS_PER_PROJECT_MAX;
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("idem-aged");
+    let project = "aged";
+    let node = start(&fx, open_store(dir.path()), 1_000).await;
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    advance(&fx, &node, &mut mirror, project, 4).await;
+    let first = next_proposal(&fx, &mirror, project);
+    let ok = match node.submit(first.clone()).await {
+        SubmitResult::Accepted(ok) => ok,
+        other => panic!("{other:?}"),
+    };
+    let ctx = Ctx {
+        now_ms: fx.now(),
+        verify: Verify::Trusted,
+        snapshot_every: 0,
+    };
+    swoosh_core::step(&mut mirror, &first, &ctx);
+
+    // Pause and resume until the first key is out of the window.
+    for i in 0..(IDEM_KEYS_PER_PROJECT_MAX + 10) {
+        let st = mirror.project(project).into_owned();
+        let (t, inputs) = if st.control.phase == "NORMAL" {
+            (
+                "Control_Pause",
+                serde_json::json!({"reason": "maintenance"}),
+            )
+        } else {
+            ("Control_Resume", serde_json::json!({}))
+        };
+        let p = ProposalBuilder::new(
+            project,
+            t,
+            mirror.project_hash(project),
+            Driver::hlc_for(&st, fx.now()),
+            &format!("pause-{i}"),
+        )
+        .inputs(&inputs)
+        .unwrap()
+        .sign(&fx.keys.leader)
+        .unwrap();
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(a) if !a.duplicate => {
+                swoosh_core::step(&mut mirror, &p, &ctx);
+                assert_eq!(mirror.project_hash(project), a.state_post_hash);
+            }
+            other => panic!("{t} {i}: {other:?}"),
+        }
+    }
+    assert!(
+        !mirror.idem[project].contains_key(&first.idem_key),
+        "the first key aged out of the window"
+    );
+
+    let check = |node: Node, when: &'static str| {
+        let (first, ok, q) = (first.clone(), ok.clone(), conflicting_copy(&fx, &first));
+        async move {
+            let last = node.store().last_index().unwrap();
+            match node.submit(first).await {
+                SubmitResult::Accepted(again) => {
+                    assert!(again.duplicate, "{when}");
+                    assert_eq!(
+                        (again.index, again.state_post_hash, again.decision),
+                        (ok.index, ok.state_post_hash, ok.decision),
+                        "{when}: the original outcome"
+                    );
+                }
+                other => panic!("{when}: an aged-out repeat: {other:?}"),
+            }
+            match node.submit(q).await {
+                SubmitResult::Rejected(r) => {
+                    assert_eq!(r.kind, RejectKind::IdemConflict, "{when}: {r:?}");
+                    assert!(r.reasons[0].contains(&format!("at index {}", ok.index)));
+                }
+                other => panic!("{when}: other content under an aged-out key: {other:?}"),
+            }
+            assert_eq!(
+                node.store().last_index().unwrap(),
+                last,
+                "{when}: nothing written"
+            );
+            node
+        }
+    };
+    let node = check(node, "live").await;
+    node.shutdown().await;
+    drop(node);
+    let node = start(&fx, reopen(dir.path()).await, 1_000).await;
+    let node = check(node, "after a restart from a snapshot").await;
+    let replayed = replay_from_genesis(node.store(), &fx.genesis);
+    assert_eq!(replayed.root_hash(), mirror.root_hash());
+    verify_store(node.store(), &fx.genesis);
+    node.shutdown().await;
+}

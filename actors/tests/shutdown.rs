@@ -14,7 +14,7 @@ use swoosh_core::apply_record;
 use swoosh_core::guards::Verify;
 use swoosh_core::scenario::{Driver, Next};
 use swoosh_core::{Hash, NodeState};
-use swoosh_storage::{LmdbStore, StoreError};
+use swoosh_storage::LmdbStore;
 
 const CLIENTS: usize = 8;
 const LOOPS: u64 = 3;
@@ -28,20 +28,6 @@ fn roots_by_index(store: &LmdbStore, fx: &Fixture) -> Vec<Hash> {
         roots.push(node.root_hash());
     }
     roots
-}
-
-/// Reopen the environment once every handle of the stopped node is gone.
-async fn reopen(dir: &std::path::Path) -> LmdbStore {
-    let t0 = Instant::now();
-    loop {
-        match LmdbStore::open(dir, &swoosh_storage::LmdbOptions::default()) {
-            Ok(s) => return s,
-            Err(StoreError::AlreadyOpen { .. }) if t0.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("reopening the store after shutdown: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

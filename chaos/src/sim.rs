@@ -19,7 +19,7 @@ use swoosh_core::hash::Hash;
 use swoosh_core::invariants::{check_state, check_transition};
 use swoosh_core::proposal::ProposalBuilder;
 use swoosh_core::reducer::{
-    step, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX,
+    step, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX, IDEM_KEYS_TOTAL_MAX,
 };
 use swoosh_core::scenario::{genesis, one, Driver, Fault, Keys, Next};
 use swoosh_core::sig::{self, SignerId};
@@ -1739,9 +1739,12 @@ impl<'k> Sim<'k> {
                 let ok = n.index >= a.index
                     && match keys.and_then(|m| m.get(&a.idem_key)) {
                         Some(e) => e.index == a.index && e.state_post_hash == a.post_hash,
-                        None => keys.is_some_and(|m| {
-                            m.len() >= IDEM_KEYS_PER_PROJECT_MAX - IDEM_EVICT_BATCH
-                        }),
+                        // Aged out of the project's window, or of the node's.
+                        None => {
+                            keys.is_some_and(|m| {
+                                m.len() >= IDEM_KEYS_PER_PROJECT_MAX - IDEM_EVICT_BATCH
+                            }) || n.idem.total() >= IDEM_KEYS_TOTAL_MAX - IDEM_EVICT_BATCH
+                        }
                     };
                 if !ok {
                     bad.push(name.clone());

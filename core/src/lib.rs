@@ -26,6 +26,8 @@ pub mod statechart;
 pub use hash::Hash;
 pub use hlc::Hlc;
 pub use proposal::{Proposal, ProposalBuilder};
-pub use reducer::{apply_record, step, Ctx, Effect, Outcome, RejectKind, Rejection, Step};
+pub use reducer::{
+    apply_record, step, step_recalled, Ctx, Effect, Outcome, RejectKind, Rejection, Step,
+};
 pub use sig::{Signature, SignerId};
 pub use state::{Genesis, NodeState, ProjectState};

@@ -23,16 +23,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 pub const LIST_ITEMS_MAX: usize = 256;
-/// Idempotency entries kept per project in the node state (and so in every
-/// snapshot). Past it the oldest [`IDEM_EVICT_BATCH`] (by WAL index) go.
-///
-/// Exactly-once does not depend on the window: an evicted proposal can never
-/// apply again, because it names a state hash that is no longer HEAD (every
-/// accepted transition changes the project hash: the document counts them)
-/// and an HLC at or below `hlc_last`. What the window bounds is how long a
-/// repeat gets its *original outcome* (202) rather than a 409.
-pub const IDEM_KEYS_PER_PROJECT_MAX: usize = 4_096;
-pub const IDEM_EVICT_BATCH: usize = 1_024;
+pub use crate::state::{IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX, IDEM_KEYS_TOTAL_MAX};
 pub const TEXT_BYTES_MAX: usize = 1024;
 pub const EXECUTION_EVIDENCE_MAX: usize = 256;
 
@@ -190,7 +181,27 @@ fn event(kind: &str, p: &Proposal, guard: Option<&str>, detail: String) -> OpEve
 /// (index, chain head, project document, idempotency index); otherwise it is
 /// left untouched.
 pub fn step(node: &mut NodeState, p: &Proposal, ctx: &Ctx) -> Step {
-    match evaluate(node, p, ctx, None) {
+    step_recalled(node, p, ctx, None)
+}
+
+/// [`step`], for a node that also keeps a durable index of every
+/// idempotency key it ever accepted (the WAL's). `recalled` is that index's
+/// entry for `(p.project, p.idem_key)`, looked up by the caller when the
+/// key is not in the node state's bounded window: a repeat of a proposal
+/// that aged out of the window then still gets its original outcome, and the
+/// same key with other content still gets an idempotency conflict, in the
+/// same order of checks as a key in the window.
+///
+/// Deterministic given the WAL: the durable index holds exactly the keys of
+/// the records before this one. Replay never needs it: every record in a
+/// log was new when it was accepted.
+pub fn step_recalled(
+    node: &mut NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    recalled: Option<&IdemEntry>,
+) -> Step {
+    match evaluate(node, p, ctx, None, recalled) {
         Err(r) => {
             let kind = match r.kind {
                 RejectKind::StaleHash => "stale_hash",
@@ -274,6 +285,7 @@ fn evaluate(
     p: &Proposal,
     ctx: &Ctx,
     known: Option<Hash>,
+    recalled: Option<&IdemEntry>,
 ) -> Result<Eval, Rejection> {
     // shape
     if known.is_none() {
@@ -358,7 +370,8 @@ fn evaluate(
         Some(h) => h,
         None => p.content_hash().map_err(content_rejection)?,
     };
-    if let Some(prev) = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key)) {
+    let windowed = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key));
+    if let Some(prev) = windowed.or(recalled) {
         if prev.content_hash == content_hash {
             return Ok(Eval::Duplicate(prev.clone()));
         }
@@ -1223,12 +1236,7 @@ fn install(
     node.index = index;
     node.head_record = record_hash;
     node.hlc = Some(node.hlc.map_or(p.hlc, |h| h.max(p.hlc)));
-    let keys = match node.idem.get_mut(&p.project) {
-        Some(k) => k,
-        None => node.idem.entry(p.project.clone()).or_default(),
-    };
-    keys.insert(p.idem_key.clone(), idem);
-    evict_idem(keys);
+    node.idem.insert(&p.project, &p.idem_key, idem);
     match node.projects.get_mut(&p.project) {
         Some(e) => {
             e.state = post;
@@ -1244,18 +1252,6 @@ fn install(
                 },
             );
         }
-    }
-}
-
-/// Deterministic: depends only on the entries (their WAL indexes).
-fn evict_idem(keys: &mut BTreeMap<String, IdemEntry>) {
-    if keys.len() <= IDEM_KEYS_PER_PROJECT_MAX {
-        return;
-    }
-    let mut by_index: Vec<(u64, String)> = keys.iter().map(|(k, e)| (e.index, k.clone())).collect();
-    by_index.sort_unstable();
-    for (_, k) in by_index.into_iter().take(IDEM_EVICT_BATCH) {
-        keys.remove(&k);
     }
 }
 
@@ -1645,7 +1641,7 @@ fn replay_plan(
         verify,
         snapshot_every: 0,
     };
-    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash)) {
+    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash), None) {
         Err(r) => {
             return Err(ReplayError::Rejected {
                 index: rec.index,

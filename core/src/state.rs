@@ -644,9 +644,163 @@ pub struct NodeState {
     pub head_record: Hash,
     /// Highest HLC applied on this node, across projects.
     pub hlc: Option<Hlc>,
-    /// Idempotency index: project → idem_key → original outcome. Derived from
-    /// the WAL; not part of any state hash.
-    pub idem: BTreeMap<String, BTreeMap<String, IdemEntry>>,
+    /// Idempotency window: project → idem_key → original outcome, bounded
+    /// per project and in all (see [`IdemIndex`]). Derived from the WAL; not
+    /// part of any state hash.
+    pub idem: IdemIndex,
+}
+
+/// Idempotency entries kept per project in the node state (and so in every
+/// snapshot). Past it the oldest [`IDEM_EVICT_BATCH`] of the project (by WAL
+/// index) go.
+///
+/// Exactly-once does not depend on the window: an evicted proposal can never
+/// apply again, because it names a state hash that is no longer HEAD (every
+/// accepted transition changes the project hash: the document counts them)
+/// and an HLC at or below `hlc_last`. What the window bounds is how long the
+/// pure reducer alone answers a repeat with its *original outcome* (202)
+/// rather than a 409; a node recalls older keys from its durable index
+/// (`reducer::step_recalled`).
+pub const IDEM_KEYS_PER_PROJECT_MAX: usize = 4_096;
+/// Idempotency entries kept in all, across projects. Past it the oldest
+/// [`IDEM_EVICT_BATCH`] of the node (by WAL index) go. Without it the window
+/// grew with the number of projects (~300 bytes of memory and of every
+/// snapshot per entry, so ~1.3 MB per busy project).
+pub const IDEM_KEYS_TOTAL_MAX: usize = 65_536;
+pub const IDEM_EVICT_BATCH: usize = 1_024;
+
+/// The bounded idempotency window of a node: for each project, the idem keys
+/// of its newest accepted records with their original outcomes.
+///
+/// Eviction depends only on the entries' WAL indexes, so every replica and
+/// every replay holds the same window at the same index. Serialized (and
+/// compared) as the plain `project → idem_key → entry` map; the age order is
+/// derived and rebuilt after decoding.
+#[derive(Clone, Default)]
+pub struct IdemIndex {
+    by_project: BTreeMap<String, BTreeMap<String, IdemEntry>>,
+    /// Entries by age `(index, project, idem_key)`, oldest first. Items whose
+    /// entry a project-level eviction or a newer use of the key already
+    /// replaced are skipped (and compacted away) lazily.
+    order: std::collections::VecDeque<(u64, Box<str>, Box<str>)>,
+    /// Live entries (the sum of the projects' window sizes).
+    total: usize,
+}
+
+impl IdemIndex {
+    /// The window from its plain map (the age order is derived).
+    pub fn from_map(by_project: BTreeMap<String, BTreeMap<String, IdemEntry>>) -> IdemIndex {
+        let mut all: Vec<(u64, Box<str>, Box<str>)> = by_project
+            .iter()
+            .flat_map(|(p, keys)| {
+                keys.iter()
+                    .map(move |(k, e)| (e.index, p.as_str().into(), k.as_str().into()))
+            })
+            .collect();
+        all.sort_unstable();
+        let total = all.len();
+        IdemIndex {
+            by_project,
+            order: all.into(),
+            total,
+        }
+    }
+
+    /// Entries kept, across projects.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Record `entry` for `(project, key)`, then evict past the bounds.
+    pub fn insert(&mut self, project: &str, key: &str, entry: IdemEntry) {
+        let index = entry.index;
+        let keys = match self.by_project.get_mut(project) {
+            Some(k) => k,
+            None => self.by_project.entry(project.to_string()).or_default(),
+        };
+        if keys.insert(key.to_string(), entry).is_none() {
+            self.total += 1;
+        }
+        self.order.push_back((index, project.into(), key.into()));
+        if keys.len() > IDEM_KEYS_PER_PROJECT_MAX {
+            let mut by_index: Vec<(u64, String)> =
+                keys.iter().map(|(k, e)| (e.index, k.clone())).collect();
+            by_index.sort_unstable();
+            for (_, k) in by_index.into_iter().take(IDEM_EVICT_BATCH) {
+                keys.remove(&k);
+                self.total -= 1;
+            }
+        }
+        if self.total > IDEM_KEYS_TOTAL_MAX {
+            let mut evicted = 0;
+            while evicted < IDEM_EVICT_BATCH {
+                let Some((index, project, key)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.remove_if_current(&project, &key, index) {
+                    evicted += 1;
+                }
+            }
+        }
+        // Stale items never outnumber live ones by much.
+        if self.order.len() > 2 * self.total + IDEM_EVICT_BATCH {
+            let by_project = &self.by_project;
+            self.order.retain(|(index, project, key)| {
+                by_project
+                    .get(&**project)
+                    .and_then(|m| m.get(&**key))
+                    .is_some_and(|e| e.index == *index)
+            });
+        }
+    }
+
+    /// Remove `(project, key)` if its entry is still the one from `index`.
+    fn remove_if_current(&mut self, project: &str, key: &str, index: u64) -> bool {
+        let Some(keys) = self.by_project.get_mut(project) else {
+            return false;
+        };
+        if keys.get(key).is_none_or(|e| e.index != index) {
+            return false;
+        }
+        keys.remove(key);
+        if keys.is_empty() {
+            self.by_project.remove(project);
+        }
+        self.total -= 1;
+        true
+    }
+}
+
+impl std::ops::Deref for IdemIndex {
+    type Target = BTreeMap<String, BTreeMap<String, IdemEntry>>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_project
+    }
+}
+
+impl PartialEq for IdemIndex {
+    fn eq(&self, other: &IdemIndex) -> bool {
+        self.by_project == other.by_project
+    }
+}
+impl Eq for IdemIndex {}
+
+impl std::fmt::Debug for IdemIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.by_project.fmt(f)
+    }
+}
+
+impl Serialize for IdemIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.by_project.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for IdemIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(d).map(IdemIndex::from_map)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -721,7 +875,7 @@ impl NodeState {
             index: 0,
             head_record: genesis_hash,
             hlc: None,
-            idem: BTreeMap::new(),
+            idem: IdemIndex::default(),
         })
     }
 
@@ -856,5 +1010,87 @@ mod tests {
             other.hash_memo(&mut shared);
             assert_eq!(st.hash_memo(&mut shared), after, "edit {i}, shared memo");
         }
+    }
+
+    fn idem_entry(index: u64) -> IdemEntry {
+        IdemEntry {
+            content_hash: Hash::of_bytes(&index.to_be_bytes()),
+            transition: "Control_Pause".into(),
+            index,
+            state_post_hash: Hash::of_bytes(b"post"),
+            decision: Hash::of_bytes(b"dr"),
+        }
+    }
+
+    /// Feed `w` records `from..to`: a project per record picked by a small
+    /// deterministic generator, a few of them very busy (so both bounds
+    /// act), and some keys reused (a newer record replaces the older one).
+    fn feed(w: &mut IdemIndex, from: u64, to: u64) {
+        for i in from..to {
+            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            let project = if x % 4 == 0 {
+                format!("busy-{}", x % 3)
+            } else {
+                format!("p{}", x % 500)
+            };
+            let key = if i % 97 == 0 {
+                format!("reused-{}", x % 5)
+            } else {
+                format!("k{i}")
+            };
+            w.insert(&project, &key, idem_entry(i));
+        }
+    }
+
+    #[test]
+    fn the_idempotency_window_is_bounded_per_project_and_in_all() {
+        let mut w = IdemIndex::default();
+        let n = 3 * IDEM_KEYS_TOTAL_MAX as u64;
+        feed(&mut w, 1, n + 1);
+        let live: usize = w.values().map(BTreeMap::len).sum();
+        assert_eq!(w.total(), live);
+        assert!(live <= IDEM_KEYS_TOTAL_MAX, "{live} entries kept");
+        assert!(live > IDEM_KEYS_TOTAL_MAX - IDEM_EVICT_BATCH - 1, "{live}");
+        assert!(w.values().all(|m| m.len() <= IDEM_KEYS_PER_PROJECT_MAX));
+        assert!(w.values().all(|m| !m.is_empty()));
+        // The oldest went first: every kept entry is newer than every
+        // entry that went, so the newest records are all still there.
+        let oldest_kept = w.values().flat_map(|m| m.values()).map(|e| e.index).min();
+        let newest: Vec<u64> = (n - 1_000..=n).collect();
+        let kept: std::collections::BTreeSet<u64> = w
+            .values()
+            .flat_map(|m| m.values())
+            .map(|e| e.index)
+            .collect();
+        assert!(
+            newest.iter().all(|i| kept.contains(i) || i % 97 == 0),
+            "a recent record was evicted (oldest kept {oldest_kept:?})"
+        );
+        // The age order never holds many more items than there are entries.
+        assert!(w.order.len() <= 2 * w.total + IDEM_EVICT_BATCH);
+    }
+
+    #[test]
+    fn a_decoded_idempotency_window_evicts_exactly_like_the_live_one() {
+        // A snapshot taken at any point and decoded holds the same window,
+        // and keeps holding the same one as records go on (so a node
+        // recovered from a snapshot answers repeats like one that never
+        // stopped).
+        let mut live = IdemIndex::default();
+        feed(&mut live, 1, 80_001);
+        let bytes = crate::cbor::to_canonical(&live).unwrap();
+        let mut decoded: IdemIndex = crate::cbor::from_canonical(&bytes).unwrap();
+        assert_eq!(decoded, live);
+        assert!(decoded.order.len() <= live.order.len());
+        assert_eq!(decoded.total(), live.total());
+        feed(&mut live, 80_001, 160_001);
+        feed(&mut decoded, 80_001, 160_001);
+        assert_eq!(decoded, live);
+        assert_eq!(decoded.total(), live.total());
+        // Serialized exactly as the plain map it derefs to.
+        assert_eq!(
+            crate::cbor::to_canonical(&live).unwrap(),
+            crate::cbor::to_canonical(&*live).unwrap()
+        );
     }
 }

@@ -89,7 +89,8 @@ fn same_stream_gives_same_hashes_every_time() {
 #[test]
 fn idempotency_window_is_bounded_and_exactly_once_survives_eviction() {
     use swoosh_core::guards::Verify;
-    use swoosh_core::reducer::{step, Ctx, RejectKind, IDEM_KEYS_PER_PROJECT_MAX};
+    use swoosh_core::reducer::{step, step_recalled, Ctx, RejectKind, IDEM_KEYS_PER_PROJECT_MAX};
+    use swoosh_core::state::IdemEntry;
     let keys = Keys::from_labels("idem", 3);
     let mut node = NodeState::new(genesis(&keys, "idem", ORIGIN_MS)).unwrap();
     let driver = Driver::new(&keys, 0);
@@ -131,15 +132,69 @@ fn idempotency_window_is_bounded_and_exactly_once_survives_eviction() {
                 snapshot_every: 0,
             },
         );
-        assert!(matches!(s.outcome, Outcome::Accepted(_)));
-        first.get_or_insert(prop);
+        let Outcome::Accepted(acc) = s.outcome else {
+            panic!("step {i} refused: {:?}", s.outcome)
+        };
+        // What a node's durable index holds for the first key.
+        first.get_or_insert_with(|| {
+            let e = IdemEntry {
+                content_hash: acc.content_hash,
+                transition: acc.record.transition.clone(),
+                index: acc.record.index,
+                state_post_hash: acc.record.state_post_hash,
+                decision: acc.decision_hash,
+            };
+            (prop, e)
+        });
         now += 1;
     }
+    let (first, durable) = first.unwrap();
     assert!(node.idem["default"].len() <= IDEM_KEYS_PER_PROJECT_MAX);
+    assert!(
+        !node.idem["default"].contains_key(&first.idem_key),
+        "the first key aged out of the window"
+    );
+    let ctx = Ctx {
+        now_ms: now,
+        verify: Verify::Full,
+        snapshot_every: 0,
+    };
+    // Recalled from a durable index, the aged-out repeat gets its original
+    // outcome, and the node does not change.
+    let before = node.clone();
+    let s = step_recalled(&mut node, &first, &ctx, Some(&durable));
+    match s.outcome {
+        Outcome::Duplicate(e) => assert_eq!(e, durable),
+        other => panic!("a recalled repeat is a duplicate, got {other:?}"),
+    }
+    assert_eq!(node, before);
+    // The same key with other content, recalled, is a conflict (not a stale
+    // hash: idempotency is judged first, as for a key in the window).
+    let st = node.project(&p).into_owned();
+    let other = swoosh_core::ProposalBuilder::new(
+        &p,
+        "Control_Pause",
+        node.project_hash(&p),
+        Driver::hlc_for(&st, now),
+        &first.idem_key,
+    )
+    .inputs(&serde_json::json!({"reason": "other content"}))
+    .unwrap()
+    .sign(&keys.leader)
+    .unwrap();
+    match step_recalled(&mut node, &other, &ctx, Some(&durable)).outcome {
+        Outcome::Rejected(r) => {
+            assert_eq!(r.kind, RejectKind::IdemConflict);
+            let says = format!("already used at index {} for Control_Pause", durable.index);
+            assert!(r.reasons[0].contains(&says), "{r:?}");
+        }
+        other => panic!("other content under a recalled key conflicts, got {other:?}"),
+    }
+    assert_eq!(node, before);
     // The evicted first proposal cannot apply again: it names an old HEAD.
     let again = step(
         &mut node,
-        first.as_ref().unwrap(),
+        &first,
         &Ctx {
             now_ms: now,
             verify: Verify::Full,

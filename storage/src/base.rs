@@ -132,7 +132,7 @@ pub enum InstallError {
 /// idempotency space holds for the records at or below a WAL base).
 pub(crate) fn put_snapshot_idem(node: &NodeState, b: &mut Batch) -> Result<u64, InstallError> {
     let mut n = 0u64;
-    for (project, keys) in &node.idem {
+    for (project, keys) in node.idem.iter() {
         for (key, entry) in keys {
             let encode = |detail: String| InstallError::Encode {
                 project: project.clone(),

@@ -77,6 +77,22 @@ pub fn open_store(dir: &Path) -> LmdbStore {
     LmdbStore::open(dir, &LmdbOptions::default()).expect("open the LMDB store")
 }
 
+/// Reopen the environment once every handle of the stopped node is gone.
+pub async fn reopen(dir: &std::path::Path) -> LmdbStore {
+    let t0 = Instant::now();
+    loop {
+        match LmdbStore::open(dir, &swoosh_storage::LmdbOptions::default()) {
+            Ok(s) => return s,
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. })
+                if t0.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening the store after shutdown: {e}"),
+        }
+    }
+}
+
 pub async fn start(fx: &Fixture, store: LmdbStore, snapshot_every: u64) -> Node {
     NodeHandle::start(store, fx.config(snapshot_every))
         .await
