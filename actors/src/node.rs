@@ -15,7 +15,7 @@ use swoosh_core::statechart::Region;
 use swoosh_core::{Hash, Hlc, Proposal};
 use swoosh_storage::recovery::{recover_with, RecoverOptions};
 use swoosh_storage::store::LogStore;
-use swoosh_storage::wal::{BatchLimits, Entry, WalWriter};
+use swoosh_storage::wal::{BatchLimits, LeaderEntry, WalWriter};
 
 /// Proposals admitted but not yet answered; past it, `429`.
 pub const INFLIGHT_PROPOSALS_MAX: usize = 4_096;
@@ -963,14 +963,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                             snapshot,
                         };
                         // Signed by the WAL writer's commit thread (see `flush`).
-                        let mut acc = *acc;
-                        let reused = acc.record_bytes.take().map(|b| (b, acc.content_hash));
-                        let decision_bytes = acc.decision_bytes.take();
-                        let entry = ToLog {
-                            entry: Entry::from_accepted(acc),
-                            reused,
-                            decision_bytes,
-                        };
+                        let entry = LeaderEntry::from_accepted(*acc);
                         let wal = sh.refs.read().expect("refs lock").wal.clone();
                         let sent = wal.map(|w| w.try_send(WalMsg::Append(Box::new(entry))));
                         if !matches!(sent, Some(Ok(()))) {
@@ -1125,28 +1118,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
 // ---------------------------------------------------------------- WAL writer
 
 enum WalMsg {
-    Append(Box<ToLog>),
+    Append(Box<LeaderEntry>),
     Flush,
-}
-
-/// An accepted record on its way to the WAL, with what the reducer already
-/// encoded: the record's canonical bytes and its proposal's content hash,
-/// and the decision record's canonical bytes. The commit thread signs and
-/// frames those bytes instead of encoding both records again;
-/// `Entry::encode_with` still hashes the record's against its hash.
-struct ToLog {
-    entry: Entry,
-    reused: Option<(Vec<u8>, Hash)>,
-    decision_bytes: Option<Vec<u8>>,
-}
-
-impl ToLog {
-    fn encode(self) -> Result<swoosh_storage::EncodedEntry, swoosh_storage::AppendError> {
-        match self.reused {
-            Some((bytes, content_hash)) => self.entry.encode_with(bytes, content_hash),
-            None => self.entry.encode(),
-        }
-    }
 }
 
 struct WalActor<S> {
@@ -1156,7 +1129,7 @@ struct WalActor<S> {
 
 struct WalState<S: LogStore> {
     writer: Option<WalWriter<S>>,
-    pending: Vec<ToLog>,
+    pending: Vec<LeaderEntry>,
     flush_queued: bool,
 }
 
@@ -1223,10 +1196,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             // The leader signs each decision record here, beside the encode,
             // while the sequencer goes on ordering the next proposals.
             for e in &mut batch {
-                match e.decision_bytes.take() {
-                    Some(b) => e.entry.sign_decision_encoded(&leader_key, b),
-                    None => e.entry.sign_decision(&leader_key),
-                }
+                e.sign_decision(&leader_key);
             }
             let current = lock.lock().unwrap_or_else(|p| p.into_inner());
             if *current != generation {
@@ -1241,7 +1211,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             let t0 = Instant::now();
             let r = batch
                 .into_iter()
-                .map(ToLog::encode)
+                .map(LeaderEntry::encode)
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|encoded| {
                     let encode = t0.elapsed();

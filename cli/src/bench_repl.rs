@@ -2,8 +2,10 @@
 //! sustained rate of durable records, over real libp2p swarms on loopback.
 //!
 //! The leader side is the storage layer's group-commit writer fed with
-//! records the pure reducer computed ahead of time, paced to `--rate`: this
-//! isolates replication (tail, batch, sign, age-encrypt, chunk, gossip,
+//! records the pure reducer computed ahead of time, paced to `--rate`; it
+//! signs each decision record and frames each record from the reducer's
+//! bytes as the node's WAL writer does (`LeaderEntry`). This isolates
+//! replication (tail, batch, sign, age-encrypt, chunk, gossip,
 //! reassemble, decrypt, verify, apply with the core, persist to the
 //! follower's own WAL) from the HTTP path, whose own ceiling is
 //! `swoosh bench http`. Lag of a record = the moment a follower's WAL holds
@@ -24,10 +26,13 @@ use swoosh_net::p2p::follower::{
 };
 use swoosh_net::p2p::leader::spawn_leader;
 use swoosh_storage::testkit::{stream_genesis, Stream};
-use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
+use swoosh_storage::{BatchLimits, Durability, LeaderEntry, LmdbOptions, LmdbStore, WalWriter};
 
 /// The target for follower lag at 10,000 records/s.
 const LAG_P99_TARGET_MS: f64 = 50.0;
+/// Share of `--rate` the leader must sustain for a lag figure to speak for
+/// that rate: a leader that fell behind offered the followers less load.
+const RATE_SUSTAINED_SHARE: f64 = 0.95;
 /// Largest group commit the paced writer makes when it is behind schedule.
 const COMMIT_BATCH_MAX: usize = 1_024;
 /// How long followers may take to drain after the leader stops.
@@ -65,6 +70,10 @@ struct ReplReport {
     lag_p99_ms: f64,
     lag_max_ms: f64,
     lag_target_p99_ms: f64,
+    /// The leader committed at least 95 % of `target_rate`.
+    leader_rate_sustained: bool,
+    /// `lag_p99_ms` within the target at a sustained `target_rate`.
+    target_met: bool,
     fdatasync_ms: f64,
     lag_p99_over_fdatasync: f64,
     /// Every follower ends on the leader's root hash.
@@ -166,7 +175,8 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         .collect();
     g.validate().context("the benchmark genesis is invalid")?;
 
-    // Compute every record ahead of time so the paced writer only commits.
+    // Compute every record ahead of time so the paced writer does only what
+    // the node's WAL writer does: sign, frame and commit.
     let total = a.rate * a.seconds;
     let bar = if a.json {
         ProgressBar::hidden()
@@ -180,11 +190,11 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     bar.set_message("computing records with the pure reducer");
     let g2 = g.clone();
     let bar2 = bar.clone();
-    let (entries, root) = tokio::task::spawn_blocking(move || -> Result<(Vec<Entry>, _)> {
+    let (entries, root) = tokio::task::spawn_blocking(move || -> Result<(Vec<LeaderEntry>, _)> {
         let mut s = Stream::resume(label, a.projects, NodeState::new(g2)?, Verify::Trusted);
         let mut v = Vec::with_capacity(total as usize);
         for _ in 0..total {
-            v.push(Entry::from_accepted(s.next_accepted()));
+            v.push(LeaderEntry::from_accepted(s.next_accepted()));
             bar2.inc(1);
         }
         Ok((v, s.node().root_hash()))
@@ -196,9 +206,10 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     let gh = g.hash()?;
     let mut writer = WalWriter::open(leader_store.clone(), gh, BatchLimits::default())
         .context("cannot open the leader's WAL")?;
+    let leader_key = swoosh_core::scenario::Keys::from_labels(label, 3).leader;
     let leader = spawn_leader(
         leader_store,
-        swoosh_core::scenario::Keys::from_labels(label, 3).leader,
+        leader_key.clone(),
         g.clone(),
         "/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr"),
     )
@@ -281,6 +292,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
     let cpu_before = cpu_seconds(FOLLOWER_THREAD);
     let (committed_at, commits, elapsed) = tokio::task::spawn_blocking(move || {
         let mut at: Vec<Option<Instant>> = vec![None; n + 1];
+        let mut entries = entries.into_iter();
         let mut i = 0usize;
         let mut commits = 0u64;
         let start = Instant::now();
@@ -291,8 +303,17 @@ pub async fn run(a: ReplArgs) -> Result<()> {
                 continue;
             }
             let j = due.min(i + COMMIT_BATCH_MAX);
+            let batch = entries
+                .by_ref()
+                .take(j - i)
+                .map(|mut e| {
+                    e.sign_decision(&leader_key);
+                    e.encode()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .context("the leader could not frame a record")?;
             writer
-                .append_batch(&entries[i..j])
+                .append_encoded(batch)
                 .context("the leader's commit failed")?;
             let now = Instant::now();
             for slot in &mut at[i + 1..=j] {
@@ -348,17 +369,21 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         }
     }
     lags.sort_by(f64::total_cmp);
+    let leader_rate = total as f64 / elapsed.as_secs_f64();
+    let sustained = leader_rate >= RATE_SUSTAINED_SHARE * a.rate as f64;
     let r = ReplReport {
         target_rate: a.rate,
         seconds: elapsed.as_secs_f64(),
         records: total,
-        leader_records_per_s: total as f64 / elapsed.as_secs_f64(),
+        leader_records_per_s: leader_rate,
         leader_commits: commits,
         followers: a.followers,
         lag_p50_ms: pct(&lags, 0.50),
         lag_p99_ms: pct(&lags, 0.99),
         lag_max_ms: lags.last().copied().unwrap_or(0.0),
         lag_target_p99_ms: LAG_P99_TARGET_MS,
+        leader_rate_sustained: sustained,
+        target_met: sustained && pct(&lags, 0.99) <= LAG_P99_TARGET_MS,
         fdatasync_ms: fsync_ms,
         lag_p99_over_fdatasync: pct(&lags, 0.99) / fsync_ms,
         converged,
@@ -399,15 +424,24 @@ pub async fn run(a: ReplArgs) -> Result<()> {
             "leader: {} records in {:.2} s = {:.0} durable records/s (target {}), {} group commits",
             r.records, r.seconds, r.leader_records_per_s, r.target_rate, r.leader_commits
         );
+        let verdict = if r.target_met {
+            "met".to_string()
+        } else if !r.leader_rate_sustained {
+            format!(
+                "NOT met (the leader sustained {:.0} of {} records/s)",
+                r.leader_records_per_s, r.target_rate
+            )
+        } else {
+            "NOT met".to_string()
+        };
         println!(
-            "follower lag (leader commit → follower WAL durable), {} followers: p50 {:.1} ms, p99 {:.1} ms (= {:.0}× one fdatasync), max {:.1} ms; target p99 ≤ {} ms: {}",
+            "follower lag (leader commit → follower WAL durable), {} followers: p50 {:.1} ms, p99 {:.1} ms (= {:.0}× one fdatasync), max {:.1} ms; target p99 ≤ {} ms: {verdict}",
             r.followers,
             r.lag_p50_ms,
             r.lag_p99_ms,
             r.lag_p99_over_fdatasync,
             r.lag_max_ms,
             LAG_P99_TARGET_MS,
-            if r.lag_p99_ms <= LAG_P99_TARGET_MS { "met" } else { "NOT met" }
         );
         if let (Some(f), Some(rest)) = (
             r.follower_worker_cpu_us_per_record,

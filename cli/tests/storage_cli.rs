@@ -479,6 +479,41 @@ fn bench_http_json_reports_its_baseline_before_and_after_the_run() {
     assert!((f("fdatasyncs_per_s") - 1000.0 / mean).abs() < 1e-6 * f("fdatasyncs_per_s"));
 }
 
+/// `swoosh bench replication --json`: the leader commits through the node's
+/// path (signed decisions, the reducer's bytes), every follower ends on the
+/// leader's root hash, and the verdict counts only at a sustained rate.
+#[test]
+fn bench_replication_json_reports_its_verdict_with_the_rate_it_sustained() {
+    let o = ok(&[
+        "bench",
+        "replication",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--followers",
+        "1",
+        "--projects",
+        "2",
+        "--json",
+    ]);
+    let v = json(&o);
+    let f = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is a number: {v}"))
+    };
+    assert_eq!(v["records"].as_u64(), Some(200), "{v}");
+    assert_eq!(v["converged"].as_bool(), Some(true), "{v}");
+    let sustained = v["leader_rate_sustained"].as_bool().expect("a bool");
+    assert_eq!(sustained, f("leader_records_per_s") >= 0.95 * 200.0, "{v}");
+    assert_eq!(
+        v["target_met"].as_bool(),
+        Some(sustained && f("lag_p99_ms") <= f("lag_target_p99_ms")),
+        "{v}"
+    );
+    assert!(f("lag_p50_ms") <= f("lag_p99_ms") && f("lag_p99_ms") <= f("lag_max_ms"));
+}
+
 /// `swoosh bench storage --json` reports numbers, not debug text: the figures
 /// the docs quote (and a script compares) are fields of their own.
 #[test]

@@ -56,8 +56,9 @@ pub use snapshot::{
 pub use store::{Batch, CommitInfo, Durability, LogStore, Op, Space, StoreError};
 pub use wal::{
     export, read_record, AppendError, BatchLimits, BatchReport, DecisionDoc, EncodedEntry, Entry,
-    GroupCommitter, MetaError, OpenError, ReadError, RecordFault, VerifiedRecord, WalIter,
-    WalWriter, WAL_BATCH_BYTES_MAX_DEFAULT, WAL_BATCH_RECORDS_MAX_DEFAULT, WAL_RECORD_BYTES_MAX,
+    GroupCommitter, LeaderEntry, MetaError, OpenError, ReadError, RecordFault, VerifiedRecord,
+    WalIter, WalWriter, WAL_BATCH_BYTES_MAX_DEFAULT, WAL_BATCH_RECORDS_MAX_DEFAULT,
+    WAL_RECORD_BYTES_MAX,
 };
 
 /// Every storage error, for callers that handle them alike (the CLI).

@@ -361,6 +361,58 @@ fn encode_doc_around(
     Ok(out)
 }
 
+/// The reducer's output on its way to the leader's WAL, with what the
+/// reducer already encoded: the record's canonical bytes and its proposal's
+/// content hash, and the decision record's canonical bytes. The leader signs
+/// the decision and frames the record from those bytes instead of encoding
+/// both again; the frame hash is still computed over the bytes and checked
+/// against the reducer's record hash. The node's WAL writer and `swoosh
+/// bench replication`'s leader both commit through it, so the benchmark's
+/// leader does the node's work per record.
+///
+/// Contract: built only by [`LeaderEntry::from_accepted`] from an
+/// [`Accepted`] the reducer produced, so the bytes are the encodings of
+/// exactly the records they travel with (the fields are private for that).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaderEntry {
+    entry: Entry,
+    record_bytes: Option<(Vec<u8>, Hash)>,
+    decision_bytes: Option<Vec<u8>>,
+}
+
+impl LeaderEntry {
+    pub fn from_accepted(mut acc: Accepted) -> LeaderEntry {
+        let record_bytes = acc.record_bytes.take().map(|b| (b, acc.content_hash));
+        let decision_bytes = acc.decision_bytes.take();
+        LeaderEntry {
+            entry: Entry::from_accepted(acc),
+            record_bytes,
+            decision_bytes,
+        }
+    }
+
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Sign the decision record with the leader's key ([`Entry::sign_decision`]),
+    /// from the reducer's encoding of it when the reducer kept one.
+    pub fn sign_decision(&mut self, leader: &ed25519_dalek::SigningKey) {
+        match self.decision_bytes.take() {
+            Some(b) => self.entry.sign_decision_encoded(leader, b),
+            None => self.entry.sign_decision(leader),
+        }
+    }
+
+    /// [`Entry::encode`], from the reducer's bytes when it kept them.
+    pub fn encode(self) -> Result<EncodedEntry, AppendError> {
+        match self.record_bytes {
+            Some((bytes, content_hash)) => self.entry.encode_with(bytes, content_hash),
+            None => self.entry.encode(),
+        }
+    }
+}
+
 /// An entry encoded and framed, ready for [`WalWriter::append_encoded`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedEntry {

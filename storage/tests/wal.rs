@@ -1100,6 +1100,39 @@ fn encode_with_a_known_encoding_matches_encode() {
     }
 }
 
+/// The leader's path (the node's WAL writer, `bench replication`): signing
+/// and framing from the reducer's bytes gives exactly the entry, frames and
+/// signature of a fresh signing and encoding; without the bytes it encodes
+/// afresh to the same; record bytes that are not the record's are refused
+/// by the hash check, never written.
+#[test]
+fn a_leader_entry_frames_what_a_fresh_signing_would() {
+    let mut st = stream();
+    let leader = swoosh_core::scenario::Keys::from_labels(LABEL, 3).leader;
+    for acc in st.take(12) {
+        assert!(acc.record_bytes.is_some() && acc.decision_bytes.is_some());
+        let signed = Entry::from_accepted_signed(acc.clone(), &leader);
+        let fresh = signed.encode().unwrap();
+        let mut le = LeaderEntry::from_accepted(acc.clone());
+        le.sign_decision(&leader);
+        assert_eq!(le.entry(), &signed);
+        assert_eq!(le.encode().unwrap(), fresh);
+
+        let mut bare = acc.clone();
+        bare.record_bytes = None;
+        bare.decision_bytes = None;
+        let mut le = LeaderEntry::from_accepted(bare);
+        le.sign_decision(&leader);
+        assert_eq!(le.encode().unwrap(), fresh);
+
+        let mut bad = acc.clone();
+        bad.record_bytes.as_mut().unwrap().push(0);
+        let mut le = LeaderEntry::from_accepted(bad);
+        le.sign_decision(&leader);
+        assert!(matches!(le.encode(), Err(AppendError::HashMismatch { .. })));
+    }
+}
+
 /// A caller that also hashed the encoding (a follower checked it against the
 /// leader's signed list) gets the same frames without a second hash; a hash
 /// that is not the payload's is written as given, and the first read of that
