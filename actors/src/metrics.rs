@@ -55,6 +55,12 @@ pub struct Metrics {
     pub actor_restarts_total: Family<ActorLabel, Counter>,
     pub wal_index: Gauge,
     pub backpressure_total: Counter,
+    /// Idempotency keys in the state's bounded window (at most
+    /// `IDEM_KEYS_TOTAL_MAX`); older keys are recalled from the store.
+    pub idempotency_window_keys: Gauge,
+    /// Proposals whose key had left the window and was found in the store's
+    /// durable index (a late repeat or a conflicting reuse of an old key).
+    pub idempotency_recalled_total: Counter,
 }
 
 impl Metrics {
@@ -149,6 +155,18 @@ impl Metrics {
             "Proposals answered 429 because a queue was full",
             backpressure_total.clone(),
         );
+        let idempotency_window_keys = Gauge::default();
+        r.register(
+            "swoosh_idempotency_window_keys",
+            "Idempotency keys in the state's bounded window; older keys are answered from the durable index",
+            idempotency_window_keys.clone(),
+        );
+        let idempotency_recalled_total = Counter::default();
+        r.register(
+            "swoosh_idempotency_recalled",
+            "Proposals whose idempotency key had left the state's window and was found in the durable index",
+            idempotency_recalled_total.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             transition_total,
@@ -166,6 +184,8 @@ impl Metrics {
             actor_restarts_total,
             wal_index,
             backpressure_total,
+            idempotency_window_keys,
+            idempotency_recalled_total,
         }
     }
 

@@ -864,8 +864,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         }
                     }
                 };
+                if recalled.is_some() {
+                    sh.metrics.idempotency_recalled_total.inc();
+                }
                 let step =
                     swoosh_core::step_recalled(&mut st.node, &proposal, &ctx, recalled.as_ref());
+                sh.metrics
+                    .idempotency_window_keys
+                    .set(st.node.idem.total() as i64);
                 let events: Vec<OpEvent> = step
                     .effects
                     .iter()
@@ -1830,6 +1836,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         }
         sh.durable_index.store(node.index, Ordering::Release);
         sh.metrics.wal_index.set(node.index as i64);
+        sh.metrics
+            .idempotency_window_keys
+            .set(node.idem.total() as i64);
         sh.durable_root
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -388,6 +388,8 @@ async fn a_repeat_older_than_the_idempotency_window_gets_its_original_outcome() 
         "the first key aged out of the window"
     );
 
+    let window = mirror.idem.total();
+    assert!(window <= IDEM_KEYS_PER_PROJECT_MAX);
     let check = |node: Node, when: &'static str| {
         let (first, ok, q) = (first.clone(), ok.clone(), conflicting_copy(&fx, &first));
         async move {
@@ -414,6 +416,16 @@ async fn a_repeat_older_than_the_idempotency_window_gets_its_original_outcome() 
                 node.store().last_index().unwrap(),
                 last,
                 "{when}: nothing written"
+            );
+            // Both answers came from the durable index, and the window
+            // gauge shows the state's bounded window.
+            let m = node.metrics();
+            assert_eq!(m.idempotency_recalled_total.get(), 2, "{when}");
+            assert_eq!(m.idempotency_window_keys.get() as usize, window, "{when}");
+            let text = m.encode();
+            assert!(
+                text.contains("swoosh_idempotency_recalled_total 2"),
+                "{when}: {text}"
             );
             node
         }
