@@ -19,7 +19,8 @@ use swoosh_core::hash::Hash;
 use swoosh_core::invariants::{check_state, check_transition};
 use swoosh_core::proposal::ProposalBuilder;
 use swoosh_core::reducer::{
-    step, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX, IDEM_KEYS_TOTAL_MAX,
+    step_recalled, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX,
+    IDEM_KEYS_TOTAL_MAX,
 };
 use swoosh_core::scenario::{genesis, one, Driver, Fault, Keys, Next};
 use swoosh_core::sig::{self, SignerId};
@@ -31,7 +32,8 @@ use swoosh_net::proto::{
     FollowerEffect, Gossip, LeaderConfig, LeaderEffect, LeaderLog, ReplFollower, ReplLeader,
     Request, SnapshotView, VoteOutcome, VotePolicy,
 };
-use swoosh_storage::recovery::{recover, RecoveryError};
+use swoosh_storage::index::{lookup_idem, IndexError};
+use swoosh_storage::recovery::{cut_after, recover, RecoveryError};
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
 
@@ -1024,8 +1026,9 @@ impl<'k> Sim<'k> {
                 Err(RecoveryError::Read(ReadError::Corrupt { index, .. }))
                     if !cut && store.last_index().ok() == Some(index) =>
                 {
-                    // A torn tail: cut it (what `swoosh wal repair` does,
-                    // minus the side file) and recover again.
+                    // A torn tail: cut it with its derived entries (what
+                    // `swoosh wal repair` does, minus the side file) and
+                    // recover again.
                     cut = true;
                     self.report.replication.torn_tails_cut += 1;
                     self.attend(
@@ -1033,7 +1036,7 @@ impl<'k> Sim<'k> {
                         "torn WAL tail cut at recovery",
                         Some(peer_name(0)),
                     );
-                    if store.truncate_after(index - 1).is_err() || store.sync().is_err() {
+                    if cut_after(&mut store, index - 1).is_err() {
                         self.violation("the leader store refuses to cut its torn tail".into());
                         self.fatal = true;
                         return;
@@ -1464,7 +1467,32 @@ impl<'k> Sim<'k> {
             verify: Verify::Full,
             snapshot_every: 0,
         };
-        let s = step(&mut l.node, &p, &ctx);
+        // As the node's sequencer: a key that left the bounded window is
+        // recalled from the durable idempotency index.
+        let windowed = l
+            .node
+            .idem
+            .get(&p.project)
+            .is_some_and(|m| m.contains_key(&p.idem_key));
+        let recalled = if windowed {
+            Ok(None)
+        } else {
+            match lookup_idem(l.writer.store(), &p.project, &p.idem_key) {
+                Err(IndexError::BadKey(_)) => Ok(None),
+                r => r,
+            }
+        };
+        let recalled = match recalled {
+            Ok(r) => r,
+            Err(e) => {
+                self.violation(format!(
+                    "the leader's idempotency index cannot be read: {e}"
+                ));
+                None
+            }
+        };
+        let l = self.up().expect("the leader is up");
+        let s = step_recalled(&mut l.node, &p, &ctx, recalled.as_ref());
         let events: Vec<Event> = s
             .effects
             .iter()
@@ -1726,13 +1754,19 @@ impl<'k> Sim<'k> {
         // is the durable one at its index, every replica holds that index
         // (their chains were checked against the durable records), and its
         // idempotency index still answers with the original outcome unless
-        // the key aged out of the bounded window.
+        // the key aged out of the bounded window. The leader's durable
+        // idempotency index (what it recalls aged-out keys from) holds every
+        // acknowledged key, whatever the window kept.
         self.report.acknowledged = self.acked.len() as u64;
         let mut missing = 0u64;
         for a in &self.acked {
             let mut bad = vec![];
             if self.durable.get(&a.index).map(|d| d.1) != Some(a.post_hash) {
                 bad.push("the leader's durable log".to_string());
+            }
+            match lookup_idem(&store, &a.project, &a.idem_key) {
+                Ok(Some(e)) if e.index == a.index && e.state_post_hash == a.post_hash => {}
+                _ => bad.push("the leader's durable idempotency index".to_string()),
             }
             for (name, n) in &replicas {
                 let keys = n.idem.get(&a.project);

@@ -45,9 +45,9 @@ pub use index::{
 pub use lmdb::{LmdbOptions, LmdbStore, LMDB_MAP_BYTES_DEFAULT};
 pub use mem::{MemDisk, MemStore};
 pub use recovery::{
-    read_cut_file, recover, recover_with, repair, verify, Phase, Progress, RecoverOptions,
-    Recovered, RecoveryError, RepairError, RepairReport, SnapshotProblem, VerifyError,
-    VerifyOptions, VerifyReport,
+    cut_after, read_cut_file, recover, recover_with, repair, verify, Cut, Phase, Progress,
+    RecoverOptions, Recovered, RecoveryError, RepairError, RepairReport, SnapshotProblem,
+    VerifyError, VerifyOptions, VerifyReport,
 };
 pub use snapshot::{
     read_snapshot, write_snapshot, Snapshot, SnapshotError, SnapshotFault, SnapshotInfo,

@@ -748,6 +748,9 @@ pub fn verify<S: LogStore + ?Sized>(
     if let Some(e) = store_err {
         return Err(e.into());
     }
+    if opts.check_indexes {
+        check_orphans(store, last, base.is_some(), records, &mut note)?;
+    }
     Ok(VerifyReport {
         records,
         head_hash: node.head_record,
@@ -800,6 +803,57 @@ fn check_indexes<S: LogStore + ?Sized>(
         Ok(_) => {}
     }
     Ok(())
+}
+
+/// Derived entries no record of the log accounts for (the per-record check
+/// sees only the entries records point at): an idempotency key or decision
+/// of a record beyond the log's end, which a cut that kept them leaves, and,
+/// on a log from genesis, more idempotency keys than records. A node recalls
+/// aged-out keys from this index, so such a key would refuse a new proposal
+/// as a conflict with a record that does not exist. Entries that do not
+/// decode are left to the per-record check, which names them.
+fn check_orphans<S: LogStore + ?Sized>(
+    store: &S,
+    last: u64,
+    based: bool,
+    records: u64,
+    note: &mut dyn FnMut(String),
+) -> Result<(), StoreError> {
+    let mut keys = 0u64;
+    for_each_entry(store, Space::Idem, &mut |_, v| {
+        keys += 1;
+        if let Ok((_, e)) =
+            frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
+        {
+            if e.index > last {
+                note(format!(
+                    "an idempotency entry ({} at index {}) is for a record beyond the log's end ({last})",
+                    e.transition, e.index
+                ));
+            }
+        }
+    })?;
+    // Fewer keys than records: the per-record check names each missing one.
+    if !based && keys > records {
+        note(format!(
+            "{keys} idempotency entries for {records} records: some answer for no record of the log"
+        ));
+    }
+    for_each_entry(store, Space::Decisions, &mut |_, v| {
+        if let Ok((_, d)) = frame::open_decode::<crate::wal::DecisionDoc>(
+            FrameKind::Decision,
+            v,
+            crate::wal::DECISION_BYTES_MAX,
+        ) {
+            if d.record().index > last {
+                note(format!(
+                    "decision {} is for record {}, beyond the log's end ({last})",
+                    d.hash(),
+                    d.record().index
+                ));
+            }
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -891,10 +945,42 @@ pub fn repair<S: LogStore + ?Sized>(
         .filter(|i| *i > last_good)
         .collect();
     let cut_records = write_side_file(&*store, keep_copy, last_good, last, &cut_snapshots)?;
+    let cut = cut_after(store, last_good)?;
+    Ok(RepairReport {
+        last_good,
+        fault: Some(f),
+        cut_records,
+        cut_snapshots: cut.snapshots,
+        removed_derived: cut.removed_derived,
+        side_file: Some(keep_copy.to_path_buf()),
+    })
+}
 
+/// What [`cut_after`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Snapshots beyond the new end of the log.
+    pub snapshots: Vec<u64>,
+    /// Idempotency entries and decision records of cut records (or damaged).
+    pub removed_derived: u64,
+}
+
+/// Cut the log after `last_good` in one commit, then sync: the WAL records,
+/// the snapshots beyond it, and the derived entries (idempotency keys,
+/// decision records) of the cut records or damaged ones, so no index answers
+/// for a record the log no longer holds (a node recalls aged-out idempotency
+/// keys from that index). [`repair`] calls it once its side file is written;
+/// the simulator calls it directly, as it keeps no files. Refused with
+/// [`StoreError::BelowWalBase`] below the WAL base.
+pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<Cut, StoreError> {
+    let snapshots: Vec<u64> = store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|i| *i > last_good)
+        .collect();
     let mut b = Batch::new();
     b.truncate_wal_after(last_good);
-    for s in &cut_snapshots {
+    for s in &snapshots {
         b.delete(Space::Snapshots, index_key(*s).to_vec());
     }
     let mut removed = 0u64;
@@ -920,13 +1006,9 @@ pub fn repair<S: LogStore + ?Sized>(
     })?;
     store.commit(b)?;
     store.sync()?;
-    Ok(RepairReport {
-        last_good,
-        fault: Some(f),
-        cut_records,
-        cut_snapshots,
+    Ok(Cut {
+        snapshots,
         removed_derived: removed,
-        side_file: Some(keep_copy.to_path_buf()),
     })
 }
 

@@ -902,7 +902,57 @@ fn verify_compares_snapshots_and_indexes_and_reindex_repairs_them(h: &mut impl H
     }
 }
 
+/// A WAL cut that keeps the cut records' idempotency keys and decisions
+/// leaves an index answering for records the log no longer holds (a node
+/// would refuse a retry of an unacknowledged proposal as a conflict with a
+/// record that does not exist): `verify` names them, and `cut_after` (what
+/// `repair` cuts with) removes them with the records.
+fn a_cut_leaves_no_derived_entry_behind(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let accs = st.take(12);
+    w.append_batch(&entries(accs.clone())).unwrap();
+    let mut s = w.into_store();
+    let opts = VerifyOptions::default();
+    assert_eq!(
+        verify(&s, st.genesis(), &opts, &mut |_| {})
+            .unwrap()
+            .index_problems_total,
+        0
+    );
+
+    s.truncate_after(8).unwrap();
+    let rep = verify(&s, st.genesis(), &opts, &mut |_| {}).unwrap();
+    assert_eq!(rep.records, 8);
+    let all = rep.index_problems.join("\n");
+    assert_eq!(
+        rep.index_problems_total, 9,
+        "4 keys, 4 decisions, the count: {all}"
+    );
+    assert!(all.contains("record beyond the log's end (8)"), "{all}");
+    assert!(
+        all.contains("12 idempotency entries for 8 records"),
+        "{all}"
+    );
+    assert!(
+        all.contains("is for record 9, beyond the log's end"),
+        "{all}"
+    );
+
+    let cut = cut_after(&mut s, 8).unwrap();
+    assert_eq!((cut.snapshots, cut.removed_derived), (vec![], 8));
+    let rep = verify(&s, st.genesis(), &opts, &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+    for (i, a) in accs.iter().enumerate() {
+        let r = &a.record;
+        let kept = lookup_idem(&s, &r.project, &r.idem_key).unwrap();
+        assert_eq!(kept.is_some(), i < 8, "record {}", r.index);
+        assert_eq!(get_decision(&s, &r.decision).unwrap().is_some(), i < 8);
+    }
+}
+
 both_backends!(
+    a_cut_leaves_no_derived_entry_behind,
     group_commit_appends_and_reads_back_verified,
     writer_checks_order_chain_and_claimed_hash,
     record_and_batch_limits_are_typed_errors,
