@@ -837,12 +837,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                 // A key that aged out of the state's bounded window is recalled
                 // from the durable index, so a late repeat still gets its
                 // original outcome (and other content still a conflict).
-                let windowed = st
-                    .node
-                    .idem
-                    .get(&proposal.project)
-                    .is_some_and(|m| m.contains_key(&proposal.idem_key));
-                let recalled = if windowed {
+                let recalled = if st.node.idem.contains(&proposal.project, &proposal.idem_key) {
                     None
                 } else {
                     match swoosh_storage::lookup_idem(

@@ -1469,12 +1469,7 @@ impl<'k> Sim<'k> {
         };
         // As the node's sequencer: a key that left the bounded window is
         // recalled from the durable idempotency index.
-        let windowed = l
-            .node
-            .idem
-            .get(&p.project)
-            .is_some_and(|m| m.contains_key(&p.idem_key));
-        let recalled = if windowed {
+        let recalled = if l.node.idem.contains(&p.project, &p.idem_key) {
             Ok(None)
         } else {
             match lookup_idem(l.writer.store(), &p.project, &p.idem_key) {

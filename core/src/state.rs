@@ -706,6 +706,13 @@ impl IdemIndex {
         }
     }
 
+    /// Whether `(project, key)` is in the window.
+    pub fn contains(&self, project: &str, key: &str) -> bool {
+        self.by_project
+            .get(project)
+            .is_some_and(|m| m.contains_key(key))
+    }
+
     /// Entries kept, across projects.
     pub fn total(&self) -> usize {
         self.total
@@ -1068,6 +1075,9 @@ mod tests {
         );
         // The age order never holds many more items than there are entries.
         assert!(w.order.len() <= 2 * w.total + IDEM_EVICT_BATCH);
+        w.insert("px", "kx", idem_entry(n + 1));
+        assert!(w.contains("px", "kx"));
+        assert!(!w.contains("px", "ky") && !w.contains("py", "kx"));
     }
 
     #[test]
