@@ -143,6 +143,9 @@ pub enum Sabotage {
     /// The leader answers `202` as soon as the reducer accepts, before the
     /// group commit is durable (so a crash loses acknowledged transitions).
     AckBeforeDurable,
+    /// The leader cuts a torn WAL tail with a bare truncation that keeps the
+    /// cut records' idempotency entries and decisions (orphans).
+    CutKeepsDerived,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

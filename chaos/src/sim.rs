@@ -33,7 +33,7 @@ use swoosh_net::proto::{
     Request, SnapshotView, VoteOutcome, VotePolicy,
 };
 use swoosh_storage::index::{lookup_idem, IndexError};
-use swoosh_storage::recovery::{cut_after, recover, RecoveryError};
+use swoosh_storage::recovery::{cut_after, recover, verify, RecoveryError, VerifyOptions};
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
 
@@ -1036,7 +1036,12 @@ impl<'k> Sim<'k> {
                         "torn WAL tail cut at recovery",
                         Some(peer_name(0)),
                     );
-                    if cut_after(&mut store, index - 1).is_err() {
+                    let cut_ok = if self.cfg.sabotage == crate::Sabotage::CutKeepsDerived {
+                        store.truncate_after(index - 1).is_ok() && store.sync().is_ok()
+                    } else {
+                        cut_after(&mut store, index - 1).is_ok()
+                    };
+                    if !cut_ok {
                         self.violation("the leader store refuses to cut its torn tail".into());
                         self.fatal = true;
                         return;
@@ -1742,6 +1747,24 @@ impl<'k> Sim<'k> {
             )),
             Err(e) => self.report.violations.push(format!(
                 "the leader's store does not recover at the end: {e}"
+            )),
+        }
+        // Its derived indexes agree with its log both ways: every record's
+        // entries are there, and no entry answers for a record the log does
+        // not hold (the leader recalls aged-out keys from them).
+        let opts = VerifyOptions {
+            verify: Verify::Trusted,
+            check_indexes: true,
+        };
+        match verify(&store, &self.genesis, &opts, &mut |_| {}) {
+            Ok(v) if v.index_problems_total == 0 => {}
+            Ok(v) => self.report.violations.push(format!(
+                "the leader's derived indexes disagree with its log ({} problem(s)): {}",
+                v.index_problems_total,
+                v.index_problems.join("; ")
+            )),
+            Err(e) => self.report.violations.push(format!(
+                "the leader's store does not verify at the end: {e}"
             )),
         }
         replicas.insert(0, ("leader".into(), leader.node));

@@ -203,6 +203,33 @@ fn acknowledging_before_durability_is_caught() {
 }
 
 #[test]
+fn a_cut_that_keeps_derived_entries_is_caught() {
+    // Sabotage: torn tails are cut with a bare WAL truncation, so the cut
+    // records' idempotency entries and decisions stay. The end-of-run check
+    // of the leader's indexes must name them.
+    let cfg = SimConfig {
+        seed: 5,
+        transitions: 1_000,
+        rates: FaultRates {
+            torn_write: 0.05,
+            ..FaultRates::default()
+        },
+        sabotage: Sabotage::CutKeepsDerived,
+        ..SimConfig::default()
+    };
+    let r = run(cfg);
+    assert!(r.replication.torn_tails_cut > 0, "no torn tail to cut");
+    assert!(!r.ok(), "the orphaned entries went unnoticed");
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("derived indexes disagree") && v.contains("for no record")),
+        "{:#?}",
+        r.violations
+    );
+}
+
+#[test]
 fn an_invalid_configuration_is_reported_not_run() {
     let r = run(SimConfig {
         replicas: 0,

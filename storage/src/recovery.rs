@@ -808,7 +808,7 @@ fn check_indexes<S: LogStore + ?Sized>(
 /// Derived entries no record of the log accounts for (the per-record check
 /// sees only the entries records point at): an idempotency key or decision
 /// of a record beyond the log's end, which a cut that kept them leaves, and,
-/// on a log from genesis, more idempotency keys than records. A node recalls
+/// on a log from genesis, more idempotency keys (or decisions) than records. A node recalls
 /// aged-out keys from this index, so such a key would refuse a new proposal
 /// as a conflict with a record that does not exist. Entries that do not
 /// decode are left to the per-record check, which names them.
@@ -839,7 +839,9 @@ fn check_orphans<S: LogStore + ?Sized>(
             "{keys} idempotency entries for {records} records: some answer for no record of the log"
         ));
     }
+    let mut decisions = 0u64;
     for_each_entry(store, Space::Decisions, &mut |_, v| {
+        decisions += 1;
         if let Ok((_, d)) = frame::open_decode::<crate::wal::DecisionDoc>(
             FrameKind::Decision,
             v,
@@ -853,7 +855,14 @@ fn check_orphans<S: LogStore + ?Sized>(
                 ));
             }
         }
-    })
+    })?;
+    // One decision per record at most (a follower stores none).
+    if !based && decisions > records {
+        note(format!(
+            "{decisions} decisions for {records} records: some are for no record of the log"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

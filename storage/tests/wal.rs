@@ -926,14 +926,15 @@ fn a_cut_leaves_no_derived_entry_behind(h: &mut impl Harness) {
     assert_eq!(rep.records, 8);
     let all = rep.index_problems.join("\n");
     assert_eq!(
-        rep.index_problems_total, 9,
-        "4 keys, 4 decisions, the count: {all}"
+        rep.index_problems_total, 10,
+        "4 keys, 4 decisions, both counts: {all}"
     );
     assert!(all.contains("record beyond the log's end (8)"), "{all}");
     assert!(
         all.contains("12 idempotency entries for 8 records"),
         "{all}"
     );
+    assert!(all.contains("12 decisions for 8 records"), "{all}");
     assert!(
         all.contains("is for record 9, beyond the log's end"),
         "{all}"
