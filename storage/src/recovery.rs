@@ -822,9 +822,7 @@ fn check_orphans<S: LogStore + ?Sized>(
     let mut keys = 0u64;
     for_each_entry(store, Space::Idem, &mut |_, v| {
         keys += 1;
-        if let Ok((_, e)) =
-            frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
-        {
+        if let Some(e) = decode_idem(v) {
             if e.index > last {
                 note(format!(
                     "an idempotency entry ({} at index {}) is for a record beyond the log's end ({last})",
@@ -842,11 +840,7 @@ fn check_orphans<S: LogStore + ?Sized>(
     let mut decisions = 0u64;
     for_each_entry(store, Space::Decisions, &mut |_, v| {
         decisions += 1;
-        if let Ok((_, d)) = frame::open_decode::<crate::wal::DecisionDoc>(
-            FrameKind::Decision,
-            v,
-            crate::wal::DECISION_BYTES_MAX,
-        ) {
+        if let Some(d) = decode_decision(v) {
             if d.record().index > last {
                 note(format!(
                     "decision {} is for record {}, beyond the log's end ({last})",
@@ -863,6 +857,24 @@ fn check_orphans<S: LogStore + ?Sized>(
         ));
     }
     Ok(())
+}
+
+/// A stored idempotency entry, `None` when it does not decode.
+fn decode_idem(v: &[u8]) -> Option<IdemEntry> {
+    frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
+        .ok()
+        .map(|(_, e)| e)
+}
+
+/// A stored decision record, `None` when it does not decode.
+fn decode_decision(v: &[u8]) -> Option<crate::wal::DecisionDoc> {
+    frame::open_decode::<crate::wal::DecisionDoc>(
+        FrameKind::Decision,
+        v,
+        crate::wal::DECISION_BYTES_MAX,
+    )
+    .ok()
+    .map(|(_, d)| d)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -994,20 +1006,15 @@ pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<
     }
     let mut removed = 0u64;
     for_each_entry(&*store, Space::Idem, &mut |k, v| {
-        let keep = frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
-            .is_ok_and(|(_, e)| e.index <= last_good);
+        let keep = decode_idem(v).is_some_and(|e| e.index <= last_good);
         if !keep {
             b.delete(Space::Idem, k.to_vec());
             removed += 1;
         }
     })?;
     for_each_entry(&*store, Space::Decisions, &mut |k, v| {
-        let keep = frame::open_decode::<crate::wal::DecisionDoc>(
-            FrameKind::Decision,
-            v,
-            crate::wal::DECISION_BYTES_MAX,
-        )
-        .is_ok_and(|(_, d)| d.record().index <= last_good && d.hash().0[..] == k[..]);
+        let keep = decode_decision(v)
+            .is_some_and(|d| d.record().index <= last_good && d.hash().0[..] == k[..]);
         if !keep {
             b.delete(Space::Decisions, k.to_vec());
             removed += 1;
