@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Proposals whose key had left the window and was found in the store's
     /// durable index (a late repeat or a conflicting reuse of an old key).
     pub idempotency_recalled_total: Counter,
+    /// Times a start found the derived indexes disagreeing with the log
+    /// and rebuilt them from it.
+    pub index_rebuilds_total: Counter,
 }
 
 impl Metrics {
@@ -167,6 +170,12 @@ impl Metrics {
             "Proposals whose idempotency key had left the state's window and was found in the durable index",
             idempotency_recalled_total.clone(),
         );
+        let index_rebuilds_total = Counter::default();
+        r.register(
+            "swoosh_index_rebuilds",
+            "Starts that found the idempotency or decision index disagreeing with the log and rebuilt both from it",
+            index_rebuilds_total.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             transition_total,
@@ -186,6 +195,7 @@ impl Metrics {
             backpressure_total,
             idempotency_window_keys,
             idempotency_recalled_total,
+            index_rebuilds_total,
         }
     }
 

@@ -13,6 +13,7 @@ use swoosh_core::reducer::{Ctx, Effect, OpEvent, Outcome, RejectKind, Rejection}
 use swoosh_core::state::{Genesis, NodeState, ProjectState};
 use swoosh_core::statechart::Region;
 use swoosh_core::{Hash, Hlc, Proposal};
+use swoosh_storage::index::{audit_indexes, rebuild_indexes};
 use swoosh_storage::recovery::{recover_with, RecoverOptions};
 use swoosh_storage::store::LogStore;
 use swoosh_storage::wal::{BatchLimits, LeaderEntry, WalWriter};
@@ -1755,6 +1756,41 @@ struct Supervisor<S> {
     shared: Arc<Shared<S>>,
 }
 
+/// Audit the derived indexes against the recovered log and, if they
+/// disagree, rebuild both from it (issue 3: "rebuilt from the WAL if
+/// missing"). Without it a lost or orphan entry would change answers
+/// quietly: a late repeat refused as stale, a new proposal refused as a
+/// conflict, a decision not found. True when it rebuilt.
+fn ensure_indexes<S: LogStore>(
+    store: &mut S,
+    genesis: &Genesis,
+    leader_key: &SigningKey,
+    last: u64,
+) -> Result<bool, String> {
+    let audit = audit_indexes(&*store, last).map_err(|e| format!("auditing the indexes: {e}"))?;
+    if audit.is_sound() {
+        return Ok(false);
+    }
+    tracing::warn!(
+        location = %store.location(),
+        records = audit.records,
+        idem_entries = audit.idem_entries,
+        decisions = audit.decisions,
+        findings = %audit.findings.join("; "),
+        "the derived indexes disagree with the log; rebuilding them from it before serving"
+    );
+    let r = rebuild_indexes(store, genesis, Some(leader_key), &mut |_| {})
+        .map_err(|e| format!("rebuilding the derived indexes failed: {e}; run `swoosh wal verify --dir <dir>`, then `swoosh wal reindex --dir <dir>`"))?;
+    tracing::warn!(
+        records = r.records,
+        idem_entries = r.idem_entries,
+        decisions = r.decisions,
+        seconds = r.elapsed.as_secs_f64(),
+        "rebuilt the derived indexes from the log"
+    );
+    Ok(true)
+}
+
 impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
     /// Recover from storage, open a WAL writer and spawn writer + sequencer.
     async fn start_pair(&self, sup: &ActorRef<SupMsg>) -> Result<NodeState, ActorProcessingErr> {
@@ -1765,9 +1801,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
             sh.commit_lock.clone(),
         );
         let (gh, limits) = (sh.genesis_hash, sh.cfg.wal_limits);
+        let leader_key = sh.cfg.leader_key.clone();
         // Under the commit lock: no old writer's commit can land between
         // recovery and the new writer reading the tail.
-        let (rec, writer, generation) = tokio::task::spawn_blocking(move || {
+        let (rec, writer, generation, rebuilt) = tokio::task::spawn_blocking(move || {
             let mut current = lock.lock().unwrap_or_else(|p| p.into_inner());
             *current += 1;
             let rec = recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
@@ -1781,15 +1818,19 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
                     .delete_snapshot(p.index)
                     .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
             }
+            let rebuilt = ensure_indexes(&mut store, &genesis, &leader_key, rec.node.index)?;
             let writer =
                 WalWriter::open(store, gh, limits).map_err(|e| format!("WAL open failed: {e}"))?;
-            Ok::<_, String>((rec, writer, *current))
+            Ok::<_, String>((rec, writer, *current, rebuilt))
         })
         .await
         .map_err(|e| format!("recovery task failed: {e}"))??;
         sh.metrics
             .recovery_time_seconds
             .set(rec.elapsed.as_secs_f64());
+        if rebuilt {
+            sh.metrics.index_rebuilds_total.inc();
+        }
         let node = rec.node;
         if writer.last_index() != node.index {
             return Err(format!(

@@ -158,9 +158,24 @@ async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(e.downcast_ref::<Exit>().map_or(1, |x| x.code));
     }
 }
+
+/// An error that ends the process with its own exit code (default: 1).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Turn transparent huge pages off for this process (and the node processes
 /// it starts, which inherit the flag). With THP on, the allocator's first

@@ -26,6 +26,9 @@ use swoosh_storage::{
     Space, VerifyOptions, WalIter, SNAPSHOTS_KEEP_DEFAULT,
 };
 
+/// `wal verify --strict`'s exit code for a sound log with snapshot or index
+/// problems (1 stays "the log is not sound"; 2 is clap's usage error).
+pub const STRICT_EXIT_CODE: i32 = 3;
 /// Characters of a record's inputs shown by `wal inspect` (all with --json).
 const INSPECT_INPUTS_CHARS_MAX: usize = 400;
 /// Most snapshots `snapshot create --keep` may ask to keep.
@@ -59,8 +62,8 @@ pub enum WalCmd {
     ///
     /// Exits 0 when the log is sound (snapshot and index problems are
     /// reported but do not fail it: snapshots and indexes are caches of the
-    /// log). Otherwise exits non-zero naming the index and reason of the
-    /// first bad record and what to run next.
+    /// log; with --strict they exit 3). Otherwise exits 1 naming the index
+    /// and reason of the first bad record and what to run next.
     Verify {
         /// Node directory (holds genesis.json; the store is in <DIR>/data).
         #[arg(long)]
@@ -72,6 +75,11 @@ pub enum WalCmd {
         /// and recomputed hashes are still checked).
         #[arg(long)]
         trusted: bool,
+        /// Exit 3 when the log is sound but a snapshot or a derived index
+        /// disagrees with it (for health checks: the node answers repeats
+        /// and `GET /decisions` from those indexes).
+        #[arg(long)]
+        strict: bool,
     },
     /// Write the records of the log, each checked (frame hash, index, chain
     /// link) before it is written.
@@ -463,7 +471,12 @@ fn quiet_pipe(r: std::io::Result<()>, what: &str) -> Result<bool> {
 
 pub fn wal(cmd: WalCmd) -> Result<()> {
     match cmd {
-        WalCmd::Verify { dir, json, trusted } => wal_verify(&dir, json, trusted),
+        WalCmd::Verify {
+            dir,
+            json,
+            trusted,
+            strict,
+        } => wal_verify(&dir, json, trusted, strict),
         WalCmd::Export {
             dir,
             format,
@@ -509,7 +522,7 @@ struct VerifyFailJson<'a> {
     failure: &'a Failure,
 }
 
-fn wal_verify(dir: &Path, json: bool, trusted: bool) -> Result<()> {
+fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()> {
     let node = open_node(dir)?;
     let opts = VerifyOptions {
         verify: if trusted {
@@ -569,7 +582,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool) -> Result<()> {
             seconds: secs(r.elapsed),
         };
         say!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return strict_verdict(strict, &r, &node.dir);
     }
     say!(
         "the log in {} is sound: {} records, every frame, chain link and reducer step checked, signatures {signatures}",
@@ -616,7 +629,25 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool) -> Result<()> {
         secs(r.elapsed),
         per_second(r.records, secs(r.elapsed))
     );
-    Ok(())
+    strict_verdict(strict, &r, &node.dir)
+}
+
+/// `wal verify --strict`: a sound log whose snapshots or derived indexes
+/// disagree with it fails with exit code [`STRICT_EXIT_CODE`].
+fn strict_verdict(strict: bool, r: &swoosh_storage::VerifyReport, dir: &Path) -> Result<()> {
+    let snaps = r.snapshot_problems.len();
+    if !strict || (snaps == 0 && r.index_problems_total == 0) {
+        return Ok(());
+    }
+    Err(crate::Exit {
+        code: STRICT_EXIT_CODE,
+        message: format!(
+            "--strict: the log is sound but {snaps} snapshot(s) and {} derived-index entry(ies) disagree with it; `swoosh wal reindex --dir {d}` rebuilds the indexes (a starting node also does), `swoosh snapshot create --dir {d}` writes a fresh snapshot",
+            r.index_problems_total,
+            d = dir.display()
+        ),
+    }
+    .into())
 }
 
 fn join_u64(v: &[u64]) -> String {

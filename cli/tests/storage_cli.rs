@@ -329,10 +329,51 @@ fn storage_commands_on_a_demo_log() {
     let r = json(&ok(&["replay", "--dir", d, "--json"]));
     assert_eq!(g["hash"], r["hash"]);
 
+    // A lost idempotency entry: the log is sound (exit 0, a warning), but
+    // --strict exits 3 for a health check, in text and in JSON.
+    {
+        let mut store =
+            LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open store");
+        let r = swoosh_storage::read_record(&store, 2)
+            .expect("record 2")
+            .record;
+        let mut b = swoosh_storage::Batch::new();
+        b.delete(
+            Space::Idem,
+            swoosh_storage::wal::idem_key(&r.project, &r.idem_key).expect("key"),
+        );
+        store.commit(b).expect("delete");
+    }
+    let o = ok(&["wal", "verify", "--dir", d]);
+    assert!(
+        text(&o).contains("warning: 1 derived-index problem"),
+        "{}",
+        text(&o)
+    );
+    let o = fails(&["wal", "verify", "--dir", d, "--strict"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("--strict: the log is sound but"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("swoosh wal reindex --dir"),
+        "{}",
+        text(&o)
+    );
+    let o = fails(&["wal", "verify", "--dir", d, "--strict", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(
+        (v["ok"].clone(), v["index_problems_total"].clone()),
+        (true.into(), 1.into())
+    );
+
     // Reindex rebuilds the derived indexes; the log still verifies.
     let o = ok(&["wal", "reindex", "--dir", d]);
     assert!(text(&o).contains("rebuilt"), "{}", text(&o));
-    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json", "--strict"]));
     assert_eq!(v["index_problems_total"], 0);
 }
 

@@ -40,7 +40,8 @@ pub use base::{
     first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
 };
 pub use index::{
-    get_decision, lookup_idem, rebuild_indexes, IndexError, RebuildError, RebuildReport,
+    audit_indexes, get_decision, lookup_idem, rebuild_indexes, IndexAudit, IndexError,
+    RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,
 };
 pub use lmdb::{LmdbOptions, LmdbStore, LMDB_MAP_BYTES_DEFAULT};
 pub use mem::{MemDisk, MemStore};

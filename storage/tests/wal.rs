@@ -952,7 +952,89 @@ fn a_cut_leaves_no_derived_entry_behind(h: &mut impl Harness) {
     }
 }
 
+/// The node's start-up audit sees a lost entry far behind the tail (by the
+/// counts), an orphan (by the counts), and a damaged or missing entry of a
+/// tail record (by name), and a rebuild satisfies it.
+fn the_start_audit_sees_lost_orphan_and_damaged_entries(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let n = AUDIT_TAIL_RECORDS + 44;
+    fill(&mut w, &mut st, n as usize, 64);
+    let mut s = w.into_store();
+    let a = audit_indexes(&s, n).unwrap();
+    assert!(a.is_sound(), "{:?}", a.findings);
+    assert_eq!((a.records, a.idem_entries, a.decisions), (n, n, n));
+    let leader = swoosh_core::scenario::Keys::from_labels(LABEL, 3).leader;
+    let rebuild = |s: &mut _| {
+        rebuild_indexes(s, st.genesis(), Some(&leader), &mut |_| {}).unwrap();
+        let a = audit_indexes(s, n).unwrap();
+        assert!(a.is_sound(), "after a rebuild: {:?}", a.findings);
+    };
+
+    // Record 3 is far behind the audited tail: only the count shows it.
+    let r3 = read_record(&s, 3).unwrap().record;
+    let k3 = swoosh_storage::wal::idem_key(&r3.project, &r3.idem_key).unwrap();
+    let v3 = s.get(Space::Idem, &k3).unwrap().unwrap();
+    let mut b = Batch::new();
+    b.delete(Space::Idem, k3.clone())
+        .delete(Space::Decisions, r3.decision.0.to_vec());
+    s.commit(b).unwrap();
+    let a = audit_indexes(&s, n).unwrap();
+    assert_eq!(
+        a.findings,
+        vec![
+            format!(
+                "{} idempotency entries for {n} records (one each expected)",
+                n - 1
+            ),
+            format!("{} decisions for {n} records (one each expected)", n - 1),
+        ]
+    );
+    // The full check names both.
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(
+        rep.index_problems,
+        vec![
+            format!(
+                "record 3: no idempotency entry for project {:?} key {:?}",
+                r3.project, r3.idem_key
+            ),
+            format!("record 3: its decision {} is not stored", r3.decision),
+        ]
+    );
+    rebuild(&mut s);
+    assert_eq!(s.get(Space::Idem, &k3).unwrap(), Some(v3.clone()));
+
+    // An entry no record accounts for (a cut that kept it, a stray write).
+    let mut b = Batch::new();
+    b.put(Space::Idem, b"orphan".to_vec(), v3);
+    s.commit(b).unwrap();
+    let a = audit_indexes(&s, n).unwrap();
+    assert_eq!(
+        a.findings,
+        vec![format!(
+            "{} idempotency entries for {n} records (one each expected)",
+            n + 1
+        )]
+    );
+    rebuild(&mut s);
+
+    // A damaged entry of a tail record is named with its record.
+    let last = read_record(&s, n).unwrap().record;
+    let kl = swoosh_storage::wal::idem_key(&last.project, &last.idem_key).unwrap();
+    flip(&mut s, Space::Idem, &kl, 40);
+    let a = audit_indexes(&s, n).unwrap();
+    assert_eq!(a.findings.len(), 1, "{:?}", a.findings);
+    assert!(
+        a.findings[0].starts_with(&format!("record {n}: ")),
+        "{:?}",
+        a.findings
+    );
+    rebuild(&mut s);
+}
+
 both_backends!(
+    the_start_audit_sees_lost_orphan_and_damaged_entries,
     a_cut_leaves_no_derived_entry_behind,
     group_commit_appends_and_reads_back_verified,
     writer_checks_order_chain_and_claimed_hash,

@@ -505,7 +505,12 @@ pub async fn drive_project(
 }
 
 /// The record an acknowledgement names must already be in the store.
-pub fn check_durable_now(node: &Node, p: &Proposal, index: u64, post: Hash) {
+pub fn check_durable_now<S: LogStore + Clone + Send + Sync + 'static>(
+    node: &NodeHandle<S>,
+    p: &Proposal,
+    index: u64,
+    post: Hash,
+) {
     let store = node.store();
     let v = swoosh_storage::read_record(store, index).unwrap_or_else(|e| {
         panic!(
