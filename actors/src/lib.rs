@@ -21,6 +21,7 @@
 pub mod bounded;
 pub mod metrics;
 mod node;
+mod undurable;
 
 pub use node::{
     ActorKind, AttentionView, Clock, FollowerHealth, HealthView, ManualClock, NodeConfig,

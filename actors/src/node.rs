@@ -752,6 +752,9 @@ struct SeqState {
     node: NodeState,
     waiters: VecDeque<Waiter>,
     durable: u64,
+    /// Idempotency entries of accepted records not yet durable: the window
+    /// may evict them before the store holds them.
+    undurable: crate::undurable::Undurable,
     last_snapshot_index: u64,
 }
 
@@ -804,6 +807,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
             node,
             waiters: VecDeque::new(),
             durable: idx,
+            undurable: Default::default(),
             last_snapshot_index: idx,
         })
     }
@@ -836,10 +840,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     snapshot_every: 0,
                 };
                 // A key that aged out of the state's bounded window is recalled
-                // from the durable index, so a late repeat still gets its
+                // from the durable index (or, its record still on the way to
+                // the disk, from `undurable`), so a late repeat still gets its
                 // original outcome (and other content still a conflict).
                 let recalled = if st.node.idem.contains(&proposal.project, &proposal.idem_key) {
                     None
+                } else if let Some(e) = st.undurable.get(&proposal.project, &proposal.idem_key) {
+                    Some(e.clone())
                 } else {
                     match swoosh_storage::lookup_idem(
                         &sh.store,
@@ -927,6 +934,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     }
                     Outcome::Accepted(acc) => {
                         let index = acc.record.index;
+                        let entry = st
+                            .node
+                            .idem
+                            .get(&proposal.project)
+                            .and_then(|m| m.get(&proposal.idem_key));
+                        if let Some(e) = entry {
+                            st.undurable
+                                .accepted(&proposal.project, &proposal.idem_key, e.clone());
+                        }
                         // One copy of the post state, shared by every region's
                         // read model; JSON is rendered only when read.
                         let post = Arc::new(st.node.project(&proposal.project).into_owned());
@@ -993,6 +1009,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
             }
             SeqMsg::Durable { up_to } => {
                 st.durable = st.durable.max(up_to);
+                st.undurable.durable(st.durable);
                 sh.durable_index.store(st.durable, Ordering::Release);
                 sh.metrics.wal_index.set(st.durable as i64);
                 sh.metrics

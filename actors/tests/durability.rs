@@ -506,3 +506,178 @@ async fn lost_index_entries_are_rebuilt_from_the_log_at_start() {
     assert_eq!(node.health().root_hash, Some(mirror.root_hash()));
     node.shutdown().await;
 }
+
+/// A store whose commits a test can hold, as a stalled disk would.
+#[derive(Clone)]
+struct Stalling {
+    inner: swoosh_storage::LmdbStore,
+    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Stalling {
+    fn hold(&self, held: bool) {
+        let (m, c) = &*self.held;
+        *m.lock().unwrap() = held;
+        c.notify_all();
+    }
+}
+
+impl LogStore for Stalling {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn durability(&self) -> swoosh_storage::Durability {
+        self.inner.durability()
+    }
+    fn commit(
+        &mut self,
+        batch: swoosh_storage::Batch,
+    ) -> Result<swoosh_storage::CommitInfo, swoosh_storage::StoreError> {
+        let (m, c) = &*self.held;
+        let _g = c.wait_while(m.lock().unwrap(), |held| *held).unwrap();
+        self.inner.commit(batch)
+    }
+    fn get(
+        &self,
+        space: swoosh_storage::Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, swoosh_storage::StoreError> {
+        self.inner.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: swoosh_storage::Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
+        self.inner.scan(space, from, to, limit)
+    }
+    fn last(
+        &self,
+        space: swoosh_storage::Space,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
+        self.inner.last(space)
+    }
+    fn count(&self, space: swoosh_storage::Space) -> Result<u64, swoosh_storage::StoreError> {
+        self.inner.count(space)
+    }
+    fn sync(&mut self) -> Result<(), swoosh_storage::StoreError> {
+        self.inner.sync()
+    }
+    fn overwrite_raw(
+        &mut self,
+        space: swoosh_storage::Space,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), swoosh_storage::StoreError> {
+        self.inner.overwrite_raw(space, key, value)
+    }
+}
+
+/// The `i`-th of a run of pauses and resumes of `project` from `mirror`.
+fn pause_or_resume(fx: &Fixture, mirror: &NodeState, project: &str, i: usize) -> Proposal {
+    let st = mirror.project(project).into_owned();
+    let (t, inputs) = if st.control.phase == "NORMAL" {
+        (
+            "Control_Pause",
+            serde_json::json!({"reason": "maintenance"}),
+        )
+    } else {
+        ("Control_Resume", serde_json::json!({}))
+    };
+    ProposalBuilder::new(
+        project,
+        t,
+        mirror.project_hash(project),
+        Driver::hlc_for(&st, fx.now()),
+        &format!("pr-{i}"),
+    )
+    .inputs(&inputs)
+    .unwrap()
+    .sign(&fx.keys.leader)
+    .unwrap()
+}
+
+/// A key the state's window evicts while its record is still on the way to
+/// a stalled disk is neither in the window nor in the durable index; a
+/// repeat of it still gets its original outcome once the record is durable.
+/// Before, it was evaluated as new and refused as a stale hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_evicted_before_its_record_is_durable_gets_its_original_outcome() {
+    use swoosh_core::state::{IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX};
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("idem-undurable");
+    let project = "stall";
+    let store = Stalling {
+        inner: open_store(dir.path()),
+        held: Default::default(),
+    };
+    let node = NodeHandle::start(store.clone(), fx.config(0))
+        .await
+        .expect("the node starts");
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let ctx = Ctx {
+        now_ms: fx.now(),
+        verify: Verify::Trusted,
+        snapshot_every: 0,
+    };
+    // Licensed, durable keys, then enough held back by the disk that the
+    // project's first eviction takes some of each.
+    advance(&fx, &node, &mut mirror, project, 4).await;
+    let durable = IDEM_EVICT_BATCH - 24;
+    let mut all = vec![];
+    for i in 0..durable {
+        let p = pause_or_resume(&fx, &mirror, project, i);
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(a) if !a.duplicate => {
+                swoosh_core::step(&mut mirror, &p, &ctx);
+            }
+            other => panic!("{i}: {other:?}"),
+        }
+        all.push(p);
+    }
+    store.hold(true);
+    let mut pending = vec![];
+    for i in durable..=IDEM_KEYS_PER_PROJECT_MAX {
+        let p = pause_or_resume(&fx, &mirror, project, i);
+        swoosh_core::step(&mut mirror, &p, &ctx);
+        let (n, q) = (node.clone(), p.clone());
+        pending.push(tokio::spawn(async move { n.submit(q).await }));
+        all.push(p);
+        // One at a time into the sequencer, in order.
+        let lag = (i + 1 - durable) as i64;
+        while node.metrics().wal_lag_records.get() < lag {
+            tokio::task::yield_now().await;
+        }
+    }
+    let late = IDEM_EVICT_BATCH - 10;
+    assert!(late >= durable);
+    assert!(
+        !mirror.idem[project].contains_key(&all[late].idem_key),
+        "the key was evicted from the window"
+    );
+    assert_eq!(node.store().last_index().unwrap(), 4 + durable as u64);
+
+    let repeat = {
+        let (n, q) = (node.clone(), all[late].clone());
+        tokio::spawn(async move { n.submit(q).await })
+    };
+    store.hold(false);
+    match repeat.await.unwrap() {
+        SubmitResult::Accepted(a) => {
+            assert!(a.duplicate);
+            assert_eq!(a.index, 4 + late as u64 + 1, "the original record");
+        }
+        other => panic!("a repeat of a key evicted before it was durable: {other:?}"),
+    }
+    for (i, t) in pending.into_iter().enumerate() {
+        match t.await.unwrap() {
+            SubmitResult::Accepted(a) if !a.duplicate => {}
+            other => panic!("{}: {other:?}", durable + i),
+        }
+    }
+    assert_eq!(node.health().root_hash, Some(mirror.root_hash()));
+    node.shutdown().await;
+}
