@@ -361,32 +361,13 @@ async fn a_repeat_older_than_the_idempotency_window_gets_its_original_outcome() 
 
     // Pause and resume until the first key is out of the window.
     for i in 0..(IDEM_KEYS_PER_PROJECT_MAX + 10) {
-        let st = mirror.project(project).into_owned();
-        let (t, inputs) = if st.control.phase == "NORMAL" {
-            (
-                "Control_Pause",
-                serde_json::json!({"reason": "maintenance"}),
-            )
-        } else {
-            ("Control_Resume", serde_json::json!({}))
-        };
-        let p = ProposalBuilder::new(
-            project,
-            t,
-            mirror.project_hash(project),
-            Driver::hlc_for(&st, fx.now()),
-            &format!("pause-{i}"),
-        )
-        .inputs(&inputs)
-        .unwrap()
-        .sign(&fx.keys.leader)
-        .unwrap();
+        let p = pause_or_resume(&fx, &mirror, project, i);
         match node.submit(p.clone()).await {
             SubmitResult::Accepted(a) if !a.duplicate => {
                 swoosh_core::step(&mut mirror, &p, &ctx);
                 assert_eq!(mirror.project_hash(project), a.state_post_hash);
             }
-            other => panic!("{t} {i}: {other:?}"),
+            other => panic!("{} {i}: {other:?}", p.transition),
         }
     }
     assert!(
