@@ -32,7 +32,7 @@ use swoosh_net::proto::{
     FollowerEffect, Gossip, LeaderConfig, LeaderEffect, LeaderLog, ReplFollower, ReplLeader,
     Request, SnapshotView, VoteOutcome, VotePolicy,
 };
-use swoosh_storage::index::{lookup_idem, IndexError};
+use swoosh_storage::index::{audit_indexes, lookup_idem, IndexError};
 use swoosh_storage::recovery::{cut_after, recover, verify, RecoveryError, VerifyOptions};
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
@@ -1103,6 +1103,17 @@ impl<'k> Sim<'k> {
                 }
                 Err(e) => self.violation(format!("recovered record {i} is unreadable: {e}")),
             }
+        }
+        // What the node checks before it serves: the derived indexes agree
+        // with the recovered log (a cut that kept the cut records' entries
+        // fails here, at the restart that made it).
+        match audit_indexes(&store, node.index) {
+            Ok(a) if a.is_sound() => {}
+            Ok(a) => self.violation(format!(
+                "at restart the leader's start-up audit finds its derived indexes disagreeing with its log: {}",
+                a.findings.join("; ")
+            )),
+            Err(e) => self.violation(format!("the leader's start-up audit cannot run: {e}")),
         }
         let writer = match WalWriter::open(store, self.genesis_hash, BatchLimits::default()) {
             Ok(w) => w,

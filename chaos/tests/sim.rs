@@ -226,6 +226,13 @@ fn a_cut_that_keeps_derived_entries_is_caught() {
             .any(|v| v.contains("derived indexes disagree") && v.contains("for no record")),
         "{:#?}",
         r.violations
+    ); // The node's start-up audit sees it at the restart after the cut.
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("start-up audit") && v.contains("(one each expected)")),
+        "{:#?}",
+        r.violations
     );
 }
 
