@@ -34,6 +34,11 @@ pub struct ActorLabel {
 pub struct BandLabel {
     pub band: String,
 }
+/// A follower by its name in genesis (`follower-1`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabel {
+    pub follower: String,
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -64,6 +69,15 @@ pub struct Metrics {
     /// Times a start found the derived indexes disagreeing with the log
     /// and rebuilt them from it.
     pub index_rebuilds_total: Counter,
+    /// The leader's view of each follower, refreshed at every scrape: a
+    /// follower that is down cannot export its own lag, so alerts on
+    /// replication read these.
+    pub replica_connected: Family<FollowerLabel, Gauge>,
+    pub replica_halted: Family<FollowerLabel, Gauge>,
+    /// Absent until the follower's first status report.
+    pub replica_lag_records: Family<FollowerLabel, Gauge>,
+    /// Absent until the follower's first status report.
+    pub replica_report_age_seconds: Family<FollowerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -176,6 +190,31 @@ impl Metrics {
             "Starts that found the idempotency or decision index disagreeing with the log and rebuilt both from it",
             index_rebuilds_total.clone(),
         );
+        let replica_connected = Family::<FollowerLabel, Gauge>::default();
+        r.register(
+            "swoosh_replica_connected",
+            "1 while the leader's swarm has a connection to the follower (leader only)",
+            replica_connected.clone(),
+        );
+        let replica_halted = Family::<FollowerLabel, Gauge>::default();
+        r.register(
+            "swoosh_replica_halted",
+            "1 when the follower's last report says it halted (divergence or write failure)",
+            replica_halted.clone(),
+        );
+        let replica_lag_records = Family::<FollowerLabel, Gauge>::default();
+        r.register(
+            "swoosh_replica_lag_records",
+            "Records the follower's last report had not yet applied",
+            replica_lag_records.clone(),
+        );
+        let replica_report_age_seconds =
+            Family::<FollowerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        r.register(
+            "swoosh_replica_report_age_seconds",
+            "Seconds since the follower's last status report reached the leader",
+            replica_report_age_seconds.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             transition_total,
@@ -196,6 +235,10 @@ impl Metrics {
             idempotency_window_keys,
             idempotency_recalled_total,
             index_rebuilds_total,
+            replica_connected,
+            replica_halted,
+            replica_lag_records,
+            replica_report_age_seconds,
         }
     }
 

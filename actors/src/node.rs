@@ -180,6 +180,41 @@ fn consensus_line(
     line
 }
 
+/// Set the `swoosh_replica_*` gauges from the transport's view of the
+/// followers. Lag and report age are removed, not zeroed, while unknown: a
+/// zero would read as "caught up".
+fn export_replicas(m: &Metrics, followers: &[FollowerHealth]) {
+    for f in followers {
+        let l = crate::metrics::FollowerLabel {
+            follower: f.name.clone(),
+        };
+        m.replica_connected
+            .get_or_create(&l)
+            .set(i64::from(f.connected));
+        m.replica_halted.get_or_create(&l).set(i64::from(f.halted));
+        match f.lag_records {
+            Some(n) => {
+                m.replica_lag_records
+                    .get_or_create(&l)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => {
+                m.replica_lag_records.remove(&l);
+            }
+        }
+        match f.last_report_ms_ago {
+            Some(ms) => {
+                m.replica_report_age_seconds
+                    .get_or_create(&l)
+                    .set(ms as f64 / 1000.0);
+            }
+            None => {
+                m.replica_report_age_seconds.remove(&l);
+            }
+        }
+    }
+}
+
 /// A follower that has not reported for this long counts as not following.
 pub const FOLLOWER_REPORT_STALE_MS: u64 = 5_000;
 
@@ -513,6 +548,21 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Err("the state changed too fast to read one consistent version; retry".into())
+    }
+
+    /// The metrics in OpenMetrics text, with the leader's view of its
+    /// followers refreshed from the replication transport first.
+    pub fn metrics_text(&self) -> String {
+        let source = self
+            .shared
+            .replication
+            .read()
+            .expect("replication lock")
+            .clone();
+        if let Some(f) = source {
+            export_replicas(&self.shared.metrics, &f());
+        }
+        self.shared.metrics.encode()
     }
 
     /// Let the health view report followers from the replication transport.
@@ -2096,5 +2146,63 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
             ActorKind::Attention => self.start_attention(&me).await?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(name: &str, lag: Option<u64>, ago: Option<u64>) -> FollowerHealth {
+        FollowerHealth {
+            name: name.into(),
+            key: format!("hmmm:pubkey:{name}"),
+            connected: lag.is_some(),
+            applied_index: lag.map(|l| 100 - l),
+            lag_records: lag,
+            last_report_ms_ago: ago,
+            halted: false,
+        }
+    }
+
+    #[test]
+    fn replicas_are_exported_and_unknowns_stay_absent() {
+        let m = Metrics::new();
+        export_replicas(
+            &m,
+            &[
+                follower("follower-1", Some(12), Some(250)),
+                follower("follower-2", None, None),
+            ],
+        );
+        let t = m.encode();
+        for line in [
+            "swoosh_replica_connected{follower=\"follower-1\"} 1",
+            "swoosh_replica_connected{follower=\"follower-2\"} 0",
+            "swoosh_replica_halted{follower=\"follower-1\"} 0",
+            "swoosh_replica_lag_records{follower=\"follower-1\"} 12",
+            "swoosh_replica_report_age_seconds{follower=\"follower-1\"} 0.25",
+        ] {
+            assert!(t.contains(line), "{line} missing from:\n{t}");
+        }
+        assert!(!t.contains("swoosh_replica_lag_records{follower=\"follower-2\"}"));
+        assert!(!t.contains("swoosh_replica_report_age_seconds{follower=\"follower-2\"}"));
+
+        // The second follower reports and halts; the first loses its link.
+        let mut f2 = follower("follower-2", Some(0), Some(10));
+        f2.halted = true;
+        let mut f1 = follower("follower-1", Some(40), Some(6_000));
+        f1.connected = false;
+        export_replicas(&m, &[f1, f2]);
+        let t = m.encode();
+        for line in [
+            "swoosh_replica_connected{follower=\"follower-1\"} 0",
+            "swoosh_replica_lag_records{follower=\"follower-1\"} 40",
+            "swoosh_replica_report_age_seconds{follower=\"follower-1\"} 6.0",
+            "swoosh_replica_halted{follower=\"follower-2\"} 1",
+            "swoosh_replica_lag_records{follower=\"follower-2\"} 0",
+        ] {
+            assert!(t.contains(line), "{line} missing from:\n{t}");
+        }
     }
 }

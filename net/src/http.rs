@@ -370,7 +370,7 @@ async fn get_health(State(st): State<AppState>) -> Response {
 /// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn get_metrics(State(st): State<AppState>) -> Response {
-    let text = st.node.metrics().encode();
+    let text = st.node.metrics_text();
     (
         [(
             header::CONTENT_TYPE,

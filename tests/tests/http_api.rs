@@ -209,7 +209,47 @@ async fn every_status_code_of_the_contract() {
     ));
     let h = c.health().await.unwrap();
     assert_eq!((h.status.as_str(), h.index), ("ok", 1));
+    // The leader's view of its followers, as the p2p transport reports it.
+    t.node.set_replication(std::sync::Arc::new(|| {
+        vec![swoosh_actors::FollowerHealth {
+            name: "follower-1".into(),
+            key: "hmmm:pubkey:f1".into(),
+            connected: true,
+            applied_index: Some(1),
+            lag_records: Some(0),
+            last_report_ms_ago: Some(120),
+            halted: false,
+        }]
+    }));
     let m = c.metrics().await.unwrap();
+    for line in [
+        "swoosh_replica_connected{follower=\"follower-1\"} 1",
+        "swoosh_replica_lag_records{follower=\"follower-1\"} 0",
+        "swoosh_replica_report_age_seconds{follower=\"follower-1\"} 0.12",
+    ] {
+        assert!(m.contains(line), "metrics lack {line}");
+    }
+    // Every leader metric the shipped alerts and dashboard read exists
+    // (the followers' `swoosh_follower_*` come from `swoosh follow`).
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for file in [
+        "prometheus/swoosh-alerts.yml",
+        "grafana/swoosh-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(deploy.join(file)).expect("deploy file");
+        let names = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("swoosh_") && !w.starts_with("swoosh_follower_"));
+        for name in names {
+            let name = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+            assert!(
+                m.contains(&format!("{name} ")) || m.contains(&format!("{name}{{")),
+                "{file} reads {name}, which the leader does not export"
+            );
+        }
+    }
     for name in [
         "swoosh_transition_total",
         "swoosh_guard_fail_total",
