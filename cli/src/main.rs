@@ -162,6 +162,28 @@ async fn main() {
     }
 }
 
+/// Wait until the process is asked to stop: SIGINT (Ctrl-C) or SIGTERM,
+/// which systemd, Docker and Kubernetes send by default. Returns the
+/// signal's name for the log line that follows.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stop this process with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term => "SIGTERM",
+    }
+}
+
 /// An error that ends the process with its own exit code (default: 1).
 #[derive(Debug)]
 pub struct Exit {

@@ -365,8 +365,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         if a.nosync { "NOSYNC: unsafe" } else { "sync" }
     );
     swoosh_net::http::serve(listener, node, async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("swoosh: shutting down: flushing the WAL");
+        let sig = crate::stop_signal().await;
+        eprintln!("swoosh: {sig}: shutting down, flushing the WAL");
     })
     .await?;
     if let Some(p) = p2p {
@@ -536,23 +536,100 @@ pub async fn state(r: ReadArgs, project: String, projection: Option<String>) -> 
 
 pub async fn health(r: ReadArgs) -> Result<()> {
     let client = Client::new(&r.to);
-    let h = client.health().await?;
+    let (status, v) = client.health_any().await?;
     if r.json {
-        println!("{}", serde_json::to_string_pretty(&h)?);
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
-            "{} ({}), index {}, root {}\n  wal lag {} records, in flight {}, actor restarts {}\n  last snapshot at {}",
-            h.status,
-            h.role,
-            h.index,
-            h.root_hash.as_deref().unwrap_or("-"),
-            h.wal_lag,
-            h.inflight,
-            h.restarts,
-            h.last_snapshot_index.map_or("never".to_string(), |i| format!("index {i} ({})", h.last_snapshot_hlc.as_deref().unwrap_or("-")))
+        println!("{}", render_health(&v)?);
+    }
+    if !(200..300).contains(&status) {
+        bail!(
+            "{} answered {status}: the node is {}",
+            r.to,
+            v["status"].as_str().unwrap_or("not healthy")
         );
     }
     Ok(())
+}
+
+/// `swoosh health`'s text: a leader's (`swoosh serve`, `swoosh p2p leader`)
+/// or a follower's (`swoosh follow --http`) `/health`, told apart by `role`.
+fn render_health(v: &serde_json::Value) -> Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    match v["role"].as_str() {
+        Some("leader") => {
+            let h: swoosh_net::api::HealthReply = serde_json::from_value(v.clone())
+                .context("the leader's /health does not have the expected shape")?;
+            writeln!(
+                out,
+                "{} ({}), index {}, root {}\n  {}\n  wal lag {} records, in flight {}, actor restarts {}\n  last snapshot at {}",
+                h.status,
+                h.role,
+                h.index,
+                h.root_hash.as_deref().unwrap_or("-"),
+                h.consensus,
+                h.wal_lag,
+                h.inflight,
+                h.restarts,
+                h.last_snapshot_index.map_or("never".to_string(), |i| format!(
+                    "index {i} ({})",
+                    h.last_snapshot_hlc.as_deref().unwrap_or("-")
+                ))
+            )?;
+            for f in &h.followers {
+                let opt = |x: Option<u64>| x.map_or("-".to_string(), |n| n.to_string());
+                writeln!(
+                    out,
+                    "  follower {:<12} {:<12} applied {:>8}  lag {:>6}  last report {} ms ago{}",
+                    f.name,
+                    if f.connected {
+                        "connected"
+                    } else {
+                        "DISCONNECTED"
+                    },
+                    opt(f.applied_index),
+                    opt(f.lag_records),
+                    opt(f.last_report_ms_ago),
+                    if f.halted { "  HALTED" } else { "" }
+                )?;
+            }
+        }
+        Some("follower") => {
+            let n = |k: &str| v[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+            writeln!(
+                out,
+                "{} (follower), applied index {} (durable {}), leader index {}, lag {} records / {} ms\n  root {}\n  leader {}\n  undecryptable {}, malformed {}, inbox-full drops {}",
+                v["status"].as_str().unwrap_or("-"),
+                n("applied_index"),
+                n("persisted_index"),
+                n("leader_index"),
+                n("lag_records"),
+                n("lag_ms"),
+                v["root_hash"].as_str().unwrap_or("-"),
+                v["leader"].as_str().unwrap_or("-"),
+                n("undecryptable"),
+                n("malformed"),
+                n("inbox_full_drops"),
+            )?;
+            if let Some(reason) = v["halted"].as_str() {
+                writeln!(out, "  HALTED: {reason}")?;
+            }
+            for r in v["refusals"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+            {
+                writeln!(out, "  refused: {r}")?;
+            }
+        }
+        _ => bail!(
+            "this /health names no role swoosh knows (leader or follower): {}",
+            serde_json::to_string(v)?
+        ),
+    }
+    Ok(out.trim_end().to_string())
 }
 
 pub async fn attention(r: ReadArgs, min_band: Option<String>) -> Result<()> {
@@ -689,4 +766,54 @@ pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_health;
+    use serde_json::json;
+
+    #[test]
+    fn health_renders_a_leader_with_its_followers_and_a_halted_follower() {
+        let leader = json!({
+            "status": "ok", "role": "leader",
+            "consensus": "single-writer leader; 1/2 followers following, max lag 0 records",
+            "index": 42, "root_hash": "blake3:ab", "lastSnapshotHLC": null,
+            "last_snapshot_index": null, "walLag": 0, "inflight": 0, "restarts": 0,
+            "genesis_hash": "blake3:cd", "cluster_id": "c",
+            "followers": [
+                {"name": "follower-1", "key": "k1", "connected": true, "applied_index": 42,
+                 "lag_records": 0, "last_report_ms_ago": 120, "halted": false},
+                {"name": "follower-2", "key": "k2", "connected": false, "applied_index": null,
+                 "lag_records": null, "last_report_ms_ago": null, "halted": false}
+            ]
+        });
+        let t = render_health(&leader).unwrap();
+        assert!(t.contains("1/2 followers following"), "{t}");
+        assert!(
+            t.contains("follower follower-1") && t.contains("last report 120 ms ago"),
+            "{t}"
+        );
+        assert!(
+            t.contains("follower-2") && t.contains("DISCONNECTED"),
+            "{t}"
+        );
+
+        let follower = json!({
+            "role": "follower", "status": "halted", "applied_index": 7, "persisted_index": 7,
+            "leader_index": 9, "lag_records": 2, "lag_ms": 1500, "root_hash": "blake3:ef",
+            "halted": "divergence at 8: post hash differs", "leader": "/ip4/10.0.0.1/tcp/7800",
+            "undecryptable": 0, "malformed": 0, "inbox_full_drops": 0, "wal_commits": 3,
+            "refusals": ["bad_signature: the leader's signature does not verify"], "stats": {}
+        });
+        let t = render_health(&follower).unwrap();
+        assert!(t.starts_with("halted (follower), applied index 7 (durable 7), leader index 9, lag 2 records / 1500 ms"), "{t}");
+        assert!(t.contains("HALTED: divergence at 8"), "{t}");
+        assert!(t.contains("refused: bad_signature"), "{t}");
+
+        let e = render_health(&json!({"status": "ok"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no role"), "{e}");
+    }
 }

@@ -247,8 +247,11 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             }
         });
     }
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("swoosh: follower stopping at index {}", f.applied_index());
+    let sig = crate::stop_signal().await;
+    eprintln!(
+        "swoosh: {sig}: follower stopping at index {}",
+        f.applied_index()
+    );
     Ok(())
 }
 
@@ -267,8 +270,8 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
     eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
     swoosh_net::http::serve(listener, node, async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("swoosh: shutting down: flushing the WAL");
+        let sig = crate::stop_signal().await;
+        eprintln!("swoosh: {sig}: shutting down, flushing the WAL");
     })
     .await?;
     p2p.stop();
@@ -353,10 +356,10 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
         ag.peer_id,
         a.peer.join(", ")
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let sig = crate::stop_signal().await;
     let s = ag.snapshot();
     eprintln!(
-        "swoosh: agent stopping: {} announcements, {} votes sent, {} refused",
+        "swoosh: {sig}: agent stopping: {} announcements, {} votes sent, {} refused",
         s.announcements, s.votes_sent, s.refused
     );
     Ok(())

@@ -147,13 +147,21 @@ fn init_serve_propose_read_and_verify() {
     ]);
     assert!(dr.contains("Boot_ConfigOk") && dr.contains("guard_outcomes"));
 
-    // Graceful stop (SIGINT flushes and exits 0), then the log verifies.
+    // Graceful stop on SIGTERM, what systemd, Docker and Kubernetes send
+    // (SIGINT too, as the chaos harness's followers and leader show):
+    // flushes and exits 0, then the log verifies.
     Command::new("kill")
-        .args(["-INT", &server.id().to_string()])
+        .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
     let status = server.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("SIGTERM: shutting down, flushing the WAL"),
+        "{err}"
+    );
     let v = ok(&["wal", "verify", "--dir", &format!("{d}/leader")]);
     assert!(v.contains("2 records"), "{v}");
     let r: serde_json::Value = serde_json::from_str(&ok(&[

@@ -206,6 +206,32 @@ impl Client {
         self.read(url, r).await
     }
 
+    /// `GET /health` of any node, leader or follower, with its HTTP status:
+    /// a halted follower answers `503` with its health as the body, which
+    /// an operator needs to read, not an error body.
+    pub async fn health_any(&self) -> Result<(u16, serde_json::Value), ClientError> {
+        let url = self.url("/health");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+        let v = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            detail: format!("{status} with a body that is not JSON ({e})"),
+        })?;
+        Ok((status, v))
+    }
+
     /// `GET path` as untyped JSON: for surfaces with their own shapes, such
     /// as a follower's `/health` and `/state` (`p2p::http`).
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {

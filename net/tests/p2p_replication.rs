@@ -203,6 +203,42 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
         assert!(!f.halted);
         assert!(f.last_report_ms_ago.is_some());
     }
+    // The follower's own /health, as `swoosh health --to <follower>` reads
+    // it (the fields its text form prints).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(swoosh_net::p2p::http::serve_follower(
+        listener,
+        f1.shared.clone(),
+    ));
+    let (status, h) = swoosh_net::client::Client::new(&url)
+        .health_any()
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(
+        (h["role"].as_str(), h["status"].as_str()),
+        (Some("follower"), Some("ok"))
+    );
+    assert_eq!(h["applied_index"].as_u64(), Some(want), "{h}");
+    assert_eq!(
+        h["root_hash"].as_str(),
+        Some(root.to_string().as_str()),
+        "{h}"
+    );
+    for k in [
+        "persisted_index",
+        "leader_index",
+        "lag_records",
+        "lag_ms",
+        "undecryptable",
+        "malformed",
+        "inbox_full_drops",
+    ] {
+        assert!(h[k].is_u64(), "{k} in {h}");
+    }
+    assert!(h["leader"].is_string() && h["refusals"].is_array(), "{h}");
+    assert!(h["halted"].is_null(), "{h}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
