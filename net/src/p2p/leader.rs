@@ -22,7 +22,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::hash::Hash;
 use swoosh_core::proposal::Proposal;
@@ -46,6 +46,12 @@ pub const REANNOUNCE_MS: u64 = 3_000;
 
 /// How often the leader looks for a newer snapshot to offer.
 pub const SNAPSHOT_REFRESH_MS: u64 = 1_000;
+/// Older snapshots kept in memory because a follower was fetching them when
+/// a newer one appeared, at most (each is a whole encoded state).
+pub const SNAPSHOT_PINS_MAX: usize = 2;
+/// A pinned snapshot no follower asked a chunk of for this long is dropped
+/// (its follower is gone, or restarted with the newest).
+pub const SNAPSHOT_PIN_IDLE_MS: u64 = 30_000;
 
 /// The newest snapshot of the leader's store, encoded as replication
 /// offers it (the canonical CBOR of the `NodeState`).
@@ -57,6 +63,15 @@ pub struct OfferedSnapshot {
 }
 
 impl OfferedSnapshot {
+    fn view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            index: self.index,
+            head_record: self.head_record,
+            root_hash: self.root_hash,
+            bytes: &self.bytes,
+        }
+    }
+
     /// The newest snapshot in `store` that decodes, checks, and joins the
     /// log (its head record is the record at its index).
     pub fn newest<S: LogStore>(store: &S) -> Option<OfferedSnapshot> {
@@ -86,11 +101,80 @@ impl OfferedSnapshot {
     }
 }
 
+/// The snapshots the leader serves: the newest, and older ones pinned while
+/// a follower fetches them. A transfer takes many round trips (32 KiB each);
+/// were only the newest served, a transfer slower than the snapshot
+/// interval would start over at every new snapshot and never finish.
+#[derive(Default)]
+pub struct SnapshotServing {
+    newest: Option<Arc<OfferedSnapshot>>,
+    /// When a follower last got the newest's offer or one of its chunks.
+    newest_served: Option<Instant>,
+    /// index -> (snapshot, when a follower last got one of its chunks).
+    pinned: BTreeMap<u64, (Arc<OfferedSnapshot>, Instant)>,
+}
+
+impl SnapshotServing {
+    pub fn newest(&self) -> Option<&OfferedSnapshot> {
+        self.newest.as_deref()
+    }
+
+    /// The snapshot at `index`, if served (the newest or a pinned one).
+    pub fn get(&self, index: u64) -> Option<&OfferedSnapshot> {
+        match &self.newest {
+            Some(n) if n.index == index => Some(n),
+            _ => self.pinned.get(&index).map(|(s, _)| &**s),
+        }
+    }
+
+    /// A newer snapshot replaces the newest; the old one stays pinned if a
+    /// follower was fetching it.
+    pub fn replace_newest(&mut self, newest: Option<OfferedSnapshot>, now: Instant) {
+        if let (Some(old), Some(t)) = (self.newest.take(), self.newest_served.take()) {
+            self.pinned.insert(old.index, (old, t));
+        }
+        self.newest = newest.map(Arc::new);
+        self.expire(now);
+    }
+
+    /// A follower got the offer or a chunk of snapshot `index`.
+    pub fn served(&mut self, index: u64, now: Instant) {
+        match (&self.newest, self.pinned.get_mut(&index)) {
+            (Some(n), _) if n.index == index => self.newest_served = Some(now),
+            (_, Some((_, t))) => *t = now,
+            _ => {}
+        }
+    }
+
+    /// Drop pins idle past [`SNAPSHOT_PIN_IDLE_MS`], then the least recently
+    /// served beyond [`SNAPSHOT_PINS_MAX`].
+    pub fn expire(&mut self, now: Instant) {
+        let idle = Duration::from_millis(SNAPSHOT_PIN_IDLE_MS);
+        self.pinned
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < idle);
+        while self.pinned.len() > SNAPSHOT_PINS_MAX {
+            let Some(oldest) = self
+                .pinned
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(i, _)| *i)
+            else {
+                break;
+            };
+            self.pinned.remove(&oldest);
+        }
+    }
+
+    pub fn pinned(&self) -> Vec<u64> {
+        self.pinned.keys().copied().collect()
+    }
+}
+
 /// [`LeaderLog`] over a [`LogStore`]: records from 1 (the leader's WAL is
-/// never truncated), plus the newest snapshot when there is one.
+/// never truncated), plus the snapshots the leader serves.
 pub struct StoreLog<'a, S: LogStore> {
     pub store: &'a S,
-    pub snapshot: Option<&'a OfferedSnapshot>,
+    pub snapshots: &'a SnapshotServing,
 }
 
 impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
@@ -104,12 +188,10 @@ impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
         read_record(self.store, index).ok().map(|v| v.record)
     }
     fn snapshot(&self) -> Option<SnapshotView<'_>> {
-        self.snapshot.map(|s| SnapshotView {
-            index: s.index,
-            head_record: s.head_record,
-            root_hash: s.root_hash,
-            bytes: &s.bytes,
-        })
+        self.snapshots.newest().map(OfferedSnapshot::view)
+    }
+    fn snapshot_at(&self, index: u64) -> Option<SnapshotView<'_>> {
+        self.snapshots.get(index).map(OfferedSnapshot::view)
     }
 }
 
@@ -400,7 +482,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         recipients,
         followers,
         reports: reports.clone(),
-        offered: None,
+        snapshots: SnapshotServing::default(),
         offered_checked: None,
         agent,
         topic,
@@ -435,9 +517,9 @@ struct LeaderTask<S: LogStore> {
     followers: BTreeMap<PeerId, usize>,
     /// When each follower last reported (same order as genesis followers).
     reports: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
-    /// The snapshot offered to far-behind followers, and when the store was
-    /// last looked at for a newer one.
-    offered: Option<OfferedSnapshot>,
+    /// The snapshots offered to far-behind followers, and when the store
+    /// was last looked at for a newer one.
+    snapshots: SnapshotServing,
     offered_checked: Option<std::time::Instant>,
     agent: String,
     topic: libp2p::gossipsub::IdentTopic,
@@ -737,8 +819,10 @@ impl<S: LogStore> LeaderTask<S> {
             .list_snapshots()
             .ok()
             .and_then(|l| l.last().copied());
-        if newest.is_some() && newest != self.offered.as_ref().map(|o| o.index) {
-            self.offered = OfferedSnapshot::newest(&*self.store);
+        if newest.is_some() && newest != self.snapshots.newest().map(|o| o.index) {
+            let now = std::time::Instant::now();
+            self.snapshots
+                .replace_newest(OfferedSnapshot::newest(&*self.store), now);
         }
     }
 
@@ -826,9 +910,18 @@ impl<S: LogStore> LeaderTask<S> {
                             self.refresh_snapshot();
                             let log = StoreLog {
                                 store: &*self.store,
-                                snapshot: self.offered.as_ref(),
+                                snapshots: &self.snapshots,
                             };
-                            self.repl.on_request(&req, &log)
+                            let resp = self.repl.on_request(&req, &log);
+                            let served = match &resp {
+                                Response::SnapshotOffer(m) => Some(m.body.index),
+                                Response::SnapshotChunk(c) => Some(c.index),
+                                _ => None,
+                            };
+                            if let Some(index) = served {
+                                self.snapshots.served(index, std::time::Instant::now());
+                            }
+                            resp
                         }
                         Err(e) => Response::Refused {
                             reason: format!("request does not decode: {e}"),
@@ -873,4 +966,56 @@ pub fn record_hash<S: LogStore>(store: &S, index: u64, genesis_hash: Hash) -> Op
         return Some(genesis_hash);
     }
     read_record(store, index).ok().map(|v| v.hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(index: u64) -> OfferedSnapshot {
+        OfferedSnapshot {
+            index,
+            head_record: Hash([index as u8; 32]),
+            root_hash: Hash([1; 32]),
+            bytes: vec![index as u8; 8],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_being_fetched_stays_served_until_idle_or_crowded_out() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = SnapshotServing::default();
+        s.replace_newest(Some(snap(10)), at(0));
+        // Never fetched: replaced without a pin.
+        s.replace_newest(Some(snap(20)), at(10));
+        assert_eq!(
+            (s.newest().map(|n| n.index), s.pinned()),
+            (Some(20), vec![])
+        );
+        assert!(s.get(10).is_none());
+        // Fetched, then replaced: pinned, and still served by index.
+        s.served(20, at(20));
+        s.replace_newest(Some(snap(30)), at(30));
+        assert_eq!(s.pinned(), vec![20]);
+        assert_eq!(s.get(20).map(|x| x.bytes.clone()), Some(vec![20; 8]));
+        assert_eq!(s.get(30).map(|x| x.index), Some(30));
+        // Chunks keep the pin alive; idle past the limit, it goes.
+        s.served(20, at(20_000));
+        s.expire(at(20_000 + SNAPSHOT_PIN_IDLE_MS - 1));
+        assert_eq!(s.pinned(), vec![20]);
+        s.expire(at(20_000 + SNAPSHOT_PIN_IDLE_MS));
+        assert!(s.pinned().is_empty());
+        // At most SNAPSHOT_PINS_MAX, the least recently served go first.
+        let mut s = SnapshotServing::default();
+        for (i, index) in [40u64, 50, 60].into_iter().enumerate() {
+            s.replace_newest(Some(snap(index)), at(100 * i as u64));
+            s.served(index, at(100 * i as u64 + 1));
+        }
+        assert_eq!(s.pinned(), vec![40, 50]);
+        s.served(40, at(250));
+        s.replace_newest(Some(snap(70)), at(300));
+        assert_eq!(s.pinned().len(), SNAPSHOT_PINS_MAX);
+        assert_eq!(s.pinned(), vec![40, 60], "50 was served least recently");
+    }
 }

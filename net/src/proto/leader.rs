@@ -72,6 +72,13 @@ pub trait LeaderLog {
     fn record(&self, index: u64) -> Option<WalRecord>;
     /// The newest snapshot, if any.
     fn snapshot(&self) -> Option<SnapshotView<'_>>;
+    /// The snapshot at `index` if the leader still serves it: the newest, or
+    /// an older one a transfer in progress pinned. Without the pin a
+    /// transfer slower than the snapshot interval would start over at every
+    /// new snapshot and never finish.
+    fn snapshot_at(&self, index: u64) -> Option<SnapshotView<'_>> {
+        self.snapshot().filter(|s| s.index == index)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -435,14 +442,17 @@ impl ReplLeader {
     }
 
     fn chunk(&mut self, index: u64, offset: u64, log: &dyn LeaderLog) -> Response {
-        let Some(s) = log.snapshot() else {
-            return self.refuse("the leader keeps no snapshot; ask for a record range".into());
+        let Some(s) = log.snapshot_at(index) else {
+            return match log.snapshot() {
+                // The snapshot being fetched is no longer served: start over
+                // with the newest.
+                Some(newest) => {
+                    self.stats.snapshot_offers += 1;
+                    Response::SnapshotOffer(self.manifest_for(&newest))
+                }
+                None => self.refuse("the leader keeps no snapshot; ask for a record range".into()),
+            };
         };
-        if s.index != index {
-            // A newer snapshot replaced the one being fetched: start over.
-            self.stats.snapshot_offers += 1;
-            return Response::SnapshotOffer(self.manifest_for(&s));
-        }
         let total = s.bytes.len() as u64;
         if offset >= total {
             return self.refuse(format!(

@@ -96,6 +96,8 @@ struct MemLog {
     records: Vec<WalRecord>,
     first: u64,
     snapshot: Option<(u64, Hash, Hash, Vec<u8>)>,
+    /// Older snapshots still served (pinned by a transfer in progress).
+    older: Vec<(u64, Hash, Hash, Vec<u8>)>,
 }
 
 impl MemLog {
@@ -104,6 +106,7 @@ impl MemLog {
             records: c.records.clone(),
             first: 1,
             snapshot: None,
+            older: vec![],
         }
     }
     /// Snapshot after `at` and keep only the records after it.
@@ -117,6 +120,7 @@ impl MemLog {
             records: c.records[at as usize..].to_vec(),
             first: at + 1,
             snapshot: Some((at, n.head_record, n.root_hash(), bytes)),
+            older: vec![],
         }
     }
 }
@@ -140,6 +144,18 @@ impl LeaderLog for MemLog {
             root_hash: *r,
             bytes: b,
         })
+    }
+    fn snapshot_at(&self, index: u64) -> Option<SnapshotView<'_>> {
+        self.snapshot
+            .iter()
+            .chain(&self.older)
+            .find(|s| s.0 == index)
+            .map(|(i, h, r, b)| SnapshotView {
+                index: *i,
+                head_record: *h,
+                root_hash: *r,
+                bytes: b,
+            })
     }
 }
 
@@ -578,6 +594,64 @@ fn a_follower_behind_a_truncated_log_catches_up_from_a_snapshot_in_chunks() {
     assert_eq!(f.stats().snapshots_installed, 1);
     assert_eq!(f.applied_index(), 40);
     assert_eq!(f.node().root_hash(), c.node.root_hash());
+    assert_eq!(f.node(), &c.node);
+}
+
+/// A newer snapshot appearing mid-transfer does not restart it while the
+/// leader still serves the one being fetched; only a snapshot no longer
+/// served is answered with an offer of the newest.
+#[test]
+fn a_transfer_in_progress_survives_a_newer_snapshot() {
+    let c = cluster(40);
+    let log = MemLog::truncated(&c, 30);
+    let cfg = LeaderConfig {
+        snapshot_chunk_bytes_max: 4_096,
+        ..small_batches()
+    };
+    let mut l = ReplLeader::new(
+        cfg,
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    let mut f = c.follower();
+    let eff = f.on_gossip(&l.head(log.first_index()), 0);
+    let offer = l.on_request(&sends(&eff)[0], &log);
+    let eff = f.on_response(&offer, 1);
+    let chunk0 = l.on_request(&sends(&eff)[0], &log);
+    let eff = f.on_response(&chunk0, 2);
+    assert_eq!(
+        sends(&eff),
+        vec![Request::Snapshot {
+            index: 30,
+            offset: 4_096
+        }]
+    );
+
+    // Snapshot 35 is now the newest; 30 is still served (pinned).
+    let mut pinned = MemLog::truncated(&c, 30);
+    let at30 = pinned.snapshot.take().unwrap();
+    pinned.snapshot = MemLog::truncated(&c, 35).snapshot;
+    pinned.older.push(at30);
+    // Without the pin the next chunk request would be answered with 35.
+    let mut gone = MemLog::truncated(&c, 35);
+    gone.first = 31;
+    gone.records = c.records[30..].to_vec();
+    match l.on_request(&sends(&eff)[0], &gone) {
+        Response::SnapshotOffer(m) => assert_eq!(m.body.index, 35),
+        other => panic!("a chunk of a snapshot no longer served: {other:?}"),
+    }
+    let offers = l.stats().snapshot_offers;
+    serve(&mut f, &mut l, &pinned, sends(&eff));
+    assert_eq!(
+        l.stats().snapshot_offers,
+        offers,
+        "no new offer: no restart"
+    );
+    assert_eq!(f.stats().snapshots_installed, 1);
+    assert_eq!(f.applied_index(), 40);
     assert_eq!(f.node(), &c.node);
 }
 
