@@ -813,14 +813,15 @@ impl<S: LogStore> LeaderTask<S> {
         if !due {
             return;
         }
-        self.offered_checked = Some(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        self.offered_checked = Some(now);
+        self.snapshots.expire(now);
         let newest = self
             .store
             .list_snapshots()
             .ok()
             .and_then(|l| l.last().copied());
         if newest.is_some() && newest != self.snapshots.newest().map(|o| o.index) {
-            let now = std::time::Instant::now();
             self.snapshots
                 .replace_newest(OfferedSnapshot::newest(&*self.store), now);
         }
