@@ -34,6 +34,11 @@ pub struct LeaderConfig {
     /// 0: only when the range starts before the oldest record kept. The
     /// libp2p leader uses [`SNAPSHOT_CATCHUP_RECORDS`].
     pub snapshot_catchup_records: u64,
+    /// Never offer a snapshot larger than this: a follower refuses it
+    /// (`SNAPSHOT_BYTES_MAX`) and would ask the same range again, to be
+    /// offered the same snapshot, for ever. Records are served instead when
+    /// the log still holds them.
+    pub snapshot_offer_bytes_max: u64,
 }
 
 /// How far behind the newest snapshot a follower must be for the libp2p
@@ -49,6 +54,7 @@ impl Default for LeaderConfig {
             range_bytes_max: RANGE_BYTES_MAX,
             snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
             snapshot_catchup_records: 0,
+            snapshot_offer_bytes_max: SNAPSHOT_BYTES_MAX,
         }
     }
 }
@@ -358,6 +364,15 @@ impl ReplLeader {
         }
         if from < log.first_index() {
             return match log.snapshot() {
+                Some(s) if s.bytes.len() as u64 > self.cfg.snapshot_offer_bytes_max => {
+                    self.refuse(format!(
+                        "records before {} were truncated and the snapshot at {} is {} bytes, over the {} a follower takes: this follower cannot catch up from this leader",
+                        log.first_index(),
+                        s.index,
+                        s.bytes.len(),
+                        self.cfg.snapshot_offer_bytes_max
+                    ))
+                }
                 Some(s) => {
                     self.stats.snapshot_offers += 1;
                     Response::SnapshotOffer(self.manifest_for(&s))
@@ -370,7 +385,9 @@ impl ReplLeader {
         }
         if self.cfg.snapshot_catchup_records > 0 {
             if let Some(s) = log.snapshot() {
-                if s.index >= from.saturating_add(self.cfg.snapshot_catchup_records) {
+                if s.index >= from.saturating_add(self.cfg.snapshot_catchup_records)
+                    && s.bytes.len() as u64 <= self.cfg.snapshot_offer_bytes_max
+                {
                     self.stats.snapshot_offers += 1;
                     return Response::SnapshotOffer(self.manifest_for(&s));
                 }

@@ -1071,6 +1071,33 @@ fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
     // Closer than the threshold: records.
     let near = l.on_request(&Request::Range { from: 10, to: 40 }, &log);
     assert!(matches!(near, Response::Range { .. }), "{near:?}");
+    // A snapshot larger than a follower takes is never offered: records
+    // instead (the follower would refuse the offer and ask again for ever),
+    // and a refusal saying so when the log no longer holds them.
+    let size = log.snapshot().unwrap().bytes.len() as u64;
+    let small = LeaderConfig {
+        snapshot_offer_bytes_max: size - 1,
+        ..cfg.clone()
+    };
+    let mut ls = ReplLeader::new(
+        small,
+        c.keys.leader.clone(),
+        &c.genesis,
+        40,
+        c.node.head_record,
+    )
+    .unwrap();
+    let r = ls.on_request(&Request::Range { from: 1, to: 40 }, &log);
+    assert!(matches!(r, Response::Range { .. }), "{r:?}");
+    match ls.on_request(
+        &Request::Range { from: 1, to: 40 },
+        &MemLog::truncated(&c, 30),
+    ) {
+        Response::Refused { reason } => {
+            assert!(reason.contains("cannot catch up"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
     // A new follower hears the head, asks for everything, gets the
     // snapshot, then the tail, and lands on the leader's state.
     let mut f = c.follower();
