@@ -115,20 +115,26 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
+    /// The status and body of a reply; a failure to get them is `Connect`.
+    async fn status_and_body(
+        url: &str,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let connect = |e: reqwest::Error| ClientError::Connect {
+            url: url.to_string(),
+            detail: e.to_string(),
+        };
+        let resp = resp.map_err(connect)?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await.map_err(connect)?.to_vec()))
+    }
+
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         url: String,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
-        let resp = resp.map_err(|e| ClientError::Connect {
-            url: url.clone(),
-            detail: e.to_string(),
-        })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect {
-            url: url.clone(),
-            detail: e.to_string(),
-        })?;
+        let (status, bytes) = Self::status_and_body(&url, resp).await?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 url,
@@ -211,20 +217,7 @@ impl Client {
     /// an operator needs to read, not an error body.
     pub async fn health_any(&self) -> Result<(u16, serde_json::Value), ClientError> {
         let url = self.url("/health");
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Connect {
-            url: url.clone(),
-            detail: e.to_string(),
-        })?;
+        let (status, bytes) = Self::status_and_body(&url, self.http.get(&url).send().await).await?;
         let v = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
             detail: format!("{status} with a body that is not JSON ({e})"),

@@ -67,6 +67,17 @@ impl Cluster {
         let gh = self.genesis.hash().unwrap();
         ReplLeader::new(cfg, self.keys.leader.clone(), &self.genesis, 0, gh).unwrap()
     }
+    /// A leader whose log ends where the cluster's records do.
+    fn leader_at_head(&self, cfg: LeaderConfig) -> ReplLeader {
+        ReplLeader::new(
+            cfg,
+            self.keys.leader.clone(),
+            &self.genesis,
+            self.node.index,
+            self.node.head_record,
+        )
+        .unwrap()
+    }
     /// All records published through a leader with `cfg`, flushed at the end.
     fn batches(&self, cfg: LeaderConfig) -> Vec<WalBatch> {
         let mut l = self.leader(cfg);
@@ -542,14 +553,7 @@ fn a_follower_behind_a_truncated_log_catches_up_from_a_snapshot_in_chunks() {
         snapshot_chunk_bytes_max: 4_096,
         ..small_batches()
     };
-    let mut l = ReplLeader::new(
-        cfg,
-        c.keys.leader.clone(),
-        &c.genesis,
-        40,
-        c.node.head_record,
-    )
-    .unwrap();
+    let mut l = c.leader_at_head(cfg);
     let mut f = c.follower();
     let eff = f.on_gossip(&l.head(log.first_index()), 0);
     assert_eq!(sends(&eff), vec![Request::Range { from: 1, to: 40 }]);
@@ -608,14 +612,7 @@ fn a_transfer_in_progress_survives_a_newer_snapshot() {
         snapshot_chunk_bytes_max: 4_096,
         ..small_batches()
     };
-    let mut l = ReplLeader::new(
-        cfg,
-        c.keys.leader.clone(),
-        &c.genesis,
-        40,
-        c.node.head_record,
-    )
-    .unwrap();
+    let mut l = c.leader_at_head(cfg);
     let mut f = c.follower();
     let eff = f.on_gossip(&l.head(log.first_index()), 0);
     let offer = l.on_request(&sends(&eff)[0], &log);
@@ -1079,14 +1076,7 @@ fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
         snapshot_offer_bytes_max: size - 1,
         ..cfg.clone()
     };
-    let mut ls = ReplLeader::new(
-        small,
-        c.keys.leader.clone(),
-        &c.genesis,
-        40,
-        c.node.head_record,
-    )
-    .unwrap();
+    let mut ls = c.leader_at_head(small);
     let r = ls.on_request(&Request::Range { from: 1, to: 40 }, &log);
     assert!(matches!(r, Response::Range { .. }), "{r:?}");
     match ls.on_request(
@@ -1107,17 +1097,10 @@ fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
     assert_eq!(f.applied_index(), 40);
     assert_eq!(f.node(), &c.node);
     // With the policy off (the default), the same request gets records.
-    let mut l0 = ReplLeader::new(
-        LeaderConfig {
-            snapshot_catchup_records: 0,
-            ..cfg
-        },
-        c.keys.leader.clone(),
-        &c.genesis,
-        40,
-        c.node.head_record,
-    )
-    .unwrap();
+    let mut l0 = c.leader_at_head(LeaderConfig {
+        snapshot_catchup_records: 0,
+        ..cfg
+    });
     let r = l0.on_request(&Request::Range { from: 1, to: 40 }, &log);
     assert!(matches!(r, Response::Range { .. }), "{r:?}");
 }
@@ -1126,17 +1109,10 @@ fn a_far_behind_follower_is_offered_the_snapshot_even_when_the_log_is_whole() {
 fn with_a_gap_grace_a_follower_waits_for_gossip_before_asking_for_a_range() {
     let c = cluster(40);
     let log = MemLog::full(&c);
-    let mut l = ReplLeader::new(
-        LeaderConfig {
-            range_records_max: 16,
-            ..small_batches()
-        },
-        c.keys.leader.clone(),
-        &c.genesis,
-        40,
-        c.node.head_record,
-    )
-    .unwrap();
+    let mut l = c.leader_at_head(LeaderConfig {
+        range_records_max: 16,
+        ..small_batches()
+    });
     let id = SignerId::from_signing_key(&sig::key_from_label("net-proto/follower-1"));
     let mut f = ReplFollower::new(
         FollowerConfig {
