@@ -581,7 +581,7 @@ fn render_health(v: &serde_json::Value) -> Result<String> {
                 let opt = |x: Option<u64>| x.map_or("-".to_string(), |n| n.to_string());
                 writeln!(
                     out,
-                    "  follower {:<12} {:<12} applied {:>8}  lag {:>6}  last report {} ms ago{}",
+                    "  follower {:<12} {:<12} applied {:>8}  lag {:>6}  {}{}",
                     f.name,
                     if f.connected {
                         "connected"
@@ -590,7 +590,10 @@ fn render_health(v: &serde_json::Value) -> Result<String> {
                     },
                     opt(f.applied_index),
                     opt(f.lag_records),
-                    opt(f.last_report_ms_ago),
+                    f.last_report_ms_ago
+                        .map_or("no report yet".to_string(), |ms| format!(
+                            "last report {ms} ms ago"
+                        )),
                     if f.halted { "  HALTED" } else { "" }
                 )?;
             }
@@ -798,6 +801,7 @@ mod tests {
             t.contains("follower-2") && t.contains("DISCONNECTED"),
             "{t}"
         );
+        assert!(t.contains("no report yet"), "{t}");
 
         let follower = json!({
             "role": "follower", "status": "halted", "applied_index": 7, "persisted_index": 7,
