@@ -18,7 +18,6 @@ use swoosh_core::state::IdemEntry;
 pub struct Undurable {
     /// project → key → entry (nested so a lookup borrows its strs).
     by_project: HashMap<Box<str>, HashMap<Box<str>, IdemEntry>>,
-    len: usize,
     /// `(index, project, key)` in acceptance (= WAL index) order.
     order: VecDeque<(u64, Box<str>, Box<str>)>,
 }
@@ -28,24 +27,19 @@ impl Undurable {
     pub fn accepted(&mut self, project: &str, key: &str, entry: IdemEntry) {
         let (p, k): (Box<str>, Box<str>) = (project.into(), key.into());
         self.order.push_back((entry.index, p.clone(), k.clone()));
-        if self
-            .by_project
-            .entry(p)
-            .or_default()
-            .insert(k, entry)
-            .is_none()
-        {
-            self.len += 1;
-        }
+        self.by_project.entry(p).or_default().insert(k, entry);
     }
 
     /// Forget every entry whose record is durable (index `<= up_to`).
     pub fn durable(&mut self, up_to: u64) {
-        while let Some((index, _, _)) = self.order.front() {
-            if *index > up_to {
+        while self
+            .order
+            .front()
+            .is_some_and(|(index, _, _)| *index <= up_to)
+        {
+            let Some((index, p, k)) = self.order.pop_front() else {
                 break;
-            }
-            let (index, p, k) = self.order.pop_front().expect("front exists");
+            };
             // A key is accepted once, so the entry under it is this one;
             // the check keeps that an invariant rather than an assumption.
             let Some(keys) = self.by_project.get_mut(&p) else {
@@ -53,7 +47,6 @@ impl Undurable {
             };
             if keys.get(&k).map(|e| e.index) == Some(index) {
                 keys.remove(&k);
-                self.len -= 1;
                 if keys.is_empty() {
                     self.by_project.remove(&p);
                 }
@@ -67,12 +60,12 @@ impl Undurable {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        self.by_project.values().map(HashMap::len).sum()
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.by_project.is_empty()
     }
 }
 

@@ -165,7 +165,8 @@ impl SnapshotServing {
         }
     }
 
-    pub fn pinned(&self) -> Vec<u64> {
+    #[cfg(test)]
+    fn pinned(&self) -> Vec<u64> {
         self.pinned.keys().copied().collect()
     }
 }

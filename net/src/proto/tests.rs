@@ -102,6 +102,14 @@ fn small_batches() -> LeaderConfig {
     }
 }
 
+/// Small batches and 4 KiB snapshot chunks, so a snapshot spans several.
+fn chunked() -> LeaderConfig {
+    LeaderConfig {
+        snapshot_chunk_bytes_max: 4_096,
+        ..small_batches()
+    }
+}
+
 /// An in-memory leader log: records from `first`, optionally a snapshot.
 struct MemLog {
     records: Vec<WalRecord>,
@@ -549,11 +557,7 @@ fn a_head_naming_another_hash_at_our_index_halts_the_follower() {
 fn a_follower_behind_a_truncated_log_catches_up_from_a_snapshot_in_chunks() {
     let c = cluster(40);
     let log = MemLog::truncated(&c, 30);
-    let cfg = LeaderConfig {
-        snapshot_chunk_bytes_max: 4_096,
-        ..small_batches()
-    };
-    let mut l = c.leader_at_head(cfg);
+    let mut l = c.leader_at_head(chunked());
     let mut f = c.follower();
     let eff = f.on_gossip(&l.head(log.first_index()), 0);
     assert_eq!(sends(&eff), vec![Request::Range { from: 1, to: 40 }]);
@@ -608,11 +612,7 @@ fn a_follower_behind_a_truncated_log_catches_up_from_a_snapshot_in_chunks() {
 fn a_transfer_in_progress_survives_a_newer_snapshot() {
     let c = cluster(40);
     let log = MemLog::truncated(&c, 30);
-    let cfg = LeaderConfig {
-        snapshot_chunk_bytes_max: 4_096,
-        ..small_batches()
-    };
-    let mut l = c.leader_at_head(cfg);
+    let mut l = c.leader_at_head(chunked());
     let mut f = c.follower();
     let eff = f.on_gossip(&l.head(log.first_index()), 0);
     let offer = l.on_request(&sends(&eff)[0], &log);
