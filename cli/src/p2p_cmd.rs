@@ -37,6 +37,10 @@ pub struct FollowArgs {
     /// UNSAFE: do not fsync the follower's WAL.
     #[arg(long)]
     pub nosync: bool,
+    /// Forget a divergence halt recorded in this follower's store and apply
+    /// again; only once its cause is understood (docs/runbooks/replication-triage.md).
+    #[arg(long)]
+    pub clear_halt: bool,
     #[arg(long, default_value = "text")]
     pub log: String,
 }
@@ -218,7 +222,16 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         .as_deref()
         .map(|l| parse_addr(l, "--listen"))
         .transpose()?;
-    let store = open_store(&a.dir, a.nosync)?;
+    let mut store = open_store(&a.dir, a.nosync)?;
+    if a.clear_halt {
+        match swoosh_storage::clear_halt(&mut store)? {
+            Some(m) => eprintln!(
+                "swoosh: --clear-halt: forgot the halt at index {} ({}); applying again",
+                m.index, m.reason
+            ),
+            None => eprintln!("swoosh: --clear-halt: no halt was recorded"),
+        }
+    }
     let f = spawn_follower(
         store,
         FollowerOptions {

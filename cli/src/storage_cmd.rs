@@ -512,6 +512,8 @@ struct VerifyJson {
     snapshot_problems: Vec<SnapshotProblemJson>,
     index_problems: Vec<String>,
     index_problems_total: u64,
+    /// A follower's recorded divergence halt (`swoosh follow --clear-halt`).
+    halt: Option<swoosh_storage::HaltMarker>,
     seconds: f64,
 }
 
@@ -555,6 +557,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
             );
         }
     };
+    let halt = swoosh_storage::recorded_halt(&node.store)?;
     let signatures = if trusted {
         "trusted (not re-verified)"
     } else {
@@ -579,6 +582,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
                 .collect(),
             index_problems: r.index_problems.clone(),
             index_problems_total: r.index_problems_total,
+            halt,
             seconds: secs(r.elapsed),
         };
         say!("{}", serde_json::to_string_pretty(&out)?);
@@ -623,6 +627,13 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         }
     } else {
         say!("  indexes      idempotency entries and decision records agree with the log");
+    }
+    if let Some(h) = &halt {
+        say!(
+            "  halt         this follower halted at a divergence at index {}: {}; it stays halted until `swoosh follow --clear-halt` (see docs/runbooks/replication-triage.md)",
+            h.index,
+            h.reason
+        );
     }
     say!(
         "  took {:.3} s ({:.0} records/s)",

@@ -375,6 +375,32 @@ fn storage_commands_on_a_demo_log() {
     assert!(text(&o).contains("rebuilt"), "{}", text(&o));
     let v = json(&ok(&["wal", "verify", "--dir", d, "--json", "--strict"]));
     assert_eq!(v["index_problems_total"], 0);
+    assert!(v["halt"].is_null(), "{v}");
+
+    // A recorded divergence halt (a follower's) is shown, not judged: the
+    // log stays sound.
+    {
+        let mut store =
+            LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open store");
+        swoosh_storage::record_halt(
+            &mut store,
+            &swoosh_storage::HaltMarker {
+                index: 7,
+                reason: "post-state hash differs".into(),
+                at_ms: 1,
+            },
+        )
+        .expect("record");
+    }
+    let o = ok(&["wal", "verify", "--dir", d]);
+    assert!(
+        text(&o).contains("halted at a divergence at index 7: post-state hash differs")
+            && text(&o).contains("--clear-halt"),
+        "{}",
+        text(&o)
+    );
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json", "--strict"]));
+    assert_eq!(v["halt"]["index"], 7, "{v}");
 }
 
 #[test]

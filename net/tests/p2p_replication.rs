@@ -620,6 +620,88 @@ async fn p2p_follower_whose_wal_fails_halts_and_the_leader_sees_it() {
     assert_eq!(f.applied_index(), at, "nothing applied after the failure");
 }
 
+/// A divergence halt is recorded in the follower's store: a restart stays
+/// halted (applies and asks for nothing, and says so)
+/// instead of serving as healthy until it meets the same record again; only
+/// clearing the marker lets it run the protocol again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_divergence_halt_is_held_across_a_restart() {
+    use swoosh_storage::{clear_halt, recorded_halt, MemDisk, MemStore};
+    let mut c = cluster("p2p-diverge", 1);
+    c.commit(30);
+    let leader = c.leader().await;
+    // The follower's store holds 10 valid records of another history of the
+    // same genesis (one project instead of two): record 11 of the leader's
+    // log does not chain onto it.
+    let disk = MemDisk::new();
+    let mut other = Stream::resume(
+        "p2p-diverge",
+        1,
+        NodeState::new(c.genesis.clone()).unwrap(),
+        Verify::Trusted,
+    );
+    let mut w = WalWriter::open(
+        MemStore::open("f", &disk, Durability::Sync),
+        c.genesis.hash().unwrap(),
+        BatchLimits::default(),
+    )
+    .unwrap();
+    let entries: Vec<Entry> = other
+        .take(10)
+        .into_iter()
+        .map(Entry::from_accepted)
+        .collect();
+    w.append_batch(&entries).unwrap();
+    drop(w);
+    let (k, a) = c.followers[0].clone();
+    let g = c.genesis.clone();
+    let opts = |leader: &LeaderP2p| FollowerOptions {
+        key: k.clone(),
+        genesis: g.clone(),
+        age_identity: a.clone(),
+        leader: leader.listen_addrs[0].clone(),
+        listen: None,
+    };
+    let halted = |f: &FollowerP2p| f.shared.lock().unwrap().halted_reason.clone();
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    wait_for("the follower halts on the divergence", || {
+        halted(&f).is_some_and(|r| r.starts_with("divergence at 11"))
+    })
+    .await;
+    drop(f);
+    let m = recorded_halt(&MemStore::open("f", &disk, Durability::Sync))
+        .unwrap()
+        .expect("the halt is recorded in the store");
+    assert_eq!(m.index, 11);
+
+    // Restarted: halted from the start, on the recorded reason.
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    let why = halted(&f).expect("halted before any message");
+    assert!(
+        why.starts_with("divergence at 11") && why.contains("--clear-halt"),
+        "{why}"
+    );
+    assert!(f.shared.lock().unwrap().repl.halted().is_some());
+    c.commit(20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.applied_index(), 10, "a held halt applies nothing");
+    drop(f);
+
+    // Cleared: it runs the protocol again (and, its store still being
+    // another history, halts again on what it finds, not on the marker).
+    let mut s = MemStore::open("f", &disk, Durability::Sync);
+    assert_eq!(clear_halt(&mut s).unwrap().map(|m| m.index), Some(11));
+    let f = spawn_follower(s, opts(&leader)).await.unwrap();
+    wait_for("a fresh divergence after clearing", || {
+        halted(&f).is_some_and(|r| r.starts_with("divergence at 11") && !r.contains("--clear-halt"))
+    })
+    .await;
+}
+
 /// The follower's `/health` and `/metrics` show how its worker keeps up:
 /// group commits made, records they held, gossip dropped for a full inbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //!   durable commit; LMDB written behind it).
 //! - [`frame`]: the header + BLAKE3 hash around every stored structure.
 //! - [`wal`]: record encoding, the group-commit [`WalWriter`], verified reads.
+//! - [`halt`]: the follower's divergence halt, kept across restarts.
 //! - [`index`]: idempotency and decision-record indexes, rebuildable from the WAL.
 //! - [`snapshot`]: checked snapshots of the whole `NodeState`, the newest K kept.
 //! - [`recovery`]: [`recover`], [`verify`], [`repair`].
@@ -26,6 +27,7 @@
 pub mod base;
 pub mod bench;
 pub mod frame;
+pub mod halt;
 pub mod index;
 pub mod journal;
 pub mod lmdb;
@@ -39,6 +41,7 @@ pub mod wal;
 pub use base::{
     first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
 };
+pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{
     audit_indexes, get_decision, lookup_idem, rebuild_indexes, IndexAudit, IndexError,
     RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,

@@ -17,7 +17,7 @@ use super::{
     agent_version, build_swarm, check_handshake, ms_since, peer_id_of, wal_topic, P2pError,
 };
 use super::{Behaviour, BehaviourEvent};
-use crate::proto::follower::{FollowerConfig, FollowerEffect, ReplFollower};
+use crate::proto::follower::{Divergence, FollowerConfig, FollowerEffect, ReplFollower};
 use crate::proto::wire::{self, Bytes};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
@@ -202,6 +202,16 @@ pub struct FollowerOptions {
     pub listen: Option<Multiaddr>,
 }
 
+/// What `/health` and the log say about a halt recorded before this start.
+fn held_halt_reason(m: &swoosh_storage::HaltMarker) -> String {
+    format!(
+        "divergence at {}: {} (recorded at {} ms since the epoch and held across restarts; \
+         find the cause as docs/runbooks/replication-triage.md says, then start this follower \
+         with `swoosh follow --clear-halt` or move its data/ away to rebuild it from the leader)",
+        m.index, m.reason, m.at_ms
+    )
+}
+
 fn now_wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -264,7 +274,9 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         .dial(leader.clone())
         .map_err(|e| P2pError::Libp2p(format!("cannot dial the leader at {leader}: {e}")))?;
     let persisted = writer.last_index();
-    let repl = ReplFollower::new(
+    let halt = swoosh_storage::recorded_halt(writer.store())
+        .map_err(|e| P2pError::Storage(e.to_string()))?;
+    let mut repl = ReplFollower::new(
         FollowerConfig {
             gap_grace_ms: crate::proto::follower::GAP_GRACE_MS,
             ..FollowerConfig::default()
@@ -272,13 +284,19 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         id,
         node,
     );
+    let held_reason = halt.map(|m| {
+        let reason = held_halt_reason(&m);
+        tracing::error!(index = m.index, "ALARM: {reason}");
+        repl.resume_halted(Divergence {
+            index: m.index,
+            reason: m.reason,
+        });
+        reason
+    });
     let net = Arc::new(NetCounters::default());
-    let shared = Arc::new(Mutex::new(FollowerShared::new(
-        repl,
-        net.clone(),
-        persisted,
-        leader.to_string(),
-    )));
+    let mut fs = FollowerShared::new(repl, net.clone(), persisted, leader.to_string());
+    fs.halted_reason = held_reason;
+    let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();
     let (inbox, inbox_rx) = sync_channel(INBOX_MAX);
@@ -705,6 +723,17 @@ impl<S: LogStore> Worker<S> {
                         "ALARM: divergence from the leader: {}; this follower applies nothing more",
                         d.reason
                     );
+                    // What it applied before the divergence is sound: keep
+                    // it, then record the halt so a restart stays halted.
+                    self.persist();
+                    let marker = swoosh_storage::HaltMarker {
+                        index: d.index,
+                        reason: d.reason.clone(),
+                        at_ms: now_wall_ms(),
+                    };
+                    if let Err(e) = swoosh_storage::record_halt(self.writer.store_mut(), &marker) {
+                        tracing::error!("cannot record the halt in the follower's store ({e}); it holds until this process stops");
+                    }
                     lock_shared(&self.shared).halted_reason =
                         Some(format!("divergence at {}: {}", d.index, d.reason));
                 }

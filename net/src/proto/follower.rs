@@ -234,6 +234,16 @@ impl ReplFollower {
         self.halted.as_ref()
     }
 
+    /// Start halted on a divergence recorded before a restart: nothing is
+    /// applied or requested until the operator clears it. Raises no effect;
+    /// the caller already knows.
+    pub fn resume_halted(&mut self, d: Divergence) {
+        self.halted = Some(d);
+        self.pending.clear();
+        self.inflight = None;
+        self.snap = None;
+    }
+
     pub fn stats(&self) -> &FollowerStats {
         &self.stats
     }
