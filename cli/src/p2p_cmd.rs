@@ -14,6 +14,7 @@ use swoosh_net::p2p::envelope;
 use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions};
 use swoosh_net::p2p::leader::spawn_leader_with;
 use swoosh_net::p2p::Multiaddr;
+use swoosh_storage::wal::META_GENESIS;
 use swoosh_storage::LogStore;
 
 /// A follower's age identity file, in its directory.
@@ -133,16 +134,30 @@ pub(crate) fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIden
 pub fn enroll(top: &Path) -> Result<()> {
     let gpath = top.join(GENESIS_FILE);
     let mut genesis = read_genesis(&gpath)?;
-    let leader_dir = top.join("leader");
-    if leader_dir.join("data").exists() {
-        let store = open_store(&leader_dir, true)?;
-        let last = store.last_index().context("cannot read the leader's log")?;
-        if last > 0 {
+    // Every node directory's store, not only the leader's: a follower or a
+    // copied leader holding records chains the old genesis too. A store
+    // with no record yet was only stamped with the old genesis when a node
+    // opened it; it is stamped with the new one below, or the node would
+    // refuse to start on it.
+    let mut empty_stores = vec![];
+    let mut node_dirs: Vec<PathBuf> = std::fs::read_dir(top)
+        .with_context(|| format!("cannot list {}", top.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join(GENESIS_FILE).is_file() && p.join("data").is_dir())
+        .collect();
+    node_dirs.sort();
+    for d in node_dirs {
+        let store = open_store(&d, true)?;
+        let end = swoosh_storage::log_end(&store)
+            .with_context(|| format!("cannot read the log in {}", d.display()))?;
+        if end > 0 {
             bail!(
-                "the leader in {} already holds {last} records: genesis cannot change any more (its hash chains every record); enroll before the first `swoosh serve`",
-                leader_dir.display()
+                "the node in {} already holds {end} records: genesis cannot change any more (its hash chains every record); enroll before the first `swoosh serve`, or move that directory's data/ away if it is a stale copy",
+                d.display()
             );
         }
+        empty_stores.push((d, store));
     }
     let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir(top)
         .with_context(|| format!("cannot list {}", top.display()))?
@@ -192,6 +207,18 @@ pub fn enroll(top: &Path) -> Result<()> {
         if p.exists() {
             write_json(&p, &genesis)?;
             written += 1;
+        }
+    }
+    for (d, mut store) in empty_stores {
+        if store.get_meta(META_GENESIS)?.is_some() {
+            store
+                .put_meta(META_GENESIS, gh.to_string().as_bytes())
+                .with_context(|| {
+                    format!(
+                        "cannot record the new genesis in {}",
+                        d.join("data").display()
+                    )
+                })?;
         }
     }
     println!(

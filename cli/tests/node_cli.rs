@@ -174,3 +174,59 @@ fn init_serve_propose_read_and_verify() {
     .unwrap();
     assert_eq!(r["hash"], h["root_hash"]);
 }
+
+/// `swoosh p2p enroll` rewrites genesis, so it checks every node directory
+/// of the cluster: a store that a node only opened (stamped with the old
+/// genesis, no record) is stamped with the new one, or the node would
+/// refuse to start on it; a store holding records refuses the enrollment.
+#[test]
+fn enroll_restamps_an_opened_empty_store_and_refuses_one_with_records() {
+    use swoosh_storage::{LmdbOptions, LmdbStore, LogStore, WalWriter};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d, "--agents", "3", "--followers", "1"]);
+    let genesis = |dir: &str| -> swoosh_core::state::Genesis {
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/genesis.json")).unwrap())
+            .unwrap()
+    };
+    let mkdir = |p: String| {
+        std::fs::create_dir_all(&p).unwrap();
+        std::path::PathBuf::from(p)
+    };
+    let leader = format!("{d}/leader");
+    let old = genesis(&leader).hash().unwrap();
+    // What a first `swoosh serve` leaves when stopped before any proposal.
+    drop(
+        WalWriter::open(
+            LmdbStore::open(&mkdir(format!("{leader}/data")), &LmdbOptions::default()).unwrap(),
+            old,
+            swoosh_storage::BatchLimits::default(),
+        )
+        .unwrap(),
+    );
+    ok(&["p2p", "enroll", "--dir", d]);
+    let new = genesis(&leader).hash().unwrap();
+    assert_ne!(new, old);
+    // The leader's store now belongs to the new genesis.
+    let v = ok(&["wal", "verify", "--dir", &leader]);
+    assert!(v.contains("0 records"), "{v}");
+
+    // A follower's store that holds a record: genesis cannot change.
+    {
+        let mut s = LmdbStore::open(
+            &mkdir(format!("{d}/follower-1/data")),
+            &LmdbOptions::default(),
+        )
+        .unwrap();
+        s.append(vec![(1, b"a record".to_vec())]).unwrap();
+    }
+    let o = swoosh(&["p2p", "enroll", "--dir", d]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("follower-1 already holds 1 records") && err.contains("genesis cannot change"),
+        "{err}"
+    );
+    assert_eq!(genesis(&leader).hash().unwrap(), new, "nothing rewritten");
+}
