@@ -22,10 +22,17 @@ pub const CHUNK_HEADER_BYTES: usize = 4 + 32 + 2 + 2;
 /// Data bytes per chunk: the chunk plus gossipsub's signed envelope (key,
 /// signature, sequence number, topic) stays under the 65,536-byte limit.
 pub const CHUNK_DATA_MAX: usize = 60_000;
-/// Most chunks one blob may have (about 60 MB).
-pub const CHUNKS_PER_BLOB_MAX: usize = 1024;
-/// Blobs being reassembled at once; the oldest is dropped beyond this.
-pub const PARTIAL_BLOBS_MAX: usize = 32;
+/// Largest ciphertext one gossip blob may carry: a record at the WAL's
+/// 1 MiB limit travels alone in its batch, and the signed header and one
+/// age stanza per follower add a few KiB. Anything larger is no message a
+/// leader sends, and a receiver never holds more than this for one blob.
+pub const BLOB_BYTES_MAX: usize = 2 << 20;
+/// Most chunks one blob may have (35 at 60,000 data bytes each).
+pub const CHUNKS_PER_BLOB_MAX: usize = BLOB_BYTES_MAX.div_ceil(CHUNK_DATA_MAX);
+/// Blobs being reassembled at once; the oldest is dropped beyond this. With
+/// [`BLOB_BYTES_MAX`] it bounds what partial blobs hold to 32 MiB, whatever
+/// a peer sends (gossip reaches a follower before any signature is checked).
+pub const PARTIAL_BLOBS_MAX: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
@@ -114,11 +121,10 @@ pub fn chunk(ct: &[u8]) -> Result<Vec<Vec<u8>>, EnvelopeError> {
     } else {
         ct.chunks(CHUNK_DATA_MAX).collect()
     };
-    if parts.len() > CHUNKS_PER_BLOB_MAX {
+    if ct.len() > BLOB_BYTES_MAX {
         return Err(EnvelopeError::Chunk(format!(
-            "{} bytes need {} chunks; at most {CHUNKS_PER_BLOB_MAX} are allowed",
-            ct.len(),
-            parts.len()
+            "a {}-byte message is larger than the {BLOB_BYTES_MAX} bytes one gossip blob may carry",
+            ct.len()
         )));
     }
     let total = parts.len() as u16;
@@ -170,7 +176,16 @@ impl Reassembler {
         let data = &frame[CHUNK_HEADER_BYTES..];
         if total == 0 || total > CHUNKS_PER_BLOB_MAX || index >= total {
             return Err(EnvelopeError::Chunk(format!(
-                "chunk {index} of {total} is out of range"
+                "chunk {index} of {total} is out of range (a blob has at most {CHUNKS_PER_BLOB_MAX} chunks)"
+            )));
+        }
+        // `chunk` fills every chunk but the last; holding a peer to that
+        // bounds a partial blob's bytes by its chunk count.
+        let last = index + 1 == total;
+        if data.len() > CHUNK_DATA_MAX || (!last && data.len() != CHUNK_DATA_MAX) {
+            return Err(EnvelopeError::Chunk(format!(
+                "chunk {index} of {total} carries {} data bytes; every chunk but the last carries exactly {CHUNK_DATA_MAX}, the last at most that",
+                data.len()
             )));
         }
         if total == 1 {
@@ -243,5 +258,55 @@ mod tests {
         assert_eq!(decrypt(&ct, &a).unwrap(), plain);
         assert_eq!(decrypt(&ct, &b).unwrap(), plain);
         assert!(decrypt(&ct, &other).is_err());
+    }
+
+    /// What a peer can make a receiver hold is bounded: oversized or short
+    /// chunks and blobs beyond the size limit are refused before anything
+    /// is kept, and at most [`PARTIAL_BLOBS_MAX`] partial blobs are kept.
+    #[test]
+    fn partial_blobs_are_bounded_whatever_a_peer_sends() {
+        let frame = |id: u8, index: u16, total: u16, len: usize| {
+            let mut f = CHUNK_MAGIC.to_vec();
+            f.extend_from_slice(&[id; 32]);
+            f.extend_from_slice(&index.to_be_bytes());
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend(std::iter::repeat_n(0u8, len));
+            f
+        };
+        let mut r = Reassembler::default();
+        let too_many = (CHUNKS_PER_BLOB_MAX + 1) as u16;
+        let err = r.push(&frame(1, 0, too_many, CHUNK_DATA_MAX)).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        let err = r.push(&frame(1, 0, 3, CHUNK_DATA_MAX + 5_000)).unwrap_err();
+        assert!(err.to_string().contains("exactly 60000"), "{err}");
+        let err = r.push(&frame(1, 0, 3, 10)).unwrap_err();
+        assert!(err.to_string().contains("carries 10 data bytes"), "{err}");
+        let err = r.push(&frame(1, 2, 3, CHUNK_DATA_MAX + 1)).unwrap_err();
+        assert!(err.to_string().contains("the last at most"), "{err}");
+        assert!(r.partial.is_empty(), "nothing refused is kept");
+        // A short last chunk is a valid one.
+        assert_eq!(r.push(&frame(1, 2, 3, 10)).unwrap(), None);
+        for id in 2..(PARTIAL_BLOBS_MAX as u8 + 10) {
+            let total = CHUNKS_PER_BLOB_MAX as u16;
+            for i in 0..total - 1 {
+                assert_eq!(r.push(&frame(id, i, total, CHUNK_DATA_MAX)).unwrap(), None);
+            }
+        }
+        assert_eq!(r.partial.len(), PARTIAL_BLOBS_MAX);
+        let held: usize = r
+            .partial
+            .values()
+            .flat_map(|p| p.parts.iter().flatten())
+            .map(Vec::len)
+            .sum();
+        assert!(
+            held <= PARTIAL_BLOBS_MAX * BLOB_BYTES_MAX,
+            "{held} bytes held"
+        );
+        assert!(chunk(&vec![0u8; BLOB_BYTES_MAX + 1]).is_err());
+        assert_eq!(
+            chunk(&vec![0u8; BLOB_BYTES_MAX]).unwrap().len(),
+            CHUNKS_PER_BLOB_MAX
+        );
     }
 }
