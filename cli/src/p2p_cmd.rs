@@ -392,7 +392,7 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
     };
     let ag = swoosh_net::p2p::agent::spawn_agent(key, &genesis, policy, &peers, None).await?;
     eprintln!(
-        "swoosh: council agent {me} (peer {}) joined through {}; policy {policy:?}",
+        "swoosh: council agent {me} (peer {}) dialling {} (again every second while not connected); policy {policy:?}",
         ag.peer_id,
         a.peer.join(", ")
     );

@@ -314,3 +314,55 @@ async fn p2p_leader_re_elects_without_the_ejected_member() {
     accept_now(&mut node, &p);
     assert_eq!(node.project("p0").council.phase, "TOOLING_SYNC");
 }
+
+/// A council agent keeps dialling the address it joined through: one
+/// started before the leader joins when the leader comes up, and one whose
+/// leader restarts joins the new one (before, both stayed cut off for good
+/// and every election stalled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_agents_find_the_leader_again_after_it_restarts() {
+    let keys = Keys::from_labels("p2p-redial", 3);
+    let g = genesis(&keys, "p2p-redial", ORIGIN_MS);
+    let topic = council_topic(&g.cluster_id);
+    // A free port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let leader = || {
+        spawn_peer(
+            &keys.leader,
+            agent_version(&g),
+            std::slice::from_ref(&topic),
+            Some(addr.clone()),
+            &[],
+        )
+    };
+    let agent = spawn_agent(
+        keys.council[0].clone(),
+        &g,
+        VotePolicy::ApproveAll,
+        std::slice::from_ref(&addr),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = leader().await.unwrap();
+    joined("the agent started first joins the leader", &first).await;
+    drop(first);
+    let second = leader().await.unwrap();
+    joined("the agent joins the restarted leader", &second).await;
+    drop(agent);
+}
+
+/// Wait until `leader` saw a subscription (an agent joined its mesh).
+async fn joined(what: &str, leader: &swoosh_net::p2p::peer::PeerHandle) {
+    let t0 = Instant::now();
+    while leader.subscriptions.load(Ordering::Relaxed) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

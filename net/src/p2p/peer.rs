@@ -5,15 +5,30 @@
 use super::BehaviourEvent;
 use super::{build_swarm, check_handshake, P2pError};
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, TopicHash};
-use libp2p::swarm::SwarmEvent;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, Multiaddr, PeerId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Messages queued toward the owner at most.
 pub const PEER_INBOX_MAX: usize = 4_096;
+/// How often an address this peer dials is dialled again while no
+/// connection to it is open: a council agent must find the leader again
+/// after the leader restarts, and may be started before it.
+pub const PEER_REDIAL_MS: u64 = 1_000;
+
+/// `a` without its `/p2p/<id>` part, to match a dialled address with the
+/// address a connection reports.
+fn transport_part(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
 
 pub enum PeerCmd {
     Publish { topic: IdentTopic, data: Vec<u8> },
@@ -35,6 +50,8 @@ pub struct PeerHandle {
     pub inbox: mpsc::Receiver<Received>,
     /// Remote subscriptions this peer has seen (any topic), net of unsubscriptions.
     pub subscriptions: Arc<AtomicUsize>,
+    /// Connections open now (either direction).
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -95,15 +112,43 @@ pub async fn spawn_peer(
             .dial(d.clone())
             .map_err(|e| P2pError::Libp2p(format!("cannot dial {d}: {e}")))?;
     }
+    // Addresses kept connected, and what each open outgoing connection dialled.
+    let mut keep: Vec<Multiaddr> = dial.iter().map(transport_part).collect();
+    let mut dialled: HashMap<ConnectionId, Multiaddr> = HashMap::new();
     let peer_id = *swarm.local_peer_id();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<PeerCmd>();
     let (in_tx, in_rx) = mpsc::channel(PEER_INBOX_MAX);
     let subscriptions = Arc::new(AtomicUsize::new(0));
     let subs = subscriptions.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = connections.clone();
     let task = tokio::spawn(async move {
+        let mut redial = tokio::time::interval(std::time::Duration::from_millis(PEER_REDIAL_MS));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = redial.tick() => {
+                    for a in &keep {
+                        if !dialled.values().any(|d| d == a) {
+                            // A failed dial is reported as an event; the next tick tries again.
+                            let _ = swarm.dial(a.clone());
+                        }
+                    }
+                }
                 ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                        conns.fetch_add(1, Ordering::Relaxed);
+                        if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                            tracing::info!(peer = %peer_id, %address, "connected");
+                            dialled.insert(connection_id, transport_part(address));
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                        let _ = conns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                        if let Some(address) = dialled.remove(&connection_id) {
+                            tracing::warn!(peer = %peer_id, %address, "connection closed; dialling it again every {PEER_REDIAL_MS} ms");
+                        }
+                    }
                     SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                         check_handshake(&mut swarm, &agent, peer_id, &info);
                     }
@@ -126,6 +171,10 @@ pub async fn spawn_peer(
                         }
                     }
                     Some(PeerCmd::Dial(a)) => {
+                        let t = transport_part(&a);
+                        if !keep.contains(&t) {
+                            keep.push(t);
+                        }
                         let _ = swarm.dial(a);
                     }
                 },
@@ -138,6 +187,7 @@ pub async fn spawn_peer(
         cmd: cmd_tx,
         inbox: in_rx,
         subscriptions,
+        connections,
         task,
     })
 }
