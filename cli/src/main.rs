@@ -6,6 +6,7 @@ mod chaos_cmd;
 mod chaos_process;
 mod demo;
 mod demo_node;
+mod dirlock;
 mod facts_cmd;
 mod node;
 mod p2p_cmd;

@@ -298,6 +298,7 @@ pub async fn start_node(
 ) -> Result<NodeHandle<LmdbStore>> {
     let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
     let key = read_key(&dir.join("node.key"))?;
+    crate::dirlock::lock_node_dir(dir)?;
     let store = open_store(dir, nosync)?;
     let cfg = NodeConfig {
         genesis,

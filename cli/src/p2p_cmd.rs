@@ -148,6 +148,8 @@ pub fn enroll(top: &Path) -> Result<()> {
         .collect();
     node_dirs.sort();
     for d in node_dirs {
+        // Held until enroll exits: no node may start on it meanwhile.
+        crate::dirlock::lock_node_dir(&d)?;
         let store = open_store(&d, true)?;
         let end = swoosh_storage::log_end(&store)
             .with_context(|| format!("cannot read the log in {}", d.display()))?;
@@ -249,6 +251,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         .as_deref()
         .map(|l| parse_addr(l, "--listen"))
         .transpose()?;
+    crate::dirlock::lock_node_dir(&a.dir)?;
     let mut store = open_store(&a.dir, a.nosync)?;
     if a.clear_halt {
         match swoosh_storage::clear_halt(&mut store)? {

@@ -68,6 +68,28 @@ fn init_serve_propose_read_and_verify() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A second node on the same directory is refused, naming the first;
+    // it would accept records at the indexes the first one acknowledges.
+    let port2 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = swoosh(&[
+        "serve",
+        "--dir",
+        &format!("{d}/leader"),
+        "--http",
+        &format!("127.0.0.1:{port2}"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("another swoosh process (pid {})", server.id()))
+            && err.contains("stop it first"),
+        "{err}"
+    );
+
     let zero = format!("{{\"config_hash\":\"blake3:{}\"}}", "0".repeat(64));
     let out = ok(&[
         "propose",

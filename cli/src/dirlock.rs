@@ -1,0 +1,91 @@
+//! One process at a time per node directory.
+//!
+//! The store's own journal lock only keeps a second process from folding
+//! the journal: a second `swoosh serve` on the same directory opened the
+//! store without its journal, saw none of the first node's newest commits,
+//! and accepted records at indexes the first node had already acknowledged;
+//! the store then refused to open at all. A node, a follower and every
+//! command that changes a store offline take this lock first; commands that
+//! only read do not, so they still run beside a live node.
+
+use anyhow::{bail, Context, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+/// The lock file, inside the node's `data/` beside the store it protects.
+pub const LOCK_FILE: &str = "swoosh.lock";
+
+/// Locks this process holds, by canonical path. A process keeps a lock
+/// until it exits (the kernel releases it then, also on SIGKILL), so a
+/// node restarted in-process (the demo, tests) re-enters its own lock.
+static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(vec![]);
+
+/// Take `dir`'s lock for the rest of this process, or say which process
+/// holds it.
+pub fn lock_node_dir(dir: &Path) -> Result<()> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let path = data.join(LOCK_FILE);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    let key = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+    if held.iter().any(|(p, _)| *p == key) {
+        return Ok(());
+    }
+    match f.try_lock() {
+        Ok(()) => {
+            // The pid is for the message another process prints; the lock
+            // itself is the flock, which no stale file can fake.
+            let _ = f.set_len(0);
+            let _ = write!(f, "{}", std::process::id());
+            held.push((key, f));
+            Ok(())
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.rewind().and_then(|_| f.read_to_string(&mut pid));
+            let pid = pid.trim();
+            let who = if pid.is_empty() {
+                "another swoosh process".to_string()
+            } else {
+                format!("another swoosh process (pid {pid})")
+            };
+            bail!(
+                "{who} is using the node directory {} (it holds {}): stop it first. Two processes on one store would both accept records at the same indexes; read-only commands (wal verify, wal inspect, replay, snapshot list) may run beside it",
+                dir.display(),
+                path.display()
+            )
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid() {
+        let t = tempfile::tempdir().unwrap();
+        lock_node_dir(t.path()).unwrap();
+        // Re-entrant in this process.
+        lock_node_dir(t.path()).unwrap();
+        // Another open file description, as another process would have.
+        let other = File::open(t.path().join("data").join(LOCK_FILE)).unwrap();
+        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
+        let pid = std::fs::read_to_string(t.path().join("data").join(LOCK_FILE)).unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+    }
+}
