@@ -702,6 +702,74 @@ async fn p2p_divergence_halt_is_held_across_a_restart() {
     .await;
 }
 
+/// A leader restarted on a shorter log (its tail cut by a repair, or its
+/// store restored from an older copy) tells a follower that holds more
+/// records to halt at its next status report, and shows it halted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_a_follower_ahead_of_a_restarted_leader_halts() {
+    let mut c = cluster("p2p-ahead", 1);
+    c.commit(30);
+    let leader = c.leader().await;
+    let addr = leader.listen_addrs[0].clone();
+    let f = c.follower(0, &leader, false).await;
+    wait_for("the follower at 30", || f.applied_index() == 30).await;
+    leader.stop();
+    drop(leader);
+    // The same genesis and stream, 12 records: what the leader holds after
+    // losing its tail.
+    let mut dirs = vec![];
+    let mut stream = Stream::resume(
+        "p2p-ahead",
+        2,
+        NodeState::new(c.genesis.clone()).unwrap(),
+        Verify::Trusted,
+    );
+    let mut w = WalWriter::open(
+        store(&mut dirs),
+        c.genesis.hash().unwrap(),
+        BatchLimits::default(),
+    )
+    .unwrap();
+    let entries: Vec<Entry> = stream
+        .take(12)
+        .into_iter()
+        .map(Entry::from_accepted)
+        .collect();
+    w.append_batch(&entries).unwrap();
+    let t0 = Instant::now();
+    let short = loop {
+        // The old listener's port may take a moment to be free.
+        match spawn_leader(
+            w.store().clone(),
+            c.leader_key.clone(),
+            c.genesis.clone(),
+            addr.clone(),
+        )
+        .await
+        {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < WAIT,
+                    "cannot restart the leader on {addr}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for("the follower halts on the leader's word", || {
+        f.shared
+            .lock()
+            .unwrap()
+            .halted_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the leader's log ends at 12"))
+    })
+    .await;
+    assert!(short.followers()[0].halted);
+    assert_eq!(f.applied_index(), 30, "it keeps what it holds, as evidence");
+}
+
 /// The follower's `/health` and `/metrics` show how its worker keeps up:
 /// group commits made, records they held, gossip dropped for a full inbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -841,20 +841,28 @@ impl<S: LogStore> LeaderTask<S> {
                 reason: "unknown follower".into(),
             };
         };
-        let resp = self.repl.on_status_report(key, r);
+        let log = StoreLog {
+            store: &*self.store,
+            snapshots: &self.snapshots,
+        };
+        let resp = self.repl.on_status_report(key, r, &log);
         let published = self.repl.published_index();
         if let Some(t) = self.reports.lock().expect("lock").get_mut(i) {
             *t = Some(std::time::Instant::now());
         }
         let mut s = self.shared.lock().expect("lock");
         if let Some(f) = s.followers.get_mut(i) {
-            if r.halted && !f.halted {
+            if let Response::Diverged { reason, .. } = &resp {
+                if !f.halted {
+                    tracing::error!(follower = %f.name, index = r.applied_index, "ALARM: a follower is not on this leader's log: {reason}; it is told to halt");
+                }
+            } else if r.halted && !f.halted {
                 tracing::error!(follower = %f.name, index = r.applied_index, "ALARM: a follower reports it halted (divergence or a failed write)");
             }
             f.applied_index = Some(r.applied_index);
             f.root_hash = Some(r.root_hash);
             f.lag_records = Some(published.saturating_sub(r.applied_index));
-            f.halted = r.halted;
+            f.halted = r.halted || matches!(resp, Response::Diverged { .. });
         }
         resp
     }

@@ -76,6 +76,15 @@ pub struct Divergence {
     pub reason: String,
 }
 
+/// Why a fully received snapshot is not installed.
+enum SnapshotFault {
+    /// Not the bytes the manifest names, or no longer useful: refused.
+    Refuse(String),
+    /// The signed bytes themselves disagree with what this follower
+    /// computes from them: a divergence.
+    Diverge(String),
+}
+
 /// Why one message was refused. Nothing changes state; the refusal is counted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefusedMessage {
@@ -337,6 +346,14 @@ impl ReplFollower {
                 // The leader's own word on its tail: a gap shows up here even
                 // when every head gossip was lost.
                 self.leader_index = self.leader_index.max(*published_index);
+            }
+            Response::Diverged { index, reason } => {
+                let d = Divergence {
+                    index: *index,
+                    reason: format!("the leader reports: {reason}"),
+                };
+                self.halt(d, &mut out);
+                return out;
             }
         }
         self.maybe_request(now_ms, &mut out);
@@ -752,7 +769,17 @@ impl ReplFollower {
         }
         let s = self.snap.take().expect("checked above");
         match self.verify_snapshot(&s) {
-            Err(why) => self.refuse(RefusedMessage::Snapshot(why), out),
+            Err(SnapshotFault::Refuse(why)) => self.refuse(RefusedMessage::Snapshot(why), out),
+            Err(SnapshotFault::Diverge(why)) => {
+                let d = Divergence {
+                    index: s.manifest.index,
+                    reason: format!(
+                        "the leader's signed snapshot at {} (its bytes match the manifest): {why}",
+                        s.manifest.index
+                    ),
+                };
+                self.halt(d, out);
+            }
             Ok(node) => {
                 let index = node.index;
                 self.node = node;
@@ -767,42 +794,51 @@ impl ReplFollower {
         }
     }
 
-    fn verify_snapshot(&self, s: &SnapshotRecv) -> Result<NodeState, String> {
+    fn verify_snapshot(&self, s: &SnapshotRecv) -> Result<NodeState, SnapshotFault> {
         let m = &s.manifest;
         let got = Hash::of_bytes(&s.buf);
         if got != m.content_hash {
-            return Err(format!(
+            // Not the bytes the leader signed (damaged in transit or at
+            // rest): refused, and fetched again.
+            return Err(SnapshotFault::Refuse(format!(
                 "content hash {got} is not the manifest's {}",
                 m.content_hash
-            ));
+            )));
         }
+        // From here on the bytes are exactly what the leader signed, so a
+        // disagreement is the leader's state against this follower's code:
+        // a divergence. Refusing would fetch the same bytes for ever.
+        let diverge = SnapshotFault::Diverge;
         let node: NodeState =
-            from_canonical(&s.buf).map_err(|e| format!("does not decode: {e}"))?;
+            from_canonical(&s.buf).map_err(|e| diverge(format!("does not decode: {e}")))?;
         if node.genesis_hash != self.genesis_hash {
-            return Err("the snapshot is of another genesis".into());
+            return Err(diverge("the snapshot is of another genesis".into()));
         }
         if node.index != m.index || node.head_record != m.head_record {
-            return Err(format!(
+            return Err(diverge(format!(
                 "the state is at index {} / {}, the manifest says {} / {}",
                 node.index, node.head_record, m.index, m.head_record
-            ));
+            )));
         }
         for (id, e) in &node.projects {
             if e.state.hash() != e.hash {
-                return Err(format!(
+                return Err(diverge(format!(
                     "project {id:?}: its document does not hash to {}",
                     e.hash
-                ));
+                )));
             }
         }
         if node.root_hash() != m.root_hash {
-            return Err(format!("root hash is not the manifest's {}", m.root_hash));
+            return Err(diverge(format!(
+                "root hash is not the manifest's {}",
+                m.root_hash
+            )));
         }
         if node.index <= self.node.index {
-            return Err(format!(
+            return Err(SnapshotFault::Refuse(format!(
                 "snapshot at {} is not ahead of the applied index {}",
                 node.index, self.node.index
-            ));
+            )));
         }
         Ok(node)
     }

@@ -330,8 +330,23 @@ impl ReplLeader {
     /// Record the position `follower` (the authenticated sender) reports and
     /// answer with the leader's published index. Lag is measured against
     /// what the leader published, not what the follower heard.
-    pub fn on_status_report(&mut self, follower: SignerId, r: &StatusReport) -> Response {
+    ///
+    /// The position is checked against `log`: a follower can only have
+    /// applied what this log held, so one past its durable tail, or on
+    /// another record hash, holds a history the leader does not (the
+    /// leader's log was cut by a repair, or restored from an older copy).
+    /// Nothing else would notice until the leader's new records reached the
+    /// follower's index again; meanwhile it would serve that history as
+    /// healthy. The answer is then [`Response::Diverged`], and the follower
+    /// halts.
+    pub fn on_status_report(
+        &mut self,
+        follower: SignerId,
+        r: &StatusReport,
+        log: &dyn LeaderLog,
+    ) -> Response {
         let published = self.published.0;
+        let off_log = Self::off_log(r, log);
         self.on_status(FollowerStatus {
             follower,
             applied_index: r.applied_index,
@@ -339,11 +354,42 @@ impl ReplLeader {
             root_hash: r.root_hash,
             leader_index: published.max(r.leader_index),
             lag_records: published.saturating_sub(r.applied_index),
-            halted: r.halted,
+            halted: r.halted || off_log.is_some(),
         });
-        Response::StatusAck {
-            published_index: published,
+        match off_log {
+            Some((index, reason)) => Response::Diverged { index, reason },
+            None => Response::StatusAck {
+                published_index: published,
+            },
         }
+    }
+
+    /// Where and why a reported position is not on `log` (None when it is,
+    /// or when the log no longer holds the record to compare).
+    fn off_log(r: &StatusReport, log: &dyn LeaderLog) -> Option<(u64, String)> {
+        let last = log.last_index();
+        if r.applied_index > last {
+            return Some((
+                r.applied_index,
+                format!(
+                    "this follower applied up to record {}, but the leader's log ends at {last}: it holds records the leader does not (was the leader's log cut by a repair or restored from an older copy?)",
+                    r.applied_index
+                ),
+            ));
+        }
+        if r.applied_index == 0 {
+            return None;
+        }
+        let (h, _) = encode_record(&log.record(r.applied_index)?).ok()?;
+        (h != r.applied_hash).then(|| {
+            (
+                r.applied_index,
+                format!(
+                    "this follower applied record hash {} at {}, the leader's log holds {h} there",
+                    r.applied_hash, r.applied_index
+                ),
+            )
+        })
     }
 
     fn refuse(&mut self, reason: String) -> Response {

@@ -682,6 +682,101 @@ fn a_snapshot_that_does_not_match_its_manifest_is_refused() {
     assert!(f.halted().is_none());
 }
 
+/// A snapshot whose bytes are the ones the leader signed, but which this
+/// follower cannot accept as the state the manifest names, is a divergence:
+/// the follower halts (before, it refused it, asked again and was offered
+/// the same snapshot for ever).
+#[test]
+fn a_signed_snapshot_the_follower_computes_differently_halts_it() {
+    let c = cluster(20);
+    let mut log = MemLog::truncated(&c, 10);
+    // Damaged before the leader signs its manifest: the content hash
+    // matches, the state inside does not.
+    let snap = log.snapshot.as_mut().unwrap();
+    let n = snap.3.len();
+    snap.3[n / 2] ^= 0xff;
+    let mut l = c.leader(small_batches());
+    let mut f = c.follower();
+    let offer = l.on_request(&Request::Range { from: 1, to: 20 }, &log);
+    let mut eff = f.on_response(&offer, 0);
+    for _ in 0..1000 {
+        let Some(req @ Request::Snapshot { .. }) = sends(&eff).pop() else {
+            break;
+        };
+        let resp = l.on_request(&req, &log);
+        eff = f.on_response(&resp, 1);
+    }
+    let d = f.halted().expect("halted");
+    assert_eq!(d.index, 10);
+    assert!(d.reason.contains("signed snapshot at 10"), "{}", d.reason);
+    assert!(matches!(eff.last(), Some(FollowerEffect::Halted(_))));
+    assert_eq!(f.applied_index(), 0);
+    assert!(sends(&f.tick(10 * follower::REQUEST_TIMEOUT_MS)).is_empty());
+}
+
+/// A follower holding records the leader's log no longer has (the leader's
+/// tail was cut, or its store restored from an older copy) is told so at
+/// its next status report and halts; before, it counted the leader as
+/// behind and served its history as healthy until the leader's new records
+/// reached its index. A follower on the leader's log is acknowledged.
+#[test]
+fn a_follower_off_the_leaders_log_is_told_to_halt() {
+    let c = cluster(20);
+    let log = MemLog::full(&c);
+    let mut l = c.leader_at_head(small_batches());
+    let mut f = c.follower();
+    let eff = f.on_gossip(&l.head(1), 0);
+    serve(&mut f, &mut l, &log, sends(&eff));
+    assert_eq!(f.applied_index(), 20);
+    let id = f.status().follower;
+    assert!(matches!(
+        l.on_status_report(id.clone(), &f.status_report(), &log),
+        Response::StatusAck { .. }
+    ));
+
+    // The leader restarts on a log that ends at 12.
+    let mut short = MemLog::full(&c);
+    short.records.truncate(12);
+    let mut l = ReplLeader::new(
+        small_batches(),
+        c.keys.leader.clone(),
+        &c.genesis,
+        12,
+        c.records[11].hash(),
+    )
+    .unwrap();
+    let resp = l.on_status_report(id.clone(), &f.status_report(), &short);
+    let Response::Diverged { index, reason } = &resp else {
+        panic!("expected Diverged, got {resp:?}")
+    };
+    assert_eq!(*index, 20);
+    assert!(reason.contains("the leader's log ends at 12"), "{reason}");
+    assert!(
+        l.followers()[&id].halted,
+        "the leader's view raises the alarm"
+    );
+    let eff = f.on_response(&resp, 1);
+    assert!(matches!(eff.as_slice(), [FollowerEffect::Halted(d)] if d.index == 20));
+    assert!(f
+        .halted()
+        .unwrap()
+        .reason
+        .starts_with("the leader reports:"));
+
+    // Same length, another record at the reported index.
+    let mut other = c.follower();
+    let eff = other.on_gossip(&l.head(1), 0);
+    serve(&mut other, &mut l, &short, sends(&eff));
+    assert_eq!(other.applied_index(), 12);
+    let mut r = other.status_report();
+    r.applied_hash = Hash::of_bytes(b"another history");
+    let resp = l.on_status_report(id, &r, &short);
+    assert!(
+        matches!(&resp, Response::Diverged { index: 12, reason } if reason.contains("the leader's log holds")),
+        "{resp:?}"
+    );
+}
+
 #[test]
 fn a_restarted_leader_resumes_and_followers_converge() {
     let c = cluster(30);

@@ -227,6 +227,14 @@ pub enum Response {
     StatusAck {
         published_index: u64,
     },
+    /// Answer to [`Request::Status`] when the reported position is not on
+    /// the leader's log: the follower applied past the leader's durable
+    /// tail, or a record hash other than the leader's at that index. The
+    /// follower halts on it.
+    Diverged {
+        index: u64,
+        reason: String,
+    },
     /// The request cannot be served (the reason says why).
     Refused {
         reason: String,
