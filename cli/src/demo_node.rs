@@ -143,9 +143,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let temp;
     let (dir, keep) = match &args.dir {
         Some(d) => {
-            if d.join("leader").join("data").exists() {
+            // The demo writes fixed, well-known keys and its own genesis:
+            // over a real cluster's directory it would replace its keys.
+            if d.join(GENESIS_FILE).exists() || d.join("leader").join("data").exists() {
                 bail!(
-                    "{} already holds a demo node; remove it or pick another --dir",
+                    "{} already holds a cluster (genesis.json or leader/data); the demo would overwrite its keys and genesis: remove it or pick another --dir",
                     d.display()
                 );
             }

@@ -19,12 +19,21 @@ pub const GENESIS_FILE: &str = "genesis.json";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7700";
 
 pub fn read_key(path: &Path) -> Result<SigningKey> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read key file {}: create one with `swoosh keygen --out {}` or `swoosh init`",
-            path.display(),
-            path.display()
-        )
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        // Only a missing key calls for a new one: a new key for an existing
+        // node is not the key genesis names.
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "create one with `swoosh keygen --out {}` or `swoosh init`",
+                path.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "make it readable by the user this runs as (e.g. `chown -R swoosh:swoosh {}` for the systemd units)",
+                path.parent().unwrap_or(path).display()
+            ),
+            _ => "check the path and the disk".to_string(),
+        };
+        anyhow::anyhow!("cannot read key file {}: {e}; {what}", path.display())
     })?;
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed).with_context(|| {
@@ -173,6 +182,20 @@ pub fn init(a: InitArgs) -> Result<()> {
     let top = &a.dir;
     if top.join(GENESIS_FILE).exists() && !a.force {
         bail!("{} already holds a cluster; pass --force to overwrite it (its keys are lost) or pick another --dir", top.display());
+    }
+    // A store is chained to the genesis it was written under: after --force
+    // replaced genesis, no node could start on it again.
+    if let Ok(entries) = std::fs::read_dir(top) {
+        for e in entries.flatten() {
+            let data = e.path().join("data");
+            let holds_data = std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some());
+            if holds_data {
+                bail!(
+                    "{} holds a node's store, chained to the current genesis: a new genesis would leave it unusable. Move the data/ directories away first (or pick another --dir)",
+                    data.display()
+                );
+            }
+        }
     }
     std::fs::create_dir_all(top.join("keys"))
         .with_context(|| format!("cannot create {}", top.display()))?;

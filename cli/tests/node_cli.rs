@@ -195,6 +195,26 @@ fn init_serve_propose_read_and_verify() {
     ]))
     .unwrap();
     assert_eq!(r["hash"], h["root_hash"]);
+
+    // Neither init --force nor the demo replaces the genesis and keys of a
+    // cluster whose leader holds records.
+    let key_before = std::fs::read(format!("{d}/leader/node.key")).unwrap();
+    for args in [
+        vec!["init", "--dir", d, "--force"],
+        vec!["demo", "--dir", d, "--single-node", "--quiet"],
+    ] {
+        let o = swoosh(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("leader/data") || err.contains("already holds a cluster"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(format!("{d}/leader/node.key")).unwrap(),
+        key_before
+    );
 }
 
 /// `swoosh p2p enroll` rewrites genesis, so it checks every node directory
