@@ -331,14 +331,26 @@ async fn p2p_agents_find_the_leader_again_after_it_restarts() {
         .unwrap()
         .port();
     let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let leader = || {
-        spawn_peer(
-            &keys.leader,
-            agent_version(&g),
-            std::slice::from_ref(&topic),
-            Some(addr.clone()),
-            &[],
-        )
+    let leader = || async {
+        // The dropped leader's listener closes a moment after the drop.
+        let t0 = Instant::now();
+        loop {
+            match spawn_peer(
+                &keys.leader,
+                agent_version(&g),
+                std::slice::from_ref(&topic),
+                Some(addr.clone()),
+                &[],
+            )
+            .await
+            {
+                Ok(p) => return p,
+                Err(e) => {
+                    assert!(t0.elapsed() < Duration::from_secs(20), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     };
     let agent = spawn_agent(
         keys.council[0].clone(),
@@ -350,10 +362,10 @@ async fn p2p_agents_find_the_leader_again_after_it_restarts() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let first = leader().await.unwrap();
+    let first = leader().await;
     joined("the agent started first joins the leader", &first).await;
     drop(first);
-    let second = leader().await.unwrap();
+    let second = leader().await;
     joined("the agent joins the restarted leader", &second).await;
     drop(agent);
 }

@@ -266,9 +266,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         .subscribe(&topic)
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
     if let Some(l) = &listen {
-        swarm
-            .listen_on(l.clone())
-            .map_err(|e| P2pError::Libp2p(format!("cannot listen on {l}: {e}")))?;
+        super::listen_exclusive(&mut swarm, l)?;
     }
     swarm
         .dial(leader.clone())

@@ -451,9 +451,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         .gossipsub
         .subscribe(&super::council_topic(&genesis.cluster_id))
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
-    swarm
-        .listen_on(listen.clone())
-        .map_err(|e| P2pError::Libp2p(format!("cannot listen on {listen}: {e}")))?;
+    super::listen_exclusive(&mut swarm, &listen)?;
     let listen_addrs = loop {
         match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
             Ok(SwarmEvent::NewListenAddr { address, .. }) => break vec![address],

@@ -65,6 +65,50 @@ fn lp<E: std::fmt::Display>(e: E) -> P2pError {
     P2pError::Libp2p(e.to_string())
 }
 
+/// `e` and every error below it, joined: libp2p's transport errors often
+/// print nothing themselves and keep the reason (an OS error) in a source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        parts.push(s.to_string());
+        next = s.source();
+    }
+    let parts: Vec<String> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        "no reason given".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Listen on `addr`, first making sure no other process listens there: the
+/// TCP transport sets `SO_REUSEPORT`, so a second leader on the same port
+/// would start too and the kernel would split followers and agents between
+/// the two. A plain bind fails while any socket holds the port.
+pub fn listen_exclusive(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), P2pError> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip: Option<std::net::IpAddr> = match it.next() {
+        Some(Protocol::Ip4(ip)) => Some(ip.into()),
+        Some(Protocol::Ip6(ip)) => Some(ip.into()),
+        _ => None,
+    };
+    if let (Some(ip), Some(Protocol::Tcp(port))) = (ip, it.next()) {
+        if port != 0 {
+            std::net::TcpListener::bind((ip, port)).map_err(|e| {
+                P2pError::Libp2p(format!(
+                    "cannot listen on {addr}: {e}; is another process (another swoosh node?) using port {port}?"
+                ))
+            })?;
+        }
+    }
+    swarm
+        .listen_on(addr.clone())
+        .map(|_| ())
+        .map_err(|e| P2pError::Libp2p(format!("cannot listen on {addr}: {}", error_chain(&e))))
+}
+
 pub fn wal_topic(cluster_id: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("swoosh/{cluster_id}/wal/v1"))
 }
@@ -206,4 +250,55 @@ pub fn check_handshake(
 /// Milliseconds since `t0` (the protocols' `now_ms`).
 pub(crate) fn ms_since(t0: std::time::Instant) -> u64 {
     t0.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port another process (or another swarm, which shares ports through
+    /// `SO_REUSEPORT`) listens on is refused with a reason, not shared.
+    #[tokio::test]
+    async fn a_port_already_listened_on_is_refused_with_a_reason() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut first = build_swarm(&key, "t".into()).unwrap();
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let err = listen_exclusive(&mut first, &addr).unwrap_err().to_string();
+        assert!(err.contains("another process"), "{err}");
+        drop(held);
+        listen_exclusive(&mut first, &addr).unwrap();
+        // Wait until the swarm's listener is bound.
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { .. } =
+                futures::StreamExt::select_next_some(&mut first).await
+            {
+                break;
+            }
+        }
+        let mut second = build_swarm(&key, "t".into()).unwrap();
+        let err = listen_exclusive(&mut second, &addr)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("port {port}")), "{err}");
+    }
+
+    #[test]
+    fn an_error_chain_keeps_the_reason_an_empty_top_hides() {
+        #[derive(Debug)]
+        struct Empty(std::io::Error);
+        impl std::fmt::Display for Empty {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl std::error::Error for Empty {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Empty(std::io::Error::other("Cannot assign requested address"));
+        assert_eq!(error_chain(&e), "Cannot assign requested address");
+    }
 }

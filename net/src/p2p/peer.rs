@@ -91,9 +91,7 @@ pub async fn spawn_peer(
     }
     let mut listen_addrs = vec![];
     if let Some(l) = listen {
-        swarm
-            .listen_on(l.clone())
-            .map_err(|e| P2pError::Libp2p(format!("cannot listen on {l}: {e}")))?;
+        super::listen_exclusive(&mut swarm, &l)?;
         loop {
             match tokio::time::timeout(std::time::Duration::from_secs(10), swarm.select_next_some())
                 .await
