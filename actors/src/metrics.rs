@@ -14,6 +14,23 @@ use std::sync::Arc;
 pub struct TransitionLabel {
     pub transition: String,
 }
+
+/// The `transition` label of a name the statechart does not know.
+pub const TRANSITION_LABEL_UNKNOWN: &str = "unknown";
+
+impl TransitionLabel {
+    /// The label for a client-supplied transition name: the name when the
+    /// statechart knows it, else [`TRANSITION_LABEL_UNKNOWN`]. Every
+    /// distinct label value is a series the registry keeps forever, so a
+    /// name nobody checked would let any client grow it without bound.
+    pub fn checked(name: &str) -> TransitionLabel {
+        let transition =
+            swoosh_core::statechart::lookup(name).map_or(TRANSITION_LABEL_UNKNOWN, |t| t.name);
+        TransitionLabel {
+            transition: transition.to_string(),
+        }
+    }
+}
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GuardLabel {
     pub guard: String,

@@ -419,9 +419,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             sh.metrics.backpressure_total.inc();
             sh.metrics
                 .retry_count
-                .get_or_create(&TransitionLabel {
-                    transition: p.transition.clone(),
-                })
+                .get_or_create(&TransitionLabel::checked(&p.transition))
                 .inc();
             return SubmitResult::Busy {
                 retry_after_ms: 50,
@@ -441,7 +439,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         // it in its usual order, so its refusal is exactly what it was.
         let signature_checked = p.verify_signature().is_ok();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let transition = p.transition.clone();
+        // Before any check of the proposal: only a known name may be a label.
+        let label = TransitionLabel::checked(&p.transition);
         match seq.try_send(SeqMsg::Submit {
             proposal: Box::new(p),
             signature_checked,
@@ -451,10 +450,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             Ok(()) => {}
             Err(SendError::Full { .. }) => {
                 sh.metrics.backpressure_total.inc();
-                sh.metrics
-                    .retry_count
-                    .get_or_create(&TransitionLabel { transition })
-                    .inc();
+                sh.metrics.retry_count.get_or_create(&label).inc();
                 return SubmitResult::Busy {
                     retry_after_ms: 20,
                     reason: "the sequencer queue is full".into(),
@@ -953,9 +949,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         if retriable(&r) {
                             sh.metrics
                                 .retry_count
-                                .get_or_create(&TransitionLabel {
-                                    transition: proposal.transition.clone(),
-                                })
+                                .get_or_create(&TransitionLabel::checked(&proposal.transition))
                                 .inc();
                         }
                         self.emit(events);
@@ -2163,6 +2157,59 @@ mod tests {
             last_report_ms_ago: ago,
             halted: false,
         }
+    }
+
+    /// A busy node counts each refused proposal under its transition's
+    /// name only when the statechart knows the name: anything else a client
+    /// sends lands in one `unknown` series instead of a new series each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_retry_labels_only_known_transitions() {
+        use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = swoosh_storage::LmdbStore::open(dir.path(), &Default::default())
+            .expect("open the LMDB store");
+        let keys = Keys::from_labels("labels", 3);
+        let origin_ms = 1_700_000_000_000;
+        let g = genesis(&keys, "labels", origin_ms);
+        let cfg = NodeConfig {
+            genesis: g.clone(),
+            leader_key: keys.leader.clone(),
+            snapshot_every: 0,
+            snapshot_keep: 3,
+            wal_limits: BatchLimits::default(),
+            clock: Arc::new(crate::ManualClock(AtomicU64::new(origin_ms))),
+            advertise: String::new(),
+            attention_file: None,
+        };
+        let node = NodeHandle::start(store, cfg).await.expect("node starts");
+        let Next::Propose(p) =
+            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
+        else {
+            panic!("the driver has a first step");
+        };
+        let known = p.transition.clone();
+        // Hold the only admission slot, as a proposal in flight would.
+        node.set_inflight_max(1);
+        node.shared.inflight.fetch_add(1, Ordering::AcqRel);
+        for name in ["Evil_0", "Evil_1", "x\"} 1\nfake_metric 9", known.as_str()] {
+            let mut q = (*p).clone();
+            q.transition = name.to_string();
+            assert!(
+                matches!(node.submit(q).await, SubmitResult::Busy { .. }),
+                "{name}: expected Busy"
+            );
+        }
+        node.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        let text = node.metrics_text();
+        for line in [
+            "swoosh_retry_count_total{transition=\"unknown\"} 3".to_string(),
+            format!("swoosh_retry_count_total{{transition=\"{known}\"}} 1"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("Evil"), "{text}");
+        assert!(!text.contains("fake_metric"), "{text}");
+        node.shutdown().await;
     }
 
     #[test]

@@ -12,6 +12,27 @@ use utoipa::ToSchema;
 pub const BODY_BYTES_MAX: usize = 256 * 1024;
 /// Most sections a `projection` may name.
 pub const PROJECTION_SECTIONS_MAX: usize = 8;
+/// How long the server waits for a request line and headers, and for the
+/// next request on an idle kept-alive connection, before closing it
+/// unanswered: an honest client sends its headers in one packet.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long `POST /transition` waits for its whole body before `408
+/// timeout`: 256 KiB in 10 s is 25 KiB/s, far below any working link.
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// Connections served at once; one more is answered `503 unavailable` and
+/// closed. Above `swoosh bench --clients` (at most 1,024), below the
+/// systemd units' `LimitNOFILE` (65,536).
+pub const CONNECTIONS_MAX: usize = 2_048;
+/// Connections over [`CONNECTIONS_MAX`] being answered `503` at once; past
+/// it they are closed unanswered, so a flood cannot make the refusals
+/// themselves unbounded work.
+pub const REFUSALS_INFLIGHT_MAX: usize = 64;
+/// Longest an over-cap connection is kept to be answered `503`.
+pub const REFUSAL_MS_MAX: u64 = 1_000;
+/// After SIGTERM: how long open requests may finish before their
+/// connections are dropped and the WAL is flushed anyway. Far below the
+/// systemd units' `TimeoutStopSec` (60 s), so SIGKILL never skips the flush.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
 /// `202` reply: the proposal is durable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -33,8 +54,9 @@ pub struct AcceptedReply {
 pub struct ErrorBody {
     /// Machine-readable class: `malformed`, `unknown_transition`, `guard`,
     /// `bad_signature`, `unknown_signer`, `forbidden`, `stale_hash`,
-    /// `idem_conflict`, `hlc_order`, `too_large`, `backpressure`,
-    /// `unavailable`, `not_leader`, `not_found`.
+    /// `idem_conflict`, `hlc_order`, `timeout`, `too_large`, `backpressure`,
+    /// `unavailable`, `not_leader`, `not_found`, `method_not_allowed`,
+    /// `storage`.
     pub error: String,
     /// A sentence saying what was wrong and what to do.
     pub message: String,
@@ -184,17 +206,23 @@ pub struct AttentionReply {
 
 /// The body of `POST /transition` (documentation schema; the server parses
 /// it into `swoosh_core::Proposal`). See docs/api.md and docs/wire-format.md.
+///
+/// Optional fields may be omitted but are never `null`: the server fills
+/// an omitted one with its default and refuses a `null`, so none of them
+/// is an `Option` here (an `Option` would document them as nullable).
 #[allow(dead_code)]
 #[derive(ToSchema)]
 pub struct ProposalSchema {
     /// Project instance, `[a-z0-9._-]{1,64}`; default `default`.
-    pub project: Option<String>,
+    #[schema(required = false, default = "default")]
+    pub project: String,
     /// Transition name from `swoosh statechart`, e.g. `Council_QuorumCert`.
     pub transition: String,
     /// The project's HEAD, `blake3:<hex>` (from `GET /state`).
     pub current_state_hash: String,
-    /// The transition's inputs (JSON object; integers only, no floats).
-    #[schema(value_type = Object)]
+    /// The transition's inputs (JSON object; integers only, no floats);
+    /// default `{}`.
+    #[schema(value_type = Object, required = false, default = json!({}))]
     pub inputs: serde_json::Value,
     /// `blake3:<hex>` of the canonical CBOR encoding of `inputs`.
     pub inputs_hash: String,
@@ -204,10 +232,12 @@ pub struct ProposalSchema {
     pub idem_key: String,
     /// `YYYY-MM-DDTHH:MM:SS.mmm+00:00#counter`.
     pub hlc: String,
-    /// `backbeat:W-<beat>-<phase>` for time-gated transitions.
-    pub window_id: Option<String>,
-    /// `ucxl://…` or `bubble://…` addresses.
-    pub evidence: Option<Vec<String>>,
+    /// `backbeat:W-<beat>-<phase>` for time-gated transitions; default `""`.
+    #[schema(required = false, default = "")]
+    pub window_id: String,
+    /// `ucxl://…` or `bubble://…` addresses; default `[]`.
+    #[schema(required = false, default = json!([]))]
+    pub evidence: Vec<String>,
     /// ed25519 signature (128 hex) over "SWOOSH-PROPOSAL-v1\0" || canonical CBOR of the proposal without `signature`.
     pub signature: String,
 }

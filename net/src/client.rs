@@ -23,6 +23,17 @@ pub enum ClientError {
     Connect { url: String, detail: String },
     #[error("{status} {}: {}", body.error, body.message)]
     Refused { status: u16, body: ErrorBody },
+    /// A follower answered: it never takes proposals, so retrying it is
+    /// pointless; the proposal must go to the leader.
+    #[error("{url} is a read-only follower, not the leader; {}", match leader.as_deref() {
+        Some(l) => format!("send proposals to the leader at {l} (--url)"),
+        None => "send proposals to the leader's URL (see `swoosh health` on a follower, or the cluster's genesis)".into(),
+    })]
+    NotLeader {
+        url: String,
+        leader: Option<String>,
+        body: ErrorBody,
+    },
     #[error("unexpected reply from {url}: {detail}")]
     Decode { url: String, detail: String },
     #[error("could not build the proposal: {0}")]
@@ -33,12 +44,13 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Refused { status, .. } => Some(*status),
+            ClientError::NotLeader { .. } => Some(503),
             _ => None,
         }
     }
     pub fn body(&self) -> Option<&ErrorBody> {
         match self {
-            ClientError::Refused { body, .. } => Some(body),
+            ClientError::Refused { body, .. } | ClientError::NotLeader { body, .. } => Some(body),
             _ => None,
         }
     }
@@ -99,6 +111,10 @@ impl Client {
     pub fn new(base: &str) -> Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            // Drop idle connections before the server does
+            // (HEADER_READ_TIMEOUT_MS): reusing one the server is closing
+            // fails the request instead of opening a new connection.
+            .pool_idle_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS / 2))
             .build()
             .expect("a plain HTTP client builds");
         Client {
@@ -134,6 +150,11 @@ impl Client {
         url: String,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
+        // The URL as sent, with its encoded query, for error messages.
+        let url = match &resp {
+            Ok(r) => r.url().to_string(),
+            Err(e) => e.url().map(|u| u.to_string()).unwrap_or(url),
+        };
         let (status, bytes) = Self::status_and_body(&url, resp).await?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
@@ -146,6 +167,10 @@ impl Client {
                 message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
                 ..Default::default()
             });
+            if body.error == "not_leader" {
+                let leader = body.leader.clone().filter(|l| !l.is_empty());
+                return Err(ClientError::NotLeader { url, leader, body });
+            }
             Err(ClientError::Refused { status, body })
         }
     }
@@ -171,7 +196,9 @@ impl Client {
     }
 
     /// Submit, backing off on 429/503 (the proposal is idempotent, so a
-    /// resubmission after an unacknowledged attempt is safe).
+    /// resubmission after an unacknowledged attempt is safe). A follower's
+    /// `503 not_leader` is permanent and returned at once
+    /// ([`ClientError::NotLeader`]).
     pub async fn submit_retrying(&self, p: &Proposal) -> Result<(AcceptedReply, u32), ClientError> {
         let mut tries = 0;
         loop {
@@ -198,11 +225,12 @@ impl Client {
         project: &str,
         projection: &[&str],
     ) -> Result<StateReply, ClientError> {
-        let mut url = format!("{}?project={project}", self.url("/state"));
+        let url = self.url("/state");
+        let mut query = vec![("project", project.to_string())];
         if !projection.is_empty() {
-            url.push_str(&format!("&projection={}", projection.join(",")));
+            query.push(("projection", projection.join(",")));
         }
-        let r = self.http.get(&url).send().await;
+        let r = self.http.get(&url).query(&query).send().await;
         self.read(url, r).await
     }
 
@@ -236,11 +264,9 @@ impl Client {
     /// The attention digest; `min_band` is `0..=4` or a band name
     /// (`None`: the server's default, `watch`).
     pub async fn attention(&self, min_band: Option<&str>) -> Result<AttentionReply, ClientError> {
-        let mut url = self.url("/attention");
-        if let Some(b) = min_band {
-            url.push_str(&format!("?min_band={b}"));
-        }
-        let r = self.http.get(&url).send().await;
+        let url = self.url("/attention");
+        let query: Vec<(&str, &str)> = min_band.map(|b| ("min_band", b)).into_iter().collect();
+        let r = self.http.get(&url).query(&query).send().await;
         self.read(url, r).await
     }
 

@@ -4,18 +4,24 @@
 
 use crate::api::*;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 use swoosh_actors::{NodeHandle, SubmitResult};
 use swoosh_core::attention::{Band, SURFACE_BAND_MIN};
 use swoosh_core::reducer::{RejectKind, Rejection};
 use swoosh_core::statechart::Region;
 use swoosh_core::{Hash, Proposal};
 use swoosh_storage::LmdbStore;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -24,6 +30,34 @@ pub type Node = NodeHandle<LmdbStore>;
 #[derive(Clone)]
 pub struct AppState {
     pub node: Node,
+    pub limits: ServeLimits,
+}
+
+/// The time and connection limits of [`serve_with`]; [`Default`] is the
+/// named constants of [`crate::api`]. Tests shrink them to watch a limit act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Request line and headers, and the idle wait for the next request on
+    /// a kept-alive connection; the connection is closed unanswered after.
+    pub header_read: Duration,
+    /// A `POST /transition` body, whole; `408 timeout` after.
+    pub body_read: Duration,
+    /// Connections served at once; one more is answered `503` and closed.
+    pub connections_max: usize,
+    /// After the shutdown signal: how long open requests may finish before
+    /// their connections are dropped and the node is stopped anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_read: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
+            body_read: Duration::from_millis(BODY_READ_TIMEOUT_MS),
+            connections_max: CONNECTIONS_MAX,
+            shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS),
+        }
+    }
 }
 
 #[derive(utoipa::OpenApi)]
@@ -47,6 +81,11 @@ struct ApiDoc;
 
 /// The router and its OpenAPI document (also served at `/openapi.json`).
 pub fn router(node: Node) -> (axum::Router, utoipa::openapi::OpenApi) {
+    router_with(node, ServeLimits::default())
+}
+
+/// [`router`] with the body read timeout of `limits`.
+pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(post_transition))
         .routes(routes!(get_state))
@@ -54,7 +93,7 @@ pub fn router(node: Node) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(get_metrics))
         .routes(routes!(get_decision))
         .routes(routes!(get_attention))
-        .with_state(AppState { node })
+        .with_state(AppState { node, limits })
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -62,6 +101,18 @@ pub fn router(node: Node) -> (axum::Router, utoipa::openapi::OpenApi) {
             "/openapi.json",
             axum::routing::get(move || async move { Json(doc) }),
         )
+        // After every route: it applies to the routes registered so far.
+        // axum still sets the `Allow` header on its reply.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            err(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{method} is not allowed on {}; the Allow header lists what is, and GET /openapi.json documents each endpoint",
+                    uri.path()
+                ),
+            )
+        })
         .fallback(|| async {
             err(
                 StatusCode::NOT_FOUND,
@@ -81,12 +132,169 @@ pub async fn serve(
     node: Node,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (app, _) = router(node.clone());
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    serve_with(listener, node, shutdown, ServeLimits::default()).await
+}
+
+/// [`serve`] with explicit limits. However slow or stuck a client is, the
+/// node is stopped (and its WAL flushed) at most `limits.shutdown_grace`
+/// after `shutdown` resolves, plus the node's own stop.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let (app, _) = router_with(node.clone(), limits);
+    serve_router(listener, app, shutdown, limits).await;
     node.shutdown().await;
-    r
+    Ok(())
+}
+
+/// The accept loop behind [`serve_with`], for any router: HTTP/1.1 with a
+/// header read timeout, at most `limits.connections_max` connections, and
+/// a graceful shutdown that gives up after `limits.shutdown_grace`.
+///
+/// Not `axum::serve`: in axum 0.8.9 it installs no hyper timer (so hyper's
+/// header read timeout is inert), caps nothing, and its graceful shutdown
+/// waits for every connection however long it takes.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) {
+    let connections = Arc::new(Semaphore::new(limits.connections_max));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_INFLIGHT_MAX));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            // Reap finished connections so the set stays as small as the cap.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                };
+                match connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tasks.spawn(serve_connection(stream, app.clone(), limits, stop_rx.clone(), permit));
+                    }
+                    Err(_) => match refusals.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(refuse_connection(stream, limits, permit));
+                        }
+                        // Past both caps the answer itself would be unbounded
+                        // work: close unanswered (the client sees a reset).
+                        Err(_) => drop(stream),
+                    },
+                }
+            }
+        }
+    }
+    // New connections are refused by the kernel from here on.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = tasks.len();
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open_at_signal = open,
+            still_open = tasks.len(),
+            grace_ms = limits.shutdown_grace.as_millis() as u64,
+            "shutdown grace elapsed: dropping the connections still open (their clients may resubmit; proposals are idempotent)"
+        );
+        tasks.shutdown().await;
+    }
+}
+
+/// What `accept` failing means: a connection that died in the backlog is
+/// nothing; running out of file descriptors or memory needs a pause, or
+/// the loop would spin on the same error.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed (out of file descriptors? raise LimitNOFILE); pausing 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: axum::Router,
+    limits: ServeLimits,
+    mut stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        // The watch guard must not live across the awaits below (not Send).
+        _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+            // Finish the request in progress (if any) and close; the
+            // caller's grace deadline bounds how long that may take.
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+/// Answer one request on a connection over the cap with `503 unavailable`
+/// (JSON, `Retry-After`) and close it, within `REFUSAL_MS_MAX`.
+async fn refuse_connection(
+    stream: tokio::net::TcpStream,
+    limits: ServeLimits,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let connections_max = limits.connections_max;
+    let service = hyper::service::service_fn(move |_req| async move {
+        Ok::<_, Infallible>(body_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: "unavailable".into(),
+                message: format!(
+                    "the node already serves {connections_max} connections; retry after Retry-After, and reuse connections (keep-alive) rather than opening one per request"
+                ),
+                retry_after_ms: Some(1_000),
+                ..Default::default()
+            },
+        ))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(
+            limits
+                .header_read
+                .min(Duration::from_millis(REFUSAL_MS_MAX)),
+        )
+        .keep_alive(false);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(Duration::from_millis(REFUSAL_MS_MAX), conn).await;
 }
 
 fn err(status: StatusCode, error: &str, message: String) -> Response {
@@ -147,6 +355,43 @@ fn rejection_response(r: Rejection) -> Response {
     )
 }
 
+/// The name serde put in backticks in `message` (`missing field `hlc``,
+/// `duplicate field `project``), if any.
+fn backticked(message: &str) -> Option<String> {
+    message.split('`').nth(1).map(str::to_string)
+}
+
+/// A query string the extractor refused (a repeated or unparsable
+/// parameter), as the JSON error every other 400 is.
+fn query_rejection(r: QueryRejection) -> Response {
+    let detail = r.body_text();
+    body_err(
+        r.status(),
+        ErrorBody {
+            error: "malformed".into(),
+            message: format!(
+                "{detail}; give each query parameter at most once, as GET /openapi.json documents it"
+            ),
+            field: backticked(&detail),
+            ..Default::default()
+        },
+    )
+}
+
+/// A path segment the extractor refused (e.g. percent-encoded bytes that
+/// are not UTF-8), as JSON naming the parameter.
+fn path_rejection(r: PathRejection, param: &str, expected: &str) -> Response {
+    body_err(
+        r.status(),
+        ErrorBody {
+            error: "malformed".into(),
+            message: format!("{}; `{param}` must be {expected}", r.body_text()),
+            field: Some(param.into()),
+            ..Default::default()
+        },
+    )
+}
+
 /// Parse a proposal, naming the JSON field at fault.
 pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -155,8 +400,7 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
         let inner = e.into_inner();
         let field = if path == "." || path.is_empty() {
             // serde names missing/unknown fields in the message itself.
-            let m = inner.to_string();
-            m.split('`').nth(1).map(str::to_string)
+            backticked(&inner.to_string())
         } else {
             Some(path)
         };
@@ -184,6 +428,7 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
         (status = 401, description = "bad signature or unknown signer", body = ErrorBody),
         (status = 403, description = "the signer lacks the role", body = ErrorBody),
         (status = 409, description = "stale state hash (with head_hash and hlc_last), HLC order, or idempotency conflict", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within the body read timeout", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "backpressure; retry after Retry-After", body = ErrorBody),
         (status = 503, description = "not the leader or not available now", body = ErrorBody),
@@ -210,10 +455,23 @@ async fn post_transition(
             return too_large();
         }
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
+    // A client that promises a body and sends part of it would otherwise
+    // hold this request (and a shutdown waiting for it) forever.
+    let body_read_ms = st.limits.body_read.as_millis() as u64;
+    let bytes: Bytes =
+        match tokio::time::timeout(st.limits.body_read, axum::body::to_bytes(body, BODY_BYTES_MAX)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return too_large(),
+            Err(_) => {
+                return err(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the body did not arrive within {body_read_ms} ms (BODY_READ_TIMEOUT_MS); send the whole body at once (the Content-Length promised must be what is sent) and resubmit"
+                    ),
+                )
+            }
+        };
     let p = match parse_proposal(&bytes) {
         Ok(p) => p,
         Err(e) => return body_err(StatusCode::BAD_REQUEST, *e),
@@ -258,7 +516,14 @@ struct StateQuery {
 
 /// Read a project's state: its HEAD hash and the requested sections.
 #[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, body = StateReply), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn get_state(State(st): State<AppState>, Query(q): Query<StateQuery>) -> Response {
+async fn get_state(
+    State(st): State<AppState>,
+    q: Result<Query<StateQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return query_rejection(r),
+    };
     let project = q
         .project
         .unwrap_or_else(|| swoosh_core::state::DEFAULT_PROJECT.to_string());
@@ -275,11 +540,25 @@ async fn get_state(State(st): State<AppState>, Query(q): Query<StateQuery>) -> R
     }
     let mut regions = vec![];
     if let Some(p) = q.projection.as_deref().filter(|p| !p.is_empty()) {
-        for name in p
+        let names: Vec<&str> = p
             .split(',')
             .map(str::trim)
             .take(PROJECTION_SECTIONS_MAX + 1)
-        {
+            .collect();
+        if names.len() > PROJECTION_SECTIONS_MAX {
+            return body_err(
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: "malformed".into(),
+                    message: format!(
+                        "projection names more than {PROJECTION_SECTIONS_MAX} sections (PROJECTION_SECTIONS_MAX); name each region at most once, or leave projection out to read them all"
+                    ),
+                    field: Some("projection".into()),
+                    ..Default::default()
+                },
+            );
+        }
+        for name in names {
             let r = Region::ALL
                 .into_iter()
                 .find(|r| r.name().eq_ignore_ascii_case(name))
@@ -326,7 +605,14 @@ async fn get_state(State(st): State<AppState>, Query(q): Query<StateQuery>) -> R
 }
 
 /// Liveness, readiness and consensus status.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthReply)))]
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, description = "ok: serving", body = HealthReply),
+        (status = 503, description = "recovering or stopping; the body is the same health document", body = HealthReply),
+    )
+)]
 async fn get_health(State(st): State<AppState>) -> Response {
     let h = st.node.health();
     let status = if h.status == "ok" {
@@ -395,9 +681,27 @@ pub fn parse_decision_ref(s: &str) -> Option<Hash> {
     get,
     path = "/decisions/{hash}",
     params(("hash" = String, Path, description = "blake3:<hex>, <hex> or bubble://dr/<hex>")),
-    responses((status = 200, description = "the decision record, signed by the leader"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, description = "the decision record, signed by the leader"),
+        (status = 400, description = "not a decision reference", body = ErrorBody),
+        (status = 404, description = "no such decision record", body = ErrorBody),
+        (status = 500, description = "`storage`: the decision index could not be read", body = ErrorBody),
+    )
 )]
-async fn get_decision(State(st): State<AppState>, Path(hash): Path<String>) -> Response {
+async fn get_decision(
+    State(st): State<AppState>,
+    hash: Result<Path<String>, PathRejection>,
+) -> Response {
+    let hash = match hash {
+        Ok(Path(h)) => h,
+        Err(r) => {
+            return path_rejection(
+                r,
+                "hash",
+                "blake3:<hex>, the bare hex, or bubble://dr/<hex>",
+            )
+        }
+    };
     let Some(h) = parse_decision_ref(&hash) else {
         return body_err(
             StatusCode::BAD_REQUEST,
@@ -443,7 +747,14 @@ fn parse_band(s: &str) -> Option<Band> {
 /// operational stream, by band, with what, why, how often and where, whether
 /// seen before and what to check next.
 #[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, body = AttentionReply), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn get_attention(State(st): State<AppState>, Query(q): Query<AttentionQuery>) -> Response {
+async fn get_attention(
+    State(st): State<AppState>,
+    q: Result<Query<AttentionQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return query_rejection(r),
+    };
     let min_band = match q.min_band.as_deref() {
         None | Some("") => SURFACE_BAND_MIN,
         Some(s) => match parse_band(s) {

@@ -129,5 +129,14 @@ pub async fn serve_follower(
     listener: tokio::net::TcpListener,
     shared: Shared,
 ) -> std::io::Result<()> {
-    axum::serve(listener, follower_router(shared)).await
+    // The leader's accept loop and limits: header read timeout, connection
+    // cap, bounded shutdown (axum::serve has none of them).
+    crate::http::serve_router(
+        listener,
+        follower_router(shared),
+        std::future::pending(),
+        crate::http::ServeLimits::default(),
+    )
+    .await;
+    Ok(())
 }
