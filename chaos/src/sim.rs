@@ -33,7 +33,9 @@ use swoosh_net::proto::{
     Request, SnapshotView, VoteOutcome, VotePolicy,
 };
 use swoosh_storage::index::{audit_indexes, lookup_idem, IndexError};
-use swoosh_storage::recovery::{cut_after, recover, verify, RecoveryError, VerifyOptions};
+use swoosh_storage::recovery::{
+    cut_after, recover, verify_expecting, ExpectDecisions, RecoveryError, VerifyOptions,
+};
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
 
@@ -1767,7 +1769,14 @@ impl<'k> Sim<'k> {
             verify: Verify::Trusted,
             check_indexes: true,
         };
-        match verify(&store, &self.genesis, &opts, &mut |_| {}) {
+        // As the leader it must hold every record's decision.
+        match verify_expecting(
+            &store,
+            &self.genesis,
+            &opts,
+            ExpectDecisions::Leader,
+            &mut |_| {},
+        ) {
             Ok(v) if v.index_problems_total == 0 => {}
             Ok(v) => self.report.violations.push(format!(
                 "the leader's derived indexes disagree with its log ({} problem(s)): {}",

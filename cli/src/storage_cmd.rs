@@ -18,12 +18,14 @@ use swoosh_core::guards::Verify;
 use swoosh_core::record::{decision_address, WalRecord};
 use swoosh_core::state::Genesis;
 use swoosh_core::{Hash, SignerId};
+use swoosh_storage::journal::JOURNAL_FILE;
 use swoosh_storage::snapshot::decode_snapshot;
 use swoosh_storage::store::index_key;
 use swoosh_storage::{
-    export, get_decision, read_record, rebuild_indexes, recover_with, repair, verify, Batch,
-    DecisionDoc, LmdbStore, LogStore, Phase, Progress, ReadError, RecoverOptions, RecoveryError,
-    Space, VerifyOptions, WalIter, SNAPSHOTS_KEEP_DEFAULT,
+    export, get_decision, read_record, rebuild_indexes, recover_with, repair, verify_expecting,
+    Batch, DecisionDoc, Durability, ExpectDecisions, LmdbStore, LogStore, Phase, Progress,
+    ReadError, RecoverOptions, RecoveryError, Space, VerifyOptions, WalIter,
+    SNAPSHOTS_KEEP_DEFAULT,
 };
 
 /// `wal verify --strict`'s exit code for a sound log with snapshot or index
@@ -58,7 +60,8 @@ fn emit(args: std::fmt::Arguments) -> Result<()> {
 pub enum WalCmd {
     /// Check the whole log from genesis: every frame hash, index, chain link
     /// and reducer step (signatures re-verified), every snapshot against the
-    /// replayed state, and the derived indexes.
+    /// replayed state, and the derived indexes (every record's decision is
+    /// required when <DIR>/node.key is the genesis leader's key).
     ///
     /// Exits 0 when the log is sound (snapshot and index problems are
     /// reported but do not fail it: snapshots and indexes are caches of the
@@ -241,8 +244,17 @@ struct Node {
     store: LmdbStore,
 }
 
+/// What a command does to the store it opens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads only: works on a live node's directory, maybe a little behind.
+    Read,
+    /// Writes: refused while a node holds the store.
+    Write,
+}
+
 /// Resolve and open node directory `dir`, explaining what is wrong with it.
-fn open_node(dir: &Path) -> Result<Node> {
+fn open_node(dir: &Path, access: Access) -> Result<Node> {
     let shown = dir.display();
     if !dir.is_dir() {
         bail!(
@@ -292,7 +304,27 @@ fn open_node(dir: &Path) -> Result<Node> {
             genesis_path.display()
         )
     })?;
+    if access == Access::Write {
+        // Also a node run with --nosync, which holds no journal lock.
+        crate::dirlock::lock_node_dir(dir)?;
+    }
     let store = open_store(dir, false)?;
+    // A Sync store opened without its journal: another process holds the
+    // journal's lock, i.e. a node serves this directory. Its newest commits
+    // are in its journal and memory only, and a write here would go under
+    // it (a cut or reindex the node does not know of, or records at indexes
+    // it is about to use).
+    if store.durability() == Durability::Sync && !store.journaled() {
+        match access {
+            Access::Write => bail!(
+                "a node is running on {shown} (it holds the lock on {}): stop it first, then rerun this command; read-only commands (wal verify, wal export, wal inspect, replay, snapshot list) work on a live node",
+                data.join(JOURNAL_FILE).display()
+            ),
+            Access::Read => eprintln!(
+                "swoosh: warning: a node is running on {shown}: its newest commits, not yet folded into the store, may not be visible here"
+            ),
+        }
+    }
     Ok(Node {
         dir: dir.to_path_buf(),
         genesis,
@@ -525,7 +557,7 @@ struct VerifyFailJson<'a> {
 }
 
 fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()> {
-    let node = open_node(dir)?;
+    let node = open_node(dir, Access::Read)?;
     let opts = VerifyOptions {
         verify: if trusted {
             Verify::Trusted
@@ -534,8 +566,15 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         },
         ..Default::default()
     };
+    let decisions = expect_decisions(&node);
     let bar = progress_bar(json);
-    let res = verify(&node.store, &node.genesis, &opts, &mut on_progress(&bar));
+    let res = verify_expecting(
+        &node.store,
+        &node.genesis,
+        &opts,
+        decisions,
+        &mut on_progress(&bar),
+    );
     bar.finish_and_clear();
     let r = match res {
         Ok(r) => r,
@@ -643,6 +682,24 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
     strict_verdict(strict, &r, &node.dir)
 }
 
+/// Whether `node` must hold every record's decision: a leader's store does,
+/// a follower's does not. The role is the node's key's: counting what the
+/// store holds would pass a leader that lost every decision.
+fn expect_decisions(node: &Node) -> ExpectDecisions {
+    let key_path = node.dir.join("node.key");
+    if !key_path.is_file() {
+        return ExpectDecisions::Infer;
+    }
+    match read_key(&key_path) {
+        Ok(k) if SignerId::from_signing_key(&k) == node.genesis.leader => ExpectDecisions::Leader,
+        Ok(_) => ExpectDecisions::Follower,
+        Err(e) => {
+            eprintln!("swoosh: warning: {e:#}; decisions are checked only if the store holds some");
+            ExpectDecisions::Infer
+        }
+    }
+}
+
 /// `wal verify --strict`: a sound log whose snapshots or derived indexes
 /// disagree with it fails with exit code [`STRICT_EXIT_CODE`].
 fn strict_verdict(strict: bool, r: &swoosh_storage::VerifyReport, dir: &Path) -> Result<()> {
@@ -672,7 +729,7 @@ fn wal_export(
     to: Option<u64>,
     out: Option<&Path>,
 ) -> Result<()> {
-    let node = open_node(dir)?;
+    let node = open_node(dir, Access::Read)?;
     let last = node.store.last_index()?;
     // A log based on an installed snapshot holds no record at or below it.
     let from = match from {
@@ -790,7 +847,7 @@ struct InspectJson<'a> {
 }
 
 fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
-    let node = open_node(dir)?;
+    let node = open_node(dir, Access::Read)?;
     let last = node.store.last_index()?;
     if index == 0 || index > last {
         bail!(
@@ -939,7 +996,7 @@ fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
 }
 
 fn wal_repair(dir: &Path, keep_copy: &Path, yes: bool) -> Result<()> {
-    let mut node = open_node(dir)?;
+    let mut node = open_node(dir, if yes { Access::Write } else { Access::Read })?;
     if keep_copy.exists() {
         bail!(
             "{} already exists; give a new --keep-copy path so an earlier cut is never overwritten (nothing was cut)",
@@ -1058,7 +1115,7 @@ fn repair_dry_run(node: &Node, keep_copy: &Path) -> Result<()> {
 }
 
 fn wal_reindex(dir: &Path) -> Result<()> {
-    let mut node = open_node(dir)?;
+    let mut node = open_node(dir, Access::Write)?;
     let key_path = dir.join("node.key");
     let leader = if key_path.is_file() {
         let k = read_key(&key_path)?;
@@ -1122,7 +1179,7 @@ struct ReplayJson {
 }
 
 pub fn replay(a: ReplayArgs) -> Result<()> {
-    let node = open_node(&a.dir)?;
+    let node = open_node(&a.dir, Access::Read)?;
     let opts = RecoverOptions {
         verify: if a.verify_signatures {
             Verify::Full
@@ -1197,7 +1254,7 @@ fn snapshot_create(dir: &Path, keep: usize) -> Result<()> {
     if !(1..=SNAPSHOTS_KEEP_MAX).contains(&keep) {
         bail!("--keep must be between 1 and {SNAPSHOTS_KEEP_MAX}");
     }
-    let mut node = open_node(dir)?;
+    let mut node = open_node(dir, Access::Write)?;
     let bar = progress_bar(false);
     let res = recover_with(
         &node.store,
@@ -1350,7 +1407,7 @@ fn snapshot_rows(node: &Node) -> Result<Vec<SnapRow>> {
 }
 
 fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
-    let node = open_node(dir)?;
+    let node = open_node(dir, Access::Read)?;
     let rows = snapshot_rows(&node)?;
     if json {
         say!("{}", serde_json::to_string_pretty(&rows)?);
@@ -1390,7 +1447,7 @@ fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
 }
 
 fn snapshot_restore(dir: &Path, index: u64, yes: bool) -> Result<()> {
-    let mut node = open_node(dir)?;
+    let mut node = open_node(dir, if yes { Access::Write } else { Access::Read })?;
     let list = node.store.list_snapshots()?;
     if !list.contains(&index) {
         bail!(

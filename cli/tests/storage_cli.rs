@@ -422,6 +422,106 @@ fn bad_directories_are_explained() {
     assert!(!text(&o).contains("panicked"), "{}", text(&o));
 }
 
+/// A node serving a directory holds its store's journal lock. Commands that
+/// write refuse to run under it; commands that read run, with a warning that
+/// the node's newest commits may not be visible yet.
+#[test]
+fn write_commands_refuse_a_live_nodes_directory() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (leader, _, _) = demo(tmp.path());
+    let d = s(&leader);
+    let snaps = snapshot_indexes(d);
+    let oldest = snaps.first().expect("the demo takes snapshots").to_string();
+    let cut = tmp.path().join("cut.cbor");
+    let live = LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open");
+    assert!(
+        live.journaled(),
+        "this process holds the lock, as a node does"
+    );
+    let last = live.last_index().expect("last index");
+
+    let writes: [&[&str]; 4] = [
+        &["wal", "repair", "--dir", d, "--keep-copy", s(&cut), "--yes"],
+        &["wal", "reindex", "--dir", d],
+        &["snapshot", "create", "--dir", d],
+        &[
+            "snapshot", "restore", "--dir", d, "--index", &oldest, "--yes",
+        ],
+    ];
+    for args in writes {
+        let o = fails(args);
+        let want = format!("a node is running on {d}");
+        assert!(text(&o).contains(&want), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("stop it first"), "{args:?}: {}", text(&o));
+    }
+    assert!(!cut.exists(), "a refused repair writes no side file");
+    assert_eq!(live.list_snapshots().expect("list"), snaps);
+    assert_eq!(live.last_index().expect("last index"), last);
+
+    let reads: [&[&str]; 5] = [
+        &["wal", "verify", "--dir", d],
+        &["wal", "export", "--dir", d, "--format", "jsonl"],
+        &["wal", "inspect", "--dir", d, "1"],
+        &["replay", "--dir", d],
+        &["snapshot", "list", "--dir", d],
+    ];
+    for args in reads {
+        let o = ok(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("a node is running on") && err.contains("may not be visible"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // Once the node is gone, the same commands run, without the warning.
+    drop(live);
+    let o = ok(&["wal", "reindex", "--dir", d]);
+    assert!(!text(&o).contains("a node is running"), "{}", text(&o));
+}
+
+/// A leader stores one decision per record. One that has lost them all is
+/// not mistaken for a follower (which stores none): `wal verify` knows the
+/// role from the node's key.
+#[test]
+fn verify_strict_fails_a_leader_that_lost_every_decision() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (leader, _, last) = demo(tmp.path());
+    let d = s(&leader);
+    {
+        let mut store =
+            LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open store");
+        let all = store
+            .scan(Space::Decisions, &[], None, usize::MAX)
+            .expect("scan decisions");
+        assert!(!all.is_empty(), "the demo leader stores decisions");
+        let mut b = swoosh_storage::Batch::new();
+        for (k, _) in all {
+            b.delete(Space::Decisions, k);
+        }
+        store.commit(b).expect("delete");
+        assert_eq!(store.count(Space::Decisions).expect("count"), 0);
+    }
+    let o = fails(&["wal", "verify", "--dir", d, "--strict", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(v["ok"], true, "the log itself is sound");
+    assert_eq!(
+        v["index_problems_total"], last,
+        "one missing decision per record"
+    );
+    assert!(
+        v["index_problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("is not stored")),
+        "{v}"
+    );
+    // Reindex signs and stores them again.
+    ok(&["wal", "reindex", "--dir", d]);
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--strict", "--json"]));
+    assert_eq!(v["index_problems_total"], 0);
+}
+
 /// `swoosh demo` is a cluster: a leader, two followers and three council
 /// agents over libp2p; every replica ends on one hash, the agents' signed
 /// votes elected the councils, and each follower's own WAL replays from

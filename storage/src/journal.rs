@@ -18,8 +18,11 @@
 //! store reads the entries after it (each checked by its BLAKE3 hash, its
 //! journal id and its sequence number) and folds them before anything else
 //! can read the store. A torn last entry (a crash inside its write, so never
-//! acknowledged) ends the journal; a damaged entry followed by a valid later
-//! one is refused, because acknowledged commits would be lost.
+//! acknowledged) ends the journal; a missing or damaged entry is refused if
+//! any later entry of this journal is anywhere in the ring (found by reading
+//! every block boundary, not by trusting the damaged header), because
+//! acknowledged commits would be lost. A NoSync store folds the journal at
+//! open too, then commits to LMDB directly.
 //!
 //! Entry layout (all integers little-endian; `docs/wal-format.md` §6):
 //!
@@ -211,9 +214,8 @@ pub(crate) enum Found {
     /// that are not an entry at all.
     Nothing,
     /// The header names this entry but the entry does not check out (a torn
-    /// or damaged write). `next` is where the following entry would start.
+    /// or damaged write).
     Broken {
-        next: u64,
         why: String,
     },
 }
@@ -244,10 +246,7 @@ pub(crate) fn read_entry(
     let body_len = u32::from_le_bytes(header[32..36].try_into().unwrap_or_default()) as usize;
     let count = u32::from_le_bytes(header[36..40].try_into().unwrap_or_default()) as usize;
     let len = padded(HEADER_BYTES + body_len);
-    let broken = |why: String| Found::Broken {
-        next: offset.saturating_add(len),
-        why,
-    };
+    let broken = |why: String| Found::Broken { why };
     if HEADER_BYTES + body_len > JOURNAL_ENTRY_BYTES_MAX {
         return Ok(broken(format!(
             "it declares {body_len} body bytes, more than an entry may hold"
@@ -321,7 +320,9 @@ fn decode_body(body: &[u8], count: usize) -> Result<Vec<JOp>, String> {
 
 /// The entries after `folded` (the last folded sequence number), starting
 /// at `offset`: each next entry is where the previous one ends, or at 0
-/// where the writer wrapped. Stops at the first position holding neither.
+/// where the writer wrapped. Stops at the first position holding neither,
+/// unless a later entry is anywhere in the ring: then an acknowledged entry
+/// is damaged, and the store must not open.
 pub(crate) fn replay(
     file: &File,
     id: &JournalId,
@@ -345,7 +346,7 @@ pub(crate) fn replay(
                     found = Some(e);
                     break;
                 }
-                Found::Broken { next, why } => broken = broken.or(Some((pos, next, why))),
+                Found::Broken { why } => broken = broken.or(Some((pos, why))),
                 Found::Nothing => {}
             }
             if at == 0 {
@@ -358,24 +359,71 @@ pub(crate) fn replay(
             out.push(e);
             continue;
         }
-        if let Some((pos, next, why)) = broken {
-            // A torn last write is normal after a crash (that commit was
-            // never acknowledged); a broken entry with a valid successor
-            // means acknowledged commits are damaged.
-            for p in [next, 0] {
-                if let Found::Entry(_) = read_entry(file, file_len, id, seq + 1, p).map_err(io)? {
-                    return Err(StoreError::Open {
-                        location: location.to_string(),
-                        detail: format!(
-                            "journal entry {seq} at offset {pos} is damaged ({why}) and entry {} after it is intact: commits acknowledged as durable would be lost. Restore the store directory from a backup, or rebuild this node from its peers",
-                            seq + 1
-                        ),
-                    });
-                }
+        // Entry `seq` is not there. That ends the journal only if nothing
+        // was journaled after it: the writer starts entry s + 1 only once
+        // entry s's `fdatasync` has returned, so any later entry proves
+        // `seq` was acknowledged, wherever a damaged header or length
+        // would have sent the search.
+        let Some((later, later_at)) = later_entry(file, file_len, id, seq).map_err(io)? else {
+            // A torn last write is normal after a crash: that commit was
+            // never acknowledged.
+            return Ok(out);
+        };
+        let what = match broken {
+            Some((pos, why)) => format!("journal entry {seq} at offset {pos} is damaged ({why})"),
+            None if at == 0 => format!(
+                "journal entry {seq} is not at offset 0 where it belongs (its header is damaged)"
+            ),
+            None => format!(
+                "journal entry {seq} is neither at offset {at} nor at 0 where it belongs (its header is damaged)"
+            ),
+        };
+        return Err(StoreError::Open {
+            location: location.to_string(),
+            detail: format!(
+                "{what} and entry {later} at offset {later_at}, written after it, is in the journal: commits acknowledged as durable would be lost. Restore the store directory from a backup, or rebuild this node from its peers"
+            ),
+        });
+    }
+}
+
+/// The lowest-numbered entry of journal `id` after `seq` whose header is
+/// anywhere in the ring, and its offset. Only the header is checked (magic,
+/// id, sequence number): an entry is written only after every earlier one
+/// was durable, so even a torn later entry proves the earlier ones were
+/// acknowledged.
+fn later_entry(
+    file: &File,
+    file_len: u64,
+    id: &JournalId,
+    seq: u64,
+) -> std::io::Result<Option<(u64, u64)>> {
+    // Read in chunks of whole blocks: one `pread` per block would be 4,096
+    // system calls for the 16 MiB ring.
+    const CHUNK_BYTES: u64 = 256 * JOURNAL_BLOCK_BYTES;
+    let mut best: Option<(u64, u64)> = None;
+    let mut buf = vec![0u8; CHUNK_BYTES as usize];
+    let mut chunk_at = 0u64;
+    while chunk_at < file_len {
+        let n = (file_len - chunk_at).min(CHUNK_BYTES) as usize;
+        file.read_exact_at(&mut buf[..n], chunk_at)?;
+        for (block, bytes) in buf[..n].chunks(JOURNAL_BLOCK_BYTES as usize).enumerate() {
+            let Some(head) = bytes.get(..HEAD_BYTES) else {
+                continue;
+            };
+            if head[..8] != MAGIC || head[8..24] != id[..] {
+                continue;
+            }
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&head[24..32]);
+            let got = u64::from_le_bytes(s);
+            if got > seq && best.is_none_or(|(b, _)| got < b) {
+                best = Some((got, chunk_at + block as u64 * JOURNAL_BLOCK_BYTES));
             }
         }
-        return Ok(out);
+        chunk_at += n as u64;
     }
+    Ok(best)
 }
 
 /// Fill the file with zeros up to [`JOURNAL_BYTES_MAX`] and sync it, so every
@@ -870,6 +918,85 @@ mod tests {
         let (_d, f) = file_with(&[(0, e1), (4096, e2)]);
         let err = replay(&f, &ID, 0, 0, "t").unwrap_err().to_string();
         assert!(err.contains("entry 1 at offset 0 is damaged"), "{err}");
+    }
+
+    /// Replay of entries 1, 2, 3 (at 0, 4096, 8192) with byte `at` of entry
+    /// 1 xored with `flip`.
+    fn replay_with_entry_1_flipped(at: usize, flip: u8) -> Result<Vec<Entry>, StoreError> {
+        let mut e1 = encode_entry(&ID, 1, &ops(1, 1));
+        e1[at] ^= flip;
+        let e2 = encode_entry(&ID, 2, &ops(1, 2));
+        let e3 = encode_entry(&ID, 3, &ops(1, 3));
+        let (_d, f) = file_with(&[(0, e1), (4096, e2), (8192, e3)]);
+        replay(&f, &ID, 0, 0, "t")
+    }
+
+    #[test]
+    fn a_damaged_header_before_intact_entries_is_refused() {
+        // (byte, flip, what the refusal says): magic, sequence number (low
+        // and high byte: the damaged entry then names a later number
+        // itself), and body length (low byte: past the header's hash; high
+        // byte: past the end of the file, so the old successor check looked
+        // 64 KiB away).
+        let cases: [(usize, u8, &str); 5] = [
+            (0, 0x01, "entry 1 is not at offset 0 where it belongs"),
+            (24, 0x01, "entry 1 is not at offset 0 where it belongs"),
+            (31, 0x80, "entry 1 is not at offset 0 where it belongs"),
+            (32, 0x01, "entry 1 at offset 0 is damaged (its hash"),
+            (34, 0x01, "entry 1 at offset 0 is damaged (it declares"),
+        ];
+        for (at, flip, says) in cases {
+            let err = match replay_with_entry_1_flipped(at, flip) {
+                Ok(got) => panic!(
+                    "byte {at} flipped: replay ended the journal after {} entries",
+                    got.len()
+                ),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(says), "byte {at}: {err}");
+            assert!(
+                err.contains("entry 2 at offset 4096, written after it"),
+                "byte {at}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_header_where_the_ring_wrapped_is_refused() {
+        let e1 = encode_entry(&ID, 1, &ops(1, 1));
+        let mut e2 = encode_entry(&ID, 2, &ops(1, 2));
+        e2[3] ^= 0x40;
+        let e3 = encode_entry(&ID, 3, &ops(1, 3));
+        let (_d, f) = file_with(&[(40960, e1), (45056, e2), (0, e3)]);
+        let err = replay(&f, &ID, 0, 40960, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("entry 2 is neither at offset 45056 nor at 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("entry 3 at offset 0, written after it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_last_entry_ends_the_journal() {
+        // Nothing was journaled after it, so it may be a write torn by a
+        // crash, never acknowledged: the journal ends before it. (A flip
+        // that raises its own sequence number is refused instead: no tear
+        // writes a later number.)
+        for (at, flip) in [(0, 0x01), (24, 0x02), (34, 0x01), (HEADER_BYTES + 2, 0x01)] {
+            let e1 = encode_entry(&ID, 1, &ops(1, 1));
+            let mut e2 = encode_entry(&ID, 2, &ops(1, 2));
+            e2[at] ^= flip;
+            // Entries of an older journal and older entries of this one,
+            // with higher offsets, are not later entries.
+            let other = encode_entry(b"fedcba9876543210", 7, &ops(1, 7));
+            let older = encode_entry(&ID, 0, &ops(1, 9));
+            let (_d, f) = file_with(&[(0, e1), (4096, e2), (8192, other), (12288, older)]);
+            let got = replay(&f, &ID, 0, 0, "t").unwrap();
+            assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+        }
     }
 
     #[test]

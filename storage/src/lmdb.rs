@@ -6,7 +6,8 @@
 //! mix). Under [`Durability::Sync`] the environment uses LMDB's default flags:
 //! `mdb_txn_commit` fsyncs the data pages, writes the meta page and fsyncs
 //! again before it returns. Under [`Durability::NoSync`] it is opened with
-//! `MDB_NOSYNC` and nothing is fsynced until [`LogStore::sync`].
+//! `MDB_NOSYNC` and nothing is fsynced until [`LogStore::sync`], except the
+//! fold, at open, of what a crashed Sync process left in the journal.
 //!
 //! heed refuses to open one path twice in a process (`EnvAlreadyOpened`); an
 //! [`LmdbStore`] is `Clone` (an `Arc` over the environment) so a reader (the
@@ -236,23 +237,38 @@ impl LmdbStore {
             journal: None,
             replayed: 0,
         };
-        if opts.durability == Durability::Sync {
-            store.open_journal()?;
-        }
+        // NoSync opens fold too: a Sync node that crashed may have left
+        // acknowledged commits in the journal only, and a store that served
+        // LMDB without them would take new records at their indexes.
+        store.open_journal(opts.durability == Durability::Sync)?;
         Ok(store)
     }
 
-    /// Take the journal's lock, fold what it holds beyond LMDB, and start
-    /// journaling. Another process holding the lock (a node serving this
-    /// directory) leaves this handle without a journal: it reads what LMDB
-    /// holds, which is everything but that node's newest, not yet folded
-    /// commits.
-    fn open_journal(&mut self) -> Result<(), StoreError> {
+    /// Take the journal's lock, fold what it holds beyond LMDB, and (with
+    /// `journal`) start journaling. Another process holding the lock (a node
+    /// serving this directory) leaves this handle without a journal: it
+    /// reads what LMDB holds, which is everything but that node's newest,
+    /// not yet folded commits.
+    ///
+    /// Without `journal` (a NoSync store) the fold is synced, the journal
+    /// marked clean and its lock released: the store then commits to LMDB
+    /// directly, and a later Sync open has nothing to replay.
+    fn open_journal(&mut self, journal: bool) -> Result<(), StoreError> {
         let location = self.location();
         let open_err = |detail: String| StoreError::Open {
             location: location.clone(),
             detail,
         };
+        if !journal {
+            let rtxn = self.rtxn()?;
+            let had_journal = self.journal_meta(&rtxn, J_ID)?.is_some();
+            let clean = self.journal_meta(&rtxn, J_STATE)?.as_deref() == Some(J_CLEAN);
+            if !had_journal || clean {
+                // Never journaled, or closed with everything folded: LMDB
+                // holds every commit, and no journal file is created.
+                return Ok(());
+            }
+        }
         let path = self.dir.join(JOURNAL_FILE);
         let existed = path.exists();
         if !existed {
@@ -325,8 +341,10 @@ impl LmdbStore {
                 (id, seq, entries)
             }
         };
-        journal::preallocate(&file)
-            .map_err(|e| open_err(format!("preallocating the journal: {e}")))?;
+        if journal {
+            journal::preallocate(&file)
+                .map_err(|e| open_err(format!("preallocating the journal: {e}")))?;
+        }
         let replay_ops: Vec<Op> = entries
             .iter()
             .flat_map(|e| journal::to_ops(&e.ops))
@@ -350,7 +368,7 @@ impl LmdbStore {
         let bookkeeping = [
             (J_ID, &id[..]),
             (J_FOLDED, &encode_folded(last_seq, 0)[..]),
-            (J_STATE, J_OPEN),
+            (J_STATE, if journal { J_OPEN } else { J_CLEAN }),
         ];
         for (k, v) in bookkeeping {
             self.jdb
@@ -360,6 +378,15 @@ impl LmdbStore {
         wtxn.commit()
             .map_err(|e| err(("folding the journal at open", e)))?;
         self.replayed = entries.len() as u64;
+        if !journal {
+            // Under MDB_NOSYNC the commit above is in the page cache only.
+            // These entries were acknowledged as durable by a Sync node:
+            // keep them so, whatever this NoSync run does next.
+            self.env
+                .force_sync()
+                .map_err(|e| err(("syncing the folded journal", e)))?;
+            return Ok(());
+        }
         let folder = LmdbFold {
             env: self.env.clone(),
             dbs: self.dbs,

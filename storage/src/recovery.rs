@@ -614,6 +614,21 @@ impl Default for VerifyOptions {
     }
 }
 
+/// Whether every record's decision must be stored: a leader stores one per
+/// record, a follower none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExpectDecisions {
+    /// Required if the store holds any. A leader that has lost every
+    /// decision then passes: use [`ExpectDecisions::Leader`] where the
+    /// caller knows the role.
+    #[default]
+    Infer,
+    /// A leader's store: a missing decision is a problem.
+    Leader,
+    /// A follower's store: decisions are not required.
+    Follower,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifyReport {
     pub records: u64,
@@ -634,11 +649,26 @@ pub struct VerifyReport {
 /// base, which must be usable, else [`RecoveryError::Unproven`]): every
 /// frame, chain link and reducer step, every snapshot against the replayed
 /// state, and (optionally) the derived indexes. Fails on the first bad
-/// record; snapshot and index problems are reported.
+/// record; snapshot and index problems are reported. Decisions are
+/// required if any is stored ([`ExpectDecisions::Infer`]).
 pub fn verify<S: LogStore + ?Sized>(
     store: &S,
     genesis: &Genesis,
     opts: &VerifyOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<VerifyReport, VerifyError> {
+    verify_expecting(store, genesis, opts, ExpectDecisions::Infer, progress)
+}
+
+/// [`verify`] of a store whose role the caller knows: a leader's store must
+/// hold every record's decision, even when it holds none at all.
+// A separate entry point, not a `VerifyOptions` field, while callers outside
+// this crate build `VerifyOptions` without `..Default::default()`.
+pub fn verify_expecting<S: LogStore + ?Sized>(
+    store: &S,
+    genesis: &Genesis,
+    opts: &VerifyOptions,
+    decisions: ExpectDecisions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<VerifyReport, VerifyError> {
     let t0 = Instant::now();
@@ -728,9 +758,15 @@ pub fn verify<S: LogStore + ?Sized>(
             index_problems.push(msg);
         }
     };
-    // A leader stores one decision per record, a follower none: a missing
-    // one is a problem only where decisions are stored at all.
-    let decisions_stored = opts.check_indexes && store.count(Space::Decisions)? > 0;
+    // A leader stores one decision per record, a follower none. Without the
+    // role, a missing one is a problem only where decisions are stored at
+    // all (which passes a leader that lost them all).
+    let decisions_stored = opts.check_indexes
+        && match decisions {
+            ExpectDecisions::Leader => true,
+            ExpectDecisions::Follower => false,
+            ExpectDecisions::Infer => store.count(Space::Decisions)? > 0,
+        };
     let mut store_err: Option<StoreError> = None;
     let records = replay(
         store,

@@ -195,9 +195,8 @@ pub fn encode_snapshot(node: &NodeState) -> Result<(Vec<u8>, Hash), SnapshotErro
     Ok(frame::seal(FrameKind::Snapshot, &payload))
 }
 
-/// Store an encoded snapshot at `index`, delete the oldest beyond `keep` in
-/// the same commit (never the snapshot at the WAL base, which is pinned and
-/// not counted), then read it back and check its hash.
+/// Store an encoded snapshot at `index`, prune older ones in the same commit
+/// (see [`to_prune`]), then read it back and check its hash.
 pub fn put_snapshot<S: LogStore + ?Sized>(
     store: &mut S,
     index: u64,
@@ -208,17 +207,11 @@ pub fn put_snapshot<S: LogStore + ?Sized>(
     let t0 = Instant::now();
     let keep = keep.clamp(1, SNAPSHOTS_KEEP_MAX);
     let bytes = frame_bytes.len();
-    let mut existing = store.list_snapshots()?;
-    // The snapshot at the WAL base is the only proof of the records before
-    // it: pinned, never pruned, and not counted against `keep`.
-    let pinned = crate::base::wal_base(&*store)?.map(|b| b.index);
-    existing.retain(|i| *i != index && Some(*i) != pinned);
-    if Some(index) != pinned {
-        existing.push(index);
-    }
-    existing.sort_unstable();
-    let excess = existing.len().saturating_sub(keep);
-    let deleted: Vec<u64> = existing[..excess].to_vec();
+    let deleted = to_prune(&*store, index, keep)?;
+    debug_assert!(
+        !deleted.contains(&index),
+        "pruning never deletes the snapshot written"
+    );
     let mut b = Batch::new();
     b.put(Space::Snapshots, index_key(index).to_vec(), frame_bytes);
     for d in &deleted {
@@ -260,7 +253,116 @@ pub fn put_snapshot<S: LogStore + ?Sized>(
     })
 }
 
-/// Snapshot `node` now, keeping the newest `keep` snapshots.
+/// The snapshots to delete when the one at `index` is written, keeping
+/// `keep` usable ones (`docs/wal-format.md` §5):
+/// - the snapshot written is kept and counts toward `keep`;
+/// - so do the `keep - 1` newest other *usable* snapshots: intact and
+///   joined to the record at their index, as recovery requires. An unusable
+///   snapshot does not count, so a damaged one never pushes out a good one;
+/// - every snapshot older than the oldest of those is deleted (recovery
+///   would never reach it: a newer usable one exists). Unusable snapshots
+///   newer than that stay: they cost nothing recovery needs, and may be a
+///   newer build's format or evidence of a fault;
+/// - with fewer than `keep - 1` other usable snapshots nothing is deleted;
+/// - a snapshot newer than the one written is never deleted by it;
+/// - the snapshot at the WAL base is the only proof of the records before
+///   it: pinned, never deleted, not counted.
+fn to_prune<S: LogStore + ?Sized>(
+    store: &S,
+    index: u64,
+    keep: usize,
+) -> Result<Vec<u64>, SnapshotError> {
+    let base = crate::base::wal_base(store)?;
+    let pinned = base.map(|b| b.index);
+    let written_counts = Some(index) != pinned;
+    let want = keep.saturating_sub(usize::from(written_counts));
+    let mut others = store.list_snapshots()?;
+    others.retain(|i| *i != index && Some(*i) != pinned);
+    others.sort_unstable_by(|a, b| b.cmp(a));
+    let last = crate::base::log_end(store)?;
+    let mut oldest_kept = written_counts.then_some(index);
+    let mut found = 0;
+    for &i in &others {
+        if found == want {
+            break;
+        }
+        if usable(store, i, last, base)? {
+            found += 1;
+            oldest_kept = Some(oldest_kept.map_or(i, |o| o.min(i)));
+        }
+    }
+    if found < want {
+        return Ok(vec![]);
+    }
+    let Some(floor) = oldest_kept else {
+        return Ok(vec![]);
+    };
+    // Newer than the floor are only the usable snapshots kept above, the
+    // unusable ones passed on the way, and (with `keep` 1) snapshots newer
+    // than the one written: none of them is deleted.
+    let mut deleted: Vec<u64> = others.into_iter().filter(|i| *i < floor).collect();
+    deleted.sort_unstable();
+    Ok(deleted)
+}
+
+/// Could recovery start from the stored snapshot `idx`? Intact, within the
+/// log, and joined to it: the record at `idx` (the base's hash at the WAL
+/// base, the genesis at 0) hashes to the snapshot's `head_record`.
+fn usable<S: LogStore + ?Sized>(
+    store: &S,
+    idx: u64,
+    last: u64,
+    base: Option<crate::base::WalBase>,
+) -> Result<bool, SnapshotError> {
+    let Some(bytes) = store.get_snapshot(idx)? else {
+        return Ok(false);
+    };
+    // The frame hash proves the bytes are the ones written, and the state in
+    // them was checked in full when it was written (and is again by
+    // recovery); decoding only the head keeps pruning from re-hashing every
+    // project of K-1 snapshots at each write.
+    let Ok((_, head)) =
+        frame::open_decode::<SnapshotHead>(FrameKind::Snapshot, &bytes, SNAPSHOT_BYTES_MAX)
+    else {
+        return Ok(false);
+    };
+    if head.format != SNAPSHOT_FORMAT || head.index != idx {
+        return Ok(false);
+    }
+    if idx > last || base.is_some_and(|b| idx < b.index) {
+        return Ok(false);
+    }
+    let joined_to = if idx == 0 {
+        head.state_genesis.genesis_hash
+    } else if let Some(b) = base.filter(|b| b.index == idx) {
+        b.hash
+    } else {
+        match crate::wal::read_record(store, idx) {
+            Ok(v) => v.hash,
+            Err(crate::wal::ReadError::Store(e)) => return Err(e.into()),
+            Err(_) => return Ok(false),
+        }
+    };
+    Ok(joined_to == head.head_record)
+}
+
+/// The fields of a stored [`Snapshot`] pruning needs; serde skips the rest.
+#[derive(Deserialize)]
+struct SnapshotHead {
+    format: String,
+    index: u64,
+    head_record: Hash,
+    #[serde(rename = "state")]
+    state_genesis: GenesisHashOnly,
+}
+
+/// Of the state, only its genesis hash (the join of a snapshot at index 0).
+#[derive(Deserialize)]
+struct GenesisHashOnly {
+    genesis_hash: Hash,
+}
+
+/// Snapshot `node` now, keeping `keep` usable snapshots (see [`to_prune`]).
 pub fn write_snapshot<S: LogStore + ?Sized>(
     store: &mut S,
     node: &NodeState,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use swoosh_core::guards::Verify;
 use swoosh_storage::testkit::{stream_genesis, Stream};
 use swoosh_storage::{
-    get_decision, recover, verify, BatchLimits, Entry, LmdbOptions, LmdbStore, LogStore, Space,
-    VerifyOptions, WalWriter,
+    get_decision, recover, verify, BatchLimits, Durability, Entry, LmdbOptions, LmdbStore,
+    LogStore, Space, VerifyOptions, WalWriter,
 };
 
 const LABEL: &str = "journal";
@@ -237,4 +237,84 @@ fn a_full_map_stops_new_commits_but_loses_none_it_acknowledged() {
     let mut pure = Stream::new(LABEL, 2, Verify::Trusted);
     pure.advance_to(acked);
     assert_eq!(rec.node.root_hash(), pure.node().root_hash());
+}
+
+/// What a crash of the process holding `src` would leave on disk: LMDB's
+/// data file and the journal as they are now. The caller keeps the fold
+/// paused and no commit in flight, so both are at rest.
+fn crash_copy(src: &std::path::Path) -> tempfile::TempDir {
+    let dst = tempfile::tempdir().unwrap();
+    for f in ["data.mdb", "journal"] {
+        std::fs::copy(src.join(f), dst.path().join(f)).unwrap();
+    }
+    dst
+}
+
+/// A store whose LMDB holds records 1..=10 and whose journal alone holds
+/// 11..=25 (three entries, the first at offset 0), as a Sync node killed
+/// with its fold behind leaves it; and the stream at record 25.
+fn crashed_with_unfolded_entries() -> (tempfile::TempDir, Stream) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stream = Stream::new(LABEL, 2, Verify::Trusted);
+    {
+        let (_, mut w) = open_journaled(dir.path(), &stream);
+        w.append_batch(&batch(&mut stream, 10)).unwrap();
+    }
+    // Reopened, the journal starts again at offset 0.
+    let (reader, mut w) = open_journaled(dir.path(), &stream);
+    reader.pause_journal_fold(true);
+    for n in [5, 5, 5] {
+        w.append_batch(&batch(&mut stream, n)).unwrap();
+    }
+    assert_eq!(reader.journal_unfolded(), 3);
+    let crashed = crash_copy(dir.path());
+    (crashed, stream)
+}
+
+#[test]
+fn a_nosync_open_folds_what_a_crashed_sync_node_left_in_the_journal() {
+    let genesis = stream_genesis(LABEL);
+    let (dir, mut stream) = crashed_with_unfolded_entries();
+    let nosync = LmdbOptions {
+        durability: Durability::NoSync,
+        ..LmdbOptions::default()
+    };
+    let s = LmdbStore::open(dir.path(), &nosync).unwrap();
+    assert!(!s.journaled());
+    assert_eq!(s.journal_replayed(), 3);
+    assert_eq!(
+        s.last_index().unwrap(),
+        25,
+        "the journal's records are read"
+    );
+    let rec = recover(&s, &genesis).unwrap();
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+    // The NoSync run continues the log after them, not over them.
+    let mut w = WalWriter::open(s, stream.node().genesis_hash, BatchLimits::default()).unwrap();
+    w.append_batch(&batch(&mut stream, 5)).unwrap();
+    drop(w);
+    // A Sync open after it has nothing left to replay.
+    let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert_eq!(s.journal_replayed(), 0);
+    let rec = recover(&s, &genesis).unwrap();
+    assert_eq!(rec.node.index, 30);
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+}
+
+#[test]
+fn a_store_whose_first_unfolded_entry_header_is_damaged_refuses_to_open() {
+    let (dir, _) = crashed_with_unfolded_entries();
+    let path = dir.path().join("journal");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x01; // the magic of the entry at offset 0
+    std::fs::write(&path, &bytes).unwrap();
+    for durability in [Durability::Sync, Durability::NoSync] {
+        let opts = LmdbOptions {
+            durability,
+            ..LmdbOptions::default()
+        };
+        let err = LmdbStore::open(dir.path(), &opts).unwrap_err().to_string();
+        assert!(err.contains("is not at offset 0 where it belongs"), "{err}");
+        assert!(err.contains("written after it"), "{err}");
+    }
 }

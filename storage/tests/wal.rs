@@ -775,6 +775,58 @@ fn snapshots_keep_the_newest_k_and_check_on_read(h: &mut impl Harness) {
     );
 }
 
+fn snapshot_pruning_counts_only_usable_snapshots(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fn snaps<S: LogStore>(w: &WalWriter<S>) -> Vec<u64> {
+        w.store().list_snapshots().unwrap()
+    }
+
+    // A damaged snapshot above the one written does not push it out, and is
+    // itself left alone.
+    fill(&mut w, &mut st, 4, 4);
+    w.store_mut()
+        .put_snapshot(100, b"not a snapshot".to_vec())
+        .unwrap();
+    let info = write_snapshot(w.store_mut(), st.node(), 1).unwrap();
+    assert_eq!(info.deleted, Vec::<u64>::new());
+    assert_eq!(snaps(&w), vec![4, 100]);
+    read_snapshot(w.store(), 4).unwrap();
+
+    // A damaged snapshot does not count toward `keep`: with 8 damaged, 4 is
+    // the only other usable snapshot, so writing 12 (keep 2) keeps both.
+    fill(&mut w, &mut st, 4, 4);
+    write_snapshot(w.store_mut(), st.node(), 2).unwrap();
+    flip(w.store_mut(), Space::Snapshots, &index_key(8), 40);
+    fill(&mut w, &mut st, 4, 4);
+    let info = write_snapshot(w.store_mut(), st.node(), 2).unwrap();
+    assert_eq!(info.deleted, Vec::<u64>::new());
+    assert_eq!(snaps(&w), vec![4, 8, 12, 100]);
+    // Once 12 is the other usable one, everything older goes, damaged or not.
+    fill(&mut w, &mut st, 4, 4);
+    let info = write_snapshot(w.store_mut(), st.node(), 2).unwrap();
+    assert_eq!(info.deleted, vec![4, 8]);
+    assert_eq!(snaps(&w), vec![12, 16, 100]);
+
+    // A snapshot that does not join the log (a valid frame whose head
+    // record is not the record at its index) is not usable either.
+    let (_, mut forged) = read_snapshot(w.store(), 16).unwrap();
+    forged.index = 18;
+    forged.state.index = 18;
+    let (f, _) = frame::seal(
+        FrameKind::Snapshot,
+        &swoosh_core::cbor::to_canonical(&forged).unwrap(),
+    );
+    fill(&mut w, &mut st, 4, 4);
+    w.store_mut().put_snapshot(18, f).unwrap();
+    let info = write_snapshot(w.store_mut(), st.node(), 2).unwrap();
+    assert_eq!(info.deleted, vec![12]);
+    assert_eq!(snaps(&w), vec![16, 18, 20, 100]);
+    let rec = recover(w.store(), st.genesis()).unwrap();
+    assert_eq!(rec.snapshot, Some(20));
+    assert_same_node(&rec.node, st.node(), "recovered after pruning");
+}
+
 fn damaged_snapshot_falls_back_to_the_previous_one(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -852,6 +904,44 @@ fn snapshot_that_does_not_join_the_log_is_skipped(h: &mut impl Harness) {
 }
 
 // ---- verify and derived-index rebuild -------------------------------------
+
+fn verify_of_a_leader_requires_every_decision(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 12, 4);
+    let mut s = w.into_store();
+    let mut b = Batch::new();
+    for (k, _) in s.scan(Space::Decisions, &[], None, 1000).unwrap() {
+        b.delete(Space::Decisions, k);
+    }
+    s.commit(b).unwrap();
+    assert_eq!(s.count(Space::Decisions).unwrap(), 0);
+    let opts = VerifyOptions {
+        verify: Verify::Trusted,
+        ..VerifyOptions::default()
+    };
+    // (role, missing decisions reported)
+    let cases = [
+        (ExpectDecisions::Leader, 12),
+        (ExpectDecisions::Follower, 0),
+        // Without the role, a store holding no decision looks like a
+        // follower's.
+        (ExpectDecisions::Infer, 0),
+    ];
+    for (role, missing) in cases {
+        let r = verify_expecting(&s, st.genesis(), &opts, role, &mut |_| {}).unwrap();
+        assert_eq!(
+            r.index_problems_total, missing,
+            "{role:?}: {:?}",
+            r.index_problems
+        );
+        assert!(
+            r.index_problems.iter().all(|p| p.contains("is not stored")),
+            "{role:?}: {:?}",
+            r.index_problems
+        );
+    }
+}
 
 fn verify_compares_snapshots_and_indexes_and_reindex_repairs_them(h: &mut impl Harness) {
     let mut st = stream();
@@ -1050,9 +1140,11 @@ both_backends!(
     re_sealed_record_breaks_the_chain,
     repair_cuts_to_the_last_good_record_and_keeps_a_copy,
     snapshots_keep_the_newest_k_and_check_on_read,
+    snapshot_pruning_counts_only_usable_snapshots,
     damaged_snapshot_falls_back_to_the_previous_one,
     snapshot_that_does_not_join_the_log_is_skipped,
     verify_compares_snapshots_and_indexes_and_reindex_repairs_them,
+    verify_of_a_leader_requires_every_decision,
     group_committer_batches_within_limits_and_returns_tokens,
 );
 
