@@ -520,10 +520,15 @@ pub fn mcp_lost(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
         .collect();
     if failing.is_empty() {
         bad.push("no valid probe shows a pinned tool unreachable or off its pinned version, so tooling is not lost".into());
-        outcome("mcp_health", false, bad)
-    } else {
-        outcome("mcp_health", true, failing)
+        return outcome("mcp_health", false, bad);
     }
+    // Every probe must be valid, as for mcp_green: the reducer records each
+    // one in the state, and replay (which trusts embedded signatures) would
+    // count a forged one as valid and compute other guard outcomes.
+    if !bad.is_empty() {
+        return outcome("mcp_health", false, bad);
+    }
+    outcome("mcp_health", true, failing)
 }
 
 pub fn capacity(request: &Resources, available: &Resources) -> GuardOutcome {

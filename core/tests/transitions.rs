@@ -2561,6 +2561,34 @@ const MCP: &[Case] = &[
         says: &["probe of tool 'mcp-git' is dated", "after the proposal's HLC {hlc}", "no valid fresh probe for pinned tool 'mcp-git'"],
     },
     Case {
+        name: "ToolingLost with a failing probe beside a forged one",
+        setup: council_ready,
+        propose: |fx| {
+            let lost = fx.probe("mcp-git", "1.4.2", false, fx.hlc(), W::Prober);
+            // The prober's name, someone else's signature.
+            let body = fx.probe("mcp-search", "6.6.6-FORGED", true, fx.hlc(), W::Prober).body;
+            let forged = Probe::sign(body, fx.key(W::Worker));
+            fx.p("Council_ToolingLost", json!({ "probes": [lost, forged] }), W::Prober)
+        },
+        kind: K::Guard,
+        guard: "mcp_health",
+        says: &["probe of tool 'mcp-search' has an invalid signature"],
+    },
+    Case {
+        name: "ToolingLost with a failing probe beside one for another project",
+        setup: council_ready,
+        propose: |fx| {
+            let lost = fx.probe("mcp-git", "1.4.2", false, fx.hlc(), W::Prober);
+            let mut other = fx.probe("mcp-search", "0.9.0", true, fx.hlc(), W::Prober).body;
+            other.project = "other".into();
+            let other = Probe::sign(other, fx.key(W::Prober));
+            fx.p("Council_ToolingLost", json!({ "probes": [lost, other] }), W::Prober)
+        },
+        kind: K::Guard,
+        guard: "mcp_health",
+        says: &["probe of tool 'mcp-search' is for project \"other\""],
+    },
+    Case {
         name: "ToolingLost with every tool healthy",
         setup: council_ready,
         propose: |fx| fx.p("Council_ToolingLost", json!({ "probes": fx.driver().probes(&fx.st(), fx.hlc(), true) }), W::Prober),
