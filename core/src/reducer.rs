@@ -447,6 +447,27 @@ fn evaluate(
             )],
         ));
     }
+    // Licenses, BACKBEAT windows and probe freshness are judged at the
+    // proposal's HLC: one allowed to lag the leader's clock without bound
+    // would let a proposer pick the instant it is judged at (a license long
+    // expired, a REVERB window long closed). 409 hlc_order, like an HLC at
+    // or before the last applied one: take a fresh HLC and resubmit.
+    let behind = ctx.now_ms.saturating_sub(p.hlc.wall_ms);
+    if behind > pre.meta.hlc_max_offset_ms {
+        let mut r = reject(
+            RejectKind::HlcOrder,
+            "hlc",
+            vec![format!(
+                "hlc {} runs {behind} ms behind the leader's clock ({}); the maximum offset is {} ms either way, as licenses and BACKBEAT windows are judged at the proposal's HLC: take a fresh HLC and resubmit",
+                p.hlc,
+                crate::hlc::format_wall_ms(ctx.now_ms),
+                pre.meta.hlc_max_offset_ms
+            )],
+        );
+        r.head_hash = Some(pre_hash);
+        r.hlc_last = pre.hlc_last;
+        return Err(r);
+    }
     outcomes.push(guards::outcome(
         "hlc",
         true,

@@ -411,6 +411,11 @@ fn license_check(fx: &mut Fx) {
         W::Admin,
     );
 }
+/// As [`license_check`], then 10 s pass on the leader's clock.
+fn license_check_10s_later(fx: &mut Fx) {
+    license_check(fx);
+    fx.now += 10_000;
+}
 fn lifecycle(fx: &mut Fx) {
     fx.drive_until("PROJECT_LIFECYCLE", |s| s.meta.phase == "PROJECT_LIFECYCLE");
 }
@@ -1796,11 +1801,37 @@ const ORDERING: &[Case] = &[
         guard: "hlc",
         says: &["hlc {hlc} runs 5001 ms ahead of the leader's clock", "the maximum offset is 5000 ms: check the proposer's clock"],
     },
+    Case {
+        // Judged at a backdated HLC, an expired license or a closed window
+        // would pass: the lag is bounded like the lead.
+        name: "hlc behind the leader clock by more than hlc_max_offset_ms",
+        setup: license_check_10s_later,
+        propose: |fx| {
+            let mut b = fx.builder("Boot_Licensed", json!({ "license": fx.token(W::Authority, |_| {}) }));
+            b.hlc = Hlc::new(fx.now - 5_001, 0);
+            b.sign(fx.key(W::Leader)).unwrap()
+        },
+        kind: K::HlcOrder,
+        guard: "hlc",
+        says: &["hlc {hlc} runs 5001 ms behind the leader's clock", "the maximum offset is 5000 ms either way", "take a fresh HLC and resubmit"],
+    },
 ];
 
 #[test]
 fn idempotency_state_hash_and_hlc_rejections() {
     run_cases(ORDERING);
+}
+
+#[test]
+fn an_hlc_behind_the_leader_clock_within_the_offset_is_accepted() {
+    let mut fx = Fx::new();
+    license_check_10s_later(&mut fx);
+    let at = Hlc::new(fx.now - 5_000, 0);
+    let token = fx.token(W::Authority, |t| t.issued_at = at);
+    let mut b = fx.builder("Boot_Licensed", json!({ "license": token }));
+    b.hlc = at;
+    let p = b.sign(fx.key(W::Leader)).unwrap();
+    fx.accept_p(&p, &[]);
 }
 
 #[test]
