@@ -19,12 +19,13 @@ use swoosh_core::record::{decision_address, WalRecord};
 use swoosh_core::state::Genesis;
 use swoosh_core::{Hash, SignerId};
 use swoosh_storage::journal::JOURNAL_FILE;
+use swoosh_storage::recovery::{plan_repair, snapshot_joins_log, MalformedKey};
 use swoosh_storage::snapshot::decode_snapshot;
-use swoosh_storage::store::index_key;
+use swoosh_storage::store::{hex, index_key};
 use swoosh_storage::{
     export, get_decision, read_record, rebuild_indexes, recover_with, repair, verify_expecting,
     Batch, DecisionDoc, Durability, ExpectDecisions, LmdbStore, LogStore, Phase, Progress,
-    ReadError, RecoverOptions, RecoveryError, Space, VerifyOptions, WalIter,
+    ReadError, RecoverOptions, RecoveryError, Space, StoreError, VerifyOptions,
     SNAPSHOTS_KEEP_DEFAULT,
 };
 
@@ -377,7 +378,8 @@ fn on_progress(bar: &ProgressBar) -> impl FnMut(&Progress) + '_ {
 struct Failure {
     /// The first bad record, when the failure is about one.
     index: Option<u64>,
-    /// `corrupt`, `missing`, `divergence`, `store`, `genesis` or `meta`.
+    /// `corrupt`, `missing`, `below-base`, `divergence`, `store`,
+    /// `malformed-key`, `genesis`, `meta` or `unproven`.
     kind: &'static str,
     reason: String,
     next: String,
@@ -423,6 +425,17 @@ fn read_failure(e: &ReadError, dir: &Path) -> Failure {
             kind: "below-base",
             reason: format!("below the WAL base: the log starts after record {base}, held only in the snapshot at {base}"),
             next: format!("read records from {} on, or the snapshot at {base}", base + 1),
+        },
+        ReadError::Store(s @ StoreError::BadIndexKey { .. }) => Failure {
+            index: None,
+            kind: "malformed-key",
+            reason: format!("the store cannot be read: {s}"),
+            next: format!(
+                "remove the key with `swoosh wal repair --dir {} --keep-copy {} --yes` (it copies it to that file first; run it without --yes to see what it would do), or restore {} from a backup",
+                dir.display(),
+                dir.join("malformed-keys.bin").display(),
+                dir.join("data").display()
+            ),
         },
         ReadError::Store(s) => Failure {
             index: None,
@@ -849,14 +862,13 @@ struct InspectJson<'a> {
 fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
     let node = open_node(dir, Access::Read)?;
     let last = node.store.last_index()?;
+    // A log based on a snapshot at B holds records B+1.. only, and record
+    // B+1 links to the base hash the way record 1 links to genesis.
+    let (base, anchor) = swoosh_storage::base::anchor(&node.store, node.genesis_hash)?;
     if index == 0 || index > last {
         bail!(
             "there is no record {index}: the log holds {}",
-            if last == 0 {
-                "no records".to_string()
-            } else {
-                format!("records 1..={last}")
-            }
+            record_range(base + 1, last)
         );
     }
     let v = read_record(&node.store, index).map_err(|e| {
@@ -870,16 +882,20 @@ fn wal_inspect(dir: &Path, index: u64, json: bool) -> Result<()> {
     let encoded_bytes = swoosh_storage::frame::declared_len(&frame).unwrap_or(0);
     let compressed = frame.first() == Some(&swoosh_storage::frame::FRAME_VERSION_LZ4);
     // The chain link to the previous record.
-    let (link, link_note) = if index == 1 {
-        let ok = rec.prev_hash == node.genesis_hash;
+    let (link, link_note) = if index == base + 1 {
+        let ok = rec.prev_hash == anchor;
+        let what = if base == 0 {
+            "the genesis hash".to_string()
+        } else {
+            format!("the WAL base hash (record {base}, held in the snapshot at {base})")
+        };
         (
             Some(ok),
             if ok {
-                "= the genesis hash ✓".to_string()
+                format!("= {what} ✓")
             } else {
                 format!(
-                    "≠ the genesis hash {}: chain broken, run `swoosh wal verify --dir {}`",
-                    node.genesis_hash,
+                    "≠ {what} {anchor}: chain broken, run `swoosh wal verify --dir {}`",
                     dir.display()
                 )
             },
@@ -1015,12 +1031,26 @@ fn wal_repair(dir: &Path, keep_copy: &Path, yes: bool) -> Result<()> {
     );
     bar.finish_and_clear();
     let r = res.with_context(|| format!("repairing the log in {} failed", dir.display()))?;
+    let first = swoosh_storage::first_index(&node.store)?;
+    if !r.removed_malformed.is_empty() {
+        say!(
+            "removed {} key(s) of {} that were not 8-byte indexes (a stray write, no record): {}; they are in {} (format: docs/wal-format.md §7)",
+            r.removed_malformed.len(),
+            dir.display(),
+            malformed_list(&r.removed_malformed),
+            keep_copy.display()
+        );
+    }
     let Some(fault) = &r.fault else {
         say!(
-            "the log in {} has no damaged record ({} records, frames and chain links checked): nothing was cut and {} was not written",
+            "the log in {} has no damaged record ({}, frames and chain links checked): no record was cut{}",
             dir.display(),
-            r.last_good,
-            keep_copy.display()
+            record_range(first, r.last_good),
+            if r.side_file.is_none() {
+                format!(" and {} was not written", keep_copy.display())
+            } else {
+                String::new()
+            }
         );
         say!(
             "  if `swoosh wal verify --dir {}` still fails, the records are intact but this build's reducer disagrees with them: do not repair, run the swoosh version that wrote the log",
@@ -1058,60 +1088,86 @@ fn wal_repair(dir: &Path, keep_copy: &Path, yes: bool) -> Result<()> {
     Ok(())
 }
 
-/// Find what `repair` would cut, without changing anything, and exit non-zero
-/// when something would be.
+/// Find what `repair` would do, without changing anything, and exit non-zero
+/// when it would change something. The plan is the one `repair` carries
+/// out: the same walk (from the WAL base on a based log) and the same cut.
 fn repair_dry_run(node: &Node, keep_copy: &Path) -> Result<()> {
     let dir = &node.dir;
-    let last = node.store.last_index()?;
-    let mut fault = None;
-    for item in WalIter::new(&node.store, 1, last, node.genesis_hash) {
-        match item {
-            Ok(_) => {}
-            Err(ReadError::Store(e)) => return Err(e.into()),
-            Err(e) => {
-                fault = Some(e);
-                break;
-            }
-        }
-    }
-    let Some(fault) = fault else {
+    let bar = progress_bar(false);
+    let res = plan_repair(&node.store, node.genesis_hash, &mut on_progress(&bar));
+    bar.finish_and_clear();
+    let plan = res.with_context(|| format!("checking the log in {} failed", dir.display()))?;
+    if plan.changes_nothing() {
         say!(
-            "the log in {} has no damaged record ({last} records, frames and chain links checked): repair would cut nothing",
-            dir.display()
+            "the log in {} has no damaged record ({}, frames and chain links checked): repair would cut nothing",
+            dir.display(),
+            record_range(plan.first, plan.last)
         );
         return Ok(());
-    };
-    let f = read_failure(&fault, dir);
-    let first = f.index.unwrap_or(1);
-    let last_good = first.saturating_sub(1);
-    let snaps: Vec<u64> = node
-        .store
-        .list_snapshots()?
-        .into_iter()
-        .filter(|s| *s > last_good)
-        .collect();
-    say!(
-        "dry run, nothing changed: the first bad record is {first} ({})",
-        f.reason
-    );
-    say!(
-        "  repair would cut records {first}..={last} ({} record(s)){}, keep the log up to record {last_good},",
-        last.saturating_sub(last_good),
-        if snaps.is_empty() {
-            String::new()
-        } else {
-            format!(" and snapshot(s) {}", join_u64(&snaps))
-        }
-    );
-    say!(
-        "  write them to {} first, and remove the idempotency entries and decisions of the cut records",
-        keep_copy.display()
-    );
+    }
+    say!("dry run, nothing changed:");
+    if !plan.malformed.is_empty() {
+        say!(
+            "  the store holds {} key(s) that are not 8-byte indexes (a stray write, no record): {}; repair would remove them",
+            plan.malformed.len(),
+            malformed_list(&plan.malformed)
+        );
+    }
+    if let Some(fault) = &plan.fault {
+        let f = read_failure(fault, dir);
+        let first = f.index.unwrap_or(plan.first);
+        say!("  the first bad record is {first} ({})", f.reason);
+        say!(
+            "  repair would cut records {first}..={} ({} record(s)){}, keep the log up to record {},",
+            plan.last,
+            plan.last.saturating_sub(plan.last_good),
+            if plan.cut_snapshots.is_empty() {
+                String::new()
+            } else {
+                format!(" and snapshot(s) {}", join_u64(&plan.cut_snapshots))
+            },
+            plan.last_good
+        );
+        say!(
+            "  write them to {} first, and remove the idempotency entries and decisions of the cut records",
+            keep_copy.display()
+        );
+    } else {
+        say!(
+            "  every record checks out ({}): no record would be cut; the keys would be written to {} first",
+            record_range(plan.first, plan.last),
+            keep_copy.display()
+        );
+    }
     bail!(
-        "not repaired (dry run): rerun with --yes to cut, i.e. `swoosh wal repair --dir {} --keep-copy {} --yes`",
+        "not repaired (dry run): rerun with --yes to repair, i.e. `swoosh wal repair --dir {} --keep-copy {} --yes`",
         dir.display(),
         keep_copy.display()
     )
+}
+
+/// "records a..=b", or "no records" for an empty range (a log based on a
+/// snapshot may hold none after it).
+fn record_range(first: u64, last: u64) -> String {
+    if last < first {
+        "no records".to_string()
+    } else {
+        format!("records {first}..={last}")
+    }
+}
+
+/// Malformed keys as `space key-hex` (at most a few; the side file has all).
+fn malformed_list(keys: &[MalformedKey]) -> String {
+    const SHOWN_MAX: usize = 8;
+    let mut shown: Vec<String> = keys
+        .iter()
+        .take(SHOWN_MAX)
+        .map(|m| format!("{} key {}", m.space, hex(&m.key)))
+        .collect();
+    if keys.len() > SHOWN_MAX {
+        shown.push(format!("and {} more", keys.len() - SHOWN_MAX));
+    }
+    shown.join(", ")
 }
 
 fn wal_reindex(dir: &Path) -> Result<()> {
@@ -1211,7 +1267,13 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
         say!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
+    // A based log starts from the snapshot at its base even with
+    // --from-genesis: it holds no record at or below it.
+    let base = swoosh_storage::wal_base(&node.store)?.map_or(0, |b| b.index);
     let start = match rec.snapshot {
+        Some(s) if a.from_genesis && s == base => format!(
+            "from snapshot {s}, the WAL base (--from-genesis: the log starts after it; newer snapshots ignored)"
+        ),
         _ if a.from_genesis => "from genesis (--from-genesis: snapshots ignored)".to_string(),
         Some(s) => format!("from snapshot {s} (the newest valid one)"),
         None => "from genesis (no usable snapshot)".to_string(),
@@ -1225,11 +1287,14 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
         );
     }
     say!("replayed {} records {start}", rec.replayed);
-    if let Some(snap) = rec.snapshot.filter(|_| !a.from_genesis) {
+    if let Some(snap) = rec.snapshot.filter(|s| !a.from_genesis && *s > base) {
         say!(
             "  records 1..={snap} are in the snapshot and were not re-read: `swoosh wal verify --dir {}` checks the whole log",
             node.dir.display()
         );
+    }
+    if base > 0 {
+        say!("  records 1..={base} are held only in the snapshot at {base}: this log starts after it (its WAL base)");
     }
     say!("  index        {}", rec.node.index);
     say!("  root hash    {hash}");
@@ -1326,8 +1391,9 @@ struct SnapRow {
     recovery_starts_here: bool,
 }
 
-/// Check snapshot `idx` as recovery does.
-fn examine_snapshot(node: &Node, idx: u64, last: u64) -> Result<SnapRow> {
+/// Check snapshot `idx` as recovery does (joined to the log the way
+/// `recover_with` joins it: at the WAL base, to the base hash).
+fn examine_snapshot(node: &Node, idx: u64) -> Result<SnapRow> {
     let mut row = SnapRow {
         index: idx,
         hash: None,
@@ -1362,43 +1428,21 @@ fn examine_snapshot(node: &Node, idx: u64, last: u64) -> Result<SnapRow> {
         ));
         return Ok(row);
     }
-    if idx > last {
-        row.problem = Some(format!("is beyond the end of the log (last index {last})"));
-        return Ok(row);
+    let joins = snapshot_joins_log(&node.store, idx, snap.head_record, node.genesis_hash)
+        .map_err(|e| anyhow!("{}", explain(&e, &node.dir).message()))?;
+    match joins {
+        Ok(()) => row.valid = true,
+        Err(fault) => row.problem = Some(fault.to_string()),
     }
-    let actual = if idx == 0 {
-        node.genesis_hash
-    } else {
-        match read_record(&node.store, idx) {
-            Ok(v) => v.hash,
-            Err(ReadError::Store(e)) => return Err(e.into()),
-            Err(e) => {
-                row.problem = Some(format!(
-                    "does not join the log: record {idx} is unreadable ({})",
-                    read_failure(&e, &node.dir).reason
-                ));
-                return Ok(row);
-            }
-        }
-    };
-    if actual != snap.head_record {
-        row.problem = Some(format!(
-            "does not join the log: record {idx} hashes to {actual}, the snapshot expects {}",
-            snap.head_record
-        ));
-        return Ok(row);
-    }
-    row.valid = true;
     Ok(row)
 }
 
 fn snapshot_rows(node: &Node) -> Result<Vec<SnapRow>> {
-    let last = node.store.last_index()?;
     let mut rows = node
         .store
         .list_snapshots()?
         .into_iter()
-        .map(|i| examine_snapshot(node, i, last))
+        .map(|i| examine_snapshot(node, i))
         .collect::<Result<Vec<_>>>()?;
     if let Some(r) = rows.iter_mut().rev().find(|r| r.valid) {
         r.recovery_starts_here = true;
@@ -1413,12 +1457,23 @@ fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
         say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    // A log based on a snapshot cannot be replayed from genesis: it holds
+    // no record at or below its base.
+    let base = swoosh_storage::wal_base(&node.store)?;
+    let unproven = |b: u64| {
+        format!(
+            "this log starts after record {b} (its WAL base), so recovery needs a valid snapshot at or after {b} and cannot start without one: install a verified snapshot from the leader again, or resync this node from scratch"
+        )
+    };
     if rows.is_empty() {
-        say!(
-            "no snapshots in {}: recovery replays the log from genesis; `swoosh snapshot create --dir {}` writes one",
-            dir.display(),
-            dir.display()
-        );
+        match base {
+            Some(b) => say!("no snapshots in {}: {}", dir.display(), unproven(b.index)),
+            None => say!(
+                "no snapshots in {}: recovery replays the log from genesis; `swoosh snapshot create --dir {}` writes one",
+                dir.display(),
+                dir.display()
+            ),
+        }
         return Ok(());
     }
     say!("{:>10}  {:<71}  {:>10}  valid", "index", "hash", "bytes");
@@ -1441,7 +1496,10 @@ fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
         );
     }
     if !rows.iter().any(|r| r.valid) {
-        say!("no valid snapshot: recovery replays the log from genesis");
+        match base {
+            Some(b) => say!("no valid snapshot: {}", unproven(b.index)),
+            None => say!("no valid snapshot: recovery replays the log from genesis"),
+        }
     }
     Ok(())
 }
@@ -1461,8 +1519,9 @@ fn snapshot_restore(dir: &Path, index: u64, yes: bool) -> Result<()> {
             dir.display()
         );
     }
-    let last = node.store.last_index()?;
-    let row = examine_snapshot(&node, index, last)?;
+    // The log's end: its last record, or the base when none follows it.
+    let last = swoosh_storage::log_end(&node.store)?;
+    let row = examine_snapshot(&node, index)?;
     if !row.valid {
         bail!(
             "snapshot {index} cannot start a recovery: it {}; choose another (`swoosh snapshot list --dir {}`) or replay from genesis",

@@ -571,18 +571,17 @@ fn demo_runs_a_cluster_whose_replicas_agree() {
     }
 }
 
-/// A follower that joined from a snapshot keeps a log based on it: `wal
-/// export` starts after the base by default, and an explicit `--from` below
-/// it is refused with the reason.
-#[test]
-fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
+/// A node directory `<tmp>/<name>` whose log holds `after` records after
+/// the state at `base`: with `base` > 0 a follower that joined late, its
+/// log based on the leader's snapshot at `base` (installed as the node
+/// installs it); with 0, a log from genesis.
+fn node_dir(tmp: &Path, name: &str, base: usize, after: usize) -> PathBuf {
     use swoosh_core::guards::Verify;
     use swoosh_storage::testkit::Stream;
     use swoosh_storage::{BatchLimits, Entry, WalWriter};
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("follower-1");
+    let dir = tmp.join(name);
     std::fs::create_dir_all(dir.join("data")).unwrap();
-    let mut st = Stream::new("export-base", 2, Verify::Full);
+    let mut st = Stream::new(name, 2, Verify::Full);
     let g = st.node().genesis.clone();
     std::fs::write(
         dir.join("genesis.json"),
@@ -591,11 +590,42 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
     .unwrap();
     let store = LmdbStore::open(&dir.join("data"), &LmdbOptions::default()).unwrap();
     let mut w = WalWriter::open(store, g.hash().unwrap(), BatchLimits::default()).unwrap();
-    let _ = st.take(30);
-    w.install_snapshot(st.node()).unwrap();
-    let tail: Vec<Entry> = st.take(10).into_iter().map(Entry::from_accepted).collect();
+    if base > 0 {
+        let _ = st.take(base);
+        w.install_snapshot(st.node()).unwrap();
+    }
+    let tail: Vec<Entry> = st
+        .take(after)
+        .into_iter()
+        .map(Entry::from_accepted)
+        .collect();
     w.append_batch(&tail).unwrap();
-    drop(w);
+    dir
+}
+
+/// Replace the stored value of `key` in `space` of `dir`'s store, unchecked.
+fn overwrite(dir: &Path, space: Space, key: &[u8], value: &[u8]) {
+    let mut store = LmdbStore::open(&dir.join("data"), &LmdbOptions::default()).expect("open");
+    store.overwrite_raw(space, key, value).expect("overwrite");
+}
+
+/// Flip one payload byte of WAL record `k` in `dir`'s store.
+fn damage_record(dir: &Path, k: u64) {
+    let store = LmdbStore::open(&dir.join("data"), &LmdbOptions::default()).expect("open");
+    let mut frame = store.read_at(k).expect("read").expect("record k exists");
+    drop(store);
+    let at = 38 + (frame.len() - 38) / 2;
+    frame[at] ^= 0x01;
+    overwrite(dir, Space::Wal, &index_key(k), &frame);
+}
+
+/// A follower that joined from a snapshot keeps a log based on it: `wal
+/// export` starts after the base by default, and an explicit `--from` below
+/// it is refused with the reason.
+#[test]
+fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "follower-1", 30, 10);
     let d = dir.to_str().unwrap();
     let o = ok(&["wal", "export", "--dir", d, "--format", "jsonl"]);
     let idx: Vec<u64> = String::from_utf8(o.stdout.clone())
@@ -612,6 +642,192 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
         "wal", "export", "--dir", d, "--format", "jsonl", "--from", "5",
     ]);
     assert!(text(&o).contains("30"), "names the base: {}", text(&o));
+}
+
+/// `wal repair` on a log based on a snapshot walks from the record after
+/// the base, anchored at the base hash, as `repair --yes` does: a sound
+/// based log has nothing to cut (the dry run used to call record 1 bad), and
+/// a damaged record is cut back to the record before it, never touching the
+/// base's snapshot.
+#[test]
+fn wal_repair_of_a_based_log_walks_from_the_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "follower-1", 30, 10);
+    let d = s(&dir);
+    ok(&["snapshot", "create", "--dir", d]);
+    assert_eq!(snapshot_indexes(d), vec![30, 40]);
+    let cut = tmp.path().join("cut.bin");
+
+    let o = ok(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut)]);
+    assert!(
+        text(&o).contains("no damaged record (records 31..=40"),
+        "{}",
+        text(&o)
+    );
+    assert!(!cut.exists());
+
+    damage_record(&dir, 35);
+    let o = fails(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut)]);
+    let t = text(&o);
+    assert!(t.contains("the first bad record is 35"), "{t}");
+    assert!(
+        t.contains(
+            "cut records 35..=40 (6 record(s)) and snapshot(s) 40, keep the log up to record 34"
+        ),
+        "{t}"
+    );
+    assert!(!cut.exists(), "a dry run writes nothing");
+    let o = ok(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut), "--yes"]);
+    assert!(text(&o).contains("now ends at record 34"), "{}", text(&o));
+    let entries = read_cut_file(&cut).expect("side file readable");
+    let of = |space| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|e| e.space == space)
+            .map(|e| e.index)
+            .collect()
+    };
+    assert_eq!(of(Space::Wal), (35..=40).collect::<Vec<_>>());
+    assert_eq!(of(Space::Snapshots), vec![40]);
+    assert_eq!(snapshot_indexes(d), vec![30]);
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// `snapshot list` and `snapshot restore` judge a based log's snapshots the
+/// way recovery does: the snapshot at the base joins the log at the base
+/// hash (it is where recovery starts), and without a valid one the log
+/// cannot be recovered at all, let alone replayed from genesis.
+#[test]
+fn snapshot_list_and_restore_judge_a_based_logs_snapshots_by_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "follower-1", 30, 10);
+    let d = s(&dir);
+    let hash = json(&ok(&["replay", "--dir", d, "--json"]))["hash"].clone();
+    ok(&["snapshot", "create", "--dir", d]);
+
+    let list = json(&ok(&["snapshot", "list", "--dir", d, "--json"]));
+    let rows: Vec<(u64, bool, bool)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["valid"] == true,
+                r["recovery_starts_here"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(30, true, false), (40, true, true)], "{list}");
+
+    // Recovery can be made to start from the base snapshot again.
+    let o = fails(&["snapshot", "restore", "--dir", d, "--index", "30"]);
+    assert!(
+        text(&o).contains("restore would delete the newer snapshot(s) 40"),
+        "{}",
+        text(&o)
+    );
+    ok(&["snapshot", "restore", "--dir", d, "--index", "30", "--yes"]);
+    assert_eq!(snapshot_indexes(d), vec![30]);
+    let o = ok(&["snapshot", "list", "--dir", d]);
+    assert!(text(&o).contains("recovery starts here"), "{}", text(&o));
+    assert!(!text(&o).contains("NO:"), "{}", text(&o));
+    let o = ok(&["replay", "--dir", d]);
+    assert!(text(&o).contains("from snapshot 30"), "{}", text(&o));
+    assert_eq!(json(&ok(&["replay", "--dir", d, "--json"]))["hash"], hash);
+
+    // The base snapshot damaged: the list says recovery cannot start, not
+    // that it replays from genesis.
+    overwrite(&dir, Space::Snapshots, &index_key(30), b"not a snapshot");
+    let o = ok(&["snapshot", "list", "--dir", d]);
+    let t = text(&o);
+    assert!(t.contains("no valid snapshot"), "{t}");
+    assert!(t.contains("starts after record 30"), "{t}");
+    assert!(!t.contains("from genesis"), "{t}");
+    let o = fails(&["replay", "--dir", d]);
+    assert!(text(&o).contains("starts after record 30"), "{}", text(&o));
+}
+
+/// `wal inspect` of the first record of a based log checks its link to the
+/// base hash (as record 1's is checked against genesis), not to a record
+/// the log does not hold.
+#[test]
+fn wal_inspect_links_the_first_record_after_the_base_to_the_base_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "follower-1", 30, 10);
+    let d = s(&dir);
+    let j = json(&ok(&["wal", "inspect", "--dir", d, "31", "--json"]));
+    assert_eq!(j["links_to_previous"], true, "{j}");
+    let o = ok(&["wal", "inspect", "--dir", d, "31"]);
+    assert!(
+        text(&o).contains("= the WAL base hash (record 30, held in the snapshot at 30) ✓"),
+        "{}",
+        text(&o)
+    );
+    let j = json(&ok(&["wal", "inspect", "--dir", d, "32", "--json"]));
+    assert_eq!(j["links_to_previous"], true, "{j}");
+    let o = fails(&["wal", "inspect", "--dir", d, "30"]);
+    assert!(text(&o).contains("below the WAL base"), "{}", text(&o));
+    let o = fails(&["wal", "inspect", "--dir", d, "41"]);
+    assert!(text(&o).contains("records 31..=40"), "{}", text(&o));
+}
+
+/// A stray write under a WAL key that is not an 8-byte index left the store
+/// unopenable, and every command pointed at `wal verify`, which failed too.
+/// Now every read names the key and the remedy, and `wal repair --yes`
+/// removes such keys after copying them to its side file; no record is cut.
+#[test]
+fn wal_repair_removes_malformed_wal_keys_and_keeps_a_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "leader", 0, 20);
+    let d = s(&dir);
+    // One sorts after the last record (the store's tail), one amid them.
+    let tail_key = [&index_key(20)[..], &[0x00]].concat();
+    let mid_key = [&index_key(5)[..], &[0xaa]].concat();
+    overwrite(&dir, Space::Wal, &tail_key, b"stray");
+    overwrite(&dir, Space::Wal, &mid_key, b"stray too");
+
+    let o = fails(&["wal", "verify", "--dir", d]);
+    let t = text(&o);
+    assert!(t.contains("holds the key 000000000000001400"), "{t}");
+    assert!(
+        t.contains(&format!("swoosh wal repair --dir {d} --keep-copy")) && t.contains("--yes"),
+        "{t}"
+    );
+
+    let cut = tmp.path().join("keys.bin");
+    let o = fails(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut)]);
+    let t = text(&o);
+    assert!(
+        t.contains("2 key(s) that are not 8-byte indexes")
+            && t.contains("wal key 0000000000000005aa")
+            && t.contains("wal key 000000000000001400"),
+        "{t}"
+    );
+    assert!(t.contains("no record would be cut"), "{t}");
+    assert!(!cut.exists(), "a dry run writes nothing");
+
+    let o = ok(&["wal", "repair", "--dir", d, "--keep-copy", s(&cut), "--yes"]);
+    assert!(text(&o).contains("removed 2 key(s)"), "{}", text(&o));
+    let mut kept: Vec<(Vec<u8>, Vec<u8>)> = read_cut_file(&cut)
+        .expect("side file readable")
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e.space, Space::Wal);
+            (e.malformed_key.expect("only malformed keys"), e.bytes)
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            (mid_key, b"stray too".to_vec()),
+            (tail_key, b"stray".to_vec())
+        ]
+    );
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json", "--strict"]));
+    assert_eq!(v["records"], 20, "{v}");
 }
 
 /// `swoosh bench http --json`: every figure is a field, and the ratios use

@@ -17,7 +17,7 @@
 use crate::journal::{self, Entry, Fold, Journal, JournalId, JOURNAL_FILE};
 use crate::store::{
     validate, Batch, CommitInfo, Durability, KeyValue, LogStore, Op, ScanCollector, Space,
-    StoreError,
+    StoreError, MALFORMED_KEYS_MAX,
 };
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, WithoutTls};
@@ -104,17 +104,19 @@ fn decode_folded(v: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-/// Apply journal operations in a write transaction (appends with
-/// `MDB_APPEND`: the journal only holds appends that continue the log).
+/// Apply journal operations in a write transaction (with `append`, WAL
+/// appends use `MDB_APPEND`: the journal only holds appends that continue
+/// the log, so they sort after every WAL key unless a malformed one does).
 fn apply_jops(
     wtxn: &mut heed::RwTxn,
     dbs: &[Db; 5],
     entries: &[Arc<Entry>],
+    append: bool,
 ) -> Result<(), (&'static str, heed::Error)> {
     for e in entries {
         for op in &e.ops {
             let db = dbs[op.space.slot()];
-            if op.space == Space::Wal {
+            if op.space == Space::Wal && append {
                 db.put_with_flags(wtxn, PutFlags::APPEND, &op.key, &op.value)
                     .map_err(|e| ("folding the journal into the WAL", e))?;
             } else {
@@ -142,7 +144,9 @@ impl Fold for LmdbFold {
             .env
             .write_txn()
             .map_err(|e| err(("opening a write transaction", e)))?;
-        apply_jops(&mut wtxn, &self.dbs, entries).map_err(err)?;
+        // Commits are refused while a malformed key ends the WAL (`validate`
+        // reads the tail strictly), so every journaled append sorts last.
+        apply_jops(&mut wtxn, &self.dbs, entries, true).map_err(err)?;
         let last = entries.last().map_or(0, |e| e.seq);
         self.jdb
             .put(&mut wtxn, J_FOLDED, &encode_folded(last, next_offset))
@@ -278,7 +282,7 @@ impl LmdbStore {
             let had_journal = self.journal_meta(&rtxn, J_ID)?.is_some();
             let clean = self.journal_meta(&rtxn, J_STATE)?.as_deref() == Some(J_CLEAN);
             if had_journal && !clean {
-                let last = self.wal_last_in(&rtxn)?;
+                let last = self.wal_last_at_open(&rtxn)?;
                 return Err(open_err(format!(
                     "the journal {} is missing and the store was not closed cleanly: commits acknowledged after WAL record {last} may be in it. Restore the file from a backup; if it is lost for good, create an empty file at that path to go on with the {last} records the store holds",
                     path.display()
@@ -311,7 +315,12 @@ impl LmdbStore {
         let rtxn = self.rtxn()?;
         let id = self.journal_meta(&rtxn, J_ID)?;
         let folded = self.journal_meta(&rtxn, J_FOLDED)?;
-        let last = self.wal_last_in(&rtxn)?;
+        let last = self.wal_last_at_open(&rtxn)?;
+        let tail_malformed = self
+            .db(Space::Wal)
+            .last(&rtxn)
+            .map_err(|e| self.err("reading the WAL tail", e))?
+            .is_some_and(|(k, _)| crate::store::key_index(k).is_none());
         let stored_base = self
             .db(Space::Meta)
             .get(&rtxn, crate::store::META_WAL_BASE.as_bytes())
@@ -364,7 +373,8 @@ impl LmdbStore {
             .env
             .write_txn()
             .map_err(|e| err(("opening a write transaction", e)))?;
-        apply_jops(&mut wtxn, &self.dbs, &entries).map_err(err)?;
+        // MDB_APPEND would refuse a record sorting before a malformed last key.
+        apply_jops(&mut wtxn, &self.dbs, &entries, !tail_malformed).map_err(err)?;
         let bookkeeping = [
             (J_ID, &id[..]),
             (J_FOLDED, &encode_folded(last_seq, 0)[..]),
@@ -471,7 +481,21 @@ impl LmdbStore {
             .env
             .write_txn()
             .map_err(|e| self.err("opening a write transaction", e))?;
-        let last = self.wal_last_in(&wtxn)?;
+        // A batch that deletes malformed WAL keys (repair) continues the log
+        // as it is without them; any other malformed key at the tail refuses
+        // the batch.
+        let deleted: Vec<&[u8]> = batch
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete {
+                    space: Space::Wal,
+                    key,
+                } => Some(key.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let last = self.wal_last_skipping(&wtxn, &|k| deleted.contains(&k))?;
         // Validated before anything is written; a failure below drops the
         // transaction, which aborts it: nothing of the batch is applied.
         let base = self.stored_base(&wtxn)?;
@@ -528,14 +552,36 @@ impl LmdbStore {
     }
 
     fn wal_last_in(&self, txn: &RoTxn) -> Result<u64, StoreError> {
-        match self
-            .db(Space::Wal)
-            .last(txn)
-            .map_err(|e| self.err("reading the WAL tail", e))?
-        {
-            None => Ok(0),
-            Some((k, _)) => self.decode_index_key(Space::Wal, k),
+        self.wal_last_skipping(txn, &|_| false)
+    }
+
+    /// The WAL's last index at open, passing over malformed keys (not 8-byte
+    /// indexes) at its tail: refusing to open would leave no way to run
+    /// `swoosh wal repair`, which removes them. Every read that meets one
+    /// names it, and commits are refused while one ends the WAL.
+    fn wal_last_at_open(&self, txn: &RoTxn) -> Result<u64, StoreError> {
+        self.wal_last_skipping(txn, &|_| true)
+    }
+
+    /// The index of the last WAL key that is an 8-byte index, passing over
+    /// up to [`MALFORMED_KEYS_MAX`] malformed keys after it that `skip`
+    /// accepts; any other is [`StoreError::BadIndexKey`].
+    fn wal_last_skipping(
+        &self,
+        txn: &RoTxn,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let tail = |e| self.err("reading the WAL tail", e);
+        for (skipped, item) in self.db(Space::Wal).rev_iter(txn).map_err(tail)?.enumerate() {
+            let (k, _) = item.map_err(tail)?;
+            if let Some(i) = crate::store::key_index(k) {
+                return Ok(i);
+            }
+            if !skip(k) || skipped >= MALFORMED_KEYS_MAX {
+                return self.decode_index_key(Space::Wal, k);
+            }
         }
+        Ok(0)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::base::{wal_base, WalBase};
 use crate::frame::{self, FrameKind};
 use crate::index::{get_decision, IndexError};
 use crate::snapshot::{decode_snapshot, SnapshotFault};
-use crate::store::{index_key, key_index, Batch, LogStore, Space, StoreError};
+use crate::store::{index_key, key_index, Batch, LogStore, Space, StoreError, MALFORMED_KEYS_MAX};
 use crate::wal::{
     check_meta, decode_frame, read_record, MetaError, ReadError, RecordFault, WalIter,
     IDEM_ENTRY_BYTES_MAX,
@@ -283,6 +283,22 @@ fn usable_snapshot<S: LogStore + ?Sized>(
         return Ok(Err(f));
     }
     Ok(Ok(snap.state))
+}
+
+/// Whether a snapshot at `idx` whose head record is `head` joins this
+/// store's log as recovery requires: within the log, not below the WAL base,
+/// and `head` the hash of record `idx` (of the base at the base, of genesis
+/// at 0). The outer `Result` is a store failure; the inner one the verdict.
+/// (`swoosh snapshot list` and `restore` judge snapshots with it.)
+pub fn snapshot_joins_log<S: LogStore + ?Sized>(
+    store: &S,
+    idx: u64,
+    head: Hash,
+    genesis_hash: Hash,
+) -> Result<Result<(), SnapshotFault>, RecoveryError> {
+    let base = wal_base(store)?;
+    let last = log_end_with(store, base)?;
+    joins_log(store, idx, head, genesis_hash, last, base)
 }
 
 fn joins_log<S: LogStore + ?Sized>(
@@ -931,20 +947,78 @@ pub enum RepairError {
     SideFileExists { path: PathBuf },
     #[error("cannot write the side file {path}: {detail}; nothing was cut: free space or choose another --keep-copy path")]
     SideFile { path: PathBuf, detail: String },
+    #[error("the {space} space of {location} holds more than {MALFORMED_KEYS_MAX} keys that are not 8-byte indexes: that is not a stray write repair can remove; nothing was changed: restore the store from a backup")]
+    TooManyMalformed { location: String, space: Space },
+}
+
+/// A key of the WAL or snapshot space that is not an 8-byte big-endian
+/// index: no record or snapshot is ever stored under one, so it is damage
+/// (a stray write), and every read that meets it fails
+/// ([`StoreError::BadIndexKey`]). Repair removes it, after copying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MalformedKey {
+    pub space: Space,
+    pub key: Vec<u8>,
+}
+
+/// What [`repair`] would do, found without changing anything
+/// ([`plan_repair`]; `swoosh wal repair` without --yes prints it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// The first record the log can hold: the WAL base + 1, or 1.
+    pub first: u64,
+    /// The log's end: its last record, or the WAL base.
+    pub last: u64,
+    /// The log would end here (`last` when no record is bad; never below
+    /// the WAL base).
+    pub last_good: u64,
+    /// The first bad record (`None`: frames, indexes and links all check).
+    pub fault: Option<ReadError>,
+    /// Snapshots beyond `last_good`, which would be cut with the records.
+    pub cut_snapshots: Vec<u64>,
+    /// Malformed WAL and snapshot keys, which would be removed.
+    pub malformed: Vec<MalformedKey>,
+}
+
+impl RepairPlan {
+    /// True when repair would leave the store as it is.
+    pub fn changes_nothing(&self) -> bool {
+        self.fault.is_none() && self.malformed.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepairReport {
     /// The log now ends here.
     pub last_good: u64,
-    /// The first bad record found (`None`: the log was sound, nothing cut).
+    /// The first bad record found (`None`: no record was bad, none cut).
     pub fault: Option<ReadError>,
     pub cut_records: u64,
     /// Snapshots beyond `last_good`, removed (they are in the side file).
     pub cut_snapshots: Vec<u64>,
     /// Idempotency entries and decisions of cut records (or damaged) removed.
     pub removed_derived: u64,
+    /// Malformed WAL and snapshot keys removed (they are in the side file).
+    pub removed_malformed: Vec<MalformedKey>,
     pub side_file: Option<PathBuf>,
+}
+
+/// Find what [`repair`] would do without changing anything: the malformed
+/// WAL and snapshot keys, and the first record whose frame, index or chain
+/// link is bad (walking from the WAL base + 1, anchored at the base hash, on
+/// a based log).
+pub fn plan_repair<S: LogStore + ?Sized>(
+    store: &S,
+    genesis_hash: Hash,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RepairPlan, RepairError> {
+    check_meta(store, genesis_hash)?;
+    let sweep = sweep_malformed(store)?;
+    let view = WellFormed {
+        store,
+        sweep: &sweep,
+    };
+    walk_for_repair(&view, genesis_hash, progress)
 }
 
 /// Find the first record whose frame, index or chain link is bad, write every
@@ -952,20 +1026,80 @@ pub struct RepairReport {
 /// exist), then cut them and their derived entries in one commit. Does not run
 /// the reducer: a divergence is not damage and is never cut. On a based log
 /// the walk starts at base + 1, anchored at the base hash, and never cuts
-/// below the base.
+/// below the base. Malformed WAL and snapshot keys ([`MalformedKey`]) are
+/// copied to the side file too and removed in the same commit; the walk sees
+/// the log as it is without them.
 pub fn repair<S: LogStore + ?Sized>(
     store: &mut S,
     genesis_hash: Hash,
     keep_copy: &Path,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RepairReport, RepairError> {
-    check_meta(store, genesis_hash)?;
-    let base = wal_base(&*store)?;
-    let last = log_end_with(&*store, base)?;
+    check_meta(&*store, genesis_hash)?;
+    let sweep = sweep_malformed(&*store)?;
+    let (plan, batch, cut, cut_records) = {
+        let view = WellFormed {
+            store: &*store,
+            sweep: &sweep,
+        };
+        let plan = walk_for_repair(&view, genesis_hash, progress)?;
+        if plan.changes_nothing() {
+            return Ok(RepairReport {
+                last_good: plan.last,
+                fault: None,
+                cut_records: 0,
+                cut_snapshots: vec![],
+                removed_derived: 0,
+                removed_malformed: vec![],
+                side_file: None,
+            });
+        }
+        let cut_records = write_side_file(&view, keep_copy, &plan)?;
+        // Only a bad record cuts; malformed keys alone leave every record,
+        // snapshot and derived entry as it is.
+        let (mut b, cut) = if plan.fault.is_some() {
+            cut_batch(&view, plan.last_good)?
+        } else {
+            (
+                Batch::new(),
+                Cut {
+                    snapshots: vec![],
+                    removed_derived: 0,
+                },
+            )
+        };
+        for m in &plan.malformed {
+            b.delete(m.space, m.key.clone());
+        }
+        (plan, b, cut, cut_records)
+    };
+    store.commit(batch)?;
+    store.sync()?;
+    Ok(RepairReport {
+        last_good: plan.last_good,
+        fault: plan.fault,
+        cut_records,
+        cut_snapshots: cut.snapshots,
+        removed_derived: cut.removed_derived,
+        removed_malformed: plan.malformed,
+        side_file: Some(keep_copy.to_path_buf()),
+    })
+}
+
+/// The walk of [`plan_repair`], on the store as it is without its
+/// malformed keys.
+fn walk_for_repair<S: LogStore + ?Sized>(
+    store: &WellFormed<'_, S>,
+    genesis_hash: Hash,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RepairPlan, RepairError> {
+    let base = wal_base(store)?;
+    let last = log_end_with(store, base)?;
     let (base_index, anchor) = base.map_or((0, genesis_hash), |b| (b.index, b.hash));
+    let total = last - base_index;
     let mut fault = None;
     let mut done = 0u64;
-    for item in WalIter::new(&*store, base_index + 1, last, anchor) {
+    for item in WalIter::new(store, base_index + 1, last, anchor) {
         match item {
             Ok(_) => {
                 done += 1;
@@ -973,7 +1107,7 @@ pub fn repair<S: LogStore + ?Sized>(
                     progress(&Progress {
                         phase: Phase::Scan,
                         done,
-                        total: last,
+                        total,
                     });
                 }
             }
@@ -987,38 +1121,171 @@ pub fn repair<S: LogStore + ?Sized>(
     progress(&Progress {
         phase: Phase::Scan,
         done,
-        total: last,
+        total,
     });
-    let Some(f) = fault else {
-        return Ok(RepairReport {
-            last_good: last,
-            fault: None,
-            cut_records: 0,
-            cut_snapshots: vec![],
-            removed_derived: 0,
-            side_file: None,
-        });
+    let last_good = match &fault {
+        None => last,
+        Some(f) => f
+            .index()
+            .unwrap_or(base_index + 1)
+            .saturating_sub(1)
+            .max(base_index),
     };
-    let last_good = f
-        .index()
-        .unwrap_or(base_index + 1)
-        .saturating_sub(1)
-        .max(base_index);
-    let cut_snapshots: Vec<u64> = store
-        .list_snapshots()?
-        .into_iter()
-        .filter(|i| *i > last_good)
-        .collect();
-    let cut_records = write_side_file(&*store, keep_copy, last_good, last, &cut_snapshots)?;
-    let cut = cut_after(store, last_good)?;
-    Ok(RepairReport {
+    let cut_snapshots: Vec<u64> = match fault {
+        None => vec![],
+        Some(_) => store
+            .list_snapshots()?
+            .into_iter()
+            .filter(|i| *i > last_good)
+            .collect(),
+    };
+    Ok(RepairPlan {
+        first: base_index + 1,
+        last,
         last_good,
-        fault: Some(f),
-        cut_records,
-        cut_snapshots: cut.snapshots,
-        removed_derived: cut.removed_derived,
-        side_file: Some(keep_copy.to_path_buf()),
+        fault,
+        cut_snapshots,
+        malformed: store.sweep.malformed.clone(),
     })
+}
+
+/// The malformed keys of the WAL and snapshot spaces, and the last
+/// well-formed key of each (which [`LogStore::last`] cannot find past a
+/// malformed one).
+struct Sweep {
+    malformed: Vec<MalformedKey>,
+    last_ok: [Option<Vec<u8>>; 2],
+}
+
+/// Find every malformed WAL and snapshot key. A malformed key can sort
+/// anywhere and the store has no key-only scan, so this reads both spaces
+/// whole: repair is run rarely, offline, and its walk reads every record
+/// again anyway.
+fn sweep_malformed<S: LogStore + ?Sized>(store: &S) -> Result<Sweep, RepairError> {
+    let mut sweep = Sweep {
+        malformed: vec![],
+        last_ok: [None, None],
+    };
+    for (slot, space) in [Space::Wal, Space::Snapshots].into_iter().enumerate() {
+        let mut found = 0usize;
+        let mut last_ok = None;
+        for_each_entry(store, space, &mut |k, _| {
+            if key_index(k).is_some() {
+                last_ok = Some(k.to_vec());
+            } else {
+                found += 1;
+                if found <= MALFORMED_KEYS_MAX {
+                    sweep.malformed.push(MalformedKey {
+                        space,
+                        key: k.to_vec(),
+                    });
+                }
+            }
+        })?;
+        if found > MALFORMED_KEYS_MAX {
+            return Err(RepairError::TooManyMalformed {
+                location: store.location(),
+                space,
+            });
+        }
+        sweep.last_ok[slot] = last_ok;
+    }
+    Ok(sweep)
+}
+
+/// A read-only view of a store without its malformed WAL and snapshot keys:
+/// how repair plans, and copies what it cuts, as if they were already
+/// removed (it removes them in the same commit as the cut).
+struct WellFormed<'s, S: ?Sized> {
+    store: &'s S,
+    sweep: &'s Sweep,
+}
+
+impl<S: LogStore + ?Sized> WellFormed<'_, S> {
+    fn slot(space: Space) -> Option<usize> {
+        match space {
+            Space::Wal => Some(0),
+            Space::Snapshots => Some(1),
+            _ => None,
+        }
+    }
+
+    fn read_only(&self) -> StoreError {
+        StoreError::Backend {
+            location: self.store.location(),
+            op: "writing",
+            detail: "repair's view of the store is read-only (a bug: report it)".into(),
+        }
+    }
+}
+
+impl<S: LogStore + ?Sized> LogStore for WellFormed<'_, S> {
+    fn location(&self) -> String {
+        self.store.location()
+    }
+    fn durability(&self) -> crate::store::Durability {
+        self.store.durability()
+    }
+    fn commit(&mut self, _: Batch) -> Result<crate::store::CommitInfo, StoreError> {
+        Err(self.read_only())
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::KeyValue>, StoreError> {
+        if Self::slot(space).is_none() {
+            return self.store.scan(space, from, to, limit);
+        }
+        let mut from = from.to_vec();
+        loop {
+            let rows = self.store.scan(space, &from, to, limit)?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(rows);
+            };
+            // The next key after `last` in byte order is `last ++ [0]`.
+            let mut next = last.clone();
+            next.push(0);
+            let kept: Vec<_> = rows
+                .into_iter()
+                .filter(|(k, _)| key_index(k).is_some())
+                .collect();
+            // A page of malformed keys only is not the end of the range.
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+            from = next;
+        }
+    }
+    fn last(&self, space: Space) -> Result<Option<crate::store::KeyValue>, StoreError> {
+        let Some(slot) = Self::slot(space) else {
+            return self.store.last(space);
+        };
+        match &self.sweep.last_ok[slot] {
+            None => Ok(None),
+            Some(k) => Ok(self.store.get(space, k)?.map(|v| (k.clone(), v))),
+        }
+    }
+    fn count(&self, space: Space) -> Result<u64, StoreError> {
+        let hidden = self
+            .sweep
+            .malformed
+            .iter()
+            .filter(|m| m.space == space)
+            .count() as u64;
+        Ok(self.store.count(space)?.saturating_sub(hidden))
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Err(self.read_only())
+    }
+    fn overwrite_raw(&mut self, _: Space, _: &[u8], _: &[u8]) -> Result<(), StoreError> {
+        Err(self.read_only())
+    }
 }
 
 /// What [`cut_after`] removed.
@@ -1034,10 +1301,18 @@ pub struct Cut {
 /// the snapshots beyond it, and the derived entries (idempotency keys,
 /// decision records) of the cut records or damaged ones, so no index answers
 /// for a record the log no longer holds (a node recalls aged-out idempotency
-/// keys from that index). [`repair`] calls it once its side file is written;
-/// the simulator calls it directly, as it keeps no files. Refused with
-/// [`StoreError::BelowWalBase`] below the WAL base.
+/// keys from that index). [`repair`] makes the same cut once its side file
+/// is written; the simulator calls it directly, as it keeps no files.
+/// Refused with [`StoreError::BelowWalBase`] below the WAL base.
 pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<Cut, StoreError> {
+    let (b, cut) = cut_batch(&*store, last_good)?;
+    store.commit(b)?;
+    store.sync()?;
+    Ok(cut)
+}
+
+/// The batch of [`cut_after`], and what it removes.
+fn cut_batch<S: LogStore + ?Sized>(store: &S, last_good: u64) -> Result<(Batch, Cut), StoreError> {
     let snapshots: Vec<u64> = store
         .list_snapshots()?
         .into_iter()
@@ -1049,14 +1324,14 @@ pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<
         b.delete(Space::Snapshots, index_key(*s).to_vec());
     }
     let mut removed = 0u64;
-    for_each_entry(&*store, Space::Idem, &mut |k, v| {
+    for_each_entry(store, Space::Idem, &mut |k, v| {
         let keep = decode_idem(v).is_some_and(|e| e.index <= last_good);
         if !keep {
             b.delete(Space::Idem, k.to_vec());
             removed += 1;
         }
     })?;
-    for_each_entry(&*store, Space::Decisions, &mut |k, v| {
+    for_each_entry(store, Space::Decisions, &mut |k, v| {
         let keep = decode_decision(v)
             .is_some_and(|d| d.record().index <= last_good && d.hash().0[..] == k[..]);
         if !keep {
@@ -1064,12 +1339,13 @@ pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<
             removed += 1;
         }
     })?;
-    store.commit(b)?;
-    store.sync()?;
-    Ok(Cut {
-        snapshots,
-        removed_derived: removed,
-    })
+    Ok((
+        b,
+        Cut {
+            snapshots,
+            removed_derived: removed,
+        },
+    ))
 }
 
 /// Visit every entry of a space in key order, paging through [`LogStore::scan`].
@@ -1094,13 +1370,15 @@ pub(crate) fn for_each_entry<S: LogStore + ?Sized>(
 
 /// Side file: [`CUT_FILE_MAGIC`], then entries `space u8 (0 WAL, 1 snapshot)
 /// | index u64 BE | length u32 BE | stored bytes`, fsynced with its directory.
+/// A malformed key's entry has space 2 (WAL) or 3 (snapshots), the key's
+/// length in place of the index, and the key followed by the value as its
+/// bytes.
 fn write_side_file<S: LogStore + ?Sized>(
     store: &S,
     path: &Path,
-    last_good: u64,
-    last: u64,
-    snaps: &[u64],
+    plan: &RepairPlan,
 ) -> Result<u64, RepairError> {
+    let (last_good, last, snaps) = (plan.last_good, plan.last, &plan.cut_snapshots);
     let side = |e: std::io::Error| RepairError::SideFile {
         path: path.to_path_buf(),
         detail: e.to_string(),
@@ -1148,6 +1426,17 @@ fn write_side_file<S: LogStore + ?Sized>(
             entry(&mut w, 1, *s, &v)?;
         }
     }
+    for m in &plan.malformed {
+        // The key names no index: the header carries its length, and the
+        // bytes are the key followed by the value.
+        let mut bytes = m.key.clone();
+        bytes.extend(store.get(m.space, &m.key)?.unwrap_or_default());
+        let kind = match m.space {
+            Space::Wal => CUT_MALFORMED_WAL_KEY,
+            _ => CUT_MALFORMED_SNAPSHOT_KEY,
+        };
+        entry(&mut w, kind, m.key.len() as u64, &bytes)?;
+    }
     let file = w.into_inner().map_err(|e| side(e.into_error()))?;
     file.sync_all().map_err(side)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -1159,11 +1448,20 @@ fn write_side_file<S: LogStore + ?Sized>(
     Ok(cut)
 }
 
+/// Side-file entry kind of a malformed WAL key (see [`MalformedKey`]).
+const CUT_MALFORMED_WAL_KEY: u8 = 2;
+/// Side-file entry kind of a malformed snapshot key.
+const CUT_MALFORMED_SNAPSHOT_KEY: u8 = 3;
+
 /// One entry of a repair side file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CutEntry {
     pub space: Space,
+    /// The index the entry was stored under (0 for a malformed key).
     pub index: u64,
+    /// `Some(key)` for a malformed key ([`MalformedKey`]), which names no index.
+    pub malformed_key: Option<Vec<u8>>,
+    /// The stored value exactly as it was.
     pub bytes: Vec<u8>,
 }
 
@@ -1184,9 +1482,11 @@ pub fn read_cut_file(path: &Path) -> std::io::Result<Vec<CutEntry>> {
         if rest.len() < 13 {
             return Err(bad("truncated entry header"));
         }
-        let space = match rest[0] {
-            0 => Space::Wal,
-            1 => Space::Snapshots,
+        let (space, malformed) = match rest[0] {
+            0 => (Space::Wal, false),
+            1 => (Space::Snapshots, false),
+            CUT_MALFORMED_WAL_KEY => (Space::Wal, true),
+            CUT_MALFORMED_SNAPSHOT_KEY => (Space::Snapshots, true),
             _ => return Err(bad("unknown space byte")),
         };
         let index = key_index(&rest[1..9]).ok_or_else(|| bad("bad index"))?;
@@ -1195,10 +1495,26 @@ pub fn read_cut_file(path: &Path) -> std::io::Result<Vec<CutEntry>> {
         if rest.len() < len {
             return Err(bad("truncated entry"));
         }
-        out.push(CutEntry {
-            space,
-            index,
-            bytes: rest[..len].to_vec(),
+        let body = &rest[..len];
+        out.push(if malformed {
+            // `index` holds the key's length; the key precedes the value.
+            let key_len = usize::try_from(index)
+                .ok()
+                .filter(|n| *n <= len)
+                .ok_or_else(|| bad("malformed-key entry shorter than its key"))?;
+            CutEntry {
+                space,
+                index: 0,
+                malformed_key: Some(body[..key_len].to_vec()),
+                bytes: body[key_len..].to_vec(),
+            }
+        } else {
+            CutEntry {
+                space,
+                index,
+                malformed_key: None,
+                bytes: body.to_vec(),
+            }
         });
         rest = &rest[len..];
     }

@@ -116,7 +116,9 @@ pub enum Op {
         key: Vec<u8>,
         value: Vec<u8>,
     },
-    /// Remove a key (absent keys are fine) from any space but [`Space::Wal`].
+    /// Remove a key (absent keys are fine) from any space but [`Space::Wal`],
+    /// where only a malformed key (not an 8-byte index: damage, never a
+    /// record) may be removed, which repair does.
     Delete { space: Space, key: Vec<u8> },
     /// Remove every WAL entry with an index above `index`.
     TruncateWalAfter { index: u64 },
@@ -201,7 +203,7 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
-    #[error("WAL entries are written only by appends (got a put/delete of a WAL key on {location}); use `Batch::append` or `Batch::truncate_wal_after`")]
+    #[error("WAL entries are written only by appends (got a put of a WAL key, or a delete of a WAL record's key, on {location}); use `Batch::append` or `Batch::truncate_wal_after`")]
     WalWrite { location: String },
     #[error(
         "a {space} key of {len} bytes is longer than the {KEY_BYTES_MAX} bytes a key may have"
@@ -209,10 +211,12 @@ pub enum StoreError {
     KeyTooLarge { space: Space, len: usize },
     #[error("a {space} value of {len} bytes is larger than the {VALUE_BYTES_MAX} bytes a value may have")]
     ValueTooLarge { space: Space, len: usize },
-    #[error("the {space} space of {location} holds a key of {len} bytes where an 8-byte big-endian index belongs; the store is damaged: run `swoosh wal verify`")]
+    #[error("the {space} space of {location} holds the key {key} ({len} bytes, hex) where an 8-byte big-endian index belongs: the store is damaged (a stray write). `swoosh wal repair --dir <node dir, which holds {location}> --keep-copy <new file> --yes` removes it after copying it to that file (without --yes it shows what it would do); with more than {MALFORMED_KEYS_MAX} such keys, restore the store from a backup")]
     BadIndexKey {
         location: String,
         space: Space,
+        /// The key, in hex.
+        key: String,
         len: usize,
     },
     #[error("the in-memory store {location} has crashed (fault injection); reopen it with `MemStore::crash`")]
@@ -229,6 +233,22 @@ pub enum StoreError {
 
 /// One stored entry: key and value bytes.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Most malformed keys (WAL or snapshot keys that are not 8-byte indexes)
+/// the store passes over at the WAL's tail when it opens, and that
+/// `crate::recovery::repair` removes: a few are a stray write, more is a
+/// store to restore from a backup.
+pub const MALFORMED_KEYS_MAX: usize = 1024;
+
+/// Lowercase hex of `bytes`, to name a key in a message.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
 
 /// The big-endian key of WAL or snapshot index `i`.
 pub fn index_key(i: u64) -> [u8; 8] {
@@ -346,7 +366,10 @@ pub(crate) fn validate(
                 }
             }
             Op::Delete { space, key } => {
-                if *space == Space::Wal {
+                // A WAL key that is not an 8-byte index holds no record (no
+                // append can write one): deleting it, as repair does, never
+                // removes a record, so only those deletes are allowed.
+                if *space == Space::Wal && key_index(key).is_some() {
                     return Err(StoreError::WalWrite {
                         location: location.to_string(),
                     });
@@ -540,6 +563,7 @@ pub trait LogStore {
         key_index(k).ok_or_else(|| StoreError::BadIndexKey {
             location: self.location(),
             space,
+            key: hex(k),
             len: k.len(),
         })
     }

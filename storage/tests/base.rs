@@ -393,6 +393,46 @@ fn repair_and_recover_a_based_log(h: &mut impl Harness) {
     assert_same_node(&rec.node, again.node(), "refilled after the base");
 }
 
+/// What `swoosh wal repair` prints without --yes (`plan_repair`) is what
+/// `repair` does on a based log: the walk starts after the base, anchored
+/// at its hash, and the snapshot at the base joins the log there.
+fn repair_plan_of_a_based_log_starts_after_the_base(h: &mut impl Harness) {
+    let (mut st, snap) = leader_at(10);
+    let gh = snap.genesis_hash;
+    let mut s = h.open();
+    install_snapshot(&mut s, &snap, gh).unwrap();
+    let mut w = writer(s, &st);
+    fill(&mut w, &mut st, 4);
+    write_snapshot(w.store_mut(), st.node(), 3).unwrap();
+    fill(&mut w, &mut st, 4);
+    let mut s = w.into_store();
+
+    let plan = recovery::plan_repair(&s, gh, &mut |_| {}).unwrap();
+    assert!(plan.changes_nothing(), "{plan:?}");
+    assert_eq!((plan.first, plan.last, plan.last_good), (11, 18, 18));
+    for (idx, joins) in [(10, true), (14, true)] {
+        let head = snapshot::decode_snapshot(idx, &s.get_snapshot(idx).unwrap().unwrap())
+            .unwrap()
+            .1
+            .head_record;
+        let verdict = recovery::snapshot_joins_log(&s, idx, head, gh).unwrap();
+        assert_eq!(verdict.is_ok(), joins, "snapshot {idx}: {verdict:?}");
+    }
+    let below = recovery::snapshot_joins_log(&s, 9, snap.head_record, gh).unwrap();
+    assert!(below.is_err(), "below the base: {below:?}");
+
+    flip(&mut s, Space::Wal, &index_key(13), 60);
+    let plan = recovery::plan_repair(&s, gh, &mut |_| {}).unwrap();
+    assert_eq!(plan.fault.as_ref().and_then(ReadError::index), Some(13));
+    assert_eq!((plan.last_good, plan.cut_snapshots.clone()), (12, vec![14]));
+    let r = repair(&mut s, gh, &h.scratch().join("cut.bin"), &mut |_| {}).unwrap();
+    assert_eq!(
+        (r.last_good, r.cut_records, r.cut_snapshots),
+        (plan.last_good, 6, plan.cut_snapshots)
+    );
+    assert_eq!(s.list_snapshots().unwrap(), vec![10]);
+}
+
 /// A damaged snapshot at the base is never silently accepted: recovery fails
 /// with `Unproven` unless a newer usable snapshot exists; verify (which
 /// starts at the base) always fails.
@@ -484,6 +524,7 @@ both_backends!(
     install_refusals,
     the_store_enforces_the_base,
     repair_and_recover_a_based_log,
+    repair_plan_of_a_based_log_starts_after_the_base,
     corrupt_base_snapshot_is_a_clear_error,
     base_snapshot_is_pinned_against_pruning,
 );
