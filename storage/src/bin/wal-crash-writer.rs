@@ -49,7 +49,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let genesis = stream_genesis(LABEL);
-    let store = LmdbStore::open(&dir, &LmdbOptions::default())?;
+    let mut store = LmdbStore::open(&dir, &LmdbOptions::default())?;
+    // A sibling test's child, spawned while the parent had this store open,
+    // holds an inherited copy of the journal's descriptor (and so its lock)
+    // until it execs: the store then opens without its journal. With
+    // --hold-fold the test counts on the journal; wait for the lock.
+    let mut tries = 0;
+    while hold_fold && !store.journaled() {
+        tries += 1;
+        if tries > 200 {
+            return Err("the store's journal lock stays held by another process".into());
+        }
+        drop(store);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        store = LmdbStore::open(&dir, &LmdbOptions::default())?;
+    }
     let rec = recover(&store, &genesis)?;
     if hold_fold {
         // Snapshots commit to LMDB directly, which waits for the fold.
