@@ -51,6 +51,11 @@ impl Depth {
     pub fn reset(&self) {
         self.n.store(0, Ordering::Release);
     }
+    /// Make the mailbox look full, as a stalled receiver would leave it.
+    #[cfg(test)]
+    pub(crate) fn fill(&self) {
+        self.n.store(self.max, Ordering::Release);
+    }
 }
 
 /// An actor reference whose sends respect a depth limit.

@@ -24,7 +24,7 @@ mod node;
 mod undurable;
 
 pub use node::{
-    ActorKind, AttentionView, Clock, FollowerHealth, HealthView, ManualClock, NodeConfig,
+    ActorKind, AttentionView, Clock, FollowerHealth, GaveUp, HealthView, ManualClock, NodeConfig,
     NodeHandle, ReplicationSource, StartError, StateView, SubmitOk, SubmitResult, SystemClock,
-    FOLLOWER_REPORT_STALE_MS,
+    FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
 };

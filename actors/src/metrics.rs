@@ -1,6 +1,7 @@
 //! Prometheus metrics with the brief's names, plus what operators need
 //! (commit batch size, fsync latency, mailbox depths, attention events and
-//! attention items per band).
+//! attention items per band, readiness, dropped region updates and snapshot
+//! requests).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,7 +75,18 @@ pub struct Metrics {
     /// Fingerprints the attention scorer tracks, by band (`ignore-fast` …
     /// `promote`).
     pub attention_items: Family<BandLabel, Gauge>,
+    /// Every restart attempt, by actor: a pair restart retried N times
+    /// counts N, so a node failing to recover trips the restart alert.
     pub actor_restarts_total: Family<ActorLabel, Counter>,
+    /// 1 while the node serves proposals; 0 while it recovers, stops, or
+    /// after it gave up restarting (the process then exits).
+    pub ready: Gauge,
+    /// Region read-model updates dropped on a full region mailbox (the view
+    /// is then rebuilt from storage before it answers again).
+    pub region_updates_dropped_total: Counter,
+    /// Snapshot requests dropped on a full snapshotter mailbox (the next
+    /// periodic or REVERB snapshot covers them).
+    pub snapshot_requests_dropped_total: Counter,
     pub wal_index: Gauge,
     pub backpressure_total: Counter,
     /// Idempotency keys in the state's bounded window (at most
@@ -174,8 +186,26 @@ impl Metrics {
         let actor_restarts_total = Family::<ActorLabel, Counter>::default();
         r.register(
             "swoosh_actor_restarts",
-            "Supervisor restarts, by actor",
+            "Supervisor restart attempts, by actor (a retried restart counts each attempt)",
             actor_restarts_total.clone(),
+        );
+        let ready = Gauge::default();
+        r.register(
+            "swoosh_ready",
+            "1 while the node serves proposals; 0 while recovering, stopping or after giving up",
+            ready.clone(),
+        );
+        let region_updates_dropped_total = Counter::default();
+        r.register(
+            "swoosh_region_updates_dropped",
+            "Region read-model updates dropped on a full mailbox; the region view is rebuilt from storage before it answers again",
+            region_updates_dropped_total.clone(),
+        );
+        let snapshot_requests_dropped_total = Counter::default();
+        r.register(
+            "swoosh_snapshot_requests_dropped",
+            "Snapshot requests dropped on a full snapshotter mailbox",
+            snapshot_requests_dropped_total.clone(),
         );
         let wal_index = Gauge::default();
         r.register(
@@ -247,6 +277,9 @@ impl Metrics {
             attention_events_total,
             attention_items,
             actor_restarts_total,
+            ready,
+            region_updates_dropped_total,
+            snapshot_requests_dropped_total,
             wal_index,
             backpressure_total,
             idempotency_window_keys,

@@ -86,6 +86,21 @@ pub enum StartError {
     NotLeader(String),
 }
 
+/// Why the node stopped restarting an actor and serves no more proposals.
+/// Staying up "recovering" would hide the failure from the service manager,
+/// so the process is expected to exit non-zero (see
+/// [`NodeHandle::given_up`]) and be started again, which recovers from
+/// storage from scratch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the node gave up restarting its {actor} after {attempts} attempts: {error}; it serves no more proposals: check its directory with `swoosh wal verify --dir <dir>` and start it again")]
+pub struct GaveUp {
+    /// The actor label (`sequencer`, `wal_writer`, `region_boot`, …).
+    pub actor: String,
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SubmitOk {
     pub index: u64,
@@ -297,7 +312,13 @@ struct Shared<S> {
     /// The durable state's project hashes; its root is computed when read.
     durable_root: Mutex<DurableRoot>,
     last_snapshot: Mutex<Option<(u64, Option<Hlc>)>>,
+    /// Restart attempts of any actor (a retried pair restart counts each).
     restarts: AtomicU64,
+    /// Set once when a restart is abandoned; never cleared.
+    gave_up: tokio::sync::watch::Sender<Option<GaveUp>>,
+    /// A region whose update was dropped on a full mailbox: its view is
+    /// rebuilt from storage before it handles its next message.
+    regions_behind: BTreeMap<Region, AtomicBool>,
     depths: Depths,
     /// Held for the whole of every WAL commit and of every recovery; holds
     /// the current writer generation. A commit task of a killed writer keeps
@@ -305,6 +326,33 @@ struct Shared<S> {
     /// this lock and does nothing once a restart has begun.
     commit_lock: Arc<Mutex<u64>>,
     replication: RwLock<Option<ReplicationSource>>,
+}
+
+impl<S> Shared<S> {
+    /// The one place readiness changes, so `swoosh_ready` always says what
+    /// `submit` does. A node that gave up never becomes ready again.
+    fn set_ready(&self, ready: bool) {
+        let ready = ready && self.gave_up.borrow().is_none();
+        self.ready.store(ready, Ordering::Release);
+        let serving = ready && !self.stopping.load(Ordering::Acquire);
+        self.metrics.ready.set(i64::from(serving));
+    }
+
+    fn count_restart(&self, kind: ActorKind) {
+        self.restarts.fetch_add(1, Ordering::AcqRel);
+        self.metrics
+            .actor_restarts_total
+            .get_or_create(&ActorLabel {
+                actor: kind.label(),
+            })
+            .inc();
+    }
+
+    fn give_up(&self, g: GaveUp) {
+        tracing::error!(actor = %g.actor, attempts = g.attempts, error = %g.error, "the node gives up restarting and serves no more proposals; the process should exit so its service manager starts it again: run `swoosh wal verify` on its directory if that fails too");
+        self.gave_up.send_replace(Some(g));
+        self.set_ready(false);
+    }
 }
 
 struct Depths {
@@ -371,6 +419,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             durable_root: Mutex::new(DurableRoot::default()),
             last_snapshot: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            gave_up: tokio::sync::watch::Sender::new(None),
+            regions_behind: Region::ALL
+                .iter()
+                .map(|r| (*r, AtomicBool::new(false)))
+                .collect(),
             depths,
             commit_lock: Arc::new(Mutex::new(0)),
             replication: RwLock::new(None),
@@ -402,6 +455,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
     /// Submit a proposal; resolves once it is durable (or refused).
     pub async fn submit(&self, p: Proposal) -> SubmitResult {
         let sh = &self.shared;
+        if let Some(g) = sh.gave_up.borrow().clone() {
+            return SubmitResult::Unavailable {
+                reason: g.to_string(),
+            };
+        }
         if sh.stopping.load(Ordering::Acquire) {
             return SubmitResult::Unavailable {
                 reason: "the node is shutting down".into(),
@@ -574,8 +632,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         let durable = sh.durable_index.load(Ordering::Acquire);
         let snap = *sh.last_snapshot.lock().expect("snapshot lock");
         let ready = sh.ready.load(Ordering::Acquire);
+        let gave_up = sh.gave_up.borrow().is_some();
         HealthView {
-            status: if sh.stopping.load(Ordering::Acquire) {
+            status: if gave_up {
+                "failed".into()
+            } else if sh.stopping.load(Ordering::Acquire) {
                 "stopping".into()
             } else if ready {
                 "ok".into()
@@ -663,11 +724,33 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         self.shared.restarts.load(Ordering::Acquire)
     }
 
+    /// Why the node gave up restarting, if it did.
+    pub fn gave_up(&self) -> Option<GaveUp> {
+        self.shared.gave_up.borrow().clone()
+    }
+
+    /// Resolves once the node gives up restarting an actor (never, while it
+    /// recovers). The process running it should then exit non-zero: the
+    /// node serves nothing more, and only a fresh start recovers it.
+    pub async fn given_up(&self) -> GaveUp {
+        let mut rx = self.shared.gave_up.subscribe();
+        loop {
+            if let Some(g) = rx.borrow_and_update().clone() {
+                return g;
+            }
+            if rx.changed().await.is_err() {
+                // Unreachable while `self` holds the sender; never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stop taking proposals, let every admitted one become durable, then
     /// stop the actor tree.
     pub async fn shutdown(&self) {
         let sh = &self.shared;
         sh.stopping.store(true, Ordering::Release);
+        sh.metrics.ready.set(0);
         let deadline = Instant::now() + Duration::from_secs(30);
         while sh.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -838,23 +921,32 @@ fn retriable(r: &Rejection) -> bool {
     matches!(r.kind, RejectKind::StaleHash | RejectKind::HlcOrder) || r.guard == "backbeat"
 }
 
+/// What the sequencer starts from: the recovered state, and the index of
+/// the newest stored snapshot, from which the snapshot cadence counts (from
+/// the recovered index instead, a node restarting more often than every
+/// `snapshot_every` records would never write a periodic snapshot).
+struct SeqStart {
+    node: NodeState,
+    last_snapshot_index: u64,
+}
+
 impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
     type Msg = SeqMsg;
     type State = SeqState;
-    type Arguments = NodeState;
+    type Arguments = SeqStart;
 
     async fn pre_start(
         &self,
         _me: ActorRef<SeqMsg>,
-        node: NodeState,
+        start: SeqStart,
     ) -> Result<SeqState, ActorProcessingErr> {
-        let idx = node.index;
+        let idx = start.node.index;
         Ok(SeqState {
-            node,
+            node: start.node,
             waiters: VecDeque::new(),
             durable: idx,
             undurable: Default::default(),
-            last_snapshot_index: idx,
+            last_snapshot_index: start.last_snapshot_index.min(idx),
         })
     }
 
@@ -1151,22 +1243,38 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .set(&a.project, w.ok.state_post_hash);
             let refs = sh.refs.read().expect("refs lock");
-            for actor in refs.regions.values() {
-                {
-                    // A region actor that misses an update rebuilds from storage
-                    // when restarted; a full mailbox is counted and the actor is
-                    // restarted by the next read that finds it behind.
-                    let _ = actor.try_send(RegionMsg::Apply {
-                        project: a.project.clone(),
-                        index: w.index,
-                        hash: w.ok.state_post_hash,
-                        state: a.state.clone(),
-                    });
+            for (r, actor) in &refs.regions {
+                let sent = actor.try_send(RegionMsg::Apply {
+                    project: a.project.clone(),
+                    index: w.index,
+                    hash: w.ok.state_post_hash,
+                    state: a.state.clone(),
+                });
+                // The record is durable (this runs after its commit), so a
+                // view rebuilt from storage includes the dropped update: the
+                // region actor rebuilds before it handles its next message,
+                // reads included. A region that is down (`Down`) rebuilds
+                // from storage when the supervisor restarts it.
+                if let Err(e @ SendError::Full { .. }) = sent {
+                    sh.metrics.region_updates_dropped_total.inc();
+                    // Logged once per episode: until the rebuild, every
+                    // further drop for this region is the same story.
+                    if !sh.regions_behind[r].swap(true, Ordering::AcqRel) {
+                        tracing::warn!(region = r.name(), index = w.index, error = %e, "a region update was dropped; the region view is rebuilt from storage before it answers again (swoosh_region_updates_dropped_total)");
+                    }
                 }
             }
             if let Some(snap) = a.snapshot {
                 if let Some(s) = refs.snap.clone() {
-                    let _ = s.try_send(SnapMsg::Write(snap));
+                    if let Err(e) = s.try_send(SnapMsg::Write(snap)) {
+                        sh.metrics.snapshot_requests_dropped_total.inc();
+                        let n = sh.metrics.snapshot_requests_dropped_total.get();
+                        // 1st, 2nd, 4th, …: a snapshotter stuck on a slow disk
+                        // would otherwise log at every snapshot interval.
+                        if n.is_power_of_two() {
+                            tracing::warn!(index = w.index, dropped_total = n, error = %e, "a snapshot request was dropped; the snapshotter is behind (slow disk?); the next one covers it and the WAL holds everything");
+                        }
+                    }
                 }
             }
             drop(refs);
@@ -1378,6 +1486,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for RegionActor<S> {
         v: &mut RegionView,
     ) -> Result<(), ActorProcessingErr> {
         self.shared.depths.regions[&self.region].took();
+        if self.shared.regions_behind[&self.region].swap(false, Ordering::AcqRel) {
+            // An update was dropped on our full mailbox; it is durable, so
+            // storage has it. Before anything else, reads included.
+            self.rehydrate(v).await?;
+        }
         match msg {
             RegionMsg::Apply {
                 project,
@@ -1418,25 +1531,28 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for RegionActor<S> {
                 };
                 let _ = reply.send(a);
             }
-            RegionMsg::Rehydrate => {
-                // Rebuild from committed state: what is on disk now covers every
-                // update sent before this actor's reference was published.
-                let store = self.shared.store.clone();
-                let genesis = self.shared.cfg.genesis.clone();
-                let rec = tokio::task::spawn_blocking(move || {
-                    recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
-                })
-                .await
-                .map_err(|e| format!("region rehydrate task failed: {e}"))?
-                .map_err(|e| format!("region rehydrate failed: {e}"))?;
-                self.load(v, &rec.node);
-            }
+            // Rebuild from committed state: what is on disk now covers every
+            // update sent before this actor's reference was published.
+            RegionMsg::Rehydrate => self.rehydrate(v).await?,
         }
         Ok(())
     }
 }
 
 impl<S: LogStore + Clone + Send + Sync + 'static> RegionActor<S> {
+    async fn rehydrate(&self, v: &mut RegionView) -> Result<(), ActorProcessingErr> {
+        let store = self.shared.store.clone();
+        let genesis = self.shared.cfg.genesis.clone();
+        let rec = tokio::task::spawn_blocking(move || {
+            recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
+        })
+        .await
+        .map_err(|e| format!("region rehydrate task failed: {e}"))?
+        .map_err(|e| format!("region rehydrate failed: {e}"))?;
+        self.load(v, &rec.node);
+        Ok(())
+    }
+
     fn load(&self, v: &mut RegionView, node: &NodeState) {
         v.floor = v.floor.max(node.index);
         for (p, e) in &node.projects {
@@ -1852,6 +1968,19 @@ fn ensure_indexes<S: LogStore>(
     Ok(true)
 }
 
+/// The HLC snapshot `index` was taken at, from its header alone: decoding
+/// the whole state again would double the cost of a recovery that did not
+/// end on the snapshot. Only for `/health`, so a failure is logged, not fatal.
+fn snapshot_hlc<S: LogStore>(store: &S, index: u64) -> Option<Hlc> {
+    match swoosh_storage::snapshot::read_snapshot_head(store, index) {
+        Ok(h) => h.hlc,
+        Err(e) => {
+            tracing::warn!(index, error = %e, "cannot read the HLC of the snapshot recovery started from; /health shows none");
+            None
+        }
+    }
+}
+
 impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
     /// Recover from storage, open a WAL writer and spawn writer + sequencer.
     async fn start_pair(&self, sup: &ActorRef<SupMsg>) -> Result<NodeState, ActorProcessingErr> {
@@ -1865,7 +1994,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         let leader_key = sh.cfg.leader_key.clone();
         // Under the commit lock: no old writer's commit can land between
         // recovery and the new writer reading the tail.
-        let (rec, writer, generation, rebuilt) = tokio::task::spawn_blocking(move || {
+        let (rec, writer, generation, rebuilt, snapshot) = tokio::task::spawn_blocking(move || {
             let mut current = lock.lock().unwrap_or_else(|p| p.into_inner());
             *current += 1;
             let rec = recover_with(&store, &genesis, &RecoverOptions::default(), &mut |_| {})
@@ -1880,9 +2009,19 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
                     .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
             }
             let rebuilt = ensure_indexes(&mut store, &genesis, &leader_key, rec.node.index)?;
+            // Recovery started from the newest usable snapshot (the damaged
+            // newer ones were just deleted): that is the newest in the store.
+            let snapshot = rec.snapshot.map(|i| {
+                let hlc = if i == rec.node.index {
+                    rec.node.hlc
+                } else {
+                    snapshot_hlc(&store, i)
+                };
+                (i, hlc)
+            });
             let writer =
                 WalWriter::open(store, gh, limits).map_err(|e| format!("WAL open failed: {e}"))?;
-            Ok::<_, String>((rec, writer, *current, rebuilt))
+            Ok::<_, String>((rec, writer, *current, rebuilt, snapshot))
         })
         .await
         .map_err(|e| format!("recovery task failed: {e}"))??;
@@ -1901,6 +2040,19 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
             )
             .into());
         }
+        // Health read before a restart must not outlive it: everything the
+        // old sequencer had accepted is either durable (recovered) or lost,
+        // so nothing is in flight to the log; and the snapshot recovery
+        // started from is the newest one, unless the snapshotter (which
+        // outlives a pair restart) has written a newer one meanwhile.
+        sh.metrics.wal_lag_records.set(0);
+        let last_snapshot = {
+            let mut last = sh.last_snapshot.lock().expect("snapshot lock");
+            if snapshot.is_some_and(|(i, _)| last.is_none_or(|(l, _)| l < i)) {
+                *last = snapshot;
+            }
+            *last
+        };
         sh.depths.wal.reset();
         sh.depths.seq.reset();
         let (wal, _) = Actor::spawn_linked(
@@ -1916,7 +2068,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         let (seq, _) = Actor::spawn_linked(
             None,
             Sequencer { shared: sh.clone() },
-            node.clone(),
+            SeqStart {
+                node: node.clone(),
+                last_snapshot_index: last_snapshot.map_or(0, |(i, _)| i),
+            },
             sup.get_cell(),
         )
         .await?;
@@ -1952,6 +2107,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         let sh = &self.shared;
         let depth = sh.depths.regions[&r].clone();
         depth.reset();
+        // A new actor loads from committed state anyway.
+        sh.regions_behind[&r].store(false, Ordering::Release);
         let rehydrate = from.is_none();
         let (a, _) = Actor::spawn_linked(
             None,
@@ -2043,7 +2200,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
         }
         self.start_snap(&me).await?;
         self.start_attention(&me).await?;
-        self.shared.ready.store(true, Ordering::Release);
+        self.shared.set_ready(true);
         Ok(())
     }
 
@@ -2077,21 +2234,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
             return Ok(());
         };
         tracing::warn!(actor = %kind.label(), reason = %why, "actor stopped; restarting it from committed state");
-        if matches!(kind, ActorKind::Sequencer | ActorKind::Wal) {
-            // Not ready before the restart is counted, so "restarted and
-            // ready" can never be observed before the restart ran.
-            sh.ready.store(false, Ordering::Release);
-        }
-        sh.restarts.fetch_add(1, Ordering::AcqRel);
-        sh.metrics
-            .actor_restarts_total
-            .get_or_create(&ActorLabel {
-                actor: kind.label(),
-            })
-            .inc();
         match kind {
             ActorKind::Sequencer | ActorKind::Wal => {
-                sh.ready.store(false, Ordering::Release);
+                // Not ready before the restart is counted, so "restarted and
+                // ready" can never be observed before the restart ran.
+                sh.set_ready(false);
                 // Stop the survivor of the pair first: the writer finishes the
                 // commit in progress, so recovery sees every durable record.
                 let (seq, wal) = {
@@ -2116,12 +2263,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
                     }
                 }
                 // A failed restart is retried with backoff rather than taking
-                // the supervisor (and every read path) down with it.
+                // the supervisor (and every read path) down with it. Every
+                // attempt is counted, so a node that keeps failing to
+                // recover trips `SwooshActorRestarts` well before it gives up.
                 let mut delay = Duration::from_millis(20);
                 for attempt in 1..=RESTART_ATTEMPTS_MAX {
+                    sh.count_restart(kind);
                     match self.start_pair(&me).await {
                         Ok(_) => {
-                            sh.ready.store(true, Ordering::Release);
+                            sh.set_ready(true);
                             break;
                         }
                         Err(e) if attempt < RESTART_ATTEMPTS_MAX => {
@@ -2129,15 +2279,31 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(2));
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "the node cannot recover its log; it stays unavailable: run `swoosh wal verify` on its directory");
-                        }
+                        Err(e) => sh.give_up(GaveUp {
+                            actor: kind.label(),
+                            attempts: attempt,
+                            error: e.to_string(),
+                        }),
                     }
                 }
             }
-            ActorKind::Region(r) => self.start_region(&me, r, None).await?,
-            ActorKind::Snapshotter => self.start_snap(&me).await?,
-            ActorKind::Attention => self.start_attention(&me).await?,
+            ActorKind::Region(_) | ActorKind::Snapshotter | ActorKind::Attention => {
+                sh.count_restart(kind);
+                let restarted = match kind {
+                    ActorKind::Region(r) => self.start_region(&me, r, None).await,
+                    ActorKind::Snapshotter => self.start_snap(&me).await,
+                    _ => self.start_attention(&me).await,
+                };
+                // Failing here used to stop the supervisor, so nothing was
+                // restarted again and nobody was told; the process must exit.
+                if let Err(e) = restarted {
+                    sh.give_up(GaveUp {
+                        actor: kind.label(),
+                        attempts: 1,
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -2209,6 +2375,95 @@ mod tests {
         }
         assert!(!text.contains("Evil"), "{text}");
         assert!(!text.contains("fake_metric"), "{text}");
+        node.shutdown().await;
+    }
+
+    /// A region update or a snapshot request dropped on a full mailbox used
+    /// to vanish without a trace (`let _ = try_send(..)`), and the region
+    /// served the version before it until the project changed again. Both
+    /// are now counted, and the region view is rebuilt from storage before
+    /// it answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_region_updates_and_snapshot_requests_are_counted_and_repaired() {
+        use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = swoosh_storage::LmdbStore::open(dir.path(), &Default::default())
+            .expect("open the LMDB store");
+        let keys = Keys::from_labels("drops", 3);
+        let origin_ms = 1_700_000_000_000;
+        let g = genesis(&keys, "drops", origin_ms);
+        let cfg = NodeConfig {
+            genesis: g.clone(),
+            leader_key: keys.leader.clone(),
+            snapshot_every: 1,
+            snapshot_keep: 3,
+            wal_limits: BatchLimits::default(),
+            clock: Arc::new(crate::ManualClock(AtomicU64::new(origin_ms))),
+            advertise: String::new(),
+            attention_file: None,
+        };
+        let node = NodeHandle::start(store, cfg).await.expect("node starts");
+        let mut mirror = NodeState::new(g).unwrap();
+        let driver = Driver::new(&keys, 3);
+        let submit = async |mirror: &mut NodeState| {
+            let Next::Propose(p) = driver.next(mirror, "default", origin_ms) else {
+                panic!("the driver has a next step");
+            };
+            let ok = match node.submit((*p).clone()).await {
+                SubmitResult::Accepted(ok) => ok,
+                other => panic!("not accepted: {other:?}"),
+            };
+            let ctx = Ctx {
+                now_ms: origin_ms,
+                verify: Verify::Trusted,
+                snapshot_every: 0,
+            };
+            swoosh_core::step(mirror, &p, &ctx);
+            ok
+        };
+        submit(&mut mirror).await;
+        let m = node.metrics();
+        assert_eq!(m.region_updates_dropped_total.get(), 0);
+        assert_eq!(m.snapshot_requests_dropped_total.get(), 0);
+
+        // Every region and the snapshotter stalled with full mailboxes, once
+        // they took the first record's messages (a later take would free a
+        // slot).
+        let depths = &node.shared.depths;
+        let t0 = Instant::now();
+        while node.health().last_snapshot_index != Some(1)
+            || depths.regions.values().any(|d| d.get() > 0)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "first record not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        depths.regions.values().for_each(Depth::fill);
+        depths.snap.fill();
+        let second = submit(&mut mirror).await;
+        assert_eq!(
+            m.region_updates_dropped_total.get(),
+            Region::ALL.len() as u64,
+            "one dropped update per region"
+        );
+        assert_eq!(m.snapshot_requests_dropped_total.get(), 1);
+        let text = node.metrics_text();
+        for line in [
+            format!("swoosh_region_updates_dropped_total {}", Region::ALL.len()),
+            "swoosh_snapshot_requests_dropped_total 1".to_string(),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+
+        // The stall clears: the next read sees the dropped version, not the
+        // one before it, although no region ever received it.
+        depths.regions.values().for_each(Depth::reset);
+        depths.snap.reset();
+        let v = node.state("default", &[]).await.expect("state");
+        assert_eq!(v.hash, second.state_post_hash);
+        assert_eq!(v.hash, mirror.project_hash("default"));
         node.shutdown().await;
     }
 

@@ -388,15 +388,38 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         h.index,
         if a.nosync { "NOSYNC: unsafe" } else { "sync" }
     );
-    swoosh_net::http::serve(listener, node, async {
-        let sig = crate::stop_signal().await;
-        eprintln!("swoosh: {sig}: shutting down, flushing the WAL");
-    })
-    .await?;
+    let served = serve_leader(listener, node, crate::stop_signal()).await;
     if let Some(p) = p2p {
         p.stop();
     }
-    Ok(())
+    served
+}
+
+/// Serve `node` over HTTP until `stop` resolves (a signal) or the node gives
+/// up restarting its actors. A node that gave up serves nothing more but
+/// would keep the process up, "recovering" forever, so the service
+/// manager's `Restart=on-failure` never fired: this returns its reason as
+/// an error instead, so the process exits non-zero and is started again,
+/// which recovers from storage from scratch.
+pub async fn serve_leader(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle<LmdbStore>,
+    stop: impl std::future::Future<Output = &'static str> + Send + 'static,
+) -> Result<()> {
+    let watched = node.clone();
+    swoosh_net::http::serve(listener, node.clone(), async move {
+        tokio::select! {
+            sig = stop => eprintln!("swoosh: {sig}: shutting down, flushing the WAL"),
+            g = watched.given_up() => eprintln!("swoosh: {g}; exiting non-zero so the service manager restarts the process"),
+        }
+    })
+    .await?;
+    match node.gave_up() {
+        Some(g) => Err(anyhow::Error::new(g).context(
+            "the leader stopped: it could not restart its actors (a fresh start recovers from storage)",
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Args)]
@@ -799,6 +822,51 @@ pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
 mod tests {
     use super::render_health;
     use serde_json::json;
+
+    /// A leader that gives up restarting its sequencer used to keep
+    /// `swoosh serve` running; it now ends with the reason (non-zero exit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_ends_with_an_error_once_the_node_gives_up() {
+        use std::sync::atomic::AtomicU64;
+        use swoosh_core::scenario::{genesis, Keys};
+        use swoosh_storage::{LogStore, Space};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::open_store(dir.path(), false).expect("store");
+        let keys = Keys::from_labels("serve-gives-up", 3);
+        let origin_ms = 1_700_000_000_000;
+        let cfg = super::NodeConfig {
+            genesis: genesis(&keys, "serve-gives-up", origin_ms),
+            leader_key: keys.leader.clone(),
+            snapshot_every: 0,
+            snapshot_keep: 3,
+            wal_limits: Default::default(),
+            clock: std::sync::Arc::new(swoosh_actors::ManualClock(AtomicU64::new(origin_ms))),
+            advertise: String::new(),
+            attention_file: None,
+        };
+        let node = super::NodeHandle::start(store, cfg).await.expect("starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = tokio::spawn(super::serve_leader(
+            listener,
+            node.clone(),
+            std::future::pending(),
+        ));
+        // Recovery now refuses the store, at every attempt.
+        node.store()
+            .clone()
+            .overwrite_raw(Space::Meta, b"format", b"not-a-swoosh-store")
+            .unwrap();
+        node.kill(swoosh_actors::ActorKind::Sequencer);
+        // Bound only so a regression fails instead of hanging (giving up
+        // takes about seven seconds of backoff).
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), served)
+            .await
+            .expect("serve returns once the node gave up")
+            .expect("the serve task");
+        let e = format!("{:#}", r.expect_err("serve ends with an error"));
+        assert!(e.contains("could not restart its actors"), "{e}");
+        assert!(e.contains("gave up restarting its sequencer"), "{e}");
+    }
 
     #[test]
     fn health_renders_a_leader_with_its_followers_and_a_halted_follower() {

@@ -312,13 +312,9 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
     eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
-    swoosh_net::http::serve(listener, node, async {
-        let sig = crate::stop_signal().await;
-        eprintln!("swoosh: {sig}: shutting down, flushing the WAL");
-    })
-    .await?;
+    let served = crate::node::serve_leader(listener, node, crate::stop_signal()).await;
     p2p.stop();
-    Ok(())
+    served
 }
 
 /// Start the leader's replication swarm beside `node`: certificate

@@ -314,21 +314,15 @@ fn usable<S: LogStore + ?Sized>(
     last: u64,
     base: Option<crate::base::WalBase>,
 ) -> Result<bool, SnapshotError> {
-    let Some(bytes) = store.get_snapshot(idx)? else {
-        return Ok(false);
-    };
     // The frame hash proves the bytes are the ones written, and the state in
     // them was checked in full when it was written (and is again by
     // recovery); decoding only the head keeps pruning from re-hashing every
     // project of K-1 snapshots at each write.
-    let Ok((_, head)) =
-        frame::open_decode::<SnapshotHead>(FrameKind::Snapshot, &bytes, SNAPSHOT_BYTES_MAX)
-    else {
-        return Ok(false);
+    let head = match read_snapshot_head(store, idx) {
+        Ok(h) => h,
+        Err(SnapshotError::Store(e)) => return Err(e.into()),
+        Err(_) => return Ok(false),
     };
-    if head.format != SNAPSHOT_FORMAT || head.index != idx {
-        return Ok(false);
-    }
     if idx > last || base.is_some_and(|b| idx < b.index) {
         return Ok(false);
     }
@@ -346,18 +340,53 @@ fn usable<S: LogStore + ?Sized>(
     Ok(joined_to == head.head_record)
 }
 
-/// The fields of a stored [`Snapshot`] pruning needs; serde skips the rest.
-#[derive(Deserialize)]
-struct SnapshotHead {
-    format: String,
-    index: u64,
-    head_record: Hash,
+/// The header fields of a stored [`Snapshot`], read without building its
+/// state (serde skips the rest): for pruning and for `/health`, which must
+/// not pay a whole decode. Only the frame hash vouches for them; the state
+/// itself is checked by [`decode_snapshot`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct SnapshotHead {
+    pub format: String,
+    pub index: u64,
+    pub hlc: Option<Hlc>,
+    pub head_record: Hash,
     #[serde(rename = "state")]
     state_genesis: GenesisHashOnly,
 }
 
+/// Read snapshot `index`'s header (frame checked, state not decoded).
+pub fn read_snapshot_head<S: LogStore + ?Sized>(
+    store: &S,
+    index: u64,
+) -> Result<SnapshotHead, SnapshotError> {
+    let bytes = store
+        .get_snapshot(index)?
+        .ok_or_else(|| SnapshotError::Missing {
+            location: store.location(),
+            index,
+        })?;
+    let corrupt = |reason: SnapshotFault| SnapshotError::Corrupt {
+        location: store.location(),
+        index,
+        reason,
+    };
+    let (_, head) =
+        frame::open_decode::<SnapshotHead>(FrameKind::Snapshot, &bytes, SNAPSHOT_BYTES_MAX)
+            .map_err(|e| corrupt(e.into()))?;
+    if head.format != SNAPSHOT_FORMAT {
+        return Err(corrupt(SnapshotFault::Format(head.format)));
+    }
+    if head.index != index {
+        return Err(corrupt(SnapshotFault::Key {
+            key: index,
+            index: head.index,
+        }));
+    }
+    Ok(head)
+}
+
 /// Of the state, only its genesis hash (the join of a snapshot at index 0).
-#[derive(Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct GenesisHashOnly {
     genesis_hash: Hash,
 }
