@@ -81,7 +81,9 @@ pub fn canonicalize(v: Value) -> Result<Value, CanonicalError> {
 }
 
 fn canon(v: Value, path: &mut String, depth: usize) -> Result<Value, CanonicalError> {
-    if depth > CBOR_DEPTH_MAX {
+    // The decoders refuse a container nested in CBOR_DEPTH_MAX others; so
+    // must the encoder, or it would write bytes no reader takes back.
+    if depth >= CBOR_DEPTH_MAX && matches!(v, Value::Array(_) | Value::Map(_)) {
         return Err(CanonicalError::TooDeep { path: path.clone() });
     }
     Ok(match v {
@@ -208,6 +210,21 @@ pub fn from_trusted<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalErr
 
 #[cfg(test)]
 mod tests {
+    /// Exactly what the decoders take back: `n` arrays nested in each other.
+    #[test]
+    fn the_encoder_refuses_the_nesting_the_decoders_refuse() {
+        let nested = |n: usize| (0..n).fold(Value::Array(vec![]), |v, _| Value::Array(vec![v]));
+        // `nested(n)` is n + 1 containers deep.
+        let ok = super::to_canonical(&nested(CBOR_DEPTH_MAX - 1)).expect("64 levels encode");
+        let back: Value = super::from_canonical(&ok).expect("and decode");
+        assert_eq!(back, nested(CBOR_DEPTH_MAX - 1));
+        let err = super::to_canonical(&nested(CBOR_DEPTH_MAX)).unwrap_err();
+        assert!(
+            matches!(err, super::CanonicalError::TooDeep { .. }),
+            "{err}"
+        );
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

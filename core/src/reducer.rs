@@ -1011,6 +1011,30 @@ fn transition(
             if spec.name == "Council_McpGreen" {
                 lic(out)?;
                 guard_check(out, guards::mcp_green(g, &i.probes))?;
+                // Green after a recorded failure (the council came back to
+                // TOOLING_SYNC through Council_ToolingLost): the flap healed.
+                let failed: Vec<&String> = g
+                    .state
+                    .council
+                    .tooling
+                    .iter()
+                    .filter(|(tool, t)| {
+                        !t.reachable || g.state.council.tools.get(*tool) != Some(&t.version)
+                    })
+                    .map(|(tool, _)| tool)
+                    .collect();
+                if !failed.is_empty() {
+                    let tools: Vec<&str> = failed.iter().map(|t| t.as_str()).collect();
+                    events.push(event(
+                        "tool_recovered",
+                        p,
+                        Some("mcp_health"),
+                        format!(
+                            "reachable at their pinned versions again: {}",
+                            tools.join(", ")
+                        ),
+                    ));
+                }
             } else {
                 let o = guards::mcp_lost(g, &i.probes);
                 let why = o.reasons.join("; ");
@@ -1206,6 +1230,16 @@ fn transition(
         "Policy_Update" => {
             let i: InRules = inputs(p)?;
             guard_check(out, guards::policy_update(g, &i.rules))?;
+            if g.state.policy.phase == "QUARANTINED" {
+                // The new rules lift the quarantine (to CLEAR) as a release
+                // does; the scorer counts it as healed.
+                events.push(event(
+                    "quarantine_released",
+                    p,
+                    None,
+                    format!("lifted by a policy update to {} rules", i.rules.len()),
+                ));
+            }
             post.policy.rules = i.rules;
             post.policy.rationale = None;
             post.policy.findings.clear();
