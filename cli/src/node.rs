@@ -310,8 +310,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub p2p: Option<String>,
     /// Log format.
-    #[arg(long, default_value = "json")]
-    pub log: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log: LogFormat,
 }
 
 pub async fn start_node(
@@ -338,10 +338,19 @@ pub async fn start_node(
         .with_context(|| format!("cannot start the node in {}", dir.display()))
 }
 
-pub fn init_logs(format: &str) {
+/// How a long-running command writes its log lines (stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if format == "json" {
+    if format == LogFormat::Json {
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
@@ -354,7 +363,7 @@ pub fn init_logs(format: &str) {
 }
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
-    init_logs(&a.log);
+    init_logs(a.log);
     let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
     let p2p = match &a.p2p {
         Some(l) => {
@@ -371,14 +380,21 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&a.http)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}: is another process using it? pick another --http",
-                a.http
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(&a.http).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another process is using it: stop it or pick another --http"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "this host has no such address: pick one of its addresses, or 0.0.0.0"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges: pick a higher port"
+            }
+            _ => "give --http as HOST:PORT, e.g. 127.0.0.1:7700",
+        };
+        anyhow::anyhow!("cannot listen on {}: {e}; {hint}", a.http)
+    })?;
     let addr = listener.local_addr()?;
     let h = node.health();
     tracing::info!(http = %addr, index = h.index, root_hash = ?h.root_hash.map(|x| x.to_string()), "serving");

@@ -2,7 +2,7 @@
 //! replication transport from the command line.
 
 use crate::node::{
-    init_logs, open_store, read_genesis, read_key, start_node, write_json, DEFAULT_HTTP,
+    init_logs, open_store, read_genesis, read_key, start_node, write_json, LogFormat, DEFAULT_HTTP,
     GENESIS_FILE,
 };
 use anyhow::{bail, Context, Result};
@@ -42,8 +42,9 @@ pub struct FollowArgs {
     /// again; only once its cause is understood (docs/runbooks/replication-triage.md).
     #[arg(long)]
     pub clear_halt: bool,
-    #[arg(long, default_value = "text")]
-    pub log: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log: LogFormat,
 }
 
 #[derive(Args)]
@@ -57,8 +58,9 @@ pub struct AgentArgs {
     /// Vote no on every announcement (makes a failed election visible).
     #[arg(long)]
     pub vote_no: bool,
-    #[arg(long, default_value = "text")]
-    pub log: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -91,8 +93,9 @@ pub struct LeaderArgs {
     pub nosync: bool,
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
-    #[arg(long, default_value = "text")]
-    pub log: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log: LogFormat,
 }
 
 pub async fn run(cmd: P2pCmd) -> Result<()> {
@@ -234,7 +237,7 @@ pub fn enroll(top: &Path) -> Result<()> {
 }
 
 pub async fn follow(a: FollowArgs) -> Result<()> {
-    init_logs(&a.log);
+    init_logs(a.log);
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
     let age_identity = read_age(&a.dir.join(AGE_KEY_FILE))?;
@@ -299,7 +302,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
 }
 
 pub async fn leader(a: LeaderArgs) -> Result<()> {
-    init_logs(&a.log);
+    init_logs(a.log);
     let listen = parse_addr(&a.listen, "--listen")?;
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
@@ -370,7 +373,7 @@ pub(crate) async fn start_leader_p2p(
 
 pub async fn agent(a: AgentArgs) -> Result<()> {
     use swoosh_net::proto::council::VotePolicy;
-    init_logs(&a.log);
+    init_logs(a.log);
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("agent.key"))?;
     let me = SignerId::from_signing_key(&key);

@@ -68,6 +68,13 @@ fn init_serve_propose_read_and_verify() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A log format that does not exist is a usage error naming the choices
+    // (it used to fall back to text without a word).
+    let o = swoosh(&["serve", "--dir", &format!("{d}/leader"), "--log", "bogus"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("possible values: json, text"), "{err}");
+
     // A second node on the same directory is refused, naming the first;
     // it would accept records at the indexes the first one acknowledges.
     let port2 = std::net::TcpListener::bind("127.0.0.1:0")
