@@ -58,6 +58,11 @@ pub struct FollowerLabel {
     pub follower: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicationEventLabel {
+    pub event: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Registry>,
@@ -107,6 +112,10 @@ pub struct Metrics {
     pub replica_lag_records: Family<FollowerLabel, Gauge>,
     /// Absent until the follower's first status report.
     pub replica_report_age_seconds: Family<FollowerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The leader's replication transport's own counters (batches and
+    /// records published, catch-up served, refusals), raised to the
+    /// transport's totals at every scrape.
+    pub replication_events_total: Family<ReplicationEventLabel, Counter>,
 }
 
 impl Metrics {
@@ -262,6 +271,12 @@ impl Metrics {
             "Seconds since the follower's last status report reached the leader",
             replica_report_age_seconds.clone(),
         );
+        let replication_events_total = Family::<ReplicationEventLabel, Counter>::default();
+        r.register(
+            "swoosh_leader_replication_events",
+            "The leader's replication since its start, by event: batches_published, records_published, range_requests_served, range_records_served (catch-up), snapshot_offers, snapshot_chunks_served, requests_refused, peers_refused, publish_errors",
+            replication_events_total.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             transition_total,
@@ -289,6 +304,7 @@ impl Metrics {
             replica_halted,
             replica_lag_records,
             replica_report_age_seconds,
+            replication_events_total,
         }
     }
 

@@ -151,6 +151,27 @@ pub struct FollowerHealth {
 /// replication transport next to this node (the node itself knows no peers).
 pub type ReplicationSource = Arc<dyn Fn() -> Vec<FollowerHealth> + Send + Sync>;
 
+/// The replication transport's own counters, each `(event, total since the
+/// transport started)`; exported as `swoosh_leader_replication_events_total`.
+pub type ReplicationCountersSource = Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// Raise each exported counter to the transport's total. A total below the
+/// exported value (a transport restarted inside this process) leaves it: a
+/// counter never goes down.
+fn export_replication_counters(m: &Metrics, totals: &[(&'static str, u64)]) {
+    for (event, total) in totals {
+        let c = m
+            .replication_events_total
+            .get_or_create(&crate::metrics::ReplicationEventLabel {
+                event: (*event).to_string(),
+            });
+        let now = c.get();
+        if *total > now {
+            c.inc_by(total - now);
+        }
+    }
+}
+
 fn source_is_set(r: &RwLock<Option<ReplicationSource>>) -> bool {
     r.read().expect("replication lock").is_some()
 }
@@ -326,6 +347,7 @@ struct Shared<S> {
     /// this lock and does nothing once a restart has begun.
     commit_lock: Arc<Mutex<u64>>,
     replication: RwLock<Option<ReplicationSource>>,
+    replication_counters: RwLock<Option<ReplicationCountersSource>>,
 }
 
 impl<S> Shared<S> {
@@ -427,6 +449,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             depths,
             commit_lock: Arc::new(Mutex::new(0)),
             replication: RwLock::new(None),
+            replication_counters: RwLock::new(None),
         });
         let (supervisor, _) = Actor::spawn(
             None,
@@ -616,12 +639,30 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         if let Some(f) = source {
             export_replicas(&self.shared.metrics, &f());
         }
+        let counters = self
+            .shared
+            .replication_counters
+            .read()
+            .expect("replication lock")
+            .clone();
+        if let Some(f) = counters {
+            export_replication_counters(&self.shared.metrics, &f());
+        }
         self.shared.metrics.encode()
     }
 
     /// Let the health view report followers from the replication transport.
     pub fn set_replication(&self, source: ReplicationSource) {
         *self.shared.replication.write().expect("replication lock") = Some(source);
+    }
+
+    /// Let `/metrics` export the replication transport's counters.
+    pub fn set_replication_counters(&self, source: ReplicationCountersSource) {
+        *self
+            .shared
+            .replication_counters
+            .write()
+            .expect("replication lock") = Some(source);
     }
 
     pub fn health(&self) -> HealthView {

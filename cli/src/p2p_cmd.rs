@@ -368,6 +368,26 @@ pub(crate) async fn start_leader_p2p(
             })
             .unwrap_or_default()
     }));
+    let counters = std::sync::Arc::downgrade(&p2p);
+    node.set_replication_counters(std::sync::Arc::new(move || {
+        counters
+            .upgrade()
+            .map(|p| {
+                let s = p.snapshot();
+                vec![
+                    ("batches_published", s.stats.batches_published),
+                    ("records_published", s.stats.records_published),
+                    ("range_requests_served", s.stats.ranges_served),
+                    ("range_records_served", s.stats.range_records_served),
+                    ("snapshot_offers", s.stats.snapshot_offers),
+                    ("snapshot_chunks_served", s.stats.snapshot_chunks),
+                    ("requests_refused", s.stats.refused),
+                    ("peers_refused", s.refused_peers),
+                    ("publish_errors", s.publish_errors),
+                ]
+            })
+            .unwrap_or_default()
+    }));
     Ok(p2p)
 }
 

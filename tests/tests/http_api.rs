@@ -221,8 +221,25 @@ async fn every_status_code_of_the_contract() {
             halted: false,
         }]
     }));
+    // Its own counters, raised to the transport's totals at every scrape
+    // (a total that went down, a restarted transport, leaves them).
+    let totals = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        ("records_published", 10u64),
+        ("range_records_served", 3),
+    ]));
+    let source = totals.clone();
+    t.node
+        .set_replication_counters(std::sync::Arc::new(move || source.lock().unwrap().clone()));
+    let m = c.metrics().await.unwrap();
+    assert!(
+        m.contains("swoosh_leader_replication_events_total{event=\"records_published\"} 10"),
+        "{m}"
+    );
+    *totals.lock().unwrap() = vec![("records_published", 25), ("range_records_served", 1)];
     let m = c.metrics().await.unwrap();
     for line in [
+        "swoosh_leader_replication_events_total{event=\"records_published\"} 25",
+        "swoosh_leader_replication_events_total{event=\"range_records_served\"} 3",
         "swoosh_replica_connected{follower=\"follower-1\"} 1",
         "swoosh_replica_lag_records{follower=\"follower-1\"} 0",
         "swoosh_replica_report_age_seconds{follower=\"follower-1\"} 0.12",
