@@ -2366,22 +2366,27 @@ mod tests {
         }
     }
 
-    /// A busy node counts each refused proposal under its transition's
-    /// name only when the statechart knows the name: anything else a client
-    /// sends lands in one `unknown` series instead of a new series each.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn busy_retry_labels_only_known_transitions() {
-        use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+    /// A node on a fresh LMDB store with a manual clock at `origin_ms`.
+    struct TestNode {
+        _dir: tempfile::TempDir,
+        node: NodeHandle<swoosh_storage::LmdbStore>,
+        keys: swoosh_core::scenario::Keys,
+        genesis: swoosh_core::state::Genesis,
+        origin_ms: u64,
+    }
+
+    async fn test_node(label: &str, snapshot_every: u64) -> TestNode {
+        use swoosh_core::scenario::{genesis, Keys};
         let dir = tempfile::tempdir().expect("temp dir");
         let store = swoosh_storage::LmdbStore::open(dir.path(), &Default::default())
             .expect("open the LMDB store");
-        let keys = Keys::from_labels("labels", 3);
+        let keys = Keys::from_labels(label, 3);
         let origin_ms = 1_700_000_000_000;
-        let g = genesis(&keys, "labels", origin_ms);
+        let g = genesis(&keys, label, origin_ms);
         let cfg = NodeConfig {
             genesis: g.clone(),
             leader_key: keys.leader.clone(),
-            snapshot_every: 0,
+            snapshot_every,
             snapshot_keep: 3,
             wal_limits: BatchLimits::default(),
             clock: Arc::new(crate::ManualClock(AtomicU64::new(origin_ms))),
@@ -2389,6 +2394,28 @@ mod tests {
             attention_file: None,
         };
         let node = NodeHandle::start(store, cfg).await.expect("node starts");
+        TestNode {
+            _dir: dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        }
+    }
+
+    /// A busy node counts each refused proposal under its transition's
+    /// name only when the statechart knows the name: anything else a client
+    /// sends lands in one `unknown` series instead of a new series each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_retry_labels_only_known_transitions() {
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("labels", 0).await;
         let Next::Propose(p) =
             Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
         else {
@@ -2426,24 +2453,14 @@ mod tests {
     /// it answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_region_updates_and_snapshot_requests_are_counted_and_repaired() {
-        use swoosh_core::scenario::{genesis, Driver, Keys, Next};
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = swoosh_storage::LmdbStore::open(dir.path(), &Default::default())
-            .expect("open the LMDB store");
-        let keys = Keys::from_labels("drops", 3);
-        let origin_ms = 1_700_000_000_000;
-        let g = genesis(&keys, "drops", origin_ms);
-        let cfg = NodeConfig {
-            genesis: g.clone(),
-            leader_key: keys.leader.clone(),
-            snapshot_every: 1,
-            snapshot_keep: 3,
-            wal_limits: BatchLimits::default(),
-            clock: Arc::new(crate::ManualClock(AtomicU64::new(origin_ms))),
-            advertise: String::new(),
-            attention_file: None,
-        };
-        let node = NodeHandle::start(store, cfg).await.expect("node starts");
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("drops", 1).await;
         let mut mirror = NodeState::new(g).unwrap();
         let driver = Driver::new(&keys, 3);
         let submit = async |mirror: &mut NodeState| {
