@@ -378,7 +378,7 @@ pub(crate) fn replay(
                 "journal entry {seq} is neither at offset {at} nor at 0 where it belongs (its header is damaged)"
             ),
         };
-        return Err(StoreError::Open {
+        return Err(StoreError::Damaged {
             location: location.to_string(),
             detail: format!(
                 "{what} and entry {later} at offset {later_at}, written after it, is in the journal: commits acknowledged as durable would be lost. Restore the store directory from a backup, or rebuild this node from its peers"

@@ -263,6 +263,12 @@ impl LmdbStore {
             location: location.clone(),
             detail,
         };
+        // Refusals that name their own remedy; the generic "check the
+        // directory" hint of `Open` would mislead there.
+        let damaged = |detail: String| StoreError::Damaged {
+            location: location.clone(),
+            detail,
+        };
         if !journal {
             let rtxn = self.rtxn()?;
             let had_journal = self.journal_meta(&rtxn, J_ID)?.is_some();
@@ -283,7 +289,7 @@ impl LmdbStore {
             let clean = self.journal_meta(&rtxn, J_STATE)?.as_deref() == Some(J_CLEAN);
             if had_journal && !clean {
                 let last = self.wal_last_at_open(&rtxn)?;
-                return Err(open_err(format!(
+                return Err(damaged(format!(
                     "the journal {} is missing and the store was not closed cleanly: commits acknowledged after WAL record {last} may be in it. Restore the file from a backup; if it is lost for good, create an empty file at that path to go on with the {last} records the store holds",
                     path.display()
                 )));
@@ -338,13 +344,13 @@ impl LmdbStore {
             }
             Some(id) => {
                 let id: JournalId = id.as_slice().try_into().map_err(|_| {
-                    open_err(format!(
+                    damaged(format!(
                         "the journal id is {} bytes, not 16; the store is damaged: restore it from a backup",
                         id.len()
                     ))
                 })?;
                 let (seq, offset) = folded.as_deref().and_then(decode_folded).ok_or_else(|| {
-                    open_err("the journal's folded position is missing or malformed; the store is damaged: restore it from a backup".into())
+                    damaged("the journal's folded position is missing or malformed; the store is damaged: restore it from a backup".into())
                 })?;
                 let entries = journal::replay(&file, &id, seq, offset, &location)?;
                 (id, seq, entries)
@@ -360,7 +366,7 @@ impl LmdbStore {
             .collect();
         let base = crate::store::base_index(&location, stored_base.as_deref())?;
         validate(&location, &replay_ops, last, base).map_err(|e| {
-            open_err(format!(
+            damaged(format!(
                 "the journal's {} unfolded entries do not continue the store ({e}); the journal belongs to another copy of this store: restore both files from one backup",
                 entries.len()
             ))

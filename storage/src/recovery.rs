@@ -1440,9 +1440,17 @@ fn write_side_file<S: LogStore + ?Sized>(
     let file = w.into_inner().map_err(|e| side(e.into_error()))?;
     file.sync_all().map_err(side)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the new file's directory entry durable too.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        // The new file's directory entry must be durable before anything is
+        // cut, or a crash could keep the cut and lose the copy. Only a
+        // filesystem that cannot sync directories at all (EINVAL) is let go.
+        let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        if let Err(e) = synced {
+            if e.kind() != std::io::ErrorKind::InvalidInput {
+                return Err(side(std::io::Error::new(
+                    e.kind(),
+                    format!("syncing its directory {}: {e}", dir.display()),
+                )));
+            }
         }
     }
     Ok(cut)

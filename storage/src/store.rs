@@ -187,6 +187,10 @@ pub struct CommitInfo {
 pub enum StoreError {
     #[error("cannot open the store at {location}: {detail}; check that the directory exists, is writable, has free space and is on a local filesystem")]
     Open { location: String, detail: String },
+    /// The store opened but refuses to serve what it holds (a damaged or
+    /// missing journal, damaged bookkeeping); `detail` says what to do.
+    #[error("the store at {location} refuses to open: {detail}")]
+    Damaged { location: String, detail: String },
     #[error("the store at {location} is already open in this process; share the open handle (`LmdbStore` is `Clone`) instead of opening the directory twice")]
     AlreadyOpen { location: String },
     #[error("the store at {location} is full (LMDB map size {map_bytes} bytes); reopen it with a larger map size (`LmdbOptions::map_bytes`) or free disk space")]

@@ -313,8 +313,15 @@ fn a_store_whose_first_unfolded_entry_header_is_damaged_refuses_to_open() {
             durability,
             ..LmdbOptions::default()
         };
-        let err = LmdbStore::open(dir.path(), &opts).unwrap_err().to_string();
+        let err = LmdbStore::open(dir.path(), &opts).unwrap_err();
+        // A refusal with its own remedy, not an I/O failure to open.
+        assert!(
+            matches!(err, swoosh_storage::StoreError::Damaged { .. }),
+            "{err}"
+        );
+        let err = err.to_string();
         assert!(err.contains("is not at offset 0 where it belongs"), "{err}");
         assert!(err.contains("written after it"), "{err}");
+        assert!(!err.contains("check that the directory exists"), "{err}");
     }
 }
