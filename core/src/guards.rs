@@ -40,6 +40,9 @@ pub struct GuardCtx<'a> {
     pub state: &'a ProjectState,
     pub proposal: &'a Proposal,
     pub verify: Verify,
+    /// Judged for admission (false: replayed from a log). Refusal-only
+    /// rules newer than some logs apply at admission only (`Judged`).
+    pub admission: bool,
 }
 
 pub fn outcome(guard: &str, ok: bool, reasons: Vec<String>) -> GuardOutcome {
@@ -524,8 +527,10 @@ pub fn mcp_lost(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
     }
     // Every probe must be valid, as for mcp_green: the reducer records each
     // one in the state, and replay (which trusts embedded signatures) would
-    // count a forged one as valid and compute other guard outcomes.
-    if !bad.is_empty() {
+    // count a forged one as valid and compute other guard outcomes. At
+    // admission only: a record an earlier build accepted with such probes
+    // replays as it was accepted.
+    if g.admission && !bad.is_empty() {
         return outcome("mcp_health", false, bad);
     }
     outcome("mcp_health", true, failing)

@@ -201,7 +201,7 @@ pub fn step_recalled(
     ctx: &Ctx,
     recalled: Option<&IdemEntry>,
 ) -> Step {
-    match evaluate(node, p, ctx, None, recalled) {
+    match evaluate(node, p, ctx, None, recalled, Judged::Admission) {
         Err(r) => {
             let kind = match r.kind {
                 RejectKind::StaleHash => "stale_hash",
@@ -280,12 +280,28 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 
 /// `known`: the proposal's content hash, when [`prepare_record`] already
 /// checked its shape and computed it (those depend on the proposal alone).
+/// Where a proposal is judged: admitted now, or replayed from a log.
+///
+/// Rules that only refuse (never change what an accepted proposal does)
+/// and were added after logs could hold records they would refuse apply at
+/// admission only: a refused proposal never reaches a log, so a replay
+/// computes the same state without them, and a log written by an earlier
+/// build (or by a leader not yet upgraded) still replays. They are: the
+/// HLC's lag behind the leader's clock, and `Council_ToolingLost` with
+/// invalid probes beside a failing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Judged {
+    Admission,
+    Replay,
+}
+
 fn evaluate(
     node: &NodeState,
     p: &Proposal,
     ctx: &Ctx,
     known: Option<Hash>,
     recalled: Option<&IdemEntry>,
+    judged: Judged,
 ) -> Result<Eval, Rejection> {
     // shape
     if known.is_none() {
@@ -453,7 +469,7 @@ fn evaluate(
     // expired, a REVERB window long closed). 409 hlc_order, like an HLC at
     // or before the last applied one: take a fresh HLC and resubmit.
     let behind = ctx.now_ms.saturating_sub(p.hlc.wall_ms);
-    if behind > pre.meta.hlc_max_offset_ms {
+    if judged == Judged::Admission && behind > pre.meta.hlc_max_offset_ms {
         let mut r = reject(
             RejectKind::HlcOrder,
             "hlc",
@@ -569,6 +585,7 @@ fn evaluate(
         state: &pre,
         proposal: p,
         verify: ctx.verify,
+        admission: judged == Judged::Admission,
     };
     let mut post = ProjectState::clone(&pre);
     let mut events = vec![];
@@ -1696,7 +1713,14 @@ fn replay_plan(
         verify,
         snapshot_every: 0,
     };
-    let plan = match evaluate(node, p, &ctx, Some(prepared.content_hash), None) {
+    let plan = match evaluate(
+        node,
+        p,
+        &ctx,
+        Some(prepared.content_hash),
+        None,
+        Judged::Replay,
+    ) {
         Err(r) => {
             return Err(ReplayError::Rejected {
                 index: rec.index,
@@ -1820,4 +1844,34 @@ pub fn apply_prepared_check(
     let at = (d.index, prepared.hash, d.post_hash);
     install(node, p, at, d.post, d.idem, fresh);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{genesis, Driver, Keys, Next};
+
+    /// The HLC lag bound refuses at admission and never in replay: a log
+    /// an earlier build (or a leader not yet upgraded) wrote with a lagging
+    /// HLC still replays to the state it had.
+    #[test]
+    fn the_hlc_lag_bound_applies_at_admission_only() {
+        let keys = Keys::from_labels("judged", 3);
+        let origin = 1_767_225_600_000;
+        let node = NodeState::new(genesis(&keys, "judged", origin)).unwrap();
+        let Next::Propose(p) = Driver::new(&keys, 1).next(&node, "default", origin) else {
+            panic!("the driver has a first step")
+        };
+        let ctx = Ctx {
+            now_ms: p.hlc.wall_ms + 60_000,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        };
+        let r = evaluate(&node, &p, &ctx, None, None, Judged::Admission).err();
+        assert_eq!(
+            r.map(|r| (r.kind, r.guard)),
+            Some((RejectKind::HlcOrder, "hlc".into()))
+        );
+        assert!(evaluate(&node, &p, &ctx, None, None, Judged::Replay).is_ok());
+    }
 }

@@ -185,6 +185,9 @@ impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
     fn last_index(&self) -> u64 {
         self.store.last_index().unwrap_or(0)
     }
+    fn log_end(&self) -> Option<u64> {
+        swoosh_storage::log_end(self.store).ok()
+    }
     fn record(&self, index: u64) -> Option<WalRecord> {
         read_record(self.store, index).ok().map(|v| v.record)
     }

@@ -75,6 +75,12 @@ pub trait LeaderLog {
     fn first_index(&self) -> u64;
     /// Last durable index (0 for an empty log).
     fn last_index(&self) -> u64;
+    /// Where the log ends, or None when it cannot be read now: judging a
+    /// follower's position takes positive evidence, never a read error
+    /// taken for an empty log.
+    fn log_end(&self) -> Option<u64> {
+        Some(self.last_index())
+    }
     fn record(&self, index: u64) -> Option<WalRecord>;
     /// The newest snapshot, if any.
     fn snapshot(&self) -> Option<SnapshotView<'_>>;
@@ -367,7 +373,7 @@ impl ReplLeader {
     /// Where and why a reported position is not on `log` (None when it is,
     /// or when the log no longer holds the record to compare).
     fn off_log(r: &StatusReport, log: &dyn LeaderLog) -> Option<(u64, String)> {
-        let last = log.last_index();
+        let last = log.log_end()?;
         if r.applied_index > last {
             return Some((
                 r.applied_index,

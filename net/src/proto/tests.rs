@@ -763,6 +763,33 @@ fn a_follower_off_the_leaders_log_is_told_to_halt() {
         .reason
         .starts_with("the leader reports:"));
 
+    // A log that cannot be read now is no evidence: acknowledged.
+    struct Unreadable;
+    impl LeaderLog for Unreadable {
+        fn first_index(&self) -> u64 {
+            1
+        }
+        fn last_index(&self) -> u64 {
+            0
+        }
+        fn log_end(&self) -> Option<u64> {
+            None
+        }
+        fn record(&self, _: u64) -> Option<WalRecord> {
+            None
+        }
+        fn snapshot(&self) -> Option<SnapshotView<'_>> {
+            None
+        }
+    }
+    let mut fresh = c.follower();
+    let eff = fresh.on_gossip(&l.head(1), 0);
+    serve(&mut fresh, &mut l, &short, sends(&eff));
+    assert!(matches!(
+        l.on_status_report(id.clone(), &fresh.status_report(), &Unreadable),
+        Response::StatusAck { .. }
+    ));
+
     // Same length, another record at the reported index.
     let mut other = c.follower();
     let eff = other.on_gossip(&l.head(1), 0);
