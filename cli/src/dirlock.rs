@@ -28,13 +28,26 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let path = data.join(LOCK_FILE);
-    let mut f = OpenOptions::new()
+    // A lock file another user created (root running a repair, say) is
+    // still lockable read-only: flock needs no write access. The pid is
+    // then not recorded.
+    let (mut f, writable) = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => (
+            File::open(&path)
+                .with_context(|| format!("cannot open the lock file {}", path.display()))?,
+            false,
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open the lock file {}", path.display()))
+        }
+    };
     let key = path
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", path.display()))?;
@@ -46,8 +59,10 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
         Ok(()) => {
             // The pid is for the message another process prints; the lock
             // itself is the flock, which no stale file can fake.
-            let _ = f.set_len(0);
-            let _ = write!(f, "{}", std::process::id());
+            if writable {
+                let _ = f.set_len(0);
+                let _ = write!(f, "{}", std::process::id());
+            }
             held.push((key, f));
             Ok(())
         }

@@ -387,11 +387,12 @@ pub(crate) fn replay(
     }
 }
 
-/// The lowest-numbered entry of journal `id` after `seq` whose header is
-/// anywhere in the ring, and its offset. Only the header is checked (magic,
-/// id, sequence number): an entry is written only after every earlier one
-/// was durable, so even a torn later entry proves the earlier ones were
-/// acknowledged.
+/// The lowest-numbered entry of journal `id` after `seq` anywhere in the
+/// ring, and its offset: entry `seq + 1` by its header alone (an entry is
+/// written only after every earlier one was durable, so even a torn next
+/// entry proves `seq` was acknowledged), any later one only if it checks
+/// out whole (its hash), so a bit flipped in an old entry's header proves
+/// nothing.
 fn later_entry(
     file: &File,
     file_len: u64,
@@ -417,8 +418,16 @@ fn later_entry(
             let mut s = [0u8; 8];
             s.copy_from_slice(&head[24..32]);
             let got = u64::from_le_bytes(s);
-            if got > seq && best.is_none_or(|(b, _)| got < b) {
-                best = Some((got, chunk_at + block as u64 * JOURNAL_BLOCK_BYTES));
+            let at = chunk_at + block as u64 * JOURNAL_BLOCK_BYTES;
+            // A header alone proves little: an old, folded entry whose
+            // sequence number took a flipped bit would look "later". Only
+            // the very next entry may be torn (a crash inside its write);
+            // any other must check out whole.
+            let proves = got == seq + 1
+                || (got > seq
+                    && matches!(read_entry(file, file_len, id, got, at)?, Found::Entry(_)));
+            if proves && best.is_none_or(|(b, _)| got < b) {
+                best = Some((got, at));
             }
         }
         chunk_at += n as u64;
@@ -977,6 +986,20 @@ mod tests {
             err.contains("entry 3 at offset 0, written after it"),
             "{err}"
         );
+    }
+
+    /// An old, folded entry whose sequence number took a flipped bit looks
+    /// like a later entry by its header; it does not check out, so it
+    /// proves nothing and the journal simply ends (it used to refuse a
+    /// healthy store).
+    #[test]
+    fn a_flipped_sequence_number_in_an_old_entry_proves_nothing() {
+        let e1 = encode_entry(&ID, 1, &ops(1, 1));
+        let mut old = encode_entry(&ID, 1, &ops(1, 9));
+        old[31] ^= 0x40;
+        let (_d, f) = file_with(&[(0, e1), (8192, old)]);
+        let got = replay(&f, &ID, 1, 4096, "t").expect("opens");
+        assert!(got.is_empty());
     }
 
     #[test]

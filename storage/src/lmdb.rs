@@ -321,6 +321,7 @@ impl LmdbStore {
         let rtxn = self.rtxn()?;
         let id = self.journal_meta(&rtxn, J_ID)?;
         let folded = self.journal_meta(&rtxn, J_FOLDED)?;
+        let was_clean = self.journal_meta(&rtxn, J_STATE)?.as_deref() == Some(J_CLEAN);
         let last = self.wal_last_at_open(&rtxn)?;
         let tail_malformed = self
             .db(Space::Wal)
@@ -352,7 +353,14 @@ impl LmdbStore {
                 let (seq, offset) = folded.as_deref().and_then(decode_folded).ok_or_else(|| {
                     damaged("the journal's folded position is missing or malformed; the store is damaged: restore it from a backup".into())
                 })?;
-                let entries = journal::replay(&file, &id, seq, offset, &location)?;
+                // Closed clean, everything was folded: the ring holds only
+                // folded entries, and reading it could only mistake damage
+                // in one of them for lost commits.
+                let entries = if was_clean {
+                    vec![]
+                } else {
+                    journal::replay(&file, &id, seq, offset, &location)?
+                };
                 (id, seq, entries)
             }
         };

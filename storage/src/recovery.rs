@@ -1439,7 +1439,15 @@ fn write_side_file<S: LogStore + ?Sized>(
     }
     let file = w.into_inner().map_err(|e| side(e.into_error()))?;
     file.sync_all().map_err(side)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    // A bare file name's directory is the current one.
+    let parent = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    });
+    if let Some(dir) = parent {
         // The new file's directory entry must be durable before anything is
         // cut, or a crash could keep the cut and lose the copy. Only a
         // filesystem that cannot sync directories at all (EINVAL) is let go.
