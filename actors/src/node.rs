@@ -172,6 +172,11 @@ fn export_replication_counters(m: &Metrics, totals: &[(&'static str, u64)]) {
     }
 }
 
+/// The source the transport installed, if any (cloned out of its lock).
+fn installed<T: Clone>(r: &RwLock<Option<T>>) -> Option<T> {
+    r.read().expect("replication lock").clone()
+}
+
 fn source_is_set(r: &RwLock<Option<ReplicationSource>>) -> bool {
     r.read().expect("replication lock").is_some()
 }
@@ -630,22 +635,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
     /// The metrics in OpenMetrics text, with the leader's view of its
     /// followers refreshed from the replication transport first.
     pub fn metrics_text(&self) -> String {
-        let source = self
-            .shared
-            .replication
-            .read()
-            .expect("replication lock")
-            .clone();
-        if let Some(f) = source {
+        if let Some(f) = installed(&self.shared.replication) {
             export_replicas(&self.shared.metrics, &f());
         }
-        let counters = self
-            .shared
-            .replication_counters
-            .read()
-            .expect("replication lock")
-            .clone();
-        if let Some(f) = counters {
+        if let Some(f) = installed(&self.shared.replication_counters) {
             export_replication_counters(&self.shared.metrics, &f());
         }
         self.shared.metrics.encode()
@@ -667,7 +660,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
 
     pub fn health(&self) -> HealthView {
         let sh = &self.shared;
-        let source = sh.replication.read().expect("replication lock").clone();
+        let source = installed(&sh.replication);
         let followers = source.map(|f| f()).unwrap_or_default();
         let consensus = consensus_line(&sh.cfg.genesis, source_is_set(&sh.replication), &followers);
         let durable = sh.durable_index.load(Ordering::Acquire);

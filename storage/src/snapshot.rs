@@ -219,12 +219,7 @@ pub fn put_snapshot<S: LogStore + ?Sized>(
     }
     store.commit(b)?;
     // Verify on write: what the store returns must hash to what we wrote.
-    let back = store
-        .get_snapshot(index)?
-        .ok_or_else(|| SnapshotError::Missing {
-            location: store.location(),
-            index,
-        })?;
+    let back = stored_snapshot(&*store, index)?;
     let got = match frame::open(FrameKind::Snapshot, &back, SNAPSHOT_BYTES_MAX) {
         Ok((h, _)) => h,
         Err(FrameError::HashMismatch { computed, .. }) => computed,
@@ -354,17 +349,22 @@ pub struct SnapshotHead {
     state_genesis: GenesisHashOnly,
 }
 
+/// The stored frame of snapshot `index`, or [`SnapshotError::Missing`].
+fn stored_snapshot<S: LogStore + ?Sized>(store: &S, index: u64) -> Result<Vec<u8>, SnapshotError> {
+    store
+        .get_snapshot(index)?
+        .ok_or_else(|| SnapshotError::Missing {
+            location: store.location(),
+            index,
+        })
+}
+
 /// Read snapshot `index`'s header (frame checked, state not decoded).
 pub fn read_snapshot_head<S: LogStore + ?Sized>(
     store: &S,
     index: u64,
 ) -> Result<SnapshotHead, SnapshotError> {
-    let bytes = store
-        .get_snapshot(index)?
-        .ok_or_else(|| SnapshotError::Missing {
-            location: store.location(),
-            index,
-        })?;
+    let bytes = stored_snapshot(store, index)?;
     let corrupt = |reason: SnapshotFault| SnapshotError::Corrupt {
         location: store.location(),
         index,
@@ -433,12 +433,7 @@ pub fn read_snapshot<S: LogStore + ?Sized>(
     store: &S,
     index: u64,
 ) -> Result<(Hash, Snapshot), SnapshotError> {
-    let bytes = store
-        .get_snapshot(index)?
-        .ok_or_else(|| SnapshotError::Missing {
-            location: store.location(),
-            index,
-        })?;
+    let bytes = stored_snapshot(store, index)?;
     decode_snapshot(index, &bytes).map_err(|reason| SnapshotError::Corrupt {
         location: store.location(),
         index,
