@@ -93,8 +93,12 @@ pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::op
         .routes(routes!(get_metrics))
         .routes(routes!(get_decision))
         .routes(routes!(get_attention))
-        .with_state(AppState { node, limits })
+        .with_state(AppState {
+            node: node.clone(),
+            limits,
+        })
         .split_for_parts();
+    let fallback_state = AppState { node, limits };
     let doc = api.clone();
     let router = router
         .route(
@@ -113,12 +117,21 @@ pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::op
                 ),
             )
         })
-        .fallback(|| async {
-            err(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see GET /openapi.json".into(),
-            )
+        .fallback(move |method: Method, uri: Uri| {
+            let st = fallback_state.clone();
+            async move {
+                // A 202's `decision` is `bubble://dr/<hex>`; pasted after
+                // `/decisions/` unencoded it spans several path segments,
+                // which `/decisions/{hash}` does not match.
+                match uri.path().strip_prefix("/decisions/") {
+                    Some(raw) if method == Method::GET => decision_response(&st, raw),
+                    _ => err(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such endpoint; see GET /openapi.json".into(),
+                    ),
+                }
+            }
         })
         // The body limit is enforced by the handler so the 413 is JSON.
         .layer(axum::extract::DefaultBodyLimit::disable());
@@ -394,11 +407,26 @@ fn path_rejection(r: PathRejection, param: &str, expected: &str) -> Response {
 
 /// Parse a proposal, naming the JSON field at fault.
 pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
+    // serde accepts a struct as a JSON array of its fields in order too;
+    // the contract (and every SDK) sends an object, and an array's errors
+    // could only name positions.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(Box::new(ErrorBody {
+            error: "malformed".into(),
+            message: "the body is not a JSON object; send a proposal as a JSON object with the fields of GET /openapi.json (ProposalSchema)".into(),
+            ..Default::default()
+        }));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let p: Proposal = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." || path.is_empty() {
+        // `?`: the JSON itself did not parse (the message gives line and
+        // column); there is no field to name.
+        let field = if inner.is_syntax() || inner.is_eof() || path == "?" {
+            None
+        } else if path == "." || path.is_empty() {
             // serde names missing/unknown fields in the message itself.
             backticked(&inner.to_string())
         } else {
@@ -474,8 +502,24 @@ async fn post_transition(
         };
     let p = match parse_proposal(&bytes) {
         Ok(p) => p,
-        Err(e) => return body_err(StatusCode::BAD_REQUEST, *e),
+        Err(e) => {
+            tracing::info!(
+                error = "malformed",
+                field = e.field.as_deref().unwrap_or(""),
+                detail = %e.message,
+                "proposal refused"
+            );
+            return body_err(StatusCode::BAD_REQUEST, *e);
+        }
     };
+    // For the refusal's log line (SPEC §9: guard logs show why a proposal
+    // was refused); an accepted one is logged by the node with its hashes.
+    let (project, transition, window_id, hlc) = (
+        p.project.clone(),
+        p.transition.clone(),
+        p.window_id.clone(),
+        p.hlc,
+    );
     match st.node.submit(p).await {
         SubmitResult::Accepted(ok) => (
             StatusCode::ACCEPTED,
@@ -489,7 +533,19 @@ async fn post_transition(
             }),
         )
             .into_response(),
-        SubmitResult::Rejected(r) => rejection_response(r),
+        SubmitResult::Rejected(r) => {
+            tracing::info!(
+                error = kind_name(r.kind),
+                guard = %r.guard,
+                reasons = %r.reasons.join("; "),
+                project = %project,
+                transition = %transition,
+                hlc = %hlc,
+                window_id = %window_id,
+                "proposal refused"
+            );
+            rejection_response(r)
+        }
         SubmitResult::Busy { retry_after_ms, reason } => body_err(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorBody {
@@ -507,6 +563,7 @@ async fn post_transition(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StateQuery {
     /// Project id (default `default`).
     project: Option<String>,
@@ -702,7 +759,11 @@ async fn get_decision(
             )
         }
     };
-    let Some(h) = parse_decision_ref(&hash) else {
+    decision_response(&st, &hash)
+}
+
+fn decision_response(st: &AppState, hash: &str) -> Response {
+    let Some(h) = parse_decision_ref(hash) else {
         return body_err(
             StatusCode::BAD_REQUEST,
             ErrorBody {
@@ -731,6 +792,7 @@ async fn get_decision(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AttentionQuery {
     /// Lowest band listed: 0..=4 or a name (`ignore-fast`, `background`,
     /// `watch`, `investigate`, `promote`). Default `watch` (2).

@@ -588,3 +588,103 @@ async fn openapi_documents_every_status_the_server_sends() {
     }
     srv.stop().await;
 }
+
+/// Query parameters are documented `in: query` (utoipa's default for
+/// `IntoParams` is the path, which made the document invalid: `/state` has
+/// no `{project}` segment, and generated clients built wrong URLs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_puts_query_parameters_in_the_query() {
+    let srv = start(ServeLimits::default()).await;
+    let doc = Client::new(&srv.url).openapi().await.unwrap();
+    for (path, names) in [
+        ("/state", &["project", "projection"][..]),
+        ("/attention", &["min_band"][..]),
+    ] {
+        let params = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} documents its parameters"));
+        let mut seen: Vec<&str> = vec![];
+        for p in params {
+            let name = p["name"].as_str().expect("a named parameter");
+            assert_eq!(p["in"], "query", "{path} {name}: {p}");
+            assert_ne!(p["required"], true, "{path} {name} is optional: {p}");
+            seen.push(name);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, names, "{path}");
+    }
+    srv.stop().await;
+}
+
+/// The `decision` of a 202 is `bubble://dr/<hex>`; a client that pastes it
+/// after `/decisions/` unencoded gets the record, as with the encoded form
+/// and the bare hex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_address_reads_back_raw_encoded_or_bare() {
+    let srv = start(ServeLimits::default()).await;
+    let c = Client::new(&srv.url);
+    let ok = c.submit(&srv.first_proposal()).await.expect("accepted");
+    assert!(ok.decision.starts_with("bubble://dr/"), "{}", ok.decision);
+    let hex = ok.decision.trim_start_matches("bubble://dr/").to_string();
+    let http = reqwest::Client::new();
+    let mut bodies = vec![];
+    for path in [
+        format!("/decisions/{}", ok.decision),
+        format!("/decisions/bubble%3A%2F%2Fdr%2F{hex}"),
+        format!("/decisions/{hex}"),
+        format!("/decisions/blake3:{hex}"),
+    ] {
+        let r = http.get(format!("{}{path}", srv.url)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    // Other methods on such a path, and other unknown paths, stay 404 JSON.
+    let r = http
+        .post(format!("{}/decisions/{}", srv.url, ok.decision))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let b: ErrorBody = r.json().await.expect("JSON 404");
+    assert_eq!(b.error, "not_found");
+    srv.stop().await;
+}
+
+/// A JSON array (serde's sequence form of a struct) is not a proposal, and
+/// a body that is not JSON at all names no field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_must_be_a_json_object() {
+    let srv = start(ServeLimits::default()).await;
+    let c = Client::new(&srv.url);
+    let p = srv.first_proposal();
+    let v = serde_json::to_value(&p).unwrap();
+    let fields: Vec<Value> = v.as_object().unwrap().values().cloned().collect();
+    for (body, what) in [
+        (
+            serde_json::to_vec(&fields).unwrap(),
+            "an array of the fields",
+        ),
+        (b"  \"a string\"".to_vec(), "a string"),
+        (b"{\"project\": ".to_vec(), "truncated JSON"),
+        (b"{not json}".to_vec(), "not JSON"),
+    ] {
+        match c.submit_raw(body).await {
+            Err(ClientError::Refused { status: 400, body }) => {
+                assert_eq!(body.error, "malformed", "{what}: {body:?}");
+                assert_eq!(body.field, None, "{what}: {body:?}");
+                assert!(
+                    body.message.contains("JSON object") || body.message.contains("line"),
+                    "{what}: {body:?}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // The object form of the same proposal is accepted.
+    let ok = c.submit_raw(serde_json::to_vec(&v).unwrap()).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    srv.stop().await;
+}

@@ -1,0 +1,110 @@
+//! Every refused proposal leaves a log line saying why (SPEC §9: "shown by
+//! guard logs"), with the transition, project, HLC and window it was for.
+//! Its own test binary: it installs the process's global subscriber.
+
+use std::sync::{Arc, Mutex};
+use swoosh_actors::{NodeConfig, NodeHandle, SystemClock};
+use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+use swoosh_core::state::NodeState;
+use swoosh_net::client::{Client, ClientError};
+use swoosh_storage::{LmdbOptions, LmdbStore};
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
+    let lines = Lines::default();
+    let sink = lines.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::INFO)
+        .init();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    let keys = Keys::from_labels("refusal-log", 3);
+    let g = genesis(&keys, "refusal-log", now_ms() / 1000 * 1000);
+    let cfg = NodeConfig {
+        genesis: g.clone(),
+        leader_key: keys.leader.clone(),
+        snapshot_every: 10_000,
+        snapshot_keep: 3,
+        wal_limits: Default::default(),
+        clock: Arc::new(SystemClock),
+        advertise: String::new(),
+        attention_file: None,
+    };
+    let node = NodeHandle::start(store, cfg).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(swoosh_net::http::serve(listener, node, async {
+        let _ = rx.await;
+    }));
+
+    let mirror = NodeState::new(g).unwrap();
+    let Next::Propose(p) = Driver::new(&keys, 3).next(&mirror, "default", now_ms()) else {
+        panic!("the driver has a first step");
+    };
+    // Signed by a key the roster does not know: 401 unknown signer.
+    let forged = swoosh_core::ProposalBuilder::new(
+        &p.project,
+        &p.transition,
+        p.current_state_hash,
+        p.hlc,
+        "refused-for-the-log",
+    )
+    .inputs(&p.inputs)
+    .unwrap()
+    .sign(&keys.outsider)
+    .unwrap();
+    let c = Client::new(&url);
+    match c.submit(&forged).await {
+        Err(ClientError::Refused { status: 401, .. }) => {}
+        other => panic!("expected 401: {other:?}"),
+    }
+    match c.submit_raw(b"[1, 2]".to_vec()).await {
+        Err(ClientError::Refused { status: 400, .. }) => {}
+        other => panic!("expected 400: {other:?}"),
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let refusals: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "proposal refused")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{text}");
+    let f = &refusals[0]["fields"];
+    assert_eq!(f["error"], "unknown_signer", "{f}");
+    assert_eq!(f["transition"], p.transition.as_str(), "{f}");
+    assert_eq!(f["project"], "default", "{f}");
+    assert_eq!(f["hlc"], p.hlc.to_string(), "{f}");
+    assert!(f["guard"].as_str().is_some_and(|g| !g.is_empty()), "{f}");
+    assert!(f["reasons"].as_str().is_some_and(|r| !r.is_empty()), "{f}");
+    assert_eq!(refusals[1]["fields"]["error"], "malformed", "{text}");
+}
