@@ -24,11 +24,12 @@
 //! acknowledged commits would be lost. A NoSync store folds the journal at
 //! open too, then commits to LMDB directly.
 //!
-//! Entry layout (all integers little-endian; `docs/wal-format.md` §6):
+//! Entry layout (all integers little-endian; `docs/wal-format.md` §6a):
 //!
 //! ```text
 //! magic "SWJRNL\0\x01" (8) | journal id (16) | seq u64 | body length u32 |
-//! op count u32 | BLAKE3(first 40 bytes ‖ body) (32) | body | zeros to 4 KiB
+//! op count u32 | BLAKE3 derive_key("swoosh journal entry v1",
+//!     first 40 bytes ‖ body) (32) | body | zeros to 4 KiB
 //! body op: tag u8 (1 append, 2 put) | space u8 | key length u16 |
 //!          value length u32 | key | value
 //! ```

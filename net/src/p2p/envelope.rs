@@ -19,15 +19,20 @@ pub type AgeIdentity = age::x25519::Identity;
 
 pub const CHUNK_MAGIC: &[u8; 4] = b"SWC1";
 pub const CHUNK_HEADER_BYTES: usize = 4 + 32 + 2 + 2;
-/// Data bytes per chunk: the chunk plus gossipsub's signed envelope (key,
-/// signature, sequence number, topic) stays under the 65,536-byte limit.
+/// Data bytes per chunk: a 60,040-byte frame plus gossipsub's protobuf
+/// framing of the message (its `data` and `topic` fields: messages are
+/// anonymous since `/swoosh/id/2`, with no key, signature, sequence number
+/// or source) stays well under the 65,536-byte limit.
 pub const CHUNK_DATA_MAX: usize = 60_000;
 /// Largest ciphertext one gossip blob may carry: a record at the WAL's
 /// 1 MiB limit travels alone in its batch, and the signed header and one
 /// age stanza per follower add a few KiB. Anything larger is no message a
-/// leader sends, and a receiver never holds more than this for one blob.
+/// leader sends ([`chunk`] refuses it), and a receiver refuses a blob whose
+/// chunks would add up to more (its last chunk then is refused), so it
+/// never holds more than this for one blob.
 pub const BLOB_BYTES_MAX: usize = 2 << 20;
-/// Most chunks one blob may have (35 at 60,000 data bytes each).
+/// Most chunks one blob may have (35 at 60,000 data bytes each; the 35th
+/// carries at most the 57,152 bytes left to [`BLOB_BYTES_MAX`]).
 pub const CHUNKS_PER_BLOB_MAX: usize = BLOB_BYTES_MAX.div_ceil(CHUNK_DATA_MAX);
 /// Blobs being reassembled at once; the oldest is dropped beyond this. With
 /// [`BLOB_BYTES_MAX`] it bounds what partial blobs hold to 32 MiB, whatever
@@ -188,6 +193,15 @@ impl Reassembler {
                 data.len()
             )));
         }
+        // Every other chunk is full, so the last one fixes the blob's size.
+        // A blob larger than `chunk` ever makes (it refuses a ciphertext
+        // over the limit) is refused here, before anything is kept.
+        let blob_bytes = (total - 1) * CHUNK_DATA_MAX + data.len();
+        if last && blob_bytes > BLOB_BYTES_MAX {
+            return Err(EnvelopeError::Chunk(format!(
+                "chunk {index} of {total} makes a {blob_bytes}-byte blob; a blob carries at most {BLOB_BYTES_MAX} bytes"
+            )));
+        }
         if total == 1 {
             return self.finish(id, vec![data.to_vec()]).map(Some);
         }
@@ -308,5 +322,59 @@ mod tests {
             chunk(&vec![0u8; BLOB_BYTES_MAX]).unwrap().len(),
             CHUNKS_PER_BLOB_MAX
         );
+    }
+
+    /// A blob is at most [`BLOB_BYTES_MAX`] bytes on the receiving side too:
+    /// a full last chunk of a 35-chunk blob (2,100,000 bytes) is refused,
+    /// counted like any other refused chunk, while the largest blob a
+    /// leader sends reassembles.
+    #[test]
+    fn a_blob_over_the_byte_limit_is_refused_whatever_its_chunk_count() {
+        let total = CHUNKS_PER_BLOB_MAX as u16;
+        let room = BLOB_BYTES_MAX - (CHUNKS_PER_BLOB_MAX - 1) * CHUNK_DATA_MAX;
+        assert_eq!(room, 57_152);
+        let frame = |id: [u8; 32], index: u16, len: usize| {
+            let mut f = CHUNK_MAGIC.to_vec();
+            f.extend_from_slice(&id);
+            f.extend_from_slice(&index.to_be_bytes());
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend(std::iter::repeat_n(7u8, len));
+            f
+        };
+        let mut r = Reassembler::default();
+        // The oversized last chunk alone, before any other: refused, and
+        // nothing is kept for it.
+        let err = r.push(&frame([1; 32], total - 1, room + 1)).unwrap_err();
+        assert!(err.to_string().contains("at most 2097152 bytes"), "{err}");
+        let err = r
+            .push(&frame([1; 32], total - 1, CHUNK_DATA_MAX))
+            .unwrap_err();
+        assert!(err.to_string().contains("2100000-byte blob"), "{err}");
+        assert!(r.partial.is_empty(), "nothing refused is kept");
+        // After every other chunk: still refused, the blob never completes.
+        for i in 0..total - 1 {
+            assert_eq!(r.push(&frame([1; 32], i, CHUNK_DATA_MAX)).unwrap(), None);
+        }
+        assert!(r.push(&frame([1; 32], total - 1, room + 1)).is_err());
+        let held: usize = r
+            .partial
+            .values()
+            .flat_map(|p| p.parts.iter().flatten())
+            .map(Vec::len)
+            .sum();
+        assert!(held < BLOB_BYTES_MAX, "{held} bytes held");
+
+        // Exactly BLOB_BYTES_MAX bytes: what `chunk` makes of the largest
+        // ciphertext it takes, reassembled whole.
+        let ct: Vec<u8> = (0..BLOB_BYTES_MAX).map(|i| (i % 253) as u8).collect();
+        let frames = chunk(&ct).unwrap();
+        assert_eq!(frames.len(), CHUNKS_PER_BLOB_MAX);
+        assert_eq!(frames.last().unwrap().len(), CHUNK_HEADER_BYTES + room);
+        let mut r = Reassembler::default();
+        let mut out = None;
+        for f in &frames {
+            out = r.push(f).unwrap();
+        }
+        assert_eq!(out.as_deref(), Some(&ct[..]));
     }
 }

@@ -814,6 +814,23 @@ impl ReplFollower {
         if node.genesis_hash != self.genesis_hash {
             return Err(diverge("the snapshot is of another genesis".into()));
         }
+        // The genesis document inside must be the one its hash names (the
+        // store refuses to install it otherwise, after it was applied in
+        // memory: the follower halted then without a stored halt marker).
+        match node.genesis.hash() {
+            Ok(h) if h == node.genesis_hash => {}
+            Ok(h) => {
+                return Err(diverge(format!(
+                    "its genesis document hashes to {h}, not to its genesis_hash {}",
+                    node.genesis_hash
+                )))
+            }
+            Err(e) => {
+                return Err(diverge(format!(
+                    "its genesis document cannot be hashed: {e}"
+                )))
+            }
+        }
         if node.index != m.index || node.head_record != m.head_record {
             return Err(diverge(format!(
                 "the state is at index {} / {}, the manifest says {} / {}",
@@ -841,5 +858,122 @@ impl ReplFollower {
             )));
         }
         Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swoosh_core::guards::Verify;
+    use swoosh_core::reducer::{apply_record, Outcome};
+    use swoosh_core::scenario::{genesis, run_happy_path, Driver, Keys};
+    use swoosh_core::sig;
+
+    const ORIGIN_MS: u64 = 1_767_225_600_000;
+
+    /// A follower at genesis, the leader's key, and the leader's state after
+    /// a few records.
+    fn setup() -> (ReplFollower, ed25519_dalek::SigningKey, NodeState) {
+        let keys = Keys::from_labels("follower-snapshot", 3);
+        let g = genesis(&keys, "follower-snapshot", ORIGIN_MS);
+        let mut leader = NodeState::new(g.clone()).unwrap();
+        let mut records = vec![];
+        let driver = Driver::new(&keys, 10);
+        run_happy_path(
+            &mut leader,
+            &driver,
+            &["default".to_string()],
+            ORIGIN_MS + 1,
+            6,
+            |s| {
+                if let Outcome::Accepted(a) = &s.step.outcome {
+                    records.push(a.record.clone());
+                }
+            },
+        );
+        assert!(!records.is_empty(), "the driver produced records");
+        let mut node = NodeState::new(g.clone()).unwrap();
+        for r in &records {
+            apply_record(&mut node, r, Verify::Trusted).unwrap();
+        }
+        let id = SignerId::from_signing_key(&sig::key_from_label("follower-snapshot/follower-1"));
+        let f = ReplFollower::new(FollowerConfig::default(), id, NodeState::new(g).unwrap());
+        (f, keys.leader, node)
+    }
+
+    /// Offer `node` as the leader would (a manifest over exactly its bytes,
+    /// signed) and deliver it in one chunk.
+    fn transfer(
+        f: &mut ReplFollower,
+        leader: &ed25519_dalek::SigningKey,
+        node: &NodeState,
+    ) -> Vec<FollowerEffect> {
+        let bytes = swoosh_core::cbor::to_canonical(node).unwrap();
+        let body = SnapshotManifest {
+            cluster_id: node.genesis.cluster_id.clone(),
+            genesis_hash: node.genesis_hash,
+            leader: SignerId::from_signing_key(leader),
+            index: node.index,
+            head_record: node.head_record,
+            root_hash: node.root_hash(),
+            content_hash: Hash::of_bytes(&bytes),
+            total_bytes: bytes.len() as u64,
+        };
+        let signature = sig::sign(SNAPSHOT_MANIFEST_DOMAIN, &body, leader).unwrap();
+        let offer = f.on_response(
+            &Response::SnapshotOffer(SignedManifest { body, signature }),
+            0,
+        );
+        assert!(offer
+            .iter()
+            .any(|e| matches!(e, FollowerEffect::Send(Request::Snapshot { offset: 0, .. }))));
+        f.on_response(
+            &Response::SnapshotChunk(SnapshotChunk {
+                index: node.index,
+                offset: 0,
+                total_bytes: bytes.len() as u64,
+                bytes: Bytes(bytes),
+            }),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_signed_snapshot_installs() {
+        let (mut f, leader, node) = setup();
+        let eff = transfer(&mut f, &leader, &node);
+        assert!(eff.iter().any(
+            |e| matches!(e, FollowerEffect::InstallSnapshot { index, .. } if *index == node.index)
+        ));
+        assert_eq!(f.node(), &node);
+        assert!(f.halted().is_none());
+    }
+
+    /// A signed snapshot whose genesis document does not hash to the
+    /// `genesis_hash` it carries passes every other check (the root hash
+    /// covers the genesis hash, not the document). The store would refuse
+    /// to install it, after the follower had taken it in memory; it is a
+    /// divergence here, before anything is installed, so the follower halts
+    /// the way that is recorded and survives a restart.
+    #[test]
+    fn a_snapshot_whose_genesis_document_is_not_its_genesis_hash_halts() {
+        let (mut f, leader, mut node) = setup();
+        node.genesis.hlc_max_offset_ms += 1;
+        assert_ne!(node.genesis.hash().unwrap(), node.genesis_hash);
+        let eff = transfer(&mut f, &leader, &node);
+        assert!(
+            !eff.iter()
+                .any(|e| matches!(e, FollowerEffect::InstallSnapshot { .. })),
+            "{eff:?}"
+        );
+        let d = f.halted().expect("halted");
+        assert_eq!(d.index, node.index);
+        assert!(
+            d.reason.contains("genesis document hashes to"),
+            "{}",
+            d.reason
+        );
+        assert!(matches!(eff.last(), Some(FollowerEffect::Halted(_))));
+        assert_eq!(f.applied_index(), 0);
     }
 }
