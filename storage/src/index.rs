@@ -101,6 +101,8 @@ pub enum RebuildError {
     Encode(#[from] AppendError),
     #[error("rebuilding the idempotency entries of the snapshot at the WAL base failed: {0}")]
     Base(#[from] crate::base::InstallError),
+    #[error("the key {key} is not the genesis leader {leader}: decisions are signed by the leader, and any other signer fails `wal verify`; rebuild with the leader's key")]
+    NotLeader { key: String, leader: String },
 }
 
 impl From<ReadError> for RebuildError {
@@ -128,6 +130,15 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RebuildReport, RebuildError> {
     let t0 = Instant::now();
+    if let Some(k) = leader {
+        let key = swoosh_core::SignerId::from_signing_key(k);
+        if key != genesis.leader {
+            return Err(RebuildError::NotLeader {
+                key: key.to_string(),
+                leader: genesis.leader.to_string(),
+            });
+        }
+    }
     let mut node = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
     check_meta(&*store, node.genesis_hash).map_err(RecoveryError::from)?;
     clear_space(store, Space::Idem)?;
@@ -263,7 +274,7 @@ pub fn audit_indexes<S: LogStore + ?Sized>(
     let from = (base + 1).max(last.saturating_sub(AUDIT_TAIL_RECORDS - 1));
     for index in from..=last {
         let v = crate::wal::read_record(store, index)?;
-        crate::recovery::check_indexes(store, &v, true, &mut |f| findings.push(f))?;
+        crate::recovery::check_indexes(store, &v, true, None, &mut |f| findings.push(f))?;
     }
     Ok(IndexAudit {
         records,

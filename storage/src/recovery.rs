@@ -30,7 +30,7 @@ use swoosh_core::guards::Verify;
 use swoosh_core::hlc::Hlc;
 use swoosh_core::reducer::{apply_prepared_check, prepare_record, PreparedRecord, ReplayError};
 use swoosh_core::state::{Genesis, GenesisError, IdemEntry, NodeState};
-use swoosh_core::Hash;
+use swoosh_core::{Hash, SignerId};
 
 /// Progress is reported at least every this many records.
 pub const PROGRESS_EVERY_RECORDS: u64 = 1024;
@@ -783,6 +783,10 @@ pub fn verify_expecting<S: LogStore + ?Sized>(
             ExpectDecisions::Follower => false,
             ExpectDecisions::Infer => store.count(Space::Decisions)? > 0,
         };
+    // A stored decision must be the genesis leader's, signed over its
+    // record: the hash check alone holds for a decision re-signed by any
+    // key. Checked when signatures are (`Verify::Full`).
+    let decision_signer = (opts.verify == Verify::Full).then(|| node.genesis.leader.clone());
     let mut store_err: Option<StoreError> = None;
     let records = replay(
         store,
@@ -794,7 +798,13 @@ pub fn verify_expecting<S: LogStore + ?Sized>(
         &mut |node, v| {
             check_snap(node, &mut ok, &mut problems);
             if opts.check_indexes && store_err.is_none() {
-                if let Err(e) = check_indexes(store, v, decisions_stored, &mut note) {
+                if let Err(e) = check_indexes(
+                    store,
+                    v,
+                    decisions_stored,
+                    decision_signer.as_ref(),
+                    &mut note,
+                ) {
                     store_err = Some(e);
                 }
             }
@@ -819,10 +829,13 @@ pub fn verify_expecting<S: LogStore + ?Sized>(
     })
 }
 
+/// `decision_signer`: when given, a stored signed decision must carry this
+/// leader and a valid signature.
 pub(crate) fn check_indexes<S: LogStore + ?Sized>(
     store: &S,
     v: &crate::wal::VerifiedRecord,
     decisions_stored: bool,
+    decision_signer: Option<&SignerId>,
     note: &mut dyn FnMut(String),
 ) -> Result<(), StoreError> {
     let r = &v.record;
@@ -860,6 +873,21 @@ pub(crate) fn check_indexes<S: LogStore + ?Sized>(
             "record {}: its decision {} is not stored",
             v.index, r.decision
         )),
+        Ok(Some(crate::wal::DecisionDoc::Signed(s))) => {
+            if let Some(leader) = decision_signer {
+                if s.leader != *leader {
+                    note(format!(
+                        "record {}: its decision {} is signed by {}, not by the genesis leader {leader}",
+                        v.index, r.decision, s.leader
+                    ));
+                } else if let Err(e) = s.verify() {
+                    note(format!(
+                        "record {}: its decision {} has a bad signature: {e}",
+                        v.index, r.decision
+                    ));
+                }
+            }
+        }
         Ok(_) => {}
     }
     Ok(())

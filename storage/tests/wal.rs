@@ -943,6 +943,55 @@ fn verify_of_a_leader_requires_every_decision(h: &mut impl Harness) {
     }
 }
 
+/// A decision whose hash matches its record but which another key signed
+/// (the content hash covers the record, not the signature) is named by a
+/// full verify; a trusted one does not check signatures at all.
+fn verify_names_a_decision_not_signed_by_the_genesis_leader(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 6, 3);
+    let mut s = w.into_store();
+    let keys = swoosh_core::scenario::Keys::from_labels(LABEL, 3);
+    // A rebuild signs with the leader's key only.
+    let e = rebuild_indexes(&mut s, st.genesis(), Some(&keys.outsider), &mut |_| {}).unwrap_err();
+    assert!(matches!(e, RebuildError::NotLeader { .. }), "{e}");
+    rebuild_indexes(&mut s, st.genesis(), Some(&keys.leader), &mut |_| {}).unwrap();
+    // Re-sign record 4's decision with another key, sealed as a sound frame.
+    let r4 = read_record(&s, 4).unwrap().record;
+    let Some(DecisionDoc::Signed(sd)) = get_decision(&s, &r4.decision).unwrap() else {
+        panic!("a rebuilt decision is signed");
+    };
+    let forged = DecisionDoc::Signed(swoosh_core::record::SignedDecision::sign(
+        sd.record,
+        &keys.outsider,
+    ));
+    let bytes = swoosh_core::cbor::to_canonical(&forged).unwrap();
+    s.overwrite_raw(
+        Space::Decisions,
+        &r4.decision.0,
+        &frame::seal(FrameKind::Decision, &bytes).0,
+    )
+    .unwrap();
+    assert_eq!(get_decision(&s, &r4.decision).unwrap(), Some(forged));
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 1, "{:?}", rep.index_problems);
+    assert!(
+        rep.index_problems[0].contains("record 4")
+            && rep.index_problems[0].contains("not by the genesis leader"),
+        "{:?}",
+        rep.index_problems
+    );
+    let trusted = VerifyOptions {
+        verify: Verify::Trusted,
+        ..VerifyOptions::default()
+    };
+    let rep = verify(&s, st.genesis(), &trusted, &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+    rebuild_indexes(&mut s, st.genesis(), Some(&keys.leader), &mut |_| {}).unwrap();
+    let rep = verify(&s, st.genesis(), &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
+}
+
 fn verify_compares_snapshots_and_indexes_and_reindex_repairs_them(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -1145,6 +1194,7 @@ both_backends!(
     snapshot_that_does_not_join_the_log_is_skipped,
     verify_compares_snapshots_and_indexes_and_reindex_repairs_them,
     verify_of_a_leader_requires_every_decision,
+    verify_names_a_decision_not_signed_by_the_genesis_leader,
     group_committer_batches_within_limits_and_returns_tokens,
 );
 
