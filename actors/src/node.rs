@@ -1672,8 +1672,10 @@ enum AttnMsg {
 /// (`swoosh_core::attention`), serves its digest, exports items per band and
 /// keeps its memory in `NodeConfig::attention_file` (saved atomically every
 /// [`ATTENTION_SAVE_EVERY_MS`] when it changed, and on shutdown; loaded at
-/// start; a damaged file is set aside, never fatal). It never touches
-/// replicated state.
+/// start; a damaged file or one of another format version is set aside,
+/// never fatal). File I/O runs on tokio's blocking pool, one save of a file
+/// at a time, so a slow disk never holds a runtime worker the sequencer or
+/// HTTP need. It never touches replicated state.
 struct AttentionActor<S> {
     shared: Arc<Shared<S>>,
 }
@@ -1687,6 +1689,8 @@ struct AttnState {
     /// Supervisor restarts seen so far, per actor label.
     restarts_seen: BTreeMap<String, u64>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The save in flight on the blocking pool, if any (at most one).
+    saving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// This node as an attention subject: its advertised address, or `node`.
@@ -1726,8 +1730,24 @@ fn save_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Load the scorer's memory; a missing file starts fresh, a damaged one is
-/// renamed to `<file>.corrupt-<ms>` and the scorer starts fresh.
+/// The lock that keeps saves of one memory file from overlapping, even
+/// across restarts of the actor (a save left running by a stopped instance
+/// and the first save of the next one write the same temporary file).
+fn save_lock(path: &std::path::Path) -> Arc<Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<BTreeMap<std::path::PathBuf, Arc<Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // Forget the locks nobody holds (nodes that are gone).
+    locks.retain(|p, l| p == path || Arc::strong_count(l) > 1);
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+/// Load the scorer's memory; a missing file starts fresh; a damaged one is
+/// renamed to `<file>.corrupt-<ms>`, one of another format version to
+/// `<file>.v<version>-<ms>`, and the scorer starts fresh (logged).
 fn load_memory(
     path: Option<&std::path::Path>,
     now_ms: u64,
@@ -1747,15 +1767,21 @@ fn load_memory(
                 (s, note, true)
             }
             Err(e) => {
+                let (suffix, what) = match &e {
+                    swoosh_core::attention::MemoryError::Version { found } => {
+                        (format!(".v{found}-{now_ms}"), "of another format version")
+                    }
+                    _ => (format!(".corrupt-{now_ms}"), "damaged"),
+                };
                 let mut aside = path.as_os_str().to_owned();
-                aside.push(format!(".corrupt-{now_ms}"));
+                aside.push(suffix);
                 let aside = std::path::PathBuf::from(aside);
                 let moved = std::fs::rename(path, &aside);
-                tracing::warn!(file = %path.display(), error = %e, set_aside = %aside.display(), moved = moved.is_ok(), "the attention memory is damaged; it was set aside and the scorer starts fresh");
+                tracing::warn!(file = %path.display(), error = %e, set_aside = %aside.display(), moved = moved.is_ok(), "the attention memory is {what}; it was set aside and the scorer starts fresh");
                 (
                     Scorer::new(Tuning::OPERATIONS),
                     format!(
-                        "{} was damaged ({e}); set aside as {}, started fresh",
+                        "{} was {what} ({e}); set aside as {}, started fresh",
                         path.display(),
                         aside.display()
                     ),
@@ -1790,20 +1816,70 @@ impl<S: LogStore + Clone + Send + Sync + 'static> AttentionActor<S> {
             .get()
     }
 
-    fn save(&self, st: &mut AttnState) {
-        let Some(path) = self.shared.cfg.attention_file.as_deref() else {
+    /// Start saving the memory on the blocking pool unless a save is still
+    /// in flight (then it stays dirty for the next tick).
+    fn start_save(&self, st: &mut AttnState) {
+        let Some(path) = self.shared.cfg.attention_file.clone() else {
             st.dirty = false;
             return;
         };
+        if st.saving.is_some() {
+            return;
+        }
+        // Encoding is CPU work on the memory (bounded); the write and fsyncs
+        // go to the blocking pool.
+        let bytes = st.scorer.to_bytes();
+        st.dirty = false;
+        st.saving = Some(tokio::task::spawn_blocking(move || {
+            let lock = save_lock(&path);
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            save_atomically(&path, &bytes)
+        }));
+    }
+
+    /// Save on this thread: only at shutdown, when the blocking pool is gone.
+    fn save_inline(&self, st: &mut AttnState) {
+        let Some(path) = self.shared.cfg.attention_file.as_deref() else {
+            return;
+        };
+        let lock = save_lock(path);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
         match save_atomically(path, &st.scorer.to_bytes()) {
-            Ok(()) => {
-                st.dirty = false;
-                st.saved_at_ms = Some(self.shared.cfg.clock.now_ms());
-            }
+            Ok(()) => st.dirty = false,
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot save the attention memory; will retry")
+                tracing::warn!(file = %path.display(), error = %e, "cannot save the attention memory at shutdown; this lifetime's last events are lost")
             }
         }
+    }
+
+    /// Collect the save in flight if it finished (or, with `wait`, once it
+    /// does): note when it succeeded, mark the memory dirty again if not.
+    /// `Some(false)` when the blocking pool did not run it.
+    async fn reap_save(&self, st: &mut AttnState, wait: bool) -> Option<bool> {
+        if !wait && st.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            return None;
+        }
+        let h = st.saving.take()?;
+        let file = self
+            .shared
+            .cfg
+            .attention_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match h.await {
+            Ok(Ok(())) => st.saved_at_ms = Some(self.shared.cfg.clock.now_ms()),
+            Ok(Err(e)) => {
+                st.dirty = true;
+                tracing::warn!(file = %file, error = %e, "cannot save the attention memory; will retry")
+            }
+            Err(e) => {
+                st.dirty = true;
+                tracing::warn!(file = %file, error = %e, "the attention memory save did not run; will retry");
+                return Some(false);
+            }
+        }
+        Some(true)
     }
 
     fn update_gauges(&self, st: &AttnState) {
@@ -1834,8 +1910,26 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
         use swoosh_core::attention::{Event, EventKind};
         let sh = &self.shared;
         let now = sh.cfg.clock.now_ms();
-        let (mut scorer, memory_note, loaded) = load_memory(sh.cfg.attention_file.as_deref(), now);
-        scorer.begin_session();
+        let file = sh.cfg.attention_file.clone();
+        let loading = tokio::task::spawn_blocking(move || {
+            // Not while a save left by a stopped instance is writing it.
+            let lock = file.as_deref().map(save_lock);
+            let _held = lock
+                .as_ref()
+                .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            load_memory(file.as_deref(), now)
+        });
+        let (mut scorer, memory_note, loaded) = match loading.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the attention memory did not run; the scorer starts fresh");
+                (
+                    swoosh_core::attention::Scorer::new(swoosh_core::attention::Tuning::OPERATIONS),
+                    format!("loading did not run ({e}); started fresh"),
+                    false,
+                )
+            }
+        };
         let restarts_seen: BTreeMap<String, u64> = actor_labels()
             .into_iter()
             .map(|l| {
@@ -1847,6 +1941,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
             .get(&ActorKind::Attention.label())
             .copied()
             .unwrap_or(0);
+        // A new session per node lifetime, not per restart of this actor
+        // (which reloads what this lifetime saved). A memory that never saw
+        // a session (fresh, or not persisted) starts one either way.
+        let node_start = own == 0 || scorer.memory().session == 0;
+        if node_start {
+            scorer.begin_session();
+        }
         if own > 0 {
             scorer.observe(
                 &Event::new(EventKind::Restart, "actor attention restarted", now)
@@ -1871,7 +1972,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
                 }
             }
         });
-        let st = AttnState {
+        let mut st = AttnState {
             scorer,
             counts: BTreeMap::new(),
             dirty: true,
@@ -1879,7 +1980,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
             memory_note,
             restarts_seen,
             ticker: Some(ticker),
+            saving: None,
         };
+        if node_start {
+            // Record the new session right away, so an actor restart before
+            // the first tick reloads it instead of the previous lifetime's.
+            self.start_save(&mut st);
+        }
         self.update_gauges(&st);
         Ok(st)
     }
@@ -1892,9 +1999,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
         if let Some(t) = st.ticker.take() {
             t.abort();
         }
-        // Small file (bounded memory): saved inline so shutdown waits for it.
+        // Shutdown waits for the save in flight and then for the last one.
+        self.reap_save(st, true).await;
         if st.dirty {
-            self.save(st);
+            self.start_save(st);
+            if self.reap_save(st, true).await == Some(false) {
+                // The blocking pool refused (the runtime is going down): one
+                // last attempt here, as nothing runs after it.
+                self.save_inline(st);
+            }
         }
         Ok(())
     }
@@ -1950,8 +2063,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
                     *seen = n.max(*seen);
                 }
                 self.update_gauges(st);
+                self.reap_save(st, false).await;
                 if st.dirty {
-                    self.save(st);
+                    self.start_save(st);
                 }
             }
         }

@@ -83,7 +83,8 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
     let file = dir.path().join("attention.cbor");
     assert!(file.exists(), "saved at shutdown");
 
-    // Restarted: the same pattern is remembered and was seen before.
+    // Restarted: the same pattern is remembered; it was "seen before" only
+    // once it recurs in this session.
     let node = start_with(&fx, dir.path()).await;
     let v = node.attention(Band::IgnoreFast).await.unwrap();
     assert_eq!(v.digest.session, 2);
@@ -94,7 +95,20 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
         .find(|i| i.kind == swoosh_core::attention::EventKind::AuthFailure)
         .expect("remembered across the restart");
     assert_eq!(item.count, 3);
-    assert!(item.seen_before);
+    assert!(!item.seen_before, "not seen again yet");
+    assert!(matches!(
+        node.submit(forged(&fx, 3)).await,
+        SubmitResult::Rejected(_)
+    ));
+    let v = node.attention(Band::IgnoreFast).await.unwrap();
+    let item = v
+        .digest
+        .items
+        .iter()
+        .find(|i| i.kind == swoosh_core::attention::EventKind::AuthFailure)
+        .expect("the same pattern");
+    assert_eq!(item.count, 4);
+    assert!(item.seen_before, "seen in session 1 and again in 2");
     assert!(v
         .digest
         .items
