@@ -678,6 +678,20 @@ fn render_health(v: &serde_json::Value) -> Result<String> {
                 n("malformed"),
                 n("inbox_full_drops"),
             )?;
+            // The leader-shaped fields (absent from older followers).
+            if let Some(c) = v["consensus"].as_str() {
+                writeln!(
+                    out,
+                    "  {c}\n  wal lag {} records, last snapshot {}",
+                    n("walLag"),
+                    v["last_snapshot_index"]
+                        .as_u64()
+                        .map_or("never".to_string(), |i| format!(
+                            "index {i} ({})",
+                            v["lastSnapshotHLC"].as_str().unwrap_or("-")
+                        ))
+                )?;
+            }
             if let Some(reason) = v["halted"].as_str() {
                 writeln!(out, "  HALTED: {reason}")?;
             }
@@ -922,6 +936,22 @@ mod tests {
         assert!(t.starts_with("halted (follower), applied index 7 (durable 7), leader index 9, lag 2 records / 1500 ms"), "{t}");
         assert!(t.contains("HALTED: divergence at 8"), "{t}");
         assert!(t.contains("refused: bad_signature"), "{t}");
+        let mut follower = follower;
+        follower["consensus"] = json!("follower of the single-writer leader at http://10.0.0.1:7700 (/ip4/10.0.0.1/tcp/7800); ALARM: HALTED");
+        follower["walLag"] = json!(0);
+        follower["last_snapshot_index"] = json!(5);
+        follower["lastSnapshotHLC"] = json!("2026-01-01T00:00:00.000+00:00#0");
+        let t = render_health(&follower).unwrap();
+        assert!(
+            t.contains("\n  follower of the single-writer leader at http://10.0.0.1:7700"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "wal lag 0 records, last snapshot index 5 (2026-01-01T00:00:00.000+00:00#0)"
+            ),
+            "{t}"
+        );
 
         let e = render_health(&json!({"status": "ok"}))
             .unwrap_err()

@@ -29,9 +29,15 @@ pub struct FollowArgs {
     /// The leader's libp2p address, e.g. /ip4/127.0.0.1/tcp/7800.
     #[arg(long)]
     pub leader: String,
-    /// Serve read-only GET /state, /health, /metrics here.
+    /// Serve the read-only HTTP surface here: GET /state, /state/summary,
+    /// /health, /metrics, /openapi.json (docs/api.md, "A follower's read-only surface").
     #[arg(long)]
     pub http: Option<String>,
+    /// The leader's HTTP URL, e.g. http://10.0.0.1:7700: what this
+    /// follower's `503 not_leader` names for clients to resubmit to
+    /// (without it, the answer can only name the leader's libp2p address).
+    #[arg(long, value_name = "URL")]
+    pub leader_http: Option<String>,
     /// Also listen for peers here (optional).
     #[arg(long)]
     pub listen: Option<String>,
@@ -249,6 +255,19 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         );
     }
     let leader = parse_addr(&a.leader, "--leader")?;
+    let leader_http = a
+        .leader_http
+        .as_deref()
+        .map(|u| {
+            swoosh_net::p2p::http::parse_leader_http(u)
+                .map_err(|e| anyhow::anyhow!("--leader-http: {e}"))
+        })
+        .transpose()?;
+    if leader_http.is_some() && a.http.is_none() {
+        eprintln!(
+            "swoosh: --leader-http is only named by the HTTP surface; without --http it is unused"
+        );
+    }
     let listen = a
         .listen
         .as_deref()
@@ -287,8 +306,10 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {h}: pick another --http"))?;
         eprintln!("swoosh: follower HTTP on http://{}", listener.local_addr()?);
         let shared = f.shared.clone();
+        let opts = swoosh_net::p2p::http::FollowerHttp { leader_http };
         tokio::spawn(async move {
-            if let Err(e) = swoosh_net::p2p::http::serve_follower(listener, shared).await {
+            if let Err(e) = swoosh_net::p2p::http::serve_follower_with(listener, shared, opts).await
+            {
                 tracing::error!("follower HTTP stopped: {e}");
             }
         });

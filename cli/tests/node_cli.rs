@@ -279,3 +279,153 @@ fn enroll_restamps_an_opened_empty_store_and_refuses_one_with_records() {
     );
     assert_eq!(genesis(&leader).hash().unwrap(), new, "nothing rewritten");
 }
+
+/// A port free on loopback now (another process binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `swoosh follow --http --leader-http` as an operator runs it: `swoosh
+/// state` and `swoosh health` read the follower as they read the leader,
+/// and a proposal sent to the follower is told the leader's HTTP URL.
+#[test]
+fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d, "--agents", "3", "--followers", "1"]);
+    ok(&["p2p", "enroll", "--dir", d]);
+    let (lhttp, lp2p, fhttp) = (free_port(), free_port(), free_port());
+    let leader_url = format!("http://127.0.0.1:{lhttp}");
+    let follower_url = format!("http://127.0.0.1:{fhttp}");
+    let p2p = format!("/ip4/127.0.0.1/tcp/{lp2p}");
+    let follower_dir = format!("{d}/follower-1");
+
+    // --leader-http must be an HTTP URL: refused at start, saying why.
+    for bad in [p2p.as_str(), "ftp://127.0.0.1:7700", "127.0.0.1:7700"] {
+        let o = swoosh(&[
+            "follow",
+            "--dir",
+            &follower_dir,
+            "--leader",
+            &p2p,
+            "--leader-http",
+            bad,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{bad}: {err}");
+        assert!(
+            err.contains("--leader-http") && err.contains("http://"),
+            "{bad}: {err}"
+        );
+    }
+
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_swoosh"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut leader = spawn(&[
+        "serve",
+        "--dir",
+        &format!("{d}/leader"),
+        "--http",
+        &format!("127.0.0.1:{lhttp}"),
+        "--p2p",
+        &p2p,
+    ]);
+    let mut follower = spawn(&[
+        "follow",
+        "--dir",
+        &follower_dir,
+        "--leader",
+        &p2p,
+        "--http",
+        &format!("127.0.0.1:{fhttp}"),
+        "--leader-http",
+        &format!("{leader_url}/"),
+    ]);
+    let run = || -> Result<(), String> {
+        let t0 = Instant::now();
+        let until = |what: &str, f: &dyn Fn() -> bool| -> Result<(), String> {
+            while !f() {
+                if t0.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("timed out waiting for {what}"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        };
+        until("the leader", &|| {
+            swoosh(&["health", "--to", &leader_url]).status.success()
+        })?;
+        let zero = format!("{{\"config_hash\":\"blake3:{}\"}}", "0".repeat(64));
+        ok(&[
+            "propose",
+            "--to",
+            &leader_url,
+            "--key",
+            &format!("{d}/admin.key"),
+            "--transition",
+            "Boot_ConfigOk",
+            "--inputs",
+            &zero,
+        ]);
+        until("the follower at index 1", &|| {
+            let o = swoosh(&["health", "--to", &follower_url, "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|h| h["applied_index"] == 1 && h["status"] == "ok")
+        })?;
+        // The reviewer's `swoosh state --to FOLLOWER --projection Council`.
+        for projection in ["Council", "Boot,Project"] {
+            let read =
+                |url: &str| ok(&["state", "--to", url, "--projection", projection, "--json"]);
+            let (l, f) = (read(&leader_url), read(&follower_url));
+            if l != f {
+                return Err(format!("{projection}: leader {l} follower {f}"));
+            }
+        }
+        let h = ok(&["health", "--to", &follower_url]);
+        if !h.contains("(follower), applied index 1")
+            || !h.contains(&format!(
+                "follower of the single-writer leader at {leader_url}"
+            ))
+            || !h.contains("wal lag 0 records")
+        {
+            return Err(format!("swoosh health on the follower: {h}"));
+        }
+        // A proposal sent to the follower names the leader's URL.
+        let o = swoosh(&[
+            "propose",
+            "--to",
+            &follower_url,
+            "--key",
+            &format!("{d}/admin.key"),
+            "--transition",
+            "Boot_ConfigOk",
+            "--inputs",
+            &zero,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success()
+            || !err.contains(&format!("send proposals to the leader at {leader_url}"))
+        {
+            return Err(format!("propose to the follower: {err}"));
+        }
+        Ok(())
+    };
+    let result = run();
+    for child in [&mut follower, &mut leader] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result.unwrap();
+}

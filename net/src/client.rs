@@ -26,7 +26,9 @@ pub enum ClientError {
     /// A follower answered: it never takes proposals, so retrying it is
     /// pointless; the proposal must go to the leader.
     #[error("{url} is a read-only follower, not the leader; {}", match leader.as_deref() {
-        Some(l) => format!("send proposals to the leader at {l} (--url)"),
+        Some(l) if l.starts_with("http://") || l.starts_with("https://") => format!("send proposals to the leader at {l} (--url)"),
+        // Without `--leader-http` a follower names the leader's p2p address.
+        Some(l) => format!("the leader's p2p address is {l}; send proposals to its HTTP URL (start the follower with --leader-http to have it named here)"),
         None => "send proposals to the leader's URL (see `swoosh health` on a follower, or the cluster's genesis)".into(),
     })]
     NotLeader {
@@ -374,5 +376,31 @@ impl Client {
             .evidence(req.evidence.clone())
             .sign(req.key)
             .map_err(|e| ClientError::Build(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_leader(leader: Option<&str>) -> String {
+        ClientError::NotLeader {
+            url: "http://f:1".into(),
+            leader: leader.map(str::to_string),
+            body: ErrorBody::default(),
+        }
+        .to_string()
+    }
+
+    /// Only an HTTP URL is offered as one to resubmit to.
+    #[test]
+    fn not_leader_names_a_url_only_when_it_is_one() {
+        let t = not_leader(Some("http://leader:7700"));
+        assert!(t.contains("at http://leader:7700 (--url)"), "{t}");
+        let t = not_leader(Some("/ip4/10.0.0.1/tcp/7800"));
+        assert!(t.contains("p2p address is /ip4/10.0.0.1/tcp/7800"), "{t}");
+        assert!(t.contains("--leader-http"), "{t}");
+        assert!(!t.contains("(--url)"), "{t}");
+        assert!(not_leader(None).contains("leader's URL"));
     }
 }

@@ -310,7 +310,7 @@ async fn refuse_connection(
     let _ = tokio::time::timeout(Duration::from_millis(REFUSAL_MS_MAX), conn).await;
 }
 
-fn err(status: StatusCode, error: &str, message: String) -> Response {
+pub(crate) fn err(status: StatusCode, error: &str, message: String) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -322,7 +322,7 @@ fn err(status: StatusCode, error: &str, message: String) -> Response {
         .into_response()
 }
 
-fn body_err(status: StatusCode, body: ErrorBody) -> Response {
+pub(crate) fn body_err(status: StatusCode, body: ErrorBody) -> Response {
     let retry = body.retry_after_ms;
     let mut resp = (status, Json(body)).into_response();
     if let Some(ms) = retry {
@@ -376,7 +376,7 @@ fn backticked(message: &str) -> Option<String> {
 
 /// A query string the extractor refused (a repeated or unparsable
 /// parameter), as the JSON error every other 400 is.
-fn query_rejection(r: QueryRejection) -> Response {
+pub(crate) fn query_rejection(r: QueryRejection) -> Response {
     let detail = r.body_text();
     body_err(
         r.status(),
@@ -564,11 +564,73 @@ async fn post_transition(
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct StateQuery {
+pub(crate) struct StateQuery {
     /// Project id (default `default`).
-    project: Option<String>,
+    pub(crate) project: Option<String>,
     /// Comma-separated regions: Project (meta, epoch, hlc_last), Boot, Ingestion, Council, Environment, Execution, Control, Policy. Default: all.
-    projection: Option<String>,
+    pub(crate) projection: Option<String>,
+}
+
+/// A `400 malformed` body naming `field`.
+fn malformed(field: &str, message: String) -> Box<ErrorBody> {
+    Box::new(ErrorBody {
+        error: "malformed".into(),
+        message,
+        field: Some(field.into()),
+        ..Default::default()
+    })
+}
+
+/// The project and regions a `GET /state` names, or its `400` body (the
+/// leader's and a follower's `/state` parse alike).
+pub(crate) fn parse_state_query(q: StateQuery) -> Result<(String, Vec<Region>), Box<ErrorBody>> {
+    let project = q
+        .project
+        .unwrap_or_else(|| swoosh_core::state::DEFAULT_PROJECT.to_string());
+    if !swoosh_core::state::valid_id(&project) {
+        return Err(malformed(
+            "project",
+            "project must be 1..=64 characters of [a-z0-9._-] starting with a letter or digit"
+                .into(),
+        ));
+    }
+    let mut regions = vec![];
+    if let Some(p) = q.projection.as_deref().filter(|p| !p.is_empty()) {
+        let names: Vec<&str> = p
+            .split(',')
+            .map(str::trim)
+            .take(PROJECTION_SECTIONS_MAX + 1)
+            .collect();
+        if names.len() > PROJECTION_SECTIONS_MAX {
+            return Err(malformed(
+                "projection",
+                format!(
+                    "projection names more than {PROJECTION_SECTIONS_MAX} sections (PROJECTION_SECTIONS_MAX); name each region at most once, or leave projection out to read them all"
+                ),
+            ));
+        }
+        for name in names {
+            let r = Region::ALL
+                .into_iter()
+                .find(|r| r.name().eq_ignore_ascii_case(name))
+                .or_else(|| name.eq_ignore_ascii_case("meta").then_some(Region::Project));
+            match r {
+                Some(r) if !regions.contains(&r) => regions.push(r),
+                Some(_) => {}
+                None => {
+                    let names: Vec<&str> = Region::ALL.iter().map(|r| r.name()).collect();
+                    return Err(malformed(
+                        "projection",
+                        format!(
+                            "unknown projection {name:?}; use a comma-separated list of {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok((project, regions))
 }
 
 /// Read a project's state: its HEAD hash and the requested sections.
@@ -581,66 +643,10 @@ async fn get_state(
         Ok(Query(q)) => q,
         Err(r) => return query_rejection(r),
     };
-    let project = q
-        .project
-        .unwrap_or_else(|| swoosh_core::state::DEFAULT_PROJECT.to_string());
-    if !swoosh_core::state::valid_id(&project) {
-        return body_err(
-            StatusCode::BAD_REQUEST,
-            ErrorBody {
-                error: "malformed".into(),
-                message: "project must be 1..=64 characters of [a-z0-9._-] starting with a letter or digit".into(),
-                field: Some("project".into()),
-                ..Default::default()
-            },
-        );
-    }
-    let mut regions = vec![];
-    if let Some(p) = q.projection.as_deref().filter(|p| !p.is_empty()) {
-        let names: Vec<&str> = p
-            .split(',')
-            .map(str::trim)
-            .take(PROJECTION_SECTIONS_MAX + 1)
-            .collect();
-        if names.len() > PROJECTION_SECTIONS_MAX {
-            return body_err(
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: "malformed".into(),
-                    message: format!(
-                        "projection names more than {PROJECTION_SECTIONS_MAX} sections (PROJECTION_SECTIONS_MAX); name each region at most once, or leave projection out to read them all"
-                    ),
-                    field: Some("projection".into()),
-                    ..Default::default()
-                },
-            );
-        }
-        for name in names {
-            let r = Region::ALL
-                .into_iter()
-                .find(|r| r.name().eq_ignore_ascii_case(name))
-                .or_else(|| name.eq_ignore_ascii_case("meta").then_some(Region::Project));
-            match r {
-                Some(r) if !regions.contains(&r) => regions.push(r),
-                Some(_) => {}
-                None => {
-                    let names: Vec<&str> = Region::ALL.iter().map(|r| r.name()).collect();
-                    return body_err(
-                        StatusCode::BAD_REQUEST,
-                        ErrorBody {
-                            error: "malformed".into(),
-                            message: format!(
-                                "unknown projection {name:?}; use a comma-separated list of {}",
-                                names.join(", ")
-                            ),
-                            field: Some("projection".into()),
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
-        }
-    }
+    let (project, regions) = match parse_state_query(q) {
+        Ok(x) => x,
+        Err(e) => return body_err(StatusCode::BAD_REQUEST, *e),
+    };
     match st.node.state(&project, &regions).await {
         Ok(v) => Json(StateReply {
             project: v.project,

@@ -392,7 +392,8 @@ async fn the_sdk_returns_a_followers_not_leader_at_once() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
-    // A follower's reply, byte for byte as `p2p::http::not_leader` sends it.
+    // A follower's reply in the shape `p2p::http::not_leader` sends (the
+    // SDK reads only `error` and `leader`).
     let leader = "http://10.1.2.3:7700";
     let body = json!({
         "error": "not_leader",

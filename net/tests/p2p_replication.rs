@@ -545,6 +545,8 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
         assert_eq!(s.snapshots_installed, 1, "joined through the snapshot");
         assert!(s.halted_reason.is_none());
         assert!(s.repl.stats().snapshots_installed == 1);
+        // `/health`'s lastSnapshotHLC: the snapshot it installed.
+        assert_eq!(s.last_snapshot, Some((120, node.hlc)));
     }
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
     assert!(leader.snapshot().stats.snapshot_offers >= 1);
@@ -572,6 +574,24 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     .await;
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
     assert_eq!(f.shared.lock().unwrap().snapshots_installed, 0);
+    // The snapshot recovery started from, as `/health` shows it.
+    assert_eq!(
+        f.shared.lock().unwrap().last_snapshot,
+        Some((120, node.hlc))
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(swoosh_net::p2p::http::serve_follower(
+        listener,
+        f.shared.clone(),
+    ));
+    let h = swoosh_net::client::Client::new(&url)
+        .health()
+        .await
+        .unwrap();
+    assert_eq!(h.last_snapshot_index, Some(120));
+    assert_eq!(h.last_snapshot_hlc, node.hlc.map(|h| h.to_string()));
+    assert!(h.last_snapshot_hlc.is_some());
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more

@@ -82,6 +82,10 @@ pub struct FollowerShared {
     pub committed_records: u64,
     /// Snapshots installed into this follower's store (late join, far behind).
     pub snapshots_installed: u64,
+    /// The newest snapshot in this follower's store, `(index, its HLC)`:
+    /// the one recovery started from, or the leader's it installed since
+    /// (a follower writes none of its own). `/health`'s `lastSnapshotHLC`.
+    pub last_snapshot: Option<(u64, Option<swoosh_core::hlc::Hlc>)>,
     pub last_refusals: Vec<String>,
     pub halted_reason: Option<String>,
     pub leader_connected: bool,
@@ -144,6 +148,7 @@ impl FollowerShared {
             commits: 0,
             committed_records: 0,
             snapshots_installed: 0,
+            last_snapshot: None,
             last_refusals: vec![],
             halted_reason: None,
             leader_connected: false,
@@ -236,14 +241,27 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         .map_err(|e| P2pError::Config(e.to_string()))?;
     // log_end, not last_index: a store based on an installed snapshot may
     // hold no record yet and still be far from genesis.
-    let node =
+    let (node, last_snapshot) =
         if swoosh_storage::log_end(&store).map_err(|e| P2pError::Storage(e.to_string()))? == 0 {
-            swoosh_core::state::NodeState::new(genesis.clone())
-                .map_err(|e| P2pError::Config(e.to_string()))?
+            let node = swoosh_core::state::NodeState::new(genesis.clone())
+                .map_err(|e| P2pError::Config(e.to_string()))?;
+            (node, None)
         } else {
-            swoosh_storage::recover(&store, &genesis)
-                .map_err(|e| P2pError::Storage(e.to_string()))?
-                .node
+            let rec = swoosh_storage::recover(&store, &genesis)
+                .map_err(|e| P2pError::Storage(e.to_string()))?;
+            // The HLC from the header alone (for `/health` only: a damaged
+            // header shows none rather than failing the start).
+            let snap = rec.snapshot.map(|i| {
+                let hlc = if i == rec.node.index {
+                    rec.node.hlc
+                } else {
+                    swoosh_storage::snapshot::read_snapshot_head(&store, i)
+                        .ok()
+                        .and_then(|h| h.hlc)
+                };
+                (i, hlc)
+            });
+            (rec.node, snap)
         };
     let writer = WalWriter::open(store, gh, BatchLimits::default())
         .map_err(|e| P2pError::Storage(e.to_string()))?;
@@ -294,6 +312,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let net = Arc::new(NetCounters::default());
     let mut fs = FollowerShared::new(repl, net.clone(), persisted, leader.to_string());
     fs.halted_reason = held_reason;
+    fs.last_snapshot = last_snapshot;
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();
@@ -685,10 +704,11 @@ impl<S: LogStore> Worker<S> {
                             .and_then(|node| {
                                 self.writer
                                     .install_snapshot(&node)
+                                    .map(|r| (r, node.hlc))
                                     .map_err(|e| e.to_string())
                             });
                     match installed {
-                        Ok(r) => {
+                        Ok((r, hlc)) => {
                             tracing::info!(
                                 index,
                                 cut = r.cut_records,
@@ -697,6 +717,7 @@ impl<S: LogStore> Worker<S> {
                             let mut s = lock_shared(&self.shared);
                             s.net.persisted_index.store(index, Ordering::Release);
                             s.snapshots_installed += 1;
+                            s.last_snapshot = Some((index, hlc));
                             s.last_applied_ms = now_wall_ms();
                         }
                         Err(err) => {
