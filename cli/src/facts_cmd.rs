@@ -42,12 +42,79 @@ pub fn license(a: LicenseArgs) -> Result<()> {
         a.valid_days * 86_400_000,
         a.grace_hours * 3_600_000,
     )?;
-    // Ready to paste as the inputs of Boot_Licensed / Boot_LicenseRefresh.
+    // Ready to paste as the inputs of Boot_Licensed / Boot_LicenseRefresh;
+    // the refresh time goes to stderr so stdout stays exactly that.
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({ "license": token }))?
     );
+    eprintln!("{}", refresh_hint(&token)?);
     Ok(())
+}
+
+/// Before expiry, the share of a token's validity left when its holder
+/// should refresh it (SPEC §5: refresh with jitter): a tenth, at least an
+/// hour, so a 30-day token is refreshed ~3 days early.
+const REFRESH_LEAD_DIVISOR: u64 = 10;
+const REFRESH_LEAD_MS_MIN: u64 = 3_600_000;
+
+/// When to issue the next token and propose Boot_LicenseRefresh: jittered
+/// per token (seeded by its signature) so a fleet licensed together does
+/// not refresh in one burst.
+fn refresh_hint(token: &swoosh_core::facts::LicenseToken) -> Result<String> {
+    let validity = token
+        .body
+        .expires_at
+        .wall_ms
+        .saturating_sub(token.body.issued_at.wall_ms);
+    let lead = (validity / REFRESH_LEAD_DIVISOR)
+        .max(REFRESH_LEAD_MS_MIN)
+        .min(validity / 2);
+    let seed = u64::from_le_bytes(token.signature.0[..8].try_into()?);
+    let at = swoosh_guards::refresh_at_ms(token, lead, seed)?;
+    Ok(format!(
+        "refresh at {} (expires {}): issue a new token then and propose Boot_LicenseRefresh with it",
+        swoosh_core::hlc::format_wall_ms(at),
+        swoosh_core::hlc::format_wall_ms(token.body.expires_at.wall_ms)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refresh_hint_falls_before_expiry_and_varies_by_token() {
+        let key = swoosh_core::sig::key_from_label("facts-cmd/authority");
+        let a = LicenseAuthority::new(key, "c".to_string());
+        let issued = 1_767_225_600_000;
+        let day = 86_400_000;
+        let mut seen = std::collections::BTreeSet::new();
+        for project in ["p1", "p2", "p3", "p4"] {
+            let t = a.issue(project, Hlc::new(issued, 0), 30 * day, 0).unwrap();
+            let hint = refresh_hint(&t).unwrap();
+            // 30 days: refresh 3 days before expiry, minus up to 1.5 days.
+            let expires = issued + 30 * day;
+            let at = hint
+                .strip_prefix("refresh at ")
+                .and_then(|h| h.split(" (").next())
+                .unwrap()
+                .to_string();
+            assert!(
+                at.as_str() <= swoosh_core::hlc::format_wall_ms(expires - 3 * day).as_str(),
+                "{hint}"
+            );
+            assert!(
+                at.as_str() > swoosh_core::hlc::format_wall_ms(expires - 5 * day).as_str(),
+                "{hint}"
+            );
+            seen.insert(at);
+        }
+        assert!(seen.len() > 1, "jittered per token: {seen:?}");
+        // A one-day token still gets a time before its expiry.
+        let t = a.issue("p", Hlc::new(issued, 0), day, 0).unwrap();
+        assert!(refresh_hint(&t).unwrap().starts_with("refresh at "));
+    }
 }
 
 #[derive(Args)]
