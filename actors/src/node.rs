@@ -726,6 +726,41 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             .map_err(|_| "the attention actor restarted; retry".to_string())
     }
 
+    /// Feed events observed outside the reducer (the replication leader's
+    /// view of its followers: lag, gaps, partitions, forged messages) to the
+    /// attention scorer. Observability only: a full mailbox or a restarting
+    /// actor drops them (counted as `dropped`) rather than wait; `false` then.
+    pub fn observe(&self, events: Vec<swoosh_core::attention::Event>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let sh = &self.shared;
+        for e in &events {
+            sh.metrics
+                .attention_events_total
+                .get_or_create(&KindLabel {
+                    kind: e.kind.name().to_string(),
+                })
+                .inc();
+        }
+        let sent = sh
+            .refs
+            .read()
+            .expect("refs lock")
+            .attention
+            .clone()
+            .is_some_and(|a| a.try_send(AttnMsg::Observe(events)).is_ok());
+        if !sent {
+            sh.metrics
+                .attention_events_total
+                .get_or_create(&KindLabel {
+                    kind: "dropped".into(),
+                })
+                .inc();
+        }
+        sent
+    }
+
     /// Kill one actor (fault injection for tests and chaos): the supervisor
     /// restarts it from committed state.
     pub fn kill(&self, kind: ActorKind) {
@@ -1660,6 +1695,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
 
 enum AttnMsg {
     Events(Vec<OpEvent>),
+    /// Events observed outside the reducer (replication health).
+    Observe(Vec<swoosh_core::attention::Event>),
     Get(
         swoosh_core::attention::Band,
         tokio::sync::oneshot::Sender<AttentionView>,
@@ -2026,6 +2063,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
                 for e in &evs {
                     *st.counts.entry(e.kind.clone()).or_default() += 1;
                     st.scorer.observe(&Event::from_op(e, now));
+                }
+                st.dirty = true;
+            }
+            AttnMsg::Observe(evs) => {
+                self.shared.depths.attention.took();
+                for e in &evs {
+                    *st.counts.entry(e.kind.name().to_string()).or_default() += 1;
+                    st.scorer.observe(e);
                 }
                 st.dirty = true;
             }
