@@ -2,10 +2,20 @@
 //! transition classes. Pure: `is_open(class, hlc)` depends only on the
 //! schedule (part of the state) and the proposal's HLC.
 
-use crate::hlc::{format_wall_ms, Hlc};
+use crate::hlc::{format_wall_ms, Hlc, HLC_WALL_MS_MAX};
+use crate::proposal::WINDOW_ID_BYTES_MAX;
 use serde::{Deserialize, Serialize};
 
 pub const BACKBEAT_PHASES_MAX: usize = 32;
+/// What a window id (`backbeat:W-<beat>-<phase>`) holds besides the phase
+/// name, at its longest: the prefix, a beat of up to 20 digits (`u64`)
+/// and the dash.
+const WINDOW_ID_OVERHEAD: usize = "backbeat:W-".len() + 20 + 1;
+/// Longest phase name: its window ids must fit `WINDOW_ID_BYTES_MAX`, the
+/// bound a proposal's `window_id` is checked against (96 bytes).
+pub const PHASE_NAME_BYTES_MAX: usize = WINDOW_ID_BYTES_MAX - WINDOW_ID_OVERHEAD;
+/// The name `window_id` gives the gap between phases; a phase may not take it.
+const GAP: &str = "gap";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +53,14 @@ pub enum ScheduleError {
     Overlap(String, String),
     #[error("backbeat amplitude_permille must be at most 1000")]
     Amplitude,
+    #[error("backbeat phase name {0:?} must be 1..={PHASE_NAME_BYTES_MAX} bytes, so that its window ids fit {WINDOW_ID_BYTES_MAX} bytes; shorten it")]
+    PhaseName(String),
+    #[error("backbeat phase name {0:?} is used twice; window ids name phases, so give each phase its own name")]
+    DuplicatePhase(String),
+    #[error("backbeat phase name \"gap\" is reserved for the window id of the time between phases; rename the phase")]
+    ReservedPhaseName,
+    #[error("backbeat origin_ms {0} is past the latest HLC wall time {HLC_WALL_MS_MAX} (9999-12-31): no proposal could ever be in a window; use a wall time in ms since the epoch")]
+    Origin(u64),
 }
 
 /// Where an HLC falls in the schedule.
@@ -64,7 +82,20 @@ impl Schedule {
         if self.amplitude_permille > 1000 {
             return Err(ScheduleError::Amplitude);
         }
+        if self.origin_ms > HLC_WALL_MS_MAX {
+            return Err(ScheduleError::Origin(self.origin_ms));
+        }
+        let mut names = std::collections::BTreeSet::new();
         for p in &self.phases {
+            if p.name.is_empty() || p.name.len() > PHASE_NAME_BYTES_MAX {
+                return Err(ScheduleError::PhaseName(p.name.clone()));
+            }
+            if p.name == GAP {
+                return Err(ScheduleError::ReservedPhaseName);
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ScheduleError::DuplicatePhase(p.name.clone()));
+            }
             if p.start_ms >= p.end_ms || p.end_ms > self.period_ms {
                 return Err(ScheduleError::PhaseBounds(p.name.clone()));
             }
@@ -110,7 +141,7 @@ impl Schedule {
             Some(p) => format!(
                 "backbeat:W-{}-{}",
                 p.beat,
-                p.phase.map_or("gap", |ph| ph.name.as_str())
+                p.phase.map_or(GAP, |ph| ph.name.as_str())
             ),
         }
     }
@@ -126,7 +157,12 @@ impl Schedule {
             .filter(|p| p.opens.iter().any(|c| c == class))
             .map(|p| p.start_ms);
         if hlc.wall_ms < self.origin_ms {
-            return starts.min().map(|s| self.origin_ms - hlc.wall_ms + s);
+            // Saturating: an origin near `u64::MAX` (which `validate`
+            // refuses, but a caller may hold an unvalidated schedule) must
+            // not overflow.
+            return starts
+                .min()
+                .map(|s| (self.origin_ms - hlc.wall_ms).saturating_add(s));
         }
         let offset = (hlc.wall_ms - self.origin_ms) % self.period_ms;
         starts
@@ -143,7 +179,7 @@ impl Schedule {
     /// Retry hint for a caller whose window is closed, scaled by pressure.
     pub fn retry_after_ms(&self, class: &str, hlc: &Hlc) -> Option<u64> {
         self.ms_until_open(class, hlc)
-            .map(|ms| ms + ms.saturating_mul(self.amplitude_permille as u64) / 1000)
+            .map(|ms| ms.saturating_add(ms.saturating_mul(self.amplitude_permille as u64) / 1000))
     }
 
     /// A sentence describing why `class` is closed at `hlc`.
@@ -166,7 +202,7 @@ impl Schedule {
         match self.ms_until_open(class, hlc) {
             Some(ms) => format!(
                 "the BACKBEAT window for class '{class}' is closed at {hlc} ({here}); it opens in {ms} ms at {}: resubmit then with a fresh HLC",
-                format_wall_ms(hlc.wall_ms + ms)
+                format_wall_ms(hlc.wall_ms.saturating_add(ms))
             ),
             None => format!("no BACKBEAT phase ever opens class '{class}' ({here}); ask an admin to fix the schedule"),
         }
@@ -230,5 +266,50 @@ mod tests {
         let mut s = sched();
         s.period_ms = 0;
         assert_eq!(s.validate(), Err(ScheduleError::ZeroPeriod));
+    }
+
+    #[test]
+    fn phase_names_are_unique_and_fit_the_window_id() {
+        let mut s = sched();
+        s.phases[2].name = "review".into();
+        assert_eq!(
+            s.validate(),
+            Err(ScheduleError::DuplicatePhase("review".into()))
+        );
+        let mut s = sched();
+        s.phases[0].name = "gap".into();
+        assert_eq!(s.validate(), Err(ScheduleError::ReservedPhaseName));
+        let mut s = sched();
+        s.phases[0].name = String::new();
+        assert_eq!(s.validate(), Err(ScheduleError::PhaseName(String::new())));
+        // The longest name allowed gives window ids within the bound even
+        // at the largest beat a u64 holds.
+        let mut s = sched();
+        s.phases[0].name = "w".repeat(PHASE_NAME_BYTES_MAX);
+        s.validate().unwrap();
+        let id = format!("backbeat:W-{}-{}", u64::MAX, s.phases[0].name);
+        assert_eq!(id.len(), WINDOW_ID_BYTES_MAX);
+        s.phases[0].name.push('w');
+        assert!(matches!(s.validate(), Err(ScheduleError::PhaseName(_))));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("1..=96 bytes") && e.contains("shorten it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_origin_near_the_end_of_time_neither_overflows_nor_validates() {
+        let mut s = sched();
+        s.origin_ms = u64::MAX - 10;
+        assert_eq!(s.validate(), Err(ScheduleError::Origin(u64::MAX - 10)));
+        let at = Hlc::new(0, 0);
+        // Before the origin: the wait saturates instead of overflowing.
+        assert_eq!(s.ms_until_open("review", &at), Some(u64::MAX));
+        assert_eq!(s.retry_after_ms("review", &at), Some(u64::MAX));
+        assert!(s.closed_reason("review", &at).contains("opens in"));
+        let mut s = sched();
+        s.origin_ms = HLC_WALL_MS_MAX;
+        s.validate().unwrap();
     }
 }

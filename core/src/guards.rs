@@ -43,6 +43,10 @@ pub struct GuardCtx<'a> {
     /// Judged for admission (false: replayed from a log). Refusal-only
     /// rules newer than some logs apply at admission only (`Judged`).
     pub admission: bool,
+    /// The leader's clock (ms since the epoch) the proposal is judged at:
+    /// `Ctx::now_ms` (in replay, the record's `timestamp_ms`). Read only by
+    /// admission-only rules.
+    pub now_ms: u64,
 }
 
 pub fn outcome(guard: &str, ok: bool, reasons: Vec<String>) -> GuardOutcome {
@@ -136,26 +140,26 @@ pub fn license_token(g: &GuardCtx, token: &LicenseToken) -> GuardOutcome {
     }
     if !has_role(g.state, &b.authority, Role::LicenseAuthority) {
         bad.push(format!(
-            "license token authority {} is not a license_authority in the roster",
+            "license token authority {} is not a license_authority in the roster: request the token from a rostered license authority, or ask an admin to give that key the license_authority role (Boot_SetRoster)",
             b.authority
         ));
     }
     if b.cluster_id != g.state.meta.cluster_id {
         bad.push(format!(
-            "license token is for cluster {:?}, this is cluster {:?}",
-            b.cluster_id, g.state.meta.cluster_id
+            "license token is for cluster {:?}, this is cluster {:?}: request a token issued for cluster {:?}",
+            b.cluster_id, g.state.meta.cluster_id, g.state.meta.cluster_id
         ));
     }
     if b.project != "*" && b.project != g.state.meta.project {
         bad.push(format!(
-            "license token covers project {:?}, not {:?}",
-            b.project, g.state.meta.project
+            "license token covers project {:?}, not {:?}: request a token for project {:?} or for every project (\"*\")",
+            b.project, g.state.meta.project, g.state.meta.project
         ));
     }
     if b.issued_at > g.proposal.hlc {
         bad.push(format!(
-            "license token is issued at {}, after the proposal's HLC {}",
-            b.issued_at, g.proposal.hlc
+            "license token is issued at {}, after the proposal's HLC {}: take an HLC at or after {} (a current one) and re-sign the proposal, or check the license authority's clock",
+            b.issued_at, g.proposal.hlc, b.issued_at
         ));
     }
     if g.proposal.hlc >= b.expires_at {
@@ -219,6 +223,34 @@ pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
     }
 }
 
+/// The scheme of a source, as RFC 3986 §3.1 defines it (`ALPHA *( ALPHA /
+/// DIGIT / "+" / "-" / "." )` before the first `:`), lowercased (schemes are
+/// case-insensitive). `Err`: why the source is not an absolute URI, as a
+/// sentence that says what form is expected.
+pub fn source_scheme(source: &str) -> Result<String, String> {
+    const FORM: &str = "write each source as an absolute URI without spaces: a scheme (a letter, then letters, digits, '+', '-' or '.'), ':' and the rest, e.g. git://host/repo.git or https://host/path";
+    if let Some((at, c)) = source
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "source {source:?} holds whitespace or a control character ({c:?} at byte {at}): {FORM}"
+        ));
+    }
+    let Some((scheme, _)) = source.split_once(':') else {
+        return Err(format!("source {source:?} names no URI scheme: {FORM}"));
+    };
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !valid {
+        return Err(format!(
+            "source {source:?} does not start with a valid URI scheme ({scheme:?} before the first ':'): {FORM}"
+        ));
+    }
+    Ok(scheme.to_ascii_lowercase())
+}
+
 pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
     // Sources are checked as findings with code `source:<scheme>`, so one rule
     // format covers both (e.g. deny_codes: ["source:file"]).
@@ -229,8 +261,48 @@ pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
             detail: s.clone(),
         })
         .collect();
-    let b = breaches(&g.state.policy.rules, &findings);
-    if b.is_empty() {
+    let rules = &g.state.policy.rules;
+    let b = breaches(rules, &findings);
+    let denied = |f: &Finding, r: &PolicyRule| {
+        format!(
+            "source {} is denied by policy rule '{}': {}; remove it from the source set",
+            f.detail, r.id, r.rationale
+        )
+    };
+    let mut bad: Vec<String> = b.iter().map(|(f, r)| denied(f, r)).collect();
+    // At admission only: the scheme as RFC 3986 defines it, compared
+    // without regard to case (`FILE:///etc/passwd` is a `file` source), and
+    // no source that is not an absolute URI (a bare path, a leading space).
+    // The text before the first ':' taken as it is let those past a
+    // `source:file` rule; logs an earlier build accepted them in replay.
+    if g.admission {
+        let mut seen: BTreeSet<(&str, &str)> = b
+            .iter()
+            .map(|(f, r)| (f.detail.as_str(), r.id.as_str()))
+            .collect();
+        for s in sources {
+            match source_scheme(s) {
+                Err(why) => bad.push(why),
+                Ok(scheme) => {
+                    for r in rules {
+                        let denies = r.deny_codes.iter().any(|c| {
+                            c.get(..7)
+                                .is_some_and(|p| p.eq_ignore_ascii_case("source:"))
+                                && c[7..].eq_ignore_ascii_case(&scheme)
+                        });
+                        if denies && seen.insert((s.as_str(), r.id.as_str())) {
+                            let f = Finding {
+                                code: format!("source:{scheme}"),
+                                detail: s.clone(),
+                            };
+                            bad.push(denied(&f, r));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if bad.is_empty() {
         outcome(
             "policy",
             true,
@@ -241,13 +313,7 @@ pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
             )],
         )
     } else {
-        outcome(
-            "policy",
-            false,
-            b.iter()
-                .map(|(f, r)| format!("source {} is denied by policy rule '{}': {}; remove it from the source set", f.detail, r.id, r.rationale))
-                .collect(),
-        )
+        outcome("policy", false, bad)
     }
 }
 
@@ -377,7 +443,7 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
         if g.verify.embedded() {
             if let Err(e) = v.verify() {
                 bad.push(format!(
-                    "vote of {} has an invalid signature ({e})",
+                    "vote of {} has an invalid signature ({e}): collect a vote freshly signed by that member's own key, or leave it out",
                     b.voter
                 ));
                 continue;
@@ -385,13 +451,13 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
         }
         if !has_role(st, &b.voter, Role::Council) {
             bad.push(format!(
-                "voter {} is not a council member of the roster",
+                "voter {} is not a council member of the roster: leave its vote out, or ask an admin to give it the council role (Boot_SetRoster) first",
                 b.voter
             ));
         } else if b.project != st.meta.project {
             bad.push(format!(
-                "vote of {} is for project {:?}, not {:?}",
-                b.voter, b.project, st.meta.project
+                "vote of {} is for project {:?}, not {:?}: collect a vote for project {:?}",
+                b.voter, b.project, st.meta.project, st.meta.project
             ));
         } else if b.epoch != epoch {
             bad.push(format!("vote of {} is for council epoch {}, the current epoch is {epoch}: stale vote, collect a new one", b.voter, b.epoch));
@@ -435,7 +501,7 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
         if g.verify.embedded() {
             if let Err(e) = p.verify() {
                 bad.push(format!(
-                    "probe of tool '{}' has an invalid signature ({e})",
+                    "probe of tool '{}' has an invalid signature ({e}): re-sign the probe with the prober's own key",
                     b.tool
                 ));
                 continue;
@@ -443,18 +509,18 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
         }
         if !has_role(st, &b.prober, Role::ToolProber) {
             bad.push(format!(
-                "probe of tool '{}' is signed by {}, who is not a tool_prober in the roster",
-                b.tool, b.prober
+                "probe of tool '{}' is signed by {}, who is not a tool_prober in the roster: have a rostered tool prober sign it, or ask an admin to give {} the tool_prober role (Boot_SetRoster)",
+                b.tool, b.prober, b.prober
             ));
         } else if b.project != st.meta.project {
             bad.push(format!(
-                "probe of tool '{}' is for project {:?}",
-                b.tool, b.project
+                "probe of tool '{}' is for project {:?}: probe the tool for project {:?} and sign that",
+                b.tool, b.project, st.meta.project
             ));
         } else if b.probed_at > hlc {
             bad.push(format!(
-                "probe of tool '{}' is dated {}, after the proposal's HLC {hlc}",
-                b.tool, b.probed_at
+                "probe of tool '{}' is dated {}, after the proposal's HLC {hlc}: take an HLC at or after {} and re-sign the proposal, or re-sign the probe at or before {hlc}",
+                b.tool, b.probed_at, b.probed_at
             ));
         } else if hlc.wall_ms - b.probed_at.wall_ms > st.meta.probe_max_age_ms {
             bad.push(format!(
@@ -468,9 +534,42 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
     ok
 }
 
+/// At admission only: a probe list names each tool once, and no probe is
+/// older than the one the state already records for its tool. The reducer
+/// records every probe of a pinned tool in list order, so two probes of one
+/// tool let the last listed win over the newest, and an older probe rolls a
+/// tool's recorded status back. Logs an earlier build accepted them in
+/// replay.
+fn probe_order(g: &GuardCtx, probes: &[Probe], bad: &mut Vec<String>) {
+    if !g.admission {
+        return;
+    }
+    let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in probes {
+        *count.entry(p.body.tool.as_str()).or_default() += 1;
+    }
+    for (tool, n) in count.iter().filter(|(_, n)| **n > 1) {
+        bad.push(format!(
+            "inputs.probes holds {n} probes of tool '{tool}': send exactly one probe per tool, the newest"
+        ));
+    }
+    for p in probes {
+        let b = &p.body;
+        if let Some(t) = g.state.council.tooling.get(&b.tool) {
+            if b.probed_at < t.probed_at {
+                bad.push(format!(
+                    "probe of tool '{}' is dated {}, before the probe from {} the state already records for it: a probe may not roll a tool's status back; probe the tool again and send a probe dated at or after {}",
+                    b.tool, b.probed_at, t.probed_at, t.probed_at
+                ));
+            }
+        }
+    }
+}
+
 pub fn mcp_green(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
     let mut bad = vec![];
     let valid = valid_probes(g, probes, &mut bad);
+    probe_order(g, probes, &mut bad);
     for (tool, pin) in &g.state.council.tools {
         match valid.iter().rev().find(|p| &p.body.tool == tool) {
             None => bad.push(format!("no valid fresh probe for pinned tool '{tool}'")),
@@ -502,6 +601,7 @@ pub fn mcp_green(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
 pub fn mcp_lost(g: &GuardCtx, probes: &[Probe]) -> GuardOutcome {
     let mut bad = vec![];
     let valid = valid_probes(g, probes, &mut bad);
+    probe_order(g, probes, &mut bad);
     let failing: Vec<String> = valid
         .iter()
         .filter_map(|p| {
@@ -546,7 +646,7 @@ pub fn capacity(request: &Resources, available: &Resources) -> GuardOutcome {
     }
     if request.mem_mb > available.mem_mb {
         bad.push(format!(
-            "requested {} MB memory exceeds the {} MB available",
+            "requested {} MB memory exceeds the {} MB available; wait for capacity or shrink the request",
             request.mem_mb, available.mem_mb
         ));
     }
@@ -674,6 +774,44 @@ pub fn backbeat(g: &GuardCtx, class: &str) -> (GuardOutcome, Option<u64>) {
             None,
         );
     }
+    // At admission only: the window must also be open, and be the same
+    // window, at the leader's own clock. Judged at the proposal's HLC
+    // alone, which may lead (or lag) the leader's clock by up to
+    // `hlc_max_offset_ms`, a proposer could date its proposal into any
+    // phase within reach of that offset, which for a beat shorter than the
+    // offset is every phase. Logs an earlier build wrote replay as accepted.
+    if g.admission {
+        let leader = Hlc::new(g.now_ms, 0);
+        let at_leader = sched.window_id(&leader);
+        let open = sched.is_open(class, &leader);
+        if !open || at_leader != window {
+            let now = format_wall_ms(g.now_ms);
+            let (why, retry) = if open {
+                (
+                    format!(
+                        "the proposal's HLC {hlc} dates it into window {window}, but at the leader's clock ({now}) the current window is {at_leader}: a time-gated proposal is admitted only in the window it names while that window is open; take a current HLC, set window_id to {at_leader:?} and resubmit"
+                    ),
+                    None,
+                )
+            } else {
+                let retry = sched.retry_after_ms(class, &leader);
+                let when = match sched.ms_until_open(class, &leader) {
+                    Some(ms) => format!(
+                        "it next opens in {ms} ms, at {}",
+                        format_wall_ms(g.now_ms.saturating_add(ms))
+                    ),
+                    None => "no phase opens it".to_string(),
+                };
+                (
+                    format!(
+                        "the proposal's HLC {hlc} dates it into window {window}, but at the leader's clock ({now}) the BACKBEAT window for class '{class}' is closed (window {at_leader}): {when}; wait for the window to open, then resubmit with a current HLC"
+                    ),
+                    retry,
+                )
+            };
+            return (outcome("backbeat", false, vec![why]), retry);
+        }
+    }
     (
         outcome(
             "backbeat",
@@ -719,6 +857,20 @@ pub fn council_member(g: &GuardCtx, work_hash: &Hash) -> GuardOutcome {
     }
 }
 
+/// Why the council cannot stand behind approvals now: it holds no quorum
+/// certificate or is not READY. `None` when it can.
+fn council_unready(st: &ProjectState) -> Option<String> {
+    let c = &st.council;
+    match (c.quorum_cert.is_some(), c.phase == "READY") {
+        (true, true) => None,
+        (false, _) => Some(format!(
+            "the council is {} and holds no quorum certificate (an ejection clears it)",
+            c.phase
+        )),
+        (true, false) => Some(format!("the council is {}, not READY", c.phase)),
+    }
+}
+
 pub fn approvals(g: &GuardCtx) -> GuardOutcome {
     let st = g.state;
     let need = st.council.quorum_threshold as usize;
@@ -737,14 +889,34 @@ pub fn approvals(g: &GuardCtx) -> GuardOutcome {
             vec!["this window's work was already submitted; propose Execution_NextWindow".into()],
         );
     }
+    let mut bad = vec![];
     if have < need {
-        outcome(
-            "approvals",
-            false,
-            vec![format!(
-                "{have} council approvals in this REVERB; submission needs {need}"
-            )],
-        )
+        bad.push(format!(
+            "{have} council approvals in this REVERB; submission needs {need}"
+        ));
+    }
+    // At admission only: approvals count for a council that holds a quorum
+    // certificate and is READY. After Council_Eject (certificate cleared,
+    // Council in ELECT) or Council_ToolingLost the approvals of the members
+    // left counted as if the council still stood. Logs an earlier build
+    // accepted such submissions in replay. Said in the same sentence as a
+    // shortfall of approvals, when there is one.
+    if g.admission {
+        if let Some(why) = council_unready(st) {
+            let remedy = if st.council.quorum_cert.is_none() {
+                "re-elect the council (Council_ReElect), bring it back to READY (Council_McpGreen), then collect approvals again and submit"
+            } else {
+                "bring the Council back to READY (Council_McpGreen with fresh probes), then submit"
+            };
+            let line = format!("{why}, so its approvals cannot carry a submission: {remedy}");
+            match bad.first_mut() {
+                Some(first) => *first = format!("{first}; besides, {line}"),
+                None => bad.push(line),
+            }
+        }
+    }
+    if !bad.is_empty() {
+        outcome("approvals", false, bad)
     } else {
         outcome(
             "approvals",

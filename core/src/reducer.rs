@@ -26,6 +26,14 @@ pub const LIST_ITEMS_MAX: usize = 256;
 pub use crate::state::{IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX, IDEM_KEYS_TOTAL_MAX};
 pub const TEXT_BYTES_MAX: usize = 1024;
 pub const EXECUTION_EVIDENCE_MAX: usize = 256;
+/// How far above the last indexed version `Ingestion_CorpusBuilt` may go
+/// in one build (admission only). Versions only go up and nothing resets
+/// them, so one unbounded jump (to `u64::MAX`) would refuse every later
+/// build of the project for good. 2^32 leaves at least 2^32 further builds
+/// before the version space could run out (over a century at one build a
+/// second), and still admits the schemes index builders use for a first
+/// version: counters, dates (`20260101`, `2026010112`) and Unix seconds.
+pub const CORPUS_VERSION_STEP_MAX: u64 = 1 << 32;
 
 /// What the leader hands the reducer alongside a proposal.
 #[derive(Clone, Copy, Debug)]
@@ -287,8 +295,16 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// admission only: a refused proposal never reaches a log, so a replay
 /// computes the same state without them, and a log written by an earlier
 /// build (or by a leader not yet upgraded) still replays. They are: the
-/// HLC's lag behind the leader's clock, and `Council_ToolingLost` with
-/// invalid probes beside a failing one.
+/// HLC's lag behind the leader's clock; `Council_ToolingLost` with
+/// invalid probes beside a failing one; a BACKBEAT window that is not open,
+/// or is another window, at the leader's clock (`guards::backbeat`); a
+/// source without a valid RFC 3986 scheme, or whose scheme a `source:` rule
+/// denies in another case (`guards::policy_sources`); a probe list naming a
+/// tool twice, or a probe older than the one recorded for its tool
+/// (`Council_McpGreen`, `Council_ToolingLost`); an index version more than
+/// `CORPUS_VERSION_STEP_MAX` above the last (`Ingestion_CorpusBuilt`); and
+/// `Execution_Submit` while the council holds no quorum certificate or is
+/// not READY (`guards::approvals`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Judged {
     Admission,
@@ -586,6 +602,7 @@ fn evaluate(
         proposal: p,
         verify: ctx.verify,
         admission: judged == Judged::Admission,
+        now_ms: ctx.now_ms,
     };
     let mut post = ProjectState::clone(&pre);
     let mut events = vec![];
@@ -948,10 +965,23 @@ fn transition(
         }
         "Ingestion_CorpusBuilt" => {
             let i: InCorpus = inputs(p)?;
-            if i.version <= g.state.ingestion.version {
+            let last = g.state.ingestion.version;
+            if i.version <= last {
                 return Err(field_err(
                     "version",
-                    format!("a new index must carry a new version: {} is not above the last indexed version {}", i.version, g.state.ingestion.version),
+                    format!("a new index must carry a new version: {} is not above the last indexed version {last}", i.version),
+                ));
+            }
+            // At admission only (see `Judged`).
+            if g.admission && i.version > last.saturating_add(CORPUS_VERSION_STEP_MAX) {
+                return Err(field_err(
+                    "version",
+                    format!(
+                        "version {} jumps more than {CORPUS_VERSION_STEP_MAX} above the last indexed version {last}: versions only go up and are never reset, so such a jump could exhaust them; use a version from {} to {}",
+                        i.version,
+                        last + 1,
+                        last.saturating_add(CORPUS_VERSION_STEP_MAX)
+                    ),
                 ));
             }
             lic(out)?;
@@ -1873,5 +1903,542 @@ mod tests {
             Some((RejectKind::HlcOrder, "hlc".into()))
         );
         assert!(evaluate(&node, &p, &ctx, None, None, Judged::Replay).is_ok());
+    }
+
+    use crate::facts::{LicenseBody, LicenseToken, ProbeBody, VoteBody};
+    use crate::proposal::ProposalBuilder;
+    use ed25519_dalek::SigningKey;
+    use serde_json::{json, Value as Json};
+    use std::cell::Cell;
+
+    const P: &str = "default";
+    const ORIGIN: u64 = 1_767_225_600_000;
+
+    /// One node and project on a virtual leader clock, driven along the
+    /// happy path to the state a test needs.
+    struct Fx {
+        keys: Keys,
+        node: NodeState,
+        now: u64,
+        seq: Cell<u64>,
+    }
+
+    impl Fx {
+        fn new(label: &str) -> Fx {
+            let keys = Keys::from_labels(label, 3);
+            let node = NodeState::new(genesis(&keys, label, ORIGIN)).unwrap();
+            Fx {
+                keys,
+                node,
+                now: ORIGIN + 10,
+                seq: Cell::new(0),
+            }
+        }
+
+        fn ctx(&self) -> Ctx {
+            Ctx {
+                now_ms: self.now,
+                verify: Verify::Full,
+                snapshot_every: 0,
+            }
+        }
+
+        fn st(&self) -> ProjectState {
+            self.node.project(P).into_owned()
+        }
+
+        fn hlc(&self) -> Hlc {
+            Driver::hlc_for(&self.st(), self.now)
+        }
+
+        fn drive(&mut self, done: impl Fn(&ProjectState) -> bool) {
+            let d = Driver::new(&self.keys, u64::MAX);
+            for _ in 0..300 {
+                if done(&self.st()) {
+                    return;
+                }
+                match d.next(&self.node, P, self.now) {
+                    Next::Propose(p) => {
+                        let ctx = self.ctx();
+                        let s = step(&mut self.node, &p, &ctx);
+                        assert!(matches!(s.outcome, Outcome::Accepted(_)), "{s:#?}");
+                        self.now += 1;
+                    }
+                    Next::WaitMs(ms) => self.now += ms,
+                    Next::Done => panic!("the driver stopped"),
+                }
+            }
+            panic!("state not reached in 300 steps");
+        }
+
+        /// A proposal for HEAD at `hlc`, naming the window of `hlc`.
+        fn at(&self, t: &str, inputs: Json, key: &SigningKey, hlc: Hlc) -> Proposal {
+            let n = self.seq.get();
+            self.seq.set(n + 1);
+            let window = self.st().execution.schedule.window_id(&hlc);
+            ProposalBuilder::new(P, t, self.node.project_hash(P), hlc, &format!("x-{n}"))
+                .inputs(&inputs)
+                .unwrap()
+                .window(window)
+                .sign(key)
+                .unwrap()
+        }
+
+        fn p(&self, t: &str, inputs: Json, key: &SigningKey) -> Proposal {
+            self.at(t, inputs, key, self.hlc())
+        }
+
+        fn accept(&mut self, p: &Proposal) {
+            let ctx = self.ctx();
+            let s = step(&mut self.node, p, &ctx);
+            assert!(
+                matches!(s.outcome, Outcome::Accepted(_)),
+                "{} refused: {:#?}",
+                p.transition,
+                s.outcome
+            );
+            self.now += 1;
+        }
+
+        fn judge(&self, p: &Proposal, judged: Judged) -> Result<(), Rejection> {
+            evaluate(&self.node, p, &self.ctx(), None, None, judged).map(|e| match e {
+                Eval::Apply(_) => (),
+                Eval::Duplicate(_) => panic!("{} is a duplicate", p.transition),
+            })
+        }
+
+        /// `p` is refused at admission with `guard`, and accepted in replay
+        /// (as the rule before this one accepted it, so logs an earlier
+        /// build wrote still replay).
+        fn admitted_only(&self, p: &Proposal, guard: &str) -> Rejection {
+            let r = self
+                .judge(p, Judged::Admission)
+                .expect_err("refused at admission");
+            assert_eq!(r.guard, guard, "{r:#?}");
+            if let Err(e) = self.judge(p, Judged::Replay) {
+                panic!("{} refused in replay: {e:#?}", p.transition);
+            }
+            r
+        }
+
+        fn probe(&self, tool: &str, version: &str, ok: bool, at: Hlc, key: &SigningKey) -> Probe {
+            Probe::sign(
+                ProbeBody {
+                    project: P.into(),
+                    tool: tool.into(),
+                    reachable: ok,
+                    version: version.into(),
+                    probed_at: at,
+                    prober: SignerId::from_signing_key(key),
+                },
+                key,
+            )
+        }
+    }
+
+    fn says(r: &Rejection, what: &str) -> bool {
+        r.reasons.iter().any(|x| x.contains(what))
+    }
+
+    /// The leader's clock at `offset_ms` into the beat after the current one.
+    fn next_beat_at(fx: &Fx, offset_ms: u64) -> u64 {
+        let s = &fx.st().execution.schedule;
+        let beat = (fx.now - s.origin_ms) / s.period_ms;
+        s.origin_ms + (beat + 1) * s.period_ms + offset_ms
+    }
+
+    #[test]
+    fn a_post_dated_hlc_does_not_open_a_backbeat_window_at_admission() {
+        let mut fx = Fx::new("bb");
+        fx.drive(|s| s.execution.phase == "WORK");
+        // The leader is in the work phase; the proposer dates its proposal
+        // into the review phase, within the HLC offset.
+        fx.now = next_beat_at(&fx, 10);
+        let sched = fx.st().execution.schedule.clone();
+        let leader = Hlc::new(fx.now, 0);
+        assert!(!sched.is_open("review", &leader));
+        let wait = sched.ms_until_open("review", &leader).unwrap();
+        let at = Hlc::new(fx.now + wait, 0);
+        assert!(wait <= fx.st().meta.hlc_max_offset_ms);
+        let work = crate::scenario::work_hash(P, 0);
+        let p = fx.at(
+            "Execution_BeatReviewGate",
+            json!({ "work_hash": work }),
+            &fx.keys.worker,
+            at,
+        );
+        let r = fx.admitted_only(&p, "backbeat");
+        assert!(
+            says(&r, "at the leader's clock") && says(&r, "wait for the window to open"),
+            "{r:#?}"
+        );
+        assert_eq!(
+            r.retry_after_ms,
+            sched.retry_after_ms("review", &leader),
+            "the hint counts from the leader's clock"
+        );
+
+        // The leader in the review phase; the proposer names the review
+        // window of the next beat: open, but another window.
+        fx.now += wait + 10;
+        let at = Hlc::new(fx.now + sched.period_ms, 0);
+        let p = fx.at(
+            "Execution_BeatReviewGate",
+            json!({ "work_hash": work }),
+            &fx.keys.worker,
+            at,
+        );
+        let r = fx.admitted_only(&p, "backbeat");
+        assert!(says(&r, "take a current HLC"), "{r:#?}");
+        assert_eq!(r.retry_after_ms, None);
+
+        // At the leader's clock in the window it names: admitted.
+        let p = fx.p(
+            "Execution_BeatReviewGate",
+            json!({ "work_hash": work }),
+            &fx.keys.worker,
+        );
+        fx.accept(&p);
+    }
+
+    #[test]
+    fn sources_are_judged_by_their_rfc_3986_scheme_at_admission() {
+        let mut fx = Fx::new("src");
+        fx.drive(|s| s.meta.phase == "PROJECT_LIFECYCLE");
+        let sources = |s: &str| json!({ "sources": ["git://repos/ok.git", s] });
+        for (s, why) in [
+            (
+                "FILE:///etc/passwd",
+                "is denied by policy rule 'no-secrets'",
+            ),
+            (
+                "File:///etc/passwd",
+                "is denied by policy rule 'no-secrets'",
+            ),
+            ("/home/op/.ssh/id", "names no URI scheme"),
+            (" file:///etc/passwd", "whitespace or a control character"),
+            ("git://repos/ok.git\t", "whitespace or a control character"),
+            ("git://a b", "whitespace or a control character"),
+            ("git://repo\u{7}", "whitespace or a control character"),
+            ("1git://x", "does not start with a valid URI scheme"),
+            (
+                "fi_le:///etc/passwd",
+                "does not start with a valid URI scheme",
+            ),
+            (":x", "does not start with a valid URI scheme"),
+        ] {
+            let p = fx.p("Ingestion_SourcesResolved", sources(s), &fx.keys.worker);
+            let r = fx.admitted_only(&p, "policy");
+            assert!(says(&r, why), "{s:?}: {r:#?}");
+            assert!(
+                says(&r, "remove it from the source set") || says(&r, "absolute URI"),
+                "{s:?}: {r:#?}"
+            );
+        }
+        // The old rule's refusal stands, and is said once.
+        let p = fx.p(
+            "Ingestion_SourcesResolved",
+            sources("file:///etc/passwd"),
+            &fx.keys.worker,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        assert_eq!(r.reasons.len(), 1, "{r:#?}");
+        assert!(fx.judge(&p, Judged::Replay).is_err());
+        for s in [
+            "HTTPS://example.com/a",
+            "git+ssh://host/r.git",
+            "s3://bucket/key",
+            "urn:isbn:0451450523",
+        ] {
+            let p = fx.p("Ingestion_SourcesResolved", sources(s), &fx.keys.worker);
+            assert_eq!(fx.judge(&p, Judged::Admission), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_probe_may_not_roll_a_tool_back_at_admission() {
+        let mut fx = Fx::new("rollback");
+        fx.drive(|s| s.council.phase == "READY");
+        let green = fx.st().council.tooling["mcp-git"].probed_at;
+        fx.now += 10;
+        // Both tools probed just before the recorded probes, mcp-git
+        // unreachable: the old rule recorded the older probes.
+        let older = Hlc::new(green.wall_ms - 1, 0);
+        let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), older, false);
+        let p = fx.p(
+            "Council_ToolingLost",
+            json!({ "probes": probes }),
+            &fx.keys.prober,
+        );
+        let r = fx.admitted_only(&p, "mcp_health");
+        assert!(
+            says(
+                &r,
+                &format!("before the probe from {green} the state already records")
+            ) && says(&r, &format!("dated at or after {green}")),
+            "{r:#?}"
+        );
+        // Dated at the recorded probe: admitted.
+        let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), green, false);
+        let p = fx.p(
+            "Council_ToolingLost",
+            json!({ "probes": probes }),
+            &fx.keys.prober,
+        );
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+    }
+
+    #[test]
+    fn a_probe_list_names_each_tool_once_at_admission() {
+        let mut fx = Fx::new("dup");
+        fx.drive(|s| s.council.phase == "TOOLING_SYNC");
+        fx.now += 10;
+        let now = fx.hlc();
+        let older = Hlc::new(now.wall_ms - 5, 0);
+        let k = &fx.keys.prober;
+        // The newest probe of mcp-git says unreachable; the old rule let
+        // the last one listed (older, healthy) decide.
+        let probes = vec![
+            fx.probe("mcp-git", "1.4.2", false, now, k),
+            fx.probe("mcp-git", "1.4.2", true, older, k),
+            fx.probe("mcp-search", "0.9.0", true, older, k),
+        ];
+        let p = fx.p("Council_McpGreen", json!({ "probes": probes }), k);
+        let r = fx.admitted_only(&p, "mcp_health");
+        assert_eq!(
+            r.reasons,
+            ["inputs.probes holds 2 probes of tool 'mcp-git': send exactly one probe per tool, the newest"]
+        );
+    }
+
+    #[test]
+    fn an_index_version_may_not_jump_past_the_step_bound_at_admission() {
+        let mut fx = Fx::new("corpus");
+        fx.drive(|s| s.ingestion.phase == "INDEX");
+        let last = fx.st().ingestion.version;
+        let built = |fx: &Fx, v: u64| {
+            fx.p(
+                "Ingestion_CorpusBuilt",
+                json!({ "index_hash": crate::hash::Hash::of_bytes(b"i"), "version": v }),
+                &fx.keys.worker,
+            )
+        };
+        for v in [u64::MAX, last + CORPUS_VERSION_STEP_MAX + 1] {
+            let r = fx.admitted_only(&built(&fx, v), "inputs.version");
+            assert!(
+                says(&r, "jumps more than") && says(&r, "use a version from 1 to 4294967296"),
+                "{r:#?}"
+            );
+        }
+        let p = built(&fx, last + CORPUS_VERSION_STEP_MAX);
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+    }
+
+    fn approved(label: &str) -> Fx {
+        let mut fx = Fx::new(label);
+        fx.drive(|s| s.execution.approvals.len() >= 2);
+        fx
+    }
+
+    fn submit(fx: &Fx) -> Proposal {
+        fx.p(
+            "Execution_Submit",
+            json!({ "submission_hash": crate::hash::Hash::of_bytes(b"s") }),
+            &fx.keys.leader,
+        )
+    }
+
+    #[test]
+    fn a_submission_needs_a_certified_ready_council_at_admission() {
+        // An ejection clears the certificate: the approvals of the members
+        // left no longer carry a submission.
+        let mut fx = approved("submit");
+        let st = fx.st();
+        let idle = st
+            .council
+            .elected
+            .iter()
+            .find(|m| !st.execution.approvals.contains(m))
+            .unwrap()
+            .clone();
+        let eject = fx.p(
+            "Council_Eject",
+            json!({ "member": idle, "reason": "stopped answering" }),
+            &fx.keys.leader,
+        );
+        fx.accept(&eject);
+        assert_eq!(fx.st().council.quorum_cert, None);
+        let r = fx.admitted_only(&submit(&fx), "approvals");
+        assert!(
+            says(&r, "holds no quorum certificate") && says(&r, "re-elect the council"),
+            "{r:#?}"
+        );
+
+        // Tooling lost: certified, but not READY.
+        let mut fx = approved("submit-tooling");
+        let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), false);
+        let lost = fx.p(
+            "Council_ToolingLost",
+            json!({ "probes": probes }),
+            &fx.keys.prober,
+        );
+        fx.accept(&lost);
+        let r = fx.admitted_only(&submit(&fx), "approvals");
+        assert!(
+            says(&r, "the council is TOOLING_SYNC, not READY") && says(&r, "Council_McpGreen"),
+            "{r:#?}"
+        );
+        // Back to READY: admitted.
+        let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), true);
+        let green = fx.p(
+            "Council_McpGreen",
+            json!({ "probes": probes }),
+            &fx.keys.prober,
+        );
+        fx.accept(&green);
+        assert_eq!(fx.judge(&submit(&fx), Judged::Admission), Ok(()));
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        // License tokens.
+        let mut fx = Fx::new("say");
+        fx.drive(|s| s.boot.phase == "LICENSE_CHECK");
+        let hlc = fx.hlc();
+        let token = |key: &SigningKey, edit: &dyn Fn(&mut LicenseBody)| {
+            let mut b = LicenseBody {
+                cluster_id: "say".into(),
+                project: "*".into(),
+                issued_at: hlc,
+                expires_at: Hlc::new(hlc.wall_ms + 86_400_000, 0),
+                grace_ms: 0,
+                authority: SignerId::from_signing_key(key),
+            };
+            edit(&mut b);
+            LicenseToken::issue(b, key)
+        };
+        let refused = |fx: &Fx, t: LicenseToken| {
+            let p = fx.p("Boot_Licensed", json!({ "license": t }), &fx.keys.leader);
+            fx.judge(&p, Judged::Admission).unwrap_err()
+        };
+        let later = Hlc::new(hlc.wall_ms + 1_000, 0);
+        let r = refused(&fx, token(&fx.keys.admin, &|_| {}));
+        assert!(
+            says(&r, "request the token from a rostered license authority"),
+            "{r:#?}"
+        );
+        let r = refused(
+            &fx,
+            token(&fx.keys.license_authority, &|b| {
+                b.cluster_id = "other".into()
+            }),
+        );
+        assert!(
+            says(&r, "request a token issued for cluster \"say\""),
+            "{r:#?}"
+        );
+        let r = refused(
+            &fx,
+            token(&fx.keys.license_authority, &|b| b.project = "other".into()),
+        );
+        assert!(
+            says(&r, "request a token for project \"default\""),
+            "{r:#?}"
+        );
+        let r = refused(
+            &fx,
+            token(&fx.keys.license_authority, &|b| b.issued_at = later),
+        );
+        assert!(
+            says(&r, &format!("take an HLC at or after {later}")),
+            "{r:#?}"
+        );
+
+        // Probes.
+        fx.drive(|s| s.council.phase == "TOOLING_SYNC");
+        let now = fx.hlc();
+        let ahead = Hlc::new(now.wall_ms + 1, 0);
+        let search = fx.probe("mcp-search", "0.9.0", true, now, &fx.keys.prober);
+        let green = |fx: &Fx, git: Probe| {
+            let p = fx.p(
+                "Council_McpGreen",
+                json!({ "probes": [git, search.clone()] }),
+                &fx.keys.prober,
+            );
+            fx.judge(&p, Judged::Admission).unwrap_err()
+        };
+        let r = green(&fx, fx.probe("mcp-git", "1.4.2", true, now, &fx.keys.admin));
+        assert!(says(&r, "have a rostered tool prober sign it"), "{r:#?}");
+        let mut other = fx
+            .probe("mcp-git", "1.4.2", true, now, &fx.keys.prober)
+            .body;
+        other.project = "other".into();
+        let r = green(&fx, Probe::sign(other, &fx.keys.prober));
+        assert!(says(&r, "probe the tool for project \"default\""), "{r:#?}");
+        let r = green(
+            &fx,
+            fx.probe("mcp-git", "1.4.2", true, ahead, &fx.keys.prober),
+        );
+        assert!(
+            says(&r, &format!("take an HLC at or after {ahead}"))
+                && says(&r, &format!("or re-sign the probe at or before {now}")),
+            "{r:#?}"
+        );
+
+        // Votes.
+        let mut fx = Fx::new("say-votes");
+        fx.drive(|s| s.council.phase == "ELECT");
+        let st = fx.st();
+        let d = Driver::new(&fx.keys, 1);
+        let members = d.members();
+        let set = crate::facts::member_set_hash(&members);
+        let vote = |key: &SigningKey, project: &str| {
+            Vote::cast(
+                VoteBody {
+                    project: project.into(),
+                    epoch: st.epoch.council,
+                    member_set_hash: set,
+                    approve: true,
+                    voter: SignerId::from_signing_key(key),
+                },
+                key,
+            )
+        };
+        let mut forged = vote(&fx.keys.council[0], P);
+        forged.signature.0[5] ^= 1;
+        let votes = vec![
+            forged,
+            vote(&fx.keys.admin, P),
+            vote(&fx.keys.council[1], "other"),
+            vote(&fx.keys.council[2], P),
+        ];
+        let p = fx.p(
+            "Council_QuorumCert",
+            json!({ "members": members, "votes": votes }),
+            &fx.keys.leader,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        for s in [
+            "collect a vote freshly signed by that member's own key",
+            "leave its vote out, or ask an admin to give it the council role",
+            "collect a vote for project \"default\"",
+        ] {
+            assert!(says(&r, s), "{s}: {r:#?}");
+        }
+
+        // Capacity.
+        let mut fx = Fx::new("say-capacity");
+        fx.drive(|s| s.meta.phase == "PROJECT_LIFECYCLE");
+        assert_eq!(fx.st().environment.phase, "ALLOCATE");
+        let p = fx.p(
+            "Environment_CapacityOk",
+            json!({ "request": { "cpu_milli": 1, "mem_mb": 65_536 }, "capacity": { "cpu_milli": 8, "mem_mb": 1_024 } }),
+            &fx.keys.worker,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        assert_eq!(
+            r.reasons,
+            ["requested 65536 MB memory exceeds the 1024 MB available; wait for capacity or shrink the request"]
+        );
     }
 }

@@ -21,6 +21,11 @@ pub const DEFAULT_PROJECT: &str = "default";
 pub const ROSTER_ENTRIES_MAX: usize = 256;
 pub const POLICY_RULES_MAX: usize = 256;
 pub const FOLLOWERS_MAX: usize = 64;
+/// Longest `probe_max_age_ms` a genesis may set: one day. A probe says
+/// whether a tool answers now; one older than a day says nothing about
+/// that, and a larger bound would let a long-stale probe keep a council
+/// READY.
+pub const PROBE_MAX_AGE_MS_MAX: u64 = 86_400_000;
 
 /// A follower allowed to read the replicated WAL: its libp2p/HMMM identity
 /// and the age X25519 recipient batches are encrypted to.
@@ -77,6 +82,8 @@ pub enum GenesisError {
     TooManyFollowers(usize),
     #[error("genesis hlc_max_offset_ms must be between 1 and 3600000")]
     Offset,
+    #[error("genesis probe_max_age_ms is {0}; it must be between 1 and {PROBE_MAX_AGE_MS_MAX} (one day), e.g. 60000")]
+    ProbeMaxAge(u64),
     #[error("genesis does not encode canonically: {0}")]
     Encode(#[from] CanonicalError),
 }
@@ -124,6 +131,9 @@ impl Genesis {
         }
         if self.hlc_max_offset_ms == 0 || self.hlc_max_offset_ms > 3_600_000 {
             return Err(GenesisError::Offset);
+        }
+        if self.probe_max_age_ms == 0 || self.probe_max_age_ms > PROBE_MAX_AGE_MS_MAX {
+            return Err(GenesisError::ProbeMaxAge(self.probe_max_age_ms));
         }
         Ok(())
     }
@@ -1017,6 +1027,41 @@ mod tests {
             other.hash_memo(&mut shared);
             assert_eq!(st.hash_memo(&mut shared), after, "edit {i}, shared memo");
         }
+    }
+
+    #[test]
+    fn genesis_refuses_a_bad_probe_age_and_bad_phase_names() {
+        let keys = Keys::from_labels("genesis", 3);
+        let ok = genesis(&keys, "genesis", 1_767_225_600_000);
+        ok.validate().unwrap();
+        // `swoosh init` builds its genesis with these values.
+        assert_eq!(ok.probe_max_age_ms, 60_000);
+        for bad in [0, PROBE_MAX_AGE_MS_MAX + 1, u64::MAX] {
+            let mut g = ok.clone();
+            g.probe_max_age_ms = bad;
+            assert_eq!(g.validate(), Err(GenesisError::ProbeMaxAge(bad)));
+        }
+        let mut g = ok.clone();
+        g.probe_max_age_ms = PROBE_MAX_AGE_MS_MAX;
+        g.validate().unwrap();
+        let mut g = ok.clone();
+        g.backbeat.phases[1].name = g.backbeat.phases[0].name.clone();
+        assert!(matches!(
+            g.validate(),
+            Err(GenesisError::Schedule(ScheduleError::DuplicatePhase(_)))
+        ));
+        let mut g = ok.clone();
+        g.backbeat.phases[1].name = "r".repeat(200);
+        assert!(matches!(
+            g.validate(),
+            Err(GenesisError::Schedule(ScheduleError::PhaseName(_)))
+        ));
+        let mut g = ok;
+        g.backbeat.origin_ms = u64::MAX;
+        assert!(matches!(
+            g.validate(),
+            Err(GenesisError::Schedule(ScheduleError::Origin(_)))
+        ));
     }
 
     fn idem_entry(index: u64) -> IdemEntry {

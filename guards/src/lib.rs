@@ -83,7 +83,10 @@ pub fn refresh_at_ms(
     }
     let span = (lead_ms / 2).max(1);
     let jitter = splitmix64(jitter_seed) % span;
-    Ok(expires - lead_ms - jitter)
+    // Saturating: the lead is shorter than the validity, but the jitter on
+    // top of it need not be (a token issued near the epoch, a lead close to
+    // its whole validity); refresh at once rather than wrap around.
+    Ok(expires.saturating_sub(lead_ms).saturating_sub(jitter))
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -149,6 +152,23 @@ mod tests {
         assert_eq!(refresh_at_ms(&t, 100_000, 7), refresh_at_ms(&t, 100_000, 7));
         assert!(refresh_at_ms(&t, 600_000, 1).is_err());
         assert!(a.issue("*", Hlc::new(0, 0), 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_lead_close_to_the_validity_never_underflows() {
+        // Issued at the epoch, valid 100 ms, refreshed 99 ms ahead: the
+        // jitter (up to 48 ms) reaches past the issue time, and
+        // `expires - lead - jitter` underflowed (a panic in debug builds, a
+        // refresh time near u64::MAX in release: never refreshed).
+        let a = LicenseAuthority::new(key_from_label("kaching"), "c1");
+        let t = a.issue("*", Hlc::new(0, 0), 100, 0).unwrap();
+        let seed = (0..1_000u64)
+            .find(|s| splitmix64(*s) % 49 >= 2)
+            .expect("some seed draws a jitter of at least 2 ms");
+        assert_eq!(refresh_at_ms(&t, 99, seed), Ok(0));
+        for s in 0..200 {
+            assert!(refresh_at_ms(&t, 99, s).unwrap() <= 1);
+        }
     }
 
     #[test]
