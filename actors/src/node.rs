@@ -532,6 +532,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             signature_checked,
             received: Instant::now(),
             reply: tx,
+            quarantine_attempt: 0,
         }) {
             Ok(()) => {}
             Err(SendError::Full { .. }) => {
@@ -877,6 +878,9 @@ enum SeqMsg {
         signature_checked: bool,
         received: Instant,
         reply: tokio::sync::oneshot::Sender<SubmitResult>,
+        /// 0 for a client's proposal; n for the leader's own n-th attempt to
+        /// quarantine a project whose findings breached policy.
+        quarantine_attempt: u8,
     },
     Durable {
         up_to: u64,
@@ -999,6 +1003,107 @@ struct SeqStart {
     last_snapshot_index: u64,
 }
 
+/// The leader's attempts at quarantining a project whose findings breached
+/// policy; each one refused for a stale HEAD (a proposal for the project
+/// came first) is rebuilt on the new HEAD.
+const QUARANTINE_ATTEMPTS_MAX: u8 = 8;
+
+#[derive(Serialize)]
+struct QuarantineInputs<'a> {
+    findings: &'a ciborium::Value,
+}
+
+impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
+    /// SPEC §5: a policy breach moves the project to QUARANTINED with the
+    /// rationale. `Ingestion_SchemaOk` refuses findings that breach a rule;
+    /// the leader then proposes `Ingestion_PolicyViolation` with those
+    /// findings itself (signed with its key, as it proposes certificates),
+    /// so a breach is quarantined even if the worker gives up. It goes
+    /// through the sequencer like any proposal, so it is judged, logged and
+    /// replicated as one.
+    fn quarantine_on_breach(
+        &self,
+        st: &SeqState,
+        refused: &Proposal,
+        r: &mut Rejection,
+        attempt: u8,
+    ) {
+        let first = attempt == 0
+            && refused.transition == "Ingestion_SchemaOk"
+            && r.kind == RejectKind::Guard
+            && r.guard == "policy";
+        let again = attempt > 0 && r.kind == RejectKind::StaleHash;
+        if !first && !again {
+            if attempt > 0 {
+                tracing::warn!(project = %refused.project, guard = %r.guard, reasons = %r.reasons.join("; "), "the leader's quarantine of a policy breach was refused");
+            }
+            return;
+        }
+        if attempt >= QUARANTINE_ATTEMPTS_MAX {
+            tracing::warn!(project = %refused.project, attempts = attempt, "the leader's quarantine of a policy breach kept meeting a newer HEAD; propose Ingestion_PolicyViolation with the findings");
+            return;
+        }
+        let sh = &self.shared;
+        let built = (|| -> Result<Proposal, String> {
+            let findings = match &refused.inputs {
+                ciborium::Value::Map(m) => m
+                    .iter()
+                    .find(|(k, _)| k.as_text() == Some("findings"))
+                    .map(|(_, v)| v),
+                _ => None,
+            }
+            .ok_or("the refused proposal carries no findings")?;
+            let ps = st.node.project(&refused.project);
+            let hlc = Hlc::send(ps.hlc_last.unwrap_or_default(), sh.cfg.clock.now_ms())
+                .map_err(|e| e.to_string())?;
+            let idem = format!(
+                "{}:{}:Ingestion_PolicyViolation:shhh",
+                refused.project, ps.applied
+            );
+            swoosh_core::ProposalBuilder::new(
+                &refused.project,
+                "Ingestion_PolicyViolation",
+                st.node.project_hash(&refused.project),
+                hlc,
+                &idem,
+            )
+            .inputs(&QuarantineInputs { findings })
+            .map_err(|e| e.to_string())?
+            .sign(&sh.cfg.leader_key)
+            .map_err(|e| e.to_string())
+        })();
+        let sent = built.and_then(|q| {
+            let seq = sh
+                .refs
+                .read()
+                .expect("refs lock")
+                .seq
+                .clone()
+                .ok_or("the sequencer is restarting")?;
+            // Nobody waits for the reply: the outcome is in the log (and
+            // the attention stream) like any other.
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            seq.try_send(SeqMsg::Submit {
+                proposal: Box::new(q),
+                signature_checked: true,
+                received: Instant::now(),
+                reply: tx,
+                quarantine_attempt: attempt + 1,
+            })
+            .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(()) if first => r.reasons.push(
+                "the leader proposes Ingestion_PolicyViolation with these findings to quarantine the project (SHHH); an admin's Policy_Release lifts it".into(),
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(project = %refused.project, error = %e, "the leader could not propose the quarantine of a policy breach; propose Ingestion_PolicyViolation with the findings")
+            }
+        }
+    }
+}
+
 impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
     type Msg = SeqMsg;
     type State = SeqState;
@@ -1033,6 +1138,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                 signature_checked,
                 received,
                 reply,
+                quarantine_attempt,
             } => {
                 let now = sh.cfg.clock.now_ms();
                 let pre = st.node.project(&proposal.project).into_owned();
@@ -1094,7 +1200,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     })
                     .collect();
                 match step.outcome {
-                    Outcome::Rejected(r) => {
+                    Outcome::Rejected(mut r) => {
                         sh.metrics
                             .guard_fail_total
                             .get_or_create(&GuardLabel {
@@ -1114,6 +1220,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                                 .inc();
                         }
                         self.emit(events);
+                        self.quarantine_on_breach(st, &proposal, &mut r, quarantine_attempt);
                         let _ = reply.send(SubmitResult::Rejected(r));
                     }
                     Outcome::Duplicate(e) => {

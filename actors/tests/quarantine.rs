@@ -1,0 +1,123 @@
+//! SPEC §5: a policy breach moves the project to QUARANTINED with the
+//! rationale. A worker's `Ingestion_SchemaOk` whose findings breach a rule
+//! is refused, and the leader itself proposes `Ingestion_PolicyViolation`
+//! with those findings, so the breach is quarantined even if the worker
+//! gives up; the log replays to the node's state.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use swoosh_actors::SubmitResult;
+use swoosh_core::facts::Finding;
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::{Ctx, RejectKind};
+use swoosh_core::scenario::{Driver, Next};
+use swoosh_core::statechart::Region;
+use swoosh_core::{NodeState, ProposalBuilder};
+
+#[derive(serde::Serialize)]
+struct SchemaInputs {
+    schema_hash: swoosh_core::Hash,
+    findings: Vec<Finding>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaching_schema_ok_is_refused_and_the_leader_quarantines_the_project() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let fx = Fixture::new("shhh");
+    let node = start(&fx, open_store(dir.path()), 0).await;
+    let project = "q";
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let driver = Driver::new(&fx.keys, 1);
+    // Drive the project along the happy path until Ingestion validates.
+    let schema_ok = loop {
+        let now = fx.now();
+        let p = match driver.next(&mirror, project, now) {
+            Next::Propose(p) => *p,
+            other => panic!("expected a proposal, got {other:?}"),
+        };
+        if p.transition == "Ingestion_SchemaOk" {
+            break p;
+        }
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(_) => {
+                let ctx = Ctx {
+                    now_ms: now,
+                    verify: Verify::Full,
+                    snapshot_every: 0,
+                };
+                swoosh_core::step(&mut mirror, &p, &ctx);
+            }
+            other => panic!("{} not accepted: {other:?}", p.transition),
+        }
+    };
+    let breach = ProposalBuilder::new(
+        project,
+        "Ingestion_SchemaOk",
+        schema_ok.current_state_hash,
+        schema_ok.hlc,
+        "schema-with-a-leak",
+    )
+    .inputs(&SchemaInputs {
+        schema_hash: swoosh_core::Hash::of_bytes(b"schema/v1"),
+        findings: vec![Finding {
+            code: "secret_leak".into(),
+            detail: "AWS key in config.yaml".into(),
+        }],
+    })
+    .unwrap()
+    .sign(&fx.keys.worker)
+    .unwrap();
+    match node.submit(breach).await {
+        SubmitResult::Rejected(r) => {
+            assert_eq!((r.kind, r.guard.as_str()), (RejectKind::Guard, "policy"));
+            assert!(
+                r.reasons
+                    .iter()
+                    .any(|x| x.contains("the leader proposes Ingestion_PolicyViolation")),
+                "{:?}",
+                r.reasons
+            );
+        }
+        other => panic!("a breaching SchemaOk is refused: {other:?}"),
+    }
+    // The leader's own proposal lands shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let policy = loop {
+        let v = node.state(project, &[Region::Policy]).await.unwrap();
+        let policy = v.projection["policy"].clone();
+        if policy["phase"] == "QUARANTINED" || std::time::Instant::now() > deadline {
+            break policy;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(policy["phase"], "QUARANTINED", "{policy}");
+    assert!(
+        policy["rationale"]
+            .as_str()
+            .is_some_and(|r| r.contains("secret_leak")),
+        "{policy}"
+    );
+    assert_eq!(policy["quarantines"], 1, "{policy}");
+    assert!(node
+        .metrics()
+        .encode()
+        .contains("swoosh_quarantine_total 1"));
+    node.shutdown().await;
+    drop(node);
+
+    // The quarantine is an ordinary record of the log, signed by the leader.
+    let store = reopen(dir.path()).await;
+    let replayed = replay_from_genesis(&store, &fx.genesis);
+    let last = wal_records(&store, replayed.genesis_hash)
+        .pop()
+        .expect("records");
+    assert_eq!(last.record.transition, "Ingestion_PolicyViolation");
+    assert_eq!(
+        last.record.signer,
+        swoosh_core::SignerId::from_signing_key(&fx.keys.leader)
+    );
+    assert_eq!(replayed.project(project).policy.phase, "QUARANTINED");
+}
