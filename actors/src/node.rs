@@ -464,7 +464,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             (),
         )
         .await
-        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        .map_err(|e| match e {
+            // ractor words every startup error as "Actor panicked during
+            // startup"; most are errors the actor returned (a damaged store),
+            // not panics, and the inner error says which.
+            ractor::SpawnErr::StartupFailed(inner) => StartError::Spawn(inner.to_string()),
+            other => StartError::Spawn(other.to_string()),
+        })?;
         // The supervisor's pre_start recovered and spawned everything.
         if !shared.ready.load(Ordering::Acquire) {
             return Err(StartError::Spawn("the actor tree did not come up".into()));
