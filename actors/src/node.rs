@@ -964,6 +964,11 @@ struct SeqState {
     /// may evict them before the store holds them.
     undurable: crate::undurable::Undurable,
     last_snapshot_index: u64,
+    /// Projects with a quarantine of a policy breach the leader proposed and
+    /// that has not landed or given up yet: more breaching proposals queued
+    /// behind the first do not each sign another one. At most
+    /// [`QUARANTINES_PENDING_MAX`].
+    quarantines_pending: std::collections::BTreeSet<String>,
 }
 
 fn section_values(st: &ProjectState, r: Region) -> Vec<(String, Value)> {
@@ -1013,6 +1018,8 @@ struct SeqStart {
 /// policy; each one refused for a stale HEAD (a proposal for the project
 /// came first) is rebuilt on the new HEAD.
 const QUARANTINE_ATTEMPTS_MAX: u8 = 8;
+/// Projects whose quarantine the leader may have pending at once.
+const QUARANTINES_PENDING_MAX: usize = 1_024;
 
 #[derive(Serialize)]
 struct QuarantineInputs<'a> {
@@ -1026,10 +1033,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
     /// findings itself (signed with its key, as it proposes certificates),
     /// so a breach is quarantined even if the worker gives up. It goes
     /// through the sequencer like any proposal, so it is judged, logged and
-    /// replicated as one.
+    /// replicated as one. Best effort: a stop of the sequencer drops it, and
+    /// the refusal tells the worker it may propose the violation itself.
     fn quarantine_on_breach(
         &self,
-        st: &SeqState,
+        st: &mut SeqState,
         refused: &Proposal,
         r: &mut Rejection,
         attempt: u8,
@@ -1038,18 +1046,46 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
             && refused.transition == "Ingestion_SchemaOk"
             && r.kind == RejectKind::Guard
             && r.guard == "policy";
-        let again = attempt > 0 && r.kind == RejectKind::StaleHash;
+        // A newer HEAD or a later HLC than the one it was built on: rebuilt.
+        let again = attempt > 0 && matches!(r.kind, RejectKind::StaleHash | RejectKind::HlcOrder);
         if !first && !again {
             if attempt > 0 {
+                st.quarantines_pending.remove(&refused.project);
                 tracing::warn!(project = %refused.project, guard = %r.guard, reasons = %r.reasons.join("; "), "the leader's quarantine of a policy breach was refused");
             }
             return;
         }
         if attempt >= QUARANTINE_ATTEMPTS_MAX {
+            st.quarantines_pending.remove(&refused.project);
             tracing::warn!(project = %refused.project, attempts = attempt, "the leader's quarantine of a policy breach kept meeting a newer HEAD; propose Ingestion_PolicyViolation with the findings");
             return;
         }
+        if first {
+            if st.quarantines_pending.contains(&refused.project) {
+                return;
+            }
+            if st.quarantines_pending.len() >= QUARANTINES_PENDING_MAX {
+                tracing::warn!(project = %refused.project, "too many quarantines pending; propose Ingestion_PolicyViolation with the findings");
+                return;
+            }
+        }
         let sh = &self.shared;
+        let leader = swoosh_core::SignerId::from_signing_key(&sh.cfg.leader_key);
+        let spec = swoosh_core::statechart::lookup("Ingestion_PolicyViolation");
+        let ps = st.node.project(&refused.project);
+        let may = match (ps.roles_of(&leader), spec) {
+            (Some(roles), Some(spec)) => roles.iter().any(|r| spec.roles.contains(r)),
+            _ => false,
+        };
+        if !may {
+            // The project's roster no longer lets the leader propose it.
+            if first {
+                r.reasons.push(format!(
+                    "the leader may not propose Ingestion_PolicyViolation in this project ({leader} lacks a role for it): propose it with the findings to quarantine the project"
+                ));
+            }
+            return;
+        }
         let built = (|| -> Result<Proposal, String> {
             let findings = match &refused.inputs {
                 ciborium::Value::Map(m) => m
@@ -1059,13 +1095,16 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                 _ => None,
             }
             .ok_or("the refused proposal carries no findings")?;
-            let ps = st.node.project(&refused.project);
             let hlc = Hlc::send(ps.hlc_last.unwrap_or_default(), sh.cfg.clock.now_ms())
                 .map_err(|e| e.to_string())?;
-            let idem = format!(
-                "{}:{}:Ingestion_PolicyViolation:shhh",
-                refused.project, ps.applied
-            );
+            // Named after the breaching proposal (a rebuild keeps its key):
+            // no other proposal can take the key ahead of it.
+            let idem = if first {
+                let h = refused.content_hash().map_err(|e| e.to_string())?;
+                format!("shhh-quarantine:{}", h.to_hex())
+            } else {
+                refused.idem_key.clone()
+            };
             swoosh_core::ProposalBuilder::new(
                 &refused.project,
                 "Ingestion_PolicyViolation",
@@ -1099,11 +1138,16 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
             .map_err(|e| e.to_string())
         });
         match sent {
-            Ok(()) if first => r.reasons.push(
-                "the leader proposes Ingestion_PolicyViolation with these findings to quarantine the project (SHHH); an admin's Policy_Release lifts it".into(),
-            ),
-            Ok(()) => {}
+            Ok(()) => {
+                st.quarantines_pending.insert(refused.project.clone());
+                if first {
+                    r.reasons.push(
+                        "the leader will propose Ingestion_PolicyViolation with these findings to quarantine the project (SHHH); an admin's Policy_Release lifts it".into(),
+                    );
+                }
+            }
             Err(e) => {
+                st.quarantines_pending.remove(&refused.project);
                 tracing::warn!(project = %refused.project, error = %e, "the leader could not propose the quarantine of a policy breach; propose Ingestion_PolicyViolation with the findings")
             }
         }
@@ -1127,6 +1171,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
             durable: idx,
             undurable: Default::default(),
             last_snapshot_index: start.last_snapshot_index.min(idx),
+            quarantines_pending: Default::default(),
         })
     }
 
@@ -1205,6 +1250,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         }
                     })
                     .collect();
+                if quarantine_attempt > 0 && !matches!(step.outcome, Outcome::Rejected(_)) {
+                    // The leader's quarantine landed (or already had).
+                    st.quarantines_pending.remove(&proposal.project);
+                }
                 match step.outcome {
                     Outcome::Rejected(mut r) => {
                         sh.metrics

@@ -70,13 +70,13 @@ async fn a_breaching_schema_ok_is_refused_and_the_leader_quarantines_the_project
     .unwrap()
     .sign(&fx.keys.worker)
     .unwrap();
-    match node.submit(breach).await {
+    match node.submit(breach.clone()).await {
         SubmitResult::Rejected(r) => {
             assert_eq!((r.kind, r.guard.as_str()), (RejectKind::Guard, "policy"));
             assert!(
                 r.reasons
                     .iter()
-                    .any(|x| x.contains("the leader proposes Ingestion_PolicyViolation")),
+                    .any(|x| x.contains("the leader will propose Ingestion_PolicyViolation")),
                 "{:?}",
                 r.reasons
             );
@@ -101,6 +101,14 @@ async fn a_breaching_schema_ok_is_refused_and_the_leader_quarantines_the_project
         "{policy}"
     );
     assert_eq!(policy["quarantines"], 1, "{policy}");
+    // The same breach again, and another one: refused (the HEAD moved, the
+    // project is quarantined), and no second quarantine.
+    assert!(matches!(
+        node.submit(breach).await,
+        SubmitResult::Rejected(_)
+    ));
+    let v = node.state(project, &[Region::Policy]).await.unwrap();
+    assert_eq!(v.projection["policy"]["quarantines"], 1);
     assert!(node
         .metrics()
         .encode()
@@ -115,6 +123,11 @@ async fn a_breaching_schema_ok_is_refused_and_the_leader_quarantines_the_project
         .pop()
         .expect("records");
     assert_eq!(last.record.transition, "Ingestion_PolicyViolation");
+    assert!(
+        last.record.idem_key.starts_with("shhh-quarantine:"),
+        "{}",
+        last.record.idem_key
+    );
     assert_eq!(
         last.record.signer,
         swoosh_core::SignerId::from_signing_key(&fx.keys.leader)

@@ -405,6 +405,19 @@ fn path_rejection(r: PathRejection, param: &str, expected: &str) -> Response {
     )
 }
 
+/// Most characters of one client-supplied field in a log line.
+const LOG_FIELD_CHARS_MAX: usize = 256;
+
+/// A client-supplied text cut for a log line (anyone can send a refused
+/// proposal, and its fields may hold up to a body's worth of text); logged
+/// with `?` so newlines and quotes stay escaped and cannot forge a line.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(LOG_FIELD_CHARS_MAX) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
 /// Parse a proposal, naming the JSON field at fault.
 pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
     // serde accepts a struct as a JSON array of its fields in order too;
@@ -505,8 +518,8 @@ async fn post_transition(
         Err(e) => {
             tracing::info!(
                 error = "malformed",
-                field = e.field.as_deref().unwrap_or(""),
-                detail = %e.message,
+                field = ?clip(e.field.as_deref().unwrap_or("")),
+                detail = ?clip(&e.message),
                 "proposal refused"
             );
             return body_err(StatusCode::BAD_REQUEST, *e);
@@ -536,12 +549,12 @@ async fn post_transition(
         SubmitResult::Rejected(r) => {
             tracing::info!(
                 error = kind_name(r.kind),
-                guard = %r.guard,
-                reasons = %r.reasons.join("; "),
-                project = %project,
-                transition = %transition,
+                guard = ?clip(&r.guard),
+                reasons = ?clip(&r.reasons.join("; ")),
+                project = ?clip(&project),
+                transition = ?clip(&transition),
                 hlc = %hlc,
-                window_id = %window_id,
+                window_id = ?clip(&window_id),
                 "proposal refused"
             );
             rejection_response(r)

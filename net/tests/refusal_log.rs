@@ -85,6 +85,13 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
         Err(ClientError::Refused { status: 401, .. }) => {}
         other => panic!("expected 401: {other:?}"),
     }
+    // A field far longer than any log line should carry, with a newline.
+    let mut v = serde_json::to_value(&p).unwrap();
+    v["window_id"] = serde_json::Value::String(format!("W\n{}", "x".repeat(10_000)));
+    match c.submit_raw(serde_json::to_vec(&v).unwrap()).await {
+        Err(ClientError::Refused { .. }) => {}
+        other => panic!("expected a refusal: {other:?}"),
+    }
     match c.submit_raw(b"[1, 2]".to_vec()).await {
         Err(ClientError::Refused { status: 400, .. }) => {}
         other => panic!("expected 400: {other:?}"),
@@ -98,13 +105,26 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["fields"]["message"] == "proposal refused")
         .collect();
-    assert_eq!(refusals.len(), 2, "{text}");
+    assert_eq!(refusals.len(), 3, "{text}");
     let f = &refusals[0]["fields"];
     assert_eq!(f["error"], "unknown_signer", "{f}");
-    assert_eq!(f["transition"], p.transition.as_str(), "{f}");
-    assert_eq!(f["project"], "default", "{f}");
+    // Client-supplied text is logged escaped (Debug) and cut.
+    assert_eq!(f["transition"], format!("{:?}", p.transition), "{f}");
+    assert_eq!(f["project"], "\"default\"", "{f}");
     assert_eq!(f["hlc"], p.hlc.to_string(), "{f}");
     assert!(f["guard"].as_str().is_some_and(|g| !g.is_empty()), "{f}");
     assert!(f["reasons"].as_str().is_some_and(|r| !r.is_empty()), "{f}");
-    assert_eq!(refusals[1]["fields"]["error"], "malformed", "{text}");
+    let w = refusals[1]["fields"]["window_id"]
+        .as_str()
+        .expect("window_id");
+    assert!(
+        w.starts_with("\"W\\n"),
+        "escaped, not a raw newline: {w:.40}"
+    );
+    assert!(
+        w.len() < 300,
+        "cut to the log field limit: {} chars",
+        w.len()
+    );
+    assert_eq!(refusals[2]["fields"]["error"], "malformed", "{text}");
 }

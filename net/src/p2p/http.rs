@@ -61,6 +61,12 @@ pub fn parse_leader_http(s: &str) -> Result<String, String> {
     if u.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} names no host; {hint}"));
     }
+    // Served to anyone in /health and every 503: no credentials in it.
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "the URL carries a user name or password, which /health and every 503 would show to anyone; {hint}"
+        ));
+    }
     if u.query().is_some() || u.fragment().is_some() {
         return Err(format!(
             "{s:?} has a query or fragment; a base URL has neither; {hint}"
@@ -497,6 +503,7 @@ mod tests {
             "ftp://leader",
             "http://leader:7700/?x=1",
             "http://leader:7700/#f",
+            "http://user:secret@leader:7700",
             "",
         ] {
             let e = parse_leader_http(bad).expect_err(bad);
