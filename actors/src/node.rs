@@ -2182,9 +2182,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for AttentionActor<S> {
             saving: None,
         };
         if node_start {
-            // Record the new session right away, so an actor restart before
-            // the first tick reloads it instead of the previous lifetime's.
+            // Record the new session before serving, so an actor restart
+            // reloads it instead of the previous lifetime's (awaited on the
+            // blocking pool: a restart's load could otherwise take the file
+            // lock first).
             self.start_save(&mut st);
+            self.reap_save(&mut st, true).await;
         }
         self.update_gauges(&st);
         Ok(st)

@@ -173,7 +173,8 @@ pub async fn run(a: ReplArgs) -> Result<()> {
             age_recipient: id.to_public().to_string(),
         })
         .collect();
-    g.validate().context("the benchmark genesis is invalid")?;
+    g.validate_new()
+        .context("the benchmark genesis is invalid")?;
 
     // Compute every record ahead of time so the paced writer does only what
     // the node's WAL writer does: sign, frame and commit.

@@ -242,7 +242,7 @@ pub fn init(a: InitArgs) -> Result<()> {
         probe_max_age_ms: 60_000,
     };
     genesis
-        .validate()
+        .validate_new()
         .context("the generated genesis is invalid (a bug; please report)")?;
     let gh = genesis.hash()?;
     write_json(&top.join(GENESIS_FILE), &genesis)?;

@@ -208,7 +208,7 @@ pub fn enroll(top: &Path) -> Result<()> {
     }
     genesis.followers = followers;
     genesis
-        .validate()
+        .validate_new()
         .context("the enrolled genesis is invalid")?;
     let gh = genesis.hash()?;
     write_json(&gpath, &genesis)?;

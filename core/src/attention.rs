@@ -1819,6 +1819,16 @@ fn validate(mem: &Memory) -> Result<(), MemoryError> {
             ),
         );
     }
+    // A novelty window past the clock would never reset the budget.
+    if mem.novelty_window_ms > mem.clock_ms && !mem.novelty.is_empty() {
+        return fail(
+            "novelty_window_ms".into(),
+            format!(
+                "is {}, after the clock {}",
+                mem.novelty_window_ms, mem.clock_ms
+            ),
+        );
+    }
     let sum = |a: &[u64; RECENT_BUCKETS]| a.iter().map(|&x| x as u128).sum::<u128>();
     for (fp, r) in &mem.records {
         let at = |field: &str| format!("records[{fp:?}].{field}");
@@ -1959,7 +1969,7 @@ fn validate(mem: &Memory) -> Result<(), MemoryError> {
         if r.first_session > r.last_session
             || r.last_session > mem.session
             || r.sessions == 0
-            || r.sessions > r.last_session - r.first_session + 1
+            || r.sessions > (r.last_session - r.first_session).saturating_add(1)
         {
             return fail(
                 at("sessions"),

@@ -82,6 +82,29 @@ impl Schedule {
         if self.amplitude_permille > 1000 {
             return Err(ScheduleError::Amplitude);
         }
+        for p in &self.phases {
+            if p.start_ms >= p.end_ms || p.end_ms > self.period_ms {
+                return Err(ScheduleError::PhaseBounds(p.name.clone()));
+            }
+        }
+        for (i, a) in self.phases.iter().enumerate() {
+            for b in &self.phases[i + 1..] {
+                if a.start_ms < b.end_ms && b.start_ms < a.end_ms {
+                    return Err(ScheduleError::Overlap(a.name.clone(), b.name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::validate`] and the checks a new schedule must pass besides:
+    /// phase names unique, not `gap`, short enough for their window ids, and
+    /// an origin an HLC can reach. Kept out of `validate`, which every
+    /// recovery runs on the stored genesis: a cluster whose genesis an
+    /// earlier build accepted must still start (its hash is in the chain,
+    /// so it can never be corrected).
+    pub fn validate_new(&self) -> Result<(), ScheduleError> {
+        self.validate()?;
         if self.origin_ms > HLC_WALL_MS_MAX {
             return Err(ScheduleError::Origin(self.origin_ms));
         }
@@ -95,16 +118,6 @@ impl Schedule {
             }
             if !names.insert(p.name.as_str()) {
                 return Err(ScheduleError::DuplicatePhase(p.name.clone()));
-            }
-            if p.start_ms >= p.end_ms || p.end_ms > self.period_ms {
-                return Err(ScheduleError::PhaseBounds(p.name.clone()));
-            }
-        }
-        for (i, a) in self.phases.iter().enumerate() {
-            for b in &self.phases[i + 1..] {
-                if a.start_ms < b.end_ms && b.start_ms < a.end_ms {
-                    return Err(ScheduleError::Overlap(a.name.clone(), b.name.clone()));
-                }
             }
         }
         Ok(())
@@ -273,25 +286,30 @@ mod tests {
         let mut s = sched();
         s.phases[2].name = "review".into();
         assert_eq!(
-            s.validate(),
+            s.validate_new(),
             Err(ScheduleError::DuplicatePhase("review".into()))
         );
+        // A stored genesis an earlier build accepted still loads.
+        s.validate().unwrap();
         let mut s = sched();
         s.phases[0].name = "gap".into();
-        assert_eq!(s.validate(), Err(ScheduleError::ReservedPhaseName));
+        assert_eq!(s.validate_new(), Err(ScheduleError::ReservedPhaseName));
         let mut s = sched();
         s.phases[0].name = String::new();
-        assert_eq!(s.validate(), Err(ScheduleError::PhaseName(String::new())));
+        assert_eq!(
+            s.validate_new(),
+            Err(ScheduleError::PhaseName(String::new()))
+        );
         // The longest name allowed gives window ids within the bound even
         // at the largest beat a u64 holds.
         let mut s = sched();
         s.phases[0].name = "w".repeat(PHASE_NAME_BYTES_MAX);
-        s.validate().unwrap();
+        s.validate_new().unwrap();
         let id = format!("backbeat:W-{}-{}", u64::MAX, s.phases[0].name);
         assert_eq!(id.len(), WINDOW_ID_BYTES_MAX);
         s.phases[0].name.push('w');
-        assert!(matches!(s.validate(), Err(ScheduleError::PhaseName(_))));
-        let e = s.validate().unwrap_err().to_string();
+        assert!(matches!(s.validate_new(), Err(ScheduleError::PhaseName(_))));
+        let e = s.validate_new().unwrap_err().to_string();
         assert!(
             e.contains("1..=96 bytes") && e.contains("shorten it"),
             "{e}"
@@ -302,7 +320,7 @@ mod tests {
     fn an_origin_near_the_end_of_time_neither_overflows_nor_validates() {
         let mut s = sched();
         s.origin_ms = u64::MAX - 10;
-        assert_eq!(s.validate(), Err(ScheduleError::Origin(u64::MAX - 10)));
+        assert_eq!(s.validate_new(), Err(ScheduleError::Origin(u64::MAX - 10)));
         let at = Hlc::new(0, 0);
         // Before the origin: the wait saturates instead of overflowing.
         assert_eq!(s.ms_until_open("review", &at), Some(u64::MAX));
@@ -310,6 +328,6 @@ mod tests {
         assert!(s.closed_reason("review", &at).contains("opens in"));
         let mut s = sched();
         s.origin_ms = HLC_WALL_MS_MAX;
-        s.validate().unwrap();
+        s.validate_new().unwrap();
     }
 }

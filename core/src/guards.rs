@@ -265,7 +265,7 @@ pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
     let b = breaches(rules, &findings);
     let denied = |f: &Finding, r: &PolicyRule| {
         format!(
-            "source {} is denied by policy rule '{}': {}; remove it from the source set",
+            "source {:?} is denied by policy rule '{}': {}; remove it from the source set",
             f.detail, r.id, r.rationale
         )
     };
@@ -786,7 +786,29 @@ pub fn backbeat(g: &GuardCtx, class: &str) -> (GuardOutcome, Option<u64>) {
         let open = sched.is_open(class, &leader);
         if !open || at_leader != window {
             let now = format_wall_ms(g.now_ms);
-            let (why, retry) = if open {
+            // Where the proposal's own window starts: when it lies ahead of
+            // the leader (the HLC leads, e.g. because the project's last HLC
+            // does and every new one must follow it), waiting for the leader
+            // to reach it is the only remedy a proposer has.
+            let starts_at = sched.position(hlc).and_then(|p| {
+                p.phase.map(|ph| {
+                    sched
+                        .origin_ms
+                        .saturating_add(p.beat.saturating_mul(sched.period_ms))
+                        .saturating_add(ph.start_ms)
+                })
+            });
+            let ahead = starts_at.filter(|s| *s > g.now_ms);
+            let (why, retry) = if let Some(s) = ahead {
+                let ms = s - g.now_ms;
+                (
+                    format!(
+                        "the proposal's HLC {hlc} dates it into window {window}, which the leader's clock ({now}) reaches in {ms} ms, at {}: a time-gated proposal is admitted only once its window is open at the leader; wait, then resubmit this same proposal (it is idempotent)",
+                        format_wall_ms(s)
+                    ),
+                    Some(ms),
+                )
+            } else if open {
                 (
                     format!(
                         "the proposal's HLC {hlc} dates it into window {window}, but at the leader's clock ({now}) the current window is {at_leader}: a time-gated proposal is admitted only in the window it names while that window is open; take a current HLC, set window_id to {at_leader:?} and resubmit"

@@ -515,28 +515,28 @@ fn evaluate(
     let status_fail = |why: String| Err(reject(RejectKind::Guard, "project_status", vec![why]));
     if pre.meta.phase == "TERMINATED" {
         return status_fail(format!(
-            "project {:?} is TERMINATED ({}); nothing leaves TERMINATED: start a new project id",
+            "project {:?} is TERMINATED ({:?}); nothing leaves TERMINATED: start a new project id",
             p.project,
             pre.meta.terminated_rationale.clone().unwrap_or_default()
         ));
     }
     if pre.policy.phase == "QUARANTINED" && !statechart::allowed_in_quarantine(spec.name) {
         return status_fail(format!(
-            "project {:?} is QUARANTINED ({}); only an admin-signed Policy_Release or a Policy_Update leaves it",
+            "project {:?} is QUARANTINED ({:?}); only an admin-signed Policy_Release or a Policy_Update leaves it",
             p.project,
             pre.policy.rationale.clone().unwrap_or_default()
         ));
     }
     if pre.control.phase == "PAUSED" && !statechart::allowed_while_paused(spec.name) {
         return status_fail(format!(
-            "project {:?} is PAUSED ({}); propose Control_Resume first",
+            "project {:?} is PAUSED ({:?}); propose Control_Resume first",
             p.project,
             pre.control.reason.clone().unwrap_or_default()
         ));
     }
     if pre.control.phase == "RECOVERY" && !statechart::allowed_in_recovery(spec.name) {
         return status_fail(format!(
-            "project {:?} is in RECOVERY ({}); restore the council quorum and propose Control_Recovered first",
+            "project {:?} is in RECOVERY ({:?}); restore the council quorum and propose Control_Recovered first",
             p.project,
             pre.control.reason.clone().unwrap_or_default()
         ));
@@ -2069,13 +2069,13 @@ mod tests {
         );
         let r = fx.admitted_only(&p, "backbeat");
         assert!(
-            says(&r, "at the leader's clock") && says(&r, "wait for the window to open"),
+            says(&r, "which the leader's clock") && says(&r, "resubmit this same proposal"),
             "{r:#?}"
         );
         assert_eq!(
             r.retry_after_ms,
-            sched.retry_after_ms("review", &leader),
-            "the hint counts from the leader's clock"
+            Some(wait),
+            "the hint is when the leader's clock reaches the proposal's window"
         );
 
         // The leader in the review phase; the proposer names the review
@@ -2089,8 +2089,11 @@ mod tests {
             at,
         );
         let r = fx.admitted_only(&p, "backbeat");
-        assert!(says(&r, "take a current HLC"), "{r:#?}");
-        assert_eq!(r.retry_after_ms, None);
+        // A proposer whose HLC must follow a project HLC that far ahead can
+        // only wait for the leader to reach that window.
+        assert!(says(&r, "resubmit this same proposal"), "{r:#?}");
+        let ms = r.retry_after_ms.expect("a wait");
+        assert!(ms > 0 && ms <= sched.period_ms, "{ms}");
 
         // At the leader's clock in the window it names: admitted.
         let p = fx.p(

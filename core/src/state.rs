@@ -132,6 +132,17 @@ impl Genesis {
         if self.hlc_max_offset_ms == 0 || self.hlc_max_offset_ms > 3_600_000 {
             return Err(GenesisError::Offset);
         }
+        Ok(())
+    }
+
+    /// [`Self::validate`] and the checks only a new genesis must pass (made
+    /// by `swoosh init`, the demo, enroll, a bench): a probe age of 1 ms to
+    /// a day and the schedule's [`Schedule::validate_new`]. Every recovery
+    /// validates the stored genesis with `validate`, so a cluster whose
+    /// genesis an earlier build accepted still starts.
+    pub fn validate_new(&self) -> Result<(), GenesisError> {
+        self.validate()?;
+        self.backbeat.validate_new()?;
         if self.probe_max_age_ms == 0 || self.probe_max_age_ms > PROBE_MAX_AGE_MS_MAX {
             return Err(GenesisError::ProbeMaxAge(self.probe_max_age_ms));
         }
@@ -1033,33 +1044,35 @@ mod tests {
     fn genesis_refuses_a_bad_probe_age_and_bad_phase_names() {
         let keys = Keys::from_labels("genesis", 3);
         let ok = genesis(&keys, "genesis", 1_767_225_600_000);
-        ok.validate().unwrap();
+        ok.validate_new().unwrap();
         // `swoosh init` builds its genesis with these values.
         assert_eq!(ok.probe_max_age_ms, 60_000);
         for bad in [0, PROBE_MAX_AGE_MS_MAX + 1, u64::MAX] {
             let mut g = ok.clone();
             g.probe_max_age_ms = bad;
-            assert_eq!(g.validate(), Err(GenesisError::ProbeMaxAge(bad)));
+            assert_eq!(g.validate_new(), Err(GenesisError::ProbeMaxAge(bad)));
+            // A stored genesis an earlier build accepted still loads.
+            g.validate().unwrap();
         }
         let mut g = ok.clone();
         g.probe_max_age_ms = PROBE_MAX_AGE_MS_MAX;
-        g.validate().unwrap();
+        g.validate_new().unwrap();
         let mut g = ok.clone();
         g.backbeat.phases[1].name = g.backbeat.phases[0].name.clone();
         assert!(matches!(
-            g.validate(),
+            g.validate_new(),
             Err(GenesisError::Schedule(ScheduleError::DuplicatePhase(_)))
         ));
         let mut g = ok.clone();
         g.backbeat.phases[1].name = "r".repeat(200);
         assert!(matches!(
-            g.validate(),
+            g.validate_new(),
             Err(GenesisError::Schedule(ScheduleError::PhaseName(_)))
         ));
         let mut g = ok;
         g.backbeat.origin_ms = u64::MAX;
         assert!(matches!(
-            g.validate(),
+            g.validate_new(),
             Err(GenesisError::Schedule(ScheduleError::Origin(_)))
         ));
     }

@@ -1167,7 +1167,7 @@ fn nothing_is_accepted_after_project_terminate() {
             spec.name
         );
         assert!(
-            r.reasons[0].contains("TERMINATED (cancelled by its owner)"),
+            r.reasons[0].contains("TERMINATED (\"cancelled by its owner\")"),
             "{:?}",
             r.reasons
         );
@@ -1936,7 +1936,7 @@ const STATUS: &[Case] = &[
         propose: |fx| fx.p("Policy_Release", json!({ "rationale": "undo" }), W::Admin),
         kind: K::Guard,
         guard: "project_status",
-        says: &["project \"default\" is TERMINATED (cancelled by its owner); nothing leaves TERMINATED: start a new project id"],
+        says: &["project \"default\" is TERMINATED (\"cancelled by its owner\"); nothing leaves TERMINATED: start a new project id"],
     },
     Case {
         name: "QUARANTINED blocks lifecycle work",
@@ -1944,7 +1944,7 @@ const STATUS: &[Case] = &[
         propose: sources_ok,
         kind: K::Guard,
         guard: "project_status",
-        says: &["project \"default\" is QUARANTINED (audit pending); only an admin-signed Policy_Release or a Policy_Update leaves it"],
+        says: &["project \"default\" is QUARANTINED (\"audit pending\"); only an admin-signed Policy_Release or a Policy_Update leaves it"],
     },
     Case {
         name: "QUARANTINED blocks control transitions",
@@ -1952,7 +1952,7 @@ const STATUS: &[Case] = &[
         propose: |fx| fx.p("Control_Pause", json!({ "reason": "x" }), W::Leader),
         kind: K::Guard,
         guard: "project_status",
-        says: &["is QUARANTINED (audit pending); only an admin-signed Policy_Release"],
+        says: &["is QUARANTINED (\"audit pending\"); only an admin-signed Policy_Release"],
     },
     Case {
         name: "PAUSED blocks lifecycle work",
@@ -1960,7 +1960,7 @@ const STATUS: &[Case] = &[
         propose: sources_ok,
         kind: K::Guard,
         guard: "project_status",
-        says: &["project \"default\" is PAUSED (maintenance); propose Control_Resume first"],
+        says: &["project \"default\" is PAUSED (\"maintenance\"); propose Control_Resume first"],
     },
     Case {
         name: "RECOVERY blocks execution",
@@ -1968,7 +1968,7 @@ const STATUS: &[Case] = &[
         propose: |fx| fx.p("Execution_PlanLocked", json!({ "plan_hash": h("plan"), "pins": fx.pins() }), W::Leader),
         kind: K::Guard,
         guard: "project_status",
-        says: &["project \"default\" is in RECOVERY (council unreachable); restore the council quorum and propose Control_Recovered first"],
+        says: &["project \"default\" is in RECOVERY (\"council unreachable\"); restore the council quorum and propose Control_Recovered first"],
     },
     Case {
         name: "RECOVERY blocks entering execution",
@@ -1976,7 +1976,7 @@ const STATUS: &[Case] = &[
         propose: |fx| fx.p("Project_EnterExecution", json!({ "pins": fx.pins() }), W::Leader),
         kind: K::Guard,
         guard: "project_status",
-        says: &["is in RECOVERY (council unreachable); restore the council quorum and propose Control_Recovered first"],
+        says: &["is in RECOVERY (\"council unreachable\"); restore the council quorum and propose Control_Recovered first"],
     },
     Case {
         name: "lifecycle work before the license",
@@ -2297,7 +2297,7 @@ const POLICY: &[Case] = &[
         propose: |fx| fx.p("Ingestion_SourcesResolved", json!({ "sources": ["git://ok.git", "file:///etc/passwd"] }), W::Worker),
         kind: K::Guard,
         guard: "policy",
-        says: &["source file:///etc/passwd is denied by policy rule 'no-secrets'", "remove it from the source set"],
+        says: &["source \"file:///etc/passwd\" is denied by policy rule 'no-secrets'", "remove it from the source set"],
     },
     Case {
         name: "PolicyViolation without a breaching finding",
