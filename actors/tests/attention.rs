@@ -138,3 +138,71 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
     )
     .is_ok());
 }
+
+/// Events from outside the reducer (`NodeHandle::observe`, as the p2p
+/// leader sends its followers' lag, gaps and partitions) reach the digest,
+/// with their subjects, and a recovery heals the failure it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_events_reach_the_digest() {
+    use swoosh_core::attention::{Event, EventKind};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let fx = Fixture::new("attn-observe");
+    let node = start_with(&fx, dir.path()).await;
+    assert!(node.observe(vec![]), "nothing to send is sent");
+    let cut = |at| Event::new(EventKind::Partition, "network cut", at).peer("follower-1");
+    assert!(node.observe(vec![
+        cut(fx.now()),
+        Event::new(
+            EventKind::FollowerLag,
+            "records behind the leader",
+            fx.now()
+        )
+        .peer("follower-2"),
+    ]));
+    // Observe is asynchronous: the digest shows the events once the actor took them.
+    let t0 = std::time::Instant::now();
+    let v = loop {
+        let v = node.attention(Band::IgnoreFast).await.unwrap();
+        if v.counts.get("partition") == Some(&1) && v.counts.get("follower_lag") == Some(&1) {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.counts);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let p = v
+        .digest
+        .items
+        .iter()
+        .find(|i| i.kind == EventKind::Partition)
+        .expect("the partition is an item");
+    assert_eq!(p.peers, vec!["follower-1".to_string()]);
+    assert!(p.open);
+    assert!(node
+        .metrics()
+        .encode()
+        .contains("swoosh_attention_events_total{kind=\"partition\"} 1"));
+    // The reconnection heals it (and only the partition of that peer).
+    assert!(node.observe(vec![Event::new(
+        EventKind::PartitionHealed,
+        "reconnected",
+        fx.now()
+    )
+    .peer("follower-1")]));
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = node.attention(Band::IgnoreFast).await.unwrap();
+        let find = |k| v.digest.items.iter().find(|i| i.kind == k).cloned();
+        if let (Some(p), Some(lag)) = (find(EventKind::Partition), find(EventKind::FollowerLag)) {
+            if !p.open {
+                assert_eq!(p.heals, 1);
+                assert!(lag.open, "another peer's lag stays open");
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.counts);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.shutdown().await;
+}

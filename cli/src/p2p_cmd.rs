@@ -354,6 +354,9 @@ pub(crate) async fn start_leader_p2p(
     let p2p = std::sync::Arc::new(
         spawn_leader_with(node.store().clone(), key, genesis, listen, Some(tx)).await?,
     );
+    // Follower lag, gaps, partitions and refused messages feed the node's
+    // attention scorer (SPEC §7).
+    p2p.set_attention(swoosh_net::p2p::leader::attention_sink(node));
     // Certificate proposals the council elections produce go through the
     // node like any other proposal.
     let submitter = node.clone();

@@ -23,6 +23,7 @@ use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use swoosh_core::attention::{Event, EventKind};
 use swoosh_core::guards::Verify;
 use swoosh_core::hash::Hash;
 use swoosh_core::proposal::Proposal;
@@ -235,6 +236,15 @@ pub struct LeaderShared {
     pub certificate_proposals: u64,
     /// One entry per follower in genesis, in genesis order.
     pub followers: Vec<FollowerSeen>,
+    /// Operational events for the attention scorer ([`ReplWatch`]) made.
+    pub attention_events: u64,
+    /// Of those, not delivered: no sink installed yet
+    /// ([`LeaderP2p::set_attention`]) or the sink refused them (the
+    /// scorer's mailbox was full or it was restarting).
+    pub attention_dropped: u64,
+    /// Per-message events (refused peers, requests and votes) not made
+    /// because [`WatchConfig::refusals_per_sec_max`] was reached.
+    pub attention_suppressed: u64,
 }
 
 pub struct LeaderP2p {
@@ -243,6 +253,7 @@ pub struct LeaderP2p {
     pub listen_addrs: Vec<Multiaddr>,
     pub shared: Arc<Mutex<LeaderShared>>,
     reports: Arc<Mutex<Vec<Option<std::time::Instant>>>>,
+    attention: Arc<Mutex<AttentionHook>>,
     task: tokio::task::JoinHandle<()>,
     state_copy: Option<StateCopy>,
 }
@@ -355,6 +366,22 @@ impl LeaderP2p {
     pub fn snapshot(&self) -> LeaderShared {
         self.shared.lock().expect("leader stats lock").clone()
     }
+
+    /// Send the replication events this leader sees (follower lag, gaps,
+    /// catch-ups, halts, disconnects and reconnects, refused peers,
+    /// requests and votes: [`ReplWatch`]) to `sink`, normally the node's
+    /// attention scorer ([`attention_sink`]). Until a sink is set they are
+    /// counted as dropped.
+    pub fn set_attention(&self, sink: AttentionSink) {
+        self.set_attention_with(sink, WatchConfig::default());
+    }
+
+    /// [`LeaderP2p::set_attention`] with other thresholds (tests).
+    pub fn set_attention_with(&self, sink: AttentionSink, cfg: WatchConfig) {
+        let mut h = self.attention.lock().expect("attention lock");
+        h.sink = Some(sink);
+        h.cfg = cfg;
+    }
 }
 
 impl Drop for LeaderP2p {
@@ -465,6 +492,12 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
     tracing::info!(peer = %swarm.local_peer_id(), addr = %listen_addrs[0], "leader p2p listening");
     let peer_id = *swarm.local_peer_id();
     let reports = Arc::new(Mutex::new(vec![None; seen.len()]));
+    let attention = Arc::new(Mutex::new(AttentionHook::default()));
+    let watch = ReplWatch::new(
+        seen.iter().map(|f| f.name.clone()).collect(),
+        WatchConfig::default(),
+        LeaderTask::<S>::now_wall_ms(),
+    );
     let shared = Arc::new(Mutex::new(LeaderShared {
         published_index: last,
         followers: seen,
@@ -498,6 +531,8 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         proposed: BTreeMap::new(),
         unelectable: Default::default(),
         t0: std::time::Instant::now(),
+        watch,
+        attention: attention.clone(),
     };
     let task = tokio::spawn(async move { t.run().await });
     Ok(LeaderP2p {
@@ -505,6 +540,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         listen_addrs,
         shared,
         reports,
+        attention,
         task,
         state_copy,
     })
@@ -539,6 +575,10 @@ struct LeaderTask<S: LogStore> {
     /// (project, epoch) found with too few electable candidates (logged once).
     unelectable: std::collections::BTreeSet<(String, u64)>,
     t0: std::time::Instant,
+    /// The followers' replication health, as transitions for the scorer.
+    watch: ReplWatch,
+    /// Where the watch's events go, and its thresholds.
+    attention: Arc<Mutex<AttentionHook>>,
 }
 
 impl<S: LogStore> LeaderTask<S> {
@@ -556,6 +596,9 @@ impl<S: LogStore> LeaderTask<S> {
                 _ = head.tick() => {
                     let h = self.repl.head(1);
                     self.publish(&h);
+                    let now = self.watch_now();
+                    let ev = self.watch.on_tick(now);
+                    self.attend(ev);
                 }
             }
         }
@@ -694,6 +737,53 @@ impl<S: LogStore> LeaderTask<S> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
+    }
+
+    /// The watch's clock: the wall clock the leader stamps its proposals
+    /// with (the node's scorer reads the same), after taking the
+    /// thresholds the owner set.
+    fn watch_now(&mut self) -> u64 {
+        let cfg = self.attention.lock().expect("attention lock").cfg;
+        self.watch.set_config(cfg);
+        Self::now_wall_ms()
+    }
+
+    /// Hand `events` to the attention sink. Never waits: the sink only
+    /// queues them (and drops them when the scorer's mailbox is full).
+    fn attend(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let sink = self.attention.lock().expect("attention lock").sink.clone();
+        let delivered = sink.is_some_and(|f| f(events));
+        let mut s = self.shared.lock().expect("lock");
+        s.attention_events += n;
+        if !delivered {
+            s.attention_dropped += n;
+        }
+    }
+
+    /// A peer as events name it: a follower by its genesis name (as
+    /// `/health` and the metrics do), anyone else by its libp2p peer id.
+    fn peer_name(&self, peer: &PeerId) -> String {
+        self.followers
+            .get(peer)
+            .and_then(|i| self.watch.name(*i))
+            .map_or_else(|| peer.to_string(), str::to_string)
+    }
+
+    /// A per-message event (a refused peer, request or vote), within the
+    /// watch's rate limit.
+    fn attend_refusal(&mut self, e: Event) {
+        let now = self.watch_now();
+        let e = Event { at_ms: now, ..e };
+        match self.watch.refusal(now, e) {
+            Some(e) => self.attend(vec![e]),
+            None => {
+                self.shared.lock().expect("lock").attention_suppressed = self.watch.suppressed()
+            }
+        }
     }
 
     fn publish_council(&mut self, m: &CouncilMsg) {
@@ -865,12 +955,30 @@ impl<S: LogStore> LeaderTask<S> {
             f.lag_records = Some(published.saturating_sub(r.applied_index));
             f.halted = r.halted || matches!(resp, Response::Diverged { .. });
         }
+        drop(s);
+        let diverged = match &resp {
+            Response::Diverged { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
+        let now = self.watch_now();
+        let ev = self
+            .watch
+            .on_report(i, now, r.applied_index, published, r.halted, diverged);
+        self.attend(ev);
         resp
     }
 
-    fn on_council_message(&mut self, data: &[u8]) {
-        let Ok(CouncilMsg::Vote(v)) = decode_council(data) else {
-            return;
+    fn on_council_message(&mut self, data: &[u8], from: PeerId) {
+        let v = match decode_council(data) {
+            Ok(CouncilMsg::Vote(v)) => v,
+            Ok(CouncilMsg::Announce(_)) => return,
+            Err(e) => {
+                tracing::debug!(%from, "a council message does not decode: {e}");
+                self.attend_refusal(
+                    Event::new(EventKind::ForgedMessage, "shape", 0).peer(from.to_string()),
+                );
+                return;
+            }
         };
         let outcome = self.collector.on_vote(&v);
         {
@@ -886,6 +994,12 @@ impl<S: LogStore> LeaderTask<S> {
             }
             VoteOutcome::Rejected(r) => {
                 tracing::warn!(voter = %v.body.voter, project = %v.body.project, "vote rejected: {}", r.name());
+                // As the chaos simulator reports a refused vote.
+                self.attend_refusal(
+                    Event::new(EventKind::VoteRejected, r.name(), 0)
+                        .signer(v.body.voter.to_string())
+                        .project(v.body.project.clone()),
+                );
             }
             _ => {}
         }
@@ -897,8 +1011,28 @@ impl<S: LogStore> LeaderTask<S> {
                 peer_id,
                 info,
                 ..
-            })) if !check_handshake(&mut self.swarm, &self.agent, peer_id, &info) => {
-                self.shared.lock().expect("lock").refused_peers += 1;
+            })) => {
+                if check_handshake(&mut self.swarm, &self.agent, peer_id, &info) {
+                    // A follower counts as connected for the watch once it
+                    // passed the handshake: a follower key on another
+                    // genesis is a refusal, not a flapping link.
+                    if let Some(i) = self.followers.get(&peer_id).copied() {
+                        let now = self.watch_now();
+                        let ev = self.watch.on_connection(i, true, now);
+                        self.attend(ev);
+                    }
+                } else {
+                    self.shared.lock().expect("lock").refused_peers += 1;
+                    let reason = if info.protocol_version != super::IDENTIFY_PROTOCOL {
+                        "wrong_protocol"
+                    } else {
+                        "wrong_cluster"
+                    };
+                    self.attend_refusal(
+                        Event::new(EventKind::ForgedMessage, reason, 0)
+                            .peer(self.peer_name(&peer_id)),
+                    );
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(request_response::Event::Message {
                 peer,
@@ -911,6 +1045,10 @@ impl<S: LogStore> LeaderTask<S> {
                 let resp = match self.followers.get(&peer).copied() {
                     None => {
                         tracing::warn!(%peer, "refusing a catch-up request: the peer is not a follower listed in genesis");
+                        self.attend_refusal(
+                            Event::new(EventKind::ForgedMessage, "not_follower", 0)
+                                .peer(peer.to_string()),
+                        );
                         Response::Refused {
                             reason: "only followers listed in genesis may read the log".into(),
                         }
@@ -918,6 +1056,12 @@ impl<S: LogStore> LeaderTask<S> {
                     Some(i) => match wire::decode_request(&request.0) {
                         Ok(wire::Request::Status(r)) => self.on_status(i, &r),
                         Ok(req) => {
+                            if let wire::Request::Range { from, to } = req {
+                                let now = self.watch_now();
+                                let published = self.repl.published_index();
+                                let ev = self.watch.on_range(i, now, from, to, published);
+                                self.attend(ev);
+                            }
                             self.refresh_snapshot();
                             let log = StoreLog {
                                 store: &*self.store,
@@ -934,9 +1078,15 @@ impl<S: LogStore> LeaderTask<S> {
                             }
                             resp
                         }
-                        Err(e) => Response::Refused {
-                            reason: format!("request does not decode: {e}"),
-                        },
+                        Err(e) => {
+                            self.attend_refusal(
+                                Event::new(EventKind::ForgedMessage, "shape", 0)
+                                    .peer(self.peer_name(&peer)),
+                            );
+                            Response::Refused {
+                                reason: format!("request does not decode: {e}"),
+                            }
+                        }
                     },
                 };
                 self.shared.lock().expect("lock").stats = self.repl.stats().clone();
@@ -952,22 +1102,380 @@ impl<S: LogStore> LeaderTask<S> {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
-                libp2p::gossipsub::Event::Message { message, .. },
+                libp2p::gossipsub::Event::Message {
+                    propagation_source,
+                    message,
+                    ..
+                },
             )) if message.topic == self.council_topic.hash() => {
-                self.on_council_message(&message.data);
+                self.on_council_message(&message.data, propagation_source);
             }
-            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+            | SwarmEvent::ConnectionClosed { peer_id, .. } => {
                 let n = self.swarm.connected_peers().count();
-                let mut s = self.shared.lock().expect("lock");
-                s.connected_peers = n;
-                for (peer, i) in &self.followers {
-                    if let Some(f) = s.followers.get_mut(*i) {
-                        f.connected = self.swarm.is_connected(peer);
+                {
+                    let mut s = self.shared.lock().expect("lock");
+                    s.connected_peers = n;
+                    for (peer, i) in &self.followers {
+                        if let Some(f) = s.followers.get_mut(*i) {
+                            f.connected = self.swarm.is_connected(peer);
+                        }
+                    }
+                }
+                // The last connection to a follower closed: it is cut off.
+                // (Connected again once its handshake passes, above.)
+                if let Some(i) = self.followers.get(&peer_id).copied() {
+                    if !self.swarm.is_connected(&peer_id) {
+                        let now = self.watch_now();
+                        let ev = self.watch.on_connection(i, false, now);
+                        self.attend(ev);
                     }
                 }
             }
             _ => {}
         }
+    }
+}
+
+// ------------------------------------------------------------- attention
+
+/// A follower is lagging once it reports at least this many records behind
+/// the leader's published index (the lag `/health` and
+/// `swoosh_replica_lag_records` show; the chaos simulator's threshold) …
+pub const FOLLOWER_LAG_EVENT_RECORDS: u64 = 32;
+/// … while a record the leader had published at least this long ago is
+/// still not applied. A follower that is many records behind only because
+/// the leader commits fast, but applies what it gets within this time, is
+/// not lagging.
+pub const FOLLOWER_LAG_EVENT_MS: u64 = 2_000;
+/// A lagging follower is caught up again once it reports fewer than this
+/// many records behind …
+pub const FOLLOWER_CAUGHT_UP_RECORDS: u64 = FOLLOWER_LAG_EVENT_RECORDS / 2;
+/// … or has applied what the leader had published at most this long
+/// before. Both half the lag thresholds, so a follower hovering at them
+/// does not flap. (A gapped or halted follower is caught up once it applied
+/// what the leader had published when the gap or halt was seen.)
+pub const FOLLOWER_CAUGHT_UP_MS: u64 = FOLLOWER_LAG_EVENT_MS / 2;
+/// A connected follower without a status report for this long is lagging;
+/// a follower not connected for this long (since the leader started) is
+/// cut off. The age at which `/health` stops counting a follower as
+/// following.
+pub const FOLLOWER_REPORT_STALE_MS: u64 = swoosh_actors::FOLLOWER_REPORT_STALE_MS;
+/// Per-message events (refused peers, requests and votes) made per second
+/// at most: a flood of them must not crowd the scorer's mailbox, where the
+/// reducer's events queue too.
+pub const REFUSAL_EVENTS_PER_SEC_MAX: u64 = 32;
+
+/// Event reasons: those the chaos simulator also reports are spelled as it
+/// spells them, so a pattern fingerprints the same in a run and on a node.
+pub mod reason {
+    /// FollowerLag (the simulator's).
+    pub const LAGGING: &str = "records behind the leader";
+    /// FollowerLag: connected, but no status report for
+    /// [`super::FOLLOWER_REPORT_STALE_MS`].
+    pub const REPORTS_STOPPED: &str = "status reports stopped";
+    /// FollowerCaughtUp (the simulator's).
+    pub const CAUGHT_UP: &str = "caught up with the leader";
+    /// FollowerGap: the follower asked for a record range it missed.
+    pub const RANGE_AFTER_GAP: &str = "range request after a gap";
+    /// FollowerGap: the follower reports it halted.
+    pub const HALTED: &str = "follower halted (divergence or a failed write)";
+    /// FollowerGap: the leader found the follower off its log and told it
+    /// to halt.
+    pub const DIVERGED: &str = "follower off the leader's log; told to halt";
+    /// Partition (the simulator's).
+    pub const CUT: &str = "network cut";
+    /// PartitionHealed.
+    pub const RECONNECTED: &str = "reconnected";
+}
+
+/// Where the leader's replication events go: the node's attention scorer
+/// (`NodeHandle::observe`, see [`attention_sink`]). It must not wait;
+/// `false` when it dropped the events.
+pub type AttentionSink = Arc<dyn Fn(Vec<Event>) -> bool + Send + Sync>;
+
+/// `node`'s attention scorer as the leader's sink.
+pub fn attention_sink<S>(node: &swoosh_actors::NodeHandle<S>) -> AttentionSink
+where
+    S: LogStore + Clone + Send + Sync + 'static,
+{
+    let node = node.clone();
+    Arc::new(move |events| node.observe(events))
+}
+
+/// The sink and thresholds the owner set, read by the leader task.
+#[derive(Default)]
+struct AttentionHook {
+    sink: Option<AttentionSink>,
+    cfg: WatchConfig,
+}
+
+/// The thresholds of [`ReplWatch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    pub lag_records: u64,
+    pub lag_ms: u64,
+    pub caught_up_records: u64,
+    pub caught_up_ms: u64,
+    pub report_stale_ms: u64,
+    pub refusals_per_sec_max: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            lag_records: FOLLOWER_LAG_EVENT_RECORDS,
+            lag_ms: FOLLOWER_LAG_EVENT_MS,
+            caught_up_records: FOLLOWER_CAUGHT_UP_RECORDS,
+            caught_up_ms: FOLLOWER_CAUGHT_UP_MS,
+            report_stale_ms: FOLLOWER_REPORT_STALE_MS,
+            refusals_per_sec_max: REFUSAL_EVENTS_PER_SEC_MAX,
+        }
+    }
+}
+
+/// One genesis follower as the watch tracks it.
+#[derive(Clone, Debug, Default)]
+struct Watched {
+    name: String,
+    /// Connected and past the handshake.
+    connected: bool,
+    /// When it connected, or when the watch started (wall ms).
+    since_ms: u64,
+    /// A `Partition` was reported and no `PartitionHealed` since.
+    cut: bool,
+    last_report_ms: Option<u64>,
+    /// `(when, the leader's published index then)` at an earlier report:
+    /// while the follower's applied index is below that index it is at least
+    /// `now - when` behind; once past it, at most that.
+    mark: Option<(u64, u64)>,
+    /// A `FollowerLag` is open.
+    lagging: bool,
+    /// A `FollowerGap` is open (a range request, a halt): the leader's
+    /// published index then, which the follower must reach.
+    gap: Option<u64>,
+    /// The follower is halted (reported once per halt).
+    halted: bool,
+}
+
+/// The replication health of the genesis followers, as the leader sees it,
+/// turned into attention events on **transitions**: a follower crossing
+/// the lag threshold, asking for a range after a gap, halting, catching up
+/// again, disconnecting and reconnecting, each reported once and not on
+/// every status report. Sans-I/O: the leader task feeds it what it sees and
+/// the wall-clock time, and sends what it returns to the [`AttentionSink`].
+///
+/// Subjects: a follower by its genesis name as `peer` (as `/health` and
+/// the `follower` metric label name it); a refused peer by its libp2p peer
+/// id; a refused vote by its voter (`signer`) and project.
+///
+/// Bounded: one entry per genesis follower (at most `FOLLOWERS_MAX`) and a
+/// per-second counter; no buffer.
+pub struct ReplWatch {
+    cfg: WatchConfig,
+    followers: Vec<Watched>,
+    /// The second (wall ms / 1000) the refusal budget counts, and its use.
+    refusal_window: (u64, u64),
+    suppressed: u64,
+}
+
+impl ReplWatch {
+    /// Followers in genesis order, by name; `now_ms` starts the clock a
+    /// follower that never connects is judged by.
+    pub fn new(names: Vec<String>, cfg: WatchConfig, now_ms: u64) -> ReplWatch {
+        let followers = names
+            .into_iter()
+            .take(swoosh_core::state::FOLLOWERS_MAX)
+            .map(|name| Watched {
+                name,
+                since_ms: now_ms,
+                ..Default::default()
+            })
+            .collect();
+        ReplWatch {
+            cfg,
+            followers,
+            refusal_window: (0, 0),
+            suppressed: 0,
+        }
+    }
+
+    pub fn set_config(&mut self, cfg: WatchConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Follower `i`'s genesis name.
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.followers.get(i).map(|w| w.name.as_str())
+    }
+
+    /// Per-message events not made (rate limit), in total.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+
+    fn event(w: &Watched, kind: EventKind, reason: &str, now_ms: u64) -> Event {
+        Event::new(kind, reason, now_ms).peer(w.name.clone())
+    }
+
+    /// Follower `i` connected (past the handshake) or lost its last
+    /// connection: `Partition` on the loss, `PartitionHealed` on the
+    /// reconnection that follows a `Partition`.
+    pub fn on_connection(&mut self, i: usize, connected: bool, now_ms: u64) -> Vec<Event> {
+        let Some(w) = self.followers.get_mut(i) else {
+            return vec![];
+        };
+        if w.connected == connected {
+            return vec![];
+        }
+        w.connected = connected;
+        w.since_ms = now_ms;
+        w.last_report_ms = None;
+        w.mark = None;
+        if connected {
+            if !std::mem::take(&mut w.cut) {
+                return vec![];
+            }
+            return vec![
+                Self::event(w, EventKind::PartitionHealed, reason::RECONNECTED, now_ms)
+                    .detail("the follower connected again and passed the handshake"),
+            ];
+        }
+        w.cut = true;
+        vec![Self::event(w, EventKind::Partition, reason::CUT, now_ms)]
+    }
+
+    /// Follower `i` reported `applied` (and whether it halted) when the
+    /// leader had published `published`; `diverged` is the leader's verdict
+    /// when the report is off its log.
+    pub fn on_report(
+        &mut self,
+        i: usize,
+        now_ms: u64,
+        applied: u64,
+        published: u64,
+        halted: bool,
+        diverged: Option<&str>,
+    ) -> Vec<Event> {
+        let cfg = self.cfg;
+        let Some(w) = self.followers.get_mut(i) else {
+            return vec![];
+        };
+        w.last_report_ms = Some(now_ms);
+        if halted || diverged.is_some() {
+            w.mark = None;
+            if std::mem::replace(&mut w.halted, true) {
+                return vec![];
+            }
+            w.gap = Some(w.gap.map_or(published, |g| g.max(published)));
+            let e = match diverged {
+                Some(why) => {
+                    Self::event(w, EventKind::FollowerGap, reason::DIVERGED, now_ms).detail(why)
+                }
+                None => Self::event(w, EventKind::FollowerGap, reason::HALTED, now_ms),
+            };
+            return vec![e];
+        }
+        // Running again (repaired, restarted): the halt's gap stays open
+        // until it catches up.
+        w.halted = false;
+        let lag = published.saturating_sub(applied);
+        let (behind_ms, within_ms) = match w.mark {
+            Some((t, index)) if applied < index => (Some(now_ms.saturating_sub(t)), None),
+            Some((t, _)) => (None, Some(now_ms.saturating_sub(t))),
+            None => (None, None),
+        };
+        if w.mark.is_none() || within_ms.is_some() {
+            w.mark = Some((now_ms, published));
+        }
+        let was_open = w.lagging || w.gap.is_some();
+        if lag < cfg.caught_up_records || within_ms.is_some_and(|ms| ms <= cfg.caught_up_ms) {
+            w.lagging = false;
+        }
+        if w.gap.is_some_and(|target| applied >= target) {
+            w.gap = None;
+        }
+        if was_open && !w.lagging && w.gap.is_none() {
+            let e = Self::event(w, EventKind::FollowerCaughtUp, reason::CAUGHT_UP, now_ms).detail(
+                format!("applied {applied} of the {published} records the leader published"),
+            );
+            return vec![e];
+        }
+        if !w.lagging && lag >= cfg.lag_records && behind_ms.is_some_and(|ms| ms >= cfg.lag_ms) {
+            w.lagging = true;
+            return vec![Self::event(
+                w,
+                EventKind::FollowerLag,
+                reason::LAGGING,
+                now_ms,
+            )];
+        }
+        vec![]
+    }
+
+    /// Follower `i` asked for records `from..=to` when the leader had
+    /// published `published`: it saw a gap (gossip it missed, or a restart
+    /// behind the leader). Once per gap, until it catches up.
+    pub fn on_range(
+        &mut self,
+        i: usize,
+        now_ms: u64,
+        from: u64,
+        to: u64,
+        published: u64,
+    ) -> Vec<Event> {
+        let Some(w) = self.followers.get_mut(i) else {
+            return vec![];
+        };
+        if from == 0 || from > published || w.gap.is_some() || w.halted {
+            return vec![];
+        }
+        w.gap = Some(published);
+        vec![
+            Self::event(w, EventKind::FollowerGap, reason::RANGE_AFTER_GAP, now_ms).detail(
+                format!("asked for records {from} to {to}; the leader published {published}"),
+            ),
+        ]
+    }
+
+    /// The periodic check (every head): a connected follower silent for
+    /// [`WatchConfig::report_stale_ms`] is lagging, one not connected for
+    /// that long since the leader started is cut off.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Event> {
+        let stale = self.cfg.report_stale_ms;
+        let mut out = vec![];
+        for w in &mut self.followers {
+            let since = w.last_report_ms.unwrap_or(w.since_ms);
+            if now_ms.saturating_sub(since) < stale {
+                continue;
+            }
+            if w.connected && !w.halted && !w.lagging {
+                w.lagging = true;
+                out.push(
+                    Self::event(w, EventKind::FollowerLag, reason::REPORTS_STOPPED, now_ms)
+                        .detail(format!("no status report for {} ms", now_ms - since)),
+                );
+            } else if !w.connected && !w.cut {
+                w.cut = true;
+                out.push(Self::event(w, EventKind::Partition, reason::CUT, now_ms));
+            }
+        }
+        out
+    }
+
+    /// `e` (a refused peer, request or vote) unless this second's budget of
+    /// [`WatchConfig::refusals_per_sec_max`] is spent.
+    pub fn refusal(&mut self, now_ms: u64, e: Event) -> Option<Event> {
+        let second = now_ms / 1000;
+        if self.refusal_window.0 != second {
+            self.refusal_window = (second, 0);
+        }
+        if self.refusal_window.1 >= self.cfg.refusals_per_sec_max {
+            self.suppressed += 1;
+            return None;
+        }
+        self.refusal_window.1 += 1;
+        Some(e)
     }
 }
 
@@ -982,6 +1490,229 @@ pub fn record_hash<S: LogStore>(store: &S, index: u64, genesis_hash: Hash) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kinds(v: &[Event]) -> Vec<(EventKind, &str, Option<&str>)> {
+        v.iter()
+            .map(|e| (e.kind, e.reason.as_str(), e.subject.peer.as_deref()))
+            .collect()
+    }
+
+    fn watch() -> ReplWatch {
+        ReplWatch::new(
+            vec!["follower-1".into(), "follower-2".into()],
+            WatchConfig::default(),
+            0,
+        )
+    }
+
+    /// Status reports every 500 ms: crossing the lag threshold (records and
+    /// time) is reported once, not per report; catching up once; a fast
+    /// leader with a follower that keeps up is never "lagging".
+    #[test]
+    fn lag_is_reported_on_the_crossing_not_on_every_report() {
+        let mut w = watch();
+        let mut all = vec![];
+        // In step: nothing.
+        for k in 0..4u64 {
+            all.extend(w.on_report(0, 500 * k, 10 * k, 10 * k, false, None));
+        }
+        assert!(all.is_empty(), "{all:?}");
+        // Stuck at 30 while the leader goes on: the lag needs both
+        // FOLLOWER_LAG_EVENT_RECORDS and FOLLOWER_LAG_EVENT_MS.
+        let mut t = 2_000;
+        let mut published = 30;
+        let mut crossings = vec![];
+        for _ in 0..12 {
+            t += 500;
+            published += 40;
+            let ev = w.on_report(0, t, 30, published, false, None);
+            if !ev.is_empty() {
+                crossings.push((t, ev));
+            }
+        }
+        assert_eq!(crossings.len(), 1, "{crossings:?}");
+        let (at, ev) = &crossings[0];
+        assert_eq!(
+            kinds(ev),
+            vec![(EventKind::FollowerLag, reason::LAGGING, Some("follower-1"))]
+        );
+        assert_eq!(ev[0].detail, "", "the simulator's fingerprint: no detail");
+        assert!(
+            *at >= 2_500 + FOLLOWER_LAG_EVENT_MS,
+            "not before the time threshold: {at}"
+        );
+        // Still behind, even under the lag threshold but not under half
+        // of it: nothing more.
+        assert!(w
+            .on_report(0, t + 500, 40, published + 40, false, None)
+            .is_empty());
+        let under = FOLLOWER_LAG_EVENT_RECORDS - 2;
+        assert!(w
+            .on_report(
+                0,
+                t + 700,
+                published + 40 - under,
+                published + 40,
+                false,
+                None
+            )
+            .is_empty());
+        // Caught up: once.
+        let ev = w.on_report(0, t + 1_000, published + 40, published + 50, false, None);
+        assert_eq!(
+            kinds(&ev),
+            vec![(
+                EventKind::FollowerCaughtUp,
+                reason::CAUGHT_UP,
+                Some("follower-1")
+            )]
+        );
+        assert!(w
+            .on_report(0, t + 1_500, published + 50, published + 50, false, None)
+            .is_empty());
+        // The other follower was never mentioned.
+        assert!(w.on_report(1, t + 1_500, 0, 0, false, None).is_empty());
+
+        // A leader committing fast: the follower is always 200 records
+        // behind but applies, within 500 ms, what the leader had published.
+        let mut w = watch();
+        for k in 1..40u64 {
+            let ev = w.on_report(
+                0,
+                500 * k,
+                1_000 * (k - 1),
+                1_000 * (k - 1) + 200,
+                false,
+                None,
+            );
+            assert!(ev.is_empty(), "report {k}: {ev:?}");
+        }
+    }
+
+    #[test]
+    fn a_gap_and_a_halt_are_reported_once_and_healed_by_catching_up() {
+        let mut w = watch();
+        assert!(w.on_report(0, 0, 100, 100, false, None).is_empty());
+        // A range past what the leader published is no gap.
+        assert!(w.on_range(0, 100, 101, 150, 100).is_empty());
+        let ev = w.on_range(0, 200, 101, 150, 180);
+        assert_eq!(
+            kinds(&ev),
+            vec![(
+                EventKind::FollowerGap,
+                reason::RANGE_AFTER_GAP,
+                Some("follower-1")
+            )]
+        );
+        // Further ranges of the same catch-up: nothing; a report a few
+        // records behind, short of the published index the range was
+        // asked at, is not caught up either.
+        assert!(w.on_range(0, 300, 151, 180, 180).is_empty());
+        assert!(w.on_report(0, 400, 170, 180, false, None).is_empty());
+        let ev = w.on_report(0, 500, 180, 180, false, None);
+        assert_eq!(ev[0].kind, EventKind::FollowerCaughtUp);
+        assert!(w.on_report(0, 1_000, 180, 180, false, None).is_empty());
+
+        // Halted: one FollowerGap whatever the reports say next.
+        let ev = w.on_report(0, 1_500, 180, 200, true, None);
+        assert_eq!(
+            kinds(&ev),
+            vec![(EventKind::FollowerGap, reason::HALTED, Some("follower-1"))]
+        );
+        assert!(w.on_report(0, 2_000, 180, 300, true, None).is_empty());
+        assert!(w.on_connection(0, true, 2_000).is_empty());
+        assert!(
+            w.on_tick(60_000)
+                .iter()
+                .all(|e| e.subject.peer.as_deref() != Some("follower-1")),
+            "a halted follower is not also stale"
+        );
+        assert!(w.on_range(0, 2_100, 181, 300, 300).is_empty());
+        // Repaired and back: caught up heals it.
+        let ev = w.on_report(0, 61_000, 300, 300, false, None);
+        assert_eq!(ev[0].kind, EventKind::FollowerCaughtUp);
+
+        // The leader's divergence verdict: its reason is the detail.
+        let ev = w.on_report(1, 0, 500, 400, false, Some("the leader's log ends at 400"));
+        assert_eq!(
+            kinds(&ev),
+            vec![(EventKind::FollowerGap, reason::DIVERGED, Some("follower-2"))]
+        );
+        assert_eq!(ev[0].detail, "the leader's log ends at 400");
+        assert!(w
+            .on_report(1, 500, 500, 400, false, Some("again"))
+            .is_empty());
+    }
+
+    #[test]
+    fn disconnects_reconnects_and_silence_are_transitions() {
+        let mut w = watch();
+        // First connection: nothing to heal.
+        assert!(w.on_connection(0, true, 10).is_empty());
+        assert!(
+            w.on_connection(0, true, 20).is_empty(),
+            "a second connection"
+        );
+        let ev = w.on_connection(0, false, 100);
+        assert_eq!(
+            kinds(&ev),
+            vec![(EventKind::Partition, reason::CUT, Some("follower-1"))]
+        );
+        assert!(w.on_connection(0, false, 150).is_empty());
+        let ev = w.on_connection(0, true, 200);
+        assert_eq!(
+            kinds(&ev),
+            vec![(
+                EventKind::PartitionHealed,
+                reason::RECONNECTED,
+                Some("follower-1")
+            )]
+        );
+        // Connected and silent past the stale age: lagging, once; the
+        // never-connected follower-2 is cut off, once.
+        let stale = 200 + FOLLOWER_REPORT_STALE_MS;
+        assert!(w
+            .on_tick(stale - 1)
+            .iter()
+            .all(|e| e.subject.peer.as_deref() != Some("follower-1")));
+        let ev = w.on_tick(stale);
+        assert_eq!(
+            kinds(&ev),
+            vec![(
+                EventKind::FollowerLag,
+                reason::REPORTS_STOPPED,
+                Some("follower-1")
+            )]
+        );
+        let earlier: Vec<Event> = ReplWatch::new(vec!["x".into()], WatchConfig::default(), 0)
+            .on_tick(FOLLOWER_REPORT_STALE_MS);
+        assert_eq!(
+            kinds(&earlier),
+            vec![(EventKind::Partition, reason::CUT, Some("x"))]
+        );
+        assert!(w.on_tick(stale + 500).is_empty());
+        // Reporting again, in step: caught up.
+        let ev = w.on_report(0, stale + 600, 10, 10, false, None);
+        assert_eq!(ev[0].kind, EventKind::FollowerCaughtUp);
+        // Out of range followers are ignored.
+        assert!(w.on_connection(7, false, 0).is_empty());
+        assert!(w.on_report(7, 0, 0, 100, true, None).is_empty());
+    }
+
+    #[test]
+    fn refusals_are_rate_limited_per_second() {
+        let mut w = watch();
+        let e = || Event::new(EventKind::ForgedMessage, "not_follower", 0);
+        let passed = (0..REFUSAL_EVENTS_PER_SEC_MAX + 5)
+            .filter(|_| w.refusal(1_000, e()).is_some())
+            .count() as u64;
+        assert_eq!(passed, REFUSAL_EVENTS_PER_SEC_MAX);
+        assert_eq!(w.suppressed(), 5);
+        assert!(
+            w.refusal(2_000, e()).is_some(),
+            "a new second, a new budget"
+        );
+    }
 
     fn snap(index: u64) -> OfferedSnapshot {
         OfferedSnapshot {
