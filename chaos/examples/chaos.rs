@@ -1,40 +1,31 @@
-//! Run the simulator from the command line until `swoosh chaos` lands in the
-//! CLI (same flags):
+//! Run the simulator from the command line without building the CLI. It
+//! takes exactly the flags of `swoosh chaos --mode sim`
+//! (`swoosh_chaos::parse_sim_args`), so every `reproduce with:` line runs
+//! here too, with `swoosh chaos` replaced by the cargo command:
 //!
 //! ```text
-//! cargo run -p swoosh-chaos --example chaos -- --seed 7 --transitions 10000 --replicas 3 [--projects 4] [--twice] [--json] [--calm]
+//! cargo run -p swoosh-chaos --example chaos -- --seed 7 --transitions 10000 --replicas 3 \
+//!     [--projects 4] [--council 5 --no-voters 1] [--calm] [--rate NAME=P]... [--twice] [--json]
 //! ```
 //!
 //! Prints a short summary (or the JSON report with `--json`); exits 1 on any
-//! violation or on a different report for the same seed (`--twice`).
+//! violation or on a different report for the same seed (`--twice`), 2 on
+//! bad arguments.
 
-use swoosh_chaos::{run, FaultRates, SimConfig, SimReport};
-
-fn usage() -> ! {
-    eprintln!("usage: chaos --seed N [--transitions N] [--replicas N] [--projects N] [--twice] [--json] [--calm]");
-    std::process::exit(2)
-}
+use swoosh_chaos::{parse_sim_args, run, SimConfig, SimReport};
 
 fn main() {
-    let mut cfg = SimConfig::default();
-    let (mut twice, mut json) = (false, false);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = || -> u64 {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| usage())
-        };
-        match a.as_str() {
-            "--seed" => cfg.seed = num(),
-            "--transitions" => cfg.transitions = num(),
-            "--replicas" => cfg.replicas = num() as usize,
-            "--projects" => cfg.projects = num() as usize,
-            "--twice" => twice = true,
-            "--json" => json = true,
-            "--calm" => cfg.rates = FaultRates::none(),
-            _ => usage(),
+    let args = match parse_sim_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2)
         }
+    };
+    let cfg = args.config;
+    if let Err(e) = cfg.validate() {
+        eprintln!("{e}");
+        std::process::exit(2)
     }
     let go = |cfg: &SimConfig| -> (SimReport, std::time::Duration) {
         let t = std::time::Instant::now();
@@ -43,14 +34,16 @@ fn main() {
     };
     let (r, took) = go(&cfg);
     let mut failed = !r.ok() || !r.converged();
-    if twice {
+    let mut reproduce = r.reproduce.clone();
+    if args.twice {
         let (again, _) = go(&cfg);
         if again != r {
             eprintln!("the same seed gave a different report the second time");
             failed = true;
+            reproduce = cfg.reproduce_twice();
         }
     }
-    if json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&r).expect("reports serialize")
@@ -76,7 +69,7 @@ fn main() {
         }
     }
     if failed {
-        eprintln!("reproduce with: {}", r.reproduce);
+        eprintln!("reproduce with: {reproduce}");
         std::process::exit(1);
     }
 }

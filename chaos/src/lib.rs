@@ -3,7 +3,7 @@
 //! the production code: the core reducer and invariant checker, the
 //! `swoosh-storage` in-memory backend (leader WAL, group commit, crash, torn
 //! commits, snapshots, recovery) and the sans-I/O replication and council
-//! protocols of `swoosh_net::proto`. The simulator owns only the clock, the
+//! protocols of `swoosh_net::proto`. The simulator owns only the clocks, the
 //! network, the fault schedule, the follower disks and the checks.
 //!
 //! `run(SimConfig) -> SimReport`; the same config gives the same report,
@@ -12,7 +12,10 @@
 //!
 //! Architecture invariant: one thread, one seed, same final hash every run.
 
+mod args;
+mod checks;
 mod disk;
+mod forge;
 mod net;
 mod rng;
 mod sim;
@@ -20,6 +23,7 @@ mod sim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use args::{parse_sim_args, SimArgs, SIM_USAGE};
 pub use rng::Rng;
 
 /// Per-fault probabilities. Network faults are per message, node faults per
@@ -55,8 +59,19 @@ pub struct FaultRates {
     pub license_latency: f64,
     /// A due license refresh is denied (the server returns an expired token).
     pub license_denial: f64,
-    /// An agent's vote is accompanied by a bad vote (forged, outsider, stale epoch).
+    /// An agent's vote is accompanied by a bad vote (forged, outsider, stale
+    /// epoch, or a "no" voter's vote flipped to approve), and a ready
+    /// certificate is first proposed with a flipped "no" vote added.
     pub vote_fault: f64,
+    /// Per rare write of the leader (a snapshot; a recovery's cut of a torn
+    /// tail or deletion of a damaged snapshot): its store is armed to die
+    /// in that very commit (`MemStore::crash_after_commits(0)`). Half of the
+    /// `restart` faults that pick the leader arm its store too, to die at
+    /// one of its next commits (a group commit or a snapshot write).
+    pub storage_crash: f64,
+    /// A node's clock is stepped (back or forward, up to
+    /// `CLOCK_STEP_MS_MAX`); at every restart it is stepped anyway.
+    pub clock_step: f64,
 }
 
 impl Default for FaultRates {
@@ -76,6 +91,8 @@ impl Default for FaultRates {
             license_latency: 0.05,
             license_denial: 0.05,
             vote_fault: 0.05,
+            storage_crash: 0.1,
+            clock_step: 0.005,
         }
     }
 }
@@ -98,7 +115,80 @@ impl FaultRates {
             license_latency: 0.0,
             license_denial: 0.0,
             vote_fault: 0.0,
+            storage_crash: 0.0,
+            clock_step: 0.0,
         }
+    }
+
+    /// Every rate's name: the field, the serde key, the `--rate NAME=P` name.
+    pub const NAMES: [&'static str; 16] = [
+        "drop",
+        "duplicate",
+        "reorder",
+        "delay",
+        "partition",
+        "restart",
+        "torn_write",
+        "snapshot_rollback",
+        "snapshot_corrupt",
+        "forged_message",
+        "workload_fault",
+        "license_latency",
+        "license_denial",
+        "vote_fault",
+        "storage_crash",
+        "clock_step",
+    ];
+
+    fn fields_mut(&mut self) -> [&mut f64; 16] {
+        [
+            &mut self.drop,
+            &mut self.duplicate,
+            &mut self.reorder,
+            &mut self.delay,
+            &mut self.partition,
+            &mut self.restart,
+            &mut self.torn_write,
+            &mut self.snapshot_rollback,
+            &mut self.snapshot_corrupt,
+            &mut self.forged_message,
+            &mut self.workload_fault,
+            &mut self.license_latency,
+            &mut self.license_denial,
+            &mut self.vote_fault,
+            &mut self.storage_crash,
+            &mut self.clock_step,
+        ]
+    }
+
+    /// Every rate with its name, in `NAMES` order.
+    pub fn named(&self) -> [(&'static str, f64); 16] {
+        let mut copy = *self;
+        let vals = copy.fields_mut().map(|p| *p);
+        std::array::from_fn(|i| (Self::NAMES[i], vals[i]))
+    }
+
+    /// Set the rate called `name` (one of `NAMES`).
+    pub fn set(&mut self, name: &str, p: f64) -> Result<(), String> {
+        let i = Self::NAMES.iter().position(|n| *n == name).ok_or_else(|| {
+            format!(
+                "unknown fault rate {name:?}; the rates are {}",
+                Self::NAMES.join(", ")
+            )
+        })?;
+        *self.fields_mut()[i] = p;
+        Ok(())
+    }
+
+    /// Apply `NAME=P` (the `--rate` flag's value).
+    pub fn set_assignment(&mut self, a: &str) -> Result<(), String> {
+        let (name, p) = a
+            .split_once('=')
+            .ok_or_else(|| format!("--rate takes NAME=P (e.g. drop=0.05), got {a:?}"))?;
+        let p: f64 = p
+            .parse()
+            .map_err(|_| format!("--rate {name}: {p:?} is not a probability"))?;
+        self.set(name, p)
     }
 }
 
@@ -134,7 +224,9 @@ pub struct AttentionItem {
 }
 
 /// A deliberate bug to plant in the simulated cluster, to show that the
-/// checkers catch it (tests of the simulator itself). Never set in a real run.
+/// checkers catch it (tests of the simulator itself). Never set in a real
+/// run; the hidden `--sabotage NAME` flag exists only so that the reproduce
+/// line of such a run replays it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sabotage {
@@ -146,6 +238,33 @@ pub enum Sabotage {
     /// The leader cuts a torn WAL tail with a bare truncation that keeps the
     /// cut records' idempotency entries and decisions (orphans).
     CutKeepsDerived,
+}
+
+impl Sabotage {
+    pub const ALL: [Sabotage; 3] = [
+        Sabotage::None,
+        Sabotage::AckBeforeDurable,
+        Sabotage::CutKeepsDerived,
+    ];
+
+    /// The `--sabotage` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sabotage::None => "none",
+            Sabotage::AckBeforeDurable => "ack-before-durable",
+            Sabotage::CutKeepsDerived => "cut-keeps-derived",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Result<Sabotage, String> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|x| x.name()).collect();
+                format!("unknown sabotage {s:?}; one of {}", names.join(", "))
+            })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,8 +302,19 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// The command that reruns this configuration.
+    /// The command that reruns this configuration: `swoosh chaos` (and the
+    /// example, and [`parse_sim_args`]) parse it back into this very config.
     pub fn reproduce(&self) -> String {
+        self.command(false)
+    }
+
+    /// [`SimConfig::reproduce`] with `--twice`: the command that shows a
+    /// determinism failure (the same seed giving two reports).
+    pub fn reproduce_twice(&self) -> String {
+        self.command(true)
+    }
+
+    fn command(&self, twice: bool) -> String {
         let mut s = format!(
             "swoosh chaos --seed {} --transitions {} --replicas {}",
             self.seed, self.transitions, self.replicas
@@ -198,8 +328,37 @@ impl SimConfig {
                 self.council, self.no_voters
             ));
         }
-        if self.rates != FaultRates::default() {
-            s.push_str(" (with non-default fault rates: pass the same SimConfig)");
+        // The rates as the fewest flags: `--calm` and what is not zero, or
+        // what differs from the defaults (`{p}` prints the shortest decimal
+        // that parses back to the same f64).
+        let (rates, none, default) = (
+            self.rates.named(),
+            FaultRates::none().named(),
+            FaultRates::default().named(),
+        );
+        let differ = |base: &[(&'static str, f64); 16]| -> Vec<(&'static str, f64)> {
+            rates
+                .iter()
+                .zip(base)
+                .filter(|(a, b)| a.1.to_bits() != b.1.to_bits())
+                .map(|(a, _)| *a)
+                .collect()
+        };
+        let (from_none, from_default) = (differ(&none), differ(&default));
+        let set = if from_none.len() < from_default.len() {
+            s.push_str(" --calm");
+            from_none
+        } else {
+            from_default
+        };
+        for (name, p) in set {
+            s.push_str(&format!(" --rate {name}={p}"));
+        }
+        if self.sabotage != Sabotage::None {
+            s.push_str(&format!(" --sabotage {}", self.sabotage.name()));
+        }
+        if twice {
+            s.push_str(" --twice");
         }
         s
     }
@@ -207,6 +366,7 @@ impl SimConfig {
 
 /// Council protocol activity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CouncilReport {
     pub elections_opened: u64,
     pub announcements: u64,
@@ -219,10 +379,17 @@ pub struct CouncilReport {
     pub certificates: u64,
     /// Certificates proposed and accepted as Council_QuorumCert/ReElect.
     pub certificates_accepted: u64,
+    /// Bad votes (`vote_fault`) that reached the leader's collector, and
+    /// how many it refused for the planted reason (or no open election).
+    pub bad_votes_delivered: u64,
+    pub bad_votes_refused: u64,
+    /// Certificates with a flipped "no" vote that the quorum guard refused.
+    pub forged_certificates_refused: u64,
 }
 
 /// Replication protocol activity (summed over leader and follower restarts).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReplicationReport {
     pub batches_published: u64,
     pub records_published: u64,
@@ -241,6 +408,14 @@ pub struct ReplicationReport {
     pub corrupt_snapshots_skipped: u64,
     pub messages_sent: u64,
     pub messages_delivered: u64,
+    /// `Request::Status` reports the leader answered (`on_status_report`).
+    pub status_reports: u64,
+    /// Per follower (index 0 = follower 1): forged messages delivered while
+    /// it ran, and how many it refused with the forgery's refusal.
+    pub forged_delivered: Vec<u64>,
+    pub forged_refused: Vec<u64>,
+    /// Leader decisions whose signature was verified at the end.
+    pub decisions_verified: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -271,6 +446,9 @@ pub struct SimReport {
     pub max_lag: u64,
     /// The same, only for followers up for a second or more and not cut off
     /// by a partition: how far steady tailing falls behind under the faults.
+    /// Under the default node faults a follower thrown back to genesis can
+    /// stay far behind for long (see docs/chaos.md); with node faults off it
+    /// stays within the leader's retained log (a test).
     pub max_lag_steady: u64,
     pub council: CouncilReport,
     pub replication: ReplicationReport,

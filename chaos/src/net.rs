@@ -5,10 +5,12 @@
 //! timeouts) and partitions (a node cut off until a time; messages to or from
 //! it are lost at send and at delivery).
 
+use crate::forge::Forgery;
 use crate::rng::Rng;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use swoosh_net::proto::{CouncilMsg, Gossip, Request, Response};
+use swoosh_core::facts::Vote;
+use swoosh_net::proto::{CouncilMsg, Gossip, Request, Response, VoteRejection};
 
 /// Most messages in flight at once; more are dropped (and counted).
 pub const NET_IN_FLIGHT_MAX: usize = 200_000;
@@ -29,9 +31,15 @@ pub enum Addr {
 #[derive(Clone, Debug)]
 pub enum Msg {
     Gossip(Rc<Gossip>),
+    /// A forged leader message, tagged so its delivery can be checked (the
+    /// follower only sees the gossip).
+    Forged(Rc<Gossip>, Forgery),
     Request(Request),
     Response(Rc<Response>),
     Council(Rc<CouncilMsg>),
+    /// A vote the collector must refuse, with the reason it must give
+    /// (the collector only sees the vote).
+    BadVote(Rc<Vote>, VoteRejection),
 }
 
 #[derive(Debug)]

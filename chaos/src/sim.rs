@@ -3,7 +3,9 @@
 //! maybe group-commit. After `transitions` proposals: heal everything, let
 //! the cluster catch up on a calm network, and compare every replica.
 
+use crate::checks::{check_bad_vote, check_replay, forged_refused, ForgeryTally};
 use crate::disk::Disk;
+use crate::forge::{forge_batch, forge_head, Forgery};
 use crate::net::{Addr, Envelope, LinkFaults, Msg, Net};
 use crate::rng::Rng;
 use crate::{
@@ -16,7 +18,7 @@ use swoosh_core::attention::{Band, Event, EventKind, Scorer, Tuning, SURFACE_BAN
 use swoosh_core::cbor::to_canonical;
 use swoosh_core::facts::{Vote, VoteBody};
 use swoosh_core::hash::Hash;
-use swoosh_core::invariants::{check_state, check_transition};
+use swoosh_core::invariants::{check_quorum_certificate, check_state, check_transition};
 use swoosh_core::proposal::ProposalBuilder;
 use swoosh_core::reducer::{
     step_recalled, Ctx, Effect, Outcome, IDEM_EVICT_BATCH, IDEM_KEYS_PER_PROJECT_MAX,
@@ -26,18 +28,22 @@ use swoosh_core::scenario::{genesis, one, Driver, Fault, Keys, Next};
 use swoosh_core::sig::{self, SignerId};
 use swoosh_core::state::{Genesis, NodeState};
 use swoosh_core::{guards::Verify, Proposal};
-use swoosh_net::proto::wire::{BatchHeader, WalBatch, WAL_BATCH_DOMAIN, WAL_HEAD_DOMAIN};
+use swoosh_net::p2p::follower::STATUS_EVERY_MS;
+use swoosh_net::proto::follower::GAP_GRACE_MS;
+use swoosh_net::proto::leader::SNAPSHOT_CATCHUP_RECORDS;
 use swoosh_net::proto::{
-    certificate_proposal, CouncilAgent, CouncilCollector, CouncilMsg, FollowerConfig,
+    certificate_proposal, Certificate, CouncilAgent, CouncilCollector, CouncilMsg, FollowerConfig,
     FollowerEffect, Gossip, LeaderConfig, LeaderEffect, LeaderLog, ReplFollower, ReplLeader,
-    Request, SnapshotView, VoteOutcome, VotePolicy,
+    Request, Response, SnapshotView, VoteOutcome, VotePolicy, VoteRejection,
 };
-use swoosh_storage::index::{audit_indexes, lookup_idem, IndexError};
+use swoosh_storage::index::{audit_indexes, get_decision, lookup_idem, IndexError};
 use swoosh_storage::recovery::{
     cut_after, recover, verify_expecting, ExpectDecisions, RecoveryError, VerifyOptions,
 };
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
-use swoosh_storage::{read_snapshot, write_snapshot, Durability, LogStore, MemStore, Space};
+use swoosh_storage::{
+    read_snapshot, write_snapshot, DecisionDoc, Durability, LogStore, MemStore, Space,
+};
 
 /// The simulation's clock starts here (2026-01-01T00:00:00Z).
 pub const ORIGIN_MS: u64 = 1_767_225_600_000;
@@ -72,8 +78,26 @@ pub const CATCH_UP_MS_MAX: u64 = 120_000;
 /// is reported to the attention scorer as lagging (once, until it catches up).
 pub const FOLLOWER_LAG_EVENT_RECORDS: u64 = 32;
 
+/// Of the `restart` faults that pick the leader, this share arms its store
+/// (`MemStore::crash_after_commits`) instead of killing it at once: the
+/// kill then lands at one of its next commits.
+pub const STORE_ARMED_SHARE: f64 = 0.5;
+/// Most commits an armed leader store makes before it dies.
+pub const STORAGE_CRASH_COMMITS_MAX: u64 = 2;
+/// A follower's clock is off true time by at most this much after a step
+/// (back or forward), ms; only its protocol timers read it.
+pub const FOLLOWER_CLOCK_OFFSET_MS_MAX: u64 = 1_000;
+/// The leader's clock judges every proposal's HLC and BACKBEAT window
+/// against the clients' clocks (true time here), so it is kept as close as
+/// NTP would keep it: a BACKBEAT phase is 150 ms, and a leader further off
+/// than that refuses time-gated steps for as long as it stays off.
+pub const LEADER_CLOCK_OFFSET_MS_MAX: u64 = 10;
+/// Clocks drift by at most this much (parts per million) between steps
+/// (bounded in all to twice the offset bound).
+pub const CLOCK_DRIFT_PPM_MAX: u64 = 200;
+
 /// Fault counters every report lists (zero when the fault did not occur).
-pub const FAULT_KEYS: [&str; 20] = [
+pub const FAULT_KEYS: [&str; 25] = [
     "drop",
     "duplicate",
     "reorder",
@@ -94,9 +118,42 @@ pub const FAULT_KEYS: [&str; 20] = [
     "forged_signature",
     "forged_message",
     "forged_vote",
+    "flipped_vote",
+    "flipped_vote_cert",
+    "storage_crash",
+    "crash_before_sync",
+    "clock_step",
 ];
 
 const COUNCIL_TRANSITIONS: [&str; 2] = ["Council_QuorumCert", "Council_ReElect"];
+
+/// A node's clock: true (simulated) time, plus an offset, plus a drift
+/// since it was last stepped; never more than twice `bound` off.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    offset_ms: i64,
+    drift_ppm: i64,
+    since: u64,
+    bound: u64,
+}
+
+impl Clock {
+    fn exact(bound: u64) -> Clock {
+        Clock {
+            offset_ms: 0,
+            drift_ppm: 0,
+            since: ORIGIN_MS,
+            bound,
+        }
+    }
+
+    fn read(&self, now: u64) -> u64 {
+        let drift =
+            (now.saturating_sub(self.since) as i128 * self.drift_ppm as i128 / 1_000_000) as i64;
+        let max = 2 * self.bound as i64;
+        now.saturating_add_signed((self.offset_ms + drift).clamp(-max, max))
+    }
+}
 
 struct ProtoSnap {
     index: u64,
@@ -136,6 +193,8 @@ struct LeaderUp {
     last_snapshot: u64,
     last_head_ms: u64,
     last_announce: BTreeMap<String, u64>,
+    /// The store is armed to die at one of its next commits.
+    armed: bool,
 }
 
 impl LeaderUp {
@@ -169,6 +228,17 @@ struct FollowerNode {
     down_until: u64,
     up_since: u64,
     last_snapshot: u64,
+    /// When it next reports its position (`Request::Status`).
+    next_status: u64,
+    clock: Clock,
+}
+
+/// An accepted proposal, with what its acceptance answered (a replay of it
+/// must get the same answer).
+struct Answered {
+    proposal: Proposal,
+    index: u64,
+    post_hash: Hash,
 }
 
 /// The leader's durable log as the replication protocol reads it.
@@ -208,7 +278,9 @@ impl LeaderLog for LogView<'_> {
 struct Sim<'k> {
     cfg: SimConfig,
     rng: Rng,
+    /// True time; each node reads its own `Clock` of it.
     now: u64,
+    leader_clock: Clock,
     keys: &'k Keys,
     driver: Driver<'k>,
     genesis: Genesis,
@@ -220,7 +292,7 @@ struct Sim<'k> {
     calm: bool,
     projects: Vec<String>,
     projects_made: usize,
-    history: BTreeMap<String, VecDeque<Proposal>>,
+    history: BTreeMap<String, VecDeque<Answered>>,
     license_blocked_until: BTreeMap<String, u64>,
     /// index → (record hash, post hash) of every durable leader record.
     durable: BTreeMap<u64, (Hash, Hash)>,
@@ -235,14 +307,28 @@ struct Sim<'k> {
     attn_saved: Option<Vec<u8>>,
     /// Followers currently reported as lagging.
     lagging: Vec<bool>,
+    /// Forged messages delivered to each running follower, and refused.
+    forgeries: ForgeryTally,
 }
 
+/// The libp2p leader's replication settings (`p2p::leader::spawn_leader_with`):
+/// a follower that far behind the newest snapshot is offered it instead of
+/// ranges. Lagging simulated followers are still offered snapshots far more
+/// often through the modelled log truncation (`LEADER_LOG_RETAIN`).
 fn leader_cfg() -> LeaderConfig {
-    LeaderConfig::default()
+    LeaderConfig {
+        snapshot_catchup_records: SNAPSHOT_CATCHUP_RECORDS,
+        ..LeaderConfig::default()
+    }
 }
 
+/// The libp2p follower's replication settings (`p2p::follower`): gossip
+/// gets `GAP_GRACE_MS` to fill a gap before a range is asked for.
 fn follower_cfg() -> FollowerConfig {
-    FollowerConfig::default()
+    FollowerConfig {
+        gap_grace_ms: GAP_GRACE_MS,
+        ..FollowerConfig::default()
+    }
 }
 
 impl SimConfig {
@@ -367,6 +453,10 @@ enum Kind {
     Valid,
     /// A council certificate assembled from agents' votes.
     Certificate,
+    /// A ready certificate with a "no" voter's vote flipped to approve
+    /// added: the quorum guard must refuse it (the flipped vote's
+    /// signature does not verify).
+    ForgedCertificate,
     Fault(Fault),
     LicenseDenied,
 }
@@ -387,6 +477,8 @@ impl<'k> Sim<'k> {
                 down_until: 0,
                 up_since: 0,
                 last_snapshot: 0,
+                next_status: 0,
+                clock: Clock::exact(FOLLOWER_CLOCK_OFFSET_MS_MAX),
             })
             .collect();
         let agents = keys
@@ -417,6 +509,7 @@ impl<'k> Sim<'k> {
             cfg,
             rng,
             now: ORIGIN_MS + 1,
+            leader_clock: Clock::exact(LEADER_CLOCK_OFFSET_MS_MAX),
             keys,
             driver: Driver::new(keys, u64::MAX),
             genesis,
@@ -436,6 +529,7 @@ impl<'k> Sim<'k> {
             attn: Scorer::new(Tuning::SIMULATION),
             attn_saved: None,
             lagging: vec![false; cfg_followers],
+            forgeries: ForgeryTally::new(cfg_followers),
         };
         sim.restart_leader(store);
         for i in 0..sim.followers.len() {
@@ -575,19 +669,50 @@ impl<'k> Sim<'k> {
         let now = self.now;
         match (e.to, e.msg) {
             (Addr::Follower(i), Msg::Gossip(g)) => {
+                let now = self.followers[i].clock.read(now);
                 if let Some(r) = self.followers[i].repl.as_mut() {
                     let eff = r.on_gossip(&g, now);
                     self.follower_effects(i, eff);
                 }
             }
+            (Addr::Follower(i), Msg::Forged(g, how)) => {
+                // Delivered to a running follower (a halted one is a
+                // violation already): it must refuse it, and nothing else.
+                let now = self.followers[i].clock.read(now);
+                let Some(r) = self.followers[i].repl.as_mut() else {
+                    return;
+                };
+                if r.halted().is_some() {
+                    return;
+                }
+                let eff = r.on_gossip(&g, now);
+                let verdict = forged_refused(&eff, how.expected_refusal());
+                self.forgeries.record(i, verdict.is_ok());
+                if let Err(what) = verdict {
+                    let kind = match &*g {
+                        Gossip::Batch(_) => "batch",
+                        Gossip::Head(_) => "head",
+                    };
+                    self.violation(format!(
+                        "follower {} was delivered a forged {kind} ({how:?}): {what}",
+                        i + 1
+                    ));
+                }
+                self.follower_effects(i, eff);
+            }
             (Addr::Follower(i), Msg::Response(resp)) => {
+                let now = self.followers[i].clock.read(now);
                 if let Some(r) = self.followers[i].repl.as_mut() {
                     let eff = r.on_response(&resp, now);
                     self.follower_effects(i, eff);
                 }
             }
             (Addr::Leader, Msg::Request(req)) => {
-                let Some(l) = self.up() else { return };
+                let from = e.from;
+                // Borrow the leader alone: the followers and the report stay usable.
+                let Some(LeaderNode::Up(l)) = self.leader.as_mut() else {
+                    return;
+                };
                 let first = l
                     .snap_index
                     .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1);
@@ -602,8 +727,43 @@ impl<'k> Sim<'k> {
                     snap_index: l.snap_index,
                     snap: l.snap.as_ref(),
                 };
-                let resp = l.repl.on_request(&req, &view);
-                self.send(Addr::Leader, e.from, Msg::Response(Rc::new(resp)));
+                let resp = match (&req, from) {
+                    // The sender is the authenticated peer, as over noise.
+                    (Request::Status(r), Addr::Follower(i)) => {
+                        let id = self.followers[i].id.clone();
+                        self.report.replication.status_reports += 1;
+                        l.repl.on_status_report(id, r, &view)
+                    }
+                    _ => l.repl.on_request(&req, &view),
+                };
+                if let (Response::Diverged { index, reason }, Addr::Follower(i)) = (&resp, from) {
+                    // The follower halts on it (a violation there); say why here.
+                    let v = format!(
+                        "the leader finds follower {} off its log at index {index}: {reason}",
+                        i + 1
+                    );
+                    self.violation(v);
+                }
+                self.send(Addr::Leader, from, Msg::Response(Rc::new(resp)));
+            }
+            (Addr::Leader, Msg::BadVote(v, expected)) => {
+                let Some(l) = self.up() else { return };
+                let outcome = l.collector.on_vote(&v);
+                self.report.council.bad_votes_delivered += 1;
+                match check_bad_vote(expected, &outcome) {
+                    None => self.report.council.bad_votes_refused += 1,
+                    Some(what) => self.violation(format!(
+                        "a bad vote ({}, by {}) was {what} by the collector",
+                        expected.name(),
+                        v.body.voter
+                    )),
+                }
+                if let VoteOutcome::Rejected(r) = outcome {
+                    let e = Event::new(EventKind::VoteRejected, r.name(), now - ORIGIN_MS)
+                        .signer(v.body.voter.to_string())
+                        .project(v.body.project.clone());
+                    self.attn.observe(&e);
+                }
             }
             (Addr::Leader, Msg::Council(m)) => {
                 let CouncilMsg::Vote(v) = &*m else { return };
@@ -631,11 +791,11 @@ impl<'k> Sim<'k> {
                     Msg::Council(Rc::new(CouncilMsg::Vote(vote.clone()))),
                 );
                 if !self.calm && self.rng.chance(self.cfg.rates.vote_fault) {
-                    let bad = self.bad_vote(j, &vote);
+                    let (bad, expected) = self.bad_vote(j, &vote);
                     self.send(
                         Addr::Agent(j),
                         Addr::Leader,
-                        Msg::Council(Rc::new(CouncilMsg::Vote(bad))),
+                        Msg::BadVote(Rc::new(bad), expected),
                     );
                 }
             }
@@ -643,37 +803,64 @@ impl<'k> Sim<'k> {
         }
     }
 
-    /// A vote the collector must refuse: forged, from an outsider, or for a
-    /// stale epoch.
-    fn bad_vote(&mut self, agent: usize, good: &Vote) -> Vote {
-        match self.rng.below(3) {
+    /// A vote the collector must refuse, with the reason it must give:
+    /// forged, from an outsider, for a stale epoch, or a "no" voter's vote
+    /// with its choice flipped to approve (its signature kept).
+    fn bad_vote(&mut self, agent: usize, good: &Vote) -> (Vote, VoteRejection) {
+        match self.rng.below(4) {
             0 => {
                 self.count("forged_vote");
                 let mut v = good.clone();
                 v.signature.0[self.rng.below(64) as usize] ^= 0x10;
-                v
+                (v, VoteRejection::BadSignature)
             }
             1 => {
                 self.count("outsider_vote");
-                Vote::cast(
+                let v = Vote::cast(
                     VoteBody {
                         voter: SignerId::from_signing_key(&self.keys.outsider),
                         ..good.body.clone()
                     },
                     &self.keys.outsider,
-                )
+                );
+                (v, VoteRejection::Outsider)
             }
-            _ => {
+            2 => {
                 self.count("stale_vote");
-                Vote::cast(
+                let v = Vote::cast(
                     VoteBody {
                         epoch: good.body.epoch.saturating_sub(1 + self.rng.below(3)),
                         ..good.body.clone()
                     },
                     &self.keys.council[agent],
+                );
+                (v, VoteRejection::StaleEpoch)
+            }
+            _ => {
+                self.count("flipped_vote");
+                let no_voter = self.rng.below(self.cfg.no_voters.max(1) as u64) as usize;
+                (
+                    self.flipped_no_vote(no_voter, &good.body),
+                    VoteRejection::BadSignature,
                 )
             }
         }
+    }
+
+    /// Agent `k`'s "no" on `body`'s election, its choice flipped to approve
+    /// after signing (`k` is a no-voter when there are any).
+    fn flipped_no_vote(&self, k: usize, body: &VoteBody) -> Vote {
+        let key = &self.keys.council[k % self.keys.council.len()];
+        let mut v = Vote::cast(
+            VoteBody {
+                voter: SignerId::from_signing_key(key),
+                approve: false,
+                ..body.clone()
+            },
+            key,
+        );
+        v.body.approve = true;
+        v
     }
 
     fn follower_effects(&mut self, i: usize, effects: Vec<FollowerEffect>) {
@@ -774,10 +961,21 @@ impl<'k> Sim<'k> {
             self.broadcast(h);
         }
         for i in 0..self.followers.len() {
+            let local = self.followers[i].clock.read(now);
             if let Some(r) = self.followers[i].repl.as_mut() {
-                let eff = r.tick(now);
+                let eff = r.tick(local);
                 if !eff.is_empty() {
                     self.follower_effects(i, eff);
+                }
+            }
+            // Its position, every STATUS_EVERY_MS as the libp2p follower
+            // reports it (halted or not): the leader checks it is on its log.
+            let f = &mut self.followers[i];
+            if let Some(r) = f.repl.as_ref() {
+                if now >= f.next_status {
+                    f.next_status = now + STATUS_EVERY_MS;
+                    let req = Request::Status(r.status_report());
+                    self.send(Addr::Follower(i), Addr::Leader, Msg::Request(req));
                 }
             }
         }
@@ -789,44 +987,37 @@ impl<'k> Sim<'k> {
         for i in 0..self.followers.len() {
             self.send(Addr::Leader, Addr::Follower(i), Msg::Gossip(g.clone()));
         }
-        if forge {
-            let forged = Rc::new(self.forge(&g));
-            let to = self.rng.below(self.followers.len().max(1) as u64) as usize;
-            if to < self.followers.len() {
-                self.send(Addr::Leader, Addr::Follower(to), Msg::Gossip(forged));
-            }
+        if forge && !self.followers.is_empty() {
+            let (forged, how) = self.forge(&g);
+            let to = self.rng.below(self.followers.len() as u64) as usize;
+            let m = Msg::Forged(Rc::new(forged), how);
+            self.send(Addr::Leader, Addr::Follower(to), m);
         }
     }
 
-    /// A forged copy of a leader message: a flipped signature bit, or the
-    /// same content re-signed by another rostered key.
-    fn forge(&mut self, g: &Gossip) -> Gossip {
-        let resign = self.rng.chance(0.5);
+    /// A forged copy of a leader message (see `forge`): a batch whose last
+    /// record is altered, or a head naming another record hash (at the
+    /// follower's likely index, or ahead of it), with the leader's signature
+    /// kept or signed by another rostered key.
+    fn forge(&mut self, g: &Gossip) -> (Gossip, Forgery) {
+        let how = Forgery::ALL[self.rng.below(Forgery::ALL.len() as u64) as usize];
         self.count("forged_message");
-        match g {
+        let forged = match g {
             Gossip::Batch(b) => {
-                let mut b: WalBatch = b.clone();
-                if resign {
-                    let mut h: BatchHeader = b.header.clone();
-                    h.leader = SignerId::from_signing_key(&self.keys.admin);
-                    b.signature =
-                        sig::sign(WAL_BATCH_DOMAIN, &h, &self.keys.admin).expect("headers encode");
-                    b.header = h;
-                } else {
-                    b.signature.0[self.rng.below(64) as usize] ^= 0x04;
-                }
-                Gossip::Batch(b)
+                let shift = self.rng.below(1_000);
+                Gossip::Batch(forge_batch(b, how, self.keys, shift))
             }
             Gossip::Head(h) => {
-                let mut h = h.clone();
-                h.body.last_index += 1 + self.rng.below(50);
-                if resign {
-                    h.signature = sig::sign(WAL_HEAD_DOMAIN, &h.body, &self.keys.worker)
-                        .expect("heads encode");
-                }
-                Gossip::Head(h)
+                let salt = self.rng.next_u64();
+                let ahead = if self.rng.chance(0.5) {
+                    0
+                } else {
+                    1 + self.rng.below(50)
+                };
+                Gossip::Head(forge_head(h, how, self.keys, salt, ahead))
             }
-        }
+        };
+        (forged, how)
     }
 
     fn sync_followers(&mut self) {
@@ -893,7 +1084,18 @@ impl<'k> Sim<'k> {
         }
         if self.rng.chance(r.restart) {
             let k = self.rng.below(nodes) as usize;
-            if self.crash(k, false) {
+            if k == 0 && self.rng.chance(STORE_ARMED_SHARE) {
+                // The leader dies at one of its next commits instead (a
+                // group commit or a snapshot write), wherever the run then
+                // is: counted as `storage_crash` when it does.
+                let n = self.rng.below(STORAGE_CRASH_COMMITS_MAX + 1);
+                if let Some(l) = self.up() {
+                    if !l.armed {
+                        l.armed = true;
+                        l.writer.store_mut().crash_after_commits(n);
+                    }
+                }
+            } else if self.crash(k, false) {
                 self.count("restart");
             }
         }
@@ -922,6 +1124,34 @@ impl<'k> Sim<'k> {
             if self.corrupt_snapshot(k, pick) && self.crash(k, false) {
                 self.count("snapshot_corrupt");
             }
+        }
+        if self.rng.chance(r.clock_step) {
+            let k = self.rng.below(nodes) as usize;
+            self.count("clock_step");
+            self.step_clock(k);
+        }
+    }
+
+    /// Step node `k`'s clock to a new offset within its bound of true time
+    /// (back or forward), with a new drift.
+    fn step_clock(&mut self, k: usize) {
+        let bound = if k == 0 {
+            self.leader_clock.bound
+        } else {
+            self.followers[k - 1].clock.bound
+        };
+        let offset = self.rng.range(0, 2 * bound) as i64 - bound as i64;
+        let drift = self.rng.range(0, 2 * CLOCK_DRIFT_PPM_MAX) as i64 - CLOCK_DRIFT_PPM_MAX as i64;
+        let c = Clock {
+            offset_ms: offset,
+            drift_ppm: drift,
+            since: self.now,
+            bound,
+        };
+        if k == 0 {
+            self.leader_clock = c;
+        } else {
+            self.followers[k - 1].clock = c;
         }
     }
 
@@ -978,6 +1208,17 @@ impl<'k> Sim<'k> {
                     let entries: Vec<Entry> = l.buffer.iter().map(|p| p.entry.clone()).collect();
                     let _ = l.writer.append_batch(&entries);
                 }
+            } else if !l.buffer.is_empty()
+                && !l.writer.store().has_crashed()
+                && self.rng.chance(0.5)
+            {
+                // Killed between the group commit's append and its sync:
+                // the appended records are not durable and no 202 was sent.
+                self.count("crash_before_sync");
+                let entries: Vec<Entry> = l.buffer.iter().map(|p| p.entry.clone()).collect();
+                if l.writer.append_batch(&entries).is_err() && !l.writer.store().has_crashed() {
+                    self.violation("the leader's append failed without an injected fault".into());
+                }
             }
             self.add_leader_stats(&l);
             let store = l.writer.into_store().crash();
@@ -1020,7 +1261,38 @@ impl<'k> Sim<'k> {
         }
     }
 
+    /// Whether the store dies in the rare write it is about to make (a
+    /// snapshot, a recovery's cut or clean-up): `storage_crash`.
+    fn rare_write_crash(&mut self) -> bool {
+        !self.calm && self.rng.chance(self.cfg.rates.storage_crash)
+    }
+
+    /// The leader's store died in the middle of its recovery: down again.
+    fn leader_dies_in_recovery(&mut self, store: MemStore, during: &str) {
+        self.count("storage_crash");
+        self.count(during);
+        self.attend(EventKind::Restart, "kill -9", Some(peer_name(0)));
+        self.attn_saved = Some(self.attn.to_bytes());
+        let until = self.now + self.rng.range(DOWNTIME_MS.0, DOWNTIME_MS.1);
+        self.leader = Some(LeaderNode::Down {
+            store: store.crash(),
+            until,
+        });
+        self.report.replication.leader_restarts += 1;
+    }
+
     fn restart_leader(&mut self, mut store: MemStore) {
+        // The leader's attention memory is loaded back (a corrupt one would
+        // be set aside and started afresh) and a new session begins.
+        if let Some(bytes) = self.attn_saved.take() {
+            self.attn = Scorer::from_bytes(&bytes, Tuning::SIMULATION)
+                .unwrap_or_else(|_| Scorer::new(Tuning::SIMULATION));
+        }
+        self.attn.begin_session();
+        // A restarted machine's clock may come back anywhere near true time.
+        if !self.calm && self.cfg.rates.clock_step > 0.0 {
+            self.step_clock(0);
+        }
         let mut cut = false;
         let rec = loop {
             match recover(&store, &self.genesis) {
@@ -1030,24 +1302,30 @@ impl<'k> Sim<'k> {
                 {
                     // A torn tail: cut it with its derived entries (what
                     // `swoosh wal repair` does, minus the side file) and
-                    // recover again.
+                    // recover again. The store may die in that very write.
                     cut = true;
+                    if self.rare_write_crash() {
+                        store.crash_after_commits(0);
+                    }
+                    let cut_ok = if self.cfg.sabotage == crate::Sabotage::CutKeepsDerived {
+                        store.truncate_after(index - 1).is_ok() && store.sync().is_ok()
+                    } else {
+                        cut_after(&mut store, index - 1).is_ok()
+                    };
+                    if !cut_ok && store.has_crashed() {
+                        return self.leader_dies_in_recovery(store, "storage_crash_cut");
+                    }
+                    if !cut_ok {
+                        self.violation("the leader store refuses to cut its torn tail".into());
+                        self.fatal = true;
+                        return;
+                    }
                     self.report.replication.torn_tails_cut += 1;
                     self.attend(
                         EventKind::TornWrite,
                         "torn WAL tail cut at recovery",
                         Some(peer_name(0)),
                     );
-                    let cut_ok = if self.cfg.sabotage == crate::Sabotage::CutKeepsDerived {
-                        store.truncate_after(index - 1).is_ok() && store.sync().is_ok()
-                    } else {
-                        cut_after(&mut store, index - 1).is_ok()
-                    };
-                    if !cut_ok {
-                        self.violation("the leader store refuses to cut its torn tail".into());
-                        self.fatal = true;
-                        return;
-                    }
                 }
                 Err(e) => {
                     self.violation(format!("the leader does not recover: {e}"));
@@ -1056,6 +1334,23 @@ impl<'k> Sim<'k> {
                 }
             }
         };
+        // Damaged snapshots are deleted once recovery has skipped them (a
+        // fresh one is taken at the next group commit), so they never
+        // accumulate in the kept set. The store may die in that write too.
+        if !rec.skipped_snapshots.is_empty() && self.rare_write_crash() {
+            store.crash_after_commits(0);
+        }
+        for p in &rec.skipped_snapshots {
+            if store.delete_snapshot(p.index).is_err() || store.sync().is_err() {
+                if store.has_crashed() {
+                    return self.leader_dies_in_recovery(store, "storage_crash_recovery");
+                }
+                self.violation(format!(
+                    "the leader cannot delete damaged snapshot {}",
+                    p.index
+                ));
+            }
+        }
         self.report.replication.corrupt_snapshots_skipped += rec.skipped_snapshots.len() as u64;
         for _ in &rec.skipped_snapshots {
             self.attend(
@@ -1063,24 +1358,6 @@ impl<'k> Sim<'k> {
                 "damaged snapshot skipped at recovery",
                 Some(peer_name(0)),
             );
-        }
-        // The leader's attention memory is loaded back (a corrupt one would
-        // be set aside and started afresh) and a new session begins.
-        if let Some(bytes) = self.attn_saved.take() {
-            self.attn = Scorer::from_bytes(&bytes, Tuning::SIMULATION)
-                .unwrap_or_else(|_| Scorer::new(Tuning::SIMULATION));
-        }
-        self.attn.begin_session();
-        // Damaged snapshots are deleted once recovery has skipped them (a
-        // fresh one is taken at the next group commit), so they never
-        // accumulate in the kept set.
-        for p in &rec.skipped_snapshots {
-            if store.delete_snapshot(p.index).is_err() || store.sync().is_err() {
-                self.violation(format!(
-                    "the leader cannot delete damaged snapshot {}",
-                    p.index
-                ));
-            }
         }
         let node = rec.node;
         let synced = self.synced_max();
@@ -1138,7 +1415,7 @@ impl<'k> Sim<'k> {
         // Proposals lost with the unsynced tail are no longer history.
         for (project, h) in self.history.iter_mut() {
             let idem = node.idem.get(project);
-            h.retain(|p| idem.is_some_and(|m| m.contains_key(&p.idem_key)));
+            h.retain(|a| idem.is_some_and(|m| m.contains_key(&a.proposal.idem_key)));
         }
         // A long replay (or a skipped snapshot) is followed by a fresh
         // snapshot at the next group commit.
@@ -1160,10 +1437,14 @@ impl<'k> Sim<'k> {
             snap: None,
             last_head_ms: 0,
             last_announce: BTreeMap::new(),
+            armed: false,
         })));
     }
 
     fn restart_follower(&mut self, i: usize) {
+        if !self.calm && self.cfg.rates.clock_step > 0.0 {
+            self.step_clock(i + 1);
+        }
         let f = &mut self.followers[i];
         let (node, notes) = match f.disk.recover(&self.genesis) {
             Ok(x) => x,
@@ -1202,6 +1483,7 @@ impl<'k> Sim<'k> {
         let (index, head) = (node.index, node.head_record);
         f.repl = Some(ReplFollower::new(follower_cfg(), f.id.clone(), node));
         f.up_since = self.now;
+        f.next_status = self.now;
         if index > 0 && self.durable.get(&index).map(|d| d.0) != Some(head) {
             self.violation(format!(
                 "follower {} recovered to index {index} with a record the leader never made durable",
@@ -1220,7 +1502,13 @@ impl<'k> Sim<'k> {
         let entries: Vec<Entry> = l.buffer.iter().map(|p| p.entry.clone()).collect();
         let ok = l.writer.append_batch(&entries).is_ok() && l.writer.sync().is_ok();
         if !ok {
-            self.violation("the leader's group commit failed without an injected fault".into());
+            if l.writer.store().has_crashed() {
+                // The armed store died at this commit: nothing of the group
+                // reached the disk and no 202 was sent for it.
+                self.count("storage_crash");
+            } else {
+                self.violation("the leader's group commit failed without an injected fault".into());
+            }
             self.crash(0, false);
             return;
         }
@@ -1252,29 +1540,6 @@ impl<'k> Sim<'k> {
         let (ready, still): (Vec<Ack>, Vec<Ack>) =
             waiting.into_iter().partition(|a| a.index <= synced);
         l.waiting_acks = still;
-        // Snapshot (and model truncation) every LEADER_SNAPSHOT_EVERY records.
-        let mut snap_err = None;
-        if synced >= l.last_snapshot + LEADER_SNAPSHOT_EVERY {
-            match write_snapshot(l.writer.store_mut(), &l.node, LEADER_SNAPSHOTS_KEEP)
-                .map_err(|e| e.to_string())
-                .and_then(|_| l.writer.sync().map_err(|e| e.to_string()))
-            {
-                Ok(()) => {
-                    l.last_snapshot = synced;
-                    l.snap_index = Some(l.node.index);
-                    l.snap = Some(ProtoSnap {
-                        index: l.node.index,
-                        head_record: l.node.head_record,
-                        root_hash: l.node.root_hash(),
-                        bytes: to_canonical(&l.node).expect("node states encode"),
-                    });
-                }
-                Err(e) => snap_err = Some(e),
-            }
-        }
-        if let Some(e) = snap_err {
-            self.violation(format!("the leader's snapshot failed: {e}"));
-        }
         for (index, hash, post) in durable {
             if let Some(old) = self.durable.insert(index, (hash, post)) {
                 if old.0 != hash {
@@ -1288,6 +1553,45 @@ impl<'k> Sim<'k> {
         self.acked.extend(ready);
         for LeaderEffect::Publish(g) in publish {
             self.broadcast(g);
+        }
+        self.leader_snapshot();
+    }
+
+    /// Snapshot (and model truncation) every LEADER_SNAPSHOT_EVERY durable
+    /// records, after the group commit (as the node's snapshotter does). An
+    /// armed store may die in the middle: the leader goes down with it.
+    fn leader_snapshot(&mut self) {
+        let Some(l) = self.up() else { return };
+        if l.synced < l.last_snapshot + LEADER_SNAPSHOT_EVERY {
+            return;
+        }
+        let synced = l.synced;
+        if !l.armed && self.rare_write_crash() {
+            let l = self.up().expect("up");
+            l.armed = true;
+            l.writer.store_mut().crash_after_commits(0);
+        }
+        let l = self.up().expect("up");
+        match write_snapshot(l.writer.store_mut(), &l.node, LEADER_SNAPSHOTS_KEEP)
+            .map_err(|e| e.to_string())
+            .and_then(|_| l.writer.sync().map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                l.last_snapshot = synced;
+                l.snap_index = Some(l.node.index);
+                l.snap = Some(ProtoSnap {
+                    index: l.node.index,
+                    head_record: l.node.head_record,
+                    root_hash: l.node.root_hash(),
+                    bytes: to_canonical(&l.node).expect("node states encode"),
+                });
+            }
+            Err(_) if l.writer.store().has_crashed() => {
+                self.count("storage_crash");
+                self.count("storage_crash_snapshot");
+                self.crash(0, false);
+            }
+            Err(e) => self.violation(format!("the leader's snapshot failed: {e}")),
         }
     }
 
@@ -1335,10 +1639,16 @@ impl<'k> Sim<'k> {
                 let hist: Vec<Proposal> = self
                     .history
                     .get(&project)
-                    .map(|h| h.iter().cloned().collect())
+                    .map(|h| h.iter().map(|a| a.proposal.clone()).collect())
                     .unwrap_or_default();
+                // A fault is built against the leader's clock (ClockAhead
+                // means ahead of the clock that judges it).
+                let leader_now = self.leader_clock.read(now);
                 let node = self.node().expect("checked");
-                match self.driver.fault(node, &project, now, f, &hist, pick) {
+                match self
+                    .driver
+                    .fault(node, &project, leader_now, f, &hist, pick)
+                {
                     Some(p) => (p, Kind::Fault(f)),
                     None => return,
                 }
@@ -1349,7 +1659,7 @@ impl<'k> Sim<'k> {
                     Next::Propose(p) => {
                         if COUNCIL_TRANSITIONS.contains(&p.transition.as_str()) {
                             match self.council(&project, &p) {
-                                Some(c) => (c, Kind::Certificate),
+                                Some(c) => c,
                                 None => return,
                             }
                         } else if p.transition == "Boot_LicenseRefresh" {
@@ -1385,17 +1695,34 @@ impl<'k> Sim<'k> {
 
     /// The council path: open the election (announce to the agents), wait
     /// for their votes, and propose the certificate once it is assembled.
-    fn council(&mut self, project: &str, driver_p: &Proposal) -> Option<Proposal> {
+    fn council(&mut self, project: &str, driver_p: &Proposal) -> Option<(Proposal, Kind)> {
         let now = self.now;
         let key = self.keys.leader.clone();
         let l = self.up()?;
         let st = l.node.project(project).into_owned();
         let epoch = st.epoch.council;
-        if let Some(cert) = l.collector.certificate(project) {
-            if cert.epoch == epoch {
-                return certificate_proposal(&cert, &l.node, &key, now).ok();
-            }
+        if let Some(cert) = l
+            .collector
+            .certificate(project)
+            .filter(|c| c.epoch == epoch)
+        {
+            let (cert, kind) = if !self.calm
+                && self.cfg.no_voters > 0
+                && self.rng.chance(self.cfg.rates.vote_fault)
+            {
+                self.count("flipped_vote_cert");
+                (self.with_flipped_no_vote(cert), Kind::ForgedCertificate)
+            } else {
+                (cert, Kind::Certificate)
+            };
+            // The leader dates its own proposal by its own clock.
+            let leader_now = self.leader_clock.read(now);
+            let node = self.node()?;
+            return certificate_proposal(&cert, node, &key, leader_now)
+                .ok()
+                .map(|p| (p, kind));
         }
+        let l = self.up()?;
         let announce = match l.collector.open_for(project) {
             Some((e, _)) if e == epoch => {
                 let last = l.last_announce.get(project).copied().unwrap_or(0);
@@ -1423,6 +1750,18 @@ impl<'k> Sim<'k> {
             self.send(Addr::Leader, Addr::Agent(j), Msg::Council(m.clone()));
         }
         None
+    }
+
+    /// `cert` with a "no" voter's vote, its choice flipped to approve after
+    /// signing, added among the approvals.
+    fn with_flipped_no_vote(&mut self, mut cert: Certificate) -> Certificate {
+        let k = self.rng.below(self.cfg.no_voters as u64) as usize;
+        let Some(body) = cert.votes.first().map(|v| v.body.clone()) else {
+            return cert;
+        };
+        cert.votes.push(self.flipped_no_vote(k, &body));
+        cert.votes.sort_by(|a, b| a.body.voter.cmp(&b.body.voter));
+        cert
     }
 
     /// A due license refresh, answered late or denied by the license server.
@@ -1478,10 +1817,11 @@ impl<'k> Sim<'k> {
     fn submit(&mut self, project: &str, p: Proposal, kind: Kind) {
         let now = self.now;
         self.report.transitions += 1;
+        let leader_now = self.leader_clock.read(now);
         let l = self.up().expect("the leader is up");
         let pre = l.node.project(project).into_owned();
         let ctx = Ctx {
-            now_ms: now,
+            now_ms: leader_now,
             verify: Verify::Full,
             snapshot_every: 0,
         };
@@ -1504,8 +1844,20 @@ impl<'k> Sim<'k> {
                 None
             }
         };
+        // A replay must get the original's answer: what its acceptance said.
+        let original = (kind == Kind::Fault(Fault::Replay)).then(|| {
+            self.history
+                .get(project)
+                .and_then(|h| h.iter().find(|a| a.proposal.idem_key == p.idem_key))
+                .map(|a| (a.index, a.post_hash))
+        });
         let l = self.up().expect("the leader is up");
         let s = step_recalled(&mut l.node, &p, &ctx, recalled.as_ref());
+        if let Some(original) = original {
+            if let Some(v) = check_replay(original, &s.outcome) {
+                self.violation(format!("{project}/{}: {v}", p.idem_key));
+            }
+        }
         let events: Vec<Event> = s
             .effects
             .iter()
@@ -1517,7 +1869,7 @@ impl<'k> Sim<'k> {
         self.attn.observe_all(&events);
         let l = self.up().expect("the leader is up");
         match s.outcome {
-            Outcome::Accepted(acc) => {
+            Outcome::Accepted(mut acc) => {
                 let post = l.node.project(project).into_owned();
                 let index = acc.record.index;
                 let ack = Ack {
@@ -1529,6 +1881,12 @@ impl<'k> Sim<'k> {
                 let mut vs: Vec<String> = check_transition(&pre, &post, &acc.record)
                     .into_iter()
                     .chain(check_state(&post))
+                    .chain(check_quorum_certificate(
+                        &self.genesis,
+                        &pre,
+                        &post,
+                        &acc.record,
+                    ))
                     .map(|v| {
                         format!(
                             "record {index} ({}): {}: {}",
@@ -1542,11 +1900,20 @@ impl<'k> Sim<'k> {
                 } else {
                     Some(ack)
                 };
+                let answered = Answered {
+                    proposal: p.clone(),
+                    index,
+                    post_hash: acc.record.state_post_hash,
+                };
+                // The leader signs each decision record, as the node does.
+                let decision_bytes = acc.decision_bytes.take();
+                let mut entry = Entry::from_accepted(*acc);
+                match decision_bytes {
+                    Some(b) => entry.sign_decision_encoded(&self.keys.leader, b),
+                    None => entry.sign_decision(&self.keys.leader),
+                }
                 let l = self.up().expect("the leader is up");
-                l.buffer.push(Pending {
-                    entry: Entry::from_accepted(*acc),
-                    ack,
-                });
+                l.buffer.push(Pending { entry, ack });
                 self.report.accepted += 1;
                 if let Kind::Fault(f) = kind {
                     if f.must_fail() {
@@ -1556,6 +1923,12 @@ impl<'k> Sim<'k> {
                 if kind == Kind::LicenseDenied {
                     vs.push("a refresh with an expired license token was accepted".into());
                 }
+                if kind == Kind::ForgedCertificate {
+                    vs.push(format!(
+                        "{} with a \"no\" vote flipped to approve was accepted",
+                        p.transition
+                    ));
+                }
                 if kind == Kind::Certificate {
                     self.report.council.certificates_accepted += 1;
                     // The election is decided: keep the collector bounded.
@@ -1563,7 +1936,9 @@ impl<'k> Sim<'k> {
                         l.collector.close(project);
                         l.last_announce.remove(project);
                     }
-                } else if COUNCIL_TRANSITIONS.contains(&p.transition.as_str()) {
+                } else if COUNCIL_TRANSITIONS.contains(&p.transition.as_str())
+                    && kind != Kind::ForgedCertificate
+                {
                     vs.push(format!(
                         "{} was accepted without a certificate from the council protocol",
                         p.transition
@@ -1576,7 +1951,7 @@ impl<'k> Sim<'k> {
                 if h.len() >= HISTORY_PER_PROJECT_MAX {
                     h.pop_front();
                 }
-                h.push_back(p);
+                h.push_back(answered);
             }
             Outcome::Duplicate(e) => {
                 let ack = Ack {
@@ -1594,6 +1969,9 @@ impl<'k> Sim<'k> {
             }
             Outcome::Rejected(r) => {
                 self.report.rejected += 1;
+                if kind == Kind::ForgedCertificate {
+                    self.report.council.forged_certificates_refused += 1;
+                }
                 *self
                     .report
                     .rejections_by_guard
@@ -1634,6 +2012,13 @@ impl<'k> Sim<'k> {
         }
         if self.fatal {
             return;
+        }
+        // A store armed during the run must not die in the calm phase.
+        if let Some(l) = self.up() {
+            if l.armed {
+                l.writer.store_mut().crash_after_commits(u64::MAX);
+                l.armed = false;
+            }
         }
         self.leader_commit();
         let end = self.now + CATCH_UP_MS_MAX;
@@ -1764,9 +2149,11 @@ impl<'k> Sim<'k> {
         }
         // Its derived indexes agree with its log both ways: every record's
         // entries are there, and no entry answers for a record the log does
-        // not hold (the leader recalls aged-out keys from them).
+        // not hold (the leader recalls aged-out keys from them). Full mode:
+        // every proposal signature and every embedded one (votes, license
+        // tokens, probes) is verified again on the replay.
         let opts = VerifyOptions {
-            verify: Verify::Trusted,
+            verify: Verify::Full,
             check_indexes: true,
         };
         // As the leader it must hold every record's decision.
@@ -1787,6 +2174,15 @@ impl<'k> Sim<'k> {
                 "the leader's store does not verify at the end: {e}"
             )),
         }
+        // `verify` finds each record's decision but does not check its
+        // signature: every stored decision is signed by the genesis leader.
+        let (checked, bad) = check_decisions(&store, &self.genesis.leader, leader.node.index);
+        self.report.replication.decisions_verified = checked;
+        self.report.violations.extend(bad);
+        // Every forged message a running follower was handed, it refused.
+        self.report.replication.forged_delivered = self.forgeries.delivered.clone();
+        self.report.replication.forged_refused = self.forgeries.refused.clone();
+        self.report.violations.extend(self.forgeries.mismatches());
         replicas.insert(0, ("leader".into(), leader.node));
         // Every 202 a client saw is on every replica: the acknowledged record
         // is the durable one at its index, every replica holds that index
@@ -1842,6 +2238,54 @@ impl<'k> Sim<'k> {
     }
 }
 
+/// Problems listed per kind before they are only counted.
+const DECISION_PROBLEMS_LISTED_MAX: usize = 5;
+
+/// Every record's decision in `store` (records `1..=last`) is stored, signed
+/// by `leader`, and its signature verifies. Returns the decisions checked
+/// and the problems found.
+fn check_decisions(store: &MemStore, leader: &SignerId, last: u64) -> (u64, Vec<String>) {
+    let mut problems = vec![];
+    let mut total = 0u64;
+    let mut checked = 0u64;
+    for i in 1..=last {
+        let problem = match read_record(store, i) {
+            Err(e) => Some(format!("record {i} is unreadable: {e}")),
+            Ok(v) => match get_decision(store, &v.record.decision) {
+                Ok(Some(DecisionDoc::Signed(d))) if d.leader != *leader => Some(format!(
+                    "the decision of record {i} is signed by {}, not the leader",
+                    d.leader
+                )),
+                Ok(Some(DecisionDoc::Signed(d))) => d
+                    .verify()
+                    .err()
+                    .map(|e| format!("the decision of record {i} has a bad signature: {e}")),
+                Ok(Some(DecisionDoc::Unsigned(_))) => {
+                    Some(format!("the decision of record {i} is stored unsigned"))
+                }
+                Ok(None) => Some(format!("the decision of record {i} is not stored")),
+                Err(e) => Some(format!("the decision of record {i} does not read: {e}")),
+            },
+        };
+        match problem {
+            None => checked += 1,
+            Some(p) => {
+                total += 1;
+                if problems.len() < DECISION_PROBLEMS_LISTED_MAX {
+                    problems.push(format!("the leader's store: {p}"));
+                }
+            }
+        }
+    }
+    if total > DECISION_PROBLEMS_LISTED_MAX as u64 {
+        problems.push(format!(
+            "{} more decision problems in the leader's store",
+            total - DECISION_PROBLEMS_LISTED_MAX as u64
+        ));
+    }
+    (checked, problems)
+}
+
 /// A node's name in attention events: `leader`, `follower-N`.
 fn peer_name(k: usize) -> String {
     if k == 0 {
@@ -1856,5 +2300,59 @@ fn addr_name(a: Addr) -> String {
         Addr::Leader => peer_name(0),
         Addr::Follower(i) => peer_name(i + 1),
         Addr::Agent(j) => format!("agent-{}", j + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swoosh_core::reducer::step;
+
+    /// The end-of-run decision check names a decision stored unsigned and
+    /// one signed by another key than the leader's (a signature that does
+    /// not verify the WAL writer itself refuses to store); leader-signed
+    /// decisions pass.
+    #[test]
+    fn the_decision_check_wants_every_decision_signed_by_the_leader() {
+        let keys = Keys::from_labels("chaos", 3);
+        let g = genesis(&keys, "chaos", ORIGIN_MS);
+        let mut node = NodeState::new(g.clone()).unwrap();
+        let driver = Driver::new(&keys, u64::MAX);
+        let mut w = WalWriter::open(
+            MemStore::new("t", Durability::NoSync),
+            g.hash().unwrap(),
+            BatchLimits::default(),
+        )
+        .unwrap();
+        for i in 0..4u64 {
+            let now = ORIGIN_MS + 1 + 10 * i;
+            let Next::Propose(p) = driver.next(&node, "default", now) else {
+                panic!("the driver has a next step")
+            };
+            let ctx = Ctx {
+                now_ms: now,
+                verify: Verify::Full,
+                snapshot_every: 0,
+            };
+            let Outcome::Accepted(acc) = step(&mut node, &p, &ctx).outcome else {
+                panic!("the driver's step is accepted")
+            };
+            let mut e = Entry::from_accepted(*acc);
+            match i {
+                0 => e.sign_decision(&keys.leader),
+                1 => {} // unsigned
+                2 => e.sign_decision(&keys.admin),
+                _ => e.sign_decision(&keys.leader),
+            }
+            w.append_batch(&[e]).unwrap();
+        }
+        let store = w.into_store();
+        let leader = SignerId::from_signing_key(&keys.leader);
+        let (ok, bad) = check_decisions(&store, &leader, 4);
+        assert_eq!(ok, 2, "{bad:#?}");
+        assert_eq!(bad.len(), 2, "{bad:#?}");
+        assert!(bad[0].contains("record 2 is stored unsigned"), "{bad:#?}");
+        assert!(bad[1].contains("record 3 is signed by"), "{bad:#?}");
+        assert_eq!(check_decisions(&store, &leader, 1), (1, vec![]));
     }
 }

@@ -6,7 +6,7 @@
 //! `CHAOS_SWEEP_SEEDS=N` widens the sweep (default 20 seeds, 1,000
 //! transitions each); `docs/chaos.md` has the long soak commands.
 
-use swoosh_chaos::{run, FaultRates, Sabotage, SimConfig, SimReport};
+use swoosh_chaos::{parse_sim_args, run, FaultRates, Sabotage, SimConfig, SimReport};
 
 const SWEEP_TRANSITIONS: u64 = 1_000;
 const SWEEP_SEEDS_DEFAULT: u64 = 20;
@@ -47,15 +47,33 @@ fn twice(cfg: SimConfig) -> SimReport {
         a.final_hashes,
         b.final_hashes,
         "the same seed gave two final hashes\nreproduce with: {}",
-        cfg.reproduce()
+        cfg.reproduce_twice()
     );
     assert_eq!(
         a,
         b,
         "the same seed gave two reports\nreproduce with: {}",
-        cfg.reproduce()
+        cfg.reproduce_twice()
     );
     a
+}
+
+/// What every faulty run must show besides zero violations: each forged
+/// message a running follower got was refused (per follower), every bad vote
+/// was refused, every decision verified, and followers reported status.
+fn checked_everything(r: &SimReport) {
+    let rep = &r.replication;
+    assert_eq!(rep.forged_delivered, rep.forged_refused, "seed {}", r.seed);
+    assert_eq!(rep.forged_delivered.len(), r.replicas - 1);
+    assert_eq!(
+        r.council.bad_votes_delivered, r.council.bad_votes_refused,
+        "seed {}",
+        r.seed
+    );
+    assert_eq!(rep.decisions_verified, r.final_index, "seed {}", r.seed);
+    if r.replicas > 1 {
+        assert!(rep.status_reports > 0, "seed {}: no status report", r.seed);
+    }
 }
 
 fn sweep(part: u64) {
@@ -74,6 +92,7 @@ fn sweep(part: u64) {
             assert!(r.faults[k] > 0, "seed {seed}: no {k} fault was injected");
         }
         assert!(r.acknowledged > 0);
+        checked_everything(&r);
     }
 }
 
@@ -109,6 +128,7 @@ fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
     };
     let r = run(cfg.clone());
     must_pass(&cfg, &r);
+    checked_everything(&r);
     assert!(r.final_index > 5_000, "{} records", r.final_index);
     for (k, n) in &r.faults {
         if [
@@ -131,6 +151,10 @@ fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
             "forged_signature",
             "forged_message",
             "forged_vote",
+            "flipped_vote",
+            "flipped_vote_cert",
+            "storage_crash",
+            "crash_before_sync",
         ]
         .contains(&k.as_str())
         {
@@ -146,6 +170,10 @@ fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
         "some follower caught up from a snapshot"
     );
     assert!(r.replication.torn_tails_cut > 0);
+    // Forgeries reached running followers and each was refused there.
+    assert!(r.replication.forged_delivered.iter().sum::<u64>() > 0);
+    assert!(r.council.bad_votes_delivered > 0);
+    assert!(r.council.forged_certificates_refused > 0);
 }
 
 #[test]
@@ -156,6 +184,46 @@ fn five_replicas_converge() {
         replicas: 5,
         ..SimConfig::default()
     });
+}
+
+/// Records the leader keeps before its newest snapshot (`LEADER_LOG_RETAIN`).
+const LEADER_LOG_RETAIN: u64 = 64;
+
+/// Steady tailing under drops, duplicates, reorders, delays and clock
+/// steps (node faults and partitions off) never falls so far behind that a
+/// follower would need a snapshot. Under the default node faults there is
+/// no such bound (see docs/chaos.md on `max_lag_steady`).
+#[test]
+fn tailing_under_network_faults_stays_within_the_retained_log() {
+    for seed in [1, 6] {
+        let mut rates = FaultRates::default();
+        for k in [
+            "partition",
+            "restart",
+            "torn_write",
+            "snapshot_rollback",
+            "snapshot_corrupt",
+            "storage_crash",
+        ] {
+            rates.set(k, 0.0).unwrap();
+        }
+        let cfg = SimConfig {
+            seed,
+            transitions: 600,
+            rates,
+            ..SimConfig::default()
+        };
+        let r = run(cfg.clone());
+        must_pass(&cfg, &r);
+        checked_everything(&r);
+        assert!(r.faults["drop"] > 0 && r.faults["delay"] > 0);
+        assert!(
+            r.max_lag_steady <= LEADER_LOG_RETAIN,
+            "steady lag {} > {LEADER_LOG_RETAIN}\nreproduce with: {}",
+            r.max_lag_steady,
+            cfg.reproduce()
+        );
+    }
 }
 
 #[test]
@@ -236,6 +304,92 @@ fn a_cut_that_keeps_derived_entries_is_caught() {
     );
 }
 
+/// Every reproduce line the simulator prints is a command that runs as it
+/// stands: parsed back (by the flags `swoosh chaos` and the example take)
+/// it is the very configuration. `cli/src/chaos_cmd.rs` checks the same
+/// lines against the CLI's own parser.
+#[test]
+fn every_reproduce_line_parses_back_into_its_config() {
+    let mut configs = vec![
+        SimConfig::default(),
+        SimConfig {
+            seed: 3,
+            transitions: 400,
+            rates: FaultRates::none(),
+            ..SimConfig::default()
+        },
+        SimConfig {
+            seed: 11,
+            rates: FaultRates {
+                restart: 0.05,
+                ..FaultRates::default()
+            },
+            sabotage: Sabotage::AckBeforeDurable,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            seed: u64::MAX,
+            replicas: 16,
+            projects: 64,
+            council: 32,
+            no_voters: 0,
+            rates: FaultRates {
+                torn_write: 0.05,
+                drop: 1.0 / 3.0,
+                ..FaultRates::none()
+            },
+            sabotage: Sabotage::CutKeepsDerived,
+            ..SimConfig::default()
+        },
+    ];
+    for (i, name) in FaultRates::NAMES.iter().enumerate() {
+        for base in [FaultRates::default(), FaultRates::none()] {
+            let mut rates = base;
+            rates.set(name, 0.5 + i as f64 / 1_000.0).unwrap();
+            configs.push(SimConfig {
+                seed: i as u64,
+                council: 3,
+                no_voters: 2,
+                rates,
+                ..SimConfig::default()
+            });
+        }
+    }
+    for cfg in configs {
+        let calm = cfg.rates == FaultRates::none();
+        for (line, twice) in [(cfg.reproduce(), false), (cfg.reproduce_twice(), true)] {
+            assert!(line.starts_with("swoosh chaos --seed "), "{line}");
+            assert!(!line.contains('('), "not a command: {line}");
+            if calm {
+                assert!(
+                    line.ends_with("--calm") || line.contains("--calm --"),
+                    "{line}"
+                );
+            }
+            let a =
+                parse_sim_args(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(a.config, cfg, "{line}");
+            assert_eq!(a.twice, twice, "{line}");
+        }
+    }
+    // What a report prints is the config's line.
+    let r = run(SimConfig {
+        seed: 2,
+        transitions: 20,
+        rates: FaultRates::none(),
+        ..SimConfig::default()
+    });
+    assert_eq!(
+        r.reproduce,
+        "swoosh chaos --seed 2 --transitions 20 --replicas 3 --calm"
+    );
+    // Bad flags are refused, not ignored.
+    assert!(parse_sim_args(["--rate", "dorp=0.1"]).is_err());
+    assert!(parse_sim_args(["--seed"]).is_err());
+    assert!(parse_sim_args(["--frobnicate"]).is_err());
+    assert!(parse_sim_args(["--mode", "process"]).is_err());
+}
+
 #[test]
 fn an_invalid_configuration_is_reported_not_run() {
     let r = run(SimConfig {
@@ -289,8 +443,22 @@ fn the_report_serializes_with_the_documented_keys() {
         "stale_hash",
         "replay",
         "forged_signature",
+        "forged_message",
+        "flipped_vote",
+        "flipped_vote_cert",
+        "storage_crash",
+        "crash_before_sync",
+        "clock_step",
     ] {
         assert!(v["faults"].get(k).is_some(), "faults.{k} missing");
+    }
+    for k in [
+        "status_reports",
+        "forged_delivered",
+        "forged_refused",
+        "decisions_verified",
+    ] {
+        assert!(v["replication"].get(k).is_some(), "replication.{k} missing");
     }
 }
 

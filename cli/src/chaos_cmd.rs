@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use swoosh_chaos::{run_with_progress, FaultRates, SimConfig, SimReport};
+use swoosh_chaos::{run_with_progress, FaultRates, Sabotage, SimConfig, SimReport};
 
 #[derive(Copy, Clone, ValueEnum)]
 pub enum Mode {
@@ -39,6 +39,17 @@ pub struct ChaosArgs {
     /// Turn every fault off (a baseline).
     #[arg(long)]
     calm: bool,
+    /// Sim mode: set one fault rate, NAME=P (after --calm, whatever the
+    /// order); repeatable. Names: the `FaultRates` fields (drop, duplicate,
+    /// reorder, delay, partition, restart, torn_write, snapshot_rollback,
+    /// snapshot_corrupt, forged_message, workload_fault, license_latency,
+    /// license_denial, vote_fault, storage_crash, clock_step).
+    #[arg(long = "rate", value_name = "NAME=P")]
+    rates: Vec<String>,
+    /// Plant a deliberate bug (the simulator's own tests; only so that
+    /// their reproduce lines replay).
+    #[arg(long, hide = true)]
+    sabotage: Option<String>,
     /// Run the seed twice and require the same report (determinism check).
     #[arg(long)]
     twice: bool,
@@ -57,7 +68,9 @@ pub async fn run(a: ChaosArgs) -> Result<()> {
     }
 }
 
-fn run_sim(a: ChaosArgs) -> Result<()> {
+/// The simulation's configuration from the flags (`swoosh_chaos::parse_sim_args`
+/// reads the same flags the same way; the tests hold the two together).
+fn sim_config(a: &ChaosArgs) -> Result<SimConfig> {
     if a.dir.is_some() {
         bail!("--dir is for --mode process (the simulation keeps nothing on disk)");
     }
@@ -79,9 +92,20 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
     if a.calm {
         cfg.rates = FaultRates::none();
     }
+    for r in &a.rates {
+        cfg.rates.set_assignment(r).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(s) = &a.sabotage {
+        cfg.sabotage = Sabotage::from_name(s).map_err(anyhow::Error::msg)?;
+    }
     if let Err(e) = cfg.validate() {
         bail!("{e}");
     }
+    Ok(cfg)
+}
+
+fn run_sim(a: ChaosArgs) -> Result<()> {
+    let cfg = sim_config(&a)?;
     let go = |cfg: &SimConfig| -> (SimReport, f64) {
         let bar = if a.json {
             ProgressBar::hidden()
@@ -102,6 +126,7 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
     };
     let (report, secs) = go(&cfg);
     let mut problems = vec![];
+    let mut reproduce = report.reproduce.clone();
     if a.twice {
         let (again, _) = go(&cfg);
         if again != report {
@@ -109,6 +134,7 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
                 "the same seed gave a different report the second time (final hashes {:?} vs {:?})",
                 report.final_hashes, again.final_hashes
             ));
+            reproduce = cfg.reproduce_twice();
         }
     }
     if a.json {
@@ -175,10 +201,7 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
         for p in &problems {
             eprintln!("{p}");
         }
-        bail!(
-            "the simulation found problems; reproduce with: {}",
-            report.reproduce
-        );
+        bail!("the simulation found problems; reproduce with: {reproduce}");
     }
     Ok(())
 }
@@ -189,6 +212,9 @@ async fn run_process(a: ChaosArgs) -> Result<()> {
     }
     if a.council.is_some() || a.no_voters.is_some() {
         bail!("--council and --no-voters are for --mode sim; process mode signs the votes of {} council keys itself", chaos_process::AGENTS);
+    }
+    if !a.rates.is_empty() || a.sabotage.is_some() {
+        bail!("--rate and --sabotage are for --mode sim; process mode has no fault rates (--calm turns its kills and workload faults off)");
     }
     let cfg = ProcessConfig {
         seed: a.seed,
@@ -358,5 +384,94 @@ fn print_attention(report: &SimReport) {
         );
         println!("                          {}", i.how_often);
         println!("                          next: {}", i.next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `swoosh chaos …` as the binary parses it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Chaos(ChaosArgs),
+    }
+
+    fn parse(line: &str) -> (SimConfig, bool) {
+        let Cmd::Chaos(a) = Cli::try_parse_from(line.split_whitespace())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .cmd;
+        assert!(matches!(a.mode, Mode::Sim), "{line}");
+        let twice = a.twice;
+        (
+            sim_config(&a).unwrap_or_else(|e| panic!("{line}: {e}")),
+            twice,
+        )
+    }
+
+    /// Every reproduce line the simulator prints runs as it stands: the CLI
+    /// parses it back into the very configuration (and `--twice` into the
+    /// determinism check), as `swoosh_chaos::parse_sim_args` does.
+    #[test]
+    fn every_reproduce_line_parses_back_into_its_config() {
+        let mut configs = vec![
+            SimConfig::default(),
+            SimConfig {
+                seed: 7,
+                transitions: 10_000,
+                rates: FaultRates::none(),
+                ..SimConfig::default()
+            },
+            SimConfig {
+                seed: 11,
+                rates: FaultRates {
+                    restart: 0.05,
+                    ..FaultRates::default()
+                },
+                sabotage: Sabotage::AckBeforeDurable,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                seed: 5,
+                projects: 9,
+                council: 7,
+                no_voters: 0,
+                rates: FaultRates {
+                    torn_write: 0.3,
+                    drop: 1.0 / 3.0,
+                    ..FaultRates::none()
+                },
+                sabotage: Sabotage::CutKeepsDerived,
+                ..SimConfig::default()
+            },
+        ];
+        for (i, name) in FaultRates::NAMES.iter().enumerate() {
+            let mut rates = FaultRates::default();
+            rates.set(name, 0.125 + i as f64 / 1000.0).unwrap();
+            configs.push(SimConfig {
+                seed: i as u64,
+                no_voters: 2,
+                rates,
+                ..SimConfig::default()
+            });
+        }
+        for cfg in configs {
+            for (line, twice) in [(cfg.reproduce(), false), (cfg.reproduce_twice(), true)] {
+                assert!(!line.contains('('), "not a command: {line}");
+                assert_eq!(parse(&line), (cfg.clone(), twice), "{line}");
+                let lib = swoosh_chaos::parse_sim_args(line.split_whitespace()).unwrap();
+                assert_eq!((lib.config, lib.twice), (cfg.clone(), twice), "{line}");
+            }
+        }
+        // The defaults agree too.
+        let lib = swoosh_chaos::parse_sim_args(["swoosh", "chaos"]).unwrap();
+        assert_eq!(parse("swoosh chaos").0, lib.config);
     }
 }

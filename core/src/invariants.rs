@@ -2,12 +2,15 @@
 //! debug builds, the runtime). Each check is independent of the reducer's
 //! code path: it reads the registry (the spec) and compares pre and post.
 
-use crate::facts::member_set_hash;
+use crate::facts::{member_set_hash, Vote};
+use crate::hash::hash_of;
 use crate::hlc::order_key_cmp;
 use crate::record::WalRecord;
-use crate::state::ProjectState;
+use crate::sig::SignerId;
+use crate::state::{Genesis, ProjectState};
 use crate::statechart::{self, Region, Role, AUTOMATIC};
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -253,6 +256,123 @@ pub fn check_transition(
     out
 }
 
+/// The transitions whose record stores a quorum certificate (inputs
+/// `{members, votes}`).
+pub const CERTIFICATE_TRANSITIONS: [&str; 2] = ["Council_QuorumCert", "Council_ReElect"];
+
+/// Check the quorum certificate an accepted council record stores, from
+/// genesis and the record alone (not through the reducer's quorum guard):
+/// every vote's signature verifies; voters are distinct, in the genesis
+/// roster with the council role and not ejected from this council; every
+/// vote approves, for this project, this council epoch (the pre state's)
+/// and this member set; at least genesis' `quorum_threshold` of them; and
+/// the post state elected exactly that set under the hash of exactly these
+/// votes. Other transitions pass untouched.
+pub fn check_quorum_certificate(
+    genesis: &Genesis,
+    pre: &ProjectState,
+    post: &ProjectState,
+    rec: &WalRecord,
+) -> Vec<Violation> {
+    if !CERTIFICATE_TRANSITIONS.contains(&rec.transition.as_str()) {
+        return vec![];
+    }
+    #[derive(serde::Deserialize)]
+    struct Elect {
+        members: Vec<SignerId>,
+        votes: Vec<Vote>,
+    }
+    let mut out = vec![];
+    let mut bad = |detail: String| {
+        out.push(v(
+            "quorum_certificate",
+            format!("record {} ({}): {detail}", rec.index, rec.transition),
+        ))
+    };
+    let e: Elect = match rec.inputs.deserialized() {
+        Ok(e) => e,
+        Err(err) => {
+            bad(format!("its inputs are not a certificate: {err}"));
+            return out;
+        }
+    };
+    let members: BTreeSet<&SignerId> = e.members.iter().collect();
+    if e.members.is_empty() || members.len() != e.members.len() {
+        bad(format!(
+            "the member set has {} entries, {} distinct",
+            e.members.len(),
+            members.len()
+        ));
+    }
+    let set_hash = member_set_hash(&e.members);
+    let council: BTreeSet<&SignerId> = genesis
+        .roster
+        .iter()
+        .filter(|r| r.roles.contains(&Role::Council))
+        .map(|r| &r.key)
+        .collect();
+    let epoch = pre.epoch.council;
+    let mut voters = BTreeSet::new();
+    let mut approving = 0usize;
+    for vote in &e.votes {
+        let b = &vote.body;
+        let mut fine = true;
+        let mut flag = |why: String| {
+            fine = false;
+            bad(format!("vote of {}: {why}", b.voter));
+        };
+        if !voters.insert(&b.voter) {
+            flag("a second vote by the same voter".into());
+            continue;
+        }
+        if let Err(err) = vote.verify() {
+            flag(format!("its signature does not verify ({err})"));
+        }
+        if !council.contains(&b.voter) {
+            flag("not a council member of the genesis roster".into());
+        }
+        if pre.council.ejected.contains(&b.voter) {
+            flag("ejected from this council".into());
+        }
+        if !b.approve {
+            flag("it does not approve".into());
+        }
+        if b.project != rec.project {
+            flag(format!("it is for project {:?}", b.project));
+        }
+        if b.epoch != epoch {
+            flag(format!("it is for council epoch {}, not {epoch}", b.epoch));
+        }
+        if b.member_set_hash != set_hash {
+            flag(format!(
+                "it is for member set {}, the record elects {set_hash}",
+                b.member_set_hash
+            ));
+        }
+        if fine {
+            approving += 1;
+        }
+    }
+    let threshold = genesis.quorum_threshold as usize;
+    if approving < threshold {
+        bad(format!(
+            "{approving} valid approving votes; the genesis quorum threshold is {threshold}"
+        ));
+    }
+    let mut sorted: Vec<&Vote> = e.votes.iter().collect();
+    sorted.sort_by(|a, b| a.body.voter.cmp(&b.body.voter));
+    let cert = hash_of(&sorted).ok();
+    if post.council.quorum_cert.is_none() || post.council.quorum_cert != cert {
+        bad("the stored certificate hash is not the hash of the record's votes".into());
+    }
+    let mut elected = e.members.clone();
+    elected.sort();
+    if post.council.member_set_hash != Some(set_hash) || post.council.elected != elected {
+        bad("the post state did not elect the record's member set".into());
+    }
+    out
+}
+
 /// Whole-document checks that hold in every reachable state.
 pub fn check_state(s: &ProjectState) -> Vec<Violation> {
     let mut out = vec![];
@@ -295,4 +415,221 @@ pub fn check_state(s: &ProjectState) -> Vec<Violation> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::VoteBody;
+    use crate::hash::Hash;
+    use crate::hlc::Hlc;
+    use crate::scenario::{genesis, Keys};
+    use crate::sig::Signature;
+    use crate::state::NodeState;
+
+    struct Cert {
+        genesis: Genesis,
+        pre: ProjectState,
+        post: ProjectState,
+        members: Vec<SignerId>,
+        votes: Vec<Vote>,
+    }
+
+    impl Cert {
+        fn record(&self) -> WalRecord {
+            #[derive(serde::Serialize)]
+            struct Elect<'a> {
+                members: &'a [SignerId],
+                votes: &'a [Vote],
+            }
+            let inputs = ciborium::Value::serialized(&Elect {
+                members: &self.members,
+                votes: &self.votes,
+            })
+            .unwrap();
+            WalRecord {
+                index: 9,
+                prev_hash: Hash::of_bytes(b"prev"),
+                project: "p".into(),
+                transition: "Council_QuorumCert".into(),
+                state_pre_hash: self.pre.hash(),
+                state_post_hash: self.post.hash(),
+                inputs_hash: Hash::of_bytes(b"inputs"),
+                inputs,
+                signer: self.members[0].clone(),
+                idem_key: "k".into(),
+                hlc: Hlc::new(1, 0),
+                window_id: String::new(),
+                guard_outcomes: vec![],
+                evidence: vec![],
+                timestamp_ms: 1,
+                signature: Signature([0; 64]),
+                decision: Hash::of_bytes(b"decision"),
+            }
+        }
+
+        fn check(&mut self) -> Vec<Violation> {
+            let mut sorted: Vec<&Vote> = self.votes.iter().collect();
+            sorted.sort_by(|a, b| a.body.voter.cmp(&b.body.voter));
+            self.post.council.quorum_cert = Some(hash_of(&sorted).unwrap());
+            let rec = self.record();
+            check_quorum_certificate(&self.genesis, &self.pre, &self.post, &rec)
+        }
+    }
+
+    /// A certificate of every council key approving, at council epoch 3.
+    fn cert(keys: &Keys) -> Cert {
+        let genesis = genesis(keys, "chaos", 1_767_225_600_000);
+        let mut pre = NodeState::new(genesis.clone())
+            .unwrap()
+            .project("p")
+            .into_owned();
+        pre.epoch.council = 3;
+        let mut members: Vec<SignerId> = keys
+            .council
+            .iter()
+            .map(SignerId::from_signing_key)
+            .collect();
+        members.sort();
+        let votes = keys
+            .council
+            .iter()
+            .map(|k| {
+                Vote::cast(
+                    VoteBody {
+                        project: "p".into(),
+                        epoch: 3,
+                        member_set_hash: member_set_hash(&members),
+                        approve: true,
+                        voter: SignerId::from_signing_key(k),
+                    },
+                    k,
+                )
+            })
+            .collect();
+        let mut post = pre.clone();
+        post.council.member_set_hash = Some(member_set_hash(&members));
+        post.council.elected = members.clone();
+        Cert {
+            genesis,
+            pre,
+            post,
+            members,
+            votes,
+        }
+    }
+
+    fn fires(c: &mut Cert, what: &str) {
+        let v = c.check();
+        assert!(
+            v.iter()
+                .any(|v| v.invariant == "quorum_certificate" && v.detail.contains(what)),
+            "expected {what:?} in {v:#?}"
+        );
+    }
+
+    #[test]
+    fn a_sound_certificate_passes() {
+        let keys = Keys::from_labels("inv", 5);
+        assert_eq!(cert(&keys).check(), vec![]);
+    }
+
+    #[test]
+    fn a_no_vote_flipped_to_approve_is_caught() {
+        let keys = Keys::from_labels("inv", 5);
+        let mut c = cert(&keys);
+        // A "no" voter's vote with its choice flipped, its signature kept.
+        let k = &keys.council[0];
+        let mut no = Vote::cast(
+            VoteBody {
+                approve: false,
+                ..c.votes[0].body.clone()
+            },
+            k,
+        );
+        no.body.approve = true;
+        c.votes[0] = no;
+        fires(&mut c, "signature does not verify");
+    }
+
+    #[test]
+    fn every_rule_of_a_certificate_is_checked() {
+        let keys = Keys::from_labels("inv", 5);
+        // A vote that does not approve, even well signed.
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            approve: false,
+            ..c.votes[1].body.clone()
+        };
+        c.votes[1] = Vote::cast(b, &keys.council[1]);
+        fires(&mut c, "does not approve");
+        // An outsider's well-signed vote.
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            voter: SignerId::from_signing_key(&keys.outsider),
+            ..c.votes[1].body.clone()
+        };
+        c.votes[1] = Vote::cast(b, &keys.outsider);
+        fires(&mut c, "not a council member of the genesis roster");
+        // The same voter twice.
+        let mut c = cert(&keys);
+        c.votes[1] = c.votes[0].clone();
+        fires(&mut c, "a second vote by the same voter");
+        // A stale epoch, another project, another member set.
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            epoch: 2,
+            ..c.votes[2].body.clone()
+        };
+        c.votes[2] = Vote::cast(b, &keys.council[2]);
+        fires(&mut c, "council epoch 2, not 3");
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            project: "q".into(),
+            ..c.votes[2].body.clone()
+        };
+        c.votes[2] = Vote::cast(b, &keys.council[2]);
+        fires(&mut c, "for project \"q\"");
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            member_set_hash: Hash::of_bytes(b"other"),
+            ..c.votes[2].body.clone()
+        };
+        c.votes[2] = Vote::cast(b, &keys.council[2]);
+        fires(&mut c, "it is for member set");
+        // An ejected voter.
+        let mut c = cert(&keys);
+        c.pre.council.ejected = vec![c.votes[3].body.voter.clone()];
+        fires(&mut c, "ejected from this council");
+        // Too few approvals (threshold 3 of 5).
+        let mut c = cert(&keys);
+        c.votes.truncate(2);
+        fires(
+            &mut c,
+            "2 valid approving votes; the genesis quorum threshold is 3",
+        );
+        // A stored certificate hash that is not these votes'.
+        let mut c = cert(&keys);
+        let rec = c.record();
+        c.post.council.quorum_cert = Some(Hash::of_bytes(b"other"));
+        let v = check_quorum_certificate(&c.genesis, &c.pre, &c.post, &rec);
+        assert!(
+            v.iter()
+                .any(|v| v.detail.contains("stored certificate hash")),
+            "{v:?}"
+        );
+        // A post state that elected another set.
+        let mut c = cert(&keys);
+        c.post.council.elected.pop();
+        fires(&mut c, "did not elect the record's member set");
+        // Other transitions are not certificates.
+        let mut c = cert(&keys);
+        let mut rec = c.record();
+        rec.transition = "Council_McpGreen".into();
+        c.votes.clear();
+        assert_eq!(
+            check_quorum_certificate(&c.genesis, &c.pre, &c.post, &rec),
+            vec![]
+        );
+    }
 }
