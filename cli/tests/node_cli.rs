@@ -381,8 +381,9 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
         until("the follower at index 1", &|| {
             let o = swoosh(&["health", "--to", &follower_url, "--json"]);
             o.status.success()
-                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
-                    .is_ok_and(|h| h["applied_index"] == 1 && h["status"] == "ok")
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|h| {
+                    h["applied_index"] == 1 && h["status"] == "ok" && h["walLag"] == 0
+                })
         })?;
         // The reviewer's `swoosh state --to FOLLOWER --projection Council`.
         for projection in ["Council", "Boot,Project"] {

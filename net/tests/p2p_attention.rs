@@ -137,10 +137,14 @@ impl Cluster {
         )
         .await
         .unwrap();
-        match cfg {
-            Some(c) => l.set_attention_with(attention_sink(&self.node), c),
-            None => l.set_attention(attention_sink(&self.node)),
-        }
+        // Staleness (no report for 5 s, or no connection within 5 s of the
+        // start) is the unit tests' business: a loaded machine could stall
+        // that long here and add a Partition the test does not expect.
+        let c = cfg.unwrap_or(WatchConfig {
+            report_stale_ms: 60_000,
+            ..WatchConfig::default()
+        });
+        l.set_attention_with(attention_sink(&self.node), c);
         l
     }
 
@@ -443,6 +447,7 @@ async fn a_lagging_follower_and_refused_peers_are_reported() {
     let cfg = WatchConfig {
         lag_ms: 300,
         caught_up_ms: 150,
+        report_stale_ms: 60_000,
         ..WatchConfig::default()
     };
     let leader = c.leader(Some(cfg)).await;
@@ -466,7 +471,9 @@ async fn a_lagging_follower_and_refused_peers_are_reported() {
         t0.elapsed() >= Duration::from_millis(cfg.lag_ms),
         "not before the lag time"
     );
-    assert!(reports >= 3, "{reports} reports");
+    // The lag fires on the first report at least lag_ms after the first
+    // one: the second, if the loop stalled that long.
+    assert!(reports >= 2, "{reports} reports");
     for _ in 0..6 {
         fake.status(0, gh).await;
     }
