@@ -108,14 +108,7 @@ pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::op
         // After every route: it applies to the routes registered so far.
         // axum still sets the `Allow` header on its reply.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
-            err(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!(
-                    "{method} is not allowed on {}; the Allow header lists what is, and GET /openapi.json documents each endpoint",
-                    uri.path()
-                ),
-            )
+            method_not_allowed(&method, &uri, "")
         })
         .fallback(move |method: Method, uri: Uri| {
             let st = fallback_state.clone();
@@ -308,6 +301,19 @@ async fn refuse_connection(
         .keep_alive(false);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let _ = tokio::time::timeout(Duration::from_millis(REFUSAL_MS_MAX), conn).await;
+}
+
+/// The JSON `405` of the leader's and a follower's routers (`whose`: how
+/// the path is named, e.g. " of a follower"); axum still sets `Allow`.
+pub(crate) fn method_not_allowed(method: &Method, uri: &Uri, whose: &str) -> Response {
+    err(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}{whose}; the Allow header lists what is, and GET /openapi.json documents each endpoint",
+            uri.path()
+        ),
+    )
 }
 
 pub(crate) fn err(status: StatusCode, error: &str, message: String) -> Response {

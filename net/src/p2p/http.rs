@@ -18,7 +18,9 @@
 
 use super::follower::{lock_shared, FollowerShared};
 use crate::api::{ErrorBody, HealthReply, StateReply};
-use crate::http::{body_err, err, parse_state_query, query_rejection, StateQuery};
+use crate::http::{
+    body_err, err, method_not_allowed, parse_state_query, query_rejection, StateQuery,
+};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -185,14 +187,7 @@ pub fn follower_router_doc(
         )
         // After every route: it applies to the routes registered so far.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
-            err(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!(
-                    "{method} is not allowed on {} of a follower; the Allow header lists what is, and GET /openapi.json documents each endpoint",
-                    uri.path()
-                ),
-            )
+            method_not_allowed(&method, &uri, " of a follower")
         })
         .fallback(|uri: Uri| async move {
             err(
