@@ -515,7 +515,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
                 .inc();
             return SubmitResult::Busy {
                 retry_after_ms: 50,
-                reason: format!("{max} proposals are in flight"),
+                reason: if max == 0 {
+                    "admission is paused by the operator (limit 0); retry later".into()
+                } else {
+                    format!("{max} proposals are in flight")
+                },
             };
         }
         let Some(seq) = sh.refs.read().expect("refs lock").seq.clone() else {
@@ -785,11 +789,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
     }
 
     /// Lower (or restore) the admission limit, e.g. to shed load; at most
-    /// [`INFLIGHT_PROPOSALS_MAX`].
+    /// [`INFLIGHT_PROPOSALS_MAX`]. `0` pauses admission: every submission is
+    /// answered `Busy` (HTTP 429 with `Retry-After`) until the limit is raised.
     pub fn set_inflight_max(&self, max: usize) {
         self.shared
             .inflight_max
-            .store(max.clamp(1, INFLIGHT_PROPOSALS_MAX), Ordering::Release);
+            .store(max.min(INFLIGHT_PROPOSALS_MAX), Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
