@@ -1952,6 +1952,26 @@ fn save_lock(path: &std::path::Path) -> Arc<Mutex<()>> {
 /// Load the scorer's memory; a missing file starts fresh; a damaged one is
 /// renamed to `<file>.corrupt-<ms>`, one of another format version to
 /// `<file>.v<version>-<ms>`, and the scorer starts fresh (logged).
+/// The attention memory file's bytes, at most one byte over
+/// [`swoosh_core::attention::MEMORY_BYTES_MAX`] (enough for the loader to
+/// refuse it as too large) and only from a regular file: a damaged or
+/// multi-gigabyte file must not exhaust memory at start, nor a FIFO hang it.
+fn read_memory_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO for reading blocks.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file: point the attention memory at a file path",
+        ));
+    }
+    let f = std::fs::File::open(path)?;
+    let cap = swoosh_core::attention::MEMORY_BYTES_MAX as u64 + 1;
+    let mut bytes = Vec::new();
+    f.take(cap).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn load_memory(
     path: Option<&std::path::Path>,
     now_ms: u64,
@@ -1964,7 +1984,7 @@ fn load_memory(
             false,
         );
     };
-    match std::fs::read(path) {
+    match read_memory_file(path) {
         Ok(bytes) => match Scorer::from_bytes(&bytes, Tuning::OPERATIONS) {
             Ok(s) => {
                 let note = format!("loaded {} fingerprints from {}", s.len(), path.display());
@@ -2676,6 +2696,38 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
 mod tests {
     use super::*;
 
+    /// An oversized memory file is read only up to the limit, refused as too
+    /// large and set aside; a FIFO at the path is refused without opening it
+    /// (opening it for reading would block the node's start).
+    #[test]
+    fn an_oversized_or_special_memory_file_starts_fresh_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("attention.cbor");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(64 * 1024 * 1024).unwrap(); // sparse: no disk used
+        drop(f);
+        assert_eq!(
+            read_memory_file(&big).unwrap().len(),
+            swoosh_core::attention::MEMORY_BYTES_MAX + 1
+        );
+        let (scorer, note, loaded) = load_memory(Some(&big), 7);
+        assert!(!loaded && scorer.is_empty(), "{note}");
+        assert!(note.contains("set aside"), "{note}");
+        assert!(!big.exists(), "the oversized file is set aside");
+
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("fifo.cbor");
+            let st = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let (_, note, loaded) = load_memory(Some(&fifo), 8);
+            assert!(!loaded && note.contains("not a regular file"), "{note}");
+        }
+    }
+
     fn follower(name: &str, lag: Option<u64>, ago: Option<u64>) -> FollowerHealth {
         FollowerHealth {
             name: name.into(),
@@ -2815,7 +2867,7 @@ mod tests {
             || depths.regions.values().any(|d| d.get() > 0)
         {
             assert!(
-                t0.elapsed() < Duration::from_secs(10),
+                t0.elapsed() < Duration::from_secs(60),
                 "first record not taken"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;

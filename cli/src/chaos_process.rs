@@ -515,9 +515,14 @@ fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(l.local_addr()?.port())
+/// `n` distinct loopback ports free now. Every listener is held until all
+/// are chosen: binding port 0 again after dropping the last listener may
+/// hand back the same port, and two nodes on one port fail to start.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Start node `i` and wait until it answers `GET /health`.
@@ -702,6 +707,16 @@ impl Load {
 enum Answer {
     Accepted(AcceptedReply),
     Refused { status: u16, body: ErrorBody },
+}
+
+/// A 409 `hlc_order` because the proposal's HLC lags the leader's clock by
+/// more than the allowed offset: the proposal is stale, not wrong.
+fn lagged_behind_the_leader(body: &ErrorBody) -> bool {
+    body.error == "hlc_order"
+        && body
+            .reasons
+            .iter()
+            .any(|r| r.contains("behind the leader's clock"))
 }
 
 fn guard_of(body: &ErrorBody) -> String {
@@ -944,7 +959,12 @@ async fn drive(load: Arc<Load>, project: String, mut rng: Rng) -> Result<Project
                 }
                 let guard = guard_of(&body);
                 load.tally().refused(&guard);
-                if guard == "backbeat" || guard == "license" {
+                if lagged_behind_the_leader(&body) {
+                    // Built before a leader restart (or a long stall) and
+                    // retried past the HLC offset: not committed (HEAD said
+                    // so above when an attempt went unanswered), so the next
+                    // turn rebuilds it with a fresh HLC, as any client must.
+                } else if guard == "backbeat" || guard == "license" {
                     let wait = body.retry_after_ms.unwrap_or(50).clamp(1, 1_000);
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 } else {
@@ -957,6 +977,30 @@ async fn drive(load: Arc<Load>, project: String, mut rng: Rng) -> Result<Project
         }
     }
     Ok(end(&mirror, true))
+}
+
+/// Submit one proposal with a forged signature on a project no client
+/// drives, counted as a `forged_signature` fault; it must be refused (401).
+async fn forge_after_the_kills(load: &Load) -> Result<()> {
+    let project = "chaos-forgery";
+    let driver = Driver::new(&load.keys, u64::MAX);
+    let mirror = NodeState::new(load.genesis.clone())?;
+    let Some(bad) = driver.fault(&mirror, project, now_ms(), Fault::ForgedSignature, &[], 0) else {
+        bail!("the driver could not forge a proposal on a fresh project");
+    };
+    load.tally().fault(fault_name(Fault::ForgedSignature));
+    match submit_until_answered(load, &bad).await?.0 {
+        Answer::Refused { status: 401, .. } => {}
+        Answer::Refused { status, body } => load.violation(format!(
+            "a forged {} on {project} was refused with {status} {} instead of 401: {}",
+            bad.transition, body.error, body.message
+        )),
+        Answer::Accepted(r) => load.violation(format!(
+            "a forged {} on {project} was accepted at index {}",
+            bad.transition, r.index
+        )),
+    }
+    Ok(())
 }
 
 /// Kill and restart nodes on the schedule, as the proposal stream passes
@@ -1126,8 +1170,11 @@ pub async fn run(
     let genesis = read_genesis(&top.join(GENESIS_FILE))?;
     let keys = load_keys(top, cfg.seed)?;
 
+    // One port per node's HTTP, then the leader's libp2p port.
+    let mut ports = free_ports(cfg.replicas + 1)?;
+    let leader_p2p_port = ports.pop().expect("replicas + 1 ports");
     let mut nodes = vec![];
-    for i in 0..cfg.replicas {
+    for (i, port) in ports.into_iter().enumerate() {
         let name = if i == 0 {
             "leader".to_string()
         } else {
@@ -1136,7 +1183,7 @@ pub async fn run(
         nodes.push(Node {
             dir: top.join(&name),
             log: logs.join(format!("{name}.log")),
-            http: format!("127.0.0.1:{}", free_port()?),
+            http: format!("127.0.0.1:{port}"),
             name,
             leader: i == 0,
             child: None,
@@ -1149,7 +1196,7 @@ pub async fn run(
     let cluster: Shared = Arc::new(Mutex::new(Cluster {
         exe: exe.clone(),
         nodes,
-        leader_p2p: format!("/ip4/127.0.0.1/tcp/{}", free_port()?),
+        leader_p2p: format!("/ip4/127.0.0.1/tcp/{leader_p2p_port}"),
         t0,
         closed: false,
     }));
@@ -1263,6 +1310,14 @@ pub async fn run(
         }
     }
 
+    // One forged proposal after the last kill: the leader keeps its
+    // attention memory on a timer and at a clean stop, so what it saw of the
+    // forgeries before a kill -9 may be gone, and the digest below must show
+    // that the node's own scorer sees forged signatures.
+    if !load.calm {
+        forge_after_the_kills(&load).await?;
+    }
+
     // Catch-up: every follower at the leader's index and root hash.
     let clients_http: Vec<(String, Client, bool)> = {
         let c = lock(&cluster);
@@ -1320,7 +1375,7 @@ pub async fn run(
     // The leader's attention digest (band watch and above) goes in the
     // report: what the node's own scorer made of the kills and the faults.
     let attention: Vec<serde_json::Value> = match tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         Client::new(&leader_url).attention(None),
     )
     .await
@@ -1330,7 +1385,17 @@ pub async fn run(
             .into_iter()
             .filter_map(|i| serde_json::to_value(i).ok())
             .collect(),
-        _ => vec![],
+        // An empty digest would read as "the scorer saw nothing".
+        Ok(Err(e)) => {
+            load.violation(format!(
+                "the leader's attention digest could not be read: {e}"
+            ));
+            vec![]
+        }
+        Err(_) => {
+            load.violation("the leader did not answer GET /attention within 30 s".to_string());
+            vec![]
+        }
     };
 
     // Stop every node (SIGINT: a clean shutdown), SIGKILL past the limit.

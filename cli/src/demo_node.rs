@@ -371,6 +371,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                         // The leader's certificate moved HEAD first: take it from
                         // the leader's log (loop top) and plan again.
                         Err(ClientError::Refused { status: 409, body }) if elect_by_agents && body.error == "stale_hash" => {}
+                        // Retried past the HLC offset (a busy node answered
+                        // 429 for seconds): refused, so not committed (a
+                        // repeat of a committed one gets its original 202).
+                        // Plan it again with a fresh HLC.
+                        Err(ClientError::Refused { status: 409, body }) if body.error == "hlc_order" && body.message.contains("behind the leader's clock") => {}
                         Err(e) => bail!("{} on {p}: {e}", prop.transition),
                     },
                 }

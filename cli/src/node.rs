@@ -18,8 +18,45 @@ use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
 pub const GENESIS_FILE: &str = "genesis.json";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7700";
 
+/// Largest key or age identity file read (either is one line of text).
+pub const KEY_FILE_BYTES_MAX: usize = 4 * 1024;
+/// Largest genesis document read: 256 roster entries and 256 policy rules
+/// of bounded text fit well inside it.
+pub const GENESIS_FILE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A regular file's bytes, refused when it is larger than `max`: `/dev/zero`,
+/// a FIFO or a multi-gigabyte file given by mistake must not hang the
+/// command or exhaust its memory.
+pub fn read_capped(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO for reading blocks.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the {max}-byte limit for this file"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_capped_text(path: &Path, max: usize) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 pub fn read_key(path: &Path) -> Result<SigningKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_capped_text(path, KEY_FILE_BYTES_MAX).map_err(|e| {
         // Only a missing key calls for a new one: a new key for an existing
         // node is not the key genesis names.
         let what = match e.kind() {
@@ -66,7 +103,7 @@ pub fn new_key() -> SigningKey {
 }
 
 pub fn read_genesis(path: &Path) -> Result<Genesis> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+    let text = read_capped_text(path, GENESIS_FILE_BYTES_MAX).with_context(|| {
         format!(
             "cannot read {}: run `swoosh init --dir <dir>` to create a cluster",
             path.display()
@@ -471,7 +508,12 @@ pub struct ProposeArgs {
 pub async fn propose(a: ProposeArgs) -> Result<()> {
     let client = Client::new(&a.to);
     let reply = if let Some(f) = &a.file {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let bytes = read_capped(f, swoosh_net::api::BODY_BYTES_MAX).with_context(|| {
+            format!(
+                "cannot read {} (a signed proposal, at most the API's body limit)",
+                f.display()
+            )
+        })?;
         let p = swoosh_net::http::parse_proposal(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
         client.submit_retrying(&p).await.map(|(r, _)| r)
@@ -481,7 +523,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
         };
         let key = read_key(k)?;
         let text = match a.inputs.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
+            Some(path) => read_capped_text(Path::new(path), swoosh_net::api::BODY_BYTES_MAX)
                 .with_context(|| format!("cannot read inputs file {path}"))?,
             None => a.inputs.clone(),
         };

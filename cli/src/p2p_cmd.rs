@@ -131,12 +131,14 @@ pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
 }
 
 pub(crate) fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIdentity> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
+    let text = crate::node::read_capped_text(path, crate::node::KEY_FILE_BYTES_MAX).with_context(
+        || {
+            format!(
             "cannot read the age identity {}: run `swoosh p2p enroll --dir <cluster dir>` first",
             path.display()
         )
-    })?;
+        },
+    )?;
     envelope::parse_identity(&text).with_context(|| format!("{}", path.display()))
 }
 

@@ -215,7 +215,7 @@ pub enum StoreError {
     KeyTooLarge { space: Space, len: usize },
     #[error("a {space} value of {len} bytes is larger than the {VALUE_BYTES_MAX} bytes a value may have")]
     ValueTooLarge { space: Space, len: usize },
-    #[error("the {space} space of {location} holds the key {key} ({len} bytes, hex) where an 8-byte big-endian index belongs: the store is damaged (a stray write). `swoosh wal repair --dir <node dir, which holds {location}> --keep-copy <new file> --yes` removes it after copying it to that file (without --yes it shows what it would do); with more than {MALFORMED_KEYS_MAX} such keys, restore the store from a backup")]
+    #[error("the {space} space of {location} holds the key {key} ({len} bytes, hex) where an 8-byte big-endian index below 2^64-1 belongs: the store is damaged (a stray write). `swoosh wal repair --dir <node dir, which holds {location}> --keep-copy <new file> --yes` removes it after copying it to that file (without --yes it shows what it would do); with more than {MALFORMED_KEYS_MAX} such keys, restore the store from a backup")]
     BadIndexKey {
         location: String,
         space: Space,
@@ -259,10 +259,20 @@ pub fn index_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
 
-/// The index of a big-endian `u64` key, `None` unless exactly 8 bytes.
+/// The index of a big-endian `u64` key, `None` unless exactly 8 bytes and
+/// below [`INDEX_MAX`] + 1. A key of `u64::MAX` is damage like a key of the
+/// wrong length (no log reaches it): taken as an index, every "next index"
+/// after it would overflow, and `wal repair` would loop over the log.
 pub fn key_index(k: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+    <[u8; 8]>::try_from(k)
+        .ok()
+        .map(u64::from_be_bytes)
+        .filter(|i| *i <= INDEX_MAX)
 }
+
+/// The largest WAL or snapshot index a store holds: one below `u64::MAX`, so
+/// that `index + 1` always exists.
+pub const INDEX_MAX: u64 = u64::MAX - 1;
 
 /// The `meta` key of the WAL base: `"<index> <hash>"` (decimal index, one
 /// space, the hash's `blake3:<64 hex>` text), e.g. `"1200 blake3:ab…"`.
@@ -283,7 +293,7 @@ pub fn decode_wal_base(v: &[u8]) -> Option<(u64, swoosh_core::Hash)> {
     }
     let index: u64 = i.parse().ok()?;
     let hash = h.parse().ok()?;
-    (index >= 1).then_some((index, hash))
+    (1..=INDEX_MAX).contains(&index).then_some((index, hash))
 }
 
 /// The base index a stored `wal_base` value names (0 when absent), as the

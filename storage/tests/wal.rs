@@ -1310,6 +1310,32 @@ fn lmdb_malformed_wal_keys_are_named_and_repaired() {
     assert_same_node(&rec.node, pure.node(), "continued after the repair");
 }
 
+/// A WAL key of `u64::MAX` is damage like a key of the wrong length: taken
+/// as an index, `repair`'s copy loop wrapped to index 0 and copied the log
+/// into the side file until the disk filled (release) or panicked (debug).
+#[test]
+fn lmdb_a_wal_key_of_u64_max_is_malformed_and_repair_ends() {
+    let mut h = common::lmdb();
+    let mut st = stream();
+    let gh = st.node().genesis_hash;
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 6, 3);
+    let mut s = w.into_store();
+    s.overwrite_raw(Space::Wal, &index_key(u64::MAX), b"x")
+        .unwrap();
+    let mut s = h.crash_and_reopen(s);
+    let e = s.last_index().unwrap_err();
+    assert!(matches!(&e, StoreError::BadIndexKey { len: 8, .. }), "{e}");
+    let side = h.scratch().join("cut.bin");
+    let r = repair(&mut s, gh, &side, &mut |_| {}).unwrap();
+    assert_eq!(
+        (r.last_good, r.cut_records, r.removed_malformed.len()),
+        (6, 0, 1)
+    );
+    assert_eq!(s.last_index().unwrap(), 6);
+    assert_eq!(recover(&s, st.genesis()).unwrap().node.index, 6);
+}
+
 // ---- model-based: the pure reducer vs WAL + recovery ---------------------
 
 #[derive(Clone, Copy, Debug)]

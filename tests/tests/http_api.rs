@@ -360,6 +360,10 @@ async fn concurrent_clients_over_many_projects_match_the_pure_replay() {
                             ))
                             .await
                         }
+                        // Built, then retried past the HLC offset on a
+                        // stalled machine: not committed; plan it again.
+                        Err(ClientError::Refused { status: 409, body })
+                            if body.error == "hlc_order" => {}
                         Err(e) => panic!("{p}: {e}"),
                     },
                 }
