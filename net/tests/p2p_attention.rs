@@ -32,7 +32,7 @@ use swoosh_storage::{
 };
 
 /// Only turns a hang into a failure.
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn store(dirs: &mut Vec<tempfile::TempDir>) -> LmdbStore {
     let d = tempfile::tempdir().unwrap();
@@ -253,7 +253,8 @@ async fn a_stopped_follower_is_a_partition_healed_by_its_restart() {
     )
     .await
     .unwrap();
-    assert_eq!(f.applied_index(), 40, "restarted from its own WAL");
+    // Once spawned, it may fetch the leader's tail at once.
+    assert!(f.applied_index() >= 40, "restarted from its own WAL");
     let v = c
         .until("reconnected, gapped and caught up", |v| {
             count(v, EventKind::PartitionHealed) == 1

@@ -16,7 +16,7 @@ use swoosh_net::proto::wire::{self, BatchHeader, Gossip, WalBatch, WAL_BATCH_DOM
 use swoosh_storage::testkit::{stream_genesis, Stream};
 use swoosh_storage::{BatchLimits, Durability, Entry, LmdbOptions, LmdbStore, WalWriter};
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(60);
 
 struct Cluster {
     genesis: Genesis,
@@ -183,9 +183,16 @@ async fn p2p_leader_and_two_followers_tail_to_the_same_root() {
             want,
             "the lock-free copy agrees"
         );
-        assert!(s.decrypted > 0, "gossip was decrypted");
         assert!(s.halted_reason.is_none());
     }
+    // A follower may have caught up by range requests alone; the leader's
+    // head, gossiped every HEAD_EVERY_MS, reaches it in time.
+    wait_for("both followers decrypting gossip", || {
+        [&f1, &f2]
+            .iter()
+            .all(|f| f.shared.lock().unwrap().decrypted > 0)
+    })
+    .await;
     assert!(leader.snapshot().stats.batches_published > 0);
     // The followers report their position; the leader's view shows them
     // connected and caught up.
@@ -263,14 +270,27 @@ async fn p2p_leader_restart_followers_resume() {
     })
     .await;
     // Same identity, same address: the followers redial it and catch up.
-    let leader = swoosh_net::p2p::leader::spawn_leader(
-        c.writer.store().clone(),
-        c.leader_key.clone(),
-        c.genesis.clone(),
-        addr,
-    )
-    .await
-    .unwrap();
+    let t0 = Instant::now();
+    let leader = loop {
+        // The old listener's port may take a moment to be free.
+        match swoosh_net::p2p::leader::spawn_leader(
+            c.writer.store().clone(),
+            c.leader_key.clone(),
+            c.genesis.clone(),
+            addr.clone(),
+        )
+        .await
+        {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < WAIT,
+                    "cannot restart the leader on {addr}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     c.commit(50);
     let want = c.stream.node().index;
     assert_eq!(want, 150);
@@ -461,10 +481,15 @@ async fn p2p_follower_restart_resumes_from_its_own_wal() {
     // Dropping joins the worker, so the store is free to open at once.
     drop(f);
     c.commit(60);
+    // What a restart recovers from its own WAL, checked before the restart:
+    // once spawned, the follower may fetch the leader's tail at once.
+    let st = MemStore::open("f", &disk, Durability::Sync);
+    assert_eq!(swoosh_storage::recover(&st, &g).unwrap().node.index, 40);
+    drop(st);
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
         .await
         .unwrap();
-    assert_eq!(f.applied_index(), 40, "recovered from its own WAL");
+    assert!(f.applied_index() >= 40, "recovered from its own WAL");
     wait_for("the restarted follower at 100", || f.applied_index() == 100).await;
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
 }
@@ -567,7 +592,8 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
         .await
         .unwrap();
-    assert_eq!(f.applied_index(), 150, "recovered from its own store");
+    // Recovery was checked above; once spawned it may already follow on.
+    assert!(f.applied_index() >= 150, "recovered from its own store");
     wait_for("the restarted follower at 170", || {
         f.shared.lock().unwrap().persisted_index() == 170
     })

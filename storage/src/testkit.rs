@@ -62,6 +62,22 @@ impl Stream {
         }
     }
 
+    /// [`Stream::new`] with its genesis (and so its clock) starting at
+    /// `origin_ms` instead of [`STREAM_ORIGIN_MS`]. For tests whose nodes
+    /// judge the stream's proposals at the real clock: the stream's license
+    /// runs a year from its origin, so a fixed origin expires in the tests.
+    pub fn with_origin(label: &str, projects: usize, verify: Verify, origin_ms: u64) -> Stream {
+        let g = genesis(&keys(label), STREAM_CLUSTER_ID, origin_ms);
+        let node = NodeState::new(g.clone()).expect("the test genesis is valid");
+        Stream {
+            keys: keys(label),
+            genesis: g,
+            projects: project_ids(projects),
+            node,
+            verify,
+        }
+    }
+
     /// Continue the stream from `node` (e.g. a recovered node).
     pub fn resume(label: &str, projects: usize, node: NodeState, verify: Verify) -> Stream {
         Stream {
@@ -86,11 +102,8 @@ impl Stream {
     pub fn next_accepted(&mut self) -> Accepted {
         let driver = Driver::new(&self.keys, u64::MAX);
         let n = self.projects.len();
-        let mut now = self
-            .node
-            .hlc
-            .map_or(STREAM_ORIGIN_MS, |h| h.wall_ms.max(STREAM_ORIGIN_MS))
-            + 1;
+        let origin = self.genesis.backbeat.origin_ms;
+        let mut now = self.node.hlc.map_or(origin, |h| h.wall_ms.max(origin)) + 1;
         for _ in 0..STREAM_WAITS_MAX {
             let start = (self.node.index as usize) % n;
             let mut wait = u64::MAX;
