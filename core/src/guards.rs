@@ -197,6 +197,28 @@ fn breaches<'a>(
         .collect()
 }
 
+/// Most bytes of breach reasons one proposal may give (admission only). A
+/// breach writes one reason per (finding, matching rule) pair, with the
+/// rule's whole rationale, into the decision record, the event and
+/// `policy.rationale`; up to `LIST_ITEMS_MAX` findings against
+/// `POLICY_RULES_MAX` rules would otherwise make a record far above the
+/// WAL's record size limit. 16 KiB holds about 200 reasons of a typical
+/// rule (an 80-byte reason) and leaves the record well inside that limit.
+pub const BREACH_REASONS_BYTES_MAX: usize = 16 * 1024;
+
+/// The bytes `reasons` take joined by "; " (as `policy.rationale` holds them).
+fn joined_bytes(reasons: &[String]) -> usize {
+    let text: usize = reasons.iter().map(String::len).sum();
+    text + 2 * reasons.len().saturating_sub(1)
+}
+
+/// Why `matches` breach reasons of `bytes` bytes are too many (at admission).
+fn breach_budget(matches: usize, findings: usize, rules: usize, bytes: usize) -> String {
+    format!(
+        "{findings} findings against {rules} policy rules give {matches} (finding, rule) matches and {bytes} bytes of breach reasons; at most {BREACH_REASONS_BYTES_MAX} are allowed in one record: send fewer findings, each once (one breaching finding is enough to quarantine the project), or ask an admin to shorten the matching rules' rationale (Policy_Update)"
+    )
+}
+
 pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
     let b = breaches(&g.state.policy.rules, findings);
     if b.is_empty() {
@@ -210,16 +232,35 @@ pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
             )],
         )
     } else {
-        outcome(
-            "policy",
-            false,
-            b.iter()
-                .map(|(f, r)| format!(
-                    "finding '{}' ({}) breaches policy rule '{}': {}; propose Ingestion_PolicyViolation to quarantine the project",
-                    f.code, f.detail, r.id, r.rationale
-                ))
-                .collect(),
-        )
+        let mut reasons: Vec<String> = b
+            .iter()
+            .map(|(f, r)| format!(
+                "finding '{}' ({}) breaches policy rule '{}': {}; propose Ingestion_PolicyViolation to quarantine the project",
+                f.code, f.detail, r.id, r.rationale
+            ))
+            .collect();
+        // At admission only: a refusal's reasons within the same budget as
+        // an accepted breach's (the first of them, then a summary).
+        let bytes = joined_bytes(&reasons);
+        if g.admission && bytes > BREACH_REASONS_BYTES_MAX {
+            let mut kept = 0;
+            let mut used = 0;
+            for r in &reasons {
+                if used + r.len() + 2 > BREACH_REASONS_BYTES_MAX / 2 {
+                    break;
+                }
+                used += r.len() + 2;
+                kept += 1;
+            }
+            reasons.truncate(kept);
+            let rules = g.state.policy.rules.len();
+            reasons.push(format!(
+                "{} more breaches left out; {}",
+                b.len() - kept,
+                breach_budget(b.len(), findings.len(), rules, bytes)
+            ));
+        }
+        outcome("policy", false, reasons)
     }
 }
 
@@ -326,18 +367,27 @@ pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
             vec!["none of the findings breaches a policy rule, so there is nothing to quarantine; propose Ingestion_SchemaOk, or ask an admin for Policy_Quarantine".into()],
         )
     } else {
-        outcome(
-            "policy_breach",
-            true,
-            b.iter()
-                .map(|(f, r)| {
-                    format!(
-                        "finding '{}' breaches rule '{}': {}",
-                        f.code, r.id, r.rationale
-                    )
-                })
-                .collect(),
-        )
+        let reasons: Vec<String> = b
+            .iter()
+            .map(|(f, r)| {
+                format!(
+                    "finding '{}' breaches rule '{}': {}",
+                    f.code, r.id, r.rationale
+                )
+            })
+            .collect();
+        // At admission only (`Judged`): logs an earlier build wrote may
+        // hold larger breaches, and replay as they were accepted.
+        let bytes = joined_bytes(&reasons);
+        if g.admission && bytes > BREACH_REASONS_BYTES_MAX {
+            let rules = g.state.policy.rules.len();
+            return outcome(
+                "policy_breach",
+                false,
+                vec![breach_budget(b.len(), findings.len(), rules, bytes)],
+            );
+        }
+        outcome("policy_breach", true, reasons)
     }
 }
 

@@ -34,6 +34,13 @@ pub const EXECUTION_EVIDENCE_MAX: usize = 256;
 /// second), and still admits the schemes index builders use for a first
 /// version: counters, dates (`20260101`, `2026010112`) and Unix seconds.
 pub const CORPUS_VERSION_STEP_MAX: u64 = 1 << 32;
+/// Largest canonical encoding of a WAL record (the storage crate's
+/// `WAL_RECORD_BYTES_MAX` is this constant).
+pub const RECORD_BYTES_MAX: usize = 1 << 20;
+/// Largest canonical encoding of a decision record admitted: the store
+/// bounds the signed document around it at 1 MiB (`DECISION_BYTES_MAX`)
+/// and the signature envelope takes the rest.
+pub const DECISION_RECORD_BYTES_MAX: usize = (1 << 20) - 4096;
 
 /// What the leader hands the reducer alongside a proposal.
 #[derive(Clone, Copy, Debug)]
@@ -210,24 +217,7 @@ pub fn step_recalled(
     recalled: Option<&IdemEntry>,
 ) -> Step {
     match evaluate(node, p, ctx, None, recalled, Judged::Admission) {
-        Err(r) => {
-            let kind = match r.kind {
-                RejectKind::StaleHash => "stale_hash",
-                RejectKind::IdemConflict => "idem_conflict",
-                RejectKind::BadSignature | RejectKind::UnknownSigner => "auth_failure",
-                _ => "rejected",
-            };
-            let ev = event(kind, p, Some(&r.guard), r.reasons.join("; "));
-            Step {
-                effects: vec![
-                    Effect::Reply {
-                        status: r.kind.http_status(),
-                    },
-                    Effect::Emit(ev),
-                ],
-                outcome: Outcome::Rejected(r),
-            }
-        }
+        Err(r) => rejected(p, r),
         Ok(Eval::Duplicate(e)) => {
             let ev = event("duplicate", p, None, format!("repeat of index {}", e.index));
             Step {
@@ -236,6 +226,26 @@ pub fn step_recalled(
             }
         }
         Ok(Eval::Apply(plan)) => commit(node, p, ctx, *plan),
+    }
+}
+
+/// The step of a refused proposal: its reply and its operational event.
+fn rejected(p: &Proposal, r: Rejection) -> Step {
+    let kind = match r.kind {
+        RejectKind::StaleHash => "stale_hash",
+        RejectKind::IdemConflict => "idem_conflict",
+        RejectKind::BadSignature | RejectKind::UnknownSigner => "auth_failure",
+        _ => "rejected",
+    };
+    let ev = event(kind, p, Some(&r.guard), r.reasons.join("; "));
+    Step {
+        effects: vec![
+            Effect::Reply {
+                status: r.kind.http_status(),
+            },
+            Effect::Emit(ev),
+        ],
+        outcome: Outcome::Rejected(r),
     }
 }
 
@@ -302,9 +312,17 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// denies in another case (`guards::policy_sources`); a probe list naming a
 /// tool twice, or a probe older than the one recorded for its tool
 /// (`Council_McpGreen`, `Council_ToolingLost`); an index version more than
-/// `CORPUS_VERSION_STEP_MAX` above the last (`Ingestion_CorpusBuilt`); and
+/// `CORPUS_VERSION_STEP_MAX` above the last (`Ingestion_CorpusBuilt`);
 /// `Execution_Submit` while the council holds no quorum certificate or is
-/// not READY (`guards::approvals`).
+/// not READY (`guards::approvals`); a candidate list naming a signer twice
+/// (`Council_ProfilesLoaded`); a policy rule beyond
+/// `state::validate_policy_rule`'s bounds (`Policy_Update`); a findings
+/// list holding one finding twice (`Ingestion_SchemaOk`,
+/// `Ingestion_PolicyViolation`); and breach reasons above
+/// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`). A record
+/// or decision record above `RECORD_BYTES_MAX` / `DECISION_RECORD_BYTES_MAX`
+/// is refused by the live step only (`commit`; the store bounds what replay
+/// reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Judged {
     Admission,
@@ -717,6 +735,29 @@ fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// At admission only (see `Judged`): a findings list names each finding
+/// (code and detail) once. A repeat adds nothing a worker could mean, and
+/// each copy would repeat every breach reason it gives.
+fn check_findings_once(g: &GuardCtx, findings: &[Finding]) -> Result<(), Rejection> {
+    if !g.admission {
+        return Ok(());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in findings {
+        if !seen.insert(f) {
+            return Err(field_err(
+                "findings",
+                format!(
+                    "inputs.findings holds the finding {{code: {:?}, detail: {:?}}} twice: send each finding once",
+                    crate::hash::truncate(&f.code),
+                    crate::hash::truncate(&f.detail)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn guard_check(outcomes: &mut Vec<GuardOutcome>, o: GuardOutcome) -> Result<(), Rejection> {
     guard_check_retry(outcomes, o, None)
 }
@@ -946,6 +987,7 @@ fn transition(
         "Ingestion_SchemaOk" => {
             let i: InSchema = inputs(p)?;
             check_list("findings", &i.findings)?;
+            check_findings_once(g, &i.findings)?;
             lic(out)?;
             guard_check(out, guards::policy_findings(g, &i.findings))?;
             post.ingestion.schema_hash = Some(i.schema_hash);
@@ -954,6 +996,7 @@ fn transition(
         "Ingestion_PolicyViolation" => {
             let i: InFindings = inputs(p)?;
             check_list("findings", &i.findings)?;
+            check_findings_once(g, &i.findings)?;
             let o = guards::policy_breach(g, &i.findings);
             let rationale = o.reasons.join("; ");
             guard_check(out, o)?;
@@ -1015,6 +1058,21 @@ fn transition(
                     return Err(field_err(
                         "candidates",
                         format!("candidate {c} is not a council member of the roster"),
+                    ));
+                }
+            }
+            // At admission only (see `Judged`): the threshold below counts
+            // entries, and the state keeps the distinct ones, so a repeat
+            // would pass it with too few candidates for any election.
+            if g.admission {
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(c) = i.candidates.iter().find(|c| !seen.insert(*c)) {
+                    let n = i.candidates.iter().filter(|x| *x == c).count();
+                    return Err(field_err(
+                        "candidates",
+                        format!(
+                            "inputs.candidates names {c} {n} times: list each council member once"
+                        ),
                     ));
                 }
             }
@@ -1276,6 +1334,21 @@ fn transition(
         }
         "Policy_Update" => {
             let i: InRules = inputs(p)?;
+            // At admission only (see `Judged`): rules installed by earlier
+            // builds stay in force and replay as they were accepted.
+            if g.admission {
+                for (n, r) in i.rules.iter().enumerate() {
+                    crate::state::validate_policy_rule(r).map_err(|why| {
+                        field_err(
+                            "rules",
+                            format!(
+                                "inputs.rules[{n}] (rule {:?}): {why}",
+                                crate::hash::truncate(&r.id)
+                            ),
+                        )
+                    })?;
+                }
+            }
             guard_check(out, guards::policy_update(g, &i.rules))?;
             if g.state.policy.phase == "QUARANTINED" {
                 // The new rules lift the quarantine (to CLEAR) as a release
@@ -1313,6 +1386,13 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
         idem,
         effects,
     } = b;
+    // Checked here, at admission, before anything is installed: the WAL
+    // writer refuses an oversized record, and then the whole group commit
+    // around it failed (every proposal in it answered 503, the sequencer
+    // and the WAL writer restarted) for a proposal that was never admissible.
+    if let Some(r) = oversized(&acc) {
+        return rejected(p, r);
+    }
     let at = (
         acc.record.index,
         acc.record_hash,
@@ -1323,6 +1403,32 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
         outcome: Outcome::Accepted(Box::new(acc)),
         effects,
     }
+}
+
+/// Why an accepted record cannot be stored: its record or decision record
+/// encodes past the named limits. Admission only (replay reads records the
+/// store already bounded).
+fn oversized(acc: &Accepted) -> Option<Rejection> {
+    oversized_at(acc, RECORD_BYTES_MAX, DECISION_RECORD_BYTES_MAX)
+}
+
+fn oversized_at(acc: &Accepted, record_max: usize, decision_max: usize) -> Option<Rejection> {
+    let record = acc.record_bytes.as_ref().map_or(0, Vec::len);
+    let decision = acc.decision_bytes.as_ref().map_or(0, Vec::len);
+    let what = if record > record_max {
+        format!("its WAL record would be {record} bytes; at most {record_max} are allowed")
+    } else if decision > decision_max {
+        format!("its decision record would be {decision} bytes; at most {decision_max} are allowed")
+    } else {
+        return None;
+    };
+    Some(reject(
+        RejectKind::Guard,
+        "record_size",
+        vec![format!(
+            "{what}: shrink the proposal's inputs or evidence (guard reasons repeat policy text: fewer findings, or shorter rule rationales)"
+        )],
+    ))
 }
 
 /// Advance the node past an accepted record. `fresh` is the memo of a
@@ -1907,6 +2013,7 @@ mod tests {
 
     use crate::facts::{LicenseBody, LicenseToken, ProbeBody, VoteBody};
     use crate::proposal::ProposalBuilder;
+    use crate::state::POLICY_DENY_CODES_MAX;
     use ed25519_dalek::SigningKey;
     use serde_json::{json, Value as Json};
     use std::cell::Cell;
@@ -2237,6 +2344,195 @@ mod tests {
         assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
     }
 
+    #[test]
+    fn a_candidate_list_names_each_signer_once_at_admission() {
+        let mut fx = Fx::new("cands");
+        fx.drive(|s| s.meta.phase == "PROJECT_LIFECYCLE");
+        assert_eq!(fx.st().council.phase, "PLAN_ROLES");
+        assert_eq!(fx.st().council.quorum_threshold, 2);
+        let c0 = SignerId::from_signing_key(&fx.keys.council[0]);
+        let c1 = SignerId::from_signing_key(&fx.keys.council[1]);
+        let loaded = |fx: &Fx, c: Vec<&SignerId>| {
+            fx.p(
+                "Council_ProfilesLoaded",
+                json!({ "roles": [], "candidates": c, "tools": {} }),
+                &fx.keys.leader,
+            )
+        };
+        // Three entries pass the threshold of 2, but name one candidate:
+        // no council could ever be elected from it.
+        let p = loaded(&fx, vec![&c0, &c0, &c0]);
+        let r = fx.admitted_only(&p, "inputs.candidates");
+        assert_eq!(
+            r.reasons,
+            [format!(
+                "inputs.candidates names {c0} 3 times: list each council member once"
+            )]
+        );
+        let p = loaded(&fx, vec![&c1, &c0, &c1]);
+        let r = fx.admitted_only(&p, "inputs.candidates");
+        assert!(says(&r, &format!("names {c1} 2 times")), "{r:#?}");
+        let p = loaded(&fx, vec![&c1, &c0]);
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+    }
+
+    #[test]
+    fn policy_rule_text_is_bounded_at_admission() {
+        let mut fx = Fx::new("rules");
+        fx.drive(|s| s.meta.phase == "PROJECT_LIFECYCLE");
+        let long = "x".repeat(TEXT_BYTES_MAX + 1);
+        let most = "x".repeat(TEXT_BYTES_MAX);
+        let update = |fx: &Fx, rule: Json| {
+            let ok = json!({ "id": "ok", "deny_codes": ["secret_leak"], "rationale": "fine" });
+            fx.p(
+                "Policy_Update",
+                json!({ "rules": [ok, rule] }),
+                &fx.keys.admin,
+            )
+        };
+        let codes = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        let cut = crate::hash::truncate(&long);
+        for (rule, why) in [
+            (
+                json!({ "id": long, "deny_codes": [], "rationale": "r" }),
+                format!("inputs.rules[1] (rule {cut:?}): its id is 1025 bytes; at most 1024 are allowed: shorten it"),
+            ),
+            (
+                json!({ "id": "r", "deny_codes": [], "rationale": long }),
+                "inputs.rules[1] (rule \"r\"): its rationale is 1025 bytes; at most 1024 are allowed: shorten it".into(),
+            ),
+            (
+                json!({ "id": "r", "deny_codes": ["a", long], "rationale": "r" }),
+                "inputs.rules[1] (rule \"r\"): its deny_codes[1] is 1025 bytes; at most 1024 are allowed: shorten it".into(),
+            ),
+            (
+                json!({ "id": "r", "deny_codes": codes(POLICY_DENY_CODES_MAX + 1), "rationale": "r" }),
+                "inputs.rules[1] (rule \"r\"): it lists 65 deny codes; at most 64 are allowed: split it into several rules".into(),
+            ),
+        ] {
+            let p = update(&fx, rule);
+            let r = fx.admitted_only(&p, "inputs.rules");
+            assert_eq!(r.reasons, [why]);
+        }
+        let rule = json!({ "id": most, "deny_codes": [most], "rationale": most });
+        assert_eq!(fx.judge(&update(&fx, rule), Judged::Admission), Ok(()));
+        let rule =
+            json!({ "id": "r", "deny_codes": codes(POLICY_DENY_CODES_MAX), "rationale": "r" });
+        assert_eq!(fx.judge(&update(&fx, rule), Judged::Admission), Ok(()));
+    }
+
+    #[test]
+    fn a_findings_list_names_each_finding_once_at_admission() {
+        let mut fx = Fx::new("findings");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let leak = json!({ "code": "secret_leak", "detail": "" });
+        // The audit's record: one finding 256 times, one reason each.
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": vec![leak.clone(); LIST_ITEMS_MAX] }),
+            &fx.keys.worker,
+        );
+        let r = fx.admitted_only(&p, "inputs.findings");
+        assert_eq!(
+            r.reasons,
+            ["inputs.findings holds the finding {code: \"secret_leak\", detail: \"\"} twice: send each finding once"]
+        );
+        let style = json!({ "code": "style", "detail": "tabs" });
+        let p = fx.p(
+            "Ingestion_SchemaOk",
+            json!({ "schema_hash": Hash::of_bytes(b"s"), "findings": [style, { "code": "style", "detail": "long lines" }, style] }),
+            &fx.keys.worker,
+        );
+        let r = fx.admitted_only(&p, "inputs.findings");
+        assert!(
+            says(&r, "{code: \"style\", detail: \"tabs\"} twice"),
+            "{r:#?}"
+        );
+        // One code with other details: distinct findings.
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": [leak, { "code": "secret_leak", "detail": "b" }] }),
+            &fx.keys.worker,
+        );
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+    }
+
+    #[test]
+    fn breach_reasons_are_bounded_at_admission() {
+        let mut fx = Fx::new("breach");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        // Four rules deny secret_leak, each with a long rationale: a
+        // finding gives four reasons of about 1 KiB.
+        let rules: Vec<Json> = (0..4)
+            .map(|i| json!({ "id": format!("r{i}"), "deny_codes": ["secret_leak"], "rationale": "w".repeat(1000) }))
+            .collect();
+        let p = fx.p("Policy_Update", json!({ "rules": rules }), &fx.keys.admin);
+        fx.accept(&p);
+        let leaks = |n: usize| {
+            (0..n)
+                .map(|i| json!({ "code": "secret_leak", "detail": format!("key {i}") }))
+                .collect::<Vec<_>>()
+        };
+        let violation = |fx: &Fx, n: usize| {
+            fx.p(
+                "Ingestion_PolicyViolation",
+                json!({ "findings": leaks(n) }),
+                &fx.keys.worker,
+            )
+        };
+        let r = fx.admitted_only(&violation(&fx, 4), "policy_breach");
+        assert_eq!(r.reasons.len(), 1, "{r:#?}");
+        assert!(
+            says(
+                &r,
+                "4 findings against 4 policy rules give 16 (finding, rule) matches"
+            ) && says(
+                &r,
+                &format!("at most {} are allowed", guards::BREACH_REASONS_BYTES_MAX)
+            ) && says(&r, "send fewer findings, each once")
+                && says(&r, "shorten the matching rules' rationale (Policy_Update)"),
+            "{r:#?}"
+        );
+        // Three findings fit: admitted, and the record holds every reason.
+        let p = violation(&fx, 3);
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+        // The genesis rule: 256 distinct findings are over the budget too.
+        let mut fx = Fx::new("breach-genesis");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let r = fx.admitted_only(&violation(&fx, LIST_ITEMS_MAX), "policy_breach");
+        assert!(
+            says(
+                &r,
+                "256 findings against 1 policy rules give 256 (finding, rule) matches"
+            ),
+            "{r:#?}"
+        );
+        // A breaching Ingestion_SchemaOk is refused either way; at admission
+        // its reasons stay within the budget and say what was left out.
+        let p = fx.p(
+            "Ingestion_SchemaOk",
+            json!({ "schema_hash": Hash::of_bytes(b"s"), "findings": leaks(LIST_ITEMS_MAX) }),
+            &fx.keys.worker,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        assert_eq!(r.guard, "policy");
+        assert!(
+            r.reasons.join("; ").len() <= guards::BREACH_REASONS_BYTES_MAX,
+            "{r:#?}"
+        );
+        let last = r.reasons.last().unwrap();
+        assert!(
+            last.contains("more breaches left out") && last.contains("send fewer findings"),
+            "{last}"
+        );
+        assert!(says(
+            &r,
+            "finding 'secret_leak' (key 0) breaches policy rule 'no-secrets'"
+        ));
+        let replayed = fx.judge(&p, Judged::Replay).unwrap_err();
+        assert_eq!(replayed.reasons.len(), LIST_ITEMS_MAX);
+    }
+
     fn approved(label: &str) -> Fx {
         let mut fx = Fx::new(label);
         fx.drive(|s| s.execution.approvals.len() >= 2);
@@ -2443,5 +2739,41 @@ mod tests {
             r.reasons,
             ["requested 65536 MB memory exceeds the 1024 MB available; wait for capacity or shrink the request"]
         );
+    }
+
+    /// A record or decision record over the store's limits is refused at
+    /// admission, naming its size, instead of failing the WAL writer's group
+    /// commit around it; a step within the limits is unaffected.
+    #[test]
+    fn an_oversized_record_is_refused_at_admission_not_by_the_wal() {
+        let mut fx = Fx::new("oversized");
+        let d = Driver::new(&fx.keys, u64::MAX);
+        let Next::Propose(p) = d.next(&fx.node, P, fx.now) else {
+            panic!("the driver has a first step");
+        };
+        let mut trial = fx.node.clone();
+        let s = step(&mut trial, &p, &fx.ctx());
+        let Outcome::Accepted(acc) = s.outcome else {
+            panic!("{:?}", s.outcome)
+        };
+        let record = acc.record_bytes.as_ref().unwrap().len();
+        let decision = acc.decision_bytes.as_ref().unwrap().len();
+        assert!(oversized(&acc).is_none());
+        let r = oversized_at(&acc, record - 1, usize::MAX).expect("record over");
+        assert_eq!(
+            (r.kind, r.guard.as_str()),
+            (RejectKind::Guard, "record_size")
+        );
+        assert!(
+            r.reasons[0].contains(&format!("WAL record would be {record} bytes")),
+            "{r:?}"
+        );
+        let r = oversized_at(&acc, usize::MAX, decision - 1).expect("decision over");
+        assert!(
+            r.reasons[0].contains(&format!("decision record would be {decision} bytes")),
+            "{r:?}"
+        );
+        // The live step still accepts it.
+        fx.accept(&p);
     }
 }

@@ -11,6 +11,7 @@ use crate::cbor::CanonicalError;
 use crate::facts::{Check, Finding, Pins, PolicyRule, Resources, RosterEntry};
 use crate::hash::{hash_of, Hash};
 use crate::hlc::Hlc;
+use crate::reducer::TEXT_BYTES_MAX;
 use crate::sig::SignerId;
 use crate::statechart::{schema_hash, Region, Role, MACHINE_VERSION};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,12 @@ pub const PROJECT_ID_BYTES_MAX: usize = 64;
 pub const DEFAULT_PROJECT: &str = "default";
 pub const ROSTER_ENTRIES_MAX: usize = 256;
 pub const POLICY_RULES_MAX: usize = 256;
+/// Most deny codes one policy rule may list. A rule names the finding codes
+/// (and `source:<scheme>` codes) of one concern; 64 is far more than any
+/// such list, and with `POLICY_RULES_MAX` rules of at most
+/// `TEXT_BYTES_MAX`-byte codes keeps a rule set a bounded size. Checked
+/// for new rules only (`Policy_Update` at admission, a new genesis).
+pub const POLICY_DENY_CODES_MAX: usize = 64;
 pub const FOLLOWERS_MAX: usize = 64;
 /// Longest `probe_max_age_ms` a genesis may set: one day. A probe says
 /// whether a tool answers now; one older than a day says nothing about
@@ -78,6 +85,13 @@ pub enum GenesisError {
     Schedule(#[from] ScheduleError),
     #[error("genesis has {0} policy rules; at most {POLICY_RULES_MAX} are allowed")]
     TooManyRules(usize),
+    #[error("genesis policy rule {index} ({id:?}): {why}")]
+    PolicyRule {
+        index: usize,
+        /// The rule's id, cut to 80 bytes (it may be the field at fault).
+        id: String,
+        why: PolicyRuleError,
+    },
     #[error("genesis has {0} followers; at most {FOLLOWERS_MAX} are allowed")]
     TooManyFollowers(usize),
     #[error("genesis hlc_max_offset_ms must be between 1 and 3600000")]
@@ -137,7 +151,8 @@ impl Genesis {
 
     /// [`Self::validate`] and the checks only a new genesis must pass (made
     /// by `swoosh init`, the demo, enroll, a bench): a probe age of 1 ms to
-    /// a day and the schedule's [`Schedule::validate_new`]. Every recovery
+    /// a day, the schedule's [`Schedule::validate_new`] and policy rules
+    /// within [`validate_policy_rule`]'s bounds. Every recovery
     /// validates the stored genesis with `validate`, so a cluster whose
     /// genesis an earlier build accepted still starts.
     pub fn validate_new(&self) -> Result<(), GenesisError> {
@@ -146,12 +161,58 @@ impl Genesis {
         if self.probe_max_age_ms == 0 || self.probe_max_age_ms > PROBE_MAX_AGE_MS_MAX {
             return Err(GenesisError::ProbeMaxAge(self.probe_max_age_ms));
         }
+        for (index, r) in self.policy_rules.iter().enumerate() {
+            validate_policy_rule(r).map_err(|why| GenesisError::PolicyRule {
+                index,
+                id: crate::hash::truncate(&r.id),
+                why,
+            })?;
+        }
         Ok(())
     }
 
     pub fn hash(&self) -> Result<Hash, CanonicalError> {
         hash_of(self)
     }
+}
+
+/// Why a new policy rule is refused (`Policy_Update` at admission, a new
+/// genesis). The field is named as in the rule (`id`, `rationale`,
+/// `deny_codes[i]`).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyRuleError {
+    #[error("its {field} is {len} bytes; at most {TEXT_BYTES_MAX} are allowed: shorten it")]
+    TextTooLong { field: String, len: usize },
+    #[error("it lists {0} deny codes; at most {POLICY_DENY_CODES_MAX} are allowed: split it into several rules")]
+    TooManyDenyCodes(usize),
+}
+
+/// The bounds a new policy rule must keep: an id, a rationale and deny
+/// codes of at most `TEXT_BYTES_MAX` bytes each, and at most
+/// `POLICY_DENY_CODES_MAX` deny codes. The rationale is copied into every
+/// breach reason the rule gives, so an unbounded one would make records of
+/// unbounded size. Not checked in replay or on a stored genesis: rules an
+/// earlier build accepted stay in force.
+pub fn validate_policy_rule(r: &PolicyRule) -> Result<(), PolicyRuleError> {
+    if r.deny_codes.len() > POLICY_DENY_CODES_MAX {
+        return Err(PolicyRuleError::TooManyDenyCodes(r.deny_codes.len()));
+    }
+    let long = |field: String, s: &str| {
+        if s.len() > TEXT_BYTES_MAX {
+            Err(PolicyRuleError::TextTooLong {
+                field,
+                len: s.len(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    long("id".into(), &r.id)?;
+    long("rationale".into(), &r.rationale)?;
+    for (i, c) in r.deny_codes.iter().enumerate() {
+        long(format!("deny_codes[{i}]"), c)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -1075,6 +1136,63 @@ mod tests {
             g.validate_new(),
             Err(GenesisError::Schedule(ScheduleError::Origin(_)))
         ));
+    }
+
+    #[test]
+    fn a_new_genesis_refuses_policy_rules_beyond_their_bounds() {
+        let keys = Keys::from_labels("genesis-rules", 3);
+        let ok = genesis(&keys, "genesis-rules", 1_767_225_600_000);
+        let long = "x".repeat(TEXT_BYTES_MAX + 1);
+        type Edit = fn(&mut PolicyRule);
+        let edits: Vec<(Edit, &str)> = vec![
+            (
+                |r| r.id = "x".repeat(TEXT_BYTES_MAX + 1),
+                "its id is 1025 bytes; at most 1024 are allowed: shorten it",
+            ),
+            (
+                |r| r.rationale = "x".repeat(TEXT_BYTES_MAX + 1),
+                "its rationale is 1025 bytes",
+            ),
+            (
+                |r| r.deny_codes.push("x".repeat(TEXT_BYTES_MAX + 1)),
+                "its deny_codes[2] is 1025 bytes",
+            ),
+            (
+                |r| {
+                    r.deny_codes = (0..=POLICY_DENY_CODES_MAX)
+                        .map(|i| format!("c{i}"))
+                        .collect()
+                },
+                "it lists 65 deny codes; at most 64 are allowed: split it into several rules",
+            ),
+        ];
+        for (edit, why) in edits {
+            let mut g = ok.clone();
+            edit(&mut g.policy_rules[0]);
+            let e = g.validate_new().unwrap_err();
+            assert!(
+                matches!(e, GenesisError::PolicyRule { index: 0, .. }),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(text.starts_with("genesis policy rule 0 ("), "{text}");
+            assert!(text.contains(why), "{text}");
+            // A stored genesis an earlier build accepted still loads.
+            g.validate().unwrap();
+            NodeState::new(g).unwrap();
+        }
+        // The id in the message is cut, so a huge id does not fill it.
+        let mut g = ok.clone();
+        g.policy_rules[0].id = long;
+        assert!(g.validate_new().unwrap_err().to_string().len() < 300);
+        let mut g = ok;
+        let r = &mut g.policy_rules[0];
+        r.id = "x".repeat(TEXT_BYTES_MAX);
+        r.rationale = "x".repeat(TEXT_BYTES_MAX);
+        r.deny_codes = (0..POLICY_DENY_CODES_MAX)
+            .map(|i| format!("c{i}"))
+            .collect();
+        g.validate_new().unwrap();
     }
 
     fn idem_entry(index: u64) -> IdemEntry {

@@ -28,7 +28,7 @@ use swoosh_core::Hash;
 /// Largest canonical encoding of one WAL record. A proposal's inputs are
 /// capped at 64 KiB by core (`INPUTS_BYTES_MAX`); this leaves room for guard
 /// reasons and evidence and still refuses anything absurd.
-pub const WAL_RECORD_BYTES_MAX: usize = 1 << 20;
+pub const WAL_RECORD_BYTES_MAX: usize = swoosh_core::reducer::RECORD_BYTES_MAX;
 /// Largest canonical encoding of one stored decision record.
 pub const DECISION_BYTES_MAX: usize = 1 << 20;
 /// Largest canonical encoding of one idempotency entry.
