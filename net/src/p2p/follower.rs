@@ -12,12 +12,15 @@
 //! gossip backed up behind the follower's work, messages were dropped and
 //! the follower fell back to slow range catch-up.
 
+use super::bounds::{clip, QueuedBytes, WarnLimiter};
 use super::envelope::{self, Reassembler};
 use super::{
     agent_version, build_swarm, check_handshake, ms_since, peer_id_of, wal_topic, P2pError,
 };
 use super::{Behaviour, BehaviourEvent};
-use crate::proto::follower::{Divergence, FollowerConfig, FollowerEffect, ReplFollower};
+use crate::proto::follower::{
+    Divergence, FollowerConfig, FollowerEffect, RefusedMessage, ReplFollower,
+};
 use crate::proto::wire::{self, Bytes};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
@@ -46,6 +49,13 @@ pub const REFUSALS_KEPT: usize = 16;
 /// worker. When it is full the network task drops the message (counted in
 /// `inbox_full_drops`); the protocol fetches what was lost by range.
 pub const INBOX_MAX: usize = 1_024;
+/// Bytes of the messages waiting in the worker's inbox, at most: a message
+/// that does not fit is dropped as when [`INBOX_MAX`] is reached. Without
+/// it the inbox could hold `INBOX_MAX` ciphertexts of up to
+/// [`envelope::BLOB_BYTES_MAX`] (2 MiB) each, 2 GiB. 64 MiB is 32 blobs of
+/// the largest size, and thousands of ordinary batches (at most
+/// `BATCH_BYTES_MAX` = 48 KiB of records each).
+pub const INBOX_BYTES_MAX: usize = 64 << 20;
 /// Requests the worker asked for, waiting for the network task.
 pub const OUTBOX_MAX: usize = 64;
 /// The worker commits what it applied at least this often while messages
@@ -61,7 +71,9 @@ pub struct NetCounters {
     pub gossip_chunks: AtomicU64,
     /// Chunks the reassembler refused.
     pub malformed_chunks: AtomicU64,
-    /// Messages dropped because the worker's inbox was full.
+    /// Messages dropped because the worker's inbox was full (it held
+    /// [`INBOX_MAX`] messages, or the message did not fit in
+    /// [`INBOX_BYTES_MAX`]).
     pub inbox_full_drops: AtomicU64,
     pub leader_connected: AtomicBool,
     /// The last index durable in this follower's WAL; atomic so a watcher
@@ -86,6 +98,9 @@ pub struct FollowerShared {
     /// the one recovery started from, or the leader's it installed since
     /// (a follower writes none of its own). `/health`'s `lastSnapshotHLC`.
     pub last_snapshot: Option<(u64, Option<swoosh_core::hlc::Hlc>)>,
+    /// The last [`REFUSALS_KEPT`] refusals, `kind: reason`, each reason
+    /// clipped to [`super::bounds::LOG_FIELD_CHARS_MAX`] characters (it may
+    /// quote a peer's text).
     pub last_refusals: Vec<String>,
     pub halted_reason: Option<String>,
     pub leader_connected: bool,
@@ -316,7 +331,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();
-    let (inbox, inbox_rx) = sync_channel(INBOX_MAX);
+    let (inbox, inbox_rx) = inbox(INBOX_MAX, INBOX_BYTES_MAX);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_MAX);
     let stop = Arc::new(AtomicBool::new(false));
     let mut w = Worker {
@@ -328,6 +343,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         t0,
         pending: vec![],
         persist_failed: false,
+        warn: WarnLimiter::default(),
     };
     let worker_stop = stop.clone();
     let guard_shared = shared.clone();
@@ -346,6 +362,8 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         topic_hash: topic.hash(),
         shared: shared.clone(),
         net,
+        t0,
+        warn: WarnLimiter::default(),
     };
     let task = tokio::spawn(async move { t.run().await });
     Ok(FollowerP2p {
@@ -365,9 +383,114 @@ enum Input {
     Response(Vec<u8>),
 }
 
+impl Input {
+    /// The bytes it holds (what it counts against [`INBOX_BYTES_MAX`]).
+    fn bytes(&self) -> usize {
+        match self {
+            Input::Sealed(b) | Input::Response(b) => b.len(),
+        }
+    }
+}
+
+/// The worker's inbox, bounded in messages and in bytes: the network
+/// task's end.
+struct InboxTx {
+    tx: SyncSender<Input>,
+    bytes: QueuedBytes,
+}
+
+/// The worker's end: taking a message releases its bytes.
+struct InboxRx {
+    rx: Receiver<Input>,
+    bytes: QueuedBytes,
+}
+
+fn inbox(messages_max: usize, bytes_max: usize) -> (InboxTx, InboxRx) {
+    let (tx, rx) = sync_channel(messages_max);
+    let bytes = QueuedBytes::new(bytes_max);
+    (
+        InboxTx {
+            tx,
+            bytes: bytes.clone(),
+        },
+        InboxRx { rx, bytes },
+    )
+}
+
+/// Why the inbox did not take a message.
+#[derive(Debug, PartialEq, Eq)]
+enum NotQueued {
+    /// [`INBOX_MAX`] messages wait.
+    Messages,
+    /// The message does not fit in [`INBOX_BYTES_MAX`].
+    Bytes,
+    /// The worker has stopped.
+    Stopped,
+}
+
+impl InboxTx {
+    /// Queue `m` if it fits both bounds; never blocks.
+    fn offer(&self, m: Input) -> Result<(), NotQueued> {
+        let n = m.bytes();
+        if !self.bytes.try_reserve(n) {
+            return Err(NotQueued::Bytes);
+        }
+        let refused = match self.tx.try_send(m) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(_)) => NotQueued::Messages,
+            Err(TrySendError::Disconnected(_)) => NotQueued::Stopped,
+        };
+        self.bytes.release(n);
+        Err(refused)
+    }
+}
+
+impl InboxRx {
+    fn taken(&self, m: Input) -> Input {
+        self.bytes.release(m.bytes());
+        m
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Result<Input, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).map(|m| self.taken(m))
+    }
+
+    fn try_recv(&self) -> Option<Input> {
+        self.rx.try_recv().ok().map(|m| self.taken(m))
+    }
+}
+
+/// Hand `m` to the worker through `inbox`. Never blocks the swarm: a
+/// message that does not fit (in messages or in bytes) is dropped and
+/// counted, and the protocol fetches what it carried once the worker
+/// catches up (a lost batch leaves a gap it asks for by range, a lost
+/// response times its request out and it is asked again, §19.3 of
+/// docs/wire-format.md). The warning is rate-limited.
+fn hand_over(inbox: &InboxTx, m: Input, net: &NetCounters, warn: &mut WarnLimiter, now_ms: u64) {
+    let why = match inbox.offer(m) {
+        Ok(()) => return,
+        Err(NotQueued::Stopped) => {
+            tracing::error!("the follower's worker has stopped");
+            return;
+        }
+        Err(NotQueued::Messages) => "messages",
+        Err(NotQueued::Bytes) => "bytes",
+    };
+    net.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = warn.check("inbox_full", now_ms) {
+        tracing::warn!(
+            full = why,
+            queued_bytes = inbox.bytes.queued(),
+            suppressed,
+            "the follower's worker is behind (its inbox holds at most {INBOX_MAX} messages and {} bytes): dropping gossip, it catches up by range",
+            inbox.bytes.max()
+        );
+    }
+}
+
 struct FollowerTask {
     swarm: Swarm<Behaviour>,
-    inbox: SyncSender<Input>,
+    inbox: InboxTx,
     outbox: tokio::sync::mpsc::Receiver<wire::Request>,
     reasm: Reassembler,
     leader_peer: PeerId,
@@ -376,6 +499,8 @@ struct FollowerTask {
     topic_hash: gossipsub::TopicHash,
     shared: Arc<Mutex<FollowerShared>>,
     net: Arc<NetCounters>,
+    t0: Instant,
+    warn: WarnLimiter,
 }
 
 impl FollowerTask {
@@ -457,20 +582,10 @@ impl FollowerTask {
         }
     }
 
-    /// Never blocks the swarm: a full inbox drops the message, and the
-    /// protocol fetches what it missed by range once the worker catches up.
+    /// Never blocks the swarm ([`hand_over`]).
     fn hand_to_worker(&mut self, m: Input) {
-        match self.inbox.try_send(m) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                if self.net.inbox_full_drops.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!("the follower's worker is behind ({INBOX_MAX} messages waiting): dropping gossip, it catches up by range");
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                tracing::error!("the follower's worker has stopped");
-            }
-        }
+        let now = ms_since(self.t0);
+        hand_over(&self.inbox, m, &self.net, &mut self.warn, now);
     }
 
     fn send(&mut self, req: &wire::Request) {
@@ -507,10 +622,12 @@ struct Worker<S: LogStore> {
     /// drained, or when a group commit is full.
     pending: Vec<Applied>,
     persist_failed: bool,
+    /// Rate limit of the per-message warnings (refusals, undecodable input).
+    warn: WarnLimiter,
 }
 
 impl<S: LogStore> Worker<S> {
-    fn run(&mut self, inbox: Receiver<Input>, stop: &AtomicBool) {
+    fn run(&mut self, inbox: InboxRx, stop: &AtomicBool) {
         let tick = Duration::from_millis(TICK_MS);
         let status_every = Duration::from_millis(STATUS_EVERY_MS);
         let coalesce = Duration::from_millis(COALESCE_MS);
@@ -527,7 +644,7 @@ impl<S: LogStore> Worker<S> {
                         && started.elapsed() < coalesce
                         && !stop.load(Ordering::SeqCst)
                     {
-                        let Ok(m) = inbox.try_recv() else { break };
+                        let Some(m) = inbox.try_recv() else { break };
                         self.input(m);
                     }
                     self.persist();
@@ -586,8 +703,9 @@ impl<S: LogStore> Worker<S> {
                 let (msg, encodings) = match wire::decode_gossip_records(&plain) {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!("decrypted gossip does not decode: {e}");
-                        lock_shared(&self.shared).malformed += 1;
+                        // Anyone may seal gossip to the followers' public
+                        // recipients: the error may quote their text.
+                        malformed(&self.shared, &mut self.warn, "gossip", &e, now);
                         return;
                     }
                 };
@@ -603,10 +721,7 @@ impl<S: LogStore> Worker<S> {
                     let eff = lock_shared(&self.shared).repl.on_response(&resp, now);
                     self.effects(eff);
                 }
-                Err(e) => {
-                    tracing::warn!("a response from the leader does not decode: {e}");
-                    lock_shared(&self.shared).malformed += 1;
-                }
+                Err(e) => malformed(&self.shared, &mut self.warn, "response", &e, now),
             },
         }
     }
@@ -729,12 +844,8 @@ impl<S: LogStore> Worker<S> {
                 }
                 FollowerEffect::Send(req) => self.send(req),
                 FollowerEffect::Refused(r) => {
-                    tracing::warn!(kind = r.kind(), "refused a replication message: {r}");
-                    let mut s = lock_shared(&self.shared);
-                    if s.last_refusals.len() >= REFUSALS_KEPT {
-                        s.last_refusals.remove(0);
-                    }
-                    s.last_refusals.push(format!("{}: {r}", r.kind()));
+                    let now = ms_since(self.t0);
+                    refused(&self.shared, &mut self.warn, &r, now);
                 }
                 FollowerEffect::Halted(d) => {
                     tracing::error!(
@@ -759,6 +870,44 @@ impl<S: LogStore> Worker<S> {
             }
         }
     }
+}
+
+/// A decrypted gossip message or a response that does not decode: counted,
+/// and logged (rate-limited) with the decoder's error clipped and escaped.
+fn malformed(
+    shared: &Mutex<FollowerShared>,
+    warn: &mut WarnLimiter,
+    what: &'static str,
+    e: &dyn std::fmt::Display,
+    now_ms: u64,
+) {
+    lock_shared(shared).malformed += 1;
+    if let Some(suppressed) = warn.check(what, now_ms) {
+        let e = e.to_string();
+        tracing::warn!(what, error = ?clip(&e), suppressed, "a replication message does not decode");
+    }
+}
+
+/// A refused replication message: logged (rate-limited per kind) and kept
+/// for `/health`, its reason clipped (it may quote a peer's text, e.g. a
+/// forged batch's `cluster_id`) and logged with `?` so it cannot forge a
+/// line.
+fn refused(
+    shared: &Mutex<FollowerShared>,
+    warn: &mut WarnLimiter,
+    r: &RefusedMessage,
+    now_ms: u64,
+) {
+    let text = r.to_string();
+    let reason = clip(&text);
+    if let Some(suppressed) = warn.check(r.kind(), now_ms) {
+        tracing::warn!(kind = r.kind(), reason = ?reason, suppressed, "refused a replication message");
+    }
+    let mut s = lock_shared(shared);
+    if s.last_refusals.len() >= REFUSALS_KEPT {
+        s.last_refusals.remove(0);
+    }
+    s.last_refusals.push(format!("{}: {reason}", r.kind()));
 }
 
 #[cfg(test)]
@@ -796,6 +945,122 @@ mod tests {
             "{why}"
         );
         assert_eq!(st.repl.applied_index(), 0);
+    }
+
+    /// The inbox holds at most INBOX_BYTES_MAX: largest-size ciphertexts
+    /// beyond it are dropped and counted, long before INBOX_MAX messages
+    /// wait, and fit again once the worker took what was queued.
+    #[test]
+    fn the_inbox_drops_what_does_not_fit_in_its_bytes_and_takes_it_once_read() {
+        use crate::p2p::envelope::BLOB_BYTES_MAX;
+        let (tx, rx) = inbox(INBOX_MAX, INBOX_BYTES_MAX);
+        let net = NetCounters::default();
+        let mut warn = WarnLimiter::default();
+        let fit = INBOX_BYTES_MAX / BLOB_BYTES_MAX;
+        assert!(fit < INBOX_MAX, "the byte bound is the one that acts");
+        // `vec!` of zeros is allocated lazily: this holds little memory.
+        let blob = || Input::Sealed(vec![0; BLOB_BYTES_MAX]);
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for _ in 0..fit + 8 {
+                hand_over(&tx, blob(), &net, &mut warn, 1_000);
+            }
+        });
+        assert_eq!(net.inbox_full_drops.load(Ordering::Relaxed), 8);
+        assert_eq!(tx.bytes.queued(), fit * BLOB_BYTES_MAX);
+        assert_eq!(logs.lines().count(), 1, "one warning for the burst: {logs}");
+        assert!(logs.contains("full=\"bytes\""), "{logs}");
+        // The worker takes one: one more fits, the next does not.
+        assert_eq!(rx.try_recv().map(|m| m.bytes()), Some(BLOB_BYTES_MAX));
+        assert_eq!(tx.offer(blob()), Ok(()));
+        assert_eq!(tx.offer(blob()), Err(NotQueued::Bytes));
+        // Small messages still stop at INBOX_MAX.
+        let (tx, _rx) = inbox(INBOX_MAX, INBOX_BYTES_MAX);
+        for _ in 0..INBOX_MAX {
+            assert_eq!(tx.offer(Input::Response(vec![0; 64])), Ok(()));
+        }
+        assert_eq!(
+            tx.offer(Input::Response(vec![0; 64])),
+            Err(NotQueued::Messages)
+        );
+        assert_eq!(
+            tx.bytes.queued(),
+            INBOX_MAX * 64,
+            "the refused one holds nothing"
+        );
+        drop(rx);
+    }
+
+    /// A forged batch may name a 2 MiB cluster id full of newlines: its
+    /// refusal is logged once per second per kind, clipped and escaped, and
+    /// `/health` keeps it clipped.
+    #[test]
+    fn a_refusal_quoting_a_huge_cluster_id_is_clipped_in_the_log_and_in_health() {
+        use crate::p2p::bounds::{LOG_FIELD_CHARS_MAX, TEST_LOG_LINE_CHARS_MAX};
+        let s = shared();
+        let mut warn = WarnLimiter::default();
+        let forged = "x\nINFO forged line ".repeat((2 << 20) / 20);
+        let r = RefusedMessage::WrongCluster {
+            cluster_id: forged,
+            genesis_hash: swoosh_core::hash::Hash([7; 32]),
+        };
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for k in 0..100 {
+                refused(&s, &mut warn, &r, 5_000 + k);
+            }
+        });
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for 100 refusals in a second");
+        assert!(
+            lines[0].chars().count() <= TEST_LOG_LINE_CHARS_MAX,
+            "{} characters",
+            lines[0].len()
+        );
+        assert!(lines[0].contains("wrong_cluster"), "{}", lines[0]);
+        let st = lock_shared(&s);
+        assert_eq!(st.last_refusals.len(), REFUSALS_KEPT);
+        for kept in &st.last_refusals {
+            assert!(kept.starts_with("wrong_cluster: "), "{kept}");
+            assert!(
+                kept.chars().count() <= "wrong_cluster: ".len() + LOG_FIELD_CHARS_MAX,
+                "{} characters kept",
+                kept.len()
+            );
+        }
+        drop(st);
+        // The next second, one more line, saying how many were skipped.
+        let logs = crate::p2p::bounds::captured_logs(|| refused(&s, &mut warn, &r, 6_000));
+        assert!(logs.contains("suppressed=99"), "{logs}");
+    }
+
+    /// Anyone may seal gossip to a follower's public age recipient; what
+    /// does not decode is counted and its decoder error, which may quote
+    /// the sender's text, is logged clipped and escaped.
+    #[test]
+    fn undecodable_gossip_is_logged_clipped_and_escaped() {
+        use crate::p2p::bounds::TEST_LOG_LINE_CHARS_MAX;
+        let s = shared();
+        let mut warn = WarnLimiter::default();
+        let junk = "\nERROR forged\n".repeat(4_000);
+        let mut plain = vec![];
+        ciborium::into_writer(
+            &std::collections::BTreeMap::from([(junk.as_str(), 1u8)]),
+            &mut plain,
+        )
+        .unwrap();
+        let Err(e) = wire::decode_gossip_records(&plain) else {
+            panic!("a map of junk decoded as gossip");
+        };
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for k in 0..10 {
+                malformed(&s, &mut warn, "gossip", &e, k);
+            }
+        });
+        assert_eq!(lock_shared(&s).malformed, 10);
+        let lines: Vec<&str> = logs.lines().collect();
+        // The sender's newlines stay escaped: one line, and short.
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert!(lines[0].contains("ERROR forged"), "{}", lines[0]);
+        assert!(lines[0].chars().count() <= TEST_LOG_LINE_CHARS_MAX);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! requests from followers listed in genesis.
 
 use super::agent::{decode_council, encode_council};
+use super::bounds::{clip, WarnLimiter};
 use super::envelope;
 use super::{agent_version, build_swarm, check_handshake, peer_id_of, wal_topic, P2pError};
 use super::{Behaviour, BehaviourEvent};
 use crate::proto::council::{
     certificate_proposal, electable_members, CouncilCollector, CouncilMsg, VoteOutcome,
+    VoteRejection,
 };
 use crate::proto::leader::{
     LeaderConfig, LeaderEffect, LeaderLog, LeaderStats, ReplLeader, SnapshotView,
@@ -24,6 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swoosh_core::attention::{Event, EventKind};
+use swoosh_core::facts::Vote;
 use swoosh_core::guards::Verify;
 use swoosh_core::hash::Hash;
 use swoosh_core::proposal::Proposal;
@@ -531,6 +534,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         proposed: BTreeMap::new(),
         unelectable: Default::default(),
         t0: std::time::Instant::now(),
+        warn: WarnLimiter::default(),
         watch,
         attention: attention.clone(),
     };
@@ -575,6 +579,8 @@ struct LeaderTask<S: LogStore> {
     /// (project, epoch) found with too few electable candidates (logged once).
     unelectable: std::collections::BTreeSet<(String, u64)>,
     t0: std::time::Instant,
+    /// Rate limit of the per-message warnings (refused votes and peers).
+    warn: WarnLimiter,
     /// The followers' replication health, as transitions for the scorer.
     watch: ReplWatch,
     /// Where the watch's events go, and its thresholds.
@@ -894,7 +900,12 @@ impl<S: LogStore> LeaderTask<S> {
                     .insert((cert.project.clone(), cert.epoch), now);
                 self.shared.lock().expect("lock").certificate_proposals += 1;
             }
-            Err(e) => tracing::error!("cannot build the certificate proposal: {e}"),
+            Err(e) => {
+                tracing::error!(project = %cert.project, epoch = cert.epoch, "cannot build the certificate proposal: {e}");
+                // Tried again at the resend period, not at every poll.
+                self.proposed
+                    .insert((cert.project.clone(), cert.epoch), now);
+            }
         }
     }
 
@@ -973,7 +984,11 @@ impl<S: LogStore> LeaderTask<S> {
             Ok(CouncilMsg::Vote(v)) => v,
             Ok(CouncilMsg::Announce(_)) => return,
             Err(e) => {
-                tracing::debug!(%from, "a council message does not decode: {e}");
+                let now = super::ms_since(self.t0);
+                if let Some(suppressed) = self.warn.check("council_malformed", now) {
+                    let e = e.to_string();
+                    tracing::debug!(%from, error = ?clip(&e), suppressed, "a council message does not decode");
+                }
                 self.attend_refusal(
                     Event::new(EventKind::ForgedMessage, "shape", 0).peer(from.to_string()),
                 );
@@ -993,13 +1008,9 @@ impl<S: LogStore> LeaderTask<S> {
                 self.send_certificate(&cert, now);
             }
             VoteOutcome::Rejected(r) => {
-                tracing::warn!(voter = %v.body.voter, project = %v.body.project, "vote rejected: {}", r.name());
-                // As the chaos simulator reports a refused vote.
-                self.attend_refusal(
-                    Event::new(EventKind::VoteRejected, r.name(), 0)
-                        .signer(v.body.voter.to_string())
-                        .project(v.body.project.clone()),
-                );
+                let now = super::ms_since(self.t0);
+                let e = rejected_vote(&mut self.warn, &v, r, now);
+                self.attend_refusal(e);
             }
             _ => {}
         }
@@ -1044,7 +1055,10 @@ impl<S: LogStore> LeaderTask<S> {
             })) => {
                 let resp = match self.followers.get(&peer).copied() {
                     None => {
-                        tracing::warn!(%peer, "refusing a catch-up request: the peer is not a follower listed in genesis");
+                        let now = super::ms_since(self.t0);
+                        if let Some(suppressed) = self.warn.check("not_follower", now) {
+                            tracing::warn!(%peer, suppressed, "refusing a catch-up request: the peer is not a follower listed in genesis");
+                        }
                         self.attend_refusal(
                             Event::new(EventKind::ForgedMessage, "not_follower", 0)
                                 .peer(peer.to_string()),
@@ -1135,6 +1149,23 @@ impl<S: LogStore> LeaderTask<S> {
             _ => {}
         }
     }
+}
+
+/// A vote the collector rejected: logged (at most one line per rejection
+/// kind per [`super::bounds::WARN_EVERY_MS`], saying how many were
+/// skipped) and returned as the attention event the leader reports, as the
+/// chaos simulator does. Its project is clipped and logged with `?`: the
+/// collector rejects a vote for a project with no open election before it
+/// checks the signature, so that text comes from anyone, up to a gossip
+/// message's worth with newlines in it.
+fn rejected_vote(warn: &mut WarnLimiter, v: &Vote, r: VoteRejection, now_ms: u64) -> Event {
+    let project = clip(&v.body.project);
+    if let Some(suppressed) = warn.check(r.name(), now_ms) {
+        tracing::warn!(voter = %v.body.voter, project = ?project, suppressed, "vote rejected: {}", r.name());
+    }
+    Event::new(EventKind::VoteRejected, r.name(), 0)
+        .signer(v.body.voter.to_string())
+        .project(project)
 }
 
 // ------------------------------------------------------------- attention
@@ -1712,6 +1743,60 @@ mod tests {
             w.refusal(2_000, e()).is_some(),
             "a new second, a new budget"
         );
+    }
+
+    /// Forged votes for a 60 KB project name with newlines, no election
+    /// open: one short, escaped line a second per rejection kind, and the
+    /// event's project clipped.
+    #[test]
+    fn rejected_votes_are_logged_clipped_escaped_and_rate_limited() {
+        use crate::p2p::bounds::{captured_logs, LOG_FIELD_CHARS_MAX, TEST_LOG_LINE_CHARS_MAX};
+        use swoosh_core::facts::VoteBody;
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let v = Vote::cast(
+            VoteBody {
+                project: "p\nERROR forged line ".repeat(60_000 / 19),
+                epoch: 1,
+                member_set_hash: Hash([3; 32]),
+                approve: true,
+                voter: SignerId::from_signing_key(&key),
+            },
+            &key,
+        );
+        let mut warn = WarnLimiter::default();
+        let mut events = vec![];
+        let logs = captured_logs(|| {
+            for k in 0..200 {
+                events.push(rejected_vote(
+                    &mut warn,
+                    &v,
+                    VoteRejection::NoElection,
+                    7_000 + k,
+                ));
+            }
+            events.push(rejected_vote(&mut warn, &v, VoteRejection::Outsider, 7_100));
+        });
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per kind: {logs}");
+        assert!(lines[0].contains("no_election") && lines[1].contains("outsider"));
+        for l in &lines {
+            assert!(
+                l.chars().count() <= TEST_LOG_LINE_CHARS_MAX,
+                "{} characters",
+                l.len()
+            );
+        }
+        assert_eq!(events.len(), 201, "every rejection is still an event");
+        for e in &events {
+            assert_eq!(
+                e.subject.project.as_deref().map(|p| p.chars().count()),
+                Some(LOG_FIELD_CHARS_MAX)
+            );
+        }
+        let logs = captured_logs(|| {
+            rejected_vote(&mut warn, &v, VoteRejection::NoElection, 8_000);
+        });
+        assert!(logs.contains("suppressed=199"), "{logs}");
     }
 
     fn snap(index: u64) -> OfferedSnapshot {

@@ -14,6 +14,7 @@
 //!   under the gossip size limit ([`envelope`]).
 
 pub mod agent;
+pub mod bounds;
 pub mod envelope;
 pub mod follower;
 pub mod http;
@@ -220,13 +221,15 @@ pub fn check_handshake(
     peer: PeerId,
     info: &identify::Info,
 ) -> bool {
+    // What a peer announces is its own text (up to identify's 4 KiB):
+    // clipped, and logged with `?` so it cannot forge a line.
     if info.protocol_version != IDENTIFY_PROTOCOL {
         tracing::warn!(
             %peer,
-            theirs = %info.protocol_version,
+            theirs = ?bounds::clip(&info.protocol_version),
             ours = IDENTIFY_PROTOCOL,
             "refusing peer {peer}: it speaks protocol {:?}, this node {:?} (an incompatible SWOOSH release); disconnecting",
-            info.protocol_version,
+            bounds::clip(&info.protocol_version),
             IDENTIFY_PROTOCOL
         );
         let _ = swarm.disconnect_peer_id(peer);
@@ -237,10 +240,10 @@ pub fn check_handshake(
     }
     tracing::warn!(
         %peer,
-        theirs = %info.agent_version,
+        theirs = ?bounds::clip(&info.agent_version),
         ours = %ours,
         "refusing peer {peer}: it runs genesis {:?}, this node runs {:?} (a different cluster or genesis); disconnecting",
-        info.agent_version,
+        bounds::clip(&info.agent_version),
         ours
     );
     let _ = swarm.disconnect_peer_id(peer);

@@ -2,8 +2,9 @@
 //! messages and reports what it receives. Council agents and tests (an
 //! observer without a follower identity, a forger) are built on it.
 
+use super::bounds::{QueuedBytes, WarnLimiter};
 use super::BehaviourEvent;
-use super::{build_swarm, check_handshake, P2pError};
+use super::{build_swarm, check_handshake, ms_since, P2pError};
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, TopicHash};
@@ -11,12 +12,21 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, Multiaddr, PeerId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Messages queued toward the owner at most.
 pub const PEER_INBOX_MAX: usize = 4_096;
+/// Bytes of the messages queued toward the owner at most: a message that
+/// does not fit is dropped as when [`PEER_INBOX_MAX`] is reached. Without
+/// it the queue could hold `PEER_INBOX_MAX` gossip messages of up to
+/// `GOSSIP_PAYLOAD_BYTES_MAX` (64 KiB) each, 256 MiB. 16 MiB is 256 of the
+/// largest, and far more announcements (a 256-member one is ~20 KiB) or
+/// votes (~400 bytes) than a council agent has pending. What an agent
+/// loses is published again: the leader re-announces an open election
+/// every `REANNOUNCE_MS`.
+pub const PEER_INBOX_BYTES_MAX: usize = 16 << 20;
 /// How often an address this peer dials is dialled again while no
 /// connection to it is open: a council agent must find the leader again
 /// after the leader restarts, and may be started before it.
@@ -43,11 +53,98 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
+/// The messages this peer received, bounded in messages
+/// ([`PEER_INBOX_MAX`]) and bytes ([`PEER_INBOX_BYTES_MAX`]): the owner's
+/// end. Taking a message releases its bytes.
+pub struct PeerInbox {
+    rx: mpsc::Receiver<Received>,
+    bytes: QueuedBytes,
+}
+
+impl PeerInbox {
+    pub async fn recv(&mut self) -> Option<Received> {
+        let m = self.rx.recv().await?;
+        self.bytes.release(m.data.len());
+        Some(m)
+    }
+
+    pub fn try_recv(&mut self) -> Option<Received> {
+        let m = self.rx.try_recv().ok()?;
+        self.bytes.release(m.data.len());
+        Some(m)
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.queued()
+    }
+}
+
+/// The swarm task's end of a [`PeerInbox`].
+struct PeerInboxTx {
+    tx: mpsc::Sender<Received>,
+    bytes: QueuedBytes,
+    /// Messages dropped because they did not fit.
+    drops: Arc<AtomicU64>,
+    warn: WarnLimiter,
+}
+
+fn peer_inbox(messages_max: usize, bytes_max: usize) -> (PeerInboxTx, PeerInbox) {
+    let (tx, rx) = mpsc::channel(messages_max);
+    let bytes = QueuedBytes::new(bytes_max);
+    (
+        PeerInboxTx {
+            tx,
+            bytes: bytes.clone(),
+            drops: Arc::default(),
+            warn: WarnLimiter::default(),
+        },
+        PeerInbox { rx, bytes },
+    )
+}
+
+impl PeerInboxTx {
+    /// Queue `m` if it fits both bounds; never blocks the swarm. What does
+    /// not fit is dropped, counted, and warned of (rate-limited).
+    fn offer(&mut self, m: Received, now_ms: u64) {
+        let n = m.data.len();
+        let full = if !self.bytes.try_reserve(n) {
+            "bytes"
+        } else {
+            match self.tx.try_send(m) {
+                Ok(()) => return,
+                // The owner is gone: nothing reads the queue any more.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.bytes.release(n);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.bytes.release(n);
+                    "messages"
+                }
+            }
+        };
+        self.drops.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.warn.check("inbox_full", now_ms) {
+            tracing::warn!(
+                full,
+                queued_bytes = self.bytes.queued(),
+                suppressed,
+                "gossip arrives faster than it is handled (at most {PEER_INBOX_MAX} messages and {} bytes wait): dropping it",
+                self.bytes.max()
+            );
+        }
+    }
+}
+
 pub struct PeerHandle {
     pub peer_id: PeerId,
     pub listen_addrs: Vec<Multiaddr>,
     pub cmd: mpsc::UnboundedSender<PeerCmd>,
-    pub inbox: mpsc::Receiver<Received>,
+    pub inbox: PeerInbox,
+    /// Received messages dropped because the inbox was full (in messages
+    /// or in bytes).
+    pub inbox_drops: Arc<AtomicU64>,
     /// Remote subscriptions this peer has seen (any topic), net of unsubscriptions.
     pub subscriptions: Arc<AtomicUsize>,
     /// Connections open now (either direction).
@@ -115,7 +212,9 @@ pub async fn spawn_peer(
     let mut dialled: HashMap<ConnectionId, Multiaddr> = HashMap::new();
     let peer_id = *swarm.local_peer_id();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<PeerCmd>();
-    let (in_tx, in_rx) = mpsc::channel(PEER_INBOX_MAX);
+    let (mut in_tx, in_rx) = peer_inbox(PEER_INBOX_MAX, PEER_INBOX_BYTES_MAX);
+    let inbox_drops = in_tx.drops.clone();
+    let t0 = std::time::Instant::now();
     let subscriptions = Arc::new(AtomicUsize::new(0));
     let subs = subscriptions.clone();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -151,7 +250,7 @@ pub async fn spawn_peer(
                         check_handshake(&mut swarm, &agent, peer_id, &info);
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
-                        let _ = in_tx.try_send(Received { topic: message.topic, source: message.source, data: message.data });
+                        in_tx.offer(Received { topic: message.topic, source: message.source, data: message.data }, ms_since(t0));
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
                         subs.fetch_add(1, Ordering::Relaxed);
@@ -184,8 +283,53 @@ pub async fn spawn_peer(
         listen_addrs,
         cmd: cmd_tx,
         inbox: in_rx,
+        inbox_drops,
         subscriptions,
         connections,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(bytes: usize) -> Received {
+        Received {
+            topic: TopicHash::from_raw("t"),
+            source: None,
+            data: vec![0; bytes],
+        }
+    }
+
+    /// Largest-size gossip messages beyond PEER_INBOX_BYTES_MAX are dropped
+    /// and counted long before PEER_INBOX_MAX wait; once the owner took
+    /// some, they fit again.
+    #[test]
+    fn the_inbox_drops_what_does_not_fit_in_its_bytes() {
+        let big = crate::proto::wire::GOSSIP_PAYLOAD_BYTES_MAX;
+        let fit = PEER_INBOX_BYTES_MAX / big;
+        assert!(fit < PEER_INBOX_MAX, "the byte bound is the one that acts");
+        let (mut tx, mut rx) = peer_inbox(PEER_INBOX_MAX, PEER_INBOX_BYTES_MAX);
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for _ in 0..fit + 5 {
+                tx.offer(msg(big), 0);
+            }
+        });
+        assert_eq!(tx.drops.load(Ordering::Relaxed), 5);
+        assert_eq!(rx.queued_bytes(), fit * big);
+        assert_eq!(logs.lines().count(), 1, "one warning: {logs}");
+        assert_eq!(rx.try_recv().map(|m| m.data.len()), Some(big));
+        tx.offer(msg(big), 1);
+        assert_eq!(tx.drops.load(Ordering::Relaxed), 5, "it fits again");
+        tx.offer(msg(1), 2);
+        assert_eq!(tx.drops.load(Ordering::Relaxed), 6);
+        // Small messages still stop at PEER_INBOX_MAX.
+        let (mut tx, rx) = peer_inbox(PEER_INBOX_MAX, PEER_INBOX_BYTES_MAX);
+        for _ in 0..PEER_INBOX_MAX + 1 {
+            tx.offer(msg(100), 0);
+        }
+        assert_eq!(tx.drops.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.queued_bytes(), PEER_INBOX_MAX * 100);
+    }
 }

@@ -16,7 +16,7 @@ use swoosh_core::cbor::CanonicalError;
 use swoosh_core::facts::{member_set_hash, Vote, VoteBody};
 use swoosh_core::hash::Hash;
 use swoosh_core::hlc::Hlc;
-use swoosh_core::proposal::{Proposal, ProposalBuilder};
+use swoosh_core::proposal::{Proposal, ProposalBuilder, INPUTS_BYTES_MAX};
 use swoosh_core::sig::{self, SigError, Signature, SignerId};
 use swoosh_core::state::{Genesis, NodeState, ProjectState, ROSTER_ENTRIES_MAX};
 use swoosh_core::statechart::Role;
@@ -92,6 +92,19 @@ pub enum AgentRefusal {
     MemberSet,
     #[error("this agent already voted in project {project:?} council epoch {epoch} on another member set; it signs one vote per (project, epoch)")]
     AlreadyVoted { project: String, epoch: u64 },
+}
+
+impl AgentRefusal {
+    /// The refusal's name (a log field; what rate-limits its warnings).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentRefusal::WrongCluster(_) => "wrong_cluster",
+            AgentRefusal::NotLeader(_) => "not_leader",
+            AgentRefusal::BadSignature => "bad_signature",
+            AgentRefusal::MemberSet => "member_set",
+            AgentRefusal::AlreadyVoted { .. } => "already_voted",
+        }
+    }
 }
 
 /// A council agent: signs one vote per (project, epoch) with its own key.
@@ -215,13 +228,14 @@ impl VoteRejection {
     }
 }
 
-/// A quorum certificate: the approving roster votes for one member set.
+/// A quorum certificate: `threshold` approving roster votes for one member set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
     pub project: String,
     pub epoch: u64,
     pub members: Vec<SignerId>,
-    /// Sorted by voter.
+    /// Exactly the election's quorum threshold of approvals: the first by
+    /// voter (key bytes), sorted by voter.
     pub votes: Vec<Vote>,
 }
 
@@ -257,6 +271,39 @@ struct Election {
     approvals: BTreeMap<SignerId, Vote>,
     noes: BTreeSet<SignerId>,
     certified: bool,
+}
+
+impl Election {
+    /// The certificate: the announced members and exactly `threshold`
+    /// approving votes, the first by voter (key bytes). That is all the
+    /// reducer's quorum guard asks for (at least the threshold of distinct
+    /// approving roster votes), and it keeps the proposal's inputs the same
+    /// size however many approvals arrive after the quorum: with all of
+    /// them, a large council's certificate outgrew `INPUTS_BYTES_MAX` and
+    /// was refused at every resend. The choice depends only on the
+    /// approvals held, never on their arrival order.
+    fn certificate(&self) -> Certificate {
+        let votes: Vec<Vote> = self
+            .approvals
+            .values()
+            .take(self.threshold)
+            .cloned()
+            .collect();
+        debug_assert!(
+            votes.len() == self.threshold,
+            "certified below the threshold"
+        );
+        debug_assert!(
+            votes.windows(2).all(|w| w[0].body.voter < w[1].body.voter),
+            "votes sorted by voter"
+        );
+        Certificate {
+            project: self.announcement.body.project.clone(),
+            epoch: self.announcement.body.epoch,
+            members: self.announcement.body.members.clone(),
+            votes,
+        }
+    }
 }
 
 /// The leader's vote collector.
@@ -407,12 +454,7 @@ impl CouncilCollector {
         if !e.certified && e.approvals.len() >= e.threshold {
             e.certified = true;
             self.certificates += 1;
-            return VoteOutcome::Certificate(Certificate {
-                project: b.project.clone(),
-                epoch: b.epoch,
-                members: e.announcement.body.members.clone(),
-                votes: e.approvals.values().cloned().collect(),
-            });
+            return VoteOutcome::Certificate(e.certificate());
         }
         VoteOutcome::Counted {
             approvals: e.approvals.len(),
@@ -423,12 +465,7 @@ impl CouncilCollector {
     /// The certificate of `project`'s election, once the quorum is reached.
     pub fn certificate(&self, project: &str) -> Option<Certificate> {
         let e = self.elections.get(project)?;
-        e.certified.then(|| Certificate {
-            project: project.to_string(),
-            epoch: e.announcement.body.epoch,
-            members: e.announcement.body.members.clone(),
-            votes: e.approvals.values().cloned().collect(),
-        })
+        e.certified.then(|| e.certificate())
     }
 
     /// Rejected votes by reason.
@@ -465,10 +502,6 @@ pub fn certificate_transition(state: &ProjectState) -> &'static str {
     }
 }
 
-/// Build the leader-signed proposal that installs `cert` (inputs
-/// `{members, votes}`), naming the project's current HEAD and an HLC after
-/// its last one at `now_ms`. It stays valid while the Council epoch is
-/// `cert.epoch`, so a proposal refused for a stale hash is simply rebuilt.
 /// The member set the leader puts to a vote for a project in ELECT: its
 /// candidates (from `Council_ProfilesLoaded`) minus every ejected member,
 /// sorted. The quorum guard refuses a set holding an ejected member, so a
@@ -486,22 +519,43 @@ pub fn electable_members(state: &ProjectState) -> Vec<SignerId> {
     m
 }
 
+/// Why a certificate could not be made a proposal.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    #[error("the certificate does not encode: {0}")]
+    Encode(#[from] CanonicalError),
+    #[error("no HLC after the project's last one: {0}")]
+    Clock(String),
+    #[error("the certificate's inputs encode to {bytes} bytes ({votes} votes, {members} members); a proposal's inputs hold at most {INPUTS_BYTES_MAX} bytes, so the node would refuse it: a quorum threshold this large cannot be certified in one proposal; lower genesis `quorum_threshold` or the candidate set")]
+    TooLarge {
+        bytes: usize,
+        votes: usize,
+        members: usize,
+    },
+}
+
+/// Build the leader-signed proposal that installs `cert` (inputs
+/// `{members, votes}`), naming the project's current HEAD and an HLC after
+/// its last one at `now_ms`. It stays valid while the Council epoch is
+/// `cert.epoch`, so a proposal refused for a stale hash is simply rebuilt.
+/// Inputs over `INPUTS_BYTES_MAX` are refused here, with the reason, rather
+/// than by the node at every resend.
 pub fn certificate_proposal(
     cert: &Certificate,
     node: &NodeState,
     leader_key: &SigningKey,
     now_ms: u64,
-) -> Result<Proposal, CanonicalError> {
+) -> Result<Proposal, CertificateError> {
     let st = node.project(&cert.project);
     let transition = certificate_transition(&st);
     let hlc = Hlc::send(st.hlc_last.unwrap_or_default(), now_ms)
-        .map_err(|e| CanonicalError::Serialize(e.to_string()))?;
+        .map_err(|e| CertificateError::Clock(e.to_string()))?;
     let window = st.execution.schedule.window_id(&hlc);
     let idem = format!(
         "{}:{}:{transition}:council-epoch-{}",
         cert.project, st.applied, cert.epoch
     );
-    ProposalBuilder::new(
+    let p = ProposalBuilder::new(
         &cert.project,
         transition,
         node.project_hash(&cert.project),
@@ -517,5 +571,15 @@ pub fn certificate_proposal(
         "ucxl://swoosh:{}@{}/council/epoch-{}",
         node.genesis.cluster_id, cert.project, cert.epoch
     )])
-    .sign(leader_key)
+    .sign(leader_key)?;
+    // The very measure the node's proposal validation takes.
+    let bytes = swoosh_core::cbor::value_to_canonical(p.inputs.clone())?.len();
+    if bytes > INPUTS_BYTES_MAX {
+        return Err(CertificateError::TooLarge {
+            bytes,
+            votes: cert.votes.len(),
+            members: cert.members.len(),
+        });
+    }
+    Ok(p)
 }

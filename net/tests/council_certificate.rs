@@ -1,0 +1,131 @@
+//! A council certificate holds exactly the quorum threshold of approving
+//! votes, chosen by voter: with every approval collected, a large council's
+//! certificate proposal outgrew `INPUTS_BYTES_MAX` and was refused at every
+//! resend, so the council was never elected.
+
+use swoosh_core::guards::Verify;
+use swoosh_core::proposal::INPUTS_BYTES_MAX;
+use swoosh_core::reducer::{step, Ctx, Outcome};
+use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+use swoosh_core::state::NodeState;
+use swoosh_net::proto::council::{
+    certificate_proposal, electable_members, Certificate, CertificateError, CouncilAgent,
+    CouncilCollector, VoteOutcome, VotePolicy,
+};
+
+const ORIGIN_MS: u64 = 1_767_225_600_000;
+
+/// A node whose `project` sits in Council ELECT (first election), with the
+/// scenario genesis' threshold (a majority of the council) or `threshold`.
+fn at_elect(keys: &Keys, project: &str, threshold: Option<u32>) -> NodeState {
+    let mut g = genesis(keys, "big-council", ORIGIN_MS);
+    if let Some(t) = threshold {
+        g.quorum_threshold = t;
+    }
+    let mut node = NodeState::new(g).unwrap();
+    let d = Driver::new(keys, 1);
+    for now in ORIGIN_MS + 1..ORIGIN_MS + 101 {
+        if node.project(project).council.phase == "ELECT" {
+            return node;
+        }
+        let Next::Propose(p) = d.next(&node, project, now) else {
+            panic!("driver stalled")
+        };
+        let s = step(&mut node, &p, &ctx(now));
+        assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    }
+    panic!("never reached ELECT");
+}
+
+fn ctx(now_ms: u64) -> Ctx {
+    Ctx {
+        now_ms,
+        verify: Verify::Full,
+        snapshot_every: 0,
+    }
+}
+
+/// Every council agent of `keys` approves, in `order`; the collector's
+/// certificate once all votes are in.
+fn elect(keys: &Keys, node: &NodeState, order: &[usize]) -> (Certificate, Certificate) {
+    let g = node.genesis.clone();
+    let st = node.project("default").into_owned();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&st, &electable_members(&st)).unwrap();
+    let mut first = None;
+    for &i in order {
+        let mut a = CouncilAgent::new(keys.council[i].clone(), &g, VotePolicy::ApproveAll);
+        match col.on_vote(&a.on_announce(&ann).unwrap()) {
+            VoteOutcome::Certificate(c) => first = Some(c),
+            VoteOutcome::Counted { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let first = first.expect("the quorum was reached");
+    (first, col.certificate("default").expect("certified"))
+}
+
+#[test]
+fn a_large_councils_certificate_holds_the_threshold_of_votes_and_is_accepted() {
+    let council = 200;
+    let keys = Keys::from_labels("big-council", council);
+    let node = at_elect(&keys, "default", None);
+    let threshold = node.project("default").council.quorum_threshold as usize;
+    assert_eq!(threshold, council / 2 + 1);
+    let order: Vec<usize> = (0..council).collect();
+    let (first, cert) = elect(&keys, &node, &order);
+    for c in [&first, &cert] {
+        assert_eq!(c.votes.len(), threshold, "exactly the threshold of votes");
+        assert!(
+            c.votes
+                .windows(2)
+                .all(|w| w[0].body.voter < w[1].body.voter),
+            "distinct, sorted by voter"
+        );
+        assert!(c.votes.iter().all(|v| v.body.approve));
+    }
+    // The certificate resent after every vote arrived is the first
+    // `threshold` approvals by voter, whatever the order they came in.
+    let reversed: Vec<usize> = (0..council).rev().collect();
+    let (_, again) = elect(&keys, &node, &reversed);
+    assert_eq!(again, cert, "the choice does not depend on arrival order");
+    let mut voters: Vec<_> = keys
+        .council
+        .iter()
+        .map(swoosh_core::sig::SignerId::from_signing_key)
+        .collect();
+    voters.sort();
+    let chosen: Vec<_> = cert.votes.iter().map(|v| v.body.voter.clone()).collect();
+    assert_eq!(chosen, voters[..threshold]);
+
+    // The resent certificate's proposal fits and the quorum guard takes it.
+    let now = ORIGIN_MS + 1_000;
+    let p = certificate_proposal(&cert, &node, &keys.leader, now).unwrap();
+    let size = swoosh_core::cbor::value_to_canonical(p.inputs.clone())
+        .unwrap()
+        .len();
+    assert!(size <= INPUTS_BYTES_MAX, "{size} bytes of inputs");
+    let mut node = node;
+    let s = step(&mut node, &p, &ctx(now));
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
+}
+
+/// A threshold so large that even its votes alone outgrow the inputs limit
+/// is named when the proposal is built, not refused by the node at every
+/// resend.
+#[test]
+fn a_certificate_too_large_for_one_proposal_is_refused_with_the_reason() {
+    let council = 251; // ROSTER_ENTRIES_MAX less the scenario's 5 others
+    let keys = Keys::from_labels("big-council", council);
+    let node = at_elect(&keys, "default", Some(council as u32));
+    let order: Vec<usize> = (0..council).collect();
+    let (_, cert) = elect(&keys, &node, &order);
+    assert_eq!(cert.votes.len(), council);
+    let err = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap_err();
+    assert!(
+        matches!(err, CertificateError::TooLarge { votes: 251, members: 251, bytes } if bytes > INPUTS_BYTES_MAX),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("quorum_threshold"), "{err}");
+}
