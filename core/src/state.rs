@@ -28,6 +28,12 @@ pub const POLICY_RULES_MAX: usize = 256;
 /// for new rules only (`Policy_Update` at admission, a new genesis).
 pub const POLICY_DENY_CODES_MAX: usize = 64;
 pub const FOLLOWERS_MAX: usize = 64;
+/// Largest quorum threshold a new genesis may set. A certificate carries
+/// the threshold's signed votes (~350 bytes each) beside up to
+/// `ROSTER_ENTRIES_MAX` members in one proposal's inputs
+/// (`INPUTS_BYTES_MAX`, 64 KiB): above ~125 votes it cannot be proposed,
+/// and the council could never be elected.
+pub const QUORUM_THRESHOLD_MAX: u32 = 100;
 /// Longest `probe_max_age_ms` a genesis may set: one day. A probe says
 /// whether a tool answers now; one older than a day says nothing about
 /// that, and a larger bound would let a long-stale probe keep a council
@@ -92,6 +98,8 @@ pub enum GenesisError {
         id: String,
         why: PolicyRuleError,
     },
+    #[error("genesis quorum_threshold {0} is above {QUORUM_THRESHOLD_MAX}: a certificate of that many signed votes does not fit in one proposal, so the council could never be elected; lower it")]
+    QuorumThresholdTooLarge(u32),
     #[error("genesis has {0} followers; at most {FOLLOWERS_MAX} are allowed")]
     TooManyFollowers(usize),
     #[error("genesis hlc_max_offset_ms must be between 1 and 3600000")]
@@ -151,8 +159,9 @@ impl Genesis {
 
     /// [`Self::validate`] and the checks only a new genesis must pass (made
     /// by `swoosh init`, the demo, enroll, a bench): a probe age of 1 ms to
-    /// a day, the schedule's [`Schedule::validate_new`] and policy rules
-    /// within [`validate_policy_rule`]'s bounds. Every recovery
+    /// a day, the schedule's [`Schedule::validate_new`], a quorum threshold
+    /// of at most [`QUORUM_THRESHOLD_MAX`] and policy rules within
+    /// [`validate_policy_rule`]'s bounds. Every recovery
     /// validates the stored genesis with `validate`, so a cluster whose
     /// genesis an earlier build accepted still starts.
     pub fn validate_new(&self) -> Result<(), GenesisError> {
@@ -160,6 +169,9 @@ impl Genesis {
         self.backbeat.validate_new()?;
         if self.probe_max_age_ms == 0 || self.probe_max_age_ms > PROBE_MAX_AGE_MS_MAX {
             return Err(GenesisError::ProbeMaxAge(self.probe_max_age_ms));
+        }
+        if self.quorum_threshold > QUORUM_THRESHOLD_MAX {
+            return Err(GenesisError::QuorumThresholdTooLarge(self.quorum_threshold));
         }
         for (index, r) in self.policy_rules.iter().enumerate() {
             validate_policy_rule(r).map_err(|why| GenesisError::PolicyRule {
@@ -1099,6 +1111,22 @@ mod tests {
             other.hash_memo(&mut shared);
             assert_eq!(st.hash_memo(&mut shared), after, "edit {i}, shared memo");
         }
+    }
+
+    /// A threshold whose certificate cannot fit in one proposal is refused
+    /// for a new genesis (the council could never be elected), and still
+    /// accepted on a stored one.
+    #[test]
+    fn a_new_genesis_refuses_a_quorum_threshold_no_certificate_can_carry() {
+        let keys = Keys::from_labels("big-threshold", 101);
+        let mut g = genesis(&keys, "big-threshold", 1_767_225_600_000);
+        g.quorum_threshold = QUORUM_THRESHOLD_MAX;
+        g.validate_new().unwrap();
+        g.quorum_threshold = QUORUM_THRESHOLD_MAX + 1;
+        let e = g.validate_new().unwrap_err();
+        assert_eq!(e, GenesisError::QuorumThresholdTooLarge(101));
+        assert!(e.to_string().contains("lower it"), "{e}");
+        g.validate().unwrap();
     }
 
     #[test]
