@@ -2411,6 +2411,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         sh.metrics
             .recovery_time_seconds
             .set(rec.elapsed.as_secs_f64());
+        tracing::info!(
+            index = rec.node.index,
+            snapshot = ?snapshot.map(|(i, _)| i),
+            replayed = rec.replayed,
+            seconds = rec.elapsed.as_secs_f64(),
+            "recovered the state from the log"
+        );
         if rebuilt {
             sh.metrics.index_rebuilds_total.inc();
         }

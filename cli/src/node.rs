@@ -360,6 +360,12 @@ pub async fn start_node(
     let key = read_key(&dir.join("node.key"))?;
     crate::dirlock::lock_node_dir(dir)?;
     let store = open_store(dir, nosync)?;
+    // Until recovery is done nothing listens: say what the node is doing,
+    // or a long replay looks like a node that is down.
+    tracing::info!(
+        dir = %dir.display(),
+        "recovering the state from the log (the newest valid snapshot, then the WAL after it); the HTTP port opens when it is done"
+    );
     let cfg = NodeConfig {
         genesis,
         leader_key: key,

@@ -286,6 +286,10 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             None => eprintln!("swoosh: --clear-halt: no halt was recorded"),
         }
     }
+    // Until recovery is done nothing listens: say what the follower does.
+    eprintln!(
+        "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it); its HTTP port opens when it is done"
+    );
     let f = spawn_follower(
         store,
         FollowerOptions {

@@ -855,7 +855,10 @@ impl<S: LogStore> LeaderTask<S> {
                     if members.len() < st.council.quorum_threshold as usize {
                         // The quorum guard would refuse any certificate:
                         // say so once per epoch instead of electing in vain.
-                        if self.unelectable.insert((id.clone(), epoch)) {
+                        if !self.unelectable.contains(&(id.clone(), epoch)) {
+                            // One entry per project: its older epochs go.
+                            self.unelectable.retain(|(p, _)| p != id);
+                            self.unelectable.insert((id.clone(), epoch));
                             tracing::warn!(project = %id, epoch, electable = members.len(), threshold = st.council.quorum_threshold, "cannot open the election: fewer electable candidates (not ejected) than the quorum threshold; load more candidates");
                         }
                         continue;
@@ -884,6 +887,16 @@ impl<S: LogStore> LeaderTask<S> {
         }
     }
 
+    /// Note when `cert` was last proposed (or failed to build). One entry
+    /// per project: its older epochs are dropped, so the map holds at most
+    /// one entry per project, not one per election ever held.
+    fn mark_proposed(&mut self, cert: &crate::proto::council::Certificate, now: u64) {
+        self.proposed
+            .retain(|(p, e), _| p != &cert.project || *e == cert.epoch);
+        self.proposed
+            .insert((cert.project.clone(), cert.epoch), now);
+    }
+
     fn send_certificate(&mut self, cert: &crate::proto::council::Certificate, now: u64) {
         let (Some(copy), Some(tx)) = (&self.node, &self.proposals) else {
             return;
@@ -896,15 +909,13 @@ impl<S: LogStore> LeaderTask<S> {
             Ok(p) => {
                 tracing::info!(project = %cert.project, epoch = cert.epoch, votes = cert.votes.len(), "proposing the quorum certificate");
                 let _ = tx.send(p);
-                self.proposed
-                    .insert((cert.project.clone(), cert.epoch), now);
+                self.mark_proposed(cert, now);
                 self.shared.lock().expect("lock").certificate_proposals += 1;
             }
             Err(e) => {
                 tracing::error!(project = %cert.project, epoch = cert.epoch, "cannot build the certificate proposal: {e}");
                 // Tried again at the resend period, not at every poll.
-                self.proposed
-                    .insert((cert.project.clone(), cert.epoch), now);
+                self.mark_proposed(cert, now);
             }
         }
     }
