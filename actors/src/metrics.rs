@@ -72,6 +72,9 @@ pub struct Metrics {
     pub retry_count: Family<TransitionLabel, Counter>,
     pub quarantine_total: Counter,
     pub recovery_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The earliest license expiry (Unix seconds) among the projects that
+    /// hold a license and are not terminated; 0 when none does.
+    pub license_expiry_seconds: Gauge,
     pub wal_lag_records: Gauge,
     pub commit_batch_records: Histogram,
     pub fsync_latency_seconds: Histogram,
@@ -149,6 +152,12 @@ impl Metrics {
             "swoosh_quarantine",
             "Projects moved to QUARANTINED",
             quarantine_total.clone(),
+        );
+        let license_expiry_seconds = Gauge::default();
+        r.register(
+            "swoosh_license_expiry_seconds",
+            "Earliest license expiry (Unix seconds) among projects that hold a license and are not terminated, 0 when none does; the grace (DEGRADED) runs beyond it, then only Boot_LicenseRefresh is accepted",
+            license_expiry_seconds.clone(),
         );
         let recovery_time_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         r.register(
@@ -285,6 +294,7 @@ impl Metrics {
             retry_count,
             quarantine_total,
             recovery_time_seconds,
+            license_expiry_seconds,
             wal_lag_records,
             commit_batch_records,
             fsync_latency_seconds,

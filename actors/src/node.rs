@@ -974,6 +974,51 @@ struct SeqState {
     /// behind the first do not each sign another one. At most
     /// [`QUARANTINES_PENDING_MAX`].
     quarantines_pending: std::collections::BTreeSet<String>,
+    /// Each licensed, not terminated project's license expiry (wall ms),
+    /// for `swoosh_license_expiry_seconds`.
+    licenses: Licenses,
+}
+
+/// License expiries by project, kept beside the sequencer's state so the
+/// earliest is exported without scanning every project per transition.
+#[derive(Default)]
+struct Licenses(std::collections::BTreeMap<String, u64>);
+
+impl Licenses {
+    fn of(st: &ProjectState) -> Option<u64> {
+        if st.meta.phase == "TERMINATED" {
+            return None;
+        }
+        st.boot.license.as_ref().map(|l| l.expires_at.wall_ms)
+    }
+
+    fn from_node(node: &NodeState) -> Licenses {
+        Licenses(
+            node.projects
+                .iter()
+                .filter_map(|(id, e)| Some((id.clone(), Self::of(&e.state)?)))
+                .collect(),
+        )
+    }
+
+    /// Track `project` after a transition; true when the map changed.
+    fn update(&mut self, project: &str, st: &ProjectState) -> bool {
+        let now = Self::of(st);
+        if self.0.get(project).copied() == now {
+            return false;
+        }
+        match now {
+            Some(ms) => self.0.insert(project.to_string(), ms),
+            None => self.0.remove(project),
+        };
+        true
+    }
+
+    fn export(&self, m: &crate::metrics::Metrics) {
+        let earliest = self.0.values().min().map_or(0, |ms| ms / 1000);
+        m.license_expiry_seconds
+            .set(i64::try_from(earliest).unwrap_or(i64::MAX));
+    }
 }
 
 fn section_values(st: &ProjectState, r: Region) -> Vec<(String, Value)> {
@@ -1170,6 +1215,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
         start: SeqStart,
     ) -> Result<SeqState, ActorProcessingErr> {
         let idx = start.node.index;
+        let licenses = Licenses::from_node(&start.node);
+        licenses.export(&self.shared.metrics);
         Ok(SeqState {
             node: start.node,
             waiters: VecDeque::new(),
@@ -1177,6 +1224,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
             undurable: Default::default(),
             last_snapshot_index: start.last_snapshot_index.min(idx),
             quarantines_pending: Default::default(),
+            licenses,
         })
     }
 
@@ -1318,6 +1366,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         // One copy of the post state, shared by every region's
                         // read model; JSON is rendered only when read.
                         let post = Arc::new(st.node.project(&proposal.project).into_owned());
+                        if st.licenses.update(&proposal.project, &post) {
+                            st.licenses.export(&sh.metrics);
+                        }
                         let advanced = Region::ALL
                             .iter()
                             .copied()
@@ -2824,6 +2875,64 @@ mod tests {
         }
         assert!(!text.contains("Evil"), "{text}");
         assert!(!text.contains("fake_metric"), "{text}");
+        node.shutdown().await;
+    }
+
+    /// The earliest license expiry among live projects is exported, so an
+    /// operator can alert before a license enters its grace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_earliest_license_expiry_is_exported() {
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("license-gauge", 0).await;
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("swoosh_license_expiry_seconds "))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line(&node.metrics_text()).as_deref(),
+            Some("swoosh_license_expiry_seconds 0"),
+            "no project holds a license yet"
+        );
+        let mut mirror = NodeState::new(g).unwrap();
+        let driver = Driver::new(&keys, 3);
+        for _ in 0..10 {
+            if mirror.project("default").boot.license.is_some() {
+                break;
+            }
+            let Next::Propose(p) = driver.next(&mirror, "default", origin_ms) else {
+                panic!("the driver has a next step");
+            };
+            assert!(
+                matches!(node.submit((*p).clone()).await, SubmitResult::Accepted(_)),
+                "{} accepted",
+                p.transition
+            );
+            let ctx = Ctx {
+                now_ms: origin_ms,
+                verify: Verify::Trusted,
+                snapshot_every: 0,
+            };
+            swoosh_core::step(&mut mirror, &p, &ctx);
+        }
+        let expires = mirror
+            .project("default")
+            .boot
+            .license
+            .as_ref()
+            .expect("the driver licenses the project")
+            .expires_at
+            .wall_ms;
+        assert_eq!(
+            line(&node.metrics_text()),
+            Some(format!("swoosh_license_expiry_seconds {}", expires / 1000))
+        );
         node.shutdown().await;
     }
 
