@@ -35,9 +35,7 @@ async fn start_with(fx: &Fixture, dir: &std::path::Path) -> Node {
             &swoosh_storage::LmdbOptions::default(),
         ) {
             Ok(s) => break s,
-            Err(swoosh_storage::StoreError::AlreadyOpen { .. })
-                if t0.elapsed() < Duration::from_secs(10) =>
-            {
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. }) if t0.elapsed() < PATIENCE => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("reopening the store: {e}"),
@@ -119,7 +117,7 @@ async fn memory_survives_a_restart_and_a_damaged_file_is_set_aside() {
 
     // A damaged file: set aside, the node starts with a fresh memory.
     std::fs::write(&file, b"\xff\x00 not cbor").unwrap();
-    let node = tokio::time::timeout(Duration::from_secs(30), start_with(&fx, dir.path()))
+    let node = tokio::time::timeout(2 * PATIENCE, start_with(&fx, dir.path()))
         .await
         .expect("starts in time");
     let v = node.attention(Band::IgnoreFast).await.unwrap();
@@ -168,7 +166,7 @@ async fn observed_events_reach_the_digest() {
         if v.counts.get("partition") == Some(&1) && v.counts.get("follower_lag") == Some(&1) {
             break v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.counts);
+        assert!(t0.elapsed() < PATIENCE, "{:?}", v.counts);
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let p = v
@@ -201,7 +199,7 @@ async fn observed_events_reach_the_digest() {
                 break;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.counts);
+        assert!(t0.elapsed() < PATIENCE, "{:?}", v.counts);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     node.shutdown().await;

@@ -488,74 +488,6 @@ async fn lost_index_entries_are_rebuilt_from_the_log_at_start() {
     node.shutdown().await;
 }
 
-/// A store whose commits a test can hold, as a stalled disk would.
-#[derive(Clone)]
-struct Stalling {
-    inner: swoosh_storage::LmdbStore,
-    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-}
-
-impl Stalling {
-    fn hold(&self, held: bool) {
-        let (m, c) = &*self.held;
-        *m.lock().unwrap() = held;
-        c.notify_all();
-    }
-}
-
-impl LogStore for Stalling {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn durability(&self) -> swoosh_storage::Durability {
-        self.inner.durability()
-    }
-    fn commit(
-        &mut self,
-        batch: swoosh_storage::Batch,
-    ) -> Result<swoosh_storage::CommitInfo, swoosh_storage::StoreError> {
-        let (m, c) = &*self.held;
-        let _g = c.wait_while(m.lock().unwrap(), |held| *held).unwrap();
-        self.inner.commit(batch)
-    }
-    fn get(
-        &self,
-        space: swoosh_storage::Space,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, swoosh_storage::StoreError> {
-        self.inner.get(space, key)
-    }
-    fn scan(
-        &self,
-        space: swoosh_storage::Space,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
-        self.inner.scan(space, from, to, limit)
-    }
-    fn last(
-        &self,
-        space: swoosh_storage::Space,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
-        self.inner.last(space)
-    }
-    fn count(&self, space: swoosh_storage::Space) -> Result<u64, swoosh_storage::StoreError> {
-        self.inner.count(space)
-    }
-    fn sync(&mut self) -> Result<(), swoosh_storage::StoreError> {
-        self.inner.sync()
-    }
-    fn overwrite_raw(
-        &mut self,
-        space: swoosh_storage::Space,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), swoosh_storage::StoreError> {
-        self.inner.overwrite_raw(space, key, value)
-    }
-}
-
 /// The `i`-th of a run of pauses and resumes of `project` from `mirror`.
 fn pause_or_resume(fx: &Fixture, mirror: &NodeState, project: &str, i: usize) -> Proposal {
     let st = mirror.project(project).into_owned();
@@ -591,10 +523,7 @@ async fn a_repeat_evicted_before_its_record_is_durable_gets_its_original_outcome
     let dir = tempfile::tempdir().expect("tempdir");
     let fx = Fixture::new("idem-undurable");
     let project = "stall";
-    let store = Stalling {
-        inner: open_store(dir.path()),
-        held: Default::default(),
-    };
+    let store = Stalling::new(open_store(dir.path()));
     let node = NodeHandle::start(store.clone(), fx.config(0))
         .await
         .expect("the node starts");
@@ -619,7 +548,7 @@ async fn a_repeat_evicted_before_its_record_is_durable_gets_its_original_outcome
         }
         all.push(p);
     }
-    store.hold(true);
+    let held = store.hold_until_dropped();
     let mut pending = vec![];
     for i in durable..=IDEM_KEYS_PER_PROJECT_MAX {
         let p = pause_or_resume(&fx, &mirror, project, i);
@@ -645,7 +574,7 @@ async fn a_repeat_evicted_before_its_record_is_durable_gets_its_original_outcome
         let (n, q) = (node.clone(), all[late].clone());
         tokio::spawn(async move { n.submit(q).await })
     };
-    store.hold(false);
+    drop(held);
     match repeat.await.unwrap() {
         SubmitResult::Accepted(a) => {
             assert!(a.duplicate);

@@ -18,6 +18,29 @@ use swoosh_storage::LmdbStore;
 
 const CLIENTS: usize = 8;
 const LOOPS: u64 = 3;
+/// Proposals each client may start before the shutdown: far fewer than its
+/// project needs to finish its loops, so no client can run out of work
+/// before the shutdown however late the test's own task is scheduled.
+const PERMITS_BEFORE_SHUTDOWN: usize = 10;
+/// Acknowledgements before the shutdown (of the `CLIENTS` ×
+/// `PERMITS_BEFORE_SHUTDOWN` permitted): the rest are still to come.
+const ACCEPTED_BEFORE_SHUTDOWN: u64 = 60;
+
+/// How many proposals one project's happy path takes to finish `LOOPS`.
+fn proposals_to_finish(fx: &Fixture) -> usize {
+    let mut node = NodeState::new(fx.genesis.clone()).unwrap();
+    let mut n = 0;
+    swoosh_core::scenario::run_happy_path(
+        &mut node,
+        &Driver::new(&fx.keys, LOOPS),
+        &["one".to_string()],
+        fx.now(),
+        usize::MAX,
+        |_| n += 1,
+    );
+    assert_eq!(node.project("one").execution.loops, LOOPS);
+    n
+}
 
 /// Root hash after every record, by replaying the WAL with the pure reducer.
 fn roots_by_index(store: &LmdbStore, fx: &Fixture) -> Vec<Hash> {
@@ -40,9 +63,18 @@ async fn shutdown_mid_burst_loses_nothing_acknowledged() {
 
     let stats = Arc::new(Stats::default());
     let pacer = Pacer::new(fx.clock.clone(), CLIENTS);
-    let gate = Gate::new();
+    // One metered gate per client: none can finish before the shutdown.
+    let to_finish = proposals_to_finish(&fx);
+    assert!(
+        PERMITS_BEFORE_SHUTDOWN < to_finish,
+        "{PERMITS_BEFORE_SHUTDOWN} permits would let a client finish its {to_finish} proposals"
+    );
+    assert!(ACCEPTED_BEFORE_SHUTDOWN < (CLIENTS * PERMITS_BEFORE_SHUTDOWN) as u64);
+    let gates: Vec<_> = (0..CLIENTS)
+        .map(|_| Gate::with_budget(PERMITS_BEFORE_SHUTDOWN))
+        .collect();
     let mut tasks = vec![];
-    for id in 0..CLIENTS {
+    for (id, gate) in gates.iter().enumerate() {
         let cfg = ClientCfg {
             id,
             project: format!("sd-{id}"),
@@ -62,8 +94,15 @@ async fn shutdown_mid_burst_loses_nothing_acknowledged() {
             cfg,
         )));
     }
-    // Shut down while every client has proposals in flight.
-    while stats.accepted() < 60 {
+    // Shut down while the clients are mid-burst: some proposals may be in
+    // flight, and every client has more to send.
+    let t0 = Instant::now();
+    while stats.accepted() < ACCEPTED_BEFORE_SHUTDOWN {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "only {} of {ACCEPTED_BEFORE_SHUTDOWN} accepted before the shutdown",
+            stats.accepted()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert!(
@@ -72,6 +111,11 @@ async fn shutdown_mid_burst_loses_nothing_acknowledged() {
     );
     let inflight_at_shutdown = node.health().inflight;
     node.shutdown().await;
+    // Clients that used up their permits submit again now and are told the
+    // node is stopping.
+    for g in &gates {
+        g.grant(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
     let h = node.health();
     assert_eq!(h.status, "stopping");
     assert_eq!(h.inflight, 0, "shutdown answered every admitted proposal");
@@ -134,6 +178,7 @@ async fn shutdown_mid_burst_loses_nothing_acknowledged() {
     assert_eq!(h2.root_hash, Some(replayed.root_hash()));
     let stats2 = Arc::new(Stats::default());
     let pacer = Pacer::new(fx.clock.clone(), CLIENTS);
+    let gate = Gate::new();
     let mut tasks = vec![];
     for id in 0..CLIENTS {
         let cfg = ClientCfg {

@@ -175,8 +175,12 @@ async fn http(a: HttpArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} s {msg}")
             .expect("static template"),
     );
-    let deadline = Instant::now() + Duration::from_secs(a.seconds);
-    let started = Instant::now();
+    // The measured window opens only once every client has booted its
+    // projects (durable commits, untimed): on a slow disk the boots alone
+    // can outlast a short run. Each client reports when it is booted, then
+    // waits for the window's deadline.
+    let (booted_tx, mut booted_rx) = tokio::sync::mpsc::channel::<()>(a.clients);
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let mut tasks = tokio::task::JoinSet::new();
     for ci in 0..a.clients {
         let mine: Vec<String> = (0..projects)
@@ -184,6 +188,7 @@ async fn http(a: HttpArgs) -> Result<()> {
             .map(|j| format!("bench-{j}"))
             .collect();
         let (keys, g, url) = (keys.clone(), g.clone(), url.clone());
+        let (booted, mut deadline_rx) = (booted_tx.clone(), deadline_rx.clone());
         tasks.spawn(async move {
             let c = Client::new(&url);
             let driver = Driver::new(&keys, 0);
@@ -228,11 +233,23 @@ async fn http(a: HttpArgs) -> Result<()> {
                 });
             }
             drop(mirror);
+            // Booted; the sender goes with the report, so a client that
+            // failed to boot shows as a closed channel, not a hang.
+            let _ = booted.send(()).await;
+            drop(booted);
+            let deadline = match deadline_rx.wait_for(Option::is_some).await {
+                Ok(d) => d.expect("waited for Some"),
+                // The run was abandoned: another client failed to boot, and
+                // its error is the one reported.
+                Err(_) => return Ok((0, vec![], vec![])),
+            };
             let mut lat = Vec::with_capacity(4096);
             let mut n = 0u64;
             'outer: loop {
                 for o in &mut own {
-                    if Instant::now() >= deadline {
+                    // Every client submits at least once in the window, so a
+                    // client scheduled late still measures something.
+                    if n > 0 && Instant::now() >= deadline {
                         break 'outer;
                     }
                     let hlc = Hlc::send(o.hlc, now_ms())?;
@@ -278,6 +295,23 @@ async fn http(a: HttpArgs) -> Result<()> {
             Ok::<_, anyhow::Error>((n, lat, heads))
         });
     }
+    drop((booted_tx, deadline_rx));
+    let mut booted = 0;
+    while booted < a.clients {
+        if booted_rx.recv().await.is_none() {
+            // A client ended before it booted: abandon the run (the booted
+            // ones stop waiting) and report its error.
+            drop(deadline_tx);
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+            anyhow::bail!("a bench client stopped before booting its projects");
+        }
+        booted += 1;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(a.seconds);
+    deadline_tx.send_replace(Some(deadline));
     let ticker = {
         let bar = bar.clone();
         tokio::spawn(async move {

@@ -2,8 +2,61 @@
 //! real HTTP, keys from disk, license issued by the CLI, graceful SIGINT, and
 //! the log verified afterwards.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long a test waits for a process to come up, catch up or exit. CI runs
+/// the whole workspace at once on two shared cores; the bound only turns a
+/// hang into a failure, so it is generous.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A spawned `swoosh` that is killed (and reaped) when the test is done with
+/// it, also when an assertion fails first: a leaked server would keep its
+/// port, its directory lock and a core of the CI machine.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn spawn(cmd: &mut Command) -> KillOnDrop {
+        KillOnDrop(cmd.spawn().expect("spawn swoosh"))
+    }
+
+    /// Wait (at most [`PATIENCE`]) for the process to exit by itself.
+    fn wait_exit(&mut self, what: &str) -> ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                t0.elapsed() < PATIENCE,
+                "{what} did not exit within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already exited (and reaped by `wait_exit`) is fine: both fail
+        // harmlessly then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn swoosh(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_swoosh"))
@@ -53,18 +106,25 @@ fn init_serve_propose_read_and_verify() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let url = format!("http://{addr}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_swoosh"))
-        .args(["serve", "--dir", &format!("{d}/leader"), "--http", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = KillOnDrop::spawn(
+        Command::new(env!("CARGO_BIN_EXE_swoosh"))
+            .args(["serve", "--dir", &format!("{d}/leader"), "--http", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    // Drained as it is written, so a chatty log can never fill the pipe and
+    // stall the server; read once the server has exited.
+    let server_stderr = {
+        let mut pipe = server.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+            err
+        })
+    };
     let t0 = Instant::now();
     while swoosh(&["health", "--to", &url]).status.code() != Some(0) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the node did not come up"
-        );
+        assert!(t0.elapsed() < PATIENCE, "the node did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -183,10 +243,9 @@ fn init_serve_propose_read_and_verify() {
         .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
-    let status = server.wait().unwrap();
+    let status = server.wait_exit("serve after SIGTERM");
     assert!(status.success(), "serve exited with {status}");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut err).unwrap();
+    let err = server_stderr.join().expect("stderr reader");
     assert!(
         err.contains("SIGTERM: shutting down, flushing the WAL"),
         "{err}"
@@ -280,13 +339,15 @@ fn enroll_restamps_an_opened_empty_store_and_refuses_one_with_records() {
     assert_eq!(genesis(&leader).hash().unwrap(), new, "nothing rewritten");
 }
 
-/// A port free on loopback now (another process binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Three distinct ports free on loopback now (other processes bind them
+/// next). The listeners are held until all three are chosen: a port is
+/// handed back by the kernel once its listener is dropped.
+fn free_ports() -> (u16, u16, u16) {
+    let held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| held[i].local_addr().unwrap().port();
+    (port(0), port(1), port(2))
 }
 
 /// `swoosh follow --http --leader-http` as an operator runs it: `swoosh
@@ -299,7 +360,7 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
     let d = d.to_str().unwrap();
     ok(&["init", "--dir", d, "--agents", "3", "--followers", "1"]);
     ok(&["p2p", "enroll", "--dir", d]);
-    let (lhttp, lp2p, fhttp) = (free_port(), free_port(), free_port());
+    let (lhttp, lp2p, fhttp) = free_ports();
     let leader_url = format!("http://127.0.0.1:{lhttp}");
     let follower_url = format!("http://127.0.0.1:{fhttp}");
     let p2p = format!("/ip4/127.0.0.1/tcp/{lp2p}");
@@ -325,14 +386,14 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
     }
 
     let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_swoosh"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        KillOnDrop::spawn(
+            Command::new(env!("CARGO_BIN_EXE_swoosh"))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     };
-    let mut leader = spawn(&[
+    let leader = spawn(&[
         "serve",
         "--dir",
         &format!("{d}/leader"),
@@ -341,7 +402,7 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
         "--p2p",
         &p2p,
     ]);
-    let mut follower = spawn(&[
+    let follower = spawn(&[
         "follow",
         "--dir",
         &follower_dir,
@@ -353,11 +414,11 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
         &format!("{leader_url}/"),
     ]);
     let run = || -> Result<(), String> {
-        let t0 = Instant::now();
         let until = |what: &str, f: &dyn Fn() -> bool| -> Result<(), String> {
+            let t0 = Instant::now();
             while !f() {
-                if t0.elapsed() > Duration::from_secs(30) {
-                    return Err(format!("timed out waiting for {what}"));
+                if t0.elapsed() > PATIENCE {
+                    return Err(format!("timed out waiting {PATIENCE:?} for {what}"));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -423,10 +484,67 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
         }
         Ok(())
     };
+    // A panic inside `run` (an `ok` that fails) kills both through their
+    // guards as well.
     let result = run();
-    for child in [&mut follower, &mut leader] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop((follower, leader));
     result.unwrap();
+}
+
+/// Files the CLI reads are refused, saying why, when they are not regular
+/// files or exceed their limit: `/dev/zero` or a huge file given by mistake
+/// used to be read to the end (never, or out of memory).
+#[test]
+fn special_and_oversized_input_files_are_refused_before_reading_them() {
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(512 * 1024 * 1024) // sparse: no disk used
+        .unwrap();
+    let big = big.to_str().unwrap();
+    let key = t.path().join("k");
+    ok(&["keygen", "--out", key.to_str().unwrap()]);
+    let key = key.to_str().unwrap();
+    let inputs_zero = "@/dev/zero".to_string();
+    let inputs_big = format!("@{big}");
+    for (args, says) in [
+        (vec!["propose", "--file", "/dev/zero"], "not a regular file"),
+        (vec!["propose", "--file", big], "limit"),
+        (
+            vec!["propose", "--transition", "Boot_ConfigOk", "--key", big],
+            "limit",
+        ),
+        (
+            vec![
+                "propose",
+                "--transition",
+                "Boot_ConfigOk",
+                "--key",
+                key,
+                "--inputs",
+                &inputs_zero,
+            ],
+            "not a regular file",
+        ),
+        (
+            vec![
+                "propose",
+                "--transition",
+                "Boot_ConfigOk",
+                "--key",
+                key,
+                "--inputs",
+                &inputs_big,
+            ],
+            "limit",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--to", "http://127.0.0.1:9"]);
+        let o = swoosh(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

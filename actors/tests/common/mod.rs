@@ -24,6 +24,13 @@ use swoosh_storage::{
 pub const ORIGIN_MS: u64 = 1_700_000_000_000;
 pub const COUNCIL: usize = 3;
 
+/// How long a test waits for something that must happen eventually (a
+/// restart, a fold, a reopen, a read model catching up). CI runs the whole
+/// workspace at once on two shared cores, where a restart that takes
+/// milliseconds alone can take seconds; the bound only keeps a regression
+/// from hanging the suite, so it is generous. Never the value a test asserts.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 pub type Node = NodeHandle<LmdbStore>;
 
 /// Keys, genesis and clock of one test cluster.
@@ -83,9 +90,7 @@ pub async fn reopen(dir: &std::path::Path) -> LmdbStore {
     loop {
         match LmdbStore::open(dir, &swoosh_storage::LmdbOptions::default()) {
             Ok(s) => return s,
-            Err(swoosh_storage::StoreError::AlreadyOpen { .. })
-                if t0.elapsed() < Duration::from_secs(5) =>
-            {
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. }) if t0.elapsed() < PATIENCE => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("reopening the store after shutdown: {e}"),
@@ -295,10 +300,7 @@ impl Gate {
         self.closed.store(true, Ordering::SeqCst);
         let t0 = Instant::now();
         while self.passing.load(Ordering::SeqCst) > 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "clients did not drain"
-            );
+            assert!(t0.elapsed() < PATIENCE, "clients did not drain");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -344,8 +346,12 @@ pub async fn resync(node: &Node, genesis: &Genesis) -> NodeState {
         .expect("resync task")
 }
 
-/// How long a client keeps resubmitting one unacknowledged proposal.
-pub const RESUBMIT_WINDOW: Duration = Duration::from_secs(20);
+/// How long a client keeps resubmitting one unacknowledged proposal before
+/// it fails the test: a liveness bound (the node answers every proposal
+/// definitely once it is back), not a latency any test asserts. One submit
+/// may itself wait up to `SUBMIT_TIMEOUT_MS` (30 s) before it is answered
+/// `Unavailable`, and a restart on a loaded machine can take seconds.
+pub const RESUBMIT_WINDOW: Duration = PATIENCE;
 
 pub struct ClientCfg {
     pub id: usize,
@@ -486,7 +492,7 @@ pub async fn drive_project(
                     RejectKind::StaleHash | RejectKind::HlcOrder | RejectKind::IdemConflict => {
                         stats.retried_rejections.fetch_add(1, Ordering::AcqRel);
                         stats.resyncs.fetch_add(1, Ordering::AcqRel);
-                        wait_ready(&node, Duration::from_secs(20)).await;
+                        wait_ready(&node, PATIENCE).await;
                         mirror = resync(&node, &genesis).await;
                         continue 'outer;
                     }
@@ -563,8 +569,8 @@ pub fn check_acks_in_wal(acks: &[Ack], records: &[VerifiedRecord]) {
     }
 }
 
-/// Waits (briefly) until every region actor serves one consistent version of
-/// `project`, and returns it.
+/// Waits until every region actor serves one consistent version of
+/// `project` (at most [`PATIENCE`]), and returns it.
 pub async fn state_eventually(node: &Node, project: &str) -> swoosh_actors::StateView {
     let t0 = Instant::now();
     loop {
@@ -572,11 +578,130 @@ pub async fn state_eventually(node: &Node, project: &str) -> swoosh_actors::Stat
             Ok(v) => return v,
             Err(e) => {
                 assert!(
-                    t0.elapsed() < Duration::from_secs(5),
+                    t0.elapsed() < PATIENCE,
                     "state({project}) keeps failing: {e}"
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// A store whose commits a test can hold, as a stalled disk would.
+#[derive(Clone)]
+pub struct Stalling {
+    pub inner: LmdbStore,
+    held: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Commits waiting for [`Stalling::hold`]`(false)` now.
+    parked: Arc<AtomicUsize>,
+}
+
+impl Stalling {
+    pub fn new(inner: LmdbStore) -> Stalling {
+        Stalling {
+            inner,
+            held: Default::default(),
+            parked: Default::default(),
+        }
+    }
+
+    /// Hold every commit from now on (`true`) or let them all go (`false`).
+    pub fn hold(&self, held: bool) {
+        let (m, c) = &*self.held;
+        *m.lock().unwrap() = held;
+        c.notify_all();
+    }
+
+    /// Hold every commit until the returned guard is dropped, also when the
+    /// test panics: a commit parked for good would keep the runtime's
+    /// blocking pool, and so the failing test, from ever finishing.
+    pub fn hold_until_dropped(&self) -> Held {
+        self.hold(true);
+        Held(self.clone())
+    }
+
+    /// How many commits wait inside the store for the hold to end. The WAL
+    /// writer takes the node's commit lock before it commits, so one parked
+    /// commit means the writer is inside the disk with that lock held.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    /// Wait until at least `n` commits are parked.
+    pub async fn wait_parked(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.parked() < n {
+            assert!(
+                t0.elapsed() < PATIENCE,
+                "{} of {n} commits reached the stalled disk within {PATIENCE:?}",
+                self.parked()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Commits of a [`Stalling`] store wait while this lives.
+#[must_use = "the hold ends when the guard is dropped"]
+pub struct Held(Stalling);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
+}
+
+impl LogStore for Stalling {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn durability(&self) -> swoosh_storage::Durability {
+        self.inner.durability()
+    }
+    fn commit(
+        &mut self,
+        batch: swoosh_storage::Batch,
+    ) -> Result<swoosh_storage::CommitInfo, swoosh_storage::StoreError> {
+        let (m, c) = &*self.held;
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        let _g = c.wait_while(m.lock().unwrap(), |held| *held).unwrap();
+        self.parked.fetch_sub(1, Ordering::AcqRel);
+        self.inner.commit(batch)
+    }
+    fn get(
+        &self,
+        space: swoosh_storage::Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, swoosh_storage::StoreError> {
+        self.inner.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: swoosh_storage::Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
+        self.inner.scan(space, from, to, limit)
+    }
+    fn last(
+        &self,
+        space: swoosh_storage::Space,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, swoosh_storage::StoreError> {
+        self.inner.last(space)
+    }
+    fn count(&self, space: swoosh_storage::Space) -> Result<u64, swoosh_storage::StoreError> {
+        self.inner.count(space)
+    }
+    fn sync(&mut self) -> Result<(), swoosh_storage::StoreError> {
+        self.inner.sync()
+    }
+    fn overwrite_raw(
+        &mut self,
+        space: swoosh_storage::Space,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), swoosh_storage::StoreError> {
+        self.inner.overwrite_raw(space, key, value)
     }
 }
