@@ -24,7 +24,7 @@ use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoT
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Default LMDB map size: the most the environment can grow to. It is address
 /// space, not disk: the file grows only as data is written.
@@ -302,7 +302,7 @@ impl LmdbStore {
             .truncate(false)
             .open(&path)
             .map_err(|e| open_err(format!("opening the journal {}: {e}", path.display())))?;
-        match try_flock(&file) {
+        match flock_within(&file, Duration::from_millis(JOURNAL_LOCK_WAIT_MS)) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => {
@@ -758,6 +758,26 @@ impl LogStore for LmdbStore {
             .put(&mut wtxn, key, value)
             .map_err(|e| self.err("overwriting", e))?;
         wtxn.commit().map_err(|e| self.err("committing", e))
+    }
+}
+
+/// How long opening a store waits for its journal's lock before opening
+/// without the journal (another process holds the store). A process that
+/// forks while it has the store open lends its child the lock until the
+/// child execs: a moment, which a lone try could still land in.
+pub const JOURNAL_LOCK_WAIT_MS: u64 = 250;
+
+/// [`try_flock`], retried for up to `wait`.
+fn flock_within(file: &std::fs::File, wait: Duration) -> std::io::Result<bool> {
+    let t0 = Instant::now();
+    loop {
+        if try_flock(file)? {
+            return Ok(true);
+        }
+        if t0.elapsed() >= wait {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
