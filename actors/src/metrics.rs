@@ -73,7 +73,8 @@ pub struct Metrics {
     pub quarantine_total: Counter,
     pub recovery_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// The earliest license expiry (Unix seconds) among the projects that
-    /// hold a license and are not terminated; 0 when none does.
+    /// hold a license whose grace has not ended and are not terminated; 0
+    /// when none does. Computed when `/metrics` is read.
     pub license_expiry_seconds: Gauge,
     pub wal_lag_records: Gauge,
     pub commit_batch_records: Histogram,
@@ -156,7 +157,7 @@ impl Metrics {
         let license_expiry_seconds = Gauge::default();
         r.register(
             "swoosh_license_expiry_seconds",
-            "Earliest license expiry (Unix seconds) among projects that hold a license and are not terminated, 0 when none does; the grace (DEGRADED) runs beyond it, then only Boot_LicenseRefresh is accepted",
+            "Earliest license expiry (Unix seconds) among projects that are not terminated and hold a license whose grace has not ended, 0 when none does; the grace (DEGRADED) runs beyond it, then only Boot_LicenseRefresh is accepted",
             license_expiry_seconds.clone(),
         );
         let recovery_time_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();

@@ -334,6 +334,9 @@ struct Shared<S> {
     stopping: AtomicBool,
     inflight: AtomicUsize,
     inflight_max: AtomicUsize,
+    /// Each licensed, not terminated project's license, kept by the
+    /// sequencer; `/metrics` exports the earliest expiry still in force.
+    licenses: Mutex<Licenses>,
     durable_index: AtomicU64,
     /// The durable state's project hashes; its root is computed when read.
     durable_root: Mutex<DurableRoot>,
@@ -442,6 +445,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             stopping: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             inflight_max: AtomicUsize::new(INFLIGHT_PROPOSALS_MAX),
+            licenses: Mutex::new(Licenses::default()),
             durable_index: AtomicU64::new(0),
             durable_root: Mutex::new(DurableRoot::default()),
             last_snapshot: Mutex::new(None),
@@ -646,6 +650,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
     /// The metrics in OpenMetrics text, with the leader's view of its
     /// followers refreshed from the replication transport first.
     pub fn metrics_text(&self) -> String {
+        let now = self.shared.cfg.clock.now_ms();
+        let earliest = self
+            .shared
+            .licenses
+            .lock()
+            .expect("licenses lock")
+            .earliest_in_force(now);
+        self.shared.metrics.license_expiry_seconds.set(earliest);
         if let Some(f) = installed(&self.shared.replication) {
             export_replicas(&self.shared.metrics, &f());
         }
@@ -974,22 +986,21 @@ struct SeqState {
     /// behind the first do not each sign another one. At most
     /// [`QUARANTINES_PENDING_MAX`].
     quarantines_pending: std::collections::BTreeSet<String>,
-    /// Each licensed, not terminated project's license expiry (wall ms),
-    /// for `swoosh_license_expiry_seconds`.
-    licenses: Licenses,
 }
 
-/// License expiries by project, kept beside the sequencer's state so the
-/// earliest is exported without scanning every project per transition.
+/// Licenses by project: `(expires_at wall ms, grace ms)`.
 #[derive(Default)]
-struct Licenses(std::collections::BTreeMap<String, u64>);
+struct Licenses(std::collections::BTreeMap<String, (u64, u64)>);
 
 impl Licenses {
-    fn of(st: &ProjectState) -> Option<u64> {
+    fn of(st: &ProjectState) -> Option<(u64, u64)> {
         if st.meta.phase == "TERMINATED" {
             return None;
         }
-        st.boot.license.as_ref().map(|l| l.expires_at.wall_ms)
+        st.boot
+            .license
+            .as_ref()
+            .map(|l| (l.expires_at.wall_ms, l.grace_ms))
     }
 
     fn from_node(node: &NodeState) -> Licenses {
@@ -1001,23 +1012,31 @@ impl Licenses {
         )
     }
 
-    /// Track `project` after a transition; true when the map changed.
-    fn update(&mut self, project: &str, st: &ProjectState) -> bool {
+    /// Track `project` after a transition.
+    fn update(&mut self, project: &str, st: &ProjectState) {
         let now = Self::of(st);
         if self.0.get(project).copied() == now {
-            return false;
+            return;
         }
         match now {
-            Some(ms) => self.0.insert(project.to_string(), ms),
+            Some(l) => self.0.insert(project.to_string(), l),
             None => self.0.remove(project),
         };
-        true
     }
 
-    fn export(&self, m: &crate::metrics::Metrics) {
-        let earliest = self.0.values().min().map_or(0, |ms| ms / 1000);
-        m.license_expiry_seconds
-            .set(i64::try_from(earliest).unwrap_or(i64::MAX));
+    /// The earliest expiry (Unix seconds) among licenses whose grace has not
+    /// ended at `now_ms`; 0 when there is none. A project past its grace
+    /// takes only Boot_LicenseRefresh (its refusals say so): left in, one
+    /// abandoned project would pin the gauge, and the alert on it, for good.
+    fn earliest_in_force(&self, now_ms: u64) -> i64 {
+        let ms = self
+            .0
+            .values()
+            .filter(|(exp, grace)| exp.saturating_add(*grace) > now_ms)
+            .map(|(exp, _)| *exp)
+            .min()
+            .map_or(0, |ms| ms / 1000);
+        i64::try_from(ms).unwrap_or(i64::MAX)
     }
 }
 
@@ -1072,8 +1091,8 @@ const QUARANTINE_ATTEMPTS_MAX: u8 = 8;
 const QUARANTINES_PENDING_MAX: usize = 1_024;
 
 #[derive(Serialize)]
-struct QuarantineInputs<'a> {
-    findings: &'a ciborium::Value,
+struct QuarantineInputs {
+    findings: Vec<swoosh_core::facts::Finding>,
 }
 
 impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
@@ -1145,6 +1164,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                 _ => None,
             }
             .ok_or("the refused proposal carries no findings")?;
+            let findings: Vec<swoosh_core::facts::Finding> = findings
+                .deserialized()
+                .map_err(|e| format!("the refused proposal's findings do not decode: {e}"))?;
+            // Each breaching finding once, within the breach budget: the
+            // quarantine must pass admission where the breach did not.
+            let findings = swoosh_core::guards::quarantine_findings(&ps.policy.rules, &findings);
+            if findings.is_empty() {
+                return Err("none of the findings breaches a policy rule".into());
+            }
             let hlc = Hlc::send(ps.hlc_last.unwrap_or_default(), sh.cfg.clock.now_ms())
                 .map_err(|e| e.to_string())?;
             // Named after the breaching proposal (a rebuild keeps its key):
@@ -1215,8 +1243,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
         start: SeqStart,
     ) -> Result<SeqState, ActorProcessingErr> {
         let idx = start.node.index;
-        let licenses = Licenses::from_node(&start.node);
-        licenses.export(&self.shared.metrics);
+        *self.shared.licenses.lock().expect("licenses lock") = Licenses::from_node(&start.node);
         Ok(SeqState {
             node: start.node,
             waiters: VecDeque::new(),
@@ -1224,7 +1251,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
             undurable: Default::default(),
             last_snapshot_index: start.last_snapshot_index.min(idx),
             quarantines_pending: Default::default(),
-            licenses,
         })
     }
 
@@ -1366,9 +1392,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                         // One copy of the post state, shared by every region's
                         // read model; JSON is rendered only when read.
                         let post = Arc::new(st.node.project(&proposal.project).into_owned());
-                        if st.licenses.update(&proposal.project, &post) {
-                            st.licenses.export(&sh.metrics);
-                        }
+                        sh.licenses
+                            .lock()
+                            .expect("licenses lock")
+                            .update(&proposal.project, &post);
                         let advanced = Region::ALL
                             .iter()
                             .copied()
@@ -2876,6 +2903,20 @@ mod tests {
         assert!(!text.contains("Evil"), "{text}");
         assert!(!text.contains("fake_metric"), "{text}");
         node.shutdown().await;
+    }
+
+    /// A license past its grace leaves the gauge (an abandoned project
+    /// would pin it, and its alert, for good); one in its grace stays.
+    #[test]
+    fn the_license_gauge_skips_licenses_past_their_grace() {
+        let mut l = Licenses::default();
+        assert_eq!(l.earliest_in_force(0), 0);
+        l.0.insert("old".into(), (10_000, 5_000));
+        l.0.insert("new".into(), (60_000, 5_000));
+        assert_eq!(l.earliest_in_force(9_000), 10);
+        assert_eq!(l.earliest_in_force(14_999), 10, "in its grace");
+        assert_eq!(l.earliest_in_force(15_000), 60, "past its grace");
+        assert_eq!(l.earliest_in_force(65_000), 0);
     }
 
     /// The earliest license expiry among live projects is exported, so an

@@ -491,11 +491,11 @@ fn a_follower_process_answers_state_and_health_and_names_the_leaders_url() {
     result.unwrap();
 }
 
-/// Files the CLI reads are refused, saying why, when they are not regular
-/// files or exceed their limit: `/dev/zero` or a huge file given by mistake
-/// used to be read to the end (never, or out of memory).
+/// Files the CLI reads are refused, saying why, when they exceed their
+/// limit: `/dev/zero` or a huge file given by mistake used to be read to the
+/// end (never, or out of memory).
 #[test]
-fn special_and_oversized_input_files_are_refused_before_reading_them() {
+fn endless_and_oversized_input_files_are_refused_at_their_limit() {
     let t = tempfile::tempdir().unwrap();
     let big = t.path().join("big");
     std::fs::File::create(&big)
@@ -509,7 +509,7 @@ fn special_and_oversized_input_files_are_refused_before_reading_them() {
     let inputs_zero = "@/dev/zero".to_string();
     let inputs_big = format!("@{big}");
     for (args, says) in [
-        (vec!["propose", "--file", "/dev/zero"], "not a regular file"),
+        (vec!["propose", "--file", "/dev/zero"], "limit"),
         (vec!["propose", "--file", big], "limit"),
         (
             vec!["propose", "--transition", "Boot_ConfigOk", "--key", big],
@@ -525,7 +525,7 @@ fn special_and_oversized_input_files_are_refused_before_reading_them() {
                 "--inputs",
                 &inputs_zero,
             ],
-            "not a regular file",
+            "limit",
         ),
         (
             vec![

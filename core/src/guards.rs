@@ -358,6 +358,46 @@ pub fn policy_sources(g: &GuardCtx, sources: &[String]) -> GuardOutcome {
     }
 }
 
+/// The reason a breach gives, one per (finding, matching rule).
+fn breach_reason(f: &Finding, r: &PolicyRule) -> String {
+    format!(
+        "finding '{}' breaches rule '{}': {}",
+        f.code, r.id, r.rationale
+    )
+}
+
+/// The findings a quarantine of `findings` carries under `rules`: each
+/// breaching finding once, in order, as many as keep the breach reasons
+/// within [`BREACH_REASONS_BYTES_MAX`] (at least one). One breaching finding
+/// is enough to quarantine a project; the leader's automatic quarantine of a
+/// refused `Ingestion_SchemaOk` must pass [`policy_breach`] at admission,
+/// which a list with repeats or past the budget would not.
+pub fn quarantine_findings(rules: &[PolicyRule], findings: &[Finding]) -> Vec<Finding> {
+    let mut seen = BTreeSet::new();
+    let mut kept = vec![];
+    let mut bytes = 0usize;
+    for f in findings {
+        if !seen.insert(f) {
+            continue;
+        }
+        let reasons: Vec<String> = rules
+            .iter()
+            .filter(|r| r.deny_codes.contains(&f.code))
+            .map(|r| breach_reason(f, r))
+            .collect();
+        if reasons.is_empty() {
+            continue;
+        }
+        let add = joined_bytes(&reasons) + if kept.is_empty() { 0 } else { 2 };
+        if !kept.is_empty() && bytes + add > BREACH_REASONS_BYTES_MAX {
+            break;
+        }
+        bytes += add;
+        kept.push(f.clone());
+    }
+    kept
+}
+
 pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
     let b = breaches(&g.state.policy.rules, findings);
     if b.is_empty() {
@@ -367,15 +407,7 @@ pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
             vec!["none of the findings breaches a policy rule, so there is nothing to quarantine; propose Ingestion_SchemaOk, or ask an admin for Policy_Quarantine".into()],
         )
     } else {
-        let reasons: Vec<String> = b
-            .iter()
-            .map(|(f, r)| {
-                format!(
-                    "finding '{}' breaches rule '{}': {}",
-                    f.code, r.id, r.rationale
-                )
-            })
-            .collect();
+        let reasons: Vec<String> = b.iter().map(|(f, r)| breach_reason(f, r)).collect();
         // At admission only (`Judged`): logs an earlier build wrote may
         // hold larger breaches, and replay as they were accepted.
         let bytes = joined_bytes(&reasons);

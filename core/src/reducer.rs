@@ -987,9 +987,11 @@ fn transition(
         "Ingestion_SchemaOk" => {
             let i: InSchema = inputs(p)?;
             check_list("findings", &i.findings)?;
-            check_findings_once(g, &i.findings)?;
             lic(out)?;
+            // A breach is refused as `policy` whatever else is wrong with the
+            // list: that refusal is what makes the leader quarantine.
             guard_check(out, guards::policy_findings(g, &i.findings))?;
+            check_findings_once(g, &i.findings)?;
             post.ingestion.schema_hash = Some(i.schema_hash);
             post.ingestion.findings = i.findings;
         }
@@ -1377,6 +1379,23 @@ struct Built {
 }
 
 fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
+    commit_within(
+        node,
+        p,
+        ctx,
+        plan,
+        (RECORD_BYTES_MAX, DECISION_RECORD_BYTES_MAX),
+    )
+}
+
+/// [`commit`] with the record and decision record size limits given.
+fn commit_within(
+    node: &mut NodeState,
+    p: &Proposal,
+    ctx: &Ctx,
+    plan: Plan,
+    (record_max, decision_max): (usize, usize),
+) -> Step {
     let mut fresh = HashMemo::default();
     let hash = post_hash(node, &p.project, &plan.post, &mut fresh);
     let b = build(node, p, ctx, plan, hash, None);
@@ -1390,7 +1409,7 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
     // writer refuses an oversized record, and then the whole group commit
     // around it failed (every proposal in it answered 503, the sequencer
     // and the WAL writer restarted) for a proposal that was never admissible.
-    if let Some(r) = oversized(&acc) {
+    if let Some(r) = oversized_at(&acc, record_max, decision_max) {
         return rejected(p, r);
     }
     let at = (
@@ -1406,12 +1425,8 @@ fn commit(node: &mut NodeState, p: &Proposal, ctx: &Ctx, plan: Plan) -> Step {
 }
 
 /// Why an accepted record cannot be stored: its record or decision record
-/// encodes past the named limits. Admission only (replay reads records the
-/// store already bounded).
-fn oversized(acc: &Accepted) -> Option<Rejection> {
-    oversized_at(acc, RECORD_BYTES_MAX, DECISION_RECORD_BYTES_MAX)
-}
-
+/// encodes past the limits. Admission only (replay reads records the store
+/// already bounded).
 fn oversized_at(acc: &Accepted, record_max: usize, decision_max: usize) -> Option<Rejection> {
     let record = acc.record_bytes.as_ref().map_or(0, Vec::len);
     let decision = acc.decision_bytes.as_ref().map_or(0, Vec::len);
@@ -2758,22 +2773,42 @@ mod tests {
         };
         let record = acc.record_bytes.as_ref().unwrap().len();
         let decision = acc.decision_bytes.as_ref().unwrap().len();
-        assert!(oversized(&acc).is_none());
-        let r = oversized_at(&acc, record - 1, usize::MAX).expect("record over");
-        assert_eq!(
-            (r.kind, r.guard.as_str()),
-            (RejectKind::Guard, "record_size")
-        );
-        assert!(
-            r.reasons[0].contains(&format!("WAL record would be {record} bytes")),
-            "{r:?}"
-        );
-        let r = oversized_at(&acc, usize::MAX, decision - 1).expect("decision over");
-        assert!(
-            r.reasons[0].contains(&format!("decision record would be {decision} bytes")),
-            "{r:?}"
-        );
-        // The live step still accepts it.
+        assert!(record < RECORD_BYTES_MAX && decision < DECISION_RECORD_BYTES_MAX);
+        // Through the live step's commit, with limits just below this
+        // record's sizes: refused, and nothing of it installed.
+        for (limits, what) in [
+            (
+                (record - 1, usize::MAX),
+                format!("WAL record would be {record} bytes"),
+            ),
+            (
+                (usize::MAX, decision - 1),
+                format!("decision record would be {decision} bytes"),
+            ),
+        ] {
+            let mut node = fx.node.clone();
+            let before = (node.index, node.head_record, node.root_hash());
+            let Ok(Eval::Apply(plan)) =
+                evaluate(&node, &p, &fx.ctx(), None, None, Judged::Admission)
+            else {
+                panic!("the first step is admissible");
+            };
+            let s = commit_within(&mut node, &p, &fx.ctx(), *plan, limits);
+            let Outcome::Rejected(r) = s.outcome else {
+                panic!("{:?}", s.outcome)
+            };
+            assert_eq!(
+                (r.kind, r.guard.as_str()),
+                (RejectKind::Guard, "record_size")
+            );
+            assert!(r.reasons[0].contains(&what), "{r:?}");
+            assert_eq!((node.index, node.head_record, node.root_hash()), before);
+            assert!(node
+                .idem
+                .get(P)
+                .is_none_or(|m| m.get(&p.idem_key).is_none()));
+        }
+        // Within the real limits the live step accepts it.
         fx.accept(&p);
     }
 }

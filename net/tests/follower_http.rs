@@ -181,7 +181,8 @@ impl Cluster {
                     // Retried past the HLC offset on a stalled machine: not
                     // committed; plan it again with a fresh HLC.
                     Err(ClientError::Refused { status: 409, body })
-                        if body.error == "hlc_order" => {}
+                        if body.error == "hlc_order"
+                            && body.message.contains("behind the leader's clock") => {}
                     Err(e) => panic!("{project}: {e}"),
                 },
             }

@@ -247,6 +247,14 @@ async fn a_stopped_follower_is_a_partition_healed_by_its_restart() {
     c.commit(60);
     let caught_up_before = count(&v, EventKind::FollowerCaughtUp);
     let gaps_before = count(&v, EventKind::FollowerGap);
+    // What the restart recovers from its own WAL, checked before it: once
+    // spawned, it may fetch the leader's tail at once.
+    let st = MemStore::open("f", &disk, Durability::Sync);
+    assert_eq!(
+        swoosh_storage::recover(&st, &c.genesis).unwrap().node.index,
+        40
+    );
+    drop(st);
     let f = spawn_follower(
         MemStore::open("f", &disk, Durability::Sync),
         c.follower_opts(0, &leader),
