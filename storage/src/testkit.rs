@@ -51,15 +51,7 @@ impl Stream {
     /// reducer checks while generating (`Trusted` skips signature checks and
     /// makes the same records faster).
     pub fn new(label: &str, projects: usize, verify: Verify) -> Stream {
-        let g = stream_genesis(label);
-        let node = NodeState::new(g.clone()).expect("the test genesis is valid");
-        Stream {
-            keys: keys(label),
-            genesis: g,
-            projects: project_ids(projects),
-            node,
-            verify,
-        }
+        Stream::with_origin(label, projects, verify, STREAM_ORIGIN_MS)
     }
 
     /// [`Stream::new`] with its genesis (and so its clock) starting at
