@@ -480,8 +480,8 @@ pub async fn serve_leader(
 
 #[derive(Args)]
 pub struct ProposeArgs {
-    /// Node URL.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    /// Node URL (the leader's), like http://127.0.0.1:7700.
+    #[arg(long, visible_alias = "url", default_value = "http://127.0.0.1:7700")]
     pub to: String,
     /// Submit this already signed proposal (JSON) as is.
     #[arg(long, conflicts_with_all = ["transition", "key"])]
@@ -504,12 +504,44 @@ pub struct ProposeArgs {
     /// Do not re-read HEAD and resubmit after a stale hash.
     #[arg(long)]
     pub no_retry: bool,
+    /// Where to write the signed proposal when its outcome is unknown
+    /// (default: <tmpdir>/swoosh-proposal-<idem key>.json), to resubmit it
+    /// with `--file`.
+    #[arg(long, conflicts_with = "file")]
+    pub save: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// Longest part of an idempotency key put in a default `--save` file name.
+pub const SAVE_NAME_IDEM_CHARS_MAX: usize = 80;
+
+/// Where an unknown-outcome proposal is written without `--save`.
+pub fn default_save_path(idem_key: &str) -> PathBuf {
+    let safe: String = idem_key
+        .chars()
+        .take(SAVE_NAME_IDEM_CHARS_MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::env::temp_dir().join(format!("swoosh-proposal-{safe}.json"))
+}
+
+/// The client for `--to`, refusing an address that is not an http(s) URL.
+fn client_for(to: &str) -> Result<Client> {
+    Ok(Client::try_new(to)?)
+}
+
 pub async fn propose(a: ProposeArgs) -> Result<()> {
-    let client = Client::new(&a.to);
+    let client = client_for(&a.to)?;
+    // The proposal sent and where it is (or is to be) kept, for a hint when
+    // the outcome is unknown.
+    let mut sent: Option<(swoosh_core::Proposal, Option<PathBuf>)> = None;
     let reply = if let Some(f) = &a.file {
         let bytes = read_capped(f, swoosh_net::api::BODY_BYTES_MAX).with_context(|| {
             format!(
@@ -519,7 +551,9 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
         })?;
         let p = swoosh_net::http::parse_proposal(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
-        client.submit_retrying(&p).await.map(|(r, _)| r)
+        let r = client.submit_retrying(&p).await.map(|(r, _)| r);
+        sent = Some((p, Some(f.clone())));
+        r
     } else {
         let (Some(t), Some(k)) = (&a.transition, &a.key) else {
             bail!("give --transition and --key (or --file with a signed proposal)");
@@ -550,8 +584,8 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
             idem_key: idem,
             evidence: a.evidence.clone(),
         };
-        client
-            .propose(
+        match client
+            .propose_keeping_last(
                 &req,
                 RetryPolicy {
                     resubmit_on_stale: !a.no_retry,
@@ -559,7 +593,13 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
                 },
             )
             .await
-            .map(|p| p.reply)
+        {
+            Ok(p) => Ok(p.reply),
+            Err(f) => {
+                sent = f.last.map(|p| (p, None));
+                Err(f.error)
+            }
+        }
     };
     match reply {
         Ok(r) => {
@@ -587,9 +627,56 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(b)?);
                 }
             }
+            if let Some((p, file)) = sent {
+                if e.outcome_unknown() {
+                    unknown_outcome_hint(&a, &p, file)?;
+                } else if e.body().is_some_and(|b| b.error == "idem_conflict") {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the idempotency key {:?} was already used for a different proposal: the operation may already be done; see `swoosh state --to {}` and `swoosh decisions`, or pick another --idem-key",
+                        p.idem_key, a.to
+                    )));
+                }
+            }
             Err(e.into())
         }
     }
+}
+
+/// Say on stderr that the outcome of `p` is unknown, keep it in a file
+/// (unless it came from one) and say how to settle it.
+fn unknown_outcome_hint(
+    a: &ProposeArgs,
+    p: &swoosh_core::Proposal,
+    file: Option<PathBuf>,
+) -> Result<()> {
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let path = a
+                .save
+                .clone()
+                .unwrap_or_else(|| default_save_path(&p.idem_key));
+            write_json(&path, p).with_context(|| {
+                format!(
+                    "the outcome of {} (idempotency key {:?}) is unknown, and the signed proposal could not be kept",
+                    p.transition, p.idem_key
+                )
+            })?;
+            path
+        }
+    };
+    eprintln!(
+        "outcome unknown: {} on {} (idempotency key {:?}) may or may not have been applied.\n  the signed proposal is in {}\n  resubmit it exactly (idempotent): swoosh propose --file {} --to {}\n  or check: swoosh state --to {} --project {}",
+        p.transition,
+        p.project,
+        p.idem_key,
+        file.display(),
+        file.display(),
+        a.to,
+        a.to,
+        p.project
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -601,7 +688,7 @@ pub struct ReadArgs {
 }
 
 pub async fn state(r: ReadArgs, project: String, projection: Option<String>) -> Result<()> {
-    let client = Client::new(&r.to);
+    let client = client_for(&r.to)?;
     let proj: Vec<&str> = projection
         .as_deref()
         .map(|p| p.split(',').collect())
@@ -643,7 +730,7 @@ pub async fn state(r: ReadArgs, project: String, projection: Option<String>) -> 
 }
 
 pub async fn health(r: ReadArgs) -> Result<()> {
-    let client = Client::new(&r.to);
+    let client = client_for(&r.to)?;
     let (status, v) = client.health_any().await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -758,7 +845,7 @@ fn render_health(v: &serde_json::Value) -> Result<String> {
 }
 
 pub async fn attention(r: ReadArgs, min_band: Option<String>) -> Result<()> {
-    let client = Client::new(&r.to);
+    let client = client_for(&r.to)?;
     let a = client.attention(min_band.as_deref()).await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&a)?);
@@ -840,7 +927,7 @@ pub fn render_attention(a: &swoosh_net::api::AttentionReply) -> String {
 }
 
 pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
-    let client = Client::new(&r.to);
+    let client = client_for(&r.to)?;
     let d = client.decision(&reference).await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&d)?);

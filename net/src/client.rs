@@ -11,22 +11,52 @@ use swoosh_core::{Hash, Hlc, Proposal, ProposalBuilder};
 
 /// How many times `propose` re-reads HEAD after a stale hash.
 pub const STALE_RETRIES_MAX: u32 = 8;
-/// How many times a submit is retried on 429/503.
+/// How many times a request is retried on 429/503.
 pub const BUSY_RETRIES_MAX: u32 = 20;
-/// Longest backoff between retries.
+/// How many times a request is retried after a connection error (counted
+/// apart from the busy retries). A timeout is not retried: the caller has
+/// already waited `REQUEST_TIMEOUT_MS`.
+pub const CONNECT_RETRIES_MAX: u32 = 3;
+/// First step of the exponential backoff between retries.
+pub const BACKOFF_MS_BASE: u64 = 50;
+/// Longest exponential backoff between retries (added to the server's hint).
 pub const BACKOFF_MS_MAX: u64 = 2_000;
+/// Longest server hint (`retry_after_ms` or `Retry-After`) honoured; a
+/// larger one is clipped to this, so a wrong hint cannot park the client.
+pub const RETRY_HINT_MS_MAX: u64 = 30_000;
+/// First pause before resubmitting after a stale hash (another writer moved
+/// HEAD); doubled each round up to `STALE_BACKOFF_MS_MAX`, with jitter.
+pub const STALE_BACKOFF_MS_BASE: u64 = 10;
+pub const STALE_BACKOFF_MS_MAX: u64 = 500;
+/// Whole-request limit (the server's own submit limit is below it).
 pub const REQUEST_TIMEOUT_MS: u64 = 35_000;
+/// Limit on opening the TCP connection: an unreachable address fails in
+/// this time instead of the whole request timeout.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How a node URL is written, for error messages.
+pub const URL_FORM: &str = "http://127.0.0.1:7700";
+/// The accepted forms of a decision reference, for error messages.
+pub const DECISION_REF_FORMS: &str =
+    "blake3:<64 hex digits>, the bare 64 hex digits, or bubble://dr/<64 hex digits>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach {url}: {detail}; check that `swoosh serve` runs there and the address is right")]
-    Connect { url: String, detail: String },
+    /// No (complete) reply. `timed_out`: the connect or request limit ran
+    /// out. `outcome_unknown`: a proposal may have reached the node, so it
+    /// may or may not have been applied.
+    #[error("{}", connect_text(url, detail, *timed_out, *outcome_unknown))]
+    Connect {
+        url: String,
+        detail: String,
+        timed_out: bool,
+        outcome_unknown: bool,
+    },
     #[error("{status} {}: {}", body.error, body.message)]
     Refused { status: u16, body: ErrorBody },
     /// A follower answered: it never takes proposals, so retrying it is
     /// pointless; the proposal must go to the leader.
     #[error("{url} is a read-only follower, not the leader; {}", match leader.as_deref() {
-        Some(l) if l.starts_with("http://") || l.starts_with("https://") => format!("send proposals to the leader at {l} (--url)"),
+        Some(l) if l.starts_with("http://") || l.starts_with("https://") => format!("send proposals to the leader at {l} (--to)"),
         // Without `--leader-http` a follower names the leader's p2p address.
         Some(l) => format!("the leader's p2p address is {l}; send proposals to its HTTP URL (start the follower with --leader-http to have it named here)"),
         None => "send proposals to the leader's URL (see `swoosh health` on a follower, or the cluster's genesis)".into(),
@@ -40,6 +70,149 @@ pub enum ClientError {
     Decode { url: String, detail: String },
     #[error("could not build the proposal: {0}")]
     Build(String),
+    /// An argument the client refuses before sending anything (a node URL,
+    /// a decision reference).
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn connect_text(url: &str, detail: &str, timed_out: bool, outcome_unknown: bool) -> String {
+    match (timed_out, outcome_unknown) {
+        (true, true) => format!(
+            "no reply from {url} within {REQUEST_TIMEOUT_MS} ms ({detail}); the outcome is UNKNOWN: the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) or check `swoosh state`"
+        ),
+        (false, true) => format!(
+            "the connection to {url} was lost before a reply ({detail}); the outcome is UNKNOWN: the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) or check `swoosh state`"
+        ),
+        (true, false) => format!(
+            "no answer from {url} in time (connect limit {CONNECT_TIMEOUT_MS} ms, request limit {REQUEST_TIMEOUT_MS} ms): {detail}; check that the node is up and not overloaded (`swoosh health`) and that the address is right"
+        ),
+        (false, false) => format!(
+            "cannot reach {url}: {detail}; check that `swoosh serve` runs there and the address is right"
+        ),
+    }
+}
+
+/// An error with its `source()` chain: reqwest's top line alone ("error
+/// sending request for url") does not say what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// A transport failure as a `Connect` error. `proposal`: the request
+/// carried a proposal, so a failure after the connection was made leaves
+/// its outcome unknown.
+fn transport_error(url: &str, e: &reqwest::Error, proposal: bool) -> ClientError {
+    ClientError::Connect {
+        url: url.to_string(),
+        detail: error_chain(e),
+        timed_out: e.is_timeout(),
+        outcome_unknown: proposal && !e.is_connect(),
+    }
+}
+
+/// The wait before retry number `attempt` (0-based) of a refused or failed
+/// request: the server's hint (clipped to `RETRY_HINT_MS_MAX`) plus an
+/// exponential backoff from `BACKOFF_MS_BASE` capped at `BACKOFF_MS_MAX`,
+/// of which the upper half is jitter (`jitter` is any random number).
+/// Saturating: no hint or attempt overflows.
+pub fn backoff_ms(attempt: u32, hint_ms: Option<u64>, jitter: u64) -> u64 {
+    let hint = hint_ms.unwrap_or(0).min(RETRY_HINT_MS_MAX);
+    hint.saturating_add(jittered(attempt, BACKOFF_MS_BASE, BACKOFF_MS_MAX, jitter))
+}
+
+/// The pause before stale-hash round `round` (0-based).
+pub fn stale_backoff_ms(round: u32, jitter: u64) -> u64 {
+    jittered(round, STALE_BACKOFF_MS_BASE, STALE_BACKOFF_MS_MAX, jitter)
+}
+
+/// `base * 2^attempt` capped at `max`, the upper half replaced by jitter.
+fn jittered(attempt: u32, base: u64, max: u64, jitter: u64) -> u64 {
+    let exp = base
+        .saturating_mul(1u64.checked_shl(attempt).unwrap_or(u64::MAX))
+        .min(max);
+    let half = exp / 2;
+    half + jitter % (exp - half + 1)
+}
+
+/// A random number for jitter. The SDK has no RNG dependency; std's
+/// per-hasher random keys are enough to spread clients apart.
+fn jitter() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(wall_ms());
+    h.finish()
+}
+
+/// A node URL as the client uses it: `127.0.0.1:7700` gets `http://`; a
+/// scheme other than http(s) or an unparsable URL is refused.
+// The SDK's one error type, as every request returns it; boxing it would
+// change every caller for three argument checks.
+#[allow(clippy::result_large_err)]
+pub fn normalize_base(base: &str) -> Result<String, ClientError> {
+    let t = base.trim();
+    let bad = |why: String| {
+        ClientError::Usage(format!(
+            "{base:?} is not a node URL: {why}; give it like {URL_FORM}"
+        ))
+    };
+    if t.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    let full = match t.find("://") {
+        None => format!("http://{t}"),
+        Some(i) => {
+            let scheme = &t[..i];
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(bad(format!("the scheme {scheme:?} is not http or https")));
+            }
+            t.to_string()
+        }
+    };
+    let parsed = reqwest::Url::parse(&full).map_err(|e| bad(e.to_string()))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it names no host".into()));
+    }
+    Ok(full.trim_end_matches('/').to_string())
+}
+
+/// A decision reference as the 64 lowercase hex digits of its hash:
+/// `bubble://dr/` and `blake3:` are stripped (any case), the rest trimmed
+/// and lowercased. Anything else (`../health`, a short hash) is refused
+/// here, before it can become a different path on the node.
+// The SDK's one error type, as every request returns it; boxing it would
+// change every caller for three argument checks.
+#[allow(clippy::result_large_err)]
+pub fn normalize_decision_ref(reference: &str) -> Result<String, ClientError> {
+    let strip = |s: &str, prefix: &str| -> Option<String> {
+        let head = s.get(..prefix.len())?;
+        head.eq_ignore_ascii_case(prefix)
+            .then(|| s[prefix.len()..].to_string())
+    };
+    let mut r = reference.trim().to_string();
+    if let Some(rest) = strip(&r, "bubble://dr/") {
+        r = rest;
+    }
+    if let Some(rest) = strip(&r, "blake3:") {
+        r = rest;
+    }
+    let hex = r.trim().to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::Usage(format!(
+            "{reference:?} is not a decision reference: give {DECISION_REF_FORMS} (the `decision` of an accepted proposal)"
+        )));
+    }
+    Ok(hex)
 }
 
 impl ClientError {
@@ -56,6 +229,26 @@ impl ClientError {
             _ => None,
         }
     }
+    /// Whether a proposal may or may not have been applied: no complete
+    /// reply after it was sent, or `503 unavailable` (no durable outcome in
+    /// time). Resubmitting the same signed proposal settles it.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Connect {
+                outcome_unknown, ..
+            } => *outcome_unknown,
+            ClientError::Refused { status: 503, body } => body.error == "unavailable",
+            _ => false,
+        }
+    }
+}
+
+/// A failed `propose`, with the last proposal built (if any): when the
+/// outcome is unknown, that exact proposal is the one to resubmit.
+#[derive(Debug)]
+pub struct ProposeFailure {
+    pub error: ClientError,
+    pub last: Option<Proposal>,
 }
 
 /// What to do when a proposal meets a stale HEAD or backpressure.
@@ -109,20 +302,32 @@ fn wall_ms() -> u64 {
 }
 
 impl Client {
-    /// `base` is like `http://127.0.0.1:7700`.
+    /// `base` is like `http://127.0.0.1:7700`; without a scheme `http://`
+    /// is assumed. A base [`normalize_base`] refuses is kept as given (its
+    /// requests then fail); use [`Client::try_new`] to refuse it up front.
     pub fn new(base: &str) -> Client {
+        let base = normalize_base(base).unwrap_or_else(|_| base.trim_end_matches('/').to_string());
+        Client::with_base(base)
+    }
+
+    /// [`Client::new`], refusing a base that is not an http(s) URL with an
+    /// error saying the expected form.
+    #[allow(clippy::result_large_err)] // see normalize_base
+    pub fn try_new(base: &str) -> Result<Client, ClientError> {
+        Ok(Client::with_base(normalize_base(base)?))
+    }
+
+    fn with_base(base: String) -> Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             // Drop idle connections before the server does
             // (HEADER_READ_TIMEOUT_MS): reusing one the server is closing
             // fails the request instead of opening a new connection.
             .pool_idle_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS / 2))
             .build()
             .expect("a plain HTTP client builds");
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        }
+        Client { base, http }
     }
 
     pub fn base(&self) -> &str {
@@ -133,42 +338,57 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    /// The status and body of a reply; a failure to get them is `Connect`.
+    /// The status, `Retry-After` (in ms) and body of a reply; a failure to
+    /// get them is `Connect` (`proposal`: see [`transport_error`]).
     async fn status_and_body(
         url: &str,
         resp: Result<reqwest::Response, reqwest::Error>,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
-        let connect = |e: reqwest::Error| ClientError::Connect {
-            url: url.to_string(),
-            detail: e.to_string(),
-        };
-        let resp = resp.map_err(connect)?;
+        proposal: bool,
+    ) -> Result<(u16, Option<u64>, Vec<u8>), ClientError> {
+        let resp = resp.map_err(|e| transport_error(url, &e, proposal))?;
         let status = resp.status().as_u16();
-        Ok((status, resp.bytes().await.map_err(connect)?.to_vec()))
+        // Delta-seconds only; an HTTP date is rare and ignored.
+        let retry_after_ms = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000));
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(url, &e, proposal))?;
+        Ok((status, retry_after_ms, bytes.to_vec()))
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         url: String,
         resp: Result<reqwest::Response, reqwest::Error>,
+        proposal: bool,
     ) -> Result<T, ClientError> {
         // The URL as sent, with its encoded query, for error messages.
         let url = match &resp {
             Ok(r) => r.url().to_string(),
             Err(e) => e.url().map(|u| u.to_string()).unwrap_or(url),
         };
-        let (status, bytes) = Self::status_and_body(&url, resp).await?;
+        let (status, retry_after_ms, bytes) = Self::status_and_body(&url, resp, proposal).await?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 url,
                 detail: e.to_string(),
             })
         } else {
-            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: "http".into(),
-                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                ..Default::default()
-            });
+            let mut body: ErrorBody =
+                serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                    error: "http".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                    ..Default::default()
+                });
+            // A proxy's 429/503 may carry only the header.
+            if body.retry_after_ms.is_none() {
+                body.retry_after_ms = retry_after_ms;
+            }
             if body.error == "not_leader" {
                 let leader = body.leader.clone().filter(|l| !l.is_empty());
                 return Err(ClientError::NotLeader { url, leader, body });
@@ -181,7 +401,7 @@ impl Client {
     pub async fn submit(&self, p: &Proposal) -> Result<AcceptedReply, ClientError> {
         let url = self.url("/transition");
         let r = self.http.post(&url).json(p).send().await;
-        self.read(url, r).await
+        self.read(url, r, true).await
     }
 
     /// Submit raw bytes (for tests of malformed input).
@@ -194,31 +414,66 @@ impl Client {
             .body(body)
             .send()
             .await;
-        self.read(url, r).await
+        self.read(url, r, true).await
     }
 
-    /// Submit, backing off on 429/503 (the proposal is idempotent, so a
-    /// resubmission after an unacknowledged attempt is safe). A follower's
-    /// `503 not_leader` is permanent and returned at once
-    /// ([`ClientError::NotLeader`]).
+    /// Submit, backing off on 429/503 and connection errors (the proposal
+    /// is idempotent, so a resubmission after an unacknowledged attempt is
+    /// safe). A follower's `503 not_leader` is permanent and returned at
+    /// once ([`ClientError::NotLeader`]). Returns the reply and the number
+    /// of retries (busy and connection).
     pub async fn submit_retrying(&self, p: &Proposal) -> Result<(AcceptedReply, u32), ClientError> {
-        let mut tries = 0;
+        Self::retrying(|| self.submit(p)).await
+    }
+
+    /// Run `attempt` until it is answered: on 429/503 wait at least the
+    /// server's hint plus a jittered backoff (up to `BUSY_RETRIES_MAX`
+    /// times); on a connection error (not a timeout) back off and retry (up
+    /// to `CONNECT_RETRIES_MAX` times, counted apart). Once any attempt's
+    /// outcome was unknown, a final connection error says so too.
+    async fn retrying<R, F, Fut>(mut attempt: F) -> Result<(R, u32), ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>>,
+    {
+        let (mut busy, mut connect) = (0u32, 0u32);
+        let mut unknown_seen = false;
         loop {
-            match self.submit(p).await {
+            let wait = match attempt().await {
                 Err(ClientError::Refused { status, body })
-                    if (status == 429 || status == 503) && tries < BUSY_RETRIES_MAX =>
+                    if (status == 429 || status == 503) && busy < BUSY_RETRIES_MAX =>
                 {
-                    tries += 1;
-                    let hint = body.retry_after_ms.unwrap_or(50);
-                    let backoff = (hint.max(10) << tries.min(5)).min(BACKOFF_MS_MAX);
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    let w = backoff_ms(busy, body.retry_after_ms, jitter());
+                    busy += 1;
+                    w
                 }
-                Err(ClientError::Connect { .. }) if tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                Err(ClientError::Connect {
+                    timed_out: false,
+                    outcome_unknown,
+                    ..
+                }) if connect < CONNECT_RETRIES_MAX => {
+                    unknown_seen |= outcome_unknown;
+                    // From 100 ms: a restarting node needs a moment.
+                    let w = backoff_ms(connect + 1, None, jitter());
+                    connect += 1;
+                    w
                 }
-                other => return other.map(|r| (r, tries)),
-            }
+                Err(ClientError::Connect {
+                    url,
+                    detail,
+                    timed_out,
+                    outcome_unknown,
+                }) => {
+                    return Err(ClientError::Connect {
+                        url,
+                        detail,
+                        timed_out,
+                        outcome_unknown: outcome_unknown || unknown_seen,
+                    })
+                }
+                other => return other.map(|r| (r, busy + connect)),
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
 
@@ -233,13 +488,25 @@ impl Client {
             query.push(("projection", projection.join(",")));
         }
         let r = self.http.get(&url).query(&query).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
+    }
+
+    /// [`Client::state`] with the busy and connection retries of
+    /// [`Client::submit_retrying`].
+    pub async fn state_retrying(
+        &self,
+        project: &str,
+        projection: &[&str],
+    ) -> Result<StateReply, ClientError> {
+        Self::retrying(|| self.state(project, projection))
+            .await
+            .map(|(s, _)| s)
     }
 
     pub async fn health(&self) -> Result<HealthReply, ClientError> {
         let url = self.url("/health");
         let r = self.http.get(&url).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
     }
 
     /// `GET /health` of any node, leader or follower, with its HTTP status:
@@ -247,7 +514,8 @@ impl Client {
     /// an operator needs to read, not an error body.
     pub async fn health_any(&self) -> Result<(u16, serde_json::Value), ClientError> {
         let url = self.url("/health");
-        let (status, bytes) = Self::status_and_body(&url, self.http.get(&url).send().await).await?;
+        let (status, _, bytes) =
+            Self::status_and_body(&url, self.http.get(&url).send().await, false).await?;
         let v = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url,
             detail: format!("{status} with a body that is not JSON ({e})"),
@@ -260,7 +528,7 @@ impl Client {
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let url = self.url(path);
         let r = self.http.get(&url).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
     }
 
     /// The attention digest; `min_band` is `0..=4` or a band name
@@ -269,16 +537,17 @@ impl Client {
         let url = self.url("/attention");
         let query: Vec<(&str, &str)> = min_band.map(|b| ("min_band", b)).into_iter().collect();
         let r = self.http.get(&url).query(&query).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
     }
 
-    /// A decision record by `blake3:<hex>`, `<hex>` or `bubble://dr/<hex>`.
+    /// A decision record by `blake3:<hex>`, `<hex>` or `bubble://dr/<hex>`
+    /// ([`normalize_decision_ref`]); anything else is refused without a
+    /// request.
     pub async fn decision(&self, reference: &str) -> Result<serde_json::Value, ClientError> {
-        // The bubble address carries slashes; the path segment takes the hex.
-        let reference = reference.strip_prefix("bubble://dr/").unwrap_or(reference);
-        let url = self.url(&format!("/decisions/{reference}"));
+        let hex = normalize_decision_ref(reference)?;
+        let url = self.url(&format!("/decisions/{hex}"));
         let r = self.http.get(&url).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
     }
 
     pub async fn metrics(&self) -> Result<String, ClientError> {
@@ -288,20 +557,16 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Connect {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-        resp.text().await.map_err(|e| ClientError::Connect {
-            url,
-            detail: e.to_string(),
-        })
+            .map_err(|e| transport_error(&url, &e, false))?;
+        resp.text()
+            .await
+            .map_err(|e| transport_error(&url, &e, false))
     }
 
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         let url = self.url("/openapi.json");
         let r = self.http.get(&url).send().await;
-        self.read(url, r).await
+        self.read(url, r, false).await
     }
 
     /// Build a proposal against the project's current HEAD (hash, last HLC,
@@ -312,9 +577,26 @@ impl Client {
         req: &ProposeRequest<'_, T>,
         policy: RetryPolicy,
     ) -> Result<Proposed, ClientError> {
+        self.propose_keeping_last(req, policy)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`Client::propose`], returning with an error the last proposal built
+    /// and sent: when [`ClientError::outcome_unknown`], resubmitting exactly
+    /// that proposal (idempotent) settles the outcome.
+    pub async fn propose_keeping_last<T: Serialize>(
+        &self,
+        req: &ProposeRequest<'_, T>,
+        policy: RetryPolicy,
+    ) -> Result<Proposed, ProposeFailure> {
         let mut stale = 0;
+        let mut last = None;
         loop {
-            let p = self.build(req).await?;
+            let p = match self.build(req).await {
+                Ok(p) => p,
+                Err(error) => return Err(ProposeFailure { error, last }),
+            };
             let result = if policy.retry_busy {
                 self.submit_retrying(&p).await
             } else {
@@ -331,22 +613,45 @@ impl Client {
                 }
                 Err(ClientError::Refused { status: 409, body })
                     if policy.resubmit_on_stale
-                        && stale < STALE_RETRIES_MAX
                         && (body.error == "stale_hash" || body.error == "hlc_order") =>
                 {
+                    if stale >= STALE_RETRIES_MAX {
+                        let mut body = body;
+                        body.message = format!(
+                            "{}; HEAD kept moving after {} attempts (another writer is active): re-read with `swoosh state` and resubmit later",
+                            body.message,
+                            stale + 1
+                        );
+                        return Err(ProposeFailure {
+                            error: ClientError::Refused { status: 409, body },
+                            last: Some(p),
+                        });
+                    }
+                    // Spread competing writers apart before the next round.
+                    tokio::time::sleep(Duration::from_millis(stale_backoff_ms(stale, jitter())))
+                        .await;
                     stale += 1;
+                    last = Some(p);
                 }
-                Err(e) => return Err(e),
+                Err(error) => {
+                    return Err(ProposeFailure {
+                        error,
+                        last: Some(p),
+                    })
+                }
             }
         }
     }
 
-    /// Build and sign a proposal against the current HEAD.
+    /// Build and sign a proposal against the current HEAD (read with the
+    /// busy and connection retries).
     pub async fn build<T: Serialize>(
         &self,
         req: &ProposeRequest<'_, T>,
     ) -> Result<Proposal, ClientError> {
-        let st = self.state(req.project, &["Project", "Execution"]).await?;
+        let st = self
+            .state_retrying(req.project, &["Project", "Execution"])
+            .await?;
         let head: Hash = st.hash.parse().map_err(|e| ClientError::Decode {
             url: self.base.clone(),
             detail: format!("state hash: {e}"),
@@ -396,11 +701,130 @@ mod tests {
     #[test]
     fn not_leader_names_a_url_only_when_it_is_one() {
         let t = not_leader(Some("http://leader:7700"));
-        assert!(t.contains("at http://leader:7700 (--url)"), "{t}");
+        assert!(t.contains("at http://leader:7700 (--to)"), "{t}");
         let t = not_leader(Some("/ip4/10.0.0.1/tcp/7800"));
         assert!(t.contains("p2p address is /ip4/10.0.0.1/tcp/7800"), "{t}");
         assert!(t.contains("--leader-http"), "{t}");
-        assert!(!t.contains("(--url)"), "{t}");
+        assert!(!t.contains("(--to)"), "{t}");
         assert!(not_leader(None).contains("leader's URL"));
+    }
+
+    /// The server's hint is waited in full (clipped at RETRY_HINT_MS_MAX),
+    /// plus a jittered exponential part capped at BACKOFF_MS_MAX; no input
+    /// overflows.
+    #[test]
+    fn backoff_honours_the_hint_and_saturates() {
+        for jitter in [0, 1, 7, u64::MAX / 3, u64::MAX] {
+            for attempt in [0, 1, 5, 31, 32, 63, 64, 65, u32::MAX] {
+                let exp_cap = BACKOFF_MS_MAX;
+                let w = backoff_ms(attempt, None, jitter);
+                assert!(w <= exp_cap, "attempt {attempt}: {w}");
+                assert!(w >= BACKOFF_MS_BASE / 2, "attempt {attempt}: {w}");
+                for hint in [0, 1, 100, 5_000, RETRY_HINT_MS_MAX, u64::MAX / 2, u64::MAX] {
+                    let w = backoff_ms(attempt, Some(hint), jitter);
+                    let honoured = hint.min(RETRY_HINT_MS_MAX);
+                    assert!(w >= honoured, "hint {hint} attempt {attempt}: {w}");
+                    assert!(
+                        w <= honoured + exp_cap,
+                        "hint {hint} attempt {attempt}: {w}"
+                    );
+                }
+            }
+        }
+        // The first retry does not double the hint.
+        assert!(backoff_ms(0, Some(1_000), 0) < 2_000);
+        // A hint above the old 2 s cap is honoured.
+        assert!(backoff_ms(0, Some(5_000), 0) >= 5_000);
+        // The exponential part grows, then stops at its cap.
+        assert!(backoff_ms(3, None, 0) > backoff_ms(0, None, 0));
+        assert_eq!(backoff_ms(40, None, 0), BACKOFF_MS_MAX / 2);
+        for round in [0, 3, 64, u32::MAX] {
+            for jitter in [0, 9, u64::MAX] {
+                assert!(stale_backoff_ms(round, jitter) <= STALE_BACKOFF_MS_MAX);
+                assert!(stale_backoff_ms(round, jitter) >= STALE_BACKOFF_MS_BASE / 2);
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_without_a_scheme_gets_http_and_other_schemes_are_refused() {
+        for (given, want) in [
+            ("127.0.0.1:7700", "http://127.0.0.1:7700"),
+            (" 127.0.0.1:7700/ ", "http://127.0.0.1:7700"),
+            ("localhost:7700", "http://localhost:7700"),
+            ("http://127.0.0.1:7700/", "http://127.0.0.1:7700"),
+            ("HTTPS://node.example:443", "HTTPS://node.example:443"),
+        ] {
+            assert_eq!(normalize_base(given).unwrap(), want, "{given}");
+            assert_eq!(Client::try_new(given).unwrap().base(), want, "{given}");
+            assert_eq!(Client::new(given).base(), want, "{given}");
+        }
+        for bad in [
+            "ftp://127.0.0.1:7700",
+            "",
+            "unix:///run/swoosh.sock",
+            "http://",
+        ] {
+            let e = normalize_base(bad).unwrap_err().to_string();
+            assert!(e.contains(URL_FORM), "{bad}: {e}");
+            assert!(Client::try_new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decision_references_are_normalised_or_refused() {
+        let hex = "ab".repeat(32);
+        let upper = hex.to_uppercase();
+        for given in [
+            hex.clone(),
+            format!("blake3:{hex}"),
+            format!("BLAKE3:{upper}"),
+            format!("bubble://dr/{hex}"),
+            format!("Bubble://DR/blake3:{upper}"),
+            format!("  {hex}\n"),
+        ] {
+            assert_eq!(normalize_decision_ref(&given).unwrap(), hex, "{given:?}");
+        }
+        for bad in [
+            "../health".to_string(),
+            "".into(),
+            "blake3:".into(),
+            hex[..63].to_string(),
+            format!("{hex}0"),
+            format!("{}zz", &hex[..62]),
+            format!("bubble://dr/../{hex}"),
+            format!("sha256:{hex}"),
+        ] {
+            let e = normalize_decision_ref(&bad).unwrap_err().to_string();
+            assert!(e.contains(DECISION_REF_FORMS), "{bad:?}: {e}");
+        }
+    }
+
+    /// A proposal without a reply says its outcome is unknown; a failure to
+    /// connect does not.
+    #[test]
+    fn connect_errors_say_whether_the_outcome_is_unknown() {
+        let e = |timed_out, outcome_unknown| ClientError::Connect {
+            url: "http://n:1/transition".into(),
+            detail: "error sending request: connection reset".into(),
+            timed_out,
+            outcome_unknown,
+        };
+        for (t, u) in [(true, true), (false, true)] {
+            assert!(e(t, u).outcome_unknown());
+            assert!(e(t, u).to_string().contains("UNKNOWN"), "{}", e(t, u));
+            assert!(e(t, u).to_string().contains("connection reset"));
+        }
+        assert!(e(true, false).to_string().contains("in time"));
+        assert!(e(false, false).to_string().starts_with("cannot reach"));
+        assert!(!e(false, false).outcome_unknown());
+        let unavailable = ClientError::Refused {
+            status: 503,
+            body: ErrorBody {
+                error: "unavailable".into(),
+                ..Default::default()
+            },
+        };
+        assert!(unavailable.outcome_unknown());
     }
 }

@@ -195,10 +195,16 @@ async fn every_status_code_of_the_contract() {
         c.decision(&format!("blake3:{}", "0".repeat(64))).await,
         Err(ClientError::Refused { status: 404, .. })
     ));
+    // The SDK refuses a reference that is no decision hash before sending
+    // it; the server refuses one too.
     assert!(matches!(
         c.decision("nothex").await,
-        Err(ClientError::Refused { status: 400, .. })
+        Err(ClientError::Usage(_))
     ));
+    let bad = reqwest::get(format!("{}/decisions/nothex", t.url))
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
     let h = c.health().await.unwrap();
     assert_eq!((h.status.as_str(), h.index), ("ok", 1));
     // The leader's view of its followers, as the p2p transport reports it.

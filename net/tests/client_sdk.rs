@@ -1,0 +1,349 @@
+//! The client SDK against scripted fake nodes on 127.0.0.1:0: busy hints,
+//! re-reads of HEAD, stale rounds, unknown outcomes and arguments refused
+//! before any request. No assertion depends on timing.
+
+use ed25519_dalek::SigningKey;
+use std::sync::{Arc, Mutex};
+use swoosh_net::client::{
+    Client, ClientError, ProposeRequest, RetryPolicy, DECISION_REF_FORMS, STALE_RETRIES_MAX,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One request the fake node received: method, path, body.
+type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A reply: status, extra headers, body; `None` drops the connection after
+/// reading the request.
+type Reply = Option<(u16, Vec<(&'static str, String)>, String)>;
+
+/// A fake node answering each request with `script(method, path, n)`, `n`
+/// counting earlier requests with the same method and path.
+async fn fake_node<F>(script: F) -> (String, Seen)
+where
+    F: Fn(&str, &str, usize) -> Reply + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let (script, log) = (Arc::new(script), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (script, log) = (script.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut words = head.split_whitespace();
+                let method = words.next().unwrap_or("").to_string();
+                let path = words.next().unwrap_or("").to_string();
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    let n = log
+                        .iter()
+                        .filter(|(m, p, _)| {
+                            *m == method && p.split('?').next() == path.split('?').next()
+                        })
+                        .count();
+                    log.push((
+                        method.clone(),
+                        path.clone(),
+                        buf[head_end..head_end + len].to_vec(),
+                    ));
+                    n
+                };
+                let bare = path.split('?').next().unwrap_or("");
+                let Some((status, headers, body)) = script(&method, bare, n) else {
+                    return; // dropped: no reply
+                };
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let _ = sock.write_all(out.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn hex(b: u8) -> String {
+    format!("{b:02x}").repeat(32)
+}
+
+fn state_reply() -> Reply {
+    let body = serde_json::json!({
+        "project": "default", "index": 0, "hash": format!("blake3:{}", hex(0x11)), "projection": {}
+    });
+    Some((200, vec![], body.to_string()))
+}
+
+fn accepted() -> Reply {
+    let body = serde_json::json!({
+        "index": 1, "transition": "Boot_ConfigOk",
+        "state_post_hash": format!("blake3:{}", hex(0x22)),
+        "decision": format!("bubble://dr/{}", hex(0x33)),
+        "decision_hash": format!("blake3:{}", hex(0x33)),
+        "duplicate": false
+    });
+    Some((202, vec![], body.to_string()))
+}
+
+fn refused(status: u16, error: &str, retry_after_ms: Option<u64>) -> Reply {
+    let mut body = serde_json::json!({ "error": error, "message": format!("fake {error}") });
+    if let Some(ms) = retry_after_ms {
+        body["retry_after_ms"] = ms.into();
+    }
+    Some((status, vec![], body.to_string()))
+}
+
+fn count(seen: &Seen, method: &str, path: &str) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, p, _)| m == method && p.split('?').next() == Some(path))
+        .count()
+}
+
+async fn proposal(c: &Client) -> swoosh_core::Proposal {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    c.build(&ProposeRequest {
+        project: "default",
+        transition: "Boot_ConfigOk",
+        inputs: &inputs,
+        key: &key,
+        idem_key: "default:Boot_ConfigOk:test".into(),
+        evidence: vec![],
+    })
+    .await
+    .unwrap()
+}
+
+/// `429` with `retry_after_ms`, then `202`: the client waits and succeeds.
+#[tokio::test]
+async fn a_busy_reply_with_a_hint_is_retried_until_accepted() {
+    let (url, seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") if n == 0 => refused(429, "backpressure", Some(30)),
+        ("POST", "/transition") => accepted(),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let p = proposal(&c).await;
+    let (reply, retries) = c.submit_retrying(&p).await.unwrap();
+    assert_eq!(reply.index, 1);
+    assert_eq!(retries, 1);
+    assert_eq!(count(&seen, "POST", "/transition"), 2);
+    // Both attempts carried the same proposal.
+    let log = seen.lock().unwrap();
+    let bodies: Vec<_> = log
+        .iter()
+        .filter(|(m, ..)| m == "POST")
+        .map(|(.., b)| b)
+        .collect();
+    assert_eq!(bodies[0], bodies[1]);
+}
+
+/// A `503` carrying only a `Retry-After` header (as a proxy sends it): the
+/// client sees the hint, and retries.
+#[tokio::test]
+async fn a_retry_after_header_is_read_when_the_body_has_no_hint() {
+    let (url, seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") if n < 2 => Some((
+            503,
+            vec![("retry-after", "1".to_string())],
+            "busy".to_string(),
+        )),
+        ("POST", "/transition") => accepted(),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let p = proposal(&c).await;
+    match c.submit(&p).await {
+        Err(ClientError::Refused { status: 503, body }) => {
+            assert_eq!(body.retry_after_ms, Some(1_000), "{body:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, retries) = c.submit_retrying(&p).await.unwrap();
+    assert_eq!(retries, 1);
+    assert_eq!(count(&seen, "POST", "/transition"), 3);
+}
+
+/// `build` re-reads HEAD through a busy `/state`, and a stale hash makes
+/// `propose` re-read HEAD and resubmit.
+#[tokio::test]
+async fn propose_retries_a_busy_head_read_and_resubmits_after_a_stale_hash() {
+    let (url, seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") if n == 0 => refused(503, "unavailable", Some(1)),
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") if n < 2 => refused(409, "stale_hash", None),
+        ("POST", "/transition") => accepted(),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let req = ProposeRequest {
+        project: "default",
+        transition: "Boot_ConfigOk",
+        inputs: &inputs,
+        key: &key,
+        idem_key: "k".into(),
+        evidence: vec![],
+    };
+    let done = c.propose(&req, RetryPolicy::default()).await.unwrap();
+    assert_eq!(done.stale_retries, 2);
+    assert_eq!(count(&seen, "GET", "/state"), 4);
+    assert_eq!(count(&seen, "POST", "/transition"), 3);
+}
+
+/// A HEAD that never stops moving ends the rounds with a message saying so.
+#[tokio::test]
+async fn a_head_that_keeps_moving_is_reported_after_the_last_round() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") => refused(409, "stale_hash", None),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let req = ProposeRequest {
+        project: "default",
+        transition: "Boot_ConfigOk",
+        inputs: &inputs,
+        key: &key,
+        idem_key: "k".into(),
+        evidence: vec![],
+    };
+    let f = c
+        .propose_keeping_last(&req, RetryPolicy::default())
+        .await
+        .unwrap_err();
+    let attempts = STALE_RETRIES_MAX as usize + 1;
+    let text = f.error.to_string();
+    assert!(
+        text.contains(&format!("HEAD kept moving after {attempts} attempts")),
+        "{text}"
+    );
+    assert!(text.contains("another writer"), "{text}");
+    assert!(f.last.is_some());
+    assert_eq!(count(&seen, "POST", "/transition"), attempts);
+}
+
+/// A proposal whose connection is dropped after it was sent has an unknown
+/// outcome; the error says so and names the cause.
+#[tokio::test]
+async fn a_connection_lost_after_sending_leaves_the_outcome_unknown() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") => None,
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let p = proposal(&c).await;
+    let e = c.submit_retrying(&p).await.unwrap_err();
+    assert!(e.outcome_unknown(), "{e}");
+    assert!(e.to_string().contains("UNKNOWN"), "{e}");
+    assert_eq!(
+        count(&seen, "POST", "/transition"),
+        1 + swoosh_net::client::CONNECT_RETRIES_MAX as usize
+    );
+}
+
+/// A closed port: the error carries the cause under reqwest's top line,
+/// and nothing was sent, so the outcome is known.
+#[tokio::test]
+async fn a_refused_connection_names_its_cause() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let c = Client::new(&format!("127.0.0.1:{port}"));
+    let e = c.health().await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(text.starts_with("cannot reach"), "{text}");
+    assert!(!e.outcome_unknown());
+}
+
+/// `--to 127.0.0.1:port` reaches the node; a decision reference that is
+/// not one is refused without a request, and the accepted forms all ask
+/// for `/decisions/<hex>`.
+#[tokio::test]
+async fn schemeless_bases_work_and_bad_decision_refs_send_nothing() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/health") => Some((200, vec![], "{\"status\":\"ok\"}".into())),
+        ("GET", _) if p.starts_with("/decisions/") => Some((200, vec![], "{}".into())),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::try_new(url.trim_start_matches("http://")).unwrap();
+    assert_eq!(c.base(), url);
+    let (status, _) = c.health_any().await.unwrap();
+    assert_eq!(status, 200);
+    for bad in ["../health", "blake3:abc", "bubble://dr/../../health"] {
+        match c.decision(bad).await {
+            Err(e @ ClientError::Usage(_)) => {
+                assert!(e.to_string().contains(DECISION_REF_FORMS), "{e}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "only /health was asked");
+    let h = hex(0xab);
+    for good in [
+        h.clone(),
+        format!("blake3:{h}"),
+        format!("bubble://dr/{}", h.to_uppercase()),
+    ] {
+        c.decision(&good).await.unwrap();
+    }
+    let log = seen.lock().unwrap();
+    assert!(
+        log[1..]
+            .iter()
+            .all(|(_, p, _)| *p == format!("/decisions/{h}")),
+        "{log:?}"
+    );
+}
