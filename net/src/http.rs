@@ -411,18 +411,10 @@ fn path_rejection(r: PathRejection, param: &str, expected: &str) -> Response {
     )
 }
 
-/// Most characters of one client-supplied field in a log line.
-const LOG_FIELD_CHARS_MAX: usize = 256;
-
-/// A client-supplied text cut for a log line (anyone can send a refused
-/// proposal, and its fields may hold up to a body's worth of text); logged
-/// with `?` so newlines and quotes stay escaped and cannot forge a line.
-fn clip(s: &str) -> &str {
-    match s.char_indices().nth(LOG_FIELD_CHARS_MAX) {
-        Some((at, _)) => &s[..at],
-        None => s,
-    }
-}
+// A client-supplied text is cut for a log line as a peer's is (anyone can
+// send a refused proposal, and its fields may hold up to a body's worth of
+// text); logged with `?` so newlines and quotes stay escaped.
+use crate::p2p::bounds::clip;
 
 /// Parse a proposal, naming the JSON field at fault.
 pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {

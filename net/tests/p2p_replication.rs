@@ -122,6 +122,34 @@ impl Cluster {
 
 /// `stranger` (a raw swarm that never refuses anyone itself) dials the
 /// leader; the leader's handshake check must close the connection and count it.
+/// The cluster's leader started again on `store` at `addr`, retrying while
+/// the old listener's port is not free yet.
+async fn restart_leader<S>(store: S, c: &Cluster, addr: &libp2p::Multiaddr) -> LeaderP2p
+where
+    S: swoosh_storage::LogStore + Clone + Send + Sync + 'static,
+{
+    let t0 = Instant::now();
+    loop {
+        match spawn_leader(
+            store.clone(),
+            c.leader_key.clone(),
+            c.genesis.clone(),
+            addr.clone(),
+        )
+        .await
+        {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < WAIT,
+                    "cannot restart the leader on {addr}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn leader_refuses(
     mut stranger: libp2p::Swarm<swoosh_net::p2p::Behaviour>,
     leader: &LeaderP2p,
@@ -270,27 +298,7 @@ async fn p2p_leader_restart_followers_resume() {
     })
     .await;
     // Same identity, same address: the followers redial it and catch up.
-    let t0 = Instant::now();
-    let leader = loop {
-        // The old listener's port may take a moment to be free.
-        match swoosh_net::p2p::leader::spawn_leader(
-            c.writer.store().clone(),
-            c.leader_key.clone(),
-            c.genesis.clone(),
-            addr.clone(),
-        )
-        .await
-        {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(
-                    t0.elapsed() < WAIT,
-                    "cannot restart the leader on {addr}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let leader = restart_leader(c.writer.store().clone(), &c, &addr).await;
     c.commit(50);
     let want = c.stream.node().index;
     assert_eq!(want, 150);
@@ -785,27 +793,7 @@ async fn p2p_a_follower_ahead_of_a_restarted_leader_halts() {
         .map(Entry::from_accepted)
         .collect();
     w.append_batch(&entries).unwrap();
-    let t0 = Instant::now();
-    let short = loop {
-        // The old listener's port may take a moment to be free.
-        match spawn_leader(
-            w.store().clone(),
-            c.leader_key.clone(),
-            c.genesis.clone(),
-            addr.clone(),
-        )
-        .await
-        {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(
-                    t0.elapsed() < WAIT,
-                    "cannot restart the leader on {addr}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let short = restart_leader(w.store().clone(), &c, &addr).await;
     wait_for("the follower halts on the leader's word", || {
         f.shared
             .lock()
