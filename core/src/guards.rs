@@ -30,7 +30,9 @@ pub enum Verify {
 }
 
 impl Verify {
-    /// Whether embedded signatures (votes, license tokens, probes) are checked.
+    /// Whether embedded signatures (votes, license tokens) are checked.
+    /// Probes are checked in every mode: which of them are valid is written
+    /// into an accepted outcome (see `valid_probes`).
     pub fn embedded(self) -> bool {
         self != Verify::Trusted
     }
@@ -580,14 +582,18 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
     let mut ok = vec![];
     for p in probes {
         let b = &p.body;
-        if g.verify.embedded() {
-            if let Err(e) = p.verify() {
-                bad.push(format!(
-                    "probe of tool '{}' has an invalid signature ({e}): re-sign the probe with the prober's own key",
-                    b.tool
-                ));
-                continue;
-            }
+        // Checked whatever the `Verify` mode: which probes are valid is
+        // written into `Council_ToolingLost`'s accepted reasons, so a
+        // replay that skipped this check (recovery and followers replay
+        // `Trusted`) would count a forged probe the leader had set aside
+        // (logs written before admission refused every invalid probe) and
+        // derive other reasons. Probe lists are short and the transitions rare.
+        if let Err(e) = p.verify() {
+            bad.push(format!(
+                "probe of tool '{}' has an invalid signature ({e}): re-sign the probe with the prober's own key",
+                b.tool
+            ));
+            continue;
         }
         if !has_role(st, &b.prober, Role::ToolProber) {
             bad.push(format!(

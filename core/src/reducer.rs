@@ -434,6 +434,26 @@ fn evaluate(
             )],
         ));
     }
+    // At admission only (see `Judged`): the accepted outcome below quotes
+    // the key with `{:?}`, whose escaping of non-ASCII text follows the
+    // standard library's Unicode tables, which change between Rust
+    // releases; a key with a character one release escapes and another
+    // prints would give a binary built with the other release a different
+    // decision hash for the same record (a halted follower, a refused
+    // recovery). The escaping of printable ASCII never changes. Logs an
+    // earlier build wrote may hold other keys, and replay as they were.
+    if judged == Judged::Admission {
+        if let Some(c) = p.idem_key.chars().find(|c| !(' '..='~').contains(c)) {
+            return Err(reject(
+                RejectKind::Malformed,
+                "idem_key",
+                vec![format!(
+                    "idem_key holds {c:?} (U+{:04X}); an idem_key is printable ASCII (space to '~'), e.g. goalId:beatIndex:opClass:uuid: spell other text in ASCII (percent-encode it, or use its hash)",
+                    c as u32
+                )],
+            ));
+        }
+    }
     outcomes.push(guards::outcome(
         "idempotency",
         true,
@@ -735,6 +755,44 @@ fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// At admission only (see `Judged`): each text item of a list input
+/// (finding codes and details, council roles and tool names and versions,
+/// environment assets, check names, probe tools and versions) is at most
+/// [`TEXT_BYTES_MAX`] bytes, as every single text input already is. Only
+/// the 64 KiB inputs bound them otherwise, and the state keeps them and
+/// breach reasons and guard reasons quote them. Logs an earlier build
+/// wrote may hold longer ones, and replay as they were accepted.
+fn check_item_texts<'a>(
+    g: &GuardCtx,
+    field: &str,
+    items: impl IntoIterator<Item = (String, &'a str)>,
+) -> Result<(), Rejection> {
+    if !g.admission {
+        return Ok(());
+    }
+    for (path, text) in items {
+        if text.len() > TEXT_BYTES_MAX {
+            return Err(field_err(
+                field,
+                format!(
+                    "inputs.{path} is {} bytes; each item's text is at most {TEXT_BYTES_MAX} bytes: shorten it",
+                    text.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn finding_texts(findings: &[Finding]) -> impl Iterator<Item = (String, &str)> {
+    findings.iter().enumerate().flat_map(|(i, f)| {
+        [
+            (format!("findings[{i}].code"), f.code.as_str()),
+            (format!("findings[{i}].detail"), f.detail.as_str()),
+        ]
+    })
+}
+
 /// At admission only (see `Judged`): a findings list names each finding
 /// (code and detail) once. A repeat adds nothing a worker could mean, and
 /// each copy would repeat every breach reason it gives.
@@ -987,6 +1045,7 @@ fn transition(
         "Ingestion_SchemaOk" => {
             let i: InSchema = inputs(p)?;
             check_list("findings", &i.findings)?;
+            check_item_texts(g, "findings", finding_texts(&i.findings))?;
             lic(out)?;
             // A breach is refused as `policy` whatever else is wrong with the
             // list: that refusal is what makes the leader quarantine.
@@ -998,6 +1057,7 @@ fn transition(
         "Ingestion_PolicyViolation" => {
             let i: InFindings = inputs(p)?;
             check_list("findings", &i.findings)?;
+            check_item_texts(g, "findings", finding_texts(&i.findings))?;
             check_findings_once(g, &i.findings)?;
             let o = guards::policy_breach(g, &i.findings);
             let rationale = o.reasons.join("; ");
@@ -1051,6 +1111,25 @@ fn transition(
             check_list("roles", &i.roles)?;
             check_list("candidates", &i.candidates)?;
             check_list("tools", &i.tools.iter().collect::<Vec<_>>())?;
+            check_item_texts(
+                g,
+                "roles",
+                i.roles
+                    .iter()
+                    .enumerate()
+                    .map(|(n, r)| (format!("roles[{n}]"), r.as_str())),
+            )?;
+            check_item_texts(
+                g,
+                "tools",
+                i.tools.iter().flat_map(|(name, version)| {
+                    let at = crate::hash::truncate(name);
+                    [
+                        (format!("tools (the name {at:?})"), name.as_str()),
+                        (format!("tools[{at:?}] (its version)"), version.as_str()),
+                    ]
+                }),
+            )?;
             for c in &i.candidates {
                 if !g
                     .state
@@ -1115,6 +1194,19 @@ fn transition(
         "Council_McpGreen" | "Council_ToolingLost" => {
             let i: InProbes = inputs(p)?;
             check_list("probes", &i.probes)?;
+            check_item_texts(
+                g,
+                "probes",
+                i.probes.iter().enumerate().flat_map(|(n, pr)| {
+                    [
+                        (format!("probes[{n}].body.tool"), pr.body.tool.as_str()),
+                        (
+                            format!("probes[{n}].body.version"),
+                            pr.body.version.as_str(),
+                        ),
+                    ]
+                }),
+            )?;
             if spec.name == "Council_McpGreen" {
                 lic(out)?;
                 guard_check(out, guards::mcp_green(g, &i.probes))?;
@@ -1188,6 +1280,14 @@ fn transition(
         "Environment_Installed" => {
             let i: InInstalled = inputs(p)?;
             check_list("assets", &i.assets)?;
+            check_item_texts(
+                g,
+                "assets",
+                i.assets
+                    .iter()
+                    .enumerate()
+                    .map(|(n, a)| (format!("assets[{n}]"), a.as_str())),
+            )?;
             lic(out)?;
             post.environment.assets = i.assets;
             post.environment.env_hash = Some(i.env_hash);
@@ -1195,6 +1295,14 @@ fn transition(
         "Environment_Green" | "Environment_Amber" => {
             let i: InChecks = inputs(p)?;
             check_list("checks", &i.checks)?;
+            check_item_texts(
+                g,
+                "checks",
+                i.checks
+                    .iter()
+                    .enumerate()
+                    .map(|(n, c)| (format!("checks[{n}].name"), c.name.as_str())),
+            )?;
             lic(out)?;
             guard_check(
                 out,
@@ -2313,6 +2421,49 @@ mod tests {
         assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
     }
 
+    /// A log written before admission refused every invalid probe may
+    /// hold a `Council_ToolingLost` with a forged probe beside a failing
+    /// one. The leader set the forged one aside; replay must derive the
+    /// same accepted reasons whatever its `Verify` mode (recovery and
+    /// followers replay `Trusted`), or the record would not replay.
+    #[test]
+    fn replay_sets_forged_probes_aside_whatever_its_verify_mode() {
+        let mut fx = Fx::new("forged-probe");
+        fx.drive(|s| s.council.phase == "READY");
+        fx.now += 10;
+        let at = fx.hlc();
+        let lost = fx.probe("mcp-git", "1.4.2", false, at, &fx.keys.prober);
+        let mut forged = fx.probe("mcp-search", "6.6.6-FORGED", true, at, &fx.keys.prober);
+        forged.signature = Probe::sign(forged.body.clone(), &fx.keys.worker).signature;
+        let p = fx.p(
+            "Council_ToolingLost",
+            json!({ "probes": [lost, forged] }),
+            &fx.keys.prober,
+        );
+        fx.admitted_only(&p, "mcp_health");
+        let reasons = |verify: Verify| {
+            let ctx = Ctx { verify, ..fx.ctx() };
+            match evaluate(&fx.node, &p, &ctx, None, None, Judged::Replay) {
+                Ok(Eval::Apply(plan)) => plan
+                    .outcomes
+                    .iter()
+                    .find(|o| o.guard == "mcp_health")
+                    .expect("an mcp_health outcome")
+                    .reasons
+                    .clone(),
+                Ok(Eval::Duplicate(_)) => panic!("a duplicate"),
+                Err(r) => panic!("refused in replay: {r:#?}"),
+            }
+        };
+        let full = reasons(Verify::Full);
+        assert_eq!(full.len(), 1, "the forged probe is set aside: {full:?}");
+        assert!(
+            full[0].starts_with("tool 'mcp-git' unreachable"),
+            "{full:?}"
+        );
+        assert_eq!(reasons(Verify::Trusted), full);
+    }
+
     #[test]
     fn a_probe_list_names_each_tool_once_at_admission() {
         let mut fx = Fx::new("dup");
@@ -2356,6 +2507,119 @@ mod tests {
             );
         }
         let p = built(&fx, last + CORPUS_VERSION_STEP_MAX);
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+    }
+
+    /// A new idem_key is printable ASCII at admission (its `{:?}` in the
+    /// accepted outcome must not depend on the Rust release's Unicode
+    /// tables); replay takes what an earlier build accepted.
+    #[test]
+    fn a_new_idem_key_is_printable_ascii_at_admission() {
+        let fx = Fx::new("idem-ascii");
+        let with_key = |key: &str| {
+            ProposalBuilder::new(P, "Control_Pause", fx.node.project_hash(P), fx.hlc(), key)
+                .inputs(&json!({ "reason": "maintenance" }))
+                .unwrap()
+                .sign(&fx.keys.leader)
+                .unwrap()
+        };
+        for (key, shown) in [
+            ("goal-\u{e9}:1", "'\u{e9}' (U+00E9)"),
+            ("a\u{1F600}", "(U+1F600)"),
+            ("tab\there", "'\\t' (U+0009)"),
+            ("del\u{7f}", "(U+007F)"),
+        ] {
+            let r = fx.admitted_only(&with_key(key), "idem_key");
+            assert_eq!(r.kind, RejectKind::Malformed, "{r:#?}");
+            assert!(r.reasons[0].starts_with("idem_key holds "), "{r:#?}");
+            assert!(says(&r, shown), "{key:?}: {r:#?}");
+            assert!(says(&r, "printable ASCII"), "{r:#?}");
+        }
+        assert_eq!(
+            fx.judge(&with_key(" goal:1:pause:~{}\"'\\"), Judged::Admission),
+            Ok(())
+        );
+    }
+
+    /// Each text item of a list input is bounded at admission like every
+    /// single text input, and replay accepts what an earlier build did.
+    #[test]
+    fn list_items_text_is_bounded_at_admission() {
+        let long = "x".repeat(TEXT_BYTES_MAX + 1);
+        let most = "x".repeat(TEXT_BYTES_MAX);
+
+        let mut fx = Fx::new("items-findings");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let schema = |fx: &Fx, code: &str, detail: &str| {
+            fx.p(
+                "Ingestion_SchemaOk",
+                json!({ "schema_hash": Hash::of_bytes(b"s"), "findings": [{ "code": "style", "detail": "tabs" }, { "code": code, "detail": detail }] }),
+                &fx.keys.worker,
+            )
+        };
+        let r = fx.admitted_only(&schema(&fx, "style", &long), "inputs.findings");
+        assert_eq!(
+            r.reasons,
+            ["inputs.findings[1].detail is 1025 bytes; each item's text is at most 1024 bytes: shorten it"]
+        );
+        let r = fx.admitted_only(&schema(&fx, &long, ""), "inputs.findings");
+        assert!(says(&r, "inputs.findings[1].code is 1025 bytes"), "{r:#?}");
+        assert_eq!(
+            fx.judge(&schema(&fx, &most, &most), Judged::Admission),
+            Ok(())
+        );
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": [{ "code": "secret_leak", "detail": long }] }),
+            &fx.keys.worker,
+        );
+        let r = fx.admitted_only(&p, "inputs.findings");
+        assert!(
+            says(&r, "inputs.findings[0].detail is 1025 bytes"),
+            "{r:#?}"
+        );
+
+        let mut fx = Fx::new("items-council");
+        fx.drive(|s| s.meta.phase == "PROJECT_LIFECYCLE");
+        let c0 = SignerId::from_signing_key(&fx.keys.council[0]);
+        let c1 = SignerId::from_signing_key(&fx.keys.council[1]);
+        let loaded = |fx: &Fx, roles: Json, tools: Json| {
+            fx.p(
+                "Council_ProfilesLoaded",
+                json!({ "roles": roles, "candidates": [&c0, &c1], "tools": tools }),
+                &fx.keys.leader,
+            )
+        };
+        let p = loaded(&fx, json!(["planner", long]), json!({}));
+        let r = fx.admitted_only(&p, "inputs.roles");
+        assert!(says(&r, "inputs.roles[1] is 1025 bytes"), "{r:#?}");
+        let p = loaded(&fx, json!([]), json!({ "mcp": long }));
+        let r = fx.admitted_only(&p, "inputs.tools");
+        assert!(
+            says(&r, "inputs.tools[\"mcp\"] (its version) is 1025 bytes"),
+            "{r:#?}"
+        );
+        let p = loaded(&fx, json!([]), json!({ long.clone(): "1.0" }));
+        let r = fx.admitted_only(&p, "inputs.tools");
+        assert!(says(&r, "(the name \"xxxx"), "{r:#?}");
+        assert!(r.reasons[0].len() < 300, "the name is cut: {r:#?}");
+        let p = loaded(&fx, json!([most]), json!({ "mcp": most }));
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+
+        let mut fx = Fx::new("items-env");
+        fx.drive(|s| s.environment.phase == "PROVISION");
+        let p = fx.p(
+            "Environment_Installed",
+            json!({ "assets": ["a", long], "env_hash": Hash::of_bytes(b"e") }),
+            &fx.keys.worker,
+        );
+        let r = fx.admitted_only(&p, "inputs.assets");
+        assert!(says(&r, "inputs.assets[1] is 1025 bytes"), "{r:#?}");
+        let p = fx.p(
+            "Environment_Installed",
+            json!({ "assets": ["a", most], "env_hash": Hash::of_bytes(b"e") }),
+            &fx.keys.worker,
+        );
         assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
     }
 

@@ -98,6 +98,13 @@ pub enum GenesisError {
         id: String,
         why: PolicyRuleError,
     },
+    #[error("genesis policy rules {first} and {second} share the id {id:?}: a Policy_Update with two rules of one id is refused, and a breach reason names its rule by id; give each rule its own id")]
+    DuplicatePolicyRuleId {
+        first: usize,
+        second: usize,
+        /// Cut to 80 bytes, as in [`GenesisError::PolicyRule`].
+        id: String,
+    },
     #[error("genesis quorum_threshold {0} is above {QUORUM_THRESHOLD_MAX}: a certificate of that many signed votes does not fit in one proposal, so the council could never be elected; lower it")]
     QuorumThresholdTooLarge(u32),
     #[error("genesis has {0} followers; at most {FOLLOWERS_MAX} are allowed")]
@@ -161,7 +168,8 @@ impl Genesis {
     /// by `swoosh init`, the demo, enroll, a bench): a probe age of 1 ms to
     /// a day, the schedule's [`Schedule::validate_new`], a quorum threshold
     /// of at most [`QUORUM_THRESHOLD_MAX`] and policy rules within
-    /// [`validate_policy_rule`]'s bounds. Every recovery
+    /// [`validate_policy_rule`]'s bounds, each id once (as `Policy_Update`
+    /// requires). Every recovery
     /// validates the stored genesis with `validate`, so a cluster whose
     /// genesis an earlier build accepted still starts.
     pub fn validate_new(&self) -> Result<(), GenesisError> {
@@ -173,12 +181,21 @@ impl Genesis {
         if self.quorum_threshold > QUORUM_THRESHOLD_MAX {
             return Err(GenesisError::QuorumThresholdTooLarge(self.quorum_threshold));
         }
+        let mut first_of = std::collections::BTreeMap::new();
         for (index, r) in self.policy_rules.iter().enumerate() {
             validate_policy_rule(r).map_err(|why| GenesisError::PolicyRule {
                 index,
                 id: crate::hash::truncate(&r.id),
                 why,
             })?;
+            if let Some(&first) = first_of.get(r.id.as_str()) {
+                return Err(GenesisError::DuplicatePolicyRuleId {
+                    first,
+                    second: index,
+                    id: crate::hash::truncate(&r.id),
+                });
+            }
+            first_of.insert(r.id.as_str(), index);
         }
         Ok(())
     }
@@ -1209,6 +1226,25 @@ mod tests {
             g.validate().unwrap();
             NodeState::new(g).unwrap();
         }
+        // Two rules of one id: refused naming both (a stored genesis an
+        // earlier build accepted still loads).
+        let mut g = ok.clone();
+        let mut twin = g.policy_rules[0].clone();
+        twin.rationale = "another rationale".into();
+        g.policy_rules.push(twin);
+        let last = g.policy_rules.len() - 1;
+        let e = g.validate_new().unwrap_err();
+        assert_eq!(
+            e,
+            GenesisError::DuplicatePolicyRuleId {
+                first: 0,
+                second: last,
+                id: g.policy_rules[0].id.clone()
+            }
+        );
+        assert!(e.to_string().contains("give each rule its own id"), "{e}");
+        g.validate().unwrap();
+        NodeState::new(g).unwrap();
         // The id in the message is cut, so a huge id does not fill it.
         let mut g = ok.clone();
         g.policy_rules[0].id = long;
