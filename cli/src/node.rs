@@ -420,21 +420,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&a.http).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                "another process is using it: stop it or pick another --http"
-            }
-            std::io::ErrorKind::AddrNotAvailable => {
-                "this host has no such address: pick one of its addresses, or 0.0.0.0"
-            }
-            std::io::ErrorKind::PermissionDenied => {
-                "ports below 1024 need privileges: pick a higher port"
-            }
-            _ => "give --http as HOST:PORT, e.g. 127.0.0.1:7700",
-        };
-        anyhow::anyhow!("cannot listen on {}: {e}; {hint}", a.http)
-    })?;
+    let listener = bind_http(&a.http).await?;
     let addr = listener.local_addr()?;
     let h = node.health();
     tracing::info!(http = %addr, index = h.index, root_hash = ?h.root_hash.map(|x| x.to_string()), "serving");
@@ -449,6 +435,26 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         p.stop();
     }
     served
+}
+
+/// Listen on `--http ADDR`, or say why not and what to do (every
+/// command's `--http`: serve, p2p leader, follow, agent).
+pub async fn bind_http(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another process is using it: stop it or pick another --http"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "this host has no such address: pick one of its addresses, or 0.0.0.0"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges: pick a higher port"
+            }
+            _ => "give --http as HOST:PORT, e.g. 127.0.0.1:7700",
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}; {hint}")
+    })
 }
 
 /// Serve `node` over HTTP until `stop` resolves (a signal) or the node gives

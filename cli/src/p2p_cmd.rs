@@ -8,6 +8,7 @@ use crate::node::{
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use swoosh_core::state::FollowerEntry;
 use swoosh_core::SignerId;
 use swoosh_net::p2p::envelope;
@@ -64,6 +65,10 @@ pub struct AgentArgs {
     /// Vote no on every announcement (makes a failed election visible).
     #[arg(long)]
     pub vote_no: bool,
+    /// Serve the agent's `GET /health` and `GET /metrics` (`swoosh_agent_*`)
+    /// on this HOST:PORT, e.g. 127.0.0.1:7720. Off by default.
+    #[arg(long)]
+    pub http: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log: LogFormat,
@@ -307,9 +312,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         f.applied_index()
     );
     if let Some(h) = &a.http {
-        let listener = tokio::net::TcpListener::bind(h)
-            .await
-            .with_context(|| format!("cannot listen on {h}: pick another --http"))?;
+        let listener = crate::node::bind_http(h).await?;
         eprintln!("swoosh: follower HTTP on http://{}", listener.local_addr()?);
         let shared = f.shared.clone();
         let opts = swoosh_net::p2p::http::FollowerHttp { leader_http };
@@ -338,9 +341,7 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     for addr in &p2p.listen_addrs {
         eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
     }
-    let listener = tokio::net::TcpListener::bind(&a.http)
-        .await
-        .with_context(|| format!("cannot listen on {}: pick another --http", a.http))?;
+    let listener = crate::node::bind_http(&a.http).await?;
     eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
     let served = crate::node::serve_leader(listener, node, crate::stop_signal()).await;
     p2p.stop();
@@ -442,13 +443,42 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
     } else {
         VotePolicy::ApproveAll
     };
-    let ag = swoosh_net::p2p::agent::spawn_agent(key, &genesis, policy, &peers, None).await?;
+    // Bound before joining the mesh, so a taken port fails at once.
+    let listener = match &a.http {
+        Some(h) => Some(crate::node::bind_http(h).await?),
+        None => None,
+    };
+    let ag =
+        Arc::new(swoosh_net::p2p::agent::spawn_agent(key, &genesis, policy, &peers, None).await?);
     eprintln!(
         "swoosh: council agent {me} (peer {}) dialling {} (again every second while not connected); policy {policy:?}",
         ag.peer_id,
         a.peer.join(", ")
     );
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match listener {
+        Some(listener) => {
+            eprintln!("swoosh: agent HTTP on http://{}", listener.local_addr()?);
+            let status = {
+                let ag = ag.clone();
+                Arc::new(move || ag.status(&me))
+                    as Arc<dyn Fn() -> swoosh_net::p2p::agent::AgentStatus + Send + Sync>
+            };
+            Some(tokio::spawn(swoosh_net::p2p::agent::serve_agent(
+                listener,
+                status,
+                async move {
+                    let _ = stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     let sig = crate::stop_signal().await;
+    let _ = stop_http.send(());
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     let s = ag.snapshot();
     eprintln!(
         "swoosh: {sig}: agent stopping: {} announcements, {} votes sent, {} refused",

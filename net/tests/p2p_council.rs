@@ -128,6 +128,7 @@ async fn p2p_agents_vote_over_the_mesh_and_the_certificate_is_accepted() {
     let cert = cert.unwrap();
     assert!(cert.votes.len() >= g.quorum_threshold as usize);
     assert!(agents.iter().all(|a| a.snapshot().refused == 0));
+    agent_http_reports(agents.remove(0), &keys.council[0]).await;
     let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
     let ctx = Ctx {
         now_ms: ORIGIN_MS + 1_000,
@@ -137,6 +138,58 @@ async fn p2p_agents_vote_over_the_mesh_and_the_certificate_is_accepted() {
     let s = step(&mut node, &p, &ctx);
     assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
     assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
+}
+
+/// `swoosh agent --http`: an agent that voted says so on `/health` and
+/// `/metrics`, and an unknown path is a `404` naming the routes.
+async fn agent_http_reports(agent: AgentP2p, key: &ed25519_dalek::SigningKey) {
+    let me = swoosh_core::SignerId::from_signing_key(key);
+    let agent = std::sync::Arc::new(agent);
+    let status = {
+        let (agent, me) = (agent.clone(), me.clone());
+        std::sync::Arc::new(move || agent.status(&me))
+            as std::sync::Arc<dyn Fn() -> swoosh_net::p2p::agent::AgentStatus + Send + Sync>
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(swoosh_net::p2p::agent::serve_agent(
+        listener,
+        status,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let h: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["signer"], me.to_string());
+    assert!(h["connections"].as_u64().unwrap() >= 1, "{h}");
+    assert!(h["votes_sent"].as_u64().unwrap() >= 1, "{h}");
+    let m = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let votes = m
+        .lines()
+        .find_map(|l| l.strip_prefix("swoosh_agent_votes_sent_total "))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(votes.parse::<u64>().unwrap() >= 1, "{m}");
+    let r = http.get(format!("{url}/nope")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("GET /health, GET /metrics"));
+    let _ = stop.send(());
+    served.await.unwrap();
 }
 
 /// A leader store whose log a test stream drove (project `p0`) until

@@ -245,7 +245,15 @@ async fn every_status_code_of_the_contract() {
         assert!(m.contains(line), "metrics lack {line}");
     }
     // Every leader metric the shipped alerts and dashboard read exists
-    // (the followers' `swoosh_follower_*` come from `swoosh follow`).
+    // (the followers' `swoosh_follower_*` come from `swoosh follow`), and
+    // every agent metric they read is one `swoosh agent --http` exports.
+    let agent = swoosh_net::p2p::agent::AgentStatus {
+        signer: String::new(),
+        peer_id: String::new(),
+        connections: 0,
+        counters: Default::default(),
+    }
+    .metrics_text();
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     for file in [
         "prometheus/swoosh-alerts.yml",
@@ -259,9 +267,14 @@ async fn every_status_code_of_the_contract() {
             let name = ["_bucket", "_count", "_sum"]
                 .iter()
                 .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+            let (exported, who) = if name.starts_with("swoosh_agent_") {
+                (&agent, "an agent")
+            } else {
+                (&m, "the leader")
+            };
             assert!(
-                m.contains(&format!("{name} ")) || m.contains(&format!("{name}{{")),
-                "{file} reads {name}, which the leader does not export"
+                exported.contains(&format!("{name} ")) || exported.contains(&format!("{name}{{")),
+                "{file} reads {name}, which {who} does not export"
             );
         }
     }

@@ -9,9 +9,10 @@ use super::{agent_version, council_topic, ms_since, P2pError};
 use crate::proto::council::{AgentRefusal, CouncilAgent, CouncilMsg, VotePolicy};
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use swoosh_core::cbor::{from_canonical, to_canonical, CanonicalError};
+use swoosh_core::sig::SignerId;
 use swoosh_core::state::Genesis;
 
 pub fn encode_council(m: &CouncilMsg) -> Result<Vec<u8>, CanonicalError> {
@@ -41,6 +42,7 @@ pub struct AgentP2p {
     pub peer_id: libp2p::PeerId,
     pub shared: Arc<Mutex<AgentShared>>,
     inbox_drops: Arc<AtomicU64>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,6 +52,139 @@ impl AgentP2p {
         s.inbox_drops = self.inbox_drops.load(Ordering::Relaxed);
         s
     }
+
+    /// What `swoosh agent --http` serves: the counters, the connections
+    /// open now and who this agent is.
+    pub fn status(&self, signer: &SignerId) -> AgentStatus {
+        AgentStatus {
+            signer: signer.to_string(),
+            peer_id: self.peer_id.to_string(),
+            connections: self.connections.load(Ordering::Relaxed),
+            counters: self.snapshot(),
+        }
+    }
+}
+
+/// An agent's state for its `/health` and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct AgentStatus {
+    pub signer: String,
+    pub peer_id: String,
+    pub connections: usize,
+    pub counters: AgentShared,
+}
+
+impl AgentStatus {
+    /// `/health`: `200` with `status: "ok"` while the agent has a
+    /// connection to the mesh; `503` with `status: "disconnected"` when it
+    /// has none (it cannot hear an announcement, so its vote is missing
+    /// from every election until it reconnects: it redials every
+    /// `PEER_REDIAL_MS`).
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let c = &self.counters;
+        let ok = self.connections > 0;
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "disconnected" },
+            "signer": self.signer,
+            "peer_id": self.peer_id,
+            "connections": self.connections,
+            "announcements": c.announcements,
+            "votes_sent": c.votes_sent,
+            "refused": c.refused,
+            "malformed": c.malformed,
+            "inbox_drops": c.inbox_drops,
+            "last_refusal": c.last_refusal,
+        });
+        (if ok { 200 } else { 503 }, body)
+    }
+
+    /// `/metrics`: `swoosh_agent_*`, Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "# HELP swoosh_agent_connections Connections to the mesh open now (0: the agent hears no announcement).\n\
+             # TYPE swoosh_agent_connections gauge\nswoosh_agent_connections {}\n\
+             # HELP swoosh_agent_announcements_total Election announcements received.\n\
+             # TYPE swoosh_agent_announcements_total counter\nswoosh_agent_announcements_total {}\n\
+             # HELP swoosh_agent_votes_sent_total Signed votes published.\n\
+             # TYPE swoosh_agent_votes_sent_total counter\nswoosh_agent_votes_sent_total {}\n\
+             # HELP swoosh_agent_refused_total Announcements refused (wrong cluster, bad signature, not a candidate, ...).\n\
+             # TYPE swoosh_agent_refused_total counter\nswoosh_agent_refused_total {}\n\
+             # HELP swoosh_agent_malformed_total Council messages that do not decode.\n\
+             # TYPE swoosh_agent_malformed_total counter\nswoosh_agent_malformed_total {}\n\
+             # HELP swoosh_agent_inbox_full_drops_total Messages dropped because the agent's inbox was full.\n\
+             # TYPE swoosh_agent_inbox_full_drops_total counter\nswoosh_agent_inbox_full_drops_total {}\n",
+            self.connections,
+            c.announcements,
+            c.votes_sent,
+            c.refused,
+            c.malformed,
+            c.inbox_drops,
+        )
+    }
+}
+
+/// The routes `swoosh agent --http` serves, for the `404`'s message.
+const AGENT_ROUTES: &str = "GET /health, GET /metrics";
+
+/// The agent's read-only HTTP surface: `/health` and `/metrics` (see
+/// [`AgentStatus`]); `status` is read at every request.
+pub fn agent_router(status: Arc<dyn Fn() -> AgentStatus + Send + Sync>) -> axum::Router {
+    use axum::http::{header, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    let health = {
+        let status = status.clone();
+        move || {
+            let status = status.clone();
+            async move {
+                let (code, body) = status().health();
+                let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (code, axum::Json(body)).into_response()
+            }
+        }
+    };
+    let metrics = move || {
+        let status = status.clone();
+        async move {
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                status().metrics_text(),
+            )
+                .into_response()
+        }
+    };
+    axum::Router::new()
+        .route("/health", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(|uri: Uri| async move {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({
+                    "error": "not_found",
+                    "message": format!(
+                        "no such endpoint on a council agent: {}; it serves {AGENT_ROUTES}",
+                        clip(uri.path())
+                    ),
+                })),
+            )
+                .into_response()
+        })
+}
+
+/// Serve [`agent_router`] on `listener` with the node's accept loop and
+/// limits (header read timeout, connection cap) until `shutdown`.
+pub async fn serve_agent(
+    listener: tokio::net::TcpListener,
+    status: Arc<dyn Fn() -> AgentStatus + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    crate::http::serve_router(
+        listener,
+        agent_router(status),
+        shutdown,
+        crate::http::ServeLimits::default(),
+    )
+    .await;
 }
 
 impl Drop for AgentP2p {
@@ -77,6 +212,7 @@ pub async fn spawn_agent(
     .await?;
     let peer_id = peer.peer_id;
     let inbox_drops = peer.inbox_drops.clone();
+    let connections = peer.connections.clone();
     let shared = Arc::new(Mutex::new(AgentShared::default()));
     let agent = CouncilAgent::new(key, genesis, policy);
     let s2 = shared.clone();
@@ -85,6 +221,7 @@ pub async fn spawn_agent(
         peer_id,
         shared,
         inbox_drops,
+        connections,
         task,
     })
 }
@@ -150,6 +287,58 @@ fn refused(shared: &Mutex<AgentShared>, warn: &mut WarnLimiter, r: &AgentRefusal
 mod tests {
     use super::*;
     use crate::p2p::bounds::{captured_logs, LOG_FIELD_CHARS_MAX, TEST_LOG_LINE_CHARS_MAX};
+
+    fn status(connections: usize) -> AgentStatus {
+        AgentStatus {
+            signer: "ed25519:ab".into(),
+            peer_id: "12D3KooW".into(),
+            connections,
+            counters: AgentShared {
+                announcements: 4,
+                votes_sent: 3,
+                refused: 1,
+                malformed: 2,
+                last_refusal: Some("wrong cluster".into()),
+                inbox_drops: 5,
+            },
+        }
+    }
+
+    /// An agent without a connection hears no announcement: `/health`
+    /// says so with a `503`, so a probe or a load balancer sees it.
+    #[test]
+    fn health_is_503_while_the_agent_has_no_connection() {
+        let (code, body) = status(0).health();
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "disconnected");
+        let (code, body) = status(2).health();
+        assert_eq!(code, 200);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["connections"], 2);
+        assert_eq!(body["votes_sent"], 3);
+        assert_eq!(body["last_refusal"], "wrong cluster");
+    }
+
+    #[test]
+    fn metrics_name_every_counter_once() {
+        let text = status(2).metrics_text();
+        for (name, value) in [
+            ("swoosh_agent_connections", 2),
+            ("swoosh_agent_announcements_total", 4),
+            ("swoosh_agent_votes_sent_total", 3),
+            ("swoosh_agent_refused_total", 1),
+            ("swoosh_agent_malformed_total", 2),
+            ("swoosh_agent_inbox_full_drops_total", 5),
+        ] {
+            let line = format!("\n{name} {value}\n");
+            assert_eq!(text.matches(&line).count(), 1, "{name}: {text}");
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{text}"
+            );
+        }
+    }
 
     /// An announcement naming another cluster with a 2 MiB id full of
     /// newlines, 50 times in a second: one short, escaped line, and the
