@@ -16,6 +16,27 @@ use serde::{de::DeserializeOwned, Serialize};
 /// before it can exhaust the stack.
 pub const CBOR_DEPTH_MAX: usize = 64;
 
+/// Most CBOR items a `ciborium::Value` tree is built for from untrusted
+/// bytes ([`decode_value`], [`decode_value_strict`], and the diagnosis path
+/// of [`from_canonical`]). An item is one CBOR data item: an integer, a
+/// string, a simple value, a tag, an array or a map, and each element, key
+/// and value inside them. [`scan_value_items`] counts them first, without
+/// allocating, and more are refused with [`CanonicalError::TooManyItems`].
+///
+/// Why 2^16: a tree costs 32 bytes per item for its node (a
+/// `ciborium::Value`), up to twice that while its vectors grow, and the
+/// strict decoder holds two trees at once (the decoded one and the copy it
+/// re-encodes): about 128 bytes per item. A one-byte item (`0x80`, an empty
+/// array) thus costs over 100 times its size, and a 2 MiB gossip plaintext
+/// of them some 256 MiB per message; 2^16 items cap that at about 8 MiB
+/// whatever the input's shape. Real documents take about 17 bytes per item
+/// (hashes, signatures and names are long texts; measured on WAL records,
+/// decision records and node state), so every message of up to about 1 MiB
+/// still gets a full diagnosis. Larger inputs are still decoded by the
+/// typed decoders, which build no tree; only the explanation of a refusal
+/// is shortened, to the typed decoder's reason.
+pub const VALUE_TREE_ITEMS_MAX: usize = 1 << 16;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CanonicalError {
     #[error("value could not be serialized: {0}")]
@@ -36,6 +57,17 @@ pub enum CanonicalError {
     Trailing(usize),
     #[error("decoded CBOR does not match the expected shape: {0}")]
     Shape(String),
+    /// Refused before a value tree was built: see [`VALUE_TREE_ITEMS_MAX`].
+    #[error("CBOR input of {len} bytes holds more than {VALUE_TREE_ITEMS_MAX} items (VALUE_TREE_ITEMS_MAX; the first item past it starts at byte {at}), too many to decode into a value tree and name what is wrong; {detail}")]
+    TooManyItems {
+        /// Length of the whole input, in bytes.
+        len: usize,
+        /// Offset of the first item past the limit.
+        at: usize,
+        /// What is known without the tree (for [`from_canonical`], the
+        /// typed decoder's reason).
+        detail: String,
+    },
 }
 
 /// The shortest head of a CBOR item (for callers that check or splice
@@ -127,9 +159,19 @@ fn canon(v: Value, path: &mut String, depth: usize) -> Result<Value, CanonicalEr
     })
 }
 
-/// Decode strictly: the bytes must be exactly one canonical CBOR item.
+/// Decode strictly: the bytes must be exactly one canonical CBOR item (of
+/// at most [`VALUE_TREE_ITEMS_MAX`] items, as [`decode_value`]).
 pub fn decode_value_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
-    let v = decode_value(bytes)?;
+    decode_value_strict_bounded(bytes, || {
+        "decode it into its type with from_canonical, which builds no value tree".into()
+    })
+}
+
+fn decode_value_strict_bounded(
+    bytes: &[u8],
+    detail: impl FnOnce() -> String,
+) -> Result<Value, CanonicalError> {
+    let v = decode_value_bounded(bytes, detail)?;
     let again = value_to_canonical(v.clone())?;
     if again != bytes {
         return Err(CanonicalError::NotCanonical);
@@ -138,7 +180,34 @@ pub fn decode_value_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
 }
 
 /// Decode one CBOR item (well-formedness and depth only; not canonicality).
+///
+/// At most [`VALUE_TREE_ITEMS_MAX`] items: the input is counted first by
+/// [`scan_value_items`] and refused with [`CanonicalError::TooManyItems`]
+/// before any tree is built. A large document is decoded into its type with
+/// [`from_canonical`], which needs no tree.
 pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
+    decode_value_bounded(bytes, || {
+        "decode it into its type with from_canonical, which builds no value tree".into()
+    })
+}
+
+/// [`decode_value`], with the `detail` of a [`CanonicalError::TooManyItems`]
+/// refusal supplied by the caller (computed only then).
+fn decode_value_bounded(
+    bytes: &[u8],
+    detail: impl FnOnce() -> String,
+) -> Result<Value, CanonicalError> {
+    if let ItemScan::OverLimit { at } = scan_value_items(bytes, VALUE_TREE_ITEMS_MAX) {
+        return Err(CanonicalError::TooManyItems {
+            len: bytes.len(),
+            at,
+            detail: detail(),
+        });
+    }
+    // Complete, or malformed after at most VALUE_TREE_ITEMS_MAX items:
+    // ciborium refuses at the same byte or before it (see `ItemScan`), so
+    // its tree holds no more than were counted, and its message is the one
+    // this function has always given.
     let mut cursor = std::io::Cursor::new(bytes);
     let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut cursor, CBOR_DEPTH_MAX)
         .map_err(|e| CanonicalError::Decode(e.to_string()))?;
@@ -156,7 +225,10 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value, CanonicalError> {
 ///
 /// The typed value is decoded directly (no value tree): re-encoding it to
 /// exactly `bytes` proves the bytes canonical, whatever the decoder
-/// tolerated on the way. Only a refusal takes the slow path, to say why.
+/// tolerated on the way. Only a refusal takes the slow path, to say why;
+/// that path builds a value tree of at most [`VALUE_TREE_ITEMS_MAX`] items,
+/// and a larger refused input is answered with
+/// [`CanonicalError::TooManyItems`] carrying the typed decoder's reason.
 pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
     if let Ok((t, used)) = crate::cbor_de::decode::<T>(bytes) {
         // A refusal of the fast encoder falls through to the paths below,
@@ -173,21 +245,38 @@ pub fn from_canonical<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T
     let mut cursor = std::io::Cursor::new(bytes);
     let typed: Result<T, _> =
         ciborium::de::from_reader_with_recursion_limit(&mut cursor, CBOR_DEPTH_MAX);
-    if let Ok(t) = typed {
-        if cursor.position() as usize == bytes.len()
-            && to_canonical(&t).ok().as_deref() == Some(bytes)
-        {
-            return Ok(t);
-        }
-    }
-    from_canonical_slow(bytes)
+    let used = cursor.position() as usize;
+    // Why the typed decode refused, for an input too large to diagnose
+    // through a value tree.
+    let typed_refusal = match typed {
+        Ok(_) if used != bytes.len() => format!(
+            "as the expected type it decodes, with {} trailing bytes after the value",
+            bytes.len() - used
+        ),
+        Ok(t) => match to_canonical(&t) {
+            Ok(again) if again == bytes => return Ok(t),
+            Ok(_) => "as the expected type it decodes, but the bytes are not that value's \
+                      canonical encoding (another spelling, or fields the type does not \
+                      re-encode)"
+                .to_string(),
+            Err(e) => format!("as the expected type it decodes, but does not re-encode: {e}"),
+        },
+        Err(e) => format!("as the expected type it does not decode: {e}"),
+    };
+    from_canonical_slow(bytes, typed_refusal)
 }
 
 /// The value-tree path of [`from_canonical`]: taken only when the direct
-/// decode refused, so the error says why (or a type that only decodes
-/// through a value tree still decodes).
-fn from_canonical_slow<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
-    let v = decode_value_strict(bytes)?;
+/// decodes refused, so the error says why. (No type of the workspace needs
+/// it to decode: whatever decodes through a value tree, the direct decoders
+/// decode too; it is kept so that such a type would still decode.) Inputs
+/// of more than [`VALUE_TREE_ITEMS_MAX`] items are refused before a tree is
+/// built, with `typed_refusal` as the reason.
+fn from_canonical_slow<T: DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    typed_refusal: String,
+) -> Result<T, CanonicalError> {
+    let v = decode_value_strict_bounded(bytes, || typed_refusal)?;
     let t: T = v
         .deserialized()
         .map_err(|e| CanonicalError::Shape(e.to_string()))?;
@@ -195,6 +284,190 @@ fn from_canonical_slow<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<
         return Err(CanonicalError::Shape("the bytes carry fields or spellings the type does not re-encode; they are not this type's canonical encoding".into()));
     }
     Ok(t)
+}
+
+/// What [`scan_value_items`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemScan {
+    /// One well-formed CBOR item of `items` items (as a `ciborium::Value`
+    /// tree counts them, or more), ending at byte `end` (trailing bytes
+    /// after it are not looked at).
+    Complete { items: usize, end: usize },
+    /// Not well-formed at byte `at` (the input ends inside an item, a
+    /// reserved head, a misplaced break, a chunk of an indefinite-length
+    /// string that is not a string of its type, or arrays and maps
+    /// nested deeper than [`CBOR_DEPTH_MAX`]), after `items` items. ciborium
+    /// refuses each of these, at that byte or before: its tree never holds
+    /// more than `items` items.
+    Malformed { items: usize, at: usize },
+    /// More than the limit: the first item past it starts at byte `at`.
+    OverLimit { at: usize },
+}
+
+/// Count the items of the CBOR item at the start of `bytes`, up to
+/// `items_max`, without decoding or allocating anything: the gate in front
+/// of every value tree built from untrusted bytes.
+///
+/// Items are counted as a `ciborium::Value` tree holds them, generously: a
+/// tag and its content are two (a bignum becomes one integer), and an
+/// indefinite-length string is one whatever its chunks. Well-formedness is
+/// checked no more strictly than ciborium checks it (floats, tags, simple
+/// values and indefinite lengths are counted, not refused: canonicality is
+/// the strict decoder's job), so that whatever ciborium would decode is
+/// counted in full. The cost is one pass over the heads, linear in
+/// `bytes.len()` and independent of what the heads announce.
+pub fn scan_value_items(bytes: &[u8], items_max: usize) -> ItemScan {
+    /// One open array or map.
+    #[derive(Clone, Copy)]
+    struct Open {
+        /// Items still to come in a definite-length container (a map
+        /// counts keys and values); items read so far in an indefinite one.
+        count: u128,
+        indefinite: bool,
+        map: bool,
+    }
+    let mut open = [Open {
+        count: 0,
+        indefinite: false,
+        map: false,
+    }; CBOR_DEPTH_MAX];
+    let mut depth = 0usize;
+    let mut pos = 0usize;
+    let mut items = 0usize;
+    // The next item is the content of a tag, not an element of its own.
+    let mut tagged = false;
+    loop {
+        // Close the definite-length containers that are complete.
+        while depth > 0 && !open[depth - 1].indefinite && open[depth - 1].count == 0 {
+            depth -= 1;
+        }
+        if depth == 0 && items > 0 && !tagged {
+            return ItemScan::Complete { items, end: pos };
+        }
+        let at = pos;
+        let malformed = ItemScan::Malformed { items, at };
+        let Some(&initial) = bytes.get(pos) else {
+            return malformed;
+        };
+        if initial == 0xff {
+            // A break closes the innermost indefinite-length container, and
+            // in a map only where a key would start.
+            match depth.checked_sub(1).map(|i| open[i]) {
+                Some(o) if o.indefinite && !tagged && (!o.map || o.count % 2 == 0) => {
+                    depth -= 1;
+                    pos += 1;
+                    continue;
+                }
+                _ => return malformed,
+            }
+        }
+        let major = initial >> 5;
+        let Some((arg, head_len)) = head_arg(&bytes[pos..]) else {
+            return malformed;
+        };
+        // `arg` is None for an indefinite length (additional information
+        // 31), which only strings, arrays and maps may have.
+        if arg.is_none() && !matches!(major, 2..=5) {
+            return malformed;
+        }
+        items += 1;
+        if items > items_max {
+            return ItemScan::OverLimit { at };
+        }
+        if !tagged && depth > 0 {
+            let o = &mut open[depth - 1];
+            if o.indefinite {
+                o.count += 1;
+            } else {
+                o.count -= 1;
+            }
+        }
+        tagged = false;
+        pos += head_len;
+        match (major, arg) {
+            (2 | 3, Some(n)) => match skip(bytes, pos, n) {
+                Some(end) => pos = end,
+                None => return malformed,
+            },
+            (2 | 3, None) => match skip_chunks(bytes, pos, major) {
+                Ok(end) => pos = end,
+                Err(at) => return ItemScan::Malformed { items, at },
+            },
+            (4 | 5, n) => {
+                if depth == CBOR_DEPTH_MAX {
+                    return malformed;
+                }
+                let map = major == 5;
+                open[depth] = Open {
+                    count: n.map_or(0, |n| if map { 2 * n as u128 } else { n as u128 }),
+                    indefinite: n.is_none(),
+                    map,
+                };
+                depth += 1;
+            }
+            (6, _) => tagged = true,
+            // Integers, simple values and floats: the head is the item.
+            _ => {}
+        }
+    }
+}
+
+/// The argument of the head at the start of `b` (None for an indefinite
+/// length) and the head's length; None if `b` ends inside the head or the
+/// additional information is reserved (28–30).
+fn head_arg(b: &[u8]) -> Option<(Option<u64>, usize)> {
+    let info = b.first()? & 0x1f;
+    let n = match info {
+        0..=23 => return Some((Some(info as u64), 1)),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        31 => return Some((None, 1)),
+        _ => return None,
+    };
+    let arg = b
+        .get(1..1 + n)?
+        .iter()
+        .fold(0u64, |a, &x| (a << 8) | x as u64);
+    Some((Some(arg), 1 + n))
+}
+
+/// The end of the chunks of an indefinite-length string of major type
+/// `major` whose head ends at `pos`, up to its break; or where a chunk is
+/// malformed. ciborium also takes an indefinite-length chunk (closed by its
+/// own break) where RFC 8949 wants a definite one, so this does too: the
+/// scan must not stop where ciborium goes on.
+fn skip_chunks(bytes: &[u8], mut pos: usize, major: u8) -> Result<usize, usize> {
+    let mut unclosed = 1usize;
+    while unclosed > 0 {
+        let at = pos;
+        match bytes.get(pos) {
+            Some(0xff) => {
+                pos += 1;
+                unclosed -= 1;
+                continue;
+            }
+            Some(&b) if b >> 5 == major => {}
+            _ => return Err(at),
+        }
+        match head_arg(&bytes[pos..]) {
+            Some((None, len)) => {
+                pos += len;
+                unclosed += 1;
+            }
+            Some((Some(n), len)) => pos = skip(bytes, pos + len, n).ok_or(at)?,
+            None => return Err(at),
+        }
+    }
+    Ok(pos)
+}
+
+/// The end of a string payload of `n` bytes starting at `pos`, if the input
+/// holds it.
+fn skip(bytes: &[u8], pos: usize, n: u64) -> Option<usize> {
+    let end = pos.checked_add(usize::try_from(n).ok()?)?;
+    (end <= bytes.len()).then_some(end)
 }
 
 /// Decode bytes produced by this crate's own writer without re-encoding them.
