@@ -12,7 +12,7 @@ use swoosh_core::facts::{PolicyRule, RosterEntry};
 use swoosh_core::state::Genesis;
 use swoosh_core::statechart::{Role, MACHINE_VERSION};
 use swoosh_core::SignerId;
-use swoosh_net::client::{Client, ProposeRequest, RetryPolicy};
+use swoosh_net::client::{Client, ClientError, ProposeRequest, RetryPolicy};
 use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
 
 pub const GENESIS_FILE: &str = "genesis.json";
@@ -544,10 +544,23 @@ fn client_for(to: &str) -> Result<Client> {
 }
 
 pub async fn propose(a: ProposeArgs) -> Result<()> {
-    let client = client_for(&a.to)?;
+    let client = match Client::try_new(&a.to) {
+        Ok(c) => c,
+        Err(e) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&error_json(&e, None, None))?
+                );
+            }
+            return Err(e.into());
+        }
+    };
     // The proposal sent and where it is (or is to be) kept, for a hint when
     // the outcome is unknown.
     let mut sent: Option<(swoosh_core::Proposal, Option<PathBuf>)> = None;
+    // Known before anything is sent, so `--json` can name it whatever fails.
+    let idem_key: Option<String>;
     let reply = if let Some(f) = &a.file {
         let bytes = read_capped(f, swoosh_net::api::BODY_BYTES_MAX).with_context(|| {
             format!(
@@ -557,6 +570,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
         })?;
         let p = swoosh_net::http::parse_proposal(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+        idem_key = Some(p.idem_key.clone());
         let r = client.submit_retrying(&p).await.map(|(r, _)| r);
         sent = Some((p, Some(f.clone())));
         r
@@ -582,6 +596,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
             .idem_key
             .clone()
             .unwrap_or_else(|| format!("{}:{t}:{}", a.project, hex::encode(rnd)));
+        idem_key = Some(idem.clone());
         let req = ProposeRequest {
             project: &a.project,
             transition: t,
@@ -628,15 +643,25 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            if a.json {
-                if let Some(b) = e.body() {
-                    println!("{}", serde_json::to_string_pretty(b)?);
+            // Kept before `--json` prints, so that `saved` can name the file.
+            let kept = match &sent {
+                Some((p, file)) if e.outcome_unknown() => {
+                    Some(unknown_outcome_hint(&a, p, file.clone()))
                 }
+                _ => None,
+            };
+            if a.json {
+                let saved = kept.as_ref().and_then(|k| k.as_ref().ok());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&error_json(&e, idem_key.as_deref(), saved))?
+                );
             }
-            if let Some((p, file)) = sent {
-                if e.outcome_unknown() {
-                    unknown_outcome_hint(&a, &p, file)?;
-                } else if e.body().is_some_and(|b| b.error == "idem_conflict") {
+            if let Some(Err(not_kept)) = kept {
+                return Err(not_kept);
+            }
+            if let Some((p, _)) = sent {
+                if !e.outcome_unknown() && e.body().is_some_and(|b| b.error == "idem_conflict") {
                     return Err(anyhow::Error::new(e).context(format!(
                         "the idempotency key {:?} was already used for a different proposal: the operation may already be done; see `swoosh state --to {}` and `swoosh decisions`, or pick another --idem-key",
                         p.idem_key, a.to
@@ -648,13 +673,50 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
     }
 }
 
+/// `propose --json`'s one object on stdout for a failure: the node's error
+/// body when it answered (what `--json` printed before), else the client's
+/// own `error` class and `message`; with, alike for both, the HTTP
+/// `status` (or `null`), whether the outcome is unknown, the idempotency
+/// key and the file the signed proposal was kept in (or `null`).
+fn error_json(
+    e: &ClientError,
+    idem_key: Option<&str>,
+    saved: Option<&PathBuf>,
+) -> serde_json::Value {
+    let mut v = match e.body().map(serde_json::to_value) {
+        Some(Ok(v)) => v,
+        _ => {
+            let error = match e {
+                ClientError::Connect {
+                    timed_out: true, ..
+                } => "client_timeout",
+                ClientError::Connect {
+                    outcome_unknown: true,
+                    ..
+                } => "connection_lost",
+                ClientError::Connect { .. } => "connect",
+                ClientError::Decode { .. } => "decode",
+                ClientError::Build(_) => "build",
+                ClientError::Usage(_) => "usage",
+                _ => "client",
+            };
+            serde_json::json!({ "error": error, "message": e.to_string() })
+        }
+    };
+    v["status"] = e.status().into();
+    v["outcome_unknown"] = e.outcome_unknown().into();
+    v["idempotency_key"] = idem_key.into();
+    v["saved"] = saved.map(|p| p.display().to_string()).into();
+    v
+}
+
 /// Say on stderr that the outcome of `p` is unknown, keep it in a file
-/// (unless it came from one) and say how to settle it.
+/// (unless it came from one) and say how to settle it. Returns the file.
 fn unknown_outcome_hint(
     a: &ProposeArgs,
     p: &swoosh_core::Proposal,
     file: Option<PathBuf>,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let file = match file {
         Some(f) => f,
         None => {
@@ -682,7 +744,7 @@ fn unknown_outcome_hint(
         a.to,
         p.project
     );
-    Ok(())
+    Ok(file)
 }
 
 #[derive(Args)]

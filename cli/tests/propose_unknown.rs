@@ -1,6 +1,8 @@
 //! `swoosh propose` whose outcome is unknown (the node drops the connection
-//! after the proposal was sent): it names the idempotency key and keeps the
-//! signed proposal in a file that resubmits as the very same proposal.
+//! after the proposal was sent, maybe then stops for good): it names the
+//! idempotency key and keeps the signed proposal in a file that resubmits
+//! as the very same proposal. And node URLs the client commands refuse or
+//! explain.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -10,6 +12,14 @@ use std::sync::{Arc, Mutex};
 /// A fake node: `GET /state` answers a HEAD, `POST /transition` is read,
 /// recorded and dropped without a reply.
 fn fake_node() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    fake_node_answering(|_| None)
+}
+
+/// [`fake_node`] answering POST number `n` (0-based) with `post(n)`: a
+/// status and JSON body, or `None` to drop it. Other paths are `404`.
+fn fake_node_answering(
+    post: impl Fn(usize) -> Option<(u16, String)> + Send + 'static,
+) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let posted: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -46,18 +56,31 @@ fn fake_node() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            if head.starts_with("POST") {
-                log.lock().unwrap().push(buf[head_end..].to_vec());
-                continue; // dropped: no reply
-            }
-            let body = serde_json::json!({
-                "project": "default", "index": 0,
-                "hash": format!("blake3:{}", "11".repeat(32)), "projection": {}
-            })
-            .to_string();
+            let (status, body) = if head.starts_with("POST") {
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(buf[head_end..].to_vec());
+                    log.len() - 1
+                };
+                match post(n) {
+                    Some(answer) => answer,
+                    None => continue, // dropped: no reply
+                }
+            } else if head.starts_with("GET /state") {
+                let body = serde_json::json!({
+                    "project": "default", "index": 0,
+                    "hash": format!("blake3:{}", "11".repeat(32)), "projection": {}
+                });
+                (200, body.to_string())
+            } else {
+                let body = serde_json::json!({
+                    "error": "not_found", "message": "no such endpoint; see GET /openapi.json"
+                });
+                (404, body.to_string())
+            };
             let _ = write!(
                 sock,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -160,4 +183,162 @@ fn bad_addresses_and_decision_refs_are_refused_with_the_accepted_form() {
     assert!(!o.status.success());
     assert!(err.contains("bubble://dr/"), "{err}");
     assert!(!err.contains("cannot reach"), "{err}");
+}
+
+/// The first attempt is dropped after it was sent (it may have been
+/// applied); the resubmission meets a node that gave up. The outcome is
+/// still unknown, so the proposal is kept to resubmit, as for a lost reply.
+#[test]
+fn an_unknown_attempt_then_a_node_that_gave_up_keeps_the_proposal() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("k");
+    let o = swoosh(&["keygen", "--out", key.to_str().unwrap()], t.path());
+    assert!(o.status.success(), "{o:?}");
+    let (url, posted) = fake_node_answering(|n| {
+        (n > 0).then(|| {
+            let body = serde_json::json!({
+                "error": "gave_up",
+                "message": "the node gave up restarting its sequencer after 10 attempts"
+            });
+            (503, body.to_string())
+        })
+    });
+    let chosen = t.path().join("kept.json");
+    let o = swoosh(
+        &[
+            "propose",
+            "--to",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "--transition",
+            "Boot_ConfigOk",
+            "--idem-key",
+            "default:boot/2",
+            "--save",
+            chosen.to_str().unwrap(),
+        ],
+        t.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(
+        posted.lock().unwrap().len(),
+        2,
+        "not retried after gave_up: {err}"
+    );
+    assert!(err.contains("gave_up"), "{err}");
+    assert!(err.contains("UNKNOWN"), "{err}");
+    assert!(err.contains("outcome unknown"), "{err}");
+    assert!(err.contains("\"default:boot/2\""), "{err}");
+    assert!(err.contains(&chosen.display().to_string()), "{err}");
+    let first: serde_json::Value = serde_json::from_slice(&posted.lock().unwrap()[0]).unwrap();
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
+    assert_eq!(kept, first);
+}
+
+/// A node URL with a path is put before every endpoint (a reverse proxy
+/// may map it to the node): a node's `404` then says so and names the
+/// accepted form, for every client command alike. A query or fragment,
+/// which would swallow the endpoint, is refused before any request.
+#[test]
+fn a_node_url_with_a_path_is_explained_and_one_with_a_query_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (url, _) = fake_node();
+    let with_path = format!("{url}/some/path");
+    for args in [
+        vec!["health", "--to", &with_path],
+        vec!["state", "--to", &with_path],
+    ] {
+        let o = swoosh(&args, t.path());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("ends in the path /some/path"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("http://127.0.0.1:7700"), "{args:?}: {err}");
+        assert!(!err.contains("names no role"), "{args:?}: {err}");
+    }
+    for bad in ["http://127.0.0.1:1/?x=1", "127.0.0.1:1/#top"] {
+        let o = swoosh(&["health", "--to", bad], t.path());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("query or fragment"), "{bad}: {err}");
+        assert!(err.contains("http://127.0.0.1:7700"), "{bad}: {err}");
+        assert!(!err.contains("cannot reach"), "{bad}: {err}");
+    }
+}
+
+/// `propose --json` prints one JSON object on stdout for every failure, in
+/// one shape: the node's error body when it answered, else the client's
+/// own `error` and `message`; with `status`, `outcome_unknown`,
+/// `idempotency_key` and `saved` alike. It still exits non-zero.
+#[test]
+fn propose_json_prints_one_object_for_every_client_error() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("k");
+    let o = swoosh(&["keygen", "--out", key.to_str().unwrap()], t.path());
+    assert!(o.status.success(), "{o:?}");
+    let propose = |to: &str, idem: &str| {
+        let o = swoosh(
+            &[
+                "propose",
+                "--to",
+                to,
+                "--key",
+                key.to_str().unwrap(),
+                "--transition",
+                "Boot_ConfigOk",
+                "--idem-key",
+                idem,
+                "--json",
+            ],
+            t.path(),
+        );
+        assert!(!o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {o:?}"));
+        v
+    };
+
+    // Nothing listens: nothing was sent.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let v = propose(&closed.to_string(), "default:json/1");
+    assert_eq!(v["error"], "connect", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("cannot reach"),
+        "{v}"
+    );
+    assert_eq!(v["status"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["outcome_unknown"], false, "{v}");
+    assert_eq!(v["idempotency_key"], "default:json/1", "{v}");
+    assert_eq!(v["saved"], serde_json::Value::Null, "{v}");
+
+    // Sent, and the connection dropped: unknown, and kept.
+    let (url, _) = fake_node();
+    let v = propose(&url, "default:json/2");
+    assert_eq!(v["error"], "connection_lost", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("UNKNOWN"), "{v}");
+    assert_eq!(v["outcome_unknown"], true, "{v}");
+    assert_eq!(v["idempotency_key"], "default:json/2", "{v}");
+    let saved = t.path().join("swoosh-proposal-default_json_2.json");
+    assert_eq!(v["saved"], saved.display().to_string(), "{v}");
+    assert!(saved.exists());
+
+    // Refused: the node's body, as before, with the same added fields.
+    let (url, _) = fake_node_answering(|_| {
+        let body = serde_json::json!({"error": "forbidden", "message": "fake forbidden"});
+        Some((403, body.to_string()))
+    });
+    let v = propose(&url, "default:json/3");
+    assert_eq!(v["error"], "forbidden", "{v}");
+    assert_eq!(v["message"], "fake forbidden", "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+    assert_eq!(v["outcome_unknown"], false, "{v}");
+    assert_eq!(v["idempotency_key"], "default:json/3", "{v}");
+    assert_eq!(v["saved"], serde_json::Value::Null, "{v}");
 }

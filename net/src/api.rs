@@ -34,6 +34,19 @@ pub const REFUSAL_MS_MAX: u64 = 1_000;
 /// systemd units' `TimeoutStopSec` (60 s), so SIGKILL never skips the flush.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
+/// `503` class of a node that gave up restarting its actors: it serves
+/// nothing more until its process is started again.
+pub const ERROR_GAVE_UP: &str = "gave_up";
+/// `503` class of a node that is shutting down.
+pub const ERROR_SHUTTING_DOWN: &str = "shutting_down";
+
+/// Whether a `503` of class `error` lasts until the node's process is
+/// started again. Such a `503` carries no `retry_after_ms` and no
+/// `Retry-After`: backing off against it only delays the operator.
+pub fn unavailable_for_good(error: &str) -> bool {
+    error == ERROR_GAVE_UP || error == ERROR_SHUTTING_DOWN
+}
+
 /// `202` reply: the proposal is durable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AcceptedReply {
@@ -55,8 +68,10 @@ pub struct ErrorBody {
     /// Machine-readable class: `malformed`, `unknown_transition`, `guard`,
     /// `bad_signature`, `unknown_signer`, `forbidden`, `stale_hash`,
     /// `idem_conflict`, `hlc_order`, `timeout`, `too_large`, `backpressure`,
-    /// `unavailable`, `not_leader`, `not_found`, `method_not_allowed`,
-    /// `storage`.
+    /// `unavailable` (503, passing: retry after `retry_after_ms`),
+    /// `gave_up` and `shutting_down` (503 until the node's process is
+    /// started again: no `retry_after_ms`), `not_leader`, `not_found`,
+    /// `method_not_allowed`, `storage`.
     pub error: String,
     /// A sentence saying what was wrong and what to do.
     pub message: String,

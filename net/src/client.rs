@@ -74,6 +74,16 @@ pub enum ClientError {
     /// a decision reference).
     #[error("{0}")]
     Usage(String),
+    /// An earlier attempt of this proposal was sent to `url` and got no
+    /// reply (`detail`), and the attempts after it ended without an answer
+    /// about the proposal (`last`: `429`/`503` until the retries ran out,
+    /// or a node that stopped): it may or may not have been applied.
+    #[error("{last}; the outcome is UNKNOWN: an earlier attempt was sent to {url} and got no reply ({detail}), so the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) once the node answers, or check `swoosh state`")]
+    OutcomeUnknown {
+        url: String,
+        detail: String,
+        last: Box<ClientError>,
+    },
 }
 
 fn connect_text(url: &str, detail: &str, timed_out: bool, outcome_unknown: bool) -> String {
@@ -119,6 +129,23 @@ fn transport_error(url: &str, e: &reqwest::Error, proposal: bool) -> ClientError
         timed_out: e.is_timeout(),
         outcome_unknown: proposal && !e.is_connect(),
     }
+}
+
+/// Why a `status` reply with `body` is not worth waiting out, if it is not:
+/// a `503` of a node that gave up or is shutting down (no answer until its
+/// process is started again), or a `503` without any retry hint (the node
+/// did not say it would be back). Retrying those would only hold the
+/// caller for `BUSY_RETRIES_MAX` backoffs.
+fn stops_retrying(status: u16, body: &ErrorBody) -> Option<&'static str> {
+    if status != 503 {
+        return None;
+    }
+    if unavailable_for_good(&body.error) {
+        return Some("not retried: this node answers only once its process is started again, so wait for that (`swoosh health` answers ok) or use another node");
+    }
+    body.retry_after_ms.is_none().then_some(
+        "not retried: the node gave no retry hint (`retry_after_ms` or `Retry-After`); check it with `swoosh health` and try again once it answers ok (resubmitting a proposal is safe: it is idempotent)",
+    )
 }
 
 /// The wait before retry number `attempt` (0-based) of a refused or failed
@@ -183,7 +210,25 @@ pub fn normalize_base(base: &str) -> Result<String, ClientError> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("it names no host".into()));
     }
+    // Every endpoint is appended to the base, so a query or fragment would
+    // swallow it (`…?x/health` asks for `/`).
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad(
+            "it has a query or fragment (`?…`, `#…`), which a base URL cannot have".into(),
+        ));
+    }
     Ok(full.trim_end_matches('/').to_string())
+}
+
+/// The path of a normalized base (`/swoosh` of `http://proxy/swoosh`), if
+/// it has one: the client puts it before every endpoint.
+fn base_path(base: &str) -> Option<String> {
+    let path = reqwest::Url::parse(base)
+        .ok()?
+        .path()
+        .trim_end_matches('/')
+        .to_string();
+    (!path.is_empty()).then_some(path)
 }
 
 /// A decision reference as the 64 lowercase hex digits of its hash:
@@ -220,26 +265,115 @@ impl ClientError {
         match self {
             ClientError::Refused { status, .. } => Some(*status),
             ClientError::NotLeader { .. } => Some(503),
+            ClientError::OutcomeUnknown { last, .. } => last.status(),
             _ => None,
         }
     }
     pub fn body(&self) -> Option<&ErrorBody> {
         match self {
             ClientError::Refused { body, .. } | ClientError::NotLeader { body, .. } => Some(body),
+            ClientError::OutcomeUnknown { last, .. } => last.body(),
             _ => None,
         }
     }
     /// Whether a proposal may or may not have been applied: no complete
-    /// reply after it was sent, or `503 unavailable` (no durable outcome in
-    /// time). Resubmitting the same signed proposal settles it.
+    /// reply after it was sent (on the last attempt or an earlier one), or
+    /// `503 unavailable` (no durable outcome in time). Resubmitting the
+    /// same signed proposal settles it.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             ClientError::Connect {
                 outcome_unknown, ..
             } => *outcome_unknown,
+            ClientError::OutcomeUnknown { .. } => true,
             ClientError::Refused { status: 503, body } => body.error == "unavailable",
             _ => false,
         }
+    }
+}
+
+/// The retry decisions of [`Client::submit_retrying`] and the other
+/// `*_retrying` calls, apart from the waiting so they can be tested
+/// without a clock.
+#[derive(Debug, Default)]
+struct Retries {
+    busy: u32,
+    connect: u32,
+    /// The first attempt sent without a reply: its URL and cause.
+    unknown: Option<(String, String)>,
+}
+
+impl Retries {
+    fn count(&self) -> u32 {
+        self.busy + self.connect
+    }
+
+    /// After a failed attempt: how long to wait before the next one, or
+    /// the error to return.
+    // Boxing the error would change every caller (see normalize_base).
+    #[allow(clippy::result_large_err)]
+    fn after(&mut self, e: ClientError, jitter: u64) -> Result<u64, ClientError> {
+        match e {
+            ClientError::Refused { status, mut body } if status == 429 || status == 503 => {
+                if let Some(why) = stops_retrying(status, &body) {
+                    body.message = format!("{}; {why}", body.message);
+                    return Err(after_unknown(
+                        self.unknown.take(),
+                        ClientError::Refused { status, body },
+                    ));
+                }
+                if self.busy >= BUSY_RETRIES_MAX {
+                    return Err(after_unknown(
+                        self.unknown.take(),
+                        ClientError::Refused { status, body },
+                    ));
+                }
+                let w = backoff_ms(self.busy, body.retry_after_ms, jitter);
+                self.busy += 1;
+                Ok(w)
+            }
+            ClientError::Connect {
+                url,
+                detail,
+                timed_out: false,
+                outcome_unknown,
+            } if self.connect < CONNECT_RETRIES_MAX => {
+                if outcome_unknown && self.unknown.is_none() {
+                    self.unknown = Some((url, detail));
+                }
+                self.connect += 1;
+                // From 100 ms: a restarting node needs a moment.
+                Ok(backoff_ms(self.connect, None, jitter))
+            }
+            ClientError::Connect {
+                url,
+                detail,
+                timed_out,
+                outcome_unknown,
+            } => Err(ClientError::Connect {
+                url,
+                detail,
+                timed_out,
+                outcome_unknown: outcome_unknown || self.unknown.is_some(),
+            }),
+            // A refusal of a resubmission settles what an earlier unknown
+            // attempt did: had that one been applied, this one would be
+            // answered as its duplicate.
+            other => Err(other),
+        }
+    }
+}
+
+/// `last`, marked as of unknown outcome when an earlier attempt (`unknown`:
+/// its URL and cause) was sent without a reply.
+fn after_unknown(unknown: Option<(String, String)>, last: ClientError) -> ClientError {
+    match unknown {
+        Some((url, detail)) => ClientError::OutcomeUnknown {
+            url,
+            detail,
+            last: Box::new(last),
+        },
+        None => last,
     }
 }
 
@@ -272,6 +406,8 @@ impl Default for RetryPolicy {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// [`base_path`] of `base`, for the hint on a `404`.
+    base_path: Option<String>,
     http: reqwest::Client,
 }
 
@@ -327,7 +463,11 @@ impl Client {
             .pool_idle_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS / 2))
             .build()
             .expect("a plain HTTP client builds");
-        Client { base, http }
+        Client {
+            base_path: base_path(&base),
+            base,
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -379,22 +519,40 @@ impl Client {
                 detail: e.to_string(),
             })
         } else {
-            let mut body: ErrorBody =
-                serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                    error: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                    ..Default::default()
-                });
-            // A proxy's 429/503 may carry only the header.
-            if body.retry_after_ms.is_none() {
-                body.retry_after_ms = retry_after_ms;
-            }
-            if body.error == "not_leader" {
-                let leader = body.leader.clone().filter(|l| !l.is_empty());
-                return Err(ClientError::NotLeader { url, leader, body });
-            }
-            Err(ClientError::Refused { status, body })
+            Err(self.refusal(url, status, retry_after_ms, &bytes))
         }
+    }
+
+    /// A non-2xx reply as an error.
+    fn refusal(
+        &self,
+        url: String,
+        status: u16,
+        retry_after_ms: Option<u64>,
+        bytes: &[u8],
+    ) -> ClientError {
+        let mut body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+            error: "http".into(),
+            message: String::from_utf8_lossy(bytes).chars().take(500).collect(),
+            ..Default::default()
+        });
+        // A proxy's 429/503 may carry only the header.
+        if body.retry_after_ms.is_none() {
+            body.retry_after_ms = retry_after_ms;
+        }
+        if body.error == "not_leader" {
+            let leader = body.leader.clone().filter(|l| !l.is_empty());
+            return ClientError::NotLeader { url, leader, body };
+        }
+        // A node serves its API at the root; a path in the base (kept for a
+        // reverse proxy that maps it there) is the likely cause of a 404.
+        if let (404, Some(path)) = (status, &self.base_path) {
+            body.message = format!(
+                "{}; {url} was asked because the node URL {} ends in the path {path}, which the client puts before every endpoint: a node serves its API at the root, so give its URL as scheme, host and port, like {URL_FORM} (keep a path only where a reverse proxy maps it to the node's root)",
+                body.message, self.base
+            );
+        }
+        ClientError::Refused { status, body }
     }
 
     /// One submission, no retries.
@@ -420,8 +578,9 @@ impl Client {
     /// Submit, backing off on 429/503 and connection errors (the proposal
     /// is idempotent, so a resubmission after an unacknowledged attempt is
     /// safe). A follower's `503 not_leader` is permanent and returned at
-    /// once ([`ClientError::NotLeader`]). Returns the reply and the number
-    /// of retries (busy and connection).
+    /// once ([`ClientError::NotLeader`]), as is a `503` of a node that gave
+    /// up or is shutting down, or one without a retry hint. Returns the
+    /// reply and the number of retries (busy and connection).
     pub async fn submit_retrying(&self, p: &Proposal) -> Result<(AcceptedReply, u32), ClientError> {
         Self::retrying(|| self.submit(p)).await
     }
@@ -429,51 +588,24 @@ impl Client {
     /// Run `attempt` until it is answered: on 429/503 wait at least the
     /// server's hint plus a jittered backoff (up to `BUSY_RETRIES_MAX`
     /// times); on a connection error (not a timeout) back off and retry (up
-    /// to `CONNECT_RETRIES_MAX` times, counted apart). Once any attempt's
-    /// outcome was unknown, a final connection error says so too.
+    /// to `CONNECT_RETRIES_MAX` times, counted apart). A `503` that no wait
+    /// cures (see [`stops_retrying`]) ends it at once. Once any attempt's
+    /// outcome was unknown, a final error that does not answer for the
+    /// proposal (a connection error, 429, 503) says so too.
     async fn retrying<R, F, Fut>(mut attempt: F) -> Result<(R, u32), ClientError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<R, ClientError>>,
     {
-        let (mut busy, mut connect) = (0u32, 0u32);
-        let mut unknown_seen = false;
+        let mut retries = Retries::default();
         loop {
-            let wait = match attempt().await {
-                Err(ClientError::Refused { status, body })
-                    if (status == 429 || status == 503) && busy < BUSY_RETRIES_MAX =>
-                {
-                    let w = backoff_ms(busy, body.retry_after_ms, jitter());
-                    busy += 1;
-                    w
+            match attempt().await {
+                Ok(r) => return Ok((r, retries.count())),
+                Err(e) => {
+                    let wait = retries.after(e, jitter())?;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
-                Err(ClientError::Connect {
-                    timed_out: false,
-                    outcome_unknown,
-                    ..
-                }) if connect < CONNECT_RETRIES_MAX => {
-                    unknown_seen |= outcome_unknown;
-                    // From 100 ms: a restarting node needs a moment.
-                    let w = backoff_ms(connect + 1, None, jitter());
-                    connect += 1;
-                    w
-                }
-                Err(ClientError::Connect {
-                    url,
-                    detail,
-                    timed_out,
-                    outcome_unknown,
-                }) => {
-                    return Err(ClientError::Connect {
-                        url,
-                        detail,
-                        timed_out,
-                        outcome_unknown: outcome_unknown || unknown_seen,
-                    })
-                }
-                other => return other.map(|r| (r, busy + connect)),
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
         }
     }
 
@@ -512,15 +644,21 @@ impl Client {
     /// `GET /health` of any node, leader or follower, with its HTTP status:
     /// a halted follower answers `503` with its health as the body, which
     /// an operator needs to read, not an error body.
+    /// Any other reply (a `404` of a wrong base URL, an error body) is an
+    /// error, not a health document.
     pub async fn health_any(&self) -> Result<(u16, serde_json::Value), ClientError> {
         let url = self.url("/health");
-        let (status, _, bytes) =
+        let (status, retry_after_ms, bytes) =
             Self::status_and_body(&url, self.http.get(&url).send().await, false).await?;
-        let v = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            detail: format!("{status} with a body that is not JSON ({e})"),
-        })?;
-        Ok((status, v))
+        let health = (200..300).contains(&status) || status == 503;
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) if health && v.get("status").is_some_and(|s| s.is_string()) => Ok((status, v)),
+            Err(e) if (200..300).contains(&status) => Err(ClientError::Decode {
+                url,
+                detail: format!("{status} with a body that is not JSON ({e})"),
+            }),
+            _ => Err(self.refusal(url, status, retry_after_ms, &bytes)),
+        }
     }
 
     /// `GET path` as untyped JSON: for surfaces with their own shapes, such
@@ -764,11 +902,155 @@ mod tests {
             "",
             "unix:///run/swoosh.sock",
             "http://",
+            // Appending `/health` to these would ask for `/`.
+            "http://127.0.0.1:7700?x=1",
+            "http://127.0.0.1:7700/#top",
+            "127.0.0.1:7700/?",
         ] {
             let e = normalize_base(bad).unwrap_err().to_string();
             assert!(e.contains(URL_FORM), "{bad}: {e}");
             assert!(Client::try_new(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A path is kept (a reverse proxy may map it to a node) and put
+    /// before every endpoint; it is what a 404's hint names.
+    #[test]
+    fn a_base_path_is_kept_and_named() {
+        let c = Client::try_new("http://127.0.0.1:7700/some/path/").unwrap();
+        assert_eq!(c.base(), "http://127.0.0.1:7700/some/path");
+        assert_eq!(c.url("/health"), "http://127.0.0.1:7700/some/path/health");
+        assert_eq!(c.base_path.as_deref(), Some("/some/path"));
+        for root in ["127.0.0.1:7700", "http://127.0.0.1:7700/"] {
+            assert_eq!(Client::try_new(root).unwrap().base_path, None, "{root}");
+        }
+        let e = c.refusal(
+            c.url("/health"),
+            404,
+            None,
+            br#"{"error":"not_found","message":"no such endpoint"}"#,
+        );
+        let text = e.to_string();
+        assert!(text.contains("ends in the path /some/path"), "{text}");
+        assert!(text.contains(URL_FORM), "{text}");
+        // Without a path a 404 is the node's word alone.
+        let c = Client::try_new("127.0.0.1:7700").unwrap();
+        let e = c.refusal(
+            c.url("/nope"),
+            404,
+            None,
+            br#"{"error":"not_found","message":"no such endpoint"}"#,
+        );
+        assert_eq!(e.to_string(), "404 not_found: no such endpoint");
+    }
+
+    fn refusal(status: u16, error: &str, retry_after_ms: Option<u64>) -> ClientError {
+        ClientError::Refused {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                message: format!("node says {error}"),
+                retry_after_ms,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn lost(outcome_unknown: bool) -> ClientError {
+        ClientError::Connect {
+            url: "http://n:1/transition".into(),
+            detail: "connection reset".into(),
+            timed_out: false,
+            outcome_unknown,
+        }
+    }
+
+    /// Feed `errors` to one retry sequence: the waits until it stops, and
+    /// the error it stops with (`None`: it would still retry).
+    fn run(errors: Vec<ClientError>) -> (usize, Option<ClientError>) {
+        let mut r = Retries::default();
+        let mut waits = 0;
+        for e in errors {
+            match r.after(e, 0) {
+                Ok(_) => waits += 1,
+                Err(e) => return (waits, Some(e)),
+            }
+        }
+        (waits, None)
+    }
+
+    /// A 503 no wait cures ends the retries at once, saying why; a passing
+    /// one (with a hint) and a 429 are waited out.
+    #[test]
+    fn a_503_of_a_node_that_stopped_or_gave_no_hint_is_not_retried() {
+        for code in [ERROR_GAVE_UP, ERROR_SHUTTING_DOWN] {
+            let (waits, e) = run(vec![refusal(503, code, None)]);
+            let e = e.expect("stops");
+            assert_eq!(waits, 0, "{code}");
+            assert!(!e.outcome_unknown(), "{code}: refused before admission");
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("503 {code}: node says {code}")),
+                "{text}"
+            );
+            assert!(text.contains("process is started again"), "{text}");
+        }
+        let (waits, e) = run(vec![refusal(503, "unavailable", None)]);
+        let e = e.expect("stops");
+        assert_eq!(waits, 0);
+        assert!(e.to_string().contains("no retry hint"), "{e}");
+        assert!(
+            e.outcome_unknown(),
+            "`unavailable` says nothing of the outcome"
+        );
+        let (waits, e) = run(vec![
+            refusal(503, "unavailable", Some(100)),
+            refusal(429, "backpressure", None),
+            refusal(429, "backpressure", Some(5)),
+        ]);
+        assert_eq!((waits, e.is_none()), (3, true));
+    }
+
+    /// Once an attempt was sent without a reply, every later ending that
+    /// does not answer for the proposal (busy until the retries ran out, a
+    /// node that stopped, a connection error) says the outcome is UNKNOWN;
+    /// a refusal of the resubmission settles it.
+    #[test]
+    fn an_earlier_unknown_attempt_makes_a_busy_or_stopped_ending_unknown() {
+        let busy = |n: u32| (0..n).map(|_| refusal(429, "backpressure", Some(1)));
+        let mut errors = vec![lost(true)];
+        errors.extend(busy(BUSY_RETRIES_MAX + 1));
+        let (waits, e) = run(errors);
+        assert_eq!(waits, 1 + BUSY_RETRIES_MAX as usize);
+        let e = e.expect("the busy retries run out");
+        assert!(e.outcome_unknown(), "{e}");
+        assert_eq!(e.status(), Some(429));
+        assert_eq!(e.body().map(|b| b.error.as_str()), Some("backpressure"));
+        let text = e.to_string();
+        assert!(text.starts_with("429 backpressure"), "{text}");
+        assert!(text.contains("UNKNOWN"), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+
+        for code in [ERROR_GAVE_UP, ERROR_SHUTTING_DOWN] {
+            let (waits, e) = run(vec![lost(true), refusal(503, code, None)]);
+            let e = e.expect("stops");
+            assert_eq!(waits, 1);
+            assert!(e.outcome_unknown(), "{code}: {e}");
+            assert!(e.to_string().contains("UNKNOWN"), "{e}");
+        }
+        // The same without an unknown attempt: only the busy ending.
+        let (_, e) = run(busy(BUSY_RETRIES_MAX + 1).collect());
+        assert!(!e.expect("runs out").outcome_unknown());
+        let (_, e) = run(vec![lost(false), refusal(503, ERROR_GAVE_UP, None)]);
+        assert!(!e.expect("stops").outcome_unknown());
+        // A refusal of the same proposal settles it.
+        let (_, e) = run(vec![lost(true), refusal(409, "stale_hash", None)]);
+        assert!(!e.expect("stops").outcome_unknown());
+        // A final connection error, as before.
+        let mut errors = vec![lost(true)];
+        errors.extend((0..CONNECT_RETRIES_MAX).map(|_| lost(false)));
+        let (_, e) = run(errors);
+        assert!(e.expect("runs out").outcome_unknown());
     }
 
     #[test]

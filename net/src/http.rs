@@ -470,7 +470,7 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
         (status = 408, description = "the body did not arrive within the body read timeout", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "backpressure; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "not the leader or not available now", body = ErrorBody),
+        (status = 503, description = "`unavailable`: not available now (recovering, or no durable outcome in time: the outcome is unknown); resubmit the same proposal after `retry_after_ms` / `Retry-After`. Without a retry hint the node gave up while this proposal was in flight: its outcome is unknown and retrying this process is pointless. `gave_up` (the node gave up restarting its actors) or `shutting_down`: refused before admission and until the node's process is started again; no retry hint. (A follower answers `not_leader`.)", body = ErrorBody),
     )
 )]
 async fn post_transition(
@@ -523,6 +523,10 @@ async fn post_transition(
             return body_err(StatusCode::BAD_REQUEST, *e);
         }
     };
+    // `Unavailable` carries only a reason: whether the node had already given
+    // up before this proposal (refused unadmitted) or gave up while it was
+    // in flight (outcome unknown) is told apart by asking before.
+    let gave_up_before = st.node.gave_up().is_some();
     // For the refusal's log line (SPEC §9: guard logs show why a proposal
     // was refused); an accepted one is logged by the node with its hashes.
     let (project, transition, window_id, hlc) = (
@@ -566,9 +570,91 @@ async fn post_transition(
                 ..Default::default()
             },
         ),
-        SubmitResult::Unavailable { reason } => body_err(
+        SubmitResult::Unavailable { reason } => submit_unavailable(&st.node, reason, gave_up_before),
+    }
+}
+
+/// Why a node refuses every request until its process is started again.
+enum Down {
+    GaveUp(swoosh_actors::GaveUp),
+    ShuttingDown,
+}
+
+/// Whether `node` is down for good. `SubmitResult::Unavailable` and a
+/// read's error carry only a reason text, so the node itself is asked
+/// (only on that error path: `health` is not free).
+fn down(node: &Node) -> Option<Down> {
+    if let Some(g) = node.gave_up() {
+        return Some(Down::GaveUp(g));
+    }
+    (node.health().status == "stopping").then_some(Down::ShuttingDown)
+}
+
+/// The `503` of a node that is down for good: a class of its own and no
+/// retry hint, so a client stops at once instead of backing off for
+/// minutes against a node that will not come back. `then`: what to do once
+/// it is back.
+fn down_response(down: &Down, then: &str) -> Response {
+    let (error, what) = match down {
+        Down::GaveUp(g) => (ERROR_GAVE_UP, g.to_string()),
+        Down::ShuttingDown => (
+            ERROR_SHUTTING_DOWN,
+            "the node is shutting down and takes no more requests".to_string(),
+        ),
+    };
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        error,
+        format!(
+            "{what}. Retrying is pointless until the node's process is started again (a service manager restarts it; `swoosh health` then answers ok): {then}"
+        ),
+    )
+}
+
+/// The `503` of a proposal the node answered `Unavailable`.
+fn submit_unavailable(node: &Node, reason: String, gave_up_before: bool) -> Response {
+    match down(node) {
+        // Given up while this proposal was in flight: it may have reached
+        // the WAL, so its outcome is unknown, which `unavailable` says; no
+        // hint, because this process will not answer it any more.
+        Some(Down::GaveUp(g)) if !gave_up_before => err(
             StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody { error: "unavailable".into(), message: reason, retry_after_ms: Some(200), ..Default::default() },
+            "unavailable",
+            format!(
+                "{reason}; meanwhile {g}. The outcome of this proposal is UNKNOWN: resubmit the same signed proposal (it is idempotent) once the node's process is started again (`swoosh health` answers ok)"
+            ),
+        ),
+        // A stopping node lets every admitted proposal finish first
+        // (`NodeHandle::shutdown` waits for them), so its `Unavailable` is
+        // the refusal at admission, as a node that gave up before is.
+        Some(d) => down_response(
+            &d,
+            "this proposal was refused before admission; resubmit it then (the same signed proposal is safe to resubmit)",
+        ),
+        None => body_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: "unavailable".into(),
+                message: reason,
+                retry_after_ms: Some(200),
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+/// The `503` of a read (`/state`, `/attention`) the node could not answer.
+fn read_unavailable(node: &Node, reason: String, then: &str) -> Response {
+    match down(node) {
+        Some(d) => down_response(&d, then),
+        None => body_err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: "unavailable".into(),
+                message: reason,
+                retry_after_ms: Some(100),
+                ..Default::default()
+            },
         ),
     }
 }
@@ -645,7 +731,7 @@ pub(crate) fn parse_state_query(q: StateQuery) -> Result<(String, Vec<Region>), 
 }
 
 /// Read a project's state: its HEAD hash and the requested sections.
-#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, body = StateReply), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, body = StateReply), (status = 400, body = ErrorBody), (status = 503, description = "`unavailable`: a region actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody)))]
 async fn get_state(
     State(st): State<AppState>,
     q: Result<Query<StateQuery>, QueryRejection>,
@@ -666,14 +752,10 @@ async fn get_state(
             projection: v.projection,
         })
         .into_response(),
-        Err(e) => body_err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody {
-                error: "unavailable".into(),
-                message: e,
-                retry_after_ms: Some(100),
-                ..Default::default()
-            },
+        Err(e) => read_unavailable(
+            &st.node,
+            e,
+            "read again then, or read a follower's `GET /state` meanwhile",
         ),
     }
 }
@@ -684,7 +766,7 @@ async fn get_state(
     path = "/health",
     responses(
         (status = 200, description = "ok: serving", body = HealthReply),
-        (status = 503, description = "recovering or stopping; the body is the same health document", body = HealthReply),
+        (status = 503, description = "recovering, stopping or failed (gave up restarting its actors); the body is the same health document", body = HealthReply),
     )
 )]
 async fn get_health(State(st): State<AppState>) -> Response {
@@ -825,7 +907,7 @@ fn parse_band(s: &str) -> Option<Band> {
 /// The attention digest: what the scorer surfaced from the node's own
 /// operational stream, by band, with what, why, how often and where, whether
 /// seen before and what to check next.
-#[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, body = AttentionReply), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, body = AttentionReply), (status = 400, body = ErrorBody), (status = 503, description = "`unavailable`: the attention actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody)))]
 async fn get_attention(
     State(st): State<AppState>,
     q: Result<Query<AttentionQuery>, QueryRejection>,
@@ -853,15 +935,7 @@ async fn get_attention(
     };
     match st.node.attention(min_band).await {
         Ok(v) => Json(attention_reply(v, min_band)).into_response(),
-        Err(e) => body_err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody {
-                error: "unavailable".into(),
-                message: e,
-                retry_after_ms: Some(100),
-                ..Default::default()
-            },
-        ),
+        Err(e) => read_unavailable(&st.node, e, "read again then"),
     }
 }
 

@@ -1,12 +1,20 @@
 //! The client SDK against scripted fake nodes on 127.0.0.1:0: busy hints,
-//! re-reads of HEAD, stale rounds, unknown outcomes and arguments refused
-//! before any request. No assertion depends on timing.
+//! re-reads of HEAD, stale rounds, unknown outcomes, nodes that stopped for
+//! good and arguments refused before any request; and against a real node
+//! that shuts down or gives up. No assertion depends on timing.
 
 use ed25519_dalek::SigningKey;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swoosh_actors::{ActorKind, NodeConfig, NodeHandle, SystemClock};
+use swoosh_core::scenario::{genesis, Driver, Keys, Next};
+use swoosh_core::state::NodeState;
+use swoosh_net::api::{ERROR_GAVE_UP, ERROR_SHUTTING_DOWN};
 use swoosh_net::client::{
     Client, ClientError, ProposeRequest, RetryPolicy, DECISION_REF_FORMS, STALE_RETRIES_MAX,
+    URL_FORM,
 };
+use swoosh_storage::{Durability, LmdbOptions, LmdbStore, LogStore, Space};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -346,4 +354,241 @@ async fn schemeless_bases_work_and_bad_decision_refs_send_nothing() {
             .all(|(_, p, _)| *p == format!("/decisions/{h}")),
         "{log:?}"
     );
+}
+
+fn propose_request<'a>(
+    key: &'a SigningKey,
+    inputs: &'a serde_json::Value,
+) -> ProposeRequest<'a, serde_json::Value> {
+    ProposeRequest {
+        project: "default",
+        transition: "Boot_ConfigOk",
+        inputs,
+        key,
+        idem_key: "k".into(),
+        evidence: vec![],
+    }
+}
+
+/// A `503` of a node that gave up or is shutting down (no retry hint) ends
+/// the retries at once, with the node's words and what to do; before,
+/// `BUSY_RETRIES_MAX` backoffs were spent on it.
+#[tokio::test]
+async fn a_503_of_a_node_that_stopped_for_good_is_not_retried() {
+    for code in [ERROR_GAVE_UP, ERROR_SHUTTING_DOWN, "unavailable"] {
+        let (url, seen) = fake_node(move |m, p, _| match (m, p) {
+            ("GET", "/state") => state_reply(),
+            ("POST", "/transition") => refused(503, code, None),
+            _ => refused(404, "not_found", None),
+        })
+        .await;
+        let c = Client::new(&url);
+        let p = proposal(&c).await;
+        let e = c.submit_retrying(&p).await.unwrap_err();
+        assert_eq!(count(&seen, "POST", "/transition"), 1, "{code}: {e}");
+        assert_eq!(e.status(), Some(503));
+        let text = e.to_string();
+        assert!(text.contains(&format!("fake {code}")), "{text}");
+        assert!(text.contains("not retried"), "{text}");
+        assert!(text.contains("swoosh health"), "{text}");
+        // Refused before admission; `unavailable` says nothing of it.
+        assert_eq!(e.outcome_unknown(), code == "unavailable", "{code}");
+    }
+}
+
+/// The first attempt is sent and its connection dropped; the resubmission
+/// meets a node that gave up. The proposal may have been applied by the
+/// first: the error says UNKNOWN, and `propose` keeps the proposal to
+/// resubmit.
+#[tokio::test]
+async fn an_unknown_attempt_then_a_node_that_gave_up_is_unknown() {
+    let (url, seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") if n == 0 => None,
+        ("POST", "/transition") => refused(503, ERROR_GAVE_UP, None),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let f = c
+        .propose_keeping_last(&propose_request(&key, &inputs), RetryPolicy::default())
+        .await
+        .unwrap_err();
+    assert_eq!(count(&seen, "POST", "/transition"), 2);
+    assert!(f.error.outcome_unknown(), "{}", f.error);
+    let text = f.error.to_string();
+    assert!(text.contains("fake gave_up"), "{text}");
+    assert!(text.contains("UNKNOWN"), "{text}");
+    assert_eq!(
+        f.error.body().map(|b| b.error.as_str()),
+        Some(ERROR_GAVE_UP)
+    );
+    assert!(f.last.is_some());
+}
+
+/// A node URL with a path: the path is put before every endpoint (as for a
+/// reverse proxy), and the 404 a node answers says so and names the
+/// accepted form, for `/health` as for every other read.
+#[tokio::test]
+async fn a_base_url_with_a_path_is_named_in_the_404() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/health") => Some((200, vec![], "{\"status\":\"ok\"}".into())),
+        ("GET", "/state") => state_reply(),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::try_new(&format!("{url}/some/path/")).unwrap();
+    let e = c.health_any().await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("fake not_found"), "{text}");
+    assert!(text.contains("ends in the path /some/path"), "{text}");
+    assert!(text.contains(URL_FORM), "{text}");
+    let e = c.state("default", &[]).await.unwrap_err();
+    assert!(e.to_string().contains("ends in the path /some/path"), "{e}");
+    assert_eq!(count(&seen, "GET", "/some/path/health"), 1);
+    // Without the path both answer.
+    let c = Client::try_new(&url).unwrap();
+    assert_eq!(c.health_any().await.unwrap().0, 200);
+    c.state("default", &[]).await.unwrap();
+}
+
+/// A real node on a loopback port (its HTTP served until the test ends).
+async fn real_node(label: &str) -> (String, NodeHandle<LmdbStore>, Keys, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(
+        dir.path(),
+        &LmdbOptions {
+            durability: Durability::Sync,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let keys = Keys::from_labels(label, 3);
+    let cfg = NodeConfig {
+        genesis: genesis(&keys, label, now_ms() / 1000 * 1000),
+        leader_key: keys.leader.clone(),
+        snapshot_every: 10_000,
+        snapshot_keep: 3,
+        wal_limits: Default::default(),
+        clock: Arc::new(SystemClock),
+        advertise: String::new(),
+        attention_file: None,
+    };
+    let node = NodeHandle::start(store, cfg).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (app, _) = swoosh_net::http::router(node.clone());
+    tokio::spawn(swoosh_net::http::serve_router(
+        listener,
+        app,
+        std::future::pending(),
+        Default::default(),
+    ));
+    (url, node, keys, dir)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn first_proposal(node: &NodeHandle<LmdbStore>, keys: &Keys) -> swoosh_core::Proposal {
+    let mirror = NodeState::new(node.genesis().clone()).unwrap();
+    match Driver::new(keys, 3).next(&mirror, "default", now_ms()) {
+        Next::Propose(p) => *p,
+        other => panic!("the driver has no first step: {other:?}"),
+    }
+}
+
+/// What a raw request got: status, `Retry-After`, body.
+async fn raw(req: reqwest::RequestBuilder) -> (u16, Option<String>, swoosh_net::api::ErrorBody) {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, r.json().await.unwrap())
+}
+
+/// A node shutting down answers proposals and reads `503 shutting_down`,
+/// without a retry hint in the body or the headers; the SDK returns it
+/// from the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_says_so_without_a_retry_hint() {
+    let (url, node, keys, _dir) = real_node("sdk-stopping").await;
+    let p = first_proposal(&node, &keys);
+    node.shutdown().await;
+    let http = reqwest::Client::new();
+    for req in [
+        http.post(format!("{url}/transition")).json(&p),
+        http.get(format!("{url}/state")),
+        http.get(format!("{url}/attention")),
+    ] {
+        let (status, retry_after, body) = raw(req).await;
+        assert_eq!(
+            (status, body.error.as_str()),
+            (503, ERROR_SHUTTING_DOWN),
+            "{body:?}"
+        );
+        assert_eq!((retry_after, body.retry_after_ms), (None, None), "{body:?}");
+        assert!(
+            body.message.contains("process is started again"),
+            "{body:?}"
+        );
+    }
+    let c = Client::new(&url);
+    let e = c.submit_retrying(&p).await.unwrap_err();
+    assert_eq!(
+        e.body().map(|b| b.error.as_str()),
+        Some(ERROR_SHUTTING_DOWN),
+        "{e}"
+    );
+    assert!(!e.outcome_unknown(), "{e}");
+    assert!(e.to_string().contains("refused before admission"), "{e}");
+}
+
+/// A node that gave up restarting its actors answers proposals `503
+/// gave_up`, with its reason and no retry hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_gave_up_says_so_without_a_retry_hint() {
+    let (url, node, keys, _dir) = real_node("sdk-gave-up").await;
+    let p = first_proposal(&node, &keys);
+    // Recovery refuses the store at every attempt.
+    node.store()
+        .clone()
+        .overwrite_raw(Space::Meta, b"format", b"not-a-swoosh-store")
+        .unwrap();
+    node.kill(ActorKind::Sequencer);
+    // Giving up takes about seven seconds of backoff; the bound only turns
+    // a regression into a failure instead of a hang.
+    tokio::time::timeout(Duration::from_secs(60), node.given_up())
+        .await
+        .expect("the node gives up");
+    let (status, retry_after, body) = raw(reqwest::Client::new()
+        .post(format!("{url}/transition"))
+        .json(&p))
+    .await;
+    assert_eq!(
+        (status, body.error.as_str()),
+        (503, ERROR_GAVE_UP),
+        "{body:?}"
+    );
+    assert_eq!((retry_after, body.retry_after_ms), (None, None), "{body:?}");
+    assert!(
+        body.message.contains("gave up restarting its sequencer"),
+        "{body:?}"
+    );
+    let e = Client::new(&url).submit_retrying(&p).await.unwrap_err();
+    assert_eq!(
+        e.body().map(|b| b.error.as_str()),
+        Some(ERROR_GAVE_UP),
+        "{e}"
+    );
+    assert!(!e.outcome_unknown(), "{e}");
 }

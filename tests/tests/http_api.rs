@@ -307,10 +307,11 @@ async fn every_status_code_of_the_contract() {
     let nf = reqwest::get(format!("{}/nope", t.url)).await.unwrap();
     assert_eq!(nf.status().as_u16(), 404);
 
-    // 503 once the node is shutting down.
+    // 503 once the node is shutting down: for good, so without a retry hint.
     t.node.shutdown().await;
     let (s, b) = refused(c.submit(&next(&driver, &mirror, "default")).await);
-    assert_eq!((s, b.error.as_str()), (503, "unavailable"), "{b:?}");
+    assert_eq!((s, b.error.as_str()), (503, "shutting_down"), "{b:?}");
+    assert_eq!(b.retry_after_ms, None, "{b:?}");
     t.stop().await;
 }
 
