@@ -1,12 +1,14 @@
 //! A follower's replication: a network task and a worker thread.
 //!
 //! The network task only polls the swarm: it reassembles WAL gossip chunks
-//! and hands complete sealed messages and the leader's responses to the
-//! worker through a bounded inbox, and sends the requests the worker asks
-//! for. The worker decrypts with the follower's age identity, feeds
-//! [`ReplFollower`] (which re-runs the reducer on every record), and
-//! persists what was applied to the follower's own WAL, coalescing
-//! everything that arrived meanwhile into one group commit.
+//! (keeping a chunk of a multi-chunk blob only once the genesis leader's
+//! signature on it verifies, [`envelope`]) and hands complete sealed
+//! messages and the leader's responses to the worker through a bounded
+//! inbox, and sends the requests the worker asks for. The worker decrypts
+//! with the follower's age identity, feeds [`ReplFollower`] (which re-runs
+//! the reducer on every record), and persists what was applied to the
+//! follower's own WAL, coalescing everything that arrived meanwhile into
+//! one group commit.
 //!
 //! Why split: applying and fsyncing on the swarm task stalled the swarm, so
 //! gossip backed up behind the follower's work, messages were dropped and
@@ -69,7 +71,8 @@ pub const COALESCE_RECORDS_MAX: usize = 512;
 #[derive(Default, Debug)]
 pub struct NetCounters {
     pub gossip_chunks: AtomicU64,
-    /// Chunks the reassembler refused.
+    /// Chunks the reassembler refused: malformed, of another chunk format,
+    /// or not signed by the genesis leader.
     pub malformed_chunks: AtomicU64,
     /// Messages dropped because the worker's inbox was full (it held
     /// [`INBOX_MAX`] messages, or the message did not fit in
@@ -290,6 +293,10 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let id = SignerId::from_signing_key(&key);
     let leader_peer = peer_id_of(&genesis.leader)
         .ok_or_else(|| P2pError::Config("the genesis leader key is not an ed25519 key".into()))?;
+    // The chunks of a multi-chunk gossip blob must carry the signature of
+    // the key that signs the batch headers inside: `genesis.leader`.
+    let mut reasm = Reassembler::new(&genesis.leader, gh)
+        .map_err(|e| P2pError::Config(format!("the genesis leader key: {e}")))?;
     let agent = agent_version(&genesis);
     let mut swarm = build_swarm(&key, agent.clone())?;
     let topic = wal_topic(&genesis.cluster_id);
@@ -305,6 +312,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         .dial(leader.clone())
         .map_err(|e| P2pError::Libp2p(format!("cannot dial the leader at {leader}: {e}")))?;
     let persisted = writer.last_index();
+    reasm.held_through(persisted);
     let halt = swoosh_storage::recorded_halt(writer.store())
         .map_err(|e| P2pError::Storage(e.to_string()))?;
     let mut repl = ReplFollower::new(
@@ -355,7 +363,7 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
         swarm,
         inbox,
         outbox: outbox_rx,
-        reasm: Reassembler::default(),
+        reasm,
         leader_peer,
         leader_addr: leader,
         agent,
@@ -488,6 +496,22 @@ fn hand_over(inbox: &InboxTx, m: Input, net: &NetCounters, warn: &mut WarnLimite
     }
 }
 
+/// A gossip chunk the reassembler refused: counted, and logged
+/// (rate-limited per kind: any peer of the mesh may send chunks).
+fn chunk_refused(
+    net: &NetCounters,
+    warn: &mut WarnLimiter,
+    e: &envelope::EnvelopeError,
+    now_ms: u64,
+) {
+    net.malformed_chunks.fetch_add(1, Ordering::Relaxed);
+    let kind = e.kind();
+    if let Some(suppressed) = warn.check(kind, now_ms) {
+        let text = e.to_string();
+        tracing::warn!(kind, reason = ?clip(&text), suppressed, "refused a gossip chunk");
+    }
+}
+
 struct FollowerTask {
     swarm: Swarm<Behaviour>,
     inbox: InboxTx,
@@ -572,13 +596,14 @@ impl FollowerTask {
 
     fn on_chunk(&mut self, data: &[u8]) {
         self.net.gossip_chunks.fetch_add(1, Ordering::Relaxed);
+        // Chunks of blobs whose records are durable here are stale (a
+        // late copy, or a peer replaying the leader's old chunks).
+        self.reasm
+            .held_through(self.net.persisted_index.load(Ordering::Acquire));
         match self.reasm.push(data) {
             Ok(Some(ct)) => self.hand_to_worker(Input::Sealed(ct)),
             Ok(None) => {}
-            Err(e) => {
-                tracing::debug!("gossip chunk refused: {e}");
-                self.net.malformed_chunks.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => chunk_refused(&self.net, &mut self.warn, &e, ms_since(self.t0)),
         }
     }
 
@@ -1061,6 +1086,49 @@ mod tests {
         assert_eq!(lines.len(), 1, "{logs}");
         assert!(lines[0].contains("ERROR forged"), "{}", lines[0]);
         assert!(lines[0].chars().count() <= TEST_LOG_LINE_CHARS_MAX);
+    }
+
+    /// Refused gossip chunks (a peer's bogus chunks, a leader of another
+    /// release) are all counted, and logged once per second per kind.
+    #[test]
+    fn refused_chunks_are_counted_and_warned_of_once_a_second_per_kind() {
+        use crate::p2p::envelope::{chunk_signed, ChunkSigner};
+        use swoosh_core::hash::Hash;
+        let leader = swoosh_core::sig::key_from_label("follower/leader");
+        let hostile = ChunkSigner::new(
+            &swoosh_core::sig::key_from_label("follower/hostile"),
+            Hash([1; 32]),
+        );
+        let mut r = Reassembler::new(&SignerId::from_signing_key(&leader), Hash([1; 32])).unwrap();
+        let bogus = chunk_signed(&vec![7; 100_000], &hostile, 5).unwrap();
+        let mut v1 = bogus[0].clone();
+        v1[..4].copy_from_slice(b"SWC1");
+        let net = NetCounters::default();
+        let mut warn = WarnLimiter::default();
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for k in 0..50 {
+                for f in [&bogus[0], &bogus[1], &v1] {
+                    let e = r.push(f).unwrap_err();
+                    chunk_refused(&net, &mut warn, &e, 1_000 + k);
+                }
+            }
+        });
+        assert_eq!(net.malformed_chunks.load(Ordering::Relaxed), 150);
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per kind: {logs}");
+        assert!(
+            lines[0].contains("chunk_signature") && lines[0].contains("not the genesis leader's"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("chunk_version") && lines[1].contains("older SWOOSH release"),
+            "{}",
+            lines[1]
+        );
+        let e = r.push(&bogus[0]).unwrap_err();
+        let logs = crate::p2p::bounds::captured_logs(|| chunk_refused(&net, &mut warn, &e, 2_000));
+        assert!(logs.contains("suppressed=99"), "{logs}");
     }
 
     #[test]

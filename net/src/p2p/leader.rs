@@ -446,6 +446,15 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
             .collect::<Vec<_>>(),
     )
     .map_err(|e| P2pError::Config(e.to_string()))?;
+    // The chunks of a multi-chunk blob are signed with the node key, which
+    // `ReplLeader::new` checked is `genesis.leader`: the key followers
+    // verify them with (wire-format §11.2).
+    let chunk_signer = envelope::ChunkSigner::new(
+        &key,
+        genesis
+            .hash()
+            .map_err(|e| P2pError::Config(e.to_string()))?,
+    );
     if recipients.is_empty() {
         tracing::warn!(
             "genesis lists no followers: WAL gossip is not published (run `swoosh p2p enroll`)"
@@ -518,6 +527,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         repl,
         swarm,
         recipients,
+        chunk_signer,
         followers,
         reports: reports.clone(),
         snapshots: SnapshotServing::default(),
@@ -550,11 +560,23 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
     })
 }
 
+/// The last WAL index a gossip message carries: the chunks of a
+/// multi-chunk blob are signed with it, and a follower that holds that
+/// index drops them as stale (wire-format §11.3).
+fn gossip_last_index(g: &wire::Gossip) -> u64 {
+    match g {
+        wire::Gossip::Batch(b) => b.header.last_index,
+        wire::Gossip::Head(h) => h.body.last_index,
+    }
+}
+
 struct LeaderTask<S: LogStore> {
     store: Arc<S>,
     repl: ReplLeader,
     swarm: Swarm<Behaviour>,
     recipients: Vec<age::x25519::Recipient>,
+    /// Signs the chunks of multi-chunk gossip blobs.
+    chunk_signer: envelope::ChunkSigner,
     /// Follower peer -> its position in genesis followers.
     followers: BTreeMap<PeerId, usize>,
     /// When each follower last reported (same order as genesis followers).
@@ -675,6 +697,7 @@ impl<S: LogStore> LeaderTask<S> {
             if self.recipients.is_empty() {
                 continue;
             }
+            let last_index = gossip_last_index(&g);
             let plain = match &g {
                 wire::Gossip::Batch(b) => {
                     let encodings: Option<Vec<&[u8]>> = (b.header.first_index
@@ -691,7 +714,7 @@ impl<S: LogStore> LeaderTask<S> {
                 }
                 other => wire::encode_gossip(other),
             };
-            self.publish_encoded(plain);
+            self.publish_encoded(plain, last_index);
         }
         let mut s = self.shared.lock().expect("leader stats lock");
         s.stats = self.repl.stats().clone();
@@ -699,10 +722,16 @@ impl<S: LogStore> LeaderTask<S> {
     }
 
     fn publish(&mut self, g: &wire::Gossip) {
-        self.publish_encoded(wire::encode_gossip(g));
+        self.publish_encoded(wire::encode_gossip(g), gossip_last_index(g));
     }
 
-    fn publish_encoded(&mut self, plain: Result<Vec<u8>, swoosh_core::cbor::CanonicalError>) {
+    /// Seal `plain` (the encoding of a `Gossip` whose last WAL index is
+    /// `last_index`) and publish its chunks.
+    fn publish_encoded(
+        &mut self,
+        plain: Result<Vec<u8>, swoosh_core::cbor::CanonicalError>,
+        last_index: u64,
+    ) {
         if self.recipients.is_empty() {
             return;
         }
@@ -713,13 +742,14 @@ impl<S: LogStore> LeaderTask<S> {
                 return;
             }
         };
-        let chunks = match envelope::seal(&plain, &self.recipients) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("cannot seal gossip: {e}");
-                return;
-            }
-        };
+        let chunks =
+            match envelope::seal_signed(&plain, &self.recipients, &self.chunk_signer, last_index) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("cannot seal gossip: {e}");
+                    return;
+                }
+            };
         let mut s = self.shared.lock().expect("leader stats lock");
         for c in chunks {
             match self
