@@ -784,6 +784,51 @@ fn check_item_texts<'a>(
     Ok(())
 }
 
+/// A finding code as a reader would take it: trimmed, ASCII letters in
+/// lower case, `-` and spaces as `_`.
+fn code_key(code: &str) -> String {
+    code.trim()
+        .chars()
+        .map(|c| match c {
+            '-' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// At admission only (see `Judged`): policy rules match finding codes
+/// exactly, so `Secret-Leak` passes a rule that denies `secret_leak`; a
+/// finding whose code differs from a deny code of the project's rules only
+/// in case, spaces or `-` for `_` is refused, naming the code the rules
+/// use, rather than let a breach through unnoticed. Exact matching is
+/// unchanged (replay and every accepted record keep it).
+fn check_finding_codes(g: &GuardCtx, findings: &[Finding]) -> Result<(), Rejection> {
+    if !g.admission {
+        return Ok(());
+    }
+    for (i, f) in findings.iter().enumerate() {
+        let key = code_key(&f.code);
+        let near = g.state.policy.rules.iter().find_map(|r| {
+            r.deny_codes
+                .iter()
+                .find(|d| **d != f.code && code_key(d) == key)
+                .map(|d| (r, d))
+        });
+        if let Some((rule, denied)) = near {
+            return Err(field_err(
+                "findings",
+                format!(
+                    "inputs.findings[{i}].code {:?} differs from {:?}, which policy rule {:?} denies, only in case, spaces or '-': codes are matched exactly, so this finding would not be judged against the rule; send the code as the rules spell it",
+                    crate::hash::truncate(&f.code),
+                    crate::hash::truncate(denied),
+                    crate::hash::truncate(&rule.id)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn finding_texts(findings: &[Finding]) -> impl Iterator<Item = (String, &str)> {
     findings.iter().enumerate().flat_map(|(i, f)| {
         [
@@ -1046,6 +1091,7 @@ fn transition(
             let i: InSchema = inputs(p)?;
             check_list("findings", &i.findings)?;
             check_item_texts(g, "findings", finding_texts(&i.findings))?;
+            check_finding_codes(g, &i.findings)?;
             lic(out)?;
             // A breach is refused as `policy` whatever else is wrong with the
             // list: that refusal is what makes the leader quarantine.
@@ -1058,6 +1104,7 @@ fn transition(
             let i: InFindings = inputs(p)?;
             check_list("findings", &i.findings)?;
             check_item_texts(g, "findings", finding_texts(&i.findings))?;
+            check_finding_codes(g, &i.findings)?;
             check_findings_once(g, &i.findings)?;
             let o = guards::policy_breach(g, &i.findings);
             let rationale = o.reasons.join("; ");
@@ -2539,6 +2586,54 @@ mod tests {
             fx.judge(&with_key(" goal:1:pause:~{}\"'\\"), Judged::Admission),
             Ok(())
         );
+    }
+
+    /// A finding code that differs from a deny code only in spelling
+    /// (case, spaces, `-`) is refused at admission: matched exactly, it
+    /// would let a breach through. Replay keeps exact matching.
+    #[test]
+    fn a_finding_code_spelled_unlike_the_rules_is_refused_at_admission() {
+        let mut fx = Fx::new("codes");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let denied = fx.st().policy.rules[0].deny_codes[0].clone();
+        let rule = fx.st().policy.rules[0].id.clone();
+        let schema = |fx: &Fx, code: &str| {
+            fx.p(
+                "Ingestion_SchemaOk",
+                json!({ "schema_hash": Hash::of_bytes(b"s"), "findings": [{ "code": "style", "detail": "tabs" }, { "code": code, "detail": "" }] }),
+                &fx.keys.worker,
+            )
+        };
+        let variants = [
+            denied.to_ascii_uppercase(),
+            denied.replace('_', "-"),
+            format!(" {denied}"),
+            denied.replace('_', " "),
+        ];
+        for code in &variants {
+            assert_ne!(code, &denied);
+            let r = fx.admitted_only(&schema(&fx, code), "inputs.findings");
+            assert!(
+                says(&r, &format!("inputs.findings[1].code {code:?} differs from {denied:?}, which policy rule {rule:?} denies")),
+                "{r:#?}"
+            );
+            let p = fx.p(
+                "Ingestion_PolicyViolation",
+                json!({ "findings": [{ "code": code, "detail": "" }] }),
+                &fx.keys.worker,
+            );
+            // Refused in replay too (no exact breach); at admission the
+            // reason names the spelling.
+            let r = fx.judge(&p, Judged::Admission).unwrap_err();
+            assert_eq!(r.guard, "inputs.findings", "{r:#?}");
+        }
+        // Spelled as the rules spell it: a breach, refused as `policy`.
+        let r = fx
+            .judge(&schema(&fx, &denied), Judged::Admission)
+            .unwrap_err();
+        assert_eq!(r.guard, "policy", "{r:#?}");
+        // Unrelated codes pass.
+        assert_eq!(fx.judge(&schema(&fx, "lint"), Judged::Admission), Ok(()));
     }
 
     /// Each text item of a list input is bounded at admission like every
