@@ -74,6 +74,8 @@ pub struct NetCounters {
     /// Chunks the reassembler refused: malformed, of another chunk format,
     /// or not signed by the genesis leader.
     pub malformed_chunks: AtomicU64,
+    /// Messages dropped because the worker had stopped (see `/health`).
+    pub worker_stopped_drops: AtomicU64,
     /// Messages dropped because the worker's inbox was full (it held
     /// [`INBOX_MAX`] messages, or the message did not fit in
     /// [`INBOX_BYTES_MAX`]).
@@ -405,23 +407,43 @@ impl Input {
 struct InboxTx {
     tx: SyncSender<Input>,
     bytes: QueuedBytes,
+    /// Set once the worker's end is gone (see [`InboxRx`]'s `Drop`).
+    stopped: Arc<AtomicBool>,
 }
 
 /// The worker's end: taking a message releases its bytes.
 struct InboxRx {
     rx: Receiver<Input>,
     bytes: QueuedBytes,
+    stopped: Arc<AtomicBool>,
+}
+
+/// A worker that stopped (returned or panicked) leaves messages queued:
+/// without this their bytes stayed reserved for good, so every later
+/// message was refused as "bytes" (a full inbox) instead of "stopped".
+impl Drop for InboxRx {
+    fn drop(&mut self) {
+        // First: from here on `InboxTx::offer` queues nothing. A message
+        // racing this drop may still slip in after the drain and keep its
+        // bytes; the inbox is refusing everything by then anyway.
+        self.stopped.store(true, Ordering::Release);
+        while let Ok(m) = self.rx.try_recv() {
+            self.bytes.release(m.bytes());
+        }
+    }
 }
 
 fn inbox(messages_max: usize, bytes_max: usize) -> (InboxTx, InboxRx) {
     let (tx, rx) = sync_channel(messages_max);
     let bytes = QueuedBytes::new(bytes_max);
+    let stopped = Arc::new(AtomicBool::new(false));
     (
         InboxTx {
             tx,
             bytes: bytes.clone(),
+            stopped: stopped.clone(),
         },
-        InboxRx { rx, bytes },
+        InboxRx { rx, bytes, stopped },
     )
 }
 
@@ -439,6 +461,9 @@ enum NotQueued {
 impl InboxTx {
     /// Queue `m` if it fits both bounds; never blocks.
     fn offer(&self, m: Input) -> Result<(), NotQueued> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(NotQueued::Stopped);
+        }
         let n = m.bytes();
         if !self.bytes.try_reserve(n) {
             return Err(NotQueued::Bytes);
@@ -478,7 +503,15 @@ fn hand_over(inbox: &InboxTx, m: Input, net: &NetCounters, warn: &mut WarnLimite
     let why = match inbox.offer(m) {
         Ok(()) => return,
         Err(NotQueued::Stopped) => {
-            tracing::error!("the follower's worker has stopped");
+            // Once per message would be a line per gossip chunk for as
+            // long as the process runs; `/health` holds the halt's reason.
+            net.worker_stopped_drops.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = warn.check("worker_stopped", now_ms) {
+                tracing::error!(
+                    suppressed,
+                    "the follower's worker has stopped: dropping what the leader sends; restart the follower (it resumes from its own WAL)"
+                );
+            }
             return;
         }
         Err(NotQueued::Messages) => "messages",
@@ -1013,6 +1046,38 @@ mod tests {
             "the refused one holds nothing"
         );
         drop(rx);
+    }
+
+    /// A worker that stopped with messages queued gives their bytes back,
+    /// and what arrives later is dropped as "stopped" (counted, one line a
+    /// second), not as a full inbox.
+    #[test]
+    fn a_stopped_worker_releases_its_queued_bytes_and_is_named() {
+        let (tx, rx) = inbox(INBOX_MAX, 1_000);
+        for _ in 0..4 {
+            assert_eq!(tx.offer(Input::Response(vec![0; 200])), Ok(()));
+        }
+        assert_eq!(tx.bytes.queued(), 800);
+        drop(rx);
+        assert_eq!(tx.bytes.queued(), 0, "the dropped messages hold nothing");
+        let net = NetCounters::default();
+        let mut warn = WarnLimiter::default();
+        let logs = crate::p2p::bounds::captured_logs(|| {
+            for k in 0..50 {
+                hand_over(
+                    &tx,
+                    Input::Response(vec![0; 600]),
+                    &net,
+                    &mut warn,
+                    1_000 + k,
+                );
+            }
+        });
+        assert_eq!(net.worker_stopped_drops.load(Ordering::Relaxed), 50);
+        assert_eq!(net.inbox_full_drops.load(Ordering::Relaxed), 0);
+        assert_eq!(logs.lines().count(), 1, "{logs}");
+        assert!(logs.contains("worker has stopped"), "{logs}");
+        assert_eq!(tx.bytes.queued(), 0);
     }
 
     /// A forged batch may name a 2 MiB cluster id full of newlines: its
