@@ -369,19 +369,28 @@ fn breach_reason(f: &Finding, r: &PolicyRule) -> String {
 }
 
 /// The findings a quarantine of `findings` carries under `rules`: each
-/// breaching finding once, in order, as many as keep the breach reasons
-/// within [`BREACH_REASONS_BYTES_MAX`] (at least one). One breaching finding
-/// is enough to quarantine a project; the leader's automatic quarantine of a
-/// refused `Ingestion_SchemaOk` must pass [`policy_breach`] at admission,
-/// which a list with repeats or past the budget would not.
+/// breaching finding once, in order, its detail cut to
+/// [`crate::reducer::TEXT_BYTES_MAX`] bytes, as many as keep the breach
+/// reasons within [`BREACH_REASONS_BYTES_MAX`] (at least one). One
+/// breaching finding is enough to quarantine a project; the leader's
+/// automatic quarantine of a refused `Ingestion_SchemaOk` must pass the
+/// admission checks of `Ingestion_PolicyViolation` (each item's text
+/// bounded, each finding once, [`policy_breach`]'s budget), which the
+/// refused list itself may not.
 pub fn quarantine_findings(rules: &[PolicyRule], findings: &[Finding]) -> Vec<Finding> {
     let mut seen = BTreeSet::new();
     let mut kept = vec![];
     let mut bytes = 0usize;
     for f in findings {
-        if !seen.insert(f) {
+        // The code stays whole: it is what matches a rule's deny code.
+        let f = &Finding {
+            code: f.code.clone(),
+            detail: cut_text(&f.detail, crate::reducer::TEXT_BYTES_MAX),
+        };
+        if seen.contains(f) {
             continue;
         }
+        seen.insert(f.clone());
         let reasons: Vec<String> = rules
             .iter()
             .filter(|r| r.deny_codes.contains(&f.code))
@@ -398,6 +407,19 @@ pub fn quarantine_findings(rules: &[PolicyRule], findings: &[Finding]) -> Vec<Fi
         kept.push(f.clone());
     }
     kept
+}
+
+/// `s` if it has at most `max` bytes, else its longest prefix that ends on
+/// a character boundary and leaves room for a closing `…`, with the `…`.
+fn cut_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 pub fn policy_breach(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {

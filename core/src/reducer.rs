@@ -803,18 +803,25 @@ fn code_key(code: &str) -> String {
 /// use, rather than let a breach through unnoticed. Exact matching is
 /// unchanged (replay and every accepted record keep it).
 fn check_finding_codes(g: &GuardCtx, findings: &[Finding]) -> Result<(), Rejection> {
-    if !g.admission {
+    if !g.admission || findings.is_empty() {
         return Ok(());
     }
+    // Built once per proposal: the rules may hold 256 × 64 deny codes.
+    let mut exact = std::collections::BTreeSet::new();
+    let mut near = BTreeMap::new();
+    for r in &g.state.policy.rules {
+        for d in &r.deny_codes {
+            exact.insert(d.as_str());
+            near.entry(code_key(d)).or_insert((r, d));
+        }
+    }
     for (i, f) in findings.iter().enumerate() {
-        let key = code_key(&f.code);
-        let near = g.state.policy.rules.iter().find_map(|r| {
-            r.deny_codes
-                .iter()
-                .find(|d| **d != f.code && code_key(d) == key)
-                .map(|d| (r, d))
-        });
-        if let Some((rule, denied)) = near {
+        // A code some rule denies exactly is judged by that rule (and by
+        // every rule spelling it so), whatever other rules spell.
+        if exact.contains(f.code.as_str()) {
+            continue;
+        }
+        if let Some((rule, denied)) = near.get(&code_key(&f.code)) {
             return Err(field_err(
                 "findings",
                 format!(
@@ -1090,12 +1097,14 @@ fn transition(
         "Ingestion_SchemaOk" => {
             let i: InSchema = inputs(p)?;
             check_list("findings", &i.findings)?;
-            check_item_texts(g, "findings", finding_texts(&i.findings))?;
-            check_finding_codes(g, &i.findings)?;
             lic(out)?;
             // A breach is refused as `policy` whatever else is wrong with the
-            // list: that refusal is what makes the leader quarantine.
+            // list: that refusal is what makes the leader quarantine (with
+            // `guards::quarantine_findings`, which keeps within the bounds
+            // checked below).
             guard_check(out, guards::policy_findings(g, &i.findings))?;
+            check_item_texts(g, "findings", finding_texts(&i.findings))?;
+            check_finding_codes(g, &i.findings)?;
             check_findings_once(g, &i.findings)?;
             post.ingestion.schema_hash = Some(i.schema_hash);
             post.ingestion.findings = i.findings;
@@ -2905,6 +2914,72 @@ mod tests {
         ));
         let replayed = fx.judge(&p, Judged::Replay).unwrap_err();
         assert_eq!(replayed.reasons.len(), LIST_ITEMS_MAX);
+    }
+
+    /// A breaching `Ingestion_SchemaOk` is refused as `policy` even when
+    /// the list also breaks an admission bound (a detail over
+    /// TEXT_BYTES_MAX, a near-miss code, a repeat): that refusal is what
+    /// makes the leader quarantine, and the quarantine it builds
+    /// (`quarantine_findings`) passes `Ingestion_PolicyViolation`'s
+    /// admission and quarantines the project.
+    #[test]
+    fn a_breach_among_oversized_or_misspelled_findings_is_still_quarantined() {
+        let mut fx = Fx::new("breach-bounds");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let trace = "é".repeat(TEXT_BYTES_MAX); // 2 KiB, two bytes a char
+        let findings = json!([
+            { "code": "Secret-Leak", "detail": "near miss" },
+            { "code": "secret_leak", "detail": trace },
+            { "code": "secret_leak", "detail": format!("{trace}!") },
+            { "code": "style", "detail": "tabs" },
+        ]);
+        let p = fx.p(
+            "Ingestion_SchemaOk",
+            json!({ "schema_hash": Hash::of_bytes(b"s"), "findings": findings }),
+            &fx.keys.worker,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        assert_eq!(r.guard, "policy", "{r:#?}");
+        let findings: Vec<Finding> = serde_json::from_value(findings).unwrap();
+        let q = guards::quarantine_findings(&fx.st().policy.rules, &findings);
+        // Both details cut to the same text: one finding.
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(q[0].code, "secret_leak");
+        assert!(q[0].detail.len() <= TEXT_BYTES_MAX && q[0].detail.ends_with('…'));
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": q }),
+            &fx.keys.leader,
+        );
+        fx.accept(&p);
+        assert_eq!(fx.st().policy.phase, "QUARANTINED");
+    }
+
+    /// A code some rule denies exactly is not refused as a near miss of
+    /// another rule's spelling.
+    #[test]
+    fn an_exact_deny_code_is_never_a_near_miss() {
+        let mut fx = Fx::new("codes-exact");
+        fx.drive(|s| s.ingestion.phase == "VALIDATE");
+        let rules = json!([
+            { "id": "lower", "deny_codes": ["secret_leak"], "rationale": "a" },
+            { "id": "upper", "deny_codes": ["SECRET_LEAK"], "rationale": "b" },
+        ]);
+        let p = fx.p("Policy_Update", json!({ "rules": rules }), &fx.keys.admin);
+        fx.accept(&p);
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": [{ "code": "secret_leak", "detail": "" }] }),
+            &fx.keys.worker,
+        );
+        assert_eq!(fx.judge(&p, Judged::Admission), Ok(()));
+        let p = fx.p(
+            "Ingestion_PolicyViolation",
+            json!({ "findings": [{ "code": "Secret_Leak", "detail": "" }] }),
+            &fx.keys.worker,
+        );
+        let r = fx.judge(&p, Judged::Admission).unwrap_err();
+        assert!(says(&r, "which policy rule \"lower\" denies"), "{r:#?}");
     }
 
     fn approved(label: &str) -> Fx {
