@@ -822,6 +822,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         self.shared.gave_up.borrow().clone()
     }
 
+    /// Whether [`NodeHandle::shutdown`] has begun (what `health()` reports
+    /// as `stopping`, without assembling the rest of the health view).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
     /// Resolves once the node gives up restarting an actor (never, while it
     /// recovers). The process running it should then exit non-zero: the
     /// node serves nothing more, and only a fresh start recovers it.

@@ -302,12 +302,10 @@ fn propose_json_prints_one_object_for_every_client_error() {
         v
     };
 
-    // Nothing listens: nothing was sent.
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let v = propose(&closed.to_string(), "default:json/1");
+    // Nothing listens: nothing was sent. (Port 1, tcpmux, which no test
+    // host serves: a port bound and released here could be taken by
+    // another test's server before the command connects.)
+    let v = propose("127.0.0.1:1", "default:json/1");
     assert_eq!(v["error"], "connect", "{v}");
     assert!(
         v["message"].as_str().unwrap().contains("cannot reach"),

@@ -78,7 +78,7 @@ pub enum ClientError {
     /// reply (`detail`), and the attempts after it ended without an answer
     /// about the proposal (`last`: `429`/`503` until the retries ran out,
     /// or a node that stopped): it may or may not have been applied.
-    #[error("{last}; the outcome is UNKNOWN: an earlier attempt was sent to {url} and got no reply ({detail}), so the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) once the node answers, or check `swoosh state`")]
+    #[error("{last}; the outcome is UNKNOWN: an earlier attempt was sent to {url} and ended without an outcome ({detail}), so the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) once the node answers, or check `swoosh state`")]
     OutcomeUnknown {
         url: String,
         detail: String,
@@ -313,6 +313,16 @@ impl Retries {
     // Boxing the error would change every caller (see normalize_base).
     #[allow(clippy::result_large_err)]
     fn after(&mut self, e: ClientError, jitter: u64) -> Result<u64, ClientError> {
+        // A `503 unavailable` leaves this attempt's outcome unknown, as a
+        // lost connection does: a later ending that does not answer for the
+        // proposal must still say so.
+        if e.outcome_unknown() && self.unknown.is_none() {
+            let (url, detail) = match &e {
+                ClientError::Connect { url, detail, .. } => (url.clone(), detail.clone()),
+                other => ("the node".to_string(), other.to_string()),
+            };
+            self.unknown = Some((url, detail));
+        }
         match e {
             ClientError::Refused { status, mut body } if status == 429 || status == 503 => {
                 if let Some(why) = stops_retrying(status, &body) {
@@ -333,14 +343,8 @@ impl Retries {
                 Ok(w)
             }
             ClientError::Connect {
-                url,
-                detail,
-                timed_out: false,
-                outcome_unknown,
+                timed_out: false, ..
             } if self.connect < CONNECT_RETRIES_MAX => {
-                if outcome_unknown && self.unknown.is_none() {
-                    self.unknown = Some((url, detail));
-                }
                 self.connect += 1;
                 // From 100 ms: a restarting node needs a moment.
                 Ok(backoff_ms(self.connect, None, jitter))
@@ -356,10 +360,17 @@ impl Retries {
                 timed_out,
                 outcome_unknown: outcome_unknown || self.unknown.is_some(),
             }),
-            // A refusal of a resubmission settles what an earlier unknown
-            // attempt did: had that one been applied, this one would be
-            // answered as its duplicate.
-            other => Err(other),
+            // A refusal of a resubmission by the node's own checks settles
+            // what an earlier unknown attempt did: had that one been
+            // applied, this one would be answered as its duplicate. Nothing
+            // else does (a follower's `not_leader`, a proxy's 502/504, a
+            // body timeout, a reply that does not decode).
+            ClientError::Refused { status, body }
+                if (400..500).contains(&status) && status != 408 =>
+            {
+                Err(ClientError::Refused { status, body })
+            }
+            other => Err(after_unknown(self.unknown.take(), other)),
         }
     }
 }
@@ -1051,6 +1062,30 @@ mod tests {
         errors.extend((0..CONNECT_RETRIES_MAX).map(|_| lost(false)));
         let (_, e) = run(errors);
         assert!(e.expect("runs out").outcome_unknown());
+        // A `503 unavailable` with a hint (no durable outcome in time) is an
+        // unknown attempt too: a node that then refuses connections until
+        // the retries run out leaves it unknown.
+        let mut errors = vec![refusal(503, "unavailable", Some(200))];
+        errors.extend((0..=CONNECT_RETRIES_MAX).map(|_| lost(false)));
+        let (_, e) = run(errors);
+        let e = e.expect("runs out");
+        assert!(e.outcome_unknown(), "{e}");
+        let mut errors = vec![refusal(503, "unavailable", Some(200))];
+        errors.extend(busy(BUSY_RETRIES_MAX));
+        let (_, e) = run(errors);
+        let e = e.expect("runs out");
+        assert!(
+            e.outcome_unknown() && e.to_string().contains("UNKNOWN"),
+            "{e}"
+        );
+        // Endings that do not answer for the proposal keep it unknown: a
+        // proxy's 502, a body timeout.
+        for (status, code) in [(502, "http"), (504, "http"), (408, "timeout")] {
+            let (_, e) = run(vec![lost(true), refusal(status, code, None)]);
+            let e = e.expect("stops");
+            assert!(e.outcome_unknown(), "{status}: {e}");
+            assert_eq!(e.status(), Some(status));
+        }
     }
 
     #[test]

@@ -470,7 +470,7 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
         (status = 408, description = "the body did not arrive within the body read timeout", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 429, description = "backpressure; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "`unavailable`: not available now (recovering, or no durable outcome in time: the outcome is unknown); resubmit the same proposal after `retry_after_ms` / `Retry-After`. Without a retry hint the node gave up while this proposal was in flight: its outcome is unknown and retrying this process is pointless. `gave_up` (the node gave up restarting its actors) or `shutting_down`: refused before admission and until the node's process is started again; no retry hint. (A follower answers `not_leader`.)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: not available now (recovering, or no durable outcome in time: the outcome is unknown); resubmit the same proposal after `retry_after_ms` / `Retry-After`. Without a retry hint the node gave up or began shutting down while this proposal was in flight: its outcome is unknown and retrying this process is pointless. `gave_up` (the node gave up restarting its actors) or `shutting_down`: refused before admission and until the node's process is started again; no retry hint. (A follower answers `not_leader`.)", body = ErrorBody),
     )
 )]
 async fn post_transition(
@@ -527,6 +527,7 @@ async fn post_transition(
     // up before this proposal (refused unadmitted) or gave up while it was
     // in flight (outcome unknown) is told apart by asking before.
     let gave_up_before = st.node.gave_up().is_some();
+    let stopping_before = st.node.is_stopping();
     // For the refusal's log line (SPEC §9: guard logs show why a proposal
     // was refused); an accepted one is logged by the node with its hashes.
     let (project, transition, window_id, hlc) = (
@@ -570,7 +571,9 @@ async fn post_transition(
                 ..Default::default()
             },
         ),
-        SubmitResult::Unavailable { reason } => submit_unavailable(&st.node, reason, gave_up_before),
+        SubmitResult::Unavailable { reason } => {
+            submit_unavailable(&st.node, reason, gave_up_before, stopping_before)
+        }
     }
 }
 
@@ -587,7 +590,7 @@ fn down(node: &Node) -> Option<Down> {
     if let Some(g) = node.gave_up() {
         return Some(Down::GaveUp(g));
     }
-    (node.health().status == "stopping").then_some(Down::ShuttingDown)
+    node.is_stopping().then_some(Down::ShuttingDown)
 }
 
 /// The `503` of a node that is down for good: a class of its own and no
@@ -612,21 +615,35 @@ fn down_response(down: &Down, then: &str) -> Response {
 }
 
 /// The `503` of a proposal the node answered `Unavailable`.
-fn submit_unavailable(node: &Node, reason: String, gave_up_before: bool) -> Response {
-    match down(node) {
-        // Given up while this proposal was in flight: it may have reached
-        // the WAL, so its outcome is unknown, which `unavailable` says; no
-        // hint, because this process will not answer it any more.
-        Some(Down::GaveUp(g)) if !gave_up_before => err(
+/// `gave_up_before`, `stopping_before`: what the node was before the
+/// proposal was handed to it.
+fn submit_unavailable(
+    node: &Node,
+    reason: String,
+    gave_up_before: bool,
+    stopping_before: bool,
+) -> Response {
+    let unknown = |meanwhile: String| {
+        err(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!(
-                "{reason}; meanwhile {g}. The outcome of this proposal is UNKNOWN: resubmit the same signed proposal (it is idempotent) once the node's process is started again (`swoosh health` answers ok)"
+                "{reason}; meanwhile {meanwhile}. The outcome of this proposal is UNKNOWN: resubmit the same signed proposal (it is idempotent) once the node's process is started again (`swoosh health` answers ok)"
             ),
-        ),
-        // A stopping node lets every admitted proposal finish first
-        // (`NodeHandle::shutdown` waits for them), so its `Unavailable` is
-        // the refusal at admission, as a node that gave up before is.
+        )
+    };
+    match down(node) {
+        // Given up or began stopping while this proposal was in flight: it
+        // may have been admitted and reached the WAL (shutdown waits for
+        // admitted proposals only up to its own timeout, and a reply can be
+        // lost as the actors stop), so its outcome is unknown, which
+        // `unavailable` says; no hint, because this process will not answer
+        // it any more.
+        Some(Down::GaveUp(g)) if !gave_up_before => unknown(g.to_string()),
+        Some(Down::ShuttingDown) if !stopping_before => {
+            unknown("the node began shutting down".into())
+        }
+        // Down before the proposal was handed over: refused at admission.
         Some(d) => down_response(
             &d,
             "this proposal was refused before admission; resubmit it then (the same signed proposal is safe to resubmit)",

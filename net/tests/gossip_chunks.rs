@@ -235,11 +235,13 @@ async fn bogus_chunks_neither_poison_nor_evict_a_large_batch() {
     leader.publish(&topic, frames.last().unwrap().clone());
     wait_for("the batch, by gossip", || f.applied_index() == n).await;
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
-    let (_, refused) = chunk_counters(&f);
-    assert!(
-        refused >= total as u64 + flood,
-        "{refused} bogus chunks refused"
-    );
+    // Every bogus chunk published is refused once it arrives (a late one
+    // for a filled slot is dropped unverified and not counted, so only
+    // the flood is counted on): wait for them rather than race them.
+    wait_for("the flood's chunks, refused", || {
+        chunk_counters(&f).1 >= flood
+    })
+    .await;
     let s = f.shared.lock().unwrap();
     assert_eq!(s.decrypted, 1, "one blob decrypted: the genuine one");
     assert!(s.halted_reason.is_none());

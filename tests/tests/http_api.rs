@@ -250,7 +250,7 @@ async fn every_status_code_of_the_contract() {
     let agent = swoosh_net::p2p::agent::AgentStatus {
         signer: String::new(),
         peer_id: String::new(),
-        connections: 0,
+        peers: 0,
         counters: Default::default(),
     }
     .metrics_text();

@@ -42,7 +42,7 @@ pub struct AgentP2p {
     pub peer_id: libp2p::PeerId,
     pub shared: Arc<Mutex<AgentShared>>,
     inbox_drops: Arc<AtomicU64>,
-    connections: Arc<AtomicUsize>,
+    peers: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,13 +53,13 @@ impl AgentP2p {
         s
     }
 
-    /// What `swoosh agent --http` serves: the counters, the connections
-    /// open now and who this agent is.
+    /// What `swoosh agent --http` serves: the counters, the peers of this
+    /// cluster connected now and who this agent is.
     pub fn status(&self, signer: &SignerId) -> AgentStatus {
         AgentStatus {
             signer: signer.to_string(),
             peer_id: self.peer_id.to_string(),
-            connections: self.connections.load(Ordering::Relaxed),
+            peers: self.peers.load(Ordering::Relaxed),
             counters: self.snapshot(),
         }
     }
@@ -70,24 +70,27 @@ impl AgentP2p {
 pub struct AgentStatus {
     pub signer: String,
     pub peer_id: String,
-    pub connections: usize,
+    /// Peers connected now whose genesis handshake passed (a peer of
+    /// another cluster or release is disconnected at the handshake, so it
+    /// never counts).
+    pub peers: usize,
     pub counters: AgentShared,
 }
 
 impl AgentStatus {
-    /// `/health`: `200` with `status: "ok"` while the agent has a
-    /// connection to the mesh; `503` with `status: "disconnected"` when it
-    /// has none (it cannot hear an announcement, so its vote is missing
+    /// `/health`: `200` with `status: "ok"` while the agent is connected
+    /// to a peer of its cluster; `503` with `status: "disconnected"` when
+    /// it is not (it cannot hear an announcement, so its vote is missing
     /// from every election until it reconnects: it redials every
     /// `PEER_REDIAL_MS`).
     pub fn health(&self) -> (u16, serde_json::Value) {
         let c = &self.counters;
-        let ok = self.connections > 0;
+        let ok = self.peers > 0;
         let body = serde_json::json!({
             "status": if ok { "ok" } else { "disconnected" },
             "signer": self.signer,
             "peer_id": self.peer_id,
-            "connections": self.connections,
+            "peers": self.peers,
             "announcements": c.announcements,
             "votes_sent": c.votes_sent,
             "refused": c.refused,
@@ -102,8 +105,8 @@ impl AgentStatus {
     pub fn metrics_text(&self) -> String {
         let c = &self.counters;
         format!(
-            "# HELP swoosh_agent_connections Connections to the mesh open now (0: the agent hears no announcement).\n\
-             # TYPE swoosh_agent_connections gauge\nswoosh_agent_connections {}\n\
+            "# HELP swoosh_agent_peers Peers of this cluster connected now, handshake passed (0: the agent hears no announcement).\n\
+             # TYPE swoosh_agent_peers gauge\nswoosh_agent_peers {}\n\
              # HELP swoosh_agent_announcements_total Election announcements received.\n\
              # TYPE swoosh_agent_announcements_total counter\nswoosh_agent_announcements_total {}\n\
              # HELP swoosh_agent_votes_sent_total Signed votes published.\n\
@@ -114,7 +117,7 @@ impl AgentStatus {
              # TYPE swoosh_agent_malformed_total counter\nswoosh_agent_malformed_total {}\n\
              # HELP swoosh_agent_inbox_full_drops_total Messages dropped because the agent's inbox was full.\n\
              # TYPE swoosh_agent_inbox_full_drops_total counter\nswoosh_agent_inbox_full_drops_total {}\n",
-            self.connections,
+            self.peers,
             c.announcements,
             c.votes_sent,
             c.refused,
@@ -212,7 +215,7 @@ pub async fn spawn_agent(
     .await?;
     let peer_id = peer.peer_id;
     let inbox_drops = peer.inbox_drops.clone();
-    let connections = peer.connections.clone();
+    let peers = peer.peers.clone();
     let shared = Arc::new(Mutex::new(AgentShared::default()));
     let agent = CouncilAgent::new(key, genesis, policy);
     let s2 = shared.clone();
@@ -221,7 +224,7 @@ pub async fn spawn_agent(
         peer_id,
         shared,
         inbox_drops,
-        connections,
+        peers,
         task,
     })
 }
@@ -258,8 +261,9 @@ async fn run(
             Ok(v) => match encode_council(&CouncilMsg::Vote(v)) {
                 Ok(bytes) => {
                     tracing::info!(project = %a.body.project, epoch = a.body.epoch, "voting");
-                    peer.publish(&topic, bytes);
+                    // Counted first: whoever sees the vote can see the count.
                     shared.lock().expect("lock").votes_sent += 1;
+                    peer.publish(&topic, bytes);
                 }
                 Err(e) => tracing::error!("cannot encode a vote: {e}"),
             },
@@ -288,11 +292,11 @@ mod tests {
     use super::*;
     use crate::p2p::bounds::{captured_logs, LOG_FIELD_CHARS_MAX, TEST_LOG_LINE_CHARS_MAX};
 
-    fn status(connections: usize) -> AgentStatus {
+    fn status(peers: usize) -> AgentStatus {
         AgentStatus {
             signer: "ed25519:ab".into(),
             peer_id: "12D3KooW".into(),
-            connections,
+            peers,
             counters: AgentShared {
                 announcements: 4,
                 votes_sent: 3,
@@ -307,14 +311,14 @@ mod tests {
     /// An agent without a connection hears no announcement: `/health`
     /// says so with a `503`, so a probe or a load balancer sees it.
     #[test]
-    fn health_is_503_while_the_agent_has_no_connection() {
+    fn health_is_503_while_the_agent_has_no_peer() {
         let (code, body) = status(0).health();
         assert_eq!(code, 503);
         assert_eq!(body["status"], "disconnected");
         let (code, body) = status(2).health();
         assert_eq!(code, 200);
         assert_eq!(body["status"], "ok");
-        assert_eq!(body["connections"], 2);
+        assert_eq!(body["peers"], 2);
         assert_eq!(body["votes_sent"], 3);
         assert_eq!(body["last_refusal"], "wrong cluster");
     }
@@ -323,7 +327,7 @@ mod tests {
     fn metrics_name_every_counter_once() {
         let text = status(2).metrics_text();
         for (name, value) in [
-            ("swoosh_agent_connections", 2),
+            ("swoosh_agent_peers", 2),
             ("swoosh_agent_announcements_total", 4),
             ("swoosh_agent_votes_sent_total", 3),
             ("swoosh_agent_refused_total", 1),

@@ -147,8 +147,11 @@ pub struct PeerHandle {
     pub inbox_drops: Arc<AtomicU64>,
     /// Remote subscriptions this peer has seen (any topic), net of unsubscriptions.
     pub subscriptions: Arc<AtomicUsize>,
-    /// Connections open now (either direction).
+    /// Connections open now (either direction), the handshake passed or not.
     pub connections: Arc<AtomicUsize>,
+    /// Peers connected now whose genesis handshake passed (same protocol,
+    /// same cluster and genesis): the ones this peer exchanges messages with.
+    pub peers: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -219,7 +222,11 @@ pub async fn spawn_peer(
     let subs = subscriptions.clone();
     let connections = Arc::new(AtomicUsize::new(0));
     let conns = connections.clone();
+    let peers = Arc::new(AtomicUsize::new(0));
+    let peers_gauge = peers.clone();
     let task = tokio::spawn(async move {
+        // Peers that passed the genesis handshake and are still connected.
+        let mut verified: std::collections::HashSet<PeerId> = Default::default();
         let mut redial = tokio::time::interval(std::time::Duration::from_millis(PEER_REDIAL_MS));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,14 +247,21 @@ pub async fn spawn_peer(
                             dialled.insert(connection_id, transport_part(address));
                         }
                     }
-                    SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                    SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
                         let _ = conns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                        if num_established == 0 && verified.remove(&peer_id) {
+                            peers_gauge.store(verified.len(), Ordering::Relaxed);
+                        }
                         if let Some(address) = dialled.remove(&connection_id) {
                             tracing::warn!(peer = %peer_id, %address, "connection closed; dialling it again every {PEER_REDIAL_MS} ms");
                         }
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                        check_handshake(&mut swarm, &agent, peer_id, &info);
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                        if check_handshake(&mut swarm, &agent, peer_id, &info)
+                            && swarm.is_connected(&peer_id) =>
+                    {
+                        verified.insert(peer_id);
+                        peers_gauge.store(verified.len(), Ordering::Relaxed);
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
                         in_tx.offer(Received { topic: message.topic, source: message.source, data: message.data }, ms_since(t0));
@@ -286,6 +300,7 @@ pub async fn spawn_peer(
         inbox_drops,
         subscriptions,
         connections,
+        peers,
         task,
     })
 }
