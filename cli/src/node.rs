@@ -544,6 +544,27 @@ fn client_for(to: &str) -> Result<Client> {
 }
 
 pub async fn propose(a: ProposeArgs) -> Result<()> {
+    let json = a.json;
+    let mut printed = false;
+    let r = propose_run(a, &mut printed).await;
+    if let (Err(e), true, false) = (&r, json, printed) {
+        // Refused before any request (a file, a key, the inputs): still
+        // one object on stdout, as every other failure of `--json`.
+        let v = serde_json::json!({
+            "error": "usage",
+            "message": format!("{e:#}"),
+            "status": null,
+            "outcome_unknown": false,
+            "idempotency_key": null,
+            "saved": null,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    r
+}
+
+/// [`propose`]; `printed`: whether its `--json` error object was printed.
+async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
     let client = match Client::try_new(&a.to) {
         Ok(c) => c,
         Err(e) => {
@@ -552,6 +573,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&error_json(&e, None, None))?
                 );
+                *printed = true;
             }
             return Err(e.into());
         }
@@ -656,6 +678,7 @@ pub async fn propose(a: ProposeArgs) -> Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&error_json(&e, idem_key.as_deref(), saved))?
                 );
+                *printed = true;
             }
             if let Some(Err(not_kept)) = kept {
                 return Err(not_kept);

@@ -339,4 +339,28 @@ fn propose_json_prints_one_object_for_every_client_error() {
     assert_eq!(v["outcome_unknown"], false, "{v}");
     assert_eq!(v["idempotency_key"], "default:json/3", "{v}");
     assert_eq!(v["saved"], serde_json::Value::Null, "{v}");
+
+    // Refused before any request (no such key file): one object too.
+    let o = swoosh(
+        &[
+            "propose",
+            "--to",
+            "127.0.0.1:1",
+            "--key",
+            t.path().join("missing.key").to_str().unwrap(),
+            "--transition",
+            "Boot_ConfigOk",
+            "--json",
+        ],
+        t.path(),
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {o:?}"));
+    assert_eq!(v["error"], "usage", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("missing.key"),
+        "{v}"
+    );
+    assert_eq!(v["outcome_unknown"], false, "{v}");
 }
