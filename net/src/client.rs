@@ -297,6 +297,9 @@ impl ClientError {
 /// without a clock.
 #[derive(Debug, Default)]
 struct Retries {
+    /// The attempts submit a proposal (a read's `503 unavailable` or lost
+    /// reply leaves nothing unknown).
+    proposal: bool,
     busy: u32,
     connect: u32,
     /// The first attempt sent without a reply: its URL and cause.
@@ -316,7 +319,7 @@ impl Retries {
         // A `503 unavailable` leaves this attempt's outcome unknown, as a
         // lost connection does: a later ending that does not answer for the
         // proposal must still say so.
-        if e.outcome_unknown() && self.unknown.is_none() {
+        if self.proposal && e.outcome_unknown() && self.unknown.is_none() {
             let (url, detail) = match &e {
                 ClientError::Connect { url, detail, .. } => (url.clone(), detail.clone()),
                 other => ("the node".to_string(), other.to_string()),
@@ -593,7 +596,7 @@ impl Client {
     /// up or is shutting down, or one without a retry hint. Returns the
     /// reply and the number of retries (busy and connection).
     pub async fn submit_retrying(&self, p: &Proposal) -> Result<(AcceptedReply, u32), ClientError> {
-        Self::retrying(|| self.submit(p)).await
+        Self::retrying(true, || self.submit(p)).await
     }
 
     /// Run `attempt` until it is answered: on 429/503 wait at least the
@@ -603,12 +606,15 @@ impl Client {
     /// cures (see [`stops_retrying`]) ends it at once. Once any attempt's
     /// outcome was unknown, a final error that does not answer for the
     /// proposal (a connection error, 429, 503) says so too.
-    async fn retrying<R, F, Fut>(mut attempt: F) -> Result<(R, u32), ClientError>
+    async fn retrying<R, F, Fut>(proposal: bool, mut attempt: F) -> Result<(R, u32), ClientError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<R, ClientError>>,
     {
-        let mut retries = Retries::default();
+        let mut retries = Retries {
+            proposal,
+            ..Retries::default()
+        };
         loop {
             match attempt().await {
                 Ok(r) => return Ok((r, retries.count())),
@@ -641,7 +647,7 @@ impl Client {
         project: &str,
         projection: &[&str],
     ) -> Result<StateReply, ClientError> {
-        Self::retrying(|| self.state(project, projection))
+        Self::retrying(false, || self.state(project, projection))
             .await
             .map(|(s, _)| s)
     }
@@ -979,7 +985,14 @@ mod tests {
     /// Feed `errors` to one retry sequence: the waits until it stops, and
     /// the error it stops with (`None`: it would still retry).
     fn run(errors: Vec<ClientError>) -> (usize, Option<ClientError>) {
-        let mut r = Retries::default();
+        run_as(true, errors)
+    }
+
+    fn run_as(proposal: bool, errors: Vec<ClientError>) -> (usize, Option<ClientError>) {
+        let mut r = Retries {
+            proposal,
+            ..Retries::default()
+        };
         let mut waits = 0;
         for e in errors {
             match r.after(e, 0) {
@@ -1076,6 +1089,15 @@ mod tests {
         let e = e.expect("runs out");
         assert!(
             e.outcome_unknown() && e.to_string().contains("UNKNOWN"),
+            "{e}"
+        );
+        // A read's 503 leaves nothing unknown.
+        let mut errors = vec![refusal(503, "unavailable", Some(200))];
+        errors.extend((0..=CONNECT_RETRIES_MAX).map(|_| lost(false)));
+        let (_, e) = run_as(false, errors);
+        let e = e.expect("runs out");
+        assert!(
+            !e.outcome_unknown() && !e.to_string().contains("UNKNOWN"),
             "{e}"
         );
         // Endings that do not answer for the proposal keep it unknown: a
