@@ -16,7 +16,7 @@ use swoosh_core::reducer::{step, Ctx};
 use swoosh_core::scenario::{genesis, Driver, Keys, Next};
 use swoosh_core::state::NodeState;
 use swoosh_core::{Hlc, ProposalBuilder};
-use swoosh_net::client::Client;
+use swoosh_net::client::{Client, ClientError};
 use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
 
 #[derive(Subcommand)]
@@ -275,7 +275,12 @@ async fn http(a: HttpArgs) -> Result<()> {
                         Ok((reply, _)) => reply,
                         // The node is stopping at the end of the run (an
                         // earlier attempt may have been unknown: wrapped).
-                        Err(e) if e.status() == Some(503) => break 'outer,
+                        Err(e)
+                            if e.status() == Some(503)
+                                && !matches!(e, ClientError::NotLeader { .. }) =>
+                        {
+                            break 'outer
+                        }
                         Err(e) => return Err(e.into()),
                     };
                     lat.push(t0.elapsed());

@@ -571,7 +571,7 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
             if a.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&error_json(&e, None, None))?
+                    serde_json::to_string_pretty(&error_json(&e, false, None, None))?
                 );
                 *printed = true;
             }
@@ -581,6 +581,9 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
     // The proposal sent and where it is (or is to be) kept, for a hint when
     // the outcome is unknown.
     let mut sent: Option<(swoosh_core::Proposal, Option<PathBuf>)> = None;
+    // Whether that proposal's outcome is unknown (a failed read of HEAD
+    // for the next round leaves the last one settled: it was stale).
+    let mut unknown = false;
     // Known before anything is sent, so `--json` can name it whatever fails.
     let idem_key: Option<String>;
     let reply = if let Some(f) = &a.file {
@@ -594,6 +597,7 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
         idem_key = Some(p.idem_key.clone());
         let r = client.submit_retrying(&p).await.map(|(r, _)| r);
+        unknown = r.as_ref().err().is_some_and(|e| e.outcome_unknown());
         sent = Some((p, Some(f.clone())));
         r
     } else {
@@ -640,6 +644,7 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
             Ok(p) => Ok(p.reply),
             Err(f) => {
                 sent = f.last.map(|p| (p, None));
+                unknown = f.unknown;
                 Err(f.error)
             }
         }
@@ -667,16 +672,19 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
         Err(e) => {
             // Kept before `--json` prints, so that `saved` can name the file.
             let kept = match &sent {
-                Some((p, file)) if e.outcome_unknown() => {
-                    Some(unknown_outcome_hint(&a, p, file.clone()))
-                }
+                Some((p, file)) if unknown => Some(unknown_outcome_hint(&a, p, file.clone())),
                 _ => None,
             };
             if a.json {
                 let saved = kept.as_ref().and_then(|k| k.as_ref().ok());
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&error_json(&e, idem_key.as_deref(), saved))?
+                    serde_json::to_string_pretty(&error_json(
+                        &e,
+                        unknown,
+                        idem_key.as_deref(),
+                        saved
+                    ))?
                 );
                 *printed = true;
             }
@@ -684,7 +692,7 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
                 return Err(not_kept);
             }
             if let Some((p, _)) = sent {
-                if !e.outcome_unknown() && e.body().is_some_and(|b| b.error == "idem_conflict") {
+                if !unknown && e.body().is_some_and(|b| b.error == "idem_conflict") {
                     return Err(anyhow::Error::new(e).context(format!(
                         "the idempotency key {:?} was already used for a different proposal: the operation may already be done; see `swoosh state --to {}` and `swoosh decisions`, or pick another --idem-key",
                         p.idem_key, a.to
@@ -703,13 +711,19 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
 /// key and the file the signed proposal was kept in (or `null`).
 fn error_json(
     e: &ClientError,
+    unknown: bool,
     idem_key: Option<&str>,
     saved: Option<&PathBuf>,
 ) -> serde_json::Value {
     let mut v = match e.body().map(serde_json::to_value) {
         Some(Ok(v)) => v,
         _ => {
-            let error = match e {
+            // The class of what ended it, under an unknown-outcome mark.
+            let cause = match e {
+                ClientError::OutcomeUnknown { last, .. } => last.as_ref(),
+                e => e,
+            };
+            let error = match cause {
                 ClientError::Connect {
                     timed_out: true, ..
                 } => "client_timeout",
@@ -727,7 +741,7 @@ fn error_json(
         }
     };
     v["status"] = e.status().into();
-    v["outcome_unknown"] = e.outcome_unknown().into();
+    v["outcome_unknown"] = unknown.into();
     v["idempotency_key"] = idem_key.into();
     v["saved"] = saved.map(|p| p.display().to_string()).into();
     v

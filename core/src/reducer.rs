@@ -318,8 +318,14 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// (`Council_ProfilesLoaded`); a policy rule beyond
 /// `state::validate_policy_rule`'s bounds (`Policy_Update`); a findings
 /// list holding one finding twice (`Ingestion_SchemaOk`,
-/// `Ingestion_PolicyViolation`); and breach reasons above
-/// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`). A record
+/// `Ingestion_PolicyViolation`); breach reasons above
+/// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`); a new
+/// `idem_key` that is not printable ASCII (its `{:?}` in the accepted
+/// outcome must not depend on the Rust release); a list item's text over
+/// `TEXT_BYTES_MAX` (finding codes and details, roles, tools, assets, check
+/// names, probe tools and versions: `check_item_texts`); and a finding code
+/// that differs from a deny code only in case, spaces or `-`
+/// (`check_finding_codes`). A record
 /// or decision record above `RECORD_BYTES_MAX` / `DECISION_RECORD_BYTES_MAX`
 /// is refused by the live step only (`commit`; the store bounds what replay
 /// reads).

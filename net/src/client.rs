@@ -319,25 +319,29 @@ impl Retries {
         // A `503 unavailable` leaves this attempt's outcome unknown, as a
         // lost connection does: a later ending that does not answer for the
         // proposal must still say so.
-        if self.proposal && e.outcome_unknown() && self.unknown.is_none() {
+        // This very attempt is the first unknown one: if it ends the
+        // retries it says so itself, and is not wrapped in its own mark.
+        let fresh = self.proposal && e.outcome_unknown() && self.unknown.is_none();
+        if fresh {
             let (url, detail) = match &e {
                 ClientError::Connect { url, detail, .. } => (url.clone(), detail.clone()),
                 other => ("the node".to_string(), other.to_string()),
             };
             self.unknown = Some((url, detail));
         }
+        let earlier = |r: &mut Self| if fresh { None } else { r.unknown.take() };
         match e {
             ClientError::Refused { status, mut body } if status == 429 || status == 503 => {
                 if let Some(why) = stops_retrying(status, &body) {
                     body.message = format!("{}; {why}", body.message);
                     return Err(after_unknown(
-                        self.unknown.take(),
+                        earlier(self),
                         ClientError::Refused { status, body },
                     ));
                 }
                 if self.busy >= BUSY_RETRIES_MAX {
                     return Err(after_unknown(
-                        self.unknown.take(),
+                        earlier(self),
                         ClientError::Refused { status, body },
                     ));
                 }
@@ -365,17 +369,36 @@ impl Retries {
             }),
             // A refusal of a resubmission by the node's own checks settles
             // what an earlier unknown attempt did: had that one been
-            // applied, this one would be answered as its duplicate. Nothing
-            // else does (a follower's `not_leader`, a proxy's 502/504, a
-            // body timeout, a reply that does not decode).
-            ClientError::Refused { status, body }
-                if (400..500).contains(&status) && status != 408 =>
-            {
+            // applied, this one would be answered as its duplicate (the
+            // node checks idempotency before these). Nothing else does: a
+            // follower's `not_leader`, a proxy's 4xx/502/504, a body
+            // timeout, a reply that does not decode, nor `forbidden` and
+            // `unknown_signer`, which the node checks before idempotency
+            // and the unknown attempt itself may have caused (a roster
+            // change).
+            ClientError::Refused { status, body } if settles(&body.error) => {
                 Err(ClientError::Refused { status, body })
             }
-            other => Err(after_unknown(self.unknown.take(), other)),
+            other => Err(after_unknown(earlier(self), other)),
         }
     }
+}
+
+/// Whether a refusal with this `error` code answers for a resubmitted
+/// proposal: the node's own checks at or after its idempotency check, and
+/// those that depend on the proposal's bytes alone.
+fn settles(error: &str) -> bool {
+    matches!(
+        error,
+        "malformed"
+            | "unknown_transition"
+            | "bad_signature"
+            | "too_large"
+            | "idem_conflict"
+            | "stale_hash"
+            | "hlc_order"
+            | "guard"
+    )
 }
 
 /// `last`, marked as of unknown outcome when an earlier attempt (`unknown`:
@@ -397,6 +420,11 @@ fn after_unknown(unknown: Option<(String, String)>, last: ClientError) -> Client
 pub struct ProposeFailure {
     pub error: ClientError,
     pub last: Option<Proposal>,
+    /// Whether `last` may have been applied: the failure ended a
+    /// submission of it whose outcome is unknown. A failure to build the
+    /// next round (reading HEAD) leaves the last one settled (it was
+    /// refused as stale), whatever the read's error says.
+    pub unknown: bool,
 }
 
 /// What to do when a proposal meets a stale HEAD or backpressure.
@@ -750,7 +778,13 @@ impl Client {
         loop {
             let p = match self.build(req).await {
                 Ok(p) => p,
-                Err(error) => return Err(ProposeFailure { error, last }),
+                Err(error) => {
+                    return Err(ProposeFailure {
+                        error,
+                        last,
+                        unknown: false,
+                    })
+                }
             };
             let result = if policy.retry_busy {
                 self.submit_retrying(&p).await
@@ -780,6 +814,7 @@ impl Client {
                         return Err(ProposeFailure {
                             error: ClientError::Refused { status: 409, body },
                             last: Some(p),
+                            unknown: false,
                         });
                     }
                     // Spread competing writers apart before the next round.
@@ -790,6 +825,7 @@ impl Client {
                 }
                 Err(error) => {
                     return Err(ProposeFailure {
+                        unknown: error.outcome_unknown(),
                         error,
                         last: Some(p),
                     })
@@ -1091,6 +1127,28 @@ mod tests {
             e.outcome_unknown() && e.to_string().contains("UNKNOWN"),
             "{e}"
         );
+        // A 503 without a hint on the first attempt is unknown by itself,
+        // not wrapped in its own mark.
+        let (_, e) = run(vec![refusal(503, "unavailable", None)]);
+        let e = e.expect("stops");
+        assert!(
+            e.outcome_unknown() && matches!(e, ClientError::Refused { .. }),
+            "{e}"
+        );
+        // A proxy's 4xx, or a roster refusal the unknown attempt may have
+        // caused, does not settle it; a refusal by the proposal's bytes does.
+        for (status, code, settled) in [
+            (403, "http", false),
+            (404, "http", false),
+            (403, "forbidden", false),
+            (403, "unknown_signer", false),
+            (400, "malformed", true),
+            (409, "idem_conflict", true),
+        ] {
+            let (_, e) = run(vec![lost(true), refusal(status, code, None)]);
+            let e = e.expect("stops");
+            assert_eq!(e.outcome_unknown(), !settled, "{code}: {e}");
+        }
         // A read's 503 leaves nothing unknown.
         let mut errors = vec![refusal(503, "unavailable", Some(200))];
         errors.extend((0..=CONNECT_RETRIES_MAX).map(|_| lost(false)));

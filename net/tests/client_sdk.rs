@@ -278,6 +278,39 @@ async fn a_head_that_keeps_moving_is_reported_after_the_last_round() {
     assert_eq!(count(&seen, "POST", "/transition"), attempts);
 }
 
+/// A round refused as stale, then a HEAD read the node cannot answer: the
+/// read's `503 unavailable` says nothing about the refused proposal, whose
+/// outcome is settled (`unknown` false), though the error itself is the
+/// kind a submission would call unknown.
+#[tokio::test]
+async fn a_failed_head_read_after_a_stale_round_leaves_the_last_proposal_settled() {
+    let (url, _seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") if n == 0 => state_reply(),
+        ("GET", "/state") => refused(503, "unavailable", None),
+        ("POST", "/transition") => refused(409, "stale_hash", None),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let req = ProposeRequest {
+        project: "default",
+        transition: "Boot_ConfigOk",
+        inputs: &inputs,
+        key: &key,
+        idem_key: "k".into(),
+        evidence: vec![],
+    };
+    let f = c
+        .propose_keeping_last(&req, RetryPolicy::default())
+        .await
+        .unwrap_err();
+    assert_eq!(f.error.status(), Some(503), "{}", f.error);
+    assert!(f.last.is_some(), "the stale round's proposal is kept");
+    assert!(!f.unknown, "a refused proposal is settled: {}", f.error);
+}
+
 /// A proposal whose connection is dropped after it was sent has an unknown
 /// outcome; the error says so and names the cause.
 #[tokio::test]

@@ -410,6 +410,7 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_follower_undecryptable_total counter\nswoosh_follower_undecryptable_total {}\n\
          # TYPE swoosh_follower_halted gauge\nswoosh_follower_halted {}\n\
          # TYPE swoosh_follower_inbox_full_drops_total counter\nswoosh_follower_inbox_full_drops_total {}\n\
+         # TYPE swoosh_follower_worker_stopped_drops_total counter\nswoosh_follower_worker_stopped_drops_total {}\n\
          # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n",
         st.applied_index,
         st.lag_records,
@@ -418,6 +419,7 @@ async fn metrics(State(app): State<App>) -> String {
         s.undecryptable,
         u8::from(st.halted || s.halted_reason.is_some()),
         s.net.inbox_full_drops.load(Ordering::Relaxed),
+        s.net.worker_stopped_drops.load(Ordering::Relaxed),
         s.commits,
     )
 }
