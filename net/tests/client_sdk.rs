@@ -294,16 +294,8 @@ async fn a_failed_head_read_after_a_stale_round_leaves_the_last_proposal_settled
     let c = Client::new(&url);
     let key = SigningKey::from_bytes(&[7; 32]);
     let inputs = serde_json::json!({});
-    let req = ProposeRequest {
-        project: "default",
-        transition: "Boot_ConfigOk",
-        inputs: &inputs,
-        key: &key,
-        idem_key: "k".into(),
-        evidence: vec![],
-    };
     let f = c
-        .propose_keeping_last(&req, RetryPolicy::default())
+        .propose_keeping_last(&propose_request(&key, &inputs), RetryPolicy::default())
         .await
         .unwrap_err();
     assert_eq!(f.error.status(), Some(503), "{}", f.error);
