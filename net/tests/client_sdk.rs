@@ -229,14 +229,7 @@ async fn propose_retries_a_busy_head_read_and_resubmits_after_a_stale_hash() {
     let c = Client::new(&url);
     let key = SigningKey::from_bytes(&[7; 32]);
     let inputs = serde_json::json!({});
-    let req = ProposeRequest {
-        project: "default",
-        transition: "Boot_ConfigOk",
-        inputs: &inputs,
-        key: &key,
-        idem_key: "k".into(),
-        evidence: vec![],
-    };
+    let req = propose_request(&key, &inputs);
     let done = c.propose(&req, RetryPolicy::default()).await.unwrap();
     assert_eq!(done.stale_retries, 2);
     assert_eq!(count(&seen, "GET", "/state"), 4);
@@ -255,14 +248,7 @@ async fn a_head_that_keeps_moving_is_reported_after_the_last_round() {
     let c = Client::new(&url);
     let key = SigningKey::from_bytes(&[7; 32]);
     let inputs = serde_json::json!({});
-    let req = ProposeRequest {
-        project: "default",
-        transition: "Boot_ConfigOk",
-        inputs: &inputs,
-        key: &key,
-        idem_key: "k".into(),
-        evidence: vec![],
-    };
+    let req = propose_request(&key, &inputs);
     let f = c
         .propose_keeping_last(&req, RetryPolicy::default())
         .await

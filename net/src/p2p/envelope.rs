@@ -881,7 +881,7 @@ mod tests {
             text.contains("\"SWC\\n\"") && text.contains("different SWOOSH releases"),
             "{text}"
         );
-        for junk in [&b"SW"[..], b"", b"XXXX and more"] {
+        for junk in [&b"SW"[..], b"", b"JUNK and more"] {
             assert_eq!(r.push(junk).unwrap_err().kind(), "chunk_malformed");
         }
         let short = genuine([1; 32], 0, 2, 5, CHUNK_DATA_MAX);
