@@ -3,13 +3,47 @@
 //! attention items per band, readiness, dropped region updates and snapshot
 //! requests).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+
+/// A count exported under its exact name. OpenMetrics names a counter's
+/// sample `<family>_total`, so a counter family `swoosh_retry_count` is
+/// scraped as `swoosh_retry_count_total`, while SPEC §8 and the brief name
+/// the series `swoosh_retry_count{transition}`: this is typed `unknown`
+/// (untyped to Prometheus), whose sample carries the family name as is.
+/// It only rises, so `rate()` and `increase()` apply as to a counter.
+#[derive(Clone, Debug, Default)]
+pub struct ExactCount(Counter);
+
+impl ExactCount {
+    pub fn inc(&self) -> u64 {
+        self.0.inc()
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for ExactCount {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for ExactCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabel {
@@ -69,9 +103,13 @@ pub struct Metrics {
     pub transition_total: Family<TransitionLabel, Counter>,
     pub guard_fail_total: Family<GuardLabel, Counter>,
     pub state_advance_latency_seconds: Family<RegionLabel, Histogram>,
-    pub retry_count: Family<TransitionLabel, Counter>,
+    pub retry_count: Family<TransitionLabel, ExactCount>,
     pub quarantine_total: Counter,
     pub recovery_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the node recovers its state from the log (an actor restart
+    /// here; before the node's first start `swoosh_net::recovering` serves
+    /// the same name), else 0.
+    pub recovery_in_progress: Gauge,
     /// The earliest license expiry (Unix seconds) among the projects that
     /// hold a license whose grace has not ended and are not terminated; 0
     /// when none does. Computed when `/metrics` is read.
@@ -146,7 +184,7 @@ impl Metrics {
             "From receipt of a proposal to its durable application, by region advanced",
             state_advance_latency_seconds.clone(),
         );
-        let retry_count = Family::<TransitionLabel, Counter>::default();
+        let retry_count = Family::<TransitionLabel, ExactCount>::default();
         r.register("swoosh_retry_count", "Proposals refused with a retriable outcome (stale hash, HLC order, closed window, backpressure), by transition", retry_count.clone());
         let quarantine_total = Counter::default();
         r.register(
@@ -165,6 +203,12 @@ impl Metrics {
             "swoosh_recovery_time_seconds",
             "Duration of the last recovery from storage",
             recovery_time_seconds.clone(),
+        );
+        let recovery_in_progress = Gauge::default();
+        r.register(
+            "swoosh_recovery_in_progress",
+            "1 while the node recovers its state from the log and serves no proposal, else 0",
+            recovery_in_progress.clone(),
         );
         let wal_lag_records = Gauge::default();
         r.register(
@@ -295,6 +339,7 @@ impl Metrics {
             retry_count,
             quarantine_total,
             recovery_time_seconds,
+            recovery_in_progress,
             license_expiry_seconds,
             wal_lag_records,
             commit_batch_records,

@@ -591,3 +591,41 @@ async fn a_repeat_evicted_before_its_record_is_durable_gets_its_original_outcome
     assert_eq!(node.health().root_hash, Some(mirror.root_hash()));
     node.shutdown().await;
 }
+
+/// A start reports its recovery's progress into the cell it is given (what
+/// `/health` shows while the process recovers), and the node's metrics say
+/// the recovery is over once it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_reports_its_replay_into_the_progress_cell() {
+    use swoosh_storage::{Phase, Progress, ProgressCell};
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("progress");
+    let store = open_store(dir.path());
+    let node = NodeHandle::start(store.clone(), fx.config(0))
+        .await
+        .expect("the node starts");
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    advance(&fx, &node, &mut mirror, "p", 12).await;
+    node.shutdown().await;
+    drop(node);
+
+    let cell = Arc::new(ProgressCell::new());
+    assert_eq!(cell.get(), None, "nothing reported before the start");
+    let node = NodeHandle::start_observed(store, fx.config(0), cell.clone())
+        .await
+        .expect("the node starts again");
+    assert_eq!(
+        cell.get(),
+        Some(Progress {
+            phase: Phase::Replay,
+            done: 12,
+            total: 12
+        }),
+        "no snapshot (snapshot_every 0): the whole log was replayed"
+    );
+    assert_eq!(node.health().index, 12);
+    let text = node.metrics_text();
+    assert!(text.contains("swoosh_recovery_in_progress 0"), "{text}");
+    node.shutdown().await;
+}

@@ -353,16 +353,23 @@ pub async fn start_node(
     nosync: bool,
     snapshot_every: u64,
 ) -> Result<NodeHandle<LmdbStore>> {
+    let (store, cfg) = prepare_node(dir, nosync, snapshot_every)?;
+    tracing::info!(
+        dir = %dir.display(),
+        "recovering the state from the log (the newest valid snapshot, then the WAL after it)"
+    );
+    NodeHandle::start(store, cfg)
+        .await
+        .with_context(|| format!("cannot start the node in {}", dir.display()))
+}
+
+/// Read the node's genesis and key, lock its directory and open its store:
+/// everything before recovery, which fails fast on a bad configuration.
+fn prepare_node(dir: &Path, nosync: bool, snapshot_every: u64) -> Result<(LmdbStore, NodeConfig)> {
     let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
     let key = read_key(&dir.join("node.key"))?;
     crate::dirlock::lock_node_dir(dir)?;
     let store = open_store(dir, nosync)?;
-    // Until recovery is done nothing listens: say what the node is doing,
-    // or a long replay looks like a node that is down.
-    tracing::info!(
-        dir = %dir.display(),
-        "recovering the state from the log (the newest valid snapshot, then the WAL after it); the HTTP port opens when it is done"
-    );
     let cfg = NodeConfig {
         genesis,
         leader_key: key,
@@ -373,9 +380,47 @@ pub async fn start_node(
         advertise: String::new(),
         attention_file: Some(dir.join("data").join(ATTENTION_FILE)),
     };
-    NodeHandle::start(store, cfg)
-        .await
-        .with_context(|| format!("cannot start the node in {}", dir.display()))
+    Ok((store, cfg))
+}
+
+/// [`start_node`] for a node that serves HTTP on `http`: the port is bound
+/// before recovery (a port in use fails at once, not after the replay) and
+/// answers `recovering` while the node replays its log (see
+/// `swoosh_net::recovering`); it is returned for the real server.
+pub async fn start_node_serving(
+    dir: &Path,
+    nosync: bool,
+    snapshot_every: u64,
+    http: &str,
+) -> Result<(NodeHandle<LmdbStore>, tokio::net::TcpListener)> {
+    let (store, cfg) = prepare_node(dir, nosync, snapshot_every)?;
+    let listener = bind_http(http).await?;
+    let progress = Arc::new(swoosh_storage::ProgressCell::new());
+    let about = swoosh_net::recovering::Recovering {
+        role: "leader",
+        genesis_hash: cfg
+            .genesis
+            .hash()
+            .with_context(|| format!("the genesis of {} does not hash", dir.display()))?,
+        cluster_id: cfg.genesis.cluster_id.clone(),
+        progress: progress.clone(),
+    };
+    // Until recovery is done the port answers only `recovering`: say what
+    // the node is doing, or a long replay looks like a node that hangs.
+    tracing::info!(
+        dir = %dir.display(),
+        http = %listener.local_addr()?,
+        "recovering the state from the log (the newest valid snapshot, then the WAL after it); until it is done the HTTP port answers GET /health and GET /metrics with the progress and 503 recovering to everything else"
+    );
+    let (listener, node) = swoosh_net::recovering::serve_while(
+        listener,
+        about,
+        NodeHandle::start_observed(store, cfg, progress),
+        Default::default(),
+    )
+    .await;
+    let node = node.with_context(|| format!("cannot start the node in {}", dir.display()))?;
+    Ok((node, listener))
 }
 
 /// How a long-running command writes its log lines (stderr).
@@ -390,21 +435,28 @@ pub enum LogFormat {
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // stderr, beside the command's own `swoosh: …` lines (tracing's
+    // default is stdout): one stream keeps their order, and stdout stays
+    // free for what a command prints as its result.
     if format == LogFormat::Json {
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .try_init();
     } else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
     init_logs(a.log);
-    let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let (node, listener) = start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
     let p2p = match &a.p2p {
         Some(l) => {
             let listen: swoosh_net::p2p::Multiaddr = l.parse().with_context(|| {
@@ -420,7 +472,6 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let listener = bind_http(&a.http).await?;
     let addr = listener.local_addr()?;
     let h = node.health();
     tracing::info!(http = %addr, index = h.index, root_hash = ?h.root_hash.map(|x| x.to_string()), "serving");
@@ -857,6 +908,24 @@ pub async fn health(r: ReadArgs) -> Result<()> {
 fn render_health(v: &serde_json::Value) -> Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
+    // A process still replaying its log after a start: nothing but the
+    // progress is known yet (`swoosh_net::recovering`).
+    if v["status"] == "recovering" && v["recovery"].is_object() {
+        let r = &v["recovery"];
+        writeln!(
+            out,
+            "recovering ({}): {} of {} ({}), {:.0} s so far\n  {}\n  cluster {}, genesis {}",
+            v["role"].as_str().unwrap_or("-"),
+            r["done"].as_u64().unwrap_or(0),
+            r["total"].as_u64().unwrap_or(0),
+            r["phase"].as_str().unwrap_or("-"),
+            r["seconds"].as_f64().unwrap_or(0.0),
+            v["consensus"].as_str().unwrap_or("-"),
+            v["cluster_id"].as_str().unwrap_or("-"),
+            v["genesis_hash"].as_str().unwrap_or("-"),
+        )?;
+        return Ok(out.trim_end().to_string());
+    }
     match v["role"].as_str() {
         Some("leader") => {
             let h: swoosh_net::api::HealthReply = serde_json::from_value(v.clone())
@@ -1133,6 +1202,28 @@ mod tests {
         let e = format!("{:#}", r.expect_err("serve ends with an error"));
         assert!(e.contains("could not restart its actors"), "{e}");
         assert!(e.contains("gave up restarting its sequencer"), "{e}");
+    }
+
+    #[test]
+    fn health_renders_a_recovering_process_by_its_progress() {
+        for role in ["leader", "follower"] {
+            let v = json!({
+                "status": "recovering", "role": role,
+                "consensus": "recovering the state from the log: replaying the log (5 of 10 records, 50.0 %), 3 s so far",
+                "index": 0, "root_hash": null, "lastSnapshotHLC": null,
+                "last_snapshot_index": null, "walLag": 0, "inflight": 0, "restarts": 0,
+                "genesis_hash": "blake3:cd", "cluster_id": "c",
+                "recovery": {"phase": "replay", "done": 5, "total": 10, "seconds": 3.2}
+            });
+            let t = render_health(&v).unwrap();
+            assert!(
+                t.starts_with(&format!(
+                    "recovering ({role}): 5 of 10 (replay), 3 s so far"
+                )),
+                "{t}"
+            );
+            assert!(t.contains("cluster c, genesis blake3:cd"), "{t}");
+        }
     }
 
     #[test]

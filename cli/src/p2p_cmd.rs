@@ -2,7 +2,7 @@
 //! replication transport from the command line.
 
 use crate::node::{
-    init_logs, open_store, read_genesis, read_key, start_node, write_json, LogFormat, DEFAULT_HTTP,
+    init_logs, open_store, read_genesis, read_key, write_json, LogFormat, DEFAULT_HTTP,
     GENESIS_FILE,
 };
 use anyhow::{bail, Context, Result};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use swoosh_core::state::FollowerEntry;
 use swoosh_core::SignerId;
 use swoosh_net::p2p::envelope;
-use swoosh_net::p2p::follower::{spawn_follower, FollowerOptions};
+use swoosh_net::p2p::follower::{spawn_follower_observed, FollowerOptions};
 use swoosh_net::p2p::leader::spawn_leader_with;
 use swoosh_net::p2p::Multiaddr;
 use swoosh_storage::wal::META_GENESIS;
@@ -291,11 +291,14 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             None => eprintln!("swoosh: --clear-halt: no halt was recorded"),
         }
     }
-    // Until recovery is done nothing listens: say what the follower does.
-    eprintln!(
-        "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it); its HTTP port opens when it is done"
-    );
-    let f = spawn_follower(
+    let progress = Arc::new(swoosh_storage::ProgressCell::new());
+    let about = swoosh_net::recovering::Recovering {
+        role: "follower",
+        genesis_hash: genesis.hash().context("the genesis does not hash")?,
+        cluster_id: genesis.cluster_id.clone(),
+        progress: progress.clone(),
+    };
+    let spawn = spawn_follower_observed(
         store,
         FollowerOptions {
             key,
@@ -304,15 +307,35 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             leader: leader.clone(),
             listen,
         },
-    )
-    .await?;
+        progress,
+    );
+    // Bound before recovery: a port in use fails at once, and meanwhile
+    // the port answers `recovering` with the progress.
+    let (f, listener) = match &a.http {
+        Some(h) => {
+            let listener = crate::node::bind_http(h).await?;
+            eprintln!(
+                "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it); until it is done http://{} answers GET /health and GET /metrics with the progress and 503 recovering to everything else",
+                listener.local_addr()?
+            );
+            let (listener, f) =
+                swoosh_net::recovering::serve_while(listener, about, spawn, Default::default())
+                    .await;
+            (f?, Some(listener))
+        }
+        None => {
+            eprintln!(
+                "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it)"
+            );
+            (spawn.await?, None)
+        }
+    };
     eprintln!(
         "swoosh: following {leader} as {me} (peer {}), applied index {}",
         f.peer_id,
         f.applied_index()
     );
-    if let Some(h) = &a.http {
-        let listener = crate::node::bind_http(h).await?;
+    if let Some(listener) = listener {
         eprintln!("swoosh: follower HTTP on http://{}", listener.local_addr()?);
         let shared = f.shared.clone();
         let opts = swoosh_net::p2p::http::FollowerHttp { leader_http };
@@ -336,12 +359,12 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     let listen = parse_addr(&a.listen, "--listen")?;
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
-    let node = start_node(&a.dir, a.nosync, a.snapshot_every).await?;
+    let (node, listener) =
+        crate::node::start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
     let p2p = start_leader_p2p(&node, key, genesis, listen).await?;
     for addr in &p2p.listen_addrs {
         eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
     }
-    let listener = crate::node::bind_http(&a.http).await?;
     eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
     let served = crate::node::serve_leader(listener, node, crate::stop_signal()).await;
     p2p.stop();

@@ -548,3 +548,32 @@ fn endless_and_oversized_input_files_are_refused_at_their_limit() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The HTTP port is bound before recovery: a port in use fails the start at
+/// once, naming the cause, and not after a replay that may take minutes.
+#[test]
+fn a_port_in_use_fails_the_start_before_recovery() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d]);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = swoosh(&[
+        "serve",
+        "--dir",
+        &format!("{d}/leader"),
+        "--http",
+        &addr,
+        "--log",
+        "text",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("another process is using it"), "{err}");
+    assert!(
+        !err.contains("recovering the state"),
+        "bound after recovery: {err}"
+    );
+}

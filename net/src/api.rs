@@ -39,6 +39,10 @@ pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 pub const ERROR_GAVE_UP: &str = "gave_up";
 /// `503` class of a node that is shutting down.
 pub const ERROR_SHUTTING_DOWN: &str = "shutting_down";
+/// `503` class of a process still recovering its state from the log after
+/// a start: nothing was done with the request; retry after its hint
+/// (`crate::recovering`).
+pub const ERROR_RECOVERING: &str = "recovering";
 
 /// Whether a `503` of class `error` lasts until the node's process is
 /// started again. Such a `503` carries no `retry_after_ms` and no
@@ -69,6 +73,8 @@ pub struct ErrorBody {
     /// `bad_signature`, `unknown_signer`, `forbidden`, `stale_hash`,
     /// `idem_conflict`, `hlc_order`, `timeout`, `too_large`, `backpressure`,
     /// `unavailable` (503, passing: retry after `retry_after_ms`),
+    /// `recovering` (503 while the process replays its log after a start;
+    /// nothing was done with the request: retry after `retry_after_ms`),
     /// `gave_up` and `shutting_down` (503 until the node's process is
     /// started again: no `retry_after_ms`), `not_leader`, `not_found`,
     /// `method_not_allowed`, `storage`.
@@ -108,6 +114,10 @@ pub struct StateReply {
 /// `GET /health` reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HealthReply {
+    /// `ok`; `recovering` (503: the process is replaying its log after a
+    /// start, see `recovery`, or the leader is restarting its actors);
+    /// `stopping`, `failed` (503: it gave up restarting its actors); a
+    /// follower's `disconnected` (200) and `halted` (503).
     pub status: String,
     pub role: String,
     pub consensus: String,
@@ -126,6 +136,24 @@ pub struct HealthReply {
     /// does not replicate).
     #[serde(default)]
     pub followers: Vec<FollowerReply>,
+    /// Only while the process recovers its state after a start (`status`
+    /// `recovering`, nothing else served yet; `index` is 0 until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReply>,
+}
+
+/// The progress of a start-up recovery, in `GET /health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecoveryReply {
+    /// `starting`, `snapshots` (checking them, newest first) or `replay`
+    /// (the WAL after the snapshot, through the reducer).
+    pub phase: String,
+    /// Snapshots checked, or records replayed.
+    pub done: u64,
+    /// Of how many.
+    pub total: u64,
+    /// Since the recovery began.
+    pub seconds: f64,
 }
 
 /// One follower in the leader's `GET /health`.

@@ -1071,6 +1071,25 @@ mod tests {
         assert_eq!((waits, e.is_none()), (3, true));
     }
 
+    /// A node still replaying its log after a start did nothing with the
+    /// request: its `503 recovering` is waited out like a 429, and when the
+    /// retries run out the proposal's outcome is known (not applied),
+    /// unless an earlier attempt had gone unanswered.
+    #[test]
+    fn a_recovering_node_is_waited_out_and_leaves_nothing_unknown() {
+        let recovering = || refusal(503, ERROR_RECOVERING, Some(1_000));
+        let many = || (0..=BUSY_RETRIES_MAX).map(|_| recovering());
+        let (waits, e) = run(many().collect());
+        assert_eq!(waits, BUSY_RETRIES_MAX as usize);
+        let e = e.expect("stops once the retries run out");
+        assert!(!e.outcome_unknown(), "{e}");
+        assert!(e.to_string().contains("recovering"), "{e}");
+        let mut errors = vec![lost(true)];
+        errors.extend(many());
+        let (_, e) = run(errors);
+        assert!(e.expect("stops").outcome_unknown());
+    }
+
     /// Once an attempt was sent without a reply, every later ending that
     /// does not answer for the proposal (busy until the retries ran out, a
     /// node that stopped, a connection error) says the outcome is UNKNOWN;

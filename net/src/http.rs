@@ -73,6 +73,7 @@ impl Default for ServeLimits {
         StateReply,
         HealthReply,
         FollowerReply,
+        RecoveryReply,
         AttentionReply,
         AttentionItem
     ))
@@ -169,14 +170,58 @@ pub async fn serve_router(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
 ) {
+    let (open, ()) = accept_until(&listener, app, shutdown, limits).await;
+    // New connections are refused by the kernel from here on.
+    drop(listener);
+    open.close(limits.shutdown_grace).await;
+}
+
+/// The connections an accept loop of [`accept_until`] left open.
+pub(crate) struct OpenConnections {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl OpenConnections {
+    /// Tell every connection to finish its request in progress and close;
+    /// after `grace`, drop the ones still open.
+    pub(crate) async fn close(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let open = self.tasks.len();
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open_at_signal = open,
+                still_open = self.tasks.len(),
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace elapsed: dropping the connections still open (their clients may resubmit; proposals are idempotent)"
+            );
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// Accept and serve connections on `listener` with `app` until `shutdown`
+/// resolves, and return what it resolved to; the listener stays open (the
+/// caller drops it, or hands it to the next server: see
+/// [`crate::recovering`]).
+pub(crate) async fn accept_until<T>(
+    listener: &tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = T>,
+    limits: ServeLimits,
+) -> (OpenConnections, T) {
     let connections = Arc::new(Semaphore::new(limits.connections_max));
     let refusals = Arc::new(Semaphore::new(REFUSALS_INFLIGHT_MAX));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let out = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            out = &mut shutdown => break out,
             // Reap finished connections so the set stays as small as the cap.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => {
@@ -202,24 +247,14 @@ pub async fn serve_router(
                 }
             }
         }
-    }
-    // New connections are refused by the kernel from here on.
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let open = tasks.len();
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open_at_signal = open,
-            still_open = tasks.len(),
-            grace_ms = limits.shutdown_grace.as_millis() as u64,
-            "shutdown grace elapsed: dropping the connections still open (their clients may resubmit; proposals are idempotent)"
-        );
-        tasks.shutdown().await;
-    }
+    };
+    (
+        OpenConnections {
+            stop: stop_tx,
+            tasks,
+        },
+        out,
+    )
 }
 
 /// What `accept` failing means: a connection that died in the backlog is
@@ -821,6 +856,7 @@ async fn get_health(State(st): State<AppState>) -> Response {
                     halted: f.halted,
                 })
                 .collect(),
+            recovery: None,
         }),
     )
         .into_response()

@@ -10,3 +10,4 @@ pub mod client;
 pub mod http;
 pub mod p2p;
 pub mod proto;
+pub mod recovering;

@@ -50,8 +50,8 @@ pub use lmdb::{LmdbOptions, LmdbStore, LMDB_MAP_BYTES_DEFAULT};
 pub use mem::{MemDisk, MemStore};
 pub use recovery::{
     cut_after, read_cut_file, recover, recover_with, repair, verify, verify_expecting, Cut,
-    ExpectDecisions, Phase, Progress, RecoverOptions, Recovered, RecoveryError, RepairError,
-    RepairReport, SnapshotProblem, VerifyError, VerifyOptions, VerifyReport,
+    ExpectDecisions, Phase, Progress, ProgressCell, RecoverOptions, Recovered, RecoveryError,
+    RepairError, RepairReport, SnapshotProblem, VerifyError, VerifyOptions, VerifyReport,
 };
 pub use snapshot::{
     read_snapshot, write_snapshot, Snapshot, SnapshotError, SnapshotFault, SnapshotInfo,

@@ -59,6 +59,87 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// The latest [`Progress`] of a recovery running on another thread, for a
+/// process that answers `/health` while it recovers (a replay of millions of
+/// records takes minutes, and a port that stays closed reads as "down").
+/// Written by the recovering thread through [`ProgressCell::observe`], read
+/// at any time; each field is atomic on its own, so a reader may see the
+/// phase of one report beside the count of the next, which a health answer
+/// tolerates.
+#[derive(Debug)]
+pub struct ProgressCell {
+    started: Instant,
+    /// 0: nothing reported yet; else `Phase` as 1 + its position.
+    phase: std::sync::atomic::AtomicU8,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ProgressCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProgressCell {
+    pub fn new() -> Self {
+        ProgressCell {
+            started: Instant::now(),
+            phase: Default::default(),
+            done: Default::default(),
+            total: Default::default(),
+        }
+    }
+
+    /// Record `p` (the callback of [`recover_with`]).
+    pub fn observe(&self, p: &Progress) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let phase = match p.phase {
+            Phase::Snapshots => 1,
+            Phase::Replay => 2,
+            Phase::Scan => 3,
+            Phase::Reindex => 4,
+        };
+        self.done.store(p.done, Relaxed);
+        self.total.store(p.total, Relaxed);
+        self.phase.store(phase, Relaxed);
+    }
+
+    /// The last report, `None` before the first.
+    pub fn get(&self) -> Option<Progress> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let phase = match self.phase.load(Relaxed) {
+            1 => Phase::Snapshots,
+            2 => Phase::Replay,
+            3 => Phase::Scan,
+            4 => Phase::Reindex,
+            _ => return None,
+        };
+        Some(Progress {
+            phase,
+            done: self.done.load(Relaxed),
+            total: self.total.load(Relaxed),
+        })
+    }
+
+    /// Time since the cell was made (when recovery began).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Phase {
+    /// The phase as `/health` and the metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Snapshots => "snapshots",
+            Phase::Replay => "replay",
+            Phase::Scan => "scan",
+            Phase::Reindex => "reindex",
+        }
+    }
+}
+
 /// A snapshot that could not be used, and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("snapshot {index} skipped: {reason}")]

@@ -33,9 +33,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use swoosh_core::hlc::Hlc;
 use swoosh_core::sig::SignerId;
 use swoosh_core::state::Genesis;
-use swoosh_storage::{BatchLimits, EncodedEntry, Entry, LogStore, WalWriter};
+use swoosh_storage::{BatchLimits, EncodedEntry, Entry, LogStore, ProgressCell, WalWriter};
 
 /// The name of the follower's worker thread (for per-thread CPU accounting).
 pub const WORKER_THREAD: &str = "swoosh-follower";
@@ -227,6 +228,44 @@ pub struct FollowerOptions {
     pub listen: Option<Multiaddr>,
 }
 
+/// The follower's recovered node and the snapshot it started from (index,
+/// HLC), and the store back.
+type FollowerRecovery<S> = (S, swoosh_core::state::NodeState, Option<(u64, Option<Hlc>)>);
+
+fn recover_follower<S: LogStore>(
+    store: S,
+    genesis: &Genesis,
+    progress: &ProgressCell,
+) -> Result<FollowerRecovery<S>, P2pError> {
+    // log_end, not last_index: a store based on an installed snapshot may
+    // hold no record yet and still be far from genesis.
+    if swoosh_storage::log_end(&store).map_err(|e| P2pError::Storage(e.to_string()))? == 0 {
+        let node = swoosh_core::state::NodeState::new(genesis.clone())
+            .map_err(|e| P2pError::Config(e.to_string()))?;
+        return Ok((store, node, None));
+    }
+    let rec = swoosh_storage::recover_with(
+        &store,
+        genesis,
+        &swoosh_storage::RecoverOptions::default(),
+        &mut |p| progress.observe(p),
+    )
+    .map_err(|e| P2pError::Storage(e.to_string()))?;
+    // The HLC from the header alone (for `/health` only: a damaged
+    // header shows none rather than failing the start).
+    let snap = rec.snapshot.map(|i| {
+        let hlc = if i == rec.node.index {
+            rec.node.hlc
+        } else {
+            swoosh_storage::snapshot::read_snapshot_head(&store, i)
+                .ok()
+                .and_then(|h| h.hlc)
+        };
+        (i, hlc)
+    });
+    Ok((store, rec.node, snap))
+}
+
 /// What `/health` and the log say about a halt recorded before this start.
 fn held_halt_reason(m: &swoosh_storage::HaltMarker) -> String {
     format!(
@@ -249,6 +288,16 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     store: S,
     opts: FollowerOptions,
 ) -> Result<FollowerP2p, P2pError> {
+    spawn_follower_observed(store, opts, Arc::new(ProgressCell::new())).await
+}
+
+/// [`spawn_follower`], reporting the recovery's progress into `progress`
+/// (read by whatever answers `/health` while the follower recovers).
+pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
+    store: S,
+    opts: FollowerOptions,
+    progress: Arc<ProgressCell>,
+) -> Result<FollowerP2p, P2pError> {
     let FollowerOptions {
         key,
         genesis,
@@ -259,30 +308,13 @@ pub async fn spawn_follower<S: LogStore + Send + 'static>(
     let gh = genesis
         .hash()
         .map_err(|e| P2pError::Config(e.to_string()))?;
-    // log_end, not last_index: a store based on an installed snapshot may
-    // hold no record yet and still be far from genesis.
-    let (node, last_snapshot) =
-        if swoosh_storage::log_end(&store).map_err(|e| P2pError::Storage(e.to_string()))? == 0 {
-            let node = swoosh_core::state::NodeState::new(genesis.clone())
-                .map_err(|e| P2pError::Config(e.to_string()))?;
-            (node, None)
-        } else {
-            let rec = swoosh_storage::recover(&store, &genesis)
-                .map_err(|e| P2pError::Storage(e.to_string()))?;
-            // The HLC from the header alone (for `/health` only: a damaged
-            // header shows none rather than failing the start).
-            let snap = rec.snapshot.map(|i| {
-                let hlc = if i == rec.node.index {
-                    rec.node.hlc
-                } else {
-                    swoosh_storage::snapshot::read_snapshot_head(&store, i)
-                        .ok()
-                        .and_then(|h| h.hlc)
-                };
-                (i, hlc)
-            });
-            (rec.node, snap)
-        };
+    // Off the runtime: a long replay would hold one of its workers (and
+    // the HTTP port that answers `recovering` meanwhile runs on them).
+    let g = genesis.clone();
+    let (store, node, last_snapshot) =
+        tokio::task::spawn_blocking(move || recover_follower(store, &g, &progress))
+            .await
+            .map_err(|e| P2pError::Storage(format!("the recovery task failed: {e}")))??;
     let writer = WalWriter::open(store, gh, BatchLimits::default())
         .map_err(|e| P2pError::Storage(e.to_string()))?;
     if writer.last_index() != node.index {

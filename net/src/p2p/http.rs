@@ -369,6 +369,7 @@ async fn health(State(app): State<App>) -> Response {
             genesis_hash: node.genesis_hash.to_string(),
             cluster_id: node.genesis.cluster_id.clone(),
             followers: vec![],
+            recovery: None,
         },
         applied_index: st.applied_index,
         persisted_index: persisted,
@@ -411,7 +412,8 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_follower_halted gauge\nswoosh_follower_halted {}\n\
          # TYPE swoosh_follower_inbox_full_drops_total counter\nswoosh_follower_inbox_full_drops_total {}\n\
          # TYPE swoosh_follower_worker_stopped_drops_total counter\nswoosh_follower_worker_stopped_drops_total {}\n\
-         # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n",
+         # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n\
+         # TYPE swoosh_recovery_in_progress gauge\nswoosh_recovery_in_progress 0\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
