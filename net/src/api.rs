@@ -19,6 +19,11 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// How long `POST /transition` waits for its whole body before `408
 /// timeout`: 256 KiB in 10 s is 25 KiB/s, far below any working link.
 pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long a response write may make no progress (the client stopped
+/// reading, or its receive window stays shut) before the connection is
+/// dropped: without it such a client holds its connection, one of
+/// [`CONNECTIONS_MAX`], for as long as TCP keeps it alive.
+pub const WRITE_STALL_TIMEOUT_MS: u64 = 10_000;
 /// Connections served at once; one more is answered `503 unavailable` and
 /// closed. Above `swoosh bench --clients` (at most 1,024), below the
 /// systemd units' `LimitNOFILE` (65,536).

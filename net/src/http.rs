@@ -42,6 +42,9 @@ pub struct ServeLimits {
     pub header_read: Duration,
     /// A `POST /transition` body, whole; `408 timeout` after.
     pub body_read: Duration,
+    /// A response write that makes no progress for this long drops the
+    /// connection.
+    pub write_stall: Duration,
     /// Connections served at once; one more is answered `503` and closed.
     pub connections_max: usize,
     /// After the shutdown signal: how long open requests may finish before
@@ -54,6 +57,7 @@ impl Default for ServeLimits {
         ServeLimits {
             header_read: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
             body_read: Duration::from_millis(BODY_READ_TIMEOUT_MS),
+            write_stall: Duration::from_millis(WRITE_STALL_TIMEOUT_MS),
             connections_max: CONNECTIONS_MAX,
             shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS),
         }
@@ -284,6 +288,7 @@ async fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read);
     let service = hyper_util::service::TowerToHyperService::new(app);
+    let stream = WriteStall::new(stream, limits.write_stall);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -301,6 +306,112 @@ async fn serve_connection(
                 tracing::debug!(error = %e, "connection ended with an error during shutdown");
             }
         }
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once they have made no
+/// progress for `stall`. hyper has a read timeout for request heads but
+/// none for writes: a client that sends requests and stops reading the
+/// responses (or keeps its receive window shut) would hold its connection,
+/// one of `connections_max`, until TCP gives up on it, which may be never.
+struct WriteStall<T> {
+    inner: T,
+    stall: Duration,
+    /// Armed at the first write that could not proceed; disarmed by any
+    /// progress.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    fn new(inner: T, stall: Duration) -> Self {
+        WriteStall {
+            inner,
+            stall,
+            deadline: None,
+        }
+    }
+
+    /// After the inner stream returned `r`: disarm on progress; on
+    /// `Pending`, arm the deadline (its waker is `cx`'s) or fail once it
+    /// has passed.
+    fn watch<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::task::Poll;
+        if r.is_ready() {
+            self.deadline = None;
+            return r;
+        }
+        let stall = self.stall;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing of the response for {} ms",
+                    stall.as_millis()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, r)
     }
 }
 

@@ -294,6 +294,48 @@ async fn a_connection_over_the_cap_gets_503_json_and_the_slot_frees() {
     srv.stop().await;
 }
 
+/// A client that pipelines requests and never reads the responses holds
+/// its connection only until the server's writes have stalled for
+/// `write_stall`; then the slot is free again. Before, it held the slot
+/// (here the only one) for as long as the socket lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection_after_the_write_stall() {
+    let srv = start(ServeLimits {
+        connections_max: 1,
+        header_read: LONG,
+        write_stall: SHORT,
+        ..Default::default()
+    })
+    .await;
+    // Far more response bytes than the socket buffers of both ends hold
+    // (each /openapi.json is kilobytes); written from a task, as the
+    // server stops reading requests once its writes block.
+    let mut hog = TcpStream::connect(srv.addr).await.unwrap();
+    let requests = b"GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(20_000);
+    let (_read_half, mut write_half) = hog.split();
+    let wrote = tokio::time::timeout(PATIENCE, async {
+        // Ends with an error once the server drops the connection.
+        let _ = write_half.write_all(&requests).await;
+    });
+    let c = Client::new(&srv.url);
+    let (_, freed) = tokio::join!(
+        wrote,
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                if c.health().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    );
+    assert!(
+        freed.is_ok(),
+        "a client that reads nothing still holds the only connection slot"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_proposal_fields_are_optional_not_nullable() {
     let srv = start(ServeLimits::default()).await;
