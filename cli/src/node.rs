@@ -52,6 +52,29 @@ pub fn read_capped_text(path: &Path, max: usize) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// Why a secret file is readable by other users than its owner, if it is:
+/// its mode grants group or other any access. Not refused (a Kubernetes
+/// secret volume is 0644 by default, and refusing would stop a running
+/// deployment at its next restart), but said on every read.
+pub fn exposed_secret(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "warning: the secret file {} has mode {mode:04o}: other users of this host can read it; `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Print [`exposed_secret`]'s warning, if any, on stderr.
+pub fn warn_if_exposed(path: &Path) {
+    if let Some(w) = exposed_secret(path) {
+        eprintln!("swoosh: {w}");
+    }
+}
+
 pub fn read_key(path: &Path) -> Result<SigningKey> {
     let text = read_capped_text(path, KEY_FILE_BYTES_MAX).map_err(|e| {
         // Only a missing key calls for a new one: a new key for an existing
@@ -69,6 +92,7 @@ pub fn read_key(path: &Path) -> Result<SigningKey> {
         };
         anyhow::anyhow!("cannot read key file {}: {e}; {what}", path.display())
     })?;
+    warn_if_exposed(path);
     let mut seed = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut seed).with_context(|| {
         format!(
@@ -1158,6 +1182,25 @@ pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
 mod tests {
     use super::render_health;
     use serde_json::json;
+
+    /// A key file others can read is named with its mode and the fix; one
+    /// `write_key` made (0600) is not; either still reads.
+    #[test]
+    fn a_secret_file_readable_by_others_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        super::write_key(&path, &key).unwrap();
+        assert_eq!(super::exposed_secret(&path), None);
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = super::exposed_secret(&path).expect("exposed");
+            assert!(w.contains(&format!("mode {mode:04o}")), "{w}");
+            assert!(w.contains("chmod 600"), "{w}");
+            assert_eq!(super::read_key(&path).unwrap().to_bytes(), key.to_bytes());
+        }
+    }
 
     /// A leader that gives up restarting its sequencer used to keep
     /// `swoosh serve` running; it now ends with the reason (non-zero exit).

@@ -144,6 +144,7 @@ pub(crate) fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIden
         )
         },
     )?;
+    crate::node::warn_if_exposed(path);
     envelope::parse_identity(&text).with_context(|| format!("{}", path.display()))
 }
 
