@@ -110,6 +110,9 @@ pub struct Metrics {
     /// here; before the node's first start `swoosh_net::recovering` serves
     /// the same name), else 0.
     pub recovery_in_progress: Gauge,
+    /// How full the store is (`LogStore::usage`), read when `/metrics` is.
+    pub store_used_bytes: Gauge,
+    pub store_capacity_bytes: Gauge,
     /// The earliest license expiry (Unix seconds) among the projects that
     /// hold a license whose grace has not ended and are not terminated; 0
     /// when none does. Computed when `/metrics` is read.
@@ -203,6 +206,18 @@ impl Metrics {
             "swoosh_recovery_time_seconds",
             "Duration of the last recovery from storage",
             recovery_time_seconds.clone(),
+        );
+        let store_used_bytes = Gauge::default();
+        r.register(
+            "swoosh_store_used_bytes",
+            "Bytes of the store's pages in use; commits fail once it reaches swoosh_store_capacity_bytes",
+            store_used_bytes.clone(),
+        );
+        let store_capacity_bytes = Gauge::default();
+        r.register(
+            "swoosh_store_capacity_bytes",
+            "Bytes the store may grow to (the LMDB map, --lmdb-map-gib)",
+            store_capacity_bytes.clone(),
         );
         let recovery_in_progress = Gauge::default();
         r.register(
@@ -340,6 +355,8 @@ impl Metrics {
             quarantine_total,
             recovery_time_seconds,
             recovery_in_progress,
+            store_used_bytes,
+            store_capacity_bytes,
             license_expiry_seconds,
             wal_lag_records,
             commit_batch_records,

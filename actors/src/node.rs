@@ -672,6 +672,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             .expect("licenses lock")
             .earliest_in_force(now);
         self.shared.metrics.license_expiry_seconds.set(earliest);
+        if let Some(u) = self.shared.store.usage() {
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let m = &self.shared.metrics;
+            m.store_used_bytes.set(gauge(u.used_bytes));
+            m.store_capacity_bytes.set(gauge(u.capacity_bytes));
+        }
         if let Some(f) = installed(&self.shared.replication) {
             export_replicas(&self.shared.metrics, &f());
         }

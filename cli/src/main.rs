@@ -30,6 +30,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "SWOOSH: a deterministic orchestrator (statechart reducer, WAL, HLC, signed proposals)"
 )]
 struct Cli {
+    /// How large a node's store may grow, in GiB (the LMDB map: address
+    /// space, not disk; the file grows only as data is written). Raise it
+    /// when `swoosh_store_used_bytes` nears `swoosh_store_capacity_bytes`
+    /// or a commit fails with "the store … is full"; a store already
+    /// larger opens at its own size.
+    #[arg(
+        long,
+        global = true,
+        env = "SWOOSH_LMDB_MAP_GIB",
+        value_name = "GIB",
+        default_value_t = node::LMDB_MAP_GIB_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=node::LMDB_MAP_GIB_MAX)
+    )]
+    lmdb_map_gib: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -226,6 +240,7 @@ fn disable_transparent_huge_pages() -> bool {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    node::set_lmdb_map_gib(cli.lmdb_map_gib);
     match cli.cmd {
         Cmd::Statechart { format } => {
             match format {

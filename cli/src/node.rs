@@ -145,6 +145,25 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 /// The attention scorer's memory, in the node's data directory.
 pub const ATTENTION_FILE: &str = "attention.cbor";
 
+/// `--lmdb-map-gib`'s default: [`swoosh_storage::LMDB_MAP_BYTES_DEFAULT`].
+pub const LMDB_MAP_GIB_DEFAULT: u64 = (swoosh_storage::LMDB_MAP_BYTES_DEFAULT >> 30) as u64;
+/// The largest `--lmdb-map-gib`: 64 TiB, half the address space a 64-bit
+/// Linux process has (the map is reserved address space).
+pub const LMDB_MAP_GIB_MAX: u64 = 64 << 10;
+
+static LMDB_MAP_GIB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Set once, from the command line, before any store is opened.
+pub fn set_lmdb_map_gib(gib: u64) {
+    let _ = LMDB_MAP_GIB.set(gib.clamp(1, LMDB_MAP_GIB_MAX));
+}
+
+/// The map size every store this process opens gets.
+pub fn lmdb_map_bytes() -> usize {
+    let gib = LMDB_MAP_GIB.get().copied().unwrap_or(LMDB_MAP_GIB_DEFAULT);
+    usize::try_from(gib << 30).unwrap_or(swoosh_storage::LMDB_MAP_BYTES_DEFAULT)
+}
+
 pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
@@ -154,7 +173,7 @@ pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
         } else {
             Durability::Sync
         },
-        ..Default::default()
+        map_bytes: lmdb_map_bytes(),
     };
     let store = LmdbStore::open(&data, &opts)
         .with_context(|| format!("cannot open the store in {}", data.display()))?;

@@ -57,7 +57,7 @@ pub use snapshot::{
     read_snapshot, write_snapshot, Snapshot, SnapshotError, SnapshotFault, SnapshotInfo,
     SnapshotPolicy, SNAPSHOTS_KEEP_DEFAULT, SNAPSHOT_BYTES_MAX, SNAPSHOT_EVERY_RECORDS_DEFAULT,
 };
-pub use store::{Batch, CommitInfo, Durability, LogStore, Op, Space, StoreError};
+pub use store::{Batch, CommitInfo, Durability, LogStore, Op, Space, StoreError, StoreUsage};
 pub use wal::{
     export, read_record, AppendError, BatchLimits, BatchReport, DecisionDoc, EncodedEntry, Entry,
     GroupCommitter, LeaderEntry, MetaError, OpenError, ReadError, RecordFault, VerifiedRecord,

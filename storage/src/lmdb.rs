@@ -604,6 +604,15 @@ impl LogStore for LmdbStore {
         self.dir.display().to_string()
     }
 
+    fn usage(&self) -> Option<crate::store::StoreUsage> {
+        let info = self.env.info();
+        let page = u64::from(self.env.unnamed_database_stat().page_size);
+        Some(crate::store::StoreUsage {
+            used_bytes: (info.last_page_number as u64 + 1).saturating_mul(page),
+            capacity_bytes: info.map_size as u64,
+        })
+    }
+
     fn durability(&self) -> Durability {
         self.opts.durability
     }

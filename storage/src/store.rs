@@ -193,7 +193,7 @@ pub enum StoreError {
     Damaged { location: String, detail: String },
     #[error("the store at {location} is already open in this process; share the open handle (`LmdbStore` is `Clone`) instead of opening the directory twice")]
     AlreadyOpen { location: String },
-    #[error("the store at {location} is full (LMDB map size {map_bytes} bytes); reopen it with a larger map size (`LmdbOptions::map_bytes`) or free disk space")]
+    #[error("the store at {location} is full (LMDB map size {map_bytes} bytes): nothing more can be written; stop the process and start it again with a larger map (`swoosh --lmdb-map-gib N …` or SWOOSH_LMDB_MAP_GIB=N; `LmdbOptions::map_bytes` when embedding), with the disk space it needs")]
     MapFull { location: String, map_bytes: usize },
     #[error("{op} on the store at {location} failed: {detail}")]
     Backend {
@@ -423,6 +423,17 @@ pub(crate) fn check_key(space: Space, key: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How much of a store's capacity is in use: what the metrics watch so an
+/// operator raises the capacity (`swoosh … --lmdb-map-gib`) before commits
+/// start failing with [`StoreError::MapFull`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Bytes of the store's pages in use (free pages inside included).
+    pub used_bytes: u64,
+    /// Bytes it may grow to.
+    pub capacity_bytes: u64,
+}
+
 /// A durable, ordered, atomic key-value store with an append-only WAL space.
 ///
 /// Reads take `&self`, writes `&mut self`. Every method reports operating
@@ -453,6 +464,12 @@ pub trait LogStore {
     fn last(&self, space: Space) -> Result<Option<KeyValue>, StoreError>;
 
     fn count(&self, space: Space) -> Result<u64, StoreError>;
+
+    /// How full the store is, for a backend with a capacity (`None`: no
+    /// such limit, as in memory).
+    fn usage(&self) -> Option<StoreUsage> {
+        None
+    }
 
     /// Force everything committed so far onto stable storage (a no-op under
     /// [`Durability::Sync`], where it is already there).

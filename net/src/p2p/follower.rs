@@ -100,6 +100,8 @@ pub struct FollowerShared {
     pub committed_records: u64,
     /// Snapshots installed into this follower's store (late join, far behind).
     pub snapshots_installed: u64,
+    /// How full this follower's store was after its last commit.
+    pub store_usage: Option<swoosh_storage::StoreUsage>,
     /// The newest snapshot in this follower's store, `(index, its HLC)`:
     /// the one recovery started from, or the leader's it installed since
     /// (a follower writes none of its own). `/health`'s `lastSnapshotHLC`.
@@ -169,6 +171,7 @@ impl FollowerShared {
             commits: 0,
             committed_records: 0,
             snapshots_installed: 0,
+            store_usage: None,
             last_snapshot: None,
             last_refusals: vec![],
             halted_reason: None,
@@ -370,6 +373,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     let mut fs = FollowerShared::new(repl, net.clone(), persisted, leader.to_string());
     fs.halted_reason = held_reason;
     fs.last_snapshot = last_snapshot;
+    fs.store_usage = writer.store().usage();
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();
@@ -860,6 +864,7 @@ impl<S: LogStore> Worker<S> {
                     s.last_applied_ms = now_wall_ms();
                     s.commits += 1;
                     s.committed_records += r.records as u64;
+                    s.store_usage = self.writer.store().usage();
                 }
                 Err(err) => return self.persist_error(err),
             }

@@ -413,7 +413,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_follower_inbox_full_drops_total counter\nswoosh_follower_inbox_full_drops_total {}\n\
          # TYPE swoosh_follower_worker_stopped_drops_total counter\nswoosh_follower_worker_stopped_drops_total {}\n\
          # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n\
-         # TYPE swoosh_recovery_in_progress gauge\nswoosh_recovery_in_progress 0\n",
+         # TYPE swoosh_recovery_in_progress gauge\nswoosh_recovery_in_progress 0\n\
+         # TYPE swoosh_store_used_bytes gauge\nswoosh_store_used_bytes {}\n\
+         # TYPE swoosh_store_capacity_bytes gauge\nswoosh_store_capacity_bytes {}\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
@@ -423,6 +425,8 @@ async fn metrics(State(app): State<App>) -> String {
         s.net.inbox_full_drops.load(Ordering::Relaxed),
         s.net.worker_stopped_drops.load(Ordering::Relaxed),
         s.commits,
+        s.store_usage.map_or(0, |u| u.used_bytes),
+        s.store_usage.map_or(0, |u| u.capacity_bytes),
     )
 }
 
