@@ -25,6 +25,6 @@ mod undurable;
 
 pub use node::{
     ActorKind, AttentionView, Clock, FollowerHealth, GaveUp, HealthView, ManualClock, NodeConfig,
-    NodeHandle, ReplicationCountersSource, ReplicationSource, StartError, StateView, SubmitOk,
-    SubmitResult, SystemClock, FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
+    NodeHandle, RecoveryView, ReplicationCountersSource, ReplicationSource, StartError, StateView,
+    SubmitOk, SubmitResult, SystemClock, FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
 };

@@ -110,6 +110,9 @@ pub struct Metrics {
     /// here; before the node's first start `swoosh_net::recovering` serves
     /// the same name), else 0.
     pub recovery_in_progress: Gauge,
+    /// When the process began to start (Unix seconds): its changes count
+    /// restarts, a crash loop included.
+    pub start_time_seconds: Gauge,
     /// How full the store is (`LogStore::usage`), read when `/metrics` is.
     pub store_used_bytes: Gauge,
     pub store_capacity_bytes: Gauge,
@@ -218,6 +221,12 @@ impl Metrics {
             "swoosh_store_capacity_bytes",
             "Bytes the store may grow to (the LMDB map, --lmdb-map-gib)",
             store_capacity_bytes.clone(),
+        );
+        let start_time_seconds = Gauge::default();
+        r.register(
+            "swoosh_start_time_seconds",
+            "When the process began to start (Unix seconds); changes() over a window counts restarts",
+            start_time_seconds.clone(),
         );
         let recovery_in_progress = Gauge::default();
         r.register(
@@ -355,6 +364,7 @@ impl Metrics {
             quarantine_total,
             recovery_time_seconds,
             recovery_in_progress,
+            start_time_seconds,
             store_used_bytes,
             store_capacity_bytes,
             license_expiry_seconds,

@@ -278,6 +278,31 @@ pub struct HealthView {
     /// The followers in genesis with their reported position (empty when
     /// replication is not running).
     pub followers: Vec<FollowerHealth>,
+    /// While `status` is `recovering`: how far the recovery is.
+    pub recovery: Option<RecoveryView>,
+}
+
+/// The progress of a recovery in [`HealthView`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RecoveryView {
+    /// `starting` (nothing reported yet), `snapshots`, `replay` or `reindex`.
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+    /// Since this recovery began.
+    pub seconds: f64,
+}
+
+impl RecoveryView {
+    pub fn of(cell: &ProgressCell) -> RecoveryView {
+        let p = cell.get();
+        RecoveryView {
+            phase: p.map_or("starting", |p| p.phase.name()),
+            done: p.map_or(0, |p| p.done),
+            total: p.map_or(0, |p| p.total),
+            seconds: cell.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// What `GET /attention` shows: the scorer's digest at the time of asking.
@@ -385,6 +410,8 @@ impl<S> Shared<S> {
         tracing::error!(actor = %g.actor, attempts = g.attempts, error = %g.error, "the node gives up restarting and serves no more proposals; the process should exit so its service manager starts it again: run `swoosh wal verify` on its directory if that fails too");
         self.gave_up.send_replace(Some(g));
         self.set_ready(false);
+        // Failed, not recovering: no recovery runs any more.
+        self.metrics.recovery_in_progress.set(0);
     }
 }
 
@@ -474,6 +501,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             replication_counters: RwLock::new(None),
             progress,
         });
+        shared
+            .metrics
+            .start_time_seconds
+            .set(i64::try_from(shared.progress.started_unix_seconds()).unwrap_or(i64::MAX));
         let (supervisor, _) = Actor::spawn(
             None,
             Supervisor {
@@ -710,16 +741,18 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         let snap = *sh.last_snapshot.lock().expect("snapshot lock");
         let ready = sh.ready.load(Ordering::Acquire);
         let gave_up = sh.gave_up.borrow().is_some();
+        let status = if gave_up {
+            "failed"
+        } else if sh.stopping.load(Ordering::Acquire) {
+            "stopping"
+        } else if ready {
+            "ok"
+        } else {
+            "recovering"
+        };
         HealthView {
-            status: if gave_up {
-                "failed".into()
-            } else if sh.stopping.load(Ordering::Acquire) {
-                "stopping".into()
-            } else if ready {
-                "ok".into()
-            } else {
-                "recovering".into()
-            },
+            status: status.into(),
+            recovery: (status == "recovering").then(|| RecoveryView::of(&sh.progress)),
             role: "leader".into(),
             consensus,
             index: durable,
@@ -2430,6 +2463,7 @@ fn ensure_indexes<S: LogStore>(
     genesis: &Genesis,
     leader_key: &SigningKey,
     last: u64,
+    progress: &ProgressCell,
 ) -> Result<bool, String> {
     let audit = audit_indexes(&*store, last).map_err(|e| format!("auditing the indexes: {e}"))?;
     if audit.is_sound() {
@@ -2443,7 +2477,9 @@ fn ensure_indexes<S: LogStore>(
         findings = %audit.findings.join("; "),
         "the derived indexes disagree with the log; rebuilding them from it before serving"
     );
-    let r = rebuild_indexes(store, genesis, Some(leader_key), &mut |_| {})
+    let r = rebuild_indexes(store, genesis, Some(leader_key), &mut |p| {
+        progress.observe(p)
+    })
         .map_err(|e| format!("rebuilding the derived indexes failed: {e}; run `swoosh wal verify --dir <dir>`, then `swoosh wal reindex --dir <dir>`"))?;
     tracing::warn!(
         records = r.records,
@@ -2480,6 +2516,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         let (gh, limits) = (sh.genesis_hash, sh.cfg.wal_limits);
         let leader_key = sh.cfg.leader_key.clone();
         let progress = sh.progress.clone();
+        progress.begin();
         sh.metrics.recovery_in_progress.set(1);
         // Under the commit lock: no old writer's commit can land between
         // recovery and the new writer reading the tail.
@@ -2499,7 +2536,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
                     .delete_snapshot(p.index)
                     .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
             }
-            let rebuilt = ensure_indexes(&mut store, &genesis, &leader_key, rec.node.index)?;
+            let rebuilt =
+                ensure_indexes(&mut store, &genesis, &leader_key, rec.node.index, &progress)?;
             // Recovery started from the newest usable snapshot (the damaged
             // newer ones were just deleted): that is the newest in the store.
             let snapshot = rec.snapshot.map(|i| {

@@ -624,8 +624,17 @@ async fn a_start_reports_its_replay_into_the_progress_cell() {
         }),
         "no snapshot (snapshot_every 0): the whole log was replayed"
     );
-    assert_eq!(node.health().index, 12);
+    let h = node.health();
+    assert_eq!((h.index, h.status.as_str()), (12, "ok"));
+    assert_eq!(h.recovery, None, "only while recovering");
     let text = node.metrics_text();
     assert!(text.contains("swoosh_recovery_in_progress 0"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "swoosh_start_time_seconds {}",
+            cell.started_unix_seconds()
+        )),
+        "{text}"
+    );
     node.shutdown().await;
 }

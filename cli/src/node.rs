@@ -461,7 +461,7 @@ pub async fn start_node_serving(
         NodeHandle::start_observed(store, cfg, progress),
         Default::default(),
     )
-    .await;
+    .await?;
     let node = node.with_context(|| format!("cannot start the node in {}", dir.display()))?;
     Ok((node, listener))
 }
@@ -499,12 +499,19 @@ pub fn init_logs(format: LogFormat) {
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
     init_logs(a.log);
-    let (node, listener) = start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
-    let p2p = match &a.p2p {
-        Some(l) => {
-            let listen: swoosh_net::p2p::Multiaddr = l.parse().with_context(|| {
+    // Checked before the replay, not after it.
+    let p2p_listen = a
+        .p2p
+        .as_deref()
+        .map(|l| {
+            l.parse::<swoosh_net::p2p::Multiaddr>().with_context(|| {
                 format!("--p2p {l:?} is not a libp2p multiaddr (e.g. /ip4/127.0.0.1/tcp/7800)")
-            })?;
+            })
+        })
+        .transpose()?;
+    let (node, listener) = start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
+    let p2p = match p2p_listen {
+        Some(listen) => {
             let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
             let key = read_key(&a.dir.join("node.key"))?;
             let p = crate::p2p_cmd::start_leader_p2p(&node, key, genesis, listen).await?;

@@ -321,7 +321,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             );
             let (listener, f) =
                 swoosh_net::recovering::serve_while(listener, about, spawn, Default::default())
-                    .await;
+                    .await?;
             (f?, Some(listener))
         }
         None => {

@@ -967,7 +967,12 @@ async fn get_health(State(st): State<AppState>) -> Response {
                     halted: f.halted,
                 })
                 .collect(),
-            recovery: None,
+            recovery: h.recovery.map(|r| RecoveryReply {
+                phase: r.phase.into(),
+                done: r.done,
+                total: r.total,
+                seconds: r.seconds,
+            }),
         }),
     )
         .into_response()

@@ -39,12 +39,12 @@ pub struct Recovering {
 
 impl Recovering {
     fn reply(&self) -> RecoveryReply {
-        let p = self.progress.get();
+        let r = swoosh_actors::RecoveryView::of(&self.progress);
         RecoveryReply {
-            phase: p.map_or("starting", |p| p.phase.name()).into(),
-            done: p.map_or(0, |p| p.done),
-            total: p.map_or(0, |p| p.total),
-            seconds: self.progress.elapsed().as_secs_f64(),
+            phase: r.phase.into(),
+            done: r.done,
+            total: r.total,
+            seconds: r.seconds,
         }
     }
 
@@ -108,10 +108,13 @@ impl Recovering {
              # HELP swoosh_recovery_total Work of the current recovery phase in all.\n\
              # TYPE swoosh_recovery_total gauge\nswoosh_recovery_total{{phase=\"{phase}\"}} {}\n\
              # HELP swoosh_recovery_elapsed_seconds Time since the recovery began.\n\
-             # TYPE swoosh_recovery_elapsed_seconds gauge\nswoosh_recovery_elapsed_seconds {}\n",
+             # TYPE swoosh_recovery_elapsed_seconds gauge\nswoosh_recovery_elapsed_seconds {}\n\
+             # HELP swoosh_start_time_seconds When the process began to start (Unix seconds); changes() over a window counts restarts.\n\
+             # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n",
             r.done,
             r.total,
             r.seconds,
+            self.progress.started_unix_seconds(),
             phase = r.phase,
         )
     }
@@ -134,7 +137,7 @@ impl Recovering {
 
     fn router(self) -> axum::Router {
         let me = Arc::new(self);
-        let (h, m, f) = (me.clone(), me.clone(), me);
+        let (h, m, f, n) = (me.clone(), me.clone(), me.clone(), me);
         axum::Router::new()
             .route(
                 "/health",
@@ -144,7 +147,19 @@ impl Recovering {
                 "/metrics",
                 axum::routing::get(move || async move { m.metrics() }),
             )
+            .method_not_allowed_fallback(move || async move { n.refuse() })
             .fallback(move || async move { f.refuse() })
+            // No keep-alive: a client polling once a second loses nothing,
+            // and a connection kept open across the hand-off to the real
+            // server would be closed under a request, which the client could
+            // not tell from one the node took (an unknown outcome).
+            .layer(axum::middleware::map_response(
+                |mut r: Response| async move {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    r
+                },
+            ))
     }
 }
 
@@ -159,15 +174,28 @@ fn percent(done: u64, total: u64) -> String {
 /// runs; then return the listener, for the real server, and what `work`
 /// returned. The connections opened meanwhile finish their request in
 /// progress and close within `limits.shutdown_grace`, in the background.
-pub async fn serve_while<T>(
+/// `work` runs as its own task: a start that computes for a while without
+/// yielding (loading every region view) would otherwise hold up the
+/// accept loop. A panic in it is raised again here; a cancelled task (a
+/// runtime shutting down) is an error.
+pub async fn serve_while<T: Send + 'static>(
     listener: tokio::net::TcpListener,
     about: Recovering,
-    work: impl Future<Output = T>,
+    work: impl Future<Output = T> + Send + 'static,
     limits: ServeLimits,
-) -> (tokio::net::TcpListener, T) {
-    let (open, out) = accept_until(&listener, about.router(), work, limits).await;
+) -> std::io::Result<(tokio::net::TcpListener, T)> {
+    let task = tokio::spawn(work);
+    let (open, joined) = accept_until(&listener, about.router(), task, limits).await;
     tokio::spawn(open.close(limits.shutdown_grace));
-    (listener, out)
+    match joined {
+        Ok(out) => Ok((listener, out)),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(std::io::Error::other(format!(
+                "the recovery task was cancelled: {e}"
+            ))),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +272,10 @@ mod tests {
             "swoosh_recovery_in_progress 1\n",
             "swoosh_recovery_done{phase=\"replay\"} 500\n",
             "swoosh_recovery_total{phase=\"replay\"} 1000\n",
+            &format!(
+                "swoosh_start_time_seconds {}\n",
+                progress.started_unix_seconds()
+            ),
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }
@@ -262,6 +294,19 @@ mod tests {
         let e: ErrorBody = r.json().await.unwrap();
         assert_eq!(e.error, ERROR_RECOVERING);
         assert_eq!(e.retry_after_ms, Some(RECOVERING_RETRY_AFTER_MS));
+        // Any method, on any path; never kept alive across the hand-off.
+        let r = reqwest::Client::new()
+            .post(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(
+            r.headers().get("connection").and_then(|v| v.to_str().ok()),
+            Some("close")
+        );
+        let e: ErrorBody = r.json().await.unwrap();
+        assert_eq!(e.error, ERROR_RECOVERING);
         assert!(
             e.message.contains("nothing was done with this request"),
             "{}",
@@ -271,7 +316,7 @@ mod tests {
         assert_eq!(status, 503);
 
         done_tx.send(7).unwrap();
-        let (listener, out) = served.await.unwrap();
+        let (listener, out) = served.await.unwrap().unwrap();
         assert_eq!(out, 7);
         assert_eq!(listener.local_addr().unwrap(), addr, "the same port");
         let next = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));

@@ -68,7 +68,11 @@ pub struct Progress {
 /// tolerates.
 #[derive(Debug)]
 pub struct ProgressCell {
-    started: Instant,
+    made: Instant,
+    /// When the cell was made, in ms since the Unix epoch.
+    made_unix_ms: u64,
+    /// When the current recovery began, in ms after `made`.
+    began_ms: std::sync::atomic::AtomicU64,
     /// 0: nothing reported yet; else `Phase` as 1 + its position.
     phase: std::sync::atomic::AtomicU8,
     done: std::sync::atomic::AtomicU64,
@@ -84,11 +88,33 @@ impl Default for ProgressCell {
 impl ProgressCell {
     pub fn new() -> Self {
         ProgressCell {
-            started: Instant::now(),
+            made: Instant::now(),
+            made_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            began_ms: Default::default(),
             phase: Default::default(),
             done: Default::default(),
             total: Default::default(),
         }
+    }
+
+    /// A new recovery begins (an actor restart after the first start):
+    /// nothing reported of it yet, its time counted from now.
+    pub fn begin(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.phase.store(0, Relaxed);
+        self.done.store(0, Relaxed);
+        self.total.store(0, Relaxed);
+        self.began_ms
+            .store(self.made.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// When the process began to start (the cell was made), in seconds
+    /// since the Unix epoch: `swoosh_start_time_seconds`, whose changes
+    /// count restarts, a crash loop included.
+    pub fn started_unix_seconds(&self) -> u64 {
+        self.made_unix_ms / 1000
     }
 
     /// Record `p` (the callback of [`recover_with`]).
@@ -122,9 +148,36 @@ impl ProgressCell {
         })
     }
 
-    /// Time since the cell was made (when recovery began).
+    /// Time since the current recovery began.
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        let began = Duration::from_millis(self.began_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.made.elapsed().saturating_sub(began)
+    }
+}
+
+#[cfg(test)]
+mod progress_cell_tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_reports_the_last_progress_and_begins_again() {
+        let c = ProgressCell::new();
+        assert_eq!(c.get(), None);
+        let p = Progress {
+            phase: Phase::Reindex,
+            done: 3,
+            total: 9,
+        };
+        c.observe(&p);
+        assert_eq!(c.get(), Some(p));
+        // Far more than a descheduled thread loses between `begin` and
+        // `elapsed` below.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = c.elapsed();
+        c.begin();
+        assert_eq!(c.get(), None, "a new recovery has reported nothing");
+        assert!(c.elapsed() < before, "its time counts from the new begin");
+        assert!(c.started_unix_seconds() > 1_700_000_000);
     }
 }
 

@@ -102,6 +102,8 @@ pub struct FollowerShared {
     pub snapshots_installed: u64,
     /// How full this follower's store was after its last commit.
     pub store_usage: Option<swoosh_storage::StoreUsage>,
+    /// When the process began to start (Unix seconds).
+    pub start_time_s: u64,
     /// The newest snapshot in this follower's store, `(index, its HLC)`:
     /// the one recovery started from, or the leader's it installed since
     /// (a follower writes none of its own). `/health`'s `lastSnapshotHLC`.
@@ -172,6 +174,7 @@ impl FollowerShared {
             committed_records: 0,
             snapshots_installed: 0,
             store_usage: None,
+            start_time_s: 0,
             last_snapshot: None,
             last_refusals: vec![],
             halted_reason: None,
@@ -301,6 +304,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     opts: FollowerOptions,
     progress: Arc<ProgressCell>,
 ) -> Result<FollowerP2p, P2pError> {
+    let progress_in = progress.clone();
     let FollowerOptions {
         key,
         genesis,
@@ -315,7 +319,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     // the HTTP port that answers `recovering` meanwhile runs on them).
     let g = genesis.clone();
     let (store, node, last_snapshot) =
-        tokio::task::spawn_blocking(move || recover_follower(store, &g, &progress))
+        tokio::task::spawn_blocking(move || recover_follower(store, &g, &progress_in))
             .await
             .map_err(|e| P2pError::Storage(format!("the recovery task failed: {e}")))??;
     let writer = WalWriter::open(store, gh, BatchLimits::default())
@@ -374,6 +378,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     fs.halted_reason = held_reason;
     fs.last_snapshot = last_snapshot;
     fs.store_usage = writer.store().usage();
+    fs.start_time_s = progress.started_unix_seconds();
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
     let t0 = Instant::now();

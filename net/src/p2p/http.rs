@@ -415,7 +415,8 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_follower_wal_commits_total counter\nswoosh_follower_wal_commits_total {}\n\
          # TYPE swoosh_recovery_in_progress gauge\nswoosh_recovery_in_progress 0\n\
          # TYPE swoosh_store_used_bytes gauge\nswoosh_store_used_bytes {}\n\
-         # TYPE swoosh_store_capacity_bytes gauge\nswoosh_store_capacity_bytes {}\n",
+         # TYPE swoosh_store_capacity_bytes gauge\nswoosh_store_capacity_bytes {}\n\
+         # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
@@ -427,6 +428,7 @@ async fn metrics(State(app): State<App>) -> String {
         s.commits,
         s.store_usage.map_or(0, |u| u.used_bytes),
         s.store_usage.map_or(0, |u| u.capacity_bytes),
+        s.start_time_s,
     )
 }
 
