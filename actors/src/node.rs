@@ -29,6 +29,12 @@ pub const ATTENTION_ITEMS_MAX: usize = 100;
 pub const STATE_READ_ATTEMPTS_MAX: usize = 20;
 /// Attempts to restart the sequencer and WAL writer before giving up.
 pub const RESTART_ATTEMPTS_MAX: u32 = 10;
+/// Group commits that may fail in a row (each restarting the sequencer and
+/// the WAL writer) before the node gives up: a store that recovers (reads
+/// work) but refuses every write would otherwise restart the pair at every
+/// batch, forever, and the process would never exit for its service
+/// manager to start it again.
+pub const COMMIT_FAILURES_MAX: u32 = 10;
 /// How long a caller waits for its proposal to become durable.
 pub const SUBMIT_TIMEOUT_MS: u64 = 30_000;
 
@@ -384,6 +390,11 @@ struct Shared<S> {
     /// Where recovery reports its progress (every pair start, not only the
     /// first; read while the process answers `/health` before it serves).
     progress: Arc<ProgressCell>,
+    /// Group commits failed in a row (0 after any success).
+    commit_failures: std::sync::atomic::AtomicU32,
+    /// Why the store refuses writes for good (full, or `COMMIT_FAILURES_MAX`
+    /// failures in a row): the supervisor gives up instead of restarting.
+    store_fatal: Mutex<Option<String>>,
 }
 
 impl<S> Shared<S> {
@@ -500,6 +511,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             replication: RwLock::new(None),
             replication_counters: RwLock::new(None),
             progress,
+            commit_failures: Default::default(),
+            store_fatal: Mutex::new(None),
         });
         shared
             .metrics
@@ -1746,10 +1759,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
             if *current != generation {
                 return (
                     writer,
-                    Err(
+                    Err((
+                        false,
                         "a newer WAL writer took over; this batch was never acknowledged"
                             .to_string(),
-                    ),
+                    )),
                 );
             }
             let t0 = Instant::now();
@@ -1763,19 +1777,45 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                     r.encode = encode;
                     Ok(r)
                 })
-                .map_err(|e| e.to_string());
+                .map_err(|e| {
+                    // Nothing more fits: no restart of the pair can help.
+                    let full = matches!(
+                        e,
+                        swoosh_storage::AppendError::Store(
+                            swoosh_storage::StoreError::MapFull { .. }
+                        )
+                    );
+                    (full, e.to_string())
+                });
             drop(current);
             (writer, r)
         })
         .await
         .map_err(|e| format!("WAL commit task failed: {e}"))?;
-        let report = result.map_err(|e| {
-            tracing::error!(error = %e, "WAL group commit failed; restarting sequencer and writer from disk");
-            format!("WAL group commit failed: {e}")
-        })?;
+        let sh = &self.shared;
+        let report = match result {
+            Ok(r) => {
+                sh.commit_failures.store(0, Ordering::Release);
+                r
+            }
+            Err((full, e)) => {
+                let failures = sh.commit_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if full || failures >= COMMIT_FAILURES_MAX {
+                    let why = if full {
+                        e.clone()
+                    } else {
+                        format!("{failures} group commits failed in a row, the last with: {e}")
+                    };
+                    tracing::error!(error = %why, "the store refuses writes; the node gives up instead of restarting its writer at every batch");
+                    *sh.store_fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                } else {
+                    tracing::error!(error = %e, failures, "WAL group commit failed; restarting sequencer and writer from disk");
+                }
+                return Err(format!("WAL group commit failed: {e}").into());
+            }
+        };
         let up_to = writer.last_index();
         st.writer = Some(writer);
-        let sh = &self.shared;
         sh.metrics
             .commit_batch_records
             .observe(report.records as f64);
@@ -2776,6 +2816,8 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
                 // Not ready before the restart is counted, so "restarted and
                 // ready" can never be observed before the restart ran.
                 sh.set_ready(false);
+                // `/health` shows this recovery from here, not the last one.
+                sh.progress.begin();
                 // Stop the survivor of the pair first: the writer finishes the
                 // commit in progress, so recovery sees every durable record.
                 let (seq, wal) = {
@@ -2798,6 +2840,22 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Supervisor<S> {
                             )
                             .await;
                     }
+                }
+                // A store that refuses every write recovers fine (reads
+                // work), so restarting would only fail at the next batch.
+                let fatal = sh
+                    .store_fatal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(error) = fatal {
+                    sh.give_up(GaveUp {
+                        actor: kind.label(),
+                        // The failed commits, each of which restarted it.
+                        attempts: sh.commit_failures.load(Ordering::Acquire),
+                        error,
+                    });
+                    return Ok(());
                 }
                 // A failed restart is retried with backoff rather than taking
                 // the supervisor (and every read path) down with it. Every

@@ -638,3 +638,87 @@ async fn a_start_reports_its_replay_into_the_progress_cell() {
     );
     node.shutdown().await;
 }
+
+/// A store that fills up refuses every write but still recovers (reads
+/// work), so restarting the writer could only fail again at the next batch,
+/// forever, and the process would never exit for its service manager. The
+/// node gives up at the first full commit, naming the flag that helps, and
+/// every proposal it acknowledged is in the store once it is opened with a
+/// larger map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_makes_the_node_give_up_and_keeps_what_it_acknowledged() {
+    use swoosh_storage::{Durability, LmdbOptions, LmdbStore};
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("store-full");
+    let small = LmdbOptions {
+        durability: Durability::Sync,
+        map_bytes: 1 << 20,
+    };
+    let store = LmdbStore::open(dir.path(), &small).expect("open a small store");
+    let node = NodeHandle::start(store, fx.config(0))
+        .await
+        .expect("the node starts");
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let project = "full";
+    advance(&fx, &node, &mut mirror, project, 4).await;
+    let ctx = Ctx {
+        now_ms: fx.now(),
+        verify: Verify::Trusted,
+        snapshot_every: 0,
+    };
+    let mut acknowledged = mirror.index;
+    let mut refused = None;
+    for i in 0..20_000 {
+        let p = pause_or_resume(&fx, &mirror, project, i);
+        match node.submit(p.clone()).await {
+            SubmitResult::Accepted(a) => {
+                swoosh_core::step(&mut mirror, &p, &ctx);
+                acknowledged = a.index;
+            }
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 1 MiB map filled");
+    assert!(
+        matches!(refused, SubmitResult::Unavailable { .. }),
+        "{refused:?}"
+    );
+    let g = tokio::time::timeout(PATIENCE, node.given_up())
+        .await
+        .expect("the node gives up instead of restarting its writer forever");
+    assert!(g.error.contains("is full"), "{g}");
+    assert!(g.error.contains("--lmdb-map-gib"), "{g}");
+    assert_eq!(node.health().status, "failed");
+    node.shutdown().await;
+    drop(node);
+
+    let t0 = Instant::now();
+    let store = loop {
+        let large = LmdbOptions {
+            durability: Durability::Sync,
+            map_bytes: 256 << 20,
+        };
+        match LmdbStore::open(dir.path(), &large) {
+            Ok(s) => break s,
+            Err(swoosh_storage::StoreError::AlreadyOpen { .. }) if t0.elapsed() < PATIENCE => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("reopening with a larger map: {e}"),
+        }
+    };
+    let recovered = recover_default(&store, &fx.genesis);
+    assert!(
+        recovered.index >= acknowledged,
+        "acknowledged up to {acknowledged}, recovered {}",
+        recovered.index
+    );
+    assert_eq!(
+        recovered.project_hash(project),
+        mirror.project_hash(project),
+        "the recovered project is the acknowledged one"
+    );
+}

@@ -129,7 +129,7 @@ async fn http(a: HttpArgs) -> Result<()> {
             } else {
                 Durability::Sync
             },
-            ..Default::default()
+            map_bytes: crate::node::lmdb_map_bytes(),
         },
     )
     .or_else(|_| {
@@ -142,7 +142,7 @@ async fn http(a: HttpArgs) -> Result<()> {
                 } else {
                     Durability::Sync
                 },
-                ..Default::default()
+                map_bytes: crate::node::lmdb_map_bytes(),
             },
         )
         .map_err(|e| std::io::Error::other(e.to_string()))

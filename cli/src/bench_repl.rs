@@ -123,7 +123,7 @@ fn store(dir: &std::path::Path, durability: Durability) -> Result<LmdbStore> {
         dir,
         &LmdbOptions {
             durability,
-            ..Default::default()
+            map_bytes: crate::node::lmdb_map_bytes(),
         },
     )
     .with_context(|| format!("cannot open a store in {}", dir.display()))

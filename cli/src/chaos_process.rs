@@ -401,6 +401,11 @@ impl Cluster {
         let mut cmd = Command::new(&self.exe);
         cmd.args(&args)
             .env("NO_COLOR", "1")
+            // The map this process was given, not the variable's value.
+            .env(
+                "SWOOSH_LMDB_MAP_GIB",
+                (crate::node::lmdb_map_bytes() >> 30).to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -33,8 +33,9 @@ struct Cli {
     /// How large a node's store may grow, in GiB (the LMDB map: address
     /// space, not disk; the file grows only as data is written). Raise it
     /// when `swoosh_store_used_bytes` nears `swoosh_store_capacity_bytes`
-    /// or a commit fails with "the store … is full"; a store already
-    /// larger opens at its own size.
+    /// or a commit fails with "the store … is full". A store that already
+    /// holds more opens at exactly its own size, with no room to grow (a
+    /// warning says so): give every command the size the node runs with.
     #[arg(
         long,
         global = true,

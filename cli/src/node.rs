@@ -61,7 +61,7 @@ pub fn exposed_secret(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
         format!(
-            "warning: the secret file {} has mode {mode:04o}: other users of this host can read it; `chmod 600 {}`",
+            "warning: the secret file {} has mode {mode:04o}: it grants other users of this host access; `chmod 600 {}`",
             path.display(),
             path.display()
         )
@@ -177,6 +177,14 @@ pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
     };
     let store = LmdbStore::open(&data, &opts)
         .with_context(|| format!("cannot open the store in {}", data.display()))?;
+    if let Some((asked, held)) = store.map_below_data() {
+        eprintln!(
+            "swoosh: warning: the store in {} already holds {:.1} GiB, more than the {} GiB map asked for (--lmdb-map-gib / SWOOSH_LMDB_MAP_GIB): it opened at its own size with no room to grow, so any write fails with \"the store … is full\"; give the size the node runs with (its unit's SWOOSH_LMDB_MAP_GIB)",
+            data.display(),
+            held as f64 / f64::from(1u32 << 30),
+            asked >> 30
+        );
+    }
     if store.journal_replayed() > 0 {
         tracing::warn!(
             entries = store.journal_replayed(),

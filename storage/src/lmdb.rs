@@ -61,7 +61,11 @@ pub struct LmdbStore {
     /// The journal's bookkeeping (`id`, `folded`, `state`); not a [`Space`].
     jdb: Db,
     dir: PathBuf,
+    /// As opened: `map_bytes` is the map in effect.
     opts: LmdbOptions,
+    /// The map size asked for (smaller than `opts.map_bytes` when the store
+    /// already held more).
+    requested_map_bytes: usize,
     /// Under [`Durability::Sync`], in the process that holds the journal's
     /// lock: the commit journal ([`crate::journal`]).
     journal: Option<Arc<Journal>>,
@@ -179,6 +183,15 @@ impl std::fmt::Debug for LmdbStore {
 }
 
 impl LmdbStore {
+    /// When the store already held more than the map asked for: `(asked,
+    /// in effect)`. LMDB then opens it at exactly the pages in use, so the
+    /// first write that needs a page more fails with
+    /// [`StoreError::MapFull`].
+    pub fn map_below_data(&self) -> Option<(usize, usize)> {
+        (self.opts.map_bytes > self.requested_map_bytes)
+            .then_some((self.requested_map_bytes, self.opts.map_bytes))
+    }
+
     /// Open (creating if needed) the environment in directory `dir`.
     pub fn open(dir: &Path, opts: &LmdbOptions) -> Result<LmdbStore, StoreError> {
         let location = dir.display().to_string();
@@ -232,12 +245,18 @@ impl LmdbStore {
             })
             .map_err(|e| open_err(format!("creating the databases: {e}")))?
             .unwrap_commit();
+        // LMDB raises a map smaller than the data already held to exactly
+        // the pages in use: such a store opens, but full.
+        let actual = env.info().map_size;
+        let mut held = *opts;
+        held.map_bytes = held.map_bytes.max(actual);
         let mut store = LmdbStore {
             env,
             dbs,
             jdb,
             dir: dir.to_path_buf(),
-            opts: *opts,
+            opts: held,
+            requested_map_bytes: opts.map_bytes,
             journal: None,
             replayed: 0,
         };

@@ -137,3 +137,36 @@ fn a_full_store_behind_the_journal_keeps_every_acknowledged_record() {
     let rec = recover(&store, stream.genesis()).unwrap();
     assert_eq!(rec.node.index, acked, "every acknowledged record survived");
 }
+
+/// A store that already holds more than the map asked for opens at exactly
+/// its own size (LMDB's rule) and says so, so the caller can warn that it
+/// has no room to grow; its usage reports the map in effect.
+#[test]
+fn a_store_larger_than_the_map_asked_for_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stream = Stream::new("capacity-below", 2, Verify::Trusted);
+    let store = LmdbStore::open(dir.path(), &opts(Durability::NoSync, LARGE_MAP)).unwrap();
+    assert_eq!(store.map_below_data(), None);
+    let mut w = WalWriter::open(
+        store.clone(),
+        stream.node().genesis_hash,
+        BatchLimits::default(),
+    )
+    .unwrap();
+    while store.usage().unwrap().used_bytes < 2 * SMALL_MAP as u64 {
+        let entries: Vec<Entry> = stream
+            .take(50)
+            .into_iter()
+            .map(Entry::from_accepted)
+            .collect();
+        w.append_batch(&entries).unwrap();
+    }
+    drop((w, store));
+    let store = LmdbStore::open(dir.path(), &opts(Durability::NoSync, SMALL_MAP)).unwrap();
+    let (asked, held) = store.map_below_data().expect("below the data");
+    assert_eq!(asked, SMALL_MAP);
+    assert!(held >= 2 * SMALL_MAP, "{held}");
+    assert_eq!(store.usage().unwrap().capacity_bytes, held as u64);
+    let rec = recover(&store, stream.genesis()).unwrap();
+    assert_eq!(rec.node.index, stream.node().index, "it still reads");
+}
