@@ -20,6 +20,15 @@ fn opts(durability: Durability, map_bytes: usize) -> LmdbOptions {
     }
 }
 
+/// The next `n` records of `stream`, as WAL entries.
+fn take(stream: &mut Stream, n: usize) -> Vec<Entry> {
+    stream
+        .take(n)
+        .into_iter()
+        .map(Entry::from_accepted)
+        .collect()
+}
+
 fn says_what_to_do(e: &dyn std::fmt::Display) {
     let text = e.to_string();
     assert!(text.contains("is full"), "{text}");
@@ -30,11 +39,7 @@ fn says_what_to_do(e: &dyn std::fmt::Display) {
 /// last acknowledged index and the refusal.
 fn fill(w: &mut WalWriter<LmdbStore>, stream: &mut Stream, n: usize) -> (u64, AppendError) {
     for _ in 0..10_000 {
-        let entries: Vec<Entry> = stream
-            .take(n)
-            .into_iter()
-            .map(Entry::from_accepted)
-            .collect();
+        let entries = take(stream, n);
         if let Err(e) = w.append_batch(&entries) {
             return (w.last_index(), e);
         }
@@ -59,11 +64,7 @@ fn usage_reports_the_map_and_grows_with_the_data() {
         BatchLimits::default(),
     )
     .unwrap();
-    let entries: Vec<Entry> = stream
-        .take(50)
-        .into_iter()
-        .map(Entry::from_accepted)
-        .collect();
+    let entries = take(&mut stream, 50);
     w.append_batch(&entries).unwrap();
     let after = store.usage().unwrap();
     assert!(
@@ -96,11 +97,7 @@ fn a_full_store_refuses_the_commit_and_continues_with_a_larger_map() {
     // stream, from the acknowledged tail, writes it again and goes on.
     let mut again = Stream::new("capacity-direct", 2, Verify::Trusted);
     again.advance_to(acked);
-    let entries: Vec<Entry> = again
-        .take(20)
-        .into_iter()
-        .map(Entry::from_accepted)
-        .collect();
+    let entries = take(&mut again, 20);
     w.append_batch(&entries).unwrap();
     assert_eq!(w.last_index(), acked + 20);
 }
@@ -154,11 +151,7 @@ fn a_store_larger_than_the_map_asked_for_says_so() {
     )
     .unwrap();
     while store.usage().unwrap().used_bytes < 2 * SMALL_MAP as u64 {
-        let entries: Vec<Entry> = stream
-            .take(50)
-            .into_iter()
-            .map(Entry::from_accepted)
-            .collect();
+        let entries = take(&mut stream, 50);
         w.append_batch(&entries).unwrap();
     }
     drop((w, store));
