@@ -228,14 +228,14 @@ fn a_full_map_stops_new_commits_but_loses_none_it_acknowledged() {
         }
         assert!(acked < 10_000, "a 1 MiB map never filled");
     };
-    assert!(err.contains("larger map size"), "{err}");
+    assert!(err.contains("--lmdb-map-gib"), "{err}");
     assert!(acked > 0);
     // Everything acknowledged still reads (from the journal's overlay).
     assert_eq!(w.store().last_index().unwrap(), acked);
     drop(w);
     // The same map cannot take the journal: the open says what to do.
     let again = LmdbStore::open(dir.path(), &small).unwrap_err().to_string();
-    assert!(again.contains("larger map size"), "{again}");
+    assert!(again.contains("--lmdb-map-gib"), "{again}");
     // A larger map folds every acknowledged record, in order.
     let s = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
     assert!(s.journal_replayed() > 0);
