@@ -36,6 +36,9 @@ pub struct AgentShared {
     /// Council messages dropped because the agent's inbox was full (filled
     /// in by [`AgentP2p::snapshot`]).
     pub inbox_drops: u64,
+    /// When the agent started (Unix seconds): `swoosh_start_time_seconds`,
+    /// whose changes count restarts, as on the nodes.
+    pub started_unix_s: u64,
 }
 
 pub struct AgentP2p {
@@ -116,13 +119,16 @@ impl AgentStatus {
              # HELP swoosh_agent_malformed_total Council messages that do not decode.\n\
              # TYPE swoosh_agent_malformed_total counter\nswoosh_agent_malformed_total {}\n\
              # HELP swoosh_agent_inbox_full_drops_total Messages dropped because the agent's inbox was full.\n\
-             # TYPE swoosh_agent_inbox_full_drops_total counter\nswoosh_agent_inbox_full_drops_total {}\n",
+             # TYPE swoosh_agent_inbox_full_drops_total counter\nswoosh_agent_inbox_full_drops_total {}\n\
+             # HELP swoosh_start_time_seconds When the process started (Unix seconds); changes() over a window counts restarts.\n\
+             # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n",
             self.peers,
             c.announcements,
             c.votes_sent,
             c.refused,
             c.malformed,
             c.inbox_drops,
+            c.started_unix_s,
         )
     }
 }
@@ -216,7 +222,12 @@ pub async fn spawn_agent(
     let peer_id = peer.peer_id;
     let inbox_drops = peer.inbox_drops.clone();
     let peers = peer.peers.clone();
-    let shared = Arc::new(Mutex::new(AgentShared::default()));
+    let shared = Arc::new(Mutex::new(AgentShared {
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..AgentShared::default()
+    }));
     let agent = CouncilAgent::new(key, genesis, policy);
     let s2 = shared.clone();
     let task = tokio::spawn(async move { run(peer, agent, topic, s2).await });
@@ -304,6 +315,7 @@ mod tests {
                 malformed: 2,
                 last_refusal: Some("wrong cluster".into()),
                 inbox_drops: 5,
+                started_unix_s: 1_800_000_000,
             },
         }
     }
@@ -333,6 +345,7 @@ mod tests {
             ("swoosh_agent_refused_total", 1),
             ("swoosh_agent_malformed_total", 2),
             ("swoosh_agent_inbox_full_drops_total", 5),
+            ("swoosh_start_time_seconds", 1_800_000_000),
         ] {
             let line = format!("\n{name} {value}\n");
             assert_eq!(text.matches(&line).count(), 1, "{name}: {text}");
