@@ -1737,6 +1737,18 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
     }
 }
 
+/// Why a group commit failed, for whether restarting the pair can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitFailure {
+    /// A newer writer took over: nothing is wrong with the store.
+    Superseded,
+    /// The store is full: nothing more fits until it gets a larger map.
+    Full,
+    /// Any other store or encoding error: a restart may help, until
+    /// `COMMIT_FAILURES_MAX` of them in a row.
+    Store,
+}
+
 impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
     async fn flush(&self, st: &mut WalState<S>) -> Result<(), ActorProcessingErr> {
         if st.pending.is_empty() {
@@ -1760,7 +1772,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                 return (
                     writer,
                     Err((
-                        false,
+                        CommitFailure::Superseded,
                         "a newer WAL writer took over; this batch was never acknowledged"
                             .to_string(),
                     )),
@@ -1778,14 +1790,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                     Ok(r)
                 })
                 .map_err(|e| {
-                    // Nothing more fits: no restart of the pair can help.
-                    let full = matches!(
-                        e,
+                    let kind = match e {
                         swoosh_storage::AppendError::Store(
-                            swoosh_storage::StoreError::MapFull { .. }
-                        )
-                    );
-                    (full, e.to_string())
+                            swoosh_storage::StoreError::MapFull { .. },
+                        ) => CommitFailure::Full,
+                        _ => CommitFailure::Store,
+                    };
+                    (kind, e.to_string())
                 });
             drop(current);
             (writer, r)
@@ -1798,7 +1809,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                 sh.commit_failures.store(0, Ordering::Release);
                 r
             }
-            Err((full, e)) => {
+            Err((CommitFailure::Superseded, e)) => {
+                // Not the store's doing: this writer was replaced (its pair
+                // was restarted) while the batch waited for the lock.
+                return Err(format!("WAL group commit failed: {e}").into());
+            }
+            Err((kind, e)) => {
+                let full = kind == CommitFailure::Full;
                 let failures = sh.commit_failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if full || failures >= COMMIT_FAILURES_MAX {
                     let why = if full {
