@@ -98,7 +98,7 @@ pub enum StartError {
 /// [`NodeHandle::given_up`]) and be started again, which recovers from
 /// storage from scratch.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the node gave up restarting its {actor} after {attempts} attempts: {error}; it serves no more proposals: check its directory with `swoosh wal verify --dir <dir>` and start it again")]
+#[error("the node gave up restarting its {actor} after {attempts} attempts: {error}; it serves no more proposals: fix what that error names (`swoosh wal verify --dir <dir>` checks the log) and start it again")]
 pub struct GaveUp {
     /// The actor label (`sequencer`, `wal_writer`, `region_boot`, …).
     pub actor: String,
@@ -1785,7 +1785,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|encoded| {
                     let encode = t0.elapsed();
-                    let mut r = writer.append_encoded(encoded)?;
+                    // Split by the byte limit too: the batch was gathered by
+                    // record count, and large proposals can exceed it.
+                    let mut r = writer.append_encoded_split(encoded)?;
                     r.encode = encode;
                     Ok(r)
                 })
@@ -1807,6 +1809,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
         let report = match result {
             Ok(r) => {
                 sh.commit_failures.store(0, Ordering::Release);
+                // A writer that outlived its pair's restart may have failed
+                // after this one took over; the store takes writes now.
+                *sh.store_fatal.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 r
             }
             Err((CommitFailure::Superseded, e)) => {

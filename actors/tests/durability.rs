@@ -722,3 +722,44 @@ async fn a_full_store_makes_the_node_give_up_and_keeps_what_it_acknowledged() {
         "the recovered project is the acknowledged one"
     );
 }
+
+/// The WAL writer gathers a batch by record count; one whose bytes exceed
+/// the group-commit limit is committed in parts, not refused whole (which
+/// restarted the writer, and, `COMMIT_FAILURES_MAX` times in a row, made
+/// the node give up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_byte_limit_is_committed_in_parts() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("batch-bytes");
+    let mut cfg = fx.config(0);
+    // Under two records' worth: every batch of two or more is over it.
+    cfg.wal_limits = swoosh_storage::BatchLimits {
+        wal_batch_records_max: 1_024,
+        wal_batch_bytes_max: 6_000,
+    };
+    let node = NodeHandle::start(open_store(dir.path()), cfg)
+        .await
+        .expect("the node starts");
+    let mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let driver = Driver::new(&fx.keys, 1);
+    let mut submitted = vec![];
+    for i in 0..24 {
+        let project = format!("p{i}");
+        let p = match driver.next(&mirror, &project, fx.now()) {
+            Next::Propose(p) => *p,
+            other => panic!("{project}: {other:?}"),
+        };
+        let n = node.clone();
+        submitted.push(tokio::spawn(async move { n.submit(p).await }));
+    }
+    for s in submitted {
+        match s.await.unwrap() {
+            SubmitResult::Accepted(_) => {}
+            other => panic!("refused: {other:?}"),
+        }
+    }
+    assert_eq!(node.health().restarts, 0, "no commit failed");
+    assert_eq!(node.health().index, 24);
+    node.shutdown().await;
+}

@@ -967,6 +967,51 @@ impl<S: LogStore> WalWriter<S> {
         Ok(r)
     }
 
+    /// Durably append pre-encoded entries in as few group commits as the
+    /// batch limits allow, in order, and report them as one: a batch
+    /// gathered by record count alone (a leader's queue of large proposals)
+    /// may exceed the byte limit, which [`Self::append_encoded`] refuses
+    /// whole. If a later commit fails, the earlier ones are durable.
+    pub fn append_encoded_split(
+        &mut self,
+        entries: Vec<EncodedEntry>,
+    ) -> Result<BatchReport, AppendError> {
+        let limits = self.limits;
+        let mut parts: Vec<Vec<EncodedEntry>> = vec![];
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for e in entries {
+            if parts.is_empty() || !limits.fits(n + 1, bytes + e.bytes()) {
+                parts.push(vec![]);
+                (n, bytes) = (0, 0);
+            }
+            n += 1;
+            bytes += e.bytes();
+            if let Some(last) = parts.last_mut() {
+                last.push(e);
+            }
+        }
+        let mut total: Option<BatchReport> = None;
+        for part in parts {
+            let r = self.append_encoded(part)?;
+            total = Some(match total {
+                None => r,
+                Some(t) => BatchReport {
+                    first_index: t.first_index,
+                    last_index: r.last_index,
+                    records: t.records + r.records,
+                    bytes: t.bytes + r.bytes,
+                    encode: t.encode + r.encode,
+                    commit: t.commit + r.commit,
+                    synced: t.synced && r.synced,
+                },
+            });
+        }
+        match total {
+            Some(t) => Ok(t),
+            None => self.append_encoded(vec![]),
+        }
+    }
+
     /// Durably append pre-encoded entries as one group commit.
     pub fn append_encoded(
         &mut self,

@@ -188,6 +188,38 @@ fn record_and_batch_limits_are_typed_errors(h: &mut impl Harness) {
     assert!(!tight.fits(1, 101) && tight.fits(4, 100));
 }
 
+/// A batch over the byte limit is committed in several group commits, in
+/// order, reported as one; one `append_encoded` of it is refused whole.
+fn a_split_append_commits_a_batch_over_the_byte_limit_in_parts(h: &mut impl Harness) {
+    let mut st = stream();
+    let accs = st.take(12);
+    let encoded = |accs: &[Accepted]| -> Vec<EncodedEntry> {
+        entries(accs.to_vec())
+            .iter()
+            .map(|e| e.encode().unwrap())
+            .collect()
+    };
+    let one: usize = encoded(&accs[..1])[0].bytes();
+    // About three records per commit.
+    let limits = BatchLimits {
+        wal_batch_records_max: 1_024,
+        wal_batch_bytes_max: one * 3 + one / 2,
+    };
+    let mut w = WalWriter::open(h.open(), st.node().genesis_hash, limits).unwrap();
+    assert!(matches!(
+        w.append_encoded(encoded(&accs)),
+        Err(AppendError::BatchTooLarge { records: 12, .. })
+    ));
+    let r = w.append_encoded_split(encoded(&accs)).unwrap();
+    assert_eq!((r.first_index, r.last_index, r.records), (1, 12, 12));
+    assert_eq!(w.last_index(), 12);
+    let node = recover(w.store(), st.genesis()).unwrap().node;
+    assert_same_node(&node, st.node(), "after a split append");
+    // An empty batch is an empty report.
+    let r = w.append_encoded_split(vec![]).unwrap();
+    assert_eq!((r.records, r.last_index), (0, 12));
+}
+
 fn derived_indexes_answer_lookups(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -1178,6 +1210,7 @@ both_backends!(
     group_commit_appends_and_reads_back_verified,
     writer_checks_order_chain_and_claimed_hash,
     record_and_batch_limits_are_typed_errors,
+    a_split_append_commits_a_batch_over_the_byte_limit_in_parts,
     derived_indexes_answer_lookups,
     writer_reopens_at_the_durable_tail,
     recovery_reproduces_the_pure_reducer,
