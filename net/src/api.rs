@@ -147,6 +147,17 @@ pub struct HealthReply {
     pub recovery: Option<RecoveryReply>,
 }
 
+impl From<swoosh_actors::RecoveryView> for RecoveryReply {
+    fn from(r: swoosh_actors::RecoveryView) -> Self {
+        RecoveryReply {
+            phase: r.phase.into(),
+            done: r.done,
+            total: r.total,
+            seconds: r.seconds,
+        }
+    }
+}
+
 /// The progress of a start-up recovery, in `GET /health`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecoveryReply {

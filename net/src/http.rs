@@ -967,12 +967,7 @@ async fn get_health(State(st): State<AppState>) -> Response {
                     halted: f.halted,
                 })
                 .collect(),
-            recovery: h.recovery.map(|r| RecoveryReply {
-                phase: r.phase.into(),
-                done: r.done,
-                total: r.total,
-                seconds: r.seconds,
-            }),
+            recovery: h.recovery.map(RecoveryReply::from),
         }),
     )
         .into_response()

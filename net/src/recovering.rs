@@ -39,13 +39,7 @@ pub struct Recovering {
 
 impl Recovering {
     fn reply(&self) -> RecoveryReply {
-        let r = swoosh_actors::RecoveryView::of(&self.progress);
-        RecoveryReply {
-            phase: r.phase.into(),
-            done: r.done,
-            total: r.total,
-            seconds: r.seconds,
-        }
+        swoosh_actors::RecoveryView::of(&self.progress).into()
     }
 
     /// One line: what is done of what, and for how long.
@@ -280,12 +274,13 @@ mod tests {
             assert!(text.contains(line), "{line} missing from {text}");
         }
 
-        let r = reqwest::Client::new()
-            .post(format!("{base}/transition"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let post = |path: &str| {
+            reqwest::Client::new()
+                .post(format!("{base}{path}"))
+                .body("{}")
+                .send()
+        };
+        let r = post("/transition").await.unwrap();
         assert_eq!(r.status().as_u16(), 503);
         assert_eq!(
             r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
@@ -295,11 +290,7 @@ mod tests {
         assert_eq!(e.error, ERROR_RECOVERING);
         assert_eq!(e.retry_after_ms, Some(RECOVERING_RETRY_AFTER_MS));
         // Any method, on any path; never kept alive across the hand-off.
-        let r = reqwest::Client::new()
-            .post(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap();
+        let r = post("/health").await.unwrap();
         assert_eq!(r.status().as_u16(), 503);
         assert_eq!(
             r.headers().get("connection").and_then(|v| v.to_str().ok()),
