@@ -36,6 +36,10 @@ pub const STRICT_EXIT_CODE: i32 = 3;
 const INSPECT_INPUTS_CHARS_MAX: usize = 400;
 /// Most snapshots `snapshot create --keep` may ask to keep.
 const SNAPSHOTS_KEEP_MAX: usize = 64;
+/// Records `wal compact` leaves in the store by default: recent history
+/// stays inspectable, and a follower that fell this far behind still
+/// catches up record by record.
+pub const COMPACT_KEEP_RECORDS_DEFAULT: u64 = 100_000;
 
 /// Print a line on stdout; a closed pipe (`| head`) is not an error.
 macro_rules! say {
@@ -158,6 +162,62 @@ pub enum WalCmd {
         /// Node directory (holds genesis.json; the store is in <DIR>/data).
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Archive the start of the log to a file and remove it from the store
+    /// (the log otherwise grows for ever).
+    ///
+    /// Writes the records from the log's first one through the chosen
+    /// record to --archive (a new file, in the `wal export --format cbor`
+    /// stream), fsyncs it and reads it back. Only then replays them (every
+    /// post hash recomputed) and cuts them in steps of up to 20,000 records,
+    /// each one commit that stores the replayed state as the snapshot the
+    /// log now starts after. Idempotency entries of the cut records are
+    /// kept (repeats still get their original outcome); so are their
+    /// decision records unless --drop-decisions. A follower further behind
+    /// than the new start catches up from the leader's snapshot. LMDB reuses
+    /// the freed pages: the store stops growing, its file does not shrink.
+    /// Without --yes nothing is changed: it prints what it would cut. Stop
+    /// the node first; if interrupted, run it again with a new --archive.
+    Compact {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the cut records (must not exist). Keep it: it is
+        /// the only copy of those records (`swoosh wal check-archive`).
+        #[arg(long)]
+        archive: PathBuf,
+        /// Cut through this record (default: keep the newest --keep-records).
+        #[arg(long, conflicts_with = "keep_records")]
+        through: Option<u64>,
+        /// Records to keep in the store after the cut.
+        #[arg(long, default_value_t = COMPACT_KEEP_RECORDS_DEFAULT)]
+        keep_records: u64,
+        /// Also delete the cut records' decision records (then only in the
+        /// archive; `GET /decisions/{hash}` answers 404 for them).
+        #[arg(long)]
+        drop_decisions: bool,
+        /// Really cut (the default is a dry run).
+        #[arg(long)]
+        yes: bool,
+        /// Print one JSON object (no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check archive files (`wal compact --archive`, `wal export --format
+    /// cbor`): every frame a canonical WAL record, indexes consecutive, the
+    /// hash chain unbroken, within each file and from one file to the next
+    /// (give them in log order). With --dir, also that the first starts at
+    /// genesis (when it holds record 1) and the last joins the store's log.
+    /// Exits 0 when sound, 1 naming the first problem otherwise.
+    CheckArchive {
+        /// Archive files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Node directory to join the archives to (genesis and WAL base).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -536,6 +596,26 @@ pub fn wal(cmd: WalCmd) -> Result<()> {
             yes,
         } => wal_repair(&dir, &keep_copy, yes),
         WalCmd::Reindex { dir } => wal_reindex(&dir),
+        WalCmd::Compact {
+            dir,
+            archive,
+            through,
+            keep_records,
+            drop_decisions,
+            yes,
+            json,
+        } => wal_compact(
+            &dir,
+            &archive,
+            through,
+            keep_records,
+            drop_decisions,
+            yes,
+            json,
+        ),
+        WalCmd::CheckArchive { files, dir, json } => {
+            wal_check_archive(&files, dir.as_deref(), json)
+        }
     }
 }
 
@@ -1564,5 +1644,297 @@ fn snapshot_restore(dir: &Path, index: u64, yes: bool) -> Result<()> {
         index + 1,
         dir.display()
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// wal compact / check-archive
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct CompactJson {
+    applied: bool,
+    archive: String,
+    first: u64,
+    through: u64,
+    records: u64,
+    archive_bytes: Option<u64>,
+    base_hash: Option<String>,
+    steps: Option<u64>,
+    removed_snapshots: Vec<u64>,
+    removed_decisions: u64,
+    seconds: Option<f64>,
+}
+
+fn wal_compact(
+    dir: &Path,
+    archive: &Path,
+    through: Option<u64>,
+    keep_records: u64,
+    drop_decisions: bool,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let mut node = open_node(dir, if yes { Access::Write } else { Access::Read })?;
+    let last = node.store.last_index()?;
+    let first = swoosh_storage::first_index(&node.store)?;
+    let through = match through {
+        Some(t) => t,
+        None => {
+            let t = last.saturating_sub(keep_records);
+            if t < first {
+                let held = (last + 1).saturating_sub(first);
+                bail!(
+                    "the log in {} holds {held} record(s) after its start ({}), not more than --keep-records {keep_records}: nothing to compact (give a smaller --keep-records or --through)",
+                    dir.display(),
+                    record_range(first, last)
+                );
+            }
+            t
+        }
+    };
+    let (first, through) = swoosh_storage::compact_range(&node.store, through)
+        .with_context(|| format!("cannot compact the log in {}", dir.display()))?;
+    if archive.exists() {
+        bail!(
+            "{} already exists; give a new --archive path (an archive is never overwritten; nothing was cut)",
+            archive.display()
+        );
+    }
+    let records = through - first + 1;
+    if !yes {
+        if json {
+            print_json(&CompactJson {
+                applied: false,
+                archive: archive.display().to_string(),
+                first,
+                through,
+                records,
+                archive_bytes: None,
+                base_hash: None,
+                steps: None,
+                removed_snapshots: vec![],
+                removed_decisions: 0,
+                seconds: None,
+            })?;
+        } else {
+            say!(
+                "would archive records {first}..={through} ({records}) of {} to {}, then cut them: the log would start at record {}{}",
+                dir.display(),
+                archive.display(),
+                through + 1,
+                if drop_decisions {
+                    ", and their decision records would be deleted"
+                } else {
+                    ""
+                }
+            );
+        }
+        bail!(
+            "not compacted (dry run): stop the node, then rerun with --yes, i.e. `swoosh wal compact --dir {} --archive {} --through {through} --yes`",
+            dir.display(),
+            archive.display()
+        );
+    }
+    let bar = progress_bar(json);
+    let res = swoosh_storage::compact(
+        &mut node.store,
+        &node.genesis,
+        through,
+        archive,
+        &swoosh_storage::CompactOptions {
+            drop_decisions,
+            ..Default::default()
+        },
+        &mut on_progress(&bar),
+    );
+    bar.finish_and_clear();
+    let r = res.with_context(|| format!("compacting the log in {} failed", dir.display()))?;
+    if json {
+        return print_json(&CompactJson {
+            applied: true,
+            archive: archive.display().to_string(),
+            first: r.archive.first,
+            through: r.base.index,
+            records: r.archive.records,
+            archive_bytes: Some(r.archive.bytes),
+            base_hash: Some(r.base.hash.to_string()),
+            steps: Some(r.steps),
+            removed_snapshots: r.removed_snapshots.clone(),
+            removed_decisions: r.removed_decisions,
+            seconds: Some(r.elapsed.as_secs_f64()),
+        });
+    }
+    say!(
+        "archived records {}..={} ({}, {} bytes) to {} and cut them from {} in {} step(s), {:.1} s",
+        r.archive.first,
+        r.archive.last,
+        r.archive.records,
+        r.archive.bytes,
+        archive.display(),
+        dir.display(),
+        r.steps,
+        r.elapsed.as_secs_f64()
+    );
+    say!(
+        "  the log now starts after record {} ({}), proven by the snapshot there; {} older snapshot(s) removed{}",
+        r.base.index,
+        r.base.hash,
+        r.removed_snapshots.len(),
+        if drop_decisions {
+            format!(", {} decision record(s) removed", r.removed_decisions)
+        } else {
+            String::new()
+        }
+    );
+    say!(
+        "  keep {} with the earlier archives: it is the only copy of those records; `swoosh wal check-archive` checks them",
+        archive.display()
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ArchiveJson {
+    file: String,
+    first: u64,
+    last: u64,
+    records: u64,
+    bytes: u64,
+    prev_hash: String,
+    last_hash: String,
+}
+
+#[derive(Serialize)]
+struct CheckArchiveJson {
+    ok: bool,
+    archives: Vec<ArchiveJson>,
+    /// With --dir: "genesis" when the first archive starts at record 1 and
+    /// joins the genesis hash.
+    starts_at_genesis: Option<bool>,
+    /// With --dir: whether the last archive joins the store's log.
+    joins_store: Option<bool>,
+    problem: Option<String>,
+}
+
+fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Result<()> {
+    let mut out = CheckArchiveJson {
+        ok: true,
+        archives: vec![],
+        starts_at_genesis: None,
+        joins_store: None,
+        problem: None,
+    };
+    let mut prev: Option<swoosh_storage::ArchiveSummary> = None;
+    let mut oldest: Option<swoosh_storage::ArchiveSummary> = None;
+    for f in files {
+        let a = match swoosh_storage::read_archive(f) {
+            Ok(a) => a,
+            Err(e) => {
+                out.problem = Some(e.to_string());
+                break;
+            }
+        };
+        if let Some(p) = prev {
+            if a.first != p.last + 1 || a.prev_hash != p.last_hash {
+                out.problem = Some(format!(
+                    "{} does not continue the archive before it: it starts at record {} after {}, the one before ends at record {} hashing to {}; give the archives in log order, none missing",
+                    f.display(),
+                    a.first,
+                    a.prev_hash,
+                    p.last,
+                    p.last_hash
+                ));
+                break;
+            }
+        }
+        out.archives.push(ArchiveJson {
+            file: f.display().to_string(),
+            first: a.first,
+            last: a.last,
+            records: a.records,
+            bytes: a.bytes,
+            prev_hash: a.prev_hash.to_string(),
+            last_hash: a.last_hash.to_string(),
+        });
+        oldest.get_or_insert(a);
+        prev = Some(a);
+    }
+    if let (None, Some(dir), Some(last), Some(first)) = (&out.problem, dir, prev, oldest) {
+        let node = open_node(dir, Access::Read)?;
+        out.starts_at_genesis = Some(first.first == 1 && first.prev_hash == node.genesis_hash);
+        if first.first == 1 && first.prev_hash != node.genesis_hash {
+            out.problem = Some(format!(
+                "{} starts at record 1 but links to {}, not to this cluster's genesis {}: it is another cluster's log",
+                files[0].display(),
+                first.prev_hash,
+                node.genesis_hash
+            ));
+        } else {
+            let base = swoosh_storage::wal_base(&node.store)?;
+            let store_hash = match base {
+                Some(b) if b.index == last.last => Some(b.hash),
+                Some(b) if b.index > last.last => None,
+                _ => read_record(&node.store, last.last).ok().map(|v| v.hash),
+            };
+            let joins = store_hash == Some(last.last_hash);
+            out.joins_store = Some(joins);
+            if !joins {
+                out.problem = Some(match (base, store_hash) {
+                    (Some(b), None) if b.index > last.last => format!(
+                        "the archives end at record {} but the log in {} starts after record {}: an archive of records {}..={} is missing",
+                        last.last,
+                        dir.display(),
+                        b.index,
+                        last.last + 1,
+                        b.index
+                    ),
+                    (_, None) => format!(
+                        "the log in {} holds no record {} to join the archives to",
+                        dir.display(),
+                        last.last
+                    ),
+                    (_, Some(h)) => format!(
+                        "the archives end at record {} hashing to {}, but record {} of the log in {} hashes to {h}: they are not this log's records",
+                        last.last,
+                        last.last_hash,
+                        last.last,
+                        dir.display()
+                    ),
+                });
+            }
+        }
+    }
+    out.ok = out.problem.is_none();
+    if json {
+        print_json(&out)?;
+    } else {
+        for a in &out.archives {
+            say!(
+                "{}: records {}..={} ({}, {} bytes), chain sound; starts after {}, ends at {}",
+                a.file,
+                a.first,
+                a.last,
+                a.records,
+                a.bytes,
+                a.prev_hash,
+                a.last_hash
+            );
+        }
+        if out.starts_at_genesis == Some(true) {
+            say!("the first archive starts at genesis");
+        }
+        if out.joins_store == Some(true) {
+            say!("the last archive joins the log in its node directory");
+        }
+    }
+    match out.problem {
+        None => Ok(()),
+        Some(p) => bail!("{p}"),
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    say!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -935,3 +935,125 @@ fn bench_storage_json_reports_every_run_as_fields() {
     let stored = v["record_bytes_mean"].as_f64().unwrap();
     assert!(payload > 1_000.0 && stored < payload, "{v}");
 }
+
+#[test]
+fn compact_archives_the_start_of_a_demo_log() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (leader, demo_hash, last) = demo(tmp.path());
+    let d = s(&leader);
+    let export = tmp.path().join("export.cbor");
+    ok(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "cbor",
+        "--to",
+        "40",
+        "--out",
+        s(&export),
+    ]);
+    let a1 = tmp.path().join("a1.cbor");
+
+    // The default keeps 100,000 records: nothing to do on a demo log.
+    let o = fails(&["wal", "compact", "--dir", d, "--archive", s(&a1)]);
+    assert!(text(&o).contains("nothing to compact"), "{}", text(&o));
+    // A dry run says what it would do and changes nothing.
+    let o = fails(&[
+        "wal",
+        "compact",
+        "--dir",
+        d,
+        "--archive",
+        s(&a1),
+        "--through",
+        "40",
+    ]);
+    assert!(
+        text(&o).contains("would archive records 1..=40"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("dry run"), "{}", text(&o));
+    assert!(!a1.exists());
+    let o = fails(&[
+        "wal",
+        "compact",
+        "--dir",
+        d,
+        "--archive",
+        s(&a1),
+        "--through",
+        &(last + 1).to_string(),
+        "--yes",
+    ]);
+    assert!(
+        text(&o).contains("beyond") || text(&o).contains("ends at record"),
+        "{}",
+        text(&o)
+    );
+
+    let r = json(&ok(&[
+        "wal",
+        "compact",
+        "--dir",
+        d,
+        "--archive",
+        s(&a1),
+        "--through",
+        "40",
+        "--yes",
+        "--json",
+    ]));
+    assert_eq!(r["applied"], true);
+    assert_eq!(
+        (r["first"].as_u64(), r["through"].as_u64()),
+        (Some(1), Some(40))
+    );
+    assert_eq!(r["records"], 40);
+    // The archive is the `wal export --format cbor` stream of those records.
+    assert_eq!(std::fs::read(&a1).unwrap(), std::fs::read(&export).unwrap());
+    let c = json(&ok(&["wal", "check-archive", s(&a1), "--dir", d, "--json"]));
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(c["starts_at_genesis"], true);
+    assert_eq!(c["joins_store"], true);
+
+    // The compacted log verifies and replays to the demo's hash.
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["root_hash"], demo_hash.as_str());
+    let rp = json(&ok(&["replay", "--dir", d, "--from-genesis", "--json"]));
+    assert_eq!(rp["hash"], demo_hash.as_str());
+    let o = fails(&["wal", "inspect", "--dir", d, "7"]);
+    assert!(text(&o).contains("below the WAL base"), "{}", text(&o));
+
+    // A second archive continues the first; out of order, they do not.
+    let a2 = tmp.path().join("a2.cbor");
+    ok(&[
+        "wal",
+        "compact",
+        "--dir",
+        d,
+        "--archive",
+        s(&a2),
+        "--through",
+        "60",
+        "--yes",
+    ]);
+    let o = ok(&["wal", "check-archive", s(&a1), s(&a2), "--dir", d]);
+    assert!(text(&o).contains("joins the log"), "{}", text(&o));
+    let o = fails(&["wal", "check-archive", s(&a2), s(&a1)]);
+    assert!(text(&o).contains("does not continue"), "{}", text(&o));
+    // The first archive alone no longer joins the store (41..=60 missing).
+    let o = fails(&["wal", "check-archive", s(&a1), "--dir", d]);
+    assert!(text(&o).contains("41..=60 is missing"), "{}", text(&o));
+    // A truncated archive is named.
+    let bytes = std::fs::read(&a2).unwrap();
+    let t = tmp.path().join("trunc.cbor");
+    std::fs::write(&t, &bytes[..bytes.len() - 10]).unwrap();
+    let o = fails(&["wal", "check-archive", s(&t)]);
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+    let rp = json(&ok(&["replay", "--dir", d, "--json"]));
+    assert_eq!(rp["hash"], demo_hash.as_str());
+}

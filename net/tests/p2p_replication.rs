@@ -628,6 +628,58 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     assert!(h.last_snapshot_hlc.is_some());
 }
 
+/// A leader whose log was compacted (`swoosh wal compact`: records 1..=100
+/// archived and cut, the snapshot at 100 its WAL base) serves a new follower:
+/// a range from record 1 is answered with the base snapshot, then records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() {
+    use swoosh_storage::{MemDisk, MemStore};
+    let mut c = cluster("p2p-compacted", 1);
+    c.commit(120);
+    let archive = c.dirs[0].path().join("archive.cbor");
+    let g = c.genesis.clone();
+    let r = swoosh_storage::compact(
+        c.writer.store_mut(),
+        &g,
+        100,
+        &archive,
+        &swoosh_storage::CompactOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.base.index, 100);
+    assert_eq!(
+        swoosh_storage::LogStore::list_snapshots(c.writer.store()).unwrap(),
+        vec![100]
+    );
+    c.commit(30);
+    let leader = c.leader().await;
+    let disk = MemDisk::new();
+    let (k, a) = c.followers[0].clone();
+    let f = spawn_follower(
+        MemStore::open("f", &disk, Durability::Sync),
+        FollowerOptions {
+            key: k,
+            genesis: g.clone(),
+            age_identity: a,
+            leader: leader.listen_addrs[0].clone(),
+            listen: None,
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("the new follower at 150, persisted", || {
+        f.shared.lock().unwrap().persisted_index() == 150
+    })
+    .await;
+    assert_eq!(f.shared.lock().unwrap().snapshots_installed, 1);
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    assert!(leader.snapshot().stats.snapshot_offers >= 1);
+    drop(f);
+    let st = MemStore::open("f", &disk, Durability::Sync);
+    assert_eq!(swoosh_storage::first_index(&st).unwrap(), 101);
+}
+
 /// A follower whose own WAL refuses a write halts: it applies nothing more
 /// in memory (its applied index never runs ahead of what it could not
 /// persist), and the leader's view of it raises the alarm.

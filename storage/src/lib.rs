@@ -15,6 +15,8 @@
 //! - [`recovery`]: [`recover`], [`verify`], [`repair`].
 //! - [`base`]: the WAL base, a log that starts after a snapshot's index
 //!   ([`install_snapshot`], for followers that join late).
+//! - [`mod@compact`]: archive the start of the log to a file and move the base
+//!   past it (`swoosh wal compact`).
 //! - [`mod@bench`]: throughput and latency measurements for `swoosh bench storage`.
 //! - [`testkit`]: deterministic streams of valid records for tests and benches.
 //!
@@ -26,6 +28,7 @@
 
 pub mod base;
 pub mod bench;
+pub mod compact;
 pub mod frame;
 pub mod halt;
 pub mod index;
@@ -40,6 +43,10 @@ pub mod wal;
 
 pub use base::{
     first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
+};
+pub use compact::{
+    compact, compact_range, read_archive, ArchiveError, ArchiveSummary, CompactError,
+    CompactOptions, CompactReport, COMPACT_STEP_RECORDS,
 };
 pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{

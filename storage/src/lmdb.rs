@@ -566,6 +566,14 @@ impl LmdbStore {
                             .map_err(|e| self.err("truncating the WAL", e))?;
                     }
                 }
+                Op::CutWalThrough { index } => {
+                    let k = crate::store::index_key(*index);
+                    let range: (Bound<&[u8]>, Bound<&[u8]>) =
+                        (Bound::Unbounded, Bound::Included(&k[..]));
+                    self.db(Space::Wal)
+                        .delete_range(&mut wtxn, &range)
+                        .map_err(|e| self.err("cutting the WAL's start", e))?;
+                }
             }
         }
         wtxn.commit()

@@ -61,6 +61,13 @@ impl Tables {
                             .split_off(&crate::store::index_key(from).to_vec());
                     }
                 }
+                Op::CutWalThrough { index } => {
+                    let wal = self.space_mut(Space::Wal);
+                    // `validate` proved `index` is a record, so `index + 1`
+                    // does not overflow.
+                    let kept = wal.split_off(&crate::store::index_key(index + 1).to_vec());
+                    *wal = kept;
+                }
             }
         }
     }

@@ -587,7 +587,7 @@ impl Prepare {
 /// first runs on a helper thread, up to [`REPLAY_CHUNKS_IN_FLIGHT_MAX`]
 /// chunks ahead; results are consumed strictly in log order, so what is
 /// checked, and the first error reported, are the same either way.
-fn replay<S: LogStore + ?Sized>(
+pub(crate) fn replay<S: LogStore + ?Sized>(
     store: &S,
     node: &mut NodeState,
     from: u64,

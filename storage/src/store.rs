@@ -122,6 +122,12 @@ pub enum Op {
     Delete { space: Space, key: Vec<u8> },
     /// Remove every WAL entry with an index above `index`.
     TruncateWalAfter { index: u64 },
+    /// Remove every WAL entry with an index at or below `index` (compaction,
+    /// [`crate::compact`]). The same batch must make `index` the WAL base,
+    /// after this op, so the cut records stay vouched for by the snapshot
+    /// there; `index` must be above the current base and at most the last
+    /// record.
+    CutWalThrough { index: u64 },
 }
 
 /// Operations applied atomically, in order, by [`LogStore::commit`].
@@ -152,6 +158,10 @@ impl Batch {
     }
     pub fn truncate_wal_after(&mut self, index: u64) -> &mut Self {
         self.ops.push(Op::TruncateWalAfter { index });
+        self
+    }
+    pub fn cut_wal_through(&mut self, index: u64) -> &mut Self {
+        self.ops.push(Op::CutWalThrough { index });
         self
     }
     pub fn ops(&self) -> &[Op] {
@@ -321,7 +331,10 @@ pub(crate) fn base_index(location: &str, stored: Option<&[u8]>) -> Result<u64, S
 /// a truncation below the base is refused; a put of `meta` `wal_base` must
 /// hold a valid base and is refused unless the WAL is empty at that point of
 /// the batch; the snapshot at the base cannot be deleted while it is the base
-/// (delete `wal_base` first, in the same batch, to move it).
+/// (delete `wal_base` first, in the same batch, to move it). A cut of the
+/// WAL's start ([`Op::CutWalThrough`] `c`) needs `base < c <= last`, allows
+/// the base to be set to exactly `c` while records remain after it, and the
+/// batch must end with the base at `c`.
 pub(crate) fn validate(
     location: &str,
     ops: &[Op],
@@ -332,6 +345,7 @@ pub(crate) fn validate(
         location: location.to_string(),
         detail,
     };
+    let mut cut_through: Option<u64> = None;
     for op in ops {
         match op {
             Op::Append { index, value } => {
@@ -371,7 +385,7 @@ pub(crate) fn validate(
                             String::from_utf8_lossy(value)
                         )));
                     };
-                    if wal_last != 0 {
+                    if wal_last != 0 && cut_through != Some(i) {
                         return Err(base_err(format!(
                             "refusing to set the base to {i} while the WAL holds records (last {wal_last}): truncate the whole WAL in the same batch first"
                         )));
@@ -408,6 +422,26 @@ pub(crate) fn validate(
                 }
                 wal_last = wal_last.min(*index)
             }
+            Op::CutWalThrough { index } => {
+                if *index <= base || *index > wal_last {
+                    return Err(base_err(format!(
+                        "refusing to cut the WAL through {index}: a cut must end above the base ({base}) and at or below the last record ({wal_last})"
+                    )));
+                }
+                if cut_through.is_some() {
+                    return Err(base_err(
+                        "refusing a batch that cuts the WAL's start twice".into(),
+                    ));
+                }
+                cut_through = Some(*index);
+            }
+        }
+    }
+    if let Some(c) = cut_through {
+        if base != c {
+            return Err(base_err(format!(
+                "refusing to cut the WAL through {c} without making {c} the base in the same batch (the base would be {base}): the cut records would be vouched for by nothing"
+            )));
         }
     }
     Ok(())

@@ -87,8 +87,15 @@ impl OfferedSnapshot {
             if snap.index != idx || snap.state.index != idx {
                 continue;
             }
-            match read_record(store, idx) {
-                Ok(v) if v.hash == snap.head_record => {}
+            // Joined to the log: the record at its index hashes to its head
+            // (at a WAL base, which `swoosh wal compact` moves, the base hash).
+            match swoosh_storage::recovery::snapshot_joins_log(
+                store,
+                idx,
+                snap.head_record,
+                snap.state.genesis_hash,
+            ) {
+                Ok(Ok(())) => {}
                 _ => continue,
             }
             let Ok(bytes) = swoosh_core::cbor::to_canonical(&snap.state) else {
@@ -175,8 +182,10 @@ impl SnapshotServing {
     }
 }
 
-/// [`LeaderLog`] over a [`LogStore`]: records from 1 (the leader's WAL is
-/// never truncated), plus the snapshots the leader serves.
+/// [`LeaderLog`] over a [`LogStore`]: records from the first one the store
+/// holds (1, or the one after the WAL base `swoosh wal compact` moved; a
+/// follower asking for less is offered a snapshot), plus the snapshots the
+/// leader serves.
 pub struct StoreLog<'a, S: LogStore> {
     pub store: &'a S,
     pub snapshots: &'a SnapshotServing,
@@ -184,7 +193,7 @@ pub struct StoreLog<'a, S: LogStore> {
 
 impl<S: LogStore> LeaderLog for StoreLog<'_, S> {
     fn first_index(&self) -> u64 {
-        1
+        swoosh_storage::first_index(self.store).unwrap_or(1)
     }
     fn last_index(&self) -> u64 {
         self.store.last_index().unwrap_or(0)

@@ -1,0 +1,524 @@
+//! Compaction: archive the start of the log to a file, then drop it from the
+//! store, so a long-lived node's store stops growing without bound.
+//!
+//! [`compact`] moves the WAL base (`crate::base`) forward to a record
+//! `through`. In order:
+//! 1. the records after the current base through `through` are written to
+//!    the archive file (a new file: the `swoosh wal export --format cbor`
+//!    stream, each record checked as it is read), which is fsynced with its
+//!    directory and read back ([`read_archive`]) before anything is removed;
+//! 2. the same records are replayed from the current base's state through
+//!    the reducer (frames, chain links and every recomputed post hash
+//!    checked), in steps of at most [`COMPACT_STEP_RECORDS`]; each step ends
+//!    with ONE commit that cuts the WAL through the step's last record `c`
+//!    ([`crate::Op::CutWalThrough`]), stores the replayed state as the
+//!    snapshot at `c`, makes `c` the base, and deletes the snapshots below
+//!    it. A crash leaves the store at the last committed step: consistent,
+//!    with everything after its base, and the archive already durable.
+//!
+//! Steps bound one LMDB transaction (every cut leaf page is dirtied in it) and
+//! let an interrupted compaction keep what it finished. The idempotency
+//! entries of the cut records are kept (each is self-contained, so repeats
+//! of old proposals still get their original outcome); their decision
+//! records are kept unless [`CompactOptions::drop_decisions`].
+//!
+//! The store must not be written by anyone else meanwhile (the CLI holds the
+//! node directory's lock).
+
+use crate::base::{wal_base, WalBase};
+use crate::frame::{self, FrameKind};
+use crate::recovery::{base_state, replay, Phase, Progress, RecoveryError};
+use crate::snapshot::{encode_snapshot, SnapshotError};
+use crate::store::{encode_wal_base, index_key, Batch, LogStore, Space, StoreError, META_WAL_BASE};
+use crate::wal::{check_meta, export, MetaError, ReadError, WAL_RECORD_BYTES_MAX};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use swoosh_core::guards::Verify;
+use swoosh_core::record::WalRecord;
+use swoosh_core::state::{Genesis, NodeState};
+use swoosh_core::Hash;
+
+/// Most records one compaction step cuts in one commit. With compressed
+/// records stored inline (~3 per 4 KiB leaf), a step dirties ~7,000 leaf
+/// pages, far below LMDB's per-transaction limit of 131,072 dirty pages.
+pub const COMPACT_STEP_RECORDS: u64 = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactOptions {
+    /// Also delete the stored decision records of the cut records (they stay
+    /// readable in the archive only; `GET /decisions/{hash}` answers 404).
+    pub drop_decisions: bool,
+    /// Records per step (at most [`COMPACT_STEP_RECORDS`]; 0 means that).
+    pub step_records: u64,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        CompactOptions {
+            drop_decisions: false,
+            step_records: COMPACT_STEP_RECORDS,
+        }
+    }
+}
+
+/// What an archive file holds, as [`read_archive`] checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    /// Index of its first record.
+    pub first: u64,
+    /// The first record's `prev_hash`: the genesis hash when `first` is 1,
+    /// else the last hash of the archive (or base) before it.
+    pub prev_hash: Hash,
+    /// Index and hash of its last record.
+    pub last: u64,
+    pub last_hash: Hash,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Why an archive file is not a sound run of records.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ArchiveError {
+    #[error("cannot read the archive {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error("the archive {path} holds no record")]
+    Empty { path: PathBuf },
+    #[error("the archive {path} ends inside the frame at byte {offset} (after record {after}): the file is truncated; use the copy it was made from")]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        after: u64,
+    },
+    #[error("the archive {path} has a frame of {len} bytes at byte {offset}, over the {max}-byte record limit: the file is damaged or not an archive")]
+    TooLarge {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        max: usize,
+    },
+    #[error("the archive {path} has a frame at byte {offset} that is not a canonical WAL record ({detail}): the file is damaged or not an archive")]
+    Record {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    #[error("the archive {path} has record {got} where record {expected} belongs: records are missing or out of order")]
+    Index {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+    #[error("the archive {path} breaks its hash chain at record {index}: its prev_hash is {got}, record {} hashes to {expected}", index - 1)]
+    Chain {
+        path: PathBuf,
+        index: u64,
+        expected: Hash,
+        got: Hash,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot read the records to archive: {0}")]
+    Read(#[from] ReadError),
+    #[error("{location} starts after record {base} already (its WAL base): nothing at or below {through} is left to compact; pick a record after {base}")]
+    NothingToCut {
+        location: String,
+        base: u64,
+        through: u64,
+    },
+    #[error("{location} ends at record {last}: cannot compact through {through}; pick a record at or below {last}")]
+    Beyond {
+        location: String,
+        through: u64,
+        last: u64,
+    },
+    #[error("the archive {0} already exists: give a new file (an archive is never overwritten)")]
+    ArchiveExists(PathBuf),
+    #[error("cannot write the archive {path}: {detail}; nothing was removed from the store")]
+    ArchiveWrite { path: PathBuf, detail: String },
+    #[error("record {index} re-encodes to bytes other than the stored ones (this build's encoder and the log's writer disagree): compact with the swoosh version that wrote the log; nothing was removed")]
+    Reencode { index: u64 },
+    #[error("the archive read back does not hold what was written ({0}); nothing was removed from the store: check the disk")]
+    ArchiveReadBack(String),
+    #[error("after compacting through {expected_index}, {location} reads back {got:?} as its WAL base: the store is returning wrong data; check the disk")]
+    ReadBack {
+        location: String,
+        expected_index: u64,
+        got: Option<WalBase>,
+    },
+}
+
+/// What [`compact`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactReport {
+    /// The base before (`None`: the log started at record 1).
+    pub old_base: Option<WalBase>,
+    /// The base now: the last archived record.
+    pub base: WalBase,
+    pub archive: ArchiveSummary,
+    /// Commits made (each cut up to [`CompactOptions::step_records`] records).
+    pub steps: u64,
+    /// Snapshots deleted because they were below the new base.
+    pub removed_snapshots: Vec<u64>,
+    /// Decision records deleted (with [`CompactOptions::drop_decisions`]).
+    pub removed_decisions: u64,
+    pub elapsed: Duration,
+}
+
+/// The first and last record [`compact`] would archive, or why it refuses
+/// (checked before any file is created).
+pub fn compact_range<S: LogStore + ?Sized>(
+    store: &S,
+    through: u64,
+) -> Result<(u64, u64), CompactError> {
+    let base = wal_base(store)?.map_or(0, |b| b.index);
+    let last = store.last_index()?;
+    if through <= base {
+        return Err(CompactError::NothingToCut {
+            location: store.location(),
+            base,
+            through,
+        });
+    }
+    if through > last {
+        return Err(CompactError::Beyond {
+            location: store.location(),
+            through,
+            last,
+        });
+    }
+    Ok((base + 1, through))
+}
+
+/// Archive records `base + 1..=through` to `archive` (a new file), then cut
+/// them from `store`. See the module docs.
+pub fn compact<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    through: u64,
+    archive: &Path,
+    opts: &CompactOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<CompactReport, CompactError> {
+    let t0 = Instant::now();
+    let fresh = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
+    let genesis_hash = fresh.genesis_hash;
+    check_meta(&*store, genesis_hash)?;
+    let (first, _) = compact_range(&*store, through)?;
+    let old_base = wal_base(&*store)?;
+    // The state the cut starts from: checked before the archive is written,
+    // so a store that cannot prove its base creates no file.
+    let mut node = match old_base {
+        Some(b) => base_state(&*store, genesis_hash, b)?,
+        None => fresh,
+    };
+    let summary = write_archive(&*store, genesis_hash, first, through, archive, progress)?;
+    if summary.first != first || summary.last != through || summary.prev_hash != node.head_record {
+        return Err(CompactError::ArchiveReadBack(format!(
+            "it holds records {}..={} after {}, expected {first}..={through} after {}",
+            summary.first, summary.last, summary.prev_hash, node.head_record
+        )));
+    }
+
+    let step = match opts.step_records {
+        0 => COMPACT_STEP_RECORDS,
+        n => n.min(COMPACT_STEP_RECORDS),
+    };
+    let total = through - node.index;
+    let mut steps = 0u64;
+    let mut removed_snapshots = vec![];
+    let mut removed_decisions = 0u64;
+    while node.index < through {
+        let from = node.index + 1;
+        let to = node.index.saturating_add(step).min(through);
+        let offset = from - first;
+        let mut decisions: Vec<Hash> = vec![];
+        replay(
+            &*store,
+            &mut node,
+            from,
+            to,
+            Verify::Trusted,
+            &mut |p| {
+                progress(&Progress {
+                    phase: Phase::Replay,
+                    done: offset + p.done,
+                    total,
+                })
+            },
+            &mut |_, v| {
+                if opts.drop_decisions {
+                    decisions.push(v.record.decision);
+                }
+            },
+        )?;
+        // A replay that applied fewer records stops with an error naming the
+        // record; reaching here means the state is the one after `to`.
+        let (frame_bytes, snapshot_hash) = encode_snapshot(&node)?;
+        let mut b = Batch::new();
+        b.cut_wal_through(to);
+        b.put(Space::Snapshots, index_key(to).to_vec(), frame_bytes);
+        b.put(
+            Space::Meta,
+            META_WAL_BASE.as_bytes().to_vec(),
+            encode_wal_base(to, &node.head_record),
+        );
+        let below: Vec<u64> = store
+            .list_snapshots()?
+            .into_iter()
+            .filter(|i| *i < to)
+            .collect();
+        for s in &below {
+            b.delete(Space::Snapshots, index_key(*s).to_vec());
+        }
+        for d in &decisions {
+            if store.get(Space::Decisions, &d.0)?.is_some() {
+                b.delete(Space::Decisions, d.0.to_vec());
+                removed_decisions += 1;
+            }
+        }
+        store.commit(b)?;
+        store.sync()?;
+        steps += 1;
+        removed_snapshots.extend(below);
+        let expected = WalBase {
+            index: to,
+            hash: node.head_record,
+        };
+        let got = wal_base(&*store)?;
+        if got != Some(expected) {
+            return Err(CompactError::ReadBack {
+                location: store.location(),
+                expected_index: to,
+                got,
+            });
+        }
+        let back = store
+            .get_snapshot(to)?
+            .ok_or_else(|| SnapshotError::Missing {
+                location: store.location(),
+                index: to,
+            })?;
+        match frame::open(FrameKind::Snapshot, &back, crate::SNAPSHOT_BYTES_MAX) {
+            Ok((h, _)) if h == snapshot_hash => {}
+            Ok((h, _)) => {
+                return Err(SnapshotError::ReadBack {
+                    location: store.location(),
+                    index: to,
+                    written: snapshot_hash,
+                    got: h,
+                }
+                .into())
+            }
+            Err(reason) => {
+                return Err(SnapshotError::Corrupt {
+                    location: store.location(),
+                    index: to,
+                    reason: reason.into(),
+                }
+                .into())
+            }
+        }
+    }
+    Ok(CompactReport {
+        old_base,
+        base: WalBase {
+            index: through,
+            hash: node.head_record,
+        },
+        archive: summary,
+        steps,
+        removed_snapshots,
+        removed_decisions,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Write records `from..=to` (each checked as [`export`] checks it) to a new
+/// file at `path` in the archive format, fsync it and its directory, and
+/// read it back.
+fn write_archive<S: LogStore + ?Sized>(
+    store: &S,
+    genesis_hash: Hash,
+    from: u64,
+    to: u64,
+    path: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<ArchiveSummary, CompactError> {
+    let werr = |e: std::io::Error| CompactError::ArchiveWrite {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(CompactError::ArchiveExists(path.to_path_buf()))
+        }
+        Err(e) => return Err(werr(e)),
+    };
+    let total = to - from + 1;
+    let written = (|| -> Result<(), CompactError> {
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        for (n, item) in export(store, genesis_hash, from, Some(to))?.enumerate() {
+            let v = item?;
+            let enc = swoosh_core::cbor::to_canonical(&v.record)
+                .map_err(|_| CompactError::Reencode { index: v.index })?;
+            if Hash::of_bytes(&enc) != v.hash {
+                return Err(CompactError::Reencode { index: v.index });
+            }
+            out.write_all(&(enc.len() as u32).to_be_bytes())
+                .map_err(werr)?;
+            out.write_all(&enc).map_err(werr)?;
+            let done = n as u64 + 1;
+            if done.is_multiple_of(crate::recovery::PROGRESS_EVERY_RECORDS) || done == total {
+                progress(&Progress {
+                    phase: Phase::Scan,
+                    done,
+                    total,
+                });
+            }
+        }
+        out.flush().map_err(werr)?;
+        drop(out);
+        file.sync_all().map_err(werr)?;
+        sync_dir(path).map_err(werr)
+    })();
+    if let Err(e) = written {
+        // A partial archive is no archive: remove it so a retry can use the
+        // same name (nothing was cut).
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    drop(file);
+    read_archive(path).map_err(|e| CompactError::ArchiveReadBack(e.to_string()))
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Read an archive file (`swoosh wal compact`'s output, the same stream as
+/// `swoosh wal export --format cbor`): every frame a canonical WAL record,
+/// indexes consecutive, every `prev_hash` the hash of the record before.
+/// Says where it starts and ends so archives can be joined to each other
+/// and to a store's base.
+pub fn read_archive(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
+    let io = |e: std::io::Error| ArchiveError::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(io)?);
+    let mut offset = 0u64;
+    let mut summary: Option<ArchiveSummary> = None;
+    let mut buf = Vec::new();
+    loop {
+        let mut len_bytes = [0u8; 4];
+        let got = read_full(&mut r, &mut len_bytes).map_err(io)?;
+        let after = summary.map_or(0, |s| s.last);
+        if got == 0 {
+            break;
+        }
+        if got < 4 {
+            return Err(ArchiveError::Truncated {
+                path: path.to_path_buf(),
+                offset,
+                after,
+            });
+        }
+        let len = u32::from_be_bytes(len_bytes) as u64;
+        if len as usize > WAL_RECORD_BYTES_MAX {
+            return Err(ArchiveError::TooLarge {
+                path: path.to_path_buf(),
+                offset,
+                len,
+                max: WAL_RECORD_BYTES_MAX,
+            });
+        }
+        buf.resize(len as usize, 0);
+        if read_full(&mut r, &mut buf).map_err(io)? < buf.len() {
+            return Err(ArchiveError::Truncated {
+                path: path.to_path_buf(),
+                offset,
+                after,
+            });
+        }
+        let record: WalRecord =
+            swoosh_core::cbor::from_canonical(&buf).map_err(|e| ArchiveError::Record {
+                path: path.to_path_buf(),
+                offset,
+                detail: e.to_string(),
+            })?;
+        let hash = Hash::of_bytes(&buf);
+        summary = Some(match summary {
+            None => ArchiveSummary {
+                first: record.index,
+                prev_hash: record.prev_hash,
+                last: record.index,
+                last_hash: hash,
+                records: 1,
+                bytes: 4 + len,
+            },
+            Some(s) => {
+                if s.last.checked_add(1) != Some(record.index) {
+                    return Err(ArchiveError::Index {
+                        path: path.to_path_buf(),
+                        expected: s.last.saturating_add(1),
+                        got: record.index,
+                    });
+                }
+                if record.prev_hash != s.last_hash {
+                    return Err(ArchiveError::Chain {
+                        path: path.to_path_buf(),
+                        index: record.index,
+                        expected: s.last_hash,
+                        got: record.prev_hash,
+                    });
+                }
+                ArchiveSummary {
+                    last: record.index,
+                    last_hash: hash,
+                    records: s.records + 1,
+                    bytes: s.bytes + 4 + len,
+                    ..s
+                }
+            }
+        });
+        offset += 4 + len;
+    }
+    summary.ok_or_else(|| ArchiveError::Empty {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Read until `buf` is full or the end of the input; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,417 @@
+//! Compaction, on both backends: the start of the log is archived to a file
+//! and cut from the store in steps, each one atomic commit that moves the
+//! WAL base forward; the store then recovers, appends, verifies and serves
+//! idempotency lookups exactly as before, and nothing is cut unless the whole
+//! archive is durable and checked.
+
+#[macro_use]
+mod common;
+
+use common::Harness;
+use std::path::PathBuf;
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::Accepted;
+use swoosh_core::NodeState;
+use swoosh_storage::store::index_key;
+use swoosh_storage::testkit::Stream;
+use swoosh_storage::*;
+
+const LABEL: &str = "compact-suite";
+
+fn stream() -> Stream {
+    Stream::new(LABEL, 2, Verify::Trusted)
+}
+
+fn writer<S: LogStore>(s: S, st: &Stream) -> WalWriter<S> {
+    WalWriter::open(s, st.node().genesis_hash, BatchLimits::default()).expect("open writer")
+}
+
+fn entries(accs: Vec<Accepted>) -> Vec<Entry> {
+    accs.into_iter().map(Entry::from_accepted).collect()
+}
+
+fn fill<S: LogStore>(w: &mut WalWriter<S>, st: &mut Stream, n: usize) -> Vec<Accepted> {
+    let accs = st.take(n);
+    for chunk in accs.chunks(4) {
+        w.append_batch(&entries(chunk.to_vec())).expect("append");
+    }
+    accs
+}
+
+fn assert_same_node(a: &NodeState, b: &NodeState, ctx: &str) {
+    assert_eq!(a.index, b.index, "{ctx}: index");
+    assert_eq!(a.head_record, b.head_record, "{ctx}: head record");
+    assert_eq!(a.root_hash(), b.root_hash(), "{ctx}: root hash");
+    assert!(a == b, "{ctx}: node states differ beyond the hashes");
+}
+
+fn steps(n: u64) -> CompactOptions {
+    CompactOptions {
+        step_records: n,
+        ..CompactOptions::default()
+    }
+}
+
+/// A store with records 1..=50 and snapshots at 10 and 30.
+fn fifty<H: Harness>(h: &mut H) -> (Stream, H::S, Vec<Accepted>) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    let mut accs = fill(&mut w, &mut st, 10);
+    write_snapshot(w.store_mut(), st.node(), SNAPSHOTS_KEEP_DEFAULT).unwrap();
+    accs.extend(fill(&mut w, &mut st, 20));
+    write_snapshot(w.store_mut(), st.node(), SNAPSHOTS_KEEP_DEFAULT).unwrap();
+    accs.extend(fill(&mut w, &mut st, 20));
+    (st, w.into_store(), accs)
+}
+
+fn archive_path(h: &impl Harness, name: &str) -> PathBuf {
+    h.scratch().join(name)
+}
+
+/// Compact through 35 in steps of 10, then append, crash, recover, verify,
+/// and compact again through 45: the second archive joins the first.
+fn compact_then_append_recover_and_compact_again(h: &mut impl Harness) {
+    let (mut st, mut s, accs) = fifty(h);
+    let genesis = st.genesis().clone();
+    let gh = st.node().genesis_hash;
+    let h35 = read_record(&s, 35).unwrap().hash;
+    let a1 = archive_path(h, "a1.cbor");
+    let mut phases = vec![];
+    let r = compact(&mut s, &genesis, 35, &a1, &steps(10), &mut |p| {
+        phases.push(*p)
+    })
+    .unwrap();
+    assert_eq!(r.old_base, None);
+    assert_eq!(
+        r.base,
+        WalBase {
+            index: 35,
+            hash: h35
+        }
+    );
+    assert_eq!(r.steps, 4, "1..=10, 11..=20, 21..=30, 31..=35");
+    assert!(r.removed_snapshots.contains(&10) && r.removed_snapshots.contains(&30));
+    assert_eq!(r.removed_decisions, 0);
+    assert_eq!(
+        (r.archive.first, r.archive.last, r.archive.records),
+        (1, 35, 35)
+    );
+    assert_eq!((r.archive.prev_hash, r.archive.last_hash), (gh, h35));
+    assert_eq!(read_archive(&a1).unwrap(), r.archive);
+    let last_replay = phases
+        .iter()
+        .rfind(|p| p.phase == Phase::Replay)
+        .expect("replay progress");
+    assert_eq!((last_replay.done, last_replay.total), (35, 35));
+    assert!(phases.iter().any(|p| p.phase == Phase::Scan));
+
+    assert_eq!(wal_base(&s).unwrap(), Some(r.base));
+    assert_eq!(s.list_snapshots().unwrap(), vec![35]);
+    assert_eq!(s.count(Space::Wal).unwrap(), 15);
+    assert_eq!((first_index(&s).unwrap(), log_end(&s).unwrap()), (36, 50));
+    assert!(matches!(
+        read_record(&s, 20),
+        Err(ReadError::BelowBase {
+            index: 20,
+            base: 35,
+            ..
+        })
+    ));
+    // Idempotency entries and decisions of the cut records are kept.
+    let old = &accs[2].record;
+    let e = lookup_idem(&s, &old.project, &old.idem_key)
+        .unwrap()
+        .expect("a cut record's idempotency entry survives");
+    assert_eq!(e.index, 3);
+    assert!(get_decision(&s, &old.decision).unwrap().is_some());
+
+    let rec = recover(&s, &genesis).unwrap();
+    assert_same_node(&rec.node, st.node(), "recovered after compaction");
+    let mut w = writer(h.crash_and_reopen(s), &st);
+    assert_eq!((w.last_index(), w.head_hash()), (50, st.node().head_record));
+    fill(&mut w, &mut st, 5);
+    let s = h.crash_and_reopen(w.into_store());
+    let rec = recover(&s, &genesis).unwrap();
+    assert_same_node(&rec.node, st.node(), "appended after compaction");
+    let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(v.records, 20);
+    assert!(v.snapshot_problems.is_empty(), "{:?}", v.snapshot_problems);
+    assert!(v.index_problems.is_empty(), "{:?}", v.index_problems);
+
+    let mut s = s;
+    let a2 = archive_path(h, "a2.cbor");
+    let r2 = compact(&mut s, &genesis, 45, &a2, &steps(0), &mut |_| {}).unwrap();
+    assert_eq!(r2.old_base, Some(r.base));
+    assert_eq!(r2.steps, 1);
+    assert_eq!(r2.removed_snapshots, vec![35]);
+    assert_eq!((r2.archive.first, r2.archive.last), (36, 45));
+    assert_eq!(r2.archive.prev_hash, r.archive.last_hash, "archives chain");
+    assert_eq!(s.list_snapshots().unwrap(), vec![45]);
+    let rec = recover(&s, &genesis).unwrap();
+    assert_same_node(&rec.node, st.node(), "after a second compaction");
+    // Compacting through the very last record leaves an empty WAL on a base.
+    let a3 = archive_path(h, "a3.cbor");
+    let r3 = compact(&mut s, &genesis, 55, &a3, &steps(0), &mut |_| {}).unwrap();
+    assert_eq!(r3.base.index, 55);
+    assert_eq!(s.count(Space::Wal).unwrap(), 0);
+    let mut w = writer(s, &st);
+    assert_eq!(w.last_index(), 55);
+    fill(&mut w, &mut st, 2);
+    let rec = recover(w.store(), &genesis).unwrap();
+    assert_same_node(&rec.node, st.node(), "appended onto an empty based WAL");
+}
+
+/// `drop_decisions` removes the cut records' decisions only.
+fn drop_decisions_removes_only_the_cut_ones(h: &mut impl Harness) {
+    let (st, mut s, accs) = fifty(h);
+    let genesis = st.genesis().clone();
+    let opts = CompactOptions {
+        drop_decisions: true,
+        step_records: 7,
+    };
+    let r = compact(
+        &mut s,
+        &genesis,
+        20,
+        &archive_path(h, "d.cbor"),
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.removed_decisions, 20);
+    assert_eq!(r.steps, 3);
+    assert!(get_decision(&s, &accs[19].record.decision)
+        .unwrap()
+        .is_none());
+    assert!(get_decision(&s, &accs[20].record.decision)
+        .unwrap()
+        .is_some());
+    let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert!(v.index_problems.is_empty(), "{:?}", v.index_problems);
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "recovered");
+}
+
+/// Refusals change nothing and create no archive.
+fn refusals_change_nothing(h: &mut impl Harness) {
+    let (st, mut s, _) = fifty(h);
+    let genesis = st.genesis().clone();
+    let a = archive_path(h, "r.cbor");
+    let e = compact(&mut s, &genesis, 51, &a, &steps(0), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CompactError::Beyond {
+                through: 51,
+                last: 50,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at or below 50"), "{e}");
+    let e = compact(&mut s, &genesis, 0, &a, &steps(0), &mut |_| {}).unwrap_err();
+    assert!(matches!(e, CompactError::NothingToCut { .. }), "{e}");
+    assert!(!a.exists());
+
+    std::fs::write(&a, b"precious").unwrap();
+    let e = compact(&mut s, &genesis, 20, &a, &steps(0), &mut |_| {}).unwrap_err();
+    assert!(matches!(e, CompactError::ArchiveExists(_)), "{e}");
+    assert_eq!(std::fs::read(&a).unwrap(), b"precious", "never overwritten");
+    assert_eq!(wal_base(&s).unwrap(), None);
+    assert_eq!(s.count(Space::Wal).unwrap(), 50);
+
+    compact(
+        &mut s,
+        &genesis,
+        20,
+        &archive_path(h, "ok.cbor"),
+        &steps(0),
+        &mut |_| {},
+    )
+    .unwrap();
+    let e = compact(
+        &mut s,
+        &genesis,
+        20,
+        &archive_path(h, "again.cbor"),
+        &steps(0),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, CompactError::NothingToCut { base: 20, .. }),
+        "{e}"
+    );
+    assert!(!archive_path(h, "again.cbor").exists());
+}
+
+/// A damaged record inside the range stops the compaction before anything
+/// is cut; the partial archive is removed and the error names the record.
+fn a_damaged_record_stops_it_before_any_cut(h: &mut impl Harness) {
+    let (st, mut s, _) = fifty(h);
+    let genesis = st.genesis().clone();
+    let mut v = s.get(Space::Wal, &index_key(7)).unwrap().unwrap();
+    let at = v.len() / 2;
+    v[at] ^= 0x10;
+    s.overwrite_raw(Space::Wal, &index_key(7), &v).unwrap();
+    let a = archive_path(h, "bad.cbor");
+    let e = compact(&mut s, &genesis, 20, &a, &steps(0), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(e, CompactError::Read(ReadError::Corrupt { index: 7, .. })),
+        "{e}"
+    );
+    assert!(!a.exists(), "a partial archive is removed");
+    assert_eq!(wal_base(&s).unwrap(), None);
+    assert_eq!(s.count(Space::Wal).unwrap(), 50);
+}
+
+fn refused<S: LogStore>(s: &mut S, b: Batch, what: &str) {
+    let e = s.commit(b).expect_err(what);
+    assert!(matches!(e, StoreError::WalBase { .. }), "{what}: {e}");
+}
+
+/// The store's own batch rules for a cut of the WAL's start.
+fn cut_rules(h: &mut impl Harness) {
+    let (st, mut s, _) = fifty(h);
+    let h10 = read_record(&s, 10).unwrap().hash;
+    let base = |i: u64, hash| swoosh_storage::store::encode_wal_base(i, &hash);
+    // A cut without moving the base there.
+    let mut b = Batch::new();
+    b.cut_wal_through(10);
+    refused(&mut s, b, "cut alone");
+    let mut b = Batch::new();
+    b.cut_wal_through(10)
+        .put(Space::Meta, b"wal_base".to_vec(), base(9, h10));
+    refused(&mut s, b, "base elsewhere");
+    // Beyond the last record, or twice.
+    let mut b = Batch::new();
+    b.cut_wal_through(51)
+        .put(Space::Meta, b"wal_base".to_vec(), base(51, h10));
+    refused(&mut s, b, "beyond the end");
+    let mut b = Batch::new();
+    b.cut_wal_through(5).cut_wal_through(10);
+    refused(&mut s, b, "twice");
+    // A base put while records remain, with no cut.
+    let mut b = Batch::new();
+    b.put(Space::Meta, b"wal_base".to_vec(), base(10, h10));
+    refused(&mut s, b, "base without a cut");
+    assert_eq!(s.count(Space::Wal).unwrap(), 50, "nothing applied");
+
+    // The accepted form, then a cut at or below the new base is refused.
+    let mut b = Batch::new();
+    b.cut_wal_through(10)
+        .put(Space::Meta, b"wal_base".to_vec(), base(10, h10));
+    LogStore::commit(&mut s, b).unwrap();
+    assert_eq!(s.count(Space::Wal).unwrap(), 40);
+    assert_eq!(first_index(&s).unwrap(), 11);
+    let mut b = Batch::new();
+    b.cut_wal_through(10)
+        .put(Space::Meta, b"wal_base".to_vec(), base(10, h10));
+    refused(&mut s, b, "at the base");
+    let _ = st;
+}
+
+both_backends!(
+    compact_then_append_recover_and_compact_again,
+    drop_decisions_removes_only_the_cut_ones,
+    refusals_change_nothing,
+    a_damaged_record_stops_it_before_any_cut,
+    cut_rules,
+);
+
+/// A crash between steps leaves the store at the last committed step; a
+/// second run (with a new archive) finishes from there.
+#[test]
+fn memory_crash_between_steps_keeps_a_consistent_store() {
+    let mut h = common::mem();
+    let (st, mut s, _) = fifty(&mut h);
+    let genesis = st.genesis().clone();
+    // Two steps commit, the third fails as a crash would.
+    s.crash_after_commits(2);
+    let a1 = h.scratch.path().join("c1.cbor");
+    let e = compact(&mut s, &genesis, 40, &a1, &steps(10), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(e, CompactError::Store(StoreError::Crashed { .. })),
+        "{e}"
+    );
+    let mut s = s.crash();
+    assert_eq!(wal_base(&s).unwrap().map(|b| b.index), Some(20));
+    assert_eq!(read_archive(&a1).unwrap().last, 40, "the archive was whole");
+    assert_same_node(
+        &recover(&s, &genesis).unwrap().node,
+        st.node(),
+        "consistent after the crash",
+    );
+    let a2 = h.scratch.path().join("c2.cbor");
+    let r = compact(&mut s, &genesis, 40, &a2, &steps(10), &mut |_| {}).unwrap();
+    assert_eq!((r.archive.first, r.archive.last, r.steps), (21, 40, 2));
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "finished");
+}
+
+/// `read_archive` names what is wrong with a damaged archive.
+#[test]
+fn read_archive_detects_truncation_gaps_and_garbage() {
+    let mut h = common::mem();
+    let (st, mut s, _) = fifty(&mut h);
+    let a = h.scratch.path().join("a.cbor");
+    compact(&mut s, st.genesis(), 5, &a, &steps(0), &mut |_| {}).unwrap();
+    let bytes = std::fs::read(&a).unwrap();
+    let frames: Vec<(usize, usize)> = {
+        let mut out = vec![];
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            out.push((at, at + 4 + n));
+            at += 4 + n;
+        }
+        out
+    };
+    assert_eq!(frames.len(), 5);
+    let write = |name: &str, b: &[u8]| {
+        let p = h.scratch.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+
+    let p = write("trunc", &bytes[..bytes.len() - 3]);
+    let e = read_archive(&p).unwrap_err();
+    assert!(matches!(e, ArchiveError::Truncated { after: 4, .. }), "{e}");
+
+    let mut gap = bytes[..frames[1].0].to_vec();
+    gap.extend_from_slice(&bytes[frames[2].0..]);
+    let e = read_archive(&write("gap", &gap)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ArchiveError::Index {
+                expected: 2,
+                got: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let mut swapped = bytes[..frames[1].0].to_vec();
+    // Record 2 of another log (a fresh stream of another label) in place.
+    let mut other = Stream::new("another-log", 2, Verify::Trusted);
+    let rec2 = other.take(2).pop().unwrap().record;
+    let enc = swoosh_core::cbor::to_canonical(&rec2).unwrap();
+    swapped.extend_from_slice(&(enc.len() as u32).to_be_bytes());
+    swapped.extend_from_slice(&enc);
+    let e = read_archive(&write("swapped", &swapped)).unwrap_err();
+    assert!(matches!(e, ArchiveError::Chain { index: 2, .. }), "{e}");
+
+    let mut big = bytes.clone();
+    big[0..4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let e = read_archive(&write("big", &big)).unwrap_err();
+    assert!(matches!(e, ArchiveError::TooLarge { offset: 0, .. }), "{e}");
+
+    let mut garbage = bytes.clone();
+    garbage[frames[0].0 + 4] = 0xff;
+    let e = read_archive(&write("garbage", &garbage)).unwrap_err();
+    assert!(matches!(e, ArchiveError::Record { offset: 0, .. }), "{e}");
+
+    let e = read_archive(&write("empty", b"")).unwrap_err();
+    assert!(matches!(e, ArchiveError::Empty { .. }), "{e}");
+}
