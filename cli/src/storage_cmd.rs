@@ -1,4 +1,4 @@
-//! `swoosh wal verify|export|inspect|repair|reindex`, `swoosh replay` and
+//! `swoosh wal verify|export|inspect|repair|reindex|compact|check-archive`, `swoosh replay` and
 //! `swoosh snapshot create|list|restore`: operator tools over a node's store.
 //!
 //! Every command takes a node directory `D` (as made by `swoosh init` or
