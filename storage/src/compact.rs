@@ -41,7 +41,8 @@ use swoosh_core::Hash;
 
 /// Most records one compaction step cuts in one commit. With compressed
 /// records stored inline (~3 per 4 KiB leaf), a step dirties ~7,000 leaf
-/// pages, far below LMDB's per-transaction limit of 131,072 dirty pages.
+/// pages: well inside LMDB's dirty list of 131,072 pages, past which a
+/// transaction spills pages to disk before its commit.
 pub const COMPACT_STEP_RECORDS: u64 = 20_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
