@@ -24,7 +24,8 @@ mod node;
 mod undurable;
 
 pub use node::{
-    ActorKind, AttentionView, Clock, FollowerHealth, GaveUp, HealthView, ManualClock, NodeConfig,
-    NodeHandle, RecoveryView, ReplicationCountersSource, ReplicationSource, StartError, StateView,
-    SubmitOk, SubmitResult, SystemClock, FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
+    ActorKind, AttentionView, Clock, CompactionPolicy, FollowerHealth, GaveUp, HealthView,
+    ManualClock, NodeConfig, NodeHandle, RecoveryView, ReplicationCountersSource,
+    ReplicationSource, StartError, StateView, SubmitOk, SubmitResult, SystemClock,
+    COMPACT_KEEP_RECORDS_MIN, FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
 };

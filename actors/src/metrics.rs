@@ -140,6 +140,13 @@ pub struct Metrics {
     /// Snapshot requests dropped on a full snapshotter mailbox (the next
     /// periodic or REVERB snapshot covers them).
     pub snapshot_requests_dropped_total: Counter,
+    /// Automatic compactions (`NodeConfig::compaction`), by outcome
+    /// (`ok`, `failed`).
+    pub compactions_total: Family<KindLabel, Counter>,
+    /// Records archived and cut by automatic compaction.
+    pub compacted_records_total: Counter,
+    /// The WAL base: the log starts after this record (0: at record 1).
+    pub wal_base_index: Gauge,
     pub wal_index: Gauge,
     pub backpressure_total: Counter,
     /// Idempotency keys in the state's bounded window (at most
@@ -294,6 +301,24 @@ impl Metrics {
             "Snapshot requests dropped on a full snapshotter mailbox",
             snapshot_requests_dropped_total.clone(),
         );
+        let compactions_total = Family::<KindLabel, Counter>::default();
+        r.register(
+            "swoosh_compactions",
+            "Automatic compactions of the log (records archived to --archive-dir, then cut), by outcome: ok, failed",
+            compactions_total.clone(),
+        );
+        let compacted_records_total = Counter::default();
+        r.register(
+            "swoosh_compacted_records",
+            "Records archived and cut from the store by automatic compaction",
+            compacted_records_total.clone(),
+        );
+        let wal_base_index = Gauge::default();
+        r.register(
+            "swoosh_wal_base_index",
+            "The store's log starts after this record (its WAL base; 0: at record 1)",
+            wal_base_index.clone(),
+        );
         let wal_index = Gauge::default();
         r.register(
             "swoosh_wal_index",
@@ -378,6 +403,9 @@ impl Metrics {
             ready,
             region_updates_dropped_total,
             snapshot_requests_dropped_total,
+            compactions_total,
+            compacted_records_total,
+            wal_base_index,
             wal_index,
             backpressure_total,
             idempotency_window_keys,

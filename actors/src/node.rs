@@ -76,6 +76,58 @@ pub struct NodeConfig {
     /// Where the attention scorer keeps its memory across restarts (e.g.
     /// `<data dir>/attention.cbor`); `None` keeps it in memory only.
     pub attention_file: Option<std::path::PathBuf>,
+    /// Automatic compaction of the log while serving; `None`: the log grows
+    /// until an operator runs `swoosh wal compact`.
+    pub compaction: Option<CompactionPolicy>,
+}
+
+/// Fewest records automatic compaction keeps: the leader's replication tail
+/// and its state copy read records a little behind the log's end, and a
+/// follower that lags less than this catches up record by record.
+pub const COMPACT_KEEP_RECORDS_MIN: u64 = 10_000;
+
+/// Automatic compaction (`swoosh serve --archive-dir D --compact-keep-records
+/// N`): after a snapshot is written, when more than `min_records` records
+/// beyond the newest `keep_records` lie after the WAL base, the snapshotter
+/// archives them to a new file in `archive_dir` and cuts them
+/// (`swoosh_storage::compact_with`, each step's commit under the node's
+/// commit lock). It shares the snapshotter's turn, so it never runs beside a
+/// snapshot write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Records left in the store after a compaction.
+    pub keep_records: u64,
+    /// Records that must have accumulated past `keep_records` before a
+    /// compaction runs (so it runs in chunks, not after every snapshot).
+    pub min_records: u64,
+    /// Where archives go: `wal-<first>-<last>.cbor` (20-digit indexes, so
+    /// names sort in log order).
+    pub archive_dir: std::path::PathBuf,
+    /// Delete the cut records' decision records too.
+    pub drop_decisions: bool,
+}
+
+impl CompactionPolicy {
+    /// The record to compact through, if enough have accumulated: the log
+    /// starts after `base` and ends at `last`.
+    pub fn through(&self, base: u64, last: u64) -> Option<u64> {
+        let through = last.checked_sub(self.keep_records)?;
+        (through >= base.saturating_add(self.min_records.max(1))).then_some(through)
+    }
+
+    /// A new archive file for records `first..=through` (a suffix when an
+    /// earlier, interrupted run left one of that name: archives are never
+    /// overwritten).
+    pub fn archive_path(&self, first: u64, through: u64) -> std::path::PathBuf {
+        let stem = format!("wal-{first:020}-{through:020}");
+        let mut p = self.archive_dir.join(format!("{stem}.cbor"));
+        let mut n = 1u32;
+        while p.exists() {
+            p = self.archive_dir.join(format!("{stem}-{n}.cbor"));
+            n += 1;
+        }
+        p
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -721,6 +773,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             let m = &self.shared.metrics;
             m.store_used_bytes.set(gauge(u.used_bytes));
             m.store_capacity_bytes.set(gauge(u.capacity_bytes));
+        }
+        if let Ok(b) = swoosh_storage::wal_base(&self.shared.store) {
+            let base = b.map_or(0, |b| b.index);
+            self.shared
+                .metrics
+                .wal_base_index
+                .set(i64::try_from(base).unwrap_or(i64::MAX));
         }
         if let Some(f) = installed(&self.shared.replication) {
             export_replicas(&self.shared.metrics, &f());
@@ -2053,8 +2112,96 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
                 tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything")
             }
         }
+        if let Some(policy) = sh.cfg.compaction.clone() {
+            let (sh2, policy2) = (sh.clone(), policy.clone());
+            let r = tokio::task::spawn_blocking(move || compact_now(&sh2, &policy2))
+                .await
+                .map_err(|e| format!("compaction task failed: {e}"))?;
+            let m = &sh.metrics;
+            match r {
+                Ok(None) => {}
+                Ok(Some(rep)) => {
+                    m.compactions_total
+                        .get_or_create(&KindLabel { kind: "ok".into() })
+                        .inc();
+                    m.compacted_records_total.inc_by(rep.archive.records);
+                    m.wal_base_index
+                        .set(i64::try_from(rep.base.index).unwrap_or(i64::MAX));
+                    tracing::info!(
+                        first = rep.archive.first,
+                        through = rep.base.index,
+                        records = rep.archive.records,
+                        steps = rep.steps,
+                        seconds = rep.elapsed.as_secs_f64(),
+                        archive = %rep.archive_path.display(),
+                        "compacted the log: the records are in the archive, the log starts after the last one"
+                    );
+                }
+                // The log keeps growing, nothing is lost: an operator acts
+                // on the alert (the archive directory full or unwritable,
+                // or a damaged record the error names).
+                Err(e) => {
+                    m.compactions_total
+                        .get_or_create(&KindLabel {
+                            kind: "failed".into(),
+                        })
+                        .inc();
+                    tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; the log keeps everything and grows until it succeeds");
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// What one automatic compaction did.
+struct Compacted {
+    archive_path: std::path::PathBuf,
+    base: swoosh_storage::WalBase,
+    archive: swoosh_storage::ArchiveSummary,
+    steps: u64,
+    elapsed: Duration,
+}
+
+/// Compact the store as `policy` says, if enough records have accumulated.
+/// Runs on a blocking thread; each step's commit holds the commit lock.
+fn compact_now<S: LogStore + Clone>(
+    sh: &Shared<S>,
+    policy: &CompactionPolicy,
+) -> Result<Option<Compacted>, String> {
+    let mut store = sh.store.clone();
+    let base = swoosh_storage::wal_base(&store)
+        .map_err(|e| e.to_string())?
+        .map_or(0, |b| b.index);
+    let last = store.last_index().map_err(|e| e.to_string())?;
+    let Some(through) = policy.through(base, last) else {
+        return Ok(None);
+    };
+    let path = policy.archive_path(base + 1, through);
+    let lock = sh.commit_lock.clone();
+    let r = swoosh_storage::compact_with(
+        &mut store,
+        &sh.cfg.genesis,
+        through,
+        &path,
+        &swoosh_storage::CompactOptions {
+            drop_decisions: policy.drop_decisions,
+            ..Default::default()
+        },
+        &mut |_| {},
+        &mut |s, b| {
+            let _g = lock.lock().expect("commit lock");
+            s.commit(b)
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Some(Compacted {
+        archive_path: path,
+        base: r.base,
+        archive: r.archive,
+        steps: r.steps,
+        elapsed: r.elapsed,
+    }))
 }
 
 // ---------------------------------------------------------------- attention
@@ -2997,6 +3144,7 @@ mod tests {
             clock: Arc::new(crate::ManualClock(AtomicU64::new(origin_ms))),
             advertise: String::new(),
             attention_file: None,
+            compaction: None,
         };
         let node = NodeHandle::start(store, cfg).await.expect("node starts");
         TestNode {

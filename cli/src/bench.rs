@@ -157,6 +157,7 @@ async fn http(a: HttpArgs) -> Result<()> {
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: None,
+        compaction: None,
     };
     let node = NodeHandle::start(store, cfg).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

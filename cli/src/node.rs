@@ -430,6 +430,7 @@ fn prepare_node(dir: &Path, nosync: bool, snapshot_every: u64) -> Result<(LmdbSt
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: Some(dir.join("data").join(ATTENTION_FILE)),
+        compaction: None,
     };
     Ok((store, cfg))
 }
@@ -1256,6 +1257,7 @@ mod tests {
             clock: std::sync::Arc::new(swoosh_actors::ManualClock(AtomicU64::new(origin_ms))),
             advertise: String::new(),
             attention_file: None,
+            compaction: None,
         };
         let node = super::NodeHandle::start(store, cfg).await.expect("starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1814,7 +1814,61 @@ struct CheckArchiveJson {
     starts_at_genesis: Option<bool>,
     /// With --dir: whether the last archive joins the store's log.
     joins_store: Option<bool>,
+    /// Things that are not problems but an auditor should know.
+    notes: Vec<String>,
     problem: Option<String>,
+}
+
+/// Whether archive `a` (file `f`) continues `p` (file `pf`): it starts right
+/// after it, linked to its last hash, or it overlaps it (a compaction run
+/// again) with the same record where they meet.
+fn joins(
+    pf: &Path,
+    p: &swoosh_storage::ArchiveSummary,
+    f: &Path,
+    a: &swoosh_storage::ArchiveSummary,
+) -> std::result::Result<(), String> {
+    let gap = || {
+        format!(
+            "{} does not continue the archive before it: it starts at record {} after {}, {} holds records {}..={} ending with {}; give the archives in log order, none missing",
+            f.display(),
+            a.first,
+            a.prev_hash,
+            pf.display(),
+            p.first,
+            p.last,
+            p.last_hash
+        )
+    };
+    if a.first == p.last.saturating_add(1) {
+        return if a.prev_hash == p.last_hash {
+            Ok(())
+        } else {
+            Err(gap())
+        };
+    }
+    if a.first <= p.first || a.first > p.last {
+        return Err(gap());
+    }
+    // Overlap: both must hold the same record where `a` starts, and the same
+    // record where the shorter one ends (a chain is fixed by its ends).
+    let read = |path: &Path, index: u64| {
+        swoosh_storage::archive_hash_at(path, index)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} holds no record {index}", path.display()))
+    };
+    if read(pf, a.first - 1)? != a.prev_hash {
+        return Err(gap());
+    }
+    let end = p.last.min(a.last);
+    if read(pf, end)? != read(f, end)? {
+        return Err(format!(
+            "{} and {} both hold record {end} but with different contents: they are not the same log",
+            pf.display(),
+            f.display()
+        ));
+    }
+    Ok(())
 }
 
 fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Result<()> {
@@ -1823,10 +1877,12 @@ fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Resul
         archives: vec![],
         starts_at_genesis: None,
         joins_store: None,
+        notes: vec![],
         problem: None,
     };
     let mut prev: Option<swoosh_storage::ArchiveSummary> = None;
     let mut oldest: Option<swoosh_storage::ArchiveSummary> = None;
+    let mut prev_file: Option<PathBuf> = None;
     for f in files {
         let a = match swoosh_storage::read_archive(f) {
             Ok(a) => a,
@@ -1835,17 +1891,19 @@ fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Resul
                 break;
             }
         };
-        if let Some(p) = prev {
-            if a.first != p.last + 1 || a.prev_hash != p.last_hash {
-                out.problem = Some(format!(
-                    "{} does not continue the archive before it: it starts at record {} after {}, the one before ends at record {} hashing to {}; give the archives in log order, none missing",
+        if let (Some(p), Some(pf)) = (prev, prev_file.as_ref()) {
+            if let Err(problem) = joins(pf, &p, f, &a) {
+                out.problem = Some(problem);
+                break;
+            }
+            if a.first <= p.last {
+                out.notes.push(format!(
+                    "{} repeats records {}..={} of {} (a compaction run again after an interruption): they are the same records",
                     f.display(),
                     a.first,
-                    a.prev_hash,
-                    p.last,
-                    p.last_hash
+                    p.last.min(a.last),
+                    pf.display()
                 ));
-                break;
             }
         }
         out.archives.push(ArchiveJson {
@@ -1858,11 +1916,22 @@ fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Resul
             last_hash: a.last_hash.to_string(),
         });
         oldest.get_or_insert(a);
-        prev = Some(a);
+        // An archive wholly inside the one before adds nothing to join to.
+        if prev.is_none_or(|p| a.last > p.last) {
+            prev = Some(a);
+            prev_file = Some(f.clone());
+        }
     }
     if let (None, Some(dir), Some(last), Some(first)) = (&out.problem, dir, prev, oldest) {
         let node = open_node(dir, Access::Read)?;
         out.starts_at_genesis = Some(first.first == 1 && first.prev_hash == node.genesis_hash);
+        if first.first > 1 {
+            out.notes.push(format!(
+                "the first archive starts at record {}: the archive(s) of records 1..={} were not given, so the chain is checked from there only",
+                first.first,
+                first.first - 1
+            ));
+        }
         if first.first == 1 && first.prev_hash != node.genesis_hash {
             out.problem = Some(format!(
                 "{} starts at record 1 but links to {}, not to this cluster's genesis {}: it is another cluster's log",
@@ -1926,6 +1995,9 @@ fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Resul
         }
         if out.joins_store == Some(true) {
             say!("the last archive joins the log in its node directory");
+        }
+        for n in &out.notes {
+            say!("note: {n}");
         }
     }
     match out.problem {

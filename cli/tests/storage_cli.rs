@@ -955,6 +955,22 @@ fn compact_archives_the_start_of_a_demo_log() {
         s(&export),
     ]);
     let a1 = tmp.path().join("a1.cbor");
+    // An export of records 30..=45: an archive that overlaps a1 (1..=40).
+    let overlap = tmp.path().join("overlap.cbor");
+    ok(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "cbor",
+        "--from",
+        "30",
+        "--to",
+        "45",
+        "--out",
+        s(&overlap),
+    ]);
 
     // The default keeps 100,000 records: nothing to do on a demo log.
     let o = fails(&["wal", "compact", "--dir", d, "--archive", s(&a1)]);
@@ -1018,6 +1034,19 @@ fn compact_archives_the_start_of_a_demo_log() {
     assert_eq!(c["ok"], true, "{c}");
     assert_eq!(c["starts_at_genesis"], true);
     assert_eq!(c["joins_store"], true);
+    // An overlapping archive (what a compaction run again after an
+    // interruption writes) joins when it repeats the same records.
+    let o = ok(&["wal", "check-archive", s(&a1), s(&overlap), "--dir", d]);
+    assert!(text(&o).contains("repeats records 30..=40"), "{}", text(&o));
+    let mut tampered = std::fs::read(&overlap).unwrap();
+    let n = tampered.len();
+    tampered.truncate(n - 1);
+    let t = tmp.path().join("tampered.cbor");
+    std::fs::write(&t, &tampered).unwrap();
+    fails(&["wal", "check-archive", s(&a1), s(&t)]);
+    // Without the first archive the chain is checked from where it starts.
+    let o = ok(&["wal", "check-archive", s(&overlap), "--dir", d]);
+    assert!(text(&o).contains("starts at record 30"), "{}", text(&o));
 
     // The compacted log verifies and replays to the demo's hash.
     let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));

@@ -487,6 +487,7 @@ async fn real_node(label: &str) -> (String, NodeHandle<LmdbStore>, Keys, tempfil
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: None,
+        compaction: None,
     };
     let node = NodeHandle::start(store, cfg).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -90,6 +90,7 @@ async fn cluster(label: &str) -> Cluster {
             clock: Arc::new(SystemClock),
             advertise: String::new(),
             attention_file: None,
+            compaction: None,
         },
     )
     .await

@@ -101,6 +101,7 @@ async fn cluster(label: &str, followers: usize) -> Cluster {
             clock: Arc::new(SystemClock),
             advertise: String::new(),
             attention_file: None,
+            compaction: None,
         },
     )
     .await

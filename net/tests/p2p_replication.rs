@@ -628,9 +628,10 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
     assert!(h.last_snapshot_hlc.is_some());
 }
 
-/// A leader whose log was compacted (`swoosh wal compact`: records 1..=100
-/// archived and cut, the snapshot at 100 its WAL base) serves a new follower:
-/// a range from record 1 is answered with the base snapshot, then records.
+/// A leader whose log was compacted (`swoosh wal compact`: records 1..=120,
+/// all it held, archived and cut, the snapshot at 120 its WAL base) serves a
+/// new follower: a range from record 1 is answered with the base snapshot
+/// even while the WAL holds no record after it, then records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() {
     use swoosh_storage::{MemDisk, MemStore};
@@ -641,18 +642,17 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
     let r = swoosh_storage::compact(
         c.writer.store_mut(),
         &g,
-        100,
+        120,
         &archive,
         &swoosh_storage::CompactOptions::default(),
         &mut |_| {},
     )
     .unwrap();
-    assert_eq!(r.base.index, 100);
+    assert_eq!(r.base.index, 120);
     assert_eq!(
         swoosh_storage::LogStore::list_snapshots(c.writer.store()).unwrap(),
-        vec![100]
+        vec![120]
     );
-    c.commit(30);
     let leader = c.leader().await;
     let disk = MemDisk::new();
     let (k, a) = c.followers[0].clone();
@@ -668,6 +668,11 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
     )
     .await
     .unwrap();
+    wait_for("the new follower at 120, from the snapshot", || {
+        f.shared.lock().unwrap().persisted_index() == 120
+    })
+    .await;
+    c.commit(30);
     wait_for("the new follower at 150, persisted", || {
         f.shared.lock().unwrap().persisted_index() == 150
     })
@@ -677,7 +682,7 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
     assert!(leader.snapshot().stats.snapshot_offers >= 1);
     drop(f);
     let st = MemStore::open("f", &disk, Durability::Sync);
-    assert_eq!(swoosh_storage::first_index(&st).unwrap(), 101);
+    assert_eq!(swoosh_storage::first_index(&st).unwrap(), 121);
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more

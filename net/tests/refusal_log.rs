@@ -55,6 +55,7 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: None,
+        compaction: None,
     };
     let node = NodeHandle::start(store, cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

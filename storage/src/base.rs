@@ -24,7 +24,13 @@
 //! - Records at or below B read as `ReadError::BelowBase`, not missing.
 //! - The snapshot at B is pinned: keep-last-K pruning skips it (it does not
 //!   count against K) and the store refuses to delete it while it is the
-//!   base. The base only moves by installing another snapshot.
+//!   base. The base moves by installing another snapshot, or forward by a
+//!   compaction (`crate::compact`).
+//! - `meta` `base_derived` = `"I D"` counts the idempotency entries (I) and
+//!   decision records (D) the store holds for records at or below B (the
+//!   snapshot's window after an install; every kept entry after a
+//!   compaction), so the leader's start-up audit can still expect exact
+//!   counts: I + records after B, D + records after B.
 
 use crate::frame::{self, FrameKind};
 use crate::recovery::for_each_entry;
@@ -45,6 +51,60 @@ use swoosh_core::Hash;
 pub struct WalBase {
     pub index: u64,
     pub hash: Hash,
+}
+
+/// `meta` key of [`BaseDerived`].
+pub const META_BASE_DERIVED: &str = "base_derived";
+
+/// Derived entries held for records at or below the WAL base (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BaseDerived {
+    pub idem: u64,
+    pub decisions: u64,
+}
+
+impl BaseDerived {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        format!("{} {}", self.idem, self.decisions).into_bytes()
+    }
+    fn decode(v: &[u8]) -> Option<BaseDerived> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (i, d) = s.split_once(' ')?;
+        Some(BaseDerived {
+            idem: i.parse().ok()?,
+            decisions: d.parse().ok()?,
+        })
+    }
+}
+
+/// The stored [`BaseDerived`]; `None` when absent (a store based before it
+/// was kept) or unreadable (the audit then falls back to bounds).
+pub fn base_derived<S: LogStore + ?Sized>(store: &S) -> Result<Option<BaseDerived>, StoreError> {
+    Ok(store
+        .get_meta(META_BASE_DERIVED)?
+        .and_then(|v| BaseDerived::decode(&v)))
+}
+
+/// Count the derived entries naming a record at or below `base` (one scan
+/// of both spaces; entries that do not decode are not counted).
+pub(crate) fn count_derived_through<S: LogStore + ?Sized>(
+    store: &S,
+    base: u64,
+) -> Result<BaseDerived, StoreError> {
+    let mut d = BaseDerived::default();
+    crate::recovery::for_each_entry(store, Space::Idem, &mut |_, v| {
+        if crate::recovery::decode_idem(v).is_some_and(|e| e.index <= base) {
+            d.idem += 1;
+        }
+    })?;
+    crate::recovery::for_each_entry(store, Space::Decisions, &mut |k, v| {
+        if crate::recovery::decode_decision(v)
+            .is_some_and(|x| x.record().index <= base && x.hash().0[..] == k[..])
+        {
+            d.decisions += 1;
+        }
+    })?;
+    Ok(d)
 }
 
 /// The store's WAL base (`None`: the log starts at record 1).
@@ -285,6 +345,15 @@ pub fn install_snapshot<S: LogStore + ?Sized>(
         Space::Meta,
         META_WAL_BASE.as_bytes().to_vec(),
         encode_wal_base(base.index, &base.hash),
+    );
+    b.put(
+        Space::Meta,
+        META_BASE_DERIVED.as_bytes().to_vec(),
+        BaseDerived {
+            idem: idem_entries,
+            decisions: 0,
+        }
+        .encode(),
     );
     store.commit(b)?;
 

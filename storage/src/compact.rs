@@ -25,8 +25,11 @@
 //! The store must not be written by anyone else meanwhile (the CLI holds the
 //! node directory's lock).
 
-use crate::base::{wal_base, WalBase};
+use crate::base::{
+    base_derived, count_derived_through, wal_base, BaseDerived, WalBase, META_BASE_DERIVED,
+};
 use crate::frame::{self, FrameKind};
+use crate::index::{lookup_idem, IndexError};
 use crate::recovery::{base_state, replay, Phase, Progress, RecoveryError};
 use crate::snapshot::{encode_snapshot, SnapshotError};
 use crate::store::{encode_wal_base, index_key, Batch, LogStore, Space, StoreError, META_WAL_BASE};
@@ -131,13 +134,13 @@ pub enum CompactError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot read the records to archive: {0}")]
     Read(#[from] ReadError),
-    #[error("{location} starts after record {base} already (its WAL base): nothing at or below {through} is left to compact; pick a record after {base}")]
+    #[error("{}", if *base == 0 { format!("{location}: there is no record {through} to compact through; pick a record from 1 on") } else { format!("{location} starts after record {base} already (its WAL base): nothing at or below {through} is left to compact; pick a record after {base}") })]
     NothingToCut {
         location: String,
         base: u64,
         through: u64,
     },
-    #[error("{location} ends at record {last}: cannot compact through {through}; pick a record at or below {last}")]
+    #[error("{location} ends at record {last}: cannot compact through {through}; pick a record at or below {last} (and after the log's start)")]
     Beyond {
         location: String,
         through: u64,
@@ -151,6 +154,13 @@ pub enum CompactError {
     Reencode { index: u64 },
     #[error("the archive read back does not hold what was written ({0}); nothing was removed from the store: check the disk")]
     ArchiveReadBack(String),
+    #[error("{source}; records {first}..={cut_through} were already cut from the store and are kept only in {}: keep that file, and run the compaction again (with a new archive file) to finish", archive.display())]
+    Interrupted {
+        first: u64,
+        cut_through: u64,
+        archive: PathBuf,
+        source: Box<CompactError>,
+    },
     #[error("after compacting through {expected_index}, {location} reads back {got:?} as its WAL base: the store is returning wrong data; check the disk")]
     ReadBack {
         location: String,
@@ -183,19 +193,19 @@ pub fn compact_range<S: LogStore + ?Sized>(
     through: u64,
 ) -> Result<(u64, u64), CompactError> {
     let base = wal_base(store)?.map_or(0, |b| b.index);
-    let last = store.last_index()?;
+    let end = store.last_index()?.max(base);
+    if through > end {
+        return Err(CompactError::Beyond {
+            location: store.location(),
+            through,
+            last: end,
+        });
+    }
     if through <= base {
         return Err(CompactError::NothingToCut {
             location: store.location(),
             base,
             through,
-        });
-    }
-    if through > last {
-        return Err(CompactError::Beyond {
-            location: store.location(),
-            through,
-            last,
         });
     }
     Ok((base + 1, through))
@@ -210,6 +220,29 @@ pub fn compact<S: LogStore + ?Sized>(
     archive: &Path,
     opts: &CompactOptions,
     progress: &mut dyn FnMut(&Progress),
+) -> Result<CompactReport, CompactError> {
+    compact_with(
+        store,
+        genesis,
+        through,
+        archive,
+        opts,
+        progress,
+        &mut |s, b| s.commit(b),
+    )
+}
+
+/// [`compact`] with each step's commit made by `commit` (a running node
+/// makes it under the lock its WAL commits and recoveries hold, so a step
+/// never cuts records under a recovery that is replaying them).
+pub fn compact_with<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    through: u64,
+    archive: &Path,
+    opts: &CompactOptions,
+    progress: &mut dyn FnMut(&Progress),
+    commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
 ) -> Result<CompactReport, CompactError> {
     let t0 = Instant::now();
     let fresh = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
@@ -235,18 +268,100 @@ pub fn compact<S: LogStore + ?Sized>(
         0 => COMPACT_STEP_RECORDS,
         n => n.min(COMPACT_STEP_RECORDS),
     };
-    let total = through - node.index;
+    match cut_steps(
+        store, &mut node, old_base, through, step, first, opts, progress, commit,
+    ) {
+        Ok((steps, removed_snapshots, removed_decisions)) => Ok(CompactReport {
+            old_base,
+            base: WalBase {
+                index: through,
+                hash: node.head_record,
+            },
+            archive: summary,
+            steps,
+            removed_snapshots,
+            removed_decisions,
+            elapsed: t0.elapsed(),
+        }),
+        Err((_, e)) => {
+            // Judged by the store, not by the steps counted: a commit that
+            // reported an error may still have applied.
+            match wal_base(&*store) {
+                Ok(now) if now == old_base => {
+                    // Nothing was cut: the store holds every record, so the
+                    // archive is a spare copy, removed so a retry can use
+                    // its name.
+                    let _ = std::fs::remove_file(archive);
+                    let _ = sync_dir(archive);
+                    Err(e)
+                }
+                Ok(Some(now)) => Err(CompactError::Interrupted {
+                    first,
+                    cut_through: now.index,
+                    archive: archive.to_path_buf(),
+                    source: Box::new(e),
+                }),
+                // Unknown: the archive stays.
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// The replay-and-cut steps of [`compact_with`], from `node` (the state at
+/// the current base) through `through`. On failure, the steps committed.
+#[allow(clippy::too_many_arguments)]
+fn cut_steps<S: LogStore + ?Sized>(
+    store: &mut S,
+    node: &mut NodeState,
+    old_base: Option<WalBase>,
+    through: u64,
+    step: u64,
+    first: u64,
+    opts: &CompactOptions,
+    progress: &mut dyn FnMut(&Progress),
+    commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
+) -> Result<(u64, Vec<u64>, u64), (u64, CompactError)> {
     let mut steps = 0u64;
+    let r = cut_steps_inner(
+        store, node, old_base, through, step, first, opts, progress, commit, &mut steps,
+    );
+    r.map_err(|e| (steps, e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cut_steps_inner<S: LogStore + ?Sized>(
+    store: &mut S,
+    node: &mut NodeState,
+    old_base: Option<WalBase>,
+    through: u64,
+    step: u64,
+    first: u64,
+    opts: &CompactOptions,
+    progress: &mut dyn FnMut(&Progress),
+    commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
+    steps: &mut u64,
+) -> Result<(u64, Vec<u64>, u64), CompactError> {
+    // Entries kept for the records at or below the base, carried forward
+    // step by step (meta `base_derived`, which the start-up audit reads).
+    let mut kept = match old_base {
+        None => BaseDerived::default(),
+        Some(b) => match base_derived(&*store)? {
+            Some(d) => d,
+            None => count_derived_through(&*store, b.index)?,
+        },
+    };
+    let total = through - node.index;
     let mut removed_snapshots = vec![];
     let mut removed_decisions = 0u64;
     while node.index < through {
         let from = node.index + 1;
         let to = node.index.saturating_add(step).min(through);
         let offset = from - first;
-        let mut decisions: Vec<Hash> = vec![];
+        let mut cut: Vec<(u64, String, String, Hash)> = vec![];
         replay(
             &*store,
-            &mut node,
+            node,
             from,
             to,
             Verify::Trusted,
@@ -258,14 +373,13 @@ pub fn compact<S: LogStore + ?Sized>(
                 })
             },
             &mut |_, v| {
-                if opts.drop_decisions {
-                    decisions.push(v.record.decision);
-                }
+                let r = &v.record;
+                cut.push((v.index, r.project.clone(), r.idem_key.clone(), r.decision));
             },
         )?;
         // A replay that applied fewer records stops with an error naming the
         // record; reaching here means the state is the one after `to`.
-        let (frame_bytes, snapshot_hash) = encode_snapshot(&node)?;
+        let (frame_bytes, snapshot_hash) = encode_snapshot(node)?;
         let mut b = Batch::new();
         b.cut_wal_through(to);
         b.put(Space::Snapshots, index_key(to).to_vec(), frame_bytes);
@@ -282,15 +396,31 @@ pub fn compact<S: LogStore + ?Sized>(
         for s in &below {
             b.delete(Space::Snapshots, index_key(*s).to_vec());
         }
-        for d in &decisions {
-            if store.get(Space::Decisions, &d.0)?.is_some() {
-                b.delete(Space::Decisions, d.0.to_vec());
-                removed_decisions += 1;
+        for (index, project, idem_key, decision) in &cut {
+            match lookup_idem(&*store, project, idem_key) {
+                Ok(Some(e)) if e.index == *index => kept.idem += 1,
+                Err(IndexError::Store(e)) => return Err(e.into()),
+                // Missing or damaged: the audit's count then differs and a
+                // leader rebuilds the indexes, which recounts.
+                _ => {}
+            }
+            if store.get(Space::Decisions, &decision.0)?.is_some() {
+                if opts.drop_decisions {
+                    b.delete(Space::Decisions, decision.0.to_vec());
+                    removed_decisions += 1;
+                } else {
+                    kept.decisions += 1;
+                }
             }
         }
-        store.commit(b)?;
+        b.put(
+            Space::Meta,
+            META_BASE_DERIVED.as_bytes().to_vec(),
+            kept.encode(),
+        );
+        commit(store, b)?;
+        *steps += 1;
         store.sync()?;
-        steps += 1;
         removed_snapshots.extend(below);
         let expected = WalBase {
             index: to,
@@ -331,18 +461,7 @@ pub fn compact<S: LogStore + ?Sized>(
             }
         }
     }
-    Ok(CompactReport {
-        old_base,
-        base: WalBase {
-            index: through,
-            hash: node.head_record,
-        },
-        archive: summary,
-        steps,
-        removed_snapshots,
-        removed_decisions,
-        elapsed: t0.elapsed(),
-    })
+    Ok((*steps, removed_snapshots, removed_decisions))
 }
 
 /// Write records `from..=to` (each checked as [`export`] checks it) to a new
@@ -360,17 +479,22 @@ fn write_archive<S: LogStore + ?Sized>(
         path: path.to_path_buf(),
         detail: e.to_string(),
     };
-    let file = match std::fs::OpenOptions::new()
+    if path.exists() {
+        return Err(CompactError::ArchiveExists(path.to_path_buf()));
+    }
+    // Written beside its final name and linked there only once complete and
+    // synced, so a crash never leaves a partial file under the archive's
+    // name (a leftover `.partial` is never the only copy of anything: the
+    // cut starts after the link).
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(CompactError::ArchiveExists(path.to_path_buf()))
-        }
-        Err(e) => return Err(werr(e)),
-    };
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .map_err(werr)?;
     let total = to - from + 1;
     let written = (|| -> Result<(), CompactError> {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
@@ -396,16 +520,23 @@ fn write_archive<S: LogStore + ?Sized>(
         out.flush().map_err(werr)?;
         drop(out);
         file.sync_all().map_err(werr)?;
+        // A link fails if the name was taken meanwhile: never overwritten.
+        std::fs::hard_link(&partial, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CompactError::ArchiveExists(path.to_path_buf())
+            } else {
+                werr(e)
+            }
+        })?;
+        std::fs::remove_file(&partial).map_err(werr)?;
         sync_dir(path).map_err(werr)
     })();
+    drop(file);
     if let Err(e) = written {
-        // A partial archive is no archive: remove it so a retry can use the
-        // same name (nothing was cut).
-        drop(file);
-        let _ = std::fs::remove_file(path);
+        // Nothing was cut: no partial archive is left behind.
+        let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    drop(file);
     read_archive(path).map_err(|e| CompactError::ArchiveReadBack(e.to_string()))
 }
 
@@ -423,6 +554,30 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 /// Says where it starts and ends so archives can be joined to each other
 /// and to a store's base.
 pub fn read_archive(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
+    scan_archive(path, &mut |_, _| {})
+}
+
+/// The hash of record `index` in the archive at `path` (checked as
+/// [`read_archive`] checks the whole file), `None` when it does not hold it:
+/// how overlapping archives (a compaction run again after an interruption)
+/// are joined.
+pub fn archive_hash_at(path: &Path, index: u64) -> Result<Option<Hash>, ArchiveError> {
+    let mut found = None;
+    let s = scan_archive(path, &mut |i, h| {
+        if i == index {
+            found = Some(h)
+        }
+    })?;
+    if index.checked_add(1) == Some(s.first) {
+        return Ok(Some(s.prev_hash));
+    }
+    Ok(found)
+}
+
+fn scan_archive(
+    path: &Path,
+    each: &mut dyn FnMut(u64, Hash),
+) -> Result<ArchiveSummary, ArchiveError> {
     let io = |e: std::io::Error| ArchiveError::Io {
         path: path.to_path_buf(),
         detail: e.to_string(),
@@ -469,6 +624,7 @@ pub fn read_archive(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
                 detail: e.to_string(),
             })?;
         let hash = Hash::of_bytes(&buf);
+        each(record.index, hash);
         summary = Some(match summary {
             None => ArchiveSummary {
                 first: record.index,

@@ -141,8 +141,17 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
     }
     let mut node = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
     check_meta(&*store, node.genesis_hash).map_err(RecoveryError::from)?;
-    clear_space(store, Space::Idem)?;
-    clear_space(store, Space::Decisions)?;
+    // Entries of records at or below a WAL base cannot be derived again
+    // (their records were archived by a compaction, or never held after an
+    // install): intact ones are kept, everything else is rebuilt.
+    let base_index = crate::base::wal_base(&*store)?.map_or(0, |b| b.index);
+    clear_space(store, Space::Idem, &|_, v| {
+        crate::recovery::decode_idem(v).is_some_and(|e| e.index <= base_index)
+    })?;
+    clear_space(store, Space::Decisions, &|k, v| {
+        crate::recovery::decode_decision(v)
+            .is_some_and(|d| d.record().index <= base_index && d.hash().0[..] == k[..])
+    })?;
     let mut report = RebuildReport {
         records: 0,
         idem_entries: 0,
@@ -155,6 +164,14 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
         node = crate::recovery::base_state(&*store, node.genesis_hash, base)?;
         let mut b = Batch::new();
         report.idem_entries += crate::base::put_snapshot_idem(&node, &mut b)?;
+        store.commit(b)?;
+        let kept = crate::base::count_derived_through(&*store, base.index)?;
+        let mut b = Batch::new();
+        b.put(
+            Space::Meta,
+            crate::base::META_BASE_DERIVED.as_bytes().to_vec(),
+            kept.encode(),
+        );
         store.commit(b)?;
     }
     let last = crate::base::log_end(&*store)?;
@@ -198,10 +215,19 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
     Ok(report)
 }
 
-/// Delete every entry of a (derived) space, in commits of bounded size.
-fn clear_space<S: LogStore + ?Sized>(store: &mut S, space: Space) -> Result<(), StoreError> {
+/// Delete every entry of a (derived) space but those `keep` says to keep,
+/// in commits of bounded size.
+fn clear_space<S: LogStore + ?Sized>(
+    store: &mut S,
+    space: Space,
+    keep: &dyn Fn(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
     let mut keys = vec![];
-    for_each_entry(&*store, space, &mut |k, _| keys.push(k.to_vec()))?;
+    for_each_entry(&*store, space, &mut |k, v| {
+        if !keep(k, v) {
+            keys.push(k.to_vec())
+        }
+    })?;
     for chunk in keys.chunks(crate::store::SCAN_ENTRIES_MAX) {
         let mut b = Batch::new();
         for k in chunk {
@@ -255,21 +281,53 @@ pub fn audit_indexes<S: LogStore + ?Sized>(
             "{idem_entries} idempotency entries for {records} records (one each expected)"
         ));
     }
-    if base > 0 && idem_entries < records {
-        findings.push(format!(
-            "{idem_entries} idempotency entries for the {records} records after the WAL base {base}"
-        ));
-    }
-    let window_max = swoosh_core::state::IDEM_KEYS_TOTAL_MAX as u64;
-    if base > 0 && idem_entries > records + window_max {
-        findings.push(format!(
-            "{idem_entries} idempotency entries for the {records} records after the WAL base {base} and a window of at most {window_max}"
-        ));
-    }
-    if decisions != records {
-        findings.push(format!(
-            "{decisions} decisions for {records} records (one each expected)"
-        ));
+    // What the store holds for records at or below the base (meta
+    // `base_derived`); a store based before it was kept gets bounds only.
+    let kept = if base > 0 {
+        crate::base::base_derived(store)?
+    } else {
+        Some(crate::base::BaseDerived::default())
+    };
+    match kept {
+        Some(k) => {
+            if base > 0 && idem_entries != k.idem + records {
+                findings.push(format!(
+                    "{idem_entries} idempotency entries for the {records} records after the WAL base {base} and the {} kept for those at or below it",
+                    k.idem
+                ));
+            }
+            if decisions != k.decisions + records {
+                findings.push(format!(
+                    "{decisions} decisions for {records} records{} (one each expected)",
+                    if k.decisions > 0 {
+                        format!(
+                            " and the {} kept at or below the WAL base {base}",
+                            k.decisions
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        None => {
+            if idem_entries < records {
+                findings.push(format!(
+                    "{idem_entries} idempotency entries for the {records} records after the WAL base {base}"
+                ));
+            }
+            let window_max = swoosh_core::state::IDEM_KEYS_TOTAL_MAX as u64;
+            if idem_entries > records + window_max {
+                findings.push(format!(
+                    "{idem_entries} idempotency entries for the {records} records after the WAL base {base} and a window of at most {window_max}"
+                ));
+            }
+            if decisions != records {
+                findings.push(format!(
+                    "{decisions} decisions for {records} records (one each expected)"
+                ));
+            }
+        }
     }
     let from = (base + 1).max(last.saturating_sub(AUDIT_TAIL_RECORDS - 1));
     for index in from..=last {

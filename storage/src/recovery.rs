@@ -211,7 +211,7 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; install a verified snapshot from the leader again (`install_snapshot`) or resync this node from scratch", fmt_problems(skipped))]
+    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; on a follower, install a verified snapshot from the leader again (`install_snapshot`) or resync it from scratch; on a leader whose log was compacted, restore the store from a backup (the archives hold the cut records, not the state)", fmt_problems(skipped))]
     Unproven {
         location: String,
         base: u64,
@@ -1082,14 +1082,14 @@ fn check_orphans<S: LogStore + ?Sized>(
 }
 
 /// A stored idempotency entry, `None` when it does not decode.
-fn decode_idem(v: &[u8]) -> Option<IdemEntry> {
+pub(crate) fn decode_idem(v: &[u8]) -> Option<IdemEntry> {
     frame::open_decode::<IdemEntry>(FrameKind::IdemEntry, v, IDEM_ENTRY_BYTES_MAX)
         .ok()
         .map(|(_, e)| e)
 }
 
 /// A stored decision record, `None` when it does not decode.
-fn decode_decision(v: &[u8]) -> Option<crate::wal::DecisionDoc> {
+pub(crate) fn decode_decision(v: &[u8]) -> Option<crate::wal::DecisionDoc> {
     frame::open_decode::<crate::wal::DecisionDoc>(
         FrameKind::Decision,
         v,

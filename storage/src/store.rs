@@ -346,6 +346,7 @@ pub(crate) fn validate(
         detail,
     };
     let mut cut_through: Option<u64> = None;
+    let start_base = base;
     for op in ops {
         match op {
             Op::Append { index, value } => {
@@ -423,9 +424,12 @@ pub(crate) fn validate(
                 wal_last = wal_last.min(*index)
             }
             Op::CutWalThrough { index } => {
-                if *index <= base || *index > wal_last {
+                // Against the base the batch started with too: deleting the
+                // base first must not let a cut move it backwards.
+                if *index <= base.max(start_base) || *index > wal_last {
                     return Err(base_err(format!(
-                        "refusing to cut the WAL through {index}: a cut must end above the base ({base}) and at or below the last record ({wal_last})"
+                        "refusing to cut the WAL through {index}: a cut must end above the base ({}) and at or below the last record ({wal_last})",
+                        base.max(start_base)
                     )));
                 }
                 if cut_through.is_some() {

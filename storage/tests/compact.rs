@@ -124,6 +124,21 @@ fn compact_then_append_recover_and_compact_again(h: &mut impl Harness) {
         .expect("a cut record's idempotency entry survives");
     assert_eq!(e.index, 3);
     assert!(get_decision(&s, &old.decision).unwrap().is_some());
+    // The leader's start-up audit expects exactly what is kept, and a
+    // rebuild of the indexes keeps it (its records are gone from the store).
+    let a = audit_indexes(&s, 50).unwrap();
+    assert!(a.is_sound(), "{:?}", a.findings);
+    let mut s = s;
+    rebuild_indexes(&mut s, &genesis, None, &mut |_| {}).unwrap();
+    assert!(get_decision(&s, &old.decision).unwrap().is_some());
+    assert_eq!(
+        lookup_idem(&s, &old.project, &old.idem_key)
+            .unwrap()
+            .map(|e| e.index),
+        Some(3)
+    );
+    let a = audit_indexes(&s, 50).unwrap();
+    assert!(a.is_sound(), "after a rebuild: {:?}", a.findings);
 
     let rec = recover(&s, &genesis).unwrap();
     assert_same_node(&rec.node, st.node(), "recovered after compaction");
@@ -149,6 +164,8 @@ fn compact_then_append_recover_and_compact_again(h: &mut impl Harness) {
     assert_eq!(s.list_snapshots().unwrap(), vec![45]);
     let rec = recover(&s, &genesis).unwrap();
     assert_same_node(&rec.node, st.node(), "after a second compaction");
+    let a = audit_indexes(&s, 55).unwrap();
+    assert!(a.is_sound(), "after a second compaction: {:?}", a.findings);
     // Compacting through the very last record leaves an empty WAL on a base.
     let a3 = archive_path(h, "a3.cbor");
     let r3 = compact(&mut s, &genesis, 55, &a3, &steps(0), &mut |_| {}).unwrap();
@@ -189,6 +206,13 @@ fn drop_decisions_removes_only_the_cut_ones(h: &mut impl Harness) {
     let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
     assert!(v.index_problems.is_empty(), "{:?}", v.index_problems);
     assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "recovered");
+    let a = audit_indexes(&s, 50).unwrap();
+    assert!(a.is_sound(), "{:?}", a.findings);
+    // A decision missing beyond what was dropped is still noticed.
+    let mut b = Batch::new();
+    b.delete(Space::Decisions, accs[30].record.decision.0.to_vec());
+    s.commit(b).unwrap();
+    assert!(!audit_indexes(&s, 50).unwrap().is_sound());
 }
 
 /// Refusals change nothing and create no archive.
@@ -308,6 +332,14 @@ fn cut_rules(h: &mut impl Harness) {
     b.cut_wal_through(10)
         .put(Space::Meta, b"wal_base".to_vec(), base(10, h10));
     refused(&mut s, b, "at the base");
+    // Lifting the base first does not let a cut move it backwards.
+    let h5 = read_record(&s, 11).unwrap().record.prev_hash;
+    let mut b = Batch::new();
+    b.delete(Space::Meta, b"wal_base".to_vec())
+        .cut_wal_through(5)
+        .put(Space::Meta, b"wal_base".to_vec(), base(5, h5));
+    refused(&mut s, b, "backwards");
+    assert_eq!(wal_base(&s).unwrap().map(|b| b.index), Some(10));
     let _ = st;
 }
 
@@ -345,6 +377,81 @@ fn memory_crash_between_steps_keeps_a_consistent_store() {
     let a2 = h.scratch.path().join("c2.cbor");
     let r = compact(&mut s, &genesis, 40, &a2, &steps(10), &mut |_| {}).unwrap();
     assert_eq!((r.archive.first, r.archive.last, r.steps), (21, 40, 2));
+    // The second archive repeats records 21..=40 of the first, identically.
+    assert_eq!(archive_hash_at(&a1, 20).unwrap(), Some(r.archive.prev_hash));
+    assert_eq!(archive_hash_at(&a1, 40).unwrap(), Some(r.archive.last_hash));
+    assert_eq!(archive_hash_at(&a2, 20).unwrap(), Some(r.archive.prev_hash));
+    assert_eq!(archive_hash_at(&a2, 41).unwrap(), None);
+    let a = audit_indexes(&s, 50).unwrap();
+    assert!(a.is_sound(), "{:?}", a.findings);
+}
+
+/// A step that fails after others committed says what was cut and that the
+/// archive is its only copy; one that fails before any cut removes the
+/// archive (the store still holds everything).
+#[test]
+fn a_failed_step_says_what_was_cut_or_removes_the_archive() {
+    let mut h = common::mem();
+    let (st, mut s, _) = fifty(&mut h);
+    let genesis = st.genesis().clone();
+    let fail_at = |n: u32| {
+        let mut calls = 0u32;
+        move |s: &mut MemStore, b: Batch| {
+            calls += 1;
+            if calls == n {
+                Err(StoreError::Crashed {
+                    location: "refused by the test".into(),
+                })
+            } else {
+                s.commit(b)
+            }
+        }
+    };
+    let a0 = h.scratch.path().join("f0.cbor");
+    let e = compact_with(
+        &mut s,
+        &genesis,
+        30,
+        &a0,
+        &steps(10),
+        &mut |_| {},
+        &mut fail_at(1),
+    )
+    .unwrap_err();
+    assert!(matches!(e, CompactError::Store(_)), "{e}");
+    assert!(
+        !a0.exists(),
+        "nothing was cut: the spare archive is removed"
+    );
+    assert_eq!(wal_base(&s).unwrap(), None);
+
+    let a1 = h.scratch.path().join("f1.cbor");
+    let e = compact_with(
+        &mut s,
+        &genesis,
+        30,
+        &a1,
+        &steps(10),
+        &mut |_| {},
+        &mut fail_at(2),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CompactError::Interrupted {
+                first: 1,
+                cut_through: 10,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("records 1..=10 were already cut"), "{msg}");
+    assert!(msg.contains("keep that file"), "{msg}");
+    assert_eq!(read_archive(&a1).unwrap().last, 30);
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "sound");
     assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "finished");
 }
 

@@ -51,6 +51,7 @@ impl TestNode {
             clock: Arc::new(SystemClock),
             advertise: String::new(),
             attention_file: None,
+            compaction: None,
         };
         let node = NodeHandle::start(store, cfg).await.expect("node starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

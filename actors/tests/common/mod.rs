@@ -62,6 +62,7 @@ impl Fixture {
             clock: self.clock.clone(),
             advertise: "127.0.0.1:0".into(),
             attention_file: None,
+            compaction: None,
         }
     }
 

@@ -337,6 +337,30 @@ fn state_copy_loop<S: LogStore + ?Sized>(
             }
             let rec = match read_record(store, i) {
                 Ok(v) => v.record,
+                // A compaction cut records this copy had not applied yet
+                // (it fell behind by more than the records compaction
+                // keeps): the snapshot at the base proves them.
+                Err(ReadError::BelowBase { base, .. }) => {
+                    match swoosh_storage::read_snapshot(store, base) {
+                        Ok((_, snap)) if snap.state.index == base => {
+                            let mut g = node.lock().expect("state copy lock");
+                            if g.is_none() {
+                                return;
+                            }
+                            *g = Some(snap.state);
+                            at = base;
+                            tracing::warn!(
+                                base,
+                                "the leader's state copy was behind the log's start; it continues from the snapshot at the base"
+                            );
+                        }
+                        _ => {
+                            tracing::error!("the leader's state copy cannot read record {i} (below the log's start {base}) nor the snapshot there");
+                            std::thread::sleep(poll);
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::error!("the leader's state copy cannot read record {i}: {e}");
                     std::thread::sleep(poll);
@@ -631,7 +655,8 @@ impl<S: LogStore> LeaderTask<S> {
                     self.council();
                 }
                 _ = head.tick() => {
-                    let h = self.repl.head(1);
+                    let first = swoosh_storage::first_index(&*self.store).unwrap_or(1);
+                    let h = self.repl.head(first);
                     self.publish(&h);
                     let now = self.watch_now();
                     let ev = self.watch.on_tick(now);
@@ -687,6 +712,21 @@ impl<S: LogStore> LeaderTask<S> {
                 Ok((v, size, payload)) => {
                     payloads.push(payload);
                     (v.record, v.hash, size)
+                }
+                Err(ReadError::BelowBase { .. }) => {
+                    // A compaction cut records not yet published (the tail
+                    // fell behind by more than the records it keeps):
+                    // publishing goes on after the base; a follower that
+                    // misses them is offered the snapshot there.
+                    if let Ok(Some(b)) = swoosh_storage::wal_base(&*self.store) {
+                        effects.extend(self.repl.flush());
+                        self.repl.skip_to(b.index, b.hash);
+                        tracing::warn!(
+                            base = b.index,
+                            "the replication tail was behind the log's start; it continues after it"
+                        );
+                    }
+                    break;
                 }
                 Err(e) => {
                     tracing::error!("cannot read record {i} for replication: {e}");

@@ -250,6 +250,18 @@ impl ReplLeader {
         Ok(out)
     }
 
+    /// Go on after record `index` (hash `hash`) without publishing the
+    /// records up to it: a compaction cut them before they were published
+    /// (a follower that needs them is offered the snapshot at the base).
+    /// Only moves forward; drops nothing open (flush first).
+    pub fn skip_to(&mut self, index: u64, hash: Hash) {
+        if index <= self.committed.0 || !self.open.is_empty() {
+            return;
+        }
+        self.committed = (index, hash);
+        self.published = (index, hash);
+    }
+
     /// Publish whatever is open (call at the end of each group commit).
     pub fn flush(&mut self) -> Vec<LeaderEffect> {
         self.close().into_iter().collect()
@@ -409,11 +421,8 @@ impl ReplLeader {
                 "range {from}..={to} is empty or starts at 0; ask for from >= 1 and to >= from"
             ));
         }
-        let last = log.last_index();
-        if from > last {
-            self.stats.ranges_served += 1;
-            return Response::Range { batches: vec![] };
-        }
+        // Before the end-of-log check: a compacted leader whose WAL is empty
+        // after its base (last record 0) still offers its snapshot.
         if from < log.first_index() {
             return match log.snapshot() {
                 Some(s) if s.bytes.len() as u64 > self.cfg.snapshot_offer_bytes_max => {
@@ -434,6 +443,11 @@ impl ReplLeader {
                     log.first_index()
                 )),
             };
+        }
+        let last = log.last_index();
+        if from > last {
+            self.stats.ranges_served += 1;
+            return Response::Range { batches: vec![] };
         }
         if self.cfg.snapshot_catchup_records > 0 {
             if let Some(s) = log.snapshot() {
