@@ -307,6 +307,11 @@ impl Metrics {
             "Automatic compactions of the log (records archived to --archive-dir, then cut), by outcome: ok, failed",
             compactions_total.clone(),
         );
+        // Both outcomes exported from the start (0), so an alert on
+        // `failed` has a series to compare before the first failure.
+        for kind in ["ok", "failed"] {
+            let _ = compactions_total.get_or_create(&KindLabel { kind: kind.into() });
+        }
         let compacted_records_total = Counter::default();
         r.register(
             "swoosh_compacted_records",

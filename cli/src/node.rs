@@ -389,6 +389,8 @@ pub struct ServeArgs {
     /// Snapshot every N records (besides every REVERB).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+    #[command(flatten)]
+    pub compact: CompactArgs,
     /// Also run the libp2p replication swarm on this multiaddr (e.g.
     /// /ip4/0.0.0.0/tcp/7800): followers tail the WAL, agents vote. Same as
     /// `swoosh p2p leader`.
@@ -399,12 +401,74 @@ pub struct ServeArgs {
     pub log: LogFormat,
 }
 
+/// Automatic compaction while serving (`NodeConfig::compaction`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct CompactArgs {
+    /// Compact the log while serving: after a snapshot, once more than
+    /// 20,000 records beyond --compact-keep-records lie after the log's
+    /// start, archive them to a new file in this directory
+    /// (wal-<first>-<last>.cbor, the `swoosh wal compact` format) and cut
+    /// them from the store. Ship the files off the node: they are the only
+    /// copy of those records. Without it the log grows for ever.
+    #[arg(long)]
+    pub archive_dir: Option<PathBuf>,
+    /// Records the store keeps when compacting (at least 10,000)
+    /// [default: 100000].
+    #[arg(long, requires = "archive_dir")]
+    pub compact_keep_records: Option<u64>,
+    /// Also delete the cut records' decision records (then only in the
+    /// archives; `GET /decisions/{hash}` answers 404 for them).
+    #[arg(long, requires = "archive_dir")]
+    pub compact_drop_decisions: bool,
+}
+
+impl CompactArgs {
+    /// The policy, with its directory created and checked writable now (a
+    /// compaction that can never write its archive is found at start, not
+    /// hours later).
+    pub fn policy(&self) -> Result<Option<swoosh_actors::CompactionPolicy>> {
+        let Some(dir) = &self.archive_dir else {
+            if self.compact_keep_records.is_some() || self.compact_drop_decisions {
+                bail!("--compact-keep-records and --compact-drop-decisions need --archive-dir (where the archives go)");
+            }
+            return Ok(None);
+        };
+        let keep = self
+            .compact_keep_records
+            .unwrap_or(crate::storage_cmd::COMPACT_KEEP_RECORDS_DEFAULT);
+        if keep < swoosh_actors::COMPACT_KEEP_RECORDS_MIN {
+            bail!(
+                "--compact-keep-records {} is below {}: the leader's replication tail and a lagging follower read records that recent; keep at least {}",
+                keep,
+                swoosh_actors::COMPACT_KEEP_RECORDS_MIN,
+                swoosh_actors::COMPACT_KEEP_RECORDS_MIN
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the --archive-dir {}", dir.display()))?;
+        let probe = dir.join(".swoosh-write-check");
+        std::fs::write(&probe, b"").with_context(|| {
+            format!(
+                "the --archive-dir {} is not writable: compaction could never write its archives",
+                dir.display()
+            )
+        })?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Some(swoosh_actors::CompactionPolicy {
+            keep_records: keep,
+            min_records: swoosh_storage::COMPACT_STEP_RECORDS,
+            archive_dir: dir.clone(),
+            drop_decisions: self.compact_drop_decisions,
+        }))
+    }
+}
+
 pub async fn start_node(
     dir: &Path,
     nosync: bool,
     snapshot_every: u64,
 ) -> Result<NodeHandle<LmdbStore>> {
-    let (store, cfg) = prepare_node(dir, nosync, snapshot_every)?;
+    let (store, cfg) = prepare_node(dir, nosync, snapshot_every, None)?;
     tracing::info!(
         dir = %dir.display(),
         "recovering the state from the log (the newest valid snapshot, then the WAL after it)"
@@ -416,7 +480,12 @@ pub async fn start_node(
 
 /// Read the node's genesis and key, lock its directory and open its store:
 /// everything before recovery, which fails fast on a bad configuration.
-fn prepare_node(dir: &Path, nosync: bool, snapshot_every: u64) -> Result<(LmdbStore, NodeConfig)> {
+fn prepare_node(
+    dir: &Path,
+    nosync: bool,
+    snapshot_every: u64,
+    compaction: Option<swoosh_actors::CompactionPolicy>,
+) -> Result<(LmdbStore, NodeConfig)> {
     let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
     let key = read_key(&dir.join("node.key"))?;
     crate::dirlock::lock_node_dir(dir)?;
@@ -430,7 +499,7 @@ fn prepare_node(dir: &Path, nosync: bool, snapshot_every: u64) -> Result<(LmdbSt
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: Some(dir.join("data").join(ATTENTION_FILE)),
-        compaction: None,
+        compaction,
     };
     Ok((store, cfg))
 }
@@ -444,8 +513,9 @@ pub async fn start_node_serving(
     nosync: bool,
     snapshot_every: u64,
     http: &str,
+    compaction: Option<swoosh_actors::CompactionPolicy>,
 ) -> Result<(NodeHandle<LmdbStore>, tokio::net::TcpListener)> {
-    let (store, cfg) = prepare_node(dir, nosync, snapshot_every)?;
+    let (store, cfg) = prepare_node(dir, nosync, snapshot_every, compaction)?;
     let listener = bind_http(http).await?;
     let progress = Arc::new(swoosh_storage::ProgressCell::new());
     let about = swoosh_net::recovering::Recovering {
@@ -508,6 +578,7 @@ pub fn init_logs(format: LogFormat) {
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
     init_logs(a.log);
+    let compaction = a.compact.policy()?;
     // Checked before the replay, not after it.
     let p2p_listen = a
         .p2p
@@ -518,7 +589,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
             })
         })
         .transpose()?;
-    let (node, listener) = start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
+    let (node, listener) =
+        start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http, compaction).await?;
     let p2p = match p2p_listen {
         Some(listen) => {
             let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;

@@ -104,6 +104,8 @@ pub struct LeaderArgs {
     pub nosync: bool,
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+    #[command(flatten)]
+    pub compact: crate::node::CompactArgs,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log: LogFormat,
@@ -357,11 +359,13 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
 
 pub async fn leader(a: LeaderArgs) -> Result<()> {
     init_logs(a.log);
+    let compaction = a.compact.policy()?;
     let listen = parse_addr(&a.listen, "--listen")?;
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
     let (node, listener) =
-        crate::node::start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http).await?;
+        crate::node::start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http, compaction)
+            .await?;
     let p2p = start_leader_p2p(&node, key, genesis, listen).await?;
     for addr in &p2p.listen_addrs {
         eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);

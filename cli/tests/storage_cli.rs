@@ -1086,3 +1086,26 @@ fn compact_archives_the_start_of_a_demo_log() {
     let rp = json(&ok(&["replay", "--dir", d, "--json"]));
     assert_eq!(rp["hash"], demo_hash.as_str());
 }
+
+#[test]
+fn serve_checks_its_compaction_flags_before_starting() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let d = tmp.path().join("nothing-here");
+    let o = fails(&["serve", "--dir", s(&d), "--compact-keep-records", "20000"]);
+    assert!(text(&o).contains("--archive-dir"), "{}", text(&o));
+    let arch = tmp.path().join("archives");
+    let o = fails(&[
+        "serve",
+        "--dir",
+        s(&d),
+        "--archive-dir",
+        s(&arch),
+        "--compact-keep-records",
+        "50",
+    ]);
+    assert!(text(&o).contains("keep at least 10000"), "{}", text(&o));
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let o = fails(&["p2p", "leader", "--dir", s(&d), "--archive-dir", s(&file)]);
+    assert!(text(&o).contains("--archive-dir"), "{}", text(&o));
+}

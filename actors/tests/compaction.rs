@@ -1,0 +1,163 @@
+//! Automatic compaction while the node serves (`NodeConfig::compaction`):
+//! after a snapshot the snapshotter archives the start of the log and cuts
+//! it; the node keeps serving, its archives chain from genesis to the
+//! store's base, and a restarted node recovers from the base with its
+//! indexes (old decisions, old idempotency keys) intact.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use swoosh_actors::{CompactionPolicy, SubmitResult};
+use swoosh_core::guards::Verify;
+use swoosh_core::reducer::Ctx;
+use swoosh_core::scenario::{Driver, Next};
+use swoosh_core::{NodeState, Proposal};
+use swoosh_storage::{get_decision, lookup_idem, read_archive, wal_base, LogStore};
+
+/// Submit `n` first steps of fresh projects; the proposals, in order.
+async fn submit_fresh(
+    fx: &Fixture,
+    node: &Node,
+    mirror: &mut NodeState,
+    n: usize,
+) -> Vec<Proposal> {
+    let driver = Driver::new(&fx.keys, 1);
+    let mut out = vec![];
+    for _ in 0..n {
+        let project = format!("p-{}", mirror.index + 1);
+        let now = fx.clock.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let Next::Propose(p) = driver.next(mirror, &project, now) else {
+            panic!("{project}: the driver has a first step");
+        };
+        match node.submit((*p).clone()).await {
+            SubmitResult::Accepted(ok) => assert_eq!(ok.index, mirror.index + 1),
+            other => panic!("{project}: not accepted: {other:?}"),
+        }
+        let ctx = Ctx {
+            now_ms: now,
+            verify: Verify::Trusted,
+            snapshot_every: 0,
+        };
+        swoosh_core::step(mirror, &p, &ctx);
+        out.push(*p);
+    }
+    out
+}
+
+fn metric(node: &Node, prefix: &str) -> Option<String> {
+    node.metrics_text()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archives = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("auto-compact");
+    let policy = CompactionPolicy {
+        keep_records: 15,
+        min_records: 10,
+        archive_dir: archives.path().to_path_buf(),
+        drop_decisions: false,
+    };
+    let config = || {
+        let mut cfg = fx.config(10);
+        cfg.compaction = Some(policy.clone());
+        cfg
+    };
+    let node = swoosh_actors::NodeHandle::start(open_store(dir.path()), config())
+        .await
+        .expect("the node starts");
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    let props = submit_fresh(&fx, &node, &mut mirror, 60).await;
+
+    // Snapshots at 10, 20, …: compaction follows once 15 + 10 records lie
+    // after the base, keeping the newest 15.
+    let t0 = Instant::now();
+    loop {
+        let base = wal_base(node.store()).unwrap().map_or(0, |b| b.index);
+        if base >= 35 {
+            break;
+        }
+        assert!(t0.elapsed() < PATIENCE, "no compaction; base {base}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let base = wal_base(node.store()).unwrap().expect("a base");
+    assert!(
+        base.index <= 60 - 15,
+        "keeps the newest 15: base {}",
+        base.index
+    );
+    assert_ne!(
+        metric(&node, "swoosh_compactions_total{kind=\"ok\"}").unwrap(),
+        "swoosh_compactions_total{kind=\"ok\"} 0"
+    );
+    assert_eq!(
+        metric(&node, "swoosh_wal_base_index ").unwrap(),
+        format!("swoosh_wal_base_index {}", base.index)
+    );
+
+    // The archives chain from genesis to the base, in name order.
+    let mut files: Vec<_> = std::fs::read_dir(archives.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut next = (1u64, fx.genesis.hash().unwrap());
+    for f in &files {
+        let a = read_archive(f).unwrap();
+        assert_eq!((a.first, a.prev_hash), next, "{}", f.display());
+        next = (a.last + 1, a.last_hash);
+    }
+    assert_eq!(
+        next,
+        (base.index + 1, base.hash),
+        "the last archive ends at the base"
+    );
+
+    // Still serving; an old record's decision and idempotency entry remain.
+    let more = submit_fresh(&fx, &node, &mut mirror, 3).await;
+    assert_eq!(more.len(), 3);
+    let first = &props[0];
+    let e = lookup_idem(node.store(), &first.project, &first.idem_key)
+        .unwrap()
+        .expect("record 1's idempotency entry survives compaction");
+    assert_eq!(e.index, 1);
+    assert!(get_decision(node.store(), &e.decision).unwrap().is_some());
+    // A repeat of record 1's proposal gets its original outcome.
+    match node.submit(first.clone()).await {
+        SubmitResult::Accepted(ok) => {
+            assert!(ok.duplicate);
+            assert_eq!(ok.index, 1);
+        }
+        other => panic!("a repeat of record 1: {other:?}"),
+    }
+
+    // A restart recovers from the base; the start-up audit finds the kept
+    // indexes sound (it would rebuild them, dropping what was kept, if not).
+    node.shutdown().await;
+    drop(node);
+    let store = reopen(dir.path()).await;
+    let node = swoosh_actors::NodeHandle::start(store, config())
+        .await
+        .expect("the node restarts on a compacted store");
+    assert_eq!(node.health().index, 63);
+    assert_eq!(
+        node.health().root_hash,
+        Some(mirror.root_hash()),
+        "same state after the restart"
+    );
+    assert!(
+        get_decision(node.store(), &e.decision).unwrap().is_some(),
+        "the restart kept the decisions of archived records"
+    );
+    assert!(metric(&node, "swoosh_index_rebuilds_total").is_none_or(|l| l.ends_with(" 0")));
+    submit_fresh(&fx, &node, &mut mirror, 2).await;
+    assert_eq!(node.store().last_index().unwrap(), 65);
+    node.shutdown().await;
+}
