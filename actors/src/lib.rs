@@ -27,5 +27,6 @@ pub use node::{
     ActorKind, AttentionView, Clock, CompactionPolicy, FollowerHealth, GaveUp, HealthView,
     ManualClock, NodeConfig, NodeHandle, RecoveryView, ReplicationCountersSource,
     ReplicationSource, StartError, StateView, SubmitOk, SubmitResult, SystemClock,
-    COMPACT_KEEP_RECORDS_MIN, FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
+    COMPACT_KEEP_RECORDS_MIN, COMPACT_ONLINE_RECORDS_MAX, COMPACT_ONLINE_STEP_RECORDS,
+    FOLLOWER_REPORT_STALE_MS, RESTART_ATTEMPTS_MAX,
 };

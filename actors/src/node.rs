@@ -81,21 +81,30 @@ pub struct NodeConfig {
     pub compaction: Option<CompactionPolicy>,
 }
 
+/// Most records one automatic compaction cuts (in one snapshotter turn, which
+/// writes no snapshot meanwhile): the first compaction of a long log is
+/// spread over several snapshots.
+pub const COMPACT_ONLINE_RECORDS_MAX: u64 = 100_000;
+/// Records per step while serving: each step's commit (the cut, a snapshot,
+/// an fsync) holds the commit lock, so WAL group commits wait for it.
+pub const COMPACT_ONLINE_STEP_RECORDS: u64 = 5_000;
+
 /// Fewest records automatic compaction keeps: the leader's replication tail
 /// and its state copy read records a little behind the log's end, and a
 /// follower that lags less than this catches up record by record.
 pub const COMPACT_KEEP_RECORDS_MIN: u64 = 10_000;
 
 /// Automatic compaction (`swoosh serve --archive-dir D --compact-keep-records
-/// N`): after a snapshot is written, when more than `min_records` records
-/// beyond the newest `keep_records` lie after the WAL base, the snapshotter
+/// N`): after the snapshot at S is written, when S − `keep_records` is at
+/// least `min_records` past the WAL base, the snapshotter
 /// archives them to a new file in `archive_dir` and cuts them
 /// (`swoosh_storage::compact_with`, each step's commit under the node's
 /// commit lock). It shares the snapshotter's turn, so it never runs beside a
 /// snapshot write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompactionPolicy {
-    /// Records left in the store after a compaction.
+    /// Records kept before the newest snapshot (the records after it are
+    /// kept too).
     pub keep_records: u64,
     /// Records that must have accumulated past `keep_records` before a
     /// compaction runs (so it runs in chunks, not after every snapshot).
@@ -108,10 +117,16 @@ pub struct CompactionPolicy {
 }
 
 impl CompactionPolicy {
-    /// The record to compact through, if enough have accumulated: the log
-    /// starts after `base` and ends at `last`.
-    pub fn through(&self, base: u64, last: u64) -> Option<u64> {
-        let through = last.checked_sub(self.keep_records)?;
+    /// The record to compact through after the snapshot at `snapshot` was
+    /// written, if enough have accumulated since the base: `keep_records`
+    /// before that snapshot stay (and every record after it), so the cut
+    /// never reaches a snapshot a recovery may have started from (e.g. a
+    /// region rebuilding its view) and depends on nothing but the snapshot's
+    /// index; at most [`COMPACT_ONLINE_RECORDS_MAX`] at a time.
+    pub fn through(&self, base: u64, snapshot: u64) -> Option<u64> {
+        let through = snapshot
+            .checked_sub(self.keep_records)?
+            .min(base.saturating_add(COMPACT_ONLINE_RECORDS_MAX));
         (through >= base.saturating_add(self.min_records.max(1))).then_some(through)
     }
 
@@ -2109,14 +2124,15 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
             // A failed snapshot is an operating error, not a reason to stop
             // the node: the WAL is the source of truth.
             Err(e) => {
-                tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything")
+                tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
+                return Ok(());
             }
         }
         if let Some(policy) = sh.cfg.compaction.clone() {
             let (sh2, policy2) = (sh.clone(), policy.clone());
-            let r = tokio::task::spawn_blocking(move || compact_now(&sh2, &policy2))
+            let r = tokio::task::spawn_blocking(move || compact_now(&sh2, &policy2, index))
                 .await
-                .map_err(|e| format!("compaction task failed: {e}"))?;
+                .unwrap_or_else(|e| Err(format!("the compaction task failed: {e}")));
             let m = &sh.metrics;
             match r {
                 Ok(None) => {}
@@ -2137,16 +2153,17 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
                         "compacted the log: the records are in the archive, the log starts after the last one"
                     );
                 }
-                // The log keeps growing, nothing is lost: an operator acts
-                // on the alert (the archive directory full or unwritable,
-                // or a damaged record the error names).
+                // Nothing acknowledged is lost: what was not cut is in the
+                // store, what was is in the archive the error names. An
+                // operator acts on the alert (the archive directory full or
+                // unwritable, or a damaged record the error names).
                 Err(e) => {
                     m.compactions_total
                         .get_or_create(&KindLabel {
                             kind: "failed".into(),
                         })
                         .inc();
-                    tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; the log keeps everything and grows until it succeeds");
+                    tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
                 }
             }
         }
@@ -2168,13 +2185,13 @@ struct Compacted {
 fn compact_now<S: LogStore + Clone>(
     sh: &Shared<S>,
     policy: &CompactionPolicy,
+    snapshot: u64,
 ) -> Result<Option<Compacted>, String> {
     let mut store = sh.store.clone();
     let base = swoosh_storage::wal_base(&store)
         .map_err(|e| e.to_string())?
         .map_or(0, |b| b.index);
-    let last = store.last_index().map_err(|e| e.to_string())?;
-    let Some(through) = policy.through(base, last) else {
+    let Some(through) = policy.through(base, snapshot) else {
         return Ok(None);
     };
     let path = policy.archive_path(base + 1, through);
@@ -2186,11 +2203,12 @@ fn compact_now<S: LogStore + Clone>(
         &path,
         &swoosh_storage::CompactOptions {
             drop_decisions: policy.drop_decisions,
-            ..Default::default()
+            step_records: COMPACT_ONLINE_STEP_RECORDS,
         },
         &mut |_| {},
         &mut |s, b| {
-            let _g = lock.lock().expect("commit lock");
+            // As the WAL path does: a poisoned lock still guards the store.
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
             s.commit(b)
         },
     )

@@ -76,11 +76,12 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
     let props = submit_fresh(&fx, &node, &mut mirror, 60).await;
 
     // Snapshots at 10, 20, …: compaction follows once 15 + 10 records lie
-    // after the base, keeping the newest 15.
+    // after the base, keeping the newest 15; the one after snapshot 60 cuts
+    // through 45 (waited for whole: its archive is linked before it cuts).
     let t0 = Instant::now();
     loop {
         let base = wal_base(node.store()).unwrap().map_or(0, |b| b.index);
-        if base >= 35 {
+        if base == 45 {
             break;
         }
         assert!(t0.elapsed() < PATIENCE, "no compaction; base {base}");
@@ -160,4 +161,29 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
     submit_fresh(&fx, &node, &mut mirror, 2).await;
     assert_eq!(node.store().last_index().unwrap(), 65);
     node.shutdown().await;
+}
+
+#[test]
+fn the_policy_cuts_behind_the_snapshot_in_bounded_chunks() {
+    let p = CompactionPolicy {
+        keep_records: 15,
+        min_records: 10,
+        archive_dir: std::path::PathBuf::from("unused"),
+        drop_decisions: false,
+    };
+    assert_eq!(p.through(0, 30), Some(15));
+    assert_eq!(p.through(10, 30), None, "only 5 past the base");
+    assert_eq!(p.through(0, 10), None, "nothing before the kept records");
+    let big = CompactionPolicy {
+        keep_records: 10_000,
+        min_records: 20_000,
+        ..p
+    };
+    assert_eq!(
+        big.through(0, 5_000_000),
+        Some(swoosh_actors::COMPACT_ONLINE_RECORDS_MAX),
+        "a long log is compacted over several snapshots"
+    );
+    assert_eq!(big.through(0, 29_999), None);
+    assert_eq!(big.through(0, 30_000), Some(20_000));
 }

@@ -404,16 +404,17 @@ pub struct ServeArgs {
 /// Automatic compaction while serving (`NodeConfig::compaction`).
 #[derive(Args, Clone, Debug, Default)]
 pub struct CompactArgs {
-    /// Compact the log while serving: after a snapshot, once more than
-    /// 20,000 records beyond --compact-keep-records lie after the log's
-    /// start, archive them to a new file in this directory
+    /// Compact the log while serving: after the snapshot at S (every
+    /// --snapshot-every records), once S minus --compact-keep-records is
+    /// 20,000 records or more past the log's start, archive those records
+    /// to a new file in this directory
     /// (wal-<first>-<last>.cbor, the `swoosh wal compact` format) and cut
     /// them from the store. Ship the files off the node: they are the only
     /// copy of those records. Without it the log grows for ever.
     #[arg(long)]
     pub archive_dir: Option<PathBuf>,
-    /// Records the store keeps when compacting (at least 10,000)
-    /// [default: 100000].
+    /// Records kept before the newest snapshot when compacting (at least
+    /// 10,000; the records after it are kept too) [default: 100000].
     #[arg(long, requires = "archive_dir")]
     pub compact_keep_records: Option<u64>,
     /// Also delete the cut records' decision records (then only in the

@@ -1847,7 +1847,9 @@ fn joins(
             Err(gap())
         };
     }
-    if a.first <= p.first || a.first > p.last {
+    // Overlaps start inside the one before, or with it (a compaction that
+    // linked its archive and cut nothing leaves one the next run repeats).
+    if a.first < p.first || a.first > p.last {
         return Err(gap());
     }
     // Overlap: both must hold the same record where `a` starts, and the same

@@ -22,8 +22,10 @@
 //! of old proposals still get their original outcome); their decision
 //! records are kept unless [`CompactOptions::drop_decisions`].
 //!
-//! The store must not be written by anyone else meanwhile (the CLI holds the
-//! node directory's lock).
+//! Nothing else may cut or rebase the log meanwhile: the CLI holds the node
+//! directory's lock; a serving node runs it in its snapshotter's turn, each
+//! step's commit under its commit lock, while its WAL writer appends after
+//! the records being cut ([`compact_with`]).
 
 use crate::base::{
     base_derived, count_derived_through, wal_base, BaseDerived, WalBase, META_BASE_DERIVED,
@@ -41,6 +43,9 @@ use swoosh_core::guards::Verify;
 use swoosh_core::record::WalRecord;
 use swoosh_core::state::{Genesis, NodeState};
 use swoosh_core::Hash;
+
+/// A key and its value, to put.
+type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Most records one compaction step cuts in one commit. With compressed
 /// records stored inline (~3 per 4 KiB leaf), a step dirties ~7,000 leaf
@@ -154,6 +159,10 @@ pub enum CompactError {
     Reencode { index: u64 },
     #[error("the archive read back does not hold what was written ({0}); nothing was removed from the store: check the disk")]
     ArchiveReadBack(String),
+    #[error(
+        "the idempotency entry of record {index} cannot be written again before the cut: {detail}"
+    )]
+    IdemEntry { index: u64, detail: String },
     #[error("{source}; records {first}..={cut_through} were already cut from the store and are kept only in {}: keep that file, and run the compaction again (with a new archive file) to finish", archive.display())]
     Interrupted {
         first: u64,
@@ -269,7 +278,7 @@ pub fn compact_with<S: LogStore + ?Sized>(
         n => n.min(COMPACT_STEP_RECORDS),
     };
     match cut_steps(
-        store, &mut node, old_base, through, step, first, opts, progress, commit,
+        store, &mut node, through, step, first, opts, progress, commit,
     ) {
         Ok((steps, removed_snapshots, removed_decisions)) => Ok(CompactReport {
             old_base,
@@ -314,7 +323,6 @@ pub fn compact_with<S: LogStore + ?Sized>(
 fn cut_steps<S: LogStore + ?Sized>(
     store: &mut S,
     node: &mut NodeState,
-    old_base: Option<WalBase>,
     through: u64,
     step: u64,
     first: u64,
@@ -324,7 +332,7 @@ fn cut_steps<S: LogStore + ?Sized>(
 ) -> Result<(u64, Vec<u64>, u64), (u64, CompactError)> {
     let mut steps = 0u64;
     let r = cut_steps_inner(
-        store, node, old_base, through, step, first, opts, progress, commit, &mut steps,
+        store, node, through, step, first, opts, progress, commit, &mut steps,
     );
     r.map_err(|e| (steps, e))
 }
@@ -333,7 +341,6 @@ fn cut_steps<S: LogStore + ?Sized>(
 fn cut_steps_inner<S: LogStore + ?Sized>(
     store: &mut S,
     node: &mut NodeState,
-    old_base: Option<WalBase>,
     through: u64,
     step: u64,
     first: u64,
@@ -342,15 +349,6 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
     commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
     steps: &mut u64,
 ) -> Result<(u64, Vec<u64>, u64), CompactError> {
-    // Entries kept for the records at or below the base, carried forward
-    // step by step (meta `base_derived`, which the start-up audit reads).
-    let mut kept = match old_base {
-        None => BaseDerived::default(),
-        Some(b) => match base_derived(&*store)? {
-            Some(d) => d,
-            None => count_derived_through(&*store, b.index)?,
-        },
-    };
     let total = through - node.index;
     let mut removed_snapshots = vec![];
     let mut removed_decisions = 0u64;
@@ -358,7 +356,14 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
         let from = node.index + 1;
         let to = node.index.saturating_add(step).min(through);
         let offset = from - first;
-        let mut cut: Vec<(u64, String, String, Hash)> = vec![];
+        // Each cut record's idempotency entry and decision: an entry that is
+        // missing or wrong is written again from the record (it is what
+        // keeps a late repeat of the proposal from running twice, and after
+        // the cut no reindex can derive it); a decision is kept if stored.
+        let mut idem_ok = 0u64;
+        let mut idem_fixes: Vec<KeyValue> = vec![];
+        let mut decisions: Vec<Hash> = vec![];
+        let mut failed: Option<CompactError> = None;
         replay(
             &*store,
             node,
@@ -373,10 +378,32 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
                 })
             },
             &mut |_, v| {
-                let r = &v.record;
-                cut.push((v.index, r.project.clone(), r.idem_key.clone(), r.decision));
+                if failed.is_some() {
+                    return;
+                }
+                match idem_for(&*store, v) {
+                    Ok(None) => idem_ok += 1,
+                    Ok(Some(fix)) => idem_fixes.push(fix),
+                    Err(e) => failed = Some(e),
+                }
+                decisions.push(v.record.decision);
             },
         )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // What the store holds for the records at or below the base (meta
+        // `base_derived`, which the leader's start-up audit reads), read
+        // again each step: a node may rebuild its indexes (and recount)
+        // between two steps.
+        let mut kept = match wal_base(&*store)? {
+            None => BaseDerived::default(),
+            Some(b) => match base_derived(&*store)? {
+                Some(d) => d,
+                None => count_derived_through(&*store, b.index)?,
+            },
+        };
+        kept.idem += idem_ok + idem_fixes.len() as u64;
         // A replay that applied fewer records stops with an error naming the
         // record; reaching here means the state is the one after `to`.
         let (frame_bytes, snapshot_hash) = encode_snapshot(node)?;
@@ -396,14 +423,10 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
         for s in &below {
             b.delete(Space::Snapshots, index_key(*s).to_vec());
         }
-        for (index, project, idem_key, decision) in &cut {
-            match lookup_idem(&*store, project, idem_key) {
-                Ok(Some(e)) if e.index == *index => kept.idem += 1,
-                Err(IndexError::Store(e)) => return Err(e.into()),
-                // Missing or damaged: the audit's count then differs and a
-                // leader rebuilds the indexes, which recounts.
-                _ => {}
-            }
+        for (k, v) in idem_fixes {
+            b.put(Space::Idem, k, v);
+        }
+        for decision in &decisions {
             if store.get(Space::Decisions, &decision.0)?.is_some() {
                 if opts.drop_decisions {
                     b.delete(Space::Decisions, decision.0.to_vec());
@@ -462,6 +485,42 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
         }
     }
     Ok((*steps, removed_snapshots, removed_decisions))
+}
+
+/// `None` when the store's idempotency entry of `v` is sound; else the key
+/// and frame of the entry derived from the record, to write before the cut.
+fn idem_for<S: LogStore + ?Sized>(
+    store: &S,
+    v: &crate::wal::VerifiedRecord,
+) -> Result<Option<KeyValue>, CompactError> {
+    let r = &v.record;
+    let content_hash = r.proposal().content_hash().ok();
+    match lookup_idem(store, &r.project, &r.idem_key) {
+        Ok(Some(e))
+            if e.index == v.index
+                && e.decision == r.decision
+                && e.state_post_hash == r.state_post_hash
+                && Some(e.content_hash) == content_hash =>
+        {
+            return Ok(None)
+        }
+        Err(IndexError::Store(e)) => return Err(e.into()),
+        _ => {}
+    }
+    let bad = |detail: String| CompactError::IdemEntry {
+        index: v.index,
+        detail,
+    };
+    let entry = swoosh_core::state::IdemEntry {
+        content_hash: content_hash.ok_or_else(|| bad("its proposal does not encode".into()))?,
+        transition: r.transition.clone(),
+        index: v.index,
+        state_post_hash: r.state_post_hash,
+        decision: r.decision,
+    };
+    let key = crate::wal::idem_key(&r.project, &r.idem_key).map_err(bad)?;
+    let payload = swoosh_core::cbor::to_canonical(&entry).map_err(|e| bad(e.to_string()))?;
+    Ok(Some((key, frame::seal(FrameKind::IdemEntry, &payload).0)))
 }
 
 /// Write records `from..=to` (each checked as [`export`] checks it) to a new
@@ -557,14 +616,23 @@ pub fn read_archive(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
     scan_archive(path, &mut |_, _| {})
 }
 
+/// [`read_archive`], handing each record and its hash to `each` in order
+/// (records before a fault are handed over before the error).
+pub fn for_each_archived(
+    path: &Path,
+    each: &mut dyn FnMut(&WalRecord, Hash),
+) -> Result<ArchiveSummary, ArchiveError> {
+    scan_archive(path, each)
+}
+
 /// The hash of record `index` in the archive at `path` (checked as
 /// [`read_archive`] checks the whole file), `None` when it does not hold it:
 /// how overlapping archives (a compaction run again after an interruption)
 /// are joined.
 pub fn archive_hash_at(path: &Path, index: u64) -> Result<Option<Hash>, ArchiveError> {
     let mut found = None;
-    let s = scan_archive(path, &mut |i, h| {
-        if i == index {
+    let s = scan_archive(path, &mut |r, h| {
+        if r.index == index {
             found = Some(h)
         }
     })?;
@@ -576,7 +644,7 @@ pub fn archive_hash_at(path: &Path, index: u64) -> Result<Option<Hash>, ArchiveE
 
 fn scan_archive(
     path: &Path,
-    each: &mut dyn FnMut(u64, Hash),
+    each: &mut dyn FnMut(&WalRecord, Hash),
 ) -> Result<ArchiveSummary, ArchiveError> {
     let io = |e: std::io::Error| ArchiveError::Io {
         path: path.to_path_buf(),
@@ -624,7 +692,7 @@ fn scan_archive(
                 detail: e.to_string(),
             })?;
         let hash = Hash::of_bytes(&buf);
-        each(record.index, hash);
+        each(&record, hash);
         summary = Some(match summary {
             None => ArchiveSummary {
                 first: record.index,

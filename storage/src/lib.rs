@@ -45,8 +45,9 @@ pub use base::{
     first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
 };
 pub use compact::{
-    archive_hash_at, compact, compact_range, compact_with, read_archive, ArchiveError,
-    ArchiveSummary, CompactError, CompactOptions, CompactReport, COMPACT_STEP_RECORDS,
+    archive_hash_at, compact, compact_range, compact_with, for_each_archived, read_archive,
+    ArchiveError, ArchiveSummary, CompactError, CompactOptions, CompactReport,
+    COMPACT_STEP_RECORDS,
 };
 pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{

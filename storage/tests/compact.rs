@@ -215,6 +215,35 @@ fn drop_decisions_removes_only_the_cut_ones(h: &mut impl Harness) {
     assert!(!audit_indexes(&s, 50).unwrap().is_sound());
 }
 
+/// A cut record whose idempotency entry is missing gets it back before the
+/// cut: after it, no reindex could derive it, and a late repeat of the
+/// proposal would run twice.
+fn a_missing_idempotency_entry_is_written_again(h: &mut impl Harness) {
+    let (st, mut s, accs) = fifty(h);
+    let genesis = st.genesis().clone();
+    let r = &accs[6].record;
+    let key = swoosh_storage::wal::idem_key(&r.project, &r.idem_key).unwrap();
+    let mut b = Batch::new();
+    b.delete(Space::Idem, key);
+    s.commit(b).unwrap();
+    assert!(lookup_idem(&s, &r.project, &r.idem_key).unwrap().is_none());
+    compact(
+        &mut s,
+        &genesis,
+        20,
+        &archive_path(h, "m.cbor"),
+        &steps(0),
+        &mut |_| {},
+    )
+    .unwrap();
+    let e = lookup_idem(&s, &r.project, &r.idem_key)
+        .unwrap()
+        .expect("written again from the record");
+    assert_eq!((e.index, e.decision), (7, r.decision));
+    let a = audit_indexes(&s, 50).unwrap();
+    assert!(a.is_sound(), "{:?}", a.findings);
+}
+
 /// Refusals change nothing and create no archive.
 fn refusals_change_nothing(h: &mut impl Harness) {
     let (st, mut s, _) = fifty(h);
@@ -347,6 +376,7 @@ both_backends!(
     compact_then_append_recover_and_compact_again,
     drop_decisions_removes_only_the_cut_ones,
     refusals_change_nothing,
+    a_missing_idempotency_entry_is_written_again,
     a_damaged_record_stops_it_before_any_cut,
     cut_rules,
 );
