@@ -416,6 +416,12 @@ pub struct ReplicationReport {
     pub forged_refused: Vec<u64>,
     /// Leader decisions whose signature was verified at the end.
     pub decisions_verified: u64,
+    /// The leader's log compactions (`swoosh_storage::compact`: records
+    /// archived and cut where the modelled truncation had reached), and the
+    /// records they archived. The archives are checked at the end to chain
+    /// from genesis to the store's base.
+    pub compactions: u64,
+    pub records_compacted: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

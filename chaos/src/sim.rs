@@ -42,7 +42,8 @@ use swoosh_storage::recovery::{
 };
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{
-    read_snapshot, write_snapshot, DecisionDoc, Durability, LogStore, MemStore, Space,
+    compact, for_each_archived, read_snapshot, wal_base, write_snapshot, CompactOptions,
+    DecisionDoc, Durability, LogStore, MemStore, Space,
 };
 
 /// The simulation's clock starts here (2026-01-01T00:00:00Z).
@@ -58,6 +59,13 @@ pub const LEADER_SNAPSHOT_EVERY: u64 = 128;
 pub const LEADER_LOG_RETAIN: u64 = 64;
 /// Snapshots the leader keeps.
 pub const LEADER_SNAPSHOTS_KEEP: usize = 3;
+/// The leader compacts its log once the modelled truncation
+/// (`LEADER_LOG_RETAIN` behind its newest snapshot) is this many records
+/// past its WAL base.
+pub const LEADER_COMPACT_MIN: u64 = 32;
+/// Records per compaction step (below the replay pipeline's threshold, so
+/// compaction replays on the simulator's one thread).
+pub const LEADER_COMPACT_STEP: u64 = 500;
 /// A follower snapshots every this many applied records.
 pub const FOLLOWER_SNAPSHOT_EVERY: u64 = 128;
 /// Proposals accepted but not committed when the leader forces a group commit.
@@ -251,8 +259,12 @@ struct LogView<'a> {
 
 impl LeaderLog for LogView<'_> {
     fn first_index(&self) -> u64 {
-        self.snap_index
-            .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1)
+        // The modelled truncation, or where compaction really cut the log
+        // (further after a restart that recovered from an older snapshot).
+        let modelled = self
+            .snap_index
+            .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1);
+        modelled.max(swoosh_storage::first_index(self.store).unwrap_or(1))
     }
     fn last_index(&self) -> u64 {
         self.synced
@@ -309,6 +321,10 @@ struct Sim<'k> {
     lagging: Vec<bool>,
     /// Forged messages delivered to each running follower, and refused.
     forgeries: ForgeryTally,
+    /// Where the leader's compactions write their archives, and the
+    /// archives written, in order.
+    archive_dir: tempfile::TempDir,
+    archives: Vec<std::path::PathBuf>,
 }
 
 /// The libp2p leader's replication settings (`p2p::leader::spawn_leader_with`):
@@ -530,6 +546,8 @@ impl<'k> Sim<'k> {
             attn_saved: None,
             lagging: vec![false; cfg_followers],
             forgeries: ForgeryTally::new(cfg_followers),
+            archive_dir: tempfile::tempdir().expect("a temporary directory for archives"),
+            archives: vec![],
         };
         sim.restart_leader(store);
         for i in 0..sim.followers.len() {
@@ -715,7 +733,8 @@ impl<'k> Sim<'k> {
                 };
                 let first = l
                     .snap_index
-                    .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1);
+                    .map_or(1, |i| i.saturating_sub(LEADER_LOG_RETAIN) + 1)
+                    .max(swoosh_storage::first_index(l.writer.store()).unwrap_or(1));
                 if matches!(req, Request::Snapshot { .. })
                     || matches!(req, Request::Range { from, .. } if from < first)
                 {
@@ -1167,6 +1186,17 @@ impl<'k> Sim<'k> {
         let Some(idx) = store.list_snapshots().ok().and_then(|v| v.last().copied()) else {
             return false;
         };
+        // The snapshot at the WAL base is the only proof of the compacted
+        // records: damaged, the store cannot be proven and the node must be
+        // restored from a backup, which the simulator does not model. Bit
+        // rot is simulated on the newer ones only.
+        if wal_base(&*store)
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.index == idx)
+        {
+            return false;
+        }
         let Ok(Some(mut bytes)) = store.get_snapshot(idx) else {
             return false;
         };
@@ -1590,8 +1620,72 @@ impl<'k> Sim<'k> {
                 self.count("storage_crash");
                 self.count("storage_crash_snapshot");
                 self.crash(0, false);
+                return;
             }
-            Err(e) => self.violation(format!("the leader's snapshot failed: {e}")),
+            Err(e) => {
+                self.violation(format!("the leader's snapshot failed: {e}"));
+                return;
+            }
+        }
+        self.leader_compact();
+    }
+
+    /// Compact the leader's log where the modelled truncation has reached
+    /// (what `swoosh serve --archive-dir` does after a snapshot). An armed
+    /// store may die in one of its steps: the leader goes down with it and
+    /// recovers from whatever step committed last.
+    fn leader_compact(&mut self) {
+        let genesis = self.genesis.clone();
+        let dir = self.archive_dir.path().to_path_buf();
+        let Some(l) = self.up() else { return };
+        let Some(snap) = l.snap_index else { return };
+        let base = match wal_base(l.writer.store()) {
+            Ok(b) => b.map_or(0, |b| b.index),
+            Err(e) => {
+                let e = format!("the leader's WAL base does not read: {e}");
+                self.violation(e);
+                return;
+            }
+        };
+        let through = snap.saturating_sub(LEADER_LOG_RETAIN);
+        if through < base + LEADER_COMPACT_MIN {
+            return;
+        }
+        let stem = format!("wal-{:020}-{through:020}", base + 1);
+        let mut path = dir.join(format!("{stem}.cbor"));
+        let mut n = 1;
+        while path.exists() {
+            path = dir.join(format!("{stem}-{n}.cbor"));
+            n += 1;
+        }
+        let opts = CompactOptions {
+            drop_decisions: false,
+            step_records: LEADER_COMPACT_STEP,
+        };
+        let r = compact(
+            l.writer.store_mut(),
+            &genesis,
+            through,
+            &path,
+            &opts,
+            &mut |_| {},
+        );
+        let crashed = l.writer.store().has_crashed();
+        if path.exists() {
+            // Kept even when it failed: steps may have cut records.
+            self.archives.push(path);
+        }
+        match r {
+            Ok(rep) => {
+                self.report.replication.compactions += 1;
+                self.report.replication.records_compacted += rep.archive.records;
+            }
+            Err(_) if crashed => {
+                self.count("storage_crash");
+                self.count("storage_crash_compaction");
+                self.crash(0, false);
+            }
+            Err(e) => self.violation(format!("the leader's compaction failed: {e}")),
         }
     }
 
@@ -2176,7 +2270,9 @@ impl<'k> Sim<'k> {
         }
         // `verify` finds each record's decision but does not check its
         // signature: every stored decision is signed by the genesis leader.
-        let (checked, bad) = check_decisions(&store, &self.genesis.leader, leader.node.index);
+        let archived = self.check_archives(&store);
+        let (checked, bad) =
+            check_decisions(&store, &self.genesis.leader, leader.node.index, &archived);
         self.report.replication.decisions_verified = checked;
         self.report.violations.extend(bad);
         // Every forged message a running follower was handed, it refused.
@@ -2244,14 +2340,29 @@ const DECISION_PROBLEMS_LISTED_MAX: usize = 5;
 /// Every record's decision in `store` (records `1..=last`) is stored, signed
 /// by `leader`, and its signature verifies. Returns the decisions checked
 /// and the problems found.
-fn check_decisions(store: &MemStore, leader: &SignerId, last: u64) -> (u64, Vec<String>) {
+/// Records at or below a compacted store's base are looked up in
+/// `archived` (index → decision hash, from the archives).
+fn check_decisions(
+    store: &MemStore,
+    leader: &SignerId,
+    last: u64,
+    archived: &BTreeMap<u64, Hash>,
+) -> (u64, Vec<String>) {
     let mut problems = vec![];
     let mut total = 0u64;
     let mut checked = 0u64;
     for i in 1..=last {
-        let problem = match read_record(store, i) {
-            Err(e) => Some(format!("record {i} is unreadable: {e}")),
-            Ok(v) => match get_decision(store, &v.record.decision) {
+        let decision = match read_record(store, i) {
+            Ok(v) => Ok(v.record.decision),
+            Err(ReadError::BelowBase { .. }) => archived
+                .get(&i)
+                .copied()
+                .ok_or_else(|| format!("record {i} was compacted but is in no archive")),
+            Err(e) => Err(format!("record {i} is unreadable: {e}")),
+        };
+        let problem = match decision {
+            Err(e) => Some(e),
+            Ok(decision) => match get_decision(store, &decision) {
                 Ok(Some(DecisionDoc::Signed(d))) if d.leader != *leader => Some(format!(
                     "the decision of record {i} is signed by {}, not the leader",
                     d.leader
@@ -2284,6 +2395,77 @@ fn check_decisions(store: &MemStore, leader: &SignerId, last: u64) -> (u64, Vec<
         ));
     }
     (checked, problems)
+}
+
+impl Sim<'_> {
+    /// The leader's archives, in the order written, hold every record from
+    /// genesis to its store's WAL base: each is sound, each starts at or
+    /// before the record after the one before (a compaction run again after
+    /// a crash repeats records) with the same record there, and the records
+    /// are the durable ones the simulator saw. Returns each archived
+    /// record's decision hash.
+    fn check_archives(&mut self, store: &MemStore) -> BTreeMap<u64, Hash> {
+        let mut decisions = BTreeMap::new();
+        let mut hashes: BTreeMap<u64, Hash> = BTreeMap::new();
+        let mut problems = vec![];
+        for path in &self.archives {
+            let r = for_each_archived(path, &mut |rec, h| {
+                if let Some(prev) = rec.index.checked_sub(1) {
+                    let want = if prev == 0 {
+                        Some(self.genesis_hash)
+                    } else {
+                        hashes.get(&prev).copied()
+                    };
+                    if want != Some(rec.prev_hash) {
+                        problems.push(format!(
+                            "archived record {} does not follow the archived or durable record before it",
+                            rec.index
+                        ));
+                    }
+                }
+                if let Some(old) = hashes.insert(rec.index, h) {
+                    if old != h {
+                        problems.push(format!("two archives hold different records {}", rec.index));
+                    }
+                }
+                if self.durable.get(&rec.index).map(|d| d.0) != Some(h) {
+                    problems.push(format!(
+                        "archived record {} is not the durable record at its index",
+                        rec.index
+                    ));
+                }
+                decisions.insert(rec.index, rec.decision);
+            });
+            if let Err(e) = r {
+                problems.push(e.to_string());
+            }
+        }
+        match wal_base(store) {
+            Ok(Some(b)) => {
+                // An interrupted compaction's archive may also hold records
+                // after the base (still in the store too).
+                if let Some(gap) = (1..=b.index).find(|i| !hashes.contains_key(i)) {
+                    problems.push(format!(
+                        "record {gap} is below the store's base {} but in no archive",
+                        b.index
+                    ));
+                } else if hashes.get(&b.index) != Some(&b.hash) {
+                    problems.push(format!(
+                        "the archived record {} is not the store's base",
+                        b.index
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("the leader's WAL base does not read: {e}")),
+        }
+        for p in problems.into_iter().take(DECISION_PROBLEMS_LISTED_MAX) {
+            self.report
+                .violations
+                .push(format!("the leader's archives: {p}"));
+        }
+        decisions
+    }
 }
 
 /// A node's name in attention events: `leader`, `follower-N`.
@@ -2348,11 +2530,12 @@ mod tests {
         }
         let store = w.into_store();
         let leader = SignerId::from_signing_key(&keys.leader);
-        let (ok, bad) = check_decisions(&store, &leader, 4);
+        let none = BTreeMap::new();
+        let (ok, bad) = check_decisions(&store, &leader, 4, &none);
         assert_eq!(ok, 2, "{bad:#?}");
         assert_eq!(bad.len(), 2, "{bad:#?}");
         assert!(bad[0].contains("record 2 is stored unsigned"), "{bad:#?}");
         assert!(bad[1].contains("record 3 is signed by"), "{bad:#?}");
-        assert_eq!(check_decisions(&store, &leader, 1), (1, vec![]));
+        assert_eq!(check_decisions(&store, &leader, 1, &none), (1, vec![]));
     }
 }

@@ -241,6 +241,14 @@ fn a_calm_run_accepts_every_proposal_and_acknowledges_all() {
     assert_eq!(r.acknowledged, 400);
     assert_eq!(r.final_index, 400);
     assert!(r.faults.values().all(|n| *n == 0), "{:?}", r.faults);
+    // Snapshots at 128, 256 and 384: the leader compacted where the
+    // modelled truncation reached (and every archived decision verified).
+    assert!(r.replication.compactions >= 2, "{:?}", r.replication);
+    assert!(
+        r.replication.records_compacted >= 256,
+        "{:?}",
+        r.replication
+    );
     assert_eq!(r.max_lag, r.max_lag.min(64), "a calm follower stays close");
 }
 
