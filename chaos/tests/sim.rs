@@ -120,8 +120,12 @@ fn sweep_part_3() {
 /// fault matrix, zero violations, one hash.
 #[test]
 fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
+    // The seed is arbitrary; the test asks that every listed fault happen in
+    // its schedule. Seed 10,000 stopped drawing a license denial once the
+    // leader began compacting (its compaction commits shift when an armed
+    // store dies, and the schedule with it): 10,001 draws them all.
     let cfg = SimConfig {
-        seed: 10_000,
+        seed: 10_001,
         transitions: 10_000,
         replicas: 3,
         ..SimConfig::default()

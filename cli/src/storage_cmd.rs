@@ -273,6 +273,23 @@ pub enum SnapshotCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Write the snapshot at a compacted log's start again, from its
+    /// archives (`swoosh wal compact`).
+    ///
+    /// After a compaction the snapshot at the log's start (its WAL base) is
+    /// the only proof of the archived records: if it is damaged, recovery
+    /// refuses ("cannot be proven"). This replays the archives from genesis
+    /// (every chain link and recomputed post hash checked) up to the base,
+    /// checks the record there is the base's, and writes the replayed state
+    /// as the snapshot there. Nothing else changes. Stop the node first.
+    RebuildBase {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Every archive of the log, oldest first (from record 1).
+        #[arg(required = true)]
+        archives: Vec<PathBuf>,
+    },
 }
 
 /// Replay a node's log through the reducer.
@@ -1392,7 +1409,39 @@ pub fn snapshot(cmd: SnapshotCmd) -> Result<()> {
         SnapshotCmd::Create { dir, keep } => snapshot_create(&dir, keep),
         SnapshotCmd::List { dir, json } => snapshot_list(&dir, json),
         SnapshotCmd::Restore { dir, index, yes } => snapshot_restore(&dir, index, yes),
+        SnapshotCmd::RebuildBase { dir, archives } => snapshot_rebuild_base(&dir, &archives),
     }
+}
+
+fn snapshot_rebuild_base(dir: &Path, archives: &[PathBuf]) -> Result<()> {
+    let mut node = open_node(dir, Access::Write)?;
+    let bar = progress_bar(false);
+    let res = swoosh_storage::rebuild_base_snapshot(
+        &mut node.store,
+        &node.genesis,
+        archives,
+        &mut on_progress(&bar),
+    );
+    bar.finish_and_clear();
+    let r = res.with_context(|| {
+        format!(
+            "cannot rebuild the base snapshot of {} from the archives",
+            dir.display()
+        )
+    })?;
+    say!(
+        "replayed {} archived record(s) from genesis to the log's start (record {}, {}) in {:.1} s and wrote the snapshot there ({})",
+        r.replayed,
+        r.base.index,
+        r.base.hash,
+        r.elapsed.as_secs_f64(),
+        r.snapshot_hash
+    );
+    say!(
+        "  `swoosh wal verify --dir {}` checks the whole store again",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn snapshot_create(dir: &Path, keep: usize) -> Result<()> {

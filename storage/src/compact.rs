@@ -747,3 +747,195 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(n)
 }
+
+/// What [`rebuild_base_snapshot`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebuiltBase {
+    pub base: WalBase,
+    /// Archived records replayed (from genesis to the base).
+    pub replayed: u64,
+    /// Hash of the snapshot frame written at the base.
+    pub snapshot_hash: Hash,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildBaseError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("{0}: its genesis is not usable")]
+    Genesis(String),
+    #[error(
+        "{location} starts at genesis (it has no WAL base): there is no base snapshot to rebuild"
+    )]
+    NotBased { location: String },
+    #[error("{path} starts at record {first}, but the archives must start at record 1: give every archive, oldest first")]
+    NotFromGenesis { path: PathBuf, first: u64 },
+    #[error("{path} starts at record {first}, after record {next} the archives before it end: an archive of records {next}..={} is missing", first - 1)]
+    Gap {
+        path: PathBuf,
+        first: u64,
+        next: u64,
+    },
+    #[error("archived record {index} (in {path}) does not replay: {detail}; the archive is not this cluster's log, or this build and the log disagree")]
+    Replay {
+        path: PathBuf,
+        index: u64,
+        detail: String,
+    },
+    #[error("the archives end at record {reached}, before the store's base {base}: give the archives up to record {base}")]
+    Short { reached: u64, base: u64 },
+    #[error("the archives' record {base} hashes to {got}, but the store's base is {expected}: they are not this store's records")]
+    NotThisLog {
+        base: u64,
+        expected: Hash,
+        got: Hash,
+    },
+}
+
+/// Write the snapshot at a compacted store's WAL base again, from its
+/// archives: the snapshot there is the only proof of the cut records, and
+/// a damaged one leaves recovery `Unproven`. Replays `archives` (every one,
+/// oldest first, from record 1; overlaps are fine) through the reducer from
+/// genesis, checking every chain link and recomputed post hash, up to the
+/// base; refuses unless the record there hashes to the base hash; then puts
+/// the replayed state as the snapshot at the base (replacing a damaged one)
+/// and reads it back. Nothing else in the store changes.
+pub fn rebuild_base_snapshot<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    archives: &[PathBuf],
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RebuiltBase, RebuildBaseError> {
+    let t0 = Instant::now();
+    let mut node =
+        NodeState::new(genesis.clone()).map_err(|e| RebuildBaseError::Genesis(e.to_string()))?;
+    check_meta(&*store, node.genesis_hash)?;
+    let Some(base) = wal_base(&*store)? else {
+        return Err(RebuildBaseError::NotBased {
+            location: store.location(),
+        });
+    };
+    let mut replayed = 0u64;
+    let mut failed: Option<RebuildBaseError> = None;
+    for path in archives {
+        if node.index >= base.index {
+            break;
+        }
+        let summary = read_archive(path)?;
+        if node.index == 0 && summary.first != 1 {
+            return Err(RebuildBaseError::NotFromGenesis {
+                path: path.clone(),
+                first: summary.first,
+            });
+        }
+        if summary.first > node.index + 1 {
+            return Err(RebuildBaseError::Gap {
+                path: path.clone(),
+                first: summary.first,
+                next: node.index + 1,
+            });
+        }
+        for_each_archived(path, &mut |rec, hash| {
+            if failed.is_some() || rec.index <= node.index || node.index >= base.index {
+                return;
+            }
+            let r = swoosh_core::reducer::apply_record(&mut node, rec, Verify::Trusted)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    if node.head_record == hash {
+                        Ok(())
+                    } else {
+                        Err("its canonical re-encoding differs from the archived bytes".into())
+                    }
+                });
+            match r {
+                Ok(()) => {
+                    replayed += 1;
+                    if replayed.is_multiple_of(crate::recovery::PROGRESS_EVERY_RECORDS) {
+                        progress(&Progress {
+                            phase: Phase::Replay,
+                            done: replayed,
+                            total: base.index,
+                        });
+                    }
+                }
+                Err(detail) => {
+                    failed = Some(RebuildBaseError::Replay {
+                        path: path.clone(),
+                        index: rec.index,
+                        detail,
+                    })
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    if node.index < base.index {
+        return Err(RebuildBaseError::Short {
+            reached: node.index,
+            base: base.index,
+        });
+    }
+    if node.head_record != base.hash {
+        return Err(RebuildBaseError::NotThisLog {
+            base: base.index,
+            expected: base.hash,
+            got: node.head_record,
+        });
+    }
+    let (frame_bytes, snapshot_hash) = encode_snapshot(&node)?;
+    let mut b = Batch::new();
+    b.put(
+        Space::Snapshots,
+        index_key(base.index).to_vec(),
+        frame_bytes,
+    );
+    store.commit(b)?;
+    store.sync()?;
+    let back = store
+        .get_snapshot(base.index)?
+        .ok_or_else(|| SnapshotError::Missing {
+            location: store.location(),
+            index: base.index,
+        })?;
+    match frame::open(FrameKind::Snapshot, &back, crate::SNAPSHOT_BYTES_MAX) {
+        Ok((h, _)) if h == snapshot_hash => {}
+        Ok((h, _)) => {
+            return Err(SnapshotError::ReadBack {
+                location: store.location(),
+                index: base.index,
+                written: snapshot_hash,
+                got: h,
+            }
+            .into())
+        }
+        Err(reason) => {
+            return Err(SnapshotError::Corrupt {
+                location: store.location(),
+                index: base.index,
+                reason: reason.into(),
+            }
+            .into())
+        }
+    }
+    progress(&Progress {
+        phase: Phase::Replay,
+        done: replayed,
+        total: base.index,
+    });
+    Ok(RebuiltBase {
+        base,
+        replayed,
+        snapshot_hash,
+        elapsed: t0.elapsed(),
+    })
+}

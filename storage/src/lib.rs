@@ -46,8 +46,8 @@ pub use base::{
 };
 pub use compact::{
     archive_hash_at, compact, compact_range, compact_with, for_each_archived, read_archive,
-    ArchiveError, ArchiveSummary, CompactError, CompactOptions, CompactReport,
-    COMPACT_STEP_RECORDS,
+    rebuild_base_snapshot, ArchiveError, ArchiveSummary, CompactError, CompactOptions,
+    CompactReport, RebuildBaseError, RebuiltBase, COMPACT_STEP_RECORDS,
 };
 pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{

@@ -244,6 +244,55 @@ fn a_missing_idempotency_entry_is_written_again(h: &mut impl Harness) {
     assert!(a.is_sound(), "{:?}", a.findings);
 }
 
+/// A damaged snapshot at the base leaves the compacted store unprovable;
+/// its archives rebuild it.
+fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
+    let (st, mut s, _) = fifty(h);
+    let genesis = st.genesis().clone();
+    let (a1, a2) = (archive_path(h, "b1.cbor"), archive_path(h, "b2.cbor"));
+    compact(&mut s, &genesis, 35, &a1, &steps(10), &mut |_| {}).unwrap();
+    compact(&mut s, &genesis, 45, &a2, &steps(0), &mut |_| {}).unwrap();
+    let key = index_key(45);
+    let mut v = s.get(Space::Snapshots, &key).unwrap().unwrap();
+    let at = v.len() / 2;
+    v[at] ^= 0x20;
+    s.overwrite_raw(Space::Snapshots, &key, &v).unwrap();
+    let e = recover(&s, &genesis).unwrap_err();
+    assert!(matches!(e, RecoveryError::Unproven { base: 45, .. }), "{e}");
+
+    let e = rebuild_base_snapshot(&mut s, &genesis, std::slice::from_ref(&a2), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(e, RebuildBaseError::NotFromGenesis { first: 36, .. }),
+        "{e}"
+    );
+    let e = rebuild_base_snapshot(&mut s, &genesis, std::slice::from_ref(&a1), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RebuildBaseError::Short {
+                reached: 35,
+                base: 45
+            }
+        ),
+        "{e}"
+    );
+    let e = rebuild_base_snapshot(&mut s, &genesis, &[a2.clone(), a1.clone()], &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(e, RebuildBaseError::NotFromGenesis { .. }), "{e}");
+    assert!(
+        recover(&s, &genesis).is_err(),
+        "the refusals changed nothing"
+    );
+
+    let r = rebuild_base_snapshot(&mut s, &genesis, &[a1, a2], &mut |_| {}).unwrap();
+    assert_eq!((r.base.index, r.replayed), (45, 45));
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "rebuilt");
+    let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
+    assert!(v.snapshot_problems.is_empty(), "{:?}", v.snapshot_problems);
+}
+
 /// Refusals change nothing and create no archive.
 fn refusals_change_nothing(h: &mut impl Harness) {
     let (st, mut s, _) = fifty(h);
@@ -377,6 +426,7 @@ both_backends!(
     drop_decisions_removes_only_the_cut_ones,
     refusals_change_nothing,
     a_missing_idempotency_entry_is_written_again,
+    a_damaged_base_snapshot_is_rebuilt_from_the_archives,
     a_damaged_record_stops_it_before_any_cut,
     cut_rules,
 );
