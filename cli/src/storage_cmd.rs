@@ -561,7 +561,10 @@ fn explain(e: &RecoveryError, dir: &Path) -> Failure {
             index: Some(*base),
             kind: "unproven",
             reason: e.to_string(),
-            next: "install a verified snapshot from the leader again, or resync this node from scratch".into(),
+            next: format!(
+                "if this log was compacted (its archives exist), rebuild the snapshot at {base}: `swoosh snapshot rebuild-base --dir {} <archives, oldest first>`; on a follower, install a verified snapshot from the leader again, or resync it from scratch",
+                dir.display()
+            ),
         },
     }
 }
@@ -1591,7 +1594,7 @@ fn snapshot_list(dir: &Path, json: bool) -> Result<()> {
     let base = swoosh_storage::wal_base(&node.store)?;
     let unproven = |b: u64| {
         format!(
-            "this log starts after record {b} (its WAL base), so recovery needs a valid snapshot at or after {b} and cannot start without one: install a verified snapshot from the leader again, or resync this node from scratch"
+            "this log starts after record {b} (its WAL base), so recovery needs a valid snapshot at or after {b} and cannot start without one: if it was compacted, rebuild the snapshot at {b} from the archives (`swoosh snapshot rebuild-base`); on a follower, install a verified snapshot from the leader again, or resync it from scratch"
         )
     };
     if rows.is_empty() {

@@ -211,7 +211,7 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; on a follower, install a verified snapshot from the leader again (`install_snapshot`) or resync it from scratch; on a leader whose log was compacted, restore the store from a backup (the archives hold the cut records, not the state)", fmt_problems(skipped))]
+    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; on a follower, install a verified snapshot from the leader again (`install_snapshot`) or resync it from scratch; on a node whose log was compacted, rebuild the snapshot at {base} from its archives (`swoosh snapshot rebuild-base --dir <dir> <archives, oldest first>`)", fmt_problems(skipped))]
     Unproven {
         location: String,
         base: u64,
