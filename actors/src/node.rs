@@ -127,7 +127,9 @@ impl CompactionPolicy {
         let through = snapshot
             .checked_sub(self.keep_records)?
             .min(base.saturating_add(COMPACT_ONLINE_RECORDS_MAX));
-        (through >= base.saturating_add(self.min_records.max(1))).then_some(through)
+        // A threshold above the per-turn cap could never be reached.
+        let min = self.min_records.clamp(1, COMPACT_ONLINE_RECORDS_MAX);
+        (through >= base.saturating_add(min)).then_some(through)
     }
 
     /// A new archive file for records `first..=through` (a suffix when an

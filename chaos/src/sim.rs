@@ -42,8 +42,8 @@ use swoosh_storage::recovery::{
 };
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{
-    compact, for_each_archived, read_snapshot, wal_base, write_snapshot, CompactOptions,
-    DecisionDoc, Durability, LogStore, MemStore, Space,
+    compact, for_each_archived, read_snapshot, rebuild_base_snapshot, wal_base, write_snapshot,
+    CompactOptions, DecisionDoc, Durability, LogStore, MemStore, Space,
 };
 
 /// The simulation's clock starts here (2026-01-01T00:00:00Z).
@@ -1186,17 +1186,6 @@ impl<'k> Sim<'k> {
         let Some(idx) = store.list_snapshots().ok().and_then(|v| v.last().copied()) else {
             return false;
         };
-        // The snapshot at the WAL base is the only proof of the compacted
-        // records: damaged, the store cannot be proven and the node must be
-        // restored from a backup, which the simulator does not model. Bit
-        // rot is simulated on the newer ones only.
-        if wal_base(&*store)
-            .ok()
-            .flatten()
-            .is_some_and(|b| b.index == idx)
-        {
-            return false;
-        }
         let Ok(Some(mut bytes)) = store.get_snapshot(idx) else {
             return false;
         };
@@ -1324,9 +1313,23 @@ impl<'k> Sim<'k> {
             self.step_clock(0);
         }
         let mut cut = false;
+        let mut rebuilt = false;
         let rec = loop {
             match recover(&store, &self.genesis) {
                 Ok(r) => break r,
+                Err(RecoveryError::Unproven { .. }) if !rebuilt => {
+                    // The snapshot at a compacted log's base rotted and no
+                    // newer one is usable: the operator rebuilds it from the
+                    // archives (`swoosh snapshot rebuild-base`).
+                    rebuilt = true;
+                    if !self.rebuild_base(&mut store) {
+                        if store.has_crashed() {
+                            return self.leader_dies_in_recovery(store, "storage_crash_rebuild");
+                        }
+                        self.fatal = true;
+                        return;
+                    }
+                }
                 Err(RecoveryError::Read(ReadError::Corrupt { index, .. }))
                     if !cut && store.last_index().ok() == Some(index) =>
                 {
@@ -1685,7 +1688,60 @@ impl<'k> Sim<'k> {
                 self.count("storage_crash_compaction");
                 self.crash(0, false);
             }
-            Err(e) => self.violation(format!("the leader's compaction failed: {e}")),
+            // The snapshot at the base rotted while a newer one kept the
+            // node recovering: compaction cannot prove its start
+            // (`SwooshCompactionFailing`); the operator rebuilds it from the
+            // archives and compaction resumes at the next snapshot.
+            Err(swoosh_storage::CompactError::Recovery(RecoveryError::Unproven { .. })) => {
+                let Some(l) = self.up() else { return };
+                let mut store = std::mem::replace(
+                    l.writer.store_mut(),
+                    MemStore::new("placeholder", Durability::NoSync),
+                );
+                let ok = self.rebuild_base(&mut store);
+                let crashed = store.has_crashed();
+                if let Some(l) = self.up() {
+                    *l.writer.store_mut() = store;
+                }
+                if !ok && crashed {
+                    self.count("storage_crash");
+                    self.crash(0, false);
+                }
+            }
+            Err(e) => {
+                let e = e
+                    .to_string()
+                    .replace(&dir.display().to_string(), "<archives>");
+                self.violation(format!("the leader's compaction failed: {e}"))
+            }
+        }
+    }
+
+    /// `swoosh snapshot rebuild-base` with every archive written so far;
+    /// false (after a violation, unless the store died) when it fails.
+    fn rebuild_base(&mut self, store: &mut MemStore) -> bool {
+        if self.rare_write_crash() {
+            store.crash_after_commits(0);
+        }
+        match rebuild_base_snapshot(store, &self.genesis, &self.archives, &mut |_| {}) {
+            Ok(_) => {
+                self.count("base_rebuilt");
+                self.attend(
+                    EventKind::SnapshotCorrupt,
+                    "base snapshot rebuilt from the archives",
+                    Some(peer_name(0)),
+                );
+                true
+            }
+            Err(_) if store.has_crashed() => false,
+            Err(e) => {
+                let dir = self.archive_dir.path().display().to_string();
+                let e = e.to_string().replace(&dir, "<archives>");
+                self.violation(format!(
+                    "the leader's base snapshot cannot be rebuilt from its archives: {e}"
+                ));
+                false
+            }
         }
     }
 
@@ -2270,7 +2326,7 @@ impl<'k> Sim<'k> {
         }
         // `verify` finds each record's decision but does not check its
         // signature: every stored decision is signed by the genesis leader.
-        let archived = self.check_archives(&store);
+        let archived = self.check_archives(&store, &leader.node);
         let (checked, bad) =
             check_decisions(&store, &self.genesis.leader, leader.node.index, &archived);
         self.report.replication.decisions_verified = checked;
@@ -2404,9 +2460,15 @@ impl Sim<'_> {
     /// a crash repeats records) with the same record there, and the records
     /// are the durable ones the simulator saw. Returns each archived
     /// record's decision hash.
-    fn check_archives(&mut self, store: &MemStore) -> BTreeMap<u64, Hash> {
+    ///
+    /// Then the whole log, archives and store, is replayed from genesis with
+    /// every signature verified again (`Verify::Full`) and must reach the
+    /// leader's final state: the end-of-run `verify` starts from the base
+    /// snapshot, so the compacted records are re-checked here.
+    fn check_archives(&mut self, store: &MemStore, leader: &NodeState) -> BTreeMap<u64, Hash> {
         let mut decisions = BTreeMap::new();
         let mut hashes: BTreeMap<u64, Hash> = BTreeMap::new();
+        let mut records: BTreeMap<u64, swoosh_core::record::WalRecord> = BTreeMap::new();
         let mut problems = vec![];
         for path in &self.archives {
             let r = for_each_archived(path, &mut |rec, h| {
@@ -2435,9 +2497,11 @@ impl Sim<'_> {
                     ));
                 }
                 decisions.insert(rec.index, rec.decision);
+                records.entry(rec.index).or_insert_with(|| rec.clone());
             });
             if let Err(e) = r {
-                problems.push(e.to_string());
+                let dir = self.archive_dir.path().display().to_string();
+                problems.push(e.to_string().replace(&dir, "<archives>"));
             }
         }
         match wal_base(store) {
@@ -2459,10 +2523,39 @@ impl Sim<'_> {
             Ok(None) => {}
             Err(e) => problems.push(format!("the leader's WAL base does not read: {e}")),
         }
-        for p in problems.into_iter().take(DECISION_PROBLEMS_LISTED_MAX) {
-            self.report
-                .violations
-                .push(format!("the leader's archives: {p}"));
+        if problems.is_empty() && !records.is_empty() {
+            let base = wal_base(store).ok().flatten().map_or(0, |b| b.index);
+            let mut node = NodeState::new(self.genesis.clone()).expect("the genesis is valid");
+            let stored = (base + 1..=leader.index).map(|i| read_record(store, i).map(|v| v.record));
+            let archived = records
+                .into_values()
+                .take_while(|r| r.index <= base)
+                .map(Ok);
+            for rec in archived.chain(stored) {
+                let r = rec.map_err(|e| e.to_string()).and_then(|rec| {
+                    swoosh_core::reducer::apply_record(&mut node, &rec, Verify::Full)
+                        .map(|_| ())
+                        .map_err(|e| format!("record {}: {e}", rec.index))
+                });
+                if let Err(e) = r {
+                    problems.push(format!(
+                        "the log replayed from genesis through the archives with every signature verified fails: {e}"
+                    ));
+                    break;
+                }
+            }
+            if problems.is_empty() && node.root_hash() != leader.root_hash() {
+                problems.push(format!(
+                    "the log replayed from genesis through the archives reaches {} at {}, not the leader's {} at {}",
+                    node.root_hash(),
+                    node.index,
+                    leader.root_hash(),
+                    leader.index
+                ));
+            }
+        }
+        for p in problems {
+            self.violation(format!("the leader's archives: {p}"));
         }
         decisions
     }

@@ -1911,7 +1911,7 @@ fn joins(
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} holds no record {index}", path.display()))
     };
-    if read(pf, a.first - 1)? != a.prev_hash {
+    if read(pf, a.first.saturating_sub(1))? != a.prev_hash {
         return Err(gap());
     }
     let end = p.last.min(a.last);

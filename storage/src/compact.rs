@@ -382,8 +382,9 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
                     return;
                 }
                 match idem_for(&*store, v) {
-                    Ok(None) => idem_ok += 1,
-                    Ok(Some(fix)) => idem_fixes.push(fix),
+                    Ok(IdemCheck::Sound) => idem_ok += 1,
+                    Ok(IdemCheck::Rewrite(fix)) => idem_fixes.push(fix),
+                    Ok(IdemCheck::Newer) => {}
                     Err(e) => failed = Some(e),
                 }
                 decisions.push(v.record.decision);
@@ -487,40 +488,48 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
     Ok((*steps, removed_snapshots, removed_decisions))
 }
 
-/// `None` when the store's idempotency entry of `v` is sound; else the key
-/// and frame of the entry derived from the record, to write before the cut.
+/// What a cut record's idempotency entry needs before the cut.
+enum IdemCheck {
+    /// The store holds exactly the entry the record derives.
+    Sound,
+    /// Missing, damaged or wrong: write this key and frame.
+    Rewrite(KeyValue),
+    /// The key answers for a later record (it was used again after this
+    /// one's entry was lost): that answer stays, this record has none.
+    Newer,
+}
+
 fn idem_for<S: LogStore + ?Sized>(
     store: &S,
     v: &crate::wal::VerifiedRecord,
-) -> Result<Option<KeyValue>, CompactError> {
+) -> Result<IdemCheck, CompactError> {
     let r = &v.record;
-    let content_hash = r.proposal().content_hash().ok();
-    match lookup_idem(store, &r.project, &r.idem_key) {
-        Ok(Some(e))
-            if e.index == v.index
-                && e.decision == r.decision
-                && e.state_post_hash == r.state_post_hash
-                && Some(e.content_hash) == content_hash =>
-        {
-            return Ok(None)
-        }
-        Err(IndexError::Store(e)) => return Err(e.into()),
-        _ => {}
-    }
     let bad = |detail: String| CompactError::IdemEntry {
         index: v.index,
         detail,
     };
     let entry = swoosh_core::state::IdemEntry {
-        content_hash: content_hash.ok_or_else(|| bad("its proposal does not encode".into()))?,
+        content_hash: r
+            .proposal()
+            .content_hash()
+            .map_err(|e| bad(format!("its proposal does not encode: {e}")))?,
         transition: r.transition.clone(),
         index: v.index,
         state_post_hash: r.state_post_hash,
         decision: r.decision,
     };
+    match lookup_idem(store, &r.project, &r.idem_key) {
+        Ok(Some(e)) if e == entry => return Ok(IdemCheck::Sound),
+        Ok(Some(e)) if e.index > v.index => return Ok(IdemCheck::Newer),
+        Err(IndexError::Store(e)) => return Err(e.into()),
+        _ => {}
+    }
     let key = crate::wal::idem_key(&r.project, &r.idem_key).map_err(bad)?;
     let payload = swoosh_core::cbor::to_canonical(&entry).map_err(|e| bad(e.to_string()))?;
-    Ok(Some((key, frame::seal(FrameKind::IdemEntry, &payload).0)))
+    Ok(IdemCheck::Rewrite((
+        key,
+        frame::seal(FrameKind::IdemEntry, &payload).0,
+    )))
 }
 
 /// Write records `from..=to` (each checked as [`export`] checks it) to a new
@@ -777,7 +786,7 @@ pub enum RebuildBaseError {
     NotBased { location: String },
     #[error("{path} starts at record {first}, but the archives must start at record 1: give every archive, oldest first")]
     NotFromGenesis { path: PathBuf, first: u64 },
-    #[error("{path} starts at record {first}, after record {next} the archives before it end: an archive of records {next}..={} is missing", first - 1)]
+    #[error("{path} starts at record {first}, but the archives before it end at record {}: an archive of records {next}..={} is missing, or the archives are not in log order (give them oldest first)", next - 1, first - 1)]
     Gap {
         path: PathBuf,
         first: u64,
@@ -828,22 +837,33 @@ pub fn rebuild_base_snapshot<S: LogStore + ?Sized>(
         if node.index >= base.index {
             break;
         }
-        let summary = read_archive(path)?;
-        if node.index == 0 && summary.first != 1 {
-            return Err(RebuildBaseError::NotFromGenesis {
-                path: path.clone(),
-                first: summary.first,
-            });
-        }
-        if summary.first > node.index + 1 {
-            return Err(RebuildBaseError::Gap {
-                path: path.clone(),
-                first: summary.first,
-                next: node.index + 1,
-            });
-        }
-        for_each_archived(path, &mut |rec, hash| {
-            if failed.is_some() || rec.index <= node.index || node.index >= base.index {
+        // One pass: damage past what is needed (records after the base in
+        // an interrupted run's archive, or ones an earlier archive already
+        // gave) does not stop the rebuild.
+        let mut first: Option<u64> = None;
+        let scanned = for_each_archived(path, &mut |rec, hash| {
+            if failed.is_some() || node.index >= base.index {
+                return;
+            }
+            if first.is_none() {
+                first = Some(rec.index);
+                if node.index == 0 && rec.index != 1 {
+                    failed = Some(RebuildBaseError::NotFromGenesis {
+                        path: path.clone(),
+                        first: rec.index,
+                    });
+                    return;
+                }
+                if rec.index > node.index + 1 {
+                    failed = Some(RebuildBaseError::Gap {
+                        path: path.clone(),
+                        first: rec.index,
+                        next: node.index + 1,
+                    });
+                    return;
+                }
+            }
+            if rec.index <= node.index {
                 return;
             }
             let r = swoosh_core::reducer::apply_record(&mut node, rec, Verify::Trusted)
@@ -874,9 +894,14 @@ pub fn rebuild_base_snapshot<S: LogStore + ?Sized>(
                     })
                 }
             }
-        })?;
+        });
         if let Some(e) = failed {
             return Err(e);
+        }
+        if let Err(e) = scanned {
+            if node.index < base.index {
+                return Err(e.into());
+            }
         }
     }
     if node.index < base.index {

@@ -290,13 +290,13 @@ pub fn audit_indexes<S: LogStore + ?Sized>(
     };
     match kept {
         Some(k) => {
-            if base > 0 && idem_entries != k.idem + records {
+            if base > 0 && idem_entries != k.idem.saturating_add(records) {
                 findings.push(format!(
                     "{idem_entries} idempotency entries for the {records} records after the WAL base {base} and the {} kept for those at or below it",
                     k.idem
                 ));
             }
-            if decisions != k.decisions + records {
+            if decisions != k.decisions.saturating_add(records) {
                 findings.push(format!(
                     "{decisions} decisions for {records} records{} (one each expected)",
                     if k.decisions > 0 {

@@ -1061,7 +1061,7 @@ fn check_orphans<S: LogStore + ?Sized>(
         }
     })?;
     // Fewer keys than records: the per-record check names each missing one.
-    if let Some(k) = kept.filter(|k| keys > k.idem + records) {
+    if let Some(k) = kept.filter(|k| keys > k.idem.saturating_add(records)) {
         note(format!(
             "{keys} idempotency entries for {records} records{}: some answer for no record of the log",
             if based { format!(" and {} kept at or below the WAL base", k.idem) } else { String::new() }
@@ -1081,7 +1081,7 @@ fn check_orphans<S: LogStore + ?Sized>(
         }
     })?;
     // One decision per record at most (a follower stores none).
-    if let Some(k) = kept.filter(|k| decisions > k.decisions + records) {
+    if let Some(k) = kept.filter(|k| decisions > k.decisions.saturating_add(records)) {
         note(format!(
             "{decisions} decisions for {records} records{}: some are for no record of the log",
             if based {

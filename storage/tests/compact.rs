@@ -249,7 +249,12 @@ fn a_missing_idempotency_entry_is_written_again(h: &mut impl Harness) {
 fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
     let (st, mut s, _) = fifty(h);
     let genesis = st.genesis().clone();
-    let (a1, a2) = (archive_path(h, "b1.cbor"), archive_path(h, "b2.cbor"));
+    let (a0, a1, a2) = (
+        archive_path(h, "b0.cbor"),
+        archive_path(h, "b1.cbor"),
+        archive_path(h, "b2.cbor"),
+    );
+    compact(&mut s, &genesis, 20, &a0, &steps(10), &mut |_| {}).unwrap();
     compact(&mut s, &genesis, 35, &a1, &steps(10), &mut |_| {}).unwrap();
     compact(&mut s, &genesis, 45, &a2, &steps(0), &mut |_| {}).unwrap();
     let key = index_key(45);
@@ -259,15 +264,18 @@ fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
     s.overwrite_raw(Space::Snapshots, &key, &v).unwrap();
     let e = recover(&s, &genesis).unwrap_err();
     assert!(matches!(e, RecoveryError::Unproven { base: 45, .. }), "{e}");
+    assert!(e.to_string().contains("snapshot rebuild-base"), "{e}");
 
-    let e = rebuild_base_snapshot(&mut s, &genesis, std::slice::from_ref(&a2), &mut |_| {})
-        .unwrap_err();
+    let mut refused = |archives: &[&std::path::PathBuf]| {
+        let list: Vec<_> = archives.iter().map(|p| (*p).clone()).collect();
+        rebuild_base_snapshot(&mut s, &genesis, &list, &mut |_| {}).unwrap_err()
+    };
+    let e = refused(&[&a2]);
     assert!(
         matches!(e, RebuildBaseError::NotFromGenesis { first: 36, .. }),
         "{e}"
     );
-    let e = rebuild_base_snapshot(&mut s, &genesis, std::slice::from_ref(&a1), &mut |_| {})
-        .unwrap_err();
+    let e = refused(&[&a0, &a1]);
     assert!(
         matches!(
             e,
@@ -278,15 +286,27 @@ fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
         ),
         "{e}"
     );
-    let e = rebuild_base_snapshot(&mut s, &genesis, &[a2.clone(), a1.clone()], &mut |_| {})
-        .unwrap_err();
-    assert!(matches!(e, RebuildBaseError::NotFromGenesis { .. }), "{e}");
+    let e = refused(&[&a0, &a2]);
+    assert!(
+        matches!(
+            e,
+            RebuildBaseError::Gap {
+                first: 36,
+                next: 21,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("21..=35 is missing"), "{e}");
     assert!(
         recover(&s, &genesis).is_err(),
         "the refusals changed nothing"
     );
 
-    let r = rebuild_base_snapshot(&mut s, &genesis, &[a1, a2], &mut |_| {}).unwrap();
+    // Overlaps (an archive given twice) are fine.
+    let all = [a0.clone(), a0, a1, a2];
+    let r = rebuild_base_snapshot(&mut s, &genesis, &all, &mut |_| {}).unwrap();
     assert_eq!((r.base.index, r.replayed), (45, 45));
     assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "rebuilt");
     let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
