@@ -234,6 +234,8 @@ pub async fn run(a: ReplArgs) -> Result<()> {
                     age_identity: id.clone(),
                     leader: leader.listen_addrs[0].clone(),
                     listen: None,
+                    snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+                    compaction: None,
                 },
             )
             .await?,

@@ -565,6 +565,8 @@ async fn start_cluster(
                 age_identity: read_age(&fdir.join(AGE_KEY_FILE))?,
                 leader: addr.clone(),
                 listen: None,
+                snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+                compaction: None,
             },
         )
         .await

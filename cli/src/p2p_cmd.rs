@@ -49,6 +49,12 @@ pub struct FollowArgs {
     /// again; only once its cause is understood (docs/runbooks/replication-triage.md).
     #[arg(long)]
     pub clear_halt: bool,
+    /// Snapshot the follower's state every N records (0: never; a restart
+    /// then replays the follower's whole log).
+    #[arg(long, default_value_t = swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT)]
+    pub snapshot_every: u64,
+    #[command(flatten)]
+    pub compact: crate::node::CompactArgs,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log: LogFormat,
@@ -254,6 +260,10 @@ pub fn enroll(top: &Path) -> Result<()> {
 
 pub async fn follow(a: FollowArgs) -> Result<()> {
     init_logs(a.log);
+    let compaction = a.compact.policy()?;
+    if compaction.is_some() && a.snapshot_every == 0 {
+        bail!("--archive-dir compacts after each snapshot: give --snapshot-every N (not 0)");
+    }
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
     let age_identity = read_age(&a.dir.join(AGE_KEY_FILE))?;
@@ -309,6 +319,8 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
             age_identity,
             leader: leader.clone(),
             listen,
+            snapshot_every: a.snapshot_every,
+            compaction,
         },
         progress,
     );

@@ -118,6 +118,8 @@ async fn cluster(label: &str) -> Cluster {
             age_identity: fage,
             leader: p2p.listen_addrs[0].clone(),
             listen: None,
+            snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+            compaction: None,
         },
     )
     .await

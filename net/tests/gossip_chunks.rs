@@ -78,6 +78,8 @@ impl Cluster {
                 age_identity: self.follower_age.clone(),
                 leader: leader.clone(),
                 listen: Some("/ip4/127.0.0.1/tcp/0".parse().unwrap()),
+                snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+                compaction: None,
             },
         )
         .await

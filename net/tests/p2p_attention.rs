@@ -157,6 +157,8 @@ impl Cluster {
             age_identity: a.clone(),
             leader: leader.listen_addrs[0].clone(),
             listen: None,
+            snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+            compaction: None,
         }
     }
 

@@ -113,6 +113,8 @@ impl Cluster {
                 age_identity: a.clone(),
                 leader: leader.listen_addrs[0].clone(),
                 listen: listen.then(|| "/ip4/127.0.0.1/tcp/0".parse().unwrap()),
+                snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+                compaction: None,
             },
         )
         .await
@@ -481,6 +483,8 @@ async fn p2p_follower_restart_resumes_from_its_own_wal() {
         age_identity: a.clone(),
         leader: leader.listen_addrs[0].clone(),
         listen: None,
+        snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+        compaction: None,
     };
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
         .await
@@ -565,6 +569,8 @@ async fn p2p_late_joiner_catches_up_from_a_snapshot_and_restarts_from_it() {
         age_identity: a.clone(),
         leader: leader.listen_addrs[0].clone(),
         listen: None,
+        snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+        compaction: None,
     };
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
         .await
@@ -664,6 +670,8 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
             age_identity: a,
             leader: leader.listen_addrs[0].clone(),
             listen: None,
+            snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+            compaction: None,
         },
     )
     .await
@@ -683,6 +691,86 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
     drop(f);
     let st = MemStore::open("f", &disk, Durability::Sync);
     assert_eq!(swoosh_storage::first_index(&st).unwrap(), 121);
+}
+
+/// A follower snapshots its own state every N records and, with a
+/// compaction policy, compacts its own log after a snapshot; restarted, it
+/// recovers from its newest snapshot, not from the start of its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_snapshots_and_compacts_its_own_log() {
+    use swoosh_storage::{MemDisk, MemStore};
+    let mut c = cluster("p2p-follower-upkeep", 1);
+    let leader = c.leader().await;
+    let archives = tempfile::tempdir().unwrap();
+    let disk = MemDisk::new();
+    let (k, a) = c.followers[0].clone();
+    let g = c.genesis.clone();
+    let opts = |leader: &LeaderP2p| FollowerOptions {
+        key: k.clone(),
+        genesis: g.clone(),
+        age_identity: a.clone(),
+        leader: leader.listen_addrs[0].clone(),
+        listen: None,
+        snapshot_every: 20,
+        compaction: Some(swoosh_actors::CompactionPolicy {
+            keep_records: 15,
+            min_records: 10,
+            archive_dir: archives.path().to_path_buf(),
+            drop_decisions: false,
+        }),
+    };
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        c.commit(10);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for("the follower at 100, persisted", || {
+        f.shared.lock().unwrap().persisted_index() == 100
+    })
+    .await;
+    wait_for("a compaction of the follower's log", || {
+        f.shared.lock().unwrap().compactions_ok > 0
+    })
+    .await;
+    let snap = f.shared.lock().unwrap().last_snapshot.expect("a snapshot");
+    assert!(snap.0 >= 20, "{snap:?}");
+    assert_eq!(f.shared.lock().unwrap().compactions_failed, 0);
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    drop(f);
+
+    let st = MemStore::open("f", &disk, Durability::Sync);
+    let base = swoosh_storage::wal_base(&st).unwrap().expect("compacted");
+    let rec = swoosh_storage::recover(&st, &g).unwrap();
+    assert!(rec.snapshot.is_some_and(|s| s >= 20), "{:?}", rec.snapshot);
+    assert!(
+        rec.replayed < 100,
+        "recovered from a snapshot: {}",
+        rec.replayed
+    );
+    assert_eq!(rec.node.root_hash(), c.stream.node().root_hash());
+    drop(st);
+    let mut files: Vec<_> = std::fs::read_dir(archives.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let first = swoosh_storage::read_archive(&files[0]).unwrap();
+    let last = swoosh_storage::read_archive(files.last().unwrap()).unwrap();
+    assert_eq!((first.first, first.prev_hash), (1, g.hash().unwrap()));
+    assert_eq!((last.last, last.last_hash), (base.index, base.hash));
+
+    // Restarted on its compacted store, it follows on.
+    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
+        .await
+        .unwrap();
+    c.commit(20);
+    wait_for("the restarted follower at 120", || {
+        f.shared.lock().unwrap().persisted_index() == 120
+    })
+    .await;
+    assert_eq!(f.root_hash(), c.stream.node().root_hash());
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more
@@ -707,6 +795,8 @@ async fn p2p_follower_whose_wal_fails_halts_and_the_leader_sees_it() {
             age_identity: a.clone(),
             leader: leader.listen_addrs[0].clone(),
             listen: None,
+            snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+            compaction: None,
         },
     )
     .await
@@ -772,6 +862,8 @@ async fn p2p_divergence_halt_is_held_across_a_restart() {
         age_identity: a.clone(),
         leader: leader.listen_addrs[0].clone(),
         listen: None,
+        snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+        compaction: None,
     };
     let halted = |f: &FollowerP2p| f.shared.lock().unwrap().halted_reason.clone();
     let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))

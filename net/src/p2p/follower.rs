@@ -104,9 +104,15 @@ pub struct FollowerShared {
     pub store_usage: Option<swoosh_storage::StoreUsage>,
     /// When the process began to start (Unix seconds).
     pub start_time_s: u64,
+    /// Automatic compactions of this follower's log (`--archive-dir`), by
+    /// outcome, and the records they archived.
+    pub compactions_ok: u64,
+    pub compactions_failed: u64,
+    pub compacted_records: u64,
     /// The newest snapshot in this follower's store, `(index, its HLC)`:
-    /// the one recovery started from, or the leader's it installed since
-    /// (a follower writes none of its own). `/health`'s `lastSnapshotHLC`.
+    /// the one recovery started from, the leader's it installed since, or
+    /// its own (every `FollowerOptions::snapshot_every` records).
+    /// `/health`'s `lastSnapshotHLC`.
     pub last_snapshot: Option<(u64, Option<swoosh_core::hlc::Hlc>)>,
     /// The last [`REFUSALS_KEPT`] refusals, `kind: reason`, each reason
     /// clipped to [`super::bounds::LOG_FIELD_CHARS_MAX`] characters (it may
@@ -175,6 +181,9 @@ impl FollowerShared {
             snapshots_installed: 0,
             store_usage: None,
             start_time_s: 0,
+            compactions_ok: 0,
+            compactions_failed: 0,
+            compacted_records: 0,
             last_snapshot: None,
             last_refusals: vec![],
             halted_reason: None,
@@ -232,7 +241,19 @@ pub struct FollowerOptions {
     pub leader: Multiaddr,
     /// Optional listen address (other peers may relay through this one).
     pub listen: Option<Multiaddr>,
+    /// Write a snapshot of the durable state every this many records (0:
+    /// never), keeping [`FOLLOWER_SNAPSHOTS_KEEP`]: a restart then replays
+    /// from the newest one, not from the log's start.
+    pub snapshot_every: u64,
+    /// Compact the follower's own log after a snapshot, as the leader does
+    /// (`swoosh follow --archive-dir`).
+    pub compaction: Option<swoosh_actors::CompactionPolicy>,
 }
+
+/// A follower's default snapshot cadence (the leader's default too).
+pub const FOLLOWER_SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
+/// Snapshots a follower keeps.
+pub const FOLLOWER_SNAPSHOTS_KEEP: usize = swoosh_storage::SNAPSHOTS_KEEP_DEFAULT;
 
 /// The follower's recovered node and the snapshot it started from (index,
 /// HLC), and the store back.
@@ -311,6 +332,8 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
         age_identity,
         leader,
         listen,
+        snapshot_every,
+        compaction,
     } = opts;
     let gh = genesis
         .hash()
@@ -376,6 +399,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     let net = Arc::new(NetCounters::default());
     let mut fs = FollowerShared::new(repl, net.clone(), persisted, leader.to_string());
     fs.halted_reason = held_reason;
+    let snapshot_at = last_snapshot.map_or(0, |(i, _)| i);
     fs.last_snapshot = last_snapshot;
     fs.store_usage = writer.store().usage();
     fs.start_time_s = progress.started_unix_seconds();
@@ -395,6 +419,12 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
         pending: vec![],
         persist_failed: false,
         warn: WarnLimiter::default(),
+        upkeep: Upkeep {
+            genesis: genesis.clone(),
+            snapshot_every,
+            snapshot_at,
+            compaction,
+        },
     };
     let worker_stop = stop.clone();
     let guard_shared = shared.clone();
@@ -723,6 +753,16 @@ struct Worker<S: LogStore> {
     persist_failed: bool,
     /// Rate limit of the per-message warnings (refusals, undecodable input).
     warn: WarnLimiter,
+    upkeep: Upkeep,
+}
+
+/// The follower's own snapshots and compaction.
+struct Upkeep {
+    genesis: Genesis,
+    snapshot_every: u64,
+    /// Index of the newest snapshot written or recovered from.
+    snapshot_at: u64,
+    compaction: Option<swoosh_actors::CompactionPolicy>,
 }
 
 impl<S: LogStore> Worker<S> {
@@ -874,6 +914,93 @@ impl<S: LogStore> Worker<S> {
                 Err(err) => return self.persist_error(err),
             }
         }
+        self.upkeep();
+    }
+
+    /// After a group commit: a snapshot every `snapshot_every` records, of
+    /// the state at the durable index (skipped while the in-memory state is
+    /// ahead of it; the next commit tries again), then compaction if
+    /// configured. Runs on the worker thread: the follower applies nothing
+    /// meanwhile, as during any commit.
+    fn upkeep(&mut self) {
+        let u = &self.upkeep;
+        if u.snapshot_every == 0 || self.persist_failed {
+            return;
+        }
+        let persisted = self.net.persisted_index.load(Ordering::Acquire);
+        if persisted < u.snapshot_at.saturating_add(u.snapshot_every) {
+            return;
+        }
+        let node = {
+            let s = lock_shared(&self.shared);
+            let n = s.repl.node();
+            if s.halted_reason.is_some() || n.index != persisted {
+                return;
+            }
+            n.clone()
+        };
+        let (index, hlc) = (node.index, node.hlc);
+        match swoosh_storage::write_snapshot(
+            self.writer.store_mut(),
+            &node,
+            FOLLOWER_SNAPSHOTS_KEEP,
+        ) {
+            Ok(_) => {
+                self.upkeep.snapshot_at = index;
+                lock_shared(&self.shared).last_snapshot = Some((index, hlc));
+                tracing::info!(index, "snapshot written");
+            }
+            Err(e) => {
+                // The log holds everything; tried again an interval later.
+                self.upkeep.snapshot_at = index;
+                tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
+                return;
+            }
+        }
+        let Some(policy) = self.upkeep.compaction.clone() else {
+            return;
+        };
+        let base = match swoosh_storage::wal_base(self.writer.store()) {
+            Ok(b) => b.map_or(0, |b| b.index),
+            Err(e) => {
+                tracing::error!(error = %e, "automatic compaction cannot read the WAL base");
+                return;
+            }
+        };
+        let Some(through) = policy.through(base, index) else {
+            return;
+        };
+        let path = policy.archive_path(base + 1, through);
+        let r = swoosh_storage::compact(
+            self.writer.store_mut(),
+            &self.upkeep.genesis,
+            through,
+            &path,
+            &swoosh_storage::CompactOptions {
+                drop_decisions: policy.drop_decisions,
+                step_records: swoosh_actors::COMPACT_ONLINE_STEP_RECORDS,
+            },
+            &mut |_| {},
+        );
+        let mut s = lock_shared(&self.shared);
+        match r {
+            Ok(rep) => {
+                s.compactions_ok += 1;
+                s.compacted_records += rep.archive.records;
+                tracing::info!(
+                    first = rep.archive.first,
+                    through = rep.base.index,
+                    records = rep.archive.records,
+                    archive = %path.display(),
+                    "compacted the log: the records are in the archive, the log starts after the last one"
+                );
+            }
+            Err(e) => {
+                s.compactions_failed += 1;
+                tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
+            }
+        }
+        s.store_usage = self.writer.store().usage();
     }
 
     fn persist_error(&mut self, err: swoosh_storage::AppendError) {

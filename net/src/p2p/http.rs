@@ -416,7 +416,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_recovery_in_progress gauge\nswoosh_recovery_in_progress 0\n\
          # TYPE swoosh_store_used_bytes gauge\nswoosh_store_used_bytes {}\n\
          # TYPE swoosh_store_capacity_bytes gauge\nswoosh_store_capacity_bytes {}\n\
-         # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n",
+         # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n\
+         # TYPE swoosh_compactions_total counter\nswoosh_compactions_total{{kind=\"ok\"}} {}\nswoosh_compactions_total{{kind=\"failed\"}} {}\n\
+         # TYPE swoosh_compacted_records_total counter\nswoosh_compacted_records_total {}\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
@@ -429,6 +431,9 @@ async fn metrics(State(app): State<App>) -> String {
         s.store_usage.map_or(0, |u| u.used_bytes),
         s.store_usage.map_or(0, |u| u.capacity_bytes),
         s.start_time_s,
+        s.compactions_ok,
+        s.compactions_failed,
+        s.compacted_records,
     )
 }
 
