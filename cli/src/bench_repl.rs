@@ -234,7 +234,9 @@ pub async fn run(a: ReplArgs) -> Result<()> {
                     age_identity: id.clone(),
                     leader: leader.listen_addrs[0].clone(),
                     listen: None,
-                    snapshot_every: swoosh_net::p2p::follower::FOLLOWER_SNAPSHOT_EVERY_DEFAULT,
+                    // The leader here writes no snapshots either: the bench
+                    // measures replication, comparable across sessions.
+                    snapshot_every: 0,
                     compaction: None,
                 },
             )
