@@ -424,6 +424,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
             snapshot_every,
             snapshot_at,
             compaction,
+            stopping: false,
         },
     };
     let worker_stop = stop.clone();
@@ -763,6 +764,7 @@ struct Upkeep {
     /// Index of the newest snapshot written or recovered from.
     snapshot_at: u64,
     compaction: Option<swoosh_actors::CompactionPolicy>,
+    stopping: bool,
 }
 
 impl<S: LogStore> Worker<S> {
@@ -816,6 +818,9 @@ impl<S: LogStore> Worker<S> {
                 self.persist();
             }
         }
+        // Stopping: persist what was applied, but start no snapshot or
+        // compaction (a stop returns within a tick and a batch).
+        self.upkeep.stopping = true;
         self.persist();
     }
 
@@ -924,7 +929,7 @@ impl<S: LogStore> Worker<S> {
     /// meanwhile, as during any commit.
     fn upkeep(&mut self) {
         let u = &self.upkeep;
-        if u.snapshot_every == 0 || self.persist_failed {
+        if u.snapshot_every == 0 || self.persist_failed || u.stopping {
             return;
         }
         let persisted = self.net.persisted_index.load(Ordering::Acquire);
@@ -934,7 +939,8 @@ impl<S: LogStore> Worker<S> {
         let node = {
             let s = lock_shared(&self.shared);
             let n = s.repl.node();
-            if s.halted_reason.is_some() || n.index != persisted {
+            // A divergence seen but not yet recorded counts as a halt.
+            if s.halted_reason.is_some() || s.repl.halted().is_some() || n.index != persisted {
                 return;
             }
             n.clone()
@@ -947,7 +953,9 @@ impl<S: LogStore> Worker<S> {
         ) {
             Ok(_) => {
                 self.upkeep.snapshot_at = index;
-                lock_shared(&self.shared).last_snapshot = Some((index, hlc));
+                let mut s = lock_shared(&self.shared);
+                s.last_snapshot = Some((index, hlc));
+                s.store_usage = self.writer.store().usage();
                 tracing::info!(index, "snapshot written");
             }
             Err(e) => {
@@ -976,9 +984,11 @@ impl<S: LogStore> Worker<S> {
             &self.upkeep.genesis,
             through,
             &path,
+            // Full steps: nothing else writes this store (the leader's
+            // smaller steps keep its commit lock short).
             &swoosh_storage::CompactOptions {
                 drop_decisions: policy.drop_decisions,
-                step_records: swoosh_actors::COMPACT_ONLINE_STEP_RECORDS,
+                step_records: swoosh_storage::COMPACT_STEP_RECORDS,
             },
             &mut |_| {},
         );
@@ -1056,6 +1066,8 @@ impl<S: LogStore> Worker<S> {
                                 cut = r.cut_records,
                                 "installed the leader's snapshot; the WAL continues after it"
                             );
+                            // The leader's snapshot is this store's newest.
+                            self.upkeep.snapshot_at = index;
                             let mut s = lock_shared(&self.shared);
                             s.net.persisted_index.store(index, Ordering::Release);
                             s.snapshots_installed += 1;
