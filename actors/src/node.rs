@@ -2113,11 +2113,19 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
         let mut store = sh.store.clone();
         let keep = sh.cfg.snapshot_keep;
         let (index, hlc) = (node.index, node.hlc);
-        let r = tokio::task::spawn_blocking(move || {
+        let r = match tokio::task::spawn_blocking(move || {
             swoosh_storage::snapshot::write_snapshot(&mut store, &node, keep)
         })
         .await
-        .map_err(|e| format!("snapshot task failed: {e}"))?;
+        {
+            Ok(r) => r,
+            // A panicked write is a failed snapshot, not a failed actor: the
+            // log holds everything, and the next request tries again.
+            Err(e) => {
+                tracing::error!(index, error = %e, "the snapshot task failed; the log still holds everything");
+                return Ok(());
+            }
+        };
         match r {
             Ok(_) => {
                 *sh.last_snapshot.lock().expect("snapshot lock") = Some((index, hlc));

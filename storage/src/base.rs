@@ -358,28 +358,7 @@ pub fn install_snapshot<S: LogStore + ?Sized>(
     store.commit(b)?;
 
     // Verify on write (STYLE 6): the snapshot and the base read back.
-    let back = store
-        .get_snapshot(index)?
-        .ok_or_else(|| SnapshotError::Missing {
-            location: store.location(),
-            index,
-        })?;
-    let got = frame::open(FrameKind::Snapshot, &back, crate::SNAPSHOT_BYTES_MAX)
-        .map(|(h, _)| h)
-        .map_err(|reason| SnapshotError::Corrupt {
-            location: store.location(),
-            index,
-            reason: reason.into(),
-        })?;
-    if got != snapshot_hash {
-        return Err(SnapshotError::ReadBack {
-            location: store.location(),
-            index,
-            written: snapshot_hash,
-            got,
-        }
-        .into());
-    }
+    crate::snapshot::check_read_back(&*store, index, snapshot_hash)?;
     let stored = wal_base(&*store)?;
     if stored != Some(base) {
         return Err(InstallError::ReadBack {

@@ -458,32 +458,7 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
                 got,
             });
         }
-        let back = store
-            .get_snapshot(to)?
-            .ok_or_else(|| SnapshotError::Missing {
-                location: store.location(),
-                index: to,
-            })?;
-        match frame::open(FrameKind::Snapshot, &back, crate::SNAPSHOT_BYTES_MAX) {
-            Ok((h, _)) if h == snapshot_hash => {}
-            Ok((h, _)) => {
-                return Err(SnapshotError::ReadBack {
-                    location: store.location(),
-                    index: to,
-                    written: snapshot_hash,
-                    got: h,
-                }
-                .into())
-            }
-            Err(reason) => {
-                return Err(SnapshotError::Corrupt {
-                    location: store.location(),
-                    index: to,
-                    reason: reason.into(),
-                }
-                .into())
-            }
-        }
+        crate::snapshot::check_read_back(&*store, to, snapshot_hash)?;
     }
     Ok((*steps, removed_snapshots, removed_decisions))
 }
@@ -926,32 +901,7 @@ pub fn rebuild_base_snapshot<S: LogStore + ?Sized>(
     );
     store.commit(b)?;
     store.sync()?;
-    let back = store
-        .get_snapshot(base.index)?
-        .ok_or_else(|| SnapshotError::Missing {
-            location: store.location(),
-            index: base.index,
-        })?;
-    match frame::open(FrameKind::Snapshot, &back, crate::SNAPSHOT_BYTES_MAX) {
-        Ok((h, _)) if h == snapshot_hash => {}
-        Ok((h, _)) => {
-            return Err(SnapshotError::ReadBack {
-                location: store.location(),
-                index: base.index,
-                written: snapshot_hash,
-                got: h,
-            }
-            .into())
-        }
-        Err(reason) => {
-            return Err(SnapshotError::Corrupt {
-                location: store.location(),
-                index: base.index,
-                reason: reason.into(),
-            }
-            .into())
-        }
-    }
+    crate::snapshot::check_read_back(&*store, base.index, snapshot_hash)?;
     progress(&Progress {
         phase: Phase::Replay,
         done: replayed,

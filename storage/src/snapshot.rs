@@ -195,6 +195,37 @@ pub fn encode_snapshot(node: &NodeState) -> Result<(Vec<u8>, Hash), SnapshotErro
     Ok(frame::seal(FrameKind::Snapshot, &payload))
 }
 
+/// Verify on write (STYLE 6): the snapshot stored at `index` reads back
+/// intact and hashes to `written`.
+pub(crate) fn check_read_back<S: LogStore + ?Sized>(
+    store: &S,
+    index: u64,
+    written: Hash,
+) -> Result<(), SnapshotError> {
+    let back = stored_snapshot(store, index)?;
+    let got = match frame::open(FrameKind::Snapshot, &back, SNAPSHOT_BYTES_MAX) {
+        Ok((h, _)) => h,
+        // Bytes that came back other than written: a read-back mismatch.
+        Err(FrameError::HashMismatch { computed, .. }) => computed,
+        Err(reason) => {
+            return Err(SnapshotError::Corrupt {
+                location: store.location(),
+                index,
+                reason: reason.into(),
+            })
+        }
+    };
+    if got != written {
+        return Err(SnapshotError::ReadBack {
+            location: store.location(),
+            index,
+            written,
+            got,
+        });
+    }
+    Ok(())
+}
+
 /// Store an encoded snapshot at `index`, prune older ones in the same commit
 /// (see [`to_prune`]), then read it back and check its hash.
 pub fn put_snapshot<S: LogStore + ?Sized>(
@@ -219,26 +250,7 @@ pub fn put_snapshot<S: LogStore + ?Sized>(
     }
     store.commit(b)?;
     // Verify on write: what the store returns must hash to what we wrote.
-    let back = stored_snapshot(&*store, index)?;
-    let got = match frame::open(FrameKind::Snapshot, &back, SNAPSHOT_BYTES_MAX) {
-        Ok((h, _)) => h,
-        Err(FrameError::HashMismatch { computed, .. }) => computed,
-        Err(reason) => {
-            return Err(SnapshotError::Corrupt {
-                location: store.location(),
-                index,
-                reason: reason.into(),
-            })
-        }
-    };
-    if got != hash {
-        return Err(SnapshotError::ReadBack {
-            location: store.location(),
-            index,
-            written: hash,
-            got,
-        });
-    }
+    check_read_back(&*store, index, hash)?;
     Ok(SnapshotInfo {
         index,
         hash,
