@@ -9,41 +9,8 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 use swoosh_actors::{CompactionPolicy, SubmitResult};
-use swoosh_core::guards::Verify;
-use swoosh_core::reducer::Ctx;
-use swoosh_core::scenario::{Driver, Next};
-use swoosh_core::{NodeState, Proposal};
+use swoosh_core::NodeState;
 use swoosh_storage::{get_decision, lookup_idem, read_archive, wal_base, LogStore};
-
-/// Submit `n` first steps of fresh projects; the proposals, in order.
-async fn submit_fresh(
-    fx: &Fixture,
-    node: &Node,
-    mirror: &mut NodeState,
-    n: usize,
-) -> Vec<Proposal> {
-    let driver = Driver::new(&fx.keys, 1);
-    let mut out = vec![];
-    for _ in 0..n {
-        let project = format!("p-{}", mirror.index + 1);
-        let now = fx.clock.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        let Next::Propose(p) = driver.next(mirror, &project, now) else {
-            panic!("{project}: the driver has a first step");
-        };
-        match node.submit((*p).clone()).await {
-            SubmitResult::Accepted(ok) => assert_eq!(ok.index, mirror.index + 1),
-            other => panic!("{project}: not accepted: {other:?}"),
-        }
-        let ctx = Ctx {
-            now_ms: now,
-            verify: Verify::Trusted,
-            snapshot_every: 0,
-        };
-        swoosh_core::step(mirror, &p, &ctx);
-        out.push(*p);
-    }
-    out
-}
 
 fn metric(node: &Node, prefix: &str) -> Option<String> {
     node.metrics_text()
@@ -73,7 +40,7 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
         .await
         .expect("the node starts");
     let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
-    let props = submit_fresh(&fx, &node, &mut mirror, 60).await;
+    let props = submit_fresh_projects(&fx, &node, &mut mirror, 60).await;
 
     // Snapshots at 10, 20, …: compaction follows once 15 + 10 records lie
     // after the base, keeping the newest 15; the one after snapshot 60 cuts
@@ -122,7 +89,7 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
     );
 
     // Still serving; an old record's decision and idempotency entry remain.
-    let more = submit_fresh(&fx, &node, &mut mirror, 3).await;
+    let more = submit_fresh_projects(&fx, &node, &mut mirror, 3).await;
     assert_eq!(more.len(), 3);
     let first = &props[0];
     let e = lookup_idem(node.store(), &first.project, &first.idem_key)
@@ -158,7 +125,7 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
         "the restart kept the decisions of archived records"
     );
     assert!(metric(&node, "swoosh_index_rebuilds_total").is_none_or(|l| l.ends_with(" 0")));
-    submit_fresh(&fx, &node, &mut mirror, 2).await;
+    submit_fresh_projects(&fx, &node, &mut mirror, 2).await;
     assert_eq!(node.store().last_index().unwrap(), 65);
     node.shutdown().await;
 }

@@ -7,36 +7,12 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 use swoosh_actors::{ActorKind, NodeHandle, SubmitResult, RESTART_ATTEMPTS_MAX};
-use swoosh_core::guards::Verify;
-use swoosh_core::reducer::Ctx;
 use swoosh_core::scenario::{Driver, Next};
 use swoosh_core::NodeState;
 use swoosh_storage::{LogStore, Space};
 
 /// The first transition of a fresh project each: never a REVERB, so the
 /// only snapshots are the periodic ones.
-async fn submit_fresh_projects(fx: &Fixture, node: &Node, mirror: &mut NodeState, n: usize) {
-    let driver = Driver::new(&fx.keys, 1);
-    for _ in 0..n {
-        let project = format!("p-{}", mirror.index + 1);
-        // Each record a later HLC, so a snapshot's HLC names its record.
-        let now = fx.clock.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        let Next::Propose(p) = driver.next(mirror, &project, now) else {
-            panic!("{project}: the driver has a first step");
-        };
-        match node.submit((*p).clone()).await {
-            SubmitResult::Accepted(ok) => assert_eq!(ok.index, mirror.index + 1),
-            other => panic!("{project}: not accepted: {other:?}"),
-        }
-        let ctx = Ctx {
-            now_ms: now,
-            verify: Verify::Trusted,
-            snapshot_every: 0,
-        };
-        swoosh_core::step(mirror, &p, &ctx);
-    }
-}
-
 fn metric_line(node: &Node, prefix: &str) -> String {
     let text = node.metrics_text();
     text.lines()

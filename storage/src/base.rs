@@ -194,29 +194,35 @@ pub(crate) fn put_snapshot_idem(node: &NodeState, b: &mut Batch) -> Result<u64, 
     let mut n = 0u64;
     for (project, keys) in node.idem.iter() {
         for (key, entry) in keys {
-            let encode = |detail: String| InstallError::Encode {
-                project: project.clone(),
-                key: key.clone(),
-                detail,
-            };
-            let k = idem_key(project, key).map_err(encode)?;
-            let payload =
-                swoosh_core::cbor::to_canonical(entry).map_err(|e| encode(e.to_string()))?;
-            if payload.len() > IDEM_ENTRY_BYTES_MAX {
-                return Err(encode(format!(
-                    "{} bytes exceeds {IDEM_ENTRY_BYTES_MAX}",
-                    payload.len()
-                )));
-            }
-            b.put(
-                Space::Idem,
-                k,
-                frame::seal(FrameKind::IdemEntry, &payload).0,
-            );
+            let (k, v) =
+                idem_entry_kv(project, key, entry).map_err(|detail| InstallError::Encode {
+                    project: project.clone(),
+                    key: key.clone(),
+                    detail,
+                })?;
+            b.put(Space::Idem, k, v);
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// The `idem` space's key and stored frame of `entry` for `(project, key)`
+/// (the entry's canonical encoding, at most `IDEM_ENTRY_BYTES_MAX`).
+pub(crate) fn idem_entry_kv(
+    project: &str,
+    key: &str,
+    entry: &swoosh_core::state::IdemEntry,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let k = idem_key(project, key)?;
+    let payload = swoosh_core::cbor::to_canonical(entry).map_err(|e| e.to_string())?;
+    if payload.len() > IDEM_ENTRY_BYTES_MAX {
+        return Err(format!(
+            "{} bytes exceeds {IDEM_ENTRY_BYTES_MAX}",
+            payload.len()
+        ));
+    }
+    Ok((k, frame::seal(FrameKind::IdemEntry, &payload).0))
 }
 
 /// What [`install_snapshot`] did.

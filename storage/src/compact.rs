@@ -30,7 +30,6 @@
 use crate::base::{
     base_derived, count_derived_through, wal_base, BaseDerived, WalBase, META_BASE_DERIVED,
 };
-use crate::frame::{self, FrameKind};
 use crate::index::{lookup_idem, IndexError};
 use crate::recovery::{base_state, replay, Phase, Progress, RecoveryError};
 use crate::snapshot::{encode_snapshot, SnapshotError};
@@ -499,12 +498,9 @@ fn idem_for<S: LogStore + ?Sized>(
         Err(IndexError::Store(e)) => return Err(e.into()),
         _ => {}
     }
-    let key = crate::wal::idem_key(&r.project, &r.idem_key).map_err(bad)?;
-    let payload = swoosh_core::cbor::to_canonical(&entry).map_err(|e| bad(e.to_string()))?;
-    Ok(IdemCheck::Rewrite((
-        key,
-        frame::seal(FrameKind::IdemEntry, &payload).0,
-    )))
+    crate::base::idem_entry_kv(&r.project, &r.idem_key, &entry)
+        .map(IdemCheck::Rewrite)
+        .map_err(bad)
 }
 
 /// Write records `from..=to` (each checked as [`export`] checks it) to a new

@@ -706,3 +706,35 @@ impl LogStore for Stalling {
         self.inner.overwrite_raw(space, key, value)
     }
 }
+
+/// Submit the first step of `n` fresh projects (`p-<index>`), each at a
+/// later HLC (so a snapshot's HLC names its record), checking each lands at
+/// the next index and stepping `mirror` along; the proposals, in order.
+pub async fn submit_fresh_projects(
+    fx: &Fixture,
+    node: &Node,
+    mirror: &mut NodeState,
+    n: usize,
+) -> Vec<Proposal> {
+    let driver = Driver::new(&fx.keys, 1);
+    let mut out = vec![];
+    for _ in 0..n {
+        let project = format!("p-{}", mirror.index + 1);
+        let now = fx.clock.0.fetch_add(1, Ordering::AcqRel) + 1;
+        let Next::Propose(p) = driver.next(mirror, &project, now) else {
+            panic!("{project}: the driver has a first step");
+        };
+        match node.submit((*p).clone()).await {
+            SubmitResult::Accepted(ok) => assert_eq!(ok.index, mirror.index + 1),
+            other => panic!("{project}: not accepted: {other:?}"),
+        }
+        let ctx = Ctx {
+            now_ms: now,
+            verify: Verify::Trusted,
+            snapshot_every: 0,
+        };
+        swoosh_core::step(mirror, &p, &ctx);
+        out.push(*p);
+    }
+    out
+}
