@@ -140,6 +140,8 @@ pub struct Metrics {
     /// Snapshot requests dropped on a full snapshotter mailbox (the next
     /// periodic or REVERB snapshot covers them).
     pub snapshot_requests_dropped_total: Counter,
+    /// Snapshots the snapshotter wrote, by outcome (`ok`, `failed`).
+    pub snapshots_total: Family<KindLabel, Counter>,
     /// Automatic compactions (`NodeConfig::compaction`), by outcome
     /// (`ok`, `failed`).
     pub compactions_total: Family<KindLabel, Counter>,
@@ -301,6 +303,15 @@ impl Metrics {
             "Snapshot requests dropped on a full snapshotter mailbox",
             snapshot_requests_dropped_total.clone(),
         );
+        let snapshots_total = Family::<KindLabel, Counter>::default();
+        r.register(
+            "swoosh_snapshots",
+            "Snapshots written by the node, by outcome: ok, failed (a failed one is retried at the next interval; the log holds everything)",
+            snapshots_total.clone(),
+        );
+        for kind in ["ok", "failed"] {
+            let _ = snapshots_total.get_or_create(&KindLabel { kind: kind.into() });
+        }
         let compactions_total = Family::<KindLabel, Counter>::default();
         r.register(
             "swoosh_compactions",
@@ -408,6 +419,7 @@ impl Metrics {
             ready,
             region_updates_dropped_total,
             snapshot_requests_dropped_total,
+            snapshots_total,
             compactions_total,
             compacted_records_total,
             wal_base_index,

@@ -2122,18 +2122,21 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
             // A panicked write is a failed snapshot, not a failed actor: the
             // log holds everything, and the next request tries again.
             Err(e) => {
+                count_snapshot(&sh.metrics, "failed");
                 tracing::error!(index, error = %e, "the snapshot task failed; the log still holds everything");
                 return Ok(());
             }
         };
         match r {
             Ok(_) => {
+                count_snapshot(&sh.metrics, "ok");
                 *sh.last_snapshot.lock().expect("snapshot lock") = Some((index, hlc));
                 tracing::info!(index, "snapshot written");
             }
             // A failed snapshot is an operating error, not a reason to stop
             // the node: the WAL is the source of truth.
             Err(e) => {
+                count_snapshot(&sh.metrics, "failed");
                 tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
                 return Ok(());
             }
@@ -2179,6 +2182,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
         }
         Ok(())
     }
+}
+
+fn count_snapshot(m: &Metrics, kind: &str) {
+    m.snapshots_total
+        .get_or_create(&KindLabel { kind: kind.into() })
+        .inc();
 }
 
 /// What one automatic compaction did.

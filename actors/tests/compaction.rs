@@ -68,6 +68,14 @@ async fn a_serving_node_compacts_into_archives_and_restarts_from_its_base() {
         metric(&node, "swoosh_wal_base_index ").unwrap(),
         format!("swoosh_wal_base_index {}", base.index)
     );
+    // Snapshots at 10, …, 60 at least (a REVERB may add one).
+    let ok = metric(&node, "swoosh_snapshots_total{kind=\"ok\"}").unwrap();
+    let n: u64 = ok.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 6, "{ok}");
+    assert_eq!(
+        metric(&node, "swoosh_snapshots_total{kind=\"failed\"}").unwrap(),
+        "swoosh_snapshots_total{kind=\"failed\"} 0"
+    );
 
     // The archives chain from genesis to the base, in name order.
     let mut files: Vec<_> = std::fs::read_dir(archives.path())

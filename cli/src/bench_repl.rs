@@ -54,6 +54,11 @@ pub struct ReplArgs {
     /// much of the lag is the followers' commits).
     #[arg(long)]
     follower_nosync: bool,
+    /// Followers write their own snapshot every N records, as `swoosh
+    /// follow` does by default (10,000); 0 (the default here): none, as the
+    /// bench's leader writes none, so figures compare across sessions.
+    #[arg(long, default_value_t = 0)]
+    follower_snapshot_every: u64,
     #[arg(long)]
     json: bool,
 }
@@ -66,6 +71,9 @@ struct ReplReport {
     leader_records_per_s: f64,
     leader_commits: u64,
     followers: usize,
+    follower_snapshot_every: u64,
+    /// Snapshots the followers wrote during the run (all of them).
+    follower_snapshots: u64,
     lag_p50_ms: f64,
     lag_p99_ms: f64,
     lag_max_ms: f64,
@@ -234,9 +242,7 @@ pub async fn run(a: ReplArgs) -> Result<()> {
                     age_identity: id.clone(),
                     leader: leader.listen_addrs[0].clone(),
                     listen: None,
-                    // The leader here writes no snapshots either: the bench
-                    // measures replication, comparable across sessions.
-                    snapshot_every: 0,
+                    snapshot_every: a.follower_snapshot_every,
                     compaction: None,
                 },
             )
@@ -383,6 +389,11 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         leader_records_per_s: leader_rate,
         leader_commits: commits,
         followers: a.followers,
+        follower_snapshot_every: a.follower_snapshot_every,
+        follower_snapshots: followers
+            .iter()
+            .map(|f| lock_shared(&f.shared).snapshots_ok)
+            .sum(),
         lag_p50_ms: pct(&lags, 0.50),
         lag_p99_ms: pct(&lags, 0.99),
         lag_max_ms: lags.last().copied().unwrap_or(0.0),
@@ -454,6 +465,12 @@ pub async fn run(a: ReplArgs) -> Result<()> {
         ) {
             println!(
                 "CPU per record: {f:.0} µs in each follower's worker, {rest:.0} µs in the rest of the process (leader commit, tail, swarms)"
+            );
+        }
+        if r.follower_snapshot_every > 0 {
+            println!(
+                "followers' own snapshots: every {} records, {} written in all",
+                r.follower_snapshot_every, r.follower_snapshots
             );
         }
         println!("leader protocol: {leader_stats}");

@@ -695,14 +695,46 @@ async fn p2p_follower_of_a_compacted_leader_catches_up_from_its_base_snapshot() 
 
 /// A follower snapshots its own state every N records and, with a
 /// compaction policy, compacts its own log after a snapshot; restarted, it
-/// recovers from its newest snapshot, not from the start of its log.
+/// recovers from its newest snapshot, not from the start of its log. On the
+/// in-memory store this runs on the worker thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_follower_snapshots_and_compacts_its_own_log() {
     use swoosh_storage::{MemDisk, MemStore};
-    let mut c = cluster("p2p-follower-upkeep", 1);
+    let disk = MemDisk::new();
+    follower_upkeep("p2p-follower-upkeep", || {
+        MemStore::open("f", &disk, Durability::Sync)
+    })
+    .await;
+}
+
+/// The same on LMDB with its commit journal, where the snapshot and the
+/// compaction run on their own thread beside the worker, which goes on
+/// committing meanwhile: a stop waits for that thread, so the store reopens
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_on_lmdb_snapshots_and_compacts_beside_its_worker() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().to_path_buf();
+    follower_upkeep("p2p-follower-upkeep-lmdb", move || {
+        LmdbStore::open(
+            &path,
+            &LmdbOptions {
+                durability: Durability::Sync,
+                ..Default::default()
+            },
+        )
+        .expect("the follower's store reopens once the follower stopped")
+    })
+    .await;
+}
+
+async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
+    label: &str,
+    open: impl Fn() -> S,
+) {
+    let mut c = cluster(label, 1);
     let leader = c.leader().await;
     let archives = tempfile::tempdir().unwrap();
-    let disk = MemDisk::new();
     let (k, a) = c.followers[0].clone();
     let g = c.genesis.clone();
     let opts = |leader: &LeaderP2p| FollowerOptions {
@@ -719,9 +751,7 @@ async fn p2p_follower_snapshots_and_compacts_its_own_log() {
             drop_decisions: false,
         }),
     };
-    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
-        .await
-        .unwrap();
+    let f = spawn_follower(open(), opts(&leader)).await.unwrap();
     for _ in 0..10 {
         c.commit(10);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -734,13 +764,18 @@ async fn p2p_follower_snapshots_and_compacts_its_own_log() {
         f.shared.lock().unwrap().compactions_ok > 0
     })
     .await;
-    let snap = f.shared.lock().unwrap().last_snapshot.expect("a snapshot");
-    assert!(snap.0 >= 20, "{snap:?}");
-    assert_eq!(f.shared.lock().unwrap().compactions_failed, 0);
+    {
+        let s = f.shared.lock().unwrap();
+        let snap = s.last_snapshot.expect("a snapshot");
+        assert!(snap.0 >= 20, "{snap:?}");
+        assert!(s.snapshots_ok >= 1);
+        assert_eq!((s.snapshots_failed, s.compactions_failed), (0, 0));
+        assert!(s.wal_base_index > 0 && s.wal_base_index < snap.0);
+    }
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
     drop(f);
 
-    let st = MemStore::open("f", &disk, Durability::Sync);
+    let st = open();
     let base = swoosh_storage::wal_base(&st).unwrap().expect("compacted");
     let rec = swoosh_storage::recover(&st, &g).unwrap();
     assert!(rec.snapshot.is_some_and(|s| s >= 20), "{:?}", rec.snapshot);
@@ -761,16 +796,55 @@ async fn p2p_follower_snapshots_and_compacts_its_own_log() {
     assert_eq!((first.first, first.prev_hash), (1, g.hash().unwrap()));
     assert_eq!((last.last, last.last_hash), (base.index, base.hash));
 
-    // Restarted on its compacted store, it follows on.
-    let f = spawn_follower(MemStore::open("f", &disk, Durability::Sync), opts(&leader))
-        .await
-        .unwrap();
+    // Restarted on its compacted store, it follows on, and stops at once
+    // in the middle of its work.
+    let f = spawn_follower(open(), opts(&leader)).await.unwrap();
+    assert_eq!(f.shared.lock().unwrap().wal_base_index, base.index);
     c.commit(20);
     wait_for("the restarted follower at 120", || {
         f.shared.lock().unwrap().persisted_index() == 120
     })
     .await;
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
+    c.commit(40);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(f);
+    let st = open();
+    let rec = swoosh_storage::recover(&st, &g).unwrap();
+    assert!(rec.node.index >= 120, "{}", rec.node.index);
+}
+
+/// Compaction runs after a follower's own snapshots: asked for without
+/// them, the follower refuses to start instead of never compacting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_follower_refuses_compaction_without_snapshots() {
+    use swoosh_storage::{MemDisk, MemStore};
+    let c = cluster("p2p-follower-compaction-config", 1);
+    let leader = c.leader().await;
+    let archives = tempfile::tempdir().unwrap();
+    let (k, a) = c.followers[0].clone();
+    let r = spawn_follower(
+        MemStore::open("f", &MemDisk::new(), Durability::Sync),
+        FollowerOptions {
+            key: k,
+            genesis: c.genesis.clone(),
+            age_identity: a,
+            leader: leader.listen_addrs[0].clone(),
+            listen: None,
+            snapshot_every: 0,
+            compaction: Some(swoosh_actors::CompactionPolicy {
+                keep_records: 15,
+                min_records: 10,
+                archive_dir: archives.path().to_path_buf(),
+                drop_decisions: false,
+            }),
+        },
+    )
+    .await;
+    let Err(e) = r else {
+        panic!("a follower with compaction and no snapshots started")
+    };
+    assert!(e.to_string().contains("snapshot_every"), "{e}");
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more

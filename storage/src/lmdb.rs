@@ -644,6 +644,12 @@ impl LogStore for LmdbStore {
         self.opts.durability
     }
 
+    /// Clones share the environment and the journal, whose commits are
+    /// serialised (see `commit`).
+    fn concurrent_handle(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
     fn commit(&mut self, batch: Batch) -> Result<CommitInfo, StoreError> {
         let t0 = Instant::now();
         let Some(j) = self.journal.clone() else {

@@ -509,6 +509,17 @@ pub trait LogStore {
         None
     }
 
+    /// Another handle on the same store, for a second thread that commits
+    /// beside this handle's owner (a follower's snapshots and compaction run
+    /// beside its WAL writer), or `None` for a backend without such handles:
+    /// the caller then does that work on its own thread.
+    fn concurrent_handle(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// Force everything committed so far onto stable storage (a no-op under
     /// [`Durability::Sync`], where it is already there).
     fn sync(&mut self) -> Result<(), StoreError>;

@@ -40,6 +40,9 @@ use swoosh_storage::{BatchLimits, EncodedEntry, Entry, LogStore, ProgressCell, W
 
 /// The name of the follower's worker thread (for per-thread CPU accounting).
 pub const WORKER_THREAD: &str = "swoosh-follower";
+/// The name of the thread that writes a follower's own snapshot and
+/// compacts its log beside the worker (at most 15 characters: Linux's limit).
+pub const UPKEEP_THREAD: &str = "swoosh-f-upkeep";
 /// How often the follower ticks its protocol (request timeouts, gaps).
 pub const TICK_MS: u64 = 50;
 /// How often a lost connection to the leader is dialled again.
@@ -109,6 +112,14 @@ pub struct FollowerShared {
     pub compactions_ok: u64,
     pub compactions_failed: u64,
     pub compacted_records: u64,
+    /// This follower's own snapshots (`FollowerOptions::snapshot_every`), by
+    /// outcome. A failed one is retried an interval later; the log still
+    /// holds everything.
+    pub snapshots_ok: u64,
+    pub snapshots_failed: u64,
+    /// The WAL base: records at or below it were cut by a compaction or
+    /// replaced by an installed leader snapshot (0: the log starts at 1).
+    pub wal_base_index: u64,
     /// The newest snapshot in this follower's store, `(index, its HLC)`:
     /// the one recovery started from, the leader's it installed since, or
     /// its own (every `FollowerOptions::snapshot_every` records).
@@ -183,6 +194,9 @@ impl FollowerShared {
             start_time_s: 0,
             compactions_ok: 0,
             compactions_failed: 0,
+            snapshots_ok: 0,
+            snapshots_failed: 0,
+            wal_base_index: 0,
             compacted_records: 0,
             last_snapshot: None,
             last_refusals: vec![],
@@ -206,7 +220,9 @@ pub struct FollowerP2p {
 impl FollowerP2p {
     /// Stop the swarm and the worker. Returns once the worker has persisted
     /// what it applied and released the store (at most one tick plus the
-    /// batch in hand), so the store may be opened again at once.
+    /// batch in hand, and a snapshot write or compaction step in progress:
+    /// a compaction stops between steps), so the store may be opened again
+    /// at once.
     pub fn stop(&self) {
         self.task.abort();
         self.stop.store(true, Ordering::SeqCst);
@@ -335,6 +351,13 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
         snapshot_every,
         compaction,
     } = opts;
+    if compaction.is_some() && snapshot_every == 0 {
+        return Err(P2pError::Config(
+            "a follower compacts its log after its own snapshots: with compaction set, \
+             snapshot_every must be above 0 (swoosh follow --snapshot-every N)"
+                .into(),
+        ));
+    }
     let gh = genesis
         .hash()
         .map_err(|e| P2pError::Config(e.to_string()))?;
@@ -402,6 +425,9 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     let snapshot_at = last_snapshot.map_or(0, |(i, _)| i);
     fs.last_snapshot = last_snapshot;
     fs.store_usage = writer.store().usage();
+    fs.wal_base_index = swoosh_storage::wal_base(writer.store())
+        .map_err(|e| P2pError::Storage(e.to_string()))?
+        .map_or(0, |b| b.index);
     fs.start_time_s = progress.started_unix_seconds();
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
@@ -425,6 +451,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
             snapshot_at,
             compaction,
             stopping: false,
+            job: None,
         },
     };
     let worker_stop = stop.clone();
@@ -761,13 +788,146 @@ struct Worker<S: LogStore> {
 struct Upkeep {
     genesis: Genesis,
     snapshot_every: u64,
-    /// Index of the newest snapshot written or recovered from.
+    /// Index of the newest snapshot written, tried or recovered from.
     snapshot_at: u64,
     compaction: Option<swoosh_actors::CompactionPolicy>,
     stopping: bool,
+    /// The snapshot and compaction running beside the worker (a store with
+    /// concurrent handles); at most one at a time.
+    job: Option<UpkeepJob>,
 }
 
-impl<S: LogStore> Worker<S> {
+struct UpkeepJob {
+    handle: std::thread::JoinHandle<()>,
+    /// Set to end the job's compaction before its next step (a stop, or an
+    /// installed leader snapshot that moves the base).
+    cancel: Arc<AtomicBool>,
+}
+
+/// One snapshot and the compaction after it, on whichever thread runs them.
+struct UpkeepWork {
+    genesis: Genesis,
+    compaction: Option<swoosh_actors::CompactionPolicy>,
+    shared: Arc<Mutex<FollowerShared>>,
+}
+
+/// A panic inside a snapshot write or a compaction is a failed upkeep, not
+/// a failed follower: the log holds everything.
+fn catch_upkeep<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(format!("internal error: {what}"))
+    })
+}
+
+impl UpkeepWork {
+    fn run<S: LogStore + ?Sized>(
+        self,
+        store: &mut S,
+        node: &swoosh_core::state::NodeState,
+        cancel: &AtomicBool,
+    ) {
+        let (index, hlc) = (node.index, node.hlc);
+        let written = catch_upkeep(|| {
+            swoosh_storage::write_snapshot(store, node, FOLLOWER_SNAPSHOTS_KEEP)
+                .map_err(|e| e.to_string())
+        });
+        {
+            let mut s = lock_shared(&self.shared);
+            match written {
+                Ok(_) => {
+                    s.snapshots_ok += 1;
+                    s.last_snapshot = Some((index, hlc));
+                    s.store_usage = store.usage();
+                    tracing::info!(index, "snapshot written");
+                }
+                Err(e) => {
+                    // Tried again an interval later.
+                    s.snapshots_failed += 1;
+                    tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
+                    return;
+                }
+            }
+        }
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        let base = match swoosh_storage::wal_base(&*store) {
+            Ok(b) => b.map_or(0, |b| b.index),
+            Err(e) => {
+                lock_shared(&self.shared).compactions_failed += 1;
+                tracing::error!(error = %e, "automatic compaction cannot read the WAL base");
+                return;
+            }
+        };
+        let Some(through) = policy.through(base, index) else {
+            return;
+        };
+        let path = policy.archive_path(base + 1, through);
+        let genesis = &self.genesis;
+        let r = catch_upkeep(|| {
+            swoosh_storage::compact_with(
+                store,
+                genesis,
+                through,
+                &path,
+                // Full steps: only this follower writes its store, and its
+                // worker goes on meanwhile (the leader's smaller steps keep
+                // its commit lock short).
+                &swoosh_storage::CompactOptions {
+                    drop_decisions: policy.drop_decisions,
+                    step_records: swoosh_storage::COMPACT_STEP_RECORDS,
+                },
+                &mut |_| {},
+                &mut |st, b| {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Err(swoosh_storage::StoreError::Backend {
+                            location: st.location(),
+                            op: "a compaction step",
+                            detail:
+                                "the follower is stopping or installing the leader's snapshot; \
+                                     compaction goes on after its next snapshot"
+                                    .into(),
+                        });
+                    }
+                    st.commit(b)
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
+        let mut s = lock_shared(&self.shared);
+        match r {
+            Ok(rep) => {
+                s.compactions_ok += 1;
+                s.compacted_records += rep.archive.records;
+                s.wal_base_index = rep.base.index;
+                tracing::info!(
+                    first = rep.archive.first,
+                    through = rep.base.index,
+                    records = rep.archive.records,
+                    seconds = rep.elapsed.as_secs_f64(),
+                    archive = %path.display(),
+                    "compacted the log: the records are in the archive, the log starts after the last one"
+                );
+            }
+            Err(e) => {
+                s.compactions_failed += 1;
+                // An interrupted compaction may have cut some steps.
+                if let Ok(Some(b)) = swoosh_storage::wal_base(&*store) {
+                    s.wal_base_index = b.index;
+                }
+                tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
+            }
+        }
+        s.store_usage = store.usage();
+    }
+}
+
+impl<S: LogStore + Send + 'static> Worker<S> {
     fn run(&mut self, inbox: InboxRx, stop: &AtomicBool) {
         let tick = Duration::from_millis(TICK_MS);
         let status_every = Duration::from_millis(STATUS_EVERY_MS);
@@ -819,9 +979,11 @@ impl<S: LogStore> Worker<S> {
             }
         }
         // Stopping: persist what was applied, but start no snapshot or
-        // compaction (a stop returns within a tick and a batch).
+        // compaction (a stop returns within a tick and a batch), and end
+        // the one running at its next compaction step.
         self.upkeep.stopping = true;
         self.persist();
+        self.end_upkeep_job(true);
     }
 
     fn input(&mut self, m: Input) {
@@ -925,9 +1087,20 @@ impl<S: LogStore> Worker<S> {
     /// After a group commit: a snapshot every `snapshot_every` records, of
     /// the state at the durable index (skipped while the in-memory state is
     /// ahead of it; the next commit tries again), then compaction if
-    /// configured. Runs on the worker thread: the follower applies nothing
-    /// meanwhile, as during any commit.
+    /// configured. With a store that has concurrent handles (LMDB) both run
+    /// on their own thread while the worker goes on applying and
+    /// committing: a snapshot of a large state, or the replay a compaction
+    /// makes, would otherwise stall replication (and the status reports the
+    /// leader's lag alarm watches) for as long as it takes. Otherwise (the
+    /// in-memory store) they run here.
     fn upkeep(&mut self) {
+        if let Some(j) = &self.upkeep.job {
+            if !j.handle.is_finished() {
+                // The next commit after it ends starts the next one.
+                return;
+            }
+            self.end_upkeep_job(false);
+        }
         let u = &self.upkeep;
         if u.snapshot_every == 0 || self.persist_failed || u.stopping {
             return;
@@ -945,72 +1118,45 @@ impl<S: LogStore> Worker<S> {
             }
             n.clone()
         };
-        let (index, hlc) = (node.index, node.hlc);
-        match swoosh_storage::write_snapshot(
-            self.writer.store_mut(),
-            &node,
-            FOLLOWER_SNAPSHOTS_KEEP,
-        ) {
-            Ok(_) => {
-                self.upkeep.snapshot_at = index;
-                let mut s = lock_shared(&self.shared);
-                s.last_snapshot = Some((index, hlc));
-                s.store_usage = self.writer.store().usage();
-                tracing::info!(index, "snapshot written");
-            }
-            Err(e) => {
-                // The log holds everything; tried again an interval later.
-                self.upkeep.snapshot_at = index;
-                tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
-                return;
-            }
-        }
-        let Some(policy) = self.upkeep.compaction.clone() else {
+        // Whatever its outcome, the next one is an interval later.
+        self.upkeep.snapshot_at = node.index;
+        let work = UpkeepWork {
+            genesis: self.upkeep.genesis.clone(),
+            compaction: self.upkeep.compaction.clone(),
+            shared: self.shared.clone(),
+        };
+        let Some(mut store) = self.writer.store().concurrent_handle() else {
+            work.run(self.writer.store_mut(), &node, &AtomicBool::new(false));
             return;
         };
-        let base = match swoosh_storage::wal_base(self.writer.store()) {
-            Ok(b) => b.map_or(0, |b| b.index),
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(UPKEEP_THREAD.into())
+            .spawn(move || work.run(&mut store, &node, &c));
+        match spawned {
+            Ok(handle) => self.upkeep.job = Some(UpkeepJob { handle, cancel }),
             Err(e) => {
-                tracing::error!(error = %e, "automatic compaction cannot read the WAL base");
-                return;
-            }
-        };
-        let Some(through) = policy.through(base, index) else {
-            return;
-        };
-        let path = policy.archive_path(base + 1, through);
-        let r = swoosh_storage::compact(
-            self.writer.store_mut(),
-            &self.upkeep.genesis,
-            through,
-            &path,
-            // Full steps: nothing else writes this store (the leader's
-            // smaller steps keep its commit lock short).
-            &swoosh_storage::CompactOptions {
-                drop_decisions: policy.drop_decisions,
-                step_records: swoosh_storage::COMPACT_STEP_RECORDS,
-            },
-            &mut |_| {},
-        );
-        let mut s = lock_shared(&self.shared);
-        match r {
-            Ok(rep) => {
-                s.compactions_ok += 1;
-                s.compacted_records += rep.archive.records;
-                tracing::info!(
-                    first = rep.archive.first,
-                    through = rep.base.index,
-                    records = rep.archive.records,
-                    archive = %path.display(),
-                    "compacted the log: the records are in the archive, the log starts after the last one"
-                );
-            }
-            Err(e) => {
-                s.compactions_failed += 1;
-                tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
+                lock_shared(&shared).snapshots_failed += 1;
+                tracing::warn!(error = %e, "cannot start the snapshot thread; tried again an interval later");
             }
         }
-        s.store_usage = self.writer.store().usage();
+    }
+
+    /// Wait for the snapshot or compaction running beside the worker, if
+    /// any (`cancel`: end its compaction before the next step).
+    fn end_upkeep_job(&mut self, cancel: bool) {
+        let Some(j) = self.upkeep.job.take() else {
+            return;
+        };
+        if cancel {
+            j.cancel.store(true, Ordering::SeqCst);
+        }
+        // Its work catches its own panics; this is only the thread itself.
+        if j.handle.join().is_err() {
+            tracing::error!("the follower's snapshot thread stopped on an internal error");
+        }
     }
 
     fn persist_error(&mut self, err: swoosh_storage::AppendError) {
@@ -1047,6 +1193,9 @@ impl<S: LogStore> Worker<S> {
                 }
                 FollowerEffect::InstallSnapshot { index, bytes } => {
                     self.persist();
+                    // The install moves the base and cuts the whole log:
+                    // nothing else may write the store meanwhile.
+                    self.end_upkeep_job(true);
                     // The protocol verified the bytes against the leader's
                     // signed manifest; the store makes the snapshot the base
                     // its own WAL continues from, in one commit.
@@ -1072,6 +1221,7 @@ impl<S: LogStore> Worker<S> {
                             s.net.persisted_index.store(index, Ordering::Release);
                             s.snapshots_installed += 1;
                             s.last_snapshot = Some((index, hlc));
+                            s.wal_base_index = index;
                             s.last_applied_ms = now_wall_ms();
                         }
                         Err(err) => {

@@ -418,7 +418,9 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_store_capacity_bytes gauge\nswoosh_store_capacity_bytes {}\n\
          # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n\
          # TYPE swoosh_compactions_total counter\nswoosh_compactions_total{{kind=\"ok\"}} {}\nswoosh_compactions_total{{kind=\"failed\"}} {}\n\
-         # TYPE swoosh_compacted_records_total counter\nswoosh_compacted_records_total {}\n",
+         # TYPE swoosh_compacted_records_total counter\nswoosh_compacted_records_total {}\n\
+         # TYPE swoosh_wal_base_index gauge\nswoosh_wal_base_index {}\n\
+         # TYPE swoosh_snapshots_total counter\nswoosh_snapshots_total{{kind=\"ok\"}} {}\nswoosh_snapshots_total{{kind=\"failed\"}} {}\n",
         st.applied_index,
         st.lag_records,
         f.records_applied,
@@ -434,6 +436,9 @@ async fn metrics(State(app): State<App>) -> String {
         s.compactions_ok,
         s.compactions_failed,
         s.compacted_records,
+        s.wal_base_index,
+        s.snapshots_ok,
+        s.snapshots_failed,
     )
 }
 
