@@ -808,10 +808,28 @@ async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
     assert_eq!(f.root_hash(), c.stream.node().root_hash());
     c.commit(40);
     tokio::time::sleep(Duration::from_millis(30)).await;
+    f.stop();
+    let persisted = f.shared.lock().unwrap().persisted_index();
     drop(f);
     let st = open();
     let rec = swoosh_storage::recover(&st, &g).unwrap();
-    assert!(rec.node.index >= 120, "{}", rec.node.index);
+    assert_eq!(
+        rec.node.index, persisted,
+        "what the stop persisted, and no more"
+    );
+    // The counts a compaction beside the WAL writer recorded for the
+    // records it cut still add up with what the writer added meanwhile
+    // (a follower stores one idempotency entry per record, no decisions).
+    let base = swoosh_storage::wal_base(&st).unwrap().expect("compacted");
+    let kept = swoosh_storage::base::base_derived(&st)
+        .unwrap()
+        .expect("compaction records what it kept");
+    assert_eq!(
+        st.count(swoosh_storage::Space::Idem).unwrap(),
+        kept.idem + (persisted - base.index),
+        "idempotency entries: {kept:?} at or below the base {}",
+        base.index
+    );
 }
 
 /// Compaction runs after a follower's own snapshots: asked for without
@@ -845,6 +863,31 @@ async fn p2p_follower_refuses_compaction_without_snapshots() {
         panic!("a follower with compaction and no snapshots started")
     };
     assert!(e.to_string().contains("snapshot_every"), "{e}");
+
+    // Nor a compaction that may cut through the record the writer holds.
+    let (k, a) = c.followers[0].clone();
+    let r = spawn_follower(
+        MemStore::open("f", &MemDisk::new(), Durability::Sync),
+        FollowerOptions {
+            key: k,
+            genesis: c.genesis.clone(),
+            age_identity: a,
+            leader: leader.listen_addrs[0].clone(),
+            listen: None,
+            snapshot_every: 20,
+            compaction: Some(swoosh_actors::CompactionPolicy {
+                keep_records: 0,
+                min_records: 10,
+                archive_dir: archives.path().to_path_buf(),
+                drop_decisions: false,
+            }),
+        },
+    )
+    .await;
+    let Err(e) = r else {
+        panic!("a follower compacting through its snapshot started")
+    };
+    assert!(e.to_string().contains("keep_records"), "{e}");
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more

@@ -37,6 +37,7 @@ use crate::store::{encode_wal_base, index_key, Batch, LogStore, Space, StoreErro
 use crate::wal::{check_meta, export, MetaError, ReadError, WAL_RECORD_BYTES_MAX};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use swoosh_core::guards::Verify;
 use swoosh_core::record::WalRecord;
@@ -169,6 +170,10 @@ pub enum CompactError {
         archive: PathBuf,
         source: Box<CompactError>,
     },
+    /// Asked to stop ([`compact_cancellable`]) before it finished; wrapped
+    /// in [`CompactError::Interrupted`] when some steps were already cut.
+    #[error("the compaction was asked to stop before it finished (its process is stopping, or its store is about to change); it runs again later")]
+    Cancelled,
     #[error("after compacting through {expected_index}, {location} reads back {got:?} as its WAL base: the store is returning wrong data; check the disk")]
     ReadBack {
         location: String,
@@ -252,6 +257,55 @@ pub fn compact_with<S: LogStore + ?Sized>(
     progress: &mut dyn FnMut(&Progress),
     commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
 ) -> Result<CompactReport, CompactError> {
+    compact_inner(
+        store, genesis, through, archive, opts, None, progress, commit,
+    )
+}
+
+/// [`compact`] that ends with [`CompactError::Cancelled`] (or
+/// `Interrupted` around it, once steps were cut) soon after `cancel` is
+/// set: between archived records, and before each step's replay and commit
+/// (so within about one step's replay). What it cut stays cut, in a sound
+/// store; with nothing cut, the archive is removed.
+pub fn compact_cancellable<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    through: u64,
+    archive: &Path,
+    opts: &CompactOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<CompactReport, CompactError> {
+    compact_inner(
+        store,
+        genesis,
+        through,
+        archive,
+        opts,
+        Some(cancel),
+        progress,
+        &mut |s, b| s.commit(b),
+    )
+}
+
+fn cancelled(cancel: Option<&AtomicBool>) -> Result<(), CompactError> {
+    match cancel {
+        Some(c) if c.load(Ordering::SeqCst) => Err(CompactError::Cancelled),
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compact_inner<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    through: u64,
+    archive: &Path,
+    opts: &CompactOptions,
+    cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(&Progress),
+    commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
+) -> Result<CompactReport, CompactError> {
     let t0 = Instant::now();
     let fresh = NodeState::new(genesis.clone()).map_err(RecoveryError::from)?;
     let genesis_hash = fresh.genesis_hash;
@@ -264,7 +318,15 @@ pub fn compact_with<S: LogStore + ?Sized>(
         Some(b) => base_state(&*store, genesis_hash, b)?,
         None => fresh,
     };
-    let summary = write_archive(&*store, genesis_hash, first, through, archive, progress)?;
+    let summary = write_archive(
+        &*store,
+        genesis_hash,
+        first,
+        through,
+        archive,
+        cancel,
+        progress,
+    )?;
     if summary.first != first || summary.last != through || summary.prev_hash != node.head_record {
         return Err(CompactError::ArchiveReadBack(format!(
             "it holds records {}..={} after {}, expected {first}..={through} after {}",
@@ -277,7 +339,7 @@ pub fn compact_with<S: LogStore + ?Sized>(
         n => n.min(COMPACT_STEP_RECORDS),
     };
     match cut_steps(
-        store, &mut node, through, step, first, opts, progress, commit,
+        store, &mut node, through, step, first, opts, cancel, progress, commit,
     ) {
         Ok((steps, removed_snapshots, removed_decisions)) => Ok(CompactReport {
             old_base,
@@ -326,12 +388,13 @@ fn cut_steps<S: LogStore + ?Sized>(
     step: u64,
     first: u64,
     opts: &CompactOptions,
+    cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(&Progress),
     commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
 ) -> Result<(u64, Vec<u64>, u64), (u64, CompactError)> {
     let mut steps = 0u64;
     let r = cut_steps_inner(
-        store, node, through, step, first, opts, progress, commit, &mut steps,
+        store, node, through, step, first, opts, cancel, progress, commit, &mut steps,
     );
     r.map_err(|e| (steps, e))
 }
@@ -344,6 +407,7 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
     step: u64,
     first: u64,
     opts: &CompactOptions,
+    cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(&Progress),
     commit: &mut dyn FnMut(&mut S, Batch) -> Result<crate::CommitInfo, StoreError>,
     steps: &mut u64,
@@ -352,6 +416,7 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
     let mut removed_snapshots = vec![];
     let mut removed_decisions = 0u64;
     while node.index < through {
+        cancelled(cancel)?;
         let from = node.index + 1;
         let to = node.index.saturating_add(step).min(through);
         let offset = from - first;
@@ -441,6 +506,7 @@ fn cut_steps_inner<S: LogStore + ?Sized>(
             META_BASE_DERIVED.as_bytes().to_vec(),
             kept.encode(),
         );
+        cancelled(cancel)?;
         commit(store, b)?;
         *steps += 1;
         store.sync()?;
@@ -512,6 +578,7 @@ fn write_archive<S: LogStore + ?Sized>(
     from: u64,
     to: u64,
     path: &Path,
+    cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<ArchiveSummary, CompactError> {
     let werr = |e: std::io::Error| CompactError::ArchiveWrite {
@@ -539,6 +606,7 @@ fn write_archive<S: LogStore + ?Sized>(
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         for (n, item) in export(store, genesis_hash, from, Some(to))?.enumerate() {
             let v = item?;
+            cancelled(cancel)?;
             let enc = swoosh_core::cbor::to_canonical(&v.record)
                 .map_err(|_| CompactError::Reencode { index: v.index })?;
             if Hash::of_bytes(&enc) != v.hash {

@@ -45,9 +45,9 @@ pub use base::{
     first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
 };
 pub use compact::{
-    archive_hash_at, compact, compact_range, compact_with, for_each_archived, read_archive,
-    rebuild_base_snapshot, ArchiveError, ArchiveSummary, CompactError, CompactOptions,
-    CompactReport, RebuildBaseError, RebuiltBase, COMPACT_STEP_RECORDS,
+    archive_hash_at, compact, compact_cancellable, compact_range, compact_with, for_each_archived,
+    read_archive, rebuild_base_snapshot, ArchiveError, ArchiveSummary, CompactError,
+    CompactOptions, CompactReport, RebuildBaseError, RebuiltBase, COMPACT_STEP_RECORDS,
 };
 pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{

@@ -555,6 +555,76 @@ fn a_failed_step_says_what_was_cut_or_removes_the_archive() {
     assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "finished");
 }
 
+/// Asked to stop, a compaction ends before its next step: before any cut
+/// it leaves every record and no archive; after some, a sound store that
+/// names what was cut, and a later run finishes.
+#[test]
+fn a_cancelled_compaction_stops_between_steps() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut h = common::mem();
+    let (st, mut s, _) = fifty(&mut h);
+    let genesis = st.genesis().clone();
+    fn cancel_at(c: &AtomicBool, replayed: u64) -> impl FnMut(&Progress) + '_ {
+        move |p: &Progress| {
+            if p.phase == Phase::Replay && p.done >= replayed {
+                c.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    // Set while the first step replays: nothing is cut.
+    let cancel = AtomicBool::new(false);
+    let a0 = h.scratch.path().join("c0.cbor");
+    let e = compact_cancellable(
+        &mut s,
+        &genesis,
+        30,
+        &a0,
+        &steps(10),
+        &cancel,
+        &mut cancel_at(&cancel, 10),
+    )
+    .unwrap_err();
+    assert!(matches!(e, CompactError::Cancelled), "{e}");
+    assert!(!a0.exists(), "nothing was cut: no archive is left");
+    assert_eq!(wal_base(&s).unwrap(), None);
+
+    // Set while the second step replays: the first step's cut stays.
+    let cancel = AtomicBool::new(false);
+    let a1 = h.scratch.path().join("c1.cbor");
+    let e = compact_cancellable(
+        &mut s,
+        &genesis,
+        30,
+        &a1,
+        &steps(10),
+        &cancel,
+        &mut cancel_at(&cancel, 20),
+    )
+    .unwrap_err();
+    match &e {
+        CompactError::Interrupted {
+            first: 1,
+            cut_through: 10,
+            source,
+            ..
+        } => assert!(matches!(**source, CompactError::Cancelled), "{e}"),
+        other => panic!("expected an interrupted compaction, got {other}"),
+    }
+    assert_eq!(wal_base(&s).unwrap().map(|b| b.index), Some(10));
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "sound");
+    let last = s.last_index().unwrap();
+    assert!(audit_indexes(&s, last).unwrap().is_sound());
+
+    // Not set: it runs to the end.
+    let cancel = AtomicBool::new(false);
+    let a2 = h.scratch.path().join("c2.cbor");
+    let r =
+        compact_cancellable(&mut s, &genesis, 30, &a2, &steps(10), &cancel, &mut |_| {}).unwrap();
+    assert_eq!((r.archive.first, r.base.index), (11, 30));
+    assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "finished");
+}
+
 /// `read_archive` names what is wrong with a damaged archive.
 #[test]
 fn read_archive_detects_truncation_gaps_and_garbage() {

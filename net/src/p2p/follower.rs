@@ -358,6 +358,15 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
                 .into(),
         ));
     }
+    if compaction.as_ref().is_some_and(|p| p.keep_records == 0) {
+        // The compaction runs beside the WAL writer: a cut through the last
+        // record would move the log's start under the writer's tail.
+        return Err(P2pError::Config(
+            "a follower's compaction keeps at least one record before its snapshot: \
+             keep_records must be above 0 (swoosh follow --compact-keep-records N)"
+                .into(),
+        ));
+    }
     let gh = genesis
         .hash()
         .map_err(|e| P2pError::Config(e.to_string()))?;
@@ -804,6 +813,31 @@ struct UpkeepJob {
     cancel: Arc<AtomicBool>,
 }
 
+impl Upkeep {
+    /// Wait for the job running beside the worker, if any (`cancel`: end
+    /// its compaction before the next step).
+    fn end_job(&mut self, cancel: bool) {
+        let Some(j) = self.job.take() else {
+            return;
+        };
+        if cancel {
+            j.cancel.store(true, Ordering::SeqCst);
+        }
+        // Its work catches its own panics; this is only the thread itself.
+        if j.handle.join().is_err() {
+            tracing::error!("the follower's snapshot thread stopped on an internal error");
+        }
+    }
+}
+
+impl Drop for Upkeep {
+    /// Also when the worker panicked: the job holds a handle on the store,
+    /// which must be released before the follower's stop returns.
+    fn drop(&mut self) {
+        self.end_job(true);
+    }
+}
+
 /// One snapshot and the compaction after it, on whichever thread runs them.
 struct UpkeepWork {
     genesis: Genesis,
@@ -811,16 +845,29 @@ struct UpkeepWork {
     shared: Arc<Mutex<FollowerShared>>,
 }
 
+/// How a compaction beside the worker ended without finishing.
+enum CompactFailure {
+    /// Asked to stop (a stop, or a leader snapshot to install).
+    Stopped(String),
+    Failed(String),
+}
+
+impl From<String> for CompactFailure {
+    fn from(s: String) -> Self {
+        CompactFailure::Failed(s)
+    }
+}
+
 /// A panic inside a snapshot write or a compaction is a failed upkeep, not
 /// a failed follower: the log holds everything.
-fn catch_upkeep<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+fn catch_upkeep<T, E: From<String>>(work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".into());
-        Err(format!("internal error: {what}"))
+        Err(E::from(format!("internal error: {what}")))
     })
 }
 
@@ -867,37 +914,41 @@ impl UpkeepWork {
         let Some(through) = policy.through(base, index) else {
             return;
         };
+        if cancel.load(Ordering::SeqCst) {
+            return;
+        }
         let path = policy.archive_path(base + 1, through);
         let genesis = &self.genesis;
         let r = catch_upkeep(|| {
-            swoosh_storage::compact_with(
+            swoosh_storage::compact_cancellable(
                 store,
                 genesis,
                 through,
                 &path,
-                // Full steps: only this follower writes its store, and its
-                // worker goes on meanwhile (the leader's smaller steps keep
-                // its commit lock short).
+                // The leader's step size: each step's commit holds the
+                // store's writer (and the journal's barrier) while the
+                // worker waits to commit.
                 &swoosh_storage::CompactOptions {
                     drop_decisions: policy.drop_decisions,
-                    step_records: swoosh_storage::COMPACT_STEP_RECORDS,
+                    step_records: swoosh_actors::COMPACT_ONLINE_STEP_RECORDS,
                 },
+                cancel,
                 &mut |_| {},
-                &mut |st, b| {
-                    if cancel.load(Ordering::SeqCst) {
-                        return Err(swoosh_storage::StoreError::Backend {
-                            location: st.location(),
-                            op: "a compaction step",
-                            detail:
-                                "the follower is stopping or installing the leader's snapshot; \
-                                     compaction goes on after its next snapshot"
-                                    .into(),
-                        });
-                    }
-                    st.commit(b)
-                },
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                let stopped = match &e {
+                    swoosh_storage::CompactError::Cancelled => true,
+                    swoosh_storage::CompactError::Interrupted { source, .. } => {
+                        matches!(**source, swoosh_storage::CompactError::Cancelled)
+                    }
+                    _ => false,
+                };
+                if stopped {
+                    CompactFailure::Stopped(e.to_string())
+                } else {
+                    CompactFailure::Failed(e.to_string())
+                }
+            })
         });
         let mut s = lock_shared(&self.shared);
         match r {
@@ -915,12 +966,20 @@ impl UpkeepWork {
                 );
             }
             Err(e) => {
-                s.compactions_failed += 1;
                 // An interrupted compaction may have cut some steps.
                 if let Ok(Some(b)) = swoosh_storage::wal_base(&*store) {
                     s.wal_base_index = b.index;
                 }
-                tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
+                match e {
+                    // Asked to stop: not a failure (no alert).
+                    CompactFailure::Stopped(e) => {
+                        tracing::info!(error = %e, "automatic compaction stopped early")
+                    }
+                    CompactFailure::Failed(e) => {
+                        s.compactions_failed += 1;
+                        tracing::error!(error = %e, archive_dir = %policy.archive_dir.display(), "automatic compaction failed; it is tried again after the next snapshot, and the log grows until it succeeds");
+                    }
+                }
             }
         }
         s.store_usage = store.usage();
@@ -982,8 +1041,8 @@ impl<S: LogStore + Send + 'static> Worker<S> {
         // compaction (a stop returns within a tick and a batch), and end
         // the one running at its next compaction step.
         self.upkeep.stopping = true;
+        self.upkeep.end_job(true);
         self.persist();
-        self.end_upkeep_job(true);
     }
 
     fn input(&mut self, m: Input) {
@@ -1040,10 +1099,19 @@ impl<S: LogStore + Send + 'static> Worker<S> {
         }
     }
 
-    /// Make every applied record durable in group commits.
+    /// Make every applied record durable in group commits, then start a
+    /// snapshot if one is due.
     fn persist(&mut self) {
+        if self.persist_pending() {
+            self.upkeep();
+        }
+    }
+
+    /// Make every applied record durable in group commits; true when it
+    /// committed some.
+    fn persist_pending(&mut self) -> bool {
         if self.pending.is_empty() || self.persist_failed {
-            return;
+            return false;
         }
         let limits = self.writer.limits();
         let mut parts: Vec<Vec<EncodedEntry>> = vec![];
@@ -1057,7 +1125,10 @@ impl<S: LogStore + Send + 'static> Worker<S> {
             };
             let enc = match enc {
                 Ok(enc) => enc,
-                Err(err) => return self.persist_error(err),
+                Err(err) => {
+                    self.persist_error(err);
+                    return false;
+                }
             };
             // Split where the writer's limits would refuse the batch.
             if parts.is_empty() || !limits.fits(n + 1, bytes + enc.bytes()) {
@@ -1078,10 +1149,13 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                     s.committed_records += r.records as u64;
                     s.store_usage = self.writer.store().usage();
                 }
-                Err(err) => return self.persist_error(err),
+                Err(err) => {
+                    self.persist_error(err);
+                    return false;
+                }
             }
         }
-        self.upkeep();
+        true
     }
 
     /// After a group commit: a snapshot every `snapshot_every` records, of
@@ -1099,7 +1173,7 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                 // The next commit after it ends starts the next one.
                 return;
             }
-            self.end_upkeep_job(false);
+            self.upkeep.end_job(false);
         }
         let u = &self.upkeep;
         if u.snapshot_every == 0 || self.persist_failed || u.stopping {
@@ -1144,21 +1218,6 @@ impl<S: LogStore + Send + 'static> Worker<S> {
         }
     }
 
-    /// Wait for the snapshot or compaction running beside the worker, if
-    /// any (`cancel`: end its compaction before the next step).
-    fn end_upkeep_job(&mut self, cancel: bool) {
-        let Some(j) = self.upkeep.job.take() else {
-            return;
-        };
-        if cancel {
-            j.cancel.store(true, Ordering::SeqCst);
-        }
-        // Its work catches its own panics; this is only the thread itself.
-        if j.handle.join().is_err() {
-            tracing::error!("the follower's snapshot thread stopped on an internal error");
-        }
-    }
-
     fn persist_error(&mut self, err: swoosh_storage::AppendError) {
         tracing::error!(
             "ALARM: cannot persist replicated records: {err}; this follower stops applying"
@@ -1192,10 +1251,11 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                     }
                 }
                 FollowerEffect::InstallSnapshot { index, bytes } => {
-                    self.persist();
                     // The install moves the base and cuts the whole log:
-                    // nothing else may write the store meanwhile.
-                    self.end_upkeep_job(true);
+                    // nothing else may write the store meanwhile, and no
+                    // snapshot starts before it (its state is replaced).
+                    self.upkeep.end_job(true);
+                    self.persist_pending();
                     // The protocol verified the bytes against the leader's
                     // signed manifest; the store makes the snapshot the base
                     // its own WAL continues from, in one commit.
