@@ -175,7 +175,8 @@ pub enum WalCmd {
     /// kept (repeats still get their original outcome); so are their
     /// decision records unless --drop-decisions. A follower further behind
     /// than the new start catches up from the leader's snapshot. LMDB reuses
-    /// the freed pages: the store stops growing, its file does not shrink.
+    /// the freed pages: the store stops growing, its file does not shrink
+    /// (`swoosh wal shrink` rewrites it without them).
     /// Without --yes nothing is changed: it prints what it would cut. Stop
     /// the node first; if interrupted, run it again with a new --archive.
     Compact {
@@ -200,6 +201,24 @@ pub enum WalCmd {
         #[arg(long)]
         yes: bool,
         /// Print one JSON object (no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give the disk back the space a compaction freed: rewrite the store's
+    /// data file without its free pages.
+    ///
+    /// LMDB reuses the pages `wal compact` frees, so the store stops
+    /// growing, but its file never gets smaller. This copies the live pages
+    /// to a new file in <DIR>/data (it needs free disk space for the store's
+    /// live size), fsyncs it, compares every entry with the store, and only
+    /// then renames it over the data file. Stop the node first (it is
+    /// refused while a node runs on <DIR>); if interrupted, the store is
+    /// intact: run it again.
+    Shrink {
+        /// Node directory (holds genesis.json; the store is in <DIR>/data).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -633,6 +652,7 @@ pub fn wal(cmd: WalCmd) -> Result<()> {
             yes,
             json,
         ),
+        WalCmd::Shrink { dir, json } => wal_shrink(&dir, json),
         WalCmd::CheckArchive { files, dir, json } => {
             wal_check_archive(&files, dir.as_deref(), json)
         }
@@ -1702,6 +1722,48 @@ fn snapshot_restore(dir: &Path, index: u64, yes: bool) -> Result<()> {
 // ---------------------------------------------------------------------------
 // wal compact / check-archive
 // ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct ShrinkJson {
+    bytes_before: u64,
+    bytes_after: u64,
+    entries_checked: u64,
+    seconds: f64,
+}
+
+fn wal_shrink(dir: &Path, json: bool) -> Result<()> {
+    // A node directory with a store, locked against a node starting on it
+    // (one run with --nosync too, which holds no journal lock).
+    drop(open_node(dir, Access::Write)?);
+    let data = dir.join("data");
+    let r = swoosh_storage::shrink(
+        &data,
+        &swoosh_storage::LmdbOptions {
+            durability: Durability::Sync,
+            map_bytes: crate::node::lmdb_map_bytes(),
+        },
+    )
+    .with_context(|| format!("shrinking the store in {} failed", data.display()))?;
+    if json {
+        return print_json(&ShrinkJson {
+            bytes_before: r.bytes_before,
+            bytes_after: r.bytes_after,
+            entries_checked: r.entries_checked,
+            seconds: r.elapsed.as_secs_f64(),
+        });
+    }
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    say!(
+        "rewrote {} without its free pages: {:.1} MiB → {:.1} MiB ({:.0} % of before); {} entries compared with the store before the swap, {:.1} s",
+        data.join(swoosh_storage::lmdb::DATA_FILE).display(),
+        mib(r.bytes_before),
+        mib(r.bytes_after),
+        100.0 * r.bytes_after as f64 / r.bytes_before.max(1) as f64,
+        r.entries_checked,
+        r.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
 
 #[derive(Serialize)]
 struct CompactJson {

@@ -54,7 +54,7 @@ pub use index::{
     audit_indexes, get_decision, lookup_idem, rebuild_indexes, IndexAudit, IndexError,
     RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,
 };
-pub use lmdb::{LmdbOptions, LmdbStore, LMDB_MAP_BYTES_DEFAULT};
+pub use lmdb::{shrink, LmdbOptions, LmdbStore, ShrinkReport, LMDB_MAP_BYTES_DEFAULT};
 pub use mem::{MemDisk, MemStore};
 pub use recovery::{
     cut_after, read_cut_file, recover, recover_with, repair, verify, verify_expecting, Cut,

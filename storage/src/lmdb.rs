@@ -803,6 +803,167 @@ impl LogStore for LmdbStore {
     }
 }
 
+/// The LMDB data file in a store's directory.
+pub const DATA_FILE: &str = "data.mdb";
+/// Where [`shrink`] builds the compacted copy: inside the store's
+/// directory, so the swap is one rename on one filesystem.
+pub const SHRINK_DIR: &str = "shrink.partial";
+
+/// What [`shrink`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShrinkReport {
+    /// The data file's size before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Entries compared, key and value, between the store and its copy
+    /// before the copy replaced it.
+    pub entries_checked: u64,
+    pub elapsed: Duration,
+}
+
+/// Rewrite a store's data file without its free pages. LMDB reuses the
+/// pages a compaction (or any delete) frees but never returns them to the
+/// filesystem; this copies the live pages, in order, to a new file
+/// (`mdb_env_copy2` with compaction) beside the old one, fsyncs it,
+/// compares every entry of every space (and the journal's bookkeeping) with
+/// the store, and only then renames it over the data file.
+///
+/// The store must not be in use: a node serving it under `Sync` holds its
+/// journal's lock, which this holds throughout, and is refused. (A node
+/// run with `NoSync` holds no such lock and is not detected: stop it.) What
+/// a crashed node left in the journal is folded first. Interrupted, the old
+/// file is intact (or already replaced by a complete, synced copy), and a
+/// leftover `SHRINK_DIR` is removed by the next run.
+pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError> {
+    let t0 = Instant::now();
+    let location = dir.display().to_string();
+    let open_err = |detail: String| StoreError::Open {
+        location: location.clone(),
+        detail,
+    };
+    let data = dir.join(DATA_FILE);
+    let bytes_before = std::fs::metadata(&data)
+        .map_err(|e| {
+            open_err(format!(
+                "there is no store here ({}: {e}); give the store's directory",
+                data.display()
+            ))
+        })?
+        .len();
+    let nosync = LmdbOptions {
+        durability: Durability::NoSync,
+        ..*opts
+    };
+    // Folds what a crashed node left in the journal, and marks it clean.
+    drop(LmdbStore::open(dir, &nosync)?);
+    let jpath = dir.join(JOURNAL_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&jpath)
+        .map_err(|e| open_err(format!("opening the journal {}: {e}", jpath.display())))?;
+    if !try_flock(&lock)
+        .map_err(|e| open_err(format!("locking the journal {}: {e}", jpath.display())))?
+    {
+        return Err(StoreError::InUse {
+            location: location.clone(),
+        });
+    }
+    let src = LmdbStore::open(dir, &nosync)?;
+    {
+        let rtxn = src.rtxn()?;
+        let had = src.journal_meta(&rtxn, J_ID)?.is_some();
+        if had && src.journal_meta(&rtxn, J_STATE)?.as_deref() != Some(J_CLEAN) {
+            return Err(StoreError::Damaged {
+                location: location.clone(),
+                detail: "its journal holds commits not folded into LMDB (a node ran on it between the fold and the lock?); stop every process using it and run the shrink again".into(),
+            });
+        }
+    }
+    let tmp = dir.join(SHRINK_DIR);
+    let io = |what: &str, e: std::io::Error| open_err(format!("{what}: {e}"));
+    if tmp.exists() {
+        // An interrupted shrink's copy: never the only copy of anything.
+        std::fs::remove_dir_all(&tmp).map_err(|e| io("removing an earlier shrink's copy", e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| io("creating the copy's directory", e))?;
+    let copy = tmp.join(DATA_FILE);
+    let file = src
+        .env
+        .copy_to_path(&copy, heed::CompactionOption::Enabled)
+        .map_err(|e| src.err("copying the store without its free pages", e))?;
+    file.sync_all().map_err(|e| io("syncing the copy", e))?;
+    drop(file);
+    let entries_checked = {
+        let dst = LmdbStore::open(&tmp, &nosync)?;
+        same_contents(&src, &dst)?
+    };
+    drop(src);
+    // Opening the copy to compare it may have written to it (LMDB's own
+    // bookkeeping): synced again before it takes the data file's name.
+    std::fs::File::open(&copy)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing the copy", e))?;
+    std::fs::rename(&copy, &data).map_err(|e| io("moving the copy over the data file", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing the directory", e))?;
+    std::fs::remove_dir_all(&tmp).map_err(|e| io("removing the copy's directory", e))?;
+    let bytes_after = std::fs::metadata(&data)
+        .map_err(|e| io("reading the new data file's size", e))?
+        .len();
+    drop(lock);
+    Ok(ShrinkReport {
+        bytes_before,
+        bytes_after,
+        entries_checked,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Every entry of every space, and the journal's bookkeeping, equal in `a`
+/// and `b`; the number of entries compared.
+fn same_contents(a: &LmdbStore, b: &LmdbStore) -> Result<u64, StoreError> {
+    let differ = |what: String| {
+        StoreError::Damaged {
+        location: b.location(),
+        detail: format!(
+            "the compacted copy differs from {} ({what}); the store was not changed: check the disk",
+            a.location()
+        ),
+    }
+    };
+    let mut n = 0u64;
+    for space in Space::ALL {
+        let mut from: Vec<u8> = vec![];
+        loop {
+            let ra = a.scan(space, &from, None, crate::store::SCAN_ENTRIES_MAX)?;
+            let rb = b.scan(space, &from, None, crate::store::SCAN_ENTRIES_MAX)?;
+            if ra != rb {
+                let key: String = from.iter().map(|b| format!("{b:02x}")).collect();
+                return Err(differ(format!("in {space}, from key {key}")));
+            }
+            let Some((last, _)) = ra.last() else { break };
+            n += ra.len() as u64;
+            // The next key after `last` in byte order is `last ++ [0]`.
+            from = last.clone();
+            from.push(0);
+        }
+        if a.count(space)? != b.count(space)? {
+            return Err(differ(format!("{space} entry counts")));
+        }
+    }
+    let (ta, tb) = (a.rtxn()?, b.rtxn()?);
+    for key in [J_ID, J_FOLDED, J_STATE] {
+        if a.journal_meta(&ta, key)? != b.journal_meta(&tb, key)? {
+            return Err(differ("the journal's bookkeeping".into()));
+        }
+    }
+    Ok(n)
+}
+
 /// How long opening a store waits for its journal's lock before opening
 /// without the journal (another process holds the store). A process that
 /// forks while it has the store open lends its child the lock until the

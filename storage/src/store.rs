@@ -201,6 +201,8 @@ pub enum StoreError {
     /// missing journal, damaged bookkeeping); `detail` says what to do.
     #[error("the store at {location} refuses to open: {detail}")]
     Damaged { location: String, detail: String },
+    #[error("the store at {location} is in use by another process (it holds the journal's lock): stop the node serving it, then run this again")]
+    InUse { location: String },
     #[error("the store at {location} is already open in this process; share the open handle (`LmdbStore` is `Clone`) instead of opening the directory twice")]
     AlreadyOpen { location: String },
     #[error("the store at {location} is full (LMDB map size {map_bytes} bytes): nothing more can be written; stop the process and start it again with a larger map (`swoosh --lmdb-map-gib N …` or SWOOSH_LMDB_MAP_GIB=N; `LmdbOptions::map_bytes` when embedding), with the disk space it needs")]
