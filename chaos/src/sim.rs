@@ -415,12 +415,22 @@ pub fn run(cfg: SimConfig, progress: &mut dyn FnMut(u64, u64)) -> SimReport {
     for k in FAULT_KEYS {
         report.faults.insert(k.to_string(), 0);
     }
+    // The simulated leader's compaction writes real archive files.
+    let archive_dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            report.violations.push(format!(
+                "cannot run: no temporary directory for the simulated leader's archives ({e}); set TMPDIR to a writable directory"
+            ));
+            return report;
+        }
+    };
     let keys = Keys::from_labels("chaos", cfg.council);
     let fallback = report.clone();
     // A panic anywhere in the cluster (core, storage, protocol, simulator) is
     // a finding like any violation: report it with the reproduce command.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut sim = Sim::new(cfg, &keys, report);
+        let mut sim = Sim::new(cfg, &keys, report, archive_dir);
         sim.run(progress);
         sim.finish()
     }));
@@ -478,7 +488,12 @@ enum Kind {
 }
 
 impl<'k> Sim<'k> {
-    fn new(cfg: SimConfig, keys: &'k Keys, report: SimReport) -> Sim<'k> {
+    fn new(
+        cfg: SimConfig,
+        keys: &'k Keys,
+        report: SimReport,
+        archive_dir: tempfile::TempDir,
+    ) -> Sim<'k> {
         let genesis = genesis(keys, "chaos", ORIGIN_MS);
         let genesis_hash = genesis.hash().expect("the scenario genesis encodes");
         let rng = Rng::new(cfg.seed);
@@ -546,7 +561,7 @@ impl<'k> Sim<'k> {
             attn_saved: None,
             lagging: vec![false; cfg_followers],
             forgeries: ForgeryTally::new(cfg_followers),
-            archive_dir: tempfile::tempdir().expect("a temporary directory for archives"),
+            archive_dir,
             archives: vec![],
         };
         sim.restart_leader(store);

@@ -153,3 +153,22 @@ fn process_mode_refuses_sim_only_options_and_too_few_replicas() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--dir is for --mode process"));
 }
+
+#[test]
+fn sim_mode_without_a_temporary_directory_says_so() {
+    // The simulation writes its leader's archives to a temporary directory:
+    // without one it says so (not a panic reported as a cluster finding).
+    let o = Command::new(env!("CARGO_BIN_EXE_swoosh"))
+        .args(["chaos", "--seed", "1", "--transitions", "20"])
+        .env("TMPDIR", "/nonexistent/swoosh-no-tmp")
+        .output()
+        .expect("run swoosh");
+    assert!(!o.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(all.contains("set TMPDIR"), "{all}");
+    assert!(!all.contains("panic"), "{all}");
+}
