@@ -211,9 +211,10 @@ pub enum WalCmd {
     /// growing, but its file never gets smaller. This copies the live pages
     /// to a new file in <DIR>/data (it needs free disk space for the store's
     /// live size), fsyncs it, compares every entry with the store, and only
-    /// then renames it over the data file. Stop the node first (it is
-    /// refused while a node runs on <DIR>); if interrupted, the store is
-    /// intact: run it again.
+    /// then renames it over the data file. Stop the node first: it is
+    /// refused while any process has the store open (a node, or a
+    /// read-only command such as `wal verify`). If interrupted, the store
+    /// is intact: run it again.
     Shrink {
         /// Node directory (holds genesis.json; the store is in <DIR>/data).
         #[arg(long)]

@@ -890,26 +890,75 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
     }
     std::fs::create_dir(&tmp).map_err(|e| io("creating the copy's directory", e))?;
     let copy = tmp.join(DATA_FILE);
-    let file = src
-        .env
-        .copy_to_path(&copy, heed::CompactionOption::Enabled)
-        .map_err(|e| src.err("copying the store without its free pages", e))?;
-    file.sync_all().map_err(|e| io("syncing the copy", e))?;
-    drop(file);
-    let entries_checked = {
-        let dst = LmdbStore::open(&tmp, &nosync)?;
-        same_contents(&src, &dst)?
-    };
+    let copied = (|| -> Result<u64, StoreError> {
+        let file = src
+            .env
+            .copy_to_path(&copy, heed::CompactionOption::Enabled)
+            .map_err(|e| {
+                src.err(
+                    "copying the store without its free pages (it needs free disk space for the store's live size)",
+                    e,
+                )
+            })?;
+        // The node's user reads it as before (LMDB creates it 0600; a copy
+        // made by root would otherwise lock the node out).
+        let meta = std::fs::metadata(&data).map_err(|e| io("reading the data file's owner", e))?;
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| io("giving the copy the data file's owner", e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| io("giving the copy the data file's mode", e))?;
+        }
+        file.sync_all().map_err(|e| io("syncing the copy", e))?;
+        drop(file);
+        let n = {
+            let dst = LmdbStore::open(&tmp, &nosync)?;
+            same_contents(&src, &dst)?
+        };
+        // Opening the copy to compare it may have written to it (LMDB's
+        // own bookkeeping): synced again before it takes the file's name.
+        std::fs::File::open(&copy)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the copy", e))?;
+        Ok(n)
+    })();
+    // Every handle of this process on the store is closed from here.
     drop(src);
-    // Opening the copy to compare it may have written to it (LMDB's own
-    // bookkeeping): synced again before it takes the data file's name.
-    std::fs::File::open(&copy)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("syncing the copy", e))?;
-    std::fs::rename(&copy, &data).map_err(|e| io("moving the copy over the data file", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the directory", e))?;
+    let swapped = copied.and_then(|n| {
+        // LMDB's lock file must not outlive its data file in another
+        // process's hands: one still open (a reader) keeps the old file's
+        // transaction ids in it, and an opener after the swap would trust
+        // them. Its exclusive lock is free only when no process has the
+        // store open; held from here, a new opener waits for it.
+        let excl = exclusive_lmdb_lock(dir)
+            .map_err(|e| io("locking LMDB's lock file", e))?
+            .ok_or_else(|| StoreError::InUse {
+                location: location.clone(),
+            })?;
+        std::fs::rename(&copy, &data).map_err(|e| io("moving the copy over the data file", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the directory", e))?;
+        // Opened here first, while this process holds that lock, LMDB
+        // opens exclusively (record locks never conflict within a
+        // process) and resets the lock file from the new file. Closing it
+        // releases every lock this process holds on the file (POSIX), so
+        // waiting openers find the lock file reset.
+        drop(LmdbStore::open(dir, &nosync)?);
+        drop(excl);
+        Ok(n)
+    });
+    let entries_checked = match swapped {
+        Ok(n) => n,
+        Err(e) => {
+            // Before the rename the store is as it was, after it the
+            // checked copy; a full-size copy left behind would only take
+            // the disk space an operator shrinks to get back.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::remove_dir_all(&tmp).map_err(|e| io("removing the copy's directory", e))?;
     let bytes_after = std::fs::metadata(&data)
         .map_err(|e| io("reading the new data file's size", e))?
@@ -921,6 +970,38 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
         entries_checked,
         elapsed: t0.elapsed(),
     })
+}
+
+/// LMDB's own exclusive lock on a store directory (an `F_WRLCK` record lock
+/// on byte 0 of `lock.mdb`, what `mdb_env_open` takes to know it is the
+/// only opener): `None` while any process has the store open.
+fn exclusive_lmdb_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("lock.mdb"))?;
+    // SAFETY: `flock` is a plain C struct; all-zero is a valid value.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = libc::F_WRLCK as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    l.l_start = 0;
+    l.l_len = 1;
+    loop {
+        // SAFETY: fcntl reads `l` and the descriptor `f` keeps open.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &l) };
+        if r == 0 {
+            return Ok(Some(f));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EACCES) | Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// Every entry of every space, and the journal's bookkeeping, equal in `a`

@@ -154,3 +154,75 @@ fn shrink_refuses_a_store_in_use_and_changes_nothing() {
     let e = shrink(empty.path(), &opts(Durability::Sync)).unwrap_err();
     assert!(e.to_string().contains("no store here"), "{e}");
 }
+
+/// Not a test: the other process of the next one. It holds the store in
+/// `SWOOSH_SHRINK_HOLD_DIR` open (as a `wal verify` beside a stopped node
+/// would) until the file `SWOOSH_SHRINK_RELEASE` appears.
+#[test]
+#[ignore = "run by shrink_refuses_a_store_another_process_reads"]
+fn shrink_holder_process() {
+    let (Ok(dir), Ok(ready), Ok(release)) = (
+        std::env::var("SWOOSH_SHRINK_HOLD_DIR"),
+        std::env::var("SWOOSH_SHRINK_READY"),
+        std::env::var("SWOOSH_SHRINK_RELEASE"),
+    ) else {
+        return;
+    };
+    let s = LmdbStore::open(Path::new(&dir), &opts(Durability::NoSync)).unwrap();
+    std::fs::write(&ready, b"").unwrap();
+    let t0 = std::time::Instant::now();
+    while !Path::new(&release).exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(s);
+}
+
+/// Another process with the store open (a reader, which takes no journal
+/// lock) keeps LMDB's lock file in use: swapping the data file under it
+/// would leave that file's transaction ids to the next opener, so shrink
+/// refuses and changes nothing; once the reader is gone it runs.
+#[test]
+fn shrink_refuses_a_store_another_process_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let flags = tempfile::tempdir().unwrap();
+    let mut st = Stream::new("shrink-reader", 2, Verify::Trusted);
+    let mut w = writer(
+        LmdbStore::open(d.path(), &opts(Durability::Sync)).unwrap(),
+        &st,
+    );
+    fill(&mut w, &mut st, 40);
+    drop(w);
+    let (ready, release) = (flags.path().join("ready"), flags.path().join("release"));
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "shrink_holder_process"])
+        .env("SWOOSH_SHRINK_HOLD_DIR", d.path())
+        .env("SWOOSH_SHRINK_READY", &ready)
+        .env("SWOOSH_SHRINK_RELEASE", &release)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the holder did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let size = data_bytes(d.path());
+    let e = shrink(d.path(), &opts(Durability::Sync)).unwrap_err();
+    std::fs::write(&release, b"").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    assert_eq!(data_bytes(d.path()), size, "nothing was swapped");
+    assert!(
+        !d.path().join(SHRINK_DIR).exists(),
+        "no copy is left behind"
+    );
+
+    let r = shrink(d.path(), &opts(Durability::Sync)).unwrap();
+    assert!(r.entries_checked > 0);
+    let s = LmdbStore::open(d.path(), &opts(Durability::Sync)).unwrap();
+    assert_eq!(s.last_index().unwrap(), 40);
+    assert_eq!(
+        recover(&s, st.genesis()).unwrap().node.root_hash(),
+        st.node().root_hash()
+    );
+}
