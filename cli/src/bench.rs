@@ -41,9 +41,26 @@ pub struct HttpArgs {
     /// UNSAFE: run the node without fsync (to see the CPU-bound ceiling).
     #[arg(long)]
     nosync: bool,
+    /// The node writes a snapshot every N transitions, as `swoosh serve`
+    /// does by default (10,000); 0 (the default here): none, so figures
+    /// compare across sessions.
+    #[arg(long, default_value_t = 0)]
+    snapshot_every: u64,
+    /// The node compacts its log while serving (`serve --archive-dir`),
+    /// keeping N records before each snapshot (archives in the bench's
+    /// temporary directory; at least 1,000 of them accumulate before each
+    /// compaction, in steps of 5,000): measures what compaction steps cost
+    /// the requests they run beside. Needs --snapshot-every.
+    #[arg(long, requires = "snapshot_every")]
+    compact_keep_records: Option<u64>,
     #[arg(long)]
     json: bool,
 }
+
+/// Records that accumulate past `--compact-keep-records` before `bench
+/// http`'s node compacts (the node's default is 20,000; a short run needs
+/// fewer to compact at all).
+const BENCH_COMPACT_MIN_RECORDS: u64 = 1_000;
 
 #[derive(Args)]
 pub struct StorageArgs {
@@ -78,6 +95,13 @@ struct HttpReport {
     accepted_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    max_ms: f64,
+    snapshot_every: u64,
+    compact_keep_records: Option<u64>,
+    /// Snapshots written and compactions (records cut) during the run.
+    snapshots: u64,
+    compactions: u64,
+    compacted_records: u64,
     /// The mean of the two measurements below, the baseline of every ratio.
     fdatasync_ms: f64,
     fdatasyncs_per_s: f64,
@@ -111,6 +135,14 @@ async fn http(a: HttpArgs) -> Result<()> {
     ensure!(
         (1..=3600).contains(&a.seconds),
         "--seconds must be between 1 and 3600"
+    );
+    ensure!(
+        a.compact_keep_records.is_none() || a.snapshot_every > 0,
+        "--compact-keep-records needs --snapshot-every above 0 (compaction follows a snapshot)"
+    );
+    ensure!(
+        a.compact_keep_records != Some(0),
+        "--compact-keep-records must be at least 1"
     );
     let dir = tempfile::tempdir()?;
     // The raw disk is measured before the run and again after it, and the
@@ -148,16 +180,26 @@ async fn http(a: HttpArgs) -> Result<()> {
         .map_err(|e| std::io::Error::other(e.to_string()))
     })
     .context("cannot open the bench store")?;
+    if a.compact_keep_records.is_some() {
+        std::fs::create_dir_all(dir.path().join("archives"))?;
+    }
     let cfg = NodeConfig {
         genesis: g.clone(),
         leader_key: keys.leader.clone(),
-        snapshot_every: 0,
+        snapshot_every: a.snapshot_every,
         snapshot_keep: 2,
         wal_limits: Default::default(),
         clock: Arc::new(SystemClock),
         advertise: String::new(),
         attention_file: None,
-        compaction: None,
+        compaction: a
+            .compact_keep_records
+            .map(|keep| swoosh_actors::CompactionPolicy {
+                keep_records: keep,
+                min_records: BENCH_COMPACT_MIN_RECORDS,
+                archive_dir: dir.path().join("archives"),
+                drop_decisions: false,
+            }),
     };
     let node = NodeHandle::start(store, cfg).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -354,6 +396,18 @@ async fn http(a: HttpArgs) -> Result<()> {
     }
     ticker.abort();
     bar.finish_and_clear();
+    let metrics = node.metrics_text();
+    let counter = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (snapshots, compactions, compacted_records) = (
+        counter("swoosh_snapshots_total{kind=\"ok\"} "),
+        counter("swoosh_compactions_total{kind=\"ok\"} "),
+        counter("swoosh_compacted_records_total "),
+    );
     let _ = stop_tx.send(());
     server.await??;
     node.shutdown().await;
@@ -376,6 +430,12 @@ async fn http(a: HttpArgs) -> Result<()> {
         accepted_per_s: accepted as f64 / elapsed,
         p50_ms: p50,
         p99_ms: pct(&lat, 0.99),
+        max_ms: lat.last().map_or(0.0, |d| ms(*d)),
+        snapshot_every: a.snapshot_every,
+        compact_keep_records: a.compact_keep_records,
+        snapshots,
+        compactions,
+        compacted_records,
         fdatasync_ms: per_sync_ms,
         fdatasyncs_per_s: per_second,
         fdatasync_before_ms: ms(disk_before.per_sync),
@@ -399,11 +459,18 @@ async fn http(a: HttpArgs) -> Result<()> {
             report.accepted, report.accepted_per_s, report.accepted_per_s_over_fdatasyncs_per_s
         );
         println!(
-            "  latency        p50 {:.3} ms ({:.2}× one fdatasync), p99 {:.3} ms",
+            "  latency        p50 {:.3} ms ({:.2}× one fdatasync), p99 {:.3} ms, max {:.3} ms",
             report.p50_ms,
             report.p50_ms / report.fdatasync_ms,
-            report.p99_ms
+            report.p99_ms,
+            report.max_ms
         );
+        if report.snapshot_every > 0 {
+            println!(
+                "  upkeep         {} snapshot(s) (every {} transitions), {} compaction(s) cutting {} records",
+                report.snapshots, report.snapshot_every, report.compactions, report.compacted_records
+            );
+        }
     }
     Ok(())
 }
