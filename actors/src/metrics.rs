@@ -137,8 +137,8 @@ pub struct Metrics {
     /// Region read-model updates dropped on a full region mailbox (the view
     /// is then rebuilt from storage before it answers again).
     pub region_updates_dropped_total: Counter,
-    /// Snapshot requests dropped on a full snapshotter mailbox (the next
-    /// periodic or REVERB snapshot covers them).
+    /// Snapshot requests dropped on a full snapshotter mailbox (asked again
+    /// at the first record after the mailbox has room).
     pub snapshot_requests_dropped_total: Counter,
     /// Snapshots the snapshotter wrote, by outcome (`ok`, `failed`).
     pub snapshots_total: Family<KindLabel, Counter>,

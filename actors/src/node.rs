@@ -448,6 +448,10 @@ struct Shared<S> {
     /// A region whose update was dropped on a full mailbox: its view is
     /// rebuilt from storage before it handles its next message.
     regions_behind: BTreeMap<Region, AtomicBool>,
+    /// A snapshot request was dropped on the snapshotter's full mailbox:
+    /// the sequencer asks again at the next record the mailbox has room
+    /// for, instead of a whole interval later.
+    snapshot_owed: AtomicBool,
     depths: Depths,
     /// Held for the whole of every WAL commit and of every recovery; holds
     /// the current writer generation. A commit task of a killed writer keeps
@@ -575,6 +579,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
                 .iter()
                 .map(|r| (*r, AtomicBool::new(false)))
                 .collect(),
+            snapshot_owed: AtomicBool::new(false),
             depths,
             commit_lock: Arc::new(Mutex::new(0)),
             replication: RwLock::new(None),
@@ -1549,10 +1554,17 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                             .copied()
                             .filter(|r| post.epoch.get(*r) != pre.epoch.get(*r))
                             .collect();
-                        let snapshot_due = step
-                            .effects
-                            .iter()
-                            .any(|e| matches!(e, Effect::ScheduleSnapshot { .. }))
+                        // An owed snapshot waits for room in the
+                        // snapshotter's mailbox: each request clones the
+                        // state, which a stuck snapshotter would otherwise
+                        // cost every record.
+                        let owed = sh.depths.snap.get() < bounded::SNAPSHOT_MAILBOX_MAX
+                            && sh.snapshot_owed.swap(false, Ordering::AcqRel);
+                        let snapshot_due = owed
+                            || step
+                                .effects
+                                .iter()
+                                .any(|e| matches!(e, Effect::ScheduleSnapshot { .. }))
                             || (sh.cfg.snapshot_every > 0
                                 && index >= st.last_snapshot_index + sh.cfg.snapshot_every);
                         let snapshot = if snapshot_due {
@@ -1729,12 +1741,13 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
             if let Some(snap) = a.snapshot {
                 if let Some(s) = refs.snap.clone() {
                     if let Err(e) = s.try_send(SnapMsg::Write(snap)) {
+                        sh.snapshot_owed.store(true, Ordering::Release);
                         sh.metrics.snapshot_requests_dropped_total.inc();
                         let n = sh.metrics.snapshot_requests_dropped_total.get();
                         // 1st, 2nd, 4th, …: a snapshotter stuck on a slow disk
                         // would otherwise log at every snapshot interval.
                         if n.is_power_of_two() {
-                            tracing::warn!(index = w.index, dropped_total = n, error = %e, "a snapshot request was dropped; the snapshotter is behind (slow disk?); the next one covers it and the WAL holds everything");
+                            tracing::warn!(index = w.index, dropped_total = n, error = %e, "a snapshot request was dropped; the snapshotter is behind (slow disk?); it is asked again once it has room, and the WAL holds everything");
                         }
                     }
                 }
@@ -3387,6 +3400,63 @@ mod tests {
         let v = node.state("default", &[]).await.expect("state");
         assert_eq!(v.hash, second.state_post_hash);
         assert_eq!(v.hash, mirror.project_hash("default"));
+        node.shutdown().await;
+    }
+
+    /// A snapshot request dropped on the snapshotter's full mailbox is asked
+    /// again at the first record after the mailbox has room, not a whole
+    /// interval later (nor at every record while it stays full).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_snapshot_request_is_asked_again_once_there_is_room() {
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("owed", 3).await;
+        let mut mirror = NodeState::new(g).unwrap();
+        let driver = Driver::new(&keys, 3);
+        let submit = async |mirror: &mut NodeState| {
+            let Next::Propose(p) = driver.next(mirror, "default", origin_ms) else {
+                panic!("the driver has a next step");
+            };
+            let ok = match node.submit((*p).clone()).await {
+                SubmitResult::Accepted(ok) => ok,
+                other => panic!("not accepted: {other:?}"),
+            };
+            let ctx = Ctx {
+                now_ms: origin_ms,
+                verify: Verify::Trusted,
+                snapshot_every: 0,
+            };
+            swoosh_core::step(mirror, &p, &ctx);
+            ok
+        };
+        let m = node.metrics();
+        let depths = &node.shared.depths;
+        submit(&mut mirror).await;
+        submit(&mut mirror).await;
+        depths.snap.fill();
+        // Record 3 is due (every 3); its request is dropped.
+        assert_eq!(submit(&mut mirror).await.index, 3);
+        assert_eq!(m.snapshot_requests_dropped_total.get(), 1);
+        // Still full: record 4 asks for nothing.
+        assert_eq!(submit(&mut mirror).await.index, 4);
+        assert_eq!(m.snapshot_requests_dropped_total.get(), 1);
+        depths.snap.reset();
+        assert_eq!(submit(&mut mirror).await.index, 5);
+        let t0 = Instant::now();
+        while node.health().last_snapshot_index != Some(5) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no snapshot at 5 (the owed one): {:?}",
+                node.health().last_snapshot_index
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(m.snapshot_requests_dropped_total.get(), 1);
         node.shutdown().await;
     }
 
