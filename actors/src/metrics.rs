@@ -149,6 +149,9 @@ pub struct Metrics {
     pub compacted_records_total: Counter,
     /// The WAL base: the log starts after this record (0: at record 1).
     pub wal_base_index: Gauge,
+    /// 1 while the snapshot at the WAL base fails its check (checked after
+    /// every snapshot): the only proof of archived records is damaged.
+    pub base_snapshot_damaged: Gauge,
     pub wal_index: Gauge,
     pub backpressure_total: Counter,
     /// Idempotency keys in the state's bounded window (at most
@@ -335,6 +338,12 @@ impl Metrics {
             "The store's log starts after this record (its WAL base; 0: at record 1)",
             wal_base_index.clone(),
         );
+        let base_snapshot_damaged = Gauge::default();
+        r.register(
+            "swoosh_base_snapshot_damaged",
+            "1 while the snapshot at the WAL base (the only proof of archived records) fails its check, run after every snapshot; rebuild it with swoosh snapshot rebuild-base",
+            base_snapshot_damaged.clone(),
+        );
         let wal_index = Gauge::default();
         r.register(
             "swoosh_wal_index",
@@ -423,6 +432,7 @@ impl Metrics {
             compactions_total,
             compacted_records_total,
             wal_base_index,
+            base_snapshot_damaged,
             wal_index,
             backpressure_total,
             idempotency_window_keys,

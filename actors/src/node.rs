@@ -2193,7 +2193,37 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
                 }
             }
         }
+        check_base_snapshot(&sh).await;
         Ok(())
+    }
+}
+
+/// After each snapshot: the snapshot at the WAL base is the only proof of
+/// the records compaction archived, and nothing else reads it until a
+/// recovery needs it. Damage is reported (`swoosh_base_snapshot_damaged`,
+/// logged once per episode) while the archives to rebuild it are at hand.
+async fn check_base_snapshot<S: LogStore + Clone + Send + Sync + 'static>(sh: &Arc<Shared<S>>) {
+    let sh2 = sh.clone();
+    let fault =
+        tokio::task::spawn_blocking(move || swoosh_storage::base_snapshot_fault(&sh2.store))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+    let gauge = &sh.metrics.base_snapshot_damaged;
+    match fault {
+        Ok(None) => {
+            if gauge.get() != 0 {
+                tracing::info!("the snapshot at the WAL base checks sound again");
+            }
+            gauge.set(0);
+        }
+        Ok(Some(why)) => {
+            if gauge.get() == 0 {
+                tracing::error!(fault = %why, "ALARM: the snapshot at the WAL base is damaged; it is the only proof of the archived records, and a recovery with no newer usable snapshot will refuse to start: stop the node and run `swoosh snapshot rebuild-base --dir <node dir> <archives…>` (docs/runbooks/snapshot-restore.md)");
+            }
+            gauge.set(1);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the snapshot at the WAL base"),
     }
 }
 

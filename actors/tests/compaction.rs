@@ -162,3 +162,64 @@ fn the_policy_cuts_behind_the_snapshot_in_bounded_chunks() {
     assert_eq!(big.through(0, 29_999), None);
     assert_eq!(big.through(0, 30_000), Some(20_000));
 }
+
+/// The snapshot at the WAL base is the only proof of the archived records;
+/// nothing reads it until a recovery needs it. The node checks it after
+/// every snapshot and reports damage (`swoosh_base_snapshot_damaged`)
+/// while the archives to rebuild it are at hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_base_snapshot_is_reported_after_the_next_snapshot() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archives = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture::new("base-check");
+    let mut cfg = fx.config(10);
+    cfg.compaction = Some(CompactionPolicy {
+        keep_records: 15,
+        min_records: 10,
+        archive_dir: archives.path().to_path_buf(),
+        drop_decisions: false,
+    });
+    let node = swoosh_actors::NodeHandle::start(open_store(dir.path()), cfg)
+        .await
+        .expect("the node starts");
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    submit_fresh_projects(&fx, &node, &mut mirror, 30).await;
+    let t0 = Instant::now();
+    let base = loop {
+        if let Some(b) = wal_base(node.store()).unwrap() {
+            break b;
+        }
+        assert!(t0.elapsed() < PATIENCE, "no compaction");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        metric(&node, "swoosh_base_snapshot_damaged ").unwrap(),
+        "swoosh_base_snapshot_damaged 0"
+    );
+
+    let mut store = node.store().clone();
+    let key = swoosh_storage::store::index_key(base.index);
+    let mut v = store
+        .get(swoosh_storage::Space::Snapshots, &key)
+        .unwrap()
+        .expect("the base snapshot");
+    let at = v.len() / 2;
+    v[at] ^= 0x08;
+    store
+        .overwrite_raw(swoosh_storage::Space::Snapshots, &key, &v)
+        .unwrap();
+    submit_fresh_projects(&fx, &node, &mut mirror, 10).await;
+    let t0 = Instant::now();
+    while metric(&node, "swoosh_base_snapshot_damaged ").as_deref()
+        != Some("swoosh_base_snapshot_damaged 1")
+    {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the damage was not reported: {:?}",
+            metric(&node, "swoosh_base_snapshot_damaged ")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.shutdown().await;
+}

@@ -476,6 +476,7 @@ async fn a_follower_documents_exactly_its_routes() {
         "swoosh_snapshots_total{kind=\"failed\"} 0",
         "swoosh_compactions_total{kind=\"failed\"} 0",
         "swoosh_wal_base_index 0",
+        "swoosh_base_snapshot_damaged 0",
     ] {
         assert!(metrics.contains(line), "no {line} in {metrics}");
     }

@@ -124,6 +124,41 @@ pub fn wal_base<S: LogStore + ?Sized>(store: &S) -> Result<Option<WalBase>, Stor
     }
 }
 
+/// What is wrong with the snapshot at the WAL base, if anything (`None`:
+/// sound, or the log has no base). After a compaction it is the only proof
+/// of the archived records: recovery starts from it whenever no newer
+/// snapshot is usable, and a damaged one is written again from the
+/// archives (`rebuild_base_snapshot`). Checks its frame (a hash over the
+/// whole stored state), format and index, and that it ends at the base
+/// record, without decoding the state: cheap enough to run after every
+/// snapshot, so damage is found while the archives are at hand, not at the
+/// restart that needs it.
+pub fn base_snapshot_fault<S: LogStore + ?Sized>(store: &S) -> Result<Option<String>, StoreError> {
+    let Some(base) = wal_base(store)? else {
+        return Ok(None);
+    };
+    match crate::snapshot::read_snapshot_head(store, base.index) {
+        Ok(head) if head.head_record == base.hash => Ok(None),
+        Ok(head) => Ok(Some(format!(
+            "the snapshot at the WAL base {} ends at record hash {}, not the base's {}",
+            base.index, head.head_record, base.hash
+        ))),
+        Err(SnapshotError::Store(e)) => Err(e),
+        Err(SnapshotError::Corrupt { reason, .. }) => Ok(Some(format!(
+            "the snapshot at the WAL base {} is damaged: {reason}",
+            base.index
+        ))),
+        Err(SnapshotError::Missing { .. }) => Ok(Some(format!(
+            "the snapshot at the WAL base {} is missing",
+            base.index
+        ))),
+        Err(e) => Ok(Some(format!(
+            "the snapshot at the WAL base {}: {e}",
+            base.index
+        ))),
+    }
+}
+
 /// The index of the first record the log can hold: base + 1, or 1.
 pub fn first_index<S: LogStore + ?Sized>(store: &S) -> Result<u64, StoreError> {
     Ok(wal_base(store)?.map_or(1, |b| b.index + 1))

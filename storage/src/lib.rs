@@ -42,7 +42,8 @@ pub mod testkit;
 pub mod wal;
 
 pub use base::{
-    first_index, install_snapshot, log_end, wal_base, InstallError, InstallReport, WalBase,
+    base_snapshot_fault, first_index, install_snapshot, log_end, wal_base, InstallError,
+    InstallReport, WalBase,
 };
 pub use compact::{
     archive_hash_at, compact, compact_cancellable, compact_range, compact_with, for_each_archived,

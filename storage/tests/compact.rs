@@ -257,11 +257,17 @@ fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
     compact(&mut s, &genesis, 20, &a0, &steps(10), &mut |_| {}).unwrap();
     compact(&mut s, &genesis, 35, &a1, &steps(10), &mut |_| {}).unwrap();
     compact(&mut s, &genesis, 45, &a2, &steps(0), &mut |_| {}).unwrap();
+    assert_eq!(base_snapshot_fault(&s).unwrap(), None);
     let key = index_key(45);
     let mut v = s.get(Space::Snapshots, &key).unwrap().unwrap();
     let at = v.len() / 2;
     v[at] ^= 0x20;
     s.overwrite_raw(Space::Snapshots, &key, &v).unwrap();
+    // Found by the cheap check a node runs after each snapshot.
+    let fault = base_snapshot_fault(&s)
+        .unwrap()
+        .expect("a damaged base snapshot");
+    assert!(fault.contains("WAL base 45 is damaged"), "{fault}");
     let e = recover(&s, &genesis).unwrap_err();
     assert!(matches!(e, RecoveryError::Unproven { base: 45, .. }), "{e}");
     assert!(e.to_string().contains("snapshot rebuild-base"), "{e}");
@@ -308,6 +314,7 @@ fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
     let all = [a0.clone(), a0, a1, a2];
     let r = rebuild_base_snapshot(&mut s, &genesis, &all, &mut |_| {}).unwrap();
     assert_eq!((r.base.index, r.replayed), (45, 45));
+    assert_eq!(base_snapshot_fault(&s).unwrap(), None);
     assert_same_node(&recover(&s, &genesis).unwrap().node, st.node(), "rebuilt");
     let v = verify(&s, &genesis, &VerifyOptions::default(), &mut |_| {}).unwrap();
     assert!(v.snapshot_problems.is_empty(), "{:?}", v.snapshot_problems);

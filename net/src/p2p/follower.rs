@@ -120,6 +120,9 @@ pub struct FollowerShared {
     /// The WAL base: records at or below it were cut by a compaction or
     /// replaced by an installed leader snapshot (0: the log starts at 1).
     pub wal_base_index: u64,
+    /// What is wrong with the snapshot at the WAL base, as found after this
+    /// follower's last snapshot (`None`: sound, or no base).
+    pub base_snapshot_fault: Option<String>,
     /// The newest snapshot in this follower's store, `(index, its HLC)`:
     /// the one recovery started from, the leader's it installed since, or
     /// its own (every `FollowerOptions::snapshot_every` records).
@@ -197,6 +200,7 @@ impl FollowerShared {
             snapshots_ok: 0,
             snapshots_failed: 0,
             wal_base_index: 0,
+            base_snapshot_fault: None,
             compacted_records: 0,
             last_snapshot: None,
             last_refusals: vec![],
@@ -878,6 +882,41 @@ impl UpkeepWork {
         node: &swoosh_core::state::NodeState,
         cancel: &AtomicBool,
     ) {
+        if self.snapshot_and_compact(store, node, cancel) {
+            self.check_base_snapshot(&*store);
+        }
+    }
+
+    /// As the leader does after each snapshot: the snapshot at the WAL
+    /// base is the only proof of the records this follower archived.
+    fn check_base_snapshot<S: LogStore + ?Sized>(&self, store: &S) {
+        let fault =
+            catch_upkeep(|| swoosh_storage::base_snapshot_fault(store).map_err(|e| e.to_string()));
+        let mut s = lock_shared(&self.shared);
+        match fault {
+            Ok(None) => {
+                if s.base_snapshot_fault.take().is_some() {
+                    tracing::info!("the snapshot at the WAL base checks sound again");
+                }
+            }
+            Ok(Some(why)) => {
+                if s.base_snapshot_fault.is_none() {
+                    tracing::error!(fault = %why, "ALARM: the snapshot at the WAL base is damaged; it is the only proof of the records this follower archived: stop it and run `swoosh snapshot rebuild-base` with its archives, or move its data/ away to rebuild it from the leader");
+                }
+                s.base_snapshot_fault = Some(why);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the snapshot at the WAL base"),
+        }
+    }
+
+    /// The snapshot, then the compaction after it; true when the snapshot
+    /// was written.
+    fn snapshot_and_compact<S: LogStore + ?Sized>(
+        &self,
+        store: &mut S,
+        node: &swoosh_core::state::NodeState,
+        cancel: &AtomicBool,
+    ) -> bool {
         let (index, hlc) = (node.index, node.hlc);
         let written = catch_upkeep(|| {
             swoosh_storage::write_snapshot(store, node, FOLLOWER_SNAPSHOTS_KEEP)
@@ -896,26 +935,26 @@ impl UpkeepWork {
                     // Tried again an interval later.
                     s.snapshots_failed += 1;
                     tracing::warn!(index, error = %e, "snapshot failed; the log still holds everything");
-                    return;
+                    return false;
                 }
             }
         }
-        let Some(policy) = self.compaction else {
-            return;
+        let Some(policy) = &self.compaction else {
+            return true;
         };
         let base = match swoosh_storage::wal_base(&*store) {
             Ok(b) => b.map_or(0, |b| b.index),
             Err(e) => {
                 lock_shared(&self.shared).compactions_failed += 1;
                 tracing::error!(error = %e, "automatic compaction cannot read the WAL base");
-                return;
+                return true;
             }
         };
         let Some(through) = policy.through(base, index) else {
-            return;
+            return true;
         };
         if cancel.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
         let path = policy.archive_path(base + 1, through);
         let genesis = &self.genesis;
@@ -983,6 +1022,7 @@ impl UpkeepWork {
             }
         }
         s.store_usage = store.usage();
+        true
     }
 }
 

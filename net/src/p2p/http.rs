@@ -420,6 +420,7 @@ async fn metrics(State(app): State<App>) -> String {
          # TYPE swoosh_compactions_total counter\nswoosh_compactions_total{{kind=\"ok\"}} {}\nswoosh_compactions_total{{kind=\"failed\"}} {}\n\
          # TYPE swoosh_compacted_records_total counter\nswoosh_compacted_records_total {}\n\
          # TYPE swoosh_wal_base_index gauge\nswoosh_wal_base_index {}\n\
+         # TYPE swoosh_base_snapshot_damaged gauge\nswoosh_base_snapshot_damaged {}\n\
          # TYPE swoosh_snapshots_total counter\nswoosh_snapshots_total{{kind=\"ok\"}} {}\nswoosh_snapshots_total{{kind=\"failed\"}} {}\n",
         st.applied_index,
         st.lag_records,
@@ -437,6 +438,7 @@ async fn metrics(State(app): State<App>) -> String {
         s.compactions_failed,
         s.compacted_records,
         s.wal_base_index,
+        u8::from(s.base_snapshot_fault.is_some()),
         s.snapshots_ok,
         s.snapshots_failed,
     )
