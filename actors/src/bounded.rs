@@ -79,14 +79,17 @@ impl<M: Message> Bounded<M> {
         let d = &self.depth;
         let prev = d.n.fetch_add(1, Ordering::AcqRel);
         if prev >= d.max {
-            d.n.fetch_sub(1, Ordering::AcqRel);
+            d.took();
             return Err(SendError::Full {
                 actor: d.actor,
                 max: d.max,
             });
         }
+        // Saturating (`took`): a restarted receiver resets the count to 0
+        // between the add above and this undo, and a wrap to usize::MAX
+        // would refuse every later send as Full for good.
         self.actor.send_message(msg).map_err(|_| {
-            d.n.fetch_sub(1, Ordering::AcqRel);
+            d.took();
             SendError::Down { actor: d.actor }
         })
     }

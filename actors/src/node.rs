@@ -2111,6 +2111,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
     type Arguments = ();
 
     async fn pre_start(&self, _me: ActorRef<SnapMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        // At every start too: a restart recovers from a newer snapshot
+        // whatever the base's holds, and the gauge starts at 0.
+        check_base_snapshot(&self.shared).await;
         Ok(())
     }
 

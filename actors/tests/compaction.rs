@@ -209,6 +209,7 @@ async fn a_damaged_base_snapshot_is_reported_after_the_next_snapshot() {
     store
         .overwrite_raw(swoosh_storage::Space::Snapshots, &key, &v)
         .unwrap();
+    drop(store);
     submit_fresh_projects(&fx, &node, &mut mirror, 10).await;
     let t0 = Instant::now();
     while metric(&node, "swoosh_base_snapshot_damaged ").as_deref()
@@ -218,6 +219,26 @@ async fn a_damaged_base_snapshot_is_reported_after_the_next_snapshot() {
             t0.elapsed() < PATIENCE,
             "the damage was not reported: {:?}",
             metric(&node, "swoosh_base_snapshot_damaged ")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A restart recovers from the newer snapshot; the damage is reported
+    // again at once, not an interval later.
+    node.shutdown().await;
+    drop(node);
+    let mut cfg = fx.config(10);
+    cfg.compaction = None;
+    let node = swoosh_actors::NodeHandle::start(reopen(dir.path()).await, cfg)
+        .await
+        .expect("the node restarts from its newer snapshot");
+    let t0 = Instant::now();
+    while metric(&node, "swoosh_base_snapshot_damaged ").as_deref()
+        != Some("swoosh_base_snapshot_damaged 1")
+    {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the damage was not reported after the restart"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

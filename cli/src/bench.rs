@@ -98,7 +98,8 @@ struct HttpReport {
     max_ms: f64,
     snapshot_every: u64,
     compact_keep_records: Option<u64>,
-    /// Snapshots written and compactions (records cut) during the run.
+    /// Snapshots written and compactions (records cut) finished while the
+    /// clients ran (the last requests' may still be queued).
     snapshots: u64,
     compactions: u64,
     compacted_records: u64,
@@ -467,7 +468,7 @@ async fn http(a: HttpArgs) -> Result<()> {
         );
         if report.snapshot_every > 0 {
             println!(
-                "  upkeep         {} snapshot(s) (every {} transitions), {} compaction(s) cutting {} records",
+                "  upkeep         {} snapshot(s) (every {} transitions), {} compaction(s) cutting {} records, finished while the clients ran",
                 report.snapshots, report.snapshot_every, report.compactions, report.compacted_records
             );
         }

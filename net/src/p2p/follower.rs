@@ -377,10 +377,14 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     // Off the runtime: a long replay would hold one of its workers (and
     // the HTTP port that answers `recovering` meanwhile runs on them).
     let g = genesis.clone();
-    let (store, node, last_snapshot) =
-        tokio::task::spawn_blocking(move || recover_follower(store, &g, &progress_in))
-            .await
-            .map_err(|e| P2pError::Storage(format!("the recovery task failed: {e}")))??;
+    let ((store, node, last_snapshot), base_fault) = tokio::task::spawn_blocking(move || {
+        let r = recover_follower(store, &g, &progress_in)?;
+        let fault = swoosh_storage::base_snapshot_fault(&r.0)
+            .map_err(|e| P2pError::Storage(e.to_string()))?;
+        Ok::<_, P2pError>((r, fault))
+    })
+    .await
+    .map_err(|e| P2pError::Storage(format!("the recovery task failed: {e}")))??;
     let writer = WalWriter::open(store, gh, BatchLimits::default())
         .map_err(|e| P2pError::Storage(e.to_string()))?;
     if writer.last_index() != node.index {
@@ -441,6 +445,12 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     fs.wal_base_index = swoosh_storage::wal_base(writer.store())
         .map_err(|e| P2pError::Storage(e.to_string()))?
         .map_or(0, |b| b.index);
+    // At every start too: recovery started from a newer snapshot whatever
+    // the base's holds.
+    fs.base_snapshot_fault = base_fault;
+    if let Some(why) = &fs.base_snapshot_fault {
+        tracing::error!(fault = %why, "ALARM: the snapshot at the WAL base is damaged; it is the only proof of the records this follower archived: stop it and run `swoosh snapshot rebuild-base` with its archives, or move its data/ away to rebuild it from the leader");
+    }
     fs.start_time_s = progress.started_unix_seconds();
     let shared = Arc::new(Mutex::new(fs));
     let peer_id = *swarm.local_peer_id();
@@ -882,7 +892,7 @@ impl UpkeepWork {
         node: &swoosh_core::state::NodeState,
         cancel: &AtomicBool,
     ) {
-        if self.snapshot_and_compact(store, node, cancel) {
+        if self.snapshot_and_compact(store, node, cancel) && !cancel.load(Ordering::SeqCst) {
             self.check_base_snapshot(&*store);
         }
     }
@@ -1322,6 +1332,9 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                             s.snapshots_installed += 1;
                             s.last_snapshot = Some((index, hlc));
                             s.wal_base_index = index;
+                            // The new base's snapshot, just written and
+                            // read back.
+                            s.base_snapshot_fault = None;
                             s.last_applied_ms = now_wall_ms();
                         }
                         Err(err) => {
