@@ -3357,6 +3357,31 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// Submit the driver's next proposal for `default`, which must be
+    /// accepted, and step `mirror` with it.
+    async fn submit_next(
+        node: &NodeHandle<swoosh_storage::LmdbStore>,
+        driver: &swoosh_core::scenario::Driver<'_>,
+        mirror: &mut NodeState,
+        origin_ms: u64,
+    ) -> SubmitOk {
+        let swoosh_core::scenario::Next::Propose(p) = driver.next(mirror, "default", origin_ms)
+        else {
+            panic!("the driver has a next step");
+        };
+        let ok = match node.submit((*p).clone()).await {
+            SubmitResult::Accepted(ok) => ok,
+            other => panic!("not accepted: {other:?}"),
+        };
+        let ctx = Ctx {
+            now_ms: origin_ms,
+            verify: Verify::Trusted,
+            snapshot_every: 0,
+        };
+        swoosh_core::step(mirror, &p, &ctx);
+        ok
+    }
+
     /// A region update or a snapshot request dropped on a full mailbox used
     /// to vanish without a trace (`let _ = try_send(..)`), and the region
     /// served the version before it until the project changed again. Both
@@ -3364,7 +3389,7 @@ mod tests {
     /// it answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_region_updates_and_snapshot_requests_are_counted_and_repaired() {
-        use swoosh_core::scenario::{Driver, Next};
+        use swoosh_core::scenario::Driver;
         let TestNode {
             _dir,
             node,
@@ -3374,22 +3399,8 @@ mod tests {
         } = test_node("drops", 1).await;
         let mut mirror = NodeState::new(g).unwrap();
         let driver = Driver::new(&keys, 3);
-        let submit = async |mirror: &mut NodeState| {
-            let Next::Propose(p) = driver.next(mirror, "default", origin_ms) else {
-                panic!("the driver has a next step");
-            };
-            let ok = match node.submit((*p).clone()).await {
-                SubmitResult::Accepted(ok) => ok,
-                other => panic!("not accepted: {other:?}"),
-            };
-            let ctx = Ctx {
-                now_ms: origin_ms,
-                verify: Verify::Trusted,
-                snapshot_every: 0,
-            };
-            swoosh_core::step(mirror, &p, &ctx);
-            ok
-        };
+        let submit =
+            async |mirror: &mut NodeState| submit_next(&node, &driver, mirror, origin_ms).await;
         submit(&mut mirror).await;
         let m = node.metrics();
         assert_eq!(m.region_updates_dropped_total.get(), 0);
@@ -3441,7 +3452,7 @@ mod tests {
     /// interval later (nor at every record while it stays full).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_snapshot_request_is_asked_again_once_there_is_room() {
-        use swoosh_core::scenario::{Driver, Next};
+        use swoosh_core::scenario::Driver;
         let TestNode {
             _dir,
             node,
@@ -3451,22 +3462,8 @@ mod tests {
         } = test_node("owed", 3).await;
         let mut mirror = NodeState::new(g).unwrap();
         let driver = Driver::new(&keys, 3);
-        let submit = async |mirror: &mut NodeState| {
-            let Next::Propose(p) = driver.next(mirror, "default", origin_ms) else {
-                panic!("the driver has a next step");
-            };
-            let ok = match node.submit((*p).clone()).await {
-                SubmitResult::Accepted(ok) => ok,
-                other => panic!("not accepted: {other:?}"),
-            };
-            let ctx = Ctx {
-                now_ms: origin_ms,
-                verify: Verify::Trusted,
-                snapshot_every: 0,
-            };
-            swoosh_core::step(mirror, &p, &ctx);
-            ok
-        };
+        let submit =
+            async |mirror: &mut NodeState| submit_next(&node, &driver, mirror, origin_ms).await;
         let m = node.metrics();
         let depths = &node.shared.depths;
         submit(&mut mirror).await;

@@ -859,54 +859,34 @@ async fn p2p_follower_refuses_compaction_without_snapshots() {
     let c = cluster("p2p-follower-compaction-config", 1);
     let leader = c.leader().await;
     let archives = tempfile::tempdir().unwrap();
-    let (k, a) = c.followers[0].clone();
-    let r = spawn_follower(
-        MemStore::open("f", &MemDisk::new(), Durability::Sync),
-        FollowerOptions {
-            key: k,
-            genesis: c.genesis.clone(),
-            age_identity: a,
-            leader: leader.listen_addrs[0].clone(),
-            listen: None,
-            snapshot_every: 0,
-            compaction: Some(swoosh_actors::CompactionPolicy {
-                keep_records: 15,
-                min_records: 10,
-                archive_dir: archives.path().to_path_buf(),
-                drop_decisions: false,
-            }),
-        },
-    )
-    .await;
-    let Err(e) = r else {
-        panic!("a follower with compaction and no snapshots started")
-    };
-    assert!(e.to_string().contains("snapshot_every"), "{e}");
-
-    // Nor a compaction that may cut through the record the writer holds.
-    let (k, a) = c.followers[0].clone();
-    let r = spawn_follower(
-        MemStore::open("f", &MemDisk::new(), Durability::Sync),
-        FollowerOptions {
-            key: k,
-            genesis: c.genesis.clone(),
-            age_identity: a,
-            leader: leader.listen_addrs[0].clone(),
-            listen: None,
-            snapshot_every: 20,
-            compaction: Some(swoosh_actors::CompactionPolicy {
-                keep_records: 0,
-                min_records: 10,
-                archive_dir: archives.path().to_path_buf(),
-                drop_decisions: false,
-            }),
-        },
-    )
-    .await;
-    let Err(e) = r else {
-        panic!("a follower compacting through its snapshot started")
-    };
-    assert!(e.to_string().contains("keep_records"), "{e}");
+    // No snapshots to compact after; a compaction that may cut through the
+    // record the writer holds.
+    for (snapshot_every, keep_records, says) in [(0, 15, "snapshot_every"), (20, 0, "keep_records")]
+    {
+        let (k, a) = c.followers[0].clone();
+        let r = spawn_follower(
+            MemStore::open("f", &MemDisk::new(), Durability::Sync),
+            FollowerOptions {
+                key: k,
+                genesis: c.genesis.clone(),
+                age_identity: a,
+                leader: leader.listen_addrs[0].clone(),
+                listen: None,
+                snapshot_every,
+                compaction: Some(swoosh_actors::CompactionPolicy {
+                    keep_records,
+                    min_records: 10,
+                    archive_dir: archives.path().to_path_buf(),
+                    drop_decisions: false,
+                }),
+            },
+        )
+        .await;
+        let Err(e) = r else {
+            panic!("a follower started with snapshot_every {snapshot_every}, keep_records {keep_records}")
+        };
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }
 
 /// A follower whose own WAL refuses a write halts: it applies nothing more
