@@ -2112,8 +2112,11 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
 
     async fn pre_start(&self, _me: ActorRef<SnapMsg>, _: ()) -> Result<(), ActorProcessingErr> {
         // At every start too: a restart recovers from a newer snapshot
-        // whatever the base's holds, and the gauge starts at 0.
-        check_base_snapshot(&self.shared).await;
+        // whatever the base's holds, and the gauge starts at 0. Not awaited:
+        // reading a large snapshot must not delay the node's start or a
+        // restart of its actors.
+        let sh = self.shared.clone();
+        tokio::spawn(async move { check_base_snapshot(&sh).await });
         Ok(())
     }
 

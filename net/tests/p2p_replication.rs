@@ -785,18 +785,6 @@ async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
         rec.replayed
     );
     assert_eq!(rec.node.root_hash(), c.stream.node().root_hash());
-    // Damage the snapshot at the base (recovery starts from a newer one):
-    // the restarted follower reports it at once.
-    let mut st = st;
-    let key = swoosh_storage::store::index_key(base.index);
-    let mut v = st
-        .get(swoosh_storage::Space::Snapshots, &key)
-        .unwrap()
-        .expect("the base snapshot");
-    let at = v.len() / 2;
-    v[at] ^= 0x04;
-    st.overwrite_raw(swoosh_storage::Space::Snapshots, &key, &v)
-        .unwrap();
     drop(st);
     let mut files: Vec<_> = std::fs::read_dir(archives.path())
         .unwrap()
@@ -812,13 +800,7 @@ async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
     // in the middle of its work.
     let f = spawn_follower(open(), opts(&leader)).await.unwrap();
     assert_eq!(f.shared.lock().unwrap().wal_base_index, base.index);
-    let fault = f.shared.lock().unwrap().base_snapshot_fault.clone();
-    assert!(
-        fault
-            .as_deref()
-            .is_some_and(|w| w.contains(&format!("WAL base {} is damaged", base.index))),
-        "{fault:?}"
-    );
+    assert_eq!(f.shared.lock().unwrap().base_snapshot_fault, None);
     c.commit(20);
     wait_for("the restarted follower at 120", || {
         f.shared.lock().unwrap().persisted_index() == 120
@@ -848,6 +830,28 @@ async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
         kept.idem + (persisted - base.index),
         "idempotency entries: {kept:?} at or below the base {}",
         base.index
+    );
+
+    // Damage the snapshot at the base (recovery starts from a newer one):
+    // the restarted follower reports it at once.
+    let key = swoosh_storage::store::index_key(base.index);
+    let mut v = st
+        .get(swoosh_storage::Space::Snapshots, &key)
+        .unwrap()
+        .expect("the base snapshot");
+    let at = v.len() / 2;
+    v[at] ^= 0x04;
+    let mut st = st;
+    st.overwrite_raw(swoosh_storage::Space::Snapshots, &key, &v)
+        .unwrap();
+    drop(st);
+    let f = spawn_follower(open(), opts(&leader)).await.unwrap();
+    let fault = f.shared.lock().unwrap().base_snapshot_fault.clone();
+    assert!(
+        fault
+            .as_deref()
+            .is_some_and(|w| w.contains(&format!("WAL base {} is damaged", base.index))),
+        "{fault:?}"
     );
 }
 

@@ -379,8 +379,12 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     let g = genesis.clone();
     let ((store, node, last_snapshot), base_fault) = tokio::task::spawn_blocking(move || {
         let r = recover_follower(store, &g, &progress_in)?;
-        let fault = swoosh_storage::base_snapshot_fault(&r.0)
-            .map_err(|e| P2pError::Storage(e.to_string()))?;
+        // Recovery started from a newer snapshot: a store that cannot read
+        // the base's does not stop the start (the regular check goes on).
+        let fault = swoosh_storage::base_snapshot_fault(&r.0).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot check the snapshot at the WAL base");
+            None
+        });
         Ok::<_, P2pError>((r, fault))
     })
     .await
@@ -1332,8 +1336,8 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                             s.snapshots_installed += 1;
                             s.last_snapshot = Some((index, hlc));
                             s.wal_base_index = index;
-                            // The new base's snapshot, just written and
-                            // read back.
+                            // A new base, whose snapshot the next regular
+                            // check looks at.
                             s.base_snapshot_fault = None;
                             s.last_applied_ms = now_wall_ms();
                         }
