@@ -2099,6 +2099,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> RegionActor<S> {
 
 enum SnapMsg {
     Write(Box<NodeState>),
+    /// Check the snapshot at the WAL base (sent to itself at start, so it
+    /// runs in turn with the snapshots and compactions that move the base).
+    CheckBase,
 }
 
 struct Snapshotter<S> {
@@ -2110,13 +2113,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
     type State = ();
     type Arguments = ();
 
-    async fn pre_start(&self, _me: ActorRef<SnapMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(&self, me: ActorRef<SnapMsg>, _: ()) -> Result<(), ActorProcessingErr> {
         // At every start too: a restart recovers from a newer snapshot
-        // whatever the base's holds, and the gauge starts at 0. Not awaited:
-        // reading a large snapshot must not delay the node's start or a
-        // restart of its actors.
-        let sh = self.shared.clone();
-        tokio::spawn(async move { check_base_snapshot(&sh).await });
+        // whatever the base's holds, and the gauge starts at 0. Through the
+        // mailbox, not here: reading a large snapshot must not delay the
+        // node's start or an actor restart, and a check beside a
+        // compaction step could find the old base's snapshot just deleted.
+        // (A stopped actor drops it, so nothing outlives a shutdown.)
+        let _ = me.send_message(SnapMsg::CheckBase);
         Ok(())
     }
 
@@ -2127,8 +2131,17 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Snapshotter<S> {
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         let sh = self.shared.clone();
-        sh.depths.snap.took();
-        let SnapMsg::Write(node) = msg;
+        let node = match msg {
+            SnapMsg::CheckBase => {
+                check_base_snapshot(&sh).await;
+                return Ok(());
+            }
+            // Only snapshot requests count against the mailbox's bound.
+            SnapMsg::Write(node) => {
+                sh.depths.snap.took();
+                node
+            }
+        };
         let mut store = sh.store.clone();
         let keep = sh.cfg.snapshot_keep;
         let (index, hlc) = (node.index, node.hlc);

@@ -796,8 +796,8 @@ async fn follower_upkeep<S: swoosh_storage::LogStore + Send + 'static>(
     assert_eq!((first.first, first.prev_hash), (1, g.hash().unwrap()));
     assert_eq!((last.last, last.last_hash), (base.index, base.hash));
 
-    // Restarted on its compacted store, it follows on, and stops at once
-    // in the middle of its work.
+    // Restarted on its compacted store, it follows on; stopped while
+    // records arrive, it leaves exactly what it persisted.
     let f = spawn_follower(open(), opts(&leader)).await.unwrap();
     assert_eq!(f.shared.lock().unwrap().wal_base_index, base.index);
     assert_eq!(f.shared.lock().unwrap().base_snapshot_fault, None);

@@ -829,8 +829,10 @@ pub struct ShrinkReport {
 /// the store, and only then renames it over the data file.
 ///
 /// The store must not be in use: a node serving it under `Sync` holds its
-/// journal's lock, which this holds throughout, and is refused. (A node
-/// run with `NoSync` holds no such lock and is not detected: stop it.) What
+/// journal's lock, which this holds throughout, and is refused at once; any
+/// other process with the store open (a reader, a node run with `NoSync`)
+/// is refused before the swap, by LMDB's own exclusive lock (after the
+/// copy was made, and removed). What
 /// a crashed node left in the journal is folded first. Interrupted, the old
 /// file is intact (or already replaced by a complete, synced copy), and a
 /// leftover `SHRINK_DIR` is removed by the next run.
@@ -959,7 +961,8 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
             return Err(e);
         }
     };
-    std::fs::remove_dir_all(&tmp).map_err(|e| io("removing the copy's directory", e))?;
+    // The swap is done: a leftover directory is removed by the next run.
+    let _ = std::fs::remove_dir_all(&tmp);
     let bytes_after = std::fs::metadata(&data)
         .map_err(|e| io("reading the new data file's size", e))?
         .len();

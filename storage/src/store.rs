@@ -201,7 +201,7 @@ pub enum StoreError {
     /// missing journal, damaged bookkeeping); `detail` says what to do.
     #[error("the store at {location} refuses to open: {detail}")]
     Damaged { location: String, detail: String },
-    #[error("the store at {location} is in use by another process (it holds the journal's lock): stop the node serving it, then run this again")]
+    #[error("the store at {location} is in use by another process (a node serving it, or a command reading it such as `swoosh wal verify`): stop it, then run this again")]
     InUse { location: String },
     #[error("the store at {location} is already open in this process; share the open handle (`LmdbStore` is `Clone`) instead of opening the directory twice")]
     AlreadyOpen { location: String },

@@ -144,7 +144,10 @@ fn shrink_refuses_a_store_in_use_and_changes_nothing() {
     let size = data_bytes(d.path());
     let e = shrink(d.path(), &opts(Durability::Sync)).unwrap_err();
     assert!(matches!(e, StoreError::InUse { .. }), "{e}");
-    assert!(e.to_string().contains("stop the node"), "{e}");
+    assert!(
+        e.to_string().contains("stop it, then run this again"),
+        "{e}"
+    );
     assert_eq!(data_bytes(d.path()), size);
     assert!(!d.path().join(SHRINK_DIR).exists());
     drop(held);
