@@ -345,6 +345,7 @@ async fn a_follower_reports_health_and_sends_proposals_to_the_leaders_url() {
     assert_eq!(h["index"], index);
     assert_eq!(h["applied_index"], index);
     assert_eq!(h["leader_http"].as_str(), Some(c.leader_url.as_str()));
+    assert!(h["base_snapshot_fault"].is_null(), "{h}");
     let leader = c.leader.health().await.unwrap();
     assert_eq!(
         h["genesis_hash"].as_str(),

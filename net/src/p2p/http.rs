@@ -119,6 +119,11 @@ pub struct FollowerHealthReply {
     pub wal_committed_records: u64,
     /// The leader's snapshots installed into this follower's store.
     pub snapshots_installed: u64,
+    /// What is wrong with the snapshot at this follower's WAL base, the only
+    /// proof of the records it archived (`null`: sound, or no base; also
+    /// `swoosh_base_snapshot_damaged`).
+    #[serde(default)]
+    pub base_snapshot_fault: Option<String>,
     /// The last refused replication messages, `kind: message`.
     pub refusals: Vec<String>,
 }
@@ -386,6 +391,7 @@ async fn health(State(app): State<App>) -> Response {
         wal_commits: s.commits,
         wal_committed_records: s.committed_records,
         snapshots_installed: s.snapshots_installed,
+        base_snapshot_fault: s.base_snapshot_fault.clone(),
         refusals: s.last_refusals.clone(),
     };
     drop(s);
