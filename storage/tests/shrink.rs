@@ -160,7 +160,11 @@ fn shrink_refuses_a_store_in_use_and_changes_nothing() {
 
 /// Not a test: the other process of the next one. It holds the store in
 /// `SWOOSH_SHRINK_HOLD_DIR` open (as a `wal verify` beside a stopped node
-/// would) until the file `SWOOSH_SHRINK_RELEASE` appears.
+/// would) until the file `SWOOSH_SHRINK_RELEASE` appears. Ignored because
+/// alone it has nothing to hold (without the variables it returns at once);
+/// `cargo test -p swoosh-storage --test shrink
+/// shrink_refuses_a_store_another_process_reads` runs it, as a child
+/// process started with `--ignored --exact shrink_holder_process`.
 #[test]
 #[ignore = "run by shrink_refuses_a_store_another_process_reads"]
 fn shrink_holder_process() {

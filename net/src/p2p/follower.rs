@@ -157,11 +157,7 @@ pub fn lock_shared(m: &Mutex<FollowerShared>) -> MutexGuard<'_, FollowerShared> 
 /// leader's status reports show it, and log it, instead of dying silently.
 fn run_guarded(shared: &Mutex<FollowerShared>, work: impl FnOnce()) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let what = panic_message(&*panic);
         let reason = format!(
             "the follower's worker stopped on an internal error ({what}); it applies nothing more. Restart the follower: it resumes from its own WAL"
         );
@@ -880,13 +876,20 @@ impl From<String> for CompactFailure {
 /// a failed follower: the log holds everything.
 fn catch_upkeep<T, E: From<String>>(work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
-        Err(E::from(format!("internal error: {what}")))
+        Err(E::from(format!(
+            "internal error: {}",
+            panic_message(&*panic)
+        )))
     })
+}
+
+/// The text a panic carried (`panic!` with a literal or a formatted one).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 impl UpkeepWork {
