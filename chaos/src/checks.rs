@@ -122,12 +122,13 @@ pub fn check_replay(original: Option<(u64, Hash)>, outcome: &Outcome) -> Option<
 
 /// A bad vote must be refused by the collector: for the reason its fault
 /// planted, or one the collector checks first that applies anyway (no
-/// election open any more; an ejected voter, checked before the epoch and
-/// the member set).
+/// election open any more; an ejected voter, checked before the genesis,
+/// the epoch and the member set).
 pub fn check_bad_vote(expected: VoteRejection, outcome: &VoteOutcome) -> Option<String> {
     use VoteRejection::*;
     let earlier_ok = |r: VoteRejection| {
-        r == NoElection || (r == Ejected && matches!(expected, StaleEpoch | WrongMemberSet))
+        r == NoElection
+            || (r == Ejected && matches!(expected, WrongGenesis | StaleEpoch | WrongMemberSet))
     };
     match outcome {
         VoteOutcome::Rejected(r) if *r == expected || earlier_ok(*r) => None,
@@ -377,6 +378,11 @@ mod tests {
             None
         );
         assert!(check_bad_vote(BadSignature, &VoteOutcome::Rejected(Ejected)).is_some());
+        assert_eq!(
+            check_bad_vote(WrongGenesis, &VoteOutcome::Rejected(Ejected)),
+            None
+        );
+        assert!(check_bad_vote(WrongGenesis, &VoteOutcome::Rejected(StaleEpoch)).is_some());
         let counted = VoteOutcome::Counted {
             approvals: 1,
             noes: 0,

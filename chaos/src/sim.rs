@@ -838,10 +838,12 @@ impl<'k> Sim<'k> {
     }
 
     /// A vote the collector must refuse, with the reason it must give:
-    /// forged, from an outsider, for a stale epoch, or a "no" voter's vote
-    /// with its choice flipped to approve (its signature kept).
+    /// forged, from an outsider, for a stale epoch, signed by the agent's
+    /// own key for another cluster's genesis (a key shared by two
+    /// clusters), or a "no" voter's vote with its choice flipped to approve
+    /// (its signature kept).
     fn bad_vote(&mut self, agent: usize, good: &Vote) -> (Vote, VoteRejection) {
-        match self.rng.below(4) {
+        match self.rng.below(5) {
             0 => {
                 self.count("forged_vote");
                 let mut v = good.clone();
@@ -869,6 +871,17 @@ impl<'k> Sim<'k> {
                     &self.keys.council[agent],
                 );
                 (v, VoteRejection::StaleEpoch)
+            }
+            3 => {
+                self.count("foreign_vote");
+                let v = Vote::cast(
+                    VoteBody {
+                        genesis: Some(swoosh_core::Hash::of_bytes(b"another cluster's genesis")),
+                        ..good.body.clone()
+                    },
+                    &self.keys.council[agent],
+                );
+                (v, VoteRejection::WrongGenesis)
             }
             _ => {
                 self.count("flipped_vote");

@@ -1,7 +1,7 @@
 //! `swoosh license issue` and `swoosh probe sign`: produce the signed facts
 //! that guards verify, as JSON ready to use as proposal inputs.
 
-use crate::node::{now_ms, read_key};
+use crate::node::{now_ms, read_genesis, read_key};
 use anyhow::{ensure, Result};
 use clap::Args;
 use serde_json::json;
@@ -122,6 +122,10 @@ pub struct ProbeArgs {
     /// The tool prober's key (a roster key with role tool_prober).
     #[arg(long)]
     key: PathBuf,
+    /// The cluster's genesis.json: the probe is bound to its hash and
+    /// counts in that cluster only.
+    #[arg(long)]
+    genesis: PathBuf,
     #[arg(long, default_value = "default")]
     project: String,
     #[arg(long)]
@@ -134,7 +138,8 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let prober = ToolProber::new(read_key(&a.key)?);
+    let genesis = read_genesis(&a.genesis)?.hash()?;
+    let prober = ToolProber::new(read_key(&a.key)?, genesis);
     let fact = prober.fact(
         &a.project,
         &a.tool,

@@ -325,6 +325,7 @@ pub fn init(a: InitArgs) -> Result<()> {
         quorum_threshold: (a.agents as u32 / 2) + 1,
         hlc_max_offset_ms: 5_000,
         probe_max_age_ms: 60_000,
+        facts_bound_to_genesis: true,
     };
     genesis
         .validate_new()

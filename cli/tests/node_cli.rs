@@ -577,3 +577,60 @@ fn a_port_in_use_fails_the_start_before_recovery() {
         "bound after recovery: {err}"
     );
 }
+
+/// `swoosh probe sign` binds the probe to the cluster named by `--genesis`
+/// (a cluster made by `init` refuses unbound probes), and says what is
+/// wrong when that file is not a genesis.
+#[test]
+fn probe_sign_binds_the_fact_to_the_clusters_genesis() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d, "--agents", "3"]);
+    let genesis_file = format!("{d}/genesis.json");
+    let genesis: swoosh_core::state::Genesis =
+        serde_json::from_str(&std::fs::read_to_string(&genesis_file).unwrap()).unwrap();
+    assert!(genesis.facts_bound_to_genesis, "a new genesis binds facts");
+    let key = format!("{d}/keys/tool-prober.key");
+    let out = ok(&[
+        "probe",
+        "sign",
+        "--key",
+        &key,
+        "--genesis",
+        &genesis_file,
+        "--tool",
+        "mcp-git",
+        "--version",
+        "1.4.2",
+    ]);
+    let probe: swoosh_core::facts::Probe = serde_json::from_str(&out).unwrap();
+    probe.verify().unwrap();
+    assert_eq!(probe.body.genesis, Some(genesis.hash().unwrap()));
+    assert_eq!(probe.body.tool, "mcp-git");
+
+    let bogus = t.path().join("not-genesis.json");
+    std::fs::write(&bogus, "{\"cluster_id\": 3}").unwrap();
+    for (file, says) in [
+        (bogus.to_str().unwrap(), "is not a valid genesis document"),
+        (
+            "/nonexistent/genesis.json",
+            "cannot read /nonexistent/genesis.json",
+        ),
+    ] {
+        let o = swoosh(&[
+            "probe",
+            "sign",
+            "--key",
+            &key,
+            "--genesis",
+            file,
+            "--tool",
+            "t",
+            "--version",
+            "1",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{err}");
+    }
+}

@@ -65,6 +65,14 @@ pub struct VoteBody {
     pub member_set_hash: Hash,
     pub approve: bool,
     pub voter: SignerId,
+    /// The genesis hash of the cluster the vote is cast in, so the vote
+    /// cannot be replayed into another cluster that shares the council key,
+    /// the project name and the member set. A node refuses a vote bound to
+    /// another genesis, and (under a genesis with
+    /// `facts_bound_to_genesis`) one bound to none. Omitted when absent, so
+    /// the votes of logs written before it keep their bytes and signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<Hash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +111,10 @@ pub struct ProbeBody {
     pub version: String,
     pub probed_at: Hlc,
     pub prober: SignerId,
+    /// The genesis hash of the cluster the probe is signed for; as
+    /// [`VoteBody::genesis`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genesis: Option<Hash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -560,6 +560,11 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
                 "voter {} is not a council member of the roster: leave its vote out, or ask an admin to give it the council role (Boot_SetRoster) first",
                 b.voter
             ));
+        } else if let Some(why) = binding_fault(st, b.genesis.as_ref()) {
+            bad.push(format!(
+                "vote of {} {why}: collect a vote the member cast for this cluster",
+                b.voter
+            ));
         } else if b.project != st.meta.project {
             bad.push(format!(
                 "vote of {} is for project {:?}, not {:?}: collect a vote for project {:?}",
@@ -596,6 +601,26 @@ pub fn quorum(g: &GuardCtx, members: &[SignerId], votes: &[Vote], reelect: bool)
     }
 }
 
+/// Why a vote's or probe's `genesis` does not admit it in this cluster, as
+/// the end of a sentence naming the fact; `None` when it does. A fact bound
+/// to another genesis was signed for another cluster (a key shared across
+/// clusters must not carry a vote or probe from one into the other); an
+/// unbound one is refused only where the genesis requires binding, so the
+/// facts of logs written before binding existed replay as they did.
+fn binding_fault(st: &ProjectState, bound: Option<&Hash>) -> Option<String> {
+    match bound {
+        Some(h) if *h != st.meta.genesis => Some(format!(
+            "was signed for the cluster of genesis {h}, not this one (genesis {})",
+            st.meta.genesis
+        )),
+        None if st.meta.facts_bound_to_genesis => Some(format!(
+            "names no genesis, and this cluster requires facts bound to its genesis {}",
+            st.meta.genesis
+        )),
+        _ => None,
+    }
+}
+
 /// Probe facts that are signed by a roster tool prober, for this project,
 /// and fresh at the proposal's HLC; the rest are reported as reasons.
 fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) -> Vec<&'a Probe> {
@@ -621,6 +646,11 @@ fn valid_probes<'a>(g: &GuardCtx, probes: &'a [Probe], bad: &mut Vec<String>) ->
             bad.push(format!(
                 "probe of tool '{}' is signed by {}, who is not a tool_prober in the roster: have a rostered tool prober sign it, or ask an admin to give {} the tool_prober role (Boot_SetRoster)",
                 b.tool, b.prober, b.prober
+            ));
+        } else if let Some(why) = binding_fault(st, b.genesis.as_ref()) {
+            bad.push(format!(
+                "probe of tool '{}' {why}: have the prober sign it for this cluster (`swoosh probe sign --genesis`)",
+                b.tool
             ));
         } else if b.project != st.meta.project {
             bad.push(format!(

@@ -340,6 +340,16 @@ pub fn check_quorum_certificate(
         if b.project != rec.project {
             flag(format!("it is for project {:?}", b.project));
         }
+        match b.genesis {
+            Some(h) if h != pre.meta.genesis => flag(format!(
+                "it was signed for genesis {h}, not this cluster's {}",
+                pre.meta.genesis
+            )),
+            None if genesis.facts_bound_to_genesis => {
+                flag("it names no genesis, and the genesis requires bound votes".into())
+            }
+            _ => {}
+        }
         if b.epoch != epoch {
             flag(format!("it is for council epoch {}, not {epoch}", b.epoch));
         }
@@ -502,6 +512,7 @@ mod tests {
                         member_set_hash: member_set_hash(&members),
                         approve: true,
                         voter: SignerId::from_signing_key(k),
+                        genesis: Some(pre.meta.genesis),
                     },
                     k,
                 )
@@ -597,6 +608,21 @@ mod tests {
         };
         c.votes[2] = Vote::cast(b, &keys.council[2]);
         fires(&mut c, "it is for member set");
+        // A vote signed for another cluster, and one bound to none.
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            genesis: Some(Hash::of_bytes(b"another cluster")),
+            ..c.votes[2].body.clone()
+        };
+        c.votes[2] = Vote::cast(b, &keys.council[2]);
+        fires(&mut c, "it was signed for genesis");
+        let mut c = cert(&keys);
+        let b = VoteBody {
+            genesis: None,
+            ..c.votes[2].body.clone()
+        };
+        c.votes[2] = Vote::cast(b, &keys.council[2]);
+        fires(&mut c, "it names no genesis");
         // An ejected voter.
         let mut c = cert(&keys);
         c.pre.council.ejected = vec![c.votes[3].body.voter.clone()];

@@ -2198,7 +2198,7 @@ mod tests {
 
     use crate::facts::{LicenseBody, LicenseToken, ProbeBody, VoteBody};
     use crate::proposal::ProposalBuilder;
-    use crate::state::POLICY_DENY_CODES_MAX;
+    use crate::state::{Genesis, POLICY_DENY_CODES_MAX};
     use ed25519_dalek::SigningKey;
     use serde_json::{json, Value as Json};
     use std::cell::Cell;
@@ -2217,8 +2217,14 @@ mod tests {
 
     impl Fx {
         fn new(label: &str) -> Fx {
+            Fx::with_genesis(label, |_| {})
+        }
+
+        fn with_genesis(label: &str, edit: impl FnOnce(&mut Genesis)) -> Fx {
             let keys = Keys::from_labels(label, 3);
-            let node = NodeState::new(genesis(&keys, label, ORIGIN)).unwrap();
+            let mut g = genesis(&keys, label, ORIGIN);
+            edit(&mut g);
+            let node = NodeState::new(g).unwrap();
             Fx {
                 keys,
                 node,
@@ -2322,6 +2328,7 @@ mod tests {
                     version: version.into(),
                     probed_at: at,
                     prober: SignerId::from_signing_key(key),
+                    genesis: Some(self.node.project(P).meta.genesis),
                 },
                 key,
             )
@@ -3053,6 +3060,121 @@ mod tests {
         assert_eq!(fx.judge(&submit(&fx), Judged::Admission), Ok(()));
     }
 
+    /// Votes and probes carry the genesis they were signed for. One bound
+    /// to another genesis is refused in every cluster (a council or prober
+    /// key shared by two clusters must not carry a vote from one into the
+    /// other); an unbound one only where the genesis requires binding, so
+    /// the facts of logs written before binding existed replay as they did.
+    #[test]
+    fn votes_and_probes_must_be_bound_to_this_clusters_genesis() {
+        let other = Hash::of_bytes(b"the genesis of another cluster");
+        let rebind = |votes: &mut Vec<Vote>, keys: &Keys, to: Option<Hash>| {
+            for (v, k) in votes.iter_mut().zip(&keys.council) {
+                let mut body = v.body.clone();
+                body.genesis = to;
+                *v = Vote::cast(body, k);
+            }
+        };
+        let rebind_probes = |probes: &mut Vec<Probe>, keys: &Keys, to: Option<Hash>| {
+            for p in probes.iter_mut() {
+                let mut body = p.body.clone();
+                body.genesis = to;
+                *p = Probe::sign(body, &keys.prober);
+            }
+        };
+        for bound_genesis in [true, false] {
+            let label = if bound_genesis { "bound" } else { "legacy" };
+            let mut fx = Fx::with_genesis(label, |g| g.facts_bound_to_genesis = bound_genesis);
+            assert_eq!(fx.st().meta.facts_bound_to_genesis, bound_genesis);
+            fx.drive(|s| s.council.phase == "ELECT");
+            let st = fx.st();
+            let members = Driver::new(&fx.keys, 1).members();
+            let cert = |votes: &[Vote]| {
+                fx.p(
+                    "Council_QuorumCert",
+                    json!({ "members": members, "votes": votes }),
+                    &fx.keys.leader,
+                )
+            };
+            let mut votes = Driver::new(&fx.keys, 1).votes(&st, &members, true);
+            assert!(votes
+                .iter()
+                .all(|v| v.body.genesis == Some(st.meta.genesis)));
+            assert_eq!(
+                fx.judge(&cert(&votes), Judged::Admission),
+                Ok(()),
+                "{label}"
+            );
+
+            rebind(&mut votes, &fx.keys, Some(other));
+            for judged in [Judged::Admission, Judged::Replay] {
+                let r = fx.judge(&cert(&votes), judged).unwrap_err();
+                assert_eq!(r.guard, "quorum", "{r:#?}");
+                assert!(
+                    says(
+                        &r,
+                        &format!("was signed for the cluster of genesis {other}")
+                    ) && says(&r, "collect a vote the member cast for this cluster"),
+                    "{label}: {r:#?}"
+                );
+            }
+
+            rebind(&mut votes, &fx.keys, None);
+            let unbound = fx.judge(&cert(&votes), Judged::Replay);
+            if bound_genesis {
+                let r = unbound.unwrap_err();
+                assert!(
+                    says(
+                        &r,
+                        "names no genesis, and this cluster requires facts bound to its genesis"
+                    ),
+                    "{r:#?}"
+                );
+            } else {
+                assert_eq!(unbound, Ok(()), "a legacy cluster accepts unbound votes");
+            }
+
+            // Probes, on the way back from TOOLING_SYNC.
+            fx.drive(|s| s.council.phase == "READY");
+            let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), false);
+            fx.accept(&fx.p(
+                "Council_ToolingLost",
+                json!({ "probes": probes }),
+                &fx.keys.prober,
+            ));
+            assert_eq!(fx.st().council.phase, "TOOLING_SYNC");
+            let green = |probes: &[Probe]| {
+                fx.p(
+                    "Council_McpGreen",
+                    json!({ "probes": probes }),
+                    &fx.keys.prober,
+                )
+            };
+            let mut probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), true);
+            assert_eq!(
+                fx.judge(&green(&probes), Judged::Admission),
+                Ok(()),
+                "{label}"
+            );
+            rebind_probes(&mut probes, &fx.keys, Some(other));
+            let r = fx.judge(&green(&probes), Judged::Replay).unwrap_err();
+            assert!(
+                says(
+                    &r,
+                    &format!("was signed for the cluster of genesis {other}")
+                ) && says(&r, "swoosh probe sign --genesis"),
+                "{label}: {r:#?}"
+            );
+            rebind_probes(&mut probes, &fx.keys, None);
+            let unbound = fx.judge(&green(&probes), Judged::Replay);
+            if bound_genesis {
+                assert!(says(&unbound.unwrap_err(), "names no genesis"));
+            } else {
+                assert_eq!(unbound, Ok(()), "a legacy cluster accepts unbound probes");
+            }
+        }
+    }
+
     #[test]
     fn refusals_say_what_to_do() {
         // License tokens.
@@ -3154,6 +3276,7 @@ mod tests {
                     member_set_hash: set,
                     approve: true,
                     voter: SignerId::from_signing_key(key),
+                    genesis: Some(st.meta.genesis),
                 },
                 key,
             )

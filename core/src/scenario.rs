@@ -120,6 +120,7 @@ pub fn genesis(keys: &Keys, cluster_id: &str, origin_ms: u64) -> Genesis {
         quorum_threshold: (keys.council.len() as u32 / 2) + 1,
         hlc_max_offset_ms: 5_000,
         probe_max_age_ms: 60_000,
+        facts_bound_to_genesis: true,
     }
 }
 
@@ -228,6 +229,7 @@ impl<'k> Driver<'k> {
                         member_set_hash: set,
                         approve,
                         voter: SignerId::from_signing_key(k),
+                        genesis: Some(st.meta.genesis),
                     },
                     k,
                 )
@@ -248,6 +250,7 @@ impl<'k> Driver<'k> {
                         version: ver.to_string(),
                         probed_at: at,
                         prober: SignerId::from_signing_key(&self.keys.prober),
+                        genesis: Some(st.meta.genesis),
                     },
                     &self.keys.prober,
                 )

@@ -67,6 +67,20 @@ pub struct Genesis {
     pub hlc_max_offset_ms: u64,
     /// Probe facts older than this (relative to the proposal HLC) are stale.
     pub probe_max_age_ms: u64,
+    /// Council votes and probe facts must name this genesis (their
+    /// `genesis` field), so a vote or probe signed for another cluster with
+    /// a shared key cannot be replayed here. Every new genesis sets it
+    /// ([`Genesis::validate_new`]); a genesis written before it existed
+    /// omits it (false) and keeps its hash, and its cluster accepts unbound
+    /// facts as before (facts bound to another genesis are refused either way).
+    #[serde(default, skip_serializing_if = "crate::state::is_false")]
+    pub facts_bound_to_genesis: bool,
+}
+
+/// Serde's `skip_serializing_if` for flags added after launch: a document
+/// that leaves them false encodes (and hashes) exactly as before them.
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +127,8 @@ pub enum GenesisError {
     Offset,
     #[error("genesis probe_max_age_ms is {0}; it must be between 1 and {PROBE_MAX_AGE_MS_MAX} (one day), e.g. 60000")]
     ProbeMaxAge(u64),
+    #[error("genesis facts_bound_to_genesis is false: a new genesis must set it to true, so council votes and probe facts signed for another cluster are refused here (only a genesis written before the field existed may leave it out)")]
+    FactsUnbound,
     #[error("genesis does not encode canonically: {0}")]
     Encode(#[from] CanonicalError),
 }
@@ -166,7 +182,7 @@ impl Genesis {
 
     /// [`Self::validate`] and the checks only a new genesis must pass (made
     /// by `swoosh init`, the demo, enroll, a bench): a probe age of 1 ms to
-    /// a day, the schedule's [`Schedule::validate_new`], a quorum threshold
+    /// a day, facts bound to the genesis, the schedule's [`Schedule::validate_new`], a quorum threshold
     /// of at most [`QUORUM_THRESHOLD_MAX`] and policy rules within
     /// [`validate_policy_rule`]'s bounds, each id once (as `Policy_Update`
     /// requires). Every recovery
@@ -174,6 +190,9 @@ impl Genesis {
     /// genesis an earlier build accepted still starts.
     pub fn validate_new(&self) -> Result<(), GenesisError> {
         self.validate()?;
+        if !self.facts_bound_to_genesis {
+            return Err(GenesisError::FactsUnbound);
+        }
         self.backbeat.validate_new()?;
         if self.probe_max_age_ms == 0 || self.probe_max_age_ms > PROBE_MAX_AGE_MS_MAX {
             return Err(GenesisError::ProbeMaxAge(self.probe_max_age_ms));
@@ -296,6 +315,11 @@ pub struct Meta {
     pub hlc_max_offset_ms: u64,
     pub probe_max_age_ms: u64,
     pub terminated_rationale: Option<String>,
+    /// The genesis's `facts_bound_to_genesis`: votes and probes without a
+    /// `genesis` field are refused. Omitted when false, so the state of a
+    /// cluster made before it hashes as it always did.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub facts_bound_to_genesis: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,6 +554,7 @@ impl ProjectState {
                 hlc_max_offset_ms: genesis.hlc_max_offset_ms,
                 probe_max_age_ms: genesis.probe_max_age_ms,
                 terminated_rationale: None,
+                facts_bound_to_genesis: genesis.facts_bound_to_genesis,
             }
             .into(),
             boot: Boot {
@@ -1181,6 +1206,40 @@ mod tests {
             g.validate_new(),
             Err(GenesisError::Schedule(ScheduleError::Origin(_)))
         ));
+    }
+
+    #[test]
+    fn a_new_genesis_binds_facts_and_an_older_one_keeps_its_bytes() {
+        let keys = Keys::from_labels("genesis-bound", 3);
+        let new = genesis(&keys, "genesis-bound", 1_767_225_600_000);
+        assert!(new.facts_bound_to_genesis);
+        new.validate_new().unwrap();
+        let old = Genesis {
+            facts_bound_to_genesis: false,
+            ..new.clone()
+        };
+        // Recovery validates a stored genesis with `validate`: a cluster
+        // made before binding existed still starts, and only a new one
+        // must bind.
+        old.validate().unwrap();
+        assert_eq!(old.validate_new(), Err(GenesisError::FactsUnbound));
+        // Its JSON and its canonical bytes have no trace of the flag, so
+        // its hash (the cluster's identity) is the one it always had, and
+        // its projects' state documents too.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("facts_bound_to_genesis").is_none(), "{json}");
+        let back: Genesis = serde_json::from_value(json).unwrap();
+        assert_eq!(back, old);
+        let bytes = crate::cbor::to_canonical(&old).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"facts_"));
+        assert_ne!(old.hash().unwrap(), new.hash().unwrap());
+        let st = ProjectState::initial(&old, old.hash().unwrap(), "p");
+        assert!(!crate::cbor::to_canonical(&st.meta)
+            .unwrap()
+            .windows(6)
+            .any(|w| w == b"facts_"));
+        let st = ProjectState::initial(&new, new.hash().unwrap(), "p");
+        assert!(st.meta.facts_bound_to_genesis);
     }
 
     #[test]

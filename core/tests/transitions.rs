@@ -295,6 +295,7 @@ impl Fx {
             member_set_hash: swoosh_core::facts::member_set_hash(&self.members()),
             approve: true,
             voter: self.id(w),
+            genesis: Some(st.meta.genesis),
         };
         edit(&mut body);
         Vote::cast(body, self.key(w))
@@ -316,6 +317,7 @@ impl Fx {
             version: version.into(),
             probed_at: at,
             prober: self.id(w),
+            genesis: Some(self.st().meta.genesis),
         };
         Probe::sign(body, self.key(w))
     }

@@ -191,6 +191,10 @@ fn genesis() -> Genesis {
         quorum_threshold: 2,
         hlc_max_offset_ms: 5_000,
         probe_max_age_ms: 60_000,
+        // A genesis written before facts were bound to it: the vectors
+        // below pin that such a cluster's documents keep their bytes.
+        // `genesis/bound` is the same document as a new genesis.
+        facts_bound_to_genesis: false,
     };
     g.validate().expect("the vector genesis is valid");
     g
@@ -429,6 +433,7 @@ fn build_vectors() -> Vec<Vector> {
         ]),
         approve: true,
         voter: id("council-1"),
+        genesis: None,
     };
     let vbytes = canon(&vote_body);
     let vote = Vote::cast(vote_body.clone(), &key("council-1"));
@@ -440,7 +445,7 @@ fn build_vectors() -> Vec<Vector> {
     .unwrap();
     v.push(vector(
         "vote/body",
-        "a council VoteBody over (project, council epoch, member-set hash); the voter signs \"SWOOSH-VOTE-v1\\0\" || these bytes",
+        "a council VoteBody over (project, council epoch, member-set hash) bound to no genesis, as written before binding existed; the voter signs \"SWOOSH-VOTE-v1\\0\" || these bytes",
         vbytes,
     ));
     v.push(vector(
@@ -469,11 +474,53 @@ fn build_vectors() -> Vec<Vector> {
         version: "1.4.2".into(),
         probed_at: Hlc::new(NOW_MS, 3),
         prober: id("tool-prober"),
+        genesis: None,
     };
     v.push(vector(
         "probe/body",
-        "an MCP ProbeBody; the tool prober signs \"SWOOSH-PROBE-v1\\0\" || these bytes",
+        "an MCP ProbeBody bound to no genesis, as written before binding existed; the tool prober signs \"SWOOSH-PROBE-v1\\0\" || these bytes",
         canon(&probe),
+    ));
+
+    // Facts bound to their cluster: what council agents and `swoosh probe
+    // sign` write, and what a genesis with facts_bound_to_genesis requires.
+    let bound = Genesis {
+        facts_bound_to_genesis: true,
+        ..g.clone()
+    };
+    bound
+        .validate_new()
+        .expect("the bound vector genesis is a valid new genesis");
+    v.push(vector(
+        "genesis/bound",
+        "the vector genesis as a new genesis writes it: facts_bound_to_genesis true, so its cluster refuses votes and probes that name no genesis",
+        canon(&bound),
+    ));
+    let bound_hash = bound.hash().unwrap();
+    let vote_body = VoteBody {
+        genesis: Some(bound_hash),
+        ..vote_body
+    };
+    let vbytes = canon(&vote_body);
+    let vote = Vote::cast(vote_body.clone(), &key("council-1"));
+    verify_bytes(
+        &[domain::VOTE, &vbytes[..]].concat(),
+        &vote_body.voter,
+        &vote.signature,
+    )
+    .unwrap();
+    v.push(vector(
+        "vote/body-bound",
+        "vote/body bound to genesis/bound's hash (field genesis), so it counts in that cluster only; signed as vote/body",
+        vbytes,
+    ));
+    v.push(vector(
+        "probe/body-bound",
+        "probe/body bound to genesis/bound's hash (field genesis); signed as probe/body",
+        canon(&ProbeBody {
+            genesis: Some(bound_hash),
+            ..probe
+        }),
     ));
 
     let names: std::collections::BTreeSet<&str> = v.iter().map(|x| x.name).collect();

@@ -7,7 +7,7 @@
 
 use ed25519_dalek::SigningKey;
 use swoosh_core::facts::{LicenseBody, LicenseToken, Probe, ProbeBody};
-use swoosh_core::{Hlc, SignerId};
+use swoosh_core::{Hash, Hlc, SignerId};
 
 /// Longest license validity a provider will issue.
 pub const LICENSE_VALIDITY_MS_MAX: u64 = 366 * 86_400_000;
@@ -96,14 +96,16 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// An MCP tool prober: signs what it observed about a tool.
+/// An MCP tool prober: signs what it observed about a tool, for one
+/// cluster (its genesis hash), so the fact counts in that cluster only.
 pub struct ToolProber {
     key: SigningKey,
+    genesis: Hash,
 }
 
 impl ToolProber {
-    pub fn new(key: SigningKey) -> Self {
-        ToolProber { key }
+    pub fn new(key: SigningKey, genesis: Hash) -> Self {
+        ToolProber { key, genesis }
     }
 
     pub fn fact(
@@ -122,6 +124,7 @@ impl ToolProber {
                 version: version.to_string(),
                 probed_at: at,
                 prober: SignerId::from_signing_key(&self.key),
+                genesis: Some(self.genesis),
             },
             &self.key,
         )
@@ -173,9 +176,11 @@ mod tests {
 
     #[test]
     fn probe_facts_are_signed_by_the_prober() {
-        let p = ToolProber::new(key_from_label("prober"));
+        let genesis = Hash::of_bytes(b"a genesis");
+        let p = ToolProber::new(key_from_label("prober"), genesis);
         let f = p.fact("default", "mcp-git", true, "1.4.2", Hlc::new(5, 0));
         f.verify().unwrap();
+        assert_eq!(f.body.genesis, Some(genesis));
         let mut forged = f.clone();
         forged.body.reachable = false;
         assert!(forged.verify().is_err());

@@ -609,6 +609,7 @@ async fn refused_council_votes_are_reported() {
             member_set_hash: swoosh_core::hash::Hash([0; 32]),
             approve: true,
             voter: voter.clone(),
+            genesis: None,
         },
         &keys.council[0],
     );

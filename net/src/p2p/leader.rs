@@ -1850,6 +1850,7 @@ mod tests {
                 member_set_hash: Hash([3; 32]),
                 approve: true,
                 voter: SignerId::from_signing_key(&key),
+                genesis: None,
             },
             &key,
         );

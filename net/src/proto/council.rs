@@ -179,6 +179,10 @@ impl CouncilAgent {
                 member_set_hash: b.member_set_hash,
                 approve: self.policy == VotePolicy::ApproveAll,
                 voter: self.id.clone(),
+                // Always bound, whatever the genesis requires: a bound vote
+                // counts only in this cluster, so a key this agent shares
+                // with another cluster cannot carry it there.
+                genesis: Some(self.genesis_hash),
             },
             &self.key,
         );
@@ -212,6 +216,10 @@ pub enum VoteRejection {
     WrongMemberSet,
     /// The election already holds as many votes as it accepts.
     Full,
+    /// The vote was signed for another cluster's genesis, or (where the
+    /// genesis requires binding) names none: it would not count in a
+    /// certificate here.
+    WrongGenesis,
 }
 
 impl VoteRejection {
@@ -224,6 +232,7 @@ impl VoteRejection {
             VoteRejection::NoElection => "no_election",
             VoteRejection::WrongMemberSet => "wrong_member_set",
             VoteRejection::Full => "full",
+            VoteRejection::WrongGenesis => "wrong_genesis",
         }
     }
 }
@@ -312,6 +321,8 @@ pub struct CouncilCollector {
     id: SignerId,
     cluster_id: String,
     genesis_hash: Hash,
+    /// The genesis's `facts_bound_to_genesis`: unbound votes are refused.
+    facts_bound: bool,
     elections: BTreeMap<String, Election>,
     rejected: BTreeMap<VoteRejection, u64>,
     counted: u64,
@@ -326,6 +337,7 @@ impl CouncilCollector {
             key,
             cluster_id: genesis.cluster_id.clone(),
             genesis_hash: genesis.hash().expect("a validated genesis encodes"),
+            facts_bound: genesis.facts_bound_to_genesis,
             elections: BTreeMap::new(),
             rejected: BTreeMap::new(),
             counted: 0,
@@ -430,6 +442,15 @@ impl CouncilCollector {
         }
         if e.ejected.contains(&b.voter) {
             return self.reject(VoteRejection::Ejected);
+        }
+        // As the quorum guard judges it, so a certificate never carries a
+        // vote the node would refuse.
+        let bound_here = match b.genesis {
+            Some(h) => h == self.genesis_hash,
+            None => !self.facts_bound,
+        };
+        if !bound_here {
+            return self.reject(VoteRejection::WrongGenesis);
         }
         if b.epoch != e.announcement.body.epoch {
             return self.reject(VoteRejection::StaleEpoch);

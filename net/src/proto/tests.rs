@@ -1118,6 +1118,24 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
         col.on_vote(&elsewhere),
         VoteOutcome::Rejected(VoteRejection::NoElection)
     );
+    // The agent binds its vote to the cluster; a vote of the same key cast
+    // for another cluster's genesis, or bound to none where the genesis
+    // requires binding, would not count in a certificate here.
+    assert_eq!(good.body.genesis, Some(g.hash().unwrap()));
+    assert!(g.facts_bound_to_genesis);
+    for genesis in [Some(Hash::of_bytes(b"another cluster")), None] {
+        let foreign = swoosh_core::facts::Vote::cast(
+            swoosh_core::facts::VoteBody {
+                genesis,
+                ..good.body.clone()
+            },
+            &keys.council[0],
+        );
+        assert_eq!(
+            col.on_vote(&foreign),
+            VoteOutcome::Rejected(VoteRejection::WrongGenesis)
+        );
+    }
 
     let counts: Vec<(&str, u64)> = col.rejected().iter().map(|(k, v)| (k.name(), *v)).collect();
     assert_eq!(
@@ -1127,7 +1145,8 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
             ("outsider", 2),
             ("stale_epoch", 1),
             ("no_election", 1),
-            ("wrong_member_set", 1)
+            ("wrong_member_set", 1),
+            ("wrong_genesis", 2)
         ]
     );
     // The good vote still counts.
