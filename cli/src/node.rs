@@ -509,16 +509,23 @@ fn prepare_node(
 /// [`start_node`] for a node that serves HTTP on `http`: the port is bound
 /// before recovery (a port in use fails at once, not after the replay) and
 /// answers `recovering` while the node replays its log (see
-/// `swoosh_net::recovering`); it is returned for the real server.
+/// `swoosh_net::recovering`); it is returned for the real server. The
+/// libp2p port the caller will listen on next (`p2p`), if any, is held
+/// through recovery for the same reason, and released on return.
 pub async fn start_node_serving(
     dir: &Path,
     nosync: bool,
     snapshot_every: u64,
     http: &str,
+    p2p: Option<&swoosh_net::p2p::Multiaddr>,
     compaction: Option<swoosh_actors::CompactionPolicy>,
 ) -> Result<(NodeHandle<LmdbStore>, tokio::net::TcpListener)> {
     let (store, cfg) = prepare_node(dir, nosync, snapshot_every, compaction)?;
     let listener = bind_http(http).await?;
+    let _p2p_port = p2p
+        .map(swoosh_net::p2p::reserve_listen_port)
+        .transpose()
+        .context("the libp2p listen address")?;
     let progress = Arc::new(swoosh_storage::ProgressCell::new());
     let about = swoosh_net::recovering::Recovering {
         role: "leader",
@@ -591,8 +598,15 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
             })
         })
         .transpose()?;
-    let (node, listener) =
-        start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http, compaction).await?;
+    let (node, listener) = start_node_serving(
+        &a.dir,
+        a.nosync,
+        a.snapshot_every,
+        &a.http,
+        p2p_listen.as_ref(),
+        compaction,
+    )
+    .await?;
     let p2p = match p2p_listen {
         Some(listen) => {
             let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;

@@ -375,9 +375,15 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     let listen = parse_addr(&a.listen, "--listen")?;
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("node.key"))?;
-    let (node, listener) =
-        crate::node::start_node_serving(&a.dir, a.nosync, a.snapshot_every, &a.http, compaction)
-            .await?;
+    let (node, listener) = crate::node::start_node_serving(
+        &a.dir,
+        a.nosync,
+        a.snapshot_every,
+        &a.http,
+        Some(&listen),
+        compaction,
+    )
+    .await?;
     let p2p = start_leader_p2p(&node, key, genesis, listen).await?;
     for addr in &p2p.listen_addrs {
         eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);

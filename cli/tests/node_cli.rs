@@ -634,3 +634,52 @@ fn probe_sign_binds_the_fact_to_the_clusters_genesis() {
         assert!(!o.status.success() && err.contains(says), "{err}");
     }
 }
+
+/// A libp2p port in use fails a leader before its recovery (the replay may
+/// take minutes), not after it, naming the port; `serve --p2p` and `p2p
+/// leader --listen` alike.
+#[test]
+fn a_p2p_port_in_use_fails_the_leader_before_recovery() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d, "--agents", "3"]);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let p2p = format!("/ip4/127.0.0.1/tcp/{port}");
+    let leader = format!("{d}/leader");
+    for args in [
+        vec![
+            "serve",
+            "--dir",
+            &leader,
+            "--http",
+            "127.0.0.1:0",
+            "--p2p",
+            &p2p,
+        ],
+        vec![
+            "p2p",
+            "leader",
+            "--dir",
+            &leader,
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            &p2p,
+        ],
+    ] {
+        let o = swoosh(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on {p2p}"))
+                && err.contains(&format!("using port {port}")),
+            "{args:?}: {err}"
+        );
+        // The node's start-up log says when recovery begins; a port in use
+        // is found before it.
+        assert!(!err.contains("recovering the state"), "{args:?}: {err}");
+    }
+    drop(held);
+}

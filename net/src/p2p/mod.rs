@@ -23,6 +23,44 @@ pub mod peer;
 
 pub use libp2p::Multiaddr;
 
+/// Bind the TCP port `addr` names with a plain socket and hold it, so a
+/// node can refuse a port in use before a long recovery rather than after
+/// it, and keep another process from taking the port meanwhile. Drop it
+/// just before the swarm listens there ([`listen_exclusive`] checks again).
+/// `None` when there is nothing to hold: port 0, or an address that is not
+/// `/ip4|ip6/…/tcp/PORT`.
+pub fn reserve_listen_port(addr: &Multiaddr) -> Result<Option<std::net::TcpListener>, P2pError> {
+    match tcp_listen_socket(addr) {
+        Some(sock) if sock.port() != 0 => std::net::TcpListener::bind(sock).map(Some).map_err(|e| {
+            P2pError::Libp2p(format!(
+                "cannot listen on {addr}: {e}; is another process (another swoosh node?) using port {}?",
+                sock.port()
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The TCP socket address a listen multiaddr names (`/ip4|ip6/…/tcp/PORT`,
+/// nothing after it), or `None` for any other form (DNS names, other
+/// transports), which a caller cannot bind itself.
+pub fn tcp_listen_socket(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    let Protocol::Tcp(port) = parts.next()? else {
+        return None;
+    };
+    parts
+        .next()
+        .is_none()
+        .then_some(std::net::SocketAddr::new(ip, port))
+}
+
 use ed25519_dalek::SigningKey;
 use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
@@ -88,22 +126,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// would start too and the kernel would split followers and agents between
 /// the two. A plain bind fails while any socket holds the port.
 pub fn listen_exclusive(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), P2pError> {
-    use libp2p::multiaddr::Protocol;
-    let mut it = addr.iter();
-    let ip: Option<std::net::IpAddr> = match it.next() {
-        Some(Protocol::Ip4(ip)) => Some(ip.into()),
-        Some(Protocol::Ip6(ip)) => Some(ip.into()),
-        _ => None,
-    };
-    if let (Some(ip), Some(Protocol::Tcp(port))) = (ip, it.next()) {
-        if port != 0 {
-            std::net::TcpListener::bind((ip, port)).map_err(|e| {
-                P2pError::Libp2p(format!(
-                    "cannot listen on {addr}: {e}; is another process (another swoosh node?) using port {port}?"
-                ))
-            })?;
-        }
-    }
+    drop(reserve_listen_port(addr)?);
     swarm
         .listen_on(addr.clone())
         .map(|_| ())
@@ -261,6 +284,37 @@ mod tests {
 
     /// A port another process (or another swarm, which shares ports through
     /// `SO_REUSEPORT`) listens on is refused with a reason, not shared.
+    #[test]
+    fn listen_addresses_name_their_tcp_socket_and_reservations_hold_it() {
+        let sock = |a: &str| tcp_listen_socket(&a.parse().unwrap());
+        assert_eq!(
+            sock("/ip4/127.0.0.1/tcp/7800"),
+            Some("127.0.0.1:7800".parse().unwrap())
+        );
+        assert_eq!(sock("/ip6/::1/tcp/9"), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(sock("/dns4/example.com/tcp/7800"), None);
+        assert_eq!(sock("/ip4/127.0.0.1/udp/7800/quic-v1"), None);
+        assert_eq!(sock("/ip4/127.0.0.1/tcp/7800/ws"), None);
+        assert!(
+            reserve_listen_port(&"/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap()
+                .is_none()
+        );
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let err = reserve_listen_port(&addr).unwrap_err().to_string();
+        assert!(
+            err.contains("another process") && err.contains(&port.to_string()),
+            "{err}"
+        );
+        drop(held);
+        let reserved = reserve_listen_port(&addr).unwrap().expect("a port to hold");
+        assert!(reserve_listen_port(&addr).is_err(), "held while reserved");
+        drop(reserved);
+        reserve_listen_port(&addr).unwrap();
+    }
+
     #[tokio::test]
     async fn a_port_already_listened_on_is_refused_with_a_reason() {
         let key = SigningKey::from_bytes(&[7; 32]);
