@@ -374,7 +374,8 @@ pub struct CouncilReport {
     pub votes_counted: u64,
     pub votes_duplicate: u64,
     /// Votes refused by the collector, by reason (`bad_signature`,
-    /// `outsider`, `stale_epoch`, `no_election`, `wrong_member_set`).
+    /// `outsider`, `ejected`, `wrong_genesis`, `stale_epoch`, `no_election`,
+    /// `wrong_member_set`, `full`).
     pub votes_rejected: BTreeMap<String, u64>,
     pub certificates: u64,
     /// Certificates proposed and accepted as Council_QuorumCert/ReElect.

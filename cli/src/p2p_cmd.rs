@@ -223,6 +223,10 @@ pub fn enroll(top: &Path) -> Result<()> {
         });
     }
     genesis.followers = followers;
+    // Enrolling writes a new genesis (its hash changes with the followers)
+    // before any record: it binds facts as every new one does, even when an
+    // earlier build's `swoosh init` wrote the one it starts from.
+    genesis.facts_bound_to_genesis = true;
     genesis
         .validate_new()
         .context("the enrolled genesis is invalid")?;

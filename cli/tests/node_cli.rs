@@ -303,6 +303,17 @@ fn enroll_restamps_an_opened_empty_store_and_refuses_one_with_records() {
         std::path::PathBuf::from(p)
     };
     let leader = format!("{d}/leader");
+    // As an earlier build's `init` wrote it: without facts_bound_to_genesis.
+    // The new genesis enroll writes binds facts, as every new one does.
+    for dir in [d.to_string(), leader.clone()] {
+        let mut g = genesis(&dir);
+        g.facts_bound_to_genesis = false;
+        std::fs::write(
+            format!("{dir}/genesis.json"),
+            serde_json::to_string_pretty(&g).unwrap(),
+        )
+        .unwrap();
+    }
     let old = genesis(&leader).hash().unwrap();
     // What a first `swoosh serve` leaves when stopped before any proposal.
     drop(
@@ -316,6 +327,7 @@ fn enroll_restamps_an_opened_empty_store_and_refuses_one_with_records() {
     ok(&["p2p", "enroll", "--dir", d]);
     let new = genesis(&leader).hash().unwrap();
     assert_ne!(new, old);
+    assert!(genesis(&leader).facts_bound_to_genesis);
     // The leader's store now belongs to the new genesis.
     let v = ok(&["wal", "verify", "--dir", &leader]);
     assert!(v.contains("0 records"), "{v}");

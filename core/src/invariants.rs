@@ -264,8 +264,9 @@ pub const CERTIFICATE_TRANSITIONS: [&str; 2] = ["Council_QuorumCert", "Council_R
 /// genesis and the record alone (not through the reducer's quorum guard):
 /// every vote's signature verifies; voters are distinct, in the genesis
 /// roster with the council role and not ejected from this council; every
-/// vote approves, for this project, this council epoch (the pre state's)
-/// and this member set; at least genesis' `quorum_threshold` of them; and
+/// vote approves, for this project, this genesis (its hash, or no genesis
+/// where the genesis allows unbound votes), this council epoch (the pre
+/// state's) and this member set; at least genesis' `quorum_threshold` of them; and
 /// the post state elected exactly that set under the hash of exactly these
 /// votes. Other transitions pass untouched.
 pub fn check_quorum_certificate(
@@ -312,6 +313,8 @@ pub fn check_quorum_certificate(
         .map(|r| &r.key)
         .collect();
     let epoch = pre.epoch.council;
+    // From the genesis itself, not the state the reducer built from it.
+    let genesis_hash = genesis.hash().ok();
     let mut voters = BTreeSet::new();
     let mut approving = 0usize;
     for vote in &e.votes {
@@ -341,9 +344,9 @@ pub fn check_quorum_certificate(
             flag(format!("it is for project {:?}", b.project));
         }
         match b.genesis {
-            Some(h) if h != pre.meta.genesis => flag(format!(
-                "it was signed for genesis {h}, not this cluster's {}",
-                pre.meta.genesis
+            Some(h) if Some(h) != genesis_hash => flag(format!(
+                "it was signed for genesis {h}, not this cluster's ({})",
+                genesis_hash.map_or("unhashable".into(), |g| g.to_string())
             )),
             None if genesis.facts_bound_to_genesis => {
                 flag("it names no genesis, and the genesis requires bound votes".into())

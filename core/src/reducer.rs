@@ -3075,7 +3075,7 @@ mod tests {
                 *v = Vote::cast(body, k);
             }
         };
-        let rebind_probes = |probes: &mut Vec<Probe>, keys: &Keys, to: Option<Hash>| {
+        let rebind_probes = |probes: &mut [Probe], keys: &Keys, to: Option<Hash>| {
             for p in probes.iter_mut() {
                 let mut body = p.body.clone();
                 body.genesis = to;
@@ -3134,9 +3134,36 @@ mod tests {
                 assert_eq!(unbound, Ok(()), "a legacy cluster accepts unbound votes");
             }
 
-            // Probes, on the way back from TOOLING_SYNC.
+            // Probes: a tooling loss shown by a valid probe is refused at
+            // admission beside a probe signed for another cluster (the
+            // reducer records every probe of the list).
             fx.drive(|s| s.council.phase == "READY");
-            let probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), false);
+            let mut probes = Driver::new(&fx.keys, 1).probes(&fx.st(), fx.hlc(), false);
+            assert!(probes.len() > 1 && !probes[0].body.reachable);
+            let mut mixed = probes.clone();
+            rebind_probes(&mut mixed[1..], &fx.keys, Some(other));
+            let lost = |probes: &[Probe]| {
+                fx.p(
+                    "Council_ToolingLost",
+                    json!({ "probes": probes }),
+                    &fx.keys.prober,
+                )
+            };
+            let r = fx.admitted_only(&lost(&mixed), "mcp_health");
+            assert!(
+                says(
+                    &r,
+                    &format!("was signed for the cluster of genesis {other}")
+                ),
+                "{label}: {r:#?}"
+            );
+            if bound_genesis {
+                rebind_probes(&mut mixed[1..], &fx.keys, None);
+                let r = fx.judge(&lost(&mixed), Judged::Admission).unwrap_err();
+                assert!(says(&r, "names no genesis"), "{r:#?}");
+            } else {
+                rebind_probes(&mut probes[1..], &fx.keys, None);
+            }
             fx.accept(&fx.p(
                 "Council_ToolingLost",
                 json!({ "probes": probes }),

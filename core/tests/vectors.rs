@@ -497,6 +497,19 @@ fn build_vectors() -> Vec<Vector> {
         canon(&bound),
     ));
     let bound_hash = bound.hash().unwrap();
+    let bound_initial = ProjectState::initial(&bound, bound_hash, "default");
+    assert!(bound_initial.meta.facts_bound_to_genesis);
+    let bytes = canon(&bound_initial);
+    assert_eq!(Hash::of_bytes(&bytes), bound_initial.hash());
+    assert_eq!(
+        from_canonical::<ProjectState>(&bytes).unwrap(),
+        bound_initial
+    );
+    v.push(vector(
+        "state/initial-bound",
+        "ProjectState::initial(genesis/bound, its hash, \"default\"): as state/initial-default, with meta.facts_bound_to_genesis true (omitted when false)",
+        bytes,
+    ));
     let vote_body = VoteBody {
         genesis: Some(bound_hash),
         ..vote_body

@@ -880,7 +880,16 @@ fn wire_messages_round_trip_canonically() {
 
 /// A node whose `project` sits in Council ELECT (first election).
 fn at_elect(keys: &Keys, project: &str) -> NodeState {
-    let g = genesis(keys, "net-council", ORIGIN_MS);
+    at_elect_with(keys, project, |_| {})
+}
+
+fn at_elect_with(
+    keys: &Keys,
+    project: &str,
+    edit: impl FnOnce(&mut swoosh_core::Genesis),
+) -> NodeState {
+    let mut g = genesis(keys, "net-council", ORIGIN_MS);
+    edit(&mut g);
     let mut node = NodeState::new(g).unwrap();
     let d = Driver::new(keys, 1);
     for now in ORIGIN_MS + 1..ORIGIN_MS + 101 {
@@ -1154,6 +1163,57 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
         col.on_vote(&good),
         VoteOutcome::Counted { approvals: 1, .. }
     ));
+}
+
+/// A cluster whose genesis predates binding (no `facts_bound_to_genesis`)
+/// still counts unbound votes (an agent of an earlier build casts them)
+/// beside the bound ones this build's agents cast, and the reducer accepts
+/// the certificate; a vote bound to another genesis is refused there too.
+#[test]
+fn a_legacy_genesis_counts_unbound_votes_and_refuses_foreign_ones() {
+    let keys = Keys::from_labels("council", 3);
+    let mut node = at_elect_with(&keys, "default", |g| g.facts_bound_to_genesis = false);
+    let g = node.genesis.clone();
+    assert!(!g.facts_bound_to_genesis);
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&node.project("default"), &members(&keys)).unwrap();
+    let mut a = CouncilAgent::new(keys.council[0].clone(), &g, VotePolicy::ApproveAll);
+    let bound = a.on_announce(&ann).unwrap();
+    assert_eq!(bound.body.genesis, Some(g.hash().unwrap()));
+    let recast = |k: &ed25519_dalek::SigningKey, genesis| {
+        swoosh_core::facts::Vote::cast(
+            swoosh_core::facts::VoteBody {
+                voter: SignerId::from_signing_key(k),
+                genesis,
+                ..bound.body.clone()
+            },
+            k,
+        )
+    };
+    let foreign = recast(&keys.council[1], Some(Hash::of_bytes(b"another cluster")));
+    assert_eq!(
+        col.on_vote(&foreign),
+        VoteOutcome::Rejected(VoteRejection::WrongGenesis)
+    );
+    assert!(matches!(
+        col.on_vote(&bound),
+        VoteOutcome::Counted { approvals: 1, .. }
+    ));
+    let VoteOutcome::Certificate(cert) = col.on_vote(&recast(&keys.council[1], None)) else {
+        panic!("an unbound vote counts under a legacy genesis")
+    };
+    let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
+    let s = step(
+        &mut node,
+        &p,
+        &Ctx {
+            now_ms: ORIGIN_MS + 1_000,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
 }
 
 #[test]
