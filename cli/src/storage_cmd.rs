@@ -1326,17 +1326,23 @@ fn wal_reindex(dir: &Path) -> Result<()> {
             })
         }
     };
+    let unsigned = r.decisions - r.decisions_kept_signed;
+    let how = if leader.is_some() {
+        "signed with the leader key in node.key".to_string()
+    } else if unsigned == 0 {
+        "each kept as stored, signed by the leader".to_string()
+    } else {
+        format!(
+            "{} kept as stored, signed by the leader; {unsigned} stored unsigned: no leader key in node.key",
+            r.decisions_kept_signed
+        )
+    };
     say!(
-        "rebuilt the derived indexes of {} from {} records: {} idempotency entries, {} decision records ({}) in {:.3} s",
+        "rebuilt the derived indexes of {} from {} records: {} idempotency entries, {} decision records ({how}) in {:.3} s",
         dir.display(),
         r.records,
         r.idem_entries,
         r.decisions,
-        if leader.is_some() {
-            "signed with the leader key in node.key"
-        } else {
-            "unsigned: no leader key in node.key"
-        },
         secs(r.elapsed)
     );
     Ok(())

@@ -115,14 +115,23 @@ impl From<ReadError> for RebuildError {
 pub struct RebuildReport {
     pub records: u64,
     pub idem_entries: u64,
+    /// Decision records of the replayed records, kept or rebuilt.
     pub decisions: u64,
+    /// Of `decisions`, those kept as stored: signed by the genesis leader
+    /// (a rebuild without the leader's key would store them unsigned).
+    pub decisions_kept_signed: u64,
     pub elapsed: Duration,
 }
 
 /// Drop and rebuild both derived indexes from the WAL by replaying it from
 /// genesis, or from the snapshot at the WAL base (the decision records are recomputed by the reducer). Decisions are
-/// signed with `leader` if given, else stored unsigned. Commits every
-/// [`REINDEX_CHUNK_RECORDS`] records; if interrupted, run it again.
+/// signed with `leader` if given. Without it, a decision the store holds
+/// signed by the genesis leader (signature verified, under its own hash,
+/// the decision of a record of the log) is kept as it is, and only the
+/// others are stored unsigned: the leader's signatures are the audit
+/// evidence of its decisions, and a rebuild run where its key is not at
+/// hand must not destroy them. Commits every [`REINDEX_CHUNK_RECORDS`]
+/// records; if interrupted, run it again.
 pub fn rebuild_indexes<S: LogStore + ?Sized>(
     store: &mut S,
     genesis: &Genesis,
@@ -145,17 +154,34 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
     // (their records were archived by a compaction, or never held after an
     // install): intact ones are kept, everything else is rebuilt.
     let base_index = crate::base::wal_base(&*store)?.map_or(0, |b| b.index);
-    clear_space(store, Space::Idem, &|_, v| {
+    clear_space(store, Space::Idem, &mut |_, v| {
         crate::recovery::decode_idem(v).is_some_and(|e| e.index <= base_index)
     })?;
-    clear_space(store, Space::Decisions, &|k, v| {
-        crate::recovery::decode_decision(v)
-            .is_some_and(|d| d.record().index <= base_index && d.hash().0[..] == k[..])
+    // Kept signed decisions above the base; any the replay does not name
+    // (a record cut since, or a decision no record holds) is deleted after it.
+    let mut signed_kept: std::collections::HashSet<[u8; 32]> = Default::default();
+    clear_space(store, Space::Decisions, &mut |k, v| {
+        let Some(d) = crate::recovery::decode_decision(v) else {
+            return false;
+        };
+        if d.hash().0[..] != k[..] {
+            return false;
+        }
+        if d.record().index <= base_index {
+            return true;
+        }
+        let signed_by_leader = leader.is_none()
+            && matches!(&d, DecisionDoc::Signed(s) if s.leader == genesis.leader && s.verify().is_ok());
+        if signed_by_leader {
+            signed_kept.insert(d.hash().0);
+        }
+        signed_by_leader
     })?;
     let mut report = RebuildReport {
         records: 0,
         idem_entries: 0,
         decisions: 0,
+        decisions_kept_signed: 0,
         elapsed: Duration::ZERO,
     };
     // A based log starts from the snapshot at its base, whose own
@@ -196,7 +222,11 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
             b.put(Space::Idem, enc.idem_key, enc.idem_frame);
             report.idem_entries += 1;
             if let Some((h, f)) = enc.decision {
-                b.put(Space::Decisions, h.0.to_vec(), f);
+                if signed_kept.remove(&h.0) {
+                    report.decisions_kept_signed += 1;
+                } else {
+                    b.put(Space::Decisions, h.0.to_vec(), f);
+                }
                 report.decisions += 1;
             }
             report.records += 1;
@@ -211,6 +241,14 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
             });
         }
     }
+    let stale: Vec<[u8; 32]> = signed_kept.into_iter().collect();
+    for chunk in stale.chunks(crate::store::SCAN_ENTRIES_MAX) {
+        let mut b = Batch::new();
+        for k in chunk {
+            b.delete(Space::Decisions, k.to_vec());
+        }
+        store.commit(b)?;
+    }
     report.elapsed = t0.elapsed();
     Ok(report)
 }
@@ -220,7 +258,7 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
 fn clear_space<S: LogStore + ?Sized>(
     store: &mut S,
     space: Space,
-    keep: &dyn Fn(&[u8], &[u8]) -> bool,
+    keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
     let mut keys = vec![];
     for_each_entry(&*store, space, &mut |k, v| {

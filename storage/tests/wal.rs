@@ -1024,6 +1024,83 @@ fn verify_names_a_decision_not_signed_by_the_genesis_leader(h: &mut impl Harness
     assert_eq!(rep.index_problems_total, 0, "{:?}", rep.index_problems);
 }
 
+/// A reindex run without the leader's key (a follower's directory, or a
+/// leader whose key is kept elsewhere) keeps the decisions the store holds
+/// signed by the genesis leader, and stores unsigned only those it cannot
+/// keep: one signed by another key, one missing. A signed decision that no
+/// record of the log holds is removed.
+fn reindex_without_the_leader_key_keeps_the_leaders_signatures(h: &mut impl Harness) {
+    let mut st = stream();
+    let mut w = writer(h.open(), &st);
+    fill(&mut w, &mut st, 6, 3);
+    let mut s = w.into_store();
+    let keys = swoosh_core::scenario::Keys::from_labels(LABEL, 3);
+    rebuild_indexes(&mut s, st.genesis(), Some(&keys.leader), &mut |_| {}).unwrap();
+    let doc = |s: &_, i: u64| {
+        let r = read_record(s, i).unwrap().record;
+        get_decision(s, &r.decision).unwrap()
+    };
+    let Some(DecisionDoc::Signed(sd4)) = doc(&s, 4) else {
+        panic!("a rebuilt decision is signed");
+    };
+    let put = |s: &mut _, d: &DecisionDoc| {
+        let bytes = swoosh_core::cbor::to_canonical(d).unwrap();
+        LogStore::overwrite_raw(
+            s,
+            Space::Decisions,
+            &d.hash().0,
+            &frame::seal(FrameKind::Decision, &bytes).0,
+        )
+        .unwrap();
+    };
+    // Record 4's decision signed by another key.
+    put(
+        &mut s,
+        &DecisionDoc::Signed(swoosh_core::record::SignedDecision::sign(
+            sd4.record.clone(),
+            &keys.outsider,
+        )),
+    );
+    // Record 5's decision missing.
+    let r5 = read_record(&s, 5).unwrap().record;
+    LogStore::commit(&mut s, {
+        let mut b = Batch::new();
+        b.delete(Space::Decisions, r5.decision.0.to_vec());
+        b
+    })
+    .unwrap();
+    // A decision signed by the leader that no record holds.
+    let mut other = sd4.record.clone();
+    other.justification.push_str(" (not this log's)");
+    let stale = DecisionDoc::Signed(swoosh_core::record::SignedDecision::sign(
+        other,
+        &keys.leader,
+    ));
+    put(&mut s, &stale);
+    assert!(get_decision(&s, &stale.hash()).unwrap().is_some());
+
+    let r = rebuild_indexes(&mut s, st.genesis(), None, &mut |_| {}).unwrap();
+    assert_eq!((r.records, r.decisions), (6, 6));
+    assert_eq!(r.decisions_kept_signed, 4, "{r:?}");
+    for i in 1..=6 {
+        let d = doc(&s, i).expect("every record's decision is stored");
+        match (i, d) {
+            (4 | 5, DecisionDoc::Unsigned(_)) => {}
+            (4 | 5, d) => panic!("record {i}: {d:?}"),
+            (_, DecisionDoc::Signed(sd)) => {
+                assert_eq!(sd.leader, st.genesis().leader);
+                sd.verify().unwrap();
+            }
+            (_, d) => panic!("record {i} lost its signature: {d:?}"),
+        }
+    }
+    assert_eq!(get_decision(&s, &stale.hash()).unwrap(), None);
+    // Nothing to keep with the key at hand: every decision signed again.
+    let r = rebuild_indexes(&mut s, st.genesis(), Some(&keys.leader), &mut |_| {}).unwrap();
+    assert_eq!((r.decisions, r.decisions_kept_signed), (6, 0));
+    assert!((1..=6).all(|i| matches!(doc(&s, i), Some(DecisionDoc::Signed(_)))));
+}
+
 fn verify_compares_snapshots_and_indexes_and_reindex_repairs_them(h: &mut impl Harness) {
     let mut st = stream();
     let mut w = writer(h.open(), &st);
@@ -1228,6 +1305,7 @@ both_backends!(
     verify_compares_snapshots_and_indexes_and_reindex_repairs_them,
     verify_of_a_leader_requires_every_decision,
     verify_names_a_decision_not_signed_by_the_genesis_leader,
+    reindex_without_the_leader_key_keeps_the_leaders_signatures,
     group_committer_batches_within_limits_and_returns_tokens,
 );
 
