@@ -1329,6 +1329,8 @@ fn wal_reindex(dir: &Path) -> Result<()> {
     let unsigned = r.decisions - r.decisions_kept_signed;
     let how = if leader.is_some() {
         "signed with the leader key in node.key".to_string()
+    } else if r.decisions == 0 {
+        "none to keep or sign".to_string()
     } else if unsigned == 0 {
         "each kept as stored, signed by the leader".to_string()
     } else {

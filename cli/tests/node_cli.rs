@@ -647,11 +647,11 @@ fn probe_sign_binds_the_fact_to_the_clusters_genesis() {
     }
 }
 
-/// A libp2p port in use fails a leader before its recovery (the replay may
-/// take minutes), not after it, naming the port; `serve --p2p` and `p2p
-/// leader --listen` alike.
+/// A libp2p port in use fails a node before its recovery (the replay may
+/// take minutes), not after it, naming the port: `serve --p2p`, `p2p
+/// leader --listen` and `follow --listen` alike.
 #[test]
-fn a_p2p_port_in_use_fails_the_leader_before_recovery() {
+fn a_p2p_port_in_use_fails_a_node_before_recovery() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("c");
     let d = d.to_str().unwrap();
@@ -693,5 +693,50 @@ fn a_p2p_port_in_use_fails_the_leader_before_recovery() {
         // is found before it.
         assert!(!err.contains("recovering the state"), "{args:?}: {err}");
     }
+
+    // A follower too: its store belongs to another genesis, which its
+    // recovery would refuse; the port in use is named first.
+    ok(&["init", "--dir", &format!("{d}-f"), "--followers", "1"]);
+    ok(&["p2p", "enroll", "--dir", &format!("{d}-f")]);
+    let follower = format!("{d}-f/follower-1");
+    {
+        use swoosh_storage::{LmdbOptions, LmdbStore, WalWriter};
+        std::fs::create_dir_all(format!("{follower}/data")).unwrap();
+        drop(
+            WalWriter::open(
+                LmdbStore::open(
+                    std::path::Path::new(&format!("{follower}/data")),
+                    &LmdbOptions::default(),
+                )
+                .unwrap(),
+                swoosh_core::Hash::of_bytes(b"another genesis"),
+                swoosh_storage::BatchLimits::default(),
+            )
+            .unwrap(),
+        );
+    }
+    let args = [
+        "follow",
+        "--dir",
+        &follower,
+        "--leader",
+        "/ip4/127.0.0.1/tcp/9",
+        "--listen",
+        &p2p,
+    ];
+    let o = swoosh(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {p2p}"))
+            && err.contains(&format!("using port {port}")),
+        "{err}"
+    );
     drop(held);
+    // With the port free, the start goes on to the recovery, which refuses
+    // the store.
+    let o = swoosh(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(!err.contains("cannot listen on"), "{err}");
 }

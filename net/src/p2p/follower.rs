@@ -370,6 +370,12 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
     let gh = genesis
         .hash()
         .map_err(|e| P2pError::Config(e.to_string()))?;
+    // The listen port is held through recovery, as a leader's is: a port
+    // in use fails before the replay, not after it.
+    let reserved = listen
+        .as_ref()
+        .map(super::reserve_listen_port)
+        .transpose()?;
     // Off the runtime: a long replay would hold one of its workers (and
     // the HTTP port that answers `recovering` meanwhile runs on them).
     let g = genesis.clone();
@@ -409,6 +415,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
         .gossipsub
         .subscribe(&topic)
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
+    drop(reserved);
     if let Some(l) = &listen {
         super::listen_exclusive(&mut swarm, l)?;
     }

@@ -31,7 +31,7 @@ pub use libp2p::Multiaddr;
 /// `/ip4|ip6/…/tcp/PORT`.
 pub fn reserve_listen_port(addr: &Multiaddr) -> Result<Option<std::net::TcpListener>, P2pError> {
     match tcp_listen_socket(addr) {
-        Some(sock) if sock.port() != 0 => std::net::TcpListener::bind(sock).map(Some).map_err(|e| {
+        Some(sock) if sock.port() != 0 => bind_only(sock).map(Some).map_err(|e| {
             P2pError::Libp2p(format!(
                 "cannot listen on {addr}: {e}; is another process (another swoosh node?) using port {}?",
                 sock.port()
@@ -39,6 +39,23 @@ pub fn reserve_listen_port(addr: &Multiaddr) -> Result<Option<std::net::TcpListe
         }),
         _ => Ok(None),
     }
+}
+
+/// A listening socket on exactly `sock`: an IPv6 one does not also take
+/// the IPv4 port (libp2p's TCP transport binds IPv6 only too), so a process
+/// on `0.0.0.0:P` does not make `/ip6/::/tcp/P` look taken.
+fn bind_only(sock: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(sock), Type::STREAM, None)?;
+    // As std's listeners do: a restarted node's port may still hold its
+    // predecessor's connections in TIME_WAIT, which is not "in use".
+    s.set_reuse_address(true)?;
+    if sock.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&sock.into())?;
+    s.listen(16)?;
+    Ok(s.into())
 }
 
 /// The TCP socket address a listen multiaddr names (`/ip4|ip6/…/tcp/PORT`,
@@ -55,9 +72,9 @@ pub fn tcp_listen_socket(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
     let Protocol::Tcp(port) = parts.next()? else {
         return None;
     };
+    // libp2p's TCP transport listens on `…/tcp/PORT/p2p/<own id>` too.
     parts
-        .next()
-        .is_none()
+        .all(|p| matches!(p, Protocol::P2p(_)))
         .then_some(std::net::SocketAddr::new(ip, port))
 }
 
@@ -282,8 +299,9 @@ pub(crate) fn ms_since(t0: std::time::Instant) -> u64 {
 mod tests {
     use super::*;
 
-    /// A port another process (or another swarm, which shares ports through
-    /// `SO_REUSEPORT`) listens on is refused with a reason, not shared.
+    /// Listen addresses name the socket a node holds through its recovery
+    /// (with libp2p's own `/p2p/<id>` suffix too); the hold refuses a port
+    /// in use with a reason and keeps others off it until dropped.
     #[test]
     fn listen_addresses_name_their_tcp_socket_and_reservations_hold_it() {
         let sock = |a: &str| tcp_listen_socket(&a.parse().unwrap());
@@ -295,6 +313,11 @@ mod tests {
         assert_eq!(sock("/dns4/example.com/tcp/7800"), None);
         assert_eq!(sock("/ip4/127.0.0.1/udp/7800/quic-v1"), None);
         assert_eq!(sock("/ip4/127.0.0.1/tcp/7800/ws"), None);
+        let id = libp2p::PeerId::random();
+        assert_eq!(
+            sock(&format!("/ip4/127.0.0.1/tcp/7800/p2p/{id}")),
+            Some("127.0.0.1:7800".parse().unwrap())
+        );
         assert!(
             reserve_listen_port(&"/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap()
@@ -313,7 +336,19 @@ mod tests {
         assert!(reserve_listen_port(&addr).is_err(), "held while reserved");
         drop(reserved);
         reserve_listen_port(&addr).unwrap();
+        // An IPv6 hold is IPv6 only, as libp2p's listener is: a process on
+        // the IPv4 wildcard of that port does not make it look taken.
+        if let Ok(v4) = std::net::TcpListener::bind("0.0.0.0:0") {
+            let port = v4.local_addr().unwrap().port();
+            let v6: Multiaddr = format!("/ip6/::/tcp/{port}").parse().unwrap();
+            if std::net::TcpListener::bind("[::1]:0").is_ok() {
+                reserve_listen_port(&v6).unwrap().expect("a port to hold");
+            }
+        }
     }
+
+    /// A port another process (or another swarm, which shares ports through
+    /// `SO_REUSEPORT`) listens on is refused with a reason, not shared.
 
     #[tokio::test]
     async fn a_port_already_listened_on_is_refused_with_a_reason() {
