@@ -1091,7 +1091,9 @@ async fn monitor(load: Arc<Load>, cluster: Shared, stop: Arc<AtomicBool>) {
                     load.max_lag
                         .fetch_max(h.index.saturating_sub(applied), Ordering::AcqRel);
                 }
-                Ok(Err(ClientError::Refused { status: 503, body })) if !halted_reported[i] => {
+                Ok(Err(ClientError::Refused { status: 503, body }))
+                    if !halted_reported[i] && !recovering(&body.message) =>
+                {
                     halted_reported[i] = true;
                     load.violation(format!("{name} halted: {}", body.message));
                 }
@@ -1099,6 +1101,14 @@ async fn monitor(load: Arc<Load>, cluster: Shared, stop: Arc<AtomicBool>) {
             }
         }
     }
+}
+
+/// A follower's `/health` answered `503` with this body because it is
+/// replaying its log after a (scheduled) restart, not because it halted:
+/// its port answers from before its recovery, and the monitor polls every
+/// follower, ready or not.
+fn recovering(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v["status"] == "recovering")
 }
 
 /// A node's index and root hash as its HTTP surface reports them.
@@ -1596,6 +1606,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The monitor counted a follower replaying its log after a scheduled
+    /// kill (its port answers `503 recovering` meanwhile) as halted, a false
+    /// violation whenever a poll fell inside the replay.
+    #[test]
+    fn a_recovering_follower_is_not_a_halted_one() {
+        assert!(recovering(
+            r#"{"status":"recovering","role":"follower","index":0}"#
+        ));
+        assert!(!recovering(
+            r#"{"status":"halted","role":"follower","index":40}"#
+        ));
+        assert!(!recovering("Service Unavailable"));
+    }
 
     #[test]
     fn every_schedule_kills_a_follower_and_the_leader() {
