@@ -156,8 +156,9 @@ pub enum WalCmd {
     /// Rebuild the derived indexes (idempotency keys, decision records) from the log.
     ///
     /// Replays the log from genesis. Decisions are signed with
-    /// <DIR>/node.key when it is the genesis leader's key, else stored
-    /// unsigned. Stop the node first; if interrupted, run it again.
+    /// <DIR>/node.key when it is the genesis leader's key; without it, the
+    /// decisions the leader already signed are kept and only those rebuilt
+    /// are stored unsigned. Stop the node first; if interrupted, run it again.
     Reindex {
         /// Node directory (holds genesis.json; the store is in <DIR>/data).
         #[arg(long)]

@@ -738,5 +738,8 @@ fn a_p2p_port_in_use_fails_a_node_before_recovery() {
     let o = swoosh(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(!err.contains("cannot listen on"), "{err}");
+    assert!(
+        !err.contains("cannot listen on") && err.contains("belongs to genesis"),
+        "{err}"
+    );
 }

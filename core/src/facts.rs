@@ -55,7 +55,8 @@ impl LicenseToken {
     }
 }
 
-/// A council member's vote over (project, epoch, member-set hash) (HMMM).
+/// A council member's vote over (project, epoch, member-set hash) (HMMM),
+/// bound to the genesis of the cluster it is cast in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VoteBody {

@@ -48,8 +48,17 @@ fn ctx(now_ms: u64) -> Ctx {
 /// Every council agent of `keys` approves, in `order`; the collector's
 /// certificate once all votes are in.
 fn elect(keys: &Keys, node: &NodeState, order: &[usize]) -> (Certificate, Certificate) {
+    elect_in(keys, node, "default", order)
+}
+
+fn elect_in(
+    keys: &Keys,
+    node: &NodeState,
+    project: &str,
+    order: &[usize],
+) -> (Certificate, Certificate) {
     let g = node.genesis.clone();
-    let st = node.project("default").into_owned();
+    let st = node.project(project).into_owned();
     let mut col = CouncilCollector::new(keys.leader.clone(), &g);
     let ann = col.open(&st, &electable_members(&st)).unwrap();
     let mut first = None;
@@ -62,7 +71,7 @@ fn elect(keys: &Keys, node: &NodeState, order: &[usize]) -> (Certificate, Certif
         }
     }
     let first = first.expect("the quorum was reached");
-    (first, col.certificate("default").expect("certified"))
+    (first, col.certificate(project).expect("certified"))
 }
 
 #[test]
@@ -109,6 +118,33 @@ fn a_large_councils_certificate_holds_the_threshold_of_votes_and_is_accepted() {
     let s = step(&mut node, &p, &ctx(now));
     assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
     assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
+}
+
+/// The largest certificate a new genesis allows still fits one proposal:
+/// the most council members a roster holds, the largest threshold
+/// `validate_new` accepts, the longest project id, and votes bound to the
+/// genesis (81 bytes more each than unbound ones).
+#[test]
+fn the_largest_certificate_a_new_genesis_allows_fits_one_proposal() {
+    use swoosh_core::state::{PROJECT_ID_BYTES_MAX, QUORUM_THRESHOLD_MAX, ROSTER_ENTRIES_MAX};
+    let council = ROSTER_ENTRIES_MAX - 5; // the scenario's 5 other roster entries
+    let keys = Keys::from_labels("big-council", council);
+    let project = format!("p{}", "x".repeat(PROJECT_ID_BYTES_MAX - 1));
+    let node = at_elect(&keys, &project, Some(QUORUM_THRESHOLD_MAX));
+    node.genesis
+        .validate_new()
+        .expect("a genesis a new cluster may have");
+    let order: Vec<usize> = (0..council).collect();
+    let (_, cert) = elect_in(&keys, &node, &project, &order);
+    assert_eq!(cert.votes.len(), QUORUM_THRESHOLD_MAX as usize);
+    assert_eq!(cert.members.len(), council);
+    assert!(cert.votes.iter().all(|v| v.body.genesis.is_some()));
+    let now = ORIGIN_MS + 1_000;
+    let p = certificate_proposal(&cert, &node, &keys.leader, now).unwrap();
+    let mut node = node;
+    let s = step(&mut node, &p, &ctx(now));
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    assert_eq!(node.project(&project).council.phase, "TOOLING_SYNC");
 }
 
 /// A threshold so large that even its votes alone outgrow the inputs limit

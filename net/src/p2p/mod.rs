@@ -32,10 +32,17 @@ pub use libp2p::Multiaddr;
 pub fn reserve_listen_port(addr: &Multiaddr) -> Result<Option<std::net::TcpListener>, P2pError> {
     match tcp_listen_socket(addr) {
         Some(sock) if sock.port() != 0 => bind_only(sock).map(Some).map_err(|e| {
-            P2pError::Libp2p(format!(
-                "cannot listen on {addr}: {e}; is another process (another swoosh node?) using port {}?",
-                sock.port()
-            ))
+            let port = sock.port();
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrNotAvailable => {
+                    "this host has no such address: pick one of its addresses, or 0.0.0.0 (/ip6/:: for IPv6)".to_string()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "ports below 1024 need privileges: pick a higher port".to_string()
+                }
+                _ => format!("is another process (another swoosh node?) using port {port}?"),
+            };
+            P2pError::Libp2p(format!("cannot listen on {addr}: {e}; {hint}"))
         }),
         _ => Ok(None),
     }
@@ -336,6 +343,12 @@ mod tests {
         assert!(reserve_listen_port(&addr).is_err(), "held while reserved");
         drop(reserved);
         reserve_listen_port(&addr).unwrap();
+        // An address the host does not have is named as that, not as a
+        // port another process uses.
+        let err = reserve_listen_port(&"/ip4/192.0.2.1/tcp/7800".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this host has no such address"), "{err}");
         // An IPv6 hold is IPv6 only, as libp2p's listener is: a process on
         // the IPv4 wildcard of that port does not make it look taken.
         if let Ok(v4) = std::net::TcpListener::bind("0.0.0.0:0") {
@@ -349,7 +362,6 @@ mod tests {
 
     /// A port another process (or another swarm, which shares ports through
     /// `SO_REUSEPORT`) listens on is refused with a reason, not shared.
-
     #[tokio::test]
     async fn a_port_already_listened_on_is_refused_with_a_reason() {
         let key = SigningKey::from_bytes(&[7; 32]);
