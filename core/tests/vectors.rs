@@ -423,6 +423,19 @@ fn build_vectors() -> Vec<Vector> {
         canon(&signed),
     ));
 
+    // A vote's canonical body, and the vote council-1 signs over exactly
+    // those bytes behind the vote domain.
+    let cast = |body: &VoteBody| {
+        let bytes = canon(body);
+        let vote = Vote::cast(body.clone(), &key("council-1"));
+        verify_bytes(
+            &[domain::VOTE, &bytes[..]].concat(),
+            &body.voter,
+            &vote.signature,
+        )
+        .unwrap();
+        (bytes, vote)
+    };
     let vote_body = VoteBody {
         project: "default".into(),
         epoch: 1,
@@ -435,14 +448,7 @@ fn build_vectors() -> Vec<Vector> {
         voter: id("council-1"),
         genesis: None,
     };
-    let vbytes = canon(&vote_body);
-    let vote = Vote::cast(vote_body.clone(), &key("council-1"));
-    verify_bytes(
-        &[domain::VOTE, &vbytes[..]].concat(),
-        &vote_body.voter,
-        &vote.signature,
-    )
-    .unwrap();
+    let (vbytes, vote) = cast(&vote_body);
     v.push(vector(
         "vote/body",
         "a council VoteBody over (project, council epoch, member-set hash) bound to no genesis, as written before binding existed; the voter signs \"SWOOSH-VOTE-v1\\0\" || these bytes",
@@ -514,14 +520,7 @@ fn build_vectors() -> Vec<Vector> {
         genesis: Some(bound_hash),
         ..vote_body
     };
-    let vbytes = canon(&vote_body);
-    let vote = Vote::cast(vote_body.clone(), &key("council-1"));
-    verify_bytes(
-        &[domain::VOTE, &vbytes[..]].concat(),
-        &vote_body.voter,
-        &vote.signature,
-    )
-    .unwrap();
+    let (vbytes, _) = cast(&vote_body);
     v.push(vector(
         "vote/body-bound",
         "vote/body bound to genesis/bound's hash (field genesis), so it counts in that cluster only; signed as vote/body",

@@ -913,6 +913,27 @@ fn at_elect_with(
     panic!("never reached ELECT");
 }
 
+/// The leader's proposal of `cert`, stepped through the reducer (which
+/// must accept it) a second after the vector origin.
+fn propose_certificate(
+    node: &mut NodeState,
+    cert: &Certificate,
+    keys: &Keys,
+) -> swoosh_core::Proposal {
+    let p = certificate_proposal(cert, node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
+    let s = step(
+        node,
+        &p,
+        &Ctx {
+            now_ms: ORIGIN_MS + 1_000,
+            verify: Verify::Full,
+            snapshot_every: 0,
+        },
+    );
+    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    p
+}
+
 fn members(keys: &Keys) -> Vec<SignerId> {
     Driver::new(keys, 1).members()
 }
@@ -948,18 +969,8 @@ fn agents_vote_and_the_certificate_is_accepted_by_the_reducer() {
     assert_eq!(cert.votes.len(), 2, "certified at the threshold");
     assert_eq!(col.certificates(), 1);
     assert_eq!(col.counted(), 3);
-    let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
+    let p = propose_certificate(&mut node, &cert, &keys);
     assert_eq!(p.transition, "Council_QuorumCert");
-    let s = step(
-        &mut node,
-        &p,
-        &Ctx {
-            now_ms: ORIGIN_MS + 1_000,
-            verify: Verify::Full,
-            snapshot_every: 0,
-        },
-    );
-    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
     let st = node.project("atlas");
     assert_eq!(st.council.phase, "TOOLING_SYNC");
     assert_eq!(
@@ -1202,17 +1213,7 @@ fn a_legacy_genesis_counts_unbound_votes_and_refuses_foreign_ones() {
     let VoteOutcome::Certificate(cert) = col.on_vote(&recast(&keys.council[1], None)) else {
         panic!("an unbound vote counts under a legacy genesis")
     };
-    let p = certificate_proposal(&cert, &node, &keys.leader, ORIGIN_MS + 1_000).unwrap();
-    let s = step(
-        &mut node,
-        &p,
-        &Ctx {
-            now_ms: ORIGIN_MS + 1_000,
-            verify: Verify::Full,
-            snapshot_every: 0,
-        },
-    );
-    assert!(matches!(s.outcome, Outcome::Accepted(_)), "{:?}", s.outcome);
+    propose_certificate(&mut node, &cert, &keys);
     assert_eq!(node.project("default").council.phase, "TOOLING_SYNC");
 }
 
