@@ -303,7 +303,8 @@ pub enum EventKind {
     SnapshotRollback,
     /// A message with a bad signature or from a non-leader was refused.
     ForgedMessage,
-    /// A council vote was refused (forged, outsider, stale epoch).
+    /// A council vote was refused (forged, outsider, stale epoch, signed for
+    /// another cluster's genesis).
     VoteRejected,
     /// Anything else (the reason carries the original kind).
     Other,
@@ -477,7 +478,7 @@ impl EventKind {
             SnapshotCorrupt => "storage damaged a snapshot; recovery gets slower and may be at risk",
             SnapshotRollback => "a node came back older than it was; it must replay to catch up",
             ForgedMessage => "someone is injecting messages into the cluster's channel",
-            VoteRejected => "a council agent is misconfigured, stale or not on the roster",
+            VoteRejected => "a council agent is misconfigured, stale, not on the roster, or its key also votes in another cluster",
             Other => "an unclassified operational signal",
         }
     }
@@ -506,7 +507,7 @@ impl EventKind {
             SnapshotCorrupt => "run `swoosh snapshot list` and `swoosh wal verify`; check the disk",
             SnapshotRollback => "check why the newest snapshot was unusable; see the snapshot restore runbook",
             ForgedMessage => "find the sending peer; check the genesis, roster and follower keys",
-            VoteRejected => "check the agent's key, roster membership and epoch",
+            VoteRejected => "check the agent's key, roster membership and epoch; for wrong_genesis, the agent's genesis.json (it signs for another cluster: give each cluster its own council keys)",
             Other => "look at the example detail",
         }
     }
