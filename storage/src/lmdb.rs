@@ -574,6 +574,11 @@ impl LmdbStore {
                         .delete_range(&mut wtxn, &range)
                         .map_err(|e| self.err("cutting the WAL's start", e))?;
                 }
+                Op::ClearSpace { space } => {
+                    self.db(*space)
+                        .clear(&mut wtxn)
+                        .map_err(|e| self.err("clearing a derived space", e))?;
+                }
             }
         }
         wtxn.commit()

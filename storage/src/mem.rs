@@ -68,6 +68,7 @@ impl Tables {
                     let kept = wal.split_off(&crate::store::index_key(index + 1).to_vec());
                     *wal = kept;
                 }
+                Op::ClearSpace { space } => self.space_mut(*space).clear(),
             }
         }
     }

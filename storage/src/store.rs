@@ -128,6 +128,11 @@ pub enum Op {
     /// there; `index` must be above the current base and at most the last
     /// record.
     CutWalThrough { index: u64 },
+    /// Remove every entry of a derived space ([`Space::Idem`] or
+    /// [`Space::Decisions`], which the WAL can rebuild). A snapshot install
+    /// uses it to drop a whole log's derived entries in one commit without
+    /// listing their keys in memory.
+    ClearSpace { space: Space },
 }
 
 /// Operations applied atomically, in order, by [`LogStore::commit`].
@@ -162,6 +167,10 @@ impl Batch {
     }
     pub fn cut_wal_through(&mut self, index: u64) -> &mut Self {
         self.ops.push(Op::CutWalThrough { index });
+        self
+    }
+    pub fn clear_space(&mut self, space: Space) -> &mut Self {
+        self.ops.push(Op::ClearSpace { space });
         self
     }
     pub fn ops(&self) -> &[Op] {
@@ -245,6 +254,8 @@ pub enum StoreError {
     },
     #[error("WAL base of {location}: {detail}")]
     WalBase { location: String, detail: String },
+    #[error("refusing to clear the {space} space of {location}: only the derived spaces (idem, decisions), which the WAL rebuilds, may be cleared whole")]
+    NotDerived { location: String, space: Space },
 }
 
 /// One stored entry: key and value bytes.
@@ -440,6 +451,14 @@ pub(crate) fn validate(
                     ));
                 }
                 cut_through = Some(*index);
+            }
+            Op::ClearSpace { space } => {
+                if !matches!(space, Space::Idem | Space::Decisions) {
+                    return Err(StoreError::NotDerived {
+                        location: location.to_string(),
+                        space: *space,
+                    });
+                }
             }
         }
     }

@@ -244,7 +244,59 @@ fn overwrite_raw_reaches_the_disk(h: &mut impl Harness) {
     assert_eq!(s.last_index().unwrap(), 3);
 }
 
+/// A derived space is cleared whole, what the journal still holds included;
+/// the spaces the WAL cannot rebuild refuse it and keep their entries.
+fn clear_space_empties_only_derived_spaces(h: &mut impl Harness) {
+    let mut s = h.open();
+    let mut b = Batch::new();
+    b.append(1, b"record-1".to_vec());
+    for i in 0..3u8 {
+        b.put(Space::Idem, vec![b'i', i], b"entry".to_vec());
+        b.put(Space::Decisions, vec![b'd', i], b"decision".to_vec());
+    }
+    s.commit(b).unwrap();
+    s.put_snapshot(1, b"snap".to_vec()).unwrap();
+    s.put_meta("genesis_hash", b"g").unwrap();
+    assert_eq!(s.count(Space::Idem).unwrap(), 3);
+
+    let mut b = Batch::new();
+    b.clear_space(Space::Idem)
+        .clear_space(Space::Decisions)
+        .put(Space::Idem, b"kept".to_vec(), b"after the clear".to_vec());
+    s.commit(b).unwrap();
+    let s = h.crash_and_reopen(s);
+    assert_eq!(s.count(Space::Decisions).unwrap(), 0);
+    assert_eq!(
+        s.count(Space::Idem).unwrap(),
+        1,
+        "a put after the clear stays"
+    );
+    assert_eq!(s.get(Space::Idem, &[b'i', 0]).unwrap(), None);
+
+    let mut s = s;
+    for space in [Space::Wal, Space::Meta, Space::Snapshots] {
+        let mut b = Batch::new();
+        b.put(Space::Idem, b"refused".to_vec(), b"v".to_vec())
+            .clear_space(space);
+        let e = s.commit(b).unwrap_err();
+        assert!(
+            matches!(e, StoreError::NotDerived { space: got, .. } if got == space),
+            "{space}: {e}"
+        );
+        assert!(e.to_string().contains("only the derived spaces"), "{e}");
+    }
+    assert_eq!(
+        s.get(Space::Idem, b"refused").unwrap(),
+        None,
+        "nothing applied"
+    );
+    assert_eq!(s.last_index().unwrap(), 1);
+    assert_eq!(s.list_snapshots().unwrap(), vec![1]);
+    assert_eq!(s.get_meta("genesis_hash").unwrap(), Some(b"g".to_vec()));
+}
+
 both_backends!(
+    clear_space_empties_only_derived_spaces,
     append_and_read_range,
     appends_must_be_contiguous_and_atomic,
     wal_space_is_written_only_by_appends,
