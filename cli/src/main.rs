@@ -163,19 +163,56 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() {
-    // Like other Unix tools, end quietly when the reader of our output goes
-    // away (`swoosh wal export | head`) instead of panicking on EPIPE.
-    // SAFETY: called before any other thread writes to a pipe; SIG_DFL is a
-    // valid disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    let cli = Cli::parse();
+    if cli.cmd.ends_with_its_reader() {
+        // Like other Unix tools, end quietly when the reader of our output
+        // goes away (`swoosh wal export | head`) instead of panicking on
+        // EPIPE.
+        // SAFETY: called before any thread but this one exists; SIG_DFL is a
+        // valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     // Best effort (see the function): a refusal only costs speed.
     let _ = disable_transparent_huge_pages();
-    let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(e.downcast_ref::<Exit>().map_or(1, |x| x.code));
+    }
+}
+
+impl Cmd {
+    /// True for the commands that only read local files and write to
+    /// stdout, which may take SIGPIPE's default action (end the process).
+    /// Every command that opens a socket keeps Rust's default (SIGPIPE
+    /// ignored, EPIPE returned): a vectored socket write (`writev`, which
+    /// hyper and others use) to a peer that reset the connection raises
+    /// SIGPIPE, which would kill a node, and systemd counts that end as a
+    /// clean exit that `Restart=on-failure` does not restart.
+    fn ends_with_its_reader(&self) -> bool {
+        match self {
+            Cmd::Statechart { .. }
+            | Cmd::Wal { .. }
+            | Cmd::Snapshot { .. }
+            | Cmd::Replay(_)
+            | Cmd::License { .. }
+            | Cmd::Probe { .. }
+            | Cmd::Keygen { .. }
+            | Cmd::Init(_) => true,
+            Cmd::Demo(_)
+            | Cmd::Serve(_)
+            | Cmd::Propose(_)
+            | Cmd::State { .. }
+            | Cmd::Health { .. }
+            | Cmd::Attention { .. }
+            | Cmd::Decisions { .. }
+            | Cmd::Chaos(_)
+            | Cmd::Bench(_)
+            | Cmd::Follow(_)
+            | Cmd::Agent(_)
+            | Cmd::P2p { .. } => false,
+        }
     }
 }
 
@@ -281,8 +318,6 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if out.exists() && !force {
         bail!(
             "{} already exists; pass --force to overwrite it (the old key is lost)",
@@ -292,25 +327,52 @@ fn keygen(out: &std::path::Path, force: bool) -> Result<()> {
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| {
-            format!(
-                "cannot write the key file {}: check the directory exists and is writable",
-                out.display()
-            )
-        })?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
+    node::write_key(out, &key).with_context(|| {
+        format!(
+            "cannot write the key file {}: check the directory exists and is writable",
+            out.display()
+        )
+    })?;
     println!("{}", swoosh_core::SignerId::from_signing_key(&key));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    fn ends_with_its_reader(args: &[&str]) -> bool {
+        let cli = super::Cli::try_parse_from(std::iter::once("swoosh").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        cli.cmd.ends_with_its_reader()
+    }
+
+    /// A node, a client or anything else with a socket must never take
+    /// SIGPIPE's default action; local output commands may.
+    #[test]
+    fn only_local_output_commands_end_on_sigpipe() {
+        for args in [
+            &["serve", "--dir", "d"][..],
+            &["follow", "--dir", "d", "--leader", "/ip4/127.0.0.1/tcp/1"],
+            &["p2p", "leader", "--dir", "d"],
+            &["agent", "--dir", "d", "--peer", "/ip4/127.0.0.1/tcp/1"],
+            &["demo"],
+            &["state", "--project", "p"],
+            &["health"],
+            &["bench", "http"],
+        ] {
+            assert!(!ends_with_its_reader(args), "{args:?} opens sockets");
+        }
+        for args in [
+            &["wal", "export", "--dir", "d", "--format", "jsonl"][..],
+            &["replay", "--dir", "d"],
+            &["statechart"],
+            &["snapshot", "list", "--dir", "d"],
+        ] {
+            assert!(ends_with_its_reader(args), "{args:?} only writes to stdout");
+        }
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn transparent_huge_pages_are_off_after_start_up() {

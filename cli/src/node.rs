@@ -104,17 +104,63 @@ pub fn read_key(path: &Path) -> Result<SigningKey> {
 }
 
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
+    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    write_file_atomic(path, text.as_bytes(), 0o600, Replace::Yes)
+}
+
+/// Whether [`write_file_atomic`] may replace a file already at the path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Replace {
+    Yes,
+    No,
+}
+
+/// Write `bytes` to `path` so that a crash or a power loss leaves the old
+/// file or the new one, never an empty or partial one: a temporary file
+/// beside it, synced, then renamed over it (or, with [`Replace::No`],
+/// linked, which fails if the path exists), then the directory synced.
+/// The file gets `mode` (0600 for a secret) whatever an old one had: a key
+/// replaced with `--force` does not inherit an old file's looser mode.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
-    Ok(())
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let what = || format!("cannot write {}", path.display());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // `mode` applies only to a file the open creates; a leftover
+        // temporary file of an earlier crash keeps its own.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    let placed = written.and_then(|()| match replace {
+        Replace::Yes => std::fs::rename(&tmp, path),
+        Replace::No => std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp)),
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(what);
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the directory {}", dir.display()))
 }
 
 pub fn new_key() -> SigningKey {
@@ -138,8 +184,8 @@ pub fn read_genesis(path: &Path) -> Result<Genesis> {
 }
 
 pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    write_file_atomic(path, text.as_bytes(), 0o644, Replace::Yes)
 }
 
 /// The attention scorer's memory, in the node's data directory.
@@ -162,6 +208,20 @@ pub fn set_lmdb_map_gib(gib: u64) {
 pub fn lmdb_map_bytes() -> usize {
     let gib = LMDB_MAP_GIB.get().copied().unwrap_or(LMDB_MAP_GIB_DEFAULT);
     usize::try_from(gib << 30).unwrap_or(swoosh_storage::LMDB_MAP_BYTES_DEFAULT)
+}
+
+/// [`open_store`] for a process that will write (a node or a follower),
+/// which must hold the journal: without it, it would serve LMDB without the
+/// commits a crash left in the journal, and append at their indexes.
+pub fn open_writer_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
+    let store = open_store(dir, nosync)?;
+    if store.journal_busy() {
+        bail!(
+            "another process holds the commit journal {} (the directory lock is free, so it is a read-only command such as `swoosh wal verify`, `wal export` or `replay` reading this directory, which also folds what a crash left in the journal): wait for it to finish or stop it, then start the node again",
+            dir.join("data").join(swoosh_storage::journal::JOURNAL_FILE).display()
+        );
+    }
+    Ok(store)
 }
 
 pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
@@ -265,6 +325,22 @@ pub fn init(a: InitArgs) -> Result<()> {
         bail!("--beat-ms must be between 40 and 86400000");
     }
     let top = &a.dir;
+    // A node's own directory (what deploy copies to each machine) is not a
+    // cluster directory: --force there would replace the only copy of the
+    // genesis its store and keys belong to.
+    for own in [
+        "node.key",
+        "agent.key",
+        crate::p2p_cmd::AGE_KEY_FILE,
+        "data",
+    ] {
+        if top.join(own).exists() {
+            bail!(
+                "{} holds {own}: it is a node's directory, not a cluster directory; `swoosh init` writes a new cluster and would leave this node unable to start. Pick a new, empty --dir",
+                top.display()
+            );
+        }
+    }
     if top.join(GENESIS_FILE).exists() && !a.force {
         bail!("{} already holds a cluster; pass --force to overwrite it (its keys are lost) or pick another --dir", top.display());
     }
@@ -491,7 +567,7 @@ fn prepare_node(
     let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
     let key = read_key(&dir.join("node.key"))?;
     crate::dirlock::lock_node_dir(dir)?;
-    let store = open_store(dir, nosync)?;
+    let store = open_writer_store(dir, nosync)?;
     let cfg = NodeConfig {
         genesis,
         leader_key: key,
@@ -1305,6 +1381,36 @@ pub async fn decisions(r: ReadArgs, reference: String) -> Result<()> {
 mod tests {
     use super::render_health;
     use serde_json::json;
+
+    /// A replaced file takes the new mode and content and leaves no
+    /// temporary file; `Replace::No` refuses an existing file and keeps it.
+    #[test]
+    fn an_atomic_write_replaces_the_mode_and_refuses_when_asked() {
+        use super::{write_file_atomic, Replace};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("age.key");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let e = write_file_atomic(&path, b"new", 0o600, Replace::No).unwrap_err();
+        assert!(format!("{e:#}").contains("age.key"), "{e:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+
+        write_file_atomic(&path, b"new", 0o600, Replace::Yes).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the old file's 0644 is not kept");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("age.key")]);
+
+        let fresh = dir.path().join("fresh.key");
+        write_file_atomic(&fresh, b"k", 0o600, Replace::No).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"k");
+    }
 
     /// A key file others can read is named with its mode and the fix; one
     /// `write_key` made (0600) is not; either still reads.

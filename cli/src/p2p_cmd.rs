@@ -131,16 +131,12 @@ fn parse_addr(s: &str, flag: &str) -> Result<Multiaddr> {
 }
 
 pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{text}")?;
-    Ok(())
+    crate::node::write_file_atomic(
+        path,
+        format!("{text}\n").as_bytes(),
+        0o600,
+        crate::node::Replace::No,
+    )
 }
 
 pub(crate) fn read_age(path: &Path) -> Result<swoosh_net::p2p::envelope::AgeIdentity> {
@@ -298,7 +294,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         .map(|l| parse_addr(l, "--listen"))
         .transpose()?;
     crate::dirlock::lock_node_dir(&a.dir)?;
-    let mut store = open_store(&a.dir, a.nosync)?;
+    let mut store = crate::node::open_writer_store(&a.dir, a.nosync)?;
     if a.clear_halt {
         match swoosh_storage::clear_halt(&mut store)? {
             Some(m) => eprintln!(

@@ -117,7 +117,9 @@ pub enum WalCmd {
         /// Last record to export (default: the last record of the log).
         #[arg(long)]
         to: Option<u64>,
-        /// Write to this file (replaced if it exists) instead of stdout.
+        /// Write to this file instead of stdout: written as `<FILE>.partial`
+        /// and renamed over FILE only when the whole range was exported (a
+        /// failed export leaves an existing FILE as it was).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -409,18 +411,18 @@ fn open_node(dir: &Path, access: Access) -> Result<Node> {
     }
     let store = open_store(dir, false)?;
     // A Sync store opened without its journal: another process holds the
-    // journal's lock, i.e. a node serves this directory. Its newest commits
-    // are in its journal and memory only, and a write here would go under
-    // it (a cut or reindex the node does not know of, or records at indexes
-    // it is about to use).
+    // journal's lock. A node serving this directory also holds the
+    // directory lock, so a write command that got that lock is facing a
+    // read-only command instead. Either one's newest commits or fold are
+    // in its memory only, and a write here would go under it.
     if store.durability() == Durability::Sync && !store.journaled() {
         match access {
             Access::Write => bail!(
-                "a node is running on {shown} (it holds the lock on {}): stop it first, then rerun this command; read-only commands (wal verify, wal export, wal inspect, replay, snapshot list) work on a live node",
+                "another process holds the lock on {} (a swoosh command reading {shown}, or a program embedding its store; a node serving it would hold the directory lock too, and that one is free): wait for it to finish or stop it, then rerun this command",
                 data.join(JOURNAL_FILE).display()
             ),
             Access::Read => eprintln!(
-                "swoosh: warning: a node is running on {shown}: its newest commits, not yet folded into the store, may not be visible here"
+                "swoosh: warning: another process holds the journal of {shown} (a node serving it, or another command reading it): commits not yet folded into the store may not be visible here"
             ),
         }
     }
@@ -882,7 +884,14 @@ fn wal_export(
     if from > to && last > 0 {
         bail!("--from {from} is beyond the end of the log (its last record is {last})");
     }
-    let mut sink: Box<dyn Write> = match out {
+    // An export replaces FILE only once it is whole: a nightly export that
+    // stops at a damaged record must not have destroyed the previous one.
+    let partial = out.map(|p| {
+        let mut name = p.as_os_str().to_os_string();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    let mut sink: Box<dyn Write> = match &partial {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| {
                 format!(
@@ -893,7 +902,9 @@ fn wal_export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let target = out.map_or("stdout".to_string(), |p| p.display().to_string());
+    let target = partial
+        .as_ref()
+        .map_or("stdout".to_string(), |p| p.display().to_string());
     let mut written = 0u64;
     let mut failure = None;
     if from <= to {
@@ -947,11 +958,34 @@ fn wal_export(
     }
     drop(sink);
     if let Some(f) = failure {
+        let kept = out.map_or(String::new(), |p| {
+            format!("; {} was left as it was", p.display())
+        });
         bail!(
-            "export stopped: {} ({written} records before it were written to {target})",
+            "export stopped: {} ({written} records before it were written to {target}{kept})",
             f.message()
         );
     }
+    if let (Some(p), Some(part)) = (out, &partial) {
+        std::fs::File::open(part)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(part, p))
+            .with_context(|| {
+                format!(
+                    "cannot move the finished export {} to {}",
+                    part.display(),
+                    p.display()
+                )
+            })?;
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync the directory {}", parent.display()))?;
+    }
+    let target = out.map_or(target, |p| p.display().to_string());
     if out.is_some() {
         eprintln!(
             "exported {written} records ({}) to {target}",

@@ -281,6 +281,20 @@ fn init_serve_propose_read_and_verify() {
         std::fs::read(format!("{d}/leader/node.key")).unwrap(),
         key_before
     );
+
+    // Nor does init --force given a node's own directory (the only copy of
+    // its genesis on a deployed machine).
+    let leader = format!("{d}/leader");
+    let genesis_before = std::fs::read(format!("{leader}/genesis.json")).unwrap();
+    let o = swoosh(&["init", "--dir", &leader, "--force"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("it is a node's directory"), "{err}");
+    assert_eq!(
+        std::fs::read(format!("{leader}/genesis.json")).unwrap(),
+        genesis_before
+    );
+    assert!(!std::path::Path::new(&format!("{leader}/keys")).exists());
 }
 
 /// `swoosh p2p enroll` rewrites genesis, so it checks every node directory

@@ -468,9 +468,16 @@ fn write_commands_refuse_a_live_nodes_directory() {
     ];
     for args in writes {
         let o = fails(args);
-        let want = format!("a node is running on {d}");
-        assert!(text(&o).contains(&want), "{args:?}: {}", text(&o));
-        assert!(text(&o).contains("stop it first"), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("another process holds the lock on"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert!(
+            text(&o).contains("wait for it to finish"),
+            "{args:?}: {}",
+            text(&o)
+        );
     }
     assert!(!cut.exists(), "a refused repair writes no side file");
     assert_eq!(live.list_snapshots().expect("list"), snaps);
@@ -487,15 +494,25 @@ fn write_commands_refuse_a_live_nodes_directory() {
         let o = ok(args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains("a node is running on") && err.contains("may not be visible"),
+            err.contains("another process holds the journal") && err.contains("may not be visible"),
             "{args:?}: {err}"
         );
     }
 
+    // A node does not start on it either: it would serve the store without
+    // what the journal's holder has not folded, and append at those indexes.
+    let o = fails(&["serve", "--dir", d, "--http", "127.0.0.1:0"]);
+    assert!(
+        text(&o).contains("another process holds the commit journal"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(live.last_index().expect("last index"), last);
+
     // Once the node is gone, the same commands run, without the warning.
     drop(live);
     let o = ok(&["wal", "reindex", "--dir", d]);
-    assert!(!text(&o).contains("a node is running"), "{}", text(&o));
+    assert!(!text(&o).contains("another process holds"), "{}", text(&o));
 }
 
 /// A leader stores one decision per record. One that has lost them all is
@@ -660,6 +677,53 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
         "wal", "export", "--dir", d, "--format", "jsonl", "--from", "5",
     ]);
     assert!(text(&o).contains("30"), "names the base: {}", text(&o));
+}
+
+/// `wal export --out` replaces the file only with a whole export: one that
+/// stops at a damaged record leaves the previous export as it was, and the
+/// records before the damage in `<file>.partial`.
+#[test]
+fn a_failed_export_keeps_the_previous_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_dir(tmp.path(), "follower-1", 30, 10);
+    let d = s(&dir);
+    let out = tmp.path().join("nightly.jsonl");
+    let partial = tmp.path().join("nightly.jsonl.partial");
+    ok(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "jsonl",
+        "--out",
+        s(&out),
+    ]);
+    let whole = std::fs::read(&out).unwrap();
+    assert_eq!(whole.iter().filter(|b| **b == b'\n').count(), 10);
+    assert!(!partial.exists(), "renamed once whole");
+
+    damage_record(&dir, 35);
+    let o = fails(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "jsonl",
+        "--out",
+        s(&out),
+    ]);
+    assert!(text(&o).contains("export stopped"), "{}", text(&o));
+    assert!(text(&o).contains("was left as it was"), "{}", text(&o));
+    assert!(text(&o).contains("nightly.jsonl.partial"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        whole,
+        "the previous export is kept"
+    );
+    let part = std::fs::read_to_string(&partial).unwrap();
+    assert_eq!(part.lines().count(), 4, "records 31..=34: {part}");
 }
 
 /// `wal repair` on a log based on a snapshot walks from the record after

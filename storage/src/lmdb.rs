@@ -70,6 +70,10 @@ pub struct LmdbStore {
     /// lock: the commit journal ([`crate::journal`]).
     journal: Option<Arc<Journal>>,
     replayed: u64,
+    /// The journal needed opening (a Sync store, or one not closed clean)
+    /// but another process held its lock: this handle neither journals nor
+    /// folded what the journal holds.
+    journal_busy: bool,
 }
 
 const JOURNAL_DB: &str = "journal";
@@ -259,6 +263,7 @@ impl LmdbStore {
             requested_map_bytes: opts.map_bytes,
             journal: None,
             replayed: 0,
+            journal_busy: false,
         };
         // NoSync opens fold too: a Sync node that crashed may have left
         // acknowledged commits in the journal only, and a store that served
@@ -323,7 +328,10 @@ impl LmdbStore {
             .map_err(|e| open_err(format!("opening the journal {}: {e}", path.display())))?;
         match flock_within(&file, Duration::from_millis(JOURNAL_LOCK_WAIT_MS)) {
             Ok(true) => {}
-            Ok(false) => return Ok(()),
+            Ok(false) => {
+                self.journal_busy = true;
+                return Ok(());
+            }
             Err(e) => {
                 return Err(open_err(format!(
                     "locking the journal {}: {e}",
@@ -463,6 +471,14 @@ impl LmdbStore {
     /// True when commits go through the journal (see [`crate::journal`]).
     pub fn journaled(&self) -> bool {
         self.journal.is_some()
+    }
+
+    /// True when another process held the journal's lock at open: a node
+    /// serving this directory, or a command reading it (which folds a
+    /// crash's entries). This handle sees LMDB without that process's
+    /// unfolded commits, so a writer must not start on it.
+    pub fn journal_busy(&self) -> bool {
+        self.journal_busy
     }
 
     /// Journal entries not yet folded into LMDB.
