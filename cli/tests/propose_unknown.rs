@@ -237,6 +237,43 @@ fn an_unknown_attempt_then_a_node_that_gave_up_keeps_the_proposal() {
     assert_eq!(kept, first);
 }
 
+/// A reverse proxy that gives up first (its own `504`, an HTML body) says
+/// nothing of what the node did: the proposal is kept to resubmit.
+#[test]
+fn a_proxys_gateway_timeout_keeps_the_proposal() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("k");
+    let o = swoosh(&["keygen", "--out", key.to_str().unwrap()], t.path());
+    assert!(o.status.success(), "{o:?}");
+    let (url, posted) =
+        fake_node_answering(|_| Some((504, "<html>504 Gateway Time-out</html>".into())));
+    let chosen = t.path().join("kept.json");
+    let o = swoosh(
+        &[
+            "propose",
+            "--to",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "--transition",
+            "Boot_ConfigOk",
+            "--idem-key",
+            "default:boot/3",
+            "--save",
+            chosen.to_str().unwrap(),
+        ],
+        t.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("504"), "{err}");
+    assert!(err.contains("outcome unknown"), "{err}");
+    assert!(err.contains(&chosen.display().to_string()), "{err}");
+    let first: serde_json::Value = serde_json::from_slice(&posted.lock().unwrap()[0]).unwrap();
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
+    assert_eq!(kept, first);
+}
+
 /// A node URL with a path is put before every endpoint (a reverse proxy
 /// may map it to the node): a node's `404` then says so and names the
 /// accepted form, for every client command alike. A query or fragment,

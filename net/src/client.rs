@@ -277,16 +277,22 @@ impl ClientError {
         }
     }
     /// Whether a proposal may or may not have been applied: no complete
-    /// reply after it was sent (on the last attempt or an earlier one), or
-    /// `503 unavailable` (no durable outcome in time). Resubmitting the
-    /// same signed proposal settles it.
+    /// reply after it was sent (on the last attempt or an earlier one),
+    /// `503 unavailable` (no durable outcome in time), or a gateway's
+    /// answer instead of the node's (a reverse proxy's `502`/`504`, or any
+    /// `5xx` whose body is not a node's error: the proxy may have given up
+    /// while the node went on and committed). Resubmitting the same signed
+    /// proposal settles it.
     pub fn outcome_unknown(&self) -> bool {
         match self {
             ClientError::Connect {
                 outcome_unknown, ..
             } => *outcome_unknown,
             ClientError::OutcomeUnknown { .. } => true,
-            ClientError::Refused { status: 503, body } => body.error == "unavailable",
+            ClientError::Refused { status: 503, body } if body.error == "unavailable" => true,
+            ClientError::Refused { status, body } => {
+                matches!(status, 502 | 504) || (*status >= 500 && body.error == "http")
+            }
             _ => false,
         }
     }
@@ -1177,6 +1183,21 @@ mod tests {
             !e.outcome_unknown() && !e.to_string().contains("UNKNOWN"),
             "{e}"
         );
+        // A gateway's answer on the first attempt is unknown by itself: the
+        // proxy may have given up while the node committed.
+        for (status, code) in [
+            (502, "http"),
+            (504, "http"),
+            (500, "http"),
+            (504, "timeout"),
+        ] {
+            let (_, e) = run(vec![refusal(status, code, None)]);
+            let e = e.expect("stops");
+            assert!(e.outcome_unknown(), "{status} {code}: {e}");
+        }
+        // A node's own 500 (its storage refused before admission) is not.
+        let (_, e) = run(vec![refusal(500, "storage", None)]);
+        assert!(!e.expect("stops").outcome_unknown());
         // Endings that do not answer for the proposal keep it unknown: a
         // proxy's 502, a body timeout.
         for (status, code) in [(502, "http"), (504, "http"), (408, "timeout")] {

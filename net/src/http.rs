@@ -602,6 +602,20 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
     Ok(p)
 }
 
+/// Whether a failed body read hit the size limit (`413`) rather than a
+/// broken body (a malformed chunked encoding, a connection closed before
+/// the promised length: `400`).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Submit a signed transition proposal.
 #[utoipa::path(
     post,
@@ -646,7 +660,17 @@ async fn post_transition(
     let bytes: Bytes =
         match tokio::time::timeout(st.limits.body_read, axum::body::to_bytes(body, BODY_BYTES_MAX)).await {
             Ok(Ok(b)) => b,
-            Ok(Err(_)) => return too_large(),
+            Ok(Err(e)) if over_limit(&e) => return too_large(),
+            Ok(Err(e)) => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!(
+                        "the body could not be read ({}): send it whole, with a Content-Length that matches or a well-formed chunked encoding, and resubmit",
+                        crate::p2p::bounds::clip(&e.to_string())
+                    ),
+                )
+            }
             Err(_) => {
                 return err(
                     StatusCode::REQUEST_TIMEOUT,

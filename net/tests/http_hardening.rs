@@ -181,6 +181,35 @@ async fn stall_in_body(s: &mut TcpStream, carry: &mut Vec<u8>) {
     let _ = s.write_all(b"{").await;
 }
 
+/// A chunked body (no Content-Length to refuse up front) over the limit is
+/// `413 too_large`; a broken chunked encoding is `400 malformed`, not 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_is_413_and_a_broken_one_400() {
+    let srv = start(ServeLimits::default()).await;
+    let head = b"POST /transition HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 transfer-encoding: chunked\r\n\r\n";
+    let big = swoosh_net::api::BODY_BYTES_MAX + 1;
+    let mut over = head.to_vec();
+    over.extend_from_slice(format!("{big:x}\r\n").as_bytes());
+    over.extend(std::iter::repeat_n(b' ', big));
+    over.extend_from_slice(b"\r\n0\r\n\r\n");
+    let mut broken = head.to_vec();
+    broken.extend_from_slice(b"zz\r\n{}\r\n0\r\n\r\n");
+    for (request, want) in [(over, (413, "too_large")), (broken, (400, "malformed"))] {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let (status, head, body) = tokio::time::timeout(PATIENCE, async {
+            // The server may answer and close before it has read it all.
+            let _ = s.write_all(&request).await;
+            read_response(&mut s, &mut vec![]).await
+        })
+        .await
+        .expect("a reply");
+        let b = error_body(&head, &body);
+        assert_eq!((status, b.error.as_str()), want, "{b:?}");
+    }
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_body_gets_408_json_after_the_body_read_timeout() {
     let srv = start(ServeLimits {
