@@ -48,6 +48,9 @@ impl Depth {
     pub fn get(&self) -> usize {
         self.n.load(Ordering::Acquire)
     }
+    pub fn max(&self) -> usize {
+        self.max
+    }
     pub fn reset(&self) {
         self.n.store(0, Ordering::Release);
     }

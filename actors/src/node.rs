@@ -432,7 +432,11 @@ struct Shared<S> {
     refs: RwLock<Refs>,
     ready: AtomicBool,
     stopping: AtomicBool,
-    inflight: AtomicUsize,
+    /// Client proposals admitted and not yet answered: each holds an
+    /// [`InflightPermit`], which travels with it to the sequencer and its
+    /// waiter, so a caller that goes away (a dropped connection, its own
+    /// timeout) does not free its slot while the node still works on it.
+    inflight: Arc<AtomicUsize>,
     inflight_max: AtomicUsize,
     /// Each licensed, not terminated project's license, kept by the
     /// sequencer; `/metrics` exports the earliest expiry still in force.
@@ -567,7 +571,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             }),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
+            inflight: Arc::new(AtomicUsize::new(0)),
             inflight_max: AtomicUsize::new(INFLIGHT_PROPOSALS_MAX),
             licenses: Mutex::new(Licenses::default()),
             durable_index: AtomicU64::new(0),
@@ -641,7 +645,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             };
         }
         let prev = sh.inflight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InflightGuard(&sh.inflight);
+        let permit = InflightPermit(sh.inflight.clone());
         let max = sh.inflight_max.load(Ordering::Acquire);
         if prev >= max {
             sh.metrics.backpressure_total.inc();
@@ -679,6 +683,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
             received: Instant::now(),
             reply: tx,
             quarantine_attempt: 0,
+            permit: Some(permit),
         }) {
             Ok(()) => {}
             Err(SendError::Full { .. }) => {
@@ -698,7 +703,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
         match tokio::time::timeout(Duration::from_millis(SUBMIT_TIMEOUT_MS), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => SubmitResult::Unavailable {
-                reason: "the proposal was not made durable (the sequencer or WAL writer restarted); it was not acknowledged, so resubmit it".into(),
+                reason: "the sequencer or WAL writer restarted before this proposal was acknowledged: it may or may not be durable; resubmit the same proposal (it is idempotent)".into(),
             },
             Err(_) => SubmitResult::Unavailable { reason: format!("no durable outcome within {SUBMIT_TIMEOUT_MS} ms; resubmit the same proposal (it is idempotent)") },
         }
@@ -1037,8 +1042,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> NodeHandle<S> {
     }
 }
 
-struct InflightGuard<'a>(&'a AtomicUsize);
-impl Drop for InflightGuard<'_> {
+/// One admitted client proposal's slot in [`Shared::inflight`], freed when
+/// dropped: with the proposal's message if it never reaches the sequencer,
+/// else once the sequencer has answered it (a refusal at once; an accepted
+/// or duplicate one when durable, with its waiter).
+struct InflightPermit(Arc<AtomicUsize>);
+impl Drop for InflightPermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -1057,6 +1066,8 @@ enum SeqMsg {
         /// 0 for a client's proposal; n for the leader's own n-th attempt to
         /// quarantine a project whose findings breached policy.
         quarantine_attempt: u8,
+        /// A client proposal's admission slot (none for the leader's own).
+        permit: Option<InflightPermit>,
     },
     Durable {
         up_to: u64,
@@ -1070,6 +1081,8 @@ struct Waiter {
     received: Instant,
     /// For accepted records: what the read model and observers need.
     applied: Option<Box<Applied>>,
+    /// Held until the caller is answered.
+    _permit: Option<InflightPermit>,
 }
 
 struct Applied {
@@ -1365,6 +1378,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                 received: Instant::now(),
                 reply: tx,
                 quarantine_attempt: attempt + 1,
+                permit: None,
             })
             .map_err(|e| e.to_string())
         });
@@ -1414,7 +1428,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
         st: &mut SeqState,
     ) -> Result<(), ActorProcessingErr> {
         let sh = &self.shared;
-        sh.depths.seq.took();
         match msg {
             SeqMsg::Submit {
                 proposal,
@@ -1422,7 +1435,31 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                 received,
                 reply,
                 quarantine_attempt,
+                permit,
             } => {
+                // Only submissions count against the depth limit (durability
+                // notices bypass it), so only they are taken off the count.
+                sh.depths.seq.took();
+                // An accepted proposal must reach the WAL writer once the
+                // reducer has applied it: with its mailbox full, refuse now,
+                // before the state changes, rather than fail after and
+                // restart the pair. Only this actor sends appends, so room
+                // seen here is still there at the send below.
+                let wal_full = sh
+                    .refs
+                    .read()
+                    .expect("refs lock")
+                    .wal
+                    .as_ref()
+                    .is_some_and(|w| w.depth.get() >= w.depth.max());
+                if wal_full {
+                    sh.metrics.backpressure_total.inc();
+                    let _ = reply.send(SubmitResult::Busy {
+                        retry_after_ms: 20,
+                        reason: "the WAL writer's queue is full".into(),
+                    });
+                    return Ok(());
+                }
                 let now = sh.cfg.clock.now_ms();
                 let pre = st.node.project(&proposal.project).into_owned();
                 let pre_hash = st.node.project_hash(&proposal.project);
@@ -1528,6 +1565,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                                 ok,
                                 received,
                                 applied: None,
+                                _permit: permit,
                             });
                         }
                     }
@@ -1612,6 +1650,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                             ok,
                             received,
                             applied: Some(Box::new(applied)),
+                            _permit: permit,
                         });
                         sh.metrics.wal_lag_records.set((index - st.durable) as i64);
                     }
@@ -1803,9 +1842,10 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for WalActor<S> {
         st: &mut WalState<S>,
     ) -> Result<(), ActorProcessingErr> {
         let sh = &self.shared;
-        sh.depths.wal.took();
         match msg {
             WalMsg::Append(e) => {
+                // Appends alone are counted (flushes are sent to itself).
+                sh.depths.wal.took();
                 st.pending.push(*e);
                 let limits = st.writer.as_ref().map(|w| w.limits()).unwrap_or_default();
                 if st.pending.len() >= limits.wal_batch_records_max {
@@ -3253,6 +3293,100 @@ mod tests {
             genesis: g,
             origin_ms,
         }
+    }
+
+    /// A caller that goes away (its connection dropped, its own timeout)
+    /// does not free its admission slot while the node still works on its
+    /// proposal: the slot travels with it and is freed once it is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_proposal_keeps_its_admission_slot_until_answered() {
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("abandoned", 0).await;
+        let Next::Propose(p) =
+            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
+        else {
+            panic!("the driver has a first step");
+        };
+        // Commits wait for this lock (held by a thread of its own, not
+        // across this test's awaits): the proposal stays undurable.
+        let held = node.shared.commit_lock.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        let abandoned = tokio::time::timeout(Duration::from_millis(200), node.submit((*p).clone()));
+        assert!(abandoned.await.is_err(), "no answer while commits wait");
+        assert_eq!(
+            node.shared.inflight.load(Ordering::Acquire),
+            1,
+            "the slot stays taken while the sequencer holds the proposal"
+        );
+        node.set_inflight_max(1);
+        let mut other = (*p).clone();
+        other.idem_key = "default:other".into();
+        assert!(
+            matches!(node.submit(other).await, SubmitResult::Busy { .. }),
+            "the limit counts the abandoned proposal"
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.shared.inflight.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < deadline, "the slot is freed once durable");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match node.submit((*p).clone()).await {
+            SubmitResult::Accepted(ok) => assert!(ok.duplicate && ok.index == 1, "{ok:?}"),
+            other => panic!("expected the original outcome, got {other:?}"),
+        }
+    }
+
+    /// A full WAL mailbox refuses a proposal before the reducer applies it
+    /// (`429`-style Busy), instead of failing after and restarting the
+    /// sequencer and the writer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_wal_mailbox_is_backpressure_not_a_restart() {
+        use swoosh_core::scenario::{Driver, Next};
+        let TestNode {
+            _dir,
+            node,
+            keys,
+            genesis: g,
+            origin_ms,
+        } = test_node("walfull", 0).await;
+        let Next::Propose(p) =
+            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
+        else {
+            panic!("the driver has a first step");
+        };
+        let wal = node.shared.refs.read().unwrap().wal.clone().unwrap();
+        wal.depth.fill();
+        match node.submit((*p).clone()).await {
+            SubmitResult::Busy { reason, .. } => assert!(reason.contains("WAL"), "{reason}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert_eq!(node.shared.restarts.load(Ordering::Acquire), 0);
+        wal.depth.reset();
+        match node.submit((*p).clone()).await {
+            SubmitResult::Accepted(ok) => {
+                assert!(
+                    !ok.duplicate && ok.index == 1,
+                    "the refused one left no trace: {ok:?}"
+                )
+            }
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+        assert_eq!(node.shared.restarts.load(Ordering::Acquire), 0);
     }
 
     /// A busy node counts each refused proposal under its transition's

@@ -423,7 +423,7 @@ async fn a_submission_in_flight_across_a_write_path_kill_is_unavailable_and_appl
             .unwrap_or_else(|_| panic!("{kind:?}: the held submission was never answered"))
             .expect("submit task");
         match answer {
-            // "not made durable …", or (on a machine too slow to restart
+            // "restarted before this proposal was acknowledged …", or (on a machine too slow to restart
             // within `SUBMIT_TIMEOUT_MS`) "no durable outcome within …":
             // never an acknowledgement, always a request to resubmit.
             SubmitResult::Unavailable { reason } => {
