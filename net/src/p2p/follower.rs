@@ -51,10 +51,19 @@ pub const REDIAL_MS: u64 = 1_000;
 pub const STATUS_EVERY_MS: u64 = 500;
 /// Refusal reasons kept for the health view.
 pub const REFUSALS_KEPT: usize = 16;
-/// Complete sealed gossip messages and leader responses waiting for the
-/// worker. When it is full the network task drops the message (counted in
-/// `inbox_full_drops`); the protocol fetches what was lost by range.
+/// Complete sealed gossip messages waiting for the worker. When it is full
+/// the network task drops the message (counted in `inbox_full_drops`); the
+/// protocol fetches what was lost by range.
 pub const INBOX_MAX: usize = 1_024;
+/// The leader's responses waiting for the worker, in a lane of their own
+/// that the worker empties first: any peer of the mesh can fill the gossip
+/// lane (junk chunks, replayed ciphertexts), and a response dropped or
+/// stuck behind that is the catch-up the follower is waiting for. They
+/// answer the follower's own requests, at most [`OUTBOX_MAX`] at a time.
+pub const RESPONSE_INBOX_MAX: usize = OUTBOX_MAX;
+/// Bytes of the responses waiting, at most: 16 range answers of the
+/// largest size ([`wire::RANGE_BYTES_MAX`], 1 MiB).
+pub const RESPONSE_INBOX_BYTES_MAX: usize = 16 << 20;
 /// Bytes of the messages waiting in the worker's inbox, at most: a message
 /// that does not fit is dropped as when [`INBOX_MAX`] is reached. Without
 /// it the inbox could hold `INBOX_MAX` ciphertexts of up to
@@ -520,22 +529,34 @@ enum Input {
     Sealed(Vec<u8>),
     /// A response from the leader, undecoded.
     Response(Vec<u8>),
+    /// Queued in the gossip lane with each response, so a worker waiting
+    /// on that lane looks at the response lane; carries nothing.
+    Wake,
 }
 
 impl Input {
-    /// The bytes it holds (what it counts against [`INBOX_BYTES_MAX`]).
+    /// The bytes it holds (what it counts against its lane's byte bound).
     fn bytes(&self) -> usize {
         match self {
             Input::Sealed(b) | Input::Response(b) => b.len(),
+            Input::Wake => 0,
         }
     }
 }
 
-/// The worker's inbox, bounded in messages and in bytes: the network
-/// task's end.
+/// One lane of the worker's inbox, bounded in messages (by its channel)
+/// and in bytes.
+struct Lane {
+    tx: SyncSender<Input>,
+    bytes: QueuedBytes,
+}
+
+/// The worker's inbox: the network task's end. Gossip and the leader's
+/// responses travel in separate lanes, responses first.
 struct InboxTx {
     tx: SyncSender<Input>,
     bytes: QueuedBytes,
+    responses: Lane,
     /// Set once the worker's end is gone (see [`InboxRx`]'s `Drop`).
     stopped: Arc<AtomicBool>,
 }
@@ -544,6 +565,8 @@ struct InboxTx {
 struct InboxRx {
     rx: Receiver<Input>,
     bytes: QueuedBytes,
+    responses: Receiver<Input>,
+    response_bytes: QueuedBytes,
     stopped: Arc<AtomicBool>,
 }
 
@@ -559,20 +582,35 @@ impl Drop for InboxRx {
         while let Ok(m) = self.rx.try_recv() {
             self.bytes.release(m.bytes());
         }
+        while let Ok(m) = self.responses.try_recv() {
+            self.response_bytes.release(m.bytes());
+        }
     }
 }
 
 fn inbox(messages_max: usize, bytes_max: usize) -> (InboxTx, InboxRx) {
     let (tx, rx) = sync_channel(messages_max);
     let bytes = QueuedBytes::new(bytes_max);
+    let (rtx, rrx) = sync_channel(RESPONSE_INBOX_MAX);
+    let response_bytes = QueuedBytes::new(RESPONSE_INBOX_BYTES_MAX);
     let stopped = Arc::new(AtomicBool::new(false));
     (
         InboxTx {
             tx,
             bytes: bytes.clone(),
+            responses: Lane {
+                tx: rtx,
+                bytes: response_bytes.clone(),
+            },
             stopped: stopped.clone(),
         },
-        InboxRx { rx, bytes, stopped },
+        InboxRx {
+            rx,
+            bytes,
+            responses: rrx,
+            response_bytes,
+            stopped,
+        },
     )
 }
 
@@ -587,38 +625,79 @@ enum NotQueued {
     Stopped,
 }
 
+/// Queue `m` in `tx` if it fits both bounds; never blocks.
+fn offer_to(tx: &SyncSender<Input>, bytes: &QueuedBytes, m: Input) -> Result<(), NotQueued> {
+    let n = m.bytes();
+    if !bytes.try_reserve(n) {
+        return Err(NotQueued::Bytes);
+    }
+    let refused = match tx.try_send(m) {
+        Ok(()) => return Ok(()),
+        Err(TrySendError::Full(_)) => NotQueued::Messages,
+        Err(TrySendError::Disconnected(_)) => NotQueued::Stopped,
+    };
+    bytes.release(n);
+    Err(refused)
+}
+
 impl InboxTx {
-    /// Queue `m` if it fits both bounds; never blocks.
+    /// Queue `m` in its lane if it fits that lane's bounds; never blocks.
     fn offer(&self, m: Input) -> Result<(), NotQueued> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(NotQueued::Stopped);
         }
-        let n = m.bytes();
-        if !self.bytes.try_reserve(n) {
-            return Err(NotQueued::Bytes);
+        if !matches!(m, Input::Response(_)) {
+            return offer_to(&self.tx, &self.bytes, m);
         }
-        let refused = match self.tx.try_send(m) {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Full(_)) => NotQueued::Messages,
-            Err(TrySendError::Disconnected(_)) => NotQueued::Stopped,
-        };
-        self.bytes.release(n);
-        Err(refused)
+        offer_to(&self.responses.tx, &self.responses.bytes, m)?;
+        // A full gossip lane needs no wake: the worker is not waiting, and
+        // it looks at the responses before each gossip message it takes.
+        let _ = self.tx.try_send(Input::Wake);
+        Ok(())
     }
 }
 
 impl InboxRx {
-    fn taken(&self, m: Input) -> Input {
-        self.bytes.release(m.bytes());
-        m
+    fn response(&self) -> Option<Input> {
+        let m = self.responses.try_recv().ok()?;
+        self.response_bytes.release(m.bytes());
+        Some(m)
     }
 
+    /// The next message, a waiting response first.
     fn recv_timeout(&self, timeout: Duration) -> Result<Input, RecvTimeoutError> {
-        self.rx.recv_timeout(timeout).map(|m| self.taken(m))
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.response() {
+                return Ok(r);
+            }
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Input::Wake) => continue,
+                Ok(m) => {
+                    self.bytes.release(m.bytes());
+                    return Ok(m);
+                }
+                Err(e) => return self.response().ok_or(e),
+            }
+        }
     }
 
     fn try_recv(&self) -> Option<Input> {
-        self.rx.try_recv().ok().map(|m| self.taken(m))
+        loop {
+            if let Some(r) = self.response() {
+                return Some(r);
+            }
+            match self.rx.try_recv().ok()? {
+                Input::Wake => continue,
+                m => {
+                    self.bytes.release(m.bytes());
+                    return Some(m);
+                }
+            }
+        }
     }
 }
 
@@ -1117,6 +1196,8 @@ impl<S: LogStore + Send + 'static> Worker<S> {
         }
         let now = ms_since(self.t0);
         match m {
+            // The inbox never hands one out.
+            Input::Wake => {}
             Input::Sealed(ct) => {
                 let plain = match envelope::decrypt(&ct, &self.identity) {
                     Ok(p) => p,
@@ -1492,10 +1573,10 @@ mod tests {
         // Small messages still stop at INBOX_MAX.
         let (tx, _rx) = inbox(INBOX_MAX, INBOX_BYTES_MAX);
         for _ in 0..INBOX_MAX {
-            assert_eq!(tx.offer(Input::Response(vec![0; 64])), Ok(()));
+            assert_eq!(tx.offer(Input::Sealed(vec![0; 64])), Ok(()));
         }
         assert_eq!(
-            tx.offer(Input::Response(vec![0; 64])),
+            tx.offer(Input::Sealed(vec![0; 64])),
             Err(NotQueued::Messages)
         );
         assert_eq!(
@@ -1506,6 +1587,47 @@ mod tests {
         drop(rx);
     }
 
+    /// Gossip from any peer cannot crowd out the leader's responses: with
+    /// the gossip lane full a response is still queued, and the worker takes
+    /// it before the gossip queued ahead of it; a response to an idle inbox
+    /// wakes a worker waiting on it.
+    #[test]
+    fn the_leaders_responses_pass_a_full_gossip_lane() {
+        let (tx, rx) = inbox(INBOX_MAX, INBOX_BYTES_MAX);
+        for _ in 0..INBOX_MAX {
+            assert_eq!(tx.offer(Input::Sealed(vec![1; 8])), Ok(()));
+        }
+        assert_eq!(
+            tx.offer(Input::Sealed(vec![1; 8])),
+            Err(NotQueued::Messages)
+        );
+        assert_eq!(tx.offer(Input::Response(vec![2; 8])), Ok(()));
+        assert!(matches!(rx.try_recv(), Some(Input::Response(_))));
+        assert!(matches!(rx.try_recv(), Some(Input::Sealed(_))));
+        // Its own bound: as many as the follower can have asked for.
+        let mut queued = 0;
+        while tx.offer(Input::Response(vec![2; 8])).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, RESPONSE_INBOX_MAX);
+        while rx.try_recv().is_some() {}
+        assert_eq!((tx.bytes.queued(), tx.responses.bytes.queued()), (0, 0));
+
+        let waiter = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let got = rx.recv_timeout(Duration::from_secs(60));
+            // Without the wake it would see the response only at the
+            // timeout: 60 s, not the moment it arrived.
+            let woke =
+                matches!(got, Ok(Input::Response(_))) && t0.elapsed() < Duration::from_secs(30);
+            (woke, rx)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(tx.offer(Input::Response(vec![3; 8])), Ok(()));
+        let (woke, _rx) = waiter.join().unwrap();
+        assert!(woke, "the waiting worker got the response, not a timeout");
+    }
+
     /// A worker that stopped with messages queued gives their bytes back,
     /// and what arrives later is dropped as "stopped" (counted, one line a
     /// second), not as a full inbox.
@@ -1513,11 +1635,14 @@ mod tests {
     fn a_stopped_worker_releases_its_queued_bytes_and_is_named() {
         let (tx, rx) = inbox(INBOX_MAX, 1_000);
         for _ in 0..4 {
-            assert_eq!(tx.offer(Input::Response(vec![0; 200])), Ok(()));
+            assert_eq!(tx.offer(Input::Sealed(vec![0; 200])), Ok(()));
         }
+        assert_eq!(tx.offer(Input::Response(vec![0; 300])), Ok(()));
         assert_eq!(tx.bytes.queued(), 800);
+        assert_eq!(tx.responses.bytes.queued(), 300);
         drop(rx);
         assert_eq!(tx.bytes.queued(), 0, "the dropped messages hold nothing");
+        assert_eq!(tx.responses.bytes.queued(), 0);
         let net = NetCounters::default();
         let mut warn = WarnLimiter::default();
         let logs = crate::p2p::bounds::captured_logs(|| {
