@@ -1335,13 +1335,30 @@ fn wal_reindex(dir: &Path) -> Result<()> {
     } else {
         None
     };
+    // A follower's store holds no decisions: rebuilding one for each of
+    // its records would only fill its disk. Without node.key, a store that
+    // holds none is taken for a follower's (a leader that lost them all
+    // rebuilds them, signed, when it starts).
+    let follower = match expect_decisions(&node) {
+        ExpectDecisions::Follower => true,
+        ExpectDecisions::Leader => false,
+        ExpectDecisions::Infer => node.store.count(swoosh_storage::Space::Decisions)? == 0,
+    };
     let bar = progress_bar(false);
-    let res = rebuild_indexes(
-        &mut node.store,
-        &node.genesis,
-        leader.as_ref(),
-        &mut on_progress(&bar),
-    );
+    let res = if follower {
+        swoosh_storage::rebuild_follower_indexes(
+            &mut node.store,
+            &node.genesis,
+            &mut on_progress(&bar),
+        )
+    } else {
+        rebuild_indexes(
+            &mut node.store,
+            &node.genesis,
+            leader.as_ref(),
+            &mut on_progress(&bar),
+        )
+    };
     bar.finish_and_clear();
     let r = match res {
         Ok(r) => r,
@@ -1362,7 +1379,9 @@ fn wal_reindex(dir: &Path) -> Result<()> {
         }
     };
     let unsigned = r.decisions - r.decisions_kept_signed;
-    let how = if leader.is_some() {
+    let how = if follower {
+        "a follower stores none".to_string()
+    } else if leader.is_some() {
         "signed with the leader key in node.key".to_string()
     } else if r.decisions == 0 {
         "none to keep or sign".to_string()

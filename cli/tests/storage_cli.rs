@@ -557,6 +557,42 @@ fn verify_strict_fails_a_leader_that_lost_every_decision() {
     assert_eq!(v["index_problems_total"], 0);
 }
 
+/// A follower stores no decisions: `wal reindex` on its directory rebuilds
+/// its idempotency entries only (it used to add an unsigned decision per
+/// record, growing its store toward full), and removes decisions above its
+/// base that such a rebuild left.
+#[test]
+fn reindex_of_a_follower_stores_no_decisions() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (leader, _, _) = demo(tmp.path());
+    let follower = leader.parent().unwrap().join("follower-1");
+    let d = s(&follower);
+    let count = |space: Space| {
+        let store = LmdbStore::open(&follower.join("data"), &LmdbOptions::default()).expect("open");
+        store.count(space).expect("count")
+    };
+    assert_eq!(count(Space::Decisions), 0, "a follower stores none");
+    let idem = count(Space::Idem);
+    assert!(idem > 0);
+    {
+        // What an earlier build's reindex left: a decision of the leader's.
+        let leader_store =
+            LmdbStore::open(&leader.join("data"), &LmdbOptions::default()).expect("open");
+        let (k, v) = leader_store
+            .scan(Space::Decisions, &[], None, 1)
+            .expect("scan")
+            .remove(0);
+        drop(leader_store);
+        overwrite(&follower, Space::Decisions, &k, &v);
+    }
+    let o = ok(&["wal", "reindex", "--dir", d]);
+    assert!(text(&o).contains("a follower stores none"), "{}", text(&o));
+    assert_eq!(count(Space::Decisions), 0);
+    assert_eq!(count(Space::Idem), idem);
+    let v = json(&ok(&["wal", "verify", "--dir", d, "--strict", "--json"]));
+    assert_eq!(v["index_problems_total"], 0, "{v}");
+}
+
 /// `swoosh demo` is a cluster: a leader, two followers and three council
 /// agents over libp2p; every replica ends on one hash, the agents' signed
 /// votes elected the councils, and each follower's own WAL replays from

@@ -7,7 +7,7 @@
 //! `GET /decisions/{hash}` without holding everything in memory.
 
 use crate::frame::{self, FrameError, FrameKind};
-use crate::recovery::{for_each_entry, Phase, Progress, RecoveryError, PROGRESS_EVERY_RECORDS};
+use crate::recovery::{Phase, Progress, RecoveryError, PROGRESS_EVERY_RECORDS};
 use crate::store::{Batch, LogStore, Space, StoreError};
 use crate::wal::{
     check_meta, AppendError, DecisionDoc, Entry, ReadError, WalIter, DECISION_BYTES_MAX,
@@ -131,11 +131,35 @@ pub struct RebuildReport {
 /// others are stored unsigned: the leader's signatures are the audit
 /// evidence of its decisions, and a rebuild run where its key is not at
 /// hand must not destroy them. Commits every [`REINDEX_CHUNK_RECORDS`]
-/// records; if interrupted, run it again.
+/// records; if interrupted, run it again. For a leader's store; a
+/// follower's stores no decisions ([`rebuild_follower_indexes`]).
 pub fn rebuild_indexes<S: LogStore + ?Sized>(
     store: &mut S,
     genesis: &Genesis,
     leader: Option<&ed25519_dalek::SigningKey>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RebuildReport, RebuildError> {
+    rebuild(store, genesis, leader, true, progress)
+}
+
+/// [`rebuild_indexes`] for a follower's store, which holds no decision
+/// records (the leader's are the record of its decisions; a follower
+/// checks its records' decision hashes as it applies them): only the
+/// idempotency entries are rebuilt, and decisions above the WAL base that
+/// an earlier build's rebuild stored are removed.
+pub fn rebuild_follower_indexes<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RebuildReport, RebuildError> {
+    rebuild(store, genesis, None, false, progress)
+}
+
+fn rebuild<S: LogStore + ?Sized>(
+    store: &mut S,
+    genesis: &Genesis,
+    leader: Option<&ed25519_dalek::SigningKey>,
+    decisions: bool,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RebuildReport, RebuildError> {
     let t0 = Instant::now();
@@ -170,7 +194,8 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
         if d.record().index <= base_index {
             return true;
         }
-        let signed_by_leader = leader.is_none()
+        let signed_by_leader = decisions
+            && leader.is_none()
             && matches!(&d, DecisionDoc::Signed(s) if s.leader == genesis.leader && s.verify().is_ok());
         if signed_by_leader {
             signed_kept.insert(d.hash().0);
@@ -221,7 +246,7 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
             let enc = entry.encode()?;
             b.put(Space::Idem, enc.idem_key, enc.idem_frame);
             report.idem_entries += 1;
-            if let Some((h, f)) = enc.decision {
+            if let Some((h, f)) = enc.decision.filter(|_| decisions) {
                 if signed_kept.remove(&h.0) {
                     report.decisions_kept_signed += 1;
                 } else {
@@ -254,27 +279,40 @@ pub fn rebuild_indexes<S: LogStore + ?Sized>(
 }
 
 /// Delete every entry of a (derived) space but those `keep` says to keep,
-/// in commits of bounded size.
+/// a page at a time (one commit per page): a long log's keys are never all
+/// held in memory.
 fn clear_space<S: LogStore + ?Sized>(
     store: &mut S,
     space: Space,
     keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let mut keys = vec![];
-    for_each_entry(&*store, space, &mut |k, v| {
-        if !keep(k, v) {
-            keys.push(k.to_vec())
-        }
-    })?;
-    for chunk in keys.chunks(crate::store::SCAN_ENTRIES_MAX) {
+    let mut from: Vec<u8> = vec![];
+    loop {
+        let rows = store.scan(space, &from, None, CLEAR_PAGE_ENTRIES)?;
+        let Some((last, _)) = rows.last() else { break };
+        // The next key after `last` in byte order is `last ++ [0]`; keys
+        // deleted below it do not move it.
+        from = last.clone();
+        from.push(0);
         let mut b = Batch::new();
-        for k in chunk {
-            b.delete(space, k.clone());
+        for (k, v) in &rows {
+            if !keep(k, v) {
+                b.delete(space, k.clone());
+            }
         }
-        store.commit(b)?;
+        if !b.is_empty() {
+            store.commit(b)?;
+        }
+        if rows.len() < CLEAR_PAGE_ENTRIES {
+            break;
+        }
     }
     Ok(())
 }
+
+/// Entries a rebuild reads (and deletes) per page: decisions are ~2.4 KB,
+/// so a page holds ~10 MB.
+const CLEAR_PAGE_ENTRIES: usize = 4_096;
 
 /// Records at the end of the log whose entries [`audit_indexes`] looks up
 /// one by one. The newest records are the ones a crash or a cut touches.
@@ -378,4 +416,31 @@ pub fn audit_indexes<S: LogStore + ?Sized>(
         decisions,
         findings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemStore;
+
+    /// Across pages, and deleting as it goes: exactly the entries `keep`
+    /// refuses are gone, whatever page they were on.
+    #[test]
+    fn clear_space_pages_through_a_space_larger_than_a_page() {
+        let mut s = MemStore::new("clear", crate::Durability::Sync);
+        let n = CLEAR_PAGE_ENTRIES * 2 + 17;
+        let mut b = Batch::new();
+        for i in 0..n as u32 {
+            b.put(Space::Idem, i.to_be_bytes().to_vec(), vec![(i % 3) as u8]);
+        }
+        s.commit(b).unwrap();
+        clear_space(&mut s, Space::Idem, &mut |_, v| v[0] == 0).unwrap();
+        let left = s.scan(Space::Idem, &[], None, usize::MAX).unwrap();
+        let want: Vec<u32> = (0..n as u32).filter(|i| i % 3 == 0).collect();
+        let got: Vec<u32> = left
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k[..].try_into().unwrap()))
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -52,8 +52,8 @@ pub use compact::{
 };
 pub use halt::{clear_halt, record_halt, recorded_halt, HaltMarker, META_HALT};
 pub use index::{
-    audit_indexes, get_decision, lookup_idem, rebuild_indexes, IndexAudit, IndexError,
-    RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,
+    audit_indexes, get_decision, lookup_idem, rebuild_follower_indexes, rebuild_indexes,
+    IndexAudit, IndexError, RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,
 };
 pub use lmdb::{shrink, LmdbOptions, LmdbStore, ShrinkReport, LMDB_MAP_BYTES_DEFAULT};
 pub use mem::{MemDisk, MemStore};
