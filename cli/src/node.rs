@@ -226,7 +226,7 @@ pub fn open_writer_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
 
 pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
     let data = dir.join("data");
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    // `LmdbStore::open` creates it, synced into the node directory.
     let opts = LmdbOptions {
         durability: if nosync {
             Durability::NoSync

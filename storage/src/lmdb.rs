@@ -53,6 +53,30 @@ impl Default for LmdbOptions {
     }
 }
 
+/// `create_dir_all`, and each directory it creates synced into its parent:
+/// the files a synced commit makes durable inside a new directory are lost
+/// with it if the directory's own entry is not (POSIX leaves that to
+/// `fsync` of the parent; not every filesystem orders it for us).
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Created meanwhile by another process: its creator syncs it.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
+}
+
 /// A [`LogStore`] in an LMDB environment directory (`data.mdb`, `lock.mdb`).
 #[derive(Clone)]
 pub struct LmdbStore {
@@ -203,7 +227,7 @@ impl LmdbStore {
             location: location.clone(),
             detail,
         };
-        std::fs::create_dir_all(dir)
+        create_dir_durably(dir)
             .map_err(|e| open_err(format!("cannot create the directory: {e}")))?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options
@@ -211,9 +235,10 @@ impl LmdbStore {
             .max_dbs(LMDB_DATABASES_MAX)
             .max_readers(LMDB_READERS_MAX);
         if opts.durability == Durability::NoSync {
-            // SAFETY: NO_SYNC only weakens durability (see `Durability::NoSync`);
-            // LMDB keeps the database consistent, it may lose the last commits
-            // on a machine crash. The caller chose that mode explicitly.
+            // SAFETY: NO_SYNC does not affect memory safety; on a machine
+            // crash it loses the last commits and may damage the database
+            // (see `Durability::NoSync`), which the frame hashes detect. The
+            // caller chose that mode explicitly.
             unsafe {
                 options.flags(EnvFlags::NO_SYNC);
             }
@@ -1121,4 +1146,20 @@ fn new_journal_id(dir: &Path) -> JournalId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&h.finalize().as_bytes()[..16]);
     id
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every missing level is created (and synced into its parent); an
+    /// existing directory is left as it is; a file in the way is an error.
+    #[test]
+    fn a_store_directory_is_created_level_by_level() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("a/b/data");
+        super::create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        super::create_dir_durably(&deep).unwrap();
+        std::fs::write(t.path().join("file"), b"x").unwrap();
+        assert!(super::create_dir_durably(&t.path().join("file/data")).is_err());
+    }
 }

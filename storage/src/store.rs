@@ -92,7 +92,9 @@ pub enum Durability {
     /// the OS page cache and reach the disk whenever the OS flushes or
     /// [`LogStore::sync`] is called (LMDB `MDB_NOSYNC`). A process crash loses
     /// nothing; a machine crash or power loss loses recent commits, which a
-    /// client may already have been told are durable.
+    /// client may already have been told are durable, and may damage the
+    /// database itself (LMDB reuses pages the durable meta page still
+    /// points at), older records included: the frame hashes detect it.
     NoSync,
 }
 
