@@ -26,7 +26,9 @@ static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(vec![]);
 /// holds it.
 pub fn lock_node_dir(dir: &Path) -> Result<()> {
     let data = dir.join("data");
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    // Synced into the node directory: the store inside it follows.
+    swoosh_storage::create_dir_durably(&data)
+        .with_context(|| format!("cannot create {}", data.display()))?;
     let path = data.join(LOCK_FILE);
     // A lock file another user created (root running a repair, say) is
     // still lockable read-only: flock needs no write access. The pid is

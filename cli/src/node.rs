@@ -405,7 +405,12 @@ pub fn init(a: InitArgs) -> Result<()> {
     };
     genesis
         .validate_new()
-        .context("the generated genesis is invalid (a bug; please report)")?;
+        .map_err(|e| {
+            // The flags are the only input of the genesis: name them first.
+            anyhow::anyhow!(
+                "the genesis these flags make is invalid: {e}; check the flags it names (--cluster-id: 1 to 64 of a-z, 0-9, '-', '_', '.')"
+            )
+        })?;
     let gh = genesis.hash()?;
     write_json(&top.join(GENESIS_FILE), &genesis)?;
     write_key(&top.join("admin.key"), &admin)?;
@@ -556,6 +561,28 @@ pub async fn start_node(
         .with_context(|| format!("cannot start the node in {}", dir.display()))
 }
 
+/// A node directory without `node.key`: a cluster directory given for the
+/// leader's (which `read_key`'s "create one" hint would make worse: a new
+/// key is not the genesis leader, and the node would first create a stray
+/// store there), or a key that went missing.
+pub fn check_node_key_present(dir: &Path) -> Result<()> {
+    if dir.join("node.key").exists() {
+        return Ok(());
+    }
+    let leader = dir.join("leader");
+    if leader.join("node.key").is_file() {
+        bail!(
+            "{} holds no node.key: it is a cluster directory; did you mean --dir {}?",
+            dir.display(),
+            leader.display()
+        );
+    }
+    bail!(
+        "{} holds no node.key: a node runs with the key `swoosh init` wrote into its directory (a new key would not be the one genesis names); restore it from a backup, or give the node's own directory",
+        dir.display()
+    );
+}
+
 /// Read the node's genesis and key, lock its directory and open its store:
 /// everything before recovery, which fails fast on a bad configuration.
 fn prepare_node(
@@ -565,6 +592,7 @@ fn prepare_node(
     compaction: Option<swoosh_actors::CompactionPolicy>,
 ) -> Result<(LmdbStore, NodeConfig)> {
     let genesis = read_genesis(&dir.join(GENESIS_FILE))?;
+    check_node_key_present(dir)?;
     let key = read_key(&dir.join("node.key"))?;
     crate::dirlock::lock_node_dir(dir)?;
     let store = open_writer_store(dir, nosync)?;

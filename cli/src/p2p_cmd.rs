@@ -194,7 +194,7 @@ pub fn enroll(top: &Path) -> Result<()> {
     dirs.sort();
     if dirs.is_empty() {
         bail!(
-            "{} has no follower-N directories: run `swoosh init --followers 2`",
+            "{} has no follower-N directories: give the cluster directory `swoosh init` made (it holds leader/ and follower-N/), or create a cluster with followers: `swoosh init --dir <new dir> --followers 2`",
             top.display()
         );
     }

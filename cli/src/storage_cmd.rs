@@ -479,7 +479,8 @@ struct Failure {
     /// The first bad record, when the failure is about one.
     index: Option<u64>,
     /// `corrupt`, `missing`, `below-base`, `divergence`, `store`,
-    /// `malformed-key`, `genesis`, `meta` or `unproven`.
+    /// `malformed-key`, `genesis`, `meta`, `unproven`, or `open` (the
+    /// directory, its genesis or its store could not be opened).
     kind: &'static str,
     reason: String,
     next: String,
@@ -694,7 +695,27 @@ struct VerifyFailJson<'a> {
 }
 
 fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()> {
-    let node = open_node(dir, Access::Read)?;
+    let node = match open_node(dir, Access::Read) {
+        Ok(n) => n,
+        Err(e) if json => {
+            // `--json` promises one object, a failure to open included.
+            let f = Failure {
+                index: None,
+                kind: "open",
+                reason: format!("{e:#}"),
+                next: "give the node's own directory (it holds genesis.json, node.key and data/), readable by this user".into(),
+            };
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&VerifyFailJson {
+                    ok: false,
+                    failure: &f
+                })?
+            );
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let opts = VerifyOptions {
         verify: if trusted {
             Verify::Trusted

@@ -295,6 +295,24 @@ fn init_serve_propose_read_and_verify() {
         genesis_before
     );
     assert!(!std::path::Path::new(&format!("{leader}/keys")).exists());
+
+    // The cluster directory given for the leader's is named as such, before
+    // anything is created in it.
+    let o = swoosh(&["serve", "--dir", d, "--http", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("did you mean --dir {leader}")),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&format!("{d}/data")).exists());
+    // A bad --cluster-id is named, not reported as a bug.
+    let fresh = format!("{d}-fresh");
+    let o = swoosh(&["init", "--dir", &fresh, "--cluster-id", "Not Valid"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--cluster-id"), "{err}");
+    assert!(!err.contains("a bug"), "{err}");
 }
 
 /// `swoosh p2p enroll` rewrites genesis, so it checks every node directory

@@ -93,6 +93,18 @@ fn storage_commands_on_a_demo_log() {
     let o = fails(&["wal", "verify", "--dir", s(&tmp.path().join("T"))]);
     assert!(text(&o).contains("did you mean --dir"), "{}", text(&o));
     assert!(text(&o).contains("leader"), "{}", text(&o));
+    // With --json, the same failure is one JSON object on stdout.
+    let o = fails(&["wal", "verify", "--dir", s(&tmp.path().join("T")), "--json"]);
+    let v = json(&o);
+    assert_eq!(
+        (v["ok"].as_bool(), v["kind"].as_str()),
+        (Some(false), Some("open")),
+        "{v}"
+    );
+    assert!(
+        v["reason"].as_str().unwrap().contains("did you mean --dir"),
+        "{v}"
+    );
 
     // Replay from genesis reproduces the demo's hash; --json has exactly the four keys.
     let r = json(&ok(&["replay", "--dir", d, "--from-genesis", "--json"]));

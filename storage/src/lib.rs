@@ -55,7 +55,9 @@ pub use index::{
     audit_indexes, get_decision, lookup_idem, rebuild_follower_indexes, rebuild_indexes,
     IndexAudit, IndexError, RebuildError, RebuildReport, AUDIT_TAIL_RECORDS,
 };
-pub use lmdb::{shrink, LmdbOptions, LmdbStore, ShrinkReport, LMDB_MAP_BYTES_DEFAULT};
+pub use lmdb::{
+    create_dir_durably, shrink, LmdbOptions, LmdbStore, ShrinkReport, LMDB_MAP_BYTES_DEFAULT,
+};
 pub use mem::{MemDisk, MemStore};
 pub use recovery::{
     cut_after, read_cut_file, recover, recover_with, repair, verify, verify_expecting, Cut,

@@ -57,7 +57,7 @@ impl Default for LmdbOptions {
 /// the files a synced commit makes durable inside a new directory are lost
 /// with it if the directory's own entry is not (POSIX leaves that to
 /// `fsync` of the parent; not every filesystem orders it for us).
-fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
