@@ -225,6 +225,17 @@ pub fn open_writer_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
 }
 
 pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
+    open_store_as(dir, nosync, false)
+}
+
+/// [`open_store`] for a command that only reads: see
+/// `LmdbStore::open_reader` (it holds the journal's lock only while it
+/// folds what a crash left, so a node can start beside it).
+pub fn open_reader_store(dir: &Path) -> Result<LmdbStore> {
+    open_store_as(dir, false, true)
+}
+
+fn open_store_as(dir: &Path, nosync: bool, reader: bool) -> Result<LmdbStore> {
     let data = dir.join("data");
     // `LmdbStore::open` creates it, synced into the node directory.
     let opts = LmdbOptions {
@@ -235,8 +246,12 @@ pub fn open_store(dir: &Path, nosync: bool) -> Result<LmdbStore> {
         },
         map_bytes: lmdb_map_bytes(),
     };
-    let store = LmdbStore::open(&data, &opts)
-        .with_context(|| format!("cannot open the store in {}", data.display()))?;
+    let store = if reader {
+        LmdbStore::open_reader(&data, &opts)
+    } else {
+        LmdbStore::open(&data, &opts)
+    }
+    .with_context(|| format!("cannot open the store in {}", data.display()))?;
     if let Some((asked, held)) = store.map_below_data() {
         eprintln!(
             "swoosh: warning: the store in {} already holds {:.1} GiB, more than the {} GiB map asked for (--lmdb-map-gib / SWOOSH_LMDB_MAP_GIB): it opened at its own size with no room to grow, so any write fails with \"the store … is full\"; give the size the node runs with (its unit's SWOOSH_LMDB_MAP_GIB)",

@@ -409,13 +409,16 @@ fn open_node(dir: &Path, access: Access) -> Result<Node> {
         // Also a node run with --nosync, which holds no journal lock.
         crate::dirlock::lock_node_dir(dir)?;
     }
-    let store = open_store(dir, false)?;
-    // A Sync store opened without its journal: another process holds the
-    // journal's lock. A node serving this directory also holds the
-    // directory lock, so a write command that got that lock is facing a
-    // read-only command instead. Either one's newest commits or fold are
-    // in its memory only, and a write here would go under it.
-    if store.durability() == Durability::Sync && !store.journaled() {
+    let store = match access {
+        Access::Write => open_store(dir, false)?,
+        Access::Read => crate::node::open_reader_store(dir)?,
+    };
+    // Another process holds the journal's lock. A node serving this
+    // directory also holds the directory lock, so a write command that got
+    // that lock is facing a read-only command's fold instead. Either one's
+    // newest commits or fold are in its memory only, and a write here would
+    // go under it.
+    if store.journal_busy() {
         match access {
             Access::Write => bail!(
                 "another process holds the lock on {} (a swoosh command reading {shown}, or a program embedding its store; a node serving it would hold the directory lock too, and that one is free): wait for it to finish or stop it, then rerun this command",

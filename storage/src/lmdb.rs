@@ -222,6 +222,20 @@ impl LmdbStore {
 
     /// Open (creating if needed) the environment in directory `dir`.
     pub fn open(dir: &Path, opts: &LmdbOptions) -> Result<LmdbStore, StoreError> {
+        Self::open_with(dir, opts, opts.durability == Durability::Sync)
+    }
+
+    /// [`LmdbStore::open`] for a process that only reads (`wal verify`,
+    /// `replay`, exports): it never journals, so it takes the journal's
+    /// lock only to fold what a crash left there (then marks it clean and
+    /// lets go), and a node starting meanwhile is kept waiting only for
+    /// that fold, not for the whole read. A node holding the lock leaves it
+    /// reading LMDB ([`LmdbStore::journal_busy`]). It must not write.
+    pub fn open_reader(dir: &Path, opts: &LmdbOptions) -> Result<LmdbStore, StoreError> {
+        Self::open_with(dir, opts, false)
+    }
+
+    fn open_with(dir: &Path, opts: &LmdbOptions, journal: bool) -> Result<LmdbStore, StoreError> {
         let location = dir.display().to_string();
         let open_err = |detail: String| StoreError::Open {
             location: location.clone(),
@@ -293,7 +307,7 @@ impl LmdbStore {
         // NoSync opens fold too: a Sync node that crashed may have left
         // acknowledged commits in the journal only, and a store that served
         // LMDB without them would take new records at their indexes.
-        store.open_journal(opts.durability == Durability::Sync)?;
+        store.open_journal(journal)?;
         Ok(store)
     }
 

@@ -186,6 +186,55 @@ fn a_second_handle_from_another_process_reads_lmdb_without_the_journal() {
     assert!(s.journaled());
 }
 
+/// Whether another descriptor holds the journal's lock (what a node
+/// starting beside this handle would find).
+fn journal_locked(dir: &std::path::Path) -> bool {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("journal"))
+        .unwrap();
+    // SAFETY: flock on a descriptor `f` keeps open; released when it closes.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    r != 0
+}
+
+/// A reader (`wal verify`, `replay`) folds what a crash left, then lets the
+/// journal go, so a node can start beside it; on a clean store it never
+/// takes the lock; a writer's handle keeps it.
+#[test]
+fn a_reader_folds_a_crashs_entries_and_leaves_the_journal_to_a_node() {
+    let genesis = stream_genesis(LABEL);
+    let (dir, stream) = crashed_with_unfolded_entries();
+    let r = LmdbStore::open_reader(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(!r.journaled() && !r.journal_busy());
+    assert_eq!(r.journal_replayed(), 3);
+    assert_eq!(
+        r.last_index().unwrap(),
+        25,
+        "the journal's records are read"
+    );
+    assert!(
+        !journal_locked(dir.path()),
+        "the lock was let go after the fold"
+    );
+    let rec = recover(&r, &genesis).unwrap();
+    assert_eq!(rec.node.root_hash(), stream.node().root_hash());
+    drop(r);
+    let r = LmdbStore::open_reader(dir.path(), &LmdbOptions::default()).unwrap();
+    assert_eq!(r.journal_replayed(), 0, "left clean");
+    assert!(!journal_locked(dir.path()));
+    drop(r);
+    let w = LmdbStore::open(dir.path(), &LmdbOptions::default()).unwrap();
+    assert!(w.journaled());
+    assert!(journal_locked(dir.path()), "a writer keeps the lock");
+}
+
 #[test]
 fn a_journal_lost_after_a_clean_close_is_recreated() {
     let dir = tempfile::tempdir().unwrap();
