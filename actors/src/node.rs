@@ -1454,6 +1454,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     .is_some_and(|w| w.depth.get() >= w.depth.max());
                 if wal_full {
                     sh.metrics.backpressure_total.inc();
+                    if quarantine_attempt > 0 {
+                        // Nobody reads this reply: forget the attempt, so
+                        // the project's next breach proposes it again.
+                        st.quarantines_pending.remove(&proposal.project);
+                        tracing::warn!(project = %proposal.project, "the leader's quarantine proposal was refused: the WAL writer's queue is full; the next breach proposes it again");
+                    }
                     let _ = reply.send(SubmitResult::Busy {
                         retry_after_ms: 20,
                         reason: "the WAL writer's queue is full".into(),

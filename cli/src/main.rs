@@ -168,11 +168,13 @@ async fn main() {
         // Like other Unix tools, end quietly when the reader of our output
         // goes away (`swoosh wal export | head`) instead of panicking on
         // EPIPE.
-        // SAFETY: called before any thread but this one exists; SIG_DFL is a
-        // valid disposition for SIGPIPE.
+        // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; the runtime's
+        // threads started already touch no pipe yet.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    } else {
+        end_quietly_when_stdout_closes();
     }
     // Best effort (see the function): a refusal only costs speed.
     let _ = disable_transparent_huge_pages();
@@ -180,6 +182,28 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(e.downcast_ref::<Exit>().map_or(1, |x| x.code));
     }
+}
+
+/// The status a process killed by SIGPIPE reports to its shell (128 + 13).
+const SIGPIPE_EXIT: i32 = 141;
+
+/// For the commands that keep SIGPIPE ignored: a `println!` whose reader
+/// went away (`swoosh state … | head -1`) panics ("failed printing to
+/// stdout: Broken pipe"); end as SIGPIPE would have, quietly, instead.
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(SIGPIPE_EXIT);
+        }
+        default(info)
+    }));
 }
 
 impl Cmd {

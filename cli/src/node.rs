@@ -144,15 +144,30 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace)
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        // `mode` applies only to a file the open creates; a leftover
-        // temporary file of an earlier crash keeps its own.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // `mode` applies only to a file the open creates (a leftover
+        // temporary file of an earlier crash keeps its own), and then under
+        // the umask: a secret's is set outright; other files keep the
+        // umask's say.
+        if mode & 0o077 == 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()
     })();
     let placed = written.and_then(|()| match replace {
         Replace::Yes => std::fs::rename(&tmp, path),
-        Replace::No => std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp)),
+        Replace::No => match std::fs::hard_link(&tmp, path) {
+            Ok(()) => std::fs::remove_file(&tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            // A filesystem without hard links (vfat, some network and FUSE
+            // mounts): checked, then renamed; only a concurrent writer of
+            // the same path could slip between the two.
+            Err(_) if path.symlink_metadata().is_ok() => Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the file exists",
+            )),
+            Err(_) => std::fs::rename(&tmp, path),
+        },
     });
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);

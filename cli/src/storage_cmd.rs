@@ -117,9 +117,11 @@ pub enum WalCmd {
         /// Last record to export (default: the last record of the log).
         #[arg(long)]
         to: Option<u64>,
-        /// Write to this file instead of stdout: written as `<FILE>.partial`
-        /// and renamed over FILE only when the whole range was exported (a
-        /// failed export leaves an existing FILE as it was).
+        /// Write to this file instead of stdout: written as
+        /// `<FILE>.partial-<pid>` and renamed over FILE only when the whole
+        /// range was exported (a failed export leaves an existing FILE as
+        /// it was, and the records it got in the partial file). A device or
+        /// a pipe (`/dev/stdout`) is written directly.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -910,12 +912,17 @@ fn wal_export(
     }
     // An export replaces FILE only once it is whole: a nightly export that
     // stops at a damaged record must not have destroyed the previous one.
-    let partial = out.map(|p| {
-        let mut name = p.as_os_str().to_os_string();
-        name.push(".partial");
-        PathBuf::from(name)
-    });
-    let mut sink: Box<dyn Write> = match &partial {
+    // Not for a device or a pipe (`--out /dev/stdout`): written directly.
+    // The pid keeps two exports to the same file apart.
+    let partial = out
+        .filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()))
+        .map(|p| {
+            let mut name = p.as_os_str().to_os_string();
+            name.push(format!(".partial-{}", std::process::id()));
+            PathBuf::from(name)
+        });
+    let write_to: Option<&Path> = partial.as_deref().or(out);
+    let mut sink: Box<dyn Write> = match write_to {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| {
                 format!(
@@ -926,9 +933,7 @@ fn wal_export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let target = partial
-        .as_ref()
-        .map_or("stdout".to_string(), |p| p.display().to_string());
+    let target = write_to.map_or("stdout".to_string(), |p| p.display().to_string());
     let mut written = 0u64;
     let mut failure = None;
     if from <= to {
@@ -982,9 +987,11 @@ fn wal_export(
     }
     drop(sink);
     if let Some(f) = failure {
-        let kept = out.map_or(String::new(), |p| {
-            format!("; {} was left as it was", p.display())
-        });
+        let kept = out
+            .filter(|_| partial.is_some())
+            .map_or(String::new(), |p| {
+                format!("; {} was left as it was", p.display())
+            });
         bail!(
             "export stopped: {} ({written} records before it were written to {target}{kept})",
             f.message()

@@ -775,3 +775,23 @@ fn a_p2p_port_in_use_fails_a_node_before_recovery() {
         "{err}"
     );
 }
+
+/// A command that keeps SIGPIPE ignored (it has sockets: the demo's nodes)
+/// ends quietly, as SIGPIPE would have ended it (status 141), when the
+/// reader of its output goes away, instead of panicking on EPIPE.
+#[test]
+fn a_closed_stdout_ends_a_network_command_quietly() {
+    let t = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_swoosh"))
+        .args(["demo", "--single-node", "--dir"])
+        .arg(t.path().join("d"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run swoosh");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}

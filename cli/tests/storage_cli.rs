@@ -729,14 +729,20 @@ fn wal_export_of_a_log_based_on_a_snapshot_starts_after_the_base() {
 
 /// `wal export --out` replaces the file only with a whole export: one that
 /// stops at a damaged record leaves the previous export as it was, and the
-/// records before the damage in `<file>.partial`.
+/// records before the damage in `<file>.partial-<pid>`.
 #[test]
 fn a_failed_export_keeps_the_previous_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = node_dir(tmp.path(), "follower-1", 30, 10);
     let d = s(&dir);
     let out = tmp.path().join("nightly.jsonl");
-    let partial = tmp.path().join("nightly.jsonl.partial");
+    let partials = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("nightly.jsonl.partial-"))
+            .collect::<Vec<_>>()
+    };
     ok(&[
         "wal",
         "export",
@@ -749,7 +755,7 @@ fn a_failed_export_keeps_the_previous_file() {
     ]);
     let whole = std::fs::read(&out).unwrap();
     assert_eq!(whole.iter().filter(|b| **b == b'\n').count(), 10);
-    assert!(!partial.exists(), "renamed once whole");
+    assert!(partials().is_empty(), "renamed once whole");
 
     damage_record(&dir, 35);
     let o = fails(&[
@@ -770,7 +776,14 @@ fn a_failed_export_keeps_the_previous_file() {
         whole,
         "the previous export is kept"
     );
-    let part = std::fs::read_to_string(&partial).unwrap();
+    let kept = partials();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        text(&o).contains(&kept[0].display().to_string()),
+        "{}",
+        text(&o)
+    );
+    let part = std::fs::read_to_string(&kept[0]).unwrap();
     assert_eq!(part.lines().count(), 4, "records 31..=34: {part}");
 }
 

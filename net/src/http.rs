@@ -623,7 +623,7 @@ fn over_limit(e: &axum::Error) -> bool {
     request_body(content = ProposalSchema, description = "a signed proposal", content_type = "application/json"),
     responses(
         (status = 202, description = "accepted and durable", body = AcceptedReply),
-        (status = 400, description = "refused by a guard, malformed body or unknown transition", body = ErrorBody),
+        (status = 400, description = "refused by a guard, malformed body (`malformed`), a body that could not be read whole (`body_unreadable`) or unknown transition", body = ErrorBody),
         (status = 401, description = "bad signature or unknown signer", body = ErrorBody),
         (status = 403, description = "the signer lacks the role", body = ErrorBody),
         (status = 409, description = "stale state hash (with head_hash and hlc_last), HLC order, or idempotency conflict", body = ErrorBody),
@@ -662,11 +662,14 @@ async fn post_transition(
             Ok(Ok(b)) => b,
             Ok(Err(e)) if over_limit(&e) => return too_large(),
             Ok(Err(e)) => {
+                // Not `malformed`, which answers for the proposal's bytes
+                // (a client takes it as settling an earlier unknown
+                // attempt): these bytes were never all read.
                 return err(
                     StatusCode::BAD_REQUEST,
-                    "malformed",
+                    "body_unreadable",
                     format!(
-                        "the body could not be read ({}): send it whole, with a Content-Length that matches or a well-formed chunked encoding, and resubmit",
+                        "the body could not be read ({}): send it whole, with a Content-Length that matches or a well-formed chunked encoding, and resubmit the same proposal",
                         crate::p2p::bounds::clip(&e.to_string())
                     ),
                 )

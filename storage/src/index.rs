@@ -303,9 +303,8 @@ fn clear_space<S: LogStore + ?Sized>(
         if !b.is_empty() {
             store.commit(b)?;
         }
-        if rows.len() < CLEAR_PAGE_ENTRIES {
-            break;
-        }
+        // Not `rows.len() < CLEAR_PAGE_ENTRIES`: a scan also stops at
+        // `SCAN_BYTES_MAX` of values, so a short page is not the last one.
     }
     Ok(())
 }
@@ -442,5 +441,28 @@ mod tests {
             .map(|(k, _)| u32::from_be_bytes(k[..].try_into().unwrap()))
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// A page the scan cut short at its byte bound (large decisions) is not
+    /// the last one.
+    #[test]
+    fn clear_space_goes_on_past_a_page_the_byte_bound_cut_short() {
+        let mut s = MemStore::new("clear-bytes", crate::Durability::Sync);
+        let value = crate::store::SCAN_BYTES_MAX / (CLEAR_PAGE_ENTRIES / 2);
+        let n = CLEAR_PAGE_ENTRIES;
+        for chunk in (0..n as u32).collect::<Vec<_>>().chunks(256) {
+            let mut b = Batch::new();
+            for i in chunk {
+                b.put(Space::Decisions, i.to_be_bytes().to_vec(), vec![0; value]);
+            }
+            s.commit(b).unwrap();
+        }
+        let first = s
+            .scan(Space::Decisions, &[], None, CLEAR_PAGE_ENTRIES)
+            .unwrap();
+        assert!(first.len() < n, "the byte bound cuts the first page short");
+        drop(first);
+        clear_space(&mut s, Space::Decisions, &mut |_, _| false).unwrap();
+        assert_eq!(s.count(Space::Decisions).unwrap(), 0);
     }
 }

@@ -708,6 +708,7 @@ impl InboxRx {
 /// response times its request out and it is asked again, §19.3 of
 /// docs/wire-format.md). The warning is rate-limited.
 fn hand_over(inbox: &InboxTx, m: Input, net: &NetCounters, warn: &mut WarnLimiter, now_ms: u64) {
+    let response = matches!(m, Input::Response(_));
     let why = match inbox.offer(m) {
         Ok(()) => return,
         Err(NotQueued::Stopped) => {
@@ -726,6 +727,18 @@ fn hand_over(inbox: &InboxTx, m: Input, net: &NetCounters, warn: &mut WarnLimite
         Err(NotQueued::Bytes) => "bytes",
     };
     net.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
+    if response {
+        if let Some(suppressed) = warn.check("response_inbox_full", now_ms) {
+            tracing::warn!(
+                full = why,
+                queued_bytes = inbox.responses.bytes.queued(),
+                suppressed,
+                "the follower's worker is behind on the leader's responses (at most {RESPONSE_INBOX_MAX} and {} bytes wait): dropping one, its request is sent again",
+                inbox.responses.bytes.max()
+            );
+        }
+        return;
+    }
     if let Some(suppressed) = warn.check("inbox_full", now_ms) {
         tracing::warn!(
             full = why,
