@@ -1123,3 +1123,51 @@ async fn p2p_follower_health_shows_its_commits_and_inbox_drops() {
         "{m}"
     );
 }
+
+/// One peer id holds at most `CONNECTIONS_PER_PEER_MAX` connections to the
+/// leader at once: more are refused (every connection holds buffers and a
+/// gossip queue, and the handshake authenticates nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_one_peer_cannot_open_more_connections_than_the_cap() {
+    use futures::StreamExt;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use swoosh_net::p2p::CONNECTIONS_PER_PEER_MAX;
+    let c = cluster("p2p-conn-cap", 1);
+    let leader = c.leader().await;
+    let mut peer = swoosh_net::p2p::build_swarm(
+        &key_from_label("p2p-conn-cap/peer"),
+        agent_version(&c.genesis),
+    )
+    .unwrap();
+    let extra = 3;
+    for _ in 0..CONNECTIONS_PER_PEER_MAX + extra {
+        peer.dial(
+            DialOpts::peer_id(leader.peer_id)
+                .addresses(vec![leader.listen_addrs[0].clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+        )
+        .unwrap();
+    }
+    let (mut established, mut ended) = (0u32, 0u32);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match peer.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } => established += 1,
+                libp2p::swarm::SwarmEvent::ConnectionClosed { .. }
+                | libp2p::swarm::SwarmEvent::OutgoingConnectionError { .. } => ended += 1,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let open = established.saturating_sub(ended);
+    assert!(
+        open <= CONNECTIONS_PER_PEER_MAX,
+        "{open} connections open ({established} established, {ended} ended)"
+    );
+    assert!(
+        ended >= extra,
+        "the ones past the cap were refused: {ended} ended"
+    );
+}

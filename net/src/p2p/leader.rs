@@ -905,11 +905,23 @@ impl<S: LogStore> LeaderTask<S> {
         for (id, e) in &node.projects {
             let st = &e.state;
             let epoch = st.epoch.council;
-            if st.council.phase != "ELECT" {
+            // A project the reducer refuses any certificate for (terminated,
+            // quarantined, paused) holds no election: announcing and
+            // proposing for it would be refused every REANNOUNCE_MS for as
+            // long as it lasts, and hold one of ELECTIONS_OPEN_MAX.
+            if st.council.phase != "ELECT" || crate::proto::council::uncertifiable(st).is_some() {
                 if self.collector.open_for(id).is_some() {
                     close.push(id.clone());
                 }
                 continue;
+            }
+            let members = electable_members(st);
+            if self.collector.open_for(id).is_some() && !self.collector.matches(st, &members) {
+                // Its roster, ejected members, threshold or member set
+                // changed since it opened: open it again below.
+                tracing::info!(project = %id, epoch, "the council roster or threshold changed during the election: announcing it again");
+                self.collector.close(id);
+                self.announced.remove(id);
             }
             if let Some(cert) = self.collector.certificate(id) {
                 if cert.epoch == epoch {
@@ -930,7 +942,6 @@ impl<S: LogStore> LeaderTask<S> {
                     }
                 }
                 _ => {
-                    let members = electable_members(st);
                     if members.len() < st.council.quorum_threshold as usize {
                         // The quorum guard would refuse any certificate:
                         // say so once per epoch instead of electing in vain.
@@ -944,7 +955,12 @@ impl<S: LogStore> LeaderTask<S> {
                     }
                     match self.collector.open(st, &members) {
                         Ok(a) => announce.push(a),
-                        Err(e) => tracing::warn!(project = %id, "cannot open the election: {e}"),
+                        Err(e) => {
+                            // Polled every few ms: one line a second.
+                            if let Some(suppressed) = self.warn.check("election_open", now) {
+                                tracing::warn!(project = %id, suppressed, "cannot open the election: {e}");
+                            }
+                        }
                     }
                 }
             }

@@ -113,6 +113,20 @@ pub const DUPLICATE_CACHE_MS: u64 = 2_500;
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Connections with no traffic stay open this long.
 pub const IDLE_CONNECTION_SECS: u64 = 3_600;
+/// gossipsub messages queued toward one peer, at most (libp2p's default is
+/// 5,000). Any peer that passes the handshake may subscribe to the WAL
+/// topic and stop reading: each queued message is a copy of up to
+/// `GOSSIP_PAYLOAD_BYTES_MAX` (64 KiB), so the default let one such peer
+/// hold ~320 MiB of the leader's memory; this holds it to 16 MiB. A
+/// follower that falls this far behind loses gossip and fetches it by range.
+pub const GOSSIP_PEER_QUEUE_MAX: usize = 256;
+/// Established incoming connections a peer accepts in all, and from one
+/// peer id: a cluster has at most 16 followers and 32 agents, and every
+/// connection holds queues and buffers.
+pub const CONNECTIONS_INCOMING_MAX: u32 = 256;
+pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
+/// Incoming connections still in their handshake, at most.
+pub const CONNECTIONS_PENDING_MAX: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {
@@ -189,6 +203,7 @@ pub fn peer_id_of(id: &SignerId) -> Option<PeerId> {
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub limits: libp2p::connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub rr: request_response::cbor::Behaviour<Bytes, Bytes>,
     pub identify: identify::Behaviour,
@@ -227,6 +242,7 @@ pub fn build_swarm_speaking(
                 // replication benchmark's CPU (docs/performance.md).
                 .validation_mode(ValidationMode::Anonymous)
                 .max_transmit_size(crate::proto::wire::GOSSIP_PAYLOAD_BYTES_MAX)
+                .connection_handler_queue_len(GOSSIP_PEER_QUEUE_MAX)
                 // Short, so a deterministic message (an announcement, a vote)
                 // can be published again after a timeout; longer than the
                 // gossip window (history_length x heartbeat).
@@ -246,7 +262,14 @@ pub fn build_swarm_speaking(
                 identify::Config::new(identify_protocol.into(), key.public())
                     .with_agent_version(agent.clone()),
             );
+            let limits = libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(CONNECTIONS_INCOMING_MAX))
+                    .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+                    .with_max_pending_incoming(Some(CONNECTIONS_PENDING_MAX)),
+            );
             Ok(Behaviour {
+                limits,
                 gossipsub,
                 rr,
                 identify,

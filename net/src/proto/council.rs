@@ -19,6 +19,7 @@ use swoosh_core::hlc::Hlc;
 use swoosh_core::proposal::{Proposal, ProposalBuilder, INPUTS_BYTES_MAX};
 use swoosh_core::sig::{self, SigError, Signature, SignerId};
 use swoosh_core::state::{Genesis, NodeState, ProjectState, ROSTER_ENTRIES_MAX};
+use swoosh_core::statechart;
 use swoosh_core::statechart::Role;
 
 /// Signature domain of a candidate announcement.
@@ -383,13 +384,7 @@ impl CouncilCollector {
         let signature =
             sig::sign(COUNCIL_ANNOUNCE_DOMAIN, &body, &self.key).expect("announcements encode");
         let announcement = Announcement { body, signature };
-        let roster = state
-            .boot
-            .identities
-            .iter()
-            .filter(|e| e.roles.contains(&Role::Council))
-            .map(|e| e.key.clone())
-            .collect();
+        let roster = council_roster(state);
         self.elections.insert(
             project,
             Election {
@@ -403,6 +398,32 @@ impl CouncilCollector {
             },
         );
         Ok(announcement)
+    }
+
+    /// Whether the open election of `state`'s project was opened for what
+    /// `state` says now: its epoch, member set, council roster, ejected
+    /// members and threshold. `Boot_SetRoster` or a threshold change during
+    /// ELECT leaves the council epoch as it is, so without this check the
+    /// election went on counting votes (and resending a certificate) the
+    /// quorum guard now refuses, until the leader restarted.
+    pub fn matches(&self, state: &ProjectState, members: &[SignerId]) -> bool {
+        let Some(e) = self.elections.get(&state.meta.project) else {
+            return false;
+        };
+        let mut members = members.to_vec();
+        members.sort();
+        members.dedup();
+        e.announcement.body.epoch == state.epoch.council
+            && e.announcement.body.member_set_hash == member_set_hash(&members)
+            && e.threshold == state.council.quorum_threshold as usize
+            && e.roster == council_roster(state)
+            && e.ejected
+                == state
+                    .council
+                    .ejected
+                    .iter()
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
     }
 
     /// The open election's announcement (to publish again after a timeout).
@@ -434,9 +455,10 @@ impl CouncilCollector {
         let Some(e) = self.elections.get(&b.project) else {
             return self.reject(VoteRejection::NoElection);
         };
-        if v.verify().is_err() {
-            return self.reject(VoteRejection::BadSignature);
-        }
+        // The signature (~50 µs, on the swarm's task) only after the
+        // checks that cost nothing: any peer can send votes, and one that
+        // names no council member, epoch or member set of an open election
+        // is refused without it.
         if !e.roster.contains(&b.voter) {
             return self.reject(VoteRejection::Outsider);
         }
@@ -457,6 +479,9 @@ impl CouncilCollector {
         }
         if b.member_set_hash != e.announcement.body.member_set_hash {
             return self.reject(VoteRejection::WrongMemberSet);
+        }
+        if v.verify().is_err() {
+            return self.reject(VoteRejection::BadSignature);
         }
         if e.approvals.contains_key(&b.voter) || e.noes.contains(&b.voter) {
             self.duplicates += 1;
@@ -512,6 +537,40 @@ impl CouncilCollector {
 struct ElectInputs<'a> {
     members: &'a [SignerId],
     votes: &'a [Vote],
+}
+
+/// The keys holding the Council role in `state`'s roster.
+fn council_roster(state: &ProjectState) -> BTreeSet<SignerId> {
+    state
+        .boot
+        .identities
+        .iter()
+        .filter(|e| e.roles.contains(&Role::Council))
+        .map(|e| e.key.clone())
+        .collect()
+}
+
+/// Why the reducer would refuse any certificate for `state`'s project now,
+/// whatever its votes: the project status checks it runs before the quorum
+/// guard (TERMINATED for good; QUARANTINED, PAUSED or in RECOVERY for as
+/// long as that lasts, unless the certificate's transition is allowed
+/// there). `None`: a certificate may be proposed.
+pub fn uncertifiable(state: &ProjectState) -> Option<String> {
+    let t = certificate_transition(state);
+    let phase = state.meta.phase.as_str();
+    if !matches!(phase, "PROJECT_LIFECYCLE" | "EXECUTION") {
+        return Some(format!("the project is in {phase}"));
+    }
+    if state.policy.phase == "QUARANTINED" && !statechart::allowed_in_quarantine(t) {
+        return Some("the project is QUARANTINED".into());
+    }
+    if state.control.phase == "PAUSED" && !statechart::allowed_while_paused(t) {
+        return Some("the project is PAUSED".into());
+    }
+    if state.control.phase == "RECOVERY" && !statechart::allowed_in_recovery(t) {
+        return Some("the project is in RECOVERY".into());
+    }
+    None
 }
 
 /// The transition a certificate is proposed as in `state`.

@@ -1099,10 +1099,12 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
         },
         &keys.council[1],
     );
-    // (signed by council-2 over council-1's voter field: a bad signature)
+    // (signed by council-2 over council-1's voter field, a bad signature;
+    // the epoch refuses it first: the signature is checked only after the
+    // checks that cost nothing)
     assert_eq!(
         col.on_vote(&stale),
-        VoteOutcome::Rejected(VoteRejection::BadSignature)
+        VoteOutcome::Rejected(VoteRejection::StaleEpoch)
     );
     let stale = swoosh_core::facts::Vote::cast(
         swoosh_core::facts::VoteBody {
@@ -1161,9 +1163,9 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
     assert_eq!(
         counts,
         vec![
-            ("bad_signature", 2),
+            ("bad_signature", 1),
             ("outsider", 2),
-            ("stale_epoch", 1),
+            ("stale_epoch", 2),
             ("no_election", 1),
             ("wrong_member_set", 1),
             ("wrong_genesis", 2)
@@ -1174,6 +1176,47 @@ fn forged_outsider_stale_and_misdirected_votes_are_rejected_and_counted() {
         col.on_vote(&good),
         VoteOutcome::Counted { approvals: 1, .. }
     ));
+}
+
+/// An election opened before a roster or threshold change no longer
+/// matches the project (the council epoch does not move with them), so the
+/// leader opens it again; a project the reducer would refuse any
+/// certificate for holds no election.
+#[test]
+fn an_election_follows_roster_changes_and_skips_uncertifiable_projects() {
+    let keys = Keys::from_labels("council", 3);
+    let node = at_elect(&keys, "default");
+    let g = node.genesis.clone();
+    let st = node.project("default").into_owned();
+    let all = members(&keys);
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    col.open(&st, &all).unwrap();
+    assert!(col.matches(&st, &all));
+    assert!(!col.matches(&st, &all[..2]), "another member set");
+    let mut fewer = st.clone();
+    fewer.boot.identities.retain(|e| {
+        e.key != SignerId::from_signing_key(&keys.council[2])
+            || !e.roles.contains(&swoosh_core::statechart::Role::Council)
+    });
+    assert_eq!(fewer.epoch.council, st.epoch.council, "the epoch stays");
+    assert!(
+        !col.matches(&fewer, &all),
+        "a council member left the roster"
+    );
+    let mut higher = st.clone();
+    higher.council.quorum_threshold += 1;
+    assert!(!col.matches(&higher, &all), "another threshold");
+
+    assert_eq!(crate::proto::council::uncertifiable(&st), None);
+    let mut t = st.clone();
+    t.meta.phase = "TERMINATED".into();
+    assert!(crate::proto::council::uncertifiable(&t).is_some());
+    let mut q = st.clone();
+    q.policy.phase = "QUARANTINED".into();
+    assert!(crate::proto::council::uncertifiable(&q).is_some());
+    let mut p = st.clone();
+    p.control.phase = "PAUSED".into();
+    assert!(crate::proto::council::uncertifiable(&p).is_some());
 }
 
 /// A cluster whose genesis predates binding (no `facts_bound_to_genesis`)
