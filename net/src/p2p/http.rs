@@ -199,8 +199,8 @@ pub fn follower_router_doc(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
-                    "no such endpoint on this read-only follower: {}; it serves {ROUTES} (see GET /openapi.json)",
-                    uri.path()
+                    "no such endpoint on this read-only follower: {:?}; it serves {ROUTES} (see GET /openapi.json)",
+                    super::bounds::clip(uri.path())
                 ),
             )
         });

@@ -283,8 +283,26 @@ pub fn build_swarm_speaking(
     Ok(swarm)
 }
 
+/// Handshake refusals logged, process-wide: a peer that reconnects in a
+/// loop would otherwise write a line per attempt.
+static HANDSHAKE_WARN: std::sync::LazyLock<
+    std::sync::Mutex<(std::time::Instant, bounds::WarnLimiter)>,
+> = std::sync::LazyLock::new(|| {
+    std::sync::Mutex::new((std::time::Instant::now(), bounds::WarnLimiter::default()))
+});
+
+/// `Some(suppressed)` when a handshake refusal of `kind` may be logged now.
+fn handshake_warn(kind: &'static str) -> Option<u64> {
+    let mut w = HANDSHAKE_WARN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = ms_since(w.0);
+    w.1.check(kind, now)
+}
+
 /// The genesis handshake: `true` when the peer runs our genesis. A peer that
-/// does not is disconnected, with a log line naming both.
+/// does not is disconnected, with a log line naming both (at most one a
+/// second of each kind, saying how many were suppressed).
 pub fn check_handshake(
     swarm: &mut Swarm<Behaviour>,
     ours: &str,
@@ -294,28 +312,34 @@ pub fn check_handshake(
     // What a peer announces is its own text (up to identify's 4 KiB):
     // clipped, and logged with `?` so it cannot forge a line.
     if info.protocol_version != IDENTIFY_PROTOCOL {
-        tracing::warn!(
-            %peer,
-            theirs = ?bounds::clip(&info.protocol_version),
-            ours = IDENTIFY_PROTOCOL,
-            "refusing peer {peer}: it speaks protocol {:?}, this node {:?} (an incompatible SWOOSH release); disconnecting",
-            bounds::clip(&info.protocol_version),
-            IDENTIFY_PROTOCOL
-        );
+        if let Some(suppressed) = handshake_warn("protocol") {
+            tracing::warn!(
+                %peer,
+                theirs = ?bounds::clip(&info.protocol_version),
+                ours = IDENTIFY_PROTOCOL,
+                suppressed,
+                "refusing peer {peer}: it speaks protocol {:?}, this node {:?} (an incompatible SWOOSH release); disconnecting",
+                bounds::clip(&info.protocol_version),
+                IDENTIFY_PROTOCOL
+            );
+        }
         let _ = swarm.disconnect_peer_id(peer);
         return false;
     }
     if info.agent_version == ours {
         return true;
     }
-    tracing::warn!(
-        %peer,
-        theirs = ?bounds::clip(&info.agent_version),
-        ours = %ours,
-        "refusing peer {peer}: it runs genesis {:?}, this node runs {:?} (a different cluster or genesis); disconnecting",
-        bounds::clip(&info.agent_version),
-        ours
-    );
+    if let Some(suppressed) = handshake_warn("genesis") {
+        tracing::warn!(
+            %peer,
+            theirs = ?bounds::clip(&info.agent_version),
+            ours = %ours,
+            suppressed,
+            "refusing peer {peer}: it runs genesis {:?}, this node runs {:?} (a different cluster or genesis); disconnecting",
+            bounds::clip(&info.agent_version),
+            ours
+        );
+    }
     let _ = swarm.disconnect_peer_id(peer);
     false
 }
@@ -328,6 +352,15 @@ pub(crate) fn ms_since(t0: std::time::Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer reconnecting in a loop gets one refusal line a second.
+    #[test]
+    fn handshake_refusals_are_logged_once_a_second() {
+        assert_eq!(handshake_warn("test-kind"), Some(0));
+        for _ in 0..100 {
+            assert_eq!(handshake_warn("test-kind"), None);
+        }
+    }
 
     /// Listen addresses name the socket a node holds through its recovery
     /// (with libp2p's own `/p2p/<id>` suffix too); the hold refuses a port
