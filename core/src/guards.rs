@@ -208,6 +208,16 @@ fn breaches<'a>(
 /// rule (an 80-byte reason) and leaves the record well inside that limit.
 pub const BREACH_REASONS_BYTES_MAX: usize = 16 * 1024;
 
+/// A `fmt::Write` that only counts the bytes written.
+struct ByteCount(usize);
+
+impl std::fmt::Write for ByteCount {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
 /// The bytes `reasons` take joined by "; " (as `policy.rationale` holds them).
 fn joined_bytes(reasons: &[String]) -> usize {
     let text: usize = reasons.iter().map(String::len).sum();
@@ -234,34 +244,55 @@ pub fn policy_findings(g: &GuardCtx, findings: &[Finding]) -> GuardOutcome {
             )],
         )
     } else {
-        let mut reasons: Vec<String> = b
-            .iter()
-            .map(|(f, r)| format!(
+        // Each reason is measured before it is built: `LIST_ITEMS_MAX`
+        // findings against `POLICY_RULES_MAX` rules sharing deny codes make
+        // ~65,000 matches, and building every reason to drop most of them
+        // held ~20 MB on the single writer per refused proposal.
+        let write_reason = |w: &mut dyn std::fmt::Write, f: &Finding, r: &PolicyRule| {
+            write!(
+                w,
                 "finding '{}' ({}) breaches policy rule '{}': {}; propose Ingestion_PolicyViolation to quarantine the project",
                 f.code, f.detail, r.id, r.rationale
-            ))
+            )
+        };
+        let build = |f: &Finding, r: &PolicyRule| {
+            let mut s = String::new();
+            let _ = write_reason(&mut s, f, r);
+            s
+        };
+        let lens: Vec<usize> = b
+            .iter()
+            .map(|(f, r)| {
+                let mut n = ByteCount(0);
+                let _ = write_reason(&mut n, f, r);
+                n.0
+            })
             .collect();
+        // As `joined_bytes` counts them.
+        let bytes = lens.iter().sum::<usize>() + 2 * lens.len().saturating_sub(1);
         // At admission only: a refusal's reasons within the same budget as
         // an accepted breach's (the first of them, then a summary).
-        let bytes = joined_bytes(&reasons);
-        if g.admission && bytes > BREACH_REASONS_BYTES_MAX {
+        let reasons = if g.admission && bytes > BREACH_REASONS_BYTES_MAX {
             let mut kept = 0;
             let mut used = 0;
-            for r in &reasons {
-                if used + r.len() + 2 > BREACH_REASONS_BYTES_MAX / 2 {
+            for len in &lens {
+                if used + len + 2 > BREACH_REASONS_BYTES_MAX / 2 {
                     break;
                 }
-                used += r.len() + 2;
+                used += len + 2;
                 kept += 1;
             }
-            reasons.truncate(kept);
+            let mut reasons: Vec<String> = b[..kept].iter().map(|(f, r)| build(f, r)).collect();
             let rules = g.state.policy.rules.len();
             reasons.push(format!(
                 "{} more breaches left out; {}",
                 b.len() - kept,
                 breach_budget(b.len(), findings.len(), rules, bytes)
             ));
-        }
+            reasons
+        } else {
+            b.iter().map(|(f, r)| build(f, r)).collect()
+        };
         outcome("policy", false, reasons)
     }
 }
