@@ -565,6 +565,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         reports: reports.clone(),
         snapshots: SnapshotServing::default(),
         offered_checked: None,
+        newest_tried: None,
         agent,
         topic,
         shared: shared.clone(),
@@ -618,6 +619,11 @@ struct LeaderTask<S: LogStore> {
     /// was last looked at for a newer one.
     snapshots: SnapshotServing,
     offered_checked: Option<std::time::Instant>,
+    /// The newest stored snapshot index last read for serving, usable or
+    /// not: one that fails to decode or join the log is not read (and the
+    /// whole state re-encoded, on the swarm's task) again every
+    /// `SNAPSHOT_REFRESH_MS`, only once a newer one is written.
+    newest_tried: Option<u64>,
     agent: String,
     topic: libp2p::gossipsub::IdentTopic,
     shared: Arc<Mutex<LeaderShared>>,
@@ -1030,7 +1036,11 @@ impl<S: LogStore> LeaderTask<S> {
             .list_snapshots()
             .ok()
             .and_then(|l| l.last().copied());
-        if newest.is_some() && newest != self.snapshots.newest().map(|o| o.index) {
+        if newest.is_some()
+            && newest != self.snapshots.newest().map(|o| o.index)
+            && newest != self.newest_tried
+        {
+            self.newest_tried = newest;
             self.snapshots
                 .replace_newest(OfferedSnapshot::newest(&*self.store), now);
         }
