@@ -3272,6 +3272,16 @@ mod tests {
         origin_ms: u64,
     }
 
+    /// The driver's first proposal for the project `default` of `t`.
+    fn first_proposal(t: &TestNode) -> Box<swoosh_core::Proposal> {
+        use swoosh_core::scenario::{Driver, Next};
+        let state = NodeState::new(t.genesis.clone()).unwrap();
+        let Next::Propose(p) = Driver::new(&t.keys, 3).next(&state, "default", t.origin_ms) else {
+            panic!("the driver has a first step");
+        };
+        p
+    }
+
     async fn test_node(label: &str, snapshot_every: u64) -> TestNode {
         use swoosh_core::scenario::{genesis, Keys};
         let dir = tempfile::tempdir().expect("temp dir");
@@ -3306,19 +3316,8 @@ mod tests {
     /// proposal: the slot travels with it and is freed once it is answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_proposal_keeps_its_admission_slot_until_answered() {
-        use swoosh_core::scenario::{Driver, Next};
-        let TestNode {
-            _dir,
-            node,
-            keys,
-            genesis: g,
-            origin_ms,
-        } = test_node("abandoned", 0).await;
-        let Next::Propose(p) =
-            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
-        else {
-            panic!("the driver has a first step");
-        };
+        let t = test_node("abandoned", 0).await;
+        let (node, p) = (&t.node, first_proposal(&t));
         // Commits wait for this lock (held by a thread of its own, not
         // across this test's awaits): the proposal stays undurable.
         let held = node.shared.commit_lock.clone();
@@ -3362,19 +3361,8 @@ mod tests {
     /// sequencer and the writer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_wal_mailbox_is_backpressure_not_a_restart() {
-        use swoosh_core::scenario::{Driver, Next};
-        let TestNode {
-            _dir,
-            node,
-            keys,
-            genesis: g,
-            origin_ms,
-        } = test_node("walfull", 0).await;
-        let Next::Propose(p) =
-            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
-        else {
-            panic!("the driver has a first step");
-        };
+        let t = test_node("walfull", 0).await;
+        let (node, p) = (&t.node, first_proposal(&t));
         let wal = node.shared.refs.read().unwrap().wal.clone().unwrap();
         wal.depth.fill();
         match node.submit((*p).clone()).await {
@@ -3400,19 +3388,8 @@ mod tests {
     /// sends lands in one `unknown` series instead of a new series each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn busy_retry_labels_only_known_transitions() {
-        use swoosh_core::scenario::{Driver, Next};
-        let TestNode {
-            _dir,
-            node,
-            keys,
-            genesis: g,
-            origin_ms,
-        } = test_node("labels", 0).await;
-        let Next::Propose(p) =
-            Driver::new(&keys, 3).next(&NodeState::new(g).unwrap(), "default", origin_ms)
-        else {
-            panic!("the driver has a first step");
-        };
+        let t = test_node("labels", 0).await;
+        let (node, p) = (&t.node, first_proposal(&t));
         let known = p.transition.clone();
         // Hold the only admission slot, as a proposal in flight would.
         node.set_inflight_max(1);

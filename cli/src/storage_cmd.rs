@@ -699,6 +699,18 @@ struct VerifyFailJson<'a> {
     failure: &'a Failure,
 }
 
+/// `wal verify --json`'s one object for a failure.
+fn print_verify_failure(f: &Failure) -> Result<()> {
+    say!(
+        "{}",
+        serde_json::to_string_pretty(&VerifyFailJson {
+            ok: false,
+            failure: f
+        })?
+    );
+    Ok(())
+}
+
 fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()> {
     let node = match open_node(dir, Access::Read) {
         Ok(n) => n,
@@ -710,13 +722,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
                 reason: format!("{e:#}"),
                 next: "give the node's own directory (it holds genesis.json, node.key and data/), readable by this user".into(),
             };
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&VerifyFailJson {
-                    ok: false,
-                    failure: &f
-                })?
-            );
+            print_verify_failure(&f)?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -744,13 +750,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         Err(e) => {
             let f = explain(&e, &node.dir);
             if json {
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(&VerifyFailJson {
-                        ok: false,
-                        failure: &f
-                    })?
-                );
+                print_verify_failure(&f)?;
             }
             bail!(
                 "the log in {} is NOT sound: {}",
