@@ -1448,7 +1448,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                 let wal_full = sh
                     .refs
                     .read()
-                    .expect("refs lock")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .wal
                     .as_ref()
                     .is_some_and(|w| w.depth.get() >= w.depth.max());
