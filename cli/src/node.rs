@@ -699,7 +699,11 @@ pub enum LogFormat {
 
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // gossipsub warns once per message it drops for a peer whose send
+    // queue is full (`GOSSIP_PEER_QUEUE_MAX`): a peer that stops reading
+    // would flood the log. Its errors still show; RUST_LOG overrides.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_gossipsub=error"));
     // stderr, beside the command's own `swoosh: …` lines (tracing's
     // default is stdout): one stream keeps their order, and stdout stays
     // free for what a command prints as its result.

@@ -1134,9 +1134,12 @@ async fn p2p_one_peer_cannot_open_more_connections_than_the_cap() {
     use swoosh_net::p2p::CONNECTIONS_PER_PEER_MAX;
     let c = cluster("p2p-conn-cap", 1);
     let leader = c.leader().await;
-    let mut peer = swoosh_net::p2p::build_swarm(
+    // A dialer without limits of its own: what refuses is the leader.
+    let mut peer = swoosh_net::p2p::build_swarm_limited(
         &key_from_label("p2p-conn-cap/peer"),
         agent_version(&c.genesis),
+        swoosh_net::p2p::IDENTIFY_PROTOCOL,
+        libp2p::connection_limits::ConnectionLimits::default(),
     )
     .unwrap();
     let extra = 3;

@@ -47,6 +47,11 @@ pub const HEAD_EVERY_MS: u64 = 500;
 /// An open election's announcement (and a pending certificate proposal)
 /// is sent again after this long.
 pub const REANNOUNCE_MS: u64 = 3_000;
+/// Announcements published in one poll, at most: elections opened together
+/// fall due together, and a burst past a peer's gossip send queue
+/// (`GOSSIP_PEER_QUEUE_MAX`) would be dropped for the later projects in
+/// every round. The rest go out at the next polls.
+pub const ANNOUNCES_PER_POLL_MAX: usize = 64;
 
 /// How often the leader looks for a newer snapshot to offer.
 pub const SNAPSHOT_REFRESH_MS: u64 = 1_000;
@@ -566,6 +571,7 @@ pub async fn spawn_leader_cfg<S: LogStore + Send + Sync + 'static>(
         snapshots: SnapshotServing::default(),
         offered_checked: None,
         newest_tried: None,
+        elections_checked_at: None,
         agent,
         topic,
         shared: shared.clone(),
@@ -624,6 +630,10 @@ struct LeaderTask<S: LogStore> {
     /// whole state re-encoded, on the swarm's task) again every
     /// `SNAPSHOT_REFRESH_MS`, only once a newer one is written.
     newest_tried: Option<u64>,
+    /// The state copy's index when the open elections were last checked
+    /// against it (`CouncilCollector::matches`): checked again only once it
+    /// moves, not at every poll.
+    elections_checked_at: Option<u64>,
     agent: String,
     topic: libp2p::gossipsub::IdentTopic,
     shared: Arc<Mutex<LeaderShared>>,
@@ -908,6 +918,8 @@ impl<S: LogStore> LeaderTask<S> {
         let mut announce = vec![];
         let mut propose = vec![];
         let mut close = vec![];
+        let moved = self.elections_checked_at != Some(node.index);
+        self.elections_checked_at = Some(node.index);
         for (id, e) in &node.projects {
             let st = &e.state;
             let epoch = st.epoch.council;
@@ -921,8 +933,11 @@ impl<S: LogStore> LeaderTask<S> {
                 }
                 continue;
             }
-            let members = electable_members(st);
-            if self.collector.open_for(id).is_some() && !self.collector.matches(st, &members) {
+            let members = || electable_members(st);
+            if moved
+                && self.collector.open_for(id).is_some()
+                && !self.collector.matches(st, &members())
+            {
                 // Its roster, ejected members, threshold or member set
                 // changed since it opened: open it again below.
                 tracing::info!(project = %id, epoch, "the council roster or threshold changed during the election: announcing it again");
@@ -948,6 +963,7 @@ impl<S: LogStore> LeaderTask<S> {
                     }
                 }
                 _ => {
+                    let members = members();
                     if members.len() < st.council.quorum_threshold as usize {
                         // The quorum guard would refuse any certificate:
                         // say so once per epoch instead of electing in vain.
@@ -977,6 +993,7 @@ impl<S: LogStore> LeaderTask<S> {
             self.collector.close(&id);
             self.announced.remove(&id);
         }
+        announce.truncate(ANNOUNCES_PER_POLL_MAX);
         for a in announce {
             tracing::info!(project = %a.body.project, epoch = a.body.epoch, members = a.body.members.len(), "announcing the council candidates");
             self.announced.insert(a.body.project.clone(), now);

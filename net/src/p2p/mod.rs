@@ -221,6 +221,25 @@ pub fn build_swarm_speaking(
     agent: String,
     identify_protocol: &str,
 ) -> Result<Swarm<Behaviour>, P2pError> {
+    build_swarm_limited(key, agent, identify_protocol, connection_limits())
+}
+
+/// The connection limits every SWOOSH node applies.
+pub fn connection_limits() -> libp2p::connection_limits::ConnectionLimits {
+    libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(CONNECTIONS_INCOMING_MAX))
+        .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+        .with_max_pending_incoming(Some(CONNECTIONS_PENDING_MAX))
+}
+
+/// [`build_swarm_speaking`] with other connection limits (tests: a peer
+/// that does not limit its own dials, to see the other side's limits act).
+pub fn build_swarm_limited(
+    key: &SigningKey,
+    agent: String,
+    identify_protocol: &str,
+    limits: libp2p::connection_limits::ConnectionLimits,
+) -> Result<Swarm<Behaviour>, P2pError> {
     let kp = keypair(key);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
@@ -262,12 +281,7 @@ pub fn build_swarm_speaking(
                 identify::Config::new(identify_protocol.into(), key.public())
                     .with_agent_version(agent.clone()),
             );
-            let limits = libp2p::connection_limits::Behaviour::new(
-                libp2p::connection_limits::ConnectionLimits::default()
-                    .with_max_established_incoming(Some(CONNECTIONS_INCOMING_MAX))
-                    .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
-                    .with_max_pending_incoming(Some(CONNECTIONS_PENDING_MAX)),
-            );
+            let limits = libp2p::connection_limits::Behaviour::new(limits);
             Ok(Behaviour {
                 limits,
                 gossipsub,
