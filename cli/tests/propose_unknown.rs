@@ -96,6 +96,42 @@ fn swoosh(args: &[&str], tmp: &std::path::Path) -> std::process::Output {
         .expect("run swoosh")
 }
 
+/// `swoosh propose` of `Boot_ConfigOk` to `url` under `idem`, saving an
+/// unknown outcome's proposal to `chosen`: the output and its stderr.
+fn propose_saving_to(
+    url: &str,
+    key: &std::path::Path,
+    idem: &str,
+    chosen: &std::path::Path,
+    tmp: &std::path::Path,
+) -> (std::process::Output, String) {
+    let o = swoosh(
+        &[
+            "propose",
+            "--to",
+            url,
+            "--key",
+            key.to_str().unwrap(),
+            "--transition",
+            "Boot_ConfigOk",
+            "--idem-key",
+            idem,
+            "--save",
+            chosen.to_str().unwrap(),
+        ],
+        tmp,
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (o, err)
+}
+
+/// The proposal kept in `chosen` is the one first posted.
+fn assert_kept_the_first_post(posted: &Mutex<Vec<Vec<u8>>>, chosen: &std::path::Path) {
+    let first: serde_json::Value = serde_json::from_slice(&posted.lock().unwrap()[0]).unwrap();
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(chosen).unwrap()).unwrap();
+    assert_eq!(kept, first);
+}
+
 #[test]
 fn an_unknown_outcome_keeps_the_proposal_to_resubmit_exactly() {
     let t = tempfile::tempdir().unwrap();
@@ -204,23 +240,7 @@ fn an_unknown_attempt_then_a_node_that_gave_up_keeps_the_proposal() {
         })
     });
     let chosen = t.path().join("kept.json");
-    let o = swoosh(
-        &[
-            "propose",
-            "--to",
-            &url,
-            "--key",
-            key.to_str().unwrap(),
-            "--transition",
-            "Boot_ConfigOk",
-            "--idem-key",
-            "default:boot/2",
-            "--save",
-            chosen.to_str().unwrap(),
-        ],
-        t.path(),
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (o, err) = propose_saving_to(&url, &key, "default:boot/2", &chosen, t.path());
     assert!(!o.status.success(), "{err}");
     assert_eq!(
         posted.lock().unwrap().len(),
@@ -232,9 +252,7 @@ fn an_unknown_attempt_then_a_node_that_gave_up_keeps_the_proposal() {
     assert!(err.contains("outcome unknown"), "{err}");
     assert!(err.contains("\"default:boot/2\""), "{err}");
     assert!(err.contains(&chosen.display().to_string()), "{err}");
-    let first: serde_json::Value = serde_json::from_slice(&posted.lock().unwrap()[0]).unwrap();
-    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
-    assert_eq!(kept, first);
+    assert_kept_the_first_post(&posted, &chosen);
 }
 
 /// A reverse proxy that gives up first (its own `504`, an HTML body) says
@@ -248,30 +266,12 @@ fn a_proxys_gateway_timeout_keeps_the_proposal() {
     let (url, posted) =
         fake_node_answering(|_| Some((504, "<html>504 Gateway Time-out</html>".into())));
     let chosen = t.path().join("kept.json");
-    let o = swoosh(
-        &[
-            "propose",
-            "--to",
-            &url,
-            "--key",
-            key.to_str().unwrap(),
-            "--transition",
-            "Boot_ConfigOk",
-            "--idem-key",
-            "default:boot/3",
-            "--save",
-            chosen.to_str().unwrap(),
-        ],
-        t.path(),
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (o, err) = propose_saving_to(&url, &key, "default:boot/3", &chosen, t.path());
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("504"), "{err}");
     assert!(err.contains("outcome unknown"), "{err}");
     assert!(err.contains(&chosen.display().to_string()), "{err}");
-    let first: serde_json::Value = serde_json::from_slice(&posted.lock().unwrap()[0]).unwrap();
-    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
-    assert_eq!(kept, first);
+    assert_kept_the_first_post(&posted, &chosen);
 }
 
 /// A node URL with a path is put before every endpoint (a reverse proxy
