@@ -319,7 +319,8 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// `state::validate_policy_rule`'s bounds (`Policy_Update`); a findings
 /// list holding one finding twice (`Ingestion_SchemaOk`,
 /// `Ingestion_PolicyViolation`); breach reasons above
-/// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`); a new
+/// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`); a `null`
+/// anywhere in `inputs` (an optional field's second spelling); a new
 /// `idem_key` that is not printable ASCII (its `{:?}` in the accepted
 /// outcome must not depend on the Rust release); a list item's text over
 /// `TEXT_BYTES_MAX` (finding codes and details, roles, tools, assets, check
@@ -456,6 +457,23 @@ fn evaluate(
                 vec![format!(
                     "idem_key holds {c:?} (U+{:04X}); an idem_key is printable ASCII (space to '~'), e.g. goalId:beatIndex:opClass:uuid: spell other text in ASCII (percent-encode it, or use its hash)",
                     c as u32
+                )],
+            ));
+        }
+        // At admission only (see `Judged`): an optional field has two
+        // spellings to serde, absent and `null`, which decode to the same
+        // fact but hash differently (inputs are hashed as sent). One
+        // certificate could then be accepted under two inputs hashes, and a
+        // client resending it in the other spelling would meet an
+        // idempotency conflict. No input field takes `null` as a value, so
+        // the canonical spelling is "absent".
+        let mut path = String::from("inputs");
+        if find_null(&p.inputs, &mut path) {
+            return Err(reject(
+                RejectKind::Malformed,
+                &path,
+                vec![format!(
+                    "{path} is null; omit an optional field instead of sending null (inputs are hashed as sent, and an absent field is the one spelling)"
                 )],
             ));
         }
@@ -721,6 +739,35 @@ fn evaluate(
         content_hash,
         events,
     })))
+}
+
+/// `true` when `v` holds a `null`, with `path` left naming the first one
+/// (depth is bounded by the shape check, `cbor::CBOR_DEPTH_MAX`).
+fn find_null(v: &ciborium::value::Value, path: &mut String) -> bool {
+    use ciborium::value::Value;
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().enumerate().any(|(i, x)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_null(x, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        Value::Map(m) => m.iter().any(|(k, x)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(k.as_text().unwrap_or("?"));
+            let found = find_null(x, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        _ => false,
+    }
 }
 
 fn inputs<T: DeserializeOwned>(p: &Proposal) -> Result<T, Rejection> {
@@ -3058,6 +3105,45 @@ mod tests {
         );
         fx.accept(&green);
         assert_eq!(fx.judge(&submit(&fx), Judged::Admission), Ok(()));
+    }
+
+    /// An optional field sent as `null` decodes like an absent one but
+    /// hashes differently, so a new proposal must leave it out; replay
+    /// takes what an earlier build accepted. A legacy genesis accepts
+    /// unbound votes, whose `genesis` is the optional field.
+    #[test]
+    fn a_null_in_inputs_is_refused_at_admission() {
+        let mut fx = Fx::with_genesis("nulls", |g| g.facts_bound_to_genesis = false);
+        fx.drive(|s| s.council.phase == "ELECT");
+        let st = fx.st();
+        let members = Driver::new(&fx.keys, 1).members();
+        let votes: Vec<Vote> = Driver::new(&fx.keys, 1)
+            .votes(&st, &members, true)
+            .into_iter()
+            .zip(&fx.keys.council)
+            .map(|(v, k)| {
+                let mut body = v.body;
+                body.genesis = None;
+                Vote::cast(body, k)
+            })
+            .collect();
+        let absent = json!({ "members": members, "votes": votes });
+        assert!(!absent.to_string().contains("null"), "{absent}");
+        let mut spelled_null = absent.clone();
+        spelled_null["votes"][1]["body"]["genesis"] = Json::Null;
+        let cert = |inputs: &Json| fx.p("Council_QuorumCert", inputs.clone(), &fx.keys.leader);
+        assert_ne!(
+            cert(&absent).inputs_hash,
+            cert(&spelled_null).inputs_hash,
+            "the two spellings hash differently"
+        );
+        assert_eq!(fx.judge(&cert(&absent), Judged::Admission), Ok(()));
+        let r = fx.admitted_only(&cert(&spelled_null), "inputs.votes[1].body.genesis");
+        assert_eq!(r.kind, RejectKind::Malformed, "{r:#?}");
+        assert!(
+            says(&r, "inputs.votes[1].body.genesis is null") && says(&r, "omit"),
+            "{r:#?}"
+        );
     }
 
     /// Votes and probes carry the genesis they were signed for. One bound
