@@ -1515,7 +1515,20 @@ fn transition(
         }
         "Control_Resume" => {
             let _: In0 = inputs(p)?;
-            lic(out)?;
+            // A project paused before it was ever licensed resumes into its
+            // boot: refused, it would be wedged for good (`Boot_ConfigOk`
+            // and `Boot_Licensed` are refused while it is PAUSED, and the
+            // license they install is what this guard asks for). Every
+            // lifecycle transition still checks the license itself.
+            if g.state.boot.license.is_none() {
+                out.push(guards::outcome(
+                    "license",
+                    true,
+                    vec!["the project holds no license yet: it resumes into its boot, where Boot_ConfigOk and Boot_Licensed license it".into()],
+                ));
+            } else {
+                lic(out)?;
+            }
             post.control.reason = None;
         }
         "Control_QuorumLost" => {

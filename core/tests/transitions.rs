@@ -676,6 +676,60 @@ fn every_transition_of_the_statechart_has_an_acceptance_test() {
     }
 }
 
+/// A project paused before it was licensed is not wedged: it resumes into
+/// its boot (Boot_ConfigOk and Boot_Licensed are refused while it is
+/// PAUSED), is configured and licensed, and enters its lifecycle. Before,
+/// the resume was refused for the missing license that only those two
+/// transitions could install.
+#[test]
+fn a_project_paused_at_boot_resumes_and_is_licensed() {
+    let mut fx = Fx::new();
+    paused_at_boot(&mut fx);
+    let cfg = fx.p(
+        "Boot_ConfigOk",
+        json!({ "config_hash": h("config") }),
+        W::Admin,
+    );
+    let r = fx.reject(&cfg);
+    assert_eq!(r.guard, "project_status", "{r:#?}");
+    let c = fx.accept("Control_Resume", json!({}), W::Leader);
+    assert_eq!(c.post.control.phase, "NORMAL");
+    assert_eq!(c.post.meta.phase, "BOOT");
+    let said = c
+        .acc
+        .decision
+        .guard_outcomes
+        .iter()
+        .find(|o| o.guard == "license")
+        .expect("a license outcome");
+    assert!(
+        said.ok && said.reasons[0].contains("no license yet"),
+        "{said:?}"
+    );
+    license_check(&mut fx);
+    let token = fx.token(W::Authority, |_| {});
+    let c = fx.accept("Boot_Licensed", json!({ "license": token }), W::Leader);
+    assert!(c.post.boot.license.is_some());
+    // Licensed and paused again, a resume checks the license as before.
+    fx.accept(
+        "Control_Pause",
+        json!({ "reason": "maintenance" }),
+        W::Leader,
+    );
+    let c = fx.accept("Control_Resume", json!({}), W::Leader);
+    let said = c
+        .acc
+        .decision
+        .guard_outcomes
+        .iter()
+        .find(|o| o.guard == "license")
+        .expect("a license outcome");
+    assert!(
+        said.reasons[0].starts_with("license valid until"),
+        "{said:?}"
+    );
+}
+
 #[test]
 fn boot_config_ok_records_the_config_and_awaits_the_license() {
     let mut fx = Fx::new();
@@ -2179,14 +2233,6 @@ fn licensed(fx: &Fx, edit: fn(&Fx, &mut LicenseBody), w: Who) -> Proposal {
 }
 
 const LICENSE: &[Case] = &[
-    Case {
-        name: "no license yet",
-        setup: paused_at_boot,
-        propose: |fx| fx.p("Control_Resume", json!({}), W::Leader),
-        kind: K::Guard,
-        guard: "license",
-        says: &["the project holds no license: drive it through Boot_ConfigOk and Boot_Licensed"],
-    },
     Case {
         name: "license expired past its grace",
         setup: license_expired,
