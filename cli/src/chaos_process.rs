@@ -739,7 +739,16 @@ async fn submit_until_answered(load: &Load, p: &Proposal) -> Result<(Answer, boo
     loop {
         match load.leader.submit(p).await {
             Ok(r) => return Ok((Answer::Accepted(r), unanswered)),
-            Err(ClientError::Refused { status, .. }) if status == 429 || status == 503 => {
+            Err(ClientError::Refused { status, body }) if status == 429 || status == 503 => {
+                // A `503 unavailable` means no durable outcome in time: the
+                // proposal may still commit, so a later answer may rightly
+                // be a duplicate.
+                if (ClientError::Refused { status, body }).outcome_unknown() {
+                    if !unanswered {
+                        load.tally().unanswered += 1;
+                    }
+                    unanswered = true;
+                }
                 load.tally().busy_answers += 1;
             }
             Err(ClientError::Refused { status, body }) => {

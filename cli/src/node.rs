@@ -858,8 +858,12 @@ pub struct ProposeArgs {
 /// Longest part of an idempotency key put in a default `--save` file name.
 pub const SAVE_NAME_IDEM_CHARS_MAX: usize = 80;
 
-/// Where an unknown-outcome proposal is written without `--save`.
-pub fn default_save_path(idem_key: &str) -> PathBuf {
+/// Where an unknown-outcome proposal is written without `--save`: named
+/// by its project, its key made safe for a file name, and a hash of the
+/// whole key, so that keys which read alike once made safe (`a:1`, `a/1`,
+/// or one cut at `SAVE_NAME_IDEM_CHARS_MAX`) or one key in two projects
+/// do not overwrite each other's proposal.
+pub fn default_save_path(project: &str, idem_key: &str) -> PathBuf {
     let safe: String = idem_key
         .chars()
         .take(SAVE_NAME_IDEM_CHARS_MAX)
@@ -871,7 +875,11 @@ pub fn default_save_path(idem_key: &str) -> PathBuf {
             }
         })
         .collect();
-    std::env::temp_dir().join(format!("swoosh-proposal-{safe}.json"))
+    let tag = swoosh_core::hash::Hash::of_bytes(idem_key.as_bytes()).to_hex();
+    std::env::temp_dir().join(format!(
+        "swoosh-proposal-{project}-{safe}-{}.json",
+        &tag[..8]
+    ))
 }
 
 /// The client for `--to`, refusing an address that is not an http(s) URL.
@@ -959,6 +967,15 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{}:{t}:{}", a.project, hex::encode(rnd)));
         idem_key = Some(idem.clone());
+        if a.idem_key.is_none() {
+            // Said before anything is sent: the retries below can take
+            // minutes, and a run interrupted meanwhile (Ctrl-C, a CI
+            // timeout) would otherwise leave no way to retry without
+            // risking a second application under a new key.
+            eprintln!(
+                "idempotency key {idem}: if this command is interrupted before it answers, rerun it with --idem-key {idem} (one key is applied at most once)"
+            );
+        }
         let req = ProposeRequest {
             project: &a.project,
             transition: t,
@@ -1096,7 +1113,7 @@ fn unknown_outcome_hint(
             let path = a
                 .save
                 .clone()
-                .unwrap_or_else(|| default_save_path(&p.idem_key));
+                .unwrap_or_else(|| default_save_path(&p.project, &p.idem_key));
             write_json(&path, p).with_context(|| {
                 format!(
                     "the outcome of {} (idempotency key {:?}) is unknown, and the signed proposal could not be kept",

@@ -159,7 +159,7 @@ fn an_unknown_outcome_keeps_the_proposal_to_resubmit_exactly() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("outcome unknown"), "{err}");
     assert!(err.contains("\"default:boot/1\""), "{err}");
-    let saved = t.path().join("swoosh-proposal-default_boot_1.json");
+    let saved = saved_path(t.path(), "default", "default:boot/1");
     assert!(err.contains(&saved.display().to_string()), "{err}");
     assert!(err.contains("swoosh propose --file"), "{err}");
     let first: serde_json::Value =
@@ -204,6 +204,21 @@ fn an_unknown_outcome_keeps_the_proposal_to_resubmit_exactly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&chosen.display().to_string()), "{err}");
     assert!(chosen.exists());
+    // Without --idem-key, the key made up is said before the first send,
+    // so an interrupted run can be rerun under it.
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&chosen).unwrap()).unwrap();
+    let made_up = kept["idem_key"].as_str().unwrap();
+    assert!(made_up.starts_with("default:Boot_ConfigOk:"), "{kept}");
+    let said = format!("idempotency key {made_up}: if this command is interrupted");
+    let at = err.find(&said).unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        err[at..].contains(&format!("--idem-key {made_up}")),
+        "{err}"
+    );
+    assert!(
+        at < err.find("outcome unknown").unwrap(),
+        "said first: {err}"
+    );
 }
 
 #[test]
@@ -360,7 +375,7 @@ fn propose_json_prints_one_object_for_every_client_error() {
     assert!(v["message"].as_str().unwrap().contains("UNKNOWN"), "{v}");
     assert_eq!(v["outcome_unknown"], true, "{v}");
     assert_eq!(v["idempotency_key"], "default:json/2", "{v}");
-    let saved = t.path().join("swoosh-proposal-default_json_2.json");
+    let saved = saved_path(t.path(), "default", "default:json/2");
     assert_eq!(v["saved"], saved.display().to_string(), "{v}");
     assert!(saved.exists());
 
@@ -400,4 +415,24 @@ fn propose_json_prints_one_object_for_every_client_error() {
         "{v}"
     );
     assert_eq!(v["outcome_unknown"], false, "{v}");
+}
+
+/// Where `swoosh propose` keeps a proposal of unknown outcome without
+/// `--save` (`node::default_save_path`), under `tmp` as its `TMPDIR`.
+fn saved_path(tmp: &std::path::Path, project: &str, idem_key: &str) -> std::path::PathBuf {
+    let safe: String = idem_key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let tag = swoosh_core::hash::Hash::of_bytes(idem_key.as_bytes()).to_hex();
+    tmp.join(format!(
+        "swoosh-proposal-{project}-{safe}-{}.json",
+        &tag[..8]
+    ))
 }

@@ -30,6 +30,11 @@ pub const STALE_BACKOFF_MS_BASE: u64 = 10;
 pub const STALE_BACKOFF_MS_MAX: u64 = 500;
 /// Whole-request limit (the server's own submit limit is below it).
 pub const REQUEST_TIMEOUT_MS: u64 = 35_000;
+/// Largest reply body read. A node's largest replies (`GET /state` of a
+/// node with many projects, a page of decisions) are far below it; a
+/// server or proxy that sends more is refused before it can exhaust the
+/// client's memory.
+pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// Limit on opening the TCP connection: an unreachable address fails in
 /// this time instead of the whole request timeout.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -66,8 +71,16 @@ pub enum ClientError {
         leader: Option<String>,
         body: ErrorBody,
     },
-    #[error("unexpected reply from {url}: {detail}")]
-    Decode { url: String, detail: String },
+    /// A reply that does not decode (or is over [`RESPONSE_BYTES_MAX`]).
+    /// `outcome_unknown`: it answered a proposal, so the proposal may have
+    /// been applied (a `2xx` is the node saying it was, in a shape this
+    /// client does not read: another release, or a proxy's page).
+    #[error("unexpected reply from {url}: {detail}{}", if *outcome_unknown { "; the outcome is UNKNOWN: the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) or check `swoosh state`" } else { "" })]
+    Decode {
+        url: String,
+        detail: String,
+        outcome_unknown: bool,
+    },
     #[error("could not build the proposal: {0}")]
     Build(String),
     /// An argument the client refuses before sending anything (a node URL,
@@ -123,6 +136,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// carried a proposal, so a failure after the connection was made leaves
 /// its outcome unknown.
 fn transport_error(url: &str, e: &reqwest::Error, proposal: bool) -> ClientError {
+    // A request that could not be built (a URL `Client::new` kept as
+    // given) was never sent: nothing to retry, no outcome to doubt.
+    if e.is_builder() {
+        return ClientError::Usage(format!(
+            "cannot send a request to {url}: {}; give the node's URL like {URL_FORM}",
+            error_chain(e)
+        ));
+    }
     ClientError::Connect {
         url: url.to_string(),
         detail: error_chain(e),
@@ -200,8 +221,14 @@ pub fn normalize_base(base: &str) -> Result<String, ClientError> {
         None => format!("http://{t}"),
         Some(i) => {
             let scheme = &t[..i];
-            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-                return Err(bad(format!("the scheme {scheme:?} is not http or https")));
+            if scheme.eq_ignore_ascii_case("https") {
+                // This client is built without TLS (the node serves plain
+                // HTTP): an https URL would fail at every attempt with a
+                // connect error that names neither cause.
+                return Err(bad("https is not supported: this client has no TLS, and `swoosh serve` speaks plain HTTP; use the node's http:// address (or a local tunnel to it)".into()));
+            }
+            if !scheme.eq_ignore_ascii_case("http") {
+                return Err(bad(format!("the scheme {scheme:?} is not http")));
             }
             t.to_string()
         }
@@ -289,6 +316,9 @@ impl ClientError {
                 outcome_unknown, ..
             } => *outcome_unknown,
             ClientError::OutcomeUnknown { .. } => true,
+            ClientError::Decode {
+                outcome_unknown, ..
+            } => *outcome_unknown,
             ClientError::Refused { status: 503, body } if body.error == "unavailable" => true,
             ClientError::Refused { status, body } => {
                 matches!(status, 502 | 504) || (*status >= 500 && body.error == "http")
@@ -422,7 +452,8 @@ fn after_unknown(unknown: Option<(String, String)>, last: ClientError) -> Client
 
 /// A failed `propose`, with the last proposal built (if any): when the
 /// outcome is unknown, that exact proposal is the one to resubmit.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
 pub struct ProposeFailure {
     pub error: ClientError,
     pub last: Option<Proposal>,
@@ -431,6 +462,15 @@ pub struct ProposeFailure {
     /// next round (reading HEAD) leaves the last one settled (it was
     /// refused as stale), whatever the read's error says.
     pub unknown: bool,
+}
+
+impl ProposeFailure {
+    /// Whether [`ProposeFailure::last`] may have been applied. Unlike
+    /// `error.outcome_unknown()`, false when what failed was reading HEAD
+    /// for a proposal that was never sent (a `503` of `GET /state`).
+    pub fn outcome_unknown(&self) -> bool {
+        self.unknown
+    }
 }
 
 /// What to do when a proposal meets a stale HEAD or backpressure.
@@ -476,6 +516,41 @@ pub struct Proposed {
     pub proposal: Proposal,
     pub stale_retries: u32,
     pub busy_retries: u32,
+}
+
+/// A reply's body, refused once it is over [`RESPONSE_BYTES_MAX`] (by its
+/// `Content-Length` before reading, else as it arrives).
+async fn read_capped(
+    url: &str,
+    mut resp: reqwest::Response,
+    proposal: bool,
+) -> Result<Vec<u8>, ClientError> {
+    let too_large = |n: String| {
+        ClientError::Decode {
+        url: url.to_string(),
+        detail: format!(
+            "the reply is {n} bytes, over this client's limit of {RESPONSE_BYTES_MAX}; is this a SWOOSH node?"
+        ),
+        outcome_unknown: proposal,
+    }
+    };
+    if let Some(n) = resp.content_length() {
+        if n > RESPONSE_BYTES_MAX as u64 {
+            return Err(too_large(n.to_string()));
+        }
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(url, &e, proposal))?
+    {
+        if out.len() + chunk.len() > RESPONSE_BYTES_MAX {
+            return Err(too_large(format!("more than {}", out.len())));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn wall_ms() -> u64 {
@@ -542,11 +617,8 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|secs| secs.saturating_mul(1000));
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(url, &e, proposal))?;
-        Ok((status, retry_after_ms, bytes.to_vec()))
+        let bytes = read_capped(url, resp, proposal).await?;
+        Ok((status, retry_after_ms, bytes))
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
@@ -564,7 +636,8 @@ impl Client {
         if (200..300).contains(&status) {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 url,
-                detail: e.to_string(),
+                detail: format!("{status} with a body this client cannot read ({e})"),
+                outcome_unknown: proposal,
             })
         } else {
             Err(self.refusal(url, status, retry_after_ms, &bytes))
@@ -707,6 +780,7 @@ impl Client {
             Err(e) if (200..300).contains(&status) => Err(ClientError::Decode {
                 url,
                 detail: format!("{status} with a body that is not JSON ({e})"),
+                outcome_unknown: false,
             }),
             _ => Err(self.refusal(url, status, retry_after_ms, &bytes)),
         }
@@ -747,9 +821,12 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport_error(&url, &e, false))?;
-        resp.text()
-            .await
-            .map_err(|e| transport_error(&url, &e, false))
+        let bytes = read_capped(&url, resp, false).await?;
+        String::from_utf8(bytes).map_err(|e| ClientError::Decode {
+            url,
+            detail: format!("the metrics are not UTF-8 text ({e})"),
+            outcome_unknown: false,
+        })
     }
 
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
@@ -760,20 +837,21 @@ impl Client {
 
     /// Build a proposal against the project's current HEAD (hash, last HLC,
     /// BACKBEAT window), sign it, and submit it, re-reading HEAD after a
-    /// stale hash when the policy allows.
+    /// stale hash when the policy allows. A failure carries the last
+    /// proposal sent and whether its outcome is unknown
+    /// ([`ProposeFailure::outcome_unknown`]): resubmitting exactly that
+    /// proposal (idempotent) settles it, where calling `propose` again
+    /// would sign a new one (a new HLC and HEAD under the same key, which
+    /// the node refuses as an `idem_conflict` if the first was applied).
     pub async fn propose<T: Serialize>(
         &self,
         req: &ProposeRequest<'_, T>,
         policy: RetryPolicy,
-    ) -> Result<Proposed, ClientError> {
-        self.propose_keeping_last(req, policy)
-            .await
-            .map_err(|f| f.error)
+    ) -> Result<Proposed, ProposeFailure> {
+        self.propose_keeping_last(req, policy).await
     }
 
-    /// [`Client::propose`], returning with an error the last proposal built
-    /// and sent: when [`ClientError::outcome_unknown`], resubmitting exactly
-    /// that proposal (idempotent) settles the outcome.
+    /// [`Client::propose`] (its earlier name).
     pub async fn propose_keeping_last<T: Serialize>(
         &self,
         req: &ProposeRequest<'_, T>,
@@ -852,6 +930,7 @@ impl Client {
         let head: Hash = st.hash.parse().map_err(|e| ClientError::Decode {
             url: self.base.clone(),
             detail: format!("state hash: {e}"),
+            outcome_unknown: false,
         })?;
         let last: Option<Hlc> = st
             .projection
@@ -862,6 +941,7 @@ impl Client {
             .map_err(|e| ClientError::Decode {
                 url: self.base.clone(),
                 detail: format!("hlc_last: {e}"),
+                outcome_unknown: false,
             })?;
         let schedule: Option<Schedule> = st
             .projection

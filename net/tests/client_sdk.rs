@@ -311,7 +311,7 @@ async fn a_connection_lost_after_sending_leaves_the_outcome_unknown() {
 }
 
 /// A closed port: the error carries the cause under reqwest's top line,
-/// and nothing was sent, so the outcome is known.
+/// and a proposal sent there never left, so its outcome is known.
 #[tokio::test]
 async fn a_refused_connection_names_its_cause() {
     let port = {
@@ -323,7 +323,112 @@ async fn a_refused_connection_names_its_cause() {
     let text = e.to_string();
     assert!(text.to_lowercase().contains("refused"), "{text}");
     assert!(text.starts_with("cannot reach"), "{text}");
-    assert!(!e.outcome_unknown());
+    let (url, _) = fake_node(|_, _, _| state_reply()).await;
+    let p = proposal(&Client::new(&url)).await;
+    let e = c.submit_retrying(&p).await.unwrap_err();
+    assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    assert!(!e.outcome_unknown(), "nothing was sent: {e}");
+}
+
+/// A `2xx` to a proposal that this client cannot read (a node of another
+/// release, a proxy's page) says the proposal was applied in a shape it
+/// does not know: the outcome is unknown, and `propose` says so and keeps
+/// the proposal. Before, it was an "unexpected reply" taken as settled, and
+/// a rerun signed a new key.
+#[tokio::test]
+async fn a_2xx_that_does_not_decode_leaves_the_outcome_unknown() {
+    let (url, _) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") => Some((200, vec![], "<html>accepted</html>".into())),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let p = proposal(&c).await;
+    let e = c.submit_retrying(&p).await.unwrap_err();
+    assert!(matches!(e, ClientError::Decode { .. }), "{e:?}");
+    assert!(e.outcome_unknown(), "{e}");
+    assert!(e.to_string().contains("UNKNOWN"), "{e}");
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let f = c
+        .propose(&propose_request(&key, &inputs), RetryPolicy::default())
+        .await
+        .unwrap_err();
+    assert!(f.outcome_unknown() && f.last.is_some(), "{f:?}");
+    // A read that does not decode sent no proposal.
+    let e = c.health().await.unwrap_err();
+    assert!(!e.outcome_unknown(), "{e}");
+}
+
+/// A reply over `RESPONSE_BYTES_MAX` is refused from its length, before
+/// any of it is held; to a proposal, the outcome is unknown.
+#[tokio::test]
+async fn a_reply_over_the_limit_is_refused_unread() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let claimed = swoosh_net::client::RESPONSE_BYTES_MAX + 1;
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let head = format!("HTTP/1.1 202 Accepted\r\ncontent-length: {claimed}\r\n\r\n{{");
+                let _ = sock.write_all(head.as_bytes()).await;
+                // Held open: a client reading the whole claim would wait
+                // out its request limit; one refusing it returns now.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let c = Client::new(&url);
+    let p = proposal(&Client::new(&fake_node(|_, _, _| state_reply()).await.0)).await;
+    let e = c.submit(&p).await.unwrap_err();
+    assert!(matches!(e, ClientError::Decode { .. }), "{e:?}");
+    assert!(e.to_string().contains("over this client's limit"), "{e}");
+    assert!(e.outcome_unknown(), "{e}");
+    let e = c.health().await.unwrap_err();
+    assert!(e.to_string().contains("over this client's limit"), "{e}");
+    assert!(!e.outcome_unknown(), "{e}");
+}
+
+/// `https://` is refused up front (this client has no TLS: every attempt
+/// failed as a connect error naming neither cause), and a URL that cannot
+/// be built into a request sends nothing and doubts no outcome.
+#[tokio::test]
+async fn https_and_unbuildable_urls_are_refused_without_a_request() {
+    let Err(e) = Client::try_new("https://node.example:7700") else {
+        panic!("https was taken");
+    };
+    assert!(e.to_string().contains("https is not supported"), "{e}");
+    let c = Client::new("http://[::1");
+    let (url, _) = fake_node(|_, _, _| state_reply()).await;
+    let p = proposal(&Client::new(&url)).await;
+    let e = c.submit_retrying(&p).await.unwrap_err();
+    assert!(matches!(e, ClientError::Usage(_)), "{e:?}");
+    assert!(!e.outcome_unknown(), "{e}");
+}
+
+/// `propose` tells a proposal that was never sent from one that may have
+/// been applied: a HEAD read answered `503 unavailable` is an unknown
+/// outcome for the read's error, but nothing was proposed.
+#[tokio::test]
+async fn a_failed_head_read_is_no_unknown_proposal() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => refused(503, "unavailable", None),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let f = c
+        .propose(&propose_request(&key, &inputs), RetryPolicy::default())
+        .await
+        .unwrap_err();
+    assert!(f.error.outcome_unknown(), "the read's error, alone: {f:?}");
+    assert!(!f.outcome_unknown() && f.last.is_none(), "{f:?}");
+    assert_eq!(count(&seen, "POST", "/transition"), 0);
 }
 
 /// `--to 127.0.0.1:port` reaches the node; a decision reference that is
