@@ -3,11 +3,15 @@
 //! the production code: the core reducer and invariant checker, the
 //! `swoosh-storage` in-memory backend (leader WAL, group commit, crash, torn
 //! commits, snapshots, recovery) and the sans-I/O replication and council
-//! protocols of `swoosh_net::proto`. The simulator owns only the clocks, the
-//! network, the fault schedule, the follower disks and the checks.
+//! protocols of `swoosh_net::proto`. The simulator owns the clocks, the
+//! network, the fault schedule, the follower disks, the checks, and the
+//! loops a node runs around those parts (the leader's admission,
+//! acknowledgement and start-up, which members to elect, where to cut a
+//! torn tail): docs/chaos.md, "What is simulated, what is not".
 //!
 //! `run(SimConfig) -> SimReport`; the same config gives the same report,
-//! byte for byte, every time (no wall clock, no threads, one PRNG).
+//! byte for byte, every time (no wall clock, one PRNG; storage's replay
+//! helper thread hands its results back in log order).
 //! See `docs/chaos.md` for the faults, the invariants and how to reproduce.
 //!
 //! Architecture invariant: one thread, one seed, same final hash every run.

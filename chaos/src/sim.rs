@@ -105,7 +105,7 @@ pub const LEADER_CLOCK_OFFSET_MS_MAX: u64 = 10;
 pub const CLOCK_DRIFT_PPM_MAX: u64 = 200;
 
 /// Fault counters every report lists (zero when the fault did not occur).
-pub const FAULT_KEYS: [&str; 25] = [
+pub const FAULT_KEYS: [&str; 28] = [
     "drop",
     "duplicate",
     "reorder",
@@ -128,6 +128,9 @@ pub const FAULT_KEYS: [&str; 25] = [
     "forged_vote",
     "flipped_vote",
     "flipped_vote_cert",
+    "stale_vote",
+    "outsider_vote",
+    "foreign_vote",
     "storage_crash",
     "crash_before_sync",
     "clock_step",
@@ -373,23 +376,7 @@ impl SimConfig {
                 self.no_voters, self.council
             ));
         }
-        let r = &self.rates;
-        for (name, p) in [
-            ("drop", r.drop),
-            ("duplicate", r.duplicate),
-            ("reorder", r.reorder),
-            ("delay", r.delay),
-            ("partition", r.partition),
-            ("restart", r.restart),
-            ("torn_write", r.torn_write),
-            ("snapshot_rollback", r.snapshot_rollback),
-            ("snapshot_corrupt", r.snapshot_corrupt),
-            ("forged_message", r.forged_message),
-            ("workload_fault", r.workload_fault),
-            ("license_latency", r.license_latency),
-            ("license_denial", r.license_denial),
-            ("vote_fault", r.vote_fault),
-        ] {
+        for (name, p) in self.rates.named() {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("fault rate {name} must be within 0..=1, got {p}"));
             }
@@ -2147,7 +2134,10 @@ impl<'k> Sim<'k> {
             }
             Outcome::Rejected(r) => {
                 self.report.rejected += 1;
-                if kind == Kind::ForgedCertificate {
+                // Only the quorum guard's refusal shows that the flipped
+                // vote was caught (a refusal by `backbeat` or `license`
+                // says nothing about the votes).
+                if kind == Kind::ForgedCertificate && r.guard == "quorum" {
                     self.report.council.forged_certificates_refused += 1;
                 }
                 *self

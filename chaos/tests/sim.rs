@@ -134,36 +134,38 @@ fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
     must_pass(&cfg, &r);
     checked_everything(&r);
     assert!(r.final_index > 5_000, "{} records", r.final_index);
-    for (k, n) in &r.faults {
-        if [
-            "drop",
-            "duplicate",
-            "reorder",
-            "delay",
-            "partition",
-            "restart",
-            "snapshot_rollback",
-            "snapshot_corrupt",
-            "torn_write",
-            "clock_skew",
-            "license_latency",
-            "license_denial",
-            "mcp_flap",
-            "env_churn",
-            "stale_hash",
-            "replay",
-            "forged_signature",
-            "forged_message",
-            "forged_vote",
-            "flipped_vote",
-            "flipped_vote_cert",
-            "storage_crash",
-            "crash_before_sync",
-        ]
-        .contains(&k.as_str())
-        {
-            assert!(*n > 0, "fault {k} never happened in 10,000 transitions");
-        }
+    for k in [
+        "drop",
+        "duplicate",
+        "reorder",
+        "delay",
+        "partition",
+        "restart",
+        "snapshot_rollback",
+        "snapshot_corrupt",
+        "torn_write",
+        "clock_skew",
+        "license_latency",
+        "license_denial",
+        "mcp_flap",
+        "env_churn",
+        "stale_hash",
+        "replay",
+        "forged_signature",
+        "forged_message",
+        "forged_vote",
+        "flipped_vote",
+        "flipped_vote_cert",
+        "stale_vote",
+        "outsider_vote",
+        "foreign_vote",
+        "storage_crash",
+        "crash_before_sync",
+        "clock_step",
+        "license_short",
+    ] {
+        let n = r.faults.get(k).copied().unwrap_or(0);
+        assert!(n > 0, "fault {k} never happened in 10,000 transitions");
     }
     assert!(
         r.council.certificates_accepted > 0,
@@ -509,4 +511,21 @@ fn the_report_lists_what_earned_attention_deterministically() {
         "{:#?}",
         r.attention
     );
+}
+
+/// Every fault rate is checked, the two added last included (they were
+/// taken at any value, so `storage_crash=5` ran as "always").
+#[test]
+fn every_fault_rate_must_be_a_probability() {
+    for name in FaultRates::NAMES {
+        for bad in [-0.5, 1.5] {
+            let mut cfg = SimConfig::default();
+            cfg.rates.set(name, bad).unwrap();
+            let e = cfg.validate().expect_err(name);
+            assert!(
+                e.contains(&format!("fault rate {name} must be within 0..=1")),
+                "{e}"
+            );
+        }
+    }
 }

@@ -201,7 +201,7 @@ fn run_sim(a: ChaosArgs) -> Result<()> {
         for p in &problems {
             eprintln!("{p}");
         }
-        bail!("the simulation found problems; reproduce with: {reproduce}");
+        bail!("the simulation found problems\nreproduce with: {reproduce}");
     }
     Ok(())
 }
