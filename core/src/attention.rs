@@ -132,6 +132,25 @@ pub const SELF_HEAL_RECURRING: u64 = 3;
 /// Sessions (node lifetimes: memory loaded after a restart) a pattern has
 /// occurred in, at which history earns +1 band.
 pub const SESSIONS_RAISE: u64 = 2;
+/// Episodes before the horizon (lifetime episodes less the recent ones) at
+/// which a pattern seen again has precedent: +1 band, as recurrence would
+/// give it. The horizon forgets a pattern that recurs once or twice a day,
+/// every day (too few episodes in any one day to count as recurring);
+/// this keeps its days of history counting (the governance text's
+/// "patterns with historical precedent"). Recurrence, persistence and
+/// precedent measure one thing, how chronic a pattern is, and only the
+/// largest of them counts, so a pattern that already recurs daily does not
+/// climb further for having done so for weeks.
+pub const PRECEDENT_EPISODES_RAISE: u64 = 3;
+/// An episode still going after this fraction of the horizon (3 h on nodes)
+/// is persistent: +1 band, as recurrence would give it ...
+pub const PERSISTENT_HORIZON_DIVISOR: u64 = 8;
+/// ... and after this fraction (12 h) it is chronic: +2, as for
+/// [`RECURRENCE_EPISODES_CHRONIC`] episodes. A stream with no 5-minute gap
+/// is one episode that never ends, and counting only episode starts rated
+/// it below a sparser one. Persistence and recurrence measure the same
+/// thing; the larger of the two counts.
+pub const CHRONIC_HORIZON_DIVISOR: u64 = 2;
 /// Bands from which an item is surfaced to operators (in `GET /attention`
 /// lists and chaos reports by default): watch and above.
 pub const SURFACE_BAND_MIN: Band = Band::Watch;
@@ -189,6 +208,23 @@ fn span(ms: u64) -> String {
     } else if ms >= 60_000 && ms.is_multiple_of(60_000) {
         format!("{} min", ms / 60_000)
     } else if ms >= 1_000 && ms.is_multiple_of(1_000) {
+        format!("{} s", ms / 1_000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// `ms` rounded down to its largest unit: `3 d`, `5 h`, `12 min`, `40 s`,
+/// `250 ms`.
+fn span_approx(ms: u64) -> String {
+    const DAY: u64 = 24 * 3_600_000;
+    if ms >= DAY {
+        format!("{} d", ms / DAY)
+    } else if ms >= 3_600_000 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms >= 60_000 {
+        format!("{} min", ms / 60_000)
+    } else if ms >= 1_000 {
         format!("{} s", ms / 1_000)
     } else {
         format!("{ms} ms")
@@ -990,6 +1026,12 @@ pub struct Record {
     pub last_seen_ms: u64,
     /// Occurrence runs separated by more than `episode_gap_ms`, all time.
     pub episodes: u64,
+    /// When the current episode began, ms. `None` in a memory written before
+    /// it was kept (then read as the last occurrence: persistence counts
+    /// from the upgrade), and left out of the encoding when `None` so such a
+    /// memory still reads back byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_start_ms: Option<u64>,
     /// Occurrences, episodes and heals within the horizon.
     pub recent: Recent,
     /// Start of the current burst window, ms.
@@ -1041,6 +1083,7 @@ impl Record {
             first_seen_ms: at,
             last_seen_ms: at,
             episodes: 0,
+            episode_start_ms: Some(at),
             recent: Recent {
                 start_ms: at - at % b,
                 ..Recent::default()
@@ -1153,12 +1196,19 @@ impl Record {
         })
     }
 
+    /// When the current episode began (see [`Record::episode_start_ms`]).
+    pub fn episode_began_ms(&self) -> u64 {
+        self.episode_start_ms
+            .map_or(self.last_seen_ms, |b| b.min(self.last_seen_ms))
+    }
+
     /// Pull every remembered time back to at most `at` (a clock reset).
     fn clamp_times(&mut self, at: u64, t: &Tuning) {
         let w = t.window_ms.max(1);
         let b = t.bucket_ms();
         self.first_seen_ms = self.first_seen_ms.min(at);
         self.last_seen_ms = self.last_seen_ms.min(at);
+        self.episode_start_ms = self.episode_start_ms.map(|x| x.min(at));
         self.window_start_ms = self.window_start_ms.min(at - at % w);
         self.recent.start_ms = self.recent.start_ms.min(at - at % b);
         self.last_burst_ms = self.last_burst_ms.map(|x| x.min(at));
@@ -1250,20 +1300,64 @@ fn assess_with(r: &Record, now_ms: u64, t: &Tuning, explain: bool) -> (Band, Vec
     });
     let recent = r.recent.counts(now_ms, t);
     let horizon = || span(t.horizon_ms);
-    if recent.episodes >= RECURRENCE_EPISODES_CHRONIC {
-        push("recurrence", 2, &|| {
+    let recurrence = if recent.episodes >= RECURRENCE_EPISODES_CHRONIC {
+        2
+    } else if recent.episodes >= RECURRENCE_EPISODES_RAISE {
+        1
+    } else {
+        0
+    };
+    // The current episode, while it lasts (no gap since its last
+    // occurrence longer than an episode gap).
+    let lasted = match now_ms.saturating_sub(r.last_seen_ms) <= t.episode_gap_ms {
+        true => r.last_seen_ms.saturating_sub(r.episode_began_ms()),
+        false => 0,
+    };
+    let persistence = if lasted >= t.horizon_ms / CHRONIC_HORIZON_DIVISOR {
+        2
+    } else if lasted >= t.horizon_ms / PERSISTENT_HORIZON_DIVISOR {
+        1
+    } else {
+        0
+    };
+    let before = r.episodes.saturating_sub(recent.episodes);
+    let precedent = i64::from(
+        before >= PRECEDENT_EPISODES_RAISE
+            && recent.events > 0
+            && now_ms.saturating_sub(r.first_seen_ms) > t.horizon_ms,
+    );
+    if recurrence >= persistence.max(precedent) && recurrence > 0 {
+        push("recurrence", recurrence, &|| {
             format!(
-                "chronic: {} separate episodes in the last {}",
+                "{}: {} separate episodes in the last {}",
+                if recurrence == 2 {
+                    "chronic"
+                } else {
+                    "recurring"
+                },
                 recent.episodes,
                 horizon()
             )
         });
-    } else if recent.episodes >= RECURRENCE_EPISODES_RAISE {
-        push("recurrence", 1, &|| {
+    } else if persistence >= precedent && persistence > 0 {
+        push("persistence", persistence, &|| {
             format!(
-                "recurring: {} separate episodes in the last {}",
-                recent.episodes,
-                horizon()
+                "{}: one episode with no {} gap, going on for {}",
+                if persistence == 2 {
+                    "chronic"
+                } else {
+                    "persistent"
+                },
+                span(t.episode_gap_ms),
+                span_approx(lasted)
+            )
+        });
+    } else if precedent > 0 {
+        push("precedent", precedent, &|| {
+            format!(
+                "recurring over days: {before} episodes before the last {}, first seen {} ago",
+                horizon(),
+                span_approx(now_ms.saturating_sub(r.first_seen_ms))
             )
         });
     }
@@ -1533,6 +1627,7 @@ impl Scorer {
         if new_episode {
             bump(&mut r.episodes);
             bump(&mut r.recent.episodes[0]);
+            r.episode_start_ms = Some(at);
         }
         if r.last_session != session {
             r.last_session = session;
@@ -1932,6 +2027,12 @@ fn validate(mem: &Memory) -> Result<(), MemoryError> {
             || sum(&r.recent.heals) > r.heals as u128
         {
             return fail(at("recent"), "counts more than the lifetime totals".into());
+        }
+        if let Some(b) = r.episode_start_ms.filter(|&b| b > r.last_seen_ms) {
+            return fail(
+                at("episode_start_ms"),
+                format!("is {b}, after last_seen_ms ({})", r.last_seen_ms),
+            );
         }
         if r.first_seen_ms > r.last_seen_ms || r.last_seen_ms > mem.clock_ms {
             return fail(
@@ -2485,6 +2586,132 @@ mod tests {
         assert!(it.heals >= SELF_HEAL_RECURRING);
         assert!(it.band >= Band::Promote, "{:#?}", it.factors);
         assert!(it.why.contains("self-healing"));
+    }
+
+    /// A failure that flaps twice a day and heals each time never recurs
+    /// enough in any one day to count, but after a few days it has
+    /// precedent: it is surfaced (watch) while open, and lowered again once
+    /// healed. Before, the horizon forgot it and it stayed background for
+    /// good (the governance text's "10+ times over several days").
+    #[test]
+    fn a_pattern_recurring_over_days_has_precedent() {
+        let mut s = Scorer::new(T);
+        let cut = |at| {
+            Event::new(EventKind::Partition, "unreachable", at)
+                .peer("follower-1")
+                .detail("no heartbeat")
+        };
+        let healed = |at| {
+            Event::new(EventKind::PartitionHealed, "", at)
+                .peer("follower-1")
+                .detail("reachable")
+        };
+        for day in 0..7 {
+            for half in [0, 12 * HOUR] {
+                let at = day * DAY + half;
+                s.observe(&cut(at));
+                let open = item_of(&s, at, EventKind::Partition);
+                assert_eq!(factor(&open, "recurrence"), 0, "{:#?}", open.factors);
+                if day == 0 {
+                    assert_eq!(open.band, Band::Background, "{:#?}", open.factors);
+                }
+                if day >= 3 {
+                    assert_eq!(open.band, Band::Watch, "day {day}: {:#?}", open.factors);
+                    assert_eq!(factor(&open, "precedent"), 1);
+                    assert!(open.why.contains("recurring over days"), "{}", open.why);
+                }
+                s.observe(&healed(at + 10 * MIN));
+                let shut = item_of(&s, at + 10 * MIN, EventKind::Partition);
+                assert!(shut.band <= Band::Background, "{:#?}", shut.factors);
+            }
+        }
+        let last = item_of(&s, 6 * DAY + 13 * HOUR, EventKind::Partition);
+        assert_eq!(last.peak_band, Band::Watch);
+        // A pattern that already recurs within the day gets no more for
+        // having done so for days: one chronic dimension counts.
+        let mut s = Scorer::new(T);
+        for day in 0..5 {
+            for k in 0..4 {
+                s.observe(&stale("p", k, day * DAY + k * 3 * HOUR));
+            }
+        }
+        let it = only(&s, 4 * DAY + 9 * HOUR);
+        assert_eq!(factor(&it, "recurrence"), 1, "{:#?}", it.factors);
+        assert_eq!(factor(&it, "precedent"), 0, "{:#?}", it.factors);
+    }
+
+    /// A stream with no gap of an episode's length is one episode that never
+    /// ends: it is persistent after an eighth of the horizon and chronic
+    /// after half, so it bands like a sparser stream of separate episodes
+    /// (it used to fall to "0 episodes" after a day, two bands below).
+    #[test]
+    fn a_continuous_stream_bands_like_a_recurring_one() {
+        let run = |every: u64| {
+            let mut s = Scorer::new(T);
+            let mut at = 0;
+            let mut seen = vec![];
+            while at <= 2 * DAY {
+                s.observe(&stale("p", at / every, at));
+                if at % HOUR < every {
+                    seen.push((at, only(&s, at)));
+                }
+                at += every;
+            }
+            (s, at - every, seen)
+        };
+        let (cont, end, seen) = run(4 * MIN);
+        for (at, it) in &seen {
+            let want = match *at {
+                a if a >= 12 * HOUR => 2,
+                a if a >= 3 * HOUR => 1,
+                _ => 0,
+            };
+            assert_eq!(
+                factor(it, "persistence"),
+                want,
+                "at {} min: {:#?}",
+                at / MIN,
+                it.factors
+            );
+        }
+        let (sparse, end2, _) = run(6 * MIN);
+        let (a, b) = (only(&cont, end), only(&sparse, end2));
+        assert_eq!(factor(&b, "recurrence"), 2, "{:#?}", b.factors);
+        assert_eq!(a.band, b.band, "{:#?} / {:#?}", a.factors, b.factors);
+        assert!(a.why.contains("chronic: one episode"), "{}", a.why);
+        // Stopped: once a gap ends the episode, nothing persists.
+        let later = only(&cont, end + T.episode_gap_ms + 1);
+        assert_eq!(factor(&later, "persistence"), 0);
+    }
+
+    /// A memory written before `episode_start_ms` was kept reads back byte
+    /// for byte (the field is left out when 0), and persistence then counts
+    /// from the last occurrence; a start after the last occurrence is
+    /// refused on load.
+    #[test]
+    fn a_memory_without_episode_starts_reads_back() {
+        let mut s = Scorer::new(T);
+        for i in 0..10 {
+            s.observe(&stale("p", i, i * MIN));
+        }
+        let mut old = s.clone();
+        for r in old.mem.records.values_mut() {
+            r.episode_start_ms = None;
+        }
+        let bytes = old.to_bytes();
+        let back = Scorer::from_bytes(&bytes, T).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+        let r = back.mem.records.values().next().unwrap();
+        assert_eq!(r.episode_began_ms(), r.last_seen_ms);
+        let mut later = s.clone();
+        for i in 10..100 {
+            later.observe(&stale("p", i, i * MIN));
+        }
+        let r = later.mem.records.values_mut().next().unwrap();
+        assert_eq!(r.episode_start_ms, Some(0), "one episode since 0");
+        r.episode_start_ms = Some(r.last_seen_ms + 1);
+        let e = Scorer::from_bytes(&later.to_bytes(), T).err().unwrap();
+        assert!(e.to_string().contains("episode_start_ms"), "{e}");
     }
 
     /// A tool's recovery heals that tool's flap in that project only (the

@@ -177,7 +177,9 @@ impl Schedule {
                 .min()
                 .map(|s| (self.origin_ms - hlc.wall_ms).saturating_add(s));
         }
-        let offset = (hlc.wall_ms - self.origin_ms) % self.period_ms;
+        // `checked_rem`: a zero period (refused by `validate`, but this may
+        // be an unvalidated schedule) has no next window.
+        let offset = (hlc.wall_ms - self.origin_ms).checked_rem(self.period_ms)?;
         starts
             .map(|s| {
                 if s > offset {
@@ -329,5 +331,17 @@ mod tests {
         let mut s = sched();
         s.origin_ms = HLC_WALL_MS_MAX;
         s.validate_new().unwrap();
+    }
+
+    /// A zero period (refused by validation) has no next window, and asking
+    /// for one does not divide by zero.
+    #[test]
+    fn a_zero_period_has_no_next_window() {
+        let mut s = sched();
+        s.period_ms = 0;
+        assert!(s.validate_new().is_err());
+        let at = Hlc::new(s.origin_ms + 5, 0);
+        assert!(!s.is_open("review", &at));
+        assert_eq!(s.ms_until_open("review", &at), None);
     }
 }
