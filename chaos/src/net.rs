@@ -84,8 +84,24 @@ impl Net {
         self.cut_until.insert(a, until);
     }
 
-    pub fn heal_all(&mut self) {
-        self.cut_until.clear();
+    /// Every cut, ended: the nodes that were cut off, in address order.
+    pub fn heal_all(&mut self) -> Vec<Addr> {
+        std::mem::take(&mut self.cut_until).into_keys().collect()
+    }
+
+    /// Forget the cuts that ended by `now`: the nodes reachable again, in
+    /// address order (no RNG draw, so the schedule is unchanged).
+    pub fn heal_ended(&mut self, now: u64) -> Vec<Addr> {
+        let ended: Vec<Addr> = self
+            .cut_until
+            .iter()
+            .filter(|(_, u)| **u <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &ended {
+            self.cut_until.remove(a);
+        }
+        ended
     }
 
     pub fn in_flight(&self) -> usize {
@@ -161,5 +177,27 @@ impl Net {
             self.delivered += 1;
             return Some(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cut that ended is reported once, in address order, and a cut still
+    /// running is kept (the simulator tells the attention scorer a
+    /// partition healed from these).
+    #[test]
+    fn ended_cuts_are_reported_once() {
+        let mut n = Net::default();
+        n.partition(Addr::Agent(0), 100);
+        n.partition(Addr::Follower(1), 50);
+        n.partition(Addr::Follower(0), 200);
+        assert_eq!(n.heal_ended(49), vec![]);
+        assert_eq!(n.heal_ended(100), vec![Addr::Follower(1), Addr::Agent(0)]);
+        assert_eq!(n.heal_ended(150), vec![]);
+        assert!(n.is_cut(Addr::Follower(0), 150));
+        assert_eq!(n.heal_all(), vec![Addr::Follower(0)]);
+        assert!(!n.is_cut(Addr::Follower(0), 150));
     }
 }

@@ -626,6 +626,9 @@ impl<'k> Sim<'k> {
             };
             self.wake_nodes();
             self.deliver();
+            for a in self.net.heal_ended(self.now) {
+                self.attend(EventKind::PartitionHealed, "", Some(addr_name(a)));
+            }
             self.inject_node_fault();
             self.tick_nodes();
             let before = self.report.transitions;
@@ -2165,7 +2168,9 @@ impl<'k> Sim<'k> {
     /// the followers catch up on a calm network.
     fn catch_up(&mut self) {
         self.calm = true;
-        self.net.heal_all();
+        for a in self.net.heal_all() {
+            self.attend(EventKind::PartitionHealed, "", Some(addr_name(a)));
+        }
         self.now += 1;
         if let Some(LeaderNode::Down { .. }) = &self.leader {
             let Some(LeaderNode::Down { store, .. }) = self.leader.take() else {

@@ -2972,6 +2972,27 @@ mod tests {
         }
         assert_eq!(s.len(), FINGERPRINTS_MAX);
         assert_eq!(s.memory().evicted, 50);
+        // Which ones: all one-offs of one band, so the 50 least recently
+        // seen, the first 50; and the same choice on every run.
+        let kept: Vec<u64> = {
+            let mut v: Vec<u64> = s
+                .memory()
+                .records
+                .values()
+                .map(|r| r.first_seen_ms)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(kept, (50..FINGERPRINTS_MAX as u64 + 50).collect::<Vec<_>>());
+        let mut again = Scorer::new(T);
+        for i in 0..(FINGERPRINTS_MAX as u64 + 50) {
+            again.observe(
+                &Event::new(EventKind::Rejected, format!("guard_{}", alpha(i)), i)
+                    .project(format!("p{i}")),
+            );
+        }
+        assert_eq!(again.memory_hash(), s.memory_hash());
         for i in 0..40 {
             s.observe(&Event::new(EventKind::Rejected, "x", 1_000 + i).project(format!("p{i}")));
         }
@@ -3244,6 +3265,37 @@ mod tests {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
                 let _ = Scorer::from_bytes(&bytes, Tuning::OPERATIONS);
+            }
+
+            /// Random bytes seldom decode as a memory at all, so a valid
+            /// memory is damaged instead (a byte changed, a cut): whatever
+            /// still decodes reaches the range checks, and what loads can
+            /// be observed into and digested without a panic.
+            #[test]
+            fn a_damaged_memory_never_panics(
+                evs in proptest::collection::vec(arb_event(), 1..60),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<bool>(),
+            ) {
+                let mut a = Scorer::new(Tuning::SIMULATION);
+                for e in &evs {
+                    a.observe(e);
+                }
+                let mut bytes = a.to_bytes();
+                let i = at.index(bytes.len());
+                if cut {
+                    bytes.truncate(i);
+                } else {
+                    bytes[i] = byte;
+                }
+                if let Ok(mut s) = Scorer::from_bytes(&bytes, Tuning::SIMULATION) {
+                    for e in &evs {
+                        s.observe(e);
+                    }
+                    let _ = s.digest(u64::MAX / 2, Band::IgnoreFast, 1000);
+                    let _ = s.to_bytes();
+                }
             }
         }
     }
