@@ -847,8 +847,8 @@ pub struct ProposeArgs {
     #[arg(long)]
     pub no_retry: bool,
     /// Where to write the signed proposal when its outcome is unknown
-    /// (default: <tmpdir>/swoosh-proposal-<idem key>.json), to resubmit it
-    /// with `--file`.
+    /// (default: <tmpdir>/swoosh-proposal-<project>-<idem key>-<8 hex of
+    /// the key's hash>.json), to resubmit it with `--file`.
     #[arg(long, conflicts_with = "file")]
     pub save: Option<PathBuf>,
     #[arg(long)]
@@ -882,7 +882,7 @@ pub fn default_save_path(project: &str, idem_key: &str) -> PathBuf {
     ))
 }
 
-/// The client for `--to`, refusing an address that is not an http(s) URL.
+/// The client for `--to`, refusing an address that is not an http:// URL.
 fn client_for(to: &str) -> Result<Client> {
     Ok(Client::try_new(to)?)
 }

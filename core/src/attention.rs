@@ -1656,6 +1656,11 @@ impl Scorer {
             r.last_burst_ms = Some(at);
         }
         bump(&mut r.count);
+        // A memory saved before episode starts were kept: the episode
+        // running now is dated from its last occurrence before the upgrade.
+        if r.episode_start_ms.is_none() {
+            r.episode_start_ms = Some(r.last_seen_ms);
+        }
         r.last_seen_ms = at;
         r.example = truncate(&ev.detail, EXAMPLE_CHARS_MAX);
         r.projects.add(&ev.subject.project, at, t.horizon_ms);
@@ -2028,10 +2033,16 @@ fn validate(mem: &Memory) -> Result<(), MemoryError> {
         {
             return fail(at("recent"), "counts more than the lifetime totals".into());
         }
-        if let Some(b) = r.episode_start_ms.filter(|&b| b > r.last_seen_ms) {
+        if let Some(b) = r
+            .episode_start_ms
+            .filter(|&b| b > r.last_seen_ms || b < r.first_seen_ms)
+        {
             return fail(
                 at("episode_start_ms"),
-                format!("is {b}, after last_seen_ms ({})", r.last_seen_ms),
+                format!(
+                    "is {b}, outside first_seen_ms ({}) ..= last_seen_ms ({})",
+                    r.first_seen_ms, r.last_seen_ms
+                ),
             );
         }
         if r.first_seen_ms > r.last_seen_ms || r.last_seen_ms > mem.clock_ms {
@@ -2685,9 +2696,10 @@ mod tests {
     }
 
     /// A memory written before `episode_start_ms` was kept reads back byte
-    /// for byte (the field is left out when 0), and persistence then counts
-    /// from the last occurrence; a start after the last occurrence is
-    /// refused on load.
+    /// for byte (the field is left out when `None`), and persistence then
+    /// counts from the last occurrence before the upgrade, also while the
+    /// episode that was running goes on; a start outside the first and last
+    /// occurrences is refused on load.
     #[test]
     fn a_memory_without_episode_starts_reads_back() {
         let mut s = Scorer::new(T);
@@ -2703,6 +2715,19 @@ mod tests {
         assert_eq!(back.to_bytes(), bytes);
         let r = back.mem.records.values().next().unwrap();
         assert_eq!(r.episode_began_ms(), r.last_seen_ms);
+        let upgraded_at = r.last_seen_ms;
+        let mut go_on = back.clone();
+        let mut at = upgraded_at;
+        while at < upgraded_at + 4 * HOUR {
+            at += MIN;
+            go_on.observe(&stale("p", at / MIN, at));
+        }
+        let it = only(&go_on, at);
+        assert_eq!(factor(&it, "persistence"), 1, "{:#?}", it.factors);
+        assert_eq!(
+            go_on.mem.records.values().next().unwrap().episode_start_ms,
+            Some(upgraded_at)
+        );
         let mut later = s.clone();
         for i in 10..100 {
             later.observe(&stale("p", i, i * MIN));
@@ -2710,6 +2735,11 @@ mod tests {
         let r = later.mem.records.values_mut().next().unwrap();
         assert_eq!(r.episode_start_ms, Some(0), "one episode since 0");
         r.episode_start_ms = Some(r.last_seen_ms + 1);
+        let e = Scorer::from_bytes(&later.to_bytes(), T).err().unwrap();
+        assert!(e.to_string().contains("episode_start_ms"), "{e}");
+        let r = later.mem.records.values_mut().next().unwrap();
+        r.first_seen_ms = 5;
+        r.episode_start_ms = Some(4);
         let e = Scorer::from_bytes(&later.to_bytes(), T).err().unwrap();
         assert!(e.to_string().contains("episode_start_ms"), "{e}");
     }

@@ -61,7 +61,9 @@ pub enum ClientError {
     /// A follower answered: it never takes proposals, so retrying it is
     /// pointless; the proposal must go to the leader.
     #[error("{url} is a read-only follower, not the leader; {}", match leader.as_deref() {
-        Some(l) if l.starts_with("http://") || l.starts_with("https://") => format!("send proposals to the leader at {l} (--to)"),
+        Some(l) if l.starts_with("http://") => format!("send proposals to the leader at {l} (--to)"),
+        // This client has no TLS; another client (or a tunnel) may reach it.
+        Some(l) if l.starts_with("https://") => format!("the leader's URL is {l}, which this client cannot reach (it has no TLS): use the leader's http:// address, or a local tunnel to it"),
         // Without `--leader-http` a follower names the leader's p2p address.
         Some(l) => format!("the leader's p2p address is {l}; send proposals to its HTTP URL (start the follower with --leader-http to have it named here)"),
         None => "send proposals to the leader's URL (see `swoosh health` on a follower, or the cluster's genesis)".into(),
