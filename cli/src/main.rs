@@ -26,7 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "swoosh",
-    version,
+    // The commit and its date (cli/build.rs): builds are compared across
+    // hosts when replicas diverge.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SWOOSH_BUILD"), ")"),
     about = "SWOOSH: a deterministic orchestrator (statechart reducer, WAL, HLC, signed proposals)"
 )]
 struct Cli {

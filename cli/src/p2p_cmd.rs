@@ -104,15 +104,20 @@ pub struct LeaderArgs {
     /// libp2p listen address.
     #[arg(long, default_value = DEFAULT_P2P)]
     pub listen: String,
+    /// HTTP API listen address, as `swoosh serve --http`.
     #[arg(long, default_value = DEFAULT_HTTP)]
     pub http: String,
+    /// UNSAFE: do not fsync commits (throwaway runs and benchmarks only), as
+    /// `swoosh serve --nosync`.
     #[arg(long)]
     pub nosync: bool,
+    /// Snapshot every N records (besides every REVERB), as `swoosh serve`.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
     #[command(flatten)]
     pub compact: crate::node::CompactArgs,
-    /// Log format.
+    /// Log format (text by default here; `swoosh serve`, the production
+    /// entry point, logs JSON by default for log collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log: LogFormat,
 }

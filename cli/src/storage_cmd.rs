@@ -395,8 +395,18 @@ fn open_node(dir: &Path, access: Access) -> Result<Node> {
                 leader.display()
             );
         }
+        // Which command writes this directory's log: a follower's holds its
+        // age identity, an agent's its agent key (agents keep no log). The
+        // wrong one run as root would leave root-owned files behind.
+        let start = if dir.join("age.key").is_file() {
+            format!("it is a follower's directory (it holds age.key): start it with `swoosh follow --dir {shown} --leader <the leader's p2p address>`")
+        } else if dir.join("agent.key").is_file() {
+            "it is a council agent's directory (it holds agent.key): agents keep no log to verify or replay".to_string()
+        } else {
+            format!("start it with `swoosh serve --dir {shown}`")
+        };
         bail!(
-            "{shown} holds no store (no {}): this node has not written a log yet; start it with `swoosh serve --dir {shown}`",
+            "{shown} holds no store (no {}): this node has not written a log yet; {start}",
             data.join("data.mdb").display()
         );
     }

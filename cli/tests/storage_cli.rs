@@ -450,6 +450,26 @@ fn bad_directories_are_explained() {
     let o = fails(&["snapshot", "list", "--dir", s(tmp.path())]);
     assert!(text(&o).contains("no genesis.json"), "{}", text(&o));
     assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    // A node directory without a store names the command that writes its
+    // log: `serve` for the leader, `follow` for a follower (a follower
+    // started with `serve` as root left root-owned files it could not
+    // open), none for an agent.
+    let node = |name: &str, key: &str| {
+        let d = top.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("genesis.json"), "{}").expect("write");
+        std::fs::write(d.join(key), "k").expect("write");
+        d
+    };
+    let follower = node("follower-1", "age.key");
+    let o = fails(&["wal", "verify", "--dir", s(&follower)]);
+    assert!(text(&o).contains("swoosh follow --dir"), "{}", text(&o));
+    assert!(!text(&o).contains("swoosh serve"), "{}", text(&o));
+    let agent = node("agent-1", "agent.key");
+    let o = fails(&["replay", "--dir", s(&agent)]);
+    assert!(text(&o).contains("agents keep no log"), "{}", text(&o));
+    let o = fails(&["wal", "verify", "--dir", s(&top.join("leader"))]);
+    assert!(text(&o).contains("swoosh serve --dir"), "{}", text(&o));
 }
 
 /// A node serving a directory holds its store's journal lock. Commands that
@@ -1292,4 +1312,25 @@ fn serve_checks_its_compaction_flags_before_starting() {
     std::fs::write(&file, b"").unwrap();
     let o = fails(&["p2p", "leader", "--dir", s(&d), "--archive-dir", s(&file)]);
     assert!(text(&o).contains("--archive-dir"), "{}", text(&o));
+}
+
+/// `--version` names the commit and its date (cli/build.rs), so operators
+/// comparing hosts can tell two builds of one package version apart.
+#[test]
+fn the_version_names_the_build() {
+    let o = swoosh(&["--version"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let inner = out
+        .strip_prefix(&format!("swoosh {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{out}"));
+    if inner != "not built from a git checkout" {
+        let (commit, date) = inner.split_once(' ').unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{out}"
+        );
+        assert!(date.len() == 10 && date.as_bytes()[4] == b'-', "{out}");
+    }
 }

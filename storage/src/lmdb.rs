@@ -358,13 +358,7 @@ impl LmdbStore {
                 )));
             }
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| open_err(format!("opening the journal {}: {e}", path.display())))?;
+        let file = open_journal_file(&path).map_err(open_err)?;
         match flock_within(&file, Duration::from_millis(JOURNAL_LOCK_WAIT_MS)) {
             Ok(true) => {}
             Ok(false) => {
@@ -919,13 +913,7 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
     // Folds what a crashed node left in the journal, and marks it clean.
     drop(LmdbStore::open(dir, &nosync)?);
     let jpath = dir.join(JOURNAL_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&jpath)
-        .map_err(|e| open_err(format!("opening the journal {}: {e}", jpath.display())))?;
+    let lock = open_journal_file(&jpath).map_err(open_err)?;
     if !try_flock(&lock)
         .map_err(|e| open_err(format!("locking the journal {}: {e}", jpath.display())))?
     {
@@ -1037,6 +1025,31 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
 
 /// LMDB's own exclusive lock on a store directory (an `F_WRLCK` record lock
 /// on byte 0 of `lock.mdb`, what `mdb_env_open` takes to know it is the
+/// Open (or create) the commit journal, readable by its owner only: it holds
+/// recent records in plain text, as `data.mdb` does (which LMDB creates
+/// 0600). A journal an earlier build created with the umask's mode (often
+/// 0644) is narrowed to 0600 too, best effort: a file this process may not
+/// chmod keeps its mode.
+fn open_journal_file(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("opening the journal {}: {e}", path.display()))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.permissions().mode() & 0o077 != 0 {
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(
+                meta.permissions().mode() & 0o7700,
+            ));
+        }
+    }
+    Ok(file)
+}
+
 /// only opener): `None` while any process has the store open.
 fn exclusive_lmdb_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;

@@ -381,3 +381,22 @@ fn a_store_whose_first_unfolded_entry_header_is_damaged_refuses_to_open() {
         assert!(!err.contains("check that the directory exists"), "{err}");
     }
 }
+
+/// The journal holds recent records in plain text, as `data.mdb` does: it
+/// is created readable by its owner only, and one an earlier build left
+/// with the umask's mode is narrowed when the store opens.
+#[test]
+fn the_journal_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let journal = t.path().join(swoosh_storage::journal::JOURNAL_FILE);
+    let store = LmdbStore::open(t.path(), &LmdbOptions::default()).unwrap();
+    assert!(store.journaled());
+    assert_eq!(mode(&journal), 0o600);
+    drop(store);
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = LmdbStore::open(t.path(), &LmdbOptions::default()).unwrap();
+    assert!(store.journaled());
+    assert_eq!(mode(&journal), 0o600);
+}
