@@ -1032,7 +1032,7 @@ mod tests {
             (" 127.0.0.1:7700/ ", "http://127.0.0.1:7700"),
             ("localhost:7700", "http://localhost:7700"),
             ("http://127.0.0.1:7700/", "http://127.0.0.1:7700"),
-            ("HTTPS://node.example:443", "HTTPS://node.example:443"),
+            ("HTTP://node.example:80", "HTTP://node.example:80"),
         ] {
             assert_eq!(normalize_base(given).unwrap(), want, "{given}");
             assert_eq!(Client::try_new(given).unwrap().base(), want, "{given}");
@@ -1040,6 +1040,9 @@ mod tests {
         }
         for bad in [
             "ftp://127.0.0.1:7700",
+            // No TLS in this client (the node serves plain HTTP).
+            "https://node.example:443",
+            "HTTPS://node.example:443",
             "",
             "unix:///run/swoosh.sock",
             "http://",
