@@ -853,6 +853,12 @@ pub struct ProposeArgs {
     pub save: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// Give up after this many seconds, reading HEAD, retries and their
+    /// waits included (without it the retries, paced by the node's hints,
+    /// can take minutes). A proposal sent by then without an answer is kept
+    /// as for any unknown outcome.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: Option<u64>,
 }
 
 /// Longest part of an idempotency key put in a default `--save` file name.
@@ -940,7 +946,13 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
         let p = swoosh_net::http::parse_proposal(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
         idem_key = Some(p.idem_key.clone());
-        let r = client.submit_retrying(&p).await.map(|(r, _)| r);
+        let r = match a.timeout {
+            Some(secs) => client
+                .submit_retrying_within(&p, std::time::Duration::from_secs(secs))
+                .await
+                .map(|(r, _)| r),
+            None => client.submit_retrying(&p).await.map(|(r, _)| r),
+        };
         unknown = r.as_ref().err().is_some_and(|e| e.outcome_unknown());
         sent = Some((p, Some(f.clone())));
         r
@@ -990,6 +1002,7 @@ async fn propose_run(a: ProposeArgs, printed: &mut bool) -> Result<()> {
                 RetryPolicy {
                     resubmit_on_stale: !a.no_retry,
                     retry_busy: true,
+                    deadline: a.timeout.map(std::time::Duration::from_secs),
                 },
             )
             .await
@@ -1086,6 +1099,7 @@ fn error_json(
                 } => "connection_lost",
                 ClientError::Connect { .. } => "connect",
                 ClientError::Decode { .. } => "decode",
+                ClientError::Deadline { .. } => "deadline",
                 ClientError::Build(_) => "build",
                 ClientError::Usage(_) => "usage",
                 _ => "client",

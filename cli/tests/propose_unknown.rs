@@ -379,6 +379,52 @@ fn propose_json_prints_one_object_for_every_client_error() {
     assert_eq!(v["saved"], saved.display().to_string(), "{v}");
     assert!(saved.exists());
 
+    // --timeout: a node answering `503 unavailable` with a long hint; the
+    // deadline ends the retries, the outcome is unknown, and it is kept.
+    let (url, posted) = fake_node_answering(|_| {
+        let body = serde_json::json!({
+            "error": "unavailable", "message": "no durable outcome in time", "retry_after_ms": 30_000
+        });
+        Some((503, body.to_string()))
+    });
+    let o = swoosh(
+        &[
+            "propose",
+            "--to",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "--transition",
+            "Boot_ConfigOk",
+            "--idem-key",
+            "default:json/5",
+            "--json",
+            "--timeout",
+            "1",
+        ],
+        t.path(),
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!(v["error"], "deadline", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 1000 ms"),
+        "{v}"
+    );
+    assert_eq!(v["outcome_unknown"], true, "{v}");
+    assert!(
+        saved_path(t.path(), "default", "default:json/5").exists(),
+        "{v}"
+    );
+    assert_eq!(
+        posted.lock().unwrap().len(),
+        1,
+        "the 30 s hint was not waited out"
+    );
+
     // Refused: the node's body, as before, with the same added fields.
     let (url, _) = fake_node_answering(|_| {
         let body = serde_json::json!({"error": "forbidden", "message": "fake forbidden"});

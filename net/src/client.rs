@@ -89,6 +89,15 @@ pub enum ClientError {
     /// a decision reference).
     #[error("{0}")]
     Usage(String),
+    /// The caller's deadline ([`RetryPolicy::deadline`]) ran out before an
+    /// answer: during an attempt, or when the next wait would pass it.
+    /// `outcome_unknown`: a proposal was sent without an answer about it.
+    #[error("gave up when the deadline of {deadline_ms} ms ran out ({detail}){}", if *outcome_unknown { "; the outcome is UNKNOWN: the proposal may or may not have been applied; resubmit the same signed proposal (it is idempotent) or check `swoosh state`" } else { "" })]
+    Deadline {
+        deadline_ms: u64,
+        detail: String,
+        outcome_unknown: bool,
+    },
     /// An earlier attempt of this proposal was sent to `url` and got no
     /// reply (`detail`), and the attempts after it ended without an answer
     /// about the proposal (`last`: `429`/`503` until the retries ran out,
@@ -320,6 +329,9 @@ impl ClientError {
             ClientError::OutcomeUnknown { .. } => true,
             ClientError::Decode {
                 outcome_unknown, ..
+            }
+            | ClientError::Deadline {
+                outcome_unknown, ..
             } => *outcome_unknown,
             ClientError::Refused { status: 503, body } if body.error == "unavailable" => true,
             ClientError::Refused { status, body } => {
@@ -482,6 +494,11 @@ pub struct RetryPolicy {
     pub resubmit_on_stale: bool,
     /// Back off and resubmit on `429` / `503`.
     pub retry_busy: bool,
+    /// Give up once this much time has passed since the call began, with
+    /// [`ClientError::Deadline`] (and the last proposal sent, to resubmit
+    /// when its outcome is unknown). `None`: bounded only by the retry
+    /// counts, which with the server's hints can take minutes.
+    pub deadline: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -489,6 +506,50 @@ impl Default for RetryPolicy {
         RetryPolicy {
             resubmit_on_stale: true,
             retry_busy: true,
+            deadline: None,
+        }
+    }
+}
+
+/// A caller's deadline: when it ends, and how long it was (for messages).
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: tokio::time::Instant,
+    ms: u64,
+}
+
+impl Deadline {
+    fn after(d: Option<Duration>) -> Option<Deadline> {
+        d.map(|d| Deadline {
+            at: tokio::time::Instant::now() + d,
+            ms: d.as_millis().min(u64::MAX as u128) as u64,
+        })
+    }
+
+    fn error(&self, detail: String, outcome_unknown: bool) -> ClientError {
+        ClientError::Deadline {
+            deadline_ms: self.ms,
+            detail,
+            outcome_unknown,
+        }
+    }
+
+    /// `attempt`, cut off when the deadline ends (`proposal`: an attempt
+    /// cut off may have reached the node).
+    async fn bound<R>(
+        d: Option<Deadline>,
+        proposal: bool,
+        attempt: impl std::future::Future<Output = Result<R, ClientError>>,
+    ) -> Result<R, ClientError> {
+        match d {
+            None => attempt.await,
+            Some(d) => match tokio::time::timeout_at(d.at, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(d.error(
+                    "an attempt was still waiting for its reply".into(),
+                    proposal,
+                )),
+            },
         }
     }
 }
@@ -705,7 +766,17 @@ impl Client {
     /// up or is shutting down, or one without a retry hint. Returns the
     /// reply and the number of retries (busy and connection).
     pub async fn submit_retrying(&self, p: &Proposal) -> Result<(AcceptedReply, u32), ClientError> {
-        Self::retrying(true, || self.submit(p)).await
+        Self::retrying(true, None, || self.submit(p)).await
+    }
+
+    /// [`Client::submit_retrying`], giving up with [`ClientError::Deadline`]
+    /// once `deadline` has passed since the call.
+    pub async fn submit_retrying_within(
+        &self,
+        p: &Proposal,
+        deadline: Duration,
+    ) -> Result<(AcceptedReply, u32), ClientError> {
+        Self::retrying(true, Deadline::after(Some(deadline)), || self.submit(p)).await
     }
 
     /// Run `attempt` until it is answered: on 429/503 wait at least the
@@ -715,7 +786,11 @@ impl Client {
     /// cures (see [`stops_retrying`]) ends it at once. Once any attempt's
     /// outcome was unknown, a final error that does not answer for the
     /// proposal (a connection error, 429, 503) says so too.
-    async fn retrying<R, F, Fut>(proposal: bool, mut attempt: F) -> Result<(R, u32), ClientError>
+    async fn retrying<R, F, Fut>(
+        proposal: bool,
+        deadline: Option<Deadline>,
+        mut attempt: F,
+    ) -> Result<(R, u32), ClientError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<R, ClientError>>,
@@ -725,13 +800,35 @@ impl Client {
             ..Retries::default()
         };
         loop {
-            match attempt().await {
+            let e = match Deadline::bound(deadline, proposal, attempt()).await {
                 Ok(r) => return Ok((r, retries.count())),
-                Err(e) => {
-                    let wait = retries.after(e, jitter())?;
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                Err(ClientError::Deadline {
+                    deadline_ms,
+                    detail,
+                    outcome_unknown,
+                }) => {
+                    return Err(ClientError::Deadline {
+                        deadline_ms,
+                        detail: format!("{detail}, after {} retries", retries.count()),
+                        outcome_unknown: outcome_unknown || retries.unknown.is_some(),
+                    })
+                }
+                Err(e) => e,
+            };
+            let last = e.to_string();
+            let wait = retries.after(e, jitter())?;
+            if let Some(d) = deadline {
+                if tokio::time::Instant::now() + Duration::from_millis(wait) >= d.at {
+                    return Err(d.error(
+                        format!(
+                            "{} attempts; the next would wait {wait} ms; the last: {last}",
+                            retries.count()
+                        ),
+                        retries.unknown.is_some(),
+                    ));
                 }
             }
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
 
@@ -756,7 +853,7 @@ impl Client {
         project: &str,
         projection: &[&str],
     ) -> Result<StateReply, ClientError> {
-        Self::retrying(false, || self.state(project, projection))
+        Self::retrying(false, None, || self.state(project, projection))
             .await
             .map(|(s, _)| s)
     }
@@ -861,8 +958,9 @@ impl Client {
     ) -> Result<Proposed, ProposeFailure> {
         let mut stale = 0;
         let mut last = None;
+        let deadline = Deadline::after(policy.deadline);
         loop {
-            let p = match self.build(req).await {
+            let p = match self.build_within(req, deadline).await {
                 Ok(p) => p,
                 Err(error) => {
                     return Err(ProposeFailure {
@@ -873,9 +971,11 @@ impl Client {
                 }
             };
             let result = if policy.retry_busy {
-                self.submit_retrying(&p).await
+                Self::retrying(true, deadline, || self.submit(&p)).await
             } else {
-                self.submit(&p).await.map(|r| (r, 0))
+                Deadline::bound(deadline, true, self.submit(&p))
+                    .await
+                    .map(|r| (r, 0))
             };
             match result {
                 Ok((reply, busy)) => {
@@ -904,8 +1004,19 @@ impl Client {
                         });
                     }
                     // Spread competing writers apart before the next round.
-                    tokio::time::sleep(Duration::from_millis(stale_backoff_ms(stale, jitter())))
-                        .await;
+                    let wait = Duration::from_millis(stale_backoff_ms(stale, jitter()));
+                    if let Some(d) = deadline.filter(|d| tokio::time::Instant::now() + wait >= d.at)
+                    {
+                        return Err(ProposeFailure {
+                            error: d.error(
+                                format!("{} rounds refused as stale: {}", stale + 1, body.message),
+                                false,
+                            ),
+                            last: Some(p),
+                            unknown: false,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
                     stale += 1;
                     last = Some(p);
                 }
@@ -926,9 +1037,18 @@ impl Client {
         &self,
         req: &ProposeRequest<'_, T>,
     ) -> Result<Proposal, ClientError> {
-        let st = self
-            .state_retrying(req.project, &["Project", "Execution"])
-            .await?;
+        self.build_within(req, None).await
+    }
+
+    async fn build_within<T: Serialize>(
+        &self,
+        req: &ProposeRequest<'_, T>,
+        deadline: Option<Deadline>,
+    ) -> Result<Proposal, ClientError> {
+        let (st, _) = Self::retrying(false, deadline, || {
+            self.state(req.project, &["Project", "Execution"])
+        })
+        .await?;
         let head: Hash = st.hash.parse().map_err(|e| ClientError::Decode {
             url: self.base.clone(),
             detail: format!("state hash: {e}"),

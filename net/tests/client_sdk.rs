@@ -709,3 +709,91 @@ async fn a_node_that_gave_up_says_so_without_a_retry_hint() {
     );
     assert!(!e.outcome_unknown(), "{e}");
 }
+
+fn with_deadline(ms: u64) -> RetryPolicy {
+    RetryPolicy {
+        deadline: Some(Duration::from_millis(ms)),
+        ..RetryPolicy::default()
+    }
+}
+
+/// A deadline ends the retries when the next wait would pass it. The
+/// proposal was answered `503 unavailable` (no durable outcome in time), so
+/// its outcome is unknown, and it is returned to resubmit.
+#[tokio::test]
+async fn a_deadline_ends_the_retries_and_keeps_an_unknown_proposal() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") => refused(503, "unavailable", Some(5_000)),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let f = c
+        .propose(&propose_request(&key, &inputs), with_deadline(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            f.error,
+            ClientError::Deadline {
+                deadline_ms: 300,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    assert!(f.outcome_unknown() && f.error.outcome_unknown(), "{f:?}");
+    assert!(f.last.is_some());
+    assert!(f.error.to_string().contains("UNKNOWN"), "{}", f.error);
+    assert_eq!(count(&seen, "POST", "/transition"), 1, "no second attempt");
+}
+
+/// A deadline that ends while HEAD is still being read sent nothing.
+#[tokio::test]
+async fn a_deadline_reading_head_leaves_nothing_unknown() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => refused(429, "busy", Some(5_000)),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let f = c
+        .propose(&propose_request(&key, &inputs), with_deadline(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(f.error, ClientError::Deadline { .. }), "{f:?}");
+    assert!(!f.outcome_unknown() && !f.error.outcome_unknown(), "{f:?}");
+    assert!(f.last.is_none());
+    assert_eq!(count(&seen, "POST", "/transition"), 0);
+}
+
+/// A node that takes the proposal and never answers: the deadline cuts the
+/// attempt short, and the proposal may have been applied.
+#[tokio::test]
+async fn a_deadline_during_an_unanswered_attempt_is_unknown() {
+    let (state_url, _) = fake_node(|_, _, _| state_reply()).await;
+    let p = proposal(&Client::new(&state_url)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let e = Client::new(&url)
+        .submit_retrying_within(&p, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Deadline { .. }), "{e:?}");
+    assert!(e.outcome_unknown(), "{e}");
+    assert!(e.to_string().contains("still waiting for its reply"), "{e}");
+}
