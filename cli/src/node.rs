@@ -759,7 +759,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     };
     let addr = listener.local_addr()?;
     let h = node.health();
-    tracing::info!(http = %addr, index = h.index, root_hash = ?h.root_hash.map(|x| x.to_string()), "serving");
+    tracing::info!(http = %addr, index = h.index, root_hash = %h.root_hash.map_or("none".to_string(), |x| x.to_string()), "serving");
     eprintln!(
         "swoosh: serving {} on http://{addr} (index {}, {})",
         a.dir.display(),
@@ -1326,8 +1326,27 @@ fn render_health(v: &serde_json::Value) -> Result<String> {
                 writeln!(out, "  refused: {r}")?;
             }
         }
+        Some("agent") => {
+            let n = |k: &str| v[k].as_u64().map_or("-".to_string(), |x| x.to_string());
+            writeln!(
+                out,
+                "{} (council agent {}), peers {}
+  announcements {}, votes sent {}, refused {}, malformed {}, inbox drops {}",
+                v["status"].as_str().unwrap_or("-"),
+                v["signer"].as_str().unwrap_or("-"),
+                n("peers"),
+                n("announcements"),
+                n("votes_sent"),
+                n("refused"),
+                n("malformed"),
+                n("inbox_drops"),
+            )?;
+            if let Some(r) = v["last_refusal"].as_str() {
+                writeln!(out, "  last refusal: {r}")?;
+            }
+        }
         _ => bail!(
-            "this /health names no role swoosh knows (leader or follower): {}",
+            "this /health names no role swoosh knows (leader, follower or agent): {}",
             serde_json::to_string(v)?
         ),
     }
@@ -1651,5 +1670,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("names no role"), "{e}");
+
+        // A council agent's /health (`swoosh health --to` an agent's --http
+        // was refused as a role it did not know).
+        let agent = swoosh_net::p2p::agent::AgentStatus {
+            signer: "hmmm:pubkey:ab".into(),
+            peer_id: "12D3KooWx".into(),
+            peers: 0,
+            counters: Default::default(),
+        }
+        .health()
+        .1;
+        let t = render_health(&agent).unwrap();
+        assert!(
+            t.starts_with("disconnected (council agent hmmm:pubkey:ab), peers 0"),
+            "{t}"
+        );
     }
 }

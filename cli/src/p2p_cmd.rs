@@ -466,6 +466,7 @@ pub(crate) async fn start_leader_p2p(
                     ("requests_refused", s.stats.refused),
                     ("peers_refused", s.refused_peers),
                     ("publish_errors", s.publish_errors),
+                    ("publish_no_subscribers", s.publish_no_subscribers),
                 ]
             })
             .unwrap_or_default()

@@ -91,6 +91,7 @@ impl AgentStatus {
         let ok = self.peers > 0;
         let body = serde_json::json!({
             "status": if ok { "ok" } else { "disconnected" },
+            "role": "agent",
             "signer": self.signer,
             "peer_id": self.peer_id,
             "peers": self.peers,

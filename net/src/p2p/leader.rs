@@ -241,6 +241,10 @@ pub struct LeaderShared {
     pub published_index: u64,
     pub gossip_messages: u64,
     pub publish_errors: u64,
+    /// Gossip not published because no peer was subscribed yet (at start,
+    /// or while every follower is away): expected, and apart from
+    /// `publish_errors` so that counter means trouble (queues full).
+    pub publish_no_subscribers: u64,
     pub refused_peers: u64,
     pub connected_peers: usize,
     /// Council announcements published.
@@ -824,8 +828,11 @@ impl<S: LogStore> LeaderTask<S> {
                 .publish(self.topic.clone(), c)
             {
                 Ok(_) => s.gossip_messages += 1,
+                // No subscribed peer yet: followers catch up by range.
+                Err(libp2p::gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                    s.publish_no_subscribers += 1;
+                }
                 Err(e) => {
-                    // No subscribed peer yet: followers catch up by range.
                     s.publish_errors += 1;
                     tracing::debug!("gossip publish: {e}");
                 }
