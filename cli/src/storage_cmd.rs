@@ -689,6 +689,10 @@ struct SnapshotProblemJson {
 struct VerifyJson {
     ok: bool,
     records: u64,
+    /// The log's WAL base: records up to it were compacted away (`records`
+    /// counts those after it), and replay began at its snapshot; `null`
+    /// for a log that starts at record 1.
+    wal_base: Option<u64>,
     head_hash: String,
     root_hash: String,
     hlc: Option<String>,
@@ -770,6 +774,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         }
     };
     let halt = swoosh_storage::recorded_halt(&node.store)?;
+    let base = swoosh_storage::base::wal_base(&node.store)?.map(|b| b.index);
     let signatures = if trusted {
         "trusted (not re-verified)"
     } else {
@@ -779,6 +784,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         let out = VerifyJson {
             ok: true,
             records: r.records,
+            wal_base: base,
             head_hash: r.head_hash.to_string(),
             root_hash: r.root_hash.to_string(),
             hlc: r.hlc.map(|h| h.to_string()),
@@ -805,6 +811,14 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
         node.dir.join("data").display(),
         r.records
     );
+    if let Some(b) = base {
+        say!(
+            "  wal base     {b}: records 1..={b} were compacted away (archived, if the node kept archives); the {} records are {}..={}, replayed from the snapshot at {b}",
+            r.records,
+            b + 1,
+            b + r.records
+        );
+    }
     say!("  head record  {}", r.head_hash);
     say!("  root hash    {}", r.root_hash);
     say!(

@@ -1215,6 +1215,14 @@ fn compact_archives_the_start_of_a_demo_log() {
     let v = json(&ok(&["wal", "verify", "--dir", d, "--json"]));
     assert_eq!(v["ok"], true);
     assert_eq!(v["root_hash"], demo_hash.as_str());
+    // It says where the log starts: `records` counts those after the base.
+    assert_eq!(v["wal_base"], 40, "{v}");
+    let o = ok(&["wal", "verify", "--dir", d]);
+    assert!(
+        text(&o).contains("wal base     40: records 1..=40 were compacted away"),
+        "{}",
+        text(&o)
+    );
     let rp = json(&ok(&["replay", "--dir", d, "--from-genesis", "--json"]));
     assert_eq!(rp["hash"], demo_hash.as_str());
     let o = fails(&["wal", "inspect", "--dir", d, "7"]);
