@@ -339,7 +339,10 @@ pub struct InitArgs {
     /// BACKBEAT period in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub beat_ms: u64,
-    /// Overwrite an existing cluster directory (its keys are lost).
+    /// Overwrite an existing cluster directory (its keys are lost, the
+    /// followers' age identities too: `p2p enroll` makes new ones).
+    /// Refused while a node there holds a store, and while node
+    /// directories beyond --followers / --agents exist (remove them first).
     #[arg(long)]
     pub force: bool,
 }
@@ -386,6 +389,34 @@ pub fn init(a: InitArgs) -> Result<()> {
                     data.display()
                 );
             }
+        }
+    }
+    // Node directories of an earlier init that this one would not write:
+    // left in place they keep that cluster's keys and age identities, and
+    // `p2p enroll` would list every follower-N it finds in the new genesis
+    // (any host holding one could then read the new cluster's gossip).
+    if let Ok(entries) = std::fs::read_dir(top) {
+        let mut stale: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| {
+                let beyond = |prefix: &str, max: usize| {
+                    n.strip_prefix(prefix)
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .is_some_and(|k| k == 0 || k > max)
+                };
+                beyond("follower-", a.followers) || beyond("agent-", a.agents)
+            })
+            .collect();
+        stale.sort();
+        if !stale.is_empty() {
+            bail!(
+                "{} holds {} from an earlier cluster, beyond --followers {} / --agents {}: they keep that cluster's keys (and `p2p enroll` would make every follower-N a follower of the new one). Remove them first, or give counts that cover them",
+                top.display(),
+                stale.join(", "),
+                a.followers,
+                a.agents
+            );
         }
     }
     std::fs::create_dir_all(top.join("keys"))
@@ -458,6 +489,18 @@ pub fn init(a: InitArgs) -> Result<()> {
     for i in 1..=a.followers {
         let d = node_dir(&format!("follower-{i}"))?;
         write_key(&d.join("node.key"), &new_key())?;
+        // An age identity of the cluster this one replaces: `p2p enroll`
+        // would reuse it, and whoever kept a copy could read the new
+        // cluster's gossip. Enroll makes a new one.
+        let age = d.join(crate::p2p_cmd::AGE_KEY_FILE);
+        match std::fs::remove_file(&age) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!(
+                "cannot remove {}, the age identity of the cluster being replaced: {e}",
+                age.display()
+            ),
+        }
     }
     for (i, k) in agents.iter().enumerate() {
         let d = node_dir(&format!("agent-{}", i + 1))?;
@@ -725,6 +768,7 @@ pub fn init_logs(format: LogFormat) {
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
     init_logs(a.log);
+    warn_if_demo_keys(&a.dir);
     let compaction = a.compact.policy()?;
     // Checked before the replay, not after it.
     let p2p_listen = a
@@ -859,6 +903,20 @@ pub struct ProposeArgs {
     /// as for any unknown outcome.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: Option<u64>,
+}
+
+/// A directory `swoosh demo` wrote holds keys derived from public labels
+/// (`demo/leader`, `demo/admin`, …): anyone can sign as its leader or
+/// admin. `swoosh serve` on it says so; the demo itself does not go
+/// through `serve`.
+pub fn warn_if_demo_keys(dir: &Path) {
+    let demo = SignerId::from_signing_key(&swoosh_core::sig::key_from_label("demo/leader"));
+    if read_key(&dir.join("node.key")).is_ok_and(|k| SignerId::from_signing_key(&k) == demo) {
+        tracing::warn!(
+            dir = %dir.display(),
+            "this node runs with the demo's well-known leader key, derived from a public label: anyone can sign as it. Keep it off any reachable interface; make a real cluster with `swoosh init`"
+        );
+    }
 }
 
 /// Longest part of an idempotency key put in a default `--save` file name.

@@ -282,6 +282,48 @@ fn init_serve_propose_read_and_verify() {
         key_before
     );
 
+    // init --force over an enrolled cluster of no records: the followers'
+    // age identities are replaced with their keys (enroll reused them, so
+    // an old copy read the new cluster's gossip), and node directories
+    // beyond the new counts are refused, not left holding old keys.
+    let c2 = t.path().join("c2");
+    let c2 = c2.to_str().unwrap();
+    ok(&["init", "--dir", c2, "--followers", "2", "--agents", "3"]);
+    ok(&["p2p", "enroll", "--dir", c2]);
+    let age_before = std::fs::read(format!("{c2}/follower-1/age.key")).unwrap();
+    let o = swoosh(&[
+        "init",
+        "--dir",
+        c2,
+        "--force",
+        "--followers",
+        "1",
+        "--agents",
+        "3",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("follower-2") && err.contains("Remove them"),
+        "{err}"
+    );
+    ok(&[
+        "init",
+        "--dir",
+        c2,
+        "--force",
+        "--followers",
+        "2",
+        "--agents",
+        "3",
+    ]);
+    assert!(!std::path::Path::new(&format!("{c2}/follower-1/age.key")).exists());
+    ok(&["p2p", "enroll", "--dir", c2]);
+    assert_ne!(
+        std::fs::read(format!("{c2}/follower-1/age.key")).unwrap(),
+        age_before
+    );
+
     // Nor does init --force given a node's own directory (the only copy of
     // its genesis on a deployed machine).
     let leader = format!("{d}/leader");
