@@ -6,8 +6,8 @@
 //! protocols of `swoosh_net::proto`. The simulator owns the clocks, the
 //! network, the fault schedule, the follower disks, the checks, and the
 //! loops a node runs around those parts (the leader's admission,
-//! acknowledgement and start-up, which members to elect, where to cut a
-//! torn tail): docs/chaos.md, "What is simulated, what is not".
+//! acknowledgement and start-up, which members to elect): docs/chaos.md,
+//! "What is simulated, what is not".
 //!
 //! `run(SimConfig) -> SimReport`; the same config gives the same report,
 //! byte for byte, every time (no wall clock, one PRNG; storage's replay

@@ -38,7 +38,7 @@ use swoosh_net::proto::{
 };
 use swoosh_storage::index::{audit_indexes, get_decision, lookup_idem, IndexError};
 use swoosh_storage::recovery::{
-    cut_after, recover, verify_expecting, ExpectDecisions, RecoveryError, VerifyOptions,
+    recover, repair, verify_expecting, ExpectDecisions, RecoveryError, VerifyOptions,
 };
 use swoosh_storage::wal::{read_record, BatchLimits, Entry, ReadError, WalWriter};
 use swoosh_storage::{
@@ -1361,7 +1361,24 @@ impl<'k> Sim<'k> {
                     let cut_ok = if self.cfg.sabotage == crate::Sabotage::CutKeepsDerived {
                         store.truncate_after(index - 1).is_ok() && store.sync().is_ok()
                     } else {
-                        cut_after(&mut store, index - 1).is_ok()
+                        // What the operator runs (`swoosh wal repair --yes`):
+                        // it finds the cut itself, keeps what it cuts in a
+                        // side file, and must cut exactly the torn record.
+                        let side = self.archive_dir.path().join(format!(
+                            "repair-{}-{}.cbor",
+                            self.now, self.report.replication.torn_tails_cut
+                        ));
+                        match repair(&mut store, self.genesis_hash, &side, &mut |_| {}) {
+                            Ok(r) if r.last_good + 1 == index => true,
+                            Ok(r) => {
+                                self.violation(format!(
+                                    "wal repair cut the log after record {} where recovery found record {index} torn",
+                                    r.last_good
+                                ));
+                                true
+                            }
+                            Err(_) => false,
+                        }
                     };
                     if !cut_ok && store.has_crashed() {
                         return self.leader_dies_in_recovery(store, "storage_crash_cut");

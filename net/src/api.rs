@@ -161,8 +161,9 @@ impl From<swoosh_actors::RecoveryView> for RecoveryReply {
 /// The progress of a start-up recovery, in `GET /health`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecoveryReply {
-    /// `starting`, `snapshots` (checking them, newest first) or `replay`
-    /// (the WAL after the snapshot, through the reducer).
+    /// `starting`, `snapshots` (checking them, newest first), `replay`
+    /// (the WAL after the snapshot, through the reducer) or `reindex`
+    /// (rebuilding the derived indexes from the log).
     pub phase: String,
     /// Snapshots checked, or records replayed.
     pub done: u64,
@@ -271,6 +272,9 @@ pub struct AttentionReply {
 /// is an `Option` here (an `Option` would document them as nullable).
 #[allow(dead_code)]
 #[derive(ToSchema)]
+// The server refuses unknown fields (`400 malformed`): documented as
+// `additionalProperties: false` (utoipa reads this serde attribute).
+#[serde(deny_unknown_fields)]
 pub struct ProposalSchema {
     /// Project instance, `[a-z0-9._-]{1,64}`; default `default`.
     #[schema(required = false, default = "default")]

@@ -121,9 +121,32 @@ pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::op
                 // A 202's `decision` is `bubble://dr/<hex>`; pasted after
                 // `/decisions/` unencoded it spans several path segments,
                 // which `/decisions/{hash}` does not match.
+                // Percent-decoded as the `{hash}` route decodes it (a client
+                // may encode the `:` of `bubble:`).
                 match uri.path().strip_prefix("/decisions/") {
-                    Some(raw) if method == Method::GET => decision_response(&st, raw),
-                    _ => err(
+                    Some(raw) if method == Method::GET || method == Method::HEAD => {
+                        match percent_encoding::percent_decode_str(raw).decode_utf8() {
+                            Ok(h) => decision_response(&st, &h),
+                            Err(_) => body_err(
+                                StatusCode::BAD_REQUEST,
+                                ErrorBody {
+                                    error: "malformed".into(),
+                                    message: "the decision reference is not UTF-8 once percent-decoded; it is blake3:<64 lowercase hex>, the bare hex, or bubble://dr/<hex>".into(),
+                                    field: Some("hash".into()),
+                                    ..Default::default()
+                                },
+                            ),
+                        }
+                    }
+                    Some(_) => {
+                        let mut r = method_not_allowed(&method, &uri, "");
+                        r.headers_mut().insert(
+                            axum::http::header::ALLOW,
+                            axum::http::HeaderValue::from_static("GET,HEAD"),
+                        );
+                        r
+                    }
+                    None => err(
                         StatusCode::NOT_FOUND,
                         "not_found",
                         "no such endpoint; see GET /openapi.json".into(),
@@ -457,7 +480,7 @@ pub(crate) fn method_not_allowed(method: &Method, uri: &Uri, whose: &str) -> Res
         "method_not_allowed",
         format!(
             "{method} is not allowed on {}{whose}; the Allow header lists what is, and GET /openapi.json documents each endpoint",
-            uri.path()
+            clip(uri.path())
         ),
     )
 }
@@ -575,8 +598,8 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
             ..Default::default()
         }));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let p: Proposal = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let p: Proposal = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         // `?`: the JSON itself did not parse (the message gives line and
@@ -596,6 +619,18 @@ pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
                 field.as_deref().map(|f| format!(" (field `{f}`)")).unwrap_or_default()
             ),
             field,
+            ..Default::default()
+        })
+    })?;
+    // One proposal per request: bytes after the object (a second proposal
+    // appended, a body damaged in transit) were ignored, and the proposal
+    // before them accepted.
+    de.end().map_err(|e| {
+        Box::new(ErrorBody {
+            error: "malformed".into(),
+            message: format!(
+                "the body holds more than one JSON value ({e}); send exactly one proposal object per request"
+            ),
             ..Default::default()
         })
     })?;
@@ -629,8 +664,8 @@ fn over_limit(e: &axum::Error) -> bool {
         (status = 409, description = "stale state hash (with head_hash and hlc_last), HLC order, or idempotency conflict", body = ErrorBody),
         (status = 408, description = "the body did not arrive within the body read timeout", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
-        (status = 429, description = "backpressure; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "`unavailable`: not available now (recovering, or no durable outcome in time: the outcome is unknown); resubmit the same proposal after `retry_after_ms` / `Retry-After`. Without a retry hint the node gave up or began shutting down while this proposal was in flight: its outcome is unknown and retrying this process is pointless. `gave_up` (the node gave up restarting its actors) or `shutting_down`: refused before admission and until the node's process is started again; no retry hint. (A follower answers `not_leader`.)", body = ErrorBody),
+        (status = 429, description = "backpressure; retry after Retry-After", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
+        (status = 503, description = "`unavailable`: not available now (recovering, or no durable outcome in time: the outcome is unknown); resubmit the same proposal after `retry_after_ms` / `Retry-After`. Without a retry hint the node gave up or began shutting down while this proposal was in flight: its outcome is unknown and retrying this process is pointless. `gave_up` (the node gave up restarting its actors) or `shutting_down`: refused before admission and until the node's process is started again; no retry hint. (A follower answers `not_leader`.)", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
     )
 )]
 async fn post_transition(
@@ -854,7 +889,7 @@ fn read_unavailable(node: &Node, reason: String, then: &str) -> Response {
 pub(crate) struct StateQuery {
     /// Project id (default `default`).
     pub(crate) project: Option<String>,
-    /// Comma-separated regions: Project (meta, epoch, hlc_last), Boot, Ingestion, Council, Environment, Execution, Control, Policy. Default: all.
+    /// Comma-separated regions: Project (meta, epoch, hlc_last, applied), Boot, Ingestion, Council, Environment, Execution, Control, Policy. Default: all.
     pub(crate) projection: Option<String>,
 }
 
@@ -921,7 +956,7 @@ pub(crate) fn parse_state_query(q: StateQuery) -> Result<(String, Vec<Region>), 
 }
 
 /// Read a project's state: its HEAD hash and the requested sections.
-#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, body = StateReply), (status = 400, body = ErrorBody), (status = 503, description = "`unavailable`: a region actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, description = "the project's HEAD and the projected sections", body = StateReply), (status = 400, description = "`malformed`: a bad project id or projection (the field is named)", body = ErrorBody), (status = 503, description = "`unavailable`: a region actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn get_state(
     State(st): State<AppState>,
     q: Result<Query<StateQuery>, QueryRejection>,
@@ -1029,7 +1064,7 @@ pub fn parse_decision_ref(s: &str) -> Option<Hash> {
     path = "/decisions/{hash}",
     params(("hash" = String, Path, description = "blake3:<hex>, <hex> or bubble://dr/<hex>")),
     responses(
-        (status = 200, description = "the decision record, signed by the leader"),
+        (status = 200, description = "the decision record, signed by the leader: `{signed: {record, leader, signature}}`", body = Object, content_type = "application/json"),
         (status = 400, description = "not a decision reference", body = ErrorBody),
         (status = 404, description = "no such decision record", body = ErrorBody),
         (status = 500, description = "`storage`: the decision index could not be read", body = ErrorBody),
@@ -1098,7 +1133,7 @@ fn parse_band(s: &str) -> Option<Band> {
 /// The attention digest: what the scorer surfaced from the node's own
 /// operational stream, by band, with what, why, how often and where, whether
 /// seen before and what to check next.
-#[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, body = AttentionReply), (status = 400, body = ErrorBody), (status = 503, description = "`unavailable`: the attention actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody)))]
+#[utoipa::path(get, path = "/attention", params(AttentionQuery), responses((status = 200, description = "the operator digest: surfaced patterns, most important first", body = AttentionReply), (status = 400, description = "`malformed`: an unknown `min_band`", body = ErrorBody), (status = 503, description = "`unavailable`: the attention actor is restarting; retry after `retry_after_ms` / `Retry-After`. `gave_up` or `shutting_down`: no answer until the node's process is started again; no retry hint", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 async fn get_attention(
     State(st): State<AppState>,
     q: Result<Query<AttentionQuery>, QueryRejection>,

@@ -435,6 +435,18 @@ async fn a_follower_documents_exactly_its_routes() {
         .map(String::as_str)
         .collect();
     assert_eq!(ops, ["post"]);
+    // OpenAPI 3.1 requires a description on every response (validators
+    // refused the document without them).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                assert!(
+                    r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status}: {r}"
+                );
+            }
+        }
+    }
     // The `/state` parameters are the leader's.
     let (_, leader_doc) = get(&c.leader_url, "/openapi.json").await;
     assert_eq!(

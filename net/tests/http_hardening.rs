@@ -726,15 +726,15 @@ async fn a_decision_address_reads_back_raw_encoded_or_bare() {
         bodies.push(body);
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
-    // Other methods on such a path, and other unknown paths, stay 404 JSON.
+    // Other methods on such a path are a JSON 405, as on `/decisions/{hash}`.
     let r = http
         .post(format!("{}/decisions/{}", srv.url, ok.decision))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    let b: ErrorBody = r.json().await.expect("JSON 404");
-    assert_eq!(b.error, "not_found");
+    assert_eq!(r.status().as_u16(), 405);
+    let b: ErrorBody = r.json().await.expect("JSON 405");
+    assert_eq!(b.error, "method_not_allowed");
     srv.stop().await;
 }
 
@@ -771,5 +771,129 @@ async fn a_proposal_must_be_a_json_object() {
     // The object form of the same proposal is accepted.
     let ok = c.submit_raw(serde_json::to_vec(&v).unwrap()).await;
     assert!(ok.is_ok(), "{ok:?}");
+    srv.stop().await;
+}
+
+/// Every response object of an OpenAPI document: (path, method, status, it).
+pub fn responses_of(doc: &serde_json::Value) -> Vec<(String, String, String, serde_json::Value)> {
+    let mut out = vec![];
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                out.push((path.clone(), method.clone(), status.clone(), r.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// OpenAPI 3.1 requires a description on every response: without one
+/// validators (and the code generators that validate first) refuse the
+/// whole document. Retry-After is declared where the server sends it, the
+/// decision's body has a schema, and the proposal's schema refuses unknown
+/// fields as the server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_responses_are_described_and_declare_what_is_sent() {
+    let srv = start(ServeLimits::default()).await;
+    let doc = Client::new(&srv.url).openapi().await.unwrap();
+    for (path, method, status, r) in responses_of(&doc) {
+        assert!(
+            r["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{method} {path} {status} has no description: {r}"
+        );
+        if status == "429" || (status == "503" && path != "/health") {
+            assert!(
+                r["headers"]["Retry-After"].is_object(),
+                "{method} {path} {status} does not declare Retry-After: {r}"
+            );
+        }
+    }
+    let dr = &doc["paths"]["/decisions/{hash}"]["get"]["responses"]["200"];
+    assert!(
+        dr["content"]["application/json"]["schema"].is_object(),
+        "{dr}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["ProposalSchema"]["additionalProperties"],
+        false
+    );
+    srv.stop().await;
+}
+
+/// One proposal per request: bytes after the object were ignored and the
+/// proposal before them accepted (a second proposal appended was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_proposal_are_refused() {
+    let srv = start(ServeLimits::default()).await;
+    let p = serde_json::to_string(&srv.first_proposal()).unwrap();
+    let http = reqwest::Client::new();
+    for tail in ["}]} not json", " {\"another\": 1}", "x"] {
+        let r = http
+            .post(format!("{}/transition", srv.url))
+            .header("content-type", "application/json")
+            .body(format!("{p}{tail}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{tail:?}");
+        let b: ErrorBody = r.json().await.unwrap();
+        assert_eq!(b.error, "malformed", "{tail:?}");
+        assert!(b.message.contains("more than one JSON value"), "{b:?}");
+    }
+    // Trailing whitespace is not a second value.
+    let r = http
+        .post(format!("{}/transition", srv.url))
+        .body(format!("{p} \n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    srv.stop().await;
+}
+
+/// A pasted `bubble://dr/<hex>` works percent-encoded too, by HEAD as by
+/// GET, and another method is a 405 naming what is allowed (it was a 404,
+/// and an encoded `bubble%3A` a 400). A long path is clipped in the 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_decision_reference_is_decoded_and_methods_are_named() {
+    let srv = start(ServeLimits::default()).await;
+    let p = srv.first_proposal();
+    let reply = Client::new(&srv.url).submit(&p).await.unwrap();
+    let hex = reply
+        .decision
+        .strip_prefix("bubble://dr/")
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    for path in [
+        format!("/decisions/bubble://dr/{hex}"),
+        format!("/decisions/bubble%3A//dr/{hex}"),
+        format!("/decisions/bubble%3A%2F%2Fdr%2F{hex}"),
+    ] {
+        let r = http.get(format!("{}{path}", srv.url)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "GET {path}");
+        let r = http
+            .head(format!("{}{path}", srv.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "HEAD {path}");
+    }
+    let r = http
+        .post(format!("{}/decisions/bubble://dr/{hex}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET,HEAD");
+    let long = "a".repeat(60_000);
+    let r = http
+        .post(format!("{}/decisions/{long}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let b: ErrorBody = r.json().await.unwrap();
+    assert!(b.message.len() < 2_000, "{} bytes", b.message.len());
     srv.stop().await;
 }

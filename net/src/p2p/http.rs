@@ -238,7 +238,7 @@ fn section_values(st: &ProjectState, r: Region) -> Vec<(&'static str, Value)> {
 /// hash and the requested sections, as the leader answers. `index` is the
 /// follower's applied index (the read is current as of it); a project never
 /// touched reads as its initial document at index 0.
-#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, body = StateReply), (status = 400, body = ErrorBody)))]
+#[utoipa::path(get, path = "/state", params(StateQuery), responses((status = 200, description = "the project's replicated HEAD and the projected sections, in the leader's shape", body = StateReply), (status = 400, description = "`malformed`: a bad project id or projection (the field is named)", body = ErrorBody)))]
 async fn state(State(app): State<App>, q: Result<Query<StateQuery>, QueryRejection>) -> Response {
     let q = match q {
         Ok(Query(q)) => q,
@@ -279,7 +279,7 @@ async fn state(State(app): State<App>, q: Result<Query<StateQuery>, QueryRejecti
 
 /// This follower's whole replicated node: index, head record, root and
 /// genesis hashes, and every project's HEAD.
-#[utoipa::path(get, path = "/state/summary", responses((status = 200, body = FollowerStateSummary)))]
+#[utoipa::path(get, path = "/state/summary", responses((status = 200, description = "the whole replicated node: index, root hash and every project's hash", body = FollowerStateSummary)))]
 async fn state_summary(State(app): State<App>) -> Json<FollowerStateSummary> {
     let s = lock_shared(&app.shared);
     let node = s.repl.node();
