@@ -2,8 +2,10 @@
 //! for `swoosh --version`: runbooks ask operators to compare builds across
 //! hosts (a divergence between replicas is first suspected to be two
 //! builds), and the package version alone is the same for every build.
-//! Outside a git checkout (a source tarball) the stamp says so.
+//! Outside this workspace's own git checkout (a source tarball, even one
+//! unpacked inside another repository) the stamp says so.
 
+use std::path::Path;
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -13,27 +15,43 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
-    let date = git(&["log", "-1", "--format=%cd", "--date=short"]);
-    let stamp = match (commit, date) {
-        (Some(c), Some(d)) => format!("{c} {d}"),
+    println!("cargo:rerun-if-changed=build.rs");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|p| p.canonicalize().ok());
+    let ours = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|t| Path::new(&t).canonicalize().ok())
+        .is_some_and(|t| Some(t) == workspace);
+    let stamp = match (
+        ours,
+        git(&["rev-parse", "--short=12", "HEAD"]),
+        git(&["log", "-1", "--format=%cd", "--date=short"]),
+    ) {
+        (true, Some(c), Some(d)) => format!("{c} {d}"),
         _ => "not built from a git checkout".to_string(),
     };
     println!("cargo:rustc-env=SWOOSH_BUILD={stamp}");
-    // Built again when HEAD moves: HEAD itself (a checkout of another
-    // branch or commit) and the branch it names (a new commit).
-    // Only files that exist: Cargo reruns a build script on every build
-    // while one it watches is missing (a packed branch has no loose ref).
+    if !ours {
+        return;
+    }
+    // Built again when HEAD moves. The reflog of HEAD is appended at every
+    // commit, checkout and reset (also in a worktree, whose HEAD and
+    // reflog are its own); the branch refs (a directory: Cargo watches
+    // every file in it) and packed-refs cover a ref moved another way.
+    // Only paths that exist: Cargo reruns a build script on every build
+    // while one it watches is missing.
+    let mut watch = vec![];
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let mut watch = vec![format!("{dir}/HEAD"), format!("{dir}/packed-refs")];
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watch.push(format!("{dir}/{branch}"));
-        }
-        for path in watch {
-            if std::path::Path::new(&path).exists() {
-                println!("cargo:rerun-if-changed={path}");
-            }
+        watch.push(format!("{dir}/HEAD"));
+        watch.push(format!("{dir}/logs/HEAD"));
+    }
+    if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
+        watch.push(format!("{common}/refs/heads"));
+        watch.push(format!("{common}/packed-refs"));
+    }
+    for path in watch {
+        if Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
-    println!("cargo:rerun-if-changed=build.rs");
 }

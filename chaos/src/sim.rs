@@ -1352,8 +1352,9 @@ impl<'k> Sim<'k> {
                     if !cut && store.last_index().ok() == Some(index) =>
                 {
                     // A torn tail: cut it with its derived entries (what
-                    // `swoosh wal repair` does, minus the side file) and
-                    // recover again. The store may die in that very write.
+                    // `swoosh wal repair --yes` does, side file included)
+                    // and recover again. The store may die in that very
+                    // write.
                     cut = true;
                     if self.rare_write_crash() {
                         store.crash_after_commits(0);

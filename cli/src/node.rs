@@ -400,10 +400,13 @@ pub fn init(a: InitArgs) -> Result<()> {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| {
+                // Any name `p2p enroll` would take as a node directory
+                // (`follower-01` parses as 1 there) that this init does not
+                // write by that exact name.
                 let beyond = |prefix: &str, max: usize| {
                     n.strip_prefix(prefix)
                         .and_then(|k| k.parse::<usize>().ok())
-                        .is_some_and(|k| k == 0 || k > max)
+                        .is_some_and(|k| k == 0 || k > max || *n != format!("{prefix}{k}"))
                 };
                 beyond("follower-", a.followers) || beyond("agent-", a.agents)
             })

@@ -376,6 +376,7 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
 
 pub async fn leader(a: LeaderArgs) -> Result<()> {
     init_logs(a.log);
+    crate::node::warn_if_demo_keys(&a.dir);
     let compaction = a.compact.policy()?;
     let listen = parse_addr(&a.listen, "--listen")?;
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;

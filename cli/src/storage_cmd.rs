@@ -395,15 +395,34 @@ fn open_node(dir: &Path, access: Access) -> Result<Node> {
                 leader.display()
             );
         }
-        // Which command writes this directory's log: a follower's holds its
-        // age identity, an agent's its agent key (agents keep no log). The
-        // wrong one run as root would leave root-owned files behind.
-        let start = if dir.join("age.key").is_file() {
-            format!("it is a follower's directory (it holds age.key): start it with `swoosh follow --dir {shown} --leader <the leader's p2p address>`")
-        } else if dir.join("agent.key").is_file() {
+        // Which command writes this directory's log, told by its key: the
+        // genesis leader's is the leader's, any other node key a
+        // follower's; an agent's directory holds agent.key (agents keep no
+        // log). The wrong command run as root would leave root-owned files.
+        let node_key = crate::node::read_key(&dir.join("node.key")).ok();
+        let leader = read_genesis(&genesis_path).ok().map(|g| g.leader);
+        let follow = format!(
+            "it is a follower's directory: start it with `swoosh follow --dir {shown} --leader <the leader's p2p address>`{}",
+            if dir.join("age.key").is_file() {
+                ""
+            } else {
+                " once `swoosh p2p enroll` gave it an age.key"
+            }
+        );
+        let start = if dir.join("agent.key").is_file() {
             "it is a council agent's directory (it holds agent.key): agents keep no log to verify or replay".to_string()
+        } else if dir.join("age.key").is_file() {
+            follow
         } else {
-            format!("start it with `swoosh serve --dir {shown}`")
+            match (node_key, leader) {
+                (Some(k), Some(l)) if SignerId::from_signing_key(&k) == l => {
+                    format!("start it with `swoosh serve --dir {shown}`")
+                }
+                (Some(_), Some(_)) => follow,
+                _ => format!(
+                    "start it with `swoosh serve --dir {shown}` if it is the leader's, `swoosh follow --dir {shown} --leader …` if a follower's"
+                ),
+            }
         };
         bail!(
             "{shown} holds no store (no {}): this node has not written a log yet; {start}",
@@ -813,7 +832,7 @@ fn wal_verify(dir: &Path, json: bool, trusted: bool, strict: bool) -> Result<()>
     );
     if let Some(b) = base {
         say!(
-            "  wal base     {b}: records 1..={b} were compacted away (archived, if the node kept archives); the {} records are {}..={}, replayed from the snapshot at {b}",
+            "  wal base     {b}: records 1..={b} are not in this store (compacted away, archived if the node kept archives; or, on a follower, before the leader's snapshot it installed); the {} records are {}..={}, replayed from the snapshot at {b}",
             r.records,
             b + 1,
             b + r.records

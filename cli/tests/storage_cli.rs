@@ -470,6 +470,23 @@ fn bad_directories_are_explained() {
     assert!(text(&o).contains("agents keep no log"), "{}", text(&o));
     let o = fails(&["wal", "verify", "--dir", s(&top.join("leader"))]);
     assert!(text(&o).contains("swoosh serve --dir"), "{}", text(&o));
+    // Told by the key when the files alone do not say: `init` writes a
+    // follower's directory with node.key and no age.key yet.
+    let real = tmp.path().join("real");
+    ok(&["init", "--dir", s(&real), "--followers", "1"]);
+    let o = fails(&["wal", "verify", "--dir", s(&real.join("follower-1"))]);
+    assert!(
+        text(&o).contains("swoosh follow --dir") && text(&o).contains("p2p enroll"),
+        "{}",
+        text(&o)
+    );
+    let o = fails(&["wal", "verify", "--dir", s(&real.join("leader"))]);
+    assert!(
+        text(&o).contains("start it with `swoosh serve --dir"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("follow"), "{}", text(&o));
 }
 
 /// A node serving a directory holds its store's journal lock. Commands that
@@ -1219,7 +1236,7 @@ fn compact_archives_the_start_of_a_demo_log() {
     assert_eq!(v["wal_base"], 40, "{v}");
     let o = ok(&["wal", "verify", "--dir", d]);
     assert!(
-        text(&o).contains("wal base     40: records 1..=40 were compacted away"),
+        text(&o).contains("wal base     40: records 1..=40 are not in this store"),
         "{}",
         text(&o)
     );

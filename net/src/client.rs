@@ -800,6 +800,14 @@ impl Client {
             ..Retries::default()
         };
         loop {
+            // Nothing is sent once the deadline has passed (an attempt
+            // started then would be cut off at once, and called unknown).
+            if let Some(d) = deadline.filter(|d| tokio::time::Instant::now() >= d.at) {
+                return Err(d.error(
+                    format!("{} retries", retries.count()),
+                    retries.unknown.is_some(),
+                ));
+            }
             let e = match Deadline::bound(deadline, proposal, attempt()).await {
                 Ok(r) => return Ok((r, retries.count())),
                 Err(ClientError::Deadline {
@@ -972,6 +980,9 @@ impl Client {
             };
             let result = if policy.retry_busy {
                 Self::retrying(true, deadline, || self.submit(&p)).await
+            } else if let Some(d) = deadline.filter(|d| tokio::time::Instant::now() >= d.at) {
+                // Nothing sent once the deadline has passed.
+                Err(d.error("reading HEAD took it all".into(), false))
             } else {
                 Deadline::bound(deadline, true, self.submit(&p))
                     .await

@@ -1023,8 +1023,6 @@ pub fn shrink(dir: &Path, opts: &LmdbOptions) -> Result<ShrinkReport, StoreError
     })
 }
 
-/// LMDB's own exclusive lock on a store directory (an `F_WRLCK` record lock
-/// on byte 0 of `lock.mdb`, what `mdb_env_open` takes to know it is the
 /// Open (or create) the commit journal, readable by its owner only: it holds
 /// recent records in plain text, as `data.mdb` does (which LMDB creates
 /// 0600). A journal an earlier build created with the umask's mode (often
@@ -1050,6 +1048,8 @@ fn open_journal_file(path: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// LMDB's own exclusive lock on a store directory (an `F_WRLCK` record lock
+/// on byte 0 of `lock.mdb`, what `mdb_env_open` takes to know it is the
 /// only opener): `None` while any process has the store open.
 fn exclusive_lmdb_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;

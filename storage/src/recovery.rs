@@ -1477,7 +1477,7 @@ pub struct Cut {
 /// decision records) of the cut records or damaged ones, so no index answers
 /// for a record the log no longer holds (a node recalls aged-out idempotency
 /// keys from that index). [`repair`] makes the same cut once its side file
-/// is written; the simulator calls it directly, as it keeps no files.
+/// is written.
 /// Refused with [`StoreError::BelowWalBase`] below the WAL base.
 pub fn cut_after<S: LogStore + ?Sized>(store: &mut S, last_good: u64) -> Result<Cut, StoreError> {
     let (b, cut) = cut_batch(&*store, last_good)?;
