@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 
 pub use args::{parse_sim_args, SimArgs, SIM_USAGE};
 pub use rng::Rng;
+pub use sim::FAULT_KEYS;
 
 /// Per-fault probabilities. Network faults are per message, node faults per
 /// simulation step, workload faults per proposal (see `docs/chaos.md`).

@@ -134,36 +134,8 @@ fn acceptance_ten_thousand_transitions_three_replicas_one_hash() {
     must_pass(&cfg, &r);
     checked_everything(&r);
     assert!(r.final_index > 5_000, "{} records", r.final_index);
-    for k in [
-        "drop",
-        "duplicate",
-        "reorder",
-        "delay",
-        "partition",
-        "restart",
-        "snapshot_rollback",
-        "snapshot_corrupt",
-        "torn_write",
-        "clock_skew",
-        "license_latency",
-        "license_denial",
-        "mcp_flap",
-        "env_churn",
-        "stale_hash",
-        "replay",
-        "forged_signature",
-        "forged_message",
-        "forged_vote",
-        "flipped_vote",
-        "flipped_vote_cert",
-        "stale_vote",
-        "outsider_vote",
-        "foreign_vote",
-        "storage_crash",
-        "crash_before_sync",
-        "clock_step",
-        "license_short",
-    ] {
+    // Every fault a report lists (`FAULT_KEYS`) happened at least once.
+    for k in swoosh_chaos::FAULT_KEYS {
         let n = r.faults.get(k).copied().unwrap_or(0);
         assert!(n > 0, "fault {k} never happened in 10,000 transitions");
     }

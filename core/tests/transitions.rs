@@ -84,6 +84,16 @@ struct Change {
 }
 
 impl Change {
+    /// The decision's outcome of `guard`.
+    fn outcome(&self, guard: &str) -> &swoosh_core::record::GuardOutcome {
+        self.acc
+            .decision
+            .guard_outcomes
+            .iter()
+            .find(|o| o.guard == guard)
+            .unwrap_or_else(|| panic!("no {guard} outcome"))
+    }
+
     fn emitted(&self, kind: &str) -> bool {
         self.step
             .effects
@@ -695,13 +705,7 @@ fn a_project_paused_at_boot_resumes_and_is_licensed() {
     let c = fx.accept("Control_Resume", json!({}), W::Leader);
     assert_eq!(c.post.control.phase, "NORMAL");
     assert_eq!(c.post.meta.phase, "BOOT");
-    let said = c
-        .acc
-        .decision
-        .guard_outcomes
-        .iter()
-        .find(|o| o.guard == "license")
-        .expect("a license outcome");
+    let said = c.outcome("license");
     assert!(
         said.ok && said.reasons[0].contains("no license yet"),
         "{said:?}"
@@ -717,13 +721,7 @@ fn a_project_paused_at_boot_resumes_and_is_licensed() {
         W::Leader,
     );
     let c = fx.accept("Control_Resume", json!({}), W::Leader);
-    let said = c
-        .acc
-        .decision
-        .guard_outcomes
-        .iter()
-        .find(|o| o.guard == "license")
-        .expect("a license outcome");
+    let said = c.outcome("license");
     assert!(
         said.reasons[0].starts_with("license valid until"),
         "{said:?}"

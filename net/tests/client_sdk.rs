@@ -277,13 +277,7 @@ async fn a_failed_head_read_after_a_stale_round_leaves_the_last_proposal_settled
         _ => refused(404, "not_found", None),
     })
     .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let f = c
-        .propose_keeping_last(&propose_request(&key, &inputs), RetryPolicy::default())
-        .await
-        .unwrap_err();
+    let f = propose_fails(&url, RetryPolicy::default()).await;
     assert_eq!(f.error.status(), Some(503), "{}", f.error);
     assert!(f.last.is_some(), "the stale round's proposal is kept");
     assert!(!f.unknown, "a refused proposal is settled: {}", f.error);
@@ -419,13 +413,7 @@ async fn a_failed_head_read_is_no_unknown_proposal() {
         _ => refused(404, "not_found", None),
     })
     .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let f = c
-        .propose(&propose_request(&key, &inputs), RetryPolicy::default())
-        .await
-        .unwrap_err();
+    let f = propose_fails(&url, RetryPolicy::default()).await;
     assert!(f.error.outcome_unknown(), "the read's error, alone: {f:?}");
     assert!(!f.outcome_unknown() && f.last.is_none(), "{f:?}");
     assert_eq!(count(&seen, "POST", "/transition"), 0);
@@ -525,13 +513,7 @@ async fn an_unknown_attempt_then_a_node_that_gave_up_is_unknown() {
         _ => refused(404, "not_found", None),
     })
     .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let f = c
-        .propose_keeping_last(&propose_request(&key, &inputs), RetryPolicy::default())
-        .await
-        .unwrap_err();
+    let f = propose_fails(&url, RetryPolicy::default()).await;
     assert_eq!(count(&seen, "POST", "/transition"), 2);
     assert!(f.error.outcome_unknown(), "{}", f.error);
     let text = f.error.to_string();
@@ -728,13 +710,7 @@ async fn a_deadline_ends_the_retries_and_keeps_an_unknown_proposal() {
         _ => refused(404, "not_found", None),
     })
     .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let f = c
-        .propose(&propose_request(&key, &inputs), with_deadline(300))
-        .await
-        .unwrap_err();
+    let f = propose_fails(&url, with_deadline(300)).await;
     assert!(
         matches!(
             f.error,
@@ -759,13 +735,7 @@ async fn a_deadline_reading_head_leaves_nothing_unknown() {
         _ => refused(404, "not_found", None),
     })
     .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let f = c
-        .propose(&propose_request(&key, &inputs), with_deadline(300))
-        .await
-        .unwrap_err();
+    let f = propose_fails(&url, with_deadline(300)).await;
     assert!(matches!(f.error, ClientError::Deadline { .. }), "{f:?}");
     assert!(!f.outcome_unknown() && !f.error.outcome_unknown(), "{f:?}");
     assert!(f.last.is_none());
@@ -796,4 +766,14 @@ async fn a_deadline_during_an_unanswered_attempt_is_unknown() {
     assert!(matches!(e, ClientError::Deadline { .. }), "{e:?}");
     assert!(e.outcome_unknown(), "{e}");
     assert!(e.to_string().contains("still waiting for its reply"), "{e}");
+}
+
+/// `propose` against the node at `url` with `policy`, which must fail.
+async fn propose_fails(url: &str, policy: RetryPolicy) -> swoosh_net::client::ProposeFailure {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    Client::new(url)
+        .propose(&propose_request(&key, &inputs), policy)
+        .await
+        .unwrap_err()
 }
