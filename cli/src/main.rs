@@ -344,7 +344,9 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> Result<()> {
-    if out.exists() && !force {
+    // The path itself, not what a symlink there points to: a link to a
+    // missing file is an existing path too.
+    if out.symlink_metadata().is_ok() && !force {
         bail!(
             "{} already exists; pass --force to overwrite it (the old key is lost)",
             out.display()
@@ -353,7 +355,13 @@ fn keygen(out: &std::path::Path, force: bool) -> Result<()> {
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    node::write_key(out, &key).with_context(|| {
+    let replace = if force {
+        node::Replace::Yes
+    } else {
+        // Two keygens racing for one path: the second fails, not overwrites.
+        node::Replace::No
+    };
+    node::write_key_with(out, &key, replace).with_context(|| {
         format!(
             "cannot write the key file {}: check the directory exists and is writable",
             out.display()

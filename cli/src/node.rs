@@ -104,8 +104,14 @@ pub fn read_key(path: &Path) -> Result<SigningKey> {
 }
 
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
+    write_key_with(path, key, Replace::Yes)
+}
+
+/// [`write_key`], replacing a file already at `path` only with
+/// [`Replace::Yes`].
+pub fn write_key_with(path: &Path, key: &SigningKey, replace: Replace) -> Result<()> {
     let text = format!("{}\n", hex::encode(key.to_bytes()));
-    write_file_atomic(path, text.as_bytes(), 0o600, Replace::Yes)
+    write_file_atomic(path, text.as_bytes(), 0o600, replace)
 }
 
 /// Whether [`write_file_atomic`] may replace a file already at the path.
@@ -132,22 +138,36 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace)
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    // A new file under a name no one can guess, never one already there nor
+    // a symlink's target: in a directory another user may write to, a
+    // planted file or link under a predictable name would receive the
+    // secret.
+    let (mut f, tmp) = {
+        let mut tries = 0;
+        loop {
+            let mut r = [0u8; 8];
+            rand::fill(&mut r);
+            let tmp = dir.join(format!(
+                ".{}.tmp-{}",
+                name.to_string_lossy(),
+                hex::encode(r)
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+            {
+                Ok(f) => break (f, tmp),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(e).with_context(what),
+            }
+        }
+    };
     let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // `mode` applies only to a file the open creates (a leftover
-        // temporary file of an earlier crash keeps its own), and then under
-        // the umask: a secret's is set outright; other files keep the
-        // umask's say.
+        // `mode` applies under the umask: a secret's is set outright;
+        // other files keep the umask's say.
         if mode & 0o077 == 0 {
             f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         }
@@ -1583,6 +1603,34 @@ mod tests {
         let fresh = dir.path().join("fresh.key");
         write_file_atomic(&fresh, b"k", 0o600, Replace::No).unwrap();
         assert_eq!(std::fs::read(&fresh).unwrap(), b"k");
+    }
+
+    /// The temporary file is never one already there: a file or symlink
+    /// planted under the old predictable name (`.<name>.tmp-<pid>`) is left
+    /// alone and receives nothing.
+    #[test]
+    fn an_atomic_write_ignores_a_planted_temporary_name() {
+        use super::{write_file_atomic, Replace};
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        let planted = dir
+            .path()
+            .join(format!(".node.key.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let path = dir.path().join("node.key");
+        write_file_atomic(&path, b"secret", 0o600, Replace::Yes).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        assert!(!target.exists(), "the link's target got the secret");
+        assert!(
+            planted.symlink_metadata().is_ok(),
+            "the planted link is untouched"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp-") && !n.ends_with(&std::process::id().to_string()))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// A key file others can read is named with its mode and the fix; one

@@ -481,10 +481,23 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("agent.key"))?;
     let me = SignerId::from_signing_key(&key);
-    if !genesis.roster.iter().any(|r| r.key == me) {
-        tracing::warn!(
+    match genesis.roster.iter().find(|r| r.key == me) {
+        // A project's roster may still add it (Boot_SetRoster).
+        None => tracing::warn!(
             "{me} is not in the genesis roster: its votes will be rejected as outsiders"
-        );
+        ),
+        // The key of an admin, a leader, a license authority … copied onto
+        // an agent's host: it votes nowhere, and is exposed there.
+        Some(r) if !r.roles.contains(&swoosh_core::statechart::Role::Council) => {
+            let roles: Vec<&str> = r.roles.iter().map(|x| x.name()).collect();
+            bail!(
+                "{} is the key of {:?} ({}) in the genesis roster, not a council member's: an agent runs with its own council key (`swoosh init` writes agent-N/agent.key); move this key off the agent's host",
+                a.dir.join("agent.key").display(),
+                r.name,
+                roles.join(", ")
+            );
+        }
+        Some(_) => {}
     }
     let peers = a
         .peer

@@ -323,6 +323,22 @@ fn init_serve_propose_read_and_verify() {
         std::fs::read(format!("{c2}/follower-1/age.key")).unwrap(),
         age_before
     );
+    // An agent started with a rostered key of another role (the admin's
+    // copied onto its host) is refused by name, before it joins the mesh.
+    std::fs::copy(format!("{c2}/admin.key"), format!("{c2}/agent-1/agent.key")).unwrap();
+    let o = swoosh(&[
+        "agent",
+        "--dir",
+        &format!("{c2}/agent-1"),
+        "--peer",
+        "/ip4/127.0.0.1/tcp/1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("\"admin\" (admin)") && err.contains("not a council member's"),
+        "{err}"
+    );
 
     // Nor does init --force given a node's own directory (the only copy of
     // its genesis on a deployed machine).
@@ -591,6 +607,18 @@ fn endless_and_oversized_input_files_are_refused_at_their_limit() {
     let big = big.to_str().unwrap();
     let key = t.path().join("k");
     ok(&["keygen", "--out", key.to_str().unwrap()]);
+    // A dangling symlink is an existing path: keygen refuses it without
+    // --force (it replaced the link, following nothing but still without
+    // being asked).
+    let link = t.path().join("dangling.key");
+    std::os::unix::fs::symlink(t.path().join("missing/x.key"), &link).unwrap();
+    let o = swoosh(&["keygen", "--out", link.to_str().unwrap()]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{o:?}"
+    );
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     let key = key.to_str().unwrap();
     let inputs_zero = "@/dev/zero".to_string();
     let inputs_big = format!("@{big}");
