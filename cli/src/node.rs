@@ -177,7 +177,12 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace)
     let placed = written.and_then(|()| match replace {
         Replace::Yes => std::fs::rename(&tmp, path),
         Replace::No => match std::fs::hard_link(&tmp, path) {
-            Ok(()) => std::fs::remove_file(&tmp),
+            // The target is whole: a temporary name left behind is not a
+            // failed write (it is removed below if it can be).
+            Ok(()) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
             // A filesystem without hard links (vfat, some network and FUSE
             // mounts): checked, then renamed; only a concurrent writer of

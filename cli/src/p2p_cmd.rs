@@ -486,9 +486,18 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
         None => tracing::warn!(
             "{me} is not in the genesis roster: its votes will be rejected as outsiders"
         ),
-        // The key of an admin, a leader, a license authority … copied onto
-        // an agent's host: it votes nowhere, and is exposed there.
-        Some(r) if !r.roles.contains(&swoosh_core::statechart::Role::Council) => {
+        // The leader's, an admin's or a license authority's key copied onto
+        // an agent's host: exposed there, and not what an agent is for.
+        Some(r)
+            if me == genesis.leader
+                || r.roles.iter().any(|x| {
+                    matches!(
+                        x,
+                        swoosh_core::statechart::Role::Admin
+                            | swoosh_core::statechart::Role::LicenseAuthority
+                    )
+                }) =>
+        {
             let roles: Vec<&str> = r.roles.iter().map(|x| x.name()).collect();
             bail!(
                 "{} is the key of {:?} ({}) in the genesis roster, not a council member's: an agent runs with its own council key (`swoosh init` writes agent-N/agent.key); move this key off the agent's host",
@@ -496,6 +505,13 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
                 r.name,
                 roles.join(", ")
             );
+        }
+        // Another role: a project's roster may give it the council role.
+        Some(r) if !r.roles.contains(&swoosh_core::statechart::Role::Council) => {
+            tracing::warn!(
+                "{me} ({:?}) has no council role in the genesis roster: its votes count only in projects whose roster gives it one (Boot_SetRoster)",
+                r.name
+            )
         }
         Some(_) => {}
     }
