@@ -190,7 +190,17 @@ proptest! {
             let driver = Driver::new(&keys, u64::MAX);
             for p in PROJECTS { eprintln!("next {p}: {:?}", match driver.next(&a.node, p, a.stream.last().unwrap().1 + 5) { Next::Propose(x) => x.transition.clone(), o => format!("{o:?}") }); }
         }
-        prop_assert_eq!(a.stream.len(), STEPS, "the stream stalled");
+        // A stream ends early only when every project was terminated (the
+        // rare Terminate fault, replayed as the ops cycle, can reach all
+        // four): then the driver is done with each of them.
+        let all_terminated = PROJECTS
+            .iter()
+            .all(|p| a.node.project(p).meta.phase == "TERMINATED");
+        prop_assert!(
+            a.stream.len() == STEPS || all_terminated,
+            "the stream stalled at {} of {STEPS} proposals",
+            a.stream.len()
+        );
         eprintln!("accepted {} of {} proposals; loops {:?}", a.records.len(), a.stream.len(), PROJECTS.iter().map(|p| a.node.project(p).execution.loops).collect::<Vec<_>>());
 
         // The same proposals applied again give the same hash after every step.
