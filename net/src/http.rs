@@ -124,19 +124,13 @@ pub fn router_with(node: Node, limits: ServeLimits) -> (axum::Router, utoipa::op
                 // Percent-decoded as the `{hash}` route decodes it (a client
                 // may encode the `:` of `bubble:`).
                 match uri.path().strip_prefix("/decisions/") {
+                    // Bytes that are not UTF-8 decode to U+FFFD, which no
+                    // reference holds: refused as any malformed one.
                     Some(raw) if method == Method::GET || method == Method::HEAD => {
-                        match percent_encoding::percent_decode_str(raw).decode_utf8() {
-                            Ok(h) => decision_response(&st, &h),
-                            Err(_) => body_err(
-                                StatusCode::BAD_REQUEST,
-                                ErrorBody {
-                                    error: "malformed".into(),
-                                    message: "the decision reference is not UTF-8 once percent-decoded; it is blake3:<64 lowercase hex>, the bare hex, or bubble://dr/<hex>".into(),
-                                    field: Some("hash".into()),
-                                    ..Default::default()
-                                },
-                            ),
-                        }
+                        decision_response(
+                            &st,
+                            &percent_encoding::percent_decode_str(raw).decode_utf8_lossy(),
+                        )
                     }
                     Some(_) => {
                         let mut r = method_not_allowed(&method, &uri, "");
