@@ -595,12 +595,24 @@ fn write_archive<S: LogStore + ?Sized>(
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&partial)
-        .map_err(werr)?;
+    // Readable by the owner only: an archive holds the records in plain
+    // text, as `data.mdb` (0600) does. A `.partial` an interrupted run left
+    // is removed first so the new file gets this mode rather than keeping
+    // the old one's.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(werr(e)),
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(werr)?
+    };
     let total = to - from + 1;
     let written = (|| -> Result<(), CompactError> {
         let mut out = BufWriter::with_capacity(1 << 20, &file);

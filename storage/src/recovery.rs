@@ -1558,9 +1558,13 @@ fn write_side_file<S: LogStore + ?Sized>(
         path: path.to_path_buf(),
         detail: e.to_string(),
     };
+    // Owner-only, like `data.mdb`: the side file holds the cut records in
+    // plain text.
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {

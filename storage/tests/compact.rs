@@ -98,6 +98,12 @@ fn compact_then_append_recover_and_compact_again(h: &mut impl Harness) {
     );
     assert_eq!((r.archive.prev_hash, r.archive.last_hash), (gh, h35));
     assert_eq!(read_archive(&a1).unwrap(), r.archive);
+    {
+        // Plain records, readable by the owner only (like `data.mdb`).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&a1).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "archive mode {mode:o}");
+    }
     let last_replay = phases
         .iter()
         .rfind(|p| p.phase == Phase::Replay)

@@ -690,8 +690,14 @@ fn repair_cuts_to_the_last_good_record_and_keeps_a_copy(h: &mut impl Harness) {
     assert_eq!(s.last_index().unwrap(), 12);
     assert_eq!(s.list_snapshots().unwrap(), vec![10]);
 
-    // The side file holds exactly what was cut, damaged record included.
+    // The side file holds exactly what was cut, damaged record included,
+    // readable by its owner only (plain records, like `data.mdb`).
     assert!(std::fs::read(&side).unwrap().starts_with(CUT_FILE_MAGIC));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&side).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "side file mode {mode:o}");
+    }
     let cut = read_cut_file(&side).unwrap();
     let wal: Vec<(u64, Vec<u8>)> = cut
         .iter()
