@@ -138,8 +138,16 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let genesis = read_genesis(&a.genesis)?.hash()?;
-    let prober = ToolProber::new(read_key(&a.key)?, genesis);
+    let genesis_doc = read_genesis(&a.genesis)?;
+    let genesis = genesis_doc.hash()?;
+    let key = read_key(&a.key)?;
+    if let Some(w) = prober_warning(&genesis_doc, &swoosh_core::SignerId::from_signing_key(&key)) {
+        // A warning, not a refusal: a project's roster may give the key the
+        // role (Boot_SetRoster). Printed before the fact, on stderr, so
+        // stdout stays exactly the fact.
+        eprintln!("warning: {w}");
+    }
+    let prober = ToolProber::new(key, genesis);
     let fact = prober.fact(
         &a.project,
         &a.tool,
@@ -149,4 +157,27 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(&fact)?);
     Ok(())
+}
+
+/// Why a probe signed by `signer` would be refused under the genesis roster
+/// (`mcp_health` counts only a `tool_prober`'s probes), or `None`.
+fn prober_warning(
+    genesis: &swoosh_core::state::Genesis,
+    signer: &swoosh_core::SignerId,
+) -> Option<String> {
+    use swoosh_core::statechart::Role;
+    match genesis.roster.iter().find(|r| &r.key == signer) {
+        None => Some(format!(
+            "{signer} is not in the genesis roster: the mcp_health guard refuses its probes unless a project's roster gives it the tool_prober role (Boot_SetRoster); sign with the cluster's tool prober key (`swoosh init` writes keys/tool-prober.key)"
+        )),
+        Some(r) if !r.roles.contains(&Role::ToolProber) => {
+            let roles: Vec<&str> = r.roles.iter().map(|x| x.name()).collect();
+            Some(format!(
+                "{signer} is {:?} ({}) in the genesis roster, not a tool_prober: the mcp_health guard refuses its probes unless a project's roster gives it that role (Boot_SetRoster); sign with the cluster's tool prober key (`swoosh init` writes keys/tool-prober.key)",
+                r.name,
+                roles.join(", ")
+            ))
+        }
+        Some(_) => None,
+    }
 }

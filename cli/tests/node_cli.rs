@@ -723,6 +723,47 @@ fn probe_sign_binds_the_fact_to_the_clusters_genesis() {
     assert_eq!(probe.body.genesis, Some(genesis.hash().unwrap()));
     assert_eq!(probe.body.tool, "mcp-git");
 
+    // Signed with a key the roster gives another role: still a fact on
+    // stdout (a project's roster may grant the role), with a warning that
+    // names the role it has and the key to use.
+    let o = swoosh(&[
+        "probe",
+        "sign",
+        "--key",
+        &format!("{d}/keys/worker.key"),
+        "--genesis",
+        &genesis_file,
+        "--tool",
+        "mcp-git",
+        "--version",
+        "1.4.2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning:")
+            && err.contains("(worker)")
+            && err.contains("keys/tool-prober.key"),
+        "{err}"
+    );
+    let _: swoosh_core::facts::Probe = serde_json::from_slice(&o.stdout).unwrap();
+    let quiet = swoosh(&[
+        "probe",
+        "sign",
+        "--key",
+        &key,
+        "--genesis",
+        &genesis_file,
+        "--tool",
+        "t",
+        "--version",
+        "1",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("warning"),
+        "the tool prober's own key: no warning"
+    );
+
     let bogus = t.path().join("not-genesis.json");
     std::fs::write(&bogus, "{\"cluster_id\": 3}").unwrap();
     for (file, says) in [
