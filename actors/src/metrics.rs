@@ -70,6 +70,58 @@ impl TransitionLabel {
 pub struct GuardLabel {
     pub guard: String,
 }
+
+/// The checks the reducer runs before a transition's own guards, by the
+/// names its refusals carry (`Rejection::guard`), and the shape checks'
+/// proposal fields.
+pub const PRECHECK_GUARDS: &[&str] = &[
+    "transition",
+    "signature",
+    "role",
+    "idempotency",
+    "idem_key",
+    "state_hash",
+    "hlc",
+    "from_state",
+    "inputs",
+    "inputs_hash",
+    "record_size",
+    "project_status",
+    "project",
+    "window_id",
+    "evidence",
+    "proposal",
+];
+
+/// The `guard` label of a refusal whose guard name is not one of the known
+/// ones: a name the client's input could shape must not become a series.
+pub const GUARD_LABEL_OTHER: &str = "other";
+
+/// How long an `inputs.<field>` label may be (the reducer's field names are
+/// its own, well under this).
+const INPUT_FIELD_LABEL_BYTES_MAX: usize = 40;
+
+impl GuardLabel {
+    /// The label for a refusal's guard: a statechart guard, a pre-check
+    /// (see [`PRECHECK_GUARDS`]), `inputs.<field>` for a field the reducer
+    /// names (lowercase letters and `_`), else [`GUARD_LABEL_OTHER`]. Every
+    /// distinct value is a series kept until the process ends, so the set
+    /// is closed whatever a proposal holds.
+    pub fn checked(guard: &str) -> GuardLabel {
+        let known = swoosh_core::statechart::Guard::ALL
+            .iter()
+            .any(|g| g.name() == guard)
+            || PRECHECK_GUARDS.contains(&guard)
+            || guard.strip_prefix("inputs.").is_some_and(|f| {
+                !f.is_empty()
+                    && guard.len() <= INPUT_FIELD_LABEL_BYTES_MAX
+                    && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+        GuardLabel {
+            guard: if known { guard } else { GUARD_LABEL_OTHER }.to_string(),
+        }
+    }
+}
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabel {
     pub region: String,
@@ -124,6 +176,11 @@ pub struct Metrics {
     pub commit_batch_records: Histogram,
     pub fsync_latency_seconds: Histogram,
     pub rejected_total: Family<KindLabel, Counter>,
+    /// `POST /transition` requests answered before the sequencer saw a
+    /// proposal, by the error of the reply (`too_large`, `body_unreadable`,
+    /// `timeout`, `malformed`, `backpressure`, `unavailable`, `gave_up`,
+    /// `shutting_down`): refusals `rejected_total` never counts.
+    pub http_refused_total: Family<KindLabel, Counter>,
     pub attention_events_total: Family<KindLabel, Counter>,
     /// Fingerprints the attention scorer tracks, by band (`ignore-fast` …
     /// `promote`).
@@ -267,8 +324,14 @@ impl Metrics {
         let rejected_total = Family::<KindLabel, Counter>::default();
         r.register(
             "swoosh_rejected",
-            "Refused proposals, by kind (HTTP class)",
+            "Proposals the sequencer refused, by kind (the `error` of the refusal's HTTP body)",
             rejected_total.clone(),
+        );
+        let http_refused_total = Family::<KindLabel, Counter>::default();
+        r.register(
+            "swoosh_http_refused",
+            "POST /transition requests answered without the sequencer refusing a proposal (body too large, unreadable or late, malformed JSON, backpressure, unavailable), by the reply's error",
+            http_refused_total.clone(),
         );
         let attention_events_total = Family::<KindLabel, Counter>::default();
         r.register(
@@ -422,6 +485,7 @@ impl Metrics {
             commit_batch_records,
             fsync_latency_seconds,
             rejected_total,
+            http_refused_total,
             attention_events_total,
             attention_items,
             actor_restarts_total,
@@ -457,5 +521,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_labels_are_a_closed_set() {
+        for known in [
+            "quorum",
+            "license_token",
+            "signature",
+            "state_hash",
+            "inputs",
+            "inputs.findings",
+        ] {
+            assert_eq!(GuardLabel::checked(known).guard, known);
+        }
+        for chosen in [
+            "inputs.votes[1].body.genesis",
+            "inputs.Attacker",
+            &format!("inputs.{}", "a".repeat(60)),
+            "quorum2",
+            "",
+            "x\"} 1\nswoosh_ready 0",
+        ] {
+            assert_eq!(
+                GuardLabel::checked(chosen).guard,
+                GUARD_LABEL_OTHER,
+                "{chosen:?}"
+            );
+        }
     }
 }

@@ -1533,14 +1533,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Actor for Sequencer<S> {
                     Outcome::Rejected(mut r) => {
                         sh.metrics
                             .guard_fail_total
-                            .get_or_create(&GuardLabel {
-                                guard: r.guard.clone(),
-                            })
+                            .get_or_create(&GuardLabel::checked(&r.guard))
                             .inc();
                         sh.metrics
                             .rejected_total
                             .get_or_create(&KindLabel {
-                                kind: format!("{:?}", r.kind).to_lowercase(),
+                                kind: r.kind.name().to_string(),
                             })
                             .inc();
                         if retriable(&r) {
@@ -1734,12 +1732,21 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                 decision = %w.ok.decision,
             );
             let _enter = span.enter();
+            // The span is entered only once the record is durable, so its
+            // own duration says nothing: the event carries the time from
+            // admission (`elapsed_ms`), and every field a filter on the
+            // event's top level needs (not only inside `span`).
+            let latency = w.received.elapsed().as_secs_f64();
             tracing::info!(
                 state_pre_hash = %a.pre_hash,
                 state_post_hash = %w.ok.state_post_hash,
                 transition = %w.ok.transition,
                 hlc = %a.hlc,
                 window_id = %a.window_id,
+                index = w.ok.index,
+                project = %a.project,
+                decision = %w.ok.decision,
+                elapsed_ms = latency * 1000.0,
                 "transition accepted and durable"
             );
             sh.metrics
@@ -1748,7 +1755,6 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Sequencer<S> {
                     transition: w.ok.transition.clone(),
                 })
                 .inc();
-            let latency = w.received.elapsed().as_secs_f64();
             for r in &a.advanced {
                 sh.metrics
                     .state_advance_latency_seconds
@@ -1922,9 +1928,12 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
                     let encode = t0.elapsed();
                     // Split by the byte limit too: the batch was gathered by
                     // record count, and large proposals can exceed it.
-                    let mut r = writer.append_encoded_split(encoded)?;
+                    let mut commits: Vec<(usize, Duration)> = vec![];
+                    let mut r = writer.append_encoded_split_each(encoded, &mut |c| {
+                        commits.push((c.records, c.commit))
+                    })?;
                     r.encode = encode;
-                    Ok(r)
+                    Ok((r, commits))
                 })
                 .map_err(|e| {
                     let kind = match e {
@@ -1973,12 +1982,14 @@ impl<S: LogStore + Clone + Send + Sync + 'static> WalActor<S> {
         };
         let up_to = writer.last_index();
         st.writer = Some(writer);
-        sh.metrics
-            .commit_batch_records
-            .observe(report.records as f64);
-        sh.metrics
-            .fsync_latency_seconds
-            .observe(report.commit.as_secs_f64());
+        // One observation per group commit: a batch split by the byte
+        // limit made several, each with its own fsync.
+        for (records, commit) in &report.1 {
+            sh.metrics.commit_batch_records.observe(*records as f64);
+            sh.metrics
+                .fsync_latency_seconds
+                .observe(commit.as_secs_f64());
+        }
         if let Some(seq) = sh.refs.read().expect("refs lock").seq.clone() {
             // Durability notices must never be dropped: bypass the depth limit.
             seq.depth_bypass_send(SeqMsg::Durable { up_to });
@@ -2872,6 +2883,9 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         let progress = sh.progress.clone();
         progress.begin();
         sh.metrics.recovery_in_progress.set(1);
+        // The whole start, not just the replay: an index audit and rebuild
+        // over the log can take longer than the replay itself.
+        let started = Instant::now();
         // Under the commit lock: no old writer's commit can land between
         // recovery and the new writer reading the tail.
         let (rec, writer, generation, rebuilt, snapshot) = tokio::task::spawn_blocking(move || {
@@ -2881,14 +2895,20 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
                 progress.observe(p)
             })
             .map_err(|e| format!("recovery failed: {e}"))?;
-            // Damaged snapshots recovery skipped would otherwise keep counting
-            // against the snapshots kept and crowd out good ones.
+            // Damaged snapshots recovery skipped only take room. A sound one
+            // it could not use (a newer build's format, beyond the end of the
+            // log, another history's) is kept as evidence: wal-format.md §5.
+            // A failed delete is not worth failing a recovery that worked.
             let mut store = store;
             for p in &rec.skipped_snapshots {
+                if !p.reason.is_damage() {
+                    tracing::warn!(index = p.index, reason = %p.reason, "recovery skipped a snapshot it cannot use; kept for inspection (`swoosh snapshot list`)");
+                    continue;
+                }
                 tracing::warn!(index = p.index, reason = %p.reason, "deleting a damaged snapshot that recovery skipped");
-                store
-                    .delete_snapshot(p.index)
-                    .map_err(|e| format!("cannot delete damaged snapshot {}: {e}", p.index))?;
+                if let Err(e) = store.delete_snapshot(p.index) {
+                    tracing::warn!(index = p.index, error = %e, "cannot delete the damaged snapshot; it stays, and the next recovery skips it again");
+                }
             }
             let rebuilt =
                 ensure_indexes(&mut store, &genesis, &leader_key, rec.node.index, &progress)?;
@@ -2910,7 +2930,7 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
         .map_err(|e| format!("recovery task failed: {e}"))??;
         sh.metrics
             .recovery_time_seconds
-            .set(rec.elapsed.as_secs_f64());
+            .set(started.elapsed().as_secs_f64());
         sh.metrics.recovery_in_progress.set(0);
         tracing::info!(
             index = rec.node.index,

@@ -157,3 +157,49 @@ fn given_up_is_send<S: LogStore + Clone + Send + Sync + 'static>(n: NodeHandle<S
     fn is_send<T: Send>(_: T) {}
     is_send(async move { n.given_up().await });
 }
+
+/// A starting node deleted every snapshot its recovery skipped: a sound one
+/// it merely could not use (here: beyond the end of its log, as a newer
+/// build's or a copied store's would be) went with the damaged ones, and a
+/// delete that failed failed the start. Now only damage is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_deletes_damaged_snapshots_and_keeps_unusable_sound_ones() {
+    init_tracing();
+    let fx = Fixture::new("skipped-snapshots");
+    // A sound snapshot at 7 from one store…
+    let ahead = tempfile::tempdir().expect("tempdir");
+    let node = start(&fx, open_store(ahead.path()), 7).await;
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    submit_fresh_projects(&fx, &node, &mut mirror, 7).await;
+    wait_snapshot_at(&node, 7).await;
+    let at7 = node.store().get_snapshot(7).unwrap().expect("snapshot 7");
+    node.shutdown().await;
+    drop(node);
+
+    // …planted in another whose log ends at 5, beside a damaged one at 4
+    // (the bytes of 7 under key 4: its frame says another index).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(&fx, open_store(dir.path()), 0).await;
+    let mut mirror = NodeState::new(fx.genesis.clone()).unwrap();
+    submit_fresh_projects(&fx, &node, &mut mirror, 5).await;
+    node.shutdown().await;
+    drop(node);
+    let mut store = reopen(dir.path()).await;
+    store
+        .overwrite_raw(Space::Snapshots, &swoosh_storage::store::index_key(7), &at7)
+        .unwrap();
+    store
+        .overwrite_raw(Space::Snapshots, &swoosh_storage::store::index_key(4), &at7)
+        .unwrap();
+    assert_eq!(store.list_snapshots().unwrap(), vec![4, 7]);
+    drop(store);
+
+    let node = start(&fx, reopen(dir.path()).await, 0).await;
+    assert_eq!(node.health().index, 5);
+    assert_eq!(
+        node.store().list_snapshots().unwrap(),
+        vec![7],
+        "the damaged one is gone, the sound one beyond the log is kept"
+    );
+    node.shutdown().await;
+}

@@ -1436,6 +1436,15 @@ fn wal_reindex(dir: &Path) -> Result<()> {
     bar.finish_and_clear();
     let r = match res {
         Ok(r) => r,
+        // A based log whose base snapshot is unusable is refused before
+        // anything is cleared; the indexes are as they were.
+        Err(swoosh_storage::RebuildError::Replay(e @ RecoveryError::Unproven { .. })) => {
+            bail!(
+                "the indexes of {} were not rebuilt (nothing was changed): {}",
+                dir.display(),
+                explain(&e, dir).message()
+            )
+        }
         Err(swoosh_storage::RebuildError::Replay(e)) => {
             bail!(
                 "rebuilding the indexes of {} stopped (what was rebuilt so far is kept; run it again after fixing the log): {}",

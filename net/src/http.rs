@@ -504,27 +504,13 @@ pub(crate) fn body_err(status: StatusCode, body: ErrorBody) -> Response {
     resp
 }
 
-fn kind_name(k: RejectKind) -> &'static str {
-    match k {
-        RejectKind::Malformed => "malformed",
-        RejectKind::UnknownTransition => "unknown_transition",
-        RejectKind::Guard => "guard",
-        RejectKind::BadSignature => "bad_signature",
-        RejectKind::UnknownSigner => "unknown_signer",
-        RejectKind::Forbidden => "forbidden",
-        RejectKind::StaleHash => "stale_hash",
-        RejectKind::IdemConflict => "idem_conflict",
-        RejectKind::HlcOrder => "hlc_order",
-    }
-}
-
 fn rejection_response(r: Rejection) -> Response {
     let status = StatusCode::from_u16(r.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let field = (r.kind == RejectKind::Malformed).then(|| r.guard.clone());
     body_err(
         status,
         ErrorBody {
-            error: kind_name(r.kind).into(),
+            error: r.kind.name().into(),
             message: r.reasons.join("; "),
             guard: Some(r.guard),
             reasons: r.reasons,
@@ -577,7 +563,7 @@ fn path_rejection(r: PathRejection, param: &str, expected: &str) -> Response {
 // A client-supplied text is cut for a log line as a peer's is (anyone can
 // send a refused proposal, and its fields may hold up to a body's worth of
 // text); logged with `?` so newlines and quotes stay escaped.
-use crate::p2p::bounds::clip;
+use crate::p2p::bounds::{clip, LogText};
 
 /// Parse a proposal, naming the JSON field at fault.
 pub fn parse_proposal(bytes: &[u8]) -> Result<Proposal, Box<ErrorBody>> {
@@ -667,11 +653,39 @@ async fn post_transition(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
+    let node = st.node.clone();
+    let resp = submit_transition(st, headers, body).await;
+    if let Some(HttpRefusal(what)) = resp.extensions().get::<HttpRefusal>() {
+        node.metrics()
+            .http_refused_total
+            .get_or_create(&swoosh_actors::metrics::KindLabel {
+                kind: (*what).to_string(),
+            })
+            .inc();
+    }
+    resp
+}
+
+/// Marks a `POST /transition` reply the sequencer did not decide (see
+/// `Metrics::http_refused_total`), by its error: counted by
+/// [`post_transition`], never sent.
+#[derive(Clone, Copy)]
+struct HttpRefusal(&'static str);
+
+fn refused_here(mut resp: Response, what: &'static str) -> Response {
+    resp.extensions_mut().insert(HttpRefusal(what));
+    resp
+}
+
+async fn submit_transition(st: AppState, headers: axum::http::HeaderMap, body: Body) -> Response {
     let too_large = || {
-        err(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        refused_here(
+            err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body exceeds {BODY_BYTES_MAX} bytes; shrink the inputs (large artifacts belong in evidence addresses, not inputs)"),
+            ),
             "too_large",
-            format!("the body exceeds {BODY_BYTES_MAX} bytes; shrink the inputs (large artifacts belong in evidence addresses, not inputs)"),
         )
     };
     if let Some(len) = headers
@@ -694,22 +708,28 @@ async fn post_transition(
                 // Not `malformed`, which answers for the proposal's bytes
                 // (a client takes it as settling an earlier unknown
                 // attempt): these bytes were never all read.
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "body_unreadable",
-                    format!(
-                        "the body could not be read ({}): send it whole, with a Content-Length that matches or a well-formed chunked encoding, and resubmit the same proposal",
-                        crate::p2p::bounds::clip(&e.to_string())
+                return refused_here(
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        "body_unreadable",
+                        format!(
+                            "the body could not be read ({}): send it whole, with a Content-Length that matches or a well-formed chunked encoding, and resubmit the same proposal",
+                            crate::p2p::bounds::clip(&e.to_string())
+                        ),
                     ),
+                    "body_unreadable",
                 )
             }
             Err(_) => {
-                return err(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
-                    format!(
-                        "the body did not arrive within {body_read_ms} ms (BODY_READ_TIMEOUT_MS); send the whole body at once (the Content-Length promised must be what is sent) and resubmit"
+                return refused_here(
+                    err(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        format!(
+                            "the body did not arrive within {body_read_ms} ms (BODY_READ_TIMEOUT_MS); send the whole body at once (the Content-Length promised must be what is sent) and resubmit"
+                        ),
                     ),
+                    "timeout",
                 )
             }
         };
@@ -718,11 +738,11 @@ async fn post_transition(
         Err(e) => {
             tracing::info!(
                 error = "malformed",
-                field = ?clip(e.field.as_deref().unwrap_or("")),
-                detail = ?clip(&e.message),
+                field = %LogText(clip(e.field.as_deref().unwrap_or(""))),
+                detail = %LogText(clip(&e.message)),
                 "proposal refused"
             );
-            return body_err(StatusCode::BAD_REQUEST, *e);
+            return refused_here(body_err(StatusCode::BAD_REQUEST, *e), "malformed");
         }
     };
     // `Unavailable` carries only a reason: whether the node had already given
@@ -732,11 +752,12 @@ async fn post_transition(
     let stopping_before = st.node.is_stopping();
     // For the refusal's log line (SPEC §9: guard logs show why a proposal
     // was refused); an accepted one is logged by the node with its hashes.
-    let (project, transition, window_id, hlc) = (
+    let (project, transition, window_id, hlc, pre) = (
         p.project.clone(),
         p.transition.clone(),
         p.window_id.clone(),
         p.hlc,
+        p.current_state_hash,
     );
     match st.node.submit(p).await {
         SubmitResult::Accepted(ok) => (
@@ -752,29 +773,40 @@ async fn post_transition(
         )
             .into_response(),
         SubmitResult::Rejected(r) => {
+            // The fields an accepted transition's line carries, spelled the
+            // same way (Display, not Debug: a query on `window_id` must
+            // match both), with control characters and quotes escaped so a
+            // client's text cannot forge a line; `state_pre_hash` is the
+            // HEAD the proposal named, and nothing was posted.
             tracing::info!(
-                error = kind_name(r.kind),
-                guard = ?clip(&r.guard),
-                reasons = ?clip(&r.reasons.join("; ")),
-                project = ?clip(&project),
-                transition = ?clip(&transition),
+                error = r.kind.name(),
+                guard = %LogText(clip(&r.guard)),
+                reasons = %LogText(clip(&r.reasons.join("; "))),
+                project = %LogText(clip(&project)),
+                transition = %LogText(clip(&transition)),
                 hlc = %hlc,
-                window_id = ?clip(&window_id),
+                window_id = %LogText(clip(&window_id)),
+                state_pre_hash = %pre,
+                state_post_hash = "",
                 "proposal refused"
             );
             rejection_response(r)
         }
-        SubmitResult::Busy { retry_after_ms, reason } => body_err(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorBody {
-                error: "backpressure".into(),
-                message: format!("{reason}; retry after {retry_after_ms} ms with the same proposal (it is idempotent)"),
-                retry_after_ms: Some(retry_after_ms),
-                ..Default::default()
-            },
+        SubmitResult::Busy { retry_after_ms, reason } => refused_here(
+            body_err(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorBody {
+                    error: "backpressure".into(),
+                    message: format!("{reason}; retry after {retry_after_ms} ms with the same proposal (it is idempotent)"),
+                    retry_after_ms: Some(retry_after_ms),
+                    ..Default::default()
+                },
+            ),
+            "backpressure",
         ),
         SubmitResult::Unavailable { reason } => {
-            submit_unavailable(&st.node, reason, gave_up_before, stopping_before)
+            let (resp, what) = submit_unavailable(&st.node, reason, gave_up_before, stopping_before);
+            refused_here(resp, what)
         }
     }
 }
@@ -824,7 +856,7 @@ fn submit_unavailable(
     reason: String,
     gave_up_before: bool,
     stopping_before: bool,
-) -> Response {
+) -> (Response, &'static str) {
     let unknown = |meanwhile: String| {
         err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -841,23 +873,33 @@ fn submit_unavailable(
         // lost as the actors stop), so its outcome is unknown, which
         // `unavailable` says; no hint, because this process will not answer
         // it any more.
-        Some(Down::GaveUp(g)) if !gave_up_before => unknown(g.to_string()),
-        Some(Down::ShuttingDown) if !stopping_before => {
-            unknown("the node began shutting down".into())
-        }
-        // Down before the proposal was handed over: refused at admission.
-        Some(d) => down_response(
-            &d,
-            "this proposal was refused before admission; resubmit it then (the same signed proposal is safe to resubmit)",
+        Some(Down::GaveUp(g)) if !gave_up_before => (unknown(g.to_string()), "unavailable"),
+        Some(Down::ShuttingDown) if !stopping_before => (
+            unknown("the node began shutting down".into()),
+            "unavailable",
         ),
-        None => body_err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorBody {
-                error: "unavailable".into(),
-                message: reason,
-                retry_after_ms: Some(200),
-                ..Default::default()
+        // Down before the proposal was handed over: refused at admission.
+        Some(d) => (
+            down_response(
+                &d,
+                "this proposal was refused before admission; resubmit it then (the same signed proposal is safe to resubmit)",
+            ),
+            match d {
+                Down::GaveUp(_) => ERROR_GAVE_UP,
+                Down::ShuttingDown => ERROR_SHUTTING_DOWN,
             },
+        ),
+        None => (
+            body_err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody {
+                    error: "unavailable".into(),
+                    message: reason,
+                    retry_after_ms: Some(200),
+                    ..Default::default()
+                },
+            ),
+            "unavailable",
         ),
     }
 }

@@ -97,6 +97,11 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
         Err(ClientError::Refused { status: 400, .. }) => {}
         other => panic!("expected 400: {other:?}"),
     }
+    // And an accepted one: its line has the same fields, spelled alike.
+    let ok = c
+        .submit(&p)
+        .await
+        .expect("the driver's first step is accepted");
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 
@@ -109,23 +114,41 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
     assert_eq!(refusals.len(), 3, "{text}");
     let f = &refusals[0]["fields"];
     assert_eq!(f["error"], "unknown_signer", "{f}");
-    // Client-supplied text is logged escaped (Debug) and cut.
-    assert_eq!(f["transition"], format!("{:?}", p.transition), "{f}");
-    assert_eq!(f["project"], "\"default\"", "{f}");
+    // Client-supplied text is logged as the accepted line logs it (no
+    // quotes added), with control characters escaped, and cut.
+    assert_eq!(f["transition"], p.transition.as_str(), "{f}");
+    assert_eq!(f["project"], "default", "{f}");
+    assert_eq!(f["state_pre_hash"], p.current_state_hash.to_string(), "{f}");
+    assert_eq!(f["state_post_hash"], "", "{f}");
     assert_eq!(f["hlc"], p.hlc.to_string(), "{f}");
     assert!(f["guard"].as_str().is_some_and(|g| !g.is_empty()), "{f}");
     assert!(f["reasons"].as_str().is_some_and(|r| !r.is_empty()), "{f}");
     let w = refusals[1]["fields"]["window_id"]
         .as_str()
         .expect("window_id");
-    assert!(
-        w.starts_with("\"W\\n"),
-        "escaped, not a raw newline: {w:.40}"
-    );
+    assert!(w.starts_with("W\\n"), "escaped, not a raw newline: {w:.40}");
     assert!(
         w.len() < 300,
         "cut to the log field limit: {} chars",
         w.len()
     );
     assert_eq!(refusals[2]["fields"]["error"], "malformed", "{text}");
+
+    let accepted: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "transition accepted and durable")
+        .collect();
+    assert_eq!(accepted.len(), 1, "{text}");
+    let a = &accepted[0]["fields"];
+    assert_eq!(a["transition"], p.transition.as_str(), "{a}");
+    assert_eq!(a["project"], "default", "{a}");
+    assert_eq!(a["hlc"], p.hlc.to_string(), "{a}");
+    assert_eq!(a["window_id"], p.window_id.as_str(), "{a}");
+    assert_eq!(a["state_pre_hash"], p.current_state_hash.to_string(), "{a}");
+    assert_eq!(a["state_post_hash"], ok.state_post_hash, "{a}");
+    assert_eq!(a["index"], ok.index, "{a}");
+    assert_eq!(a["decision"], ok.decision_hash, "{a}");
+    assert!(a["elapsed_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{a}");
+    assert_eq!(accepted[0]["span"]["name"], "transition", "{}", accepted[0]);
 }

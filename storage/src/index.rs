@@ -177,7 +177,16 @@ fn rebuild<S: LogStore + ?Sized>(
     // Entries of records at or below a WAL base cannot be derived again
     // (their records were archived by a compaction, or never held after an
     // install): intact ones are kept, everything else is rebuilt.
-    let base_index = crate::base::wal_base(&*store)?.map_or(0, |b| b.index);
+    let wal_base = crate::base::wal_base(&*store)?;
+    let base_index = wal_base.map_or(0, |b| b.index);
+    // A based log starts from the snapshot at its base. Proven before
+    // anything is cleared: a rebuild refused for want of it (a damaged base
+    // snapshot) must leave the indexes as they were, not emptied, or the
+    // node that ran it could no longer start (its audit finds the entries
+    // gone, and the rebuild that would restore them is refused again).
+    if let Some(base) = wal_base {
+        node = crate::recovery::base_state(&*store, node.genesis_hash, base)?;
+    }
     clear_space(store, Space::Idem, &mut |_, v| {
         crate::recovery::decode_idem(v).is_some_and(|e| e.index <= base_index)
     })?;
@@ -209,10 +218,9 @@ fn rebuild<S: LogStore + ?Sized>(
         decisions_kept_signed: 0,
         elapsed: Duration::ZERO,
     };
-    // A based log starts from the snapshot at its base, whose own
-    // idempotency index stands for the records at or below the base.
-    if let Some(base) = crate::base::wal_base(&*store)? {
-        node = crate::recovery::base_state(&*store, node.genesis_hash, base)?;
+    // The base snapshot's own idempotency index stands for the records at
+    // or below the base.
+    if let Some(base) = wal_base {
         let mut b = Batch::new();
         report.idem_entries += crate::base::put_snapshot_idem(&node, &mut b)?;
         store.commit(b)?;

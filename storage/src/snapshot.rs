@@ -98,6 +98,25 @@ pub enum SnapshotFault {
     Wal { index: u64, detail: String },
 }
 
+impl SnapshotFault {
+    /// Whether the snapshot's own bytes are damaged (a bad frame, a header
+    /// or project hash that disagrees with its state, a wrong key): nothing
+    /// can use it, and it only crowds the store. The other faults leave a
+    /// sound snapshot that this node cannot use: a newer build's format
+    /// (kept for a binary rolled forward again), another genesis's, one
+    /// beyond the end of the log or off its chain (evidence of what
+    /// happened, for an operator to look at).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            SnapshotFault::Frame(_)
+                | SnapshotFault::Key { .. }
+                | SnapshotFault::Header(_)
+                | SnapshotFault::ProjectHash { .. }
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SnapshotError {
     #[error(transparent)]

@@ -479,7 +479,7 @@ impl BatchLimits {
 }
 
 /// What one group commit did, for the runtime's metrics
-/// (`swoosh_wal_commit_batch_records`, `swoosh_wal_fsync_seconds`).
+/// (`swoosh_commit_batch_records`, `swoosh_fsync_latency_seconds`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchReport {
     pub first_index: u64,
@@ -976,6 +976,17 @@ impl<S: LogStore> WalWriter<S> {
         &mut self,
         entries: Vec<EncodedEntry>,
     ) -> Result<BatchReport, AppendError> {
+        self.append_encoded_split_each(entries, &mut |_| {})
+    }
+
+    /// [`Self::append_encoded_split`], telling `each` what every commit it
+    /// made did (a metric of one group commit must see each of them, not
+    /// their sum).
+    pub fn append_encoded_split_each(
+        &mut self,
+        entries: Vec<EncodedEntry>,
+        each: &mut dyn FnMut(&BatchReport),
+    ) -> Result<BatchReport, AppendError> {
         let limits = self.limits;
         let mut parts: Vec<Vec<EncodedEntry>> = vec![];
         let (mut n, mut bytes) = (0usize, 0usize);
@@ -993,6 +1004,7 @@ impl<S: LogStore> WalWriter<S> {
         let mut total: Option<BatchReport> = None;
         for part in parts {
             let r = self.append_encoded(part)?;
+            each(&r);
             total = Some(match total {
                 None => r,
                 Some(t) => BatchReport {
@@ -1008,7 +1020,11 @@ impl<S: LogStore> WalWriter<S> {
         }
         match total {
             Some(t) => Ok(t),
-            None => self.append_encoded(vec![]),
+            None => {
+                let r = self.append_encoded(vec![])?;
+                each(&r);
+                Ok(r)
+            }
         }
     }
 

@@ -277,6 +277,22 @@ fn a_damaged_base_snapshot_is_rebuilt_from_the_archives(h: &mut impl Harness) {
     let e = recover(&s, &genesis).unwrap_err();
     assert!(matches!(e, RecoveryError::Unproven { base: 45, .. }), "{e}");
     assert!(e.to_string().contains("snapshot rebuild-base"), "{e}");
+    // An index rebuild is refused for the same reason and changes nothing:
+    // it emptied the indexes first, so the start-up audit then failed on
+    // every record after the base and the node could not start again.
+    let idem_before = s.count(Space::Idem).unwrap();
+    let decisions_before = s.count(Space::Decisions).unwrap();
+    assert!(idem_before > 0 && decisions_before > 0);
+    let e = rebuild_indexes(&mut s, &genesis, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("45"), "{e}");
+    assert_eq!(
+        (
+            s.count(Space::Idem).unwrap(),
+            s.count(Space::Decisions).unwrap()
+        ),
+        (idem_before, decisions_before),
+        "a refused rebuild keeps every entry"
+    );
 
     let mut refused = |archives: &[&std::path::PathBuf]| {
         let list: Vec<_> = archives.iter().map(|p| (*p).clone()).collect();

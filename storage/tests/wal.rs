@@ -210,8 +210,19 @@ fn a_split_append_commits_a_batch_over_the_byte_limit_in_parts(h: &mut impl Harn
         w.append_encoded(encoded(&accs)),
         Err(AppendError::BatchTooLarge { records: 12, .. })
     ));
-    let r = w.append_encoded_split(encoded(&accs)).unwrap();
+    let mut each = vec![];
+    let r = w
+        .append_encoded_split_each(encoded(&accs), &mut |c| each.push(*c))
+        .unwrap();
     assert_eq!((r.first_index, r.last_index, r.records), (1, 12, 12));
+    // Every commit is reported on its own (the fsync metric observes each).
+    assert!(each.len() >= 4, "3.5 records' worth per commit: {each:?}");
+    assert_eq!(each.iter().map(|c| c.records).sum::<usize>(), 12);
+    assert_eq!(
+        (each[0].first_index, each.last().unwrap().last_index),
+        (1, 12)
+    );
+    assert!(each.iter().all(|c| c.records <= 3));
     assert_eq!(w.last_index(), 12);
     let node = recover(w.store(), st.genesis()).unwrap().node;
     assert_same_node(&node, st.node(), "after a split append");

@@ -164,6 +164,17 @@ async fn every_status_code_of_the_contract() {
         assert!(b.message.contains("paused"), "{b:?}");
     }
     t.node.set_inflight_max(usize::MAX);
+    // Refusals are counted: the sequencer's by the refusal's `error`, the
+    // ones answered before it under their own family.
+    let m = c.metrics().await.unwrap();
+    for line in [
+        "swoosh_rejected_total{kind=\"stale_hash\"} 1",
+        "swoosh_rejected_total{kind=\"guard\"}",
+        "swoosh_http_refused_total{kind=\"too_large\"} 1",
+        "swoosh_http_refused_total{kind=\"backpressure\"} 3",
+    ] {
+        assert!(m.contains(line), "metrics lack {line}: {m}");
+    }
     let raw = reqwest::Client::new()
         .post(format!("{}/transition", t.url))
         .json(&p)

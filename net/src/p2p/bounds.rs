@@ -26,6 +26,30 @@ pub fn clip(s: &str) -> &str {
     }
 }
 
+/// A client's or peer's text for a log field, written as it is except
+/// that a backslash and every control character are escaped (`\\`, `\n`,
+/// `\u{1b}`, …): no newline or escape sequence can forge a line or drive a
+/// terminal, and, unlike `?` (Debug), a plain value is logged without
+/// quotes, so a query matches it as the same field of another line.
+/// Clip it first ([`clip`]).
+pub struct LogText<'a>(pub &'a str);
+
+impl std::fmt::Display for LogText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c == '\\' || c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One kind's state in a [`WarnLimiter`].
 #[derive(Clone, Copy, Debug, Default)]
 struct Window {
@@ -156,6 +180,12 @@ mod tests {
         assert_eq!(clip("short\nline"), "short\nline");
         // Debug escapes what a peer could use to forge a line.
         assert_eq!(format!("{:?}", clip("a\nb\"c")), r#""a\nb\"c""#);
+        // So does LogText, without quoting a plain value.
+        assert_eq!(LogText("default").to_string(), "default");
+        assert_eq!(
+            LogText("a\nb\"c\\d\u{1b}[31m'é").to_string(),
+            r#"a\nb"c\\d\u{1b}[31m'é"#
+        );
     }
 
     #[test]
