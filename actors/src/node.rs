@@ -2932,6 +2932,23 @@ impl<S: LogStore + Clone + Send + Sync + 'static> Supervisor<S> {
             .recovery_time_seconds
             .set(started.elapsed().as_secs_f64());
         sh.metrics.recovery_in_progress.set(0);
+        // A log whose HLC is ahead of this clock by more than the offset
+        // refuses every proposal for the projects concerned until the clock
+        // catches up (nothing can follow their last HLC within the offset):
+        // say so at start, not only in each refusal.
+        let now = sh.cfg.clock.now_ms();
+        if let Some(h) = rec
+            .node
+            .hlc
+            .filter(|h| h.ahead_of_ms(now) > rec.node.genesis.hlc_max_offset_ms)
+        {
+            tracing::error!(
+                hlc = %h,
+                ahead_ms = h.ahead_of_ms(now),
+                clock = %swoosh_core::hlc::format_wall_ms(now),
+                "ALARM: the log's last HLC is ahead of this node's clock by more than hlc_max_offset_ms: the clock is behind its own log (stepped back, or it ran ahead when those records were accepted); the projects whose last HLC is that far ahead refuse every proposal until the clock catches up. Correct the clock if it is wrong"
+            );
+        }
         tracing::info!(
             index = rec.node.index,
             snapshot = ?snapshot.map(|(i, _)| i),

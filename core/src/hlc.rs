@@ -27,8 +27,6 @@ pub struct Hlc {
 pub enum HlcError {
     #[error("hlc {got:?} is not in the form YYYY-MM-DDTHH:MM:SS.mmm+00:00#counter (UTC, 3 millisecond digits): {why}")]
     Format { got: String, why: &'static str },
-    #[error("hlc counter would overflow at {0}")]
-    CounterOverflow(Hlc),
     #[error("hlc wall time {0} ms is outside 1970..=9999")]
     WallRange(u64),
 }
@@ -38,32 +36,35 @@ impl Hlc {
         Hlc { wall_ms, counter }
     }
 
-    /// Send/local event rule: advance past both the last HLC and the wall time.
+    /// Send/local event rule: advance past both the last HLC and the wall
+    /// time. A counter at [`HLC_COUNTER_MAX`] moves to the next millisecond
+    /// instead (still after `last`): an error there let anyone whose
+    /// proposal carried a maximal counter stop every proposal built after
+    /// it (the leader's own quarantines and certificates included) until
+    /// the wall clock passed that millisecond.
     pub fn send(last: Hlc, wall_ms: u64) -> Result<Hlc, HlcError> {
         let next = if wall_ms > last.wall_ms {
             Hlc::new(wall_ms, 0)
         } else {
-            Hlc::new(last.wall_ms, bump(last)?)
+            after(last.wall_ms, last.counter)
         };
         check_wall(next)
     }
 
-    /// Receive rule: merge a remote HLC into the local one.
+    /// Receive rule: merge a remote HLC into the local one (a maximal
+    /// counter moves to the next millisecond, as in [`Hlc::send`]).
     pub fn receive(local: Hlc, remote: Hlc, wall_ms: u64) -> Result<Hlc, HlcError> {
         let wall = wall_ms.max(local.wall_ms).max(remote.wall_ms);
-        let counter = if wall == local.wall_ms && wall == remote.wall_ms {
-            local.counter.max(remote.counter).checked_add(1)
+        let next = if wall == local.wall_ms && wall == remote.wall_ms {
+            after(wall, local.counter.max(remote.counter))
         } else if wall == local.wall_ms {
-            local.counter.checked_add(1)
+            after(wall, local.counter)
         } else if wall == remote.wall_ms {
-            remote.counter.checked_add(1)
+            after(wall, remote.counter)
         } else {
-            Some(0)
+            Hlc::new(wall, 0)
         };
-        match counter {
-            Some(c) if c <= HLC_COUNTER_MAX => check_wall(Hlc::new(wall, c)),
-            _ => Err(HlcError::CounterOverflow(local.max(remote))),
-        }
+        check_wall(next)
     }
 
     /// How far this HLC's physical part runs ahead of `wall_ms` (0 if behind).
@@ -72,10 +73,13 @@ impl Hlc {
     }
 }
 
-fn bump(h: Hlc) -> Result<u32, HlcError> {
-    match h.counter.checked_add(1) {
-        Some(c) if c <= HLC_COUNTER_MAX => Ok(c),
-        _ => Err(HlcError::CounterOverflow(h)),
+/// The HLC right after `(wall_ms, counter)`: the next counter, or the next
+/// millisecond's first once the counter is at [`HLC_COUNTER_MAX`] (the
+/// wall part past the year 9999 is refused by `check_wall`).
+fn after(wall_ms: u64, counter: u32) -> Hlc {
+    match counter.checked_add(1) {
+        Some(c) if c <= HLC_COUNTER_MAX => Hlc::new(wall_ms, c),
+        _ => Hlc::new(wall_ms.saturating_add(1), 0),
     }
 }
 
@@ -459,6 +463,12 @@ mod tests {
         assert_eq!(Hlc::send(h, 2000).unwrap(), Hlc::new(2000, 0));
         assert_eq!(Hlc::send(h, 900).unwrap(), Hlc::new(1000, 6));
         assert_eq!(Hlc::send(h, 1000).unwrap(), Hlc::new(1000, 6));
+        // A maximal counter (any signer may put one in an accepted
+        // proposal) moves on to the next millisecond, still after it.
+        let max = Hlc::new(1000, HLC_COUNTER_MAX);
+        assert_eq!(Hlc::send(max, 900).unwrap(), Hlc::new(1001, 0));
+        assert!(Hlc::send(max, 900).unwrap() > max);
+        assert!(Hlc::send(Hlc::new(HLC_WALL_MS_MAX, HLC_COUNTER_MAX), 0).is_err());
     }
 
     #[test]
@@ -474,7 +484,14 @@ mod tests {
             Hlc::receive(local, remote, 5000).unwrap(),
             Hlc::new(5000, 0)
         );
-        assert!(Hlc::receive(Hlc::new(1, HLC_COUNTER_MAX), Hlc::new(1, 0), 0).is_err());
+        assert_eq!(
+            Hlc::receive(Hlc::new(1, HLC_COUNTER_MAX), Hlc::new(1, 0), 0).unwrap(),
+            Hlc::new(2, 0)
+        );
+        assert_eq!(
+            Hlc::receive(Hlc::new(1, 0), Hlc::new(1, HLC_COUNTER_MAX), 0).unwrap(),
+            Hlc::new(2, 0)
+        );
     }
 
     #[test]

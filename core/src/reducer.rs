@@ -550,14 +550,26 @@ fn evaluate(
     }
     let ahead = p.hlc.ahead_of_ms(ctx.now_ms);
     if ahead > pre.meta.hlc_max_offset_ms {
+        let offset = pre.meta.hlc_max_offset_ms;
+        // When the project's last HLC is itself past the offset, no
+        // proposal can both follow it and stay within the offset: the
+        // leader's clock is behind its own log, and blaming the proposer's
+        // clock sends the operator the wrong way.
+        let why = match pre.hlc_last {
+            Some(last) if last.ahead_of_ms(ctx.now_ms) > offset => format!(
+                "the project's last applied HLC {last} is itself {} ms ahead of the leader's clock: the leader's clock is behind its own log (stepped back, or it ran ahead when those records were accepted). No proposal can follow {last} within the offset until the leader's clock reaches {}: correct the leader's clock if it is wrong, else wait",
+                last.ahead_of_ms(ctx.now_ms),
+                crate::hlc::format_wall_ms(last.wall_ms.saturating_sub(offset))
+            ),
+            _ => "check the proposer's clock".to_string(),
+        };
         return Err(reject(
             RejectKind::Guard,
             "hlc",
             vec![format!(
-                "hlc {} runs {ahead} ms ahead of the leader's clock ({}); the maximum offset is {} ms: check the proposer's clock",
+                "hlc {} runs {ahead} ms ahead of the leader's clock ({}); the maximum offset is {offset} ms: {why}",
                 p.hlc,
                 crate::hlc::format_wall_ms(ctx.now_ms),
-                pre.meta.hlc_max_offset_ms
             )],
         ));
     }

@@ -428,6 +428,11 @@ fn license_check_10s_later(fx: &mut Fx) {
     license_check(fx);
     fx.now += 10_000;
 }
+/// The leader's clock stepped back 10 s after the project's last record.
+fn license_check_clock_stepped_back(fx: &mut Fx) {
+    license_check(fx);
+    fx.now -= 10_000;
+}
 fn lifecycle(fx: &mut Fx) {
     fx.drive_until("PROJECT_LIFECYCLE", |s| s.meta.phase == "PROJECT_LIFECYCLE");
 }
@@ -1861,6 +1866,21 @@ const ORDERING: &[Case] = &[
         kind: K::Guard,
         guard: "hlc",
         says: &["hlc {hlc} runs 5001 ms ahead of the leader's clock", "the maximum offset is 5000 ms: check the proposer's clock"],
+    },
+    Case {
+        // Nothing can follow the last HLC within the offset: the leader's
+        // clock is behind its log, not the proposer's ahead.
+        name: "hlc after a last HLC that is itself ahead of the leader clock",
+        setup: license_check_clock_stepped_back,
+        propose: |fx| {
+            let mut b = fx.builder("Boot_Licensed", json!({ "license": fx.token(W::Authority, |_| {}) }));
+            let last = fx.st().hlc_last.unwrap();
+            b.hlc = Hlc::new(last.wall_ms, last.counter + 1);
+            b.sign(fx.key(W::Leader)).unwrap()
+        },
+        kind: K::Guard,
+        guard: "hlc",
+        says: &["the leader's clock is behind its own log", "correct the leader's clock if it is wrong, else wait"],
     },
     Case {
         // Judged at a backdated HLC, an expired license or a closed window
