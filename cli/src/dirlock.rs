@@ -22,6 +22,9 @@ pub const LOCK_FILE: &str = "swoosh.lock";
 /// node restarted in-process (the demo, tests) re-enters its own lock.
 static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(vec![]);
 
+/// A council agent's lock file, in its directory (an agent has no store).
+pub const AGENT_LOCK_FILE: &str = "agent.lock";
+
 /// Take `dir`'s lock for the rest of this process, or say which process
 /// holds it.
 pub fn lock_node_dir(dir: &Path) -> Result<()> {
@@ -29,7 +32,26 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
     // Synced into the node directory: the store inside it follows.
     swoosh_storage::create_dir_durably(&data)
         .with_context(|| format!("cannot create {}", data.display()))?;
-    let path = data.join(LOCK_FILE);
+    lock_file(
+        dir,
+        &data.join(LOCK_FILE),
+        "Two processes on one store would both accept records at the same indexes; read-only commands (wal verify, wal inspect, replay, snapshot list) may run beside it",
+    )
+}
+
+/// Take a council agent directory's lock: two agents with one key would
+/// sign conflicting votes for one election (each remembers only its own),
+/// and each is counted as the other.
+pub fn lock_agent_dir(dir: &Path) -> Result<()> {
+    lock_file(
+        dir,
+        &dir.join(AGENT_LOCK_FILE),
+        "Two agents with one council key would sign conflicting votes in one election",
+    )
+}
+
+fn lock_file(dir: &Path, path: &Path, why: &str) -> Result<()> {
+    let path = path.to_path_buf();
     // A lock file another user created (root running a repair, say) is
     // still lockable read-only: flock needs no write access. The pid is
     // then not recorded.
@@ -78,7 +100,7 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
                 format!("another swoosh process (pid {pid})")
             };
             bail!(
-                "{who} is using the node directory {} (it holds {}): stop it first. Two processes on one store would both accept records at the same indexes; read-only commands (wal verify, wal inspect, replay, snapshot list) may run beside it",
+                "{who} is using the directory {} (it holds {}): stop it first. {why}",
                 dir.display(),
                 path.display()
             )
@@ -104,5 +126,9 @@ mod tests {
         assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
         let pid = std::fs::read_to_string(t.path().join("data").join(LOCK_FILE)).unwrap();
         assert_eq!(pid, std::process::id().to_string());
+        // An agent's lock is its own file, in its directory.
+        lock_agent_dir(t.path()).unwrap();
+        let other = File::open(t.path().join(AGENT_LOCK_FILE)).unwrap();
+        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
     }
 }

@@ -1791,6 +1791,8 @@ mod tests {
             signer: "hmmm:pubkey:ab".into(),
             peer_id: "12D3KooWx".into(),
             peers: 0,
+            council_peers: 0,
+            running: true,
             counters: Default::default(),
         }
         .health()

@@ -480,6 +480,9 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
     init_logs(a.log);
     let genesis = read_genesis(&a.dir.join(GENESIS_FILE))?;
     let key = read_key(&a.dir.join("agent.key"))?;
+    // One agent per key: a second copy would sign its own votes in the
+    // elections the first voted in (each remembers only its own).
+    crate::dirlock::lock_agent_dir(&a.dir)?;
     let me = SignerId::from_signing_key(&key);
     match genesis.roster.iter().find(|r| r.key == me) {
         // A project's roster may still add it (Boot_SetRoster).
@@ -556,12 +559,35 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
         }
         None => None,
     };
-    let sig = crate::stop_signal().await;
+    // The voting task ends only if its peer's swarm did: exit then (non-zero,
+    // so a service manager restarts the agent) instead of answering
+    // `/health` for an agent that votes on nothing.
+    let stopped_voting = {
+        let ag = ag.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            while ag.is_running() {
+                tick.tick().await;
+            }
+        }
+    };
+    let sig = tokio::select! {
+        sig = crate::stop_signal() => Some(sig),
+        () = stopped_voting => None,
+    };
     let _ = stop_http.send(());
     if let Some(h) = http {
         let _ = h.await;
     }
     let s = ag.snapshot();
+    let Some(sig) = sig else {
+        bail!(
+            "the agent's voting task ended (its libp2p peer stopped): {} announcements, {} votes sent, {} refused; exiting so that it is started again",
+            s.announcements,
+            s.votes_sent,
+            s.refused
+        );
+    };
     eprintln!(
         "swoosh: {sig}: agent stopping: {} announcements, {} votes sent, {} refused",
         s.announcements, s.votes_sent, s.refused

@@ -906,3 +906,39 @@ fn a_closed_stdout_ends_a_network_command_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.code(), Some(141), "{err}");
 }
+
+/// One agent per key: a second `swoosh agent` on a directory an agent runs
+/// from is refused, naming the first (two copies signed conflicting votes in
+/// one election, each remembering only its own).
+#[test]
+fn a_second_agent_on_one_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("c");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--dir", d, "--agents", "3"]);
+    let dir = format!("{d}/agent-1");
+    let agent = |stderr: Stdio| {
+        KillOnDrop::spawn(
+            Command::new(env!("CARGO_BIN_EXE_swoosh"))
+                .args(["agent", "--dir", &dir, "--peer", "/ip4/127.0.0.1/tcp/1"])
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        )
+    };
+    let first = agent(Stdio::null());
+    let lock = format!("{dir}/agent.lock");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&lock).unwrap_or_default() != first.id().to_string() {
+        assert!(t0.elapsed() < PATIENCE, "the first agent never took its lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = agent(Stdio::piped());
+    let status = second.wait_exit("the second agent");
+    let mut err = String::new();
+    std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("(pid {})", first.id())) && err.contains("conflicting votes"),
+        "{err}"
+    );
+}

@@ -93,19 +93,27 @@ fn a_large_councils_certificate_holds_the_threshold_of_votes_and_is_accepted() {
         );
         assert!(c.votes.iter().all(|v| v.body.approve));
     }
-    // The certificate resent after every vote arrived is the first
-    // `threshold` approvals by voter, whatever the order they came in.
-    let reversed: Vec<usize> = (0..council).rev().collect();
-    let (_, again) = elect(&keys, &node, &reversed);
-    assert_eq!(again, cert, "the choice does not depend on arrival order");
-    let mut voters: Vec<_> = keys
-        .council
-        .iter()
-        .map(swoosh_core::sig::SignerId::from_signing_key)
-        .collect();
-    voters.sort();
-    let chosen: Vec<_> = cert.votes.iter().map(|v| v.body.voter.clone()).collect();
-    assert_eq!(chosen, voters[..threshold]);
+    // The certificate is fixed when the quorum is reached: the approvals
+    // that reached it, sorted by voter. The ones after it change nothing,
+    // so every resend of its proposal (one idempotency key) carries the
+    // same inputs; a set chosen again on each resend changed when a late
+    // approval sorted first, and a resend after an unacknowledged attempt
+    // met an idempotency conflict.
+    assert_eq!(first, cert, "votes after the quorum do not change it");
+    for order in [
+        (0..council).collect::<Vec<_>>(),
+        (0..council).rev().collect(),
+    ] {
+        let (first, cert) = elect(&keys, &node, &order);
+        assert_eq!(first, cert);
+        let mut reached: Vec<_> = order[..threshold]
+            .iter()
+            .map(|&i| swoosh_core::sig::SignerId::from_signing_key(&keys.council[i]))
+            .collect();
+        reached.sort();
+        let chosen: Vec<_> = cert.votes.iter().map(|v| v.body.voter.clone()).collect();
+        assert_eq!(chosen, reached);
+    }
 
     // The resent certificate's proposal fits and the quorum guard takes it.
     let now = ORIGIN_MS + 1_000;
@@ -164,4 +172,55 @@ fn a_certificate_too_large_for_one_proposal_is_refused_with_the_reason() {
         "{err:?}"
     );
     assert!(err.to_string().contains("quorum_threshold"), "{err}");
+}
+
+/// An agent that voted no and then approves (restarted without
+/// `--vote-no`, its memory of the no gone) is counted: its approval used to
+/// be a duplicate, holding the election short until the leader restarted.
+/// A no after an approval stays a duplicate (the approval may be in the
+/// certificate).
+#[test]
+fn an_approval_after_a_no_replaces_it_and_a_no_after_an_approval_is_a_duplicate() {
+    let council = 3;
+    let keys = Keys::from_labels("changed-mind", council);
+    let node = at_elect(&keys, "default", Some(2));
+    let g = node.genesis.clone();
+    let st = node.project("default").into_owned();
+    let mut col = CouncilCollector::new(keys.leader.clone(), &g);
+    let ann = col.open(&st, &electable_members(&st)).unwrap();
+    let vote = |i: usize, policy: VotePolicy| {
+        CouncilAgent::new(keys.council[i].clone(), &g, policy)
+            .on_announce(&ann)
+            .unwrap()
+    };
+    assert!(matches!(
+        col.on_vote(&vote(0, VotePolicy::VoteNo)),
+        VoteOutcome::Counted {
+            approvals: 0,
+            noes: 1
+        }
+    ));
+    assert!(matches!(
+        col.on_vote(&vote(1, VotePolicy::ApproveAll)),
+        VoteOutcome::Counted {
+            approvals: 1,
+            noes: 1
+        }
+    ));
+    let VoteOutcome::Certificate(c) = col.on_vote(&vote(0, VotePolicy::ApproveAll)) else {
+        panic!("the changed vote reaches the threshold of 2");
+    };
+    assert_eq!(c.votes.len(), 2);
+    assert!(matches!(
+        col.on_vote(&vote(1, VotePolicy::VoteNo)),
+        VoteOutcome::Duplicate
+    ));
+    assert!(matches!(
+        col.on_vote(&vote(2, VotePolicy::ApproveAll)),
+        VoteOutcome::Counted {
+            approvals: 3,
+            noes: 0
+        }
+    ));
+    assert_eq!(col.certificate("default"), Some(c), "fixed at the quorum");
 }

@@ -262,6 +262,8 @@ async fn every_status_code_of_the_contract() {
         signer: String::new(),
         peer_id: String::new(),
         peers: 0,
+        council_peers: 0,
+        running: true,
         counters: Default::default(),
     }
     .metrics_text();

@@ -46,6 +46,7 @@ pub struct AgentP2p {
     pub shared: Arc<Mutex<AgentShared>>,
     inbox_drops: Arc<AtomicU64>,
     peers: Arc<AtomicUsize>,
+    council_peers: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,8 +64,17 @@ impl AgentP2p {
             signer: signer.to_string(),
             peer_id: self.peer_id.to_string(),
             peers: self.peers.load(Ordering::Relaxed),
+            council_peers: self.council_peers.load(Ordering::Relaxed),
+            running: self.is_running(),
             counters: self.snapshot(),
         }
+    }
+
+    /// Whether the task that reads announcements and votes still runs:
+    /// it ends only when its peer's inbox closes (the swarm's task ended),
+    /// and an agent without it votes on nothing.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 }
 
@@ -77,24 +87,43 @@ pub struct AgentStatus {
     /// another cluster or release is disconnected at the handshake, so it
     /// never counts).
     pub peers: usize,
+    /// Of those, the ones subscribed to the council topic, which an
+    /// announcement can come from (a follower passes the handshake but
+    /// carries only the WAL topic).
+    pub council_peers: usize,
+    /// Whether the voting task runs ([`AgentP2p::is_running`]).
+    pub running: bool,
     pub counters: AgentShared,
 }
 
 impl AgentStatus {
     /// `/health`: `200` with `status: "ok"` while the agent is connected
-    /// to a peer of its cluster; `503` with `status: "disconnected"` when
-    /// it is not (it cannot hear an announcement, so its vote is missing
-    /// from every election until it reconnects: it redials every
-    /// `PEER_REDIAL_MS`).
+    /// to a peer of its cluster that carries the council topic; `503`
+    /// otherwise, with `status`: `disconnected` (no peer of its cluster:
+    /// it redials every `PEER_REDIAL_MS`), `no_council_peer` (connected
+    /// only to peers without the council topic, such as a follower: point
+    /// `--peer` at the leader or another agent) or `stopped` (its voting
+    /// task ended; the process exits). Until then it hears no announcement,
+    /// and its vote is missing from every election.
     pub fn health(&self) -> (u16, serde_json::Value) {
         let c = &self.counters;
-        let ok = self.peers > 0;
+        let status = if !self.running {
+            "stopped"
+        } else if self.peers == 0 {
+            "disconnected"
+        } else if self.council_peers == 0 {
+            "no_council_peer"
+        } else {
+            "ok"
+        };
+        let ok = status == "ok";
         let body = serde_json::json!({
-            "status": if ok { "ok" } else { "disconnected" },
+            "status": status,
             "role": "agent",
             "signer": self.signer,
             "peer_id": self.peer_id,
             "peers": self.peers,
+            "council_peers": self.council_peers,
             "announcements": c.announcements,
             "votes_sent": c.votes_sent,
             "refused": c.refused,
@@ -111,11 +140,13 @@ impl AgentStatus {
         format!(
             "# HELP swoosh_agent_peers Peers of this cluster connected now, handshake passed (0: the agent hears no announcement).\n\
              # TYPE swoosh_agent_peers gauge\nswoosh_agent_peers {}\n\
+             # HELP swoosh_agent_council_peers Of those, peers subscribed to the council topic (0: no announcement can reach the agent).\n\
+             # TYPE swoosh_agent_council_peers gauge\nswoosh_agent_council_peers {}\n\
              # HELP swoosh_agent_announcements_total Election announcements received.\n\
              # TYPE swoosh_agent_announcements_total counter\nswoosh_agent_announcements_total {}\n\
              # HELP swoosh_agent_votes_sent_total Signed votes published.\n\
              # TYPE swoosh_agent_votes_sent_total counter\nswoosh_agent_votes_sent_total {}\n\
-             # HELP swoosh_agent_refused_total Announcements refused (wrong cluster, bad signature, not a candidate, ...).\n\
+             # HELP swoosh_agent_refused_total Announcements refused (another cluster or genesis, not signed by the genesis leader, bad signature, member set mismatch, already voted in that epoch).\n\
              # TYPE swoosh_agent_refused_total counter\nswoosh_agent_refused_total {}\n\
              # HELP swoosh_agent_malformed_total Council messages that do not decode.\n\
              # TYPE swoosh_agent_malformed_total counter\nswoosh_agent_malformed_total {}\n\
@@ -124,6 +155,7 @@ impl AgentStatus {
              # HELP swoosh_start_time_seconds When the process started (Unix seconds); changes() over a window counts restarts.\n\
              # TYPE swoosh_start_time_seconds gauge\nswoosh_start_time_seconds {}\n",
             self.peers,
+            self.council_peers,
             c.announcements,
             c.votes_sent,
             c.refused,
@@ -223,6 +255,7 @@ pub async fn spawn_agent(
     let peer_id = peer.peer_id;
     let inbox_drops = peer.inbox_drops.clone();
     let peers = peer.peers.clone();
+    let council_peers = peer.topic_peers.clone();
     let shared = Arc::new(Mutex::new(AgentShared {
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -237,6 +270,7 @@ pub async fn spawn_agent(
         shared,
         inbox_drops,
         peers,
+        council_peers,
         task,
     })
 }
@@ -309,6 +343,8 @@ mod tests {
             signer: "ed25519:ab".into(),
             peer_id: "12D3KooW".into(),
             peers,
+            council_peers: peers,
+            running: true,
             counters: AgentShared {
                 announcements: 4,
                 votes_sent: 3,
@@ -334,6 +370,21 @@ mod tests {
         assert_eq!(body["peers"], 2);
         assert_eq!(body["votes_sent"], 3);
         assert_eq!(body["last_refusal"], "wrong cluster");
+        // Connected only to peers without the council topic (a follower):
+        // it hears no announcement.
+        let (code, body) = AgentStatus {
+            council_peers: 0,
+            ..status(2)
+        }
+        .health();
+        assert_eq!((code, &body["status"]), (503, &"no_council_peer".into()));
+        // Its voting task ended.
+        let (code, body) = AgentStatus {
+            running: false,
+            ..status(2)
+        }
+        .health();
+        assert_eq!((code, &body["status"]), (503, &"stopped".into()));
     }
 
     #[test]
@@ -341,6 +392,7 @@ mod tests {
         let text = status(2).metrics_text();
         for (name, value) in [
             ("swoosh_agent_peers", 2),
+            ("swoosh_agent_council_peers", 2),
             ("swoosh_agent_announcements_total", 4),
             ("swoosh_agent_votes_sent_total", 3),
             ("swoosh_agent_refused_total", 1),

@@ -152,6 +152,10 @@ pub struct PeerHandle {
     /// Peers connected now whose genesis handshake passed (same protocol,
     /// same cluster and genesis): the ones this peer exchanges messages with.
     pub peers: Arc<AtomicUsize>,
+    /// Of those, the ones subscribed to one of this peer's topics: the ones
+    /// it can hear its topics' messages from (a follower, say, passes the
+    /// handshake but carries only the WAL topic).
+    pub topic_peers: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -224,6 +228,9 @@ pub async fn spawn_peer(
     let conns = connections.clone();
     let peers = Arc::new(AtomicUsize::new(0));
     let peers_gauge = peers.clone();
+    let topic_peers = Arc::new(AtomicUsize::new(0));
+    let topic_gauge = topic_peers.clone();
+    let ours: Vec<TopicHash> = topics.iter().map(|t| t.hash()).collect();
     let task = tokio::spawn(async move {
         // Peers that passed the genesis handshake and are still connected.
         let mut verified: std::collections::HashSet<PeerId> = Default::default();
@@ -239,7 +246,16 @@ pub async fn spawn_peer(
                         }
                     }
                 }
-                ev = swarm.select_next_some() => match ev {
+                ev = swarm.select_next_some() => {
+                    let recount = matches!(
+                        ev,
+                        SwarmEvent::ConnectionClosed { .. }
+                            | SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
+                            | SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                                gossipsub::Event::Subscribed { .. } | gossipsub::Event::Unsubscribed { .. }
+                            ))
+                    );
+                    match ev {
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                         conns.fetch_add(1, Ordering::Relaxed);
                         if let ConnectedPoint::Dialer { address, .. } = &endpoint {
@@ -273,6 +289,16 @@ pub async fn spawn_peer(
                         let _ = subs.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                     }
                     _ => {}
+                    }
+                    if recount {
+                        let n = swarm
+                            .behaviour()
+                            .gossipsub
+                            .all_peers()
+                            .filter(|(p, ts)| verified.contains(*p) && ts.iter().any(|t| ours.contains(t)))
+                            .count();
+                        topic_gauge.store(n, Ordering::Relaxed);
+                    }
                 },
                 cmd = cmd_rx.recv() => match cmd {
                     None => break,
@@ -301,6 +327,7 @@ pub async fn spawn_peer(
         subscriptions,
         connections,
         peers,
+        topic_peers,
         task,
     })
 }

@@ -280,7 +280,12 @@ struct Election {
     threshold: usize,
     approvals: BTreeMap<SignerId, Vote>,
     noes: BTreeSet<SignerId>,
-    certified: bool,
+    /// The certificate, fixed when the quorum was first reached: approvals
+    /// arriving after it never change it, so every resend of its proposal
+    /// (one idempotency key) carries the same inputs and a resend after an
+    /// unacknowledged attempt is answered as a duplicate, not refused as an
+    /// idempotency conflict.
+    certified: Option<Certificate>,
 }
 
 impl Election {
@@ -290,8 +295,9 @@ impl Election {
     /// approving roster votes), and it keeps the proposal's inputs the same
     /// size however many approvals arrive after the quorum: with all of
     /// them, a large council's certificate outgrew `INPUTS_BYTES_MAX` and
-    /// was refused at every resend. The choice depends only on the
-    /// approvals held, never on their arrival order.
+    /// was refused at every resend. Taken once, when the approvals reach
+    /// the threshold (`Election::certified`), so it holds exactly the
+    /// approvals that reached it, sorted by voter.
     fn certificate(&self) -> Certificate {
         let votes: Vec<Vote> = self
             .approvals
@@ -394,7 +400,7 @@ impl CouncilCollector {
                 threshold: state.council.quorum_threshold as usize,
                 approvals: BTreeMap::new(),
                 noes: BTreeSet::new(),
-                certified: false,
+                certified: None,
             },
         );
         Ok(announcement)
@@ -483,24 +489,32 @@ impl CouncilCollector {
         if v.verify().is_err() {
             return self.reject(VoteRejection::BadSignature);
         }
-        if e.approvals.contains_key(&b.voter) || e.noes.contains(&b.voter) {
+        // A voter's approval after its "no" replaces it (an agent started
+        // again without `--vote-no`, or one that changed its mind): a no is
+        // in no certificate, and keeping it would hold the election short
+        // until the leader restarts. Any other second vote is a duplicate:
+        // an approval may already be in the certificate.
+        let changes_no = b.approve && e.noes.contains(&b.voter);
+        if !changes_no && (e.approvals.contains_key(&b.voter) || e.noes.contains(&b.voter)) {
             self.duplicates += 1;
             return VoteOutcome::Duplicate;
         }
-        if e.approvals.len() + e.noes.len() >= VOTES_PER_ELECTION_MAX {
+        if !changes_no && e.approvals.len() + e.noes.len() >= VOTES_PER_ELECTION_MAX {
             return self.reject(VoteRejection::Full);
         }
         self.counted += 1;
         let e = self.elections.get_mut(&b.project).expect("checked above");
         if b.approve {
+            e.noes.remove(&b.voter);
             e.approvals.insert(b.voter.clone(), v.clone());
         } else {
             e.noes.insert(b.voter.clone());
         }
-        if !e.certified && e.approvals.len() >= e.threshold {
-            e.certified = true;
+        if e.certified.is_none() && e.approvals.len() >= e.threshold {
+            let cert = e.certificate();
+            e.certified = Some(cert.clone());
             self.certificates += 1;
-            return VoteOutcome::Certificate(e.certificate());
+            return VoteOutcome::Certificate(cert);
         }
         VoteOutcome::Counted {
             approvals: e.approvals.len(),
@@ -511,7 +525,7 @@ impl CouncilCollector {
     /// The certificate of `project`'s election, once the quorum is reached.
     pub fn certificate(&self, project: &str) -> Option<Certificate> {
         let e = self.elections.get(project)?;
-        e.certified.then(|| e.certificate())
+        e.certified.clone()
     }
 
     /// Rejected votes by reason.
