@@ -628,16 +628,33 @@ impl CompactArgs {
                 swoosh_actors::COMPACT_KEEP_RECORDS_MIN
             );
         }
-        std::fs::create_dir_all(dir)
+        // Synced into its parent: a compaction's cut is durable only with
+        // its archive, and an archive in a directory whose own entry a power
+        // loss drops is lost with it.
+        swoosh_storage::create_dir_durably(dir)
             .with_context(|| format!("cannot create the --archive-dir {}", dir.display()))?;
+        // What a compaction does there: write a file, then hard-link it to
+        // its final name (an archive is never half-written under its name).
+        // A file system without hard links (some FUSE and network mounts)
+        // would fail every compaction while the log grows.
         let probe = dir.join(".swoosh-write-check");
+        let linked = dir.join(".swoosh-link-check");
+        let _ = std::fs::remove_file(&linked);
         std::fs::write(&probe, b"").with_context(|| {
             format!(
                 "the --archive-dir {} is not writable: compaction could never write its archives",
                 dir.display()
             )
         })?;
+        let link = std::fs::hard_link(&probe, &linked);
         let _ = std::fs::remove_file(&probe);
+        let _ = std::fs::remove_file(&linked);
+        link.with_context(|| {
+            format!(
+                "the --archive-dir {} does not take hard links, which compaction needs to put each archive under its name only once it is complete: use a local file system (copy archives elsewhere afterwards)",
+                dir.display()
+            )
+        })?;
         Ok(Some(swoosh_actors::CompactionPolicy {
             keep_records: keep,
             min_records: swoosh_storage::COMPACT_STEP_RECORDS,

@@ -965,15 +965,28 @@ fn wal_export(
             PathBuf::from(name)
         });
     let write_to: Option<&Path> = partial.as_deref().or(out);
+    // Whatever stops the export before its rename (a refusal to start, a
+    // damaged record, a record that does not re-encode) removes the partial
+    // file: it was left behind, empty or half-written.
+    let mut leftover = RemoveOnDrop(partial.clone());
     let mut sink: Box<dyn Write> = match write_to {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| {
-                format!(
-                    "cannot create {}: check the directory exists and is writable",
-                    p.display()
-                )
-            })?,
-        )),
+        Some(p) => Box::new(std::io::BufWriter::new({
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only, as `data.mdb` and compaction's archives: an
+            // export holds the records in plain text (chmod it to share).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| {
+                    format!(
+                        "cannot create {}: check the directory exists and is writable",
+                        p.display()
+                    )
+                })?
+        })),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let target = write_to.map_or("stdout".to_string(), |p| p.display().to_string());
@@ -1030,6 +1043,9 @@ fn wal_export(
     }
     drop(sink);
     if let Some(f) = failure {
+        // The records before the damage stay in the partial file, which the
+        // message names: they may be all that can be read.
+        leftover.0 = None;
         let kept = out
             .filter(|_| partial.is_some())
             .map_or(String::new(), |p| {
@@ -1051,6 +1067,7 @@ fn wal_export(
                     p.display()
                 )
             })?;
+        leftover.0 = None;
         let parent = match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -2133,6 +2150,38 @@ fn joins(
     Ok(())
 }
 
+/// The records a node's own archive name promises (`wal-<first>-<last>.cbor`,
+/// or `-<n>.cbor` after an interrupted run, as `CompactionPolicy::
+/// archive_path` names them), or `None` for another name. The format has
+/// no trailer, so an archive cut short at a record boundary (a copy that
+/// stopped) reads as a complete shorter one: its name is what tells.
+fn named_range(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_prefix("wal-")?.strip_suffix(".cbor")?;
+    let mut parts = stem.split('-');
+    let (first, last) = (parts.next()?, parts.next()?);
+    let suffix_ok = match parts.next() {
+        None => true,
+        Some(n) => !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && parts.next().is_none(),
+    };
+    let digits = |x: &str| x.len() == 20 && x.bytes().all(|b| b.is_ascii_digit());
+    if !(suffix_ok && digits(first) && digits(last)) {
+        return None;
+    }
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// A file removed when this is dropped, unless its path was taken back.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Result<()> {
     let mut out = CheckArchiveJson {
         ok: true,
@@ -2153,6 +2202,15 @@ fn wal_check_archive(files: &[PathBuf], dir: Option<&Path>, json: bool) -> Resul
                 break;
             }
         };
+        if let Some((first, last)) = named_range(f).filter(|r| *r != (a.first, a.last)) {
+            out.problem = Some(format!(
+                "{} is named for records {first}..={last} but holds records {}..={}: it was cut short (a copy that stopped?) or renamed; check it against the node's original archive",
+                f.display(),
+                a.first,
+                a.last
+            ));
+            break;
+        }
         if let (Some(p), Some(pf)) = (prev, prev_file.as_ref()) {
             if let Err(problem) = joins(pf, &p, f, &a) {
                 out.problem = Some(problem);

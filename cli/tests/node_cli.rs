@@ -929,7 +929,10 @@ fn a_second_agent_on_one_directory_is_refused() {
     let lock = format!("{dir}/agent.lock");
     let t0 = Instant::now();
     while std::fs::read_to_string(&lock).unwrap_or_default() != first.id().to_string() {
-        assert!(t0.elapsed() < PATIENCE, "the first agent never took its lock");
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the first agent never took its lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut second = agent(Stdio::piped());

@@ -793,6 +793,29 @@ fn a_failed_export_keeps_the_previous_file() {
     let whole = std::fs::read(&out).unwrap();
     assert_eq!(whole.iter().filter(|b| **b == b'\n').count(), 10);
     assert!(partials().is_empty(), "renamed once whole");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "plain records, owner-only: {mode:o}");
+    }
+    // An export refused before its first record leaves no partial file.
+    let o = fails(&[
+        "wal",
+        "export",
+        "--dir",
+        d,
+        "--format",
+        "jsonl",
+        "--from",
+        "1",
+        "--to",
+        "5",
+        "--out",
+        s(&out),
+    ]);
+    assert!(text(&o).contains("cannot start the export"), "{}", text(&o));
+    assert!(partials().is_empty(), "{:?}", partials());
+    assert_eq!(std::fs::read(&out).unwrap(), whole);
 
     damage_record(&dir, 35);
     let o = fails(&[
@@ -1224,6 +1247,30 @@ fn compact_archives_the_start_of_a_demo_log() {
     let t = tmp.path().join("tampered.cbor");
     std::fs::write(&t, &tampered).unwrap();
     fails(&["wal", "check-archive", s(&a1), s(&t)]);
+    // An archive that a node named for records 1..=40 but that holds only
+    // 1..=30 (a copy that stopped at a record boundary) reads as complete:
+    // its name tells. Named otherwise, it is taken as what it holds.
+    let short = tmp.path().join(format!("wal-{:020}-{:020}.cbor", 1, 40));
+    {
+        // The archive format: each record as a 4-byte big-endian length
+        // and its bytes.
+        let all = std::fs::read(&a1).unwrap();
+        let mut at = 0usize;
+        for _ in 0..30 {
+            let len = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+            at += 4 + len;
+        }
+        std::fs::write(&short, &all[..at]).unwrap();
+    }
+    let o = fails(&["wal", "check-archive", s(&short)]);
+    assert!(
+        text(&o).contains("is named for records 1..=40 but holds records 1..=30"),
+        "{}",
+        text(&o)
+    );
+    let renamed = tmp.path().join(format!("wal-{:020}-{:020}-2.cbor", 1, 30));
+    std::fs::rename(&short, &renamed).unwrap();
+    ok(&["wal", "check-archive", s(&renamed)]);
     // Without the first archive the chain is checked from where it starts.
     let o = ok(&["wal", "check-archive", s(&overlap), "--dir", d]);
     assert!(text(&o).contains("starts at record 30"), "{}", text(&o));

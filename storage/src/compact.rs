@@ -328,6 +328,9 @@ fn compact_inner<S: LogStore + ?Sized>(
         progress,
     )?;
     if summary.first != first || summary.last != through || summary.prev_hash != node.head_record {
+        // Nothing is cut from a wrong archive, and it is not kept.
+        let _ = std::fs::remove_file(archive);
+        let _ = sync_dir(archive);
         return Err(CompactError::ArchiveReadBack(format!(
             "it holds records {}..={} after {}, expected {first}..={through} after {}",
             summary.first, summary.last, summary.prev_hash, node.head_record
@@ -614,6 +617,7 @@ fn write_archive<S: LogStore + ?Sized>(
             .map_err(werr)?
     };
     let total = to - from + 1;
+    let mut linked = false;
     let written = (|| -> Result<(), CompactError> {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         for (n, item) in export(store, genesis_hash, from, Some(to))?.enumerate() {
@@ -647,16 +651,30 @@ fn write_archive<S: LogStore + ?Sized>(
                 werr(e)
             }
         })?;
+        linked = true;
         std::fs::remove_file(&partial).map_err(werr)?;
         sync_dir(path).map_err(werr)
     })();
     drop(file);
-    if let Err(e) = written {
-        // Nothing was cut: no partial archive is left behind.
+    // Nothing was cut when this fails: no partial archive is left behind,
+    // nor one under its final name (a node retrying wrote another full
+    // copy under a suffixed name each time, and a sorted list of the
+    // directory handed `snapshot rebuild-base` the bad one).
+    let remove_all = || {
         let _ = std::fs::remove_file(&partial);
+        if linked {
+            let _ = std::fs::remove_file(path);
+            let _ = sync_dir(path);
+        }
+    };
+    if let Err(e) = written {
+        remove_all();
         return Err(e);
     }
-    read_archive(path).map_err(|e| CompactError::ArchiveReadBack(e.to_string()))
+    read_archive(path).map_err(|e| {
+        remove_all();
+        CompactError::ArchiveReadBack(e.to_string())
+    })
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {

@@ -121,7 +121,7 @@ impl SnapshotFault {
 pub enum SnapshotError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("snapshot {index} at {location} is unusable ({reason}); recovery skips it for an older snapshot or a replay from genesis: take a new snapshot with `swoosh snapshot create --dir <node dir>` once the node is recovered")]
+    #[error("snapshot {index} at {location} is unusable ({reason}); recovery skips it for an older usable snapshot (or, on a log that starts at record 1, a replay from genesis): take a new snapshot with `swoosh snapshot create --dir <node dir>` once the node is recovered. On a compacted log the snapshot at its WAL base is the only proof of the archived records: if that one is damaged, rebuild it from the archives with `swoosh snapshot rebuild-base`")]
     Corrupt {
         location: String,
         index: u64,
