@@ -876,8 +876,14 @@ impl<'k> Driver<'k> {
                 .get(pick as usize % mine.len().max(1))
                 .map(|p| (*p).clone()),
             Fault::IdemConflict => {
-                let old = mine.get(pick as usize % mine.len().max(1))?;
+                // An old key for another operation: the same one asked again
+                // (same transition, signer, inputs, evidence) is a repeat.
                 let mut p = self.valid_next(node, project, now_ms)?;
+                let intent = p.intent_hash().ok()?;
+                let n = mine.len();
+                let old = (0..n)
+                    .map(|k| mine[(pick as usize + k) % n])
+                    .find(|o| o.intent_hash().ok() != Some(intent))?;
                 p.idem_key = old.idem_key.clone();
                 Some(self.resign(&p, self.signer_of(&p)?))
             }
