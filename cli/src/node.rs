@@ -71,7 +71,7 @@ pub fn exposed_secret(path: &Path) -> Option<String> {
 /// Print [`exposed_secret`]'s warning, if any, on stderr.
 pub fn warn_if_exposed(path: &Path) {
     if let Some(w) = exposed_secret(path) {
-        eprintln!("swoosh: {w}");
+        crate::node::say(format_args!("{w}"));
     }
 }
 
@@ -293,12 +293,12 @@ fn open_store_as(dir: &Path, nosync: bool, reader: bool) -> Result<LmdbStore> {
     }
     .with_context(|| format!("cannot open the store in {}", data.display()))?;
     if let Some((asked, held)) = store.map_below_data() {
-        eprintln!(
-            "swoosh: warning: the store in {} already holds {:.1} GiB, more than the {} GiB map asked for (--lmdb-map-gib / SWOOSH_LMDB_MAP_GIB): it opened at its own size with no room to grow, so any write fails with \"the store … is full\"; give the size the node runs with (its unit's SWOOSH_LMDB_MAP_GIB)",
+        crate::node::say(format_args!(
+            "warning: the store in {} already holds {:.1} GiB, more than the {} GiB map asked for (--lmdb-map-gib / SWOOSH_LMDB_MAP_GIB): it opened at its own size with no room to grow, so any write fails with \"the store … is full\"; give the size the node runs with (its unit's SWOOSH_LMDB_MAP_GIB)",
             data.display(),
             held as f64 / f64::from(1u32 << 30),
             asked >> 30
-        );
+        ));
     }
     if store.journal_replayed() > 0 {
         tracing::warn!(
@@ -785,6 +785,21 @@ pub enum LogFormat {
     Text,
 }
 
+/// Whether this process logs JSON lines (`--log json`): its own
+/// `swoosh: …` lines then go through tracing too, so a log pipeline that
+/// parses every stderr line as JSON does not meet plain text.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line of the command's own (`swoosh: …` on stderr, or a JSON log
+/// event with that message under `--log json`).
+pub fn say(msg: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(target: "swoosh", "{msg}");
+    } else {
+        eprintln!("swoosh: {msg}");
+    }
+}
+
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // gossipsub warns once per message it drops for a peer whose send
@@ -796,6 +811,7 @@ pub fn init_logs(format: LogFormat) {
     // default is stdout): one stream keeps their order, and stdout stays
     // free for what a command prints as its result.
     if format == LogFormat::Json {
+        JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
@@ -840,7 +856,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
             let key = read_key(&a.dir.join("node.key"))?;
             let p = crate::p2p_cmd::start_leader_p2p(&node, key, genesis, listen).await?;
             for addr in &p.listen_addrs {
-                eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p.peer_id);
+                crate::node::say(format_args!("leader p2p on {addr}/p2p/{}", p.peer_id));
             }
             Some(p)
         }
@@ -849,12 +865,12 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     let h = node.health();
     tracing::info!(http = %addr, index = h.index, root_hash = %h.root_hash.map_or("none".to_string(), |x| x.to_string()), "serving");
-    eprintln!(
-        "swoosh: serving {} on http://{addr} (index {}, {})",
+    crate::node::say(format_args!(
+        "serving {} on http://{addr} (index {}, {})",
         a.dir.display(),
         h.index,
         if a.nosync { "NOSYNC: unsafe" } else { "sync" }
-    );
+    ));
     let served = serve_leader(listener, node, crate::stop_signal()).await;
     if let Some(p) = p2p {
         p.stop();
@@ -896,8 +912,8 @@ pub async fn serve_leader(
     let watched = node.clone();
     swoosh_net::http::serve(listener, node.clone(), async move {
         tokio::select! {
-            sig = stop => eprintln!("swoosh: {sig}: shutting down, flushing the WAL"),
-            g = watched.given_up() => eprintln!("swoosh: {g}; exiting non-zero so the service manager restarts the process"),
+            sig = stop => crate::node::say(format_args!("{sig}: shutting down, flushing the WAL")),
+            g = watched.given_up() => crate::node::say(format_args!("{g}; exiting non-zero so the service manager restarts the process")),
         }
     })
     .await?;

@@ -289,9 +289,9 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         })
         .transpose()?;
     if leader_http.is_some() && a.http.is_none() {
-        eprintln!(
-            "swoosh: --leader-http is only named by the HTTP surface; without --http it is unused"
-        );
+        crate::node::say(format_args!(
+            "--leader-http is only named by the HTTP surface; without --http it is unused"
+        ));
     }
     let listen = a
         .listen
@@ -302,11 +302,11 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
     let mut store = crate::node::open_writer_store(&a.dir, a.nosync)?;
     if a.clear_halt {
         match swoosh_storage::clear_halt(&mut store)? {
-            Some(m) => eprintln!(
-                "swoosh: --clear-halt: forgot the halt at index {} ({}); applying again",
+            Some(m) => crate::node::say(format_args!(
+                "--clear-halt: forgot the halt at index {} ({}); applying again",
                 m.index, m.reason
-            ),
-            None => eprintln!("swoosh: --clear-halt: no halt was recorded"),
+            )),
+            None => crate::node::say(format_args!("--clear-halt: no halt was recorded")),
         }
     }
     let progress = Arc::new(swoosh_storage::ProgressCell::new());
@@ -334,29 +334,32 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
     let (f, listener) = match &a.http {
         Some(h) => {
             let listener = crate::node::bind_http(h).await?;
-            eprintln!(
-                "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it); until it is done http://{} answers GET /health and GET /metrics with the progress and 503 recovering to everything else",
+            crate::node::say(format_args!(
+                "recovering the follower's state from its log (the newest valid snapshot, then the WAL after it); until it is done http://{} answers GET /health and GET /metrics with the progress and 503 recovering to everything else",
                 listener.local_addr()?
-            );
+            ));
             let (listener, f) =
                 swoosh_net::recovering::serve_while(listener, about, spawn, Default::default())
                     .await?;
             (f?, Some(listener))
         }
         None => {
-            eprintln!(
-                "swoosh: recovering the follower's state from its log (the newest valid snapshot, then the WAL after it)"
-            );
+            crate::node::say(format_args!(
+                "recovering the follower's state from its log (the newest valid snapshot, then the WAL after it)"
+            ));
             (spawn.await?, None)
         }
     };
-    eprintln!(
-        "swoosh: following {leader} as {me} (peer {}), applied index {}",
+    crate::node::say(format_args!(
+        "following {leader} as {me} (peer {}), applied index {}",
         f.peer_id,
         f.applied_index()
-    );
+    ));
     if let Some(listener) = listener {
-        eprintln!("swoosh: follower HTTP on http://{}", listener.local_addr()?);
+        crate::node::say(format_args!(
+            "follower HTTP on http://{}",
+            listener.local_addr()?
+        ));
         let shared = f.shared.clone();
         let opts = swoosh_net::p2p::http::FollowerHttp { leader_http };
         tokio::spawn(async move {
@@ -367,10 +370,10 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         });
     }
     let sig = crate::stop_signal().await;
-    eprintln!(
-        "swoosh: {sig}: follower stopping at index {}",
+    crate::node::say(format_args!(
+        "{sig}: follower stopping at index {}",
         f.applied_index()
-    );
+    ));
     Ok(())
 }
 
@@ -392,9 +395,12 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     .await?;
     let p2p = start_leader_p2p(&node, key, genesis, listen).await?;
     for addr in &p2p.listen_addrs {
-        eprintln!("swoosh: leader p2p on {addr}/p2p/{}", p2p.peer_id);
+        crate::node::say(format_args!("leader p2p on {addr}/p2p/{}", p2p.peer_id));
     }
-    eprintln!("swoosh: leader HTTP on http://{}", listener.local_addr()?);
+    crate::node::say(format_args!(
+        "leader HTTP on http://{}",
+        listener.local_addr()?
+    ));
     let served = crate::node::serve_leader(listener, node, crate::stop_signal()).await;
     p2p.stop();
     served
@@ -535,15 +541,18 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
     };
     let ag =
         Arc::new(swoosh_net::p2p::agent::spawn_agent(key, &genesis, policy, &peers, None).await?);
-    eprintln!(
-        "swoosh: council agent {me} (peer {}) dialling {} (again every second while not connected); policy {policy:?}",
+    crate::node::say(format_args!(
+        "council agent {me} (peer {}) dialling {} (again every second while not connected); policy {policy:?}",
         ag.peer_id,
         a.peer.join(", ")
-    );
+    ));
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match listener {
         Some(listener) => {
-            eprintln!("swoosh: agent HTTP on http://{}", listener.local_addr()?);
+            crate::node::say(format_args!(
+                "agent HTTP on http://{}",
+                listener.local_addr()?
+            ));
             let status = {
                 let ag = ag.clone();
                 Arc::new(move || ag.status(&me))
@@ -588,9 +597,9 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
             s.refused
         );
     };
-    eprintln!(
-        "swoosh: {sig}: agent stopping: {} announcements, {} votes sent, {} refused",
+    crate::node::say(format_args!(
+        "{sig}: agent stopping: {} announcements, {} votes sent, {} refused",
         s.announcements, s.votes_sent, s.refused
-    );
+    ));
     Ok(())
 }

@@ -168,10 +168,13 @@ fn init_serve_propose_read_and_verify() {
         "Boot_ConfigOk",
         "--inputs",
         &zero,
+        "--idem-key",
+        "cfg-1",
         "--json",
     ]);
     let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(reply["index"], 1);
+    assert_eq!(reply["duplicate"], false);
     let lic = ok(&[
         "license",
         "issue",
@@ -193,6 +196,29 @@ fn init_serve_propose_read_and_verify() {
         "--inputs",
         &format!("@{}", lic_file.display()),
     ]);
+    // The same operation run again under its key (what the CLI tells an
+    // operator to do after an unknown outcome) is signed at a fresh HLC and
+    // HEAD: answered with its original outcome, not refused as a conflict.
+    let again: serde_json::Value = serde_json::from_str(&ok(&[
+        "propose",
+        "--to",
+        &url,
+        "--key",
+        &format!("{d}/admin.key"),
+        "--transition",
+        "Boot_ConfigOk",
+        "--inputs",
+        &zero,
+        "--idem-key",
+        "cfg-1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (&again["index"], &again["duplicate"]),
+        (&1.into(), &true.into())
+    );
+    assert_eq!(again["state_post_hash"], reply["state_post_hash"]);
 
     // Refusals exit non-zero and say why.
     let o = swoosh(&[
@@ -250,6 +276,15 @@ fn init_serve_propose_read_and_verify() {
         err.contains("SIGTERM: shutting down, flushing the WAL"),
         "{err}"
     );
+    // With JSON logs (serve's default) every stderr line is JSON: the
+    // command's own `swoosh: …` lines too, which a log pipeline met as
+    // plain text among the JSON.
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
     let v = ok(&["wal", "verify", "--dir", &format!("{d}/leader")]);
     assert!(v.contains("2 records"), "{v}");
     let r: serde_json::Value = serde_json::from_str(&ok(&[

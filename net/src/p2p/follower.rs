@@ -449,6 +449,7 @@ pub async fn spawn_follower_observed<S: LogStore + Send + 'static>(
         repl.resume_halted(Divergence {
             index: m.index,
             reason: m.reason,
+            record: None,
         });
         reason
     });
@@ -1396,6 +1397,18 @@ impl<S: LogStore + Send + 'static> Worker<S> {
             match e {
                 FollowerEffect::Applied(recs) => {
                     for a in recs {
+                        // The leader logs each accepted record at info; a
+                        // follower's copy of that line is for debugging.
+                        tracing::debug!(
+                            index = a.record.index,
+                            project = %a.record.project,
+                            transition = %a.record.transition,
+                            hlc = %a.record.hlc,
+                            window_id = %a.record.window_id,
+                            state_pre_hash = %a.record.state_pre_hash,
+                            state_post_hash = %a.record.state_post_hash,
+                            "record applied"
+                        );
                         let mut entry = Entry::record(a.record);
                         entry.record_hash = Some(a.hash);
                         self.pending.push(Applied {
@@ -1458,11 +1471,28 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                     refused(&self.shared, &mut self.warn, &r, now);
                 }
                 FollowerEffect::Halted(d) => {
-                    tracing::error!(
-                        index = d.index,
-                        "ALARM: divergence from the leader: {}; this follower applies nothing more",
-                        d.reason
-                    );
+                    match &d.record {
+                        // The record's fields as the leader's accepted line
+                        // logs them, so triage can find its twin there.
+                        Some(r) => tracing::error!(
+                            index = d.index,
+                            project = %r.project,
+                            transition = %r.transition,
+                            hlc = %r.hlc,
+                            window_id = %r.window_id,
+                            state_pre_hash = %r.state_pre_hash,
+                            state_post_hash = %r.state_post_hash,
+                            reason = %d.reason,
+                            "ALARM: divergence from the leader: {}; this follower applies nothing more",
+                            d.reason
+                        ),
+                        None => tracing::error!(
+                            index = d.index,
+                            reason = %d.reason,
+                            "ALARM: divergence from the leader: {}; this follower applies nothing more",
+                            d.reason
+                        ),
+                    }
                     // What it applied before the divergence is sound: keep
                     // it, then record the halt so a restart stays halted.
                     self.persist();

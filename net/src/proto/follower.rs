@@ -74,6 +74,24 @@ pub struct FollowerStatus {
 pub struct Divergence {
     pub index: u64,
     pub reason: String,
+    /// The record this follower computed differently, when the divergence
+    /// is one record's (what replication triage compares with the leader's
+    /// log line for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<DivergedRecord>,
+}
+
+/// The fields of a diverging record a log line carries (as the leader's
+/// accepted line does for the same record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DivergedRecord {
+    pub project: String,
+    pub transition: String,
+    pub hlc: swoosh_core::Hlc,
+    pub window_id: String,
+    pub state_pre_hash: swoosh_core::Hash,
+    /// The post hash the leader recorded.
+    pub state_post_hash: swoosh_core::Hash,
 }
 
 /// Why a fully received snapshot is not installed.
@@ -351,6 +369,7 @@ impl ReplFollower {
                 let d = Divergence {
                     index: *index,
                     reason: format!("the leader reports: {reason}"),
+                    record: None,
                 };
                 self.halt(d, &mut out);
                 return out;
@@ -520,6 +539,7 @@ impl ReplFollower {
                             "the leader signed record hash {h} for index {}, this follower applied {}",
                             self.node.index, self.node.head_record
                         ),
+                        record: None,
                     };
                     self.halt(d, out);
                 }
@@ -579,6 +599,7 @@ impl ReplFollower {
                     self.node.index,
                     self.node.head_record
                 ),
+                record: None,
             };
             return self.halt(d, out);
         }
@@ -591,6 +612,14 @@ impl ReplFollower {
             .zip(encodings.into_iter().skip(skip))
         {
             let index = rec.index;
+            let fields = DivergedRecord {
+                project: rec.project.clone(),
+                transition: rec.transition.clone(),
+                hlc: rec.hlc,
+                window_id: rec.window_id.clone(),
+                state_pre_hash: rec.state_pre_hash,
+                state_post_hash: rec.state_post_hash,
+            };
             // verify_records hashed exactly this encoding against the signed
             // header, so the record's hash is known without encoding it again.
             let applied_one = prepare_record_hashed(rec, *hash).and_then(|p| {
@@ -613,6 +642,7 @@ impl ReplFollower {
                     let d = Divergence {
                         index,
                         reason: e.to_string(),
+                        record: Some(fields),
                     };
                     return self.halt(d, out);
                 }
@@ -646,6 +676,7 @@ impl ReplFollower {
                     "the leader's head names record hash {} at index {}, this follower applied {}",
                     b.last_hash, b.last_index, self.node.head_record
                 ),
+                record: None,
             };
             self.halt(d, out);
         }
@@ -777,6 +808,7 @@ impl ReplFollower {
                         "the leader's signed snapshot at {} (its bytes match the manifest): {why}",
                         s.manifest.index
                     ),
+                    record: None,
                 };
                 self.halt(d, out);
             }
