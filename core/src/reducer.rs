@@ -309,6 +309,16 @@ fn shape_rejection(e: crate::proposal::ProposalError) -> Rejection {
     reject(RejectKind::Malformed, &field, vec![e.to_string()])
 }
 
+/// Whether `key` has the form of an idempotency key the leader derives for
+/// its own proposals: `shhh-…` (a quarantine, `shhh-quarantine:<hash>`) or
+/// `…:council-epoch-<digits>` (a council certificate).
+pub fn reserved_idem_key(key: &str) -> bool {
+    key.starts_with("shhh-")
+        || key
+            .rsplit_once(":council-epoch-")
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
     reject(RejectKind::Malformed, "inputs", vec![e.to_string()])
 }
@@ -339,7 +349,9 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// `guards::BREACH_REASONS_BYTES_MAX` (`guards::policy_breach`); a `null`
 /// anywhere in `inputs` (an optional field's second spelling); a new
 /// `idem_key` that is not printable ASCII (its `{:?}` in the accepted
-/// outcome must not depend on the Rust release); a list item's text over
+/// outcome must not depend on the Rust release); a new `idem_key` of the
+/// forms the leader's own proposals use (`shhh-…`, `…:council-epoch-N`:
+/// `reserved_idem_key`) from another signer; a list item's text over
 /// `TEXT_BYTES_MAX` (finding codes and details, roles, tools, assets, check
 /// names, probe tools and versions: `check_item_texts`); and a finding code
 /// that differs from a deny code only in case, spaces or `-`
@@ -480,6 +492,20 @@ fn evaluate(
                 vec![format!(
                     "idem_key holds {c:?} (U+{:04X}); an idem_key is printable ASCII (space to '~'), e.g. goalId:beatIndex:opClass:uuid: spell other text in ASCII (percent-encode it, or use its hash)",
                     c as u32
+                )],
+            ));
+        }
+        // At admission only (see `Judged`): the leader's own proposals (a
+        // quarantine, a council certificate) use keys derived from what
+        // anyone can see; a signer who took such a key first would keep the
+        // leader's proposal out (an idempotency conflict, dropped).
+        if p.signer != node.genesis.leader && reserved_idem_key(&p.idem_key) {
+            return Err(reject(
+                RejectKind::Malformed,
+                "idem_key",
+                vec![format!(
+                    "idem_key {:?} has the form of the leader's own proposals (`shhh-…` or `…:council-epoch-N`), which only the leader may use; choose another key",
+                    crate::hash::truncate(&p.idem_key)
                 )],
             ));
         }
@@ -3166,6 +3192,50 @@ mod tests {
     /// hashes differently, so a new proposal must leave it out; replay
     /// takes what an earlier build accepted. A legacy genesis accepts
     /// unbound votes, whose `genesis` is the optional field.
+    #[test]
+    fn the_leaders_key_forms_are_refused_from_other_signers_at_admission() {
+        for key in [
+            "shhh-quarantine:ab12",
+            "default:7:Council_QuorumCert:council-epoch-3",
+        ] {
+            assert!(reserved_idem_key(key), "{key}");
+        }
+        for key in [
+            "shh-x",
+            "a:council-epoch-",
+            "a:council-epoch-3x",
+            "goal:1:op:uuid",
+        ] {
+            assert!(!reserved_idem_key(key), "{key}");
+        }
+        let fx = Fx::new("reserved-keys");
+        let inputs = json!({ "config_hash": Hash::of_bytes(b"config") });
+        let with_key = |key: &str, signer: &SigningKey| {
+            ProposalBuilder::new(P, "Boot_ConfigOk", fx.node.project_hash(P), fx.hlc(), key)
+                .inputs(&inputs)
+                .unwrap()
+                .sign(signer)
+                .unwrap()
+        };
+        let r = fx.admitted_only(
+            &with_key("shhh-quarantine:ab12", &fx.keys.admin),
+            "idem_key",
+        );
+        assert!(says(&r, "only the leader may use"), "{r:#?}");
+        // The leader itself may (its quarantines and certificates do).
+        assert_eq!(
+            fx.judge(
+                &with_key("shhh-quarantine:ab12", &fx.keys.leader),
+                Judged::Admission
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            fx.judge(&with_key("ops:1", &fx.keys.admin), Judged::Admission),
+            Ok(())
+        );
+    }
+
     #[test]
     fn a_null_in_inputs_is_refused_at_admission() {
         let mut fx = Fx::with_genesis("nulls", |g| g.facts_bound_to_genesis = false);
