@@ -211,11 +211,15 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and none is usable{}: the log cannot be proven from genesis; on a follower, install a verified snapshot from the leader again (`install_snapshot`) or resync it from scratch; on a node whose log was compacted, rebuild the snapshot at {base} from its archives (`swoosh snapshot rebuild-base --dir <dir> <archives, oldest first>`)", fmt_problems(skipped))]
+    #[error("the log at {location} starts after record {base} (its WAL base), which only a snapshot at or after {base} can vouch for, and {}: the log cannot be proven from genesis; on a follower, install a verified snapshot from the leader again (`install_snapshot`) or resync it from scratch; on a node whose log was compacted, rebuild the snapshot at {base} from its archives (`swoosh snapshot rebuild-base --dir <dir> <archives, oldest first>`)", unusable(*base, *base_only, skipped))]
     Unproven {
         location: String,
         base: u64,
         skipped: Vec<SnapshotProblem>,
+        /// Only the snapshot at the base was looked at (a check that must
+        /// start there: `wal verify`, an index rebuild, a compaction), not
+        /// whether a newer one could start a recovery.
+        base_only: bool,
     },
     #[error("WAL record {index} at {location} is intact but replaying it fails ({source}): this build and the log disagree; do NOT repair (the record is valid), run the swoosh version that wrote the log, and `swoosh replay --dir <node dir, which holds {location}>` to see where they part")]
     Divergence {
@@ -223,6 +227,18 @@ pub enum RecoveryError {
         index: u64,
         source: ReplayError,
     },
+}
+
+/// What [`RecoveryError::Unproven`] says of the snapshots it looked at.
+fn unusable(base: u64, base_only: bool, skipped: &[SnapshotProblem]) -> String {
+    if base_only {
+        format!(
+            "the snapshot at {base} is unusable{}; this check starts from it, so it cannot go on (a node still starts from a newer usable snapshot when there is one: `swoosh snapshot list` shows which)",
+            fmt_problems(skipped)
+        )
+    } else {
+        format!("none is usable{}", fmt_problems(skipped))
+    }
 }
 
 fn fmt_problems(p: &[SnapshotProblem]) -> String {
@@ -337,6 +353,7 @@ pub fn recover_with<S: LogStore + ?Sized>(
                 location: store.location(),
                 base: b.index,
                 skipped,
+                base_only: false,
             })
         }
     };
@@ -382,6 +399,7 @@ pub(crate) fn base_state<S: LogStore + ?Sized>(
                 index: base.index,
                 reason,
             }],
+            base_only: true,
         }),
     }
 }
