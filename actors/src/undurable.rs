@@ -81,7 +81,6 @@ mod tests {
             index,
             state_post_hash: Hash([1; 32]),
             decision: Hash([2; 32]),
-            intent_hash: None,
         }
     }
 

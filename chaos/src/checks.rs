@@ -325,7 +325,6 @@ mod tests {
                 index,
                 state_post_hash: post,
                 decision: Hash::of_bytes(b"d"),
-                intent_hash: None,
             })
         };
         assert_eq!(check_replay(Some((7, post)), &dup(7, post)), None);

@@ -18,37 +18,6 @@ pub const EVIDENCE_ITEMS_MAX: usize = 32;
 pub const EVIDENCE_ITEM_BYTES_MAX: usize = 512;
 pub const INPUTS_BYTES_MAX: usize = 64 * 1024;
 pub const TRANSITION_NAME_BYTES_MAX: usize = 64;
-/// Names what [`Proposal::intent_hash`] hashes, so it can equal no other
-/// hash of the same fields.
-pub const INTENT_DOMAIN: &str = "SWOOSH-INTENT-v1";
-
-/// [`Proposal::intent_hash`] of these fields (a WAL record holds them too:
-/// `WalRecord::intent_hash`).
-pub fn intent_hash(
-    project: &str,
-    transition: &str,
-    signer: &SignerId,
-    inputs_hash: &Hash,
-    evidence: &[String],
-) -> Result<Hash, CanonicalError> {
-    #[derive(Serialize)]
-    struct Intent<'a> {
-        domain: &'static str,
-        project: &'a str,
-        transition: &'a str,
-        signer: &'a SignerId,
-        inputs_hash: &'a Hash,
-        evidence: &'a [String],
-    }
-    crate::hash::hash_of(&Intent {
-        domain: INTENT_DOMAIN,
-        project,
-        transition,
-        signer,
-        inputs_hash,
-        evidence,
-    })
-}
 
 fn default_project() -> String {
     crate::state::DEFAULT_PROJECT.to_string()
@@ -146,22 +115,6 @@ impl Proposal {
     /// a harmless repeat from a conflicting reuse of an idempotency key.
     pub fn content_hash(&self) -> Result<Hash, CanonicalError> {
         crate::hash::hash_of(&self.body())
-    }
-
-    /// Hash of what the proposal asks for, without when and from which HEAD
-    /// (`hlc`, `current_state_hash`, `window_id`): project, transition,
-    /// signer, inputs hash and evidence. A client that retries an operation
-    /// under its idempotency key rebuilds the proposal at a fresh HLC and
-    /// HEAD; with the same intent that is the same operation, answered with
-    /// its original outcome rather than refused as a conflicting reuse.
-    pub fn intent_hash(&self) -> Result<Hash, CanonicalError> {
-        intent_hash(
-            &self.project,
-            &self.transition,
-            &self.signer,
-            &self.inputs_hash,
-            &self.evidence,
-        )
     }
 
     pub fn verify_signature(&self) -> Result<(), SigError> {

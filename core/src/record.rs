@@ -53,18 +53,6 @@ impl WalRecord {
     }
 
     /// The proposal this record was accepted from.
-    /// The intent hash of the proposal this record holds
-    /// ([`Proposal::intent_hash`]), without rebuilding the proposal.
-    pub fn intent_hash(&self) -> Result<Hash, crate::cbor::CanonicalError> {
-        crate::proposal::intent_hash(
-            &self.project,
-            &self.transition,
-            &self.signer,
-            &self.inputs_hash,
-            &self.evidence,
-        )
-    }
-
     pub fn proposal(&self) -> Proposal {
         Proposal {
             project: self.project.clone(),

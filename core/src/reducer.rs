@@ -295,7 +295,6 @@ struct Plan {
     post: ProjectState,
     outcomes: Vec<GuardOutcome>,
     content_hash: Hash,
-    intent_hash: Hash,
     events: Vec<OpEvent>,
 }
 
@@ -456,22 +455,16 @@ fn evaluate(
         Some(h) => h,
         None => p.content_hash().map_err(content_rejection)?,
     };
-    let intent_hash = p.intent_hash().map_err(content_rejection)?;
     let windowed = node.idem.get(&p.project).and_then(|m| m.get(&p.idem_key));
     if let Some(prev) = windowed.or(recalled) {
         if prev.content_hash == content_hash {
-            return Ok(Eval::Duplicate(prev.clone()));
-        }
-        // The same operation asked again at a fresh HLC or HEAD (a client
-        // retrying under its key after an unknown outcome): a repeat.
-        if prev.intent_hash == Some(intent_hash) {
             return Ok(Eval::Duplicate(prev.clone()));
         }
         return Err(reject(
             RejectKind::IdemConflict,
             "idempotency",
             vec![format!(
-                "idem_key {:?} was already used at index {} for {} with different content (another transition, signer, inputs or evidence); use a new idem_key for a new operation",
+                "idem_key {:?} was already used at index {} for {} with different content; use a new idem_key for a new operation",
                 p.idem_key, prev.index, prev.transition
             )],
         ));
@@ -802,7 +795,6 @@ fn evaluate(
         post,
         outcomes,
         content_hash,
-        intent_hash,
         events,
     })))
 }
@@ -1813,7 +1805,6 @@ fn decide(
         post,
         outcomes,
         content_hash,
-        intent_hash,
         mut events,
     } = plan;
     let index = node.index + 1;
@@ -1902,7 +1893,6 @@ fn decide(
         index,
         state_post_hash: post_hash,
         decision: decision_hash,
-        intent_hash: Some(intent_hash),
     };
 
     let mut effects = vec![];

@@ -876,14 +876,8 @@ impl<'k> Driver<'k> {
                 .get(pick as usize % mine.len().max(1))
                 .map(|p| (*p).clone()),
             Fault::IdemConflict => {
-                // An old key for another operation: the same one asked again
-                // (same transition, signer, inputs, evidence) is a repeat.
+                let old = mine.get(pick as usize % mine.len().max(1))?;
                 let mut p = self.valid_next(node, project, now_ms)?;
-                let intent = p.intent_hash().ok()?;
-                let n = mine.len();
-                let old = (0..n)
-                    .map(|k| mine[(pick as usize + k) % n])
-                    .find(|o| o.intent_hash().ok() != Some(intent))?;
                 p.idem_key = old.idem_key.clone();
                 Some(self.resign(&p, self.signer_of(&p)?))
             }

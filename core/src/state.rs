@@ -771,13 +771,6 @@ pub struct IdemEntry {
     pub index: u64,
     pub state_post_hash: Hash,
     pub decision: Hash,
-    /// [`crate::proposal::Proposal::intent_hash`]: the same operation asked
-    /// again at another HLC or HEAD is a repeat, not a conflict. Absent from
-    /// entries an earlier build wrote (left out of the encoding while
-    /// absent, so those keep their bytes); such an entry answers only an
-    /// exact repeat, as before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intent_hash: Option<Hash>,
 }
 
 /// Everything a node derives from genesis + the WAL.
@@ -1340,7 +1333,6 @@ mod tests {
             index,
             state_post_hash: Hash::of_bytes(b"post"),
             decision: Hash::of_bytes(b"dr"),
-            intent_hash: None,
         }
     }
 

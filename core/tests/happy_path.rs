@@ -143,7 +143,6 @@ fn idempotency_window_is_bounded_and_exactly_once_survives_eviction() {
                 index: acc.record.index,
                 state_post_hash: acc.record.state_post_hash,
                 decision: acc.decision_hash,
-                intent_hash: Some(acc.record.intent_hash().unwrap()),
             };
             (prop, e)
         });

@@ -1001,28 +1001,6 @@ impl Client {
                     if policy.resubmit_on_stale
                         && (body.error == "stale_hash" || body.error == "hlc_order") =>
                 {
-                    // An `hlc_order` refusal of an HLC that does follow the
-                    // project's last one is the lag bound: this client's
-                    // clock runs behind the leader's. Rebuilding from the
-                    // same clock fails the same way; eight more rounds then
-                    // blamed "another writer".
-                    let follows_last = body
-                        .hlc_last
-                        .as_deref()
-                        .and_then(|h| h.parse::<Hlc>().ok())
-                        .is_none_or(|last| p.hlc > last);
-                    if body.error == "hlc_order" && follows_last {
-                        let mut body = body;
-                        body.message = format!(
-                            "{}; this client's clock ({}) runs behind the leader's by more than the cluster's hlc_max_offset_ms: correct it (NTP) and resubmit; a retry from the same clock cannot pass",
-                            body.message, p.hlc
-                        );
-                        return Err(ProposeFailure {
-                            error: ClientError::Refused { status: 409, body },
-                            last: Some(p),
-                            unknown: false,
-                        });
-                    }
                     if stale >= STALE_RETRIES_MAX {
                         let mut body = body;
                         body.message = format!(

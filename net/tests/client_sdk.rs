@@ -264,49 +264,6 @@ async fn a_head_that_keeps_moving_is_reported_after_the_last_round() {
     assert_eq!(count(&seen, "POST", "/transition"), attempts);
 }
 
-/// `409 hlc_order` for an HLC that follows the project's last one is the
-/// lag bound: this client's clock runs behind the leader's. It is reported
-/// at once, saying so; it used to be rebuilt from the same clock eight more
-/// times and then blamed on "another writer". An HLC at or before the last
-/// one (another writer moved it on) is still rebuilt.
-#[tokio::test]
-async fn a_client_clock_behind_the_leaders_is_named_not_retried() {
-    let (url, seen) = fake_node(|m, p, _| match (m, p) {
-        ("GET", "/state") => state_reply(),
-        ("POST", "/transition") => refused(409, "hlc_order", None),
-        _ => refused(404, "not_found", None),
-    })
-    .await;
-    let f = propose_fails(&url, RetryPolicy::default()).await;
-    let text = f.error.to_string();
-    assert!(text.contains("runs behind the leader's"), "{text}");
-    assert!(!text.contains("another writer"), "{text}");
-    assert_eq!(count(&seen, "POST", "/transition"), 1);
-
-    let last = "9999-01-01T00:00:00.000+00:00#0";
-    let (url, seen) = fake_node(move |m, p, n| match (m, p) {
-        ("GET", "/state") => state_reply(),
-        ("POST", "/transition") if n == 0 => {
-            let body = serde_json::json!({
-                "error": "hlc_order", "message": "not after the last", "hlc_last": last
-            });
-            Some((409, vec![], body.to_string()))
-        }
-        ("POST", "/transition") => accepted(),
-        _ => refused(404, "not_found", None),
-    })
-    .await;
-    let c = Client::new(&url);
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let inputs = serde_json::json!({});
-    let done = c
-        .propose(&propose_request(&key, &inputs), RetryPolicy::default())
-        .await
-        .unwrap();
-    assert_eq!(done.stale_retries, 1);
-    assert_eq!(count(&seen, "POST", "/transition"), 2);
-}
-
 /// A round refused as stale, then a HEAD read the node cannot answer: the
 /// read's `503 unavailable` says nothing about the refused proposal, whose
 /// outcome is settled (`unknown` false), though the error itself is the

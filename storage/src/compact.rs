@@ -560,10 +560,6 @@ fn idem_for<S: LogStore + ?Sized>(
         index: v.index,
         state_post_hash: r.state_post_hash,
         decision: r.decision,
-        intent_hash: Some(
-            r.intent_hash()
-                .map_err(|e| bad(format!("its proposal does not encode: {e}")))?,
-        ),
     };
     match lookup_idem(store, &r.project, &r.idem_key) {
         Ok(Some(e)) if e == entry => return Ok(IdemCheck::Sound),

@@ -1000,16 +1000,10 @@ pub(crate) fn check_indexes<S: LogStore + ?Sized>(
         )),
         Ok(Some(e)) => {
             let want_content = r.proposal().content_hash().ok();
-            // An entry an earlier build wrote has no intent hash; one that
-            // has it must be the record's.
-            let wrong_intent = e
-                .intent_hash
-                .is_some_and(|i| Some(i) != r.intent_hash().ok());
             if e.index != v.index
                 || e.decision != r.decision
                 || e.state_post_hash != r.state_post_hash
                 || Some(e.content_hash) != want_content
-                || wrong_intent
             {
                 note(format!(
                     "record {}: idempotency entry for {:?} points at index {} / other content",

@@ -235,10 +235,6 @@ impl Entry {
             index,
             state_post_hash: rec.state_post_hash,
             decision: rec.decision,
-            intent_hash: Some(rec.intent_hash().map_err(|e| AppendError::Encode {
-                index,
-                detail: e.to_string(),
-            })?),
         };
         let idem_key = idem_key(&rec.project, &rec.idem_key)
             .map_err(|e| AppendError::Encode { index, detail: e })?;
