@@ -22,9 +22,6 @@ pub const LOCK_FILE: &str = "swoosh.lock";
 /// node restarted in-process (the demo, tests) re-enters its own lock.
 static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(vec![]);
 
-/// A council agent's lock file, in its directory (an agent has no store).
-pub const AGENT_LOCK_FILE: &str = "agent.lock";
-
 /// Take `dir`'s lock for the rest of this process, or say which process
 /// holds it.
 pub fn lock_node_dir(dir: &Path) -> Result<()> {
@@ -41,13 +38,32 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
 
 /// Take a council agent directory's lock: two agents with one key would
 /// sign conflicting votes for one election (each remembers only its own),
-/// and each is counted as the other.
+/// and each is counted as the other. The lock is on the key file itself,
+/// opened read-only: an agent writes nothing, and its unit gives it a
+/// read-only file system (`ProtectSystem=strict`).
 pub fn lock_agent_dir(dir: &Path) -> Result<()> {
-    lock_file(
-        dir,
-        &dir.join(AGENT_LOCK_FILE),
-        "Two agents with one council key would sign conflicting votes in one election",
-    )
+    let path = dir.join("agent.key");
+    let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let key = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+    if held.iter().any(|(p, _)| *p == key) {
+        return Ok(());
+    }
+    match f.try_lock() {
+        Ok(()) => {
+            held.push((key, f));
+            Ok(())
+        }
+        Err(TryLockError::WouldBlock) => bail!(
+            "another swoosh agent runs with {} (it holds a lock on the key file): stop it first. Two agents with one council key would sign conflicting votes in one election",
+            path.display()
+        ),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 fn lock_file(dir: &Path, path: &Path, why: &str) -> Result<()> {
@@ -126,9 +142,10 @@ mod tests {
         assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
         let pid = std::fs::read_to_string(t.path().join("data").join(LOCK_FILE)).unwrap();
         assert_eq!(pid, std::process::id().to_string());
-        // An agent's lock is its own file, in its directory.
+        // An agent's lock is on its key file, read-only.
+        std::fs::write(t.path().join("agent.key"), "k").unwrap();
         lock_agent_dir(t.path()).unwrap();
-        let other = File::open(t.path().join(AGENT_LOCK_FILE)).unwrap();
+        let other = File::open(t.path().join("agent.key")).unwrap();
         assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
     }
 }

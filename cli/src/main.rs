@@ -181,7 +181,9 @@ async fn main() {
     // Best effort (see the function): a refusal only costs speed.
     let _ = disable_transparent_huge_pages();
     if let Err(e) = run(cli).await {
-        eprintln!("error: {e:#}");
+        // A JSON line under `--log json`, so the last and most telling line
+        // of a failed node reaches a pipeline that parses stderr as JSON.
+        node::say_error(format_args!("{e:#}"));
         std::process::exit(e.downcast_ref::<Exit>().map_or(1, |x| x.code));
     }
 }

@@ -71,7 +71,7 @@ pub fn exposed_secret(path: &Path) -> Option<String> {
 /// Print [`exposed_secret`]'s warning, if any, on stderr.
 pub fn warn_if_exposed(path: &Path) {
     if let Some(w) = exposed_secret(path) {
-        crate::node::say(format_args!("{w}"));
+        crate::node::say_warn(format_args!("{w}"));
     }
 }
 
@@ -293,7 +293,7 @@ fn open_store_as(dir: &Path, nosync: bool, reader: bool) -> Result<LmdbStore> {
     }
     .with_context(|| format!("cannot open the store in {}", data.display()))?;
     if let Some((asked, held)) = store.map_below_data() {
-        crate::node::say(format_args!(
+        crate::node::say_warn(format_args!(
             "warning: the store in {} already holds {:.1} GiB, more than the {} GiB map asked for (--lmdb-map-gib / SWOOSH_LMDB_MAP_GIB): it opened at its own size with no room to grow, so any write fails with \"the store … is full\"; give the size the node runs with (its unit's SWOOSH_LMDB_MAP_GIB)",
             data.display(),
             held as f64 / f64::from(1u32 << 30),
@@ -790,11 +790,40 @@ pub enum LogFormat {
 /// parses every stderr line as JSON does not meet plain text.
 static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// A line of the command's own (`swoosh: …` on stderr, or a JSON log
-/// event with that message under `--log json`).
+/// A line of the command's own: `swoosh: …` on stderr, or under `--log
+/// json` a JSON line of the log's shape (`timestamp`, `level`, `target`,
+/// `message`). Written directly, not through tracing: `RUST_LOG` filters
+/// the log, and these lines (what it serves, where; why it stops; key and
+/// store warnings) must show whatever the filter.
 pub fn say(msg: std::fmt::Arguments<'_>) {
+    say_at("INFO", msg)
+}
+
+/// [`say`] for a warning (level `WARN` in JSON; the text says `warning:`
+/// itself).
+pub fn say_warn(msg: std::fmt::Arguments<'_>) {
+    say_at("WARN", msg)
+}
+
+/// [`say`] for an error that ends the process (`error: ` in text, level
+/// `ERROR` in JSON; text without the `swoosh: ` prefix, as before).
+pub fn say_error(msg: std::fmt::Arguments<'_>) {
     if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!(target: "swoosh", "{msg}");
+        say_at("ERROR", msg)
+    } else {
+        eprintln!("error: {msg}");
+    }
+}
+
+fn say_at(level: &str, msg: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": swoosh_core::hlc::format_wall_ms(now_ms()),
+            "level": level,
+            "target": "swoosh",
+            "message": msg.to_string(),
+        });
+        eprintln!("{line}");
     } else {
         eprintln!("swoosh: {msg}");
     }
@@ -913,7 +942,7 @@ pub async fn serve_leader(
     swoosh_net::http::serve(listener, node.clone(), async move {
         tokio::select! {
             sig = stop => crate::node::say(format_args!("{sig}: shutting down, flushing the WAL")),
-            g = watched.given_up() => crate::node::say(format_args!("{g}; exiting non-zero so the service manager restarts the process")),
+            g = watched.given_up() => crate::node::say_error(format_args!("{g}; exiting non-zero so the service manager restarts the process")),
         }
     })
     .await?;

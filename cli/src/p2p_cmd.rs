@@ -289,8 +289,8 @@ pub async fn follow(a: FollowArgs) -> Result<()> {
         })
         .transpose()?;
     if leader_http.is_some() && a.http.is_none() {
-        crate::node::say(format_args!(
-            "--leader-http is only named by the HTTP surface; without --http it is unused"
+        crate::node::say_warn(format_args!(
+            "warning: --leader-http is only named by the HTTP surface; without --http it is unused"
         ));
     }
     let listen = a

@@ -197,9 +197,10 @@ fn init_serve_propose_read_and_verify() {
         &format!("@{}", lic_file.display()),
     ]);
     // The same operation run again under its key (what the CLI tells an
-    // operator to do after an unknown outcome) is signed at a fresh HLC and
-    // HEAD: answered with its original outcome, not refused as a conflict.
-    let again: serde_json::Value = serde_json::from_str(&ok(&[
+    // operator to do after an interrupted run) is signed at a fresh HLC and
+    // HEAD: other content under a used key is a conflict (SPEC §4), and the
+    // CLI says the operation may already be done and where to look.
+    let o = swoosh(&[
         "propose",
         "--to",
         &url,
@@ -211,14 +212,14 @@ fn init_serve_propose_read_and_verify() {
         &zero,
         "--idem-key",
         "cfg-1",
-        "--json",
-    ]))
-    .unwrap();
-    assert_eq!(
-        (&again["index"], &again["duplicate"]),
-        (&1.into(), &true.into())
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("already used at index 1 for Boot_ConfigOk")
+            && err.contains("may already be done"),
+        "{err}"
     );
-    assert_eq!(again["state_post_hash"], reply["state_post_hash"]);
 
     // Refusals exit non-zero and say why.
     let o = swoosh(&[
@@ -956,14 +957,19 @@ fn a_second_agent_on_one_directory_is_refused() {
         KillOnDrop::spawn(
             Command::new(env!("CARGO_BIN_EXE_swoosh"))
                 .args(["agent", "--dir", &dir, "--peer", "/ip4/127.0.0.1/tcp/1"])
+                .args(["--log", "json"])
+                .env("RUST_LOG", "error")
                 .stdout(Stdio::null())
                 .stderr(stderr),
         )
     };
-    let first = agent(Stdio::null());
-    let lock = format!("{dir}/agent.lock");
+    // An agent writes nothing (its unit runs it on a read-only file
+    // system): the lock is on its key file, which it only reads.
+    let _first = agent(Stdio::null());
+    let key = std::fs::File::open(format!("{dir}/agent.key")).unwrap();
     let t0 = Instant::now();
-    while std::fs::read_to_string(&lock).unwrap_or_default() != first.id().to_string() {
+    while key.try_lock().is_ok() {
+        key.unlock().unwrap();
         assert!(
             t0.elapsed() < PATIENCE,
             "the first agent never took its lock"
@@ -975,8 +981,24 @@ fn a_second_agent_on_one_directory_is_refused() {
     let mut err = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "{err}");
+    // Under --log json the error that ends it is a JSON line too, whatever
+    // RUST_LOG filters.
+    let last: serde_json::Value =
+        serde_json::from_str(err.lines().last().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(last["level"], "ERROR", "{err}");
+    let msg = last["message"].as_str().unwrap_or_default();
     assert!(
-        err.contains(&format!("(pid {})", first.id())) && err.contains("conflicting votes"),
+        msg.contains("another swoosh agent runs with") && msg.contains("conflicting votes"),
         "{err}"
+    );
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .all(|n| n == "agent.key" || n == "genesis.json"),
+        "the agent wrote nothing: {entries:?}"
     );
 }

@@ -9,6 +9,11 @@ use std::time::Duration;
 use swoosh_core::backbeat::Schedule;
 use swoosh_core::{Hash, Hlc, Proposal, ProposalBuilder};
 
+/// A proposal refused within this many ms of being built was judged at
+/// about the HLC it was built with (no busy retries aged it): the `propose`
+/// loop's test for a client clock behind the leader's.
+pub const FRESH_PROPOSAL_MS: u64 = 250;
+
 /// How many times `propose` re-reads HEAD after a stale hash.
 pub const STALE_RETRIES_MAX: u32 = 8;
 /// How many times a request is retried on 429/503.
@@ -967,6 +972,9 @@ impl Client {
         let mut stale = 0;
         let mut last = None;
         let deadline = Deadline::after(policy.deadline);
+        // Rounds in a row whose freshly built proposal was refused as too
+        // far behind the leader's clock (see below).
+        let mut behind_fresh = 0u32;
         loop {
             let p = match self.build_within(req, deadline).await {
                 Ok(p) => p,
@@ -978,6 +986,7 @@ impl Client {
                     })
                 }
             };
+            let built = std::time::Instant::now();
             let result = if policy.retry_busy {
                 Self::retrying(true, deadline, || self.submit(&p)).await
             } else if let Some(d) = deadline.filter(|d| tokio::time::Instant::now() >= d.at) {
@@ -1001,6 +1010,35 @@ impl Client {
                     if policy.resubmit_on_stale
                         && (body.error == "stale_hash" || body.error == "hlc_order") =>
                 {
+                    // `hlc_order` for an HLC that follows the project's last
+                    // one is the lag bound. For a proposal that aged in busy
+                    // retries, rebuilding fixes it; for one refused as soon
+                    // as it was built, twice in a row, this client's clock
+                    // runs behind the leader's and rebuilding from it cannot
+                    // pass (eight more rounds then blamed "another writer").
+                    let follows_last = body
+                        .hlc_last
+                        .as_deref()
+                        .and_then(|h| h.parse::<Hlc>().ok())
+                        .is_none_or(|last| p.hlc > last);
+                    let fresh = built.elapsed() < Duration::from_millis(FRESH_PROPOSAL_MS);
+                    if body.error == "hlc_order" && follows_last && fresh {
+                        behind_fresh += 1;
+                    } else {
+                        behind_fresh = 0;
+                    }
+                    if behind_fresh >= 2 {
+                        let mut body = body;
+                        body.message = format!(
+                            "{}; this client's clock ({}) runs behind the leader's by more than the cluster's hlc_max_offset_ms (a proposal built just now was refused so twice): correct it (NTP) and resubmit",
+                            body.message, p.hlc
+                        );
+                        return Err(ProposeFailure {
+                            error: ClientError::Refused { status: 409, body },
+                            last: Some(p),
+                            unknown: false,
+                        });
+                    }
                     if stale >= STALE_RETRIES_MAX {
                         let mut body = body;
                         body.message = format!(

@@ -264,6 +264,47 @@ async fn a_head_that_keeps_moving_is_reported_after_the_last_round() {
     assert_eq!(count(&seen, "POST", "/transition"), attempts);
 }
 
+/// `409 hlc_order` for an HLC that follows the project's last one, twice in
+/// a row for a proposal refused as soon as it was built, is the lag bound:
+/// this client's clock runs behind the leader's. The SDK says so after the
+/// second such round; it used to rebuild from the same clock eight more
+/// times and blame "another writer". A proposal that only aged in busy
+/// retries is rebuilt, as before.
+#[tokio::test]
+async fn a_client_clock_behind_the_leaders_is_named_after_two_fresh_refusals() {
+    let (url, seen) = fake_node(|m, p, _| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") => refused(409, "hlc_order", None),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let f = propose_fails(&url, RetryPolicy::default()).await;
+    let text = f.error.to_string();
+    assert!(text.contains("runs behind the leader's"), "{text}");
+    assert!(!text.contains("another writer"), "{text}");
+    assert_eq!(count(&seen, "POST", "/transition"), 2);
+
+    // Aged by a busy retry past FRESH_PROPOSAL_MS, then refused as behind:
+    // rebuilt, and the fresh one is accepted.
+    let (url, seen) = fake_node(|m, p, n| match (m, p) {
+        ("GET", "/state") => state_reply(),
+        ("POST", "/transition") if n == 0 => refused(503, "unavailable", Some(400)),
+        ("POST", "/transition") if n == 1 => refused(409, "hlc_order", None),
+        ("POST", "/transition") => accepted(),
+        _ => refused(404, "not_found", None),
+    })
+    .await;
+    let c = Client::new(&url);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let inputs = serde_json::json!({});
+    let done = c
+        .propose(&propose_request(&key, &inputs), RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(done.stale_retries, 1);
+    assert_eq!(count(&seen, "POST", "/transition"), 3);
+}
+
 /// A round refused as stale, then a HEAD read the node cannot answer: the
 /// read's `503 unavailable` says nothing about the refused proposal, whose
 /// outcome is settled (`unknown` false), though the error itself is the

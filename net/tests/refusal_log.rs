@@ -126,7 +126,11 @@ async fn a_refused_proposal_is_logged_with_its_guard_and_reasons() {
     let w = refusals[1]["fields"]["window_id"]
         .as_str()
         .expect("window_id");
-    assert!(w.starts_with("W\\n"), "escaped, not a raw newline: {w:.40}");
+    // Quoted (it holds a control character), escaped, not a raw newline.
+    assert!(
+        w.starts_with("\"W\\n"),
+        "escaped, not a raw newline: {w:.40}"
+    );
     assert!(
         w.len() < 300,
         "cut to the log field limit: {} chars",

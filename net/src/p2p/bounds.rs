@@ -26,19 +26,27 @@ pub fn clip(s: &str) -> &str {
     }
 }
 
-/// A client's or peer's text for a log field, written as it is except
-/// that a backslash and every control character are escaped (`\\`, `\n`,
-/// `\u{1b}`, …): no newline or escape sequence can forge a line or drive a
-/// terminal, and, unlike `?` (Debug), a plain value is logged without
-/// quotes, so a query matches it as the same field of another line.
-/// Clip it first ([`clip`]).
+/// A client's or peer's text for a log field. A plain value (no space,
+/// `=`, `"`, backslash or control character: every real transition name,
+/// project id or window id) is written as it is, so a query matches it as
+/// the same field of an accepted line (which `?`, Debug, quoted). Anything
+/// else is written quoted, with `"`, backslashes and control characters
+/// escaped: no newline or escape sequence can forge a line or drive a
+/// terminal, and no `key=value` inside it can pass for a field of a text
+/// log line. Clip it first ([`clip`]).
 pub struct LogText<'a>(pub &'a str);
 
 impl std::fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write;
+        let plain =
+            |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '=' | '"' | '\\'));
+        if !self.0.is_empty() && self.0.chars().all(plain) {
+            return f.write_str(self.0);
+        }
+        f.write_char('"')?;
         for c in self.0.chars() {
-            if c == '\\' || c.is_control() {
+            if matches!(c, '"' | '\\') || c.is_control() {
                 for e in c.escape_default() {
                     f.write_char(e)?;
                 }
@@ -46,7 +54,7 @@ impl std::fmt::Display for LogText<'_> {
                 f.write_char(c)?;
             }
         }
-        Ok(())
+        f.write_char('"')
     }
 }
 
@@ -183,9 +191,19 @@ mod tests {
         // So does LogText, without quoting a plain value.
         assert_eq!(LogText("default").to_string(), "default");
         assert_eq!(
-            LogText("a\nb\"c\\d\u{1b}[31m'é").to_string(),
-            r#"a\nb"c\\d\u{1b}[31m'é"#
+            LogText("backbeat:W-3-reverb").to_string(),
+            "backbeat:W-3-reverb"
         );
+        assert_eq!(
+            LogText("a\nb\"c\\d\u{1b}[31m'é").to_string(),
+            r#""a\nb\"c\\d\u{1b}[31m'é""#
+        );
+        // A value that could pass for fields of a text line is quoted.
+        assert_eq!(
+            LogText("Bogus guard=forged error=ok").to_string(),
+            r#""Bogus guard=forged error=ok""#
+        );
+        assert_eq!(LogText("").to_string(), "\"\"");
     }
 
     #[test]

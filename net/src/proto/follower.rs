@@ -94,6 +94,19 @@ pub struct DivergedRecord {
     pub state_post_hash: swoosh_core::Hash,
 }
 
+impl DivergedRecord {
+    fn of(r: &swoosh_core::record::WalRecord) -> DivergedRecord {
+        DivergedRecord {
+            project: r.project.clone(),
+            transition: r.transition.clone(),
+            hlc: r.hlc,
+            window_id: r.window_id.clone(),
+            state_pre_hash: r.state_pre_hash,
+            state_post_hash: r.state_post_hash,
+        }
+    }
+}
+
 /// Why a fully received snapshot is not installed.
 enum SnapshotFault {
     /// Not the bytes the manifest names, or no longer useful: refused.
@@ -612,21 +625,20 @@ impl ReplFollower {
             .zip(encodings.into_iter().skip(skip))
         {
             let index = rec.index;
-            let fields = DivergedRecord {
-                project: rec.project.clone(),
-                transition: rec.transition.clone(),
-                hlc: rec.hlc,
-                window_id: rec.window_id.clone(),
-                state_pre_hash: rec.state_pre_hash,
-                state_post_hash: rec.state_post_hash,
-            };
             // verify_records hashed exactly this encoding against the signed
             // header, so the record's hash is known without encoding it again.
-            let applied_one = prepare_record_hashed(rec, *hash).and_then(|p| {
-                let content_hash = p.content_hash();
-                apply_prepared_check(&mut self.node, &p, Verify::Trusted)
-                    .map(|_| (content_hash, p.record))
-            });
+            // The diverging record's fields are copied only when it fails
+            // (a record-local fault before the reducer names none).
+            let applied_one = match prepare_record_hashed(rec, *hash) {
+                Err(e) => Err((e, None)),
+                Ok(p) => {
+                    let content_hash = p.content_hash();
+                    match apply_prepared_check(&mut self.node, &p, Verify::Trusted) {
+                        Ok(_) => Ok((content_hash, p.record)),
+                        Err(e) => Err((e, Some(DivergedRecord::of(&p.record)))),
+                    }
+                }
+            };
             match applied_one {
                 Ok((content_hash, record)) => applied.push(AppliedRecord {
                     record,
@@ -634,7 +646,7 @@ impl ReplFollower {
                     bytes,
                     content_hash,
                 }),
-                Err(e) => {
+                Err((e, fields)) => {
                     self.stats.records_applied += applied.len() as u64;
                     if !applied.is_empty() {
                         out.push(FollowerEffect::Applied(applied));
@@ -642,7 +654,7 @@ impl ReplFollower {
                     let d = Divergence {
                         index,
                         reason: e.to_string(),
-                        record: Some(fields),
+                        record: fields,
                     };
                     return self.halt(d, out);
                 }
