@@ -107,13 +107,19 @@ impl SnapshotFault {
     /// beyond the end of the log or off its chain (evidence of what
     /// happened, for an operator to look at).
     pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            // A frame version this build does not read, or a payload that
+            // matches its hash but does not decode: a newer build's snapshot
+            // (after a binary rolled back), sound bytes this one cannot use.
+            SnapshotFault::Frame(FrameError::Version { .. } | FrameError::Decode(_)) => false,
             SnapshotFault::Frame(_)
-                | SnapshotFault::Key { .. }
-                | SnapshotFault::Header(_)
-                | SnapshotFault::ProjectHash { .. }
-        )
+            | SnapshotFault::Key { .. }
+            | SnapshotFault::Header(_)
+            | SnapshotFault::ProjectHash { .. } => true,
+            SnapshotFault::Format(_)
+            | SnapshotFault::Genesis { .. }
+            | SnapshotFault::Wal { .. } => false,
+        }
     }
 }
 
@@ -470,4 +476,47 @@ pub fn read_snapshot<S: LogStore + ?Sized>(
         index,
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A starting node deletes the snapshots `is_damage` names. A newer
+    /// build's snapshot (a frame version or a payload this build cannot
+    /// decode, though it matches its hash) is kept for the binary that
+    /// wrote it: a rollback must not destroy it.
+    #[test]
+    fn only_damaged_bytes_count_as_damage() {
+        let h = Hash::of_bytes(b"x");
+        for sound in [
+            SnapshotFault::Frame(FrameError::Version { got: 9 }),
+            SnapshotFault::Frame(FrameError::Decode("unknown variant".into())),
+            SnapshotFault::Format("swoosh-snapshot/v9".into()),
+            SnapshotFault::Genesis {
+                expected: h,
+                got: h,
+            },
+            SnapshotFault::Wal {
+                index: 9,
+                detail: "is beyond the end of the log".into(),
+            },
+        ] {
+            assert!(!sound.is_damage(), "{sound}");
+        }
+        for damaged in [
+            SnapshotFault::Frame(FrameError::HashMismatch {
+                stored: h,
+                computed: h,
+            }),
+            SnapshotFault::Frame(FrameError::TooShort { len: 3 }),
+            SnapshotFault::Key { key: 4, index: 7 },
+            SnapshotFault::Header("index"),
+            SnapshotFault::ProjectHash {
+                project: "p".into(),
+            },
+        ] {
+            assert!(damaged.is_damage(), "{damaged}");
+        }
+    }
 }
