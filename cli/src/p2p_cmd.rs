@@ -474,6 +474,13 @@ pub(crate) async fn start_leader_p2p(
                     ("peers_refused", s.refused_peers),
                     ("publish_errors", s.publish_errors),
                     ("publish_no_subscribers", s.publish_no_subscribers),
+                    // The council's elections, which ride the same swarm:
+                    // otherwise visible only as log lines every 3 s.
+                    ("council_announcements", s.announcements),
+                    ("council_votes_counted", s.council_votes),
+                    ("council_votes_rejected", s.council_votes_rejected),
+                    ("council_certificates", s.certificates),
+                    ("council_certificate_proposals", s.certificate_proposals),
                 ]
             })
             .unwrap_or_default()

@@ -795,13 +795,18 @@ pub struct NodeState {
 /// snapshot). Past it the oldest [`IDEM_EVICT_BATCH`] of the project (by WAL
 /// index) go.
 ///
-/// Exactly-once does not depend on the window: an evicted proposal can never
-/// apply again, because it names a state hash that is no longer HEAD (every
-/// accepted transition changes the project hash: the document counts them)
-/// and an HLC at or below `hlc_last`. What the window bounds is how long the
-/// pure reducer alone answers a repeat with its *original outcome* (202)
-/// rather than a 409; a node recalls older keys from its durable index
-/// (`reducer::step_recalled`).
+/// For the same signed proposal, exactly-once does not depend on the
+/// window: an evicted proposal can never apply again, because it names a
+/// state hash that is no longer HEAD (every accepted transition changes the
+/// project hash: the document counts them) and an HLC at or below
+/// `hlc_last`. What the window bounds is how long the pure reducer alone
+/// answers a repeat with its *original outcome* (202) rather than a 409; a
+/// node recalls older keys from its durable index
+/// (`reducer::step_recalled`). A key signed again into a *new* proposal
+/// (fresh HLC and HEAD) is kept from applying twice only by that lookup: by
+/// the window, or by the durable index, which a leader's store holds for
+/// every record it wrote (a store seeded from an installed snapshot holds
+/// only the snapshot's window for the records at or below its base).
 pub const IDEM_KEYS_PER_PROJECT_MAX: usize = 4_096;
 /// Idempotency entries kept in all, across projects. Past it the oldest
 /// [`IDEM_EVICT_BATCH`] of the node (by WAL index) go. Without it the window
