@@ -146,7 +146,7 @@ impl AgentStatus {
              # TYPE swoosh_agent_announcements_total counter\nswoosh_agent_announcements_total {}\n\
              # HELP swoosh_agent_votes_sent_total Signed votes published.\n\
              # TYPE swoosh_agent_votes_sent_total counter\nswoosh_agent_votes_sent_total {}\n\
-             # HELP swoosh_agent_refused_total Announcements refused (another cluster or genesis, not signed by the genesis leader, bad signature, member set mismatch, already voted in that epoch).\n\
+             # HELP swoosh_agent_refused_total Announcements refused (another cluster or genesis, not signed by the genesis leader, bad signature, member set mismatch, already voted in that epoch, an epoch older than one voted in).\n\
              # TYPE swoosh_agent_refused_total counter\nswoosh_agent_refused_total {}\n\
              # HELP swoosh_agent_malformed_total Council messages that do not decode.\n\
              # TYPE swoosh_agent_malformed_total counter\nswoosh_agent_malformed_total {}\n\

@@ -28,7 +28,9 @@ pub const COUNCIL_ANNOUNCE_DOMAIN: &[u8] = b"SWOOSH-COUNCIL-ANNOUNCE-v1\0";
 pub const ELECTIONS_OPEN_MAX: usize = 1024;
 /// Votes one election accepts (approving + disapproving): one per roster entry.
 pub const VOTES_PER_ELECTION_MAX: usize = ROSTER_ENTRIES_MAX;
-/// Votes an agent remembers, to resend the same vote for a repeated announcement.
+/// Projects an agent remembers its latest vote for (one each: the vote of
+/// the highest council epoch it voted in), to resend the same vote for a
+/// repeated announcement and refuse older epochs.
 pub const AGENT_VOTES_REMEMBERED_MAX: usize = 1024;
 
 /// What the leader asks the council to vote on.
@@ -93,6 +95,12 @@ pub enum AgentRefusal {
     MemberSet,
     #[error("this agent already voted in project {project:?} council epoch {epoch} on another member set; it signs one vote per (project, epoch)")]
     AlreadyVoted { project: String, epoch: u64 },
+    #[error("announcement for project {project:?} council epoch {epoch}, older than epoch {latest} this agent already voted in (an old announcement replayed); no vote")]
+    StaleEpoch {
+        project: String,
+        epoch: u64,
+        latest: u64,
+    },
 }
 
 impl AgentRefusal {
@@ -104,6 +112,7 @@ impl AgentRefusal {
             AgentRefusal::BadSignature => "bad_signature",
             AgentRefusal::MemberSet => "member_set",
             AgentRefusal::AlreadyVoted { .. } => "already_voted",
+            AgentRefusal::StaleEpoch { .. } => "stale_epoch",
         }
     }
 }
@@ -116,10 +125,15 @@ pub struct CouncilAgent {
     cluster_id: String,
     genesis_hash: Hash,
     policy: VotePolicy,
-    cast: BTreeMap<(String, u64), Vote>,
-    /// Keys of `cast` in the order they were voted, so the oldest is
-    /// forgotten first when the memory is full.
-    cast_order: std::collections::VecDeque<(String, u64)>,
+    /// Per project, the vote of the highest epoch this agent voted in.
+    /// Epochs only rise in a log, so older ones are refused: a replayed old
+    /// announcement (anyone can send one; it is the leader's, signed) gets
+    /// no vote the leader would refuse and blame this agent for, and cannot
+    /// push the current vote out of the memory.
+    cast: BTreeMap<String, Vote>,
+    /// Projects of `cast`, least recently voted first, so the one idle
+    /// longest is forgotten first when the memory is full.
+    cast_order: std::collections::VecDeque<String>,
 }
 
 impl CouncilAgent {
@@ -159,19 +173,28 @@ impl CouncilAgent {
         if member_set_hash(&b.members) != b.member_set_hash {
             return Err(AgentRefusal::MemberSet);
         }
-        let key = (b.project.clone(), b.epoch);
-        if let Some(v) = self.cast.get(&key) {
-            // A second, different member set in the same epoch would be a
-            // second vote: refused, so no two certificates can be assembled
-            // from this agent's votes for one epoch. (Each region advance
-            // bumps the epoch, so a real re-election has a new one.)
-            if v.body.member_set_hash == b.member_set_hash {
-                return Ok(v.clone());
+        if let Some(v) = self.cast.get(&b.project) {
+            if b.epoch < v.body.epoch {
+                return Err(AgentRefusal::StaleEpoch {
+                    project: b.project.clone(),
+                    epoch: b.epoch,
+                    latest: v.body.epoch,
+                });
             }
-            return Err(AgentRefusal::AlreadyVoted {
-                project: b.project.clone(),
-                epoch: b.epoch,
-            });
+            if b.epoch == v.body.epoch {
+                // A second, different member set in the same epoch would be
+                // a second vote: refused, so no two certificates can be
+                // assembled from this agent's votes for one epoch. (Each
+                // region advance bumps the epoch, so a real re-election has
+                // a new one.)
+                if v.body.member_set_hash == b.member_set_hash {
+                    return Ok(v.clone());
+                }
+                return Err(AgentRefusal::AlreadyVoted {
+                    project: b.project.clone(),
+                    epoch: b.epoch,
+                });
+            }
         }
         let vote = Vote::cast(
             VoteBody {
@@ -187,14 +210,17 @@ impl CouncilAgent {
             },
             &self.key,
         );
-        while self.cast.len() >= AGENT_VOTES_REMEMBERED_MAX {
+        if self.cast.contains_key(&b.project) {
+            self.cast_order.retain(|p| *p != b.project);
+        }
+        while self.cast.len() >= AGENT_VOTES_REMEMBERED_MAX && !self.cast.contains_key(&b.project) {
             let Some(oldest) = self.cast_order.pop_front() else {
                 break;
             };
             self.cast.remove(&oldest);
         }
-        self.cast_order.push_back(key.clone());
-        self.cast.insert(key, vote.clone());
+        self.cast_order.push_back(b.project.clone());
+        self.cast.insert(b.project.clone(), vote.clone());
         Ok(vote)
     }
 }

@@ -980,8 +980,10 @@ fn agents_vote_and_the_certificate_is_accepted_by_the_reducer() {
 }
 
 /// One vote per (project, epoch): the same announcement gets the same vote
-/// back, another member set in that epoch is refused (no equivocation), and
-/// when the memory is full the oldest vote is forgotten first.
+/// back, another member set in that epoch is refused (no equivocation), an
+/// older epoch than the one it voted in is refused (a replayed old
+/// announcement), and when the memory is full the project idle longest is
+/// forgotten first.
 #[test]
 fn an_agent_signs_one_vote_per_project_epoch_and_forgets_the_oldest_first() {
     let keys = Keys::from_labels("council", 3);
@@ -1004,27 +1006,40 @@ fn an_agent_signs_one_vote_per_project_epoch_and_forgets_the_oldest_first() {
             epoch: ann.body.epoch
         })
     );
-    // Fill the memory with newer (project, epoch) keys: the first vote is
-    // the one forgotten, the newest ones are kept.
     let sign = |body: council::AnnounceBody| Announcement {
         signature: swoosh_core::sig::sign(council::COUNCIL_ANNOUNCE_DOMAIN, &body, &keys.leader)
             .unwrap(),
         body,
     };
-    for e in 0..council::AGENT_VOTES_REMEMBERED_MAX as u64 {
+    // A newer epoch gets a new vote; the older one is then refused.
+    let mut next = fewer.body.clone();
+    next.epoch = ann.body.epoch + 1;
+    let v2 = a.on_announce(&sign(next)).unwrap();
+    assert_eq!(v2.body.epoch, ann.body.epoch + 1);
+    assert_eq!(
+        a.on_announce(&ann),
+        Err(AgentRefusal::StaleEpoch {
+            project: "default".into(),
+            epoch: ann.body.epoch,
+            latest: ann.body.epoch + 1
+        })
+    );
+    // Other projects fill the memory: "default", idle longest, is the one
+    // forgotten; the newest are kept.
+    for n in 0..council::AGENT_VOTES_REMEMBERED_MAX {
         let mut b = fewer.body.clone();
-        b.epoch = ann.body.epoch + 1 + e;
+        b.project = format!("p{n}");
         a.on_announce(&sign(b)).unwrap();
     }
     assert!(
-        a.on_announce(&fewer).is_ok(),
-        "the oldest vote was forgotten"
+        a.on_announce(&ann).is_ok(),
+        "the idle project was forgotten"
     );
-    let mut newest = ann.body.clone();
-    newest.epoch = ann.body.epoch + council::AGENT_VOTES_REMEMBERED_MAX as u64;
+    let mut recent = ann.body.clone();
+    recent.project = format!("p{}", council::AGENT_VOTES_REMEMBERED_MAX - 1);
     assert!(
         matches!(
-            a.on_announce(&sign(newest)),
+            a.on_announce(&sign(recent)),
             Err(AgentRefusal::AlreadyVoted { .. })
         ),
         "a recent vote is still remembered"
