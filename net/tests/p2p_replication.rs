@@ -1122,6 +1122,16 @@ async fn p2p_follower_health_shows_its_commits_and_inbox_drops() {
         m.contains("swoosh_follower_inbox_full_drops_total 0\n"),
         "{m}"
     );
+    // Each commit observed, under the leader's names: latency and size.
+    assert!(
+        m.contains(&format!("swoosh_fsync_latency_seconds_count {commits}\n")),
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE swoosh_commit_batch_records histogram"),
+        "{m}"
+    );
+    assert!(m.contains("swoosh_commit_batch_records_sum 30\n"), "{m}");
 }
 
 /// One peer id holds at most `CONNECTIONS_PER_PEER_MAX` connections to the

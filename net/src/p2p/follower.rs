@@ -110,6 +110,11 @@ pub struct FollowerShared {
     /// Group commits of the follower's WAL, and the records they held.
     pub commits: u64,
     pub committed_records: u64,
+    /// Each group commit's duration (fsyncs included) and record count, as
+    /// the leader's `swoosh_fsync_latency_seconds` and
+    /// `swoosh_commit_batch_records` (same buckets).
+    pub commit_seconds: super::hist::Hist,
+    pub commit_records: super::hist::Hist,
     /// Snapshots installed into this follower's store (late join, far behind).
     pub snapshots_installed: u64,
     /// How full this follower's store was after its last commit.
@@ -197,6 +202,8 @@ impl FollowerShared {
             malformed: 0,
             commits: 0,
             committed_records: 0,
+            commit_seconds: super::hist::Hist::exponential(0.000_02, 2.0, 18),
+            commit_records: super::hist::Hist::exponential(1.0, 2.0, 14),
             snapshots_installed: 0,
             store_usage: None,
             start_time_s: 0,
@@ -1306,6 +1313,8 @@ impl<S: LogStore + Send + 'static> Worker<S> {
                     s.last_applied_ms = now_wall_ms();
                     s.commits += 1;
                     s.committed_records += r.records as u64;
+                    s.commit_seconds.observe(r.commit.as_secs_f64());
+                    s.commit_records.observe(r.records as f64);
                     s.store_usage = self.writer.store().usage();
                 }
                 Err(err) => {

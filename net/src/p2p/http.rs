@@ -409,7 +409,18 @@ async fn metrics(State(app): State<App>) -> String {
     let s = lock_shared(&app.shared);
     let st = s.repl.status();
     let f = s.repl.stats();
-    format!(
+    let hists = format!(
+        "{}{}",
+        s.commit_seconds.render(
+            "swoosh_fsync_latency_seconds",
+            "Duration of one of this follower's WAL group commits, fsyncs included"
+        ),
+        s.commit_records.render(
+            "swoosh_commit_batch_records",
+            "Records per WAL group commit of this follower"
+        )
+    );
+    let text = format!(
         "# TYPE swoosh_follower_applied_index gauge\nswoosh_follower_applied_index {}\n\
          # TYPE swoosh_follower_lag_records gauge\nswoosh_follower_lag_records {}\n\
          # TYPE swoosh_follower_records_applied_total counter\nswoosh_follower_records_applied_total {}\n\
@@ -447,7 +458,8 @@ async fn metrics(State(app): State<App>) -> String {
         u8::from(s.base_snapshot_fault.is_some()),
         s.snapshots_ok,
         s.snapshots_failed,
-    )
+    );
+    text + &hists
 }
 
 /// A follower takes no proposals: `503 not_leader` with the leader's

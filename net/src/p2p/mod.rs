@@ -17,6 +17,7 @@ pub mod agent;
 pub mod bounds;
 pub mod envelope;
 pub mod follower;
+pub mod hist;
 pub mod http;
 pub mod leader;
 pub mod peer;
