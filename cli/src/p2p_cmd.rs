@@ -406,6 +406,36 @@ pub async fn leader(a: LeaderArgs) -> Result<()> {
     served
 }
 
+/// How many times the leader rebuilds a certificate proposal refused for a
+/// HEAD or HLC that moved on, before leaving it to the next resend.
+const CERTIFICATE_REBUILDS_MAX: u32 = 3;
+
+/// `p` signed again at the HEAD the refusal `r` names and an HLC after the
+/// last applied one (same inputs, key and window).
+fn rebuilt_at(
+    p: &swoosh_core::Proposal,
+    r: &swoosh_core::reducer::Rejection,
+    key: &ed25519_dalek::SigningKey,
+) -> Option<swoosh_core::Proposal> {
+    let hlc = swoosh_core::Hlc::send(
+        r.hlc_last.unwrap_or(p.hlc).max(p.hlc),
+        crate::node::now_ms(),
+    )
+    .ok()?;
+    swoosh_core::ProposalBuilder {
+        project: p.project.clone(),
+        transition: p.transition.clone(),
+        current_state_hash: r.head_hash?,
+        inputs: p.inputs.clone(),
+        idem_key: p.idem_key.clone(),
+        hlc,
+        window_id: p.window_id.clone(),
+        evidence: p.evidence.clone(),
+    }
+    .sign(key)
+    .ok()
+}
+
 /// Start the leader's replication swarm beside `node`: certificate
 /// proposals from the council elections are submitted to the node, and the
 /// node's `/health` reports the followers the swarm sees.
@@ -416,6 +446,7 @@ pub(crate) async fn start_leader_p2p(
     listen: Multiaddr,
 ) -> Result<std::sync::Arc<swoosh_net::p2p::leader::LeaderP2p>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let resign_key = key.clone();
     let p2p = std::sync::Arc::new(
         spawn_leader_with(node.store().clone(), key, genesis, listen, Some(tx)).await?,
     );
@@ -426,14 +457,37 @@ pub(crate) async fn start_leader_p2p(
     // node like any other proposal.
     let submitter = node.clone();
     tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
+        while let Some(mut p) = rx.recv().await {
             let project = p.project.clone();
-            match submitter.submit(p).await {
-                swoosh_actors::SubmitResult::Accepted(ok) => {
-                    tracing::info!(%project, index = ok.index, transition = %ok.transition, "council certificate accepted")
-                }
-                other => {
-                    tracing::warn!(%project, "council certificate not accepted (retried): {other:?}")
+            // The swarm builds the proposal from its copy of the state,
+            // which trails the log: in a project with other traffic it can
+            // name a HEAD that moved on. Rebuilt at once from the HEAD and
+            // HLC the refusal gives, rather than only at the next 3-second
+            // resend, which the same traffic can beat every time.
+            for attempt in 0..=CERTIFICATE_REBUILDS_MAX {
+                match submitter.submit(p.clone()).await {
+                    swoosh_actors::SubmitResult::Accepted(ok) => {
+                        tracing::info!(%project, index = ok.index, transition = %ok.transition, "council certificate accepted");
+                        break;
+                    }
+                    swoosh_actors::SubmitResult::Rejected(r)
+                        if attempt < CERTIFICATE_REBUILDS_MAX
+                            && matches!(
+                                r.kind,
+                                swoosh_core::reducer::RejectKind::StaleHash
+                                    | swoosh_core::reducer::RejectKind::HlcOrder
+                            )
+                            && r.head_hash.is_some() =>
+                    {
+                        let Some(q) = rebuilt_at(&p, &r, &resign_key) else {
+                            break;
+                        };
+                        p = q;
+                    }
+                    other => {
+                        tracing::warn!(%project, "council certificate not accepted (retried): {other:?}");
+                        break;
+                    }
                 }
             }
         }
@@ -609,4 +663,47 @@ pub async fn agent(a: AgentArgs) -> Result<()> {
         s.announcements, s.votes_sent, s.refused
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::*;
+    use swoosh_core::{Hash, Hlc, ProposalBuilder};
+
+    /// A certificate proposal refused for a HEAD that moved on is signed
+    /// again at the HEAD and after the HLC the refusal names, with the same
+    /// inputs, key and idempotency key.
+    #[test]
+    fn a_stale_certificate_is_rebuilt_at_the_refusals_head() {
+        let key = swoosh_core::sig::key_from_label("rebuild/leader");
+        let p = ProposalBuilder::new(
+            "p",
+            "Council_QuorumCert",
+            Hash::of_bytes(b"old"),
+            Hlc::new(1_000, 0),
+            "p:3:Council_QuorumCert:council-epoch-1",
+        )
+        .inputs(&serde_json::json!({"members": [], "votes": []}))
+        .unwrap()
+        .sign(&key)
+        .unwrap();
+        let mut r = swoosh_core::reducer::Rejection {
+            kind: swoosh_core::reducer::RejectKind::StaleHash,
+            guard: "state_hash".into(),
+            reasons: vec![],
+            head_hash: Some(Hash::of_bytes(b"new")),
+            hlc_last: Some(Hlc::new(crate::node::now_ms() + 10_000, 7)),
+            retry_after_ms: None,
+        };
+        let q = rebuilt_at(&p, &r, &key).expect("rebuilt");
+        q.verify_signature().unwrap();
+        assert_eq!(q.current_state_hash, Hash::of_bytes(b"new"));
+        assert!(q.hlc > r.hlc_last.unwrap() && q.hlc > p.hlc);
+        assert_eq!(
+            (&q.inputs, &q.idem_key, &q.signer),
+            (&p.inputs, &p.idem_key, &p.signer)
+        );
+        r.head_hash = None;
+        assert!(rebuilt_at(&p, &r, &key).is_none());
+    }
 }
