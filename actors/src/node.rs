@@ -2845,7 +2845,14 @@ fn ensure_indexes<S: LogStore>(
     let r = rebuild_indexes(store, genesis, Some(leader_key), &mut |p| {
         progress.observe(p)
     })
-        .map_err(|e| format!("rebuilding the derived indexes failed: {e}; run `swoosh wal verify --dir <dir>`, then `swoosh wal reindex --dir <dir>`"))?;
+        .map_err(|e| match e {
+            // The base snapshot is the only way in; verify and reindex start
+            // from it too, so naming them would send the operator in a loop.
+            swoosh_storage::RebuildError::Replay(
+                swoosh_storage::RecoveryError::Unproven { .. },
+            ) => format!("rebuilding the derived indexes failed: {e}"),
+            e => format!("rebuilding the derived indexes failed: {e}; run `swoosh wal verify --dir <dir>`, then `swoosh wal reindex --dir <dir>`"),
+        })?;
     tracing::warn!(
         records = r.records,
         idem_entries = r.idem_entries,

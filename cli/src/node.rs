@@ -818,7 +818,8 @@ pub fn say_error(msg: std::fmt::Arguments<'_>) {
 fn say_at(level: &str, msg: std::fmt::Arguments<'_>) {
     if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
         let line = serde_json::json!({
-            "timestamp": swoosh_core::hlc::format_wall_ms(now_ms()),
+            // RFC 3339 in UTC with `Z`, as the tracing lines beside it.
+            "timestamp": swoosh_core::hlc::format_wall_ms(now_ms()).replace("+00:00", "Z"),
             "level": level,
             "target": "swoosh",
             "message": msg.to_string(),
@@ -841,6 +842,7 @@ pub fn init_logs(format: LogFormat) {
     // free for what a command prints as its result.
     if format == LogFormat::Json {
         JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+        swoosh_net::p2p::bounds::set_log_text_quoting(false);
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)

@@ -308,14 +308,25 @@ fn shape_rejection(e: crate::proposal::ProposalError) -> Rejection {
     reject(RejectKind::Malformed, &field, vec![e.to_string()])
 }
 
-/// Whether `key` has the form of an idempotency key the leader derives for
-/// its own proposals: `shhh-…` (a quarantine, `shhh-quarantine:<hash>`) or
-/// `…:council-epoch-<digits>` (a council certificate).
+/// Whether `key` has the exact form of an idempotency key the leader
+/// derives for its own proposals: `shhh-quarantine:<64 hex>` (a quarantine)
+/// or `<project>:<digits>:Council_QuorumCert|Council_ReElect:council-epoch-<digits>`
+/// (a council certificate). Only these: a client's own key (the CLI's
+/// default starts with the project id, which may be `shhh-…`) is not one.
 pub fn reserved_idem_key(key: &str) -> bool {
-    key.starts_with("shhh-")
-        || key
-            .rsplit_once(":council-epoch-")
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(h) = key.strip_prefix("shhh-quarantine:") {
+        return h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    let Some((head, epoch)) = key.rsplit_once(":council-epoch-") else {
+        return false;
+    };
+    let mut parts = head.rsplitn(3, ':');
+    let (transition, applied) = (parts.next(), parts.next());
+    digits(epoch)
+        && matches!(transition, Some("Council_QuorumCert" | "Council_ReElect"))
+        && applied.is_some_and(digits)
+        && parts.next().is_some()
 }
 
 fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
@@ -349,8 +360,7 @@ fn content_rejection(e: crate::cbor::CanonicalError) -> Rejection {
 /// anywhere in `inputs` (an optional field's second spelling); a new
 /// `idem_key` that is not printable ASCII (its `{:?}` in the accepted
 /// outcome must not depend on the Rust release); a new `idem_key` of the
-/// forms the leader's own proposals use (`shhh-…`, `…:council-epoch-N`:
-/// `reserved_idem_key`) from another signer; a list item's text over
+/// exact forms the leader's own proposals use (`reserved_idem_key`) from another signer; a list item's text over
 /// `TEXT_BYTES_MAX` (finding codes and details, roles, tools, assets, check
 /// names, probe tools and versions: `check_item_texts`); and a finding code
 /// that differs from a deny code only in case, spaces or `-`
@@ -497,7 +507,7 @@ fn evaluate(
                 RejectKind::Malformed,
                 "idem_key",
                 vec![format!(
-                    "idem_key {:?} has the form of the leader's own proposals (`shhh-…` or `…:council-epoch-N`), which only the leader may use; choose another key",
+                    "idem_key {:?} has the form of the leader's own proposals (`shhh-quarantine:<hash>` or `<project>:<n>:Council_QuorumCert|Council_ReElect:council-epoch-<n>`), which only the leader may use; choose another key",
                     crate::hash::truncate(&p.idem_key)
                 )],
             ));
@@ -3184,16 +3194,23 @@ mod tests {
     /// unbound votes, whose `genesis` is the optional field.
     #[test]
     fn the_leaders_key_forms_are_refused_from_other_signers_at_admission() {
+        let quarantine = format!("shhh-quarantine:{}", "ab".repeat(32));
         for key in [
-            "shhh-quarantine:ab12",
+            quarantine.as_str(),
             "default:7:Council_QuorumCert:council-epoch-3",
+            "p:0:Council_ReElect:council-epoch-12",
         ] {
             assert!(reserved_idem_key(key), "{key}");
         }
+        // A client's own keys, the CLI's default for a project `shhh-prod`
+        // included, are not the leader's forms.
         for key in [
-            "shh-x",
-            "a:council-epoch-",
-            "a:council-epoch-3x",
+            "shhh-prod:Boot_ConfigOk:f76c",
+            "shhh-quarantine:ab12",
+            "a:council-epoch-3",
+            "p:7:Council_QuorumCert:council-epoch-",
+            "p:x:Council_QuorumCert:council-epoch-3",
+            "p:7:Other:council-epoch-3",
             "goal:1:op:uuid",
         ] {
             assert!(!reserved_idem_key(key), "{key}");
@@ -3207,21 +3224,18 @@ mod tests {
                 .sign(signer)
                 .unwrap()
         };
-        let r = fx.admitted_only(
-            &with_key("shhh-quarantine:ab12", &fx.keys.admin),
-            "idem_key",
-        );
+        let r = fx.admitted_only(&with_key(&quarantine, &fx.keys.admin), "idem_key");
         assert!(says(&r, "only the leader may use"), "{r:#?}");
         // The leader itself may (its quarantines and certificates do).
         assert_eq!(
-            fx.judge(
-                &with_key("shhh-quarantine:ab12", &fx.keys.leader),
-                Judged::Admission
-            ),
+            fx.judge(&with_key(&quarantine, &fx.keys.leader), Judged::Admission),
             Ok(())
         );
         assert_eq!(
-            fx.judge(&with_key("ops:1", &fx.keys.admin), Judged::Admission),
+            fx.judge(
+                &with_key("shhh-prod:x:1", &fx.keys.admin),
+                Judged::Admission
+            ),
             Ok(())
         );
     }

@@ -233,7 +233,7 @@ pub enum RecoveryError {
 fn unusable(base: u64, base_only: bool, skipped: &[SnapshotProblem]) -> String {
     if base_only {
         format!(
-            "the snapshot at {base} is unusable{}; this check starts from it, so it cannot go on (a node still starts from a newer usable snapshot when there is one: `swoosh snapshot list` shows which)",
+            "the snapshot at {base} is unusable{}; this check starts from it, so it cannot go on (a recovery alone may start from a newer usable snapshot, `swoosh snapshot list` shows which, but verifying the log, rebuilding its indexes and compacting it need this one)",
             fmt_problems(skipped)
         )
     } else {

@@ -108,10 +108,15 @@ impl SnapshotFault {
     /// happened, for an operator to look at).
     pub fn is_damage(&self) -> bool {
         match self {
-            // A frame version this build does not read, or a payload that
-            // matches its hash but does not decode: a newer build's snapshot
-            // (after a binary rolled back), sound bytes this one cannot use.
-            SnapshotFault::Frame(FrameError::Version { .. } | FrameError::Decode(_)) => false,
+            // A frame version above the ones this build reads, or a payload
+            // that matches its hash but does not decode: a newer build's
+            // snapshot (after a binary rolled back), sound bytes this one
+            // cannot use. A version byte at or below ours that this build
+            // refuses (0, say) is a damaged header: the hash does not cover it.
+            SnapshotFault::Frame(FrameError::Version { got }) => {
+                *got <= crate::frame::FRAME_VERSION_LZ4
+            }
+            SnapshotFault::Frame(FrameError::Decode(_)) => false,
             SnapshotFault::Frame(_)
             | SnapshotFault::Key { .. }
             | SnapshotFault::Header(_)
@@ -490,7 +495,9 @@ mod tests {
     fn only_damaged_bytes_count_as_damage() {
         let h = Hash::of_bytes(b"x");
         for sound in [
-            SnapshotFault::Frame(FrameError::Version { got: 9 }),
+            SnapshotFault::Frame(FrameError::Version {
+                got: crate::frame::FRAME_VERSION_LZ4 + 1,
+            }),
             SnapshotFault::Frame(FrameError::Decode("unknown variant".into())),
             SnapshotFault::Format("swoosh-snapshot/v9".into()),
             SnapshotFault::Genesis {
@@ -510,6 +517,7 @@ mod tests {
                 computed: h,
             }),
             SnapshotFault::Frame(FrameError::TooShort { len: 3 }),
+            SnapshotFault::Frame(FrameError::Version { got: 0 }),
             SnapshotFault::Key { key: 4, index: 7 },
             SnapshotFault::Header("index"),
             SnapshotFault::ProjectHash {

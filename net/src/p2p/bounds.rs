@@ -36,12 +36,23 @@ pub fn clip(s: &str) -> &str {
 /// log line. Clip it first ([`clip`]).
 pub struct LogText<'a>(pub &'a str);
 
+/// Whether [`LogText`] quotes what is not a plain token: on for text logs
+/// (the default), off for JSON logs, whose encoder escapes every string
+/// itself (quoting there put `\"` inside every value with a space).
+static LOG_TEXT_QUOTES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Set by a process that logs JSON lines (see [`LOG_TEXT_QUOTES`]).
+pub fn set_log_text_quoting(on: bool) {
+    LOG_TEXT_QUOTES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl std::fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write;
         let plain =
             |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '=' | '"' | '\\'));
-        if !self.0.is_empty() && self.0.chars().all(plain) {
+        let quotes = LOG_TEXT_QUOTES.load(std::sync::atomic::Ordering::Relaxed);
+        if !quotes || (!self.0.is_empty() && self.0.chars().all(plain)) {
             return f.write_str(self.0);
         }
         f.write_char('"')?;
@@ -204,6 +215,12 @@ mod tests {
             r#""Bogus guard=forged error=ok""#
         );
         assert_eq!(LogText("").to_string(), "\"\"");
+        // JSON logs escape every string themselves: no quotes added there.
+        // (In this one test: the switch is process-wide.)
+        set_log_text_quoting(false);
+        let unquoted = LogText("Bogus guard=forged").to_string();
+        set_log_text_quoting(true);
+        assert_eq!(unquoted, "Bogus guard=forged");
     }
 
     #[test]

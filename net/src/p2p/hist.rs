@@ -49,7 +49,14 @@ impl Hist {
         let mut cum = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cum += c;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            // `1.0`, not `1`, as the leader's `prometheus_client` writes
+            // whole bounds: one `le` value per bound across the cluster.
+            let le = if b.fract() == 0.0 {
+                format!("{b:.1}")
+            } else {
+                format!("{b}")
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cum}");
         }
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum {}", self.sum);
@@ -71,9 +78,9 @@ mod tests {
         let t = h.render("x", "help");
         for line in [
             "# TYPE x histogram",
-            "x_bucket{le=\"1\"} 2",
-            "x_bucket{le=\"2\"} 2",
-            "x_bucket{le=\"4\"} 3",
+            "x_bucket{le=\"1.0\"} 2",
+            "x_bucket{le=\"2.0\"} 2",
+            "x_bucket{le=\"4.0\"} 3",
             "x_bucket{le=\"+Inf\"} 4",
             "x_sum 13.5",
             "x_count 4",

@@ -188,7 +188,11 @@ impl CouncilAgent {
                 // region advance bumps the epoch, so a real re-election has
                 // a new one.)
                 if v.body.member_set_hash == b.member_set_hash {
-                    return Ok(v.clone());
+                    let v = v.clone();
+                    // A live election, re-announced: kept from eviction.
+                    self.cast_order.retain(|p| *p != b.project);
+                    self.cast_order.push_back(b.project.clone());
+                    return Ok(v);
                 }
                 return Err(AgentRefusal::AlreadyVoted {
                     project: b.project.clone(),
