@@ -44,22 +44,38 @@ pub fn lock_node_dir(dir: &Path) -> Result<()> {
 pub fn lock_agent_dir(dir: &Path) -> Result<()> {
     let path = dir.join("agent.key");
     let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    if hold(&path, f, |_| {})?.is_err() {
+        bail!(
+            "another swoosh agent runs with {} (it holds a lock on the key file): stop it first. Two agents with one council key would sign conflicting votes in one election",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Take `f`'s flock (the file at `path`) for the rest of this process;
+/// re-entrant, as a node restarted in-process takes its own lock again.
+/// `on_taken` runs once the lock is this process's. `Ok(Err(f))`: another
+/// process holds it (the file is handed back, to read who).
+fn hold(
+    path: &Path,
+    mut f: File,
+    on_taken: impl FnOnce(&mut File),
+) -> Result<std::result::Result<(), File>> {
     let key = path
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", path.display()))?;
     let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
     if held.iter().any(|(p, _)| *p == key) {
-        return Ok(());
+        return Ok(Ok(()));
     }
     match f.try_lock() {
         Ok(()) => {
+            on_taken(&mut f);
             held.push((key, f));
-            Ok(())
+            Ok(Ok(()))
         }
-        Err(TryLockError::WouldBlock) => bail!(
-            "another swoosh agent runs with {} (it holds a lock on the key file): stop it first. Two agents with one council key would sign conflicting votes in one election",
-            path.display()
-        ),
+        Err(TryLockError::WouldBlock) => Ok(Err(f)),
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
@@ -71,7 +87,7 @@ fn lock_file(dir: &Path, path: &Path, why: &str) -> Result<()> {
     // A lock file another user created (root running a repair, say) is
     // still lockable read-only: flock needs no write access. The pid is
     // then not recorded.
-    let (mut f, writable) = match OpenOptions::new()
+    let (f, writable) = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -88,25 +104,17 @@ fn lock_file(dir: &Path, path: &Path, why: &str) -> Result<()> {
             return Err(e).with_context(|| format!("cannot open the lock file {}", path.display()))
         }
     };
-    let key = path
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", path.display()))?;
-    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
-    if held.iter().any(|(p, _)| *p == key) {
-        return Ok(());
-    }
-    match f.try_lock() {
-        Ok(()) => {
-            // The pid is for the message another process prints; the lock
-            // itself is the flock, which no stale file can fake.
-            if writable {
-                let _ = f.set_len(0);
-                let _ = write!(f, "{}", std::process::id());
-            }
-            held.push((key, f));
-            Ok(())
+    // The pid is for the message another process prints; the lock itself
+    // is the flock, which no stale file can fake.
+    let taken = hold(&path, f, |f| {
+        if writable {
+            let _ = f.set_len(0);
+            let _ = write!(f, "{}", std::process::id());
         }
-        Err(TryLockError::WouldBlock) => {
+    })?;
+    match taken {
+        Ok(()) => Ok(()),
+        Err(mut f) => {
             let mut pid = String::new();
             let _ = f.rewind().and_then(|_| f.read_to_string(&mut pid));
             let pid = pid.trim();
@@ -120,9 +128,6 @@ fn lock_file(dir: &Path, path: &Path, why: &str) -> Result<()> {
                 dir.display(),
                 path.display()
             )
-        }
-        Err(TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
 }
